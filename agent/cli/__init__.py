@@ -1,0 +1,57 @@
+"""The ``edge-agent`` command: thin click commands over the library.
+
+Each command opens the library, calls one function, and turns library errors into a one-line
+``error: …`` on stderr with a non-zero exit. Command groups live one per module.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import EdgeError
+from .base import Ctx, pass_ctx  # noqa: F401
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except PermissionError as exc:
+            click.echo(f"error: permission denied: {exc.filename or exc}", err=True)
+            sys.exit(1)
+        except OSError as exc:
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_path", envvar="EDGE_AGENT_CONFIG", type=click.Path(dir_okay=False),
+              help="Config file (default /etc/edge-agent/agent.toml; env EDGE_AGENT_CONFIG).")
+@click.version_option(package_name="edge-agent", prog_name="edge-agent")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """edge-agent: law-enforcement recordings, sealed and archived as evidence.
+
+    \b
+    Example:
+      edge-agent --config ./agent.toml init --device-id dock-01 --unit-code 330100000000
+      edge-agent ingest clip.mp4 --case "杭司罚〔2026〕12号" --collector 张三 --collector-id 33010001 \\
+          --place "西湖区文三路" --proof "现场检查过程"
+    """
+    ctx.obj = Ctx(config_path)
+
+
+from . import core  # noqa: E402,F401  (registers its commands on main)
+
+for _mod in ("dock", "room", "uplink", "archive", "monitor", "ops"):
+    try:
+        __import__(f"{__name__}.{_mod}")
+    except ModuleNotFoundError as _exc:  # a group not built in this checkout
+        if _exc.name != f"{__name__}.{_mod}":
+            raise

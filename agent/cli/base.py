@@ -1,0 +1,41 @@
+"""Shared CLI plumbing: the lazily opened config and store, output helpers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from .. import config as config_mod
+
+
+class Ctx:
+    def __init__(self, config_path: str | None):
+        self.config_path = config_path
+        self._cfg = None
+        self._store = None
+
+    @property
+    def cfg(self) -> config_mod.Config:
+        if self._cfg is None:
+            self._cfg = config_mod.load(self.config_path)
+        return self._cfg
+
+    @property
+    def store(self):
+        if self._store is None:
+            from ..store.store import Store
+
+            self._store = Store(self.cfg)
+        return self._store
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True, default=str))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -1,0 +1,467 @@
+"""Core commands: init, config, ingest, items, status, verify, audit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import click
+
+from .. import config as config_mod
+from ..errors import ConfigError, EdgeError
+from ..evidence import keys, manifest as mf
+from ..evidence.verify import verify_chain, verify_item
+from . import main
+from .base import Ctx, emit_json, json_option, pass_ctx
+
+
+# --- init -------------------------------------------------------------------------------------
+@main.command()
+@click.option("--data-dir", help="Data directory (default from the config, /var/lib/edge-agent).")
+@click.option("--device-id", help="Device id, unique in the fleet.")
+@click.option("--unit-code", help="Enforcement unit code.")
+@click.option("--unit-name", help="Enforcement unit name.")
+@click.option("--kind", type=click.Choice(["dock", "room"]), help="Docking station or interview room.")
+@click.option("--location", help="Place of the box (采集地点).")
+@click.option("--force", is_flag=True, help="Replace an existing device key (old items still verify with the old public key).")
+@pass_ctx
+def init(c: Ctx, data_dir, device_id, unit_code, unit_name, kind, location, force):
+    """Write a commented default config, the data directory and the device's Ed25519 key pair.
+
+    An existing config is kept (its values are used); an existing key is never replaced
+    without --force.
+
+    \b
+    Example:
+      edge-agent --config ./agent.toml init --data-dir ./data --device-id dock-01 --kind dock
+    """
+    path = config_mod.config_path(c.config_path)
+    overrides = {"storage": {}, "device": {}}
+    for section, key, value in (("storage", "data_dir", data_dir), ("device", "id", device_id),
+                                ("device", "unit_code", unit_code), ("device", "unit_name", unit_name),
+                                ("device", "kind", kind), ("device", "location", location)):
+        if value is not None:
+            overrides[section][key] = value
+    if path.exists():
+        cfg = config_mod.load(path)
+        for section, values in overrides.items():
+            for key, value in values.items():
+                if cfg.get(f"{section}.{key}") != value:
+                    config_mod.set_value(path, f"{section}.{key}", str(value))
+        cfg = config_mod.load(path)
+        click.echo(f"config: {path} (kept, updated {sum(map(len, overrides.values()))} key(s))")
+    else:
+        text = config_mod.render_default(overrides)
+        config_mod.loads(text, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        config_mod.atomic_write_text(path, text, mode=0o640)
+        cfg = config_mod.load(path)
+        click.echo(f"config: {path} (written)")
+    data = Path(cfg.storage.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    os.chmod(data, 0o750)
+    (data / "keys").mkdir(exist_ok=True)
+    os.chmod(data / "keys", 0o700)
+    from ..store.store import Store
+
+    store = Store(cfg)
+    key = keys.generate(store.key_path, store.pub_path, force=force)
+    store._key = key
+    store.audit.append("init", None, device=cfg.device.id, key_id=keys.key_id(key.public_key()), forced=force)
+    click.echo(f"data: {data}")
+    click.echo(f"key: {store.key_path} (mode 600), public key {store.pub_path}, key id {keys.key_id(key.public_key())}")
+
+
+# --- config -----------------------------------------------------------------------------------
+@main.group()
+def config():
+    """Check and change the configuration file (one schema, see docs/config.md)."""
+
+
+@config.command("validate")
+@pass_ctx
+def config_validate(c: Ctx):
+    """Check the config file; an error names the key, what is wrong and the line.
+
+    \b
+    Example:
+      edge-agent --config ./agent.toml config validate
+    """
+    cfg = c.cfg
+    click.echo(f"ok: {cfg.path} is valid")
+
+
+@config.command("show")
+@json_option
+@pass_ctx
+def config_show(c: Ctx, as_json):
+    """Print the effective configuration (defaults filled in, secrets hidden).
+
+    \b
+    Example:
+      edge-agent config show --json
+    """
+    data = c.cfg.as_dict()
+    if as_json:
+        emit_json(data)
+        return
+    for section, values in data.items():
+        click.echo(f"[{section}]")
+        for key, value in values.items():
+            click.echo(f"{key} = {json.dumps(value, ensure_ascii=False)}")
+        click.echo("")
+
+
+@config.command("get")
+@click.argument("key")
+@json_option
+@pass_ctx
+def config_get(c: Ctx, key, as_json):
+    """Print one value, KEY as SECTION.KEY.
+
+    \b
+    Example:
+      edge-agent config get device.id
+    """
+    config_mod._split_key(key)
+    value = c.cfg.get(key)
+    click.echo(json.dumps(value, ensure_ascii=False) if as_json else value)
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+@pass_ctx
+def config_set(c: Ctx, key, value):
+    """Validate, then atomically write one value (comments in the file are kept).
+
+    \b
+    Example:
+      edge-agent config set storage.reserve_mb 2048
+    """
+    old = None
+    try:
+        old = c.cfg.get(key)
+    except (ConfigError, KeyError):
+        pass
+    new = config_mod.set_value(c.config_path, key, value)
+    try:
+        c._cfg = None
+        c.store.audit.append("config", None, key=key, old=old if "password" not in key else "***",
+                             new=new if "password" not in key else "***")
+    except EdgeError:
+        pass
+    click.echo(f"{key} = {json.dumps(new, ensure_ascii=False)}")
+
+
+# --- ingest -----------------------------------------------------------------------------------
+def metadata_options(f):
+    for opt in reversed([
+        click.option("--case", "case_number", required=True, help="Case number (案件编号)."),
+        click.option("--collector", required=True, help="Collector's name (采集人)."),
+        click.option("--collector-id", required=True, help="Collector's officer certificate number (执法证编号)."),
+        click.option("--place", help="Capture place (采集地点); default: the device location."),
+        click.option("--proof", required=True, help="What the record proves (证明对象)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@metadata_options
+@click.option("--captured-at", help="Capture start, ISO 8601 with offset (default: the file's modification time).")
+@click.option("--captured-until", help="Capture end, ISO 8601 with offset (default: the file's modification time).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@pass_ctx
+def ingest(c: Ctx, files, case_number, collector, collector_id, place, proof, captured_at, captured_until, quiet):
+    """Copy, hash and seal FILE... as one evidence item, in one pass; prints the item id.
+
+    \b
+    Example:
+      edge-agent ingest clip.mp4 --case "杭司罚〔2026〕12号" --collector 张三 \\
+          --collector-id 33010001 --place "西湖区文三路" --proof "现场检查过程" \\
+          --captured-at 2026-11-27T09:00:00+08:00
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, TimeRemainingColumn
+
+    from ..store.ingest import ingest as do_ingest
+
+    store = c.store
+    meta = {"case_number": case_number, "collector": {"name": collector, "id": collector_id},
+            "place": place or c.cfg.device.location, "proof": proof}
+    if captured_at:
+        meta["capture_start"] = captured_at
+    if captured_until:
+        meta["capture_end"] = captured_until
+    total = sum(p.stat().st_size for p in files if p.is_file())
+    if quiet:
+        m = do_ingest(store, list(files), meta)
+    else:
+        with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                      TransferSpeedColumn(), TimeRemainingColumn(), transient=True) as prog:
+            task = prog.add_task("复制并计算哈希 / copy+hash", total=total)
+            m = do_ingest(store, list(files), meta, progress=lambda n: prog.advance(task, n))
+    click.echo(m["item_id"])
+
+
+# --- items ------------------------------------------------------------------------------------
+@main.group()
+def items():
+    """List, show, annotate and export evidence items."""
+
+
+ITEM_COLUMNS = ("id", "state", "case_number", "collector_name", "size", "device_seq", "created", "pending")
+
+
+@items.command("list")
+@click.option("--state", help="Only items in this state (receiving, sealed, uploading, archived, purged, ...).")
+@click.option("--case", "case_number", help="Only items of this case number.")
+@click.option("--limit", type=int, help="At most N items.")
+@json_option
+@pass_ctx
+def items_list(c: Ctx, state, case_number, limit, as_json):
+    """List items with their state.
+
+    \b
+    Example:
+      edge-agent items list --state sealed --json
+    """
+    rows = c.store.items(state=state, case=case_number, limit=limit)
+    if as_json:
+        emit_json([{k: r[k] for k in ITEM_COLUMNS} for r in rows])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("ID", "状态 state", "案件编号 case", "采集人 collector", "bytes", "seq", "created", "pending")
+    for r in rows:
+        t.add_row(r["id"], r["state"], r["case_number"] or "(待补 pending)", r["collector_name"] or "",
+                  str(r["size"]), str(r["device_seq"] or ""), r["created"], r["pending"])
+    Console().print(t)
+
+
+@items.command("show")
+@click.argument("item_id")
+@json_option
+@pass_ctx
+def items_show(c: Ctx, item_id, as_json):
+    """Show one item: ledger record, manifest metadata, annotations (logged as a view).
+
+    \b
+    Example:
+      edge-agent items show dock-01-20261127090000-a1b2c3
+    """
+    store = c.store
+    row = store.item(item_id)
+    out = {"ledger": row}
+    d = Path(row["path"])
+    if (d / mf.MANIFEST).is_file():
+        m = json.loads((d / mf.MANIFEST).read_bytes())
+        anns = mf.read_annotations(d)
+        out["manifest"] = {k: v for k, v in m.items() if k != "segments"}
+        out["segments"] = len(m["segments"])
+        out["annotations"] = [a.record for a in anns]
+        out["effective_metadata"] = mf.effective_metadata(m, anns)
+    store.audit.append("view", item_id)
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(f"item {item_id}  state {row['state']}  seq {row['device_seq']}  {row['size']} bytes")
+    meta = out.get("effective_metadata") or {}
+    for field in ("case_number", "capture_start", "capture_end", "place", "collector", "proof"):
+        v = meta.get(field)
+        if isinstance(v, dict):
+            v = f"{v.get('name')} ({v.get('id')})"
+        click.echo(f"  {mf.LABELS[field]}: {v if v is not None else '(待补 pending)'}")
+    for f in out.get("manifest", {}).get("files", []):
+        click.echo(f"  file {f['name']}  {f['size']} bytes  {f['hash']}")
+    click.echo(f"  annotations: {len(out.get('annotations', []))}")
+
+
+@items.command("annotate")
+@click.argument("item_id")
+@click.option("--case", "case_number", help="Case number (案件编号).")
+@click.option("--proof", help="What the record proves (证明对象).")
+@click.option("--place", help="Capture place (采集地点).")
+@click.option("--note", help="Free-text note.")
+@click.option("--evidence/--no-evidence", "evidence_mark", default=None,
+              help="Mark as evidence (kept permanently at the archive).")
+@click.option("--reason", default="", help="Why (kept in the annotation and the audit log).")
+@pass_ctx
+def items_annotate(c: Ctx, item_id, case_number, proof, place, note, evidence_mark, reason):
+    """Add a signed annotation; the sealed manifest is never edited.
+
+    \b
+    Example:
+      edge-agent items annotate ITEM --case "杭司罚〔2026〕12号" --proof "执法过程" --reason "补录案件信息"
+    """
+    changes = {k: v for k, v in (("case_number", case_number), ("proof", proof), ("place", place),
+                                  ("note", note), ("evidence_mark", evidence_mark)) if v is not None}
+    rec = c.store.annotate(item_id, changes, reason)
+    click.echo(f"annotation {rec['seq']} added to {item_id}")
+
+
+@items.command("export")
+@click.argument("item_id")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@pass_ctx
+def items_export(c: Ctx, item_id, dest):
+    """Copy a sealed item (manifest, signature, files, annotations) to DEST/ITEM_ID; logged.
+
+    \b
+    Example:
+      edge-agent items export ITEM /media/usb/export
+    """
+    store = c.store
+    src = store.item_dir(item_id)
+    if not (src / mf.MANIFEST).is_file():
+        raise EdgeError(f"{item_id}: not sealed or no longer held locally")
+    target = dest / item_id
+    if target.exists():
+        raise EdgeError(f"{target}: already exists")
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, target)
+    store.audit.append("export", item_id, dest=str(target))
+    click.echo(str(target))
+
+
+# --- status -----------------------------------------------------------------------------------
+@main.command()
+@json_option
+@pass_ctx
+def status(c: Ctx, as_json):
+    """Device, items by state, bytes buffered, oldest unarchived age, free disk.
+
+    \b
+    Example:
+      edge-agent status --json
+    """
+    st = c.store.status()
+    if as_json:
+        emit_json(st)
+        return
+    d = st["device"]
+    click.echo(f"设备 device: {d['id']} ({d['kind']}) 单位 unit: {d['unit_name']} [{d['unit_code']}] @ {d['location']}")
+    click.echo("items: " + (", ".join(f"{k} {v}" for k, v in sorted(st["items_by_state"].items())) or "none"))
+    age = st["oldest_unarchived_age_s"]
+    click.echo(f"unarchived: {st['unarchived_items']} items, {st['bytes_buffered']} bytes, "
+               f"oldest {age if age is not None else '-'} s")
+    click.echo(f"pending annotation 待补录: {st['pending_annotation']}")
+    click.echo(f"chain: seq {st['chain']['seq']} head {st['chain']['head']}")
+    disk = st["disk"]
+    click.echo(f"disk: {disk['free_bytes'] // 2**20} MiB free, reserve {disk['reserve_bytes'] // 2**20} MiB"
+               + ("  磁盘空间不足 / LOW" if disk["low"] else ""))
+
+
+# --- verify -----------------------------------------------------------------------------------
+@main.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--key", type=click.Path(exists=True, dir_okay=False), help="Trusted public key (PEM).")
+@click.option("--keys", "keys_dir", type=click.Path(exists=True, file_okay=False), help="Directory of trusted DEVICE_ID.pub keys.")
+@click.option("--chain", is_flag=True, help="PATH holds many items: verify each device's sequence too.")
+@click.option("--partial-chain", is_flag=True, help="With --chain: accept a sequence that does not start at 1.")
+@json_option
+@pass_ctx
+def verify(c: Ctx, path, key, keys_dir, chain, partial_chain, as_json):
+    """Check an item directory (or with --chain a device's items) offline.
+
+    Exit 0 when whole; 1 with the precise reason otherwise. Without --key/--keys the
+    device's own public key from the config is trusted.
+
+    \b
+    Example:
+      edge-agent verify /var/lib/edge-agent/spool/items/ITEM --key device.pub
+      edge-agent verify --chain ./archive/330100000000 --keys ./archive/keys
+    """
+    if not key and not keys_dir:
+        try:
+            key = str(c.store.pub_path)
+        except EdgeError:
+            raise EdgeError("no trusted key: give --key PUBKEY or --keys DIR") from None
+    ring = keys.KeyRing.from_paths(key, keys_dir)
+    if chain:
+        rep = verify_chain(path, ring, allow_missing_start=partial_chain)
+        if as_json:
+            emit_json({"ok": True, **rep.as_dict()})
+        else:
+            for dev, info in rep.devices.items():
+                click.echo(f"ok: device {dev}: {info['items']} items, seq {info['first_seq']}..{info['head_seq']}, "
+                           f"head {info['head_hash']}")
+        return
+    rep = verify_item(path, ring)
+    try:
+        c.store.audit.append("verify", rep.item_id, result="ok")
+    except Exception:
+        pass
+    if as_json:
+        emit_json({"ok": True, **rep.as_dict()})
+    else:
+        click.echo(f"ok: {rep.item_id} seq {rep.device_seq}: {rep.segments} segments, {rep.bytes} bytes, "
+                   f"{rep.annotations} annotations, signature by device {rep.device_id}")
+
+
+# --- audit ------------------------------------------------------------------------------------
+@main.group()
+def audit():
+    """The hash-chained audit log of every action on evidence."""
+
+
+@audit.command("list")
+@click.option("--item", "item_id", help="Only entries about this item.")
+@click.option("--action", help="Only this action (ingest, seal, export, view, annotate, purge, ...).")
+@click.option("--limit", type=int, help="The newest N entries.")
+@json_option
+@pass_ctx
+def audit_list(c: Ctx, item_id, action, limit, as_json):
+    """List audit entries.
+
+    \b
+    Example:
+      edge-agent audit list --item ITEM --json
+    """
+    rows = c.store.audit.entries(item_id=item_id, action=action, limit=limit)
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['seq']:>6} {r['ts']} {r['actor']:<24} {r['action']:<9} {r['item_id'] or '-'} {r['detail']}")
+
+
+@audit.command("verify")
+@json_option
+@pass_ctx
+def audit_verify(c: Ctx, as_json):
+    """Check the audit chain and its signed head; detects an edited or deleted entry.
+
+    \b
+    Example:
+      edge-agent audit verify
+    """
+    store = c.store
+    public = store.private_key.public_key()
+    n = store.audit.verify(verifier=lambda data, sig: keys.verify_sig(public, data, sig))
+    if as_json:
+        emit_json({"ok": True, "entries": n})
+    else:
+        click.echo(f"ok: {n} audit entries, chain and signed head intact")
+
+
+@audit.command("export")
+@click.option("--csv", "as_csv", is_flag=True, required=True, help="CSV output (the only format).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
+@pass_ctx
+def audit_export(c: Ctx, as_csv, output):
+    """Export the whole audit log as CSV.
+
+    \b
+    Example:
+      edge-agent audit export --csv -o audit.csv
+    """
+    text = c.store.audit.export_csv()
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+    else:
+        click.echo(text, nl=False)

@@ -1,0 +1,1 @@
+"""Sealing and verification of evidence items: hash chain, manifest, signature, annotations."""

@@ -1,0 +1,121 @@
+"""The device's Ed25519 key pair: generation, loading, key ids, key directories."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ..errors import EdgeError, NotFoundError
+from ..store.fsutil import atomic_write
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def public_pem(public: Ed25519PublicKey) -> bytes:
+    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def generate(private_path: Path, public_path: Path, force: bool = False) -> Ed25519PrivateKey:
+    """Write a new key pair; the private key is mode 0600. Refuses to overwrite without force."""
+    if private_path.exists() and not force:
+        raise EdgeError(f"{private_path}: a device key already exists; use --force to replace it "
+                        "(items signed with the old key then need the old public key to verify)")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(private_path, pem, mode=0o600)
+    atomic_write(public_path, public_pem(key.public_key()), mode=0o644)
+    return key
+
+
+def load_private(path: Path) -> Ed25519PrivateKey:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise EdgeError(f"{path}: device key not found (run `edge-agent init`)") from None
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise EdgeError(f"{path}: private key is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+                        f"run `chmod 600 {path}`")
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise EdgeError(f"{path}: not a PEM private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise EdgeError(f"{path}: not an Ed25519 key")
+    return key
+
+
+def load_public(path: Path) -> Ed25519PublicKey:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError(f"{path}: public key not found") from None
+    return parse_public(data, str(path))
+
+
+def parse_public(data: bytes, where: str = "public key") -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError:
+        try:
+            raw = base64.b64decode(data.strip(), validate=True)
+            key = Ed25519PublicKey.from_public_bytes(raw)
+        except Exception:
+            raise EdgeError(f"{where}: not a PEM or base64 Ed25519 public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise EdgeError(f"{where}: not an Ed25519 public key")
+    return key
+
+
+def sign(key: Ed25519PrivateKey, data: bytes) -> str:
+    return base64.b64encode(key.sign(data)).decode()
+
+
+def verify_sig(public: Ed25519PublicKey, data: bytes, sig_b64: str) -> bool:
+    try:
+        public.verify(base64.b64decode(sig_b64), data)
+        return True
+    except (InvalidSignature, ValueError):
+        return False
+
+
+class KeyRing:
+    """Public keys by key id, loaded from files or a directory of ``*.pub`` (PEM) files."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, Ed25519PublicKey] = {}
+        self.device_of: dict[str, str] = {}
+
+    def add(self, public: Ed25519PublicKey, device_id: str | None = None) -> str:
+        kid = key_id(public)
+        self.by_id[kid] = public
+        if device_id:
+            self.device_of[kid] = device_id
+        return kid
+
+    @classmethod
+    def from_paths(cls, key: str | os.PathLike | None = None, keys_dir: str | os.PathLike | None = None) -> "KeyRing":
+        ring = cls()
+        if key:
+            ring.add(load_public(Path(key)))
+        if keys_dir:
+            d = Path(keys_dir)
+            if not d.is_dir():
+                raise EdgeError(f"{d}: keys directory not found")
+            for p in sorted(d.glob("*.pub")):
+                ring.add(load_public(p), device_id=p.stem)
+        return ring
+
+    def get(self, kid: str) -> Ed25519PublicKey | None:
+        return self.by_id.get(kid)

@@ -1,0 +1,244 @@
+"""The evidence manifest: metadata rules, building, canonical bytes, signature files.
+
+This module owns the manifest format (``edge-agent-evidence/1``); docs/evidence-format.md
+describes it byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import EdgeError, MetadataError
+from ..timeutil import parse_iso
+from . import hashing, keys
+
+FORMAT = "edge-agent-evidence/1"
+ANNOTATION_FORMAT = "edge-agent-annotation/1"
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+FILES_DIR = "files"
+ANNOTATIONS_DIR = "annotations"
+
+#: the five fields every audio-video record carries (案件编号, 采集时间, 采集地点, 采集人, 证明对象)
+MANDATORY = ("case_number", "capture_start", "capture_end", "place", "collector", "proof")
+#: fields that may be sealed as pending (unknown at docking) and supplied later by annotation
+PENDABLE = ("case_number", "proof", "place")
+LABELS = {
+    "case_number": "案件编号 case number",
+    "capture_start": "采集时间 capture start",
+    "capture_end": "采集时间 capture end",
+    "place": "采集地点 place",
+    "collector": "采集人 collector",
+    "proof": "证明对象 proof object",
+}
+_CTRL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _text(field: str, value: Any, limit: int = 200) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise MetadataError(f"{LABELS.get(field, field)}: missing (必填 / required)")
+    if _CTRL.search(value):
+        raise MetadataError(f"{LABELS.get(field, field)}: control characters are not allowed")
+    if len(value) > limit:
+        raise MetadataError(f"{LABELS.get(field, field)}: longer than {limit} characters")
+    return value.strip()
+
+
+def check_case_number(value: Any) -> str:
+    v = _text("case_number", value, 64)
+    if "/" in v or "\\" in v or v in (".", ".."):
+        raise MetadataError(f"{LABELS['case_number']}: {v!r} must not contain '/' or '\\'")
+    return v
+
+
+def validate_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """Check the mandatory fields; return a normalised copy. Pending fields are ``None``."""
+    if not isinstance(meta, dict):
+        raise MetadataError("metadata must be an object")
+    pending = meta.get("pending", []) or []
+    if not isinstance(pending, list) or any(p not in PENDABLE for p in pending):
+        raise MetadataError(f"pending: may only list {', '.join(PENDABLE)}")
+    out: dict[str, Any] = {}
+    for field in ("case_number", "place", "proof"):
+        if field in pending:
+            if meta.get(field) not in (None, ""):
+                raise MetadataError(f"{LABELS[field]}: marked pending but also given")
+            out[field] = None
+        elif field == "case_number":
+            out[field] = check_case_number(meta.get(field))
+        else:
+            out[field] = _text(field, meta.get(field))
+    start = parse_iso(meta.get("capture_start"), LABELS["capture_start"])
+    end = parse_iso(meta.get("capture_end"), LABELS["capture_end"])
+    if end < start:
+        raise MetadataError(f"{LABELS['capture_end']}: {meta['capture_end']} is before the start {meta['capture_start']}")
+    out["capture_start"] = meta["capture_start"]
+    out["capture_end"] = meta["capture_end"]
+    collector = meta.get("collector")
+    if not isinstance(collector, dict):
+        raise MetadataError(f"{LABELS['collector']}: missing (name and officer certificate number)")
+    out["collector"] = {
+        "name": _text("collector", collector.get("name"), 64),
+        "id": _text("collector", collector.get("id"), 32),
+    }
+    out["pending"] = sorted(pending)
+    for key, value in meta.items():
+        if key not in out:
+            out[key] = value
+    return out
+
+
+def build(
+    *,
+    item_id: str,
+    hash_alg: str,
+    device: dict,
+    metadata: dict,
+    source: dict,
+    ingest_time: str,
+    clock_offset_ms: int | None,
+    device_seq: int,
+    prev_manifest_hash: str | None,
+    block_size: int,
+    files: list[dict],
+    segment_hashes: list[tuple[int, int, int, bytes]],
+    session: dict | None = None,
+    gaps: list[dict] | None = None,
+    sealed_at: str,
+) -> dict:
+    """Assemble a manifest; ``segment_hashes`` are (file index, offset, size, digest)."""
+    header = {
+        "format": FORMAT,
+        "item_id": item_id,
+        "hash_alg": hash_alg,
+        "device": device,
+        "metadata": validate_metadata(metadata),
+        "source": source,
+        "ingest_time": ingest_time,
+        "clock_offset_ms": clock_offset_ms,
+        "software": f"edge-agent/{__version__}",
+        "device_seq": device_seq,
+        "prev_manifest_hash": prev_manifest_hash,
+        "block_size": block_size,
+        "files": files,
+        "session": session,
+        "gaps": gaps or [],
+        "sealed_at": sealed_at,
+    }
+    head = hashing.header_hash(hash_alg, header)
+    links = hashing.chain_links(hash_alg, head, [s[3] for s in segment_hashes])
+    segments = [
+        {"file": f, "offset": off, "size": size, "hash": h.hex(), "link": ln.hex()}
+        for (f, off, size, h), ln in zip(segment_hashes, links)
+    ]
+    manifest = dict(header)
+    manifest["segments"] = segments
+    manifest["item_hash"] = (links[-1] if links else head).hex()
+    return manifest
+
+
+def header_of(manifest: dict) -> dict:
+    return {k: v for k, v in manifest.items() if k not in ("segments", "item_hash")}
+
+
+def encode(manifest: dict) -> bytes:
+    """The exact bytes stored and signed: RFC 8785 canonical JSON."""
+    return hashing.canonical(manifest)
+
+
+def signature_record(private, data: bytes) -> bytes:
+    record = {"alg": "ed25519", "key_id": keys.key_id(private.public_key()), "sig": keys.sign(private, data)}
+    return (json.dumps(record, sort_keys=True) + "\n").encode()
+
+
+def parse_signature(data: bytes, where: str) -> dict:
+    try:
+        rec = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise EdgeError(f"{where}: signature file is not JSON") from None
+    if not isinstance(rec, dict) or rec.get("alg") != "ed25519" or not isinstance(rec.get("key_id"), str) \
+            or not isinstance(rec.get("sig"), str):
+        raise EdgeError(f"{where}: signature file lacks alg=ed25519, key_id, sig")
+    return rec
+
+
+def parse(data: bytes, where: str = MANIFEST) -> dict:
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise EdgeError(f"{where}: not valid JSON") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise EdgeError(f"{where}: not an {FORMAT} manifest")
+    return obj
+
+
+def manifest_hash(alg: str, data: bytes) -> str:
+    return hashing.hexdigest(alg, data)
+
+
+@dataclasses.dataclass
+class Annotation:
+    seq: int
+    record: dict
+    data: bytes
+
+
+def make_annotation(*, item_id: str, manifest_hash_hex: str, seq: int, prev: str | None, time: str,
+                    actor: str, changes: dict, reason: str, hash_alg: str) -> dict:
+    """A correction or completion of metadata; the sealed manifest is never edited."""
+    if not changes:
+        raise MetadataError("an annotation must set at least one field")
+    for field, value in changes.items():
+        if field == "case_number":
+            check_case_number(value)
+        elif field in ("proof", "place", "note", "evidence_mark"):
+            if field == "evidence_mark":
+                if not isinstance(value, bool):
+                    raise MetadataError("evidence_mark must be true or false")
+            else:
+                _text(field, value)
+        else:
+            raise MetadataError(f"{field}: cannot be annotated (allowed: case_number, proof, place, note, evidence_mark)")
+    return {
+        "format": ANNOTATION_FORMAT,
+        "item_id": item_id,
+        "manifest_hash": manifest_hash_hex,
+        "hash_alg": hash_alg,
+        "seq": seq,
+        "prev": prev,
+        "time": time,
+        "actor": actor,
+        "set": changes,
+        "reason": reason,
+    }
+
+
+def read_annotations(item_dir: Path) -> list[Annotation]:
+    out = []
+    d = item_dir / ANNOTATIONS_DIR
+    if not d.is_dir():
+        return out
+    for p in sorted(d.glob("*.json")):
+        data = p.read_bytes()
+        try:
+            rec = json.loads(data)
+        except ValueError:
+            raise EdgeError(f"{p}: annotation is not JSON") from None
+        out.append(Annotation(seq=int(rec.get("seq", -1)), record=rec, data=data))
+    return out
+
+
+def effective_metadata(manifest: dict, annotations: list[Annotation]) -> dict:
+    """Metadata as sealed with the annotations applied in order (the original stays in the manifest)."""
+    meta = json.loads(json.dumps(manifest["metadata"]))
+    for ann in annotations:
+        for field, value in ann.record.get("set", {}).items():
+            meta[field] = value
+            if field in meta.get("pending", []):
+                meta["pending"] = [p for p in meta["pending"] if p != field]
+    return meta

@@ -1,0 +1,211 @@
+"""Offline verification of an item directory and of a device's chain of items.
+
+Used by ``edge-agent verify`` and, unchanged, by the archive before it accepts an item.
+Every failure names the exact place: which file, which segment, which field, which key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from ..errors import EdgeError, VerifyError
+from . import hashing, keys, manifest as mf
+
+
+@dataclasses.dataclass
+class ItemReport:
+    path: Path
+    item_id: str
+    device_id: str
+    device_seq: int
+    manifest_hash: str
+    prev_manifest_hash: str | None
+    item_hash: str
+    bytes: int
+    segments: int
+    annotations: int
+    manifest: dict
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["path"] = str(self.path)
+        d.pop("manifest")
+        return d
+
+
+def _fail(msg: str) -> None:
+    raise VerifyError(msg)
+
+
+def check_signature(data: bytes, sig_data: bytes, ring: keys.KeyRing, where: str) -> str:
+    rec = mf.parse_signature(sig_data, where)
+    public = ring.get(rec["key_id"])
+    if public is None:
+        _fail(f"{where}: signed by unknown key {rec['key_id']} (not among the trusted keys)")
+    if not keys.verify_sig(public, data, rec["sig"]):
+        _fail(f"{where}: bad signature: the manifest was modified after sealing or signed by another key")
+    return rec["key_id"]
+
+
+def safe_member(name: str) -> bool:
+    return bool(name) and "/" not in name and "\\" not in name and "\x00" not in name and name not in (".", "..")
+
+
+def verify_item(item_dir: str | os.PathLike, ring: keys.KeyRing, *, check_files: bool = True,
+                expected_device: str | None = None) -> ItemReport:
+    """Verify signature, metadata, every segment hash and link, sizes, and annotations."""
+    d = Path(item_dir)
+    mpath, spath = d / mf.MANIFEST, d / mf.SIGNATURE
+    if not mpath.is_file():
+        _fail(f"{d}: no {mf.MANIFEST}")
+    if not spath.is_file():
+        _fail(f"{d}: no {mf.SIGNATURE} (item is not sealed)")
+    data = mpath.read_bytes()
+    kid = check_signature(data, spath.read_bytes(), ring, str(mpath))
+    try:
+        m = mf.parse(data, str(mpath))
+    except EdgeError as exc:
+        raise VerifyError(str(exc)) from None
+    owner = ring.device_of.get(kid)
+    device_id = m.get("device", {}).get("id")
+    if owner and device_id != owner:
+        _fail(f"{mpath}: key {kid} belongs to device {owner}, manifest claims device {device_id}")
+    if expected_device and device_id != expected_device:
+        _fail(f"{mpath}: item of device {device_id}, expected {expected_device}")
+    alg = m.get("hash_alg")
+    if alg not in hashing.available_algorithms():
+        _fail(f"{mpath}: hash algorithm {alg!r} not available here")
+    try:
+        mf.validate_metadata(m.get("metadata"))
+    except EdgeError as exc:
+        _fail(f"{mpath}: metadata: {exc}")
+    # the chain: header hash, then every segment's hash and link
+    head = hashing.header_hash(alg, mf.header_of(m))
+    files = m.get("files", [])
+    segs = m.get("segments", [])
+    prev = head
+    for i, seg in enumerate(segs):
+        link = hashing.link(alg, prev, bytes.fromhex(seg["hash"]), i)
+        if link.hex() != seg["link"]:
+            _fail(f"{mpath}: segment {i}: link does not chain to the previous one")
+        prev = link
+    if prev.hex() != m.get("item_hash"):
+        _fail(f"{mpath}: item_hash does not match the last link")
+    total = 0
+    if check_files:
+        listed = set()
+        for fi, f in enumerate(files):
+            name = f.get("name", "")
+            if not safe_member(name):
+                _fail(f"{mpath}: file {fi}: unsafe name {name!r}")
+            listed.add(name)
+            path = d / mf.FILES_DIR / name
+            if not path.is_file():
+                _fail(f"{d}: file {name} is missing")
+            size = path.stat().st_size
+            if size != f["size"]:
+                _fail(f"{path}: size {size} bytes, sealed as {f['size']} (truncated or extended)")
+            file_segs = [(i, s) for i, s in enumerate(segs) if s["file"] == fi]
+            whole = hashing.new(alg)
+            with open(path, "rb") as fh:
+                expect_off = 0
+                for i, s in file_segs:
+                    if s["offset"] != expect_off:
+                        _fail(f"{mpath}: segment {i}: offset {s['offset']}, expected {expect_off}")
+                    block = fh.read(s["size"])
+                    whole.update(block)
+                    if len(block) != s["size"] or hashing.digest(alg, block).hex() != s["hash"]:
+                        _fail(f"{path}: segment {i} (bytes {s['offset']}-{s['offset'] + s['size'] - 1}): "
+                              "hash mismatch, content altered")
+                    expect_off += s["size"]
+                if expect_off != f["size"]:
+                    _fail(f"{mpath}: segments of {name} cover {expect_off} of {f['size']} bytes")
+            if whole.hexdigest() != f["hash"]:
+                _fail(f"{path}: file hash mismatch")
+            total += size
+        present = {p.name for p in (d / mf.FILES_DIR).iterdir()} if (d / mf.FILES_DIR).is_dir() else set()
+        extra = sorted(present - listed)
+        if extra:
+            _fail(f"{d}: unexpected file(s) not in the manifest: {', '.join(extra)}")
+    mhash = mf.manifest_hash(alg, data)
+    anns = mf.read_annotations(d)
+    prev_ann = None
+    for n, ann in enumerate(anns, 1):
+        where = f"{d / mf.ANNOTATIONS_DIR}/{n:04d}.json"
+        sig = Path(where[:-5] + ".sig")
+        if not sig.is_file():
+            _fail(f"{where}: annotation without signature")
+        check_signature(ann.data, sig.read_bytes(), ring, where)
+        rec = ann.record
+        if rec.get("seq") != n:
+            _fail(f"{where}: annotation sequence {rec.get('seq')}, expected {n} (one removed or reordered)")
+        if rec.get("manifest_hash") != mhash or rec.get("item_id") != m["item_id"]:
+            _fail(f"{where}: annotation belongs to another item or manifest")
+        if rec.get("prev") != prev_ann:
+            _fail(f"{where}: annotation chain broken (previous annotation changed or removed)")
+        prev_ann = hashing.hexdigest(alg, ann.data)
+    return ItemReport(path=d, item_id=m["item_id"], device_id=device_id, device_seq=m["device_seq"],
+                      manifest_hash=mhash, prev_manifest_hash=m.get("prev_manifest_hash"),
+                      item_hash=m["item_hash"], bytes=total, segments=len(segs), annotations=len(anns),
+                      manifest=m)
+
+
+def find_items(root: str | os.PathLike) -> list[Path]:
+    return sorted(p.parent for p in Path(root).rglob(mf.MANIFEST) if p.parent.name != mf.ANNOTATIONS_DIR)
+
+
+@dataclasses.dataclass
+class ChainReport:
+    devices: dict[str, dict]
+    items: list[ItemReport]
+
+    def as_dict(self) -> dict:
+        return {"devices": self.devices, "items": [r.as_dict() for r in self.items]}
+
+
+def verify_chain(root: str | os.PathLike, ring: keys.KeyRing, *, check_files: bool = True,
+                 allow_missing_start: bool = False) -> ChainReport:
+    """Verify every item under ``root`` and that each device's sequence has no hole, no fork,
+    and that each interview session's segments follow one another."""
+    items = [verify_item(p, ring, check_files=check_files) for p in find_items(root)]
+    if not items:
+        _fail(f"{root}: no items found")
+    by_dev: dict[str, list[ItemReport]] = {}
+    for r in items:
+        by_dev.setdefault(r.device_id, []).append(r)
+    devices = {}
+    for dev, reps in by_dev.items():
+        reps.sort(key=lambda r: r.device_seq)
+        first = reps[0]
+        if first.device_seq != 1 and not allow_missing_start:
+            _fail(f"device {dev}: items before seq {first.device_seq} are missing (item {first.item_id})")
+        for a, b in zip(reps, reps[1:]):
+            if b.device_seq == a.device_seq:
+                _fail(f"device {dev}: two items with seq {a.device_seq}: {a.item_id}, {b.item_id}")
+            if b.device_seq != a.device_seq + 1:
+                _fail(f"device {dev}: item seq {a.device_seq + 1} missing between {a.item_id} and {b.item_id}")
+            if b.prev_manifest_hash != a.manifest_hash:
+                _fail(f"device {dev}: item {b.item_id} does not chain to {a.item_id} (previous manifest hash differs)")
+        _check_sessions(dev, reps)
+        devices[dev] = {"items": len(reps), "first_seq": first.device_seq, "head_seq": reps[-1].device_seq,
+                        "head_hash": reps[-1].manifest_hash}
+    return ChainReport(devices=devices, items=items)
+
+
+def _check_sessions(dev: str, reps: list[ItemReport]) -> None:
+    sessions: dict[str, list[ItemReport]] = {}
+    for r in reps:
+        s = r.manifest.get("session")
+        if s:
+            sessions.setdefault(s["id"], []).append(r)
+    for sid, segs in sessions.items():
+        segs.sort(key=lambda r: r.manifest["session"]["index"])
+        for n, r in enumerate(segs):
+            s = r.manifest["session"]
+            if s["index"] != n:
+                _fail(f"session {sid}: segment {n} missing (next present is {s['index']}, item {r.item_id})")
+            want_prev = segs[n - 1].item_hash if n else None
+            if s.get("prev_item_hash") != want_prev:
+                _fail(f"session {sid}: segment {n} (item {r.item_id}) does not follow segment {n - 1}")

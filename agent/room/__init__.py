@@ -1,0 +1,1 @@
+"""Interview room (同步录音录像): overlay, compositor, segmenter."""

@@ -1,0 +1,564 @@
+"""The durable local store: ledger + spool. Producers create items through :class:`ItemWriter`;
+the uplink and the CLI read and move them through their states.
+
+Spool layout under ``data_dir``::
+
+    ledger.db            SQLite ledger (WAL)
+    keys/device.key      Ed25519 private key (0600), keys/device.pub
+    spool/incoming/ID/   items being received (files/ partial)
+    spool/items/ID/      sealed items: manifest.json, manifest.sig, files/, annotations/
+    chain.lock           serialises sealing across processes (the device chain has one head)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from ..config import Config
+from ..errors import DiskReserveError, EdgeError, NotFoundError
+from ..evidence import hashing, keys, manifest as mf
+from ..evidence.verify import verify_item
+from ..timeutil import now, now_iso
+from .audit import AuditLog
+from .fsutil import atomic_write, free_bytes, fsync_dir, rename_durable
+from .ledger import UNARCHIVED, Ledger
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 1 << 20
+_chain_thread_lock = threading.RLock()
+
+
+class Store:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.data_dir = Path(cfg.storage.data_dir)
+        self.alg = cfg.evidence.hash_algorithm
+        self.block_size = cfg.evidence.block_size
+        self.reserve = cfg.storage.reserve_mb * 1024 * 1024
+        self.incoming = self.data_dir / "spool" / "incoming"
+        self.items_dir = self.data_dir / "spool" / "items"
+        for d in (self.incoming, self.items_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(self.data_dir / "ledger.db")
+        self._key = None
+        self.audit = AuditLog(self.ledger, self.alg, signer=self._sign_if_key)
+        self.disk_low = False
+
+    # --- keys -------------------------------------------------------------------------------
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / "keys" / "device.key"
+
+    @property
+    def pub_path(self) -> Path:
+        return self.data_dir / "keys" / "device.pub"
+
+    @property
+    def private_key(self):
+        if self._key is None:
+            self._key = keys.load_private(self.key_path)
+        return self._key
+
+    def _sign_if_key(self, data: bytes) -> str | None:
+        if self._key is None and not self.key_path.exists():
+            return None
+        return keys.sign(self.private_key, data)
+
+    def keyring(self) -> keys.KeyRing:
+        ring = keys.KeyRing()
+        ring.add(self.private_key.public_key(), self.cfg.device.id)
+        return ring
+
+    def device_record(self) -> dict:
+        d = self.cfg.device
+        return {"id": d.id, "unit_code": d.unit_code, "unit_name": d.unit_name, "kind": d.kind,
+                "location": d.location, "key_id": keys.key_id(self.private_key.public_key())}
+
+    # --- disk reserve -----------------------------------------------------------------------
+    def free(self) -> int:
+        return free_bytes(self.data_dir)
+
+    def check_reserve(self, need: int = 0) -> None:
+        free = self.free()
+        if free - need < self.reserve:
+            self.disk_low = True
+            raise DiskReserveError(
+                f"磁盘空间不足 / disk reserve reached: {free // 2**20} MiB free, {need // 2**20} MiB needed, "
+                f"{self.reserve // 2**20} MiB reserved ({self.data_dir}); nothing unarchived is deleted to make room")
+        self.disk_low = False
+
+    # --- producing items --------------------------------------------------------------------
+    def new_item(self, metadata: dict, source: dict, *, kind: str = "file", priority: int = 5,
+                 source_key: str | None = None, session: dict | None = None,
+                 clock_offset_ms: int | None = None, expected_size: int = 0) -> "ItemWriter":
+        """Start an item (ledger row 'receiving' first, then files). Mandatory metadata is checked
+        now, before any byte is copied, except capture_end which may be given at seal time."""
+        probe = dict(metadata)
+        probe.setdefault("capture_end", probe.get("capture_start"))
+        mf.validate_metadata(probe)
+        self.check_reserve(expected_size)
+        item_id = f"{self.cfg.device.id}-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
+        path = self.incoming / item_id
+        (path / mf.FILES_DIR).mkdir(parents=True)
+        state = {"metadata": metadata, "source": source, "session": session, "clock_offset_ms": clock_offset_ms,
+                 "kind": kind}
+        atomic_write(path / "pending.json", json.dumps(state, ensure_ascii=False).encode())
+        collector = metadata.get("collector") or {}
+        with self.ledger.atomic() as db:
+            db["items"].insert({
+                "id": item_id, "state": "receiving", "kind": kind,
+                "case_number": metadata.get("case_number"), "collector_id": collector.get("id"),
+                "collector_name": collector.get("name"), "pending": ",".join(metadata.get("pending", []) or []),
+                "created": now_iso(), "created_ts": time.time(), "priority": priority,
+                "source_key": source_key, "session_id": (session or {}).get("id"), "path": str(path),
+            })
+        return ItemWriter(self, item_id, path, state)
+
+    def resume_item(self, source_key: str) -> "ItemWriter | None":
+        """The item still receiving for this source (e.g. a recorder file cut off mid-copy)."""
+        row = self.ledger.one("SELECT * FROM items WHERE source_key = ? AND state = 'receiving' "
+                              "ORDER BY created_ts DESC LIMIT 1", [source_key])
+        if not row:
+            return None
+        path = Path(row["path"])
+        try:
+            state = json.loads((path / "pending.json").read_text())
+        except (OSError, ValueError):
+            self.discard(row["id"], "resume state unreadable")
+            return None
+        return ItemWriter(self, row["id"], path, state)
+
+    def find_by_source(self, source_key: str) -> dict | None:
+        return self.ledger.one("SELECT * FROM items WHERE source_key = ? AND state NOT IN ('discarded') "
+                               "ORDER BY created_ts DESC LIMIT 1", [source_key])
+
+    def discard(self, item_id: str, reason: str, actor: str | None = None) -> None:
+        row = self.item(item_id)
+        if row["state"] != "receiving":
+            raise EdgeError(f"{item_id}: only unsealed work can be discarded (state {row['state']})")
+        shutil.rmtree(row["path"], ignore_errors=True)
+        with self.ledger.atomic():
+            self.ledger.db["items"].update(item_id, {"state": "discarded", "error": reason})
+            self.audit.append("discard", item_id, actor=actor, reason=reason)
+
+    # --- chain head -------------------------------------------------------------------------
+    def head(self) -> tuple[int, str | None]:
+        seq = int(self.ledger.get_meta("head_seq", "0") or 0)
+        return seq, self.ledger.get_meta("head_hash")
+
+    def _chain_lock(self):
+        return _ChainLock(self.data_dir / "chain.lock")
+
+    # --- reading ----------------------------------------------------------------------------
+    def item(self, item_id: str) -> dict:
+        row = self.ledger.one("SELECT * FROM items WHERE id = ?", [item_id])
+        if not row:
+            raise NotFoundError(f"{item_id}: no such item")
+        return row
+
+    def items(self, state: str | None = None, case: str | None = None, limit: int | None = None) -> list[dict]:
+        sql, params = "SELECT * FROM items WHERE 1=1", []
+        if state:
+            sql += " AND state = ?"
+            params.append(state)
+        if case:
+            sql += " AND case_number = ?"
+            params.append(case)
+        sql += " ORDER BY created_ts"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return self.ledger.query(sql, params)
+
+    def item_dir(self, item_id: str) -> Path:
+        return Path(self.item(item_id)["path"])
+
+    def read_manifest(self, item_id: str) -> dict:
+        return json.loads((self.item_dir(item_id) / mf.MANIFEST).read_bytes())
+
+    def status(self) -> dict:
+        counts = {r["state"]: r["n"] for r in self.ledger.query("SELECT state, count(*) n FROM items GROUP BY state")}
+        pend = self.ledger.one("SELECT count(*) n, coalesce(sum(size),0) b, min(created_ts) oldest FROM items "
+                               f"WHERE state IN ({','.join('?' * len(UNARCHIVED))})", list(UNARCHIVED))
+        annot = self.ledger.one("SELECT count(*) n FROM items WHERE pending != '' AND state NOT IN ('discarded','purged')")
+        seq, head = self.head()
+        free = self.free()
+        return {
+            "device": {"id": self.cfg.device.id, "unit_code": self.cfg.device.unit_code,
+                       "unit_name": self.cfg.device.unit_name, "kind": self.cfg.device.kind,
+                       "location": self.cfg.device.location},
+            "items_by_state": counts,
+            "unarchived_items": pend["n"],
+            "bytes_buffered": pend["b"],
+            "oldest_unarchived_age_s": int(time.time() - pend["oldest"]) if pend["oldest"] else None,
+            "pending_annotation": annot["n"],
+            "chain": {"seq": seq, "head": head},
+            "disk": {"free_bytes": free, "reserve_bytes": self.reserve, "low": free < self.reserve},
+        }
+
+    # --- state changes ----------------------------------------------------------------------
+    def set_state(self, item_id: str, state: str, audit_action: str | None = None, actor: str | None = None,
+                  **fields: Any) -> None:
+        with self.ledger.atomic():
+            self.ledger.db["items"].update(item_id, {"state": state, **fields})
+            if audit_action:
+                self.audit.append(audit_action, item_id, actor=actor, state=state,
+                                  **{k: v for k, v in fields.items() if k != "receipt"})
+
+    def mark_archived(self, item_id: str, receipt: dict | None = None) -> None:
+        self.set_state(item_id, "archived", "archive", actor="agent:uplink", archived_at=now_iso(),
+                       receipt=json.dumps(receipt or {}, ensure_ascii=False))
+
+    def purge_expired(self, at: float | None = None) -> list[str]:
+        """Remove local copies of archived items older than the retention; never unarchived ones."""
+        at = at or time.time()
+        keep = self.cfg.storage.retention_days * 86400
+        purged = []
+        for row in self.items(state="archived"):
+            archived = _dt.datetime.fromisoformat(row["archived_at"]).timestamp()
+            if at - archived >= keep:
+                shutil.rmtree(row["path"], ignore_errors=True)
+                self.set_state(row["id"], "purged", "purge", actor="agent:retention", purged_at=now_iso())
+                purged.append(row["id"])
+        return purged
+
+    # --- annotations ------------------------------------------------------------------------
+    def annotate(self, item_id: str, changes: dict, reason: str = "", actor: str | None = None) -> dict:
+        """Append a signed annotation (the sealed manifest stays as it was)."""
+        row = self.item(item_id)
+        if row["state"] in ("receiving", "discarded", "purged"):
+            raise EdgeError(f"{item_id}: cannot annotate an item in state {row['state']}")
+        d = Path(row["path"])
+        anns = mf.read_annotations(d)
+        from .audit import current_actor
+        who = actor or current_actor()
+        prev = hashing.hexdigest(self.alg, anns[-1].data) if anns else None
+        rec = mf.make_annotation(item_id=item_id, manifest_hash_hex=row["manifest_hash"], seq=len(anns) + 1,
+                                 prev=prev, time=now_iso(), actor=who, changes=changes, reason=reason,
+                                 hash_alg=self.alg)
+        data = hashing.canonical(rec)
+        adir = d / mf.ANNOTATIONS_DIR
+        adir.mkdir(exist_ok=True)
+        n = len(anns) + 1
+        atomic_write(adir / f"{n:04d}.sig", mf.signature_record(self.private_key, data))
+        atomic_write(adir / f"{n:04d}.json", data)
+        manifest = json.loads((d / mf.MANIFEST).read_bytes())
+        meta = mf.effective_metadata(manifest, mf.read_annotations(d))
+        with self.ledger.atomic():
+            fields = {"case_number": meta.get("case_number"), "pending": ",".join(meta.get("pending", []))}
+            if row["state"] == "archived":
+                fields["state"] = "sealed"  # the annotation itself must reach the archive
+            self.ledger.db["items"].update(item_id, fields)
+            self.audit.append("annotate", item_id, actor=who, set=changes, reason=reason)
+        return rec
+
+    # --- recovery ---------------------------------------------------------------------------
+    def recover(self) -> list[str]:
+        """After a crash: roll sealed-but-unrecorded items forward, discard interrupted one-shot work
+        (resumable work, with a source key, is kept for resume), remove orphans. Audited."""
+        actions: list[str] = []
+        with self._chain_lock():
+            for row in self.items(state="receiving"):
+                path = Path(row["path"])
+                sealed_dir = self.items_dir / row["id"]
+                for cand in (sealed_dir, path):
+                    if (cand / mf.MANIFEST).is_file() and (cand / mf.SIGNATURE).is_file():
+                        if self._roll_forward(row, cand):
+                            actions.append(f"{row['id']}: sealed before the crash, recorded now")
+                        break
+                else:
+                    if row["source_key"]:
+                        actions.append(f"{row['id']}: partial copy kept for resume")
+                        continue
+                    shutil.rmtree(path, ignore_errors=True)
+                    with self.ledger.atomic():
+                        self.ledger.db["items"].update(row["id"], {"state": "discarded", "error": "interrupted before sealing"})
+                        self.audit.append("recover", row["id"], actor="agent:recover", result="discarded",
+                                          reason="interrupted before sealing")
+                    actions.append(f"{row['id']}: interrupted before sealing, discarded")
+            known = {r["id"] for r in self.ledger.query("SELECT id FROM items")}
+            for parent in (self.incoming, self.items_dir):
+                for d in parent.iterdir():
+                    if d.name not in known:
+                        shutil.rmtree(d, ignore_errors=True)
+                        self.audit.append("recover", d.name, actor="agent:recover", result="orphan removed",
+                                          path=str(d))
+                        actions.append(f"{d.name}: orphan directory removed")
+        for a in actions:
+            log.warning("recovery: %s", a)
+        return actions
+
+    def _roll_forward(self, row: dict, cand: Path) -> bool:
+        seq, head = self.head()
+        try:
+            rep = verify_item(cand, self.keyring())
+        except EdgeError as exc:
+            log.error("recovery: %s has a manifest that does not verify (%s); kept for inspection", cand, exc)
+            return False
+        if rep.device_seq != seq + 1 or rep.prev_manifest_hash != head:
+            log.error("recovery: %s does not extend the chain head %s; kept for inspection", cand, seq)
+            return False
+        target = self.items_dir / row["id"]
+        if cand != target:
+            rename_durable(cand, target)
+        self._record_sealed(row["id"], target, rep.manifest, rep.manifest_hash, rep.bytes)
+        self.audit.append("recover", row["id"], actor="agent:recover", result="sealed", seq=rep.device_seq)
+        return True
+
+    def _record_sealed(self, item_id: str, path: Path, manifest: dict, mhash: str, size: int) -> None:
+        meta = manifest["metadata"]
+        content = manifest["files"][0]["hash"] if len(manifest["files"]) == 1 else None
+        with self.ledger.atomic() as db:
+            db["items"].update(item_id, {
+                "state": "sealed", "device_seq": manifest["device_seq"], "sealed_at": manifest["sealed_at"],
+                "manifest_hash": mhash, "item_hash": manifest["item_hash"], "size": size,
+                "content_hash": content, "path": str(path), "case_number": meta.get("case_number"),
+                "pending": ",".join(meta.get("pending", [])),
+            })
+            db.execute("INSERT INTO meta(key, value) VALUES ('head_seq', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                       [str(manifest["device_seq"])])
+            db.execute("INSERT INTO meta(key, value) VALUES ('head_hash', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                       [mhash])
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+class _ChainLock:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        _chain_thread_lock.acquire()
+        self.fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        _chain_thread_lock.release()
+
+
+class ItemWriter:
+    """Copies, hashes and fsyncs an item's files in one pass, then seals it into the device chain."""
+
+    def __init__(self, store: Store, item_id: str, path: Path, state: dict):
+        self.store = store
+        self.id = item_id
+        self.path = path
+        self.state = state
+        self.files: list[dict] = []
+        self.segments: list[tuple[int, int, int, bytes]] = []
+        self.gaps: list[dict] = list(state.get("gaps", []))
+
+    @property
+    def files_dir(self) -> Path:
+        return self.path / mf.FILES_DIR
+
+    def partial_size(self, name: str) -> int:
+        p = self.files_dir / _member(name)
+        return p.stat().st_size if p.exists() else 0
+
+    def add_stream(self, name: str, src: BinaryIO, *, expected_size: int | None = None, start_offset: int = 0,
+                   progress: Callable[[int], None] | None = None, read_size: int = READ_SIZE) -> dict:
+        """Copy ``src`` (positioned at ``start_offset``) into the item, hashing each block as it passes.
+
+        With ``start_offset`` > 0 the first bytes already in the spool (an earlier, interrupted copy)
+        are re-hashed from local disk and the copy continues after them.
+        """
+        alg, bs = self.store.alg, self.store.block_size
+        name = _member(name)
+        dest = self.files_dir / name
+        fidx = len(self.files)
+        whole = hashing.new(alg)
+        block = hashing.new(alg)
+        in_block = 0
+        offset = 0
+        block_start = 0
+        segs: list[tuple[int, int, int, bytes]] = []
+
+        def feed(view: memoryview) -> None:
+            nonlocal in_block, block, block_start, offset
+            whole.update(view)
+            pos = 0
+            while pos < len(view):
+                take = min(bs - in_block, len(view) - pos)
+                block.update(view[pos:pos + take])
+                in_block += take
+                pos += take
+                if in_block == bs:
+                    segs.append((fidx, block_start, bs, block.digest()))
+                    block_start += bs
+                    block = hashing.new(alg)
+                    in_block = 0
+            offset += len(view)
+
+        mode = "r+b" if start_offset else "wb"
+        if start_offset:
+            have = dest.stat().st_size if dest.exists() else 0
+            if have < start_offset:
+                raise EdgeError(f"{dest}: only {have} bytes on disk, cannot resume at {start_offset}")
+        buf = bytearray(read_size)
+        mv = memoryview(buf)
+        fd = open(dest, mode)
+        try:
+            if start_offset:
+                with open(dest, "rb") as old:
+                    remaining = start_offset
+                    while remaining:
+                        n = old.readinto(mv[:min(read_size, remaining)])
+                        if not n:
+                            break
+                        feed(mv[:n])
+                        remaining -= n
+                fd.seek(start_offset)
+                fd.truncate()
+                if progress:
+                    progress(start_offset)
+            since_check = 0
+            while True:
+                try:
+                    n = src.readinto(mv)
+                except OSError as exc:
+                    fd.flush()
+                    raise SourceError(f"{name}: source read failed at byte {offset}: {exc.strerror or exc}",
+                                      offset) from None
+                if not n:
+                    break
+                chunk = mv[:n]
+                feed(chunk)
+                try:
+                    fd.write(chunk)
+                except OSError as exc:
+                    fd.flush()
+                    if exc.errno == 28:
+                        self.store.disk_low = True
+                        raise DiskReserveError(f"磁盘已满 / disk full while copying {name} at byte {offset}") from None
+                    raise
+                since_check += n
+                if since_check >= (64 << 20):
+                    since_check = 0
+                    left = (expected_size - offset) if expected_size else 0
+                    self.store.check_reserve(max(left, 0))
+                if progress:
+                    progress(n)
+            fd.flush()
+            os.fsync(fd.fileno())
+        finally:
+            fd.close()
+        if in_block or offset == 0:
+            segs.append((fidx, block_start, in_block, block.digest()))
+        if expected_size is not None and offset != expected_size:
+            raise SourceError(f"{name}: got {offset} bytes, expected {expected_size} (source cut off or changed)",
+                              offset)
+        entry = {"name": name, "size": offset, "hash": whole.hexdigest()}
+        self.files.append(entry)
+        self.segments.extend(segs)
+        return entry
+
+    def add_path(self, name: str, path: Path, *, move: bool = False) -> dict:
+        """Add a finished file (e.g. a closed media segment); ``move`` renames it into the spool."""
+        if move:
+            target = self.files_dir / _member(name)
+            try:
+                os.replace(path, target)
+                fsync_dir(self.files_dir)
+                with open(target, "rb") as f:
+                    return self._hash_in_place(name, f)
+            except OSError as exc:
+                if exc.errno != 18:  # EXDEV: fall back to a copy
+                    raise
+        with open(path, "rb") as f:
+            entry = self.add_stream(name, f)
+        if move:
+            os.unlink(path)
+        return entry
+
+    def _hash_in_place(self, name: str, f: BinaryIO) -> dict:
+        alg, bs = self.store.alg, self.store.block_size
+        fidx = len(self.files)
+        whole = hashing.new(alg)
+        off = 0
+        while True:
+            blk = f.read(bs)
+            if not blk and off:
+                break
+            whole.update(blk)
+            self.segments.append((fidx, off, len(blk), hashing.digest(alg, blk)))
+            off += len(blk)
+            if not blk:
+                break
+        entry = {"name": _member(name), "size": off, "hash": whole.hexdigest()}
+        self.files.append(entry)
+        return entry
+
+    def add_gap(self, start: str, end: str, component: str, reason: str) -> None:
+        self.gaps.append({"start": start, "end": end, "component": component, "reason": reason})
+
+    def content_hash(self) -> str | None:
+        return self.files[0]["hash"] if len(self.files) == 1 else None
+
+    def seal(self, capture_end: str | None = None, extra_metadata: dict | None = None,
+             extra_source: dict | None = None, session: dict | None = None, actor: str | None = None) -> dict:
+        """Write the signed manifest, move the item into the spool's sealed area, extend the chain."""
+        st = self.store
+        meta = dict(self.state["metadata"])
+        if capture_end:
+            meta["capture_end"] = capture_end
+        meta.setdefault("capture_end", now_iso())
+        if extra_metadata:
+            meta.update(extra_metadata)
+        source = dict(self.state["source"])
+        if extra_source:
+            source.update(extra_source)
+        session = session if session is not None else self.state.get("session")
+        with st._chain_lock():
+            seq, head = st.head()
+            m = mf.build(item_id=self.id, hash_alg=st.alg, device=st.device_record(), metadata=meta, source=source,
+                         ingest_time=now_iso(), clock_offset_ms=self.state.get("clock_offset_ms"),
+                         device_seq=seq + 1, prev_manifest_hash=head, block_size=st.block_size,
+                         files=self.files, segment_hashes=self.segments, session=session, gaps=self.gaps,
+                         sealed_at=now_iso())
+            data = mf.encode(m)
+            atomic_write(self.path / mf.SIGNATURE, mf.signature_record(st.private_key, data))
+            atomic_write(self.path / mf.MANIFEST, data)
+            try:
+                os.unlink(self.path / "pending.json")
+            except FileNotFoundError:
+                pass
+            target = st.items_dir / self.id
+            rename_durable(self.path, target)
+            self.path = target
+            mhash = mf.manifest_hash(st.alg, data)
+            st._record_sealed(self.id, target, m, mhash, sum(f["size"] for f in self.files))
+            st.audit.append("seal", self.id, actor=actor, seq=seq + 1, manifest_hash=mhash,
+                            case=meta.get("case_number"), files=[f["name"] for f in self.files])
+        return m
+
+    def discard(self, reason: str) -> None:
+        self.store.discard(self.id, reason)
+
+
+class SourceError(EdgeError):
+    """The source stopped or changed mid-copy; ``offset`` bytes are safely in the spool."""
+
+    def __init__(self, message: str, offset: int):
+        super().__init__(message)
+        self.offset = offset
+
+
+def _member(name: str) -> str:
+    if not name or "/" in name or "\\" in name or "\x00" in name or name in (".", "..") or len(name.encode()) > 255:
+        raise EdgeError(f"unsafe file name {name!r}: paths, NUL and names over 255 bytes are refused")
+    return name

@@ -1,0 +1,37 @@
+"""Errors of the recorder driver. Every message is one bilingual line: ``中文 / English``."""
+
+from __future__ import annotations
+
+from agent.errors import EdgeError
+
+
+class RecorderError(EdgeError):
+    """Base of every recorder driver error."""
+
+
+class RecorderTimeout(RecorderError):
+    """The recorder did not answer a request, retries included."""
+
+
+class ProtocolError(RecorderError):
+    """The recorder answered something this driver cannot accept (malformed payload, bad name...)."""
+
+
+class UnsafeName(ProtocolError):
+    """A file name from a recorder carries a path, NUL, control characters or is too long."""
+
+
+class AuthError(RecorderError):
+    """Admin password refused, or a command needs authentication first."""
+
+
+class RecorderGone(RecorderError):
+    """The serial port disappeared or hung up (recorder unplugged)."""
+
+
+class RecorderRefused(RecorderError):
+    """The recorder answered with a failure result code (``.result``)."""
+
+    def __init__(self, message: str, result: int):
+        super().__init__(message)
+        self.result = result

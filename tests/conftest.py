@@ -1,0 +1,65 @@
+"""Shared fixtures. Keep this file small: the machinery lives in tests/support/."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import Mosquitto
+from tests.support.pki import Pki, make_pki
+
+# Client certificate CNs issued up front (per-device identity = CN); pki.client(cn) makes more.
+DEVICE_IDS = ("dock-0001", "room-0001", "archive", "monitor")
+
+
+@pytest.fixture
+def tmp_data(tmp_path: Path) -> Path:
+    """A fresh, empty data directory for an agent / archive."""
+    d = tmp_path / "data"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """CA + server cert (127.0.0.1/localhost) + client certs (DEVICE_IDS) + a rogue client cert."""
+    return make_pki(tmp_path_factory.mktemp("pki"), DEVICE_IDS)
+
+
+@pytest.fixture
+def make_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Mosquitto]]:
+    """Factory: ``make_broker(extra_config=[...], tls=pki, persistence_dir=...)`` -> started broker.
+
+    Every broker made is stopped at teardown."""
+    made: list[Mosquitto] = []
+
+    def factory(**kwargs) -> Mosquitto:
+        mq = Mosquitto(tmp_path_factory.mktemp("mosquitto"), **kwargs)
+        made.append(mq)
+        return mq.start()
+
+    yield factory
+    for mq in made:
+        mq.kill()  # no-op if already stopped
+
+
+@pytest.fixture
+def broker(make_broker) -> Mosquitto:
+    """A private plain broker for one test (free port on 127.0.0.1; ``.port``)."""
+    return make_broker()
+
+
+@pytest.fixture(scope="session")
+def broker_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """One plain broker shared by the whole session: use unique topics, don't restart it."""
+    mq = Mosquitto(tmp_path_factory.mktemp("mosquitto-session")).start()
+    yield mq
+    mq.stop()
+
+
+@pytest.fixture
+def tls_broker(make_broker, pki: Pki) -> Mosquitto:
+    """A broker with a mutual-TLS listener (``.tls_port``, client cert required, CN = username)
+    and a plain listener (``.port``)."""
+    return make_broker(tls=pki, identity_as_username=True)

@@ -1,0 +1,1 @@
+"""Shared test support: private Mosquitto brokers, a throwaway PKI, media helpers."""

@@ -1,0 +1,177 @@
+"""The shared fixtures themselves: private Mosquitto, restart, mutual TLS with the test PKI."""
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography import x509
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.support.broker import Mosquitto, wait_port
+
+
+class Probe:
+    """A paho-mqtt 2 client (MQTTv5, callback API v2) that records what happens."""
+
+    def __init__(self, client_id: str | None = None) -> None:
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"probe-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.connected = threading.Event()
+        self.disconnected = threading.Event()
+        self.subscribed = threading.Event()
+        self.reason = None
+        self.messages: list[mqtt.MQTTMessage] = []
+        self.got = threading.Event()
+        c = self.client
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_subscribe = lambda *a: self.subscribed.set()
+        c.on_message = self._on_message
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        self.reason = reason_code
+        if not reason_code.is_failure:
+            self.connected.set()
+        else:
+            self.disconnected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.disconnected.set()
+
+    def _on_message(self, client, userdata, msg):
+        self.messages.append(msg)
+        self.got.set()
+
+    def tls(self, ca, cert=None, key=None) -> "Probe":
+        self.client.tls_set(ca_certs=str(ca), certfile=cert and str(cert), keyfile=key and str(key))
+        return self
+
+    def connect(self, port: int, timeout: float = 5.0) -> bool:
+        """True if the broker accepted the session within ``timeout``."""
+        try:
+            self.client.connect("127.0.0.1", port, keepalive=10)
+        except (OSError, ssl.SSLError):
+            return False
+        self.client.loop_start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not (self.connected.is_set() or self.disconnected.is_set()):
+            time.sleep(0.01)
+        ok = self.connected.is_set()
+        if not ok:
+            self.stop()
+        return ok
+
+    def stop(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+
+
+def test_broker_pub_sub(broker: Mosquitto):
+    assert broker.running and broker.port
+    sub, pub = Probe(), Probe()
+    try:
+        assert sub.connect(broker.port)
+        sub.client.subscribe("edge/test/#", qos=1)
+        assert sub.subscribed.wait(5)
+        assert pub.connect(broker.port)
+        info = pub.client.publish("edge/test/a", "证据 / evidence".encode(), qos=1)
+        info.wait_for_publish(5)
+        assert sub.got.wait(5)
+        assert sub.messages[0].topic == "edge/test/a"
+        assert sub.messages[0].payload.decode() == "证据 / evidence"
+    finally:
+        sub.stop()
+        pub.stop()
+    assert broker.log_path.exists()
+
+
+def test_restart_keeps_port(broker: Mosquitto):
+    port = broker.port
+    broker.restart()
+    assert broker.port == port and broker.running
+    broker.kill()
+    assert not broker.running
+    assert not wait_port(port, timeout=0.3)
+    broker.restart()
+    assert broker.port == port
+    p = Probe()
+    assert p.connect(port)
+    p.stop()
+
+
+def test_extra_config_and_persistence(make_broker, tmp_path):
+    mq = make_broker(extra_config=["max_packet_size 1000"], persistence_dir=tmp_path / "db")
+    assert "max_packet_size 1000" in mq.conf_path.read_text()
+    # a retained message survives a clean restart when persistence is on
+    p = Probe()
+    assert p.connect(mq.port)
+    p.client.publish("edge/retained", b"x", qos=1, retain=True).wait_for_publish(5)
+    p.stop()
+    mq.restart()
+    assert (tmp_path / "db" / "mosquitto.db").exists()
+    s = Probe()
+    assert s.connect(mq.port)
+    s.client.subscribe("edge/retained", qos=1)
+    assert s.got.wait(5) and s.messages[0].payload == b"x"
+    s.stop()
+
+
+def test_session_broker(broker_session: Mosquitto):
+    p = Probe()
+    assert p.connect(broker_session.port)
+    p.stop()
+
+
+def test_pki_files(pki):
+    server = x509.load_pem_x509_certificate(pki.server.cert.read_bytes())
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+    assert any(str(ip) == "127.0.0.1" for ip in san.get_values_for_type(x509.IPAddress))
+    dev = pki.client("dock-0001")
+    cert = x509.load_pem_x509_certificate(dev.cert.read_bytes())
+    assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "dock-0001"
+    ca = x509.load_pem_x509_certificate(pki.ca.cert.read_bytes())
+    rogue = x509.load_pem_x509_certificate(pki.rogue.cert.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    with pytest.raises(Exception):
+        rogue.verify_directly_issued_by(ca)
+
+
+def test_tls_accepts_valid_client(tls_broker: Mosquitto, pki):
+    dev = pki.client("dock-0001")
+    sub = Probe().tls(pki.ca.cert, dev.cert, dev.key)
+    try:
+        assert sub.connect(tls_broker.tls_port), tls_broker.log_tail()
+        sub.client.subscribe("edge/tls", qos=1)
+        assert sub.subscribed.wait(5)
+        sub.client.publish("edge/tls", b"ok", qos=1)
+        assert sub.got.wait(5)
+    finally:
+        sub.stop()
+    # identity as username: the broker logged the CN for this connection
+    assert "dock-0001" in tls_broker.log_path.read_text()
+
+
+def test_tls_refuses_rogue_cert(tls_broker: Mosquitto, pki):
+    p = Probe().tls(pki.ca.cert, pki.rogue.cert, pki.rogue.key)
+    assert not p.connect(tls_broker.tls_port, timeout=3)
+
+
+def test_tls_refuses_no_cert(tls_broker: Mosquitto, pki):
+    p = Probe().tls(pki.ca.cert)
+    assert not p.connect(tls_broker.tls_port, timeout=3)
+
+
+def test_tls_client_rejects_wrong_server_ca(tls_broker: Mosquitto, pki):
+    dev = pki.client("dock-0001")
+    p = Probe().tls(pki.rogue_ca.cert, dev.cert, dev.key)
+    assert not p.connect(tls_broker.tls_port, timeout=3)
