@@ -294,7 +294,8 @@ class Segmenter:
         self._pending_start = 0
         self._encode_s: collections.deque[float] = collections.deque(maxlen=max(300, self.fps * 60))
         self._encoded = 0
-        self.audio_dropped = 0
+        self.audio_dropped = 0  # samples that arrived after their segment was closed
+        self._drop_warned = -1
         self.segments: list[SegmentInfo] = []
         self.closed = False
 
@@ -358,7 +359,9 @@ class Segmenter:
                 self._pending.append(chunk.copy())
             else:
                 self.audio_dropped += take  # its segment is already closed
-                log.warning("dropped %d audio samples for closed segment %d", take, k)
+                if self._drop_warned != k:
+                    self._drop_warned = k
+                    log.warning("audio more than the grace period late: dropping samples of closed segment %d", k)
             pos += take
         if self._draining is not None and self._draining.audio_complete:
             self._finish_draining()

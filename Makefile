@@ -1,0 +1,54 @@
+# edge-agent developer / CI entry points (GNU make).
+#   make test     system packages + venv, then the default (not slow) test suite
+#   make demo     end-to-end demo (tools/demo.py)
+#   make faults   slow fault-injection runs;  make fuzz: slow property/fuzz runs
+#   make bench    benchmarks (tools/bench);   make install: tools/install.sh (root)
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+# reinstalls only when pyproject.toml changes (or the venv is gone)
+STAMP  := $(VENV)/.edge-agent-installed
+PYTEST_ARGS ?=
+
+.PHONY: venv deps test demo faults fuzz bench install clean
+
+deps:
+	@tools/install-deps.sh
+
+venv: $(STAMP)
+
+# pyaudio (extra "audio") builds against portaudio19-dev, hence the order-only dep on deps.
+$(STAMP): pyproject.toml | deps
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,audio]'
+	@touch $@
+
+test: deps venv
+	$(PYTEST) -q $(PYTEST_ARGS)
+
+demo: deps venv
+	$(PY) -m tools.demo
+
+# pytest exits 5 when it collected nothing (no slow tests yet): not an error for these targets.
+faults: deps venv
+	$(PYTEST) -m slow tests/faults -q $(PYTEST_ARGS) || test $$? -eq 5
+	# summary of the fault runs (tools/faults_report.py, when it exists)
+	@if [ -f tools/faults_report.py ]; then $(PY) -m tools.faults_report; fi
+
+fuzz: deps venv
+	HYPOTHESIS_PROFILE=fuzz $(PYTEST) -m slow tests/fuzz -q $(PYTEST_ARGS) || test $$? -eq 5
+
+bench: deps venv
+	$(PY) -m tools.bench
+
+install:
+	tools/install.sh
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis $(STAMP)
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,351 @@
+"""Interview-room microphone: a gap-free audio timeline from PyAudio, or a paced demo source.
+
+Every source here runs its own named thread that pushes int16 samples into a bounded buffer;
+the consumer calls ``read(n)`` and always gets exactly ``n`` samples. When the device is
+missing, lost or stalled the thread pushes zeros paced by the wall clock instead, so the
+recording never has a hole (同步录音录像 must be uninterrupted); the device is reopened with
+exponential backoff and jitter. A fresh PortAudio instance is made for every open, so a
+microphone plugged in later is found.
+
+    mic = Microphone(rate=48000, device=None).start()   # None = default input device
+    pcm = mic.read(48000)          # numpy int16, shape (n,) mono or (n, channels)
+    mic.status().level_dbfs, mic.status().silent
+    mic.stop()
+
+``ToneMicrophone`` (a sine) and ``FileMicrophone`` (a WAV file, looped) produce the same
+paced timeline without a sound card, for demos and tests.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import wave
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from drivers.camera import backoff_delay
+
+log = logging.getLogger(__name__)
+FLOOR_DBFS = -120.0
+
+
+@dataclass(frozen=True)
+class MicStatus:
+    """A snapshot of an audio source's health."""
+
+    name: str
+    device: str | None           # name of the opened input device
+    online: bool                 # samples are coming from the device right now
+    level_dbfs: float            # RMS level of the last full second (FLOOR_DBFS for zeros)
+    silent: bool                 # level below the threshold for ``silence_seconds``
+    samples: int                 # samples (per channel) pushed into the timeline
+    filled: int                  # of which zeros inserted because the device gave nothing
+    overflow: int                # samples discarded because nobody read them in time
+    reopens: int                 # successful opens after the first one
+    last_error: str | None
+
+
+class AudioSource:
+    """Base: bounded buffer, ``read``, level and silence tracking. Subclasses fill ``_run``."""
+
+    def __init__(self, *, name: str = "mic", rate: int = 48000, channels: int = 1,
+                 buffer_seconds: float = 10.0, silence_dbfs: float = -60.0,
+                 silence_seconds: float = 5.0) -> None:
+        self.name, self.rate, self.channels = name, rate, channels
+        self.silence_dbfs, self.silence_seconds = silence_dbfs, silence_seconds
+        self._max = int(buffer_seconds * rate) * channels
+        self._chunks: deque[np.ndarray] = deque()
+        self._buffered = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._samples = self._filled = self._overflow = self._opens = 0
+        self._online = False
+        self._device: str | None = None
+        self._last_error: str | None = None
+        self._sumsq, self._count = 0.0, 0
+        self._level = FLOOR_DBFS
+        self._quiet_for = 0.0
+        self._gap_origin: float | None = None   # monotonic time the device stopped giving audio
+        self._gap_sent = 0
+
+    def start(self) -> AudioSource:
+        """Start the thread; returns at once (the device is opened in the thread)."""
+        if self._thread is None:
+            self._gap_origin, self._gap_sent = time.monotonic(), 0
+            self._thread = threading.Thread(target=self._guarded_run, daemon=True,
+                                            name=f"{type(self).__name__.lower()}-{self.name}")
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop and join the thread; wakes any blocked ``read``."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> AudioSource:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def available(self) -> int:
+        """Samples (per channel) buffered and ready to read without waiting."""
+        with self._cond:
+            return self._buffered // self.channels
+
+    def read(self, n_samples: int, timeout: float | None = None) -> np.ndarray:
+        """Exactly ``n_samples`` samples, waiting until the timeline has produced them.
+
+        Only if the source thread is stopped or wedged past ``timeout`` (default: the span
+        plus 2 s) is the rest padded with zeros.
+        """
+        want = n_samples * self.channels
+        if timeout is None:
+            timeout = n_samples / self.rate + 2.0
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._buffered < want and not self._stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._cond.wait(left):
+                    break
+            out = np.zeros(want, dtype=np.int16)
+            got = 0
+            while got < want and self._chunks:
+                chunk = self._chunks[0]
+                take = min(len(chunk), want - got)
+                out[got:got + take] = chunk[:take]
+                got += take
+                if take == len(chunk):
+                    self._chunks.popleft()
+                else:
+                    self._chunks[0] = chunk[take:]
+            self._buffered -= got
+        return out if self.channels == 1 else out.reshape(-1, self.channels)
+
+    def status(self) -> MicStatus:
+        with self._cond:
+            return MicStatus(self.name, self._device, self._online, round(self._level, 1),
+                             self._quiet_for >= self.silence_seconds, self._samples,
+                             self._filled, self._overflow, max(0, self._opens - 1),
+                             self._last_error)
+
+    # -- for subclasses -----------------------------------------------------------------
+    def _push(self, data: np.ndarray, filled: bool = False) -> None:
+        data = np.ascontiguousarray(data, dtype=np.int16).reshape(-1)
+        if not len(data):
+            return
+        n = len(data) // self.channels
+        with self._cond:
+            self._chunks.append(data)
+            self._buffered += len(data)
+            while self._buffered > self._max:              # drop the oldest, keep bounded
+                extra = self._buffered - self._max
+                head = self._chunks[0]
+                if len(head) <= extra:
+                    self._chunks.popleft()
+                    self._buffered -= len(head)
+                    self._overflow += len(head) // self.channels
+                else:
+                    self._chunks[0] = head[extra:]
+                    self._buffered -= extra
+                    self._overflow += extra // self.channels
+            self._samples += n
+            if filled:
+                self._filled += n
+            self._sumsq += float(np.square(data, dtype=np.float64).sum())
+            self._count += len(data)
+            if self._count >= self.rate * self.channels:     # one second of audio measured
+                ms = self._sumsq / self._count
+                self._level = max(FLOOR_DBFS, 10 * math.log10(ms / 32768.0 ** 2)) \
+                    if ms > 0 else FLOOR_DBFS
+                seconds = self._count / (self.rate * self.channels)
+                self._quiet_for = self._quiet_for + seconds \
+                    if self._level < self.silence_dbfs else 0.0
+                self._sumsq, self._count = 0.0, 0
+            self._cond.notify_all()
+
+    def _fill_gap(self, until: float) -> None:
+        """Push zeros, paced by the clock, covering the gap since ``_gap_origin`` up to ``until``."""
+        if self._gap_origin is None:
+            self._gap_origin, self._gap_sent = time.monotonic(), 0
+        while True:
+            now = time.monotonic()
+            due = int((min(now, until) - self._gap_origin) * self.rate)
+            if due > self._gap_sent:
+                self._push(np.zeros((due - self._gap_sent) * self.channels, np.int16), True)
+                self._gap_sent = due
+            if now >= until or self._stop.wait(min(0.02, until - now)):
+                return
+
+    def _set_error(self, error: str | None, online: bool) -> None:
+        with self._cond:
+            was, self._online, self._last_error = self._online, online, error
+        if was and not online:
+            log.warning("audio %s offline: %s", self.name, error)
+
+    def _guarded_run(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:            # never crash the room; keep the timeline going
+            log.exception("audio %s: source thread failed", self.name)
+            self._set_error(f"source failed: {exc}", False)
+            while not self._stop.is_set():
+                self._fill_gap(time.monotonic() + 0.5)
+        finally:
+            with self._cond:
+                self._online = False
+                self._cond.notify_all()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Microphone(AudioSource):
+    """A PyAudio input device (``device``: None = default, index, or part of its name)."""
+
+    def __init__(self, device: int | str | None = None, *, chunk: int = 960,
+                 stall_timeout: float = 1.0, backoff_base: float = 0.5,
+                 backoff_max: float = 5.0, **kw) -> None:
+        super().__init__(**kw)
+        self.device, self.chunk, self.stall_timeout = device, chunk, stall_timeout
+        self.backoff_base, self.backoff_max = backoff_base, backoff_max
+
+    def _find(self, pa) -> dict:
+        if self.device is None:
+            try:
+                return pa.get_default_input_device_info()
+            except (IOError, OSError):
+                raise LookupError("no input device") from None
+        for i in range(pa.get_device_count()):
+            info = pa.get_device_info_by_index(i)
+            if info.get("maxInputChannels", 0) < self.channels:
+                continue
+            if (isinstance(self.device, int) and i == self.device) or \
+                    (isinstance(self.device, str) and self.device.lower() in info["name"].lower()):
+                return info
+        raise LookupError(f"input device {self.device!r} not found")
+
+    def _open(self):
+        import pyaudio
+        pa = pyaudio.PyAudio()
+        try:
+            info = self._find(pa)
+            stream = pa.open(format=pyaudio.paInt16, channels=self.channels, rate=self.rate,
+                             input=True, input_device_index=int(info["index"]),
+                             frames_per_buffer=self.chunk)
+            return pa, stream, str(info["name"])
+        except Exception:
+            pa.terminate()
+            raise
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                pa, stream, dev = self._open()
+            except Exception as exc:
+                self._set_error(f"cannot open input device: {exc}", False)
+                self._fill_gap(time.monotonic() +
+                               backoff_delay(attempt, self.backoff_base, self.backoff_max))
+                attempt += 1
+                continue
+            with self._cond:
+                self._opens += 1
+                self._device, self._online, self._last_error = dev, True, None
+            log.info("audio %s: recording from %s", self.name, dev)
+            self._fill_gap(time.monotonic())          # account for the gap up to now
+            self._gap_origin = None
+            try:
+                error = self._read_loop(stream)
+            finally:
+                try:
+                    stream.close()
+                finally:
+                    pa.terminate()
+            if self._stop.is_set():
+                break
+            self._set_error(error, False)
+            attempt = 0
+            self._fill_gap(time.monotonic() +
+                           backoff_delay(attempt, self.backoff_base, self.backoff_max))
+
+    def _read_loop(self, stream) -> str:
+        last = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                avail = stream.get_read_available()
+                if avail > 0:
+                    data = stream.read(avail, exception_on_overflow=False)
+                    self._push(np.frombuffer(data, dtype=np.int16))
+                    last = time.monotonic()
+                    continue
+            except Exception as exc:
+                self._gap_origin, self._gap_sent = last, 0
+                return f"input device lost: {exc}"
+            if time.monotonic() - last > self.stall_timeout:
+                self._gap_origin, self._gap_sent = last, 0
+                return "input device stalled: no audio"
+            self._stop.wait(0.005)
+        return "stopped"
+
+
+class ToneMicrophone(AudioSource):
+    """A sine tone paced by the wall clock (no sound card); ``level`` is the peak in dBFS."""
+
+    def __init__(self, frequency: float = 440.0, level: float = -6.0, **kw) -> None:
+        super().__init__(**kw)
+        self.frequency, self.amplitude = frequency, 32767 * 10 ** (level / 20)
+        self._phase = 0
+
+    def _generate(self, n: int) -> np.ndarray:
+        t = (np.arange(n) + self._phase) / self.rate
+        self._phase += n
+        tone = np.round(self.amplitude * np.sin(2 * np.pi * self.frequency * t))
+        return np.repeat(tone.astype(np.int16), self.channels)
+
+    def _label(self) -> str:
+        return f"tone {self.frequency:g} Hz"
+
+    def _run(self) -> None:
+        self._device, self._online, self._opens = self._label(), True, 1
+        t0, sent = time.monotonic(), 0
+        while not self._stop.wait(0.02):
+            due = int((time.monotonic() - t0) * self.rate)
+            if due > sent:
+                self._push(self._generate(due - sent))
+                sent = due
+
+
+class FileMicrophone(ToneMicrophone):
+    """A 16-bit PCM WAV file (same rate and channels) played at real-time pace, looped."""
+
+    def __init__(self, path: str | Path, **kw) -> None:
+        with wave.open(str(path), "rb") as w:
+            kw.setdefault("rate", w.getframerate())
+            kw.setdefault("channels", w.getnchannels())
+            if w.getsampwidth() != 2:
+                raise ValueError(f"{path}: need 16-bit PCM")
+            self._pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+        super().__init__(**kw)
+        self.path = Path(path)
+
+    def _generate(self, n: int) -> np.ndarray:
+        if not len(self._pcm):
+            return np.zeros(n * self.channels, np.int16)
+        frames = len(self._pcm) // self.channels
+        idx = (np.arange(n) + self._phase) % frames
+        self._phase += n
+        return self._pcm.reshape(-1, self.channels)[idx].reshape(-1)
+
+    def _label(self) -> str:
+        return str(self.path)

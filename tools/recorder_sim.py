@@ -1,0 +1,604 @@
+"""Body-worn recorder simulator: speaks the recorder command protocol on a pty and
+serves a directory of real media files, with fault injection.
+
+Library::
+
+    sim = RecorderSim("media/", link="/tmp/x/ttyREC0", officer_name="张三", garbage=True)
+    sim.start()
+    RecorderClient(sim.port_path) ...     # files appear in sim.mount_dir after SetMSDC
+    sim.stop()
+
+CLI (runs until SIGINT/SIGTERM)::
+
+    python -m tools.recorder_sim --link /tmp/x/ttyREC0 --media DIR \\
+        --serial 1234567 --officer 000123 --officer-name 张三 \\
+        --unit 330100000001 --unit-name 杭州市城市管理局 [--garbage] [--silent] \\
+        [--disconnect-file NAME --disconnect-at N] [--clock-offset S | --clock-fixed 1970|2099] \\
+        [--full] [--wrong-password] [--corrupt N] [--important NAME] [--locked NAME]
+
+Faults (constructor keywords / flags):
+  garbage            random bytes (some with fake frame headers) around every response,
+                     each response split into chunks
+  silent             read requests (counted in ``requests``) but never answer
+  corrupt_responses  the first N responses go out with a bad CRC (the retry is answered
+                     from the duplicate cache, not executed again)
+  disconnect_file/_at  after SetMSDC that file is a FIFO in the mount dir: a reader gets
+                     its first N bytes, then the pty master closes and the link vanishes
+                     (serial hangup) before the reader sees EOF
+  clock_offset       device clock = real time + offset seconds
+  clock_fixed        device clock starts at 1970-01-01 or 2099-01-01 00:00:00 (or a datetime)
+  storage_full       storage reports free = 0
+  wrong_password     the device password differs from ``password``
+  time_sync_fail / msdc_fail  SyncDevTime / SetMSDC answer 6 / 8
+  inject_names       extra (hostile) names in the file listing, e.g. "../etc/passwd"
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import errno
+import logging
+import os
+import random
+import select
+import shutil
+import signal
+import struct
+import tempfile
+import threading
+import time
+import tty
+from dataclasses import replace
+from pathlib import Path
+
+from drivers.recorder.errors import ProtocolError
+from drivers.recorder.mass_storage import scan_mass_storage
+from drivers.recorder.protocol import (
+    MAX_PAYLOAD,
+    NEEDS_AUTH,
+    SOF,
+    VERSION,
+    Command,
+    Frame,
+    FrameDecoder,
+    Result,
+    encode_response,
+)
+from drivers.recorder.zfy import (
+    DEVICE_TIME_LEN,
+    FileRecord,
+    FileType,
+    Mark,
+    ZfyInfo,
+    decode_device_time,
+    encode_device_time,
+    encode_file_record,
+)
+
+logger = logging.getLogger(__name__)
+
+PASSWORD_LEN = 6
+WRITE_TIMEOUT = 2.0
+
+
+def parse_tz(text: str) -> _dt.timezone:
+    """"+0800" -> timezone(+8h)."""
+    if len(text) != 5 or text[0] not in "+-" or not text[1:].isdigit():
+        raise ValueError(f"time zone must look like +0800, got {text!r}")
+    delta = _dt.timedelta(hours=int(text[1:3]), minutes=int(text[3:5]))
+    return _dt.timezone(-delta if text[0] == "-" else delta)
+
+
+class RecorderSim:
+    def __init__(
+        self,
+        media_dir: str | os.PathLike,
+        link: str | os.PathLike | None = None,
+        *,
+        serial: str = "1234567",
+        officer_number: str = "000123",
+        officer_name: str = "张三",
+        unit_number: str = "330100000001",
+        unit_name: str = "杭州市城市管理局",
+        password: str = "000000",
+        battery_level: int = 76,
+        charging: bool = True,
+        capacity: int = 32 << 30,
+        mount_dir: str | os.PathLike | None = None,
+        tz: str = "+0800",
+        probe: bool = True,
+        important: tuple[str, ...] | list[str] = (),
+        locked: tuple[str, ...] | list[str] = (),
+        # faults
+        garbage: bool = False,
+        silent: bool = False,
+        corrupt_responses: int = 0,
+        response_delay: float = 0.0,
+        disconnect_file: str | None = None,
+        disconnect_at: int = 0,
+        clock_offset: float = 0.0,
+        clock_fixed: str | _dt.datetime | None = None,
+        storage_full: bool = False,
+        wrong_password: bool = False,
+        time_sync_fail: bool = False,
+        msdc_fail: bool = False,
+        inject_names: tuple[str, ...] | list[str] = (),
+        seed: int = 0,
+    ):
+        self.media_dir = Path(media_dir)
+        if not self.media_dir.is_dir():
+            raise ValueError(f"media dir does not exist: {self.media_dir}")
+        self.link = Path(link) if link else None
+        self.info = ZfyInfo(serial, officer_number, officer_name, unit_number, unit_name)
+        self.info.encode()  # ValueError early if a field does not fit
+        pw = password.encode("ascii")
+        if not 1 <= len(pw) <= PASSWORD_LEN:
+            raise ValueError("password must be 1..6 ASCII bytes")
+        if wrong_password:
+            pw = b"987654" if pw != b"987654" else b"123456"
+        self.device_password = pw.ljust(PASSWORD_LEN, b"\x00")
+        self.battery_level = battery_level
+        self.charging = charging
+        self.capacity = capacity
+        self.tz = parse_tz(tz)
+        self.probe = probe
+        self.important = set(important)
+        self.locked = set(locked)
+        self.garbage = garbage
+        self.silent = silent
+        self.corrupt_responses = corrupt_responses
+        self.response_delay = response_delay
+        self.disconnect_file = disconnect_file
+        self.disconnect_at = disconnect_at
+        self.storage_full = storage_full
+        self.time_sync_fail = time_sync_fail
+        self.msdc_fail = msdc_fail
+        self.inject_names = list(inject_names)
+        self._rng = random.Random(seed)
+
+        real_now = time.time()
+        if clock_fixed is not None:
+            if isinstance(clock_fixed, _dt.datetime):
+                fixed = clock_fixed
+            elif str(clock_fixed) in ("1970", "2099"):
+                fixed = _dt.datetime(int(clock_fixed), 1, 1, tzinfo=self.tz)
+            else:
+                raise ValueError("clock_fixed must be '1970', '2099' or an aware datetime")
+            self._clock_offset = fixed.timestamp() - real_now
+        else:
+            self._clock_offset = float(clock_offset)
+
+        self._own_mount = mount_dir is None
+        self.mount_dir = str(mount_dir) if mount_dir else None
+        self.port_path: str | None = None
+        self.authenticated = False
+        self.msdc = False
+        self.requests: list[tuple[int, int]] = []  # (cmd, seq) of every request received
+        self.erased: list[str] = []
+        self.disconnected = threading.Event()
+        self.fifo_bytes_sent = 0
+        self.files: list[FileRecord] = []
+
+        self._master: int | None = None
+        self._slave: int | None = None
+        self._wake_r, self._wake_w = -1, -1
+        self._stop = threading.Event()
+        self._hangup = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._decoder = FrameDecoder()
+        self._last: tuple[int, int, bytes] | None = None
+        self._last_response = b""
+        self._placed: list[str] = []
+        self._started = False
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> RecorderSim:
+        if self._started:
+            raise RuntimeError("simulator already started")
+        self._started = True
+        self.files = self._load_files()
+        if self.disconnect_file is not None:
+            rec = next((f for f in self.files if f.name == self.disconnect_file), None)
+            if rec is None:
+                raise ValueError(f"disconnect_file {self.disconnect_file!r} is not in {self.media_dir}")
+            if not 0 <= self.disconnect_at <= rec.size:
+                raise ValueError(f"disconnect_at must be within 0..{rec.size}")
+        if self.mount_dir is None:
+            self.mount_dir = tempfile.mkdtemp(prefix="recsim-mnt-")
+        else:
+            os.makedirs(self.mount_dir, exist_ok=True)
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        os.set_blocking(self._master, False)
+        tty_path = os.ttyname(self._slave)
+        if self.link is not None:
+            self.link.parent.mkdir(parents=True, exist_ok=True)
+            if self.link.is_symlink():
+                self.link.unlink()
+            elif self.link.exists():
+                raise FileExistsError(f"{self.link} exists and is not a symlink")
+            os.symlink(tty_path, self.link)
+            self.port_path = str(self.link)
+        else:
+            self.port_path = tty_path
+        self._wake_r, self._wake_w = os.pipe()
+        t = threading.Thread(target=self._serve, name=f"recsim-{self.info.serial}", daemon=True)
+        self._threads.append(t)
+        t.start()
+        logger.info("recorder sim %s on %s (%s), mount %s", self.info.serial, self.port_path, tty_path, self.mount_dir)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._close_port()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._wake_r = self._wake_w = -1
+        if self.mount_dir and os.path.isdir(self.mount_dir):
+            if self._own_mount:
+                shutil.rmtree(self.mount_dir, ignore_errors=True)
+            else:
+                for name in self._placed:
+                    try:
+                        os.unlink(os.path.join(self.mount_dir, name))
+                    except OSError:
+                        pass
+
+    def __enter__(self) -> RecorderSim:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _wake(self) -> None:
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+
+    def _close_port(self) -> None:
+        for attr in ("_master", "_slave"):
+            fd = getattr(self, attr)
+            if fd is not None:
+                setattr(self, attr, None)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if self.link is not None and self.link.is_symlink():
+            try:
+                self.link.unlink()
+            except OSError:
+                pass
+
+    # --- device state ------------------------------------------------------------
+
+    def _load_files(self) -> list[FileRecord]:
+        files = []
+        for rec in scan_mass_storage(self.media_dir, recursive=False, probe=self.probe, tz=self.tz):
+            mark = Mark.IMPORTANT if rec.name in self.important else rec.mark
+            files.append(replace(rec, mark=mark, locked=rec.locked or rec.name in self.locked))
+        now = _dt.datetime.now(self.tz).replace(microsecond=0)
+        for name in self.inject_names:
+            files.append(FileRecord(name=name, size=0, capture_time=now, duration=0, type=FileType.OTHER))
+        return files
+
+    def now(self) -> _dt.datetime:
+        """The device clock."""
+        return _dt.datetime.fromtimestamp(int(time.time() + self._clock_offset), self.tz)
+
+    def storage(self) -> tuple[int, int]:
+        used = sum(f.size for f in self.files)
+        if self.storage_full:
+            return max(used, self.capacity), 0
+        return used, max(0, self.capacity - used)
+
+    # --- serving -----------------------------------------------------------------
+
+    def _serve(self) -> None:
+        try:
+            while not self._stop.is_set():
+                master = self._master
+                if master is None:
+                    return
+                readable, _, _ = select.select([master, self._wake_r], [], [], 0.2)
+                if self._wake_r in readable:
+                    os.read(self._wake_r, 64)
+                    if self._hangup.is_set():
+                        self._do_hangup()
+                        return
+                if master in readable:
+                    try:
+                        data = os.read(master, 4096)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        if exc.errno == errno.EIO:
+                            time.sleep(0.05)
+                            continue
+                        raise
+                    for frame in self._decoder.feed(data):
+                        self._handle(frame)
+        except Exception:
+            logger.exception("recorder sim serve loop failed")
+
+    def _do_hangup(self) -> None:
+        logger.info("recorder sim %s: hangup (disconnect fault)", self.info.serial)
+        self._close_port()
+        self.disconnected.set()
+
+    def _send(self, data: bytes) -> None:
+        master = self._master
+        if master is None:
+            return
+        deadline = time.monotonic() + WRITE_TIMEOUT
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(master, view)
+                view = view[n:]
+            except BlockingIOError:
+                if time.monotonic() > deadline or self._stop.is_set():
+                    logger.warning("recorder sim: nobody reads the port, dropped %d bytes", len(view))
+                    return
+                select.select([], [master], [], 0.05)
+
+    def _garbage(self) -> bytes:
+        rng = self._rng
+        junk = bytearray(rng.randbytes(rng.randint(1, 24)))
+        if rng.random() < 0.5:
+            # a fake frame header claiming a long payload: must not swallow the real frame
+            junk += bytes([SOF, VERSION, rng.randint(0, 255), rng.randint(0, 255)]) + struct.pack(">H", rng.randint(20, 600))
+            junk += rng.randbytes(rng.randint(0, 8))
+        return bytes(junk)
+
+    def _transmit(self, response: bytes) -> None:
+        if self.response_delay:
+            time.sleep(self.response_delay)
+        if not self.garbage:
+            self._send(response)
+            return
+        self._send(self._garbage())
+        cut = sorted(self._rng.sample(range(1, len(response)), k=min(2, len(response) - 1)))
+        start = 0
+        for end in [*cut, len(response)]:
+            self._send(response[start:end])
+            time.sleep(self._rng.random() * 0.002)
+            start = end
+        if self._rng.random() < 0.5:
+            self._send(self._rng.randbytes(self._rng.randint(1, 8)))
+
+    def _handle(self, frame: Frame) -> None:
+        if frame.is_response:
+            return
+        self.requests.append((frame.cmd, frame.seq))
+        if self.silent or self._hangup.is_set():
+            return
+        key = (frame.cmd, frame.seq, frame.payload)
+        if key == self._last:
+            logger.debug("duplicate request seq=%d, answering from cache", frame.seq)
+            response = self._last_response
+        else:
+            try:
+                code, data = self._dispatch(frame)
+            except Exception:
+                logger.exception("recorder sim: command 0x%02x failed", frame.cmd)
+                code, data = Result.FAIL, b""
+            response = encode_response(frame.cmd, frame.seq, int(code), data)
+            self._last, self._last_response = key, response
+        if self.corrupt_responses > 0:
+            self.corrupt_responses -= 1
+            response = response[:-1] + bytes([response[-1] ^ 0xFF])
+        self._transmit(response)
+
+    def _dispatch(self, frame: Frame) -> tuple[int, bytes]:
+        try:
+            cmd = Command(frame.cmd)
+        except ValueError:
+            return Result.UNKNOWN_COMMAND, b""
+        payload = frame.payload
+        if cmd in NEEDS_AUTH and not self.authenticated:
+            return Result.AUTH_REQUIRED, b""
+        if cmd == Command.IDENTIFY:
+            return Result.CONNECT_OK, self.info.encode()
+        if cmd == Command.AUTH:
+            if len(payload) != PASSWORD_LEN:
+                return Result.BAD_REQUEST, b""
+            self.authenticated = payload == self.device_password
+            return (Result.PASSWORD_OK if self.authenticated else Result.PASSWORD_FAIL), b""
+        if cmd == Command.READ_CLOCK:
+            return Result.OK, encode_device_time(self.now())
+        if cmd == Command.SET_CLOCK:
+            if len(payload) != DEVICE_TIME_LEN:
+                return Result.BAD_REQUEST, b""
+            try:
+                target = decode_device_time(payload)
+            except ProtocolError:
+                return Result.BAD_REQUEST, b""
+            if self.time_sync_fail:
+                return Result.TIME_SYNC_FAIL, b""
+            self.tz = target.tzinfo  # type: ignore[assignment]
+            self._clock_offset = target.timestamp() - time.time()
+            return Result.TIME_SYNC_OK, b""
+        if cmd == Command.BATTERY:
+            return Result.OK, bytes([self.battery_level, 1 if self.charging else 0])
+        if cmd == Command.STORAGE:
+            return Result.OK, struct.pack(">QQ", *self.storage())
+        if cmd == Command.SET_MSDC:
+            if self.msdc_fail:
+                return Result.MSDC_FAIL, b""
+            if not self.msdc:
+                self._populate_mount()
+                self.msdc = True
+            return Result.MSDC_OK, os.path.abspath(self.mount_dir).encode("utf-8")
+        if cmd == Command.LIST_FILES:
+            if len(payload) != 2:
+                return Result.BAD_REQUEST, b""
+            return Result.OK, self._list_page(struct.unpack(">H", payload)[0])
+        if cmd == Command.ERASE:
+            try:
+                name = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                return Result.BAD_REQUEST, b""
+            return self._erase(name), b""
+        return Result.UNKNOWN_COMMAND, b""
+
+    def _list_page(self, start: int) -> bytes:
+        total = len(self.files)
+        body = bytearray()
+        count = 0
+        for rec in self.files[start:]:
+            raw = encode_file_record(rec)
+            if count == 255 or 1 + 3 + len(body) + len(raw) > MAX_PAYLOAD:
+                break
+            body += raw
+            count += 1
+        return struct.pack(">HB", total, count) + bytes(body)
+
+    def _erase(self, name: str) -> int:
+        rec = next((f for f in self.files if f.name == name), None)
+        if rec is None or "/" in name or name in ("", ".", ".."):
+            return Result.NOT_FOUND
+        if rec.protected:
+            return Result.PROTECTED
+        for base in (self.media_dir, Path(self.mount_dir)):
+            try:
+                os.unlink(base / name)
+            except FileNotFoundError:
+                pass
+        self.files.remove(rec)
+        self.erased.append(name)
+        logger.info("recorder sim %s: erased %s", self.info.serial, name)
+        return Result.ERASE_OK
+
+    # --- mass storage ------------------------------------------------------------
+
+    def _populate_mount(self) -> None:
+        mount = Path(self.mount_dir)
+        for rec in self.files:
+            src = self.media_dir / rec.name
+            if not src.is_file():
+                continue  # injected names
+            dst = mount / rec.name
+            if dst.exists() or dst.is_symlink():
+                dst.unlink()
+            if rec.name == self.disconnect_file:
+                os.mkfifo(dst)
+                t = threading.Thread(target=self._feed_fifo, args=(dst, src, self.disconnect_at),
+                                     name="recsim-fifo", daemon=True)
+                self._threads.append(t)
+                t.start()
+            else:
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+            self._placed.append(rec.name)
+
+    def _feed_fifo(self, fifo: Path, src: Path, limit: int) -> None:
+        fd = None
+        try:
+            while fd is None:
+                if self._stop.is_set():
+                    return
+                try:
+                    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO:  # no reader yet
+                        raise
+                    self._stop.wait(0.01)
+            with open(src, "rb") as fh:
+                while self.fifo_bytes_sent < limit and not self._stop.is_set():
+                    chunk = fh.read(min(65536, limit - self.fifo_bytes_sent))
+                    if not chunk:
+                        break
+                    view = memoryview(chunk)
+                    while view and not self._stop.is_set():
+                        try:
+                            n = os.write(fd, view)
+                        except BlockingIOError:
+                            select.select([], [fd], [], 0.05)
+                            continue
+                        except BrokenPipeError:
+                            return
+                        view = view[n:]
+                        self.fifo_bytes_sent += n
+            # the device vanishes before the reader sees EOF
+            self._hangup.set()
+            self._wake()
+            while not self.disconnected.wait(0.05) and not self._stop.is_set():
+                pass
+        except Exception:
+            logger.exception("recorder sim: FIFO feeder failed")
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.recorder_sim", description="body-worn recorder simulator on a pty")
+    ap.add_argument("--link", required=True, help="symlink to create for the serial port, e.g. /tmp/x/ttyREC0")
+    ap.add_argument("--media", required=True, help="directory of media files the recorder holds")
+    ap.add_argument("--mount", help="directory where files appear after SetMSDC (default: a temp dir)")
+    ap.add_argument("--serial", default="1234567")
+    ap.add_argument("--officer", default="000123", help="officer number (警号, 6)")
+    ap.add_argument("--officer-name", default="张三")
+    ap.add_argument("--unit", default="330100000001", help="unit number (12)")
+    ap.add_argument("--unit-name", default="杭州市城市管理局")
+    ap.add_argument("--password", default="000000")
+    ap.add_argument("--battery", type=int, default=76)
+    ap.add_argument("--not-charging", action="store_true")
+    ap.add_argument("--tz", default="+0800")
+    ap.add_argument("--important", action="append", default=[], help="file name marked important (repeatable)")
+    ap.add_argument("--locked", action="append", default=[], help="file name locked (repeatable)")
+    ap.add_argument("--garbage", action="store_true", help="fault: garbage bytes around responses")
+    ap.add_argument("--silent", action="store_true", help="fault: never answer")
+    ap.add_argument("--corrupt", type=int, default=0, help="fault: first N responses with a bad CRC")
+    ap.add_argument("--delay", type=float, default=0.0, help="fault: seconds before each response")
+    ap.add_argument("--disconnect-file", help="fault: hang up while this file is read ...")
+    ap.add_argument("--disconnect-at", type=int, default=0, help="... after this many bytes")
+    ap.add_argument("--clock-offset", type=float, default=0.0, help="fault: device clock offset, seconds")
+    ap.add_argument("--clock-fixed", choices=["1970", "2099"], help="fault: device clock starts at that year")
+    ap.add_argument("--full", action="store_true", help="fault: storage free 0")
+    ap.add_argument("--wrong-password", action="store_true", help="fault: device password differs")
+    ap.add_argument("--time-sync-fail", action="store_true")
+    ap.add_argument("--msdc-fail", action="store_true")
+    ap.add_argument("--inject-name", action="append", default=[], help="fault: extra name in the listing")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    sim = RecorderSim(
+        a.media, a.link, serial=a.serial, officer_number=a.officer, officer_name=a.officer_name,
+        unit_number=a.unit, unit_name=a.unit_name, password=a.password, battery_level=a.battery,
+        charging=not a.not_charging, mount_dir=a.mount, tz=a.tz, important=a.important, locked=a.locked,
+        garbage=a.garbage, silent=a.silent, corrupt_responses=a.corrupt, response_delay=a.delay,
+        disconnect_file=a.disconnect_file, disconnect_at=a.disconnect_at, clock_offset=a.clock_offset,
+        clock_fixed=a.clock_fixed, storage_full=a.full, wrong_password=a.wrong_password,
+        time_sync_fail=a.time_sync_fail, msdc_fail=a.msdc_fail, inject_names=a.inject_name, seed=a.seed,
+    )
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    sim.start()
+    print(f"recorder sim ready: port={sim.port_path} mount={sim.mount_dir} files={len(sim.files)}", flush=True)
+    while not done.wait(0.5):
+        if sim.disconnected.is_set():
+            print("recorder sim: disconnected (fault)", flush=True)
+            break
+    sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
