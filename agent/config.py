@@ -37,6 +37,40 @@ def _hash_alg(value: str) -> str | None:
     return None
 
 
+def _room_cameras(value: list) -> str | None:
+    if not 1 <= len(value) <= 2:
+        return "give 1 or 2 camera sources (main = frontal shot, then panorama)"
+    for v in value:
+        if not isinstance(v, str) or not v.strip() or "\x00" in v:
+            return f"camera source {v!r}: expected a device path, rtsp://URL or file:PATH"
+    return None
+
+
+def _room_size(value: str) -> str | None:
+    m = re.fullmatch(r"(\d{3,4})x(\d{3,4})", value)
+    if not m:
+        return "expected WIDTHxHEIGHT, e.g. 1920x1080"
+    w, h = int(m.group(1)), int(m.group(2))
+    if w < 704 or h < 576:
+        return "below the minimum 704x576 (GA/T interview-room recording)"
+    if w % 2 or h % 2 or w > 3840 or h > 2160:
+        return "width and height must be even and at most 3840x2160"
+    return None
+
+
+def _room_lines(value: list) -> str | None:
+    known = ("rec", "case", "room", "collector", "time", "env")
+    bad = [v for v in value if v not in known]
+    if bad or not value:
+        return f"choose lines from {', '.join(known)} (at least one)"
+    return None
+
+
+def _groups(value: list) -> str | None:
+    bad = [v for v in value if not isinstance(v, str) or not v]
+    return f"group names must be non-empty strings: {bad!r}" if bad else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Field:
     type: type
@@ -91,6 +125,56 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "interval_s": F(int, 30, "Seconds between health reports.", min=1, max=3600),
         "backlog_alarm_s": F(int, 24 * 3600, "Raise an alarm when the oldest unarchived item is older (s).", min=60),
         "pending_alarm_s": F(int, 7 * 24 * 3600, "Raise an alarm when an item waits for annotation longer (s).", min=60),
+        "clock_alarm": F(bool, True, "Raise clock_unsynced when the kernel reports the clock unsynchronised (NTP/PTP)."),
+        "clock_drift_alarm_ms": F(int, 2000, "Raise clock_drift when the measured clock offset exceeds this (ms).", min=10),
+        "disk_warn_factor": F(int, 2, "Warn (disk_low, severity warning) below this many times storage.reserve_mb free; "
+                              "critical below the reserve itself.", min=1, max=100),
+    },
+    # --- [dock] (docking station, issue 4; owner: dock) -----------------------------------
+    "dock": {
+        "bays": F(list, ["/dev/ttyACM*"], "Bays: serial-port globs of recorders' command channels (\"/dev/ttyACM*\"), or tables {name, port} / {name, mount} (mount = plain mass-storage recorder).",
+                  check=lambda v: __import__("agent.dock.settings", fromlist=["x"]).check_bays(v)),
+        "mass_storage_map": F(list, [], "Plain mass-storage recorders (no command channel): tables {label, serial, officer_number, officer_name, unit_number, unit_name}; label = the mount directory's name.",
+                              check=lambda v: __import__("agent.dock.settings", fromlist=["x"]).check_mass_storage_map(v)),
+        "poll_ms": F(int, 500, "How often bays are scanned for a docked recorder (ms); detection within 2 s needs <= 1000.", min=50, max=2000),
+        "admin_password": F(str, "000000", "Recorder admin password (1-6 ASCII characters).", secret=True,
+                            check=lambda v: None if 1 <= len(v) <= 6 and v.isascii() else "1 to 6 ASCII characters"),
+        "serial_timeout_ms": F(int, 1000, "Answer timeout per request on the command channel (ms); 3 retries.", min=50, max=30000),
+        "clock_threshold_s": F(int, 2, "Set the recorder clock when it is off by more than this (s).", min=0, max=3600),
+        "clock_alarm_s": F(int, 3600, "Raise alarm dock-clock when the recorder clock was off by more than this (s).", min=1),
+        "erase_policy": F(str, "after-archive", "Erase files from the recorder: after-archive (archive acknowledged the same hash), after-local-verify (sealed and re-read equal), or never. Important/locked files are never erased.",
+                          choices=("after-archive", "after-local-verify", "never")),
+        "verify_policy": F(str, "none", "Second read of each file from the recorder, compared with the copy: none or reread (after-local-verify always re-reads).", choices=("none", "reread")),
+        "probe": F(bool, True, "Check audio/video files with ffprobe; undecodable ones are kept byte-exact and flagged decodable=false."),
+        "copy_workers": F(int, 4, "Files copied at the same time across all bays (bounded pool; the rest wait their turn).", min=1, max=64),
+        "bay_rate_limit_mib": F(int, 0, "Copy speed cap per bay in MiB/s (0 = none).", min=0),
+        "min_ratio_pct": F(int, 20, "Minimum equipment ratio, recorders in service per 100 officers (20 = 1:5, 每五人一台).", min=1, max=1000),
+        "usage_days": F(int, 30, "Usage window: a recorder docked within this many days counts as used.", min=1, max=3660),
+    },
+    # --- [room] (interview room, issue 5; owner: room session) ---------------------------
+    "room": {
+        "name": F(str, "第一询问室 / Interview room 1", "Room name, burned into the picture and recorded as metadata."),
+        "cameras": F(list, ["/dev/video0"], "Camera sources, main (frontal) first, then panorama: /dev/videoN, rtsp://URL, or file:PATH (played at real-time pace, looped).", check=_room_cameras),
+        "layout": F(str, "pip", "Picture: pip (panorama inset in the main picture), side (side by side) or single.", choices=("pip", "side", "single")),
+        "inset_corner": F(str, "bottom-right", "Corner of the panorama inset (pip).", choices=("top-left", "top-right", "bottom-left", "bottom-right")),
+        "inset_percent": F(int, 30, "Inset width as a percentage of the picture width (pip).", min=10, max=50),
+        "size": F(str, "1920x1080", "Recorded picture size WIDTHxHEIGHT (at least 704x576).", check=_room_size),
+        "fps": F(int, 30, "Recorded frames per second (fixed; late frames are repeated).", min=5, max=60),
+        "segment_seconds": F(int, 10, "Length of a segment; each closed segment is sealed and uploaded at once.", min=2, max=600),
+        "preset": F(str, "ultrafast", "x264 preset (CPU against size).", choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium")),
+        "crf": F(int, 23, "x264 constant quality (lower = better, bigger).", min=10, max=40),
+        "microphone": F(str, "default", "Audio input: default, part of a PortAudio device name, tone (440 Hz demo) or none (silent track).") ,
+        "sensor_port": F(str, "", "RS-485 temperature/humidity transmitter (Modbus RTU) serial port; empty = none."),
+        "sensor_slave": F(int, 1, "Modbus slave id of the sensor.", min=1, max=247),
+        "sensor_baudrate": F(int, 9600, "Sensor serial speed.", choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)),
+        "overlay_corner": F(str, "top-left", "Corner of the burned-in text box.", choices=("top-left", "top-right", "bottom-left", "bottom-right")),
+        "overlay_lines": F(list, ["rec", "case", "room", "collector", "time", "env"], "Overlay lines, in order: rec, case, room, collector, time, env.", check=_room_lines),
+        "overlay_scale": F(int, 100, "Overlay text size in percent (100 = 37 px glyph box at 1080 lines).", min=50, max=300),
+        "camera_lost_s": F(int, 2, "A camera with no new frame for this many seconds is lost (placeholder, gap, alarm).", min=1, max=60),
+    },
+    # --- [control] (local control socket; owner: room session) -----------------------------
+    "control": {
+        "groups": F(list, ["edge-agent"], "Unix groups allowed on the control socket (data_dir/control.sock, mode 0660); root and the agent's own user always are.", check=_groups),
     },
     "log": {
         "level": F(str, "info", "Log level.", choices=("debug", "info", "warning", "error")),

@@ -71,13 +71,12 @@ class AudioSource:
         self._sumsq, self._count = 0.0, 0
         self._level = FLOOR_DBFS
         self._quiet_for = 0.0
-        self._gap_origin: float | None = None   # monotonic time the device stopped giving audio
-        self._gap_sent = 0
+        self._t0 = time.monotonic()              # the timeline's origin (set by start())
 
     def start(self) -> AudioSource:
         """Start the thread; returns at once (the device is opened in the thread)."""
         if self._thread is None:
-            self._gap_origin, self._gap_sent = time.monotonic(), 0
+            self._t0 = time.monotonic()
             self._thread = threading.Thread(target=self._guarded_run, daemon=True,
                                             name=f"{type(self).__name__.lower()}-{self.name}")
             self._thread.start()
@@ -175,15 +174,13 @@ class AudioSource:
             self._cond.notify_all()
 
     def _fill_gap(self, until: float) -> None:
-        """Push zeros, paced by the clock, covering the gap since ``_gap_origin`` up to ``until``."""
-        if self._gap_origin is None:
-            self._gap_origin, self._gap_sent = time.monotonic(), 0
+        """Push zeros until the timeline has as many samples as the wall clock says it
+        should (``rate`` per second since start), keeping pace until ``until``."""
         while True:
             now = time.monotonic()
-            due = int((min(now, until) - self._gap_origin) * self.rate)
-            if due > self._gap_sent:
-                self._push(np.zeros((due - self._gap_sent) * self.channels, np.int16), True)
-                self._gap_sent = due
+            due = int((min(now, until) - self._t0) * self.rate) - self._samples
+            if due > 0:
+                self._push(np.zeros(due * self.channels, np.int16), filled=True)
             if now >= until or self._stop.wait(min(0.02, until - now)):
                 return
 
@@ -211,10 +208,16 @@ class AudioSource:
 
 
 class Microphone(AudioSource):
-    """A PyAudio input device (``device``: None = default, index, or part of its name)."""
+    """A PyAudio input device (``device``: None = default, index, or part of its name).
+
+    Reads whatever the device has ready (never a blocking read), so the thread cannot hang.
+    No audio for ``stall_timeout`` seconds counts as a lost device: it is closed, zeros keep
+    the timeline going, and it is reopened with backoff. Keep ``stall_timeout`` above the
+    device's burst interval (PulseAudio's module-sine-source delivers 2 s blocks).
+    """
 
     def __init__(self, device: int | str | None = None, *, chunk: int = 960,
-                 stall_timeout: float = 1.0, backoff_base: float = 0.5,
+                 stall_timeout: float = 3.0, backoff_base: float = 0.5,
                  backoff_max: float = 5.0, **kw) -> None:
         super().__init__(**kw)
         self.device, self.chunk, self.stall_timeout = device, chunk, stall_timeout
@@ -263,8 +266,7 @@ class Microphone(AudioSource):
                 self._opens += 1
                 self._device, self._online, self._last_error = dev, True, None
             log.info("audio %s: recording from %s", self.name, dev)
-            self._fill_gap(time.monotonic())          # account for the gap up to now
-            self._gap_origin = None
+            self._fill_gap(time.monotonic())          # the time spent opening
             try:
                 error = self._read_loop(stream)
             finally:
@@ -290,11 +292,9 @@ class Microphone(AudioSource):
                     last = time.monotonic()
                     continue
             except Exception as exc:
-                self._gap_origin, self._gap_sent = last, 0
                 return f"input device lost: {exc}"
             if time.monotonic() - last > self.stall_timeout:
-                self._gap_origin, self._gap_sent = last, 0
-                return "input device stalled: no audio"
+                return f"input device stalled: no audio for {self.stall_timeout:g} s"
             self._stop.wait(0.005)
         return "stopped"
 

@@ -9,7 +9,7 @@
 #     /var/lib/edge-monitor (0750 edge-agent:edge-agent)
 #   - a venv at $EDGE_PREFIX/venv with this repository installed (pip, not editable)
 #   - systemd units copied to /etc/systemd/system (ExecStart rewritten if EDGE_PREFIX differs)
-#   - `edge-agent init --config /etc/edge-agent/agent.toml` only if there is no config yet
+#   - `edge-agent --config /etc/edge-agent/agent.toml init` only if there is no config yet
 #   - `systemctl daemon-reload` only if systemd is running (units are not enabled/started)
 #
 # Environment overrides
@@ -140,17 +140,22 @@ done
 if [ -e "$CONFIG" ]; then
     say "keeping existing $CONFIG"
 elif [ "${EDGE_SKIP_INIT:-0}" = 1 ]; then
-    say "EDGE_SKIP_INIT=1: no config written; run: edge-agent init --config /etc/edge-agent/agent.toml"
+    say "EDGE_SKIP_INIT=1: no config written; run: edge-agent --config /etc/edge-agent/agent.toml init"
 elif [ ! -x "$VENV/bin/edge-agent" ] && [ "$DRY_RUN" = 0 ]; then
     echo "install.sh: $VENV/bin/edge-agent missing: cannot write $CONFIG" >&2
     exit 1
 else
+    # --config is the CLI group's option (edge-agent --config PATH init ...)
     # shellcheck disable=SC2086
-    run "$VENV/bin/edge-agent" init --config "$CONFIG" --data-dir "$ROOT/var/lib/edge-agent" \
-        ${EDGE_INIT_ARGS:-}
+    EDGE_AGENT_CONFIG="$CONFIG" run "$VENV/bin/edge-agent" --config "$CONFIG" init \
+        --data-dir "$ROOT/var/lib/edge-agent" ${EDGE_INIT_ARGS:-}
     if [ "$DRY_RUN" = 0 ] && [ -e "$CONFIG" ]; then
         chmod 0640 "$CONFIG"
-        if [ "$manage_users" = 1 ]; then chown "root:$USER_NAME" "$CONFIG"; fi
+        if [ "$manage_users" = 1 ]; then
+            chown "root:$USER_NAME" "$CONFIG"
+            # init ran as root: the key pair and ledger it made belong to the service user
+            chown -R "$USER_NAME:$USER_NAME" "$ROOT/var/lib/edge-agent"
+        fi
     fi
 fi
 

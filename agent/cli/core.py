@@ -465,3 +465,25 @@ def audit_export(c: Ctx, as_csv, output):
         Path(output).write_text(text, encoding="utf-8")
     else:
         click.echo(text, nl=False)
+
+
+@main.command()
+@json_option
+@pass_ctx
+def recover(c: Ctx, as_json):
+    """Recover after an unclean stop (the agent also does this when it starts).
+
+    Sealed items not yet recorded are recorded, interrupted one-shot work is discarded,
+    partial recorder copies are kept for resume; every action is audited.
+
+    \b
+    Example:
+      edge-agent recover
+    """
+    actions = c.store.recover()
+    if as_json:
+        emit_json({"actions": actions})
+        return
+    for a in actions:
+        click.echo(a)
+    click.echo(f"{len(actions)} recovery action(s)")

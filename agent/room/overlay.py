@@ -10,6 +10,10 @@ frame size), and the per-frame work is a fixed-point numpy blend over the overla
 box only, with the alpha pre-scaled when the overlay is rendered. Pixels outside the box are
 never written.
 
+Frames are BGR ``uint8`` (h, w, 3); :meth:`OverlayRenderer.apply_i420` blends the same
+overlay straight into a yuv420p buffer (h*3/2, w) for decoded streams, which saves the two
+full-frame colour conversions.
+
 Also here: :func:`signal_lost_frame`, the "信号中断 SIGNAL LOST" placeholder with the time,
 used for a camera that is lost so that the recording keeps running without gaps.
 """
@@ -150,6 +154,7 @@ class RenderedOverlay:
     inv: np.ndarray = field(repr=False)
     text_px: int = 0
     _work: np.ndarray | None = field(default=None, repr=False)
+    _i420: tuple | None = field(default=None, repr=False)
 
     @property
     def bbox(self) -> tuple[int, int, int, int]:
@@ -175,6 +180,53 @@ class RenderedOverlay:
         work >>= 8
         region[...] = work
         return frame
+
+
+    def _i420_planes(self) -> tuple:
+        """(premul, inv) for Y at full resolution and for U, V at half (2x2 averaged)."""
+        if self._i420 is None:
+            rgb = self.rgba[:, :, :3].astype(np.float32)
+            r, g, b = rgb[:, :, 0], rgb[:, :, 1], rgb[:, :, 2]
+            # BT.601 limited range, as OpenCV's BGR<->I420 and ffmpeg's default for yuv420p
+            y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+            u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+            v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+            a = (256 - self.inv[:, :, 0]).astype(np.float32)  # 0..256
+
+            def half(x: np.ndarray) -> np.ndarray:
+                return (x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2]) / 4
+
+            ac = half(a)
+            planes = []
+            for plane, alpha in ((y * a, a), (half(u * a), ac), (half(v * a), ac)):
+                planes.append((np.rint(plane).astype(np.uint16), np.rint(256 - alpha).astype(np.uint16)))
+            self._i420 = tuple(planes)
+        return self._i420
+
+    def blend_into_i420(self, buf: np.ndarray, width: int, height: int) -> np.ndarray:
+        """Blend into a contiguous I420 (yuv420p) frame ``buf`` of shape (height*3/2, width).
+
+        Same result as converting to BGR, :meth:`blend_into`, and back, without the two
+        full-frame conversions. The box is on even coordinates, so chroma aligns.
+        """
+        if buf.shape != (height * 3 // 2, width) or not buf.flags.c_contiguous:
+            raise ValueError(f"expected a contiguous I420 buffer ({height * 3 // 2}, {width}), got {buf.shape}")
+        if self.x < 0 or self.y < 0 or self.x + self.w > width or self.y + self.h > height:
+            raise ValueError("overlay box does not fit the frame")
+        flat = buf.reshape(-1)
+        cw, ch = width // 2, height // 2
+        yplane = flat[: width * height].reshape(height, width)
+        uplane = flat[width * height: width * height + cw * ch].reshape(ch, cw)
+        vplane = flat[width * height + cw * ch: width * height + 2 * cw * ch].reshape(ch, cw)
+        (py, iy), (pu, iu), (pv, iv) = self._i420_planes()
+        x, y, cx, cy = self.x, self.y, self.x // 2, self.y // 2
+        for plane, pre, inv, ox, oy in ((yplane, py, iy, x, y), (uplane, pu, iu, cx, cy), (vplane, pv, iv, cx, cy)):
+            region = plane[oy:oy + inv.shape[0], ox:ox + inv.shape[1]]
+            work = np.multiply(region, inv, dtype=np.uint16)
+            work += pre
+            work >>= 8
+            region[...] = work
+        return buf
 
 
 def _prepare(rgba: np.ndarray, x: int, y: int, text_px: int) -> RenderedOverlay:
@@ -221,8 +273,15 @@ class OverlayRenderer:
         return rendered
 
     def apply(self, frame: np.ndarray, info: OverlayInfo, wall_ts: dt.datetime) -> np.ndarray:
+        """Blend into a BGR frame (h, w, 3) in place; returns the frame."""
         h, w = frame.shape[:2]
         return self.render(info, wall_ts, (w, h)).blend_into(frame)
+
+    def apply_i420(self, buf: np.ndarray, width: int, height: int, info: OverlayInfo,
+                   wall_ts: dt.datetime) -> np.ndarray:
+        """Blend into an I420 frame (height*3/2, width) in place: for decoded camera streams
+        that are already yuv420p, saving two colour conversions per frame."""
+        return self.render(info, wall_ts, (width, height)).blend_into_i420(buf, width, height)
 
     def _render(self, lines: tuple[str, ...], frame_size: tuple[int, int]) -> RenderedOverlay:
         lay = self.layout
@@ -242,6 +301,7 @@ class OverlayRenderer:
             widths.append(width)
         bw = int(max(widths, default=0)) + 2 * pad
         bh = line_h * len(lines) + 2 * pad - round((ascent + descent) * 0.08)
+        bw, bh = bw + bw % 2, bh + bh % 2  # even, so the box aligns with I420 chroma
         img = Image.new("RGBA", (bw, bh), _rgba(lay.box_bgr, lay.box_opacity))
         draw = ImageDraw.Draw(img)
         y = pad
@@ -262,7 +322,7 @@ class OverlayRenderer:
         else:
             ox = margin if lay.corner.endswith("left") else fw - bw - margin
             oy = margin if lay.corner.startswith("top") else fh - bh - margin
-        return _prepare(np.asarray(img), int(ox), int(oy), size)
+        return _prepare(np.asarray(img), int(ox) // 2 * 2, int(oy) // 2 * 2, size)
 
 
 # --------------------------------------------------------------------------- placeholder

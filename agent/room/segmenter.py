@@ -144,6 +144,10 @@ class _Segment:
         vs.time_base = Fraction(1, o.fps)
         cc = vs.codec_context
         cc.gop_size = o.fps
+        # PyAV defaults encoders to slice threads; x264's frame threads (ffmpeg's own default)
+        # give much more throughput for a few frames of latency.
+        cc.thread_count = o.threads
+        cc.thread_type = "FRAME" if o.frame_threads else "SLICE"
         if o.bitrate:
             cc.bit_rate = o.bitrate
         opts = {"preset": o.preset}
@@ -179,7 +183,7 @@ class _Segment:
         if self.start_wall is None:
             self.start_wall = wall
         self.last_wall = wall
-        i420 = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2YUV_I420)
+        i420 = frame_bgr if frame_bgr.ndim == 2 else cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2YUV_I420)
         vf = av.VideoFrame.from_ndarray(i420, format="yuv420p")
         vf.pts = self.frames
         vf.time_base = self.owner.video_tb  # not the stream's: the muxer changes it to 1/90000
@@ -255,6 +259,8 @@ class Segmenter:
         x264_params: str | None = None,
         audio_bitrate: int = 96_000,
         audio_grace_seconds: float = 2.0,
+        threads: int = 0,
+        frame_threads: bool = True,
     ):
         if int(fps) != fps or not 1 <= fps <= 120:
             raise ConfigError(f"segmenter fps: {fps} must be a whole number 1..120")
@@ -282,6 +288,7 @@ class Segmenter:
         self.preset, self.crf, self.bitrate, self.tune = preset, crf, bitrate, tune
         self.x264_params = x264_params
         self.audio_bitrate = audio_bitrate
+        self.threads, self.frame_threads = int(threads), bool(frame_threads)
         self.grace_frames = max(1, round(audio_grace_seconds * fps))
         self.video_tb = Fraction(1, self.fps)
         self.audio_tb = Fraction(1, self.audio_rate or 1)
@@ -306,14 +313,16 @@ class Segmenter:
 
     # ----------------------------------------------------------------- input
     def write_video(self, frame_bgr: np.ndarray, wall_ts: dt.datetime) -> None:
-        """Append one frame (BGR uint8, exactly ``size``); ``wall_ts`` is aware."""
+        """Append one frame of exactly ``size``: BGR uint8 (h, w, 3), or I420/yuv420p
+        uint8 (h*3/2, w) as decoded streams give it; ``wall_ts`` is aware."""
         if self.closed:
             raise RuntimeError("segmenter is closed")
         if wall_ts.tzinfo is None:
             raise ValueError("wall_ts must be timezone-aware")
         w, h = self.size
-        if frame_bgr.shape != (h, w, 3) or frame_bgr.dtype != np.uint8:
-            raise ValueError(f"frame {frame_bgr.shape} {frame_bgr.dtype}: expected ({h}, {w}, 3) uint8")
+        if frame_bgr.shape not in ((h, w, 3), (h * 3 // 2, w)) or frame_bgr.dtype != np.uint8:
+            raise ValueError(f"frame {frame_bgr.shape} {frame_bgr.dtype}: expected BGR ({h}, {w}, 3) "
+                             f"or I420 ({h * 3 // 2}, {w}) uint8")
         k = self._frames // self.frames_per_segment
         if self._cur is None or self._cur.k != k:
             self._rotate(k)

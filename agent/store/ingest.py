@@ -54,9 +54,13 @@ def ingest(store: Store, paths: list[Path], metadata: dict, *, progress: Callabl
             except OSError as exc:
                 raise EdgeError(f"{p}: cannot read: {exc.strerror}") from None
             with f:
-                writer.add_stream(p.name, f, expected_size=before.st_size, progress=progress)
+                try:
+                    writer.add_stream(p.name, f, expected_size=before.st_size, progress=progress)
+                    changed = False
+                except SourceError:
+                    changed = True
                 after = os.fstat(f.fileno())
-            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            if changed or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
                 raise EdgeError(f"{p}: the file changed while it was read (size or modification time); "
                                 "ingest it again once it is complete")
         if len(paths) == 1 and meta.get("case_number"):

@@ -28,6 +28,7 @@ from ..config import Config
 from ..errors import DiskReserveError, EdgeError, NotFoundError
 from ..evidence import hashing, keys, manifest as mf
 from ..evidence.verify import verify_item
+from ..faults import crashpoint
 from ..timeutil import now, now_iso
 from .audit import AuditLog
 from .fsutil import atomic_write, free_bytes, fsync_dir, rename_durable
@@ -101,18 +102,23 @@ class Store:
     # --- producing items --------------------------------------------------------------------
     def new_item(self, metadata: dict, source: dict, *, kind: str = "file", priority: int = 5,
                  source_key: str | None = None, session: dict | None = None,
-                 clock_offset_ms: int | None = None, expected_size: int = 0) -> "ItemWriter":
+                 clock_offset_ms: int | None = None, expected_size: int = 0,
+                 enforce_reserve: bool = True) -> "ItemWriter":
         """Start an item (ledger row 'receiving' first, then files). Mandatory metadata is checked
-        now, before any byte is copied, except capture_end which may be given at seal time."""
+        now, before any byte is copied, except capture_end which may be given at seal time.
+
+        ``enforce_reserve=False`` is for media already on this file system (a closed interview
+        segment moved in by rename): sealing it needs no new space, and refusing would lose it."""
         probe = dict(metadata)
         probe.setdefault("capture_end", probe.get("capture_start"))
         mf.validate_metadata(probe)
-        self.check_reserve(expected_size)
+        if enforce_reserve:
+            self.check_reserve(expected_size)
         item_id = f"{self.cfg.device.id}-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
         path = self.incoming / item_id
         (path / mf.FILES_DIR).mkdir(parents=True)
         state = {"metadata": metadata, "source": source, "session": session, "clock_offset_ms": clock_offset_ms,
-                 "kind": kind}
+                 "kind": kind, "pid": os.getpid()}
         atomic_write(path / "pending.json", json.dumps(state, ensure_ascii=False).encode())
         collector = metadata.get("collector") or {}
         with self.ledger.atomic() as db:
@@ -277,6 +283,8 @@ class Store:
                             actions.append(f"{row['id']}: sealed before the crash, recorded now")
                         break
                 else:
+                    if _owner_alive(path):
+                        continue  # another live process (e.g. a CLI ingest) is still writing it
                     if row["source_key"]:
                         actions.append(f"{row['id']}: partial copy kept for resume")
                         continue
@@ -447,6 +455,8 @@ class ItemWriter:
                         raise DiskReserveError(f"磁盘已满 / disk full while copying {name} at byte {offset}") from None
                     raise
                 since_check += n
+                if offset >= (8 << 20):
+                    crashpoint("copy:8mib")
                 if since_check >= (64 << 20):
                     since_check = 0
                     left = (expected_size - offset) if expected_size else 0
@@ -532,16 +542,20 @@ class ItemWriter:
                          sealed_at=now_iso())
             data = mf.encode(m)
             atomic_write(self.path / mf.SIGNATURE, mf.signature_record(st.private_key, data))
+            crashpoint("seal:after-sig")
             atomic_write(self.path / mf.MANIFEST, data)
+            crashpoint("seal:after-manifest")
             try:
                 os.unlink(self.path / "pending.json")
             except FileNotFoundError:
                 pass
             target = st.items_dir / self.id
             rename_durable(self.path, target)
+            crashpoint("seal:after-rename")
             self.path = target
             mhash = mf.manifest_hash(st.alg, data)
             st._record_sealed(self.id, target, m, mhash, sum(f["size"] for f in self.files))
+            crashpoint("seal:after-ledger")
             st.audit.append("seal", self.id, actor=actor, seq=seq + 1, manifest_hash=mhash,
                             case=meta.get("case_number"), files=[f["name"] for f in self.files])
         return m
@@ -556,6 +570,22 @@ class SourceError(EdgeError):
     def __init__(self, message: str, offset: int):
         super().__init__(message)
         self.offset = offset
+
+
+def _owner_alive(path: Path) -> bool:
+    try:
+        pid = json.loads((path / "pending.json").read_text()).get("pid")
+    except (OSError, ValueError):
+        return False
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _member(name: str) -> str:

@@ -48,6 +48,13 @@ class LinkStats:
     stale_frames: int = 0  # responses with another seq/cmd (late answers to earlier attempts)
 
 
+def _cmd_name(cmd: int) -> str:
+    try:
+        return Command(cmd).name
+    except ValueError:
+        return f"0x{cmd:02x}"
+
+
 class RecorderClient:
     """One recorder on one serial port. Not shared between threads without its lock
     (every request holds it). ``timeout`` is per attempt; a request is sent at most
@@ -109,6 +116,7 @@ class RecorderClient:
         return RecorderGone(f"记录仪已断开 / recorder disconnected ({self.port_path}){detail}")
 
     def _write(self, data: bytes) -> None:
+        logger.debug("tx %s", data.hex(" "))
         try:
             self._port.write(data)
             self._port.flush()
@@ -130,15 +138,17 @@ class RecorderClient:
                 raise self._gone(exc) from exc
             if not chunk:
                 continue
+            logger.debug("rx %s", chunk.hex(" "))
             for frame in self._decoder.feed(chunk):
                 if frame.cmd == want and frame.seq == seq:
                     return frame
                 self.stats.stale_frames += 1
                 logger.debug("ignoring frame cmd=0x%02x seq=%d (want 0x%02x/%d)", frame.cmd, frame.seq, want, seq)
 
-    def request(self, cmd: Command, payload: bytes = b"") -> tuple[int, bytes]:
+    def request(self, cmd: int, payload: bytes = b"") -> tuple[int, bytes]:
         """Send one request, wait for its response (retrying on silence);
         returns (result code, data after the code)."""
+        name = _cmd_name(cmd)
         if self._port is None:
             raise RecorderError(f"记录仪连接已关闭 / recorder client is closed ({self.port_path})")
         with self._lock:
@@ -149,17 +159,17 @@ class RecorderClient:
             for attempt in range(1 + self.retries):
                 if attempt:
                     self.stats.retries += 1
-                    logger.info("recorder %s: no answer to %s, retry %d/%d", self.port_path, cmd.name, attempt, self.retries)
+                    logger.info("recorder %s: no answer to %s, retry %d/%d", self.port_path, name, attempt, self.retries)
                 self._write(frame)
                 response = self._await(cmd, seq, time.monotonic() + self.timeout)
                 if response is not None:
                     if not response.payload:
-                        raise ProtocolError(f"记录仪应答无结果码 / empty response to {cmd.name}")
+                        raise ProtocolError(f"记录仪应答无结果码 / empty response to {name}")
                     return response.payload[0], response.payload[1:]
                 if not os.path.exists(self.port_path):
                     raise self._gone()
         raise RecorderTimeout(
-            f"记录仪无应答 / recorder did not answer {cmd.name} "
+            f"记录仪无应答 / recorder did not answer {name} "
             f"({1 + self.retries} attempts, {self.timeout:g} s each, {self.port_path})"
         )
 
@@ -208,8 +218,18 @@ class RecorderClient:
         after = time.time()
         return device.timestamp() - (before + after) / 2
 
-    def set_clock(self, ts: _dt.datetime) -> None:
-        """SyncDevTime; ``ts`` must be aware (its offset becomes the device zone)."""
+    def set_clock(self, ts: _dt.datetime, *, align: bool = True) -> None:
+        """SyncDevTime; ``ts`` must be aware (its offset becomes the device zone).
+
+        The device takes whole seconds: with ``align`` and a ``ts`` that has a
+        fraction, the call waits for the next whole second of ``ts`` and sends that,
+        so the device ends up within transmission delay of ``ts`` (not up to 1 s behind)."""
+        if ts.tzinfo is None or ts.utcoffset() is None:
+            raise ValueError("set_clock needs an aware datetime (e.g. +08:00)")
+        if align and ts.microsecond:
+            wait = 1 - ts.microsecond / 1e6
+            ts = ts.replace(microsecond=0) + _dt.timedelta(seconds=1)
+            time.sleep(wait)
         self._call(Command.SET_CLOCK, encode_device_time(ts))
 
     def battery(self) -> Battery:

@@ -1,0 +1,331 @@
+"""Officer roster and recorder registry of a docking station; equipment ratio and usage.
+
+Kept in ``data_dir/dock/registry.db`` (SQLite, WAL), apart from the evidence ledger: it is
+reference data, rebuilt from the roster file and from docking, never evidence itself.
+
+* roster: ``edge-agent roster import officers.csv`` (officer number, name, unit code, unit name)
+* recorders: learned from identify (ZFY_INFO): serial -> officer, unit, first/last seen; two
+  recorders claiming the same serial at once are flagged (``conflict``)
+* ratio: recorders in service / officers per unit, against ``dock.min_ratio_pct``;
+  usage: recorders docked in the last ``dock.usage_days`` days / registered recorders
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import sqlite_utils
+
+from ..errors import EdgeError
+from ..timeutil import now_iso
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_registry", """
+        CREATE TABLE officers (
+            number TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            unit_code TEXT NOT NULL,
+            unit_name TEXT NOT NULL DEFAULT '',
+            imported_at TEXT NOT NULL
+        );
+        CREATE TABLE recorders (
+            serial TEXT PRIMARY KEY,
+            officer_number TEXT,
+            officer_name TEXT,
+            unit_number TEXT,
+            unit_name TEXT,
+            first_seen TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            last_seen_ts REAL NOT NULL,
+            last_bay TEXT,
+            docks INTEGER NOT NULL DEFAULT 0,
+            in_service INTEGER NOT NULL DEFAULT 1,
+            conflict INTEGER NOT NULL DEFAULT 0,
+            conflict_detail TEXT
+        );
+        CREATE TABLE docks (
+            serial TEXT NOT NULL,
+            ts REAL NOT NULL,
+            at TEXT NOT NULL,
+            bay TEXT
+        );
+        CREATE INDEX docks_ts ON docks(ts);
+    """),
+]
+
+_NUMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+# header aliases (English / Chinese) accepted by the roster import
+_COLUMNS = {
+    "officer_number": ("officer_number", "number", "officer", "警号", "执法证号", "执法证编号"),
+    "name": ("name", "officer_name", "姓名"),
+    "unit_code": ("unit", "unit_code", "unit_number", "单位", "单位编号", "单位代码"),
+    "unit_name": ("unit_name", "单位名称"),
+}
+
+
+@dataclass
+class Officer:
+    number: str
+    name: str
+    unit_code: str
+    unit_name: str = ""
+
+
+@dataclass
+class RatioRow:
+    """Equipment ratio and usage of one unit (配备率 / 使用率)."""
+
+    unit_code: str
+    unit_name: str
+    officers: int
+    recorders_in_service: int
+    ratio_pct: int | None  # recorders per 100 officers (None without officers)
+    min_ratio_pct: int
+    meets_minimum: bool
+    recorders_registered: int
+    recorders_used: int
+    usage_pct: int | None
+    usage_days: int
+    conflicts: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Registry:
+    def __init__(self, data_dir: Path | str):
+        path = Path(data_dir) / "dock" / "registry.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self.lock = threading.RLock()
+        self.path = path
+        with self.atomic():
+            self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+            done = {r[0] for r in self.db.execute("SELECT name FROM migrations").fetchall()}
+            for name, sql in MIGRATIONS:
+                if name not in done:
+                    for stmt in filter(str.strip, sql.split(";")):
+                        self.db.execute(stmt)
+                    self.db.execute("INSERT INTO migrations VALUES (?, datetime('now'))", [name])
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[sqlite_utils.Database]:
+        with self.lock:
+            conn = self.db.conn
+            if conn.in_transaction:
+                yield self.db
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def query(self, sql: str, params=()) -> list[dict]:
+        with self.lock:
+            return list(self.db.query(sql, params))
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.conn.close()
+
+    # --- roster -----------------------------------------------------------------------------
+    def import_roster(self, path: Path | str, *, replace: bool = True) -> int:
+        """Import officers.csv (UTF-8, UTF-8 with BOM, or GBK). With ``replace`` the roster is
+        replaced as a whole (officers no longer listed are removed). Returns the count."""
+        officers = parse_roster(Path(path))
+        with self.atomic() as db:
+            if replace:
+                db.execute("DELETE FROM officers")
+            at = now_iso()
+            for o in officers:
+                db["officers"].upsert({**asdict(o), "imported_at": at}, pk="number")
+        return len(officers)
+
+    def officers(self, unit: str | None = None) -> list[dict]:
+        if unit:
+            return self.query("SELECT * FROM officers WHERE unit_code = ? ORDER BY unit_code, number", [unit])
+        return self.query("SELECT * FROM officers ORDER BY unit_code, number")
+
+    def officer(self, number: str) -> dict | None:
+        rows = self.query("SELECT * FROM officers WHERE number = ?", [number])
+        return rows[0] if rows else None
+
+    # --- recorders --------------------------------------------------------------------------
+    def seen(self, serial: str, officer_number: str, officer_name: str, unit_number: str, unit_name: str,
+             bay: str, at: float | None = None) -> dict:
+        """Record a docking (identify answered). Returns the recorder row."""
+        at = at or time.time()
+        iso = now_iso()
+        with self.atomic() as db:
+            row = self.query("SELECT * FROM recorders WHERE serial = ?", [serial])
+            if row:
+                db["recorders"].update(serial, {
+                    "officer_number": officer_number, "officer_name": officer_name, "unit_number": unit_number,
+                    "unit_name": unit_name, "last_seen": iso, "last_seen_ts": at, "last_bay": bay,
+                    "docks": row[0]["docks"] + 1})
+            else:
+                db["recorders"].insert({
+                    "serial": serial, "officer_number": officer_number, "officer_name": officer_name,
+                    "unit_number": unit_number, "unit_name": unit_name, "first_seen": iso, "last_seen": iso,
+                    "last_seen_ts": at, "last_bay": bay, "docks": 1, "in_service": 1, "conflict": 0,
+                    "conflict_detail": None}, pk="serial")
+            db["docks"].insert({"serial": serial, "ts": at, "at": iso, "bay": bay})
+        return self.query("SELECT * FROM recorders WHERE serial = ?", [serial])[0]
+
+    def flag_conflict(self, serial: str, detail: str) -> None:
+        """Two recorders claim the same serial (冲突): flagged until a technician clears it."""
+        with self.atomic() as db:
+            if not self.query("SELECT serial FROM recorders WHERE serial = ?", [serial]):
+                iso = now_iso()
+                db["recorders"].insert({"serial": serial, "first_seen": iso, "last_seen": iso,
+                                        "last_seen_ts": time.time(), "docks": 0, "in_service": 1}, pk="serial")
+            db["recorders"].update(serial, {"conflict": 1, "conflict_detail": detail})
+
+    def clear_conflict(self, serial: str) -> None:
+        with self.atomic() as db:
+            db["recorders"].update(serial, {"conflict": 0, "conflict_detail": None})
+
+    def set_in_service(self, serial: str, in_service: bool) -> None:
+        if not self.query("SELECT serial FROM recorders WHERE serial = ?", [serial]):
+            raise EdgeError(f"记录仪未登记 / no recorder with serial {serial!r} in the registry")
+        with self.atomic() as db:
+            db["recorders"].update(serial, {"in_service": 1 if in_service else 0})
+
+    def recorders(self) -> list[dict]:
+        return self.query("SELECT * FROM recorders ORDER BY unit_number, serial")
+
+    # --- ratio ------------------------------------------------------------------------------
+    def ratio(self, min_ratio_pct: int = 20, usage_days: int = 30, at: float | None = None) -> list[RatioRow]:
+        """One row per unit known from the roster or the registry."""
+        at = at or time.time()
+        since = at - usage_days * 86400
+        units: dict[str, dict] = {}
+
+        def unit(code: str | None, name: str | None) -> dict:
+            code = code or "?"
+            u = units.setdefault(code, {"name": "", "officers": 0, "in_service": 0, "registered": 0, "used": 0,
+                                        "conflicts": 0})
+            if name and not u["name"]:
+                u["name"] = name
+            return u
+
+        for o in self.query("SELECT unit_code, unit_name, count(*) n FROM officers GROUP BY unit_code"):
+            unit(o["unit_code"], o["unit_name"])["officers"] = o["n"]
+        for r in self.query("SELECT r.*, (SELECT max(ts) FROM docks d WHERE d.serial = r.serial) last_dock "
+                            "FROM recorders r"):
+            # a recorder counts for the unit of its officer in the roster, else the unit it reports
+            off = self.officer(r["officer_number"]) if r["officer_number"] else None
+            u = unit(off["unit_code"] if off else r["unit_number"], off["unit_name"] if off else r["unit_name"])
+            u["registered"] += 1
+            if r["in_service"]:
+                u["in_service"] += 1
+            if r["last_dock"] and r["last_dock"] >= since:
+                u["used"] += 1
+            if r["conflict"]:
+                u["conflicts"] += 1
+        rows = []
+        for code in sorted(units):
+            u = units[code]
+            ratio = (u["in_service"] * 100 // u["officers"]) if u["officers"] else None
+            usage = (u["used"] * 100 // u["registered"]) if u["registered"] else None
+            meets = u["officers"] == 0 or u["in_service"] * 100 >= min_ratio_pct * u["officers"]
+            rows.append(RatioRow(code, u["name"], u["officers"], u["in_service"], ratio, min_ratio_pct, meets,
+                                 u["registered"], u["used"], usage, usage_days, u["conflicts"]))
+        return rows
+
+
+def parse_roster(path: Path) -> list[Officer]:
+    """Read and check officers.csv; EdgeError names the line and the problem."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise EdgeError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise EdgeError(f"{path}: is a directory; give the roster CSV file") from None
+    except OSError as exc:
+        raise EdgeError(f"{path}: cannot read: {exc.strerror}") from None
+    for enc in ("utf-8-sig", "gbk"):
+        try:
+            text = raw.decode(enc)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        raise EdgeError(f"{path}: 编码无法识别 / not UTF-8 or GBK text")
+    if "\x00" in text:
+        raise EdgeError(f"{path}: contains NUL bytes; not a CSV text file")
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise EdgeError(f"{path}: 文件为空 / empty file; expected a header officer_number,name,unit") from None
+    except csv.Error as exc:
+        raise EdgeError(f"{path}: line 1: {exc}") from None
+    norm = [h.strip().lower() for h in header]
+    index: dict[str, int] = {}
+    for field, aliases in _COLUMNS.items():
+        for i, h in enumerate(norm):
+            if h in aliases:
+                index[field] = i
+                break
+    missing = [f for f in ("officer_number", "name", "unit_code") if f not in index]
+    if missing:
+        raise EdgeError(f"{path}: line 1: 缺少列 / missing column(s) {', '.join(missing)} "
+                        f"(header must name officer_number, name, unit[, unit_name]; got {','.join(header)})")
+    officers: list[Officer] = []
+    seen: dict[str, int] = {}
+    try:
+        for row in reader:
+            line = reader.line_num
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) < len(header):
+                raise EdgeError(f"{path}: line {line}: {len(row)} column(s), the header has {len(header)}")
+
+            def col(field: str) -> str:
+                return row[index[field]].strip() if field in index else ""
+
+            number, name, unit_code = col("officer_number"), col("name"), col("unit_code")
+            if not _NUMBER.match(number):
+                raise EdgeError(f"{path}: line {line}: 警号无效 / officer number {number!r}: letters and digits, 1-32")
+            if not name or len(name) > 64 or any(ord(c) < 32 for c in name):
+                raise EdgeError(f"{path}: line {line}: 姓名无效 / name {name!r}: 1-64 printable characters")
+            if not _NUMBER.match(unit_code):
+                raise EdgeError(f"{path}: line {line}: 单位编号无效 / unit {unit_code!r}: letters and digits, 1-32")
+            if number in seen:
+                raise EdgeError(f"{path}: line {line}: 警号重复 / officer number {number} already on line {seen[number]}")
+            seen[number] = line
+            officers.append(Officer(number, name, unit_code, col("unit_name")[:64]))
+    except csv.Error as exc:
+        raise EdgeError(f"{path}: line {reader.line_num}: {exc}") from None
+    if not officers:
+        raise EdgeError(f"{path}: no officers after the header")
+    return officers
+
+
+def ratio_csv(rows: list[RatioRow]) -> str:
+    buf = io.StringIO()
+    fields = list(RatioRow.__dataclass_fields__)
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r.as_dict())
+    return buf.getvalue()

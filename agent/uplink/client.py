@@ -1,0 +1,406 @@
+"""One MQTT v5 connection (paho-mqtt 2, CallbackAPIVersion.VERSION2) that reconnects by itself.
+
+What paho does not do and this module does:
+
+- a fresh paho client per connection (``reconnect_on_failure=False``), so that the will carries the
+  new birth/death sequence number (bdseq) and paho never resends a stale queue after a reconnect
+  (paho issue #492); whatever was in flight is failed back to its owner, who decides;
+- backoff with jitter between attempts; refused credentials back off to the maximum at once;
+- the broker's CONNACK ``Receive Maximum`` and ``Maximum Packet Size`` are read and enforced here
+  (paho enforces neither): :meth:`Connection.publish` waits for a free slot and refuses packets the
+  broker would drop;
+- the PUBACK reason code is checked in ``on_publish`` (paho reports a QoS 1 message as published
+  even when the broker answered >= 0x80);
+- every wait has a timeout (paho's ``wait_for_publish`` without one can hang on a lost connection,
+  #613).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import ssl
+import threading
+import time
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ..errors import EdgeError
+
+log = logging.getLogger(__name__)
+
+#: fixed header + topic length + packet id + property length bytes, rounded up
+PACKET_OVERHEAD = 64
+#: CONNACK reason codes after which retrying at once is pointless
+_AUTH_REFUSED = {0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
+
+
+class PublishError(EdgeError):
+    """A publish was refused before it left (too large, not connected, no slot in time)."""
+
+
+@dataclasses.dataclass
+class TlsConfig:
+    cafile: str
+    certfile: str | None = None
+    keyfile: str | None = None
+
+
+@dataclasses.dataclass
+class ConnSettings:
+    host: str
+    port: int
+    client_id: str
+    keepalive: int = 30
+    username: str | None = None
+    password: str | None = None
+    tls: TlsConfig | None = None
+    min_backoff: float = 0.5
+    max_backoff: float = 30.0
+    connect_timeout: float = 10.0
+
+
+class PubHandle:
+    """A QoS 1 publish in flight: ``wait(timeout)`` returns True once the broker answered."""
+
+    __slots__ = ("topic", "size", "event", "reason", "error", "sent_at", "acked_at", "mid")
+
+    def __init__(self, topic: str, size: int):
+        self.topic, self.size = topic, size
+        self.event = threading.Event()
+        self.reason: int | None = None
+        self.error: str | None = None
+        self.sent_at = time.monotonic()
+        self.acked_at: float | None = None
+        self.mid: int | None = None
+
+    def complete(self, reason: int | None, error: str | None = None) -> None:
+        self.reason, self.error = reason, error
+        self.acked_at = time.monotonic()
+        self.event.set()
+
+    @property
+    def ok(self) -> bool:
+        return self.event.is_set() and self.error is None and (self.reason or 0) < 0x80
+
+    def wait(self, timeout: float) -> bool:
+        return self.event.wait(timeout)
+
+
+class Connection:
+    """Keeps one broker connection up; callbacks run on paho's network thread (keep them short)."""
+
+    def __init__(self, settings: ConnSettings, *, stop_event: threading.Event | None = None,
+                 will: Callable[[], tuple[str, bytes] | None] | None = None,
+                 on_connect: Callable[["Connection"], None] | None = None,
+                 on_disconnect: Callable[["Connection", str], None] | None = None,
+                 on_message: Callable[[str, bytes, Any], None] | None = None,
+                 name: str = "mqtt"):
+        self.s = settings
+        self.stop_event = stop_event or threading.Event()
+        self._will = will
+        self._on_connect_cb = on_connect
+        self._on_disconnect_cb = on_disconnect
+        self._on_message_cb = on_message
+        self.name = name
+        self._client: mqtt.Client | None = None
+        self._lock = threading.Lock()
+        self._slots = threading.Condition(self._lock)
+        self._pending: dict[int, PubHandle] = {}
+        self._early: dict[int, tuple[int, Any]] = {}
+        self._qos0: set[int] = set()
+        self._subs: dict[str, int] = {}
+        self._connected = threading.Event()
+        self._lost = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._auth_refused = False
+        self._got_connack = False
+        # what the broker told us in CONNACK
+        self.receive_maximum = 65535
+        self.maximum_packet_size = 268435455
+        # statistics
+        self.reconnects = 0
+        self.connects = 0
+        self.errors = 0
+        self.bytes_sent = 0
+        self.last_error: str | None = None
+        self.connected_since: float | None = None
+
+    # --- public -----------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"{self.name}-conn", daemon=True)
+        self._thread.start()
+
+    def stop(self, final: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None:
+        """Publish ``final`` (topic, payload; retained, QoS 1), disconnect cleanly, stop the thread."""
+        client = self._client
+        if client is not None and self.connected and final is not None:
+            try:
+                h = self.publish(final[0], final[1], qos=1, retain=True, timeout=timeout)
+                h.wait(timeout)
+            except PublishError:
+                pass
+        self.stop_event.set()
+        if client is not None:
+            try:
+                client.disconnect()
+            except Exception:  # already gone
+                pass
+        self._lost.set()
+        if self._thread:
+            self._thread.join(timeout + 5)
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe now (if connected) and again after every reconnect."""
+        self._subs[topic_filter] = qos
+        client = self._client
+        if client is not None and self.connected:
+            client.subscribe(topic_filter, qos=qos)
+
+    def max_payload(self, topic: str, props_len: int = 0) -> int:
+        return self.maximum_packet_size - len(topic.encode()) - props_len - PACKET_OVERHEAD
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                user_properties: list[tuple[str, str]] | None = None, response_topic: str | None = None,
+                correlation: bytes | None = None, timeout: float = 30.0) -> PubHandle:
+        """Send one message; waits (at most ``timeout``) for a Receive Maximum slot when QoS > 0.
+
+        Raises :class:`PublishError` when not connected, when the packet exceeds the broker's
+        Maximum Packet Size, or when no slot frees up in time. The returned handle completes with
+        the PUBACK reason code (>= 0x80 is a refusal and ``ok`` is False) or an error when the
+        connection drops first.
+        """
+        props = None
+        plen = 0
+        if user_properties or response_topic or correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            if user_properties:
+                props.UserProperty = list(user_properties)
+                plen += sum(len(k.encode()) + len(v.encode()) + 5 for k, v in user_properties)
+            if response_topic:
+                props.ResponseTopic = response_topic
+                plen += len(response_topic.encode()) + 3
+            if correlation is not None:
+                props.CorrelationData = correlation
+                plen += len(correlation) + 3
+        size = len(payload) + len(topic.encode()) + plen + PACKET_OVERHEAD
+        if size > self.maximum_packet_size:
+            raise PublishError(f"{topic}: packet of {size} bytes exceeds the broker's maximum packet size "
+                               f"{self.maximum_packet_size}")
+        handle = PubHandle(topic, len(payload))
+        deadline = time.monotonic() + timeout
+        with self._slots:
+            while True:
+                if not self.connected or self._client is None:
+                    raise PublishError(f"{topic}: not connected")
+                if qos == 0 or len(self._pending) < self.receive_maximum:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PublishError(f"{topic}: no free in-flight slot within {timeout:.0f} s "
+                                       f"(receive maximum {self.receive_maximum})")
+                self._slots.wait(min(left, 0.5))
+            client = self._client
+            # reserve the slot under a placeholder key until paho gives the mid
+            reserve = -id(handle)
+            self._pending[reserve] = handle
+        try:
+            info = client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        except (ValueError, OSError) as exc:
+            with self._slots:
+                self._pending.pop(reserve, None)
+                self._slots.notify_all()
+            raise PublishError(f"{topic}: {exc}") from None
+        with self._slots:
+            self._pending.pop(reserve, None)
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                self._slots.notify_all()
+                raise PublishError(f"{topic}: paho refused the publish: {mqtt.error_string(info.rc)}")
+            handle.mid = info.mid
+            early = self._early.pop(info.mid, None)
+            if early is not None and qos == 0:
+                handle.complete(0)
+            elif early is not None:
+                self._complete(handle, *early)
+            elif qos == 0:
+                self._qos0.add(info.mid)
+                handle.complete(0)
+            else:
+                self._pending[info.mid] = handle
+            self.bytes_sent += len(payload)
+        return handle
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    # --- internals --------------------------------------------------------------------------
+    def _complete(self, handle: PubHandle, reason: int, reason_name: str) -> None:
+        if reason >= 0x80:
+            self.errors += 1
+            self.last_error = f"PUBACK {reason:#04x} {reason_name} for {handle.topic}"
+            log.error("broker refused a publish: %s", self.last_error)
+            handle.complete(reason, self.last_error)
+        else:
+            handle.complete(reason)
+
+    def _make_client(self) -> mqtt.Client:
+        c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=self.s.client_id,
+                        protocol=mqtt.MQTTv5, reconnect_on_failure=False)
+        c.max_inflight_messages_set(65535)  # our own window (Receive Maximum) governs
+        c.max_queued_messages_set(0)
+        if self.s.username:
+            c.username_pw_set(self.s.username, self.s.password or None)
+        if self.s.tls:
+            c.tls_set(ca_certs=self.s.tls.cafile or None, certfile=self.s.tls.certfile or None,
+                      keyfile=self.s.tls.keyfile or None, cert_reqs=ssl.CERT_REQUIRED,
+                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        will = self._will() if self._will else None
+        if will:
+            c.will_set(will[0], will[1], qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_message = self._on_message
+        return c
+
+    def _run(self) -> None:
+        delay = self.s.min_backoff
+        while not self.stop_event.is_set():
+            self._auth_refused = False
+            self._got_connack = False
+            self._lost.clear()
+            try:
+                client = self._make_client()
+                self._client = client
+                client.connect(self.s.host, self.s.port, keepalive=self.s.keepalive, clean_start=True)
+                client.loop_start()
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self._note_error(f"cannot connect to {self.s.host}:{self.s.port}: {exc}")
+                self._client = None
+            else:
+                # wait for CONNACK, then for the connection to end
+                deadline = time.monotonic() + self.s.connect_timeout
+                while not (self._connected.is_set() or self._lost.is_set() or self.stop_event.is_set()) \
+                        and time.monotonic() < deadline:
+                    self._lost.wait(0.05)
+                if not self._connected.is_set() and not self._lost.is_set() and not self.stop_event.is_set():
+                    self._note_error(f"no CONNACK from {self.s.host}:{self.s.port} within {self.s.connect_timeout:.0f} s")
+                    try:
+                        client.disconnect()
+                    except Exception:
+                        pass
+                    self._lost.set()
+                if self.connected:
+                    delay = self.s.min_backoff
+                while not self._lost.wait(0.5):
+                    if self.stop_event.is_set():
+                        break
+                self._teardown(client)
+            if self.stop_event.is_set():
+                break
+            wait = self.s.max_backoff if self._auth_refused else delay
+            wait = wait * (0.5 + random.random() / 2)  # jitter: spread a fleet's reconnects
+            delay = min(delay * 2, self.s.max_backoff)
+            log.info("%s: reconnecting in %.1f s", self.name, wait)
+            self.stop_event.wait(wait)
+
+    def _teardown(self, client: mqtt.Client) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        try:
+            client.loop_stop()
+        except Exception:
+            pass
+        self._client = None
+        with self._slots:
+            pending = list(self._pending.values())
+            self._pending.clear()
+            self._early.clear()
+            self._qos0.clear()
+            self._slots.notify_all()
+        for h in pending:
+            h.complete(None, "connection lost before PUBACK")
+        if was:
+            self.connected_since = None
+            if self._on_disconnect_cb:
+                try:
+                    self._on_disconnect_cb(self, self.last_error or "disconnected")
+                except Exception:
+                    log.exception("on_disconnect callback failed")
+
+    def _note_error(self, msg: str) -> None:
+        self.errors += 1
+        self.last_error = msg
+        log.warning("%s: %s", self.name, msg)
+
+    # paho callbacks (network thread)
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._got_connack = True
+        if reason_code.is_failure:
+            self._auth_refused = reason_code.value in _AUTH_REFUSED
+            self._note_error(f"connection refused by broker: {reason_code} ({reason_code.value:#04x})")
+            return
+        rm = getattr(properties, "ReceiveMaximum", None) if properties else None
+        mps = getattr(properties, "MaximumPacketSize", None) if properties else None
+        self.receive_maximum = int(rm) if rm else 65535
+        self.maximum_packet_size = int(mps) if mps else 268435455
+        if self.connects:
+            self.reconnects += 1
+        self.connects += 1
+        self.connected_since = time.time()
+        for topic_filter, qos in self._subs.items():
+            client.subscribe(topic_filter, qos=qos)
+        log.info("%s: connected to %s:%s (receive maximum %d, maximum packet size %d)", self.name,
+                 self.s.host, self.s.port, self.receive_maximum, self.maximum_packet_size)
+        self._connected.set()
+        if self._on_connect_cb:
+            threading.Thread(target=self._safe_cb, name=f"{self.name}-onconnect", daemon=True).start()
+
+    def _safe_cb(self) -> None:
+        try:
+            self._on_connect_cb(self)  # type: ignore[misc]
+        except Exception:
+            log.exception("on_connect callback failed")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not self._got_connack:
+            self._note_error(f"connection to {self.s.host}:{self.s.port} closed before CONNACK "
+                             f"(TLS client certificate refused or broker unreachable): {reason_code}")
+        elif not self.stop_event.is_set():
+            self._note_error(f"connection lost: {reason_code}")
+        self._connected.clear()
+        self._lost.set()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        rc = getattr(reason_code, "value", reason_code) or 0
+        name = str(reason_code)
+        with self._slots:
+            if mid in self._qos0:
+                self._qos0.discard(mid)
+                return
+            handle = self._pending.pop(mid, None)
+            if handle is None:
+                self._early[mid] = (rc, name)
+                return
+            self._slots.notify_all()
+        self._complete(handle, rc, name)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        if self._on_message_cb:
+            try:
+                self._on_message_cb(msg.topic, msg.payload, msg.properties)
+            except Exception:
+                log.exception("message handler failed for %s", msg.topic)

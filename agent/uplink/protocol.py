@@ -1,0 +1,249 @@
+"""The evidence transfer protocol on the wire (``edge-xfer/1``): payload formats, parsing, limits.
+
+Modelled on EMQX's MQTT file transfer (EIP-0021: init, segments with offset + checksum, fin) but in
+this project's topic tree (:mod:`agent.uplink.topics`) and with one difference: the broker's PUBACK
+only means the broker has a message; an item counts as archived only when the *archive* answers
+``stored`` (files fsynced, item verified). docs/mqtt.md describes every message with examples.
+
+Every request carries the MQTT v5 Response Topic (``P/ack/D``) and Correlation Data; every answer
+is one JSON object on that topic with the same correlation data. Parsers raise
+:class:`ProtocolError` with a one-line reason that is sent back to the agent.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import json
+import re
+from typing import Any
+
+from ..errors import EdgeError
+
+PROTO = "edge-xfer/1"
+
+#: answer statuses
+OK = "ok"                # a chunk was checked and written (not yet the item)
+RECEIVING = "receiving"  # the manifest is known; ``held`` lists the byte ranges on the archive
+STORED = "stored"        # the whole item is fsynced, verified and stored: the only proof of archiving
+UNKNOWN = "unknown"      # the archive knows nothing of this item: send the manifest
+INCOMPLETE = "incomplete"  # finish arrived but ranges are missing or a file did not hash: resend
+REJECTED = "rejected"    # the item (or message) is refused for good; ``reason`` says why
+ERROR = "error"          # a single message was refused (e.g. a chunk with a wrong hash); resend it
+STATUSES = (OK, RECEIVING, STORED, UNKNOWN, INCOMPLETE, REJECTED, ERROR)
+
+DEFAULT_MAX_MANIFEST = 4 * 1024 * 1024
+MAX_ACK = 1024 * 1024
+MAX_FINISH = 8 * 1024 * 1024
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ProtocolError(EdgeError):
+    """A malformed or refused transfer message; the message is the reason sent back."""
+
+
+def _props_dict(user_properties: list[tuple[str, str]] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in user_properties or []:
+        out.setdefault(k, v)
+    return out
+
+
+def user_props(properties: Any) -> dict[str, str]:
+    """User properties of a paho ``Properties`` object (first value of each name)."""
+    return _props_dict(getattr(properties, "UserProperty", None))
+
+
+# --- manifest ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ManifestMsg:
+    manifest: bytes   # the exact signed bytes (RFC 8785)
+    sig: bytes        # the manifest.sig file
+    doc: dict         # parsed manifest
+
+    @property
+    def files(self) -> list[dict]:
+        return self.doc["files"]
+
+    @property
+    def total_size(self) -> int:
+        return sum(f["size"] for f in self.files)
+
+
+def manifest_props(sig: bytes) -> list[tuple[str, str]]:
+    return [("proto", PROTO), ("sig", sig.decode("utf-8"))]
+
+
+def parse_manifest(payload: bytes, props: dict[str, str], *, item: str, device: str,
+                   max_manifest: int = DEFAULT_MAX_MANIFEST, max_item: int | None = None) -> ManifestMsg:
+    """Check a manifest message before anything is written: size, JSON, ids, file list, limits."""
+    if len(payload) > max_manifest:
+        raise ProtocolError(f"manifest of {len(payload)} bytes exceeds the limit of {max_manifest} bytes")
+    sig = props.get("sig")
+    if not sig:
+        raise ProtocolError("manifest message without a 'sig' user property (manifest.sig)")
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("manifest is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("manifest is not a JSON object")
+    if doc.get("item_id") != item:
+        raise ProtocolError(f"manifest item_id {doc.get('item_id')!r} does not match the topic's item {item!r}")
+    dev = doc.get("device")
+    if not isinstance(dev, dict) or dev.get("id") != device:
+        raise ProtocolError(f"manifest device {(dev or {}).get('id') if isinstance(dev, dict) else dev!r} "
+                            f"does not match the topic's device {device!r}")
+    files = doc.get("files")
+    if not isinstance(files, list) or not files:
+        raise ProtocolError("manifest lists no files")
+    names = set()
+    for i, f in enumerate(files):
+        if not isinstance(f, dict):
+            raise ProtocolError(f"manifest file {i}: not an object")
+        name, size = f.get("name"), f.get("size")
+        if not safe_name(name):
+            raise ProtocolError(f"manifest file {i}: unsafe name {name!r} (paths, NUL, '..' are refused)")
+        if name in names:
+            raise ProtocolError(f"manifest file {i}: duplicate name {name!r}")
+        names.add(name)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ProtocolError(f"manifest file {name}: size {size!r} is not a non-negative integer")
+    total = sum(f["size"] for f in files)
+    if max_item is not None and total > max_item:
+        raise ProtocolError(f"declared item size {total} bytes exceeds the archive's limit of {max_item} bytes")
+    return ManifestMsg(manifest=payload, sig=sig.encode("utf-8"), doc=doc)
+
+
+def safe_name(name: Any) -> bool:
+    return (isinstance(name, str) and 0 < len(name.encode("utf-8", "surrogatepass")) <= 255
+            and "/" not in name and "\\" not in name and "\x00" not in name and name not in (".", "..")
+            and not name.startswith("."))
+
+
+# --- chunk -------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ChunkMsg:
+    file: str
+    offset: int
+    sha256: str
+    data: bytes
+
+
+def chunk_props(file: str, offset: int, data: bytes) -> list[tuple[str, str]]:
+    return [("proto", PROTO), ("file", file), ("offset", str(offset)),
+            ("sha256", hashlib.sha256(data).hexdigest())]
+
+
+def parse_chunk(payload: bytes, props: dict[str, str]) -> ChunkMsg:
+    name = props.get("file")
+    if not safe_name(name):
+        raise ProtocolError(f"chunk: unsafe or missing file name {name!r}")
+    raw = props.get("offset", "")
+    if not raw.isdigit():
+        raise ProtocolError(f"chunk: offset {raw!r} is not a non-negative integer")
+    digest = props.get("sha256", "")
+    if not _HEX64.match(digest):
+        raise ProtocolError("chunk: sha256 user property missing or not 64 hex digits")
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise ProtocolError(f"chunk {name}@{raw}: sha256 mismatch (corrupted in transit); resend")
+    return ChunkMsg(file=name, offset=int(raw), sha256=digest, data=payload)
+
+
+# --- finish ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Annotation:
+    data: bytes  # the exact NNNN.json bytes
+    sig: bytes   # the NNNN.sig bytes
+
+
+@dataclasses.dataclass
+class FinishMsg:
+    files: list[dict]
+    size: int
+    annotations: list[Annotation]
+
+
+def finish_payload(files: list[dict], annotations: list[tuple[bytes, bytes]]) -> bytes:
+    return json.dumps({
+        "proto": PROTO,
+        "files": [{"name": f["name"], "size": f["size"], "hash": f["hash"]} for f in files],
+        "size": sum(f["size"] for f in files),
+        "annotations": [{"json": base64.b64encode(d).decode(), "sig": base64.b64encode(s).decode()}
+                        for d, s in annotations],
+    }, ensure_ascii=False).encode()
+
+
+def parse_finish(payload: bytes) -> FinishMsg:
+    if len(payload) > MAX_FINISH:
+        raise ProtocolError(f"finish message of {len(payload)} bytes exceeds {MAX_FINISH}")
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("finish is not valid JSON") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("files"), list) or not isinstance(doc.get("size"), int):
+        raise ProtocolError("finish lacks files[] and size")
+    anns = []
+    for i, a in enumerate(doc.get("annotations") or []):
+        try:
+            anns.append(Annotation(base64.b64decode(a["json"], validate=True), base64.b64decode(a["sig"], validate=True)))
+        except (KeyError, TypeError, binascii.Error):
+            raise ProtocolError(f"finish: annotation {i + 1} is not {{json, sig}} in base64") from None
+    return FinishMsg(files=doc["files"], size=doc["size"], annotations=anns)
+
+
+# --- answers -----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Answer:
+    item: str
+    kind: str            # the request kind answered: manifest | chunk | finish | query
+    status: str
+    reason: str | None = None
+    held: dict[str, list[list[int]]] | None = None  # file -> [[start, end), ...]
+    annotations: int | None = None
+    receipt: dict | None = None
+    file: str | None = None
+    offset: int | None = None
+
+    def encode(self) -> bytes:
+        d = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def parse_answer(payload: bytes) -> Answer:
+    if len(payload) > MAX_ACK:
+        raise ProtocolError(f"answer of {len(payload)} bytes exceeds {MAX_ACK}")
+    try:
+        d = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("answer is not valid JSON") from None
+    if not isinstance(d, dict) or d.get("status") not in STATUSES or not isinstance(d.get("item"), str):
+        raise ProtocolError("answer lacks item or a known status")
+    fields = {f.name for f in dataclasses.fields(Answer)}
+    return Answer(**{k: v for k, v in d.items() if k in fields})
+
+
+# --- byte ranges -------------------------------------------------------------------------------
+def merge_ranges(ranges: list[tuple[int, int]] | list[list[int]]) -> list[list[int]]:
+    """Sorted, merged half-open ranges."""
+    out: list[list[int]] = []
+    for s, e in sorted((int(a), int(b)) for a, b in ranges):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return out
+
+
+def missing_ranges(size: int, held: list[list[int]] | None) -> list[tuple[int, int]]:
+    """Byte ranges of a file of ``size`` bytes not covered by ``held``."""
+    out, pos = [], 0
+    for s, e in merge_ranges(held or []):
+        if s > pos:
+            out.append((pos, min(s, size)))
+        pos = max(pos, e)
+    if pos < size:
+        out.append((pos, size))
+    return [(s, e) for s, e in out if e > s]
