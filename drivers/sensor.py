@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 
 from pymodbus.client import ModbusSerialClient
-from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,10 @@ class Sensor:
             self._thread.join(timeout)
             self._thread = None
 
+    def close(self) -> None:
+        """Close the serial port (for ``poll_once`` use without ``start``; stop() does it)."""
+        self._close()
+
     def __enter__(self) -> Sensor:
         return self.start()
 
@@ -180,11 +184,13 @@ class Sensor:
         port_error = isinstance(exc, (ConnectionError, ConnectionException, OSError))
         garbage = self._rx > 0 and not port_error
         if garbage:
-            msg = f"garbage or CRC error on the line ({self._rx} bytes): {exc}"
+            msg = f"garbage or bad CRC on the line ({self._rx} bytes, no valid frame)"
         elif port_error:
             msg = f"serial port {self.port}: {exc}"
+        elif isinstance(exc, ModbusIOException):
+            msg = f"no response from slave {self.slave} within {self.timeout:g} s"
         else:
-            msg = f"no valid response: {exc}"
+            msg = f"bad response: {exc}"
         with self._lock:
             self._errors += 1
             self._garbage += garbage

@@ -121,7 +121,7 @@ _noise = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(
     st.lists(st.tuples(_noise, st.integers(0, 255), st.binary(max_size=64)), min_size=1, max_size=6),
     st.integers(0, 2**32),

@@ -23,8 +23,8 @@ from drivers.recorder import (
     AuthError,
     FileType,
     Mark,
-    ProtocolError,
     RecorderClient,
+    RecorderError,
     RecorderGone,
     RecorderRefused,
     RecorderTimeout,
@@ -348,6 +348,25 @@ def test_fault_silence_timeout_and_retries(run_sim):
     assert 0.55 < elapsed < 1.5
     assert "3 attempts" in str(exc.value)
     assert len(sim.requests) == 3 and len({seq for _, seq in sim.requests}) == 1
+
+
+def test_slow_device_late_answers_are_ignored(run_sim):
+    sim, rec = run_sim(response_delay=0.3, timeout=0.2, retries=2)
+    assert rec.battery().level == 76  # the answer to attempt 1 arrives during attempt 2
+    sim.response_delay = 0
+    assert rec.identify().serial == SERIAL  # the cached second answer is stale: skipped
+    assert rec.stats.retries >= 1 and rec.stats.stale_frames >= 1
+
+
+def test_port_is_exclusive_and_closed_client_refuses(run_sim):
+    sim, rec = run_sim()
+    with pytest.raises(RecorderError, match="cannot open recorder port"):
+        RecorderClient(sim.port_path)
+    rec.close()
+    with pytest.raises(RecorderError, match="closed"):
+        rec.identify()
+    with RecorderClient(sim.port_path) as again:
+        assert again.identify().serial == SERIAL
 
 
 def test_fault_time_sync_and_msdc_fail(run_sim):

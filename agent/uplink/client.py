@@ -100,7 +100,7 @@ class Connection:
                  on_connect: Callable[["Connection"], None] | None = None,
                  on_disconnect: Callable[["Connection", str], None] | None = None,
                  on_message: Callable[[str, bytes, Any], None] | None = None,
-                 name: str = "mqtt"):
+                 name: str = "mqtt", manual_ack: bool = False):
         self.s = settings
         self.stop_event = stop_event or threading.Event()
         self._will = will
@@ -108,6 +108,7 @@ class Connection:
         self._on_disconnect_cb = on_disconnect
         self._on_message_cb = on_message
         self.name = name
+        self.manual_ack = manual_ack
         self._client: mqtt.Client | None = None
         self._lock = threading.Lock()
         self._slots = threading.Condition(self._lock)
@@ -261,6 +262,8 @@ class Connection:
                         protocol=mqtt.MQTTv5, reconnect_on_failure=False)
         c.max_inflight_messages_set(65535)  # our own window (Receive Maximum) governs
         c.max_queued_messages_set(0)
+        if self.manual_ack:
+            c.manual_ack_set(True)
         if self.s.username:
             c.username_pw_set(self.s.username, self.s.password or None)
         if self.s.tls:
@@ -401,6 +404,19 @@ class Connection:
     def _on_message(self, client, userdata, msg) -> None:
         if self._on_message_cb:
             try:
-                self._on_message_cb(msg.topic, msg.payload, msg.properties)
+                if self.manual_ack:
+                    # the PUBACK goes out only when the handler calls ack(): after the work is done
+                    self._on_message_cb(msg.topic, msg.payload, msg.properties,
+                                        lambda c=client, m=msg.mid, q=msg.qos: _ack(c, m, q))
+                else:
+                    self._on_message_cb(msg.topic, msg.payload, msg.properties)
             except Exception:
                 log.exception("message handler failed for %s", msg.topic)
+
+
+def _ack(client: mqtt.Client, mid: int, qos: int) -> None:
+    if qos:
+        try:
+            client.ack(mid, qos)
+        except Exception:  # the connection this message came on is gone: the broker resends it
+            pass

@@ -26,7 +26,6 @@ from .protocol import (
 )
 from .zfy import (
     DEVICE_TIME_LEN,
-    ZFY_INFO_LEN,
     Battery,
     FileRecord,
     Storage,
@@ -39,6 +38,7 @@ from .zfy import (
 logger = logging.getLogger(__name__)
 
 PASSWORD_LEN = 6
+POLL = 0.05  # seconds, granularity of the response deadline
 
 
 @dataclass
@@ -81,7 +81,11 @@ class RecorderClient:
         self._lock = threading.Lock()
         self._seq = int.from_bytes(os.urandom(1), "big")
         try:
-            self._port = serial.Serial(port_path, baudrate=baudrate, timeout=timeout, write_timeout=timeout)
+            # a short read timeout: read() returns as soon as a byte arrives, and the
+            # loop in _await checks the deadline (changing .timeout would reconfigure termios)
+            self._port = serial.Serial(
+                port_path, baudrate=baudrate, timeout=min(timeout, POLL), write_timeout=timeout, exclusive=True
+            )
         except serial.SerialException as exc:
             if not os.path.exists(port_path):
                 raise RecorderGone(f"记录仪串口不存在 / recorder port not found: {port_path}") from exc
@@ -128,10 +132,8 @@ class RecorderClient:
     def _await(self, cmd: int, seq: int, deadline: float):
         want = cmd | RESPONSE_BIT
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if time.monotonic() >= deadline:
                 return None
-            self._port.timeout = remaining
             try:
                 chunk = self._port.read(max(1, self._port.in_waiting))
             except (serial.SerialException, OSError) as exc:
@@ -212,11 +214,13 @@ class RecorderClient:
         return decode_device_time(data)
 
     def clock_skew(self) -> float:
-        """Recorder clock minus station clock, seconds (midpoint of the request)."""
+        """Recorder clock minus station clock, seconds. The device reports whole
+        seconds (truncated), so its reading stands for the middle of that second; the
+        station time is the middle of the exchange. Accurate to about ±0.5 s."""
         before = time.time()
         device = self.read_clock()
         after = time.time()
-        return device.timestamp() - (before + after) / 2
+        return device.timestamp() + 0.5 - (before + after) / 2
 
     def set_clock(self, ts: _dt.datetime, *, align: bool = True) -> None:
         """SyncDevTime; ``ts`` must be aware (its offset becomes the device zone).

@@ -1,0 +1,159 @@
+"""The health component: every ``health.interval_s`` it collects metrics, evaluates the alarms the
+agent owns, publishes ``P/dev/D/health`` (QoS 0), the retained ``P/dev/D/component/NAME`` of each
+component whose status changed, and keeps the alarm topics (agent/health/alarms.py).
+
+Commands registered in ``agent.commands``:
+  ``rebirth``  republish all retained state (status, components, alarms) and a health report now;
+  ``health``   return the last health payload.
+
+The uplink is reached only through its contract (``publish``/``rebirth``/``stats``); when the agent
+runs without an uplink the component still evaluates alarms and keeps the last report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+from ..uplink.topics import Topics
+from . import metrics
+from .alarms import AlarmRegistry
+from .payloads import jsonable
+
+log = logging.getLogger(__name__)
+
+
+def _h(seconds: int) -> str:
+    return f"{seconds // 3600} h" if seconds >= 3600 and seconds % 3600 == 0 else f"{seconds} s"
+
+
+def _h_zh(seconds: int) -> str:
+    return f"{seconds // 3600} 小时" if seconds >= 3600 and seconds % 3600 == 0 else f"{seconds} 秒"
+
+
+class HealthComponent:
+    name = "health"
+
+    def __init__(self, agent):
+        self.agent = agent
+        self.hcfg = agent.cfg.health
+        self.device = agent.cfg.device.id
+        self.topics = Topics(agent.cfg.mqtt.topic_prefix)
+        self.alarms = AlarmRegistry.for_store(agent.store, self._publish_alarm)
+        self.started = time.monotonic()
+        self.seq = 0
+        self.last: dict | None = None
+        self.last_ts: float | None = None
+        self.errors = 0
+        self._published_components: dict[str, str] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        agent.commands["rebirth"] = self.cmd_rebirth
+        agent.commands["health"] = self.cmd_health
+
+    # --- publishing through the uplink contract -------------------------------------------------
+    def _publish(self, topic: str, payload: dict, *, qos: int = 1, retain: bool = False) -> bool:
+        up = self.agent.uplink
+        if up is None or not hasattr(up, "publish"):
+            return False
+        up.publish(topic, payload, qos=qos, retain=retain)
+        return True
+
+    def _publish_alarm(self, key: str, payload: dict) -> None:
+        self._publish(self.topics.alarm(self.device, key), payload, qos=1, retain=True)
+
+    # --- one round ------------------------------------------------------------------------------
+    def tick(self) -> dict:
+        """Collect, evaluate alarms, publish; returns the health payload."""
+        body = metrics.collect(self.agent, self.started)
+        self.evaluate(body)
+        comps = metrics.component_statuses(self.agent)
+        for name, c in comps.items():
+            rec = {"name": name, "state": c["state"], "ts": body["ts"], "device": self.device, "detail": c["detail"]}
+            fingerprint = json.dumps([c["state"], c["detail"]], sort_keys=True, default=str)
+            if self._published_components.get(name) != fingerprint:
+                if self._publish(self.topics.component(self.device, name), rec, qos=1, retain=True):
+                    self._published_components[name] = fingerprint
+        body["components"] = {n: {"state": c["state"]} for n, c in comps.items()}
+        self.seq += 1
+        body["seq"] = self.seq
+        body["alarms"] = [a.key for a in self.alarms.active()]
+        self._publish(self.topics.health(self.device), body, qos=0, retain=False)
+        self.last, self.last_ts = body, time.time()
+        return body
+
+    def evaluate(self, h: dict) -> None:
+        """The alarms the agent itself owns, from one health body."""
+        c, a = self.hcfg, self.alarms
+        disk = h["disk"]
+        reserve_mb = disk["reserve_bytes"] // 2**20
+        if disk["reserve_bytes"] and disk["free_bytes"] < disk["reserve_bytes"]:
+            a.raise_("disk_low", f"磁盘剩余空间低于保留值 {reserve_mb} MiB，已停止接收新资料",
+                     f"free disk below the {reserve_mb} MiB reserve; new work is refused", "critical")
+        elif disk["reserve_bytes"] and disk["free_bytes"] < disk["reserve_bytes"] * c.disk_warn_factor:
+            a.raise_("disk_low", f"磁盘剩余空间低于保留值的 {c.disk_warn_factor} 倍（{reserve_mb * c.disk_warn_factor} MiB）",
+                     f"free disk below {c.disk_warn_factor}x the reserve ({reserve_mb * c.disk_warn_factor} MiB)", "warning")
+        else:
+            a.clear("disk_low")
+        buf = h["buffer"]
+        a.set((buf["oldest_age_s"] or 0) > c.backlog_alarm_s, "backlog_old",
+              f"最早未归档资料已超过 {_h_zh(c.backlog_alarm_s)}", f"oldest unarchived item older than {_h(c.backlog_alarm_s)}")
+        a.set((buf["oldest_pending_annotation_age_s"] or 0) > c.pending_alarm_s, "pending_annotation_old",
+              f"有资料待补录信息（案件编号等）超过 {_h_zh(c.pending_alarm_s)}",
+              f"an item has waited for annotation (case number etc.) more than {_h(c.pending_alarm_s)}")
+        clk = h["clock"]
+        a.set(c.clock_alarm and clk["synchronized"] is False, "clock_unsynced",
+              f"系统时钟未与时间服务器同步（{clk['source']}）", f"system clock not synchronised ({clk['source']})")
+        off = clk["offset_ms"]
+        a.set(off is not None and abs(off) > c.clock_drift_alarm_ms, "clock_drift",
+              f"时钟偏差超过 {c.clock_drift_alarm_ms} 毫秒", f"clock offset above {c.clock_drift_alarm_ms} ms")
+        a.set(h["uplink"].get("archive_reachable") is False, "archive_unreachable",
+              "归档服务器不可达，资料暂存本地", "archive unreachable; items are kept locally")
+
+    # --- commands -------------------------------------------------------------------------------
+    def cmd_rebirth(self, args: dict, actor: str) -> dict:
+        """Republish every retained topic (status, components, alarms) and send health now."""
+        log.info("rebirth requested by %s", actor)
+        up = self.agent.uplink
+        if up is not None and hasattr(up, "rebirth"):
+            up.rebirth()
+        else:
+            self.alarms.republish()
+        self._published_components.clear()
+        body = self.tick()
+        return {"ok": True, "alarms": body["alarms"], "components": sorted(body["components"]), "seq": body["seq"]}
+
+    def cmd_health(self, args: dict, actor: str) -> dict:
+        return jsonable(self.last or self.tick())
+
+    # --- component ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        stop = self.agent.stop_event
+        while not (stop.is_set() or self._stop.is_set()):
+            try:
+                self.tick()
+            except Exception:
+                self.errors += 1
+                log.exception("health round failed")
+            self._wake.wait(self.hcfg.interval_s)
+            self._wake.clear()
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def status(self) -> dict:
+        return {"state": "ok" if self.errors == 0 else "warning", "seq": self.seq, "errors": self.errors,
+                "last_report": self.last["ts"] if self.last else None, "interval_s": self.hcfg.interval_s,
+                "alarms": self.alarms.status()}

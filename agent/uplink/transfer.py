@@ -1,0 +1,364 @@
+"""The outbox drainer: sealed items from the ledger to the archive (protocol in docs/mqtt.md).
+
+One worker thread takes the next item (``priority`` ascending, then ``device_seq``), sends its
+manifest, then the byte ranges the archive does not hold yet in chunks (offset + SHA-256 in user
+properties), then ``finish``; the item is marked archived only on the archive's ``stored`` answer.
+Every request waits for the archive's answer with a timeout and is retransmitted; after any
+interruption the worker asks the archive which ranges it holds (``query``) and sends only the rest.
+The ledger is the outbox: nothing depends on paho's in-memory session.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..evidence import manifest as mf
+from . import protocol as P
+from .client import PublishError
+
+log = logging.getLogger(__name__)
+
+#: items of priority below this (room segments) preempt a running transfer of a larger number
+PREEMPT_CHECK_S = 1.0
+
+
+class Interrupted(Exception):
+    """The connection dropped, the agent is stopping, or a more urgent item arrived."""
+
+
+class _Waiter:
+    __slots__ = ("event", "answer", "sent", "meta")
+
+    def __init__(self, meta: Any = None):
+        self.event = threading.Event()
+        self.answer: P.Answer | None = None
+        self.sent = time.monotonic()
+        self.meta = meta
+
+
+class TokenBucket:
+    """Bandwidth cap in bytes/s (0 = none); ``take`` sleeps on the stop event, never busy-waits."""
+
+    def __init__(self, rate: int, stop: threading.Event):
+        self.rate = rate
+        self.stop = stop
+        self.tokens = float(rate)
+        self.t = time.monotonic()
+
+    def take(self, n: int) -> None:
+        if not self.rate:
+            return
+        while True:
+            now = time.monotonic()
+            self.tokens = min(float(self.rate), self.tokens + (now - self.t) * self.rate)
+            self.t = now
+            if self.tokens >= min(n, self.rate):
+                self.tokens -= n
+                return
+            if self.stop.wait((min(n, self.rate) - self.tokens) / self.rate):
+                raise Interrupted("stopping")
+
+
+class Transfer:
+    def __init__(self, uplink):
+        self.up = uplink
+        self.store = uplink.store
+        cfg = uplink.cfg.uplink
+        self.chunk_size = cfg.chunk_size
+        self.ack_timeout = float(cfg.ack_timeout_s)
+        self.max_inflight = cfg.max_inflight
+        self.stop_event = uplink.stop_event
+        self.bucket = TokenBucket(cfg.bandwidth_limit, self.stop_event)
+        self._corr = itertools.count(1)
+        self._waiters: dict[bytes, _Waiter] = {}
+        self._wlock = threading.Lock()
+        self._answers = threading.Condition(self._wlock)
+        self._thread: threading.Thread | None = None
+        self.wake = threading.Event()
+        self.current: str | None = None
+        # statistics
+        self.items_archived = 0
+        self.items_rejected = 0
+        self.retransmits = 0
+        self.last_answer_at: float | None = None
+        self.chunk_latency: collections.deque[float] = collections.deque(maxlen=100_000)
+        self.item_latency: collections.deque[float] = collections.deque(maxlen=10_000)
+        self._rate: collections.deque[tuple[float, int]] = collections.deque(maxlen=4096)
+        self._last_purge = 0.0
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="uplink-transfer", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def window(self) -> int:
+        # leave two slots of the broker's Receive Maximum to status/health/commands
+        return max(1, min(self.max_inflight, self.up.conn.receive_maximum - 2))
+
+    def bytes_per_s(self) -> float:
+        now = time.monotonic()
+        recent = [(t, n) for t, n in list(self._rate) if now - t <= 10]
+        if not recent:
+            return 0.0
+        span = max(now - recent[0][0], 1.0)
+        return sum(n for _, n in recent) / span
+
+    # --- answers from the archive (paho network thread) -------------------------------------
+    def on_answer(self, payload: bytes, properties: Any) -> None:
+        corr = getattr(properties, "CorrelationData", None)
+        try:
+            ans = P.parse_answer(payload)
+        except P.ProtocolError as exc:
+            log.warning("ignoring a malformed archive answer: %s", exc)
+            return
+        self.last_answer_at = time.monotonic()
+        with self._answers:
+            w = self._waiters.get(bytes(corr)) if corr is not None else None
+            if w is None:
+                return  # a late answer to a request already retried: harmless
+            w.answer = ans
+            w.event.set()
+            self._answers.notify_all()
+
+    # --- the worker -------------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = 1.0
+        while not self.stop_event.is_set():
+            if not self.up.conn.connected:
+                self.up.conn.wait_connected(1.0)
+                continue
+            self._maybe_purge()
+            row = self._next_item()
+            if row is None:
+                self.wake.wait(1.0)
+                self.wake.clear()
+                continue
+            try:
+                self.current = row["id"]
+                self.send_item(row)
+                backoff = 1.0
+            except Interrupted as exc:
+                log.info("transfer of %s paused: %s", row["id"], exc)
+            except Exception as exc:  # keep draining; the item stays in the outbox
+                self.up.note_error(f"transfer of {row['id']} failed: {exc}")
+                log.exception("transfer of %s failed", row["id"])
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 60)
+            finally:
+                self.current = None
+
+    def _next_item(self, below: int | None = None) -> dict | None:
+        sql = "SELECT * FROM items WHERE state IN ('sealed', 'uploading')"
+        params: list = []
+        if below is not None:
+            sql += " AND priority < ?"
+            params.append(below)
+        return self.store.ledger.one(sql + " ORDER BY priority, device_seq LIMIT 1", params)
+
+    def _maybe_purge(self) -> None:
+        now = time.monotonic()
+        if now - self._last_purge >= 60:
+            self._last_purge = now
+            try:
+                purged = self.store.purge_expired()
+                if purged:
+                    log.info("retention: removed local copies of %d archived item(s)", len(purged))
+            except Exception:
+                log.exception("purge failed")
+
+    # --- one item ---------------------------------------------------------------------------
+    def send_item(self, row: dict) -> str:
+        """Carry one item until the archive stores or rejects it. Returns the final status."""
+        item = row["id"]
+        d = Path(row["path"])
+        mbytes = (d / mf.MANIFEST).read_bytes()
+        sig = (d / mf.SIGNATURE).read_bytes()
+        manifest = json.loads(mbytes)
+        files = manifest["files"]
+        anns = [(a.data, (d / mf.ANNOTATIONS_DIR / f"{a.seq:04d}.sig").read_bytes())
+                for a in mf.read_annotations(d)]
+        started = time.monotonic()
+        if row["state"] == "sealed":
+            self.store.set_state(item, "uploading", "upload", actor="agent:uplink")
+            ans = self._request(item, "manifest", mbytes, P.manifest_props(sig))
+        else:  # interrupted earlier: ask what the archive already holds
+            ans = self._request(item, "query", b"{}")
+            if ans.status == P.UNKNOWN:
+                ans = self._request(item, "manifest", mbytes, P.manifest_props(sig))
+        for _round in range(20):
+            if ans.status == P.REJECTED:
+                return self._rejected(item, ans)
+            if ans.status == P.STORED and (ans.annotations or 0) >= len(anns):
+                return self._archived(item, ans, started)
+            if ans.status == P.UNKNOWN:
+                ans = self._request(item, "manifest", mbytes, P.manifest_props(sig))
+                continue
+            if ans.status in (P.RECEIVING, P.INCOMPLETE):
+                ans = self._send_ranges(item, d, files, ans.held or {}, row["priority"])
+                if ans is not None:
+                    continue  # the archive forgot the item mid-way (UNKNOWN) or refused it
+            # all ranges held (or already stored with fewer annotations): finish
+            ans = self._request(item, "finish", P.finish_payload(files, anns))
+        raise RuntimeError(f"{item}: no progress after 20 rounds with the archive (last answer {ans.status})")
+
+    def _archived(self, item: str, ans: P.Answer, started: float) -> str:
+        self.store.mark_archived(item, ans.receipt or {"status": ans.status})
+        self.items_archived += 1
+        self.item_latency.append(time.monotonic() - started)
+        log.info("archived %s (%s)", item, (ans.receipt or {}).get("path", ""))
+        if self.store.cfg.storage.retention_days == 0:
+            self.store.purge_expired()
+        return P.STORED
+
+    def _rejected(self, item: str, ans: P.Answer) -> str:
+        reason = ans.reason or "no reason given"
+        self.store.set_state(item, "rejected", "reject", actor="agent:uplink", error=f"archive: {reason}")
+        self.items_rejected += 1
+        self.up.note_error(f"archive rejected {item}: {reason}")
+        return P.REJECTED
+
+    def _send_ranges(self, item: str, d: Path, files: list[dict], held: dict, priority: int) -> P.Answer | None:
+        """Send every byte range not in ``held``; returns None when all are acknowledged, or the
+        answer that stops the transfer (UNKNOWN, REJECTED)."""
+        chunk = min(self.chunk_size, self.up.conn.max_payload(self.up.topics.xfer(self.up.device, item, "chunk"), 512))
+        todo: collections.deque[tuple[str, int, int]] = collections.deque()
+        for f in files:
+            for s, e in P.missing_ranges(f["size"], held.get(f["name"])):
+                for off in range(s, e, chunk):
+                    todo.append((f["name"], off, min(chunk, e - off)))
+        topic = self.up.topics.xfer(self.up.device, item, "chunk")
+        inflight: dict[bytes, _Waiter] = {}
+        handles: dict[str, Any] = {}
+        last_preempt = time.monotonic()
+        errors = 0
+        try:
+            while todo or inflight:
+                self._check(priority_item=None)
+                if time.monotonic() - last_preempt > PREEMPT_CHECK_S:
+                    last_preempt = time.monotonic()
+                    if self._next_item(below=priority) is not None:
+                        raise Interrupted("a more urgent item (e.g. a live room segment) goes first")
+                while todo and len(inflight) < self.window:
+                    name, off, n = todo.popleft()
+                    fh = handles.get(name)
+                    if fh is None:
+                        fh = handles[name] = open(d / mf.FILES_DIR / name, "rb")
+                    fh.seek(off)
+                    data = fh.read(n)
+                    self.bucket.take(len(data))
+                    corr, w = self._new_waiter((name, off, n))
+                    inflight[corr] = w
+                    self._publish(topic, data, P.chunk_props(name, off, data), corr)
+                    self._rate.append((time.monotonic(), len(data)))
+                # wait for any answer, or for the oldest to time out
+                oldest = min(w.sent for w in inflight.values()) if inflight else time.monotonic()
+                with self._answers:
+                    if not any(w.event.is_set() for w in inflight.values()):
+                        self._answers.wait(min(0.5, max(0.01, oldest + self.ack_timeout - time.monotonic())))
+                now = time.monotonic()
+                for corr, w in list(inflight.items()):
+                    if w.event.is_set():
+                        del inflight[corr]
+                        self._drop_waiter(corr)
+                        a = w.answer
+                        if a.status == P.OK:
+                            self.chunk_latency.append(now - w.sent)
+                            continue
+                        if a.status in (P.UNKNOWN, P.REJECTED):
+                            return a
+                        errors += 1  # ERROR: this chunk was refused (e.g. hash); send it again
+                        log.warning("archive refused chunk %s@%s of %s: %s", w.meta[0], w.meta[1], item, a.reason)
+                        if errors > 10:
+                            raise RuntimeError(f"archive refused {errors} chunks of {item}; last: {a.reason}")
+                        self.retransmits += 1
+                        todo.appendleft(w.meta)
+                if inflight and now - oldest > self.ack_timeout:
+                    # chunks lost somewhere (e.g. the broker's queue limit, a receiver that died):
+                    # ask the archive what it has and resend only the rest
+                    log.warning("no archive answer for %d chunk(s) of %s within %.0f s: querying",
+                                len(inflight), item, self.ack_timeout)
+                    for corr in inflight:
+                        self._drop_waiter(corr)
+                    inflight.clear()
+                    ans = self._request(item, "query", b"{}")
+                    if ans.status in (P.UNKNOWN, P.REJECTED, P.STORED):
+                        return ans if ans.status != P.STORED else None
+                    held = ans.held or {}
+                    todo.clear()
+                    for f in files:
+                        for s, e in P.missing_ranges(f["size"], held.get(f["name"])):
+                            for off in range(s, e, chunk):
+                                todo.append((f["name"], off, min(chunk, e - off)))
+                    self.retransmits += len(todo)
+        finally:
+            for fh in handles.values():
+                fh.close()
+            for corr in inflight:
+                self._drop_waiter(corr)
+        return None
+
+    # --- request / answer -------------------------------------------------------------------
+    def _check(self, priority_item=None) -> None:
+        if self.stop_event.is_set():
+            raise Interrupted("stopping")
+        if not self.up.conn.connected:
+            raise Interrupted("connection lost")
+
+    def _new_waiter(self, meta: Any = None) -> tuple[bytes, _Waiter]:
+        corr = f"{self.up.session}-{next(self._corr)}".encode()
+        w = _Waiter(meta)
+        with self._wlock:
+            self._waiters[corr] = w
+        return corr, w
+
+    def _drop_waiter(self, corr: bytes) -> None:
+        with self._wlock:
+            self._waiters.pop(corr, None)
+
+    def _publish(self, topic: str, payload: bytes, props: list[tuple[str, str]], corr: bytes):
+        try:
+            return self.up.conn.publish(topic, payload, qos=1, user_properties=props,
+                                        response_topic=self.up.ack_topic, correlation=corr, timeout=self.ack_timeout)
+        except PublishError as exc:
+            if not self.up.conn.connected:
+                raise Interrupted(str(exc)) from None
+            raise
+
+    def _request(self, item: str, kind: str, payload: bytes, props: list[tuple[str, str]] | None = None) -> P.Answer:
+        """Publish one request and wait for the archive's answer; retransmit on timeout."""
+        topic = self.up.topics.xfer(self.up.device, item, kind)
+        props = props or [("proto", P.PROTO)]
+        attempt = 0
+        while True:
+            self._check()
+            corr, w = self._new_waiter()
+            try:
+                h = self._publish(topic, payload, props, corr)
+                deadline = time.monotonic() + self.ack_timeout
+                while not w.event.wait(0.2):
+                    self._check()
+                    if h.event.is_set() and (h.reason or 0) >= 0x80:
+                        # the broker refused it (e.g. ACL): the archive will never see it
+                        raise RuntimeError(f"broker refused the {kind} of {item}: {h.error}")
+                    if time.monotonic() > deadline:
+                        break
+                if w.answer is not None:
+                    return w.answer
+            finally:
+                self._drop_waiter(corr)
+            attempt += 1
+            self.retransmits += 1
+            log.warning("no archive answer to %s of %s within %.0f s (attempt %d): retransmitting",
+                        kind, item, self.ack_timeout, attempt)
