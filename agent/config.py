@@ -176,6 +176,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "control": {
         "groups": F(list, ["edge-agent"], "Unix groups allowed on the control socket (data_dir/control.sock, mode 0660); root and the agent's own user always are.", check=_groups),
     },
+    # --- [commands] (signed central commands; owner: lead) ---------------------------------
+    "commands": {
+        "operator_keys_dir": F(str, "", "Directory of trusted operator public keys (*.pub, PEM); empty = data_dir/keys/operators. Commands not signed by one of them are refused."),
+        "max_age_s": F(int, 300, "A command older (or further in the future) than this many seconds is refused as expired.", min=10, max=86400),
+    },
     "log": {
         "level": F(str, "info", "Log level.", choices=("debug", "info", "warning", "error")),
         "format": F(str, "auto", "auto (journald under systemd, else JSON lines), json or text.", choices=("auto", "json", "text")),

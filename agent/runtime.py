@@ -87,3 +87,97 @@ class Agent:
 
     def status(self) -> dict:
         return {c.name: c.status() for c in self.components}
+
+    # --- central commands ---------------------------------------------------------------------
+    @property
+    def gate(self):
+        if getattr(self, "_gate", None) is None:
+            from .commands import CommandGate, operator_keys_dir
+
+            self._register_builtin_commands()
+            self._gate = CommandGate(self.store, self.cfg.device.id, operator_keys_dir(self.cfg),
+                                     self.cfg.commands.max_age_s, self.commands)
+        return self._gate
+
+    def _register_builtin_commands(self) -> None:
+        from . import config as config_mod
+        from .errors import EdgeError
+
+        def status(_args: dict, _actor: str) -> dict:
+            return {"store": self.store.status(), "components": self.status()}
+
+        def config_set(args: dict, actor: str) -> dict:
+            key, value = args.get("key"), args.get("value")
+            if not isinstance(key, str) or not isinstance(value, (str, int, bool)):
+                raise EdgeError("config.set needs args {key: SECTION.KEY, value}")
+            if key.startswith(("commands.", "storage.data_dir")):
+                raise EdgeError(f"{key} cannot be changed remotely")
+            if self.cfg.path is None:
+                raise EdgeError("the agent runs without a config file")
+            new = config_mod.set_value(self.cfg.path, key, str(value).lower() if isinstance(value, bool) else str(value))
+            self.store.audit.append("config", None, actor=actor, key=key, new=new)
+            return {"key": key, "value": new, "applies": "at the next restart of the agent"}
+
+        def erase_policy(args: dict, actor: str) -> dict:
+            return config_set({"key": "dock.erase_policy", "value": args.get("policy")}, actor)
+
+        def clock_sync(_args: dict, _actor: str) -> dict:
+            import shutil
+            import subprocess
+
+            for cmd in (["chronyc", "makestep"], ["timedatectl", "set-ntp", "true"]):
+                if shutil.which(cmd[0]):
+                    p = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+                    return {"ran": " ".join(cmd), "rc": p.returncode, "output": (p.stdout + p.stderr)[-500:]}
+            raise EdgeError("no time synchronisation tool (chronyc or timedatectl) on this device")
+
+        self.commands.setdefault("status", status)
+        self.commands.setdefault("config.set", config_set)
+        self.commands.setdefault("dock.erase_policy", erase_policy)
+        self.commands.setdefault("clock.sync", clock_sync)
+
+    def dispatch_command(self, payload: bytes, properties=None) -> dict:
+        """Called by the uplink for each message on P/dev/D/cmd: verify, run, audit, answer."""
+        response = self.gate.handle(payload)
+        if self.uplink is not None:
+            topic = getattr(properties, "ResponseTopic", None) or self.uplink.topics.cmd_resp(self.cfg.device.id)
+            corr = getattr(properties, "CorrelationData", None)
+            try:
+                self.uplink.publish(topic, response, qos=1, retain=False,
+                                    **({"correlation_data": corr} if corr else {}))
+            except TypeError:  # an uplink without correlation support
+                self.uplink.publish(topic, response, qos=1, retain=False)
+        return response
+
+
+#: (module, Agent attribute) of the components ``build_agent`` assembles, in start order
+_FACTORIES = (("agent.uplink", "uplink"), ("agent.health", "health"), (None, None))
+
+
+def build_agent(cfg: Config) -> Agent:
+    """The Agent of ``edge-agent run``: uplink, health, and the producer of the configured kind
+    (``agent.dock`` or ``agent.room``). Factories are imported lazily; a module not built in this
+    checkout is skipped with a log line. A factory may return None (component disabled)."""
+    import importlib
+
+    agent = Agent(cfg)
+    for module, attr in _FACTORIES:
+        module = module or f"agent.{cfg.device.kind}"
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                log.info("%s not available in this build: skipped", module)
+                continue
+            raise
+        factory = getattr(mod, "make_component", None)
+        if factory is None:
+            log.info("%s has no make_component: skipped", module)
+            continue
+        comp = factory(agent)
+        if comp is None:
+            continue
+        if attr:
+            setattr(agent, attr, comp)
+        agent.add(comp)
+    return agent

@@ -34,6 +34,7 @@ def generate(private_path: Path, public_path: Path, force: bool = False) -> Ed25
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     private_path.parent.mkdir(parents=True, exist_ok=True)
+    public_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(private_path, pem, mode=0o600)
     atomic_write(public_path, public_pem(key.public_key()), mode=0o644)
     return key
