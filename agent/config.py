@@ -121,6 +121,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "ack_timeout_s": F(int, 30, "Seconds to wait for the archive's answer before retransmitting.", min=1, max=3600),
         "max_inflight": F(int, 16, "Chunks in flight at most (also bounded by the broker's Receive Maximum).", min=1, max=65535),
     },
+    "archive": {
+        "root": F(str, "/var/lib/edge-agent-archive", "Archive root (archive serve): items under ROOT/UNIT/CASE/ITEM, keys under ROOT/keys."),
+        "max_item_mb": F(int, 64 * 1024, "Largest item (MiB, all files) the archive accepts; larger ones are refused.", min=1),
+        "max_manifest_kb": F(int, 4096, "Largest manifest (KiB) the archive accepts.", min=4, max=1024 * 1024),
+        "share_group": F(str, "", "Shared-subscription group ($share/GROUP/...) so several receivers split the work (empty: none).", check=lambda v: None if v == "" else _ident(v)),
+    },
     "health": {
         "interval_s": F(int, 30, "Seconds between health reports.", min=1, max=3600),
         "backlog_alarm_s": F(int, 24 * 3600, "Raise an alarm when the oldest unarchived item is older (s).", min=60),
@@ -175,6 +181,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
     # --- [control] (local control socket; owner: room session) -----------------------------
     "control": {
         "groups": F(list, ["edge-agent"], "Unix groups allowed on the control socket (data_dir/control.sock, mode 0660); root and the agent's own user always are.", check=_groups),
+    },
+    # --- [encryption] (encryption at rest; owner: lead) ------------------------------------
+    "encryption": {
+        "enabled": F(bool, False, "Encrypt every item on this device with a fresh AES-256-GCM key sealed to the archive's X25519 key (a stolen box reveals no recording)."),
+        "archive_public_key": F(str, "", "The archive's X25519 public key (PEM), from `edge-agent archive keygen`; required when enabled."),
     },
     # --- [commands] (signed central commands; owner: lead) ---------------------------------
     "commands": {

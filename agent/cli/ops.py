@@ -135,3 +135,49 @@ def command_send(cmd, device, args_json, key_path, broker, prefix, timeout, as_j
         click.echo(json.dumps(got, ensure_ascii=False))
     if not got.get("ok"):
         raise EdgeError(f"device {device} refused: {got.get('error')}")
+
+
+@main.group()
+def crypt():
+    """Encryption at rest: the archive's key pair, and decryption of an archived item."""
+
+
+@crypt.command("keygen")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace an existing key (items sealed to the old key need the old key).")
+def crypt_keygen(out_dir, force):
+    """Create the archive's X25519 key pair (archive-enc.key 0600, archive-enc.pub).
+
+    Put archive-enc.pub on the devices and set encryption.enabled / encryption.archive_public_key.
+
+    \b
+    Example:
+      edge-agent crypt keygen /var/lib/edge-archive/keys
+    """
+    from ..evidence import crypt as crypt_mod
+
+    key = crypt_mod.generate_archive_key(out_dir / "archive-enc.key", out_dir / "archive-enc.pub", force=force)
+    click.echo(f"{out_dir / 'archive-enc.pub'} (recipient id {crypt_mod.recipient_id(key.public_key())})")
+
+
+@crypt.command("decrypt")
+@click.argument("item_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The archive's X25519 private key.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write the decrypted files.")
+@click.option("--device-key", type=click.Path(exists=True, dir_okay=False), help="Verify against this device public key first.")
+def crypt_decrypt(item_dir, key_path, out_dir, device_key):
+    """Decrypt an encrypted item's files (after verifying it when --device-key is given).
+
+    \b
+    Example:
+      edge-agent crypt decrypt ./archive/330100000000/CASE/ITEM --key keys/archive-enc.key --out ./plain
+    """
+    from ..evidence import crypt as crypt_mod
+    from ..evidence.verify import verify_item
+
+    if device_key:
+        verify_item(item_dir, keys.KeyRing.from_paths(device_key))
+    for p in crypt_mod.decrypt_item(item_dir, crypt_mod.load_private(key_path), out_dir):
+        click.echo(str(p))

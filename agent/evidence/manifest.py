@@ -110,6 +110,7 @@ def build(
     session: dict | None = None,
     gaps: list[dict] | None = None,
     sealed_at: str,
+    encryption: dict | None = None,
 ) -> dict:
     """Assemble a manifest; ``segment_hashes`` are (file index, offset, size, digest)."""
     header = {
@@ -129,6 +130,7 @@ def build(
         "session": session,
         "gaps": gaps or [],
         "sealed_at": sealed_at,
+        "encryption": encryption,
     }
     head = hashing.header_hash(hash_alg, header)
     links = hashing.chain_links(hash_alg, head, [s[3] for s in segment_hashes])

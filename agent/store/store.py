@@ -55,6 +55,14 @@ class Store:
         self._key = None
         self.audit = AuditLog(self.ledger, self.alg, signer=self._sign_if_key)
         self.disk_low = False
+        self.archive_pub = None
+        enc = getattr(cfg, "encryption", None)
+        if enc is not None and enc.enabled:
+            from ..evidence import crypt
+
+            if not enc.archive_public_key:
+                raise EdgeError("encryption.enabled is true but encryption.archive_public_key is empty")
+            self.archive_pub = crypt.load_public(Path(enc.archive_public_key))
 
     # --- keys -------------------------------------------------------------------------------
     @property
@@ -325,7 +333,8 @@ class Store:
 
     def _record_sealed(self, item_id: str, path: Path, manifest: dict, mhash: str, size: int) -> None:
         meta = manifest["metadata"]
-        content = manifest["files"][0]["hash"] if len(manifest["files"]) == 1 else None
+        f0 = manifest["files"][0] if len(manifest["files"]) == 1 else None
+        content = f0.get("plain_hash", f0["hash"]) if f0 else None
         with self.ledger.atomic() as db:
             db["items"].update(item_id, {
                 "state": "sealed", "device_seq": manifest["device_seq"], "sealed_at": manifest["sealed_at"],
@@ -369,12 +378,20 @@ class ItemWriter:
         self.files: list[dict] = []
         self.segments: list[tuple[int, int, int, bytes]] = []
         self.gaps: list[dict] = list(state.get("gaps", []))
+        self.cipher = None
+        if store.archive_pub is not None:
+            from ..evidence.crypt import ItemCipher
+
+            self.cipher = ItemCipher.new(item_id, store.archive_pub)
 
     @property
     def files_dir(self) -> Path:
         return self.path / mf.FILES_DIR
 
     def partial_size(self, name: str) -> int:
+        """Bytes of ``name`` already safely in the spool (0 for encrypted items: they restart)."""
+        if self.cipher is not None:
+            return 0
         p = self.files_dir / _member(name)
         return p.stat().st_size if p.exists() else 0
 
@@ -385,6 +402,9 @@ class ItemWriter:
         With ``start_offset`` > 0 the first bytes already in the spool (an earlier, interrupted copy)
         are re-hashed from local disk and the copy continues after them.
         """
+        if self.cipher is not None:
+            return self._add_stream_encrypted(name, src, expected_size=expected_size, progress=progress,
+                                              read_size=read_size)
         alg, bs = self.store.alg, self.store.block_size
         name = _member(name)
         dest = self.files_dir / name
@@ -477,8 +497,72 @@ class ItemWriter:
         self.segments.extend(segs)
         return entry
 
+    def _add_stream_encrypted(self, name: str, src: BinaryIO, *, expected_size: int | None,
+                              progress: Callable[[int], None] | None, read_size: int) -> dict:
+        """As add_stream, storing AES-256-GCM blocks; one stored block is one chain segment."""
+        alg, bs = self.store.alg, self.store.block_size
+        name = _member(name)
+        fidx = len(self.files)
+        whole_ct, whole_pt = hashing.new(alg), hashing.new(alg)
+        segs: list[tuple[int, int, int, bytes]] = []
+        pending = bytearray()
+        out_off = 0
+        total = 0
+        bidx = 0
+
+        def flush(fd, final: bool) -> None:
+            nonlocal out_off, bidx
+            while len(pending) >= bs or (final and (pending or bidx == 0)):
+                block = bytes(pending[:bs])
+                del pending[:bs]
+                ct = self.cipher.encrypt_block(fidx, bidx, block)
+                whole_ct.update(ct)
+                fd.write(ct)
+                segs.append((fidx, out_off, len(ct), hashing.digest(alg, ct)))
+                out_off += len(ct)
+                bidx += 1
+                if final and not pending:
+                    break
+
+        with open(self.files_dir / name, "wb") as fd:
+            while True:
+                try:
+                    data = src.read(read_size)
+                except OSError as exc:
+                    raise SourceError(f"{name}: source read failed at byte {total}: {exc.strerror or exc}", 0) from None
+                if not data:
+                    break
+                whole_pt.update(data)
+                pending += data
+                total += len(data)
+                try:
+                    flush(fd, False)
+                except OSError as exc:
+                    if exc.errno == 28:
+                        self.store.disk_low = True
+                        raise DiskReserveError(f"磁盘已满 / disk full while copying {name} at byte {total}") from None
+                    raise
+                if progress:
+                    progress(len(data))
+            flush(fd, True)
+            fd.flush()
+            os.fsync(fd.fileno())
+        if expected_size is not None and total != expected_size:
+            raise SourceError(f"{name}: got {total} bytes, expected {expected_size} (source cut off or changed)", 0)
+        entry = {"name": name, "size": out_off, "hash": whole_ct.hexdigest(), "plain_size": total,
+                 "plain_hash": whole_pt.hexdigest()}
+        self.files.append(entry)
+        self.segments.extend(segs)
+        return entry
+
     def add_path(self, name: str, path: Path, *, move: bool = False) -> dict:
-        """Add a finished file (e.g. a closed media segment); ``move`` renames it into the spool."""
+        """Add a finished file (e.g. a closed media segment); ``move`` renames it into the spool
+        (with encryption at rest it is encrypted into the spool and the plaintext removed)."""
+        if move and self.cipher is not None:
+            with open(path, "rb") as f:
+                entry = self.add_stream(name, f)
+            os.unlink(path)
+            return entry
         if move:
             target = self.files_dir / _member(name)
             try:
@@ -517,7 +601,10 @@ class ItemWriter:
         self.gaps.append({"start": start, "end": end, "component": component, "reason": reason})
 
     def content_hash(self) -> str | None:
-        return self.files[0]["hash"] if len(self.files) == 1 else None
+        """Hash of the content as read from the source (the plaintext when encrypted)."""
+        if len(self.files) != 1:
+            return None
+        return self.files[0].get("plain_hash", self.files[0]["hash"])
 
     def seal(self, capture_end: str | None = None, extra_metadata: dict | None = None,
              extra_source: dict | None = None, session: dict | None = None, actor: str | None = None) -> dict:
@@ -539,7 +626,7 @@ class ItemWriter:
                          ingest_time=now_iso(), clock_offset_ms=self.state.get("clock_offset_ms"),
                          device_seq=seq + 1, prev_manifest_hash=head, block_size=st.block_size,
                          files=self.files, segment_hashes=self.segments, session=session, gaps=self.gaps,
-                         sealed_at=now_iso())
+                         sealed_at=now_iso(), encryption=self.cipher.header if self.cipher else None)
             data = mf.encode(m)
             atomic_write(self.path / mf.SIGNATURE, mf.signature_record(st.private_key, data))
             crashpoint("seal:after-sig")
