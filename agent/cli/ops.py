@@ -181,3 +181,30 @@ def crypt_decrypt(item_dir, key_path, out_dir, device_key):
         verify_item(item_dir, keys.KeyRing.from_paths(device_key))
     for p in crypt_mod.decrypt_item(item_dir, crypt_mod.load_private(key_path), out_dir):
         click.echo(str(p))
+
+
+@main.command()
+@click.option("--offline", is_flag=True, help="Skip the broker and archive checks.")
+@json_option
+@pass_ctx
+def doctor(c: Ctx, offline, as_json):
+    """Check config, key permissions, disk reserve, clock, TLS certificates, broker, archive and devices.
+
+    Each check prints OK or what to do; exit 1 when any check fails.
+
+    \b
+    Example:
+      edge-agent doctor
+    """
+    from ..doctor import run_checks
+
+    checks = run_checks(c.config_path, network=not offline)
+    failed = [ch for ch in checks if ch.status == "FAIL"]
+    if as_json:
+        emit_json({"ok": not failed, "checks": [ch.__dict__ for ch in checks]})
+    else:
+        colour = {"OK": "green", "WARN": "yellow", "FAIL": "red"}
+        for ch in checks:
+            click.echo(click.style(f"{ch.status:<4}", fg=colour[ch.status]) + f" {ch.name:<12} {ch.detail}")
+    if failed:
+        raise SystemExit(1)
