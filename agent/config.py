@@ -187,6 +187,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "enabled": F(bool, False, "Encrypt every item on this device with a fresh AES-256-GCM key sealed to the archive's X25519 key (a stolen box reveals no recording)."),
         "archive_public_key": F(str, "", "The archive's X25519 public key (PEM), from `edge-agent archive keygen`; required when enabled."),
     },
+    # --- [roles] (who may do what on the local CLI; owner: lead) ---------------------------
+    "roles": {
+        "enforce": F(bool, True, "Check the caller's Unix groups before commands that change evidence or settings (root is always allowed)."),
+        "technician_group": F(str, "edge-tech", "Group of technicians: init, config set, recover, doctor, dock/room set-up."),
+        "operator_group": F(str, "edge-operator", "Group of operators: ingest, annotate, room start/stop, export."),
+        "auditor_group": F(str, "edge-audit", "Group of auditors: audit list/verify/export, verify, items show/list."),
+    },
     # --- [commands] (signed central commands; owner: lead) ---------------------------------
     "commands": {
         "operator_keys_dir": F(str, "", "Directory of trusted operator public keys (*.pub, PEM); empty = data_dir/keys/operators. Commands not signed by one of them are refused."),

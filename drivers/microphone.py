@@ -105,13 +105,12 @@ class AudioSource:
     def read(self, n_samples: int, timeout: float | None = None) -> np.ndarray:
         """Exactly ``n_samples`` samples, waiting until the timeline has produced them.
 
-        Only if the source thread is stopped or wedged past ``timeout`` (default: the span
-        plus 2 s) is the rest padded with zeros.
+        The thread itself inserts zeros for a lost device, so only a stopped or wedged
+        thread makes ``read`` pad the rest with zeros after ``timeout`` (default: span + 5 s).
         """
         want = n_samples * self.channels
-        if timeout is None:
-            timeout = n_samples / self.rate + 2.0
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (n_samples / self.rate + 5.0 if timeout is None
+                                       else timeout)
         with self._cond:
             while self._buffered < want and not self._stop.is_set():
                 left = deadline - time.monotonic()
@@ -120,14 +119,12 @@ class AudioSource:
             out = np.zeros(want, dtype=np.int16)
             got = 0
             while got < want and self._chunks:
-                chunk = self._chunks[0]
-                take = min(len(chunk), want - got)
-                out[got:got + take] = chunk[:take]
-                got += take
-                if take == len(chunk):
+                take = min(len(self._chunks[0]), want - got)
+                out[got:got + take] = self._chunks[0][:take]
+                self._chunks[0] = self._chunks[0][take:]
+                if not len(self._chunks[0]):
                     self._chunks.popleft()
-                else:
-                    self._chunks[0] = chunk[take:]
+                got += take
             self._buffered -= got
         return out if self.channels == 1 else out.reshape(-1, self.channels)
 
@@ -141,35 +138,27 @@ class AudioSource:
     # -- for subclasses -----------------------------------------------------------------
     def _push(self, data: np.ndarray, filled: bool = False) -> None:
         data = np.ascontiguousarray(data, dtype=np.int16).reshape(-1)
-        if not len(data):
-            return
         n = len(data) // self.channels
         with self._cond:
             self._chunks.append(data)
             self._buffered += len(data)
-            while self._buffered > self._max:              # drop the oldest, keep bounded
-                extra = self._buffered - self._max
-                head = self._chunks[0]
-                if len(head) <= extra:
+            while self._buffered > self._max:              # bounded: drop the oldest
+                cut = min(len(self._chunks[0]), self._buffered - self._max)
+                self._chunks[0] = self._chunks[0][cut:]
+                if not len(self._chunks[0]):
                     self._chunks.popleft()
-                    self._buffered -= len(head)
-                    self._overflow += len(head) // self.channels
-                else:
-                    self._chunks[0] = head[extra:]
-                    self._buffered -= extra
-                    self._overflow += extra // self.channels
+                self._buffered -= cut
+                self._overflow += cut // self.channels
             self._samples += n
-            if filled:
-                self._filled += n
+            self._filled += n if filled else 0
             self._sumsq += float(np.square(data, dtype=np.float64).sum())
             self._count += len(data)
             if self._count >= self.rate * self.channels:     # one second of audio measured
-                ms = self._sumsq / self._count
-                self._level = max(FLOOR_DBFS, 10 * math.log10(ms / 32768.0 ** 2)) \
-                    if ms > 0 else FLOOR_DBFS
-                seconds = self._count / (self.rate * self.channels)
-                self._quiet_for = self._quiet_for + seconds \
-                    if self._level < self.silence_dbfs else 0.0
+                ms = self._sumsq / self._count / 32768.0 ** 2
+                self._level = max(FLOOR_DBFS, 10 * math.log10(ms)) if ms else FLOOR_DBFS
+                quiet = self._level < self.silence_dbfs
+                self._quiet_for = self._quiet_for + self._count / (self.rate * self.channels) \
+                    if quiet else 0.0
                 self._sumsq, self._count = 0.0, 0
             self._cond.notify_all()
 
@@ -231,10 +220,9 @@ class Microphone(AudioSource):
                 raise LookupError("no input device") from None
         for i in range(pa.get_device_count()):
             info = pa.get_device_info_by_index(i)
-            if info.get("maxInputChannels", 0) < self.channels:
-                continue
-            if (isinstance(self.device, int) and i == self.device) or \
-                    (isinstance(self.device, str) and self.device.lower() in info["name"].lower()):
+            match = i == self.device if isinstance(self.device, int) \
+                else str(self.device).lower() in info["name"].lower()
+            if match and info.get("maxInputChannels", 0) >= self.channels:
                 return info
         raise LookupError(f"input device {self.device!r} not found")
 
@@ -270,10 +258,11 @@ class Microphone(AudioSource):
             try:
                 error = self._read_loop(stream)
             finally:
-                try:
-                    stream.close()
-                finally:
-                    pa.terminate()
+                for close in (stream.close, pa.terminate):
+                    try:
+                        close()
+                    except Exception:
+                        log.debug("audio %s: close failed", self.name, exc_info=True)
             if self._stop.is_set():
                 break
             self._set_error(error, False)
@@ -318,25 +307,22 @@ class ToneMicrophone(AudioSource):
 
     def _run(self) -> None:
         self._device, self._online, self._opens = self._label(), True, 1
-        t0, sent = time.monotonic(), 0
         while not self._stop.wait(0.02):
-            due = int((time.monotonic() - t0) * self.rate)
-            if due > sent:
-                self._push(self._generate(due - sent))
-                sent = due
+            due = int((time.monotonic() - self._t0) * self.rate) - self._samples
+            if due > 0:
+                self._push(self._generate(due))
 
 
 class FileMicrophone(ToneMicrophone):
-    """A 16-bit PCM WAV file (same rate and channels) played at real-time pace, looped."""
+    """A 16-bit PCM WAV file played at real-time pace, looped; rate and channels are the file's."""
 
     def __init__(self, path: str | Path, **kw) -> None:
         with wave.open(str(path), "rb") as w:
-            kw.setdefault("rate", w.getframerate())
-            kw.setdefault("channels", w.getnchannels())
-            if w.getsampwidth() != 2:
-                raise ValueError(f"{path}: need 16-bit PCM")
+            fmt = {"rate": w.getframerate(), "channels": w.getnchannels()}
+            if w.getsampwidth() != 2 or any(kw.get(k, v) != v for k, v in fmt.items()):
+                raise ValueError(f"{path}: need 16-bit PCM at {kw.get('rate', 'its')} Hz")
             self._pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
-        super().__init__(**kw)
+        super().__init__(**{**kw, **fmt})
         self.path = Path(path)
 
     def _generate(self, n: int) -> np.ndarray:

@@ -110,6 +110,7 @@ class Sensor:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop polling, join the thread and close the port."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -134,6 +135,7 @@ class Sensor:
         return r
 
     def status(self) -> SensorStatus:
+        """A consistent snapshot of counters and state."""
         with self._lock:
             r = self._reading
             online = r is not None and time.time() - r.ts <= self.stale_after
@@ -194,7 +196,8 @@ class Sensor:
         with self._lock:
             self._errors += 1
             self._garbage += garbage
-            self._timeouts += not garbage and not port_error
+            self._timeouts += isinstance(exc, ModbusIOException) and not garbage \
+                and not port_error
             first = self._last_error is None
             self._last_error = msg
         (log.warning if first else log.debug)("sensor %s: %s", self.port, msg)

@@ -486,9 +486,11 @@ class RecorderSim:
     def _populate_mount(self) -> None:
         mount = Path(self.mount_dir)
         for rec in self.files:
+            if rec.name in self.inject_names or "/" in rec.name or "\x00" in rec.name or rec.name in ("", ".", ".."):
+                continue  # injected (hostile) names are only listed, never placed: "/etc/x" must not touch /etc
             src = self.media_dir / rec.name
             if not src.is_file():
-                continue  # injected names
+                continue
             dst = mount / rec.name
             if dst.exists() or dst.is_symlink():
                 dst.unlink()

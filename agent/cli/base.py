@@ -34,6 +34,22 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
+def role(*allowed: str):
+    """Decorator: the command needs one of these roles (checked before anything is opened)."""
+    import functools
+
+    def deco(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            from ..roles import require
+
+            ctx = click.get_current_context().find_object(Ctx)
+            require(ctx.cfg, *allowed)
+            return f(*args, **kwargs)
+        return wrapper
+    return deco
+
+
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True, default=str))
 

@@ -14,7 +14,7 @@ from ..errors import ConfigError, EdgeError
 from ..evidence import keys, manifest as mf
 from ..evidence.verify import verify_chain, verify_item
 from . import main
-from .base import Ctx, emit_json, json_option, pass_ctx
+from .base import Ctx, emit_json, json_option, pass_ctx, role
 
 
 # --- init -------------------------------------------------------------------------------------
@@ -96,6 +96,7 @@ def config_validate(c: Ctx):
 @config.command("show")
 @json_option
 @pass_ctx
+@role("technician", "auditor")
 def config_show(c: Ctx, as_json):
     """Print the effective configuration (defaults filled in, secrets hidden).
 
@@ -134,6 +135,7 @@ def config_get(c: Ctx, key, as_json):
 @click.argument("key")
 @click.argument("value")
 @pass_ctx
+@role("technician")
 def config_set(c: Ctx, key, value):
     """Validate, then atomically write one value (comments in the file are kept).
 
@@ -176,6 +178,7 @@ def metadata_options(f):
 @click.option("--captured-until", help="Capture end, ISO 8601 with offset (default: the file's modification time).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @pass_ctx
+@role("operator", "technician")
 def ingest(c: Ctx, files, case_number, collector, collector_id, place, proof, captured_at, captured_until, quiet):
     """Copy, hash and seal FILE... as one evidence item, in one pass; prints the item id.
 
@@ -222,6 +225,7 @@ ITEM_COLUMNS = ("id", "state", "case_number", "collector_name", "size", "device_
 @click.option("--limit", type=int, help="At most N items.")
 @json_option
 @pass_ctx
+@role("operator", "auditor", "technician")
 def items_list(c: Ctx, state, case_number, limit, as_json):
     """List items with their state.
 
@@ -247,6 +251,7 @@ def items_list(c: Ctx, state, case_number, limit, as_json):
 @click.argument("item_id")
 @json_option
 @pass_ctx
+@role("operator", "auditor")
 def items_show(c: Ctx, item_id, as_json):
     """Show one item: ledger record, manifest metadata, annotations (logged as a view).
 
@@ -291,6 +296,7 @@ def items_show(c: Ctx, item_id, as_json):
               help="Mark as evidence (kept permanently at the archive).")
 @click.option("--reason", default="", help="Why (kept in the annotation and the audit log).")
 @pass_ctx
+@role("operator")
 def items_annotate(c: Ctx, item_id, case_number, proof, place, note, evidence_mark, reason):
     """Add a signed annotation; the sealed manifest is never edited.
 
@@ -308,6 +314,7 @@ def items_annotate(c: Ctx, item_id, case_number, proof, place, note, evidence_ma
 @click.argument("item_id")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @pass_ctx
+@role("operator", "auditor")
 def items_export(c: Ctx, item_id, dest):
     """Copy a sealed item (manifest, signature, files, annotations) to DEST/ITEM_ID; logged.
 
@@ -332,6 +339,7 @@ def items_export(c: Ctx, item_id, dest):
 @main.command()
 @json_option
 @pass_ctx
+@role("operator", "auditor", "technician")
 def status(c: Ctx, as_json):
     """Device, items by state, bytes buffered, oldest unarchived age, free disk.
 
@@ -415,6 +423,7 @@ def audit():
 @click.option("--limit", type=int, help="The newest N entries.")
 @json_option
 @pass_ctx
+@role("auditor")
 def audit_list(c: Ctx, item_id, action, limit, as_json):
     """List audit entries.
 
@@ -433,6 +442,7 @@ def audit_list(c: Ctx, item_id, action, limit, as_json):
 @audit.command("verify")
 @json_option
 @pass_ctx
+@role("auditor", "technician")
 def audit_verify(c: Ctx, as_json):
     """Check the audit chain and its signed head; detects an edited or deleted entry.
 
@@ -453,6 +463,7 @@ def audit_verify(c: Ctx, as_json):
 @click.option("--csv", "as_csv", is_flag=True, required=True, help="CSV output (the only format).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
 @pass_ctx
+@role("auditor")
 def audit_export(c: Ctx, as_csv, output):
     """Export the whole audit log as CSV.
 
@@ -470,6 +481,7 @@ def audit_export(c: Ctx, as_csv, output):
 @main.command()
 @json_option
 @pass_ctx
+@role("technician")
 def recover(c: Ctx, as_json):
     """Recover after an unclean stop (the agent also does this when it starts).
 

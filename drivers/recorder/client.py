@@ -66,7 +66,7 @@ class RecorderClient:
         with RecorderClient("/dev/ttyACM0") as rec:
             info = rec.identify()
             rec.authenticate("000000")
-            rec.set_clock(agent.timeutil.now())
+            rec.set_clock(datetime.now().astimezone())  # keep the fraction: see set_clock
             mount = rec.mass_storage()
     """
 
