@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -250,7 +249,11 @@ def test_crash_leaves_a_playable_part_file(tmp_path):
     script = CRASH.format(root=root, tests=str(Path(__file__).parent), out=str(tmp_path))
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["room_000000.ts", "room_000000.ts.times.jsonl", "room_000001.ts.part"]
+    assert names == ["room_000000.ts", "room_000000.ts.times.jsonl", "room_000001.ts.part",
+                     "room_000001.ts.times.jsonl.part"]
+    # The crashed segment's time track is there up to the crash (seconds 0 and 1 of 1.5).
+    times = [json.loads(x) for x in (tmp_path / "room_000001.ts.times.jsonl.part").read_text().splitlines()]
+    assert [t["pts"] for t in times] == [0, 1]
     part = tmp_path / "room_000001.ts.part"
     s = streams(json.loads(subprocess.run(
         ["ffprobe", "-v", "error", "-f", "mpegts", "-show_entries", "stream=codec_type,codec_name",
@@ -258,5 +261,5 @@ def test_crash_leaves_a_playable_part_file(tmp_path):
     assert s["video"]["codec_name"] == "h264"
     with av.open(str(part), format="mpegts") as c:
         frames = sum(1 for _ in c.decode(video=0))
-    assert frames >= FPS // 2  # most of what was encoded before the crash plays
-    os.remove(part)
+    # 45 frames were fed; all but those still inside the encoder (a few) play.
+    assert frames >= 45 - 10, frames

@@ -45,7 +45,10 @@ def hexdigest(alg: str, data: bytes) -> str:
 def canonical(obj) -> bytes:
     """RFC 8785 (JCS) canonical JSON bytes; floats are refused (none may appear in signed records)."""
     _refuse_floats(obj, "$")
-    return rfc8785.dumps(obj)
+    try:
+        return rfc8785.dumps(obj)
+    except (rfc8785.CanonicalizationError, ValueError, TypeError) as exc:
+        raise EdgeError(f"cannot canonicalise record: {exc}") from None
 
 
 def _refuse_floats(obj, where: str) -> None:

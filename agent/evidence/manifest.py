@@ -231,7 +231,9 @@ def read_annotations(item_dir: Path) -> list[Annotation]:
             rec = json.loads(data)
         except ValueError:
             raise EdgeError(f"{p}: annotation is not JSON") from None
-        out.append(Annotation(seq=int(rec.get("seq", -1)), record=rec, data=data))
+        seq = rec.get("seq", -1) if isinstance(rec, dict) else -1
+        out.append(Annotation(seq=seq if isinstance(seq, int) else -1, record=rec if isinstance(rec, dict) else {},
+                              data=data))
     return out
 
 

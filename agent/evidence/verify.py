@@ -53,9 +53,74 @@ def safe_member(name: str) -> bool:
     return bool(name) and "/" not in name and "\\" not in name and "\x00" not in name and name not in (".", "..")
 
 
+def _is_hex(v, n: int | None = None) -> bool:
+    if not isinstance(v, str) or (n is not None and len(v) != n):
+        return False
+    try:
+        bytes.fromhex(v)
+        return True
+    except ValueError:
+        return False
+
+
+def check_structure(m: dict, where: str) -> None:
+    """Types and shapes of every manifest field the verifier reads, before it reads them."""
+    def bad(field: str, what: str) -> None:
+        _fail(f"{where}: malformed manifest: {field} {what}")
+
+    dev = m.get("device")
+    if not isinstance(dev, dict) or not isinstance(dev.get("id"), str):
+        bad("device", "must be an object with an id")
+    if not isinstance(m.get("item_id"), str) or not m["item_id"]:
+        bad("item_id", "must be a string")
+    if not isinstance(m.get("hash_alg"), str):
+        bad("hash_alg", "must be a string")
+    seq = m.get("device_seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        bad("device_seq", "must be a positive integer")
+    prev = m.get("prev_manifest_hash")
+    if prev is not None and not _is_hex(prev):
+        bad("prev_manifest_hash", "must be hex or null")
+    if not _is_hex(m.get("item_hash")):
+        bad("item_hash", "must be hex")
+    files = m.get("files")
+    if not isinstance(files, list):
+        bad("files", "must be a list")
+    for i, f in enumerate(files):
+        if not (isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("size"), int)
+                and not isinstance(f.get("size"), bool) and f["size"] >= 0 and _is_hex(f.get("hash"))):
+            bad(f"files[{i}]", "must be {name, size, hash}")
+    segs = m.get("segments")
+    if not isinstance(segs, list):
+        bad("segments", "must be a list")
+    for i, sg in enumerate(segs):
+        ok = isinstance(sg, dict) and all(isinstance(sg.get(k), int) and not isinstance(sg.get(k), bool)
+                                          for k in ("file", "offset", "size"))
+        if not ok or not (0 <= sg["file"] < len(files)) or sg["offset"] < 0 or sg["size"] < 0 \
+                or not _is_hex(sg.get("hash")) or not _is_hex(sg.get("link")):
+            bad(f"segments[{i}]", "must be {file, offset, size, hash, link} within the file list")
+    sess = m.get("session")
+    if sess is not None and not (isinstance(sess, dict) and isinstance(sess.get("id"), str)
+                                 and isinstance(sess.get("index"), int) and not isinstance(sess.get("index"), bool)):
+        bad("session", "must be null or {id, index, prev_item_hash, final}")
+    if not isinstance(m.get("gaps", []), list):
+        bad("gaps", "must be a list")
+
+
 def verify_item(item_dir: str | os.PathLike, ring: keys.KeyRing, *, check_files: bool = True,
                 expected_device: str | None = None) -> ItemReport:
     """Verify signature, metadata, every segment hash and link, sizes, and annotations."""
+    try:
+        return _verify_item(item_dir, ring, check_files=check_files, expected_device=expected_device)
+    except VerifyError:
+        raise
+    except EdgeError as exc:
+        raise VerifyError(str(exc)) from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # backstop: never a crash
+        raise VerifyError(f"{item_dir}: malformed item: {exc!r}") from None
+
+
+def _verify_item(item_dir, ring: keys.KeyRing, *, check_files: bool, expected_device: str | None) -> ItemReport:
     d = Path(item_dir)
     mpath, spath = d / mf.MANIFEST, d / mf.SIGNATURE
     if not mpath.is_file():
@@ -68,8 +133,9 @@ def verify_item(item_dir: str | os.PathLike, ring: keys.KeyRing, *, check_files:
         m = mf.parse(data, str(mpath))
     except EdgeError as exc:
         raise VerifyError(str(exc)) from None
+    check_structure(m, str(mpath))
     owner = ring.device_of.get(kid)
-    device_id = m.get("device", {}).get("id")
+    device_id = m["device"]["id"]
     if owner and device_id != owner:
         _fail(f"{mpath}: key {kid} belongs to device {owner}, manifest claims device {device_id}")
     if expected_device and device_id != expected_device:
@@ -134,6 +200,8 @@ def verify_item(item_dir: str | os.PathLike, ring: keys.KeyRing, *, check_files:
     prev_ann = None
     for n, ann in enumerate(anns, 1):
         where = f"{d / mf.ANNOTATIONS_DIR}/{n:04d}.json"
+        if not isinstance(ann.record, dict):
+            _fail(f"{where}: annotation is not a JSON object")
         sig = Path(where[:-5] + ".sig")
         if not sig.is_file():
             _fail(f"{where}: annotation without signature")

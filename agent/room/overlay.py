@@ -84,7 +84,7 @@ class OverlayLayout:
     """Where and how the overlay is drawn.
 
     ``corner`` places the box with a margin (fraction of frame height); ``position`` (x, y
-    of the box's top-left pixel) overrides it. ``font_scale`` multiplies the default size
+    of the box's top-left pixel, rounded down to even for I420 chroma) overrides it. ``font_scale`` multiplies the default size
     (37 px at 1080p). ``lines`` picks and orders the lines from :data:`LINE_KEYS`.
     """
 

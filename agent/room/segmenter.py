@@ -35,8 +35,17 @@ the recording; ``SegmentInfo.audio_samples`` then tells how much audio the segme
 
 Durability: every file is written as ``<name>.part``, closed, fsynced and atomically renamed
 (sidecar first, then segment, then the directory is fsynced); only then is
-``on_segment(SegmentInfo)`` called. A ``.part`` left behind is a segment cut by a crash: it
-still plays. Existing segments are never overwritten: numbering continues after them.
+``on_segment(SegmentInfo)`` called. While a segment is open each muxed packet and each
+sidecar line is handed to the OS at once (``flush_packets``), so a ``.part`` pair left by a
+crash plays up to the last few frames the encoder still held (measured: 41 of 45 frames,
+1.34 of 1.5 s of audio) and keeps its time track. Recovering such pairs is the session's job.
+Existing segments are never overwritten: numbering continues after them.
+
+Encoder: libx264 with frame threads (PyAV defaults to slice threads, about 35 % slower),
+preset ``ultrafast`` by default (``veryfast`` encodes 1080p at ~42 fps on 2 cores, too close
+to real time next to decoding two cameras), CRF 23 or a fixed ``bitrate``. Input frames are
+BGR (converted with OpenCV to BT.601 limited-range I420, tagged so) or already I420.
+``stats`` reports the time each ``write_video`` spent converting, encoding and muxing.
 """
 
 from __future__ import annotations
@@ -131,13 +140,19 @@ class _Segment:
         self.start_sample = k * owner.samples_per_segment
         self.frames = 0
         self.samples = 0
-        self.times: list[str] = []
         self.start_wall: dt.datetime | None = None
         self.last_wall: dt.datetime | None = None
         if self.path.exists() or self.part.exists():
             raise FileExistsError(f"segment {self.path} already exists")
         o = owner
-        self.container = av.open(str(self.part), mode="w", format=CONTAINER_FORMAT)
+        # flush_packets: every muxed packet goes to the OS at once (not held in a 32 KiB
+        # buffer), so a crash loses only what the encoder still holds (a few frames).
+        # max_interleave_delta: with audio missing or late, write video after 1 s instead of
+        # holding up to 10 s of it in memory waiting to interleave.
+        self.container = av.open(str(self.part), mode="w", format=CONTAINER_FORMAT,
+                                 options={"flush_packets": "1", "max_interleave_delta": "1000000"})
+        self.times_part = self.times_path.with_name(self.times_path.name + PART)
+        self.times_fh = open(self.times_part, "x", encoding="utf-8")
         vs = self.container.add_stream("libx264", rate=o.fps)
         vs.width, vs.height = o.size
         vs.pix_fmt = "yuv420p"
@@ -176,10 +191,12 @@ class _Segment:
         o = self.owner
         if self.frames % o.fps == 0:
             sec = self.frames // o.fps
-            self.times.append(json.dumps({
+            # Written (to the OS) as it happens, so a crashed segment keeps its time track.
+            self.times_fh.write(json.dumps({
                 "pts": sec, "frame": self.frames, "sample": sec * (o.audio_rate or 0),
                 "wall": wall.replace(microsecond=0).isoformat(), "ms": wall.microsecond // 1000,
-            }, separators=(",", ":")))
+            }, separators=(",", ":")) + "\n")
+            self.times_fh.flush()
         if self.start_wall is None:
             self.start_wall = wall
         self.last_wall = wall
@@ -214,12 +231,8 @@ class _Segment:
             for packet in self.astream.encode(None):
                 self.container.mux(packet)
         self.container.close()
-        times_part = self.times_path.with_name(self.times_path.name + PART)
-        with open(times_part, "w", encoding="utf-8") as fh:
-            fh.write("".join(line + "\n" for line in self.times))
-            fh.flush()
-            os.fsync(fh.fileno())
-        _publish(times_part, self.times_path)
+        self.times_fh.close()
+        _publish(self.times_part, self.times_path)
         _publish(self.part, self.path)
         _fsync_dir(self.path.parent)
         start = self.start_wall or dt.datetime.now().astimezone()

@@ -14,7 +14,8 @@
 
 Prints a table with both rates and their ratio (target >= 0.7); ``--json`` writes a record
 for the ``make bench`` aggregator (to stdout, the table then goes to stderr, or to PATH).
-Each side runs ``--repeat`` times, alternating; the best run of each counts.
+Each side runs ``--repeat`` times, alternating; the best run of each counts (the box may be
+shared: CPU milliseconds per frame are printed too, as they depend less on other load).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import os
 import platform
 import queue
+import resource
 import shutil
 import subprocess
 import sys
@@ -63,9 +65,20 @@ class RunResult:
     segments: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
+    cpu_seconds: float = 0.0  # user + system CPU of all threads / the child process
+
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_ms_per_frame(self) -> float:
+        return self.cpu_seconds * 1000 / self.frames if self.frames else 0.0
+
+
+def _cpu(who: int) -> float:
+    ru = resource.getrusage(who)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _run(cmd: list[str]) -> None:
@@ -134,11 +147,12 @@ def run_ffmpeg(clip: Path, out_dir: Path, preset: str, frames: int) -> RunResult
         "-f", "segment", "-segment_time", str(SEGMENT_SECONDS), "-segment_format", "mpegts",
         str(seg_dir / "seg_%03d.ts"),
     ]
-    t0 = time.perf_counter()
+    c0, t0 = _cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
     _run(cmd)
     seconds = time.perf_counter() - t0
     segs = [{"name": p.name, "size": p.stat().st_size} for p in sorted(seg_dir.glob("*.ts"))]
-    return RunResult("ffmpeg drawtext+libx264+aac", frames, seconds, segs)
+    return RunResult("ffmpeg drawtext+libx264+aac", frames, seconds, segs,
+                     cpu_seconds=_cpu(resource.RUSAGE_CHILDREN) - c0)
 
 
 def _decoder(clip: Path, q: "queue.Queue", stop: threading.Event, bgr: bool) -> None:
@@ -186,7 +200,7 @@ def run_pipeline(clip: Path, out_dir: Path, preset: str, bgr: bool = False) -> R
     q: queue.Queue = queue.Queue(maxsize=8)
     stop = threading.Event()
     frames = 0
-    t0 = time.perf_counter()
+    c0, t0 = _cpu(resource.RUSAGE_SELF), time.perf_counter()
     worker = threading.Thread(target=_decoder, args=(clip, q, stop, bgr), name="bench-decode", daemon=True)
     worker.start()
     try:
@@ -212,8 +226,9 @@ def run_pipeline(clip: Path, out_dir: Path, preset: str, bgr: bool = False) -> R
         stop.set()
         worker.join(timeout=5)
     seconds = time.perf_counter() - t0
+    cpu = _cpu(resource.RUSAGE_SELF) - c0
     st = seg.stats
-    return RunResult("pipeline", frames, seconds, hashes, {
+    return RunResult("pipeline", frames, seconds, hashes, cpu_seconds=cpu, extra={
         "encode_ms_mean": round(st.mean_ms, 2), "encode_ms_p95": round(st.p95_ms, 2),
         "encode_ms_max": round(st.max_ms, 2), "overlay_renders": overlay.renders,
         "audio_dropped": seg.audio_dropped,
@@ -222,9 +237,9 @@ def run_pipeline(clip: Path, out_dir: Path, preset: str, bgr: bool = False) -> R
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.bench.room_pipeline", description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=int, default=15, help="clip length, 10..20 s (default 15)")
+    ap.add_argument("--seconds", type=int, default=15, help="clip length in seconds (default 15; 10-20 intended)")
     ap.add_argument("--preset", default="ultrafast", help="x264 preset for both sides (default ultrafast)")
-    ap.add_argument("--repeat", type=int, default=2, help="runs of each side, best counts (default 2)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each side, best counts (default 3)")
     ap.add_argument("--no-bgr", dest="bgr", action="store_false",
                     help="skip the BGR + compositor variant of the pipeline")
     ap.add_argument("--clip", type=Path, help="use this 1080p30 clip instead of generating one")
@@ -247,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             make_clip(clip, args.seconds)
         frames = count_frames(clip)
         best: dict[str, RunResult] = {}
+        least_cpu: dict[str, float] = {}
         sides = ("ffmpeg", "pipeline") + (("pipeline_bgr",) if args.bgr else ())
         for r in range(max(1, args.repeat)):
             for side in sides:
@@ -256,10 +272,11 @@ def main(argv: list[str] | None = None) -> int:
                     res = run_ffmpeg(clip, run_dir, args.preset, frames)
                 else:
                     res = run_pipeline(clip, run_dir, args.preset, bgr=side == "pipeline_bgr")
-                print(f"  run {r + 1} {side:12s} {res.fps:7.1f} fps ({res.frames} frames, {res.seconds:.2f} s)",
-                      file=table_out)
+                print(f"  run {r + 1} {side:12s} {res.fps:7.1f} fps ({res.frames} frames, {res.seconds:.2f} s, "
+                      f"{res.cpu_ms_per_frame:.1f} CPU ms/frame)", file=table_out)
                 if side not in best or res.fps > best[side].fps:
                     best[side] = res
+                least_cpu[side] = min(least_cpu.get(side, float("inf")), res.cpu_ms_per_frame)
         ff, pipe = best["ffmpeg"], best["pipeline"]
         ratio = pipe.fps / ff.fps if ff.fps else 0.0
 
@@ -267,21 +284,27 @@ def main(argv: list[str] | None = None) -> int:
             return f"{x:.2f} {'PASS' if x >= TARGET_RATIO else 'BELOW TARGET'}"
 
         rows = [
-            ("ffmpeg drawtext + libx264 + aac, segments (reference)", f"{ff.fps:7.1f}", ""),
-            ("pipeline: decode > overlay (I420) > h264/aac > segment > sha256", f"{pipe.fps:7.1f}", verdict(ratio)),
+            ("ffmpeg drawtext + libx264 + aac, segments (reference)", ff, ""),
+            ("pipeline: decode > overlay (I420) > h264/aac > segment > sha256", pipe, verdict(ratio)),
         ]
         bgr_ratio = None
         if "pipeline_bgr" in best:
             pb = best["pipeline_bgr"]
             bgr_ratio = pb.fps / ff.fps if ff.fps else 0.0
-            rows.append(("pipeline: decode > BGR > compositor > overlay > ... (same)", f"{pb.fps:7.1f}",
-                         verdict(bgr_ratio)))
+            rows.append(("pipeline: decode > BGR > compositor > overlay > ... (same)", pb, verdict(bgr_ratio)))
         w = max(len(r[0]) for r in rows)
         print(f"\nroom pipeline, {WIDTH}x{HEIGHT}@{FPS}, {frames} frames, preset {args.preset}, "
               f"crf {CRF}, {os.cpu_count()} CPUs, best of {args.repeat}", file=table_out)
-        print(f"{'':{w}}  {'fps':>7s}  ratio (target >= {TARGET_RATIO})", file=table_out)
-        for name, val, rat in rows:
-            print(f"{name:{w}}  {val}  {rat}", file=table_out)
+        print(f"{'':{w}}  {'fps':>7s}  {'CPU ms/f':>8s}  ratio (target >= {TARGET_RATIO})", file=table_out)
+        for name, res, rat in rows:
+            print(f"{name:{w}}  {res.fps:7.1f}  {res.cpu_ms_per_frame:8.1f}  {rat}", file=table_out)
+        cpu_ratio = least_cpu["ffmpeg"] / least_cpu["pipeline"] if least_cpu["pipeline"] else 0.0
+        cpu_line = f"CPU efficiency (ffmpeg CPU/frame over ours, least of each): I420 {cpu_ratio:.2f}"
+        bgr_cpu_ratio = None
+        if "pipeline_bgr" in least_cpu:
+            bgr_cpu_ratio = least_cpu["ffmpeg"] / least_cpu["pipeline_bgr"]
+            cpu_line += f", BGR {bgr_cpu_ratio:.2f}"
+        print(cpu_line, file=table_out)
         print(f"encoder lag per frame: mean {pipe.extra['encode_ms_mean']} ms, p95 {pipe.extra['encode_ms_p95']} ms, "
               f"max {pipe.extra['encode_ms_max']} ms; segments {len(pipe.segments)}", file=table_out)
         record = {
@@ -292,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             "clip": {"width": WIDTH, "height": HEIGHT, "fps": FPS, "frames": frames, "audio_rate": RATE},
             "settings": {"preset": args.preset, "crf": CRF, "gop": FPS, "segment_seconds": SEGMENT_SECONDS,
                          "container": "mpegts", "repeat": args.repeat},
+            "ffmpeg_cpu_ms_per_frame": round(ff.cpu_ms_per_frame, 2),
+            "pipeline_cpu_ms_per_frame": round(pipe.cpu_ms_per_frame, 2),
             "ffmpeg_fps": round(ff.fps, 2),
             "pipeline_fps": round(pipe.fps, 2),
             "ratio": round(ratio, 3),
@@ -299,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             "pass": ratio >= TARGET_RATIO,
             "bgr_pipeline_fps": round(best["pipeline_bgr"].fps, 2) if bgr_ratio is not None else None,
             "bgr_ratio": round(bgr_ratio, 3) if bgr_ratio is not None else None,
+            "cpu_ratio": round(cpu_ratio, 3),
+            "bgr_cpu_ratio": round(bgr_cpu_ratio, 3) if bgr_cpu_ratio is not None else None,
             "pipeline": pipe.extra,
             "segments": pipe.segments,
         }
