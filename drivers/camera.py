@@ -106,8 +106,7 @@ class Camera:
         self._frame: np.ndarray | None = None
         self._ts = 0.0
         self._seq = 0
-        self._fetched_seq = 0
-        self._last_returned = -1
+        self._last_returned = 0              # seq handed out by the last latest() call
         self._frame_times: deque[float] = deque(maxlen=512)
         self._online = False
         self._dropped = 0
@@ -155,7 +154,7 @@ class Camera:
         with self._lock:
             if self._seq and self._seq == self._last_returned:
                 self._repeated += 1
-            self._last_returned = self._fetched_seq = self._seq
+            self._last_returned = self._seq
             return self._frame, self._ts, self._seq
 
     def wait_frame(self, after_seq: int = 0, timeout: float = 5.0
@@ -287,7 +286,7 @@ class Camera:
         res = (int(frame.shape[1]), int(frame.shape[0]))
         old = None
         with self._lock:
-            if self._seq and self._fetched_seq != self._seq:
+            if self._seq and self._last_returned != self._seq:
                 self._dropped += 1
             if self._resolution is not None and res != self._resolution:
                 old = self._resolution

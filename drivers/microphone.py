@@ -175,8 +175,9 @@ class AudioSource:
 
     def _set_error(self, error: str | None, online: bool) -> None:
         with self._cond:
-            was, self._online, self._last_error = self._online, online, error
-        if was and not online:
+            was, before = self._online, self._last_error
+            self._online, self._last_error = online, error
+        if not online and (was or error != before):      # log changes, not every retry
             log.warning("audio %s offline: %s", self.name, error)
 
     def _guarded_run(self) -> None:
@@ -200,16 +201,19 @@ class Microphone(AudioSource):
     """A PyAudio input device (``device``: None = default, index, or part of its name).
 
     Reads whatever the device has ready (never a blocking read), so the thread cannot hang.
-    No audio for ``stall_timeout`` seconds counts as a lost device: it is closed, zeros keep
-    the timeline going, and it is reopened with backoff. Keep ``stall_timeout`` above the
-    device's burst interval (PulseAudio's module-sine-source delivers 2 s blocks).
+    If the device falls more than ``max_lag`` seconds behind the wall clock (it paused, or
+    PulseAudio moved the stream) zeros fill the span it did not deliver. No audio at all for
+    ``stall_timeout`` seconds counts as a lost device: it is closed, zeros keep the timeline
+    going, and it is reopened with backoff. Keep ``stall_timeout`` above the device's burst
+    interval (PulseAudio's module-sine-source delivers 2 s blocks).
     """
 
     def __init__(self, device: int | str | None = None, *, chunk: int = 960,
-                 stall_timeout: float = 3.0, backoff_base: float = 0.5,
+                 stall_timeout: float = 3.0, max_lag: float = 1.0, backoff_base: float = 0.5,
                  backoff_max: float = 5.0, **kw) -> None:
         super().__init__(**kw)
         self.device, self.chunk, self.stall_timeout = device, chunk, stall_timeout
+        self.max_lag = max_lag
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
 
     def _find(self, pa) -> dict:
@@ -282,8 +286,14 @@ class Microphone(AudioSource):
                     continue
             except Exception as exc:
                 return f"input device lost: {exc}"
-            if time.monotonic() - last > self.stall_timeout:
+            now = time.monotonic()
+            if now - last > self.stall_timeout:
                 return f"input device stalled: no audio for {self.stall_timeout:g} s"
+            lag = int((now - self._t0) * self.rate) - self._samples
+            if lag > self.max_lag * self.rate:         # the device skipped a span: fill it
+                log.info("audio %s: device %.1f s behind, filling silence", self.name,
+                         lag / self.rate)
+                self._push(np.zeros(lag * self.channels, np.int16), filled=True)
             self._stop.wait(0.005)
         return "stopped"
 

@@ -4,17 +4,19 @@
     with SineSource(frequency=440) as src:
         monkeypatch.setenv("PULSE_SOURCE", src.name)   # this process records from it
         ...
-        src.unload()                      # the microphone goes away
+        src.unplug()                      # the microphone goes away, for this process
 
 The daemon is started as in the shared recipe (``pulseaudio -D --exit-idle-time=-1``) and
 ``~/.asoundrc`` routes ALSA's default device to PulseAudio; it is written only if absent.
 The source is chosen per process with ``PULSE_SOURCE`` so the server's default (which other
 tests may use) is left alone. module-sine-source plays at amplitude 0.5: a 440 Hz tone peaks
-near 16,400 and has an RMS level of about -9 dBFS.
+near 16,400 and has an RMS level of about -9 dBFS. It delivers audio in 2 s blocks, ahead of
+the clock, so measure pacing from block to block (see tests/test_microphone.py).
 """
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -79,6 +81,27 @@ class SineSource:
         if self.module is not None:
             _pactl("unload-module", self.module)
             self.module = None
+
+    def unplug(self) -> bool:
+        """Unload the source and end this process's recording streams.
+
+        On unload PulseAudio rescues streams to the default source; on a shared daemon that
+        may be another test's sine, so the streams this process had are killed (``pacmd``)
+        to make the loss deterministic: the client sees its device vanish. Returns False
+        if no stream could be killed (then the client may hear the rescue source).
+        """
+        self.unload()
+        r = _pactl("-f", "json", "list", "source-outputs")
+        try:
+            outputs = json.loads(r.stdout) if r.returncode == 0 else []
+        except ValueError:
+            outputs = []
+        mine = [str(o["index"]) for o in outputs
+                if o.get("properties", {}).get("application.process.id") == str(os.getpid())]
+        if not mine or shutil.which("pacmd") is None:
+            return False
+        return all(subprocess.run(["pacmd", "kill-source-output", i], capture_output=True,
+                                  timeout=10).returncode == 0 for i in mine)
 
     def __enter__(self) -> SineSource:
         return self.load()
