@@ -152,7 +152,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
                           choices=("after-archive", "after-local-verify", "never")),
         "verify_policy": F(str, "none", "Second read of each file from the recorder, compared with the copy: none or reread (after-local-verify always re-reads).", choices=("none", "reread")),
         "probe": F(bool, True, "Check audio/video files with ffprobe; undecodable ones are kept byte-exact and flagged decodable=false."),
-        "copy_workers": F(int, 4, "Files copied at the same time across all bays (bounded pool; the rest wait their turn).", min=1, max=64),
+        "copy_workers": F(int, 8, "Files copied at the same time across all bays (bounded pool, 1 MiB buffer each; the rest wait their turn). USB 2.0 recorders read ~30 MB/s each: 8 keeps 2 cores busy hashing.", min=1, max=64),
         "bay_rate_limit_mib": F(int, 0, "Copy speed cap per bay in MiB/s (0 = none).", min=0),
         "min_ratio_pct": F(int, 20, "Minimum equipment ratio, recorders in service per 100 officers (20 = 1:5, 每五人一台).", min=1, max=1000),
         "usage_days": F(int, 30, "Usage window: a recorder docked within this many days counts as used.", min=1, max=3660),

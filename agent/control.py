@@ -1,9 +1,12 @@
 """The local control socket of the running agent: JSON lines over a Unix socket.
 
 ``data_dir/control.sock``, mode 0660 (group: the first group of ``control.groups`` that
-exists). Each connection is checked with ``SO_PEERCRED``: root, the agent's own user and
-members (primary or supplementary) of ``control.groups`` are allowed; anyone else gets one
-refusal line and is disconnected. Requests and answers are one JSON object per line::
+exists). Each connection is checked with ``SO_PEERCRED``: root, the agent's own user, members
+(primary or supplementary) of ``control.groups`` and holders of a role (agent/roles.py:
+technician, operator, auditor groups) may connect; anyone else gets one refusal line and is
+disconnected. Each command then needs its role (:data:`COMMAND_ROLES`; ``roles.enforce``):
+``room.start`` / ``room.stop`` an operator, ``room.status`` any role. This check is on the
+server side, where the peer cannot lie. Requests and answers are one JSON object per line::
 
     -> {"cmd": "room.start", "args": {"case": "...", ...}}
     <- {"ok": true, "result": {...}}
@@ -32,6 +35,15 @@ log = logging.getLogger(__name__)
 
 SOCKET_NAME = "control.sock"
 MAX_LINE = 64 * 1024
+
+#: roles (agent/roles.py) a command needs on the control socket; other commands: technician
+COMMAND_ROLES: dict[str, tuple[str, ...]] = {
+    "room.start": ("operator",),
+    "room.stop": ("operator",),
+    "room.status": ("operator", "technician", "auditor"),
+    "health": ("operator", "technician", "auditor"),
+}
+DEFAULT_ROLES = ("technician",)
 
 
 def socket_path(data_dir: str | os.PathLike) -> Path:
@@ -87,7 +99,23 @@ class ControlServer:
     def allowed(self, pid: int, uid: int, gid: int) -> bool:
         if uid == 0 or uid == os.getuid():
             return True
-        return bool(_peer_groups(pid, gid) & self.gids)
+        groups = _peer_groups(pid, gid)
+        return bool(groups & self.gids) or bool(self._roles(uid, groups))
+
+    def _roles(self, uid: int, groups: set[int]) -> set[str]:
+        if not hasattr(self.agent.cfg, "roles"):
+            return set()
+        from .roles import roles_of
+
+        return roles_of(self.agent.cfg, uid=uid, gids=sorted(groups))
+
+    def check_role(self, cmd: str, pid: int, uid: int, gid: int) -> None:
+        """Raise RoleError unless the peer may run ``cmd`` (root and the agent's user always may)."""
+        if uid == 0 or uid == os.getuid() or not hasattr(self.agent.cfg, "roles"):
+            return
+        from .roles import require
+
+        require(self.agent.cfg, *COMMAND_ROLES.get(cmd, DEFAULT_ROLES), uid=uid, gids=sorted(_peer_groups(pid, gid)))
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,12 +209,12 @@ class ControlServer:
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     if line.strip():
-                        self._reply(conn, self.dispatch(line, actor))
+                        self._reply(conn, self.dispatch(line, actor, peer=(pid, uid, gid)))
                 if len(buf) > MAX_LINE:
                     self._reply(conn, {"ok": False, "error": f"请求过长 / request longer than {MAX_LINE} bytes"})
                     return
 
-    def dispatch(self, line: bytes, actor: str) -> dict:
+    def dispatch(self, line: bytes, actor: str, peer: tuple[int, int, int] | None = None) -> dict:
         self.requests += 1
         try:
             req = json.loads(line)
@@ -203,6 +231,8 @@ class ControlServer:
             known = ", ".join(sorted(self.agent.commands)) or "none"
             return {"ok": False, "error": f"未知命令 / unknown command {name!r} (known: {known})"}
         try:
+            if peer is not None:
+                self.check_role(name, *peer)
             result = handler(args, actor)
             ok, out = True, {"ok": True, "result": result}
         except EdgeError as exc:
@@ -236,13 +266,18 @@ def call(data_dir: str | os.PathLike, cmd: str, args: dict | None = None, timeou
                             "start it with `edge-agent run` or systemctl start edge-agent") from None
         except PermissionError:
             raise EdgeError(f"无权限 / permission denied on {path}: run as root or join the allowed group") from None
-        s.sendall((json.dumps({"cmd": cmd, "args": args or {}}, ensure_ascii=False) + "\n").encode())
+        try:
+            s.sendall((json.dumps({"cmd": cmd, "args": args or {}}, ensure_ascii=False) + "\n").encode())
+        except (BrokenPipeError, ConnectionResetError):
+            pass            # refused at once: the refusal line is still there to read
         buf = b""
         while b"\n" not in buf:
             try:
                 data = s.recv(65536)
             except socket.timeout:
                 raise EdgeError(f"代理无响应 / the agent did not answer {cmd} within {timeout:.0f} s") from None
+            except ConnectionResetError:
+                break
             if not data:
                 break
             buf += data

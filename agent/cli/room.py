@@ -11,7 +11,7 @@ import click
 
 from ..control import call
 from . import main
-from .base import Ctx, emit_json, json_option, pass_ctx
+from .base import Ctx, emit_json, json_option, pass_ctx, role
 
 
 @main.group()
@@ -26,6 +26,7 @@ def room():
 @click.option("--proof", help="What the recording proves (证明对象), required.")
 @click.option("--subject", help="Person interviewed (被询问人), optional.")
 @pass_ctx
+@role("operator")
 def room_start(c: Ctx, case_number, collector, collector_id, proof, subject):
     """Start recording; refused without the mandatory fields or while a session records.
 
@@ -43,6 +44,7 @@ def room_start(c: Ctx, case_number, collector, collector_id, proof, subject):
 
 @room.command("stop")
 @pass_ctx
+@role("operator")
 def room_stop(c: Ctx):
     """End the session: the last segment is closed and sealed; prints how many were sealed.
 
@@ -59,6 +61,7 @@ def room_stop(c: Ctx):
 @room.command("status")
 @json_option
 @pass_ctx
+@role("operator", "technician", "auditor")
 def room_status(c: Ctx, as_json):
     """Recording state, fps, dropped frames, encoder lag, audio level, sensor, gaps, alarms.
 

@@ -30,6 +30,7 @@ MAX_PAYLOAD = 64 * 1024
 SEVERITIES = ("info", "warning", "critical")
 COMPONENT_STATES = ("ok", "warning", "error", "offline", "stopped", "starting", "unknown")
 KINDS = ("dock", "room", "archive")
+_STATE_SET = frozenset(COMPONENT_STATES)
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _ID_RE = re.compile(_ID)
@@ -81,17 +82,23 @@ STATUS_SCHEMA = {
 
 COMPONENT_SCHEMA = {
     "$id": "component", "title": "Component status",
-    "description": "Retained, one topic per component (a bay, a camera, the microphone, the sensor, the uplink).",
+    "description": "Retained, one topic per component. The health component publishes every agent component "
+                   "(dock, room, uplink, ...) and the parts a component lists (camera-main, microphone, sensor) as "
+                   "{name, state, ts, device, detail} with state one of ok|warning|error|offline|stopped|starting|"
+                   "unknown. Docking-station bays (bay-N) are published by the station itself with the bay's "
+                   "workflow state (idle, identifying, charging, downloading, verifying, uploading, done, error), a "
+                   "bilingual label and the bay's progress fields (agent/dock/bay.py BayState).",
     "type": "object",
-    "required": ["name", "state", "ts"],
+    "required": ["name", "state"],
     "properties": {
         "name": _id,
-        "state": {"enum": list(COMPONENT_STATES)},
+        "state": {"type": "string", "pattern": "^[a-z][a-z_-]{0,31}$"},
+        "label": _text,
         "ts": _iso,
         "device": _id,
         "detail": {"type": "object", "description": "the component's own status() (free form)"},
     },
-    "additionalProperties": False,
+    "additionalProperties": True,
 }
 
 ALARM_SCHEMA = {
@@ -116,21 +123,49 @@ ALARM_SCHEMA = {
     "additionalProperties": False,
 }
 
+_ratio_row = {
+    "type": "object",
+    "description": "one unit the station knows (from its roster and recorder registry; agent/dock/registry.py RatioRow)",
+    "required": ["unit_code", "officers", "recorders_in_service"],
+    "properties": {
+        "unit_code": {"type": "string", "maxLength": 64},
+        "unit_name": _text,
+        "officers": {"type": "integer", "minimum": 0, "maximum": 1000000},
+        "recorders_in_service": {"type": "integer", "minimum": 0, "maximum": 100000},
+        "ratio_pct": {"type": ["integer", "null"], "minimum": 0, "description": "recorders per 100 officers"},
+        "min_ratio_pct": {"type": "integer", "minimum": 0},
+        "meets_minimum": {"type": "boolean"},
+        "recorders_registered": _count,
+        "recorders_used": _count,
+        "usage_pct": {"type": ["integer", "null"], "minimum": 0},
+        "usage_days": _count,
+        "conflicts": _count,
+        "recorder_serials": {"type": "array", "items": {"type": "string", "maxLength": 64}, "maxItems": 100000,
+                             "description": "optional: serials in service, to de-duplicate across stations"},
+    },
+    "additionalProperties": True,
+}
+
 RATIO_SCHEMA = {
     "$id": "ratio", "title": "Equipment ratio report (docking stations)",
-    "description": "Retained. What a docking station knows of its unit: recorders enrolled and, when "
-                   "configured, the number of enforcement officers (配备率: >= 1 recorder per 5 officers).",
+    "description": "Retained; written by the docking station (agent/dock/station.py) when its registry changes and "
+                   "periodically. Per unit: officers (roster) and recorders in service (配备率: at least one recorder per "
+                   "five officers, min_ratio_pct 20), plus items pending annotation per officer.",
     "type": "object",
-    "required": ["unit_code", "recorders", "ts"],
+    "required": ["device", "at", "units"],
     "properties": {
-        "unit_code": _id,
-        "unit_name": _text,
-        "recorders": {"type": "integer", "minimum": 0, "maximum": 100000},
-        "officers": {"type": ["integer", "null"], "minimum": 0, "maximum": 1000000},
-        "recorder_ids": {"type": "array", "items": {"type": "string", "maxLength": 64}, "maxItems": 10000},
-        "ts": _iso,
+        "device": _id,
+        "at": _iso,
+        "min_ratio_pct": {"type": "integer", "minimum": 0, "maximum": 100},
+        "usage_days": _count,
+        "units": {"type": "array", "items": _ratio_row, "maxItems": 1000},
+        "pending": {"type": "array", "maxItems": 10000, "items": {
+            "type": "object", "properties": {"officer_number": {"type": ["string", "null"]},
+                                             "officer_name": {"type": ["string", "null"]},
+                                             "unit_code": {"type": ["string", "null"]},
+                                             "pending_items": _count, "oldest": {"type": ["string", "null"]}}}},
     },
-    "additionalProperties": False,
+    "additionalProperties": True,
 }
 
 HEALTH_SCHEMA = {
@@ -193,7 +228,7 @@ HEALTH_SCHEMA = {
             "additionalProperties": False,
         },
         "components": {
-            "type": "object", "maxProperties": 64,
+            "type": "object", "maxProperties": 64, "propertyNames": {"pattern": _ID},
             "additionalProperties": {
                 "type": "object", "required": ["state"],
                 "properties": {"state": {"enum": list(COMPONENT_STATES)}},
@@ -241,10 +276,18 @@ def jsonable(obj: Any, depth: int = 0) -> Any:
 
 
 # --- parsers (monitor side) -----------------------------------------------------------------------
+try:  # 3-5x faster JSON parsing for the monitor's ingest (optional)
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is a dependency, the fallback keeps the agent importable
+    _orjson = None
+
+
 def loads(payload: bytes) -> Any:
     if len(payload) > MAX_PAYLOAD:
         raise PayloadError(f"payload of {len(payload)} bytes is above the limit {MAX_PAYLOAD}")
     try:
+        if _orjson is not None:
+            return _orjson.loads(payload)
         return json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise PayloadError(f"not JSON: {str(exc)[:80]}") from None
@@ -258,20 +301,19 @@ def _obj(v: Any, field: str) -> dict:
 
 def _int(d: dict, key: str, field: str, *, nullable: bool = False, required: bool = True) -> int | None:
     v = d.get(key)
+    if type(v) is int and 0 <= v <= 4611686018427387904:  # fast path (bool is not int here)
+        return v
     if v is None and (nullable or not required):
-        if key not in d and required and not nullable:
-            raise PayloadError(f"{field}.{key}: missing")
         return None
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > 2**62:
-        raise PayloadError(f"{field}.{key}: expected a non-negative integer, got {str(v)[:40]!r}")
-    return v
+    raise PayloadError(f"{field}.{key}: expected a non-negative integer, got {str(v)[:40]!r}")
 
 
 def _num(d: dict, key: str, field: str) -> float:
     v = d.get(key)
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-        raise PayloadError(f"{field}.{key}: expected a non-negative number, got {str(v)[:40]!r}")
-    return float(v)
+    t = type(v)
+    if (t is float and math.isfinite(v) and v >= 0) or (t is int and v >= 0):
+        return float(v)
+    raise PayloadError(f"{field}.{key}: expected a non-negative number, got {str(v)[:40]!r}")
 
 
 def _str(d: dict, key: str, field: str, pattern: re.Pattern | None = None, limit: int = 500,
@@ -279,7 +321,7 @@ def _str(d: dict, key: str, field: str, pattern: re.Pattern | None = None, limit
     v = d.get(key)
     if v is None and not required:
         return None
-    if not isinstance(v, str) or len(v) > limit or (pattern is not None and not pattern.match(v)):
+    if type(v) is not str or len(v) > limit or (pattern is not None and not pattern.match(v)):
         raise PayloadError(f"{field}.{key}: invalid or missing ({str(v)[:40]!r})")
     return v
 
@@ -348,11 +390,12 @@ def parse_health(payload: bytes) -> dict:
     comps = _obj(d.get("components"), "health.components")
     if len(comps) > 64:
         raise PayloadError("health.components: more than 64 components")
-    out["components"] = {}
+    cs = out["components"] = {}
+    match, states = _ID_RE.match, _STATE_SET
     for name, c in comps.items():
-        if not _ID_RE.match(name) or not isinstance(c, dict) or c.get("state") not in COMPONENT_STATES:
+        if type(c) is not dict or c.get("state") not in states or not match(name):
             raise PayloadError(f"health.components.{str(name)[:40]}: invalid")
-        out["components"][name] = c["state"]
+        cs[name] = c["state"]
     alarms = d.get("alarms")
     if not isinstance(alarms, list) or len(alarms) > 256 or not all(isinstance(a, str) and _ID_RE.match(a) for a in alarms):
         raise PayloadError("health.alarms: expected a list of alarm keys")
@@ -382,30 +425,60 @@ def parse_alarm(payload: bytes, key: str) -> dict:
     }
 
 
+_STATE_RE = re.compile(r"^[a-z][a-z_-]{0,31}$")
+#: workflow states of a docking-station bay, mapped to the common component states
+BAY_STATES = {"idle": "ok", "identifying": "starting", "charging": "ok", "downloading": "ok", "verifying": "ok",
+              "uploading": "ok", "done": "ok", "error": "error"}
+
+
 def parse_component(payload: bytes, name: str) -> dict:
+    """{name, state (one of COMPONENT_STATES), raw_state, label, ts, detail}."""
     d = _obj(loads(payload), "component")
     if d.get("name") != name:
         raise PayloadError(f"component.name: {str(d.get('name'))[:40]!r} does not match the topic ({name})")
-    if d.get("state") not in COMPONENT_STATES:
-        raise PayloadError(f"component.state: expected one of {', '.join(COMPONENT_STATES)}")
+    raw = d.get("state")
+    if type(raw) is not str or not _STATE_RE.match(raw):
+        raise PayloadError(f"component.state: expected a state word, got {str(raw)[:40]!r}")
+    state = raw if raw in _STATE_SET else BAY_STATES.get(raw, "unknown")
     detail = d.get("detail")
     if detail is not None and not isinstance(detail, dict):
         raise PayloadError("component.detail: expected an object")
-    return {"name": name, "state": d["state"], "ts": _str(d, "ts", "component", _ISO_RE, 40), "detail": detail or {}}
+    if detail is None:  # a bay publishes its fields at the top level
+        detail = {k: v for k, v in d.items() if k not in ("name", "state", "label", "ts", "device")}
+    return {"name": name, "state": state, "raw_state": raw, "label": _str(d, "label", "component", required=False),
+            "ts": _str(d, "ts", "component", _ISO_RE, 40, required=False), "detail": detail}
 
 
-def parse_ratio(payload: bytes) -> dict:
+def parse_ratio(payload: bytes, dev: str) -> dict:
+    """{"at", "units": [{unit_code, unit_name, officers, recorders, serials}]}; rows of units without a
+    usable code (the station's "?" for recorders of no known unit) are left out."""
     d = _obj(loads(payload), "ratio")
-    ids = d.get("recorder_ids")
-    if ids is not None and (not isinstance(ids, list) or len(ids) > 10000
-                            or not all(isinstance(i, str) and 0 < len(i) <= 64 for i in ids)):
-        raise PayloadError("ratio.recorder_ids: expected a list of recorder serials")
-    rec = _int(d, "recorders", "ratio")
-    off = _int(d, "officers", "ratio", nullable=True)
-    if rec > 100000 or (off is not None and off > 1000000):
-        raise PayloadError("ratio: counts out of range")
-    return {"unit_code": _str(d, "unit_code", "ratio", _ID_RE), "unit_name": _str(d, "unit_name", "ratio", required=False),
-            "recorders": rec, "officers": off, "recorder_ids": ids, "ts": _str(d, "ts", "ratio", _ISO_RE, 40)}
+    if d.get("device") is not None and d.get("device") != dev:
+        raise PayloadError(f"ratio.device: {str(d.get('device'))[:40]!r} does not match the topic ({dev})")
+    at = _str(d, "at", "ratio", _ISO_RE, 40)
+    units = d.get("units")
+    if not isinstance(units, list) or len(units) > 1000:
+        raise PayloadError("ratio.units: expected a list of at most 1000 units")
+    out = []
+    for i, u in enumerate(units):
+        f = f"ratio.units[{i}]"
+        u = _obj(u, f)
+        code = u.get("unit_code")
+        if not isinstance(code, str):
+            raise PayloadError(f"{f}.unit_code: expected a string")
+        off = _int(u, "officers", f)
+        rec = _int(u, "recorders_in_service", f)
+        if off > 1_000_000 or rec > 100_000:
+            raise PayloadError(f"{f}: counts out of range")
+        serials = u.get("recorder_serials")
+        if serials is not None and (not isinstance(serials, list) or len(serials) > 100_000 or not all(
+                isinstance(x, str) and 0 < len(x) <= 64 for x in serials)):
+            raise PayloadError(f"{f}.recorder_serials: expected a list of recorder serials")
+        if not _ID_RE.match(code):
+            continue
+        out.append({"unit_code": code, "unit_name": _str(u, "unit_name", f, required=False), "officers": off,
+                    "recorders": rec, "serials": serials})
+    return {"at": at, "units": out}
 
 
 def safe_key(value: str) -> bool:

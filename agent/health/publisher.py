@@ -24,6 +24,9 @@ from .payloads import jsonable
 
 log = logging.getLogger(__name__)
 
+#: status keys that change every round by nature: a change in them alone does not republish
+_VOLATILE = frozenset({"updated", "updated_ts", "ts", "time", "now", "uptime_s", "bytes_per_s", "bytes_sent"})
+
 
 def _h(seconds: int) -> str:
     return f"{seconds // 3600} h" if seconds >= 3600 and seconds % 3600 == 0 else f"{seconds} s"
@@ -50,6 +53,7 @@ class HealthComponent:
         self._published_components: dict[str, str] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._tick_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         agent.commands["rebirth"] = self.cmd_rebirth
         agent.commands["health"] = self.cmd_health
@@ -68,12 +72,17 @@ class HealthComponent:
     # --- one round ------------------------------------------------------------------------------
     def tick(self) -> dict:
         """Collect, evaluate alarms, publish; returns the health payload."""
+        with self._tick_lock:  # the loop and a rebirth command may both ask for a round
+            return self._tick()
+
+    def _tick(self) -> dict:
         body = metrics.collect(self.agent, self.started)
         self.evaluate(body)
         comps = metrics.component_statuses(self.agent)
         for name, c in comps.items():
             rec = {"name": name, "state": c["state"], "ts": body["ts"], "device": self.device, "detail": c["detail"]}
-            fingerprint = json.dumps([c["state"], c["detail"]], sort_keys=True, default=str)
+            stable = {k: v for k, v in c["detail"].items() if k not in _VOLATILE} if isinstance(c["detail"], dict) else c["detail"]
+            fingerprint = json.dumps([c["state"], stable], sort_keys=True, default=str)
             if self._published_components.get(name) != fingerprint:
                 if self._publish(self.topics.component(self.device, name), rec, qos=1, retain=True):
                     self._published_components[name] = fingerprint
@@ -112,6 +121,12 @@ class HealthComponent:
               f"时钟偏差超过 {c.clock_drift_alarm_ms} 毫秒", f"clock offset above {c.clock_drift_alarm_ms} ms")
         a.set(h["uplink"].get("archive_reachable") is False, "archive_unreachable",
               "归档服务器不可达，资料暂存本地", "archive unreachable; items are kept locally")
+        refused = self.agent.store.ledger.one(
+            "SELECT count(*) n FROM items WHERE state = 'rejected' AND (error LIKE '%not enrolled%' "
+            "OR error LIKE '%unknown device%')")
+        a.set(bool(refused and refused["n"]), "unknown_device_rejected",
+              "归档服务器拒绝本设备（未登记），资料保留在本地", "the archive refused this device as unknown (not "
+              "enrolled); items are kept locally — enrol it (edge-agent archive enroll), then edge-agent uplink retry")
 
     # --- commands -------------------------------------------------------------------------------
     def cmd_rebirth(self, args: dict, actor: str) -> dict:

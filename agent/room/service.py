@@ -40,33 +40,54 @@ class RoomService:
         self._lock = threading.RLock()
         self._control = None
         self.recovered: list[str] = []
+        self._recovering = False
         agent.commands["room.start"] = self.cmd_start
         agent.commands["room.stop"] = self.cmd_stop
         agent.commands["room.status"] = self.cmd_status
 
     # -- component -------------------------------------------------------------------------
     def start(self) -> None:
-        if not any(getattr(c, "name", None) == "control" for c in getattr(self.agent, "components", [])):
-            from ..control import ControlServer
+        try:
+            self._recover()
+        finally:   # the control socket answers once recovery is done (unless the agent runs its own)
+            if not any(getattr(c, "name", None) == "control" for c in getattr(self.agent, "components", [])):
+                from ..control import ControlServer
 
-            self._control = ControlServer(self.agent)
-            self._control.start()
-        state = SessionState.load(self.state_path)
-        if state is None:
-            return
-        if state.state == "recording":
-            log.warning("room session %s was recording when the agent stopped: recovering and resuming", state.id)
-            self._run(state, resume=True, actor="agent:recover")
-        else:   # an ended session may still have segments on disk (sealing failed, disk full)
+                self._control = ControlServer(self.agent)
+                self._control.start()
+
+    def _recover(self) -> None:
+        self._recovering = True
+        try:
+            state = SessionState.load(self.state_path)
+            if state is None:
+                return
+            if state.state == "recording":
+                log.warning("room session %s was recording when the agent stopped: recovering and resuming", state.id)
+                self._run(state, resume=True, actor="agent:recover")
+            else:
+                self._seal_leftovers(state)
+        except Exception as exc:   # never keep the agent down: the files stay on disk for the next try
+            log.exception("room recovery failed")
+            self.alarms.raise_("room_recovery_failed", "询问室录像恢复失败（文件保留在磁盘）",
+                               f"interview-room recovery failed, files kept on disk: {exc}")
+        finally:
+            self._recovering = False
+
+    def _seal_leftovers(self, state: SessionState) -> None:
+        """An ended session may still have segments on disk (sealing failed, disk was full)."""
+        seg_dir = self.state_path.parent / "sessions" / state.id
+        if seg_dir.is_dir() and any(seg_dir.iterdir()):
             sess = self._make(state)
             made = recover_unsealed(self.store, state, self.settings, self.state_path, sess.gaps)
             self.recovered = [m["item_id"] for m in made]
+            log.warning("room session %s: %d segment(s) left on disk sealed now", state.id, len(made))
 
     def stop(self) -> None:
         with self._lock:
             sess = self.session
         if sess is not None:
-            sess.stop(reason="agent stopped", final=False)
+            sess.suspend()
         if self._control is not None:
             self._control.stop()
 
@@ -75,6 +96,8 @@ class RoomService:
             sess = self.session
         if sess is not None:
             return sess.status()
+        if self._recovering:
+            return {"state": "starting", "room": self.settings.name, "detail": "恢复中 / recovering"}
         out: dict[str, Any] = {"state": "idle", "room": self.settings.name}
         if self.last:
             out["last_session"] = {k: self.last.get(k) for k in (
@@ -99,9 +122,11 @@ class RoomService:
             self.session = sess
         try:
             sess.start()
-        except Exception:
+        except Exception as exc:
             with self._lock:
                 self.session = None
+            state.state, state.stop_reason = "stopped", f"could not start: {exc}"
+            state.save(self.state_path)
             raise
         self._publish(sess)
         return sess
@@ -113,25 +138,30 @@ class RoomService:
                 self.session = None
             self.last = status
         if sess.final_on_stop:
-            self.store.audit.append("room.stop", None, actor="agent:room", session=sess.state.id,
-                                    reason=sess.end_reason, segments=sess.state.segments_sealed)
+            try:
+                self.store.audit.append("room.stop", None, actor="agent:room", session=sess.state.id,
+                                        reason=sess.end_reason, segments=sess.state.segments_sealed)
+            except Exception as exc:       # a full disk cannot take the audit entry either
+                log.error("cannot audit the end of room session %s: %s", sess.state.id, exc)
         self._publish(None)
 
     def _publish(self, sess: RoomSession | None) -> None:
-        up = getattr(self.agent, "uplink", None)
-        if up is None or not hasattr(up, "publish"):
-            return
-        try:
-            from ..uplink.topics import Topics
-
-            t = Topics(self.cfg.mqtt.topic_prefix).component(self.cfg.device.id, "room")
-            up.publish(t, self.status(), qos=1, retain=True)
-        except Exception:
-            log.exception("publishing room status failed")
+        """Tell the fleet now (health publishes ``P/dev/D/component/room`` and the parts), not at
+        the next health interval. Health owns those topics; the room never publishes them itself."""
+        tick = getattr(getattr(self.agent, "health", None), "tick", None)
+        if callable(tick):
+            def run() -> None:
+                try:
+                    tick()
+                except Exception:
+                    log.exception("health report after a room change failed")
+            threading.Thread(target=run, name="room-health-now", daemon=True).start()
 
     # -- commands (control socket and MQTT) ----------------------------------------------------
     def cmd_start(self, args: dict, actor: str) -> dict:
         req = SessionRequest.from_args(args or {})
+        if self._recovering:
+            raise EdgeError("正在恢复上次的录像，请稍候 / recovering the previous recording, try again in a moment")
         with self._lock:
             cur = self.session
             if cur is not None:
@@ -139,9 +169,14 @@ class RoomService:
                 raise EdgeError(f"已有录像正在进行（案件 {st.case_number}，开始于 {st.started}），请先停止 / "
                                 f"a session is already recording (case {st.case_number}, since {st.started}, "
                                 f"session {st.id}): stop it first")
-            self.store.check_reserve(64 << 20)
+            self.store.check_reserve(16 << 20)     # room for a couple of segments above the reserve
+            previous = SessionState.load(self.state_path)
+            if previous is not None:                # what an earlier session could not seal goes first
+                if previous.state == "recording":   # it ended here but could not even save its state
+                    previous.state, previous.stop_reason = "stopped", "ended abnormally (state not saved)"
+                self._seal_leftovers(previous)
             state = new_state(req, self.settings, self.cfg.device.id)
-            sess = self._run(state, resume=False, actor=actor)
+            self._run(state, resume=False, actor=actor)
         log.info("room session %s started by %s", state.id, actor)
         return {"started": True, "session": state.id, "case_number": state.case_number, "started_at": state.started,
                 "message": f"开始录制 / recording started: {state.room}"}

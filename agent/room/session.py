@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import DiskReserveError, EdgeError, MetadataError
+from ..errors import EdgeError, MetadataError
 from ..evidence import manifest as mf
 from ..faults import crashpoint
 from ..store.fsutil import atomic_write
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "session.json"
 SEGMENT_RE = re.compile(r"^seg_(\d{6})\.ts(\.part)?$")
 AUDIO_RATE = 48000
+SILENCE_ALARM_S = 30        # a microphone that gives only silence this long raises microphone_silent
 
 #: what the gap reasons say (bilingual, as an officer and a judge read them)
 REASONS = {
@@ -219,8 +220,8 @@ class GapLog:
             out.extend(self._carry)
             self._carry = []
             for g in [*self._closed, *self._open.values()]:
-                g_end = g.end or e0
-                if g.start.replace(microsecond=0) > e0 or g_end < s0:
+                g_end = g.end or end
+                if g.start >= end or g_end <= start:     # exact times: no phantom second-long overlaps
                     continue
                 ongoing = g.end is None or g.end > end
                 out.append({"start": _iso(max(g.start, s0)), "end": _iso(min(g_end, e0)),
@@ -232,8 +233,12 @@ class GapLog:
 
 # ---------------------------------------------------------------------------------- alarms
 class Alarms:
-    """Raise / clear through ``agent.health.alarms`` when the health component provides it;
-    always kept locally too (shown by ``room status``)."""
+    """Raise / clear through ``agent.health.alarms`` (agent/health/alarms.py) when the health
+    component runs; always kept locally as well (``room status`` shows them).
+
+    ``code`` is a health alarm code (camera_offline, microphone_silent, sensor_silent,
+    disk_low); codes the registry does not know (room_seal_failed, room_capture_failed) stay
+    local and appear in the room's status, which health publishes with the component."""
 
     def __init__(self, agent: Any = None) -> None:
         self.agent = agent
@@ -244,38 +249,40 @@ class Alarms:
         health = getattr(self.agent, "health", None) if self.agent is not None else None
         return getattr(health, "alarms", None)
 
-    def raise_(self, code: str, message: str, **detail: Any) -> None:
-        with self._lock:
-            if code in self.active:
-                return
-            self.active[code] = {"code": code, "message": message, "since": _iso(_now()), **detail}
-        log.warning("alarm %s: %s", code, message)
-        sink = self._sink()
-        for name in ("raise_", "raise_alarm", "set", "activate"):
-            fn = getattr(sink, name, None)
-            if callable(fn):
-                try:
-                    fn(code, message, **detail)
-                except TypeError:
-                    fn(code, message)
-                except Exception:
-                    log.exception("raising alarm %s failed", code)
-                return
+    @staticmethod
+    def key(code: str, instance: str | None) -> str:
+        return f"{code}.{instance}" if instance else code
 
-    def clear(self, code: str) -> None:
+    def raise_(self, code: str, zh: str, en: str, instance: str | None = None) -> None:
+        key = self.key(code, instance)
         with self._lock:
-            if self.active.pop(code, None) is None:
+            if key in self.active:
                 return
-        log.info("alarm %s cleared", code)
+            self.active[key] = {"code": key, "message": f"{zh} / {en}", "since": _iso(_now())}
+        log.warning("alarm %s: %s / %s", key, zh, en)
         sink = self._sink()
-        for name in ("clear", "clear_alarm", "resolve"):
-            fn = getattr(sink, name, None)
-            if callable(fn):
-                try:
-                    fn(code)
-                except Exception:
-                    log.exception("clearing alarm %s failed", code)
+        if sink is not None:
+            try:
+                sink.raise_(code, zh, en, source="room", instance=instance)
+            except (KeyError, ValueError):
+                log.debug("alarm code %s unknown to the health registry: kept local", code)
+            except Exception:
+                log.exception("raising alarm %s failed", key)
+
+    def clear(self, code: str, instance: str | None = None) -> None:
+        key = self.key(code, instance)
+        with self._lock:
+            if self.active.pop(key, None) is None:
                 return
+        log.info("alarm %s cleared", key)
+        sink = self._sink()
+        if sink is not None:
+            try:
+                sink.clear(code, source="room", instance=instance)
+            except (KeyError, ValueError):
+                pass
+            except Exception:
+                log.exception("clearing alarm %s failed", key)
 
     def snapshot(self) -> list[dict]:
         with self._lock:
@@ -347,95 +354,38 @@ def open_microphone(spec: str):
 
 # ---------------------------------------------------------------------------------- sensor
 class SensorPoller:
-    """Temperature / humidity from the RS-485 transmitter (drivers.sensor), polled once a
-    second in its own thread; ``latest()`` is (temperature, humidity) or (None, None)."""
+    """Temperature / humidity for the overlay and the status, from :class:`drivers.sensor.Sensor`
+    (Modbus RTU, its own polling thread; garbage and silence are counted, never raised)."""
 
-    def __init__(self, port: str, slave: int, baudrate: int, stale_s: float = 5.0) -> None:
-        self.port, self.slave, self.baudrate, self.stale_s = port, slave, baudrate, stale_s
-        self._reading: tuple[float | None, float | None] = (None, None)
-        self._at = 0.0
-        self.errors = 0
-        self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._sensor = None
+    def __init__(self, port: str, slave: int, baudrate: int) -> None:
+        from drivers.sensor import Sensor
+
+        self.port = port
+        self.sensor = Sensor(port, slave=slave, baudrate=baudrate, interval=1.0)
 
     def start(self) -> "SensorPoller":
-        self._thread = threading.Thread(target=self._run, name="room-sensor", daemon=True)
-        self._thread.start()
+        self.sensor.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(5)
-        close = getattr(self._sensor, "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception:
-                pass
-
-    def _open(self):
-        from drivers import sensor as s  # written by the drivers engineer
-
-        cls = getattr(s, "Sensor")
-        try:
-            return cls(self.port, slave=self.slave, baudrate=self.baudrate)
-        except TypeError:
-            return cls(self.port, self.slave)
-
-    def _read_once(self) -> tuple[float, float]:
-        if self._sensor is None:
-            self._sensor = self._open()
-        sensor = self._sensor
-        for name in ("read", "read_once", "poll"):
-            fn = getattr(sensor, name, None)
-            if callable(fn):
-                r = fn()
-                break
-        else:
-            raise RuntimeError("drivers.sensor.Sensor has no read()")
-        if isinstance(r, tuple):
-            t, h = r[0], r[1]
-        elif isinstance(r, dict):
-            t, h = r.get("temperature_c", r.get("temperature")), r.get("humidity_pct", r.get("humidity"))
-        else:
-            t = getattr(r, "temperature_c", getattr(r, "temperature", None))
-            h = getattr(r, "humidity_pct", getattr(r, "humidity", None))
-        if t is None or h is None:
-            raise ValueError(f"sensor gave no reading: {r!r}")
-        t, h = float(t), float(h)
-        if not (-40 <= t <= 125 and 0 <= h <= 100):
-            raise ValueError(f"implausible reading {t} C {h} %RH")
-        return t, h
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._reading = self._read_once()
-                self._at = time.monotonic()
-                self.last_error = None
-            except Exception as exc:  # garbage, silence, missing port: keep recording
-                self.errors += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"[:200]
-                close = getattr(self._sensor, "close", None)
-                if callable(close) and isinstance(exc, OSError):
-                    try:
-                        close()
-                    except Exception:
-                        pass
-                    self._sensor = None
-            self._stop.wait(1.0)
+        self.sensor.stop()
 
     def latest(self) -> tuple[float | None, float | None]:
-        if time.monotonic() - self._at > self.stale_s:
+        r = self.sensor.reading()
+        if r is None:
             return None, None
-        return self._reading
+        return r.temp_c_x10 / 10, r.humidity_x10 / 10
+
+    def status(self) -> dict:
+        st = self.sensor.status()
+        t, h = self.latest()
+        return {"port": self.port, "ok": st.online, "temperature_c": t, "humidity_pct": h, "polls": st.polls,
+                "errors": st.errors, "garbage": st.garbage_errors, "timeouts": st.timeouts,
+                "last_error": st.last_error}
 
     @property
-    def ok(self) -> bool:
-        return time.monotonic() - self._at <= self.stale_s
+    def last_error(self) -> str | None:
+        return self.sensor.status().last_error
 
 
 # ---------------------------------------------------------------------------------- session
@@ -479,6 +429,7 @@ class RoomSession:
         # stats
         self.frames = 0
         self.repeated = 0           # ticks that repeated the last picture (capture late)
+        self.dropped = 0            # frame times skipped when the box stalled (> 5 s, a "capture" gap)
         self.placeholder_frames = 0
         self.fps_measured = 0.0
         self.loop_lag_ms = 0.0
@@ -487,6 +438,8 @@ class RoomSession:
         self.last_sealed: str | None = None
         self._lost: dict[str, bool] = {}
         self._audio_sent = 0
+        self._quiet_s = 0
+        self.audio_discarded = 0    # samples dropped to re-align audio after a capture stall
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -508,13 +461,21 @@ class RoomSession:
         self.segmenter = Segmenter(self.dir, fps=s.fps, size=(s.width, s.height), segment_seconds=s.segment_seconds,
                                    audio_rate=AUDIO_RATE, on_segment=self._on_segment, name_prefix="seg",
                                    preset=s.preset, crf=s.crf)
-        names = camera_names(len(s.cameras))
-        self.cameras = [open_camera(src, name).start() for src, name in zip(s.cameras, names)]
-        self.mic = open_microphone(s.microphone)
-        if self.mic is not None:
-            self.mic.start()
-        if s.sensor_port:
-            self.sensor = SensorPoller(s.sensor_port, s.sensor_slave, s.sensor_baudrate).start()
+        try:
+            names = camera_names(len(s.cameras))
+            for src, name in zip(s.cameras, names):
+                self.cameras.append(open_camera(src, name).start())
+            deadline = time.monotonic() + 3.0       # give the cameras a moment to deliver a first frame
+            for cam in self.cameras:
+                cam.wait_frame(0, timeout=max(0.0, deadline - time.monotonic()))
+            self.mic = open_microphone(s.microphone)
+            if self.mic is not None:
+                self.mic.start()
+            if s.sensor_port:
+                self.sensor = SensorPoller(s.sensor_port, s.sensor_slave, s.sensor_baudrate).start()
+        except Exception:
+            self._release_devices()
+            raise
         self._started_mono = time.monotonic()
         self._sealer = threading.Thread(target=self._seal_loop, name="room-sealer", daemon=True)
         self._sealer.start()
@@ -533,14 +494,15 @@ class RoomSession:
         if self._sealer and self._sealer is not threading.current_thread():
             self._sealer.join(timeout)
 
+    def suspend(self) -> None:
+        """The agent is stopping: seal what is recorded, keep the session for the next start."""
+        self.stop(reason="agent stopped", final=False)
+
     @property
     def running(self) -> bool:
         return self._capture is not None and self._capture.is_alive()
 
     # -- capture ---------------------------------------------------------------------------
-    def _wall_for_gap(self) -> dt.datetime:
-        return _now()
-
     def _camera_frames(self, now_epoch: float, wall: dt.datetime) -> list[np.ndarray | None]:
         out = []
         lost_s = self.settings.camera_lost_s
@@ -553,11 +515,11 @@ class RoomSession:
                 if lost:
                     err = cam.status().last_error or "no frame"
                     self.gaps.open(comp, f"{REASONS['camera']}: {cam.name} ({err})", wall)
-                    self.alarms.raise_(f"room.{comp}", f"摄像机{cam.name}信号中断 / camera {cam.name} signal lost: {err}",
-                                       camera=cam.name, source=str(cam.source))
+                    self.alarms.raise_("camera_offline", f"摄像机 {cam.name} 信号中断", f"camera {cam.name} signal lost: {err}",
+                                       instance=comp)
                 else:
                     self.gaps.close(comp, wall)
-                    self.alarms.clear(f"room.{comp}")
+                    self.alarms.clear("camera_offline", instance=comp)
             out.append(None if lost else frame)
         return out
 
@@ -582,6 +544,14 @@ class RoomSession:
                 self._audio_sent += n
             return
         n = self.mic.available()
+        ahead = self._audio_sent + n - due
+        if ahead > AUDIO_RATE // 2:
+            # video lost time (a capture stall, recorded as a gap): drop the audio of that time
+            # so that sound and picture stay in sync for the rest of the session
+            drop = ahead - AUDIO_RATE // 10
+            self.mic.read(drop, timeout=0.05)
+            self.audio_discarded += drop
+            n -= drop
         if n > 0:
             pcm = self.mic.read(n, timeout=0.05)
             seg.write_audio(pcm if pcm.ndim == 1 else pcm[:, 0].copy())
@@ -591,26 +561,41 @@ class RoomSession:
         """Once a second: microphone and sensor gaps, overlay readings, disk, state file."""
         if self.mic is not None:
             ms = self.mic.status()
+            if ms.online and ms.level_dbfs < self.mic.silence_dbfs:
+                self._quiet_s += 1
+                if self._quiet_s >= SILENCE_ALARM_S:
+                    self.alarms.raise_("microphone_silent", f"麦克风持续无声 {self._quiet_s} 秒",
+                                       f"microphone silent for {self._quiet_s} s (level {ms.level_dbfs} dBFS)",
+                                       instance="microphone-level")
+            else:
+                if self._quiet_s >= SILENCE_ALARM_S:
+                    self.alarms.clear("microphone_silent", instance="microphone-level")
+                self._quiet_s = 0
             if not ms.online and self.gaps.open("microphone", f"{REASONS['microphone']} ({ms.last_error or 'no device'})", wall):
-                self.alarms.raise_("room.microphone", f"麦克风中断 / microphone lost: {ms.last_error or 'no device'}")
+                self.alarms.raise_("microphone_silent", "麦克风中断，以静音录制", f"microphone lost, silence recorded: "
+                                   f"{ms.last_error or 'no device'}", instance="microphone")
             elif ms.online and self.gaps.close("microphone", wall):
-                self.alarms.clear("room.microphone")
+                self.alarms.clear("microphone_silent", instance="microphone")
         if self.sensor is not None:
             t, h = self.sensor.latest()
             self.info.temperature_c, self.info.humidity_pct = t, h
-            if t is None and self.gaps.open("sensor", f"{REASONS['sensor']} ({self.sensor.last_error or 'no data'})", wall):
-                self.alarms.raise_("room.sensor", f"温湿度传感器无数据 / sensor not answering: {self.sensor.last_error}")
-            elif t is not None and self.gaps.close("sensor", wall):
-                self.alarms.clear("room.sensor")
+            failing = t is None and self.sensor.sensor.status().errors > 0   # not before its first answer is due
+            if failing and self.gaps.open("sensor", f"{REASONS['sensor']} ({self.sensor.last_error or 'no data'})", wall):
+                self.alarms.raise_("sensor_silent", "温湿度传感器无数据", f"sensor not answering: {self.sensor.last_error}",
+                                   instance="sensor")
+            elif not failing and self.gaps.close("sensor", wall):
+                self.alarms.clear("sensor_silent", instance="sensor")
         # the disk: stop cleanly while there is still room to close and seal what is recorded
         st = self.store
         last = self.segmenter.segments[-1].size if self.segmenter.segments else 0
         need = max(2 * last, 8 << 20)
         free = st.free()
         if free - need < st.reserve:
-            self.error = (f"磁盘空间不足，录制已停止（已录内容已保存）/ disk full: recording stopped, everything "
-                          f"recorded is kept ({free >> 20} MiB free, reserve {st.reserve >> 20} MiB)")
-            self.alarms.raise_("room.disk_full", self.error, free_bytes=free)
+            zh, en = "磁盘空间不足，录制已停止（已录内容已保存）", (
+                f"disk full: recording stopped, everything recorded is kept ({free >> 20} MiB free, "
+                f"reserve {st.reserve >> 20} MiB)")
+            self.error = f"{zh} / {en}"
+            self.alarms.raise_("disk_low", zh, en, instance="room")
             self.end_reason = "disk full"
             self._stop.set()
         with self._state_lock:
@@ -624,8 +609,10 @@ class RoomSession:
         t0 = time.monotonic()
         n = 0
         last_picture: np.ndarray | None = None
+        repeated_last = False
         next_house = 0.0
-        count_window: collections.deque[float] = collections.deque(maxlen=s.fps * 4)
+        house_at: float | None = None
+        house_frames = 0
         fps_frames = self.settings.fps * s.segment_seconds
         try:
             while not self._stop.is_set():
@@ -639,6 +626,7 @@ class RoomSession:
                 self.loop_lag_ms = late * 1000
                 wall = _now()
                 if late > 5.0:       # the machine stalled: restart the schedule, record it
+                    self.dropped += int(late * s.fps)
                     since = wall - dt.timedelta(seconds=late)
                     self.gaps.open("capture", REASONS["stall"], since)
                     self.gaps.close("capture", wall)
@@ -649,44 +637,52 @@ class RoomSession:
                         self.state.segment_starts = {str(seg._base_index + self.frames // fps_frames): _iso(wall)}
                         self.state.last_media = _iso(wall)
                         self._save_state()
-                if late > period and last_picture is not None:
-                    picture = last_picture
-                    self.repeated += 1
+                if late > period and last_picture is not None and not repeated_last:
+                    picture = last_picture         # catch up, but never two repeats in a row: the
+                    self.repeated += 1             # picture must not freeze when the box is slow
+                    repeated_last = True
                 else:
                     picture = self._compose(wall, time.time())
                     last_picture = picture
+                    repeated_last = False
                 seg.write_video(picture, wall)
                 self.frames += 1
                 n += 1
-                count_window.append(now)
                 self._pump_audio()
                 if now >= next_house:
+                    if house_at is not None:
+                        self.fps_measured = round((self.frames - house_frames) / (now - house_at), 1)
+                    house_at, house_frames = now, self.frames
                     next_house = now + 1.0
-                    self.fps_measured = float(sum(1 for t in count_window if now - t <= 1.0))
                     self._housekeeping(wall)
         except OSError as exc:
             self.error = f"录制写入失败 / recording write failed: {exc}"
             self.end_reason = "write failed"
             log.exception("room capture failed")
-            self.alarms.raise_("room.write_failed", self.error)
+            self.alarms.raise_("room_write_failed", "录制写入失败", f"recording write failed: {exc}")
         except Exception as exc:
             self.error = f"录制异常 / recording failed: {exc}"
             self.end_reason = "capture failed"
             log.exception("room capture failed")
-            self.alarms.raise_("room.capture_failed", self.error)
+            self.alarms.raise_("room_capture_failed", "录制异常", f"recording failed: {exc}")
         finally:
             self._finish()
 
-    def _finish(self) -> None:
+    def _release_devices(self) -> None:
         for cam in self.cameras:
             try:
                 cam.stop(timeout=3)
             except Exception:
                 log.exception("stopping camera failed")
-        if self.mic is not None:
-            self.mic.stop()
-        if self.sensor is not None:
-            self.sensor.stop()
+        for dev in (self.mic, self.sensor):
+            if dev is not None:
+                try:
+                    dev.stop()
+                except Exception:
+                    log.exception("stopping %s failed", dev)
+
+    def _finish(self) -> None:
+        self._release_devices()
         self._closing = []
         try:
             self.segmenter.close()
@@ -705,7 +701,10 @@ class RoomSession:
                 self.state.stop_reason = self.end_reason
             else:
                 self.state.suspended = _iso(_now())
-            self._save_state()
+            try:
+                self._save_state()
+            except OSError as exc:     # a full disk: the next start seals what is left
+                log.error("cannot save the room session state: %s", exc)
         log.info("room session %s %s (%s): %d segments sealed", self.state.id,
                  "ended" if self.final_on_stop else "suspended", self.end_reason, self.state.segments_sealed)
         if self.on_end:
@@ -739,7 +738,8 @@ class RoomSession:
                 self.seal_errors += 1
                 self.error = f"分段封存失败（文件保留在磁盘）/ sealing a segment failed, files kept on disk: {exc}"
                 log.exception("sealing %s failed", job.info.path)
-                self.alarms.raise_("room.seal_failed", self.error)
+                self.alarms.raise_("room_seal_failed", "分段封存失败（文件保留在磁盘）",
+                                   f"sealing a segment failed, files kept on disk: {exc}")
                 if self.end_reason is None:
                     self.end_reason = "seal failed"
                 self._stop.set()
@@ -763,23 +763,37 @@ class RoomSession:
         audio: dict[str, Any] = {"source": self.settings.microphone}
         if self.mic is not None:
             ms = self.mic.status()
+            if ms.online and ms.level_dbfs < self.mic.silence_dbfs:
+                self._quiet_s += 1
+                if self._quiet_s >= SILENCE_ALARM_S:
+                    self.alarms.raise_("microphone_silent", f"麦克风持续无声 {self._quiet_s} 秒",
+                                       f"microphone silent for {self._quiet_s} s (level {ms.level_dbfs} dBFS)",
+                                       instance="microphone-level")
+            else:
+                if self._quiet_s >= SILENCE_ALARM_S:
+                    self.alarms.clear("microphone_silent", instance="microphone-level")
+                self._quiet_s = 0
             audio.update(online=ms.online, device=ms.device, level_dbfs=ms.level_dbfs, silent=ms.silent,
                          filled_samples=ms.filled, last_error=ms.last_error)
         else:
             audio.update(online=False, level_dbfs=-120.0, silent=True)
-        sensor = None
-        if self.sensor is not None:
-            t, h = self.sensor.latest()
-            sensor = {"port": self.settings.sensor_port, "temperature_c": t, "humidity_pct": h,
-                      "ok": self.sensor.ok, "errors": self.sensor.errors, "last_error": self.sensor.last_error}
+        sensor = self.sensor.status() if self.sensor is not None else None
         elapsed = int(time.monotonic() - self._started_mono) if hasattr(self, "_started_mono") else 0
+        parts = {f"camera-{c['name']}": {"state": "ok" if c["online"] else "offline", **c} for c in cams}
+        parts["microphone"] = {"state": "ok" if audio.get("online") else
+                               ("stopped" if self.settings.microphone == "none" else "offline"), **audio}
+        if sensor is not None:
+            parts["sensor"] = {"state": "ok" if sensor["ok"] else "offline", **sensor}
         return {
+            "components": parts,
             "state": "recording" if self.running else ("stopped" if st.state == "stopped" else "ending"),
             "session": st.id, "case_number": st.case_number, "collector": {"name": st.collector_name, "id": st.collector_id},
             "proof": st.proof, "subject": st.subject, "room": st.room, "started": st.started,
             "elapsed_s": elapsed, "segments_sealed": st.segments_sealed, "next_index": st.next_index,
             "fps": self.fps_measured, "frames": self.frames, "repeated_frames": self.repeated,
+            "dropped_frames": self.dropped,
             "placeholder_frames": self.placeholder_frames, "loop_lag_ms": round(self.loop_lag_ms, 1),
+            "audio_discarded_samples": self.audio_discarded,
             "encoder_ms": {"mean": round(enc.mean_ms, 2), "p95": round(enc.p95_ms, 2), "max": round(enc.max_ms, 2)} if enc else None,
             "cameras": cams, "audio": audio, "sensor": sensor, "gaps_open": self.gaps.active(),
             "interruptions": st.interruptions,
@@ -805,8 +819,8 @@ class RecoveredSegment:
     timestamps_path: Path | None
     start_wall: dt.datetime
     end_wall: dt.datetime
-    frames: int = 0
-    audio_samples: int = 0
+    frames: int | None = None           # unknown for a segment cut by a crash
+    audio_samples: int | None = None
     truncated: bool = False
 
 
@@ -838,7 +852,7 @@ def seal_segment(store, state: SessionState, settings: RoomSettings, info, gaps:
     writer = store.resume_item(source_key)
     if writer is None:
         source = {"type": "interview_room", "session": state.id, "segment": index,
-                  "frames": int(getattr(info, "frames", 0)), "audio_samples": int(getattr(info, "audio_samples", 0)),
+                  "frames": getattr(info, "frames", None), "audio_samples": getattr(info, "audio_samples", None),
                   "container": "mpegts", "video": "h264", "audio": "aac",
                   "size": f"{settings.width}x{settings.height}", "fps": settings.fps,
                   "truncated": truncated, "file": Path(info.path).name,
@@ -966,7 +980,12 @@ def _segment_times(path: Path, times: Path, state: SessionState, idx: int) -> tu
     record of when it started and the file's last modification."""
     start = end = None
     if times.exists():
-        lines = [json.loads(x) for x in times.read_text().splitlines() if x.strip()]
+        lines = []
+        for x in times.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                lines.append(json.loads(x))
+            except ValueError:      # the line the crash cut in half
+                break
         if lines:
             start = dt.datetime.fromisoformat(lines[0]["wall"])
             end = dt.datetime.fromisoformat(lines[-1]["wall"]) + dt.timedelta(seconds=1)

@@ -102,7 +102,12 @@ class Ledger:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except BaseException:   # e.g. disk full: never leave a transaction open for the next caller
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def query(self, sql: str, params: Any = ()) -> list[dict]:
         with self.lock:

@@ -314,6 +314,20 @@ class Store:
             log.warning("recovery: %s", a)
         return actions
 
+    def settle_unrecorded(self) -> list[str]:
+        """Call with the chain lock held: record items that a process killed mid-seal left sealed on
+        disk but not in the ledger, so that the next seal does not reuse their chain position (a
+        fork). Holding the chain lock, no live sealer can be between its manifest and its ledger row."""
+        done = []
+        for row in self.items(state="receiving"):
+            for cand in (self.items_dir / row["id"], Path(row["path"])):
+                if (cand / mf.MANIFEST).is_file() and (cand / mf.SIGNATURE).is_file():
+                    if self._roll_forward(row, cand):
+                        log.warning("recovery: %s was sealed by a process that died; recorded now", row["id"])
+                        done.append(row["id"])
+                    break
+        return done
+
     def _roll_forward(self, row: dict, cand: Path) -> bool:
         seq, head = self.head()
         try:
@@ -621,6 +635,7 @@ class ItemWriter:
             source.update(extra_source)
         session = session if session is not None else self.state.get("session")
         with st._chain_lock():
+            st.settle_unrecorded()
             seq, head = st.head()
             m = mf.build(item_id=self.id, hash_alg=st.alg, device=st.device_record(), metadata=meta, source=source,
                          ingest_time=now_iso(), clock_offset_ms=self.state.get("clock_offset_ms"),

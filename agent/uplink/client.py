@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -63,6 +64,9 @@ class ConnSettings:
     min_backoff: float = 0.5
     max_backoff: float = 30.0
     connect_timeout: float = 10.0
+    #: Receive Maximum we announce in CONNECT: how many QoS 1 messages the broker may have in
+    #: flight to us (None: the protocol default, 65535)
+    receive_maximum: int | None = None
 
 
 class PubHandle:
@@ -288,7 +292,13 @@ class Connection:
             try:
                 client = self._make_client()
                 self._client = client
-                client.connect(self.s.host, self.s.port, keepalive=self.s.keepalive, clean_start=True)
+                cprops = None
+                if self.s.receive_maximum:
+                    cprops = Properties(PacketTypes.CONNECT)
+                    cprops.ReceiveMaximum = self.s.receive_maximum
+                client.connect(self.s.host, self.s.port, keepalive=self.s.keepalive, clean_start=True,
+                               properties=cprops)
+                _nodelay(client)
                 client.loop_start()
             except (OSError, ssl.SSLError, ValueError) as exc:
                 self._note_error(f"cannot connect to {self.s.host}:{self.s.port}: {exc}")
@@ -412,6 +422,17 @@ class Connection:
                     self._on_message_cb(msg.topic, msg.payload, msg.properties)
             except Exception:
                 log.exception("message handler failed for %s", msg.topic)
+
+
+def _nodelay(client: mqtt.Client) -> None:
+    """Small packets (PUBACKs, archive answers) must not wait for Nagle + delayed ACK (~40 ms
+    each); paho does not set TCP_NODELAY itself."""
+    sock = client.socket()
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
 
 def _ack(client: mqtt.Client, mid: int, qos: int) -> None:

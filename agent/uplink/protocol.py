@@ -73,7 +73,9 @@ class ManifestMsg:
 
 
 def manifest_props(sig: bytes) -> list[tuple[str, str]]:
-    return [("proto", PROTO), ("sig", sig.decode("utf-8"))]
+    # base64: the exact bytes of manifest.sig (a broker refuses control characters such as its
+    # final newline in a UTF-8 string)
+    return [("proto", PROTO), ("sig", base64.b64encode(sig).decode())]
 
 
 def parse_manifest(payload: bytes, props: dict[str, str], *, item: str, device: str,
@@ -84,6 +86,10 @@ def parse_manifest(payload: bytes, props: dict[str, str], *, item: str, device: 
     sig = props.get("sig")
     if not sig:
         raise ProtocolError("manifest message without a 'sig' user property (manifest.sig)")
+    try:
+        sig_bytes = base64.b64decode(sig, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("manifest 'sig' user property is not base64") from None
     try:
         doc = json.loads(payload)
     except (ValueError, UnicodeDecodeError):
@@ -114,7 +120,7 @@ def parse_manifest(payload: bytes, props: dict[str, str], *, item: str, device: 
     total = sum(f["size"] for f in files)
     if max_item is not None and total > max_item:
         raise ProtocolError(f"declared item size {total} bytes exceeds the archive's limit of {max_item} bytes")
-    return ManifestMsg(manifest=payload, sig=sig.encode("utf-8"), doc=doc)
+    return ManifestMsg(manifest=payload, sig=sig_bytes, doc=doc)
 
 
 def safe_name(name: Any) -> bool:
@@ -206,6 +212,9 @@ class Answer:
     receipt: dict | None = None
     file: str | None = None
     offset: int | None = None
+    #: further requests (their correlation data, base64) this answer also settles: a receiver
+    #: behind on chunks answers several successful ones at once
+    more: list[str] | None = None
 
     def encode(self) -> bytes:
         d = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

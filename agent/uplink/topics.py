@@ -25,6 +25,7 @@ Evidence transfer (not retained, QoS 1)::
 Archive::
 
     P/archive/status             retained receiver status
+    P/archive/status/RID         retained status of receiver RID ({"state": "online"|"offline", ...})
 """
 
 from __future__ import annotations
@@ -82,6 +83,16 @@ class Topics:
 
     def archive_status(self) -> str:
         return f"{self.p}/archive/status"
+
+    def archive_receiver(self, rid: str) -> str:
+        """Retained status of one archive receiver (several may share the work)."""
+        return f"{self.p}/archive/status/{rid}"
+
+    def all_archive_receivers(self) -> str:
+        return f"{self.p}/archive/status/+"
+
+    def all_chains(self) -> str:
+        return f"{self.p}/dev/+/chain"
 
     # subscriptions
     def all_xfer(self, share: str | None = None) -> str:

@@ -10,6 +10,7 @@ The ledger is the outbox: nothing depends on paho's in-memory session.
 
 from __future__ import annotations
 
+import base64
 import collections
 import itertools
 import json
@@ -92,6 +93,9 @@ class Transfer:
         self.item_latency: collections.deque[float] = collections.deque(maxlen=10_000)
         self._rate: collections.deque[tuple[float, int]] = collections.deque(maxlen=4096)
         self._last_purge = 0.0
+        #: item -> (correlation, waiter, started, annotations) of finishes not answered yet
+        self._finishing: dict[str, tuple[bytes, _Waiter, float, int]] = {}
+        self.pipeline_depth = 2
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -124,12 +128,19 @@ class Transfer:
             log.warning("ignoring a malformed archive answer: %s", exc)
             return
         self.last_answer_at = time.monotonic()
+        corrs = [bytes(corr)] if corr is not None else []
+        for extra in ans.more or []:
+            try:
+                corrs.append(base64.b64decode(extra, validate=True))
+            except (ValueError, TypeError):
+                pass
         with self._answers:
-            w = self._waiters.get(bytes(corr)) if corr is not None else None
-            if w is None:
-                return  # a late answer to a request already retried: harmless
-            w.answer = ans
-            w.event.set()
+            for c in corrs:
+                w = self._waiters.get(c)
+                if w is None:
+                    continue  # a late answer to a request already retried: harmless
+                w.answer = ans
+                w.event.set()
             self._answers.notify_all()
 
     # --- the worker -------------------------------------------------------------------------
@@ -137,11 +148,26 @@ class Transfer:
         backoff = 1.0
         while not self.stop_event.is_set():
             if not self.up.conn.connected:
+                for corr, *_ in self._finishing.values():  # unanswered: resumed by query later
+                    self._drop_waiter(corr)
+                self._finishing.clear()
                 self.up.conn.wait_connected(1.0)
                 continue
             self._maybe_purge()
+            try:
+                self._reap_finishes()
+            except Exception as exc:  # e.g. the ledger on a full disk: the worker must survive it
+                self.up.note_error(f"recording a finished transfer failed: {exc}")
+                log.exception("recording a finished transfer failed")
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 60)
+                continue
             row = self._next_item()
             if row is None:
+                if self._finishing:
+                    with self._answers:
+                        self._answers.wait(0.05)
+                    continue
                 self.wake.wait(1.0)
                 self.wake.clear()
                 continue
@@ -165,7 +191,32 @@ class Transfer:
         if below is not None:
             sql += " AND priority < ?"
             params.append(below)
+        if self._finishing:
+            sql += f" AND id NOT IN ({','.join('?' * len(self._finishing))})"
+            params += list(self._finishing)
         return self.store.ledger.one(sql + " ORDER BY priority, device_seq LIMIT 1", params)
+
+    def _reap_finishes(self) -> None:
+        """Settle finishes sent without waiting (the archive verifies item N while item N+1's
+        chunks flow). Anything but a clear 'stored' or 'rejected' leaves the item in the outbox,
+        where it is taken up again (query first)."""
+        now = time.monotonic()
+        for item, (corr, w, started, n_anns) in list(self._finishing.items()):
+            if w.event.is_set():
+                a = w.answer
+                del self._finishing[item]
+                self._drop_waiter(corr)
+                if a.status == P.STORED and (a.annotations or 0) >= n_anns:
+                    self._archived(item, a, started)
+                elif a.status == P.REJECTED:
+                    self._rejected(item, a)
+                else:
+                    log.info("finish of %s answered %s: taking it up again", item, a.status)
+            elif now - w.sent > self.ack_timeout:
+                del self._finishing[item]
+                self._drop_waiter(corr)
+                self.retransmits += 1
+                log.warning("no archive answer to the finish of %s within %.0f s: asking again", item, self.ack_timeout)
 
     def _maybe_purge(self) -> None:
         now = time.monotonic()
@@ -210,10 +261,19 @@ class Transfer:
                 if ans is not None:
                     continue  # the archive forgot the item mid-way (UNKNOWN) or refused it
             # all ranges held (or already stored with fewer annotations): finish
-            ans = self._request(item, "finish", P.finish_payload(files, anns))
+            payload = P.finish_payload(files, anns)
+            if len(self._finishing) < self.pipeline_depth:
+                corr, w = self._new_waiter()
+                w.sent = time.monotonic()
+                self._publish(self.up.topics.xfer(self.up.device, item, "finish"), payload, [("proto", P.PROTO)], corr)
+                self._finishing[item] = (corr, w, started, len(anns))
+                return "finishing"
+            ans = self._request(item, "finish", payload)
         raise RuntimeError(f"{item}: no progress after 20 rounds with the archive (last answer {ans.status})")
 
     def _archived(self, item: str, ans: P.Answer, started: float) -> str:
+        from ..faults import crashpoint  # fault-injection tests stop here (EDGE_AGENT_CRASH_AT)
+        crashpoint("uplink:before-mark-archived")
         self.store.mark_archived(item, ans.receipt or {"status": ans.status})
         self.items_archived += 1
         self.item_latency.append(time.monotonic() - started)
@@ -284,6 +344,7 @@ class Transfer:
                             raise RuntimeError(f"archive refused {errors} chunks of {item}; last: {a.reason}")
                         self.retransmits += 1
                         todo.appendleft(w.meta)
+                self._reap_finishes()
                 if inflight and now - oldest > self.ack_timeout:
                     # chunks lost somewhere (e.g. the broker's queue limit, a receiver that died):
                     # ask the archive what it has and resend only the rest

@@ -1,0 +1,204 @@
+"""The archive receiver (``edge-agent archive serve``): subscribes to every device's transfer
+topics (optionally as ``$share/GROUP/...`` so several receivers split the work), hands each
+message to :class:`ArchiveStore`, and answers on the request's response topic with its
+correlation data. The broker gets its PUBACK only after the message has been handled (manual
+acknowledgement), so a receiver killed mid-message leaves the message to be redelivered or
+retransmitted by the agent; receivers deduplicate.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from typing import Any, Callable
+
+from ..timeutil import now_iso
+from ..uplink import protocol as P
+from ..uplink.client import Connection, ConnSettings, PublishError
+from ..uplink.topics import Topics
+from .storage import ArchiveStore
+
+log = logging.getLogger(__name__)
+
+
+class Receiver:
+    name = "archive-receiver"
+
+    def __init__(self, store: ArchiveStore, settings: ConnSettings, *, prefix: str = "edge",
+                 share: str | None = None, receiver_id: str | None = None):
+        self.store = store
+        store.batch_ranges = True
+        self.topics = Topics(prefix)
+        self.share = share
+        self.rid = receiver_id or settings.client_id
+        self.stop_event = threading.Event()
+        self.conn = Connection(settings, stop_event=self.stop_event, will=self._will, on_connect=self._on_connect,
+                               on_message=self._on_message, name="archive", manual_ack=True)
+        self._q: collections.deque = collections.deque()
+        self._cv = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._fq: collections.deque = collections.deque()
+        self._fcv = threading.Condition()
+        self._finisher: threading.Thread | None = None
+        self.handled = collections.Counter()
+        self.refused = 0
+        self.busy: collections.Counter = collections.Counter()  # seconds spent per message kind
+        self.started = time.time()
+
+    def _status(self, state: str) -> bytes:
+        return json.dumps({"state": state, "receiver": self.rid, "pid": os.getpid(), "time": now_iso(),
+                           "share": self.share}, ensure_ascii=False).encode()
+
+    def _will(self):
+        return self.topics.archive_receiver(self.rid), self._status("offline")
+
+    def start(self) -> None:
+        self.conn.subscribe(self.topics.all_xfer(self.share), 1)
+        self.conn.subscribe(self.topics.all_chains(), 1)
+        self._worker = threading.Thread(target=self._work, name="archive-worker", daemon=True)
+        self._worker.start()
+        self._finisher = threading.Thread(target=self._work, args=(self._fq, self._fcv), name="archive-finisher",
+                                          daemon=True)
+        self._finisher.start()
+        self.conn.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for cv in (self._cv, self._fcv):
+            with cv:
+                cv.notify_all()
+        for th in (self._worker, self._finisher):
+            if th:
+                th.join(30)
+        self.conn.stop(final=(self.topics.archive_receiver(self.rid), self._status("offline")))
+        log.info("receiver %s stopped: answers %s, busy seconds %s", self.rid, dict(self.handled),
+                 {k: round(v, 3) for k, v in self.busy.items()})
+
+    def status(self) -> dict:
+        return {"receiver": self.rid, "connected": self.conn.connected, "handled": dict(self.handled),
+                "refused": self.refused, "queued": len(self._q), "last_error": self.conn.last_error}
+
+    def _on_connect(self, conn: Connection) -> None:
+        try:
+            conn.publish(self.topics.archive_receiver(self.rid), self._status("online"), retain=True, timeout=10)
+        except PublishError as exc:
+            log.warning("cannot publish the receiver status: %s", exc)
+
+    def _on_message(self, topic: str, payload: bytes, props: Any, ack: Callable[[], None]) -> None:
+        with self._cv:
+            self._q.append((topic, payload, props, ack))
+            self._cv.notify()
+
+    def _work(self, q: collections.deque | None = None, cv: threading.Condition | None = None) -> None:
+        """Handle messages in order; ``finish`` (verification, fsync: the slow part) goes to its
+        own thread so the chunks of the next item keep flowing meanwhile. Successful chunk
+        answers of one device are batched while more chunks wait in the queue (one answer message
+        carries the others' correlation data in ``more``)."""
+        q = self._q if q is None else q
+        cv = self._cv if cv is None else cv
+        batch: list[tuple[str, Any, P.Answer]] = []
+        while True:
+            with cv:
+                if not q and batch:
+                    pass
+                else:
+                    while not q and not self.stop_event.is_set():
+                        cv.wait(0.5)
+                nxt = q.popleft() if q else None
+                more_waiting = bool(q)
+            if nxt is None:
+                self._flush(batch)
+                if self.stop_event.is_set():
+                    return
+                continue
+            topic, payload, props, ack = nxt
+            if q is self._q and topic.endswith("/finish"):
+                with self._fcv:
+                    self._fq.append((topic, payload, props, ack))
+                    self._fcv.notify()
+                continue
+            t0 = time.perf_counter()
+            try:
+                res = self.handle(topic, payload, props)
+            except Exception:
+                log.exception("handling %s failed", topic)
+                res = None
+            ack()  # PUBACK to the broker only now that the message is handled
+            kind = topic.rsplit("/", 1)[-1]
+            with self._cv:
+                self.busy[kind] += time.perf_counter() - t0
+            if res is None:
+                continue
+            dev, answer = res
+            if batch and batch[0][0] != dev:
+                self._flush(batch)
+            if kind == "chunk" and answer.status == P.OK:
+                batch.append((dev, props, answer))
+                if more_waiting and len(batch) < 16:
+                    continue
+                self._flush(batch)
+            else:
+                self._flush(batch)
+                self._answer(dev, props, answer)
+
+    def _flush(self, batch: list) -> None:
+        if not batch:
+            return
+        self.store.commit_ranges()  # recorded before we say "ok"
+        dev, props, answer = batch[0]
+        more = []
+        for _, p, _a in batch[1:]:
+            corr = getattr(p, "CorrelationData", None)
+            if corr:
+                more.append(base64.b64encode(bytes(corr)).decode())
+        if more:
+            answer.more = more
+        batch.clear()
+        self._answer(dev, props, answer, qos=0)  # progress only: a lost one just means a query
+
+    def handle(self, topic: str, payload: bytes, props: Any) -> tuple[str, P.Answer] | None:
+        """Handle one message; returns (device, answer) to send, or None."""
+        parsed = self.topics.parse_xfer(topic)
+        if parsed is None:
+            dev = self.topics.parse_dev(topic)
+            if dev and dev[1] == "chain":
+                self.store.on_checkpoint(dev[0], payload)
+            else:
+                log.warning("ignoring a message on %r: not a valid transfer topic", topic)
+            return None
+        dev, item, kind = parsed
+        try:
+            answer = self.store.handle(dev, item, kind, payload, P.user_props(props))
+        except Exception as exc:  # a fault of ours (disk, database): the agent retries later
+            log.exception("%s of %s/%s failed", kind, dev, item)
+            answer = P.Answer(item=item, kind=kind, status=P.ERROR, reason=f"archive error: {exc}")
+        with self._cv:
+            self.handled[answer.status] += 1
+            if answer.status in (P.ERROR, P.REJECTED):
+                self.refused += 1
+        if kind == "finish":
+            self._answer(dev, props, answer)
+            return None
+        return dev, answer
+
+    def _answer(self, dev: str, props: Any, answer: P.Answer, qos: int = 1) -> None:
+        # answers go only to the device's own ack topic, whatever the request claims
+        want = self.topics.ack(dev)
+        rt = getattr(props, "ResponseTopic", None)
+        if rt and rt != want:
+            log.warning("request from %s asked for answers on %r: answering on %s", dev, rt, want)
+        corr = getattr(props, "CorrelationData", None)
+        try:
+            self.conn.publish(want, answer.encode(), qos=qos, correlation=bytes(corr) if corr else None, timeout=30)
+        except PublishError as exc:
+            log.warning("cannot answer %s: %s (the agent will retransmit)", dev, exc)
+
+
+def new_receiver_id() -> str:
+    return f"archive-{os.uname().nodename[:20]}-{secrets.token_hex(3)}"

@@ -1,0 +1,156 @@
+"""The archive's database and device registry.
+
+``ROOT/archive.db`` (SQLite, WAL) is shared by every receiver process on the same root; writes are
+short ``BEGIN IMMEDIATE`` transactions. Enrolled public keys live in ``ROOT/keys/DEVICE.pub`` so
+that ``edge-agent verify --chain ROOT/UNIT --keys ROOT/keys`` works on the archive unchanged.
+The archive's own audit log (调阅监督: every retrieval and export) is the same hash-chained
+:class:`agent.store.audit.AuditLog` the agent uses, over this database.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ..errors import EdgeError, NotFoundError
+from ..evidence import keys
+from ..store.audit import AuditLog
+from ..store.fsutil import atomic_write
+from ..store.ledger import Ledger
+from ..timeutil import now_iso
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_archive", """
+        CREATE TABLE devices (
+            id TEXT PRIMARY KEY, unit TEXT NOT NULL, key_id TEXT NOT NULL, pubkey TEXT NOT NULL,
+            enrolled_at TEXT NOT NULL, enrolled_by TEXT
+        );
+        CREATE TABLE transfers (
+            device TEXT NOT NULL, item TEXT NOT NULL, manifest_hash TEXT NOT NULL, size INTEGER NOT NULL,
+            files TEXT NOT NULL, state TEXT NOT NULL, started_at TEXT NOT NULL, reason TEXT,
+            PRIMARY KEY (device, item)
+        );
+        CREATE TABLE ranges (
+            device TEXT NOT NULL, item TEXT NOT NULL, file TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
+            PRIMARY KEY (device, item, file, start, end)
+        );
+        CREATE TABLE items (
+            device TEXT NOT NULL, item TEXT NOT NULL, seq INTEGER NOT NULL, unit TEXT NOT NULL, case_number TEXT,
+            path TEXT NOT NULL, manifest_hash TEXT NOT NULL, item_hash TEXT NOT NULL, size INTEGER NOT NULL,
+            annotations INTEGER NOT NULL DEFAULT 0, stored_at TEXT NOT NULL, receiver TEXT,
+            PRIMARY KEY (device, item)
+        );
+        CREATE UNIQUE INDEX items_seq ON items(device, seq);
+        CREATE INDEX items_case ON items(unit, case_number);
+        CREATE TABLE quarantine (
+            id INTEGER PRIMARY KEY, device TEXT, item TEXT, reason TEXT NOT NULL, at TEXT NOT NULL, path TEXT
+        );
+        CREATE TABLE checkpoints (
+            device TEXT PRIMARY KEY, count INTEGER NOT NULL, head TEXT, time TEXT NOT NULL, sig TEXT NOT NULL,
+            received_at TEXT NOT NULL
+        );
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+        CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+            item_id TEXT, detail TEXT NOT NULL, prev TEXT, hash TEXT NOT NULL
+        );
+    """),
+]
+
+
+class ArchiveDB(Ledger):
+    """The archive's SQLite database: same helpers as the agent's ledger, its own tables."""
+
+    def _migrate(self) -> None:
+        with self.atomic():
+            self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+            done = {r[0] for r in self.db.execute("SELECT name FROM migrations").fetchall()}
+            for name, sql in MIGRATIONS:
+                if name not in done:
+                    for stmt in filter(str.strip, sql.split(";")):
+                        self.db.execute(stmt)
+                    self.db.execute("INSERT INTO migrations VALUES (?, datetime('now'))", [name])
+
+    def fast_many(self, sql: str, rows: list) -> None:
+        """Like :meth:`fast`, many rows in one transaction."""
+        with self.lock:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self.atomic():
+                    self.db.conn.executemany(sql, rows)
+            finally:
+                self.db.execute("PRAGMA synchronous=FULL")
+
+    def fast(self, sql: str, params=()) -> None:
+        """A write that may be lost on power failure without harm (held chunk ranges: they are
+        simply sent again); everything that answers ``stored`` is committed with synchronous=FULL."""
+        with self.lock:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self.db.execute(sql, params)
+            finally:
+                self.db.execute("PRAGMA synchronous=FULL")
+
+
+def check_id(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        raise EdgeError(f"{kind} {value!r}: letters, digits, '_', '.', '-' only, 1-64 characters, no path")
+    return value
+
+
+class Registry:
+    def __init__(self, root: Path, db: ArchiveDB, audit: AuditLog):
+        self.root = root
+        self.keys_dir = root / "keys"
+        self.db = db
+        self.audit = audit
+
+    def enroll(self, device: str, pubkey_pem: bytes, unit: str, *, force: bool = False, actor: str | None = None) -> dict:
+        check_id("device id", device)
+        check_id("unit code", unit)
+        public = keys.parse_public(pubkey_pem, "public key")
+        kid = keys.key_id(public)
+        pem = keys.public_pem(public)
+        old = self.device(device, missing_ok=True)
+        if old and old["key_id"] != kid and not force:
+            raise EdgeError(f"device {device} is enrolled with key {old['key_id']}; use --force to replace it "
+                            "(the old key is kept for verifying its items)")
+        if old and old["unit"] != unit and not force:
+            raise EdgeError(f"device {device} is enrolled for unit {old['unit']}; use --force to move it to {unit}")
+        self.keys_dir.mkdir(parents=True, exist_ok=True)
+        if old and old["key_id"] != kid:
+            atomic_write(self.keys_dir / f"{device}.{old['key_id']}.pub.old", old["pubkey"].encode())
+        atomic_write(self.keys_dir / f"{device}.pub", pem)
+        with self.db.atomic() as db:
+            db.execute("INSERT INTO devices(id, unit, key_id, pubkey, enrolled_at, enrolled_by) VALUES (?,?,?,?,?,?) "
+                       "ON CONFLICT(id) DO UPDATE SET unit=excluded.unit, key_id=excluded.key_id, "
+                       "pubkey=excluded.pubkey, enrolled_at=excluded.enrolled_at, enrolled_by=excluded.enrolled_by",
+                       [device, unit, kid, pem.decode(), now_iso(), actor])
+            self.audit.append("enroll", None, actor=actor, device=device, unit=unit, key_id=kid,
+                              replaced=old["key_id"] if old else None)
+        return {"device": device, "unit": unit, "key_id": kid}
+
+    def device(self, device: str, missing_ok: bool = False) -> dict | None:
+        row = self.db.one("SELECT * FROM devices WHERE id = ?", [device])
+        if row is None and not missing_ok:
+            raise NotFoundError(f"device {device} is not enrolled (edge-agent archive enroll)")
+        return row
+
+    def devices(self) -> list[dict]:
+        return self.db.query("SELECT id, unit, key_id, enrolled_at FROM devices ORDER BY id")
+
+    def ring(self, device: str) -> keys.KeyRing:
+        row = self.device(device)
+        ring = keys.KeyRing()
+        ring.add(keys.parse_public(row["pubkey"].encode()), device)
+        return ring
+
+    def public(self, device: str):
+        return keys.parse_public(self.device(device)["pubkey"].encode())
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True)

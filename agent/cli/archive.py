@@ -1,0 +1,302 @@
+"""`edge-agent archive serve|enroll|list|show|export|audit`: the central archive.
+
+Every retrieval (list, show, export) is written to the archive's own hash-chained audit log
+(调阅监督); `archive audit` shows and checks it.
+"""
+
+from __future__ import annotations
+
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import ConfigError, EdgeError
+from . import main
+from .base import Ctx, emit_json, json_option, pass_ctx
+
+
+def _cfg_or_none(c: Ctx):
+    try:
+        return c.cfg
+    except ConfigError:
+        return None
+
+
+def _root(c: Ctx, root: str | None) -> str:
+    if root:
+        return root
+    cfg = _cfg_or_none(c)
+    if cfg is None:
+        raise EdgeError("no archive root: give --root DIR (or archive.root in the config)")
+    return cfg.archive.root
+
+
+def _open(c: Ctx, root: str | None, create: bool = False):
+    from ..archive.storage import ArchiveStore
+
+    return ArchiveStore(_root(c, root), create=create)
+
+
+root_option = click.option("--root", envvar="EDGE_ARCHIVE_ROOT", type=click.Path(file_okay=False),
+                           help="Archive root (default archive.root from the config; env EDGE_ARCHIVE_ROOT).")
+
+
+@main.group()
+def archive():
+    """The central archive: receive items over MQTT, enrol devices, retrieve (audited)."""
+
+
+@archive.command("serve")
+@root_option
+@click.option("--broker", help="HOST:PORT of the MQTT broker (default mqtt.host:mqtt.port from the config).")
+@click.option("--prefix", help="Topic prefix (default mqtt.topic_prefix, 'edge').")
+@click.option("--share", help="Shared-subscription group: several receivers split the work ($share/GROUP/...).")
+@click.option("--cafile", type=click.Path(exists=True, dir_okay=False), help="TLS: CA that signed the broker's certificate.")
+@click.option("--certfile", type=click.Path(exists=True, dir_okay=False), help="TLS: this receiver's client certificate.")
+@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), help="TLS: its private key.")
+@click.option("--client-id", help="MQTT client id / receiver id (default archive-HOST-RANDOM).")
+@click.option("--max-item-mb", type=click.IntRange(min=1), help="Largest item accepted (MiB).")
+@click.option("--max-manifest-kb", type=click.IntRange(min=4), help="Largest manifest accepted (KiB).")
+@click.option("--receive-maximum", type=click.IntRange(1, 65535),
+              help="Messages the broker may have in flight to this receiver (MQTT v5 Receive Maximum).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@pass_ctx
+def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile, client_id, max_item_mb,
+                  max_manifest_kb, receive_maximum, log_level):
+    """Receive items until SIGTERM: check every chunk, verify every item, store it under
+    ROOT/UNIT/CASE/ITEM, and only then answer "stored".
+
+    \b
+    Example:
+      edge-agent archive serve --root /srv/archive --broker 10.0.0.5:8883 --share archive \\
+          --cafile ca.crt --certfile archive.crt --keyfile archive.key
+    """
+    import signal
+    import threading
+
+    from ..archive.receiver import Receiver, new_receiver_id
+    from ..archive.storage import ArchiveStore
+    from ..logsetup import setup_logging
+    from ..uplink.client import ConnSettings, TlsConfig
+
+    cfg = _cfg_or_none(c)
+    setup_logging(log_level, "plain")
+    if os.environ.get("EDGE_SWITCH"):
+        sys.setswitchinterval(float(os.environ["EDGE_SWITCH"]))
+    if broker:
+        host, sep, port = broker.rpartition(":")
+        if not sep or not port.isdigit():
+            raise EdgeError(f"--broker {broker!r}: expected HOST:PORT")
+        host, port = host or "127.0.0.1", int(port)
+    elif cfg is not None:
+        host, port = cfg.mqtt.host, cfg.mqtt.port
+    else:
+        host, port = "127.0.0.1", 1883
+    tls = None
+    if cafile or certfile or keyfile:
+        if not cafile:
+            raise EdgeError("TLS needs --cafile (and --certfile/--keyfile for a client certificate)")
+        tls = TlsConfig(cafile, certfile, keyfile)
+    elif cfg is not None and cfg.mqtt.tls:
+        tls = TlsConfig(cfg.mqtt.cafile, cfg.mqtt.certfile or None, cfg.mqtt.keyfile or None)
+    a = cfg.archive if cfg is not None else None
+    max_item = (max_item_mb or (a.max_item_mb if a else 64 * 1024)) * 2**20
+    max_manifest = (max_manifest_kb or (a.max_manifest_kb if a else 4096)) * 1024
+    share = share if share is not None else (a.share_group if a and a.share_group else None)
+    rid = client_id or new_receiver_id()
+    store = ArchiveStore(_root(c, root), max_item=max_item, max_manifest=max_manifest, receiver=rid)
+    settings = ConnSettings(host=host, port=port, client_id=rid, tls=tls, receive_maximum=receive_maximum,
+                            username=(cfg.mqtt.username or None) if cfg else None,
+                            password=(cfg.mqtt.password or None) if cfg else None)
+    rx = Receiver(store, settings, prefix=prefix or (cfg.mqtt.topic_prefix if cfg else "edge"), share=share,
+                  receiver_id=rid)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    rx.start()
+    click.echo(f"archive receiver {rid}: root {store.root}, broker {host}:{port}"
+               + (f", share group {share}" if share else "") + (", TLS" if tls else ""), err=True)
+    while not stop.wait(1.0):
+        pass
+    rx.stop()
+    store.close()
+
+
+@archive.command("enroll")
+@click.argument("device_id")
+@click.argument("pubkey", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--unit", required=True, help="Enforcement unit code the device belongs to (执法单位代码).")
+@click.option("--force", is_flag=True, help="Replace the enrolled key or unit (the old key is kept).")
+@root_option
+@pass_ctx
+def archive_enroll(c: Ctx, device_id, pubkey, unit, force, root):
+    """Trust DEVICE_ID's public key (the device's keys/device.pub) for items of unit CODE.
+
+    \b
+    Example:
+      edge-agent archive enroll dock-01 /var/lib/edge-agent/keys/device.pub --unit 330100000000 --root /srv/archive
+    """
+    store = _open(c, root, create=True)
+    rec = store.registry.enroll(device_id, pubkey.read_bytes(), unit, force=force)
+    click.echo(f"enrolled {rec['device']} for unit {rec['unit']}, key id {rec['key_id']} / 设备已登记")
+
+
+@archive.command("list")
+@root_option
+@click.option("--device", help="Only this device.")
+@click.option("--unit", help="Only this unit code.")
+@click.option("--case", "case_number", help="Only this case number.")
+@click.option("--missing", is_flag=True, help="Instead: chain positions a device announced that the archive lacks.")
+@click.option("--quarantine", is_flag=True, help="Instead: refused items and why.")
+@click.option("--devices", is_flag=True, help="Instead: enrolled devices.")
+@json_option
+@pass_ctx
+def archive_list(c: Ctx, root, device, unit, case_number, missing, quarantine, devices, as_json):
+    """List stored items (audited), or with --missing what the devices' signed checkpoints
+    announce and the archive does not hold.
+
+    \b
+    Example:
+      edge-agent archive list --root /srv/archive --case "杭司罚〔2026〕12号"
+      edge-agent archive list --root /srv/archive --missing --json
+    """
+    store = _open(c, root)
+    if missing:
+        rows = store.missing(device)
+        store.audit.append("retrieve", None, what="missing", device=device)
+        if as_json:
+            emit_json(rows)
+            return
+        for r in rows:
+            flag = "OK" if not r["missing"] and r["head_matches"] is not False else "缺失 / MISSING"
+            click.echo(f"{r['device']}: announced {r['announced']}, held {r['held']}, missing "
+                       f"{r['missing'] or '-'}{'  head differs!' if r['head_matches'] is False else ''}  {flag}")
+        return
+    if quarantine:
+        rows = store.quarantined()
+        store.audit.append("retrieve", None, what="quarantine")
+        if as_json:
+            emit_json(rows)
+            return
+        for r in rows:
+            click.echo(f"{r['at']} {r['device']}/{r['item']}: {r['reason']}")
+        return
+    if devices:
+        rows = store.registry.devices()
+        if as_json:
+            emit_json(rows)
+            return
+        for r in rows:
+            click.echo(f"{r['id']}  unit {r['unit']}  key {r['key_id']}  since {r['enrolled_at']}")
+        return
+    rows = store.list_items(device=device, unit=unit, case=case_number)
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['item']}  {r['device']}#{r['seq']}  {r['case_number'] or '(待补 pending)'}  "
+                   f"{r['size']} bytes  {r['path']}")
+    click.echo(f"{len(rows)} item(s)")
+
+
+@archive.command("show")
+@click.argument("what")
+@root_option
+@json_option
+@pass_ctx
+def archive_show(c: Ctx, what, root, as_json):
+    """Show one stored item, or a device (its items, chain checkpoint, missing items, refusals).
+    Audited.
+
+    \b
+    Example:
+      edge-agent archive show dock-01-20261127090000-a1b2c3 --root /srv/archive
+      edge-agent archive show dock-01 --root /srv/archive --json
+    """
+    store = _open(c, root)
+    if store.registry.device(what, missing_ok=True):
+        out = store.show_device(what)
+        if as_json:
+            emit_json(out)
+            return
+        d = out["device"]
+        click.echo(f"device {d['id']} unit {d['unit']} key {d['key_id']} enrolled {d['enrolled_at']}")
+        click.echo(f"items held: {len(out['items'])}")
+        cp = out["checkpoint"]
+        if cp:
+            click.echo(f"checkpoint: {cp['announced']} items announced at {cp['checkpoint_time']}; "
+                       f"missing: {cp['missing'] or 'none'}")
+        for q in out["quarantine"]:
+            click.echo(f"refused {q['item']}: {q['reason']}")
+        return
+    out = store.show_item(what)
+    if as_json:
+        emit_json(out)
+        return
+    a = out["archive"]
+    click.echo(f"item {a['item']} device {a['device']} seq {a['seq']} {a['size']} bytes stored {a['stored_at']}")
+    click.echo(f"  path {out['path']}")
+    from ..evidence import manifest as mf
+
+    meta = out["effective_metadata"]
+    for field in ("case_number", "capture_start", "capture_end", "place", "collector", "proof"):
+        v = meta.get(field)
+        if isinstance(v, dict):
+            v = f"{v.get('name')} ({v.get('id')})"
+        click.echo(f"  {mf.LABELS[field]}: {v if v is not None else '(待补 pending)'}")
+    click.echo(f"  annotations: {len(out['annotations'])}")
+
+
+@archive.command("export")
+@click.argument("item_id")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@root_option
+@pass_ctx
+def archive_export(c: Ctx, item_id, dest, root):
+    """Verify, then copy a stored item to DEST/ITEM_ID with the device's public key; audited.
+
+    \b
+    Example:
+      edge-agent archive export dock-01-20261127090000-a1b2c3 /media/usb --root /srv/archive
+    """
+    store = _open(c, root)
+    target = store.export(item_id, dest)
+    click.echo(str(target))
+
+
+@archive.command("audit")
+@root_option
+@click.option("--limit", type=int, help="The newest N entries.")
+@click.option("--verify", "do_verify", is_flag=True, help="Check the chain and its signed head instead of listing.")
+@json_option
+@pass_ctx
+def archive_audit(c: Ctx, root, limit, do_verify, as_json):
+    """The archive's audit log: who retrieved or exported what, when (调阅监督).
+
+    \b
+    Example:
+      edge-agent archive audit --root /srv/archive --verify
+    """
+    from ..evidence import keys
+
+    store = _open(c, root)
+    if do_verify:
+        pub = store._key.public_key()
+        n = store.audit.verify(verifier=lambda data, sig: keys.verify_sig(pub, data, sig))
+        if as_json:
+            emit_json({"ok": True, "entries": n})
+        else:
+            click.echo(f"ok: {n} audit entries, chain and signed head intact")
+        return
+    rows = store.audit.entries(limit=limit)
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['seq']:>6} {r['ts']} {r['actor']:<24} {r['action']:<9} {r['item_id'] or '-'} {r['detail']}")
+
+
+

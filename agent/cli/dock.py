@@ -1,0 +1,233 @@
+"""Docking-station commands: ``dock status|watch|recorders|report``, ``roster import|list``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import click
+
+from ..errors import EdgeError
+from . import main
+from .base import Ctx, emit_json, json_option, pass_ctx, role
+
+
+def _registry(c: Ctx):
+    from ..dock.registry import Registry
+
+    return Registry(c.cfg.data_dir)
+
+
+def _echo_table(rows: list[dict], cols: list[tuple[str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    import sys
+
+    t = Table(show_lines=False)
+    for _, title in cols:
+        t.add_column(title)
+    for r in rows:
+        t.add_row(*["" if r.get(k) is None else str(r.get(k)) for k, _ in cols])
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
+
+
+@main.group()
+def dock():
+    """Docking station (采集站): bays, recorders, equipment ratio (docs/dock.md)."""
+
+
+@dock.command("status")
+@json_option
+@pass_ctx
+@role("operator", "auditor", "technician")
+def dock_status(c: Ctx, as_json):
+    """Show every bay: state, recorder, officer, progress, errors (from the running station).
+
+    \b
+    Example:
+      edge-agent dock status
+      edge-agent dock status --json
+    """
+    from ..dock.display import bay_rows
+    from ..dock.station import read_state
+
+    state = read_state(c.cfg.data_dir)
+    if state is None:
+        raise EdgeError(f"尚无采集站状态 / no station state in {c.cfg.data_dir}/dock: is `edge-agent run` running "
+                        "with device.kind = dock?")
+    if as_json:
+        emit_json(state)
+        return
+    if not state["running"]:
+        click.echo(f"注意 / note: the station is not running; state as of {state.get('updated')}")
+    rows = bay_rows(state)
+    if not rows:
+        click.echo(f"无记录仪接入 / no recorder docked yet (bays: {', '.join(state.get('patterns', []))})")
+    else:
+        _echo_table(rows, [("bay", "仓位 Bay"), ("label", "状态 State"), ("recorder", "记录仪 Recorder"),
+                           ("officer", "警员 Officer"), ("progress", "进度 Progress"), ("rate", "速率 Rate"),
+                           ("eta", "剩余 ETA"), ("message", "信息 Message")])
+    for a in state.get("alarms", []):
+        click.echo(f"告警 / alarm {a['key']}: {a['message']}")
+
+
+@dock.command("watch")
+@click.option("--interval", type=click.FloatRange(0.1, 60), default=0.5, show_default=True,
+              help="Seconds between screen refreshes.")
+@click.option("--once", is_flag=True, help="Draw the screen once and exit (e.g. for a screenshot).")
+@pass_ctx
+@role("operator", "auditor", "technician")
+def dock_watch(c: Ctx, interval, once):
+    """Live full-screen view of all bays for the station's screen (Chinese / English); Ctrl-C quits.
+
+    \b
+    Example:
+      edge-agent dock watch
+      edge-agent dock watch --once
+    """
+    from ..dock.display import watch
+    from ..dock.station import read_state
+
+    data_dir = c.cfg.data_dir
+    watch(lambda: read_state(data_dir), interval=interval, once=once)
+
+
+@dock.command("recorders")
+@json_option
+@pass_ctx
+@role("operator", "auditor", "technician")
+def dock_recorders(c: Ctx, as_json):
+    """List the recorder registry learned from docking: serial, officer, unit, first/last seen, conflicts.
+
+    \b
+    Example:
+      edge-agent dock recorders --json
+    """
+    rows = _registry(c).recorders()
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("尚无记录仪 / no recorder has docked yet")
+        return
+    _echo_table(rows, [("serial", "序列号 Serial"), ("officer_number", "警号 Officer"), ("officer_name", "姓名 Name"),
+                       ("unit_number", "单位 Unit"), ("first_seen", "首次 First seen"), ("last_seen", "最近 Last seen"),
+                       ("docks", "次数 Docks"), ("conflict", "冲突 Conflict")])
+
+
+@dock.group("report")
+def dock_report():
+    """Reports of this station: equipment ratio (配备率) and items pending annotation (待补录)."""
+
+
+def _emit_rows(rows: list[dict], as_json: bool, as_csv: bool, cols: list[tuple[str, str]]) -> None:
+    if as_json:
+        emit_json(rows)
+    elif as_csv:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=[k for k, _ in cols] if not rows else list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        click.echo(buf.getvalue(), nl=False)
+    elif not rows:
+        click.echo("无数据 / nothing to report")
+    else:
+        _echo_table(rows, cols)
+
+
+@dock_report.command("ratio")
+@json_option
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+@pass_ctx
+@role("operator", "auditor", "technician")
+def report_ratio(c: Ctx, as_json, as_csv):
+    """Equipment ratio per unit: recorders in service ÷ officers against dock.min_ratio_pct,
+    and usage (recorders docked within dock.usage_days ÷ registered).
+
+    \b
+    Example:
+      edge-agent dock report ratio
+      edge-agent dock report ratio --csv > ratio.csv
+    """
+    if as_json and as_csv:
+        raise EdgeError("choose one of --json or --csv")
+    d = c.cfg.dock
+    rows = [r.as_dict() for r in _registry(c).ratio(d.min_ratio_pct, d.usage_days)]
+    if not (as_json or as_csv):
+        for r in rows:
+            r["meets"] = "达标 / yes" if r["meets_minimum"] else "未达标 / NO"
+            r["ratio"] = "—" if r["ratio_pct"] is None else f"{r['ratio_pct']}% (≥{r['min_ratio_pct']}%)"
+            r["usage"] = "—" if r["usage_pct"] is None else f"{r['usage_pct']}% ({r['usage_days']} d)"
+    _emit_rows(rows, as_json, as_csv, [("unit_code", "单位 Unit"), ("unit_name", "名称 Name"), ("officers", "警员 Officers"),
+                                       ("recorders_in_service", "在用记录仪 In service"), ("ratio", "配备率 Ratio"),
+                                       ("meets", "达标 Meets"), ("usage", "使用率 Usage"), ("conflicts", "冲突 Conflicts")])
+
+
+@dock_report.command("pending")
+@json_option
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+@pass_ctx
+@role("operator", "auditor", "technician")
+def report_pending(c: Ctx, as_json, as_csv):
+    """Items still waiting for case number / proof object (待补录), per officer and unit.
+
+    \b
+    Example:
+      edge-agent dock report pending --csv
+    """
+    if as_json and as_csv:
+        raise EdgeError("choose one of --json or --csv")
+    from ..dock.station import pending_by_officer
+
+    rows = pending_by_officer(c.store, _registry(c))
+    _emit_rows(rows, as_json, as_csv, [("unit_code", "单位 Unit"), ("officer_number", "警号 Officer"),
+                                       ("officer_name", "姓名 Name"), ("pending_items", "待补录 Pending"),
+                                       ("oldest", "最早 Oldest")])
+
+
+@main.group()
+def roster():
+    """Officer roster of the docking station (警员名册): officer number, name, unit."""
+
+
+@roster.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--merge", is_flag=True, help="Add/update officers and keep the others (default: replace the roster).")
+@pass_ctx
+@role("technician")
+def roster_import(c: Ctx, file, merge):
+    """Import officers.csv: a header naming officer_number, name, unit (and optionally unit_name);
+    UTF-8 or GBK. Chinese headers (警号, 姓名, 单位编号, 单位名称) are accepted too.
+
+    \b
+    Example:
+      edge-agent roster import officers.csv
+    """
+    n = _registry(c).import_roster(file, replace=not merge)
+    c.store.audit.append("dock", None, roster_import=str(file), officers=n, merge=merge)
+    click.echo(f"已导入 {n} 名警员 / imported {n} officer(s) from {file}")
+
+
+@roster.command("list")
+@json_option
+@click.option("--unit", help="Only this unit code.")
+@pass_ctx
+@role("operator", "auditor", "technician")
+def roster_list(c: Ctx, as_json, unit):
+    """List the roster.
+
+    \b
+    Example:
+      edge-agent roster list --unit 330100000001
+    """
+    rows = _registry(c).officers(unit)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("名册为空 / the roster is empty (edge-agent roster import officers.csv)")
+        return
+    _echo_table(rows, [("number", "警号 Number"), ("name", "姓名 Name"), ("unit_code", "单位 Unit"),
+                       ("unit_name", "单位名称 Unit name")])

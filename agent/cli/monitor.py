@@ -1,0 +1,335 @@
+"""Central monitoring: `edge-agent monitor` (live view, web page), `monitor roster import`,
+`monitor fleet`, and the `report` group (ratio | usage | annual)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from .. import config as config_mod
+from ..errors import ConfigError, EdgeError
+from . import main
+from .base import Ctx, emit_json, json_option, pass_ctx
+
+DEFAULT_DB = "/var/lib/edge-agent/monitor.db"
+db_option = click.option("--db", "db", envvar="EDGE_MONITOR_DB", default=DEFAULT_DB, show_default=True,
+                         help="Monitor SQLite database (env EDGE_MONITOR_DB). PostgreSQL URLs: not built yet.")
+
+
+def _broker(value: str | None, cfg) -> tuple[str, int]:
+    if not value:
+        return (cfg.mqtt.host, cfg.mqtt.port) if cfg else ("127.0.0.1", 1883)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise EdgeError(f"--broker {value!r}: expected HOST:PORT, e.g. 127.0.0.1:1883")
+    try:
+        p = int(port)
+    except ValueError:
+        raise EdgeError(f"--broker {value!r}: port {port!r} is not a number") from None
+    if not 1 <= p <= 65535:
+        raise EdgeError(f"--broker {value!r}: port {p} out of range 1..65535")
+    return host.strip("[]"), p
+
+
+def _optional_cfg(c: Ctx):
+    """The agent config when there is one (for MQTT TLS settings and the topic prefix)."""
+    path = config_mod.config_path(c.config_path)
+    if not path.exists():
+        if c.config_path:
+            raise ConfigError(f"{path}: config file not found")
+        return None
+    return c.cfg
+
+
+@main.group(invoke_without_command=True)
+@click.option("--web", "web_port", type=click.IntRange(0, 65535), help="Serve the web page and JSON API on this port (0: any free port).")
+@click.option("--web-host", default="127.0.0.1", show_default=True, help="Address the web page listens on.")
+@db_option
+@click.option("--broker", help="MQTT broker HOST:PORT (default: mqtt.host/port of the config, else 127.0.0.1:1883).")
+@click.option("--prefix", help="Topic prefix (default: mqtt.topic_prefix, else edge).")
+@click.option("--lost-after", type=click.IntRange(5, 86400), default=120, show_default=True,
+              help="Seconds of silence after which an online device is shown as lost.")
+@click.option("--tui/--no-tui", default=None, help="Live terminal view (default: when stdout is a terminal).")
+@click.option("--duration", type=click.FloatRange(0.1), help="Stop after this many seconds (tests, benchmarks).")
+@pass_ctx
+@click.pass_context
+def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, lost_after, tui, duration):
+    """Watch the fleet: subscribe to every device topic, keep state and history in SQLite, show a
+    live terminal view and (with --web) a web page with units, devices, alarms and compliance.
+
+    Bad messages are counted and logged, never applied. Stop with Ctrl-C or SIGTERM.
+
+    \b
+    Example:
+      edge-agent monitor --broker 127.0.0.1:1883 --db ./monitor.db --web 8080
+      edge-agent monitor roster import officers.csv --db ./monitor.db
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..monitor.ingest import Ingest, IngestSettings
+    from ..monitor.state import MonitorDB, check_db_arg
+
+    cfg = _optional_cfg(c)
+    host, port = _broker(broker, cfg)
+    path = check_db_arg(db)
+    s = IngestSettings(host=host, port=port, prefix=prefix or (cfg.mqtt.topic_prefix if cfg else "edge"))
+    if cfg is not None:
+        m = cfg.mqtt
+        s.username, s.password, s.tls = m.username, m.password, m.tls
+        s.cafile, s.certfile, s.keyfile, s.keepalive = m.cafile, m.certfile, m.keyfile, m.keepalive
+    try:
+        from ..uplink.topics import Topics
+
+        Topics(s.prefix)
+    except ValueError as exc:
+        raise EdgeError(f"--prefix: {exc}") from None
+    if tui is None:
+        tui = sys.stdout.isatty()
+    # under the live view only warnings reach the terminal (they would scroll it)
+    logging.basicConfig(level=logging.WARNING if tui else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    db_ = MonitorDB(path)
+    ing = Ingest(db_, s)
+    web = None
+    if web_port is not None:
+        from ..monitor.web import WebServer
+
+        web = WebServer(path, web_port, lost_after, host=web_host)
+    stop = threading.Event()
+
+    def _sig(signum, _frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _sig)
+    signal.signal(signal.SIGINT, _sig)
+    ing.start()
+    ing.flush()
+    if web is not None:
+        web.start()
+    url = f" web http://{web_host}:{web.port}/" if web else ""
+    if not ing.subscribed.wait(5):
+        click.echo(f"monitor: broker {host}:{port} not reachable yet; retrying in the background", err=True)
+    click.echo(f"monitor: ready db {path} broker {host}:{port} prefix {s.prefix}{url}", err=True)
+    deadline = time.monotonic() + duration if duration else None
+    tui_thread = None
+    if tui:
+        from ..monitor import tui as tui_mod
+
+        tui_thread = threading.Thread(target=tui_mod.run, args=(path, lost_after, stop), name="monitor-tui", daemon=True)
+        tui_thread.start()
+    try:
+        while not stop.wait(0.2):
+            if deadline and time.monotonic() >= deadline:
+                break
+    finally:
+        stop.set()
+        if web is not None:
+            web.stop()
+        ing.stop()
+        st = ing.stats()
+        db_.close()
+        click.echo("monitor: stopped; " + " ".join(f"{k}={v}" for k, v in sorted(st.items())), err=True)
+
+
+@monitor.command("fleet")
+@db_option
+@click.option("--lost-after", type=click.IntRange(5, 86400), default=120, show_default=True)
+@json_option
+def monitor_fleet(db, lost_after, as_json):
+    """Print the fleet as the monitor last stored it: units with compliance, devices, alarms.
+
+    \b
+    Example:
+      edge-agent monitor fleet --db ./monitor.db --json
+    """
+    from ..monitor.state import check_db_arg, connect, fleet
+
+    conn = connect(check_db_arg(db), readonly=True)
+    try:
+        f = fleet(conn, lost_after)
+    finally:
+        conn.close()
+    if as_json:
+        emit_json(f)
+        return
+    from rich.console import Console
+
+    from ..monitor.tui import render
+
+    Console().print(render(f, max_devices=1000))
+
+
+@monitor.group("roster")
+def roster():
+    """Officers per unit (the equipment ratio is recorders ÷ officers)."""
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    raw = path.read_bytes()
+    if len(raw) > 50 * 2**20:
+        raise EdgeError(f"{path}: larger than 50 MiB; not a roster")
+    for enc in ("utf-8-sig", "gb18030"):
+        try:
+            text = raw.decode(enc)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:  # pragma: no cover - gb18030 decodes any byte string
+        raise EdgeError(f"{path}: neither UTF-8 nor GB18030 text")
+    if "\x00" in text:
+        raise EdgeError(f"{path}: binary data (NUL bytes); expected CSV text")
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    reader.fieldnames = header
+    try:
+        return header, [(i + 2, r) for i, r in enumerate(reader)]
+    except csv.Error as exc:
+        raise EdgeError(f"{path}: not valid CSV: {exc}") from None
+
+
+def parse_roster(path: Path) -> list[dict]:
+    from ..health.payloads import safe_key
+
+    header, rows = _read_csv(path)
+    if "unit_code" not in header or not ({"officers", "officer_id"} & set(header)):
+        raise EdgeError(f"{path}: header must have unit_code and officers (a count per unit) or officer_id "
+                        f"(one row per officer); found: {', '.join(header) or 'nothing'}")
+    out = []
+    for line, r in rows:
+        if None in r:
+            raise EdgeError(f"{path}:{line}: more fields than the header")
+        unit = (r.get("unit_code") or "").strip()
+        if not safe_key(unit):
+            raise EdgeError(f"{path}:{line}: unit_code {unit!r}: letters, digits, '_', '.', '-' only")
+        rec = {"unit_code": unit, "unit_name": (r.get("unit_name") or "").strip() or None}
+        if (r.get("officers") or "").strip():
+            v = r["officers"].strip()
+            if not v.isdigit() or int(v) > 1_000_000:
+                raise EdgeError(f"{path}:{line}: officers {v!r}: expected a whole number 0..1000000")
+            rec["officers"] = int(v)
+        elif (r.get("officer_id") or "").strip():
+            oid = r["officer_id"].strip()
+            if len(oid) > 64 or any(ch in oid for ch in "\r\n\t"):
+                raise EdgeError(f"{path}:{line}: officer_id {oid[:20]!r}: at most 64 characters, one line")
+            rec["officer_id"] = oid
+            rec["name"] = (r.get("name") or "").strip()[:64]
+        else:
+            raise EdgeError(f"{path}:{line}: neither officers nor officer_id given")
+        out.append(rec)
+    if not out:
+        raise EdgeError(f"{path}: no rows under the header")
+    return out
+
+
+@roster.command("import")
+@click.argument("csv_path", type=click.Path(path_type=Path, dir_okay=False))
+@db_option
+@json_option
+def roster_import(csv_path: Path, db, as_json):
+    """Import officers per unit from CSV (UTF-8 or GB18030, as Excel writes it). Either a count per
+    unit (columns unit_code, unit_name, officers) or one row per officer (unit_code, unit_name,
+    officer_id, name). The units named replace their previous officers; others are kept.
+
+    \b
+    Example:
+      printf 'unit_code,unit_name,officers\\n330106,西湖区执法大队,42\\n' > officers.csv
+      edge-agent monitor roster import officers.csv --db ./monitor.db
+    """
+    from ..monitor.state import MonitorDB, check_db_arg
+
+    if not csv_path.exists():
+        raise EdgeError(f"{csv_path}: no such file")
+    rows = parse_roster(csv_path)
+    d = MonitorDB(check_db_arg(db))
+    try:
+        counts = d.import_roster(rows, source=f"roster {csv_path.name}")
+    finally:
+        d.close()
+    if as_json:
+        emit_json({"units": counts})
+        return
+    for unit, n in sorted(counts.items()):
+        click.echo(f"{unit}: {n} 名执法人员 / officers")
+
+
+# --- reports ----------------------------------------------------------------------------------------
+@main.group()
+def report():
+    """Equipment and usage reports per unit from the monitor database (csv or json on stdout)."""
+
+
+def _report_options(f):
+    for opt in reversed([
+        click.option("--unit", help="One unit code (default: every unit)."),
+        click.option("--from", "frm", help="First day YYYY-MM-DD (default: 1 January this year)."),
+        click.option("--to", "to", help="Last day YYYY-MM-DD, inclusive (default: today)."),
+        click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True),
+        db_option,
+    ]):
+        f = opt(f)
+    return f
+
+
+def _run_report(kind: str, unit, frm, to, fmt, db, year=None) -> None:
+    from ..monitor import reports
+    from ..monitor.state import check_db_arg, connect
+
+    start, end = reports.period(frm, to, year)
+    conn = connect(check_db_arg(db), readonly=True)
+    try:
+        rep = reports.build(conn, kind, unit, start, end)
+    finally:
+        conn.close()
+    click.echo(reports.to_json(rep) if fmt == "json" else reports.to_csv(rep), nl=fmt == "json")
+
+
+@report.command("ratio")
+@_report_options
+def report_ratio(unit, frm, to, fmt, db):
+    """Equipment per unit at the end of the period: officers, recorders, ratio (minimum 0.2, one
+    recorder per five officers), interview rooms (minimum 1), compliant or not.
+
+    \b
+    Example:
+      edge-agent report ratio --db ./monitor.db --format json
+    """
+    _run_report("ratio", unit, frm, to, fmt, db)
+
+
+@report.command("usage")
+@_report_options
+def report_usage(unit, frm, to, fmt, db):
+    """Use per unit in the period: hours recorded, items, archived share, items pending annotation,
+    alarms raised by kind.
+
+    \b
+    Example:
+      edge-agent report usage --unit 330106 --from 2026-11-01 --to 2026-11-30 --format csv --db ./monitor.db
+    """
+    _run_report("usage", unit, frm, to, fmt, db)
+
+
+@report.command("annual")
+@_report_options
+@click.option("--year", type=int, help="Calendar year (default: last year); excludes --from/--to.")
+def report_annual(unit, frm, to, fmt, db, year):
+    """The annual statistics a unit files by 31 January: equipment and ratio, rooms, hours recorded,
+    items, archived share, items pending annotation and alarms by kind, for one calendar year.
+
+    \b
+    Example:
+      edge-agent report annual --year 2026 --format csv --db ./monitor.db > 2026-年报.csv
+    """
+    import datetime as dt
+
+    if year is None and not frm and not to:
+        year = dt.date.today().year - 1
+    _run_report("annual", unit, frm, to, fmt, db, year)

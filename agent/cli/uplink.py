@@ -1,0 +1,107 @@
+"""`edge-agent run` (the long-running agent) and `edge-agent uplink status|retry`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..errors import EdgeError
+from . import main
+from .base import Ctx, emit_json, json_option, pass_ctx
+
+STATUS_FILE = "uplink-status.json"
+
+
+@main.command()
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Override log.level from the config.")
+@pass_ctx
+def run(c: Ctx, log_level):
+    """Run the agent: recover the store, start the uplink, health and the producer of the
+    configured kind (dock or room), and drain sealed items to the archive until SIGTERM.
+
+    \b
+    Example:
+      edge-agent --config /etc/edge-agent/agent.toml run
+    """
+    from ..logsetup import setup_logging
+    from ..runtime import build_agent
+
+    cfg = c.cfg
+    fmt = {"text": "plain"}.get(cfg.log.format, cfg.log.format)
+    setup_logging(log_level or cfg.log.level, fmt)
+    store = c.store
+    store.private_key  # fail now, with a clear message, when the device key is missing
+    agent = build_agent(cfg)
+    agent.run()
+
+
+@main.group()
+def uplink():
+    """The uplink to the archive: live status and retry of refused items."""
+
+
+@uplink.command("status")
+@json_option
+@pass_ctx
+def uplink_status(c: Ctx, as_json):
+    """Items waiting, uploading, archived, refused; the running agent's connection figures.
+
+    \b
+    Example:
+      edge-agent uplink status --json
+    """
+    store = c.store
+    counts = {r["state"]: r["n"] for r in store.ledger.query("SELECT state, count(*) n FROM items GROUP BY state")}
+    rejected = store.ledger.query("SELECT id, error FROM items WHERE state = 'rejected' ORDER BY device_seq")
+    live = None
+    p = store.data_dir / STATUS_FILE
+    if p.is_file():
+        try:
+            live = json.loads(p.read_text())
+        except ValueError:
+            live = None
+    out = {"items_by_state": counts, "rejected": rejected, "live": live}
+    if as_json:
+        emit_json(out)
+        return
+    click.echo("items: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+    if live and live.get("running") is False:
+        click.echo(f"agent stopped at {live.get('time')}; items archived in its last run: {live.get('items_archived')}")
+    elif live:
+        click.echo(f"连接 connected: {live.get('connected')}  archive reachable: {live.get('archive_reachable')}  "
+                   f"reconnects {live.get('reconnects')}  sent {live.get('bytes_sent')} bytes  "
+                   f"{live.get('bytes_per_s')} B/s  (as of {live.get('time')})")
+        if live.get("last_error"):
+            click.echo(f"last error: {live['last_error']}")
+    else:
+        click.echo("agent not running (no live status)")
+    for r in rejected:
+        click.echo(f"被归档拒收 / refused by the archive: {r['id']}: {r['error']}")
+
+
+@uplink.command("retry")
+@click.argument("item_ids", nargs=-1)
+@click.option("--all-rejected", is_flag=True, help="Every item the archive refused.")
+@pass_ctx
+def uplink_retry(c: Ctx, item_ids, all_rejected):
+    """Queue items the archive refused (e.g. before the device was enrolled) for upload again.
+
+    \b
+    Example:
+      edge-agent uplink retry --all-rejected
+    """
+    store = c.store
+    if all_rejected:
+        item_ids = [r["id"] for r in store.items(state="rejected")]
+    if not item_ids:
+        raise EdgeError("name ITEM ids or give --all-rejected")
+    for item_id in item_ids:
+        row = store.item(item_id)
+        if row["state"] != "rejected":
+            raise EdgeError(f"{item_id}: state {row['state']}; only refused (rejected) items can be retried")
+        with store.ledger.atomic():
+            store.set_state(item_id, "sealed", error=None)
+            store.audit.append("upload", item_id, retry=True, previous_error=row["error"])
+        click.echo(f"{item_id}: queued again / 已重新排队")

@@ -1,0 +1,439 @@
+"""The docking station component (``device.kind = dock``): watches the bays, runs one worker
+per docked recorder, shares the disk through a bounded copy pool, persists and publishes bay
+state, keeps the recorder registry and publishes the equipment ratio.
+
+Threads: ``dock-scan`` (polls the bays every ``dock.poll_ms``, writes ``bays.json``, publishes
+changes) and ``dock-<bay>`` (one per docked recorder). At most ``dock.copy_workers`` files are
+copied at once; a bay holding a slot hands it over to a waiting bay every 64 MiB, so one big
+file never starves the others, and a failing bay only fails itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import glob
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..timeutil import now_iso
+from ..uplink.topics import Topics
+from .bay import Bay
+from .registry import Registry
+from .settings import BaySpec, bay_name_for, parse_bays, parse_mass_storage_map
+
+log = logging.getLogger(__name__)
+
+#: alarms the station raises (code -> 中文, English); registered with the health alarm registry
+ALARMS = {
+    "dock_disk_full": ("采集站磁盘已满，拒绝接入", "station disk full, docking refused"),
+    "recorder_clock": ("执法记录仪时钟严重偏差", "recorder clock far off"),
+    "recorder_serial_conflict": ("两台记录仪序列号相同", "two recorders claim the same serial"),
+    "recorder_auth_failed": ("记录仪管理员密码错误", "recorder admin password refused"),
+    "recorder_no_answer": ("记录仪无应答或通信错误", "recorder does not answer"),
+    "recorder_unsafe_name": ("记录仪文件名不安全", "recorder reported unsafe file names"),
+}
+RATIO_INTERVAL_S = 3600
+HEARTBEAT_S = 5.0
+
+
+def _register_alarm_codes() -> None:
+    try:
+        from ..health.alarms import CODES, AlarmDef
+    except ImportError:
+        return
+    for code, (zh, en) in ALARMS.items():
+        CODES.setdefault(code, AlarmDef("critical" if code in ("dock_disk_full", "recorder_serial_conflict")
+                                        else "warning", zh, en))
+
+
+class FairPool:
+    """At most ``slots`` holders at once, served first come first served."""
+
+    def __init__(self, slots: int, stop: threading.Event | None = None):
+        self.slots = slots
+        self.busy = 0
+        self.queue: collections.deque = collections.deque()
+        self.cv = threading.Condition()
+        self.stop = stop or threading.Event()
+        self.peak = 0
+
+    def acquire(self) -> None:
+        ticket = object()
+        with self.cv:
+            self.queue.append(ticket)
+            try:
+                while not (self.queue[0] is ticket and self.busy < self.slots):
+                    if self.stop.is_set():
+                        raise InterruptedError("station stopping")
+                    self.cv.wait(0.5)
+            except BaseException:
+                self.queue.remove(ticket)
+                self.cv.notify_all()
+                raise
+            self.queue.popleft()
+            self.busy += 1
+            self.peak = max(self.peak, self.busy)
+            self.cv.notify_all()
+
+    def release(self) -> None:
+        with self.cv:
+            self.busy -= 1
+            self.cv.notify_all()
+
+    @contextlib.contextmanager
+    def slot(self, who: Any = None):
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    def yield_slot(self, who: Any = None) -> None:
+        """Let a waiting holder go first (called between chunks by a long copy)."""
+        with self.cv:
+            if not self.queue:
+                return
+        self.release()
+        self.acquire()
+
+    def status(self) -> dict:
+        with self.cv:
+            return {"slots": self.slots, "busy": self.busy, "waiting": len(self.queue), "peak": self.peak}
+
+
+class DockStation:
+    name = "dock"
+
+    def __init__(self, agent):
+        _register_alarm_codes()
+        self.agent = agent
+        self.cfg = agent.cfg
+        self.store = agent.store
+        self.stop_event = threading.Event()
+        self.specs: list[BaySpec] = parse_bays(self.cfg.dock.bays)
+        self.ms_map = parse_mass_storage_map(self.cfg.dock.mass_storage_map)
+        self.registry = Registry(self.cfg.data_dir)
+        self.pool = FairPool(self.cfg.dock.copy_workers, self.stop_event)
+        self.topics = Topics(self.cfg.mqtt.topic_prefix)
+        self.dir = Path(self.cfg.data_dir) / "dock"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.dir / "bays.json"
+        self.bays: dict[str, Bay] = {}
+        self._path_names: dict[str, str] = {}
+        self._serials: dict[str, Bay] = {}
+        self._conflicts: set[str] = set()
+        self.alarms: dict[str, dict] = {}
+        self.lock = threading.RLock()
+        self._dirty: set[str] = set()
+        self._last_flush = 0.0
+        self._state_error: int | None = None
+        self._thread: threading.Thread | None = None
+        self._last_ratio = 0.0
+        self._ratio_due = True
+        self.started_at = now_iso()
+        agent.commands.setdefault("dock.status", lambda args, actor: self.status())
+        agent.commands.setdefault("dock.ratio", lambda args, actor: self.ratio_payload())
+        agent.commands["dock.erase_policy"] = self.cmd_erase_policy
+
+    # --- component --------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self.stop_event.clear()
+        self._write_state()
+        self._thread = threading.Thread(target=self._loop, name="dock-scan", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        for bay in list(self.bays.values()):
+            if bay.thread is not None:
+                bay.thread.join(timeout=10)
+        self._write_state()
+
+    def status(self) -> dict:
+        with self.lock:
+            bays = [b.snapshot() for b in sorted(self.bays.values(), key=lambda b: _bay_sort(b.name))]
+        return {
+            "device": self.cfg.device.id, "location": self.cfg.device.location, "updated": now_iso(),
+            "updated_ts": time.time(), "pid": os.getpid(), "started": self.started_at,
+            "patterns": [s.pattern for s in self.specs], "erase_policy": self.cfg.dock.erase_policy,
+            "verify_policy": self.cfg.dock.verify_policy, "pool": self.pool.status(),
+            "disk": {"free_bytes": self.store.free(), "reserve_bytes": self.store.reserve},
+            "alarms": sorted(self.alarms.values(), key=lambda a: a["key"]),
+            "bays": bays,
+        }
+
+    def cmd_erase_policy(self, args: dict, actor: str) -> dict:
+        """Central command ``dock.erase_policy {"policy": ...}``: written to the config file and
+        applied at once (a bay waiting for acknowledgements uses the new policy from its next check)."""
+        from .. import config as config_mod
+        from ..errors import EdgeError
+
+        policy = args.get("policy")
+        choices = config_mod.SCHEMA["dock"]["erase_policy"].choices
+        if policy not in choices:
+            raise EdgeError(f"dock.erase_policy: {policy!r} is not one of {', '.join(choices)}")
+        old = self.cfg.dock.erase_policy
+        if self.cfg.path is not None:
+            config_mod.set_value(self.cfg.path, "dock.erase_policy", policy)
+        self.cfg.dock.erase_policy = policy
+        self.cfg._data["dock"]["erase_policy"] = policy
+        self.store.audit.append("config", None, actor=actor, key="dock.erase_policy", old=old, new=policy)
+        self._dirty.update(self.bays)
+        return {"key": "dock.erase_policy", "old": old, "value": policy, "applies": "now"}
+
+    # --- scanning ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        interval = self.cfg.dock.poll_ms / 1000
+        while not self.stop_event.is_set():
+            try:
+                self.scan()
+                self._flush(force=False)
+                if time.monotonic() - self._last_flush > HEARTBEAT_S:  # `dock watch` tells a hung station by the age
+                    with self.lock:
+                        self._last_flush = time.monotonic()
+                        self._write_state()
+                if self._ratio_due or time.monotonic() - self._last_ratio > RATIO_INTERVAL_S:
+                    self.publish_ratio()
+            except Exception:
+                log.exception("dock scan failed")
+            self.stop_event.wait(interval)
+
+    def _present(self) -> dict[str, tuple[BaySpec, str]]:
+        found: dict[str, tuple[BaySpec, str]] = {}
+        for spec in self.specs:
+            paths = sorted(glob.glob(spec.pattern)) if glob.has_magic(spec.pattern) else [spec.pattern]
+            for p in paths:
+                if spec.mass_storage_only:
+                    if not os.path.isdir(p):
+                        continue
+                    try:
+                        with os.scandir(p) as entries:
+                            if not (os.path.ismount(p) or any(True for _ in entries)):
+                                continue
+                    except OSError:
+                        continue
+                elif not os.path.exists(p):
+                    continue
+                name = self._name_for(spec, p)
+                found.setdefault(name, (spec, p))
+        return found
+
+    def _name_for(self, spec: BaySpec, path: str) -> str:
+        with self.lock:
+            name = self._path_names.get(path)
+            if name:
+                return name
+            name = bay_name_for(spec, path)
+            if name in self._path_names.values():
+                name = f"{name}-{len(self._path_names)}"
+            self._path_names[path] = name
+            return name
+
+    def scan(self) -> None:
+        present = self._present()
+        with self.lock:
+            for name, (spec, path) in present.items():
+                bay = self.bays.get(name)
+                if bay is None:
+                    bay = self.bays[name] = Bay(self, name, path, spec.mass_storage_only)
+                if not bay.st.docked and not bay.busy:
+                    log.info("bay %s: recorder docked at %s", name, path)
+                    bay.docked_at(path)
+            for name, bay in self.bays.items():
+                if bay.st.docked and name not in present:
+                    log.info("bay %s: recorder removed", name)
+                    bay.undocked()
+
+    # --- serial claims ----------------------------------------------------------------------
+    def claim_serial(self, serial: str, bay: Bay) -> str | None:
+        """Claim ``serial`` for ``bay``; the other bay's name if a recorder there has it."""
+        with self.lock:
+            other = self._serials.get(serial)
+            if other is not None and other is not bay and other.st.docked:
+                self._conflicts.add(serial)
+                self.registry.flag_conflict(serial, f"{other.name} and {bay.name} at {now_iso()}")
+                return other.name
+            self._serials[serial] = bay
+            return None
+
+    def release_serial(self, serial: str, bay: Bay) -> None:
+        with self.lock:
+            if self._serials.get(serial) is bay and not bay.st.docked:
+                del self._serials[serial]
+
+    def serial_conflicted(self, serial: str) -> bool:
+        with self.lock:
+            return serial in self._conflicts
+
+    # --- state out --------------------------------------------------------------------------
+    def bay_changed(self, bay: Bay, important: bool = False) -> None:
+        with self.lock:
+            self._dirty.add(bay.name)
+        if important:
+            self._flush()
+
+    def _flush(self, force: bool = True) -> None:
+        with self.lock:
+            if not self._dirty or (not force and time.monotonic() - self._last_flush < 1.0):
+                return
+            dirty, self._dirty = self._dirty, set()
+            self._last_flush = time.monotonic()
+            self._write_state()
+            snaps = {n: self.bays[n].snapshot() for n in dirty if n in self.bays}
+        up = self.agent.uplink
+        if up is not None:
+            for n, snap in snaps.items():
+                try:
+                    up.publish(self.topics.component(self.cfg.device.id, n), snap, qos=1, retain=True)
+                except Exception:
+                    log.exception("publishing bay %s failed", n)
+
+    def _write_state(self) -> None:
+        """Atomic (temp file + rename) but not fsynced: a display state, rewritten several times a
+        second; an fsync here would queue behind the evidence writeback of every bay."""
+        with self.lock:
+            data = json.dumps(self.status(), ensure_ascii=False, indent=1, default=str).encode()
+            tmp = self.state_path.with_name(f".{self.state_path.name}.tmp")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, self.state_path)
+                self._state_error = None
+            except OSError as exc:  # a full disk must not stop the bays; MQTT still carries the state
+                if self._state_error != exc.errno:
+                    log.error("cannot write %s: %s", self.state_path, exc)
+                self._state_error = exc.errno
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+    # --- alarms -----------------------------------------------------------------------------
+    def alarm(self, code: str, bay: Bay, message: str) -> None:
+        zh, en = ALARMS[code]
+        key = f"{code}.{bay.name}"
+        with self.lock:
+            cur = self.alarms.get(key)
+            self.alarms[key] = {"key": key, "code": code, "bay": bay.name, "message": message,
+                                "title": f"{zh} / {en}", "since": cur["since"] if cur else now_iso()}
+        health = getattr(self.agent, "health", None)
+        reg = getattr(health, "alarms", None)
+        if reg is not None:
+            try:
+                head, _, tail = message.partition(" / ")
+                reg.raise_(code, head if tail else zh, tail or message, source="dock", instance=bay.name)
+            except Exception:
+                log.exception("raising alarm %s failed", key)
+        elif self.agent.uplink is not None:
+            try:
+                self.agent.uplink.publish(self.topics.alarm(self.cfg.device.id, key),
+                                          {"code": code, "key": key, "active": True, "message": message,
+                                           "source": "dock", "since": self.alarms[key]["since"]}, qos=1, retain=True)
+            except Exception:
+                log.exception("publishing alarm %s failed", key)
+        self._dirty.add(bay.name)
+
+    def clear_bay_alarms(self, bay: Bay, keep: tuple[str, ...] = ("dock_disk_full",)) -> None:
+        """A new recorder docked in ``bay``: the previous recorder's alarms end (the registry keeps
+        conflicts flagged); the disk alarm ends only when a docking passes the reserve check."""
+        with self.lock:
+            codes = [a["code"] for a in self.alarms.values() if a["bay"] == bay.name and a["code"] not in keep]
+        for code in codes:
+            self.clear_alarm(code, bay)
+
+    def clear_alarm(self, code: str, bay: Bay) -> None:
+        key = f"{code}.{bay.name}"
+        with self.lock:
+            if self.alarms.pop(key, None) is None:
+                return
+        reg = getattr(getattr(self.agent, "health", None), "alarms", None)
+        if reg is not None:
+            try:
+                reg.clear(code, source="dock", instance=bay.name)
+            except Exception:
+                log.exception("clearing alarm %s failed", key)
+        elif self.agent.uplink is not None:
+            try:
+                self.agent.uplink.publish(self.topics.alarm(self.cfg.device.id, key),
+                                          {"code": code, "key": key, "active": False, "source": "dock"},
+                                          qos=1, retain=True)
+            except Exception:
+                log.exception("publishing alarm clear %s failed", key)
+
+    # --- ratio ------------------------------------------------------------------------------
+    def recorder_seen(self) -> None:
+        self._ratio_due = True
+
+    def ratio_payload(self) -> dict:
+        d = self.cfg.dock
+        rows = self.registry.ratio(d.min_ratio_pct, d.usage_days)
+        return {"device": self.cfg.device.id, "at": now_iso(), "min_ratio_pct": d.min_ratio_pct,
+                "usage_days": d.usage_days, "units": [r.as_dict() for r in rows],
+                "pending": pending_by_officer(self.store, self.registry)}
+
+    def publish_ratio(self) -> None:
+        self._ratio_due = False
+        self._last_ratio = time.monotonic()
+        up = self.agent.uplink
+        if up is None:
+            return
+        try:
+            up.publish(self.topics.ratio(self.cfg.device.id), self.ratio_payload(), qos=1, retain=True)
+        except Exception:
+            log.exception("publishing the equipment ratio failed")
+
+
+def pending_by_officer(store, registry: Registry) -> list[dict]:
+    """Items still waiting for case number / proof object, per officer and unit (待补录)."""
+    rows = store.ledger.query(
+        "SELECT collector_id, collector_name, count(*) n, min(created) oldest FROM items "
+        "WHERE pending != '' AND state NOT IN ('discarded', 'purged', 'receiving') "
+        "GROUP BY collector_id, collector_name ORDER BY collector_id")
+    out = []
+    for r in rows:
+        off = registry.officer(r["collector_id"] or "") or {}
+        rec = registry.query("SELECT unit_number, unit_name FROM recorders WHERE officer_number = ? "
+                             "ORDER BY last_seen_ts DESC LIMIT 1", [r["collector_id"] or ""])
+        unit = off.get("unit_code") or (rec[0]["unit_number"] if rec else "")
+        out.append({"officer_number": r["collector_id"], "officer_name": r["collector_name"], "unit_code": unit,
+                    "pending_items": r["n"], "oldest": r["oldest"]})
+    return out
+
+
+def _bay_sort(name: str):
+    tail = name.rsplit("-", 1)[-1]
+    return (0, int(tail), name) if tail.isdigit() else (1, 0, name)
+
+
+def read_state(data_dir: Path | str) -> dict | None:
+    """The last ``bays.json`` a station wrote (for ``dock status`` / ``dock watch``), or None."""
+    p = Path(data_dir) / "dock" / "bays.json"
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return None
+    pid = data.get("pid")
+    alive = False
+    if isinstance(pid, int):
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except PermissionError:
+            alive = True
+        except OSError:
+            alive = False
+    data["running"] = alive
+    return data

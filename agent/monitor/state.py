@@ -1,0 +1,320 @@
+"""Monitor state and history in SQLite (WAL): devices, units, alarms, ratio reports, daily usage.
+
+The ingest thread applies messages to an in-memory copy of the device rows and flushes the dirty
+ones (plus alarm events, ratio reports, counters) in one transaction every ``flush_s``; readers
+(web page, terminal view, reports) open their own connection and read committed rows, so a
+reader never blocks ingest and a crash loses at most one flush interval.
+
+A central deployment may want PostgreSQL: the schema below is plain SQL, but the PostgreSQL
+backend (``--db postgresql://…``) is not built yet; ``open_state`` refuses such URLs clearly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import EdgeError
+
+#: minimum equipment ratio (recorders per officer: 1 per 5) and rooms per unit
+MIN_RATIO = 0.2
+MIN_ROOMS = 1
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_initial", """
+        CREATE TABLE devices (
+            id TEXT PRIMARY KEY,
+            unit_code TEXT,
+            unit_name TEXT,
+            kind TEXT,
+            version TEXT,
+            state TEXT NOT NULL DEFAULT 'unknown',
+            bdseq INTEGER,
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            status_ts REAL,
+            health TEXT,
+            health_ts REAL,
+            components TEXT NOT NULL DEFAULT '{}',
+            unit_conflicts INTEGER NOT NULL DEFAULT 0,
+            last_conflict TEXT
+        );
+        CREATE TABLE units (
+            code TEXT PRIMARY KEY,
+            name TEXT,
+            officers INTEGER,
+            officers_source TEXT,
+            officers_updated TEXT,
+            recorders INTEGER
+        );
+        CREATE TABLE roster (
+            unit_code TEXT NOT NULL,
+            officer_id TEXT NOT NULL,
+            name TEXT,
+            PRIMARY KEY (unit_code, officer_id)
+        );
+        CREATE TABLE ratio_reports (
+            device TEXT NOT NULL,
+            unit_code TEXT NOT NULL,
+            unit_name TEXT,
+            recorders INTEGER NOT NULL,
+            officers INTEGER,
+            serials TEXT,
+            at TEXT,
+            received REAL NOT NULL,
+            PRIMARY KEY (device, unit_code)
+        );
+        CREATE TABLE ratio_history (
+            id INTEGER PRIMARY KEY,
+            device TEXT NOT NULL,
+            unit_code TEXT NOT NULL,
+            recorders INTEGER NOT NULL,
+            officers INTEGER,
+            serials TEXT,
+            received REAL NOT NULL
+        );
+        CREATE INDEX ratio_history_unit ON ratio_history(unit_code, received);
+        CREATE TABLE alarms (
+            device TEXT NOT NULL,
+            key TEXT NOT NULL,
+            code TEXT NOT NULL,
+            unit_code TEXT,
+            severity TEXT NOT NULL,
+            active INTEGER NOT NULL,
+            since TEXT,
+            cleared TEXT,
+            ts TEXT,
+            message_zh TEXT,
+            message_en TEXT,
+            source TEXT,
+            updated REAL NOT NULL,
+            PRIMARY KEY (device, key)
+        );
+        CREATE TABLE alarm_events (
+            id INTEGER PRIMARY KEY,
+            device TEXT NOT NULL,
+            unit_code TEXT,
+            key TEXT NOT NULL,
+            code TEXT NOT NULL,
+            severity TEXT,
+            event TEXT NOT NULL,
+            ts TEXT,
+            received REAL NOT NULL
+        );
+        CREATE INDEX alarm_events_unit ON alarm_events(unit_code, received);
+        CREATE TABLE usage_daily (
+            device TEXT NOT NULL,
+            day TEXT NOT NULL,
+            unit_code TEXT,
+            kind TEXT,
+            first_items_total INTEGER, first_items_archived INTEGER, first_recorded_s INTEGER,
+            items_total INTEGER, items_archived INTEGER, recorded_s INTEGER,
+            pending_annotation INTEGER,
+            samples INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (device, day)
+        );
+        CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    """),
+]
+
+
+def connect(path: Path | str, readonly: bool = False) -> sqlite3.Connection:
+    p = Path(path)
+    if readonly:
+        if not p.exists():
+            raise EdgeError(f"{p}: no monitor database here (start `edge-agent monitor --db {p}` first)")
+        conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=30, check_same_thread=False)
+    else:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(p), timeout=30, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def check_db_arg(db: str) -> Path:
+    if "://" in db:
+        if db.startswith(("postgres://", "postgresql://")):
+            raise EdgeError(f"{db.split('@')[-1]}: the PostgreSQL backend is documented but not built yet; "
+                            "use a SQLite path (--db monitor.db)")
+        raise EdgeError(f"{db}: --db takes a SQLite file path")
+    return Path(db)
+
+
+class MonitorDB:
+    """Writable connection with named migrations and one transaction helper."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        try:
+            self.conn = connect(self.path)
+            self.lock = threading.RLock()
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise EdgeError(f"{self.path}: not a monitor database ({exc})") from None
+
+    def _migrate(self) -> None:
+        with self.atomic() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+            done = {r[0] for r in c.execute("SELECT name FROM migrations").fetchall()}
+            for name, sql in MIGRATIONS:
+                if name not in done:
+                    for stmt in filter(str.strip, sql.split(";")):
+                        c.execute(stmt)
+                    c.execute("INSERT INTO migrations VALUES (?, datetime('now'))", [name])
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[sqlite3.Connection]:
+        with self.lock:
+            if self.conn.in_transaction:
+                yield self.conn
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    # --- roster -----------------------------------------------------------------------------------
+    def import_roster(self, rows: list[dict], source: str) -> dict[str, int]:
+        """Replace the officers of the units named in ``rows``. A row is either
+        {unit_code, unit_name?, officers} (a count) or {unit_code, unit_name?, officer_id, name?}."""
+        counts: dict[str, int] = {}
+        names: dict[str, str] = {}
+        people: dict[str, list[tuple[str, str]]] = {}
+        for r in rows:
+            u = r["unit_code"]
+            if r.get("unit_name"):
+                names[u] = r["unit_name"]
+            if r.get("officers") is not None:
+                counts[u] = counts.get(u, 0) + int(r["officers"])
+            if r.get("officer_id"):
+                people.setdefault(u, []).append((r["officer_id"], r.get("name") or ""))
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        with self.atomic() as c:
+            for u, lst in people.items():
+                c.execute("DELETE FROM roster WHERE unit_code = ?", [u])
+                c.executemany("INSERT OR REPLACE INTO roster VALUES (?, ?, ?)", [(u, i, n) for i, n in lst])
+                counts[u] = counts.get(u, 0) + len({i for i, _ in lst})
+            for u, n in counts.items():
+                c.execute("INSERT INTO units(code, name, officers, officers_source, officers_updated) VALUES (?,?,?,?,?) "
+                          "ON CONFLICT(code) DO UPDATE SET officers=excluded.officers, officers_source=excluded.officers_source, "
+                          "officers_updated=excluded.officers_updated, name=coalesce(excluded.name, units.name)",
+                          [u, names.get(u), n, source, now])
+        return counts
+
+
+# --- reading ----------------------------------------------------------------------------------------
+def _row(r: sqlite3.Row) -> dict:
+    return dict(r)
+
+
+def fleet(conn: sqlite3.Connection, lost_after: float, now: float | None = None) -> dict:
+    """Everything the page and the terminal view show: units (with compliance), devices, alarms."""
+    now = now or time.time()
+    devices = []
+    for r in conn.execute("SELECT * FROM devices ORDER BY unit_code, id"):
+        d = _row(r)
+        d["health"] = json.loads(d["health"]) if d["health"] else None
+        d["components"] = json.loads(d["components"] or "{}")
+        d["silent_s"] = int(now - d["last_seen"])
+        d["display_state"] = "lost" if d["state"] == "online" and now - d["last_seen"] > lost_after else d["state"]
+        devices.append(d)
+    alarms = [_row(r) for r in conn.execute("SELECT * FROM alarms WHERE active = 1 ORDER BY "
+                                            "CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, since")]
+    units = unit_rows(conn, devices, alarms)
+    counters = {r["name"]: r["value"] for r in conn.execute("SELECT * FROM counters") if not r["name"].startswith("_")}
+    states = {"online": 0, "offline": 0, "lost": 0, "unknown": 0}
+    for d in devices:
+        states[d["display_state"]] = states.get(d["display_state"], 0) + 1
+    return {"generated": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now)), "lost_after_s": lost_after,
+            "totals": {"units": len(units), "devices": len(devices), **states, "alarms": len(alarms),
+                       "compliant_units": sum(1 for u in units if u["compliant"])},
+            "units": units, "devices": devices, "alarms": alarms, "ingest": counters}
+
+
+def recorders_of(conn: sqlite3.Connection, unit: str, until: float | None = None) -> tuple[int, int | None]:
+    """(recorders, officers) of a unit from the docking stations' latest ratio reports (as of
+    ``until``). Several stations of one unit: recorder serials are united when every report lists
+    them, else the largest count is taken (a recorder docks at more than one station; never
+    overstate compliance). Officers 0 means the station has no roster: unknown."""
+    if until is None:
+        rows = [_row(r) for r in conn.execute("SELECT * FROM ratio_reports WHERE unit_code = ?", [unit])]
+    else:
+        rows = [_row(r) for r in conn.execute(
+            "SELECT h.* FROM ratio_history h JOIN (SELECT device, max(received) received FROM ratio_history "
+            "WHERE received <= ? GROUP BY device) l ON h.device = l.device AND h.received = l.received "
+            "WHERE h.unit_code = ?", [until, unit])]
+    if not rows:
+        return 0, None
+    if all(r["serials"] for r in rows):
+        ids: set[str] = set()
+        for r in rows:
+            ids.update(json.loads(r["serials"]))
+        rec = len(ids)
+    else:
+        rec = max(r["recorders"] for r in rows)
+    offs = [r["officers"] for r in rows if r["officers"]]
+    return rec, (max(offs) if offs else None)
+
+
+def compliance(recorders: int, officers: int | None, rooms: int) -> dict:
+    ratio = round(recorders / officers, 3) if officers else None
+    ratio_ok = None if officers is None else (officers == 0 or recorders * 5 >= officers)
+    rooms_ok = rooms >= MIN_ROOMS
+    return {"recorders": recorders, "officers": officers, "ratio": ratio, "min_ratio": MIN_RATIO,
+            "ratio_ok": ratio_ok, "rooms": rooms, "min_rooms": MIN_ROOMS, "rooms_ok": rooms_ok,
+            "compliant": bool(ratio_ok) and rooms_ok}
+
+
+def unit_rows(conn: sqlite3.Connection, devices: list[dict], alarms: list[dict], until: float | None = None) -> list[dict]:
+    units = {r["code"]: _row(r) for r in conn.execute("SELECT * FROM units")}
+    for d in devices:
+        if d["unit_code"] and d["unit_code"] not in units:
+            units[d["unit_code"]] = {"code": d["unit_code"], "name": d["unit_name"], "officers": None,
+                                     "officers_source": None, "recorders": None}
+        elif d["unit_code"] and not units[d["unit_code"]].get("name"):
+            units[d["unit_code"]]["name"] = d["unit_name"]
+    by_unit: dict[str, list[dict]] = {}
+    for d in devices:
+        by_unit.setdefault(d["unit_code"], []).append(d)
+    unit_of = {d["id"]: d["unit_code"] for d in devices}
+    alarms_by_unit: dict[str, int] = {}
+    for a in alarms:
+        u = a["unit_code"] or unit_of.get(a["device"])
+        alarms_by_unit[u] = alarms_by_unit.get(u, 0) + 1
+    out = []
+    for code in sorted(units):
+        u = units[code]
+        devs = by_unit.get(code, [])
+        rep_rec, rep_off = recorders_of(conn, code, until)
+        recorders = u["recorders"] if u.get("recorders") is not None else rep_rec
+        officers = u["officers"] if u.get("officers") is not None else rep_off
+        src = u.get("officers_source") or ("ratio report" if rep_off is not None else None)
+        rooms = sum(1 for d in devs if d["kind"] == "room")
+        row = {"code": code, "name": u.get("name") or "", "officers_source": src,
+               "docks": sum(1 for d in devs if d["kind"] == "dock"),
+               "devices": len(devs),
+               "online": sum(1 for d in devs if d.get("display_state") == "online"),
+               "offline": sum(1 for d in devs if d.get("display_state") == "offline"),
+               "lost": sum(1 for d in devs if d.get("display_state") == "lost"),
+               "alarms": alarms_by_unit.get(code, 0),
+               "oldest_buffer_age_s": max([d["health"]["oldest_age_s"] for d in devs
+                                           if d.get("health") and d["health"].get("oldest_age_s") is not None] or [None],
+                                          key=lambda v: -1 if v is None else v),
+               **compliance(recorders, officers, rooms)}
+        out.append(row)
+    return out

@@ -1,0 +1,255 @@
+"""The monitor's web page and JSON API (stdlib http.server in a thread; no CDN, no build step).
+
+    GET /              one self-contained HTML page (refreshes itself every 2 s from /api/fleet)
+    GET /api/fleet     totals, units (with compliance), devices, active alarms, ingest counters
+    GET /api/units     units only;  GET /api/alarms  active alarms;  GET /api/devices  devices
+    GET /healthz       "ok"
+
+Read-only: every request opens the SQLite file read-only; nothing on the page changes state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+from .state import connect, fleet
+
+log = logging.getLogger(__name__)
+
+
+class WebServer:
+    def __init__(self, db_path: Path, port: int, lost_after: float, host: str = "127.0.0.1"):
+        self.db_path = Path(db_path)
+        self.lost_after = lost_after
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "edge-monitor"
+
+            def log_message(self, fmt, *args):  # to logging, not stderr
+                log.debug("web: " + fmt, *args)
+
+            def do_GET(self):  # noqa: N802
+                outer._get(self)
+
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            from ..errors import EdgeError
+
+            raise EdgeError(f"--web {port}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    def _send(self, h: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str) -> None:
+        h.send_response(code)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(body)))
+        h.send_header("Cache-Control", "no-store")
+        h.send_header("X-Content-Type-Options", "nosniff")
+        h.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'")
+        h.end_headers()
+        h.wfile.write(body)
+
+    def _get(self, h: BaseHTTPRequestHandler) -> None:
+        url = urlparse(h.path)
+        try:
+            if url.path == "/":
+                self._send(h, 200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
+                return
+            if url.path == "/healthz":
+                self._send(h, 200, b"ok\n", "text/plain")
+                return
+            if url.path in ("/api/fleet", "/api/units", "/api/alarms", "/api/devices"):
+                q = parse_qs(url.query)
+                conn = connect(self.db_path, readonly=True)
+                try:
+                    data = fleet(conn, self.lost_after)
+                finally:
+                    conn.close()
+                part = url.path.rsplit("/", 1)[1]
+                if part != "fleet":
+                    data = data[part]
+                    unit = (q.get("unit") or [None])[0]
+                    if unit and part in ("devices", "alarms"):
+                        data = [x for x in data if x.get("unit_code") == unit]
+                    elif unit and part == "units":
+                        data = [x for x in data if x["code"] == unit]
+                body = json.dumps(data, ensure_ascii=False, default=str).encode("utf-8")
+                self._send(h, 200, body, "application/json; charset=utf-8")
+                return
+            self._send(h, 404, json.dumps({"error": f"no such page: {url.path}"}).encode(), "application/json")
+        except Exception as exc:
+            log.exception("web request %s failed", url.path)
+            try:
+                self._send(h, int(HTTPStatus.INTERNAL_SERVER_ERROR),
+                           json.dumps({"error": str(exc)[:200]}).encode(), "application/json")
+            except OSError:
+                pass
+
+    def start(self) -> "WebServer":
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="monitor-web", daemon=True)
+        self._thread.start()
+        log.info("monitor web page on http://%s:%s/", *self.httpd.server_address[:2])
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+PAGE = r"""<!doctype html>
+<html lang="zh-CN">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>执法记录设备监控 / Recording equipment monitor</title>
+<style>
+:root { --ok:#1b7f3a; --bad:#b3261e; --warn:#a15c00; --lost:#6b3fa0; --mute:#666; }
+* { box-sizing: border-box; }
+body { font-family: "Noto Sans CJK SC", "Noto Sans SC", "Microsoft YaHei", sans-serif; margin: 0; background:#f4f5f7; color:#1d1d1f; font-size:14px; }
+header { background:#12325a; color:#fff; padding:10px 18px; display:flex; align-items:baseline; gap:18px; flex-wrap:wrap; }
+header h1 { font-size:19px; margin:0; }
+header .meta { font-size:12px; opacity:.85; }
+main { padding: 12px 18px; }
+section { background:#fff; border-radius:6px; box-shadow:0 1px 2px rgba(0,0,0,.12); margin-bottom:14px; padding:10px 14px; }
+h2 { font-size:16px; margin:4px 0 8px; }
+table { border-collapse: collapse; width:100%; }
+th, td { text-align:left; padding:4px 8px; border-bottom:1px solid #e4e4e7; vertical-align:top; }
+th { font-size:12px; color:#444; background:#fafafa; }
+.num { text-align:right; font-variant-numeric: tabular-nums; }
+.badge { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; color:#fff; white-space:nowrap; }
+.ok { background:var(--ok); } .bad { background:var(--bad); } .warn { background:var(--warn); } .lost { background:var(--lost); } .mute { background:var(--mute); }
+.txt-ok { color:var(--ok); font-weight:600; } .txt-bad { color:var(--bad); font-weight:600; }
+.cards { display:flex; gap:10px; flex-wrap:wrap; }
+.card { background:#fff; border-radius:6px; box-shadow:0 1px 2px rgba(0,0,0,.12); padding:8px 14px; min-width:120px; }
+.card .v { font-size:22px; font-weight:700; } .card .l { font-size:12px; color:#555; }
+.small { font-size:12px; color:#555; }
+#err { color:var(--bad); font-weight:600; }
+</style>
+</head>
+<body>
+<header>
+  <h1>执法记录设备监控 / Recording equipment monitor</h1>
+  <span class="meta">更新 / updated: <span id="generated">—</span></span>
+  <span class="meta">失联判定 / lost after: <span id="lostafter">—</span> s</span>
+  <span id="err"></span>
+</header>
+<main>
+  <div class="cards" id="cards"></div>
+  <section>
+    <h2>执法单位与配备达标 / Units and equipment compliance</h2>
+    <p class="small">标准 / minimum: 每五名执法人员至少一台执法记录仪 (配备率 ≥ 0.2) · 每个执法单位至少一间听证询问室 / at least one recorder per five officers (ratio ≥ 0.2) · at least one interview room per unit</p>
+    <table id="units"><thead><tr>
+      <th>单位 / Unit</th><th class="num">执法人员 / Officers</th><th class="num">记录仪 / Recorders</th>
+      <th class="num">配备率 / Ratio</th><th class="num">询问室 / Rooms</th><th class="num">采集站 / Docks</th>
+      <th>设备 / Devices</th><th class="num">告警 / Alarms</th><th class="num">最久积压 / Oldest backlog</th><th>达标 / Compliant</th>
+    </tr></thead><tbody></tbody></table>
+  </section>
+  <section>
+    <h2>告警 / Active alarms</h2>
+    <table id="alarms"><thead><tr>
+      <th>级别 / Severity</th><th>设备 / Device</th><th>单位 / Unit</th><th>告警 / Alarm</th><th>说明 / Message</th><th>开始 / Since</th>
+    </tr></thead><tbody></tbody></table>
+  </section>
+  <section>
+    <h2>设备 / Devices</h2>
+    <table id="devices"><thead><tr>
+      <th>设备 / Device</th><th>类型 / Kind</th><th>单位 / Unit</th><th>状态 / State</th><th class="num">静默 / Silent</th>
+      <th class="num">待上传 / Pending</th><th class="num">最久 / Oldest</th><th class="num">磁盘剩余 / Disk free</th>
+      <th>时钟 / Clock</th><th>部件 / Bays, cameras, sensors</th>
+    </tr></thead><tbody></tbody></table>
+  </section>
+  <p class="small">接收 / ingest: <span id="ingest">—</span></p>
+</main>
+<script>
+"use strict";
+const KIND = {dock: "采集站 / dock", room: "询问室 / room", archive: "归档 / archive"};
+const STATE = {online: ["在线 / online", "ok"], offline: ["离线 / offline", "bad"], lost: ["失联 / lost", "lost"], unknown: ["未知 / unknown", "mute"]};
+const SEV = {critical: ["严重 / critical", "bad"], warning: ["警告 / warning", "warn"], info: ["提示 / info", "mute"]};
+const CSTATE = {ok: "ok", warning: "warn", error: "bad", offline: "bad", stopped: "mute", starting: "mute", unknown: "mute"};
+function el(tag, attrs, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) { if (k === "class") e.className = v; else e.setAttribute(k, v); }
+  for (const k of kids) e.append(k instanceof Node ? k : document.createTextNode(k == null ? "—" : String(k)));
+  return e;
+}
+function badge(text, cls) { return el("span", {class: "badge " + cls}, text); }
+function age(s) {
+  if (s == null) return "—";
+  if (s < 120) return s + " s";
+  if (s < 7200) return Math.round(s / 60) + " min";
+  if (s < 172800) return (s / 3600).toFixed(1) + " h";
+  return (s / 86400).toFixed(1) + " d";
+}
+function bytes(b) {
+  if (b == null) return "—";
+  const u = ["B", "KiB", "MiB", "GiB", "TiB"]; let i = 0;
+  while (b >= 1024 && i < u.length - 1) { b /= 1024; i++; }
+  return b.toFixed(i ? 1 : 0) + " " + u[i];
+}
+function fill(id, rows) { const tb = document.querySelector("#" + id + " tbody"); tb.replaceChildren(...rows); }
+function render(f) {
+  document.getElementById("generated").textContent = f.generated;
+  document.getElementById("lostafter").textContent = f.lost_after_s;
+  const t = f.totals;
+  const cards = [["执法单位 / Units", t.units], ["达标单位 / Compliant units", t.compliant_units + " / " + t.units],
+                 ["在线 / Online", t.online], ["离线 / Offline", t.offline], ["失联 / Lost", t.lost], ["告警 / Alarms", t.alarms]];
+  document.getElementById("cards").replaceChildren(...cards.map(([l, v]) => el("div", {class: "card"}, el("div", {class: "v"}, v), el("div", {class: "l"}, l))));
+  fill("units", f.units.map(u => el("tr", {"data-unit": u.code},
+    el("td", {}, u.name ? u.name + " (" + u.code + ")" : u.code),
+    el("td", {class: "num"}, u.officers == null ? "未知 / unknown" : u.officers),
+    el("td", {class: "num"}, u.recorders),
+    el("td", {class: "num " + (u.ratio_ok ? "txt-ok" : "txt-bad")}, u.ratio == null ? "—" : u.ratio.toFixed(2) + (u.ratio_ok ? " ≥ 0.2" : " < 0.2")),
+    el("td", {class: "num " + (u.rooms_ok ? "txt-ok" : "txt-bad")}, u.rooms + (u.rooms_ok ? " ≥ 1" : " < 1")),
+    el("td", {class: "num"}, u.docks),
+    el("td", {}, badge(u.online + " 在线", "ok"), " ", badge(u.offline + " 离线", u.offline ? "bad" : "mute"), " ", badge(u.lost + " 失联", u.lost ? "lost" : "mute")),
+    el("td", {class: "num"}, u.alarms),
+    el("td", {class: "num"}, age(u.oldest_buffer_age_s)),
+    el("td", {}, u.compliant ? badge("达标 / compliant", "ok") : badge(u.officers == null ? "人员未知 / officers unknown" : "不达标 / not compliant", "bad")))));
+  fill("alarms", f.alarms.map(a => el("tr", {"data-alarm": a.device + "/" + a.key},
+    el("td", {}, badge(...(SEV[a.severity] || [a.severity, "mute"]))),
+    el("td", {}, a.device), el("td", {}, a.unit_code), el("td", {}, a.key),
+    el("td", {}, a.message_zh + " / " + a.message_en), el("td", {}, a.since))));
+  if (!f.alarms.length) fill("alarms", [el("tr", {}, el("td", {colspan: 6}, "无告警 / no active alarms"))]);
+  fill("devices", f.devices.map(d => {
+    const h = d.health || {};
+    const st = STATE[d.display_state] || [d.display_state, "mute"];
+    const comps = Object.entries(d.components || {}).map(([n, c]) => badge(n + ": " + (c.label || c.state), CSTATE[c.state] || "mute"));
+    const clock = h.clock_synchronized === true ? "已同步 / synced" : h.clock_synchronized === false ? "未同步 / unsynced" : "—";
+    return el("tr", {"data-device": d.id, "data-state": d.display_state},
+      el("td", {}, d.id), el("td", {}, KIND[d.kind] || d.kind), el("td", {}, d.unit_code),
+      el("td", {}, badge(st[0], st[1]), d.unit_conflicts ? badge("单位冲突 / unit conflict ×" + d.unit_conflicts, "warn") : ""),
+      el("td", {class: "num"}, age(d.silent_s)),
+      el("td", {class: "num"}, h.buffer_items == null ? "—" : h.buffer_items + " (" + bytes(h.buffer_bytes) + ")"),
+      el("td", {class: "num"}, age(h.oldest_age_s)),
+      el("td", {class: "num"}, bytes(h.disk_free_bytes)),
+      el("td", {}, clock), el("td", {}, ...comps));
+  }));
+  document.getElementById("ingest").textContent = Object.entries(f.ingest).map(([k, v]) => k + "=" + v).join("  ");
+}
+async function tick() {
+  try {
+    const r = await fetch("/api/fleet", {cache: "no-store"});
+    if (!r.ok) throw new Error("HTTP " + r.status);
+    render(await r.json());
+    document.getElementById("err").textContent = "";
+    document.body.dataset.loaded = "1";
+  } catch (e) {
+    document.getElementById("err").textContent = "连接监控服务失败 / cannot reach the monitor: " + e.message;
+  }
+}
+tick();
+setInterval(tick, 2000);
+</script>
+</body>
+</html>
+"""

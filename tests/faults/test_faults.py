@@ -1,0 +1,326 @@
+"""Each fault of issue 7 at least once, with real processes (tests/faults/harness.py): kill -9 of the
+agent mid-ingest and mid-transfer, of the archive and of the broker mid-transfer; the broker down
+for a while; a full disk at the edge; the agent's clock jumping an hour forward and back; network
+loss between namespaces; corrupt chunks and items. After each: every item produced at the edge is
+in the archive exactly once and verifies, the edge lost nothing, nothing corrupt was accepted.
+
+Slow variants (``-m slow``): the broker down 60 s, the link down 60 s."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import pytest
+
+from agent.evidence import manifest as mf
+from agent.uplink import protocol as P
+from tests.faults.harness import (CAPTURED_AT, Clock, Cluster, HarnessError, NetLink, Tmpfs, wait_for)
+
+MB = 1_000_000
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    cl = Cluster(tmp_path / "cl")
+    try:
+        cl.start()
+        yield cl
+    finally:
+        cl.close()
+
+
+def _uploading(node) -> bool:
+    return any(s == "uploading" for s in node.states().values())
+
+
+# --- kill -9 of the agent ------------------------------------------------------------------------
+def test_agent_killed_mid_ingest_and_ingest_killed_mid_seal(cluster):
+    """The agent and a CLI ingest killed together mid-copy (power cut); then CLI ingests killed at
+    each sealing step while the agent keeps running: the chain never forks, nothing is stranded."""
+    node = cluster.add_node().start()
+    first = node.ingest(2, 300_000)
+    proc = node.ingest_cli(80 * MB, wait=False)
+    incoming = node.data_dir / "spool" / "incoming"
+
+    def copying():
+        return any(f.stat().st_size > 2 * MB for f in incoming.glob("*/files/*"))
+
+    wait_for(lambda: copying() or not proc.alive(), 30, "the ingest copying", [proc])
+    assert proc.alive(), f"the ingest finished before it could be killed: {proc.tail()}"
+    node.kill()  # run and the ingest, kill -9 together
+    assert any(r["state"] == "receiving" for r in node.rows())
+    node.start()  # recovery discards the partial copy
+    wait_for(lambda: not any(r["state"] == "receiving" for r in node.rows()), 20, "partial copy discarded",
+             node.logs())
+    assert "interrupted before sealing" in node.run_proc.text()
+    assert not list(incoming.iterdir())
+    # crash points between the durable steps of sealing, agent still running: the next ingest
+    # must record the sealed-but-unrecorded item first instead of reusing its chain position
+    for point in ("seal:after-sig", "seal:after-manifest", "seal:after-rename", "seal:after-ledger"):
+        p = node.ingest_cli(200_000, wait=False, env={"EDGE_AGENT_CRASH_AT": point})
+        assert p.wait(60) == -9, p.tail()
+        node.ingest_cli(150_000)
+    cluster.wait_archived(60)
+    out = cluster.check().assert_ok()
+    # three of the four crash points had sealed the item on disk: produced, hence archived
+    assert out.produced == len(first) + 4 + 3, out.counts()
+    assert all(s in ("archived", "discarded", "receiving") for s in node.states().values())
+
+
+def test_agent_killed_mid_transfer(cluster):
+    node = cluster.add_node().start()
+    node.ingest(3, 2 * MB)
+    cluster.wait_transfer_started(min_bytes=300_000)
+    node.kill()
+    assert _uploading(node)
+    node.start()
+    cluster.wait_archived(60)
+    cluster.check().assert_ok()
+
+
+def test_killed_between_stored_and_recorded(cluster):
+    """The two narrowest windows of the hand-over, by crash point: the archive killed after its
+    atomic rename but before its database commit; the agent killed after the archive answered
+    "stored" but before its ledger says archived. Neither duplicates nor loses an item."""
+    node = cluster.add_node()
+    node.ingest(2, 300_000)
+    cluster.restart_archive(env={"EDGE_AGENT_CRASH_AT": "archive:after-rename"})
+    node.start()
+    wait_for(lambda: not cluster.archive.alive(), 30, "the archive at its crash point", cluster.logs())
+    assert cluster.archive_copies() and not cluster.archive_rows()  # renamed into place, not committed
+    node.kill()
+    cluster.start_archive()
+    node.start(extra_env={"EDGE_AGENT_CRASH_AT": "uplink:before-mark-archived"})
+    wait_for(lambda: not node.alive(), 30, "the agent at its crash point", node.logs())
+    assert cluster.archive_rows() and not cluster.settled()
+    node.start()
+    cluster.wait_archived(60)
+    out = cluster.check().assert_ok()
+    assert out.produced == out.archived == 2
+
+
+# --- kill -9 of the archive and of the broker ----------------------------------------------------
+def test_archive_killed_mid_transfer_two_agents(cluster):
+    a = cluster.add_node("dock-0001").start()
+    b = cluster.add_node("dock-0002").start()
+    a.ingest(2, 2 * MB)
+    b.ingest(2, 2 * MB)
+    cluster.wait_transfer_started(min_bytes=300_000)
+    cluster.kill_archive()
+    time.sleep(1.0)
+    assert not cluster.settled()
+    cluster.start_archive()
+    cluster.wait_archived(60)
+    out = cluster.check().assert_ok()
+    assert out.produced == out.archived == 4
+    assert a.alive() and b.alive()
+
+
+def test_broker_killed_mid_transfer(cluster):
+    node = cluster.add_node().start()
+    node.ingest(3, 2 * MB)
+    cluster.wait_transfer_started(min_bytes=300_000)
+    cluster.restart_broker(downtime=0.5)
+    cluster.wait_archived(60)
+    cluster.check().assert_ok()
+    assert node.alive()
+
+
+@pytest.mark.parametrize("downtime", [pytest.param(5, id="5s"), pytest.param(60, id="60s", marks=pytest.mark.slow)])
+def test_broker_down_for_a_while(cluster, downtime):
+    """The broker gone for a while: the edge keeps sealing (items wait in the outbox), nothing is
+    archived meanwhile, everything drains after the broker returns."""
+    node = cluster.add_node().start()
+    node.ingest(2, 1 * MB)
+    cluster.wait_transfer_started(min_bytes=100_000)
+    cluster.kill_broker()
+    t0 = time.monotonic()
+    node.ingest(3, 500_000)  # produced while offline
+    time.sleep(1.5)  # what the archive had already received is handled by now
+    held = cluster.held_bytes()
+    time.sleep(max(0.0, downtime - (time.monotonic() - t0)))
+    assert node.alive(), node.run_proc.tail()
+    assert cluster.held_bytes() == held
+    assert not cluster.settled()
+    cluster.broker.restart(kill=True)
+    cluster.wait_archived(60 + downtime)
+    out = cluster.check().assert_ok()
+    assert out.produced == 5
+
+
+# --- a full disk at the edge ---------------------------------------------------------------------
+def test_disk_full_on_the_edge(cluster, tmp_path):
+    """A 48 MB tmpfs as the data directory: the reserve refuses an ingest before any byte is
+    copied; a disk filled to the last byte while items are in transfer stops nothing for good;
+    a disk that fills up mid-copy gives a clean error and leaves no partial item."""
+    why = Tmpfs.unavailable()
+    if why:
+        pytest.skip(why)
+    fs = Tmpfs(tmp_path / "edge-disk", 48)
+    cluster.extra.append(fs)
+    node = cluster.add_node(data_dir=fs.path / "data", reserve_mb=2).start()
+    ok = node.ingest(2, 1 * MB)
+    # 1. the reserve: refused before copying, a clear bilingual message
+    ballast = fs.fill(leave_bytes=3 * 2**20)
+    with pytest.raises(HarnessError, match="磁盘空间不足 / disk reserve reached"):
+        node.ingest_cli(2 * MB)
+    # 2. the disk completely full while items transfer: the agent keeps its items
+    ballast.unlink()
+    more = node.ingest(3, 2 * MB)
+    cluster.wait_transfer_started(min_bytes=200_000)
+    full = fs.fill(leave_bytes=0, name="ballast2")
+    time.sleep(3)
+    assert node.alive(), node.run_proc.tail(10)  # a full disk is no reason to die
+    full.unlink()
+    cluster.wait_archived(60)  # the worker survived the failed ledger writes and carries on
+    assert "Exception in thread" not in node.run_proc.text(), node.run_proc.tail(30)
+    # 3. full mid-copy: ENOSPC while copying (the ballast grows while the ingest copies)
+    proc = node.ingest_cli(20 * MB, wait=False)
+    incoming = node.data_dir / "spool" / "incoming"
+    wait_for(lambda: any(incoming.glob("*/files/*")) or not proc.alive(), 20, "copy started", [proc], step=0.005)
+    fs.fill(leave_bytes=0, name="ballast3")
+    rc = proc.wait(60)
+    text = proc.text()
+    assert rc != 0, text
+    assert "Traceback" not in text, text
+    assert "磁盘已满 / disk full" in text or "磁盘空间不足 / disk reserve reached" in text, text
+    (fs.path / "ballast3").unlink()
+    assert not list(incoming.iterdir()), "a partial item was left behind"
+    assert all(r["state"] != "receiving" for r in node.rows())
+    node.ingest_cli(500_000)
+    cluster.wait_archived(60)
+    out = cluster.check().assert_ok()
+    assert out.produced == len(ok) + len(more) + 1
+
+
+# --- the clock ---------------------------------------------------------------------------------------
+def _iso(s: str) -> float:
+    return dt.datetime.fromisoformat(s).timestamp()
+
+
+def test_clock_jumps_forward_and_back_an_hour(cluster, tmp_path):
+    """`edge-agent run` and `edge-agent ingest` under libfaketime; the wall clock jumps +1 h, then
+    back to -1 h while the agent runs and transfers. Items still archive and verify; the capture
+    time stays as recorded; ingest_time shows the device's (faked) clock, so the jump is visible in
+    the sealed record; the chain order (device_seq) is unaffected by the clock."""
+    why = Clock.unavailable()
+    if why:
+        pytest.skip(why)
+    clock = Clock(tmp_path / "clock")
+    node = cluster.add_node(clock=clock).start()
+    expected = {}
+    expected[node.ingest_cli(300_000)] = 0
+    node.ingest(2, 2 * MB)
+    cluster.wait_transfer_started(min_bytes=100_000)
+    clock.set("+1h")
+    time.sleep(1.5)  # libfaketime re-reads the file every second
+    expected[node.ingest_cli(300_000)] = 3600
+    clock.set("-1h")
+    time.sleep(1.5)
+    expected[node.ingest_cli(300_000)] = -3600
+    clock.set("+0")
+    cluster.wait_archived(60)
+    cluster.check().assert_ok()
+    assert node.alive()
+    for item, offset in expected.items():
+        m = json.loads((node.data_dir / "spool" / "items" / item / mf.MANIFEST).read_bytes())
+        assert m["metadata"]["capture_start"] == CAPTURED_AT  # as recorded, whatever the clock
+        # ingest_time is the device's clock at sealing: real time shifted by the jump
+        shown = _iso(m["ingest_time"]) - time.time()
+        assert abs(shown - offset) < 600, (item, m["ingest_time"], offset)
+    seqs = sorted((r["device_seq"], r["id"]) for r in node.rows() if r["device_seq"])
+    assert [s for s, _ in seqs] == list(range(1, len(seqs) + 1))
+
+
+# --- the network ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("down_s", [pytest.param(5, id="5s"), pytest.param(60, id="60s", marks=pytest.mark.slow)])
+def test_network_loss_between_namespaces(tmp_path, down_s):
+    """The agent in its own network namespace, joined to the broker by a veth pair; the link goes
+    down mid-transfer (no RST, packets just vanish), then comes back."""
+    why = NetLink.unavailable()
+    if why:
+        pytest.skip(why)
+    link = NetLink()
+    cl = Cluster(tmp_path / "cl", netlink=link)
+    cl.extra.append(link)
+    try:
+        cl.start()
+        node = cl.add_node(keepalive=5).start()
+        wait_for(lambda: node.live_status().get("connected"), 20, "agent connected across the veth", node.logs())
+        node.ingest(3, 2 * MB)
+        cl.wait_transfer_started(min_bytes=200_000)
+        link.down()
+        time.sleep(1)
+        held = cl.held_bytes()
+        time.sleep(max(0, down_s - 1))
+        assert cl.held_bytes() == held, "bytes arrived over a link that is down"
+        assert node.alive()
+        link.up()
+        cl.wait_archived(90)
+        cl.check().assert_ok()
+    finally:
+        cl.close()
+
+
+# --- corrupt input -------------------------------------------------------------------------------
+def test_corrupt_chunks_and_items_refused(cluster):
+    """A chunk that does not match its hash, a manifest altered after signing, a signed manifest with
+    other content, and an item damaged on the edge's disk before upload: all refused, none stored;
+    the other items of the device archive and the archive's chain verifies around the refused one."""
+    node = cluster.add_node()
+    ids = node.ingest(4, 500_000)
+    node.damage_item(ids[1])
+    a = cluster.inject_corrupt_chunk(node)
+    assert a.status == P.ERROR and "sha256 mismatch" in (a.reason or ""), a
+    b = cluster.inject_forged_manifest(node)
+    assert b.status == P.REJECTED and "signature" in (b.reason or "").lower(), b
+    c = cluster.inject_swapped_content(node)
+    assert c.status == P.REJECTED and "verification failed" in (c.reason or ""), c
+    node.start()
+    cluster.wait_archived(60)
+    out = cluster.check().assert_ok()
+    assert out.produced == 3 and out.archived == 3
+    assert out.corrupt_injected == 4 and out.corrupt_accepted == 0
+    assert node.states()[ids[1]] == "rejected"
+    reasons = " | ".join(q["reason"] for q in cluster.quarantined())
+    assert ids[1] in {q["item"] for q in cluster.quarantined()}, reasons
+
+
+# --- kill -9 mid room recording --------------------------------------------------------------------
+def test_agent_killed_mid_room_recording(cluster, tmp_path):
+    """An interview room (kind room, two file cameras, a tone microphone, 2 s segments) recording
+    while its segments stream to the archive; `edge-agent run` killed with SIGKILL mid-segment,
+    restarted, the session resumed and stopped. The archive holds every segment once, the session's
+    segments chain (verify_chain checks it), the crash is a gap in the record."""
+    from tests.support.rtsp import make_clip
+
+    clip = make_clip(tmp_path / "cam.mp4", (320, 240), seconds=30)
+    node = cluster.add_node("room-0001", kind="room", reserve_mb=0,
+                            room__cameras=[f"file:{clip}", f"file:{clip}"], room__size="704x576", room__fps=10,
+                            room__segment_seconds=2, room__microphone="tone").start()
+    wait_for(lambda: node.room_status().get("state") == "idle", 30, "room idle", node.logs())
+    node.cli("room", "start", "--case", "杭司罚〔2026〕第0456号", "--collector", "王五", "--collector-id",
+             "33010099999", "--proof", "询问过程同步录音录像")
+    wait_for(lambda: node.room_status().get("segments_sealed", 0) >= 2, 40, "two segments sealed", node.logs())
+    time.sleep(1.0 + (time.monotonic_ns() % 1000) / 1000)  # somewhere inside a segment
+    sid = node.room_status()["session"]
+    node.kill()
+    node.start()
+    wait_for(lambda: node.room_status().get("state") == "recording", 30, "recording resumed", node.logs())
+    st = node.room_status()
+    assert st["session"] == sid and [i["reason"] for i in st["interruptions"]] == ["crash"], st
+    n = st["segments_sealed"]
+    wait_for(lambda: node.room_status().get("segments_sealed", 0) >= n + 1, 30, "a segment after restart",
+             node.logs())
+    node.cli("room", "stop")
+    wait_for(lambda: node.room_status().get("state") == "idle", 30, "room stopped", node.logs())
+    cluster.wait_archived(90)
+    out = cluster.check().assert_ok()
+    ms = [json.loads(p.read_bytes()) for p in (cluster.root).rglob(mf.MANIFEST)
+          if not p.relative_to(cluster.root).parts[0].startswith("_")]
+    ms.sort(key=lambda m: m["session"]["index"])
+    assert out.produced == len(ms) >= 4
+    assert [m["session"]["index"] for m in ms] == list(range(len(ms))) and ms[-1]["session"]["final"]
+    assert any(g["component"] == "agent" for m in ms for g in m["gaps"]), "the crash is not a gap in the record"

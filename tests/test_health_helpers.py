@@ -1,0 +1,198 @@
+"""Helpers for the health and monitor tests: an MQTT capture client, the AsyncAPI schemas, a
+contract-following uplink for in-process agents, and a monitor subprocess."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+EDGE = str(Path(sys.executable).with_name("edge-agent"))
+ARTIFACTS = ROOT / "artifacts"
+
+
+@functools.lru_cache(maxsize=1)
+def _asyncapi_doc() -> dict:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load((ROOT / "docs" / "asyncapi.yaml").read_text(encoding="utf-8"), Loader=loader)
+
+
+def asyncapi_schemas() -> dict[str, dict]:
+    return copy.deepcopy(_asyncapi_doc()["components"]["schemas"])
+
+
+def schema_for(topic: str) -> str | None:
+    parts = topic.split("/")
+    if len(parts) >= 4 and parts[1] == "dev":
+        kind = parts[3]
+        if kind in ("status", "health", "ratio") and len(parts) == 4:
+            return kind
+        if kind in ("alarm", "component") and len(parts) == 5:
+            return kind
+    return None
+
+
+class Capture:
+    """Subscribes to a filter and keeps every message (topic, payload bytes, retain flag)."""
+
+    def __init__(self, port: int, topic: str = "#", host: str = "127.0.0.1"):
+        self.msgs: list[tuple[str, bytes, bool]] = []
+        self.cond = threading.Condition()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"capture-{os.getpid()}-{id(self)}",
+                             protocol=mqtt.MQTTv5)
+        self.c.on_message = self._on_message
+        self._sub = threading.Event()
+        self.c.on_subscribe = lambda *a: self._sub.set()
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.c.connect(host, port)
+        self.c.loop_start()
+        assert self._sub.wait(10), "capture could not subscribe"
+
+    def _on_message(self, client, userdata, msg):
+        with self.cond:
+            self.msgs.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self.cond.notify_all()
+
+    def wait_for(self, pred, timeout: float = 30.0, start: int = 0):
+        """The first message (from index ``start``) for which pred(topic, payload_or_None) is true."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            seen = start
+            while True:
+                for topic, payload, retain in self.msgs[seen:]:
+                    try:
+                        obj = json.loads(payload) if payload else None
+                    except ValueError:
+                        obj = None
+                    if pred(topic, obj):
+                        return topic, obj
+                seen = len(self.msgs)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no matching message in {timeout} s; got topics "
+                                         f"{sorted({t for t, _, _ in self.msgs})[:30]}")
+                self.cond.wait(left)
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def retained(port: int, topic: str = "#", wait: float = 1.5) -> dict[str, bytes]:
+    """What the broker retains now under ``topic`` (a fresh subscriber)."""
+    cap = Capture(port, topic)
+    time.sleep(wait)
+    cap.close()
+    return {t: p for t, p, r in cap.msgs if r}
+
+
+def publish(port: int, topic: str, payload, *, retain: bool = False, qos: int = 1) -> None:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{os.getpid()}-{time.monotonic_ns()}",
+                    protocol=mqtt.MQTTv5)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    data = payload if isinstance(payload, (bytes, str)) else json.dumps(payload, ensure_ascii=False)
+    c.publish(topic, data, qos=qos, retain=retain).wait_for_publish(10)
+    c.disconnect()
+    c.loop_stop()
+
+
+class ContractUplink:
+    """A minimal uplink that follows the shared contract (publish/subscribe/connected/stats/rebirth,
+    retained values remembered and republished): lets the health component run in-process against
+    a real broker without the full uplink (agent/uplink) of another issue."""
+
+    name = "uplink"
+
+    def __init__(self, port: int, device: str, prefix: str = "edge"):
+        self.retained: dict[str, tuple[bytes, int]] = {}
+        self.sent = 0
+        self.rebirths = 0
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
+        self.c.will_set(f"{prefix}/dev/{device}/status", json.dumps({"state": "offline", "bdseq": 1}), qos=1, retain=True)
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        self.status_topic = f"{prefix}/dev/{device}/status"
+        self.publish(self.status_topic, {"state": "online", "bdseq": 1, "device": device}, retain=True)
+
+    @property
+    def connected(self) -> bool:
+        return self.c.is_connected()
+
+    def publish(self, topic, payload, *, qos=1, retain=False):
+        data = payload if isinstance(payload, bytes) else json.dumps(payload, ensure_ascii=False).encode()
+        if retain:
+            self.retained[topic] = (data, qos)
+        self.c.publish(topic, data, qos=qos, retain=retain)
+        self.sent += 1
+
+    def subscribe(self, topic_filter, callback):
+        raise NotImplementedError
+
+    def rebirth(self):
+        self.rebirths += 1
+        for t, (data, qos) in list(self.retained.items()):
+            self.c.publish(t, data, qos=qos, retain=True)
+
+    def stats(self):
+        return {"connected": self.connected, "reconnects": 0, "errors": 0, "bytes_sent": 0, "bytes_per_s": 0.0,
+                "items_archived": 0, "last_error": None, "archive_reachable": False}
+
+    def start(self):
+        pass
+
+    def stop(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+    def status(self):
+        return {"state": "ok" if self.connected else "offline", "sent": self.sent}
+
+
+class MonitorProc:
+    """``edge-agent monitor`` as a subprocess (no TUI), ready when it prints its ready line."""
+
+    def __init__(self, db: Path, port: int, *, web: int | None = None, lost_after: int = 120, extra=(), env=None):
+        args = [EDGE, "monitor", "--db", str(db), "--broker", f"127.0.0.1:{port}", "--no-tui",
+                "--lost-after", str(lost_after), *extra]
+        if web is not None:
+            args += ["--web", str(web)]
+        self.log = Path(str(db) + ".log")
+        self.logf = open(self.log, "ab")
+        e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        self.p = subprocess.Popen(args, stdout=self.logf, stderr=self.logf, env=e, start_new_session=True)
+        self.web_url = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace")
+            if "monitor: ready" in text:
+                line = [ln for ln in text.splitlines() if "monitor: ready" in ln][-1]
+                if " web " in line:
+                    self.web_url = line.split(" web ", 1)[1].strip()
+                break
+            if self.p.poll() is not None:
+                raise AssertionError(f"monitor exited: {text[-2000:]}")
+            time.sleep(0.05)
+        else:
+            raise AssertionError("monitor did not become ready")
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+            self.p.wait(20)
+        self.logf.close()
+        return self.p.returncode
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")

@@ -1,0 +1,124 @@
+"""The monitor web page in a real headless Chromium (Debian chromium + chromedriver via selenium),
+the JSON API, and a screenshot in artifacts/monitor.png."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.test_health_helpers import ARTIFACTS, MonitorProc, publish
+from tools.fleet_sim import FleetSim, make_fleet
+
+CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, r.headers.get("Content-Type"), r.read()
+
+
+@pytest.fixture
+def monitor_with_fleet(tmp_path, broker):
+    """11 devices in 3 units: 6 whose connections died (wills: offline), 3 still reporting
+    (online), 2 that went silent without a will (lost after 5 s); one active alarm; one device
+    claiming another unit."""
+    db = tmp_path / "m.db"
+    mon = MonitorProc(db, broker.port, web=0, lost_after=5)
+    dead = FleetSim("127.0.0.1", broker.port, make_fleet(6, 3, "web"), per_device=True, rate=2, officers=20)
+    dead.connect()
+    d = dead.devices[1]
+    d.alarm = ("camera_offline", "camera-main", "主摄像头离线", "main camera offline", "critical")
+    d._since = "2026-11-27T09:00:00+08:00"
+    dead.pub(d, "alarm", d.alarm_key(), d.alarm_payload(True, d._since), 1, True)
+    gone = FleetSim("127.0.0.1", broker.port, make_fleet(2, 2, "gone"), rate=2, officers=20)
+    gone.connect()
+    gone.run(0.6)
+    gone.stop(clean=False)
+    dead.run(1.0)
+    dead.stop(clean=False)
+    live = FleetSim("127.0.0.1", broker.port, make_fleet(3, 3, "live"), rate=1, officers=20)
+    live.connect()
+    feeder = threading.Thread(target=live.run, args=(120,), daemon=True)
+    feeder.start()
+    # one device reports a unit other than the one it registered with: flagged on the page
+    publish(broker.port, f"edge/dev/{dead.devices[0].id}/status",
+            {"state": "online", "bdseq": 9, "unit_code": "99999999"})
+    deadline = time.monotonic() + 30
+    while True:
+        t = json.loads(_get(mon.web_url + "api/fleet")[2])["totals"]
+        if t["offline"] == 6 and t["lost"] == 2 and t["online"] == 3:
+            break
+        assert time.monotonic() < deadline, t
+        time.sleep(0.3)
+    yield mon, dead
+    live.stop()
+    feeder.join(10)
+    mon.stop()
+
+
+def test_api(monitor_with_fleet):
+    mon, sim = monitor_with_fleet
+    status, ctype, body = _get(mon.web_url + "api/fleet")
+    f = json.loads(body)
+    assert status == 200 and ctype.startswith("application/json")
+    assert f["totals"]["devices"] == 11 and len(f["units"]) == 3
+    for part in ("units", "alarms", "devices"):
+        assert isinstance(json.loads(_get(mon.web_url + f"api/{part}")[2]), list)
+    one = json.loads(_get(mon.web_url + "api/units?unit=33010002")[2])
+    assert len(one) == 1 and one[0]["rooms"] == 0 and one[0]["compliant"] is False
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        _get(mon.web_url + "api/nothing")
+    assert exc.value.code == 404
+    status, ctype, page = _get(mon.web_url)
+    assert status == 200 and ctype.startswith("text/html")
+    text = page.decode("utf-8")
+    assert "http://" not in text.replace("http://' + ", "") and "https://" not in text, "self-contained: no CDN"
+
+
+@pytest.mark.skipif(not (shutil.which(CHROMIUM) and shutil.which(DRIVER)), reason="chromium/chromedriver not installed")
+def test_page_in_headless_chromium(monitor_with_fleet):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    mon, sim = monitor_with_fleet
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--disable-background-networking", "--disable-extensions", "--no-first-run",
+              "--window-size=1500,1300", "--lang=zh-CN"):
+        opts.add_argument(a)
+    drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    try:
+        drv.get(mon.web_url)
+        WebDriverWait(drv, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "1")
+        units = drv.find_elements(By.CSS_SELECTOR, "#units tbody tr")
+        assert len(units) == 3
+        rows = {r.get_attribute("data-unit"): r.text for r in units}
+        assert "达标 / compliant" in rows["33010000"] and "0.30 ≥ 0.2" in rows["33010000"]
+        assert "不达标 / not compliant" in rows["33010002"] and "0 < 1" in rows["33010002"]
+        devices = drv.find_elements(By.CSS_SELECTOR, "#devices tbody tr")
+        assert len(devices) == 11
+        states = {r.get_attribute("data-device"): r.get_attribute("data-state") for r in devices}
+        assert sorted(states.values()).count("offline") == 6 and list(states.values()).count("lost") == 2
+        assert "在线 / online" in drv.find_element(By.CSS_SELECTOR, "#devices tr[data-device='live-000-0000']").text
+        assert "失联 / lost" in drv.find_element(By.CSS_SELECTOR, "#devices tr[data-device='gone-000-0000']").text
+        conflict = drv.find_element(By.CSS_SELECTOR, f"#devices tr[data-device='{sim.devices[0].id}']").text
+        assert "单位冲突 / unit conflict" in conflict
+        alarm = drv.find_element(By.CSS_SELECTOR, f"#alarms tr[data-alarm='{sim.devices[1].id}/camera_offline.camera-main']")
+        assert "主摄像头离线 / main camera offline" in alarm.text and "严重 / critical" in alarm.text
+        assert "执法记录设备监控 / Recording equipment monitor" in drv.title
+        errors = [e for e in drv.get_log("browser") if e["level"] == "SEVERE"] if hasattr(drv, "get_log") else []
+        assert not errors, errors
+        ARTIFACTS.mkdir(exist_ok=True)
+        drv.save_screenshot(str(ARTIFACTS / "monitor.png"))
+    finally:
+        drv.quit()
+    assert (ARTIFACTS / "monitor.png").stat().st_size > 10000

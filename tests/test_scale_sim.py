@@ -1,0 +1,111 @@
+"""The scale simulation (tools/scale_sim.py): a small fleet through a real Mosquitto to two real
+`edge-agent archive serve --share` processes on one root; every item archived exactly once and
+verified; the checker itself catches duplicates, holes and corruption; bad arguments are refused."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tools import scale_sim
+
+pytestmark = pytest.mark.skipif(not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()),
+                                reason="mosquitto not installed")
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    """One quick run kept on disk: 6 devices (each the complete uplink component, as in
+    `edge-agent run`) x 2 items x 64 KiB, K = 2 receivers."""
+    work = tmp_path_factory.mktemp("scale")
+    res = scale_sim.simulate(devices=6, items=2, item_kib=64, receivers=[2], workers=2, probe_mib=0,
+                             timeout=120, workdir=str(work), keep=True, full_uplink=True)
+    return res
+
+
+def test_two_receivers_archive_every_item_exactly_once(sim):
+    assert sim["ok"], sim["runs"][0]["check"]
+    run = sim["runs"][0]
+    assert run["receivers"] == 2 and run["devices"] == 6
+    assert run["stored"] == run["items"] == 12
+    assert run["check"] == {"ok": True, "problems": [], "problem_count": 0, "stored": 12, "verified": 12}
+    # both receivers of the shared subscription did work (finish messages are spread round robin)
+    assert set(run["items_per_receiver"]) == {"rx-1", "rx-2"}, run["items_per_receiver"]
+    assert sum(run["items_per_receiver"].values()) == 12
+    assert run["devices_done"] == 6 and not run["timed_out"]
+    assert run["receiver_cpu_s_total"] > 0 and run["mb_s"] > 0
+
+    # independently of the checker: one directory and one database row per item
+    root = Path(sim["workdir"]) / "fleet" / "archive"
+    dirs = [m.parent.name for m in root.rglob("manifest.json") if not m.relative_to(root).parts[0].startswith("_")]
+    assert len(dirs) == len(set(dirs)) == 12
+    con = sqlite3.connect(str(root / "archive.db"))
+    try:
+        assert con.execute("SELECT count(*), count(DISTINCT item) FROM items").fetchone() == (12, 12)
+    finally:
+        con.close()
+
+
+def test_checker_catches_duplicates_missing_and_corruption(sim, tmp_path):
+    root0 = Path(sim["workdir"]) / "fleet" / "archive"
+    root = tmp_path / "archive"
+    shutil.copytree(root0, root)
+    fleet = {}
+    con = sqlite3.connect(str(root / "archive.db"))
+    try:
+        for dev, item, unit in con.execute("SELECT device, item, unit FROM items ORDER BY device, seq"):
+            fleet.setdefault(dev, {"unit": unit, "items": []})["items"].append(item)
+    finally:
+        con.close()
+    assert scale_sim.check_archive(root, fleet)["ok"]
+
+    items = sorted(m.parent for m in root.rglob("manifest.json") if not m.relative_to(root).parts[0].startswith("_"))
+    dup, corrupt = items[0], items[1]
+    shutil.copytree(dup, dup.parent.parent / "copy-case" / dup.name)            # a second copy
+    f = next((corrupt / "files").iterdir())
+    data = bytearray(f.read_bytes())
+    data[100] ^= 0xFF
+    f.write_bytes(bytes(data))                                                   # one flipped byte
+    fleet[next(iter(fleet))]["items"].append("sim-9999-never-stored")           # a hole
+    rep = scale_sim.check_archive(root, fleet)
+    text = "\n".join(rep["problems"])
+    assert not rep["ok"]
+    assert f"{dup.name}: 2 directories" in text
+    assert f"{corrupt.name}: does not verify" in text
+    assert "sim-9999-never-stored: 0 rows" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--devices", "0"], "--devices 0: must be 1..1000"),
+    (["--devices", "1001"], "--devices 1001: must be 1..1000"),
+    (["--receivers", "1,x"], "expected numbers separated by commas"),
+    (["--receivers", "9"], "each must be 1..8"),
+    (["--items", "0"], "--items 0: must be 1..100"),
+    (["--item-kib", "0"], "--item-kib 0: must be 1.."),
+    (["--timeout", "0"], "--timeout 0"),
+    (["--probe-mib", "-1"], "--probe-mib -1"),
+])
+def test_bad_arguments_are_refused_with_one_line(args, message, capsys):
+    assert scale_sim.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_lightweight_devices_one_receiver_and_probe(tmp_path):
+    """The lightweight device (the transfer alone) and the single-device probe, K = 1."""
+    res = scale_sim.simulate(devices=3, items=1, item_kib=32, receivers=[1], workers=1, probe_mib=1,
+                             timeout=120, workdir=str(tmp_path))
+    assert res["ok"], [r["check"] for r in res["runs"]]
+    assert res["device_mode"] == "lite" and res["runs"][0]["stored"] == 3
+    assert res["probe"]["ok"] and res["probe"]["stored"] == 1 and res["probe"]["device_mb_s"]["median"] > 0
+    assert res["workdir"] is None and not list(tmp_path.iterdir())  # cleaned up
+
+
+def test_table_lists_every_run(sim):
+    text = scale_sim.table(sim)
+    lines = text.splitlines()
+    assert lines[0].split()[0] == "K" and lines[1].split()[0] == "2"
+    assert lines[1].rstrip().endswith("OK")

@@ -1,0 +1,330 @@
+"""Uplink: protocol, connection traps (PUBACK reason codes, Maximum Packet Size, Receive Maximum),
+TLS, priorities, bandwidth cap, checkpoint, and the whole chain with real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from agent.errors import EdgeError
+from agent.evidence import keys
+from agent.uplink import checkpoint, protocol as P
+from agent.uplink.client import Connection, ConnSettings, PublishError, TlsConfig
+from tests.uplink_helpers import (UNIT, InProc, add_items, agent_config, all_archived, check_archive, enroll,
+                                  live_status, open_store, run, start_agent, start_archive, states, wait_for)
+
+
+# --- protocol -----------------------------------------------------------------------------------
+def test_ranges_merge_and_missing():
+    assert P.merge_ranges([[5, 10], [0, 5], [20, 30], [25, 40]]) == [[0, 10], [20, 40]]
+    assert P.missing_ranges(50, [[0, 10], [20, 40]]) == [(10, 20), (40, 50)]
+    assert P.missing_ranges(0, None) == []
+    assert P.missing_ranges(10, [[0, 10]]) == []
+
+
+def test_chunk_parse_refuses_bad_input():
+    data = b"x" * 100
+    props = dict(P.chunk_props("a.mp4", 0, data))
+    assert P.parse_chunk(data, props).offset == 0
+    with pytest.raises(P.ProtocolError, match="sha256 mismatch"):
+        P.parse_chunk(b"y" * 100, props)
+    with pytest.raises(P.ProtocolError, match="unsafe"):
+        P.parse_chunk(data, dict(props, file="../x"))
+    with pytest.raises(P.ProtocolError, match="offset"):
+        P.parse_chunk(data, dict(props, offset="-1"))
+    with pytest.raises(P.ProtocolError, match="64 hex"):
+        P.parse_chunk(data, dict(props, sha256="zz"))
+
+
+def test_manifest_parse_refuses_bad_input():
+    good = {"item_id": "i1", "device": {"id": "d1"}, "files": [{"name": "a", "size": 10}]}
+    props = dict(P.manifest_props(b'{"sig": 1}\n'))
+    m = P.parse_manifest(json.dumps(good).encode(), props, item="i1", device="d1")
+    assert m.sig == b'{"sig": 1}\n' and m.total_size == 10
+    cases = [
+        (b"not json", props, "not valid JSON"),
+        (json.dumps(good).encode(), {}, "sig"),
+        (json.dumps(dict(good, item_id="other")).encode(), props, "does not match"),
+        (json.dumps(dict(good, files=[{"name": "../x", "size": 1}])).encode(), props, "unsafe name"),
+        (json.dumps(dict(good, files=[{"name": "a", "size": -1}])).encode(), props, "non-negative"),
+        (json.dumps(dict(good, files=[{"name": "a", "size": 10**12}])).encode(), props, "exceeds the archive's limit"),
+        (b"{" + b" " * 5000 + b"}", props, "exceeds the limit"),
+    ]
+    for payload, pr, reason in cases:
+        with pytest.raises(P.ProtocolError, match=reason):
+            P.parse_manifest(payload, pr, item="i1", device="d1", max_manifest=4096, max_item=10**9)
+
+
+def test_checkpoint_signed_and_checked(tmp_path):
+    store = open_store(agent_config(tmp_path, 1883))
+    add_items(store, tmp_path, [1000, 2000])
+    payload = checkpoint.make(store)
+    cp = checkpoint.parse(payload, store.private_key.public_key(), device="dock-0001")
+    assert cp.count == 2 and cp.head == store.head()[1]
+    forged = json.loads(payload)
+    forged["count"] = 1
+    with pytest.raises(checkpoint.CheckpointError, match="bad signature"):
+        checkpoint.parse(json.dumps(forged).encode(), store.private_key.public_key())
+    other = keys.generate(tmp_path / "o.key", tmp_path / "o.pub").public_key()
+    with pytest.raises(checkpoint.CheckpointError, match="bad signature"):
+        checkpoint.parse(payload, other)
+    with pytest.raises(checkpoint.CheckpointError, match="not JSON"):
+        checkpoint.parse(b"\xff")
+
+
+# --- connection traps ----------------------------------------------------------------------------
+def test_connack_limits_read_and_enforced(make_broker):
+    mq = make_broker(extra_config=["max_packet_size 100000", "max_inflight_messages 5"])
+    c = Connection(ConnSettings("127.0.0.1", mq.port, "limits"))
+    c.start()
+    try:
+        assert c.wait_connected(10), c.last_error
+        assert c.receive_maximum == 5 and c.maximum_packet_size == 100000
+        with pytest.raises(PublishError, match="maximum packet size"):
+            c.publish("edge/t/x", b"x" * 200_000)
+        # never more than Receive Maximum unacknowledged, however many are published at once
+        hs = [c.publish("edge/t/x", b"y" * 1000, timeout=10) for _ in range(50)]
+        assert all(h.wait(10) and h.ok for h in hs)
+    finally:
+        c.stop()
+
+
+def test_puback_refusal_is_an_error_not_a_success(make_broker, tmp_path):
+    """Broker ACL denies transfer topics: PUBACK 0x87; the item is not archived, the error is reported."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite edge/dev/#\ntopic readwrite edge/ack/#\ntopic readwrite edge/archive/#\n"
+                   "topic read edge/xfer/#\n")
+    mq = make_broker(extra_config=[f"acl_file {acl}"])
+    t = InProc(tmp_path, mq.port, uplink__ack_timeout_s=2)
+    ids = add_items(t.store, tmp_path, [10_000])
+    t.enroll()
+    t.start_archive()
+    up = t.start_agent()
+    try:
+        wait_for(lambda: "0x87" in (up.stats()["last_error"] or ""), 20, "PUBACK 0x87 reported")
+        time.sleep(1)
+        assert states(t.config)[ids[0]] in ("uploading", "sealed")
+        assert not list(t.root.glob(f"{UNIT}/*/{ids[0]}"))
+        assert up.stats()["errors"] >= 1
+    finally:
+        t.close()
+
+
+def test_chunks_fit_the_brokers_maximum_packet_size(make_broker, tmp_path):
+    mq = make_broker(extra_config=["max_packet_size 70000"])
+    t = InProc(tmp_path, mq.port, uplink__chunk_size=256 * 1024)
+    ids = add_items(t.store, tmp_path, [600_000])
+    t.enroll()
+    t.start_archive()
+    t.start_agent()
+    try:
+        t.wait_archived(ids)
+        check_archive(t.root, ids)
+        assert "exceeds" not in (t.uplink.stats()["last_error"] or "")
+    finally:
+        t.close()
+
+
+def test_receive_maximum_bounds_the_window(make_broker, tmp_path):
+    mq = make_broker(extra_config=["max_inflight_messages 4"])
+    t = InProc(tmp_path, mq.port, uplink__chunk_size=16 * 1024, uplink__max_inflight=64)
+    ids = add_items(t.store, tmp_path, [400_000])
+    t.enroll()
+    t.start_archive()
+    up = t.start_agent()
+    peak = 0
+    try:
+        deadline = time.monotonic() + 30
+        while not all_archived(t.config, ids)() and time.monotonic() < deadline:
+            peak = max(peak, up.conn.in_flight())
+            time.sleep(0.001)
+        t.wait_archived(ids, 1)
+        assert up.conn.receive_maximum == 4 and up.transfer.window == 2
+        assert peak <= 4
+        check_archive(t.root, ids)
+    finally:
+        t.close()
+
+
+# --- priorities, bandwidth ------------------------------------------------------------------------
+def test_room_segments_go_before_docking_backlog(broker, tmp_path):
+    t = InProc(tmp_path, broker.port)
+    backlog = add_items(t.store, tmp_path, [200_000] * 3)
+    live = add_items(t.store, tmp_path, [50_000], seed=1)
+    t.store.ledger.db["items"].update(live[0], {"priority": 1})
+    t.enroll()
+    t.start_archive()
+    t.start_agent()
+    try:
+        t.wait_archived(backlog + live)
+        order = [r["item"] for r in t.archive.db.query("SELECT item FROM audit_order")] if False else \
+            [r["item_id"] for r in t.archive.audit.entries(action="archive")]
+        assert order[0] == live[0], order
+    finally:
+        t.close()
+
+
+def test_bandwidth_cap(broker, tmp_path):
+    t = InProc(tmp_path, broker.port, uplink__bandwidth_limit=1_000_000, uplink__chunk_size=64 * 1024)
+    ids = add_items(t.store, tmp_path, [2_500_000])
+    t.enroll()
+    t.start_archive()
+    t0 = time.monotonic()
+    t.start_agent()
+    try:
+        t.wait_archived(ids)
+        took = time.monotonic() - t0
+        assert took >= 1.3, f"2.5 MB at 1 MB/s took only {took:.2f} s"
+    finally:
+        t.close()
+
+
+# --- TLS -----------------------------------------------------------------------------------------
+def test_tls_valid_client_certificate_archives(tls_broker, pki, tmp_path):
+    dev = pki.client("dock-0001")
+    arch = pki.client("archive")
+    t = InProc(tmp_path, tls_broker.tls_port, agent_tls=(pki.ca.cert, dev.cert, dev.key),
+               archive_tls=(pki.ca.cert, arch.cert, arch.key))
+    ids = add_items(t.store, tmp_path, [300_000])
+    t.enroll()
+    t.start_archive()
+    t.start_agent()
+    try:
+        t.wait_archived(ids)
+        check_archive(t.root, ids)
+    finally:
+        t.close()
+
+
+@pytest.mark.parametrize("which", ["rogue", "missing"])
+def test_tls_invalid_or_missing_client_certificate_refused(tls_broker, pki, which):
+    cert = pki.rogue if which == "rogue" else None
+    tls = TlsConfig(str(pki.ca.cert), str(cert.cert) if cert else None, str(cert.key) if cert else None)
+    c = Connection(ConnSettings("127.0.0.1", tls_broker.tls_port, "dock-0001", tls=tls, min_backoff=0.2,
+                                max_backoff=0.5, connect_timeout=3))
+    c.start()
+    try:
+        assert not c.wait_connected(3)
+        wait_for(lambda: c.errors >= 1, 10, "the refusal reported")
+        assert not c.connected
+        assert "CONNACK" in (c.last_error or "") or "certificate" in (c.last_error or "").lower() \
+            or "cannot connect" in (c.last_error or ""), c.last_error
+        with pytest.raises(PublishError, match="not connected"):
+            c.publish("edge/x", b"1")
+    finally:
+        c.stop()
+
+
+def test_tls_wrong_server_ca_refused(tls_broker, pki):
+    dev = pki.client("dock-0001")
+    c = Connection(ConnSettings("127.0.0.1", tls_broker.tls_port, "dock-0001",
+                                tls=TlsConfig(str(pki.rogue_ca.cert), str(dev.cert), str(dev.key)),
+                                min_backoff=0.2, max_backoff=0.5, connect_timeout=3))
+    c.start()
+    try:
+        wait_for(lambda: c.errors >= 1, 10, "server verification failure reported")
+        assert not c.connected and "certificate verify failed" in (c.last_error or ""), c.last_error
+    finally:
+        c.stop()
+
+
+# --- the whole chain, real processes --------------------------------------------------------------
+def test_run_and_serve_end_to_end(broker, tmp_path):
+    """edge-agent run + edge-agent archive serve: items archived, verified, status and checkpoint
+    retained, local copies purged per retention, missing list empty, clean stop publishes offline."""
+    cfg = agent_config(tmp_path, broker.port, storage__retention_days=0)
+    store = open_store(cfg)
+    ids = add_items(store, tmp_path, [700_000, 0, 3_000])
+    store.close()
+    root = tmp_path / "archive"
+    enroll(root, open_store(cfg))
+    ar = start_archive(root, broker.port, tmp_path)
+    ag = start_agent(cfg, tmp_path)
+    try:
+        wait_for(lambda: all(s == "purged" for s in states(cfg).values()) and len(states(cfg)) == 3, 40,
+                 "all archived and purged (retention 0)", [ar, ag])
+        check_archive(root, ids)
+        wait_for(lambda: live_status(cfg).get("items_archived") == 3, 10, "live status", [ag])
+        miss = json.loads(run(["archive", "list", "--missing", "--json", "--root", str(root)], check=True).stdout)
+        assert miss and miss[0]["announced"] == 3 and miss[0]["missing"] == [] and miss[0]["head_matches"] is True
+        retained = _retained(broker.port, "edge/dev/dock-0001/status")
+        assert retained["state"] == "online" and retained["bdseq"] >= 1
+        st = run(["uplink", "status", "--json"], config=cfg, check=True)
+        assert json.loads(st.stdout)["items_by_state"] == {"purged": 3}
+    finally:
+        assert ag.stop() == 0, ag.text()[-2000:]
+        ar.stop()
+    retained = _retained(broker.port, "edge/dev/dock-0001/status")
+    assert retained["state"] == "offline" and retained.get("reason") == "clean stop"
+
+
+def test_status_will_on_crash_carries_bdseq(broker, tmp_path):
+    cfg = agent_config(tmp_path, broker.port)
+    open_store(cfg).close()
+    ag = start_agent(cfg, tmp_path)
+    try:
+        wait_for(lambda: (_retained(broker.port, "edge/dev/dock-0001/status") or {}).get("state") == "online", 20,
+                 "online", [ag])
+        online = _retained(broker.port, "edge/dev/dock-0001/status")
+    finally:
+        ag.kill()
+    wait_for(lambda: (_retained(broker.port, "edge/dev/dock-0001/status") or {}).get("state") == "offline", 30,
+             "the will (offline) after SIGKILL")
+    dead = _retained(broker.port, "edge/dev/dock-0001/status")
+    assert dead["bdseq"] == online["bdseq"]
+
+
+def test_signed_command_over_mqtt_reaches_the_agent_and_answers(broker, tmp_path):
+    """P/dev/D/cmd -> agent.dispatch_command (off the network thread) -> answer on the response
+    topic with the correlation data (uplink.publish(..., correlation_data=...))."""
+    import shutil
+
+    cfg = agent_config(tmp_path, broker.port)
+    store = open_store(cfg)
+    run(["command", "keygen", "ops", "--out", str(tmp_path / "op")], check=True)
+    (store.data_dir / "keys" / "operators").mkdir(parents=True, exist_ok=True)
+    shutil.copy(tmp_path / "op" / "ops.pub", store.data_dir / "keys" / "operators" / "ops.pub")
+    store.close()
+    ag = start_agent(cfg, tmp_path)
+    try:
+        wait_for(lambda: "uplink: connected" in ag.text(), 20, "agent connected", [ag])
+        p = run(["command", "send", "status", "--device", "dock-0001", "--key", str(tmp_path / "op" / "ops.key"),
+                 "--broker", f"127.0.0.1:{broker.port}", "--json"])
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["ok"] is True
+    finally:
+        ag.stop()
+
+
+def test_run_without_device_key_is_a_clear_error(tmp_path):
+    cfg = agent_config(tmp_path, 1)
+    p = run(["run"], config=cfg)
+    assert p.returncode != 0 and "device key not found" in p.stderr and "Traceback" not in p.stderr
+
+
+def _retained(port: int, topic: str) -> dict | None:
+    p = subprocess.run(["mosquitto_sub", "-p", str(port), "-t", topic, "--retained-only", "-W", "2", "-C", "1"],
+                       capture_output=True, text=True)
+    out = p.stdout.strip()
+    return json.loads(out) if out else None
+
+
+def test_uplink_retry_command(tmp_path):
+    cfg = agent_config(tmp_path, 1)
+    store = open_store(cfg)
+    ids = add_items(store, tmp_path, [100])
+    store.set_state(ids[0], "rejected", error="archive: unknown device")
+    p = run(["uplink", "retry", "--all-rejected"], config=cfg)
+    assert p.returncode == 0 and "queued again" in p.stdout
+    assert states(cfg)[ids[0]] == "sealed"
+    p = run(["uplink", "retry", ids[0]], config=cfg)
+    assert p.returncode != 0 and "only refused" in p.stderr
+    p = run(["uplink", "retry"], config=cfg)
+    assert p.returncode != 0 and "--all-rejected" in p.stderr
+
+
+_ = (EdgeError, mqtt, all_archived)

@@ -1,0 +1,265 @@
+"""Benchmark: archived MB/s through the uplink against bare paho QoS 1 through the same broker.
+
+    python -m tools.bench.uplink [--mib 512] [--item-mib 32] [--chunk 262144] [--json [PATH]] [--keep DIR]
+
+1. Starts a private Mosquitto on a free port (persistence off).
+2. Baseline: bare paho-mqtt 2, QoS 1, chunk-sized payloads (same chunk size), one publisher in
+   this process and one subscriber process; MB/s from the first publish to the last message
+   received. Run before and after ours; the better of the two counts (conservative).
+3. Ours: an agent data dir with ``--mib`` MiB of sealed items (``--item-mib`` each; ingest is
+   set-up, not timed), the uplink running in this process (as in `edge-agent run`) and
+   `edge-agent archive serve` as its own process on a fresh root. MB/s = item bytes / time from
+   the first manifest to the last ``stored`` answer; every item is then verified at the archive.
+   Also the archive's acknowledgement latency per chunk and per item (p50, p99).
+
+Prints a table; target ratio >= 0.6. ``--json`` writes a record (to stdout, the table then
+goes to stderr, or to PATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+TARGET_RATIO = 0.6
+EDGE = str(Path(sys.executable).with_name("edge-agent"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_broker(work: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nmax_inflight_messages 100\n"
+                    f"user {os.environ.get('USER') or 'root'}\n")
+    p = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return p, port
+        except OSError:
+            time.sleep(0.05)
+    p.kill()
+    raise SystemExit("mosquitto did not start")
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
+
+
+# --- baseline -------------------------------------------------------------------------------------
+def subscriber_main(port: int, topic: str, count: int) -> int:
+    """Subscriber process of the baseline: prints 'ready', then the time the last message arrived."""
+    import paho.mqtt.client as mqtt
+
+    got = 0
+    done = threading.Event()
+
+    def on_message(c, u, msg):
+        nonlocal got
+        got += 1
+        if got >= count:
+            done.set()
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}", protocol=mqtt.MQTTv5)
+    c.on_message = on_message
+    c.on_subscribe = lambda *a: print("ready", flush=True)
+    c.connect("127.0.0.1", port)
+    c.subscribe(topic, qos=1)
+    c.loop_start()
+    ok = done.wait(600)
+    print(f"done {time.time():.6f} {got}", flush=True)
+    c.loop_stop()
+    return 0 if ok else 1
+
+
+def baseline(port: int, total: int, chunk: int) -> float:
+    import paho.mqtt.client as mqtt
+
+    n = total // chunk
+    topic = f"bench/{os.getpid()}/{time.monotonic_ns()}"
+    sub = subprocess.Popen([sys.executable, "-m", "tools.bench.uplink", "--subscriber", str(port), topic, str(n)],
+                           stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert sub.stdout.readline().strip() == "ready"
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{os.getpid()}", protocol=mqtt.MQTTv5)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    payload = os.urandom(chunk)
+    t0 = time.time()
+    infos = [c.publish(topic, payload, qos=1) for _ in range(n)]
+    for i in infos:
+        i.wait_for_publish(120)
+    line = sub.stdout.readline().split()
+    sub.wait(30)
+    c.loop_stop()
+    c.disconnect()
+    t1 = float(line[1])
+    return n * chunk / (t1 - t0) / 1e6
+
+
+# --- ours -----------------------------------------------------------------------------------------
+def prepare(work: Path, port: int, mib: int, item_mib: int, chunk: int):
+    from agent import config as config_mod
+    from agent.evidence import keys
+    from agent.store.ingest import ingest
+    from agent.store.store import Store
+
+    cfg_path = work / "agent.toml"
+    data = {"storage": {"data_dir": str(work / "agent"), "reserve_mb": 64, "retention_days": 7},
+            "device": {"id": "bench-01", "unit_code": "330100000000"},
+            "mqtt": {"host": "127.0.0.1", "port": port},
+            "uplink": {"chunk_size": chunk, "ack_timeout_s": 30, "max_inflight": int(os.environ.get("BENCH_WINDOW", "16"))}}
+    cfg_path.write_text(config_mod.render_default(data))
+    cfg = config_mod.load(cfg_path)
+    store = Store(cfg)
+    store._key = keys.generate(store.key_path, store.pub_path)
+    src = work / "src.bin"
+    ids = []
+    block = os.urandom(1 << 20)
+    for n in range(max(1, mib // item_mib)):
+        with open(src, "wb") as f:
+            for k in range(item_mib):
+                f.write(block[k % 7:] + block[:k % 7] if k else os.urandom(1 << 20))
+        meta = {"case_number": "杭司罚〔2026〕第0001号", "collector": {"name": "张三", "id": "33010001"},
+                "place": "基准测试 / bench", "proof": "吞吐量测试 / throughput",
+                "capture_start": "2026-11-27T09:00:00+08:00", "capture_end": "2026-11-27T09:05:00+08:00"}
+        ids.append(ingest(store, [src], meta)["item_id"])
+    src.unlink()
+    return cfg, store, ids
+
+
+def ours(work: Path, port: int, cfg, store, ids: list[str]) -> dict:
+    from agent.evidence import keys
+    from agent.evidence.verify import verify_chain
+    from agent.runtime import Agent
+    from agent.uplink import make_component
+
+    root = work / "archive"
+    subprocess.run([EDGE, "archive", "enroll", "bench-01", str(store.pub_path), "--unit", "330100000000",
+                    "--root", str(root)], check=True, capture_output=True)
+    log = open(work / "archive.log", "wb")
+    ar = subprocess.Popen([EDGE, "archive", "serve", "--root", str(root), "--broker", f"127.0.0.1:{port}",
+                           "--client-id", "bench-archive", "--log-level", "warning"], stdout=log, stderr=log,
+                          start_new_session=True)
+    try:
+        time.sleep(1.5)
+        agent = Agent(cfg, store=store)
+        up = make_component(agent)
+        t0 = time.monotonic()
+        up.start()
+        total = sum(store.item(i)["size"] for i in ids)
+        first = None
+        while True:
+            counts = {r["state"]: r["n"] for r in store.ledger.query("SELECT state, count(*) n FROM items GROUP BY state")}
+            if first is None and (counts.get("uploading") or counts.get("archived")):
+                first = time.monotonic()
+            if counts.get("archived", 0) == len(ids):
+                break
+            if time.monotonic() - t0 > 1800 or ar.poll() is not None:
+                raise SystemExit(f"uplink did not finish: {counts} {up.stats()}")
+            time.sleep(0.05)
+        t1 = time.monotonic()
+        stats = up.stats()
+        chunk_lat = list(up.transfer.chunk_latency)
+        item_lat = list(up.transfer.item_latency)
+        up.stop()
+        rep = verify_chain(root / "330100000000", keys.KeyRing.from_paths(keys_dir=root / "keys"))
+        assert rep.devices["bench-01"]["items"] == len(ids)
+        start = first or t0
+        return {"bytes": total, "seconds": round(t1 - start, 3), "mb_s": total / (t1 - start) / 1e6,
+                "chunk_ack_ms_p50": round(pct(chunk_lat, 50) * 1000, 2), "chunk_ack_ms_p99": round(pct(chunk_lat, 99) * 1000, 2),
+                "item_ack_ms_p50": round(pct(item_lat, 50) * 1000, 1), "item_ack_ms_p99": round(pct(item_lat, 99) * 1000, 1),
+                "chunks": len(chunk_lat), "items": len(ids), "retransmits": stats["retransmits"],
+                "window": up.transfer.window, "verified_items": rep.devices["bench-01"]["items"]}
+    finally:
+        ar.terminate()
+        ar.wait(30)
+        log.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--subscriber"]:
+        return subscriber_main(int(argv[1]), argv[2], int(argv[3]))
+    ap = argparse.ArgumentParser(prog="python -m tools.bench.uplink", description=__doc__.splitlines()[0])
+    ap.add_argument("--mib", type=int, default=512, help="MiB of items to archive (>= 512 for the record)")
+    ap.add_argument("--item-mib", type=int, default=32, help="size of each item (MiB)")
+    ap.add_argument("--chunk", type=int, default=256 * 1024, help="chunk size (bytes), same for both sides")
+    ap.add_argument("--json", nargs="?", const="-", metavar="PATH", help="emit a JSON record (to stdout, or to PATH)")
+    ap.add_argument("--keep", type=Path, help="keep the work directory here")
+    args = ap.parse_args(argv)
+    out = sys.stderr if args.json == "-" else sys.stdout
+    work = Path(tempfile.mkdtemp(prefix="bench-uplink-"))
+    broker, port = start_broker(work)
+    try:
+        print(f"preparing {args.mib} MiB of sealed items ({args.item_mib} MiB each)...", file=out)
+        cfg, store, ids = prepare(work, port, args.mib, args.item_mib, args.chunk)
+        total = args.mib << 20
+        print("baseline: bare paho QoS 1 publish -> subscribe ...", file=out)
+        b1 = baseline(port, total, args.chunk)
+        print(f"  {b1:.1f} MB/s", file=out)
+        print("ours: uplink -> archive serve (stored = fsynced + verified) ...", file=out)
+        res = ours(work, port, cfg, store, ids)
+        print(f"  {res['mb_s']:.1f} MB/s", file=out)
+        b2 = baseline(port, total, args.chunk)
+        print(f"baseline again: {b2:.1f} MB/s", file=out)
+        base = max(b1, b2)
+        ratio = res["mb_s"] / base
+        print("", file=out)
+        print(f"{'':28}{'MB/s':>10}", file=out)
+        print(f"{'bare paho QoS 1 (best)':28}{base:10.1f}", file=out)
+        print(f"{'archived (uplink+archive)':28}{res['mb_s']:10.1f}   ratio {ratio:.2f} (target >= {TARGET_RATIO})", file=out)
+        print(f"archive ack latency: chunk p50 {res['chunk_ack_ms_p50']} ms, p99 {res['chunk_ack_ms_p99']} ms; "
+              f"item p50 {res['item_ack_ms_p50']} ms, p99 {res['item_ack_ms_p99']} ms", file=out)
+        print(f"{res['items']} items, {res['chunks']} chunks of {args.chunk} B, window {res['window']}, "
+              f"retransmits {res['retransmits']}, all {res['verified_items']} verified at the archive", file=out)
+        record = {
+            "bench": "uplink",
+            "time": dt.datetime.now().astimezone().replace(microsecond=0).isoformat(),
+            "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+            "settings": {"mib": args.mib, "item_mib": args.item_mib, "chunk": args.chunk},
+            "baseline_mb_s": [round(b1, 2), round(b2, 2)],
+            "archived_mb_s": round(res["mb_s"], 2),
+            "ratio": round(ratio, 3),
+            "target_ratio": TARGET_RATIO,
+            "pass": ratio >= TARGET_RATIO,
+            "ours": res,
+        }
+        if args.json == "-":
+            print(json.dumps(record, ensure_ascii=False, indent=2))
+        elif args.json:
+            Path(args.json).write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        return 0
+    finally:
+        broker.terminate()
+        broker.wait(10)
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for p in work.iterdir():
+                shutil.move(str(p), args.keep / p.name)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Fleet simulator: N simulated devices publishing status, health, components, ratio and alarms
+through a real MQTT broker, with the payloads of agent/health/payloads.py.
+
+    python -m tools.fleet_sim --broker 127.0.0.1:1883 --devices 20 --units 4 --rate 1 --duration 30
+
+Bounded: at most 5,000 devices and 3,600 s. Two connection modes:
+
+* ``--per-device`` (at most 200 devices): one MQTT connection per device with its own retained
+  "offline" last will and bdseq, exactly like an agent; ``--kill-after S`` drops every connection
+  without DISCONNECT after S seconds so the broker publishes the wills.
+* shared (default): devices multiplexed over ``--connections`` connections (load tests; the
+  monitor cannot tell the difference except for the wills).
+
+Unit ``i`` gets docks and one interview room, except the last unit (no room) so a monitor shows a
+non-compliant unit; ``--alarm-every S`` raises/clears a random alarm now and then. Prints a JSON
+summary (published counts, achieved rate) at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import random
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+import time
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+
+try:  # the simulator must cost little next to the monitor it loads
+    import orjson
+
+    _dumps = orjson.dumps
+except ImportError:  # pragma: no cover
+    def _dumps(obj) -> bytes:
+        return json.dumps(obj, ensure_ascii=False).encode()
+
+MAX_DEVICES = 5000
+MAX_PER_DEVICE = 200
+MAX_DURATION = 3600.0
+ALARMS = [("camera_offline", "camera-main", "主摄像头离线", "main camera offline", "critical"),
+          ("recorder_battery_low", "bay-2", "2号仓记录仪电量低", "recorder in bay 2: battery low", "warning"),
+          ("backlog_old", None, "最早未归档资料已超过 24 小时", "oldest unarchived item older than 24 h", "warning")]
+
+
+def iso(t: float | None = None) -> str:
+    t = time.time() if t is None else t
+    return dt.datetime.fromtimestamp(t).astimezone().replace(microsecond=0).isoformat()
+
+
+@dataclass
+class SimDevice:
+    id: str
+    unit_code: str
+    unit_name: str
+    kind: str
+    bdseq: int = 0
+    seq: int = 0
+    started: float = field(default_factory=time.time)
+    items: int = 0
+    recorded_s: int = 0
+    alarm: tuple | None = None
+
+    def status(self, state: str) -> dict:
+        return {"state": state, "bdseq": self.bdseq, "device": self.id, "kind": self.kind, "unit_code": self.unit_code,
+                "unit_name": self.unit_name, "version": "0.1.0-sim", "ts": iso()}
+
+    def components(self) -> dict[str, str]:
+        if self.kind == "room":
+            return {"room": "ok", "camera-main": "ok", "camera-pano": "ok", "microphone": "ok", "sensor": "ok",
+                    "uplink": "ok"}
+        return {"dock": "ok", "bay-1": "ok", "bay-2": "ok", "bay-3": "ok", "uplink": "ok"}
+
+    def health(self) -> dict:
+        self.seq += 1
+        if random.random() < 0.2:
+            self.items += 1
+            self.recorded_s += 600 if self.kind == "room" else 300
+        pending = self.items - int(self.items * 0.8)
+        comps = {n: {"state": s} for n, s in self.components().items()}
+        if self.alarm and self.alarm[0] == "camera_offline":
+            comps["camera-main"] = {"state": "offline"}
+        return {
+            "v": 1, "device": self.id, "unit_code": self.unit_code, "unit_name": self.unit_name, "kind": self.kind,
+            "version": "0.1.0-sim", "ts": iso(), "seq": self.seq, "uptime_s": int(time.time() - self.started),
+            "cpu_percent": round(random.uniform(1, 30), 1), "load1": 0.3,
+            "memory": {"total_bytes": 4 << 30, "used_percent": 41.5, "rss_bytes": 80 << 20},
+            "disk": {"free_bytes": 800 << 30, "total_bytes": 1 << 40, "reserve_bytes": 1 << 30, "low": False},
+            "buffer": {"items": pending, "bytes": pending * (300 << 20), "oldest_age_s": 120 if pending else None,
+                       "pending_annotation": pending // 2, "oldest_pending_annotation_age_s": 600 if pending // 2 else None},
+            "usage": {"items_total": self.items, "items_archived": self.items - pending, "recorded_s": self.recorded_s},
+            "uplink": {"connected": True, "reconnects": 0, "errors": 0, "bytes_sent": self.items * (300 << 20),
+                       "bytes_per_s": 1200.0, "archive_reachable": True, "last_error": None},
+            "clock": {"synchronized": True, "source": "adjtimex", "offset_ms": 3, "max_error_ms": 12},
+            "components": comps,
+            "alarms": [self.alarm_key()] if self.alarm else [],
+        }
+
+    def alarm_key(self) -> str:
+        code, inst = self.alarm[0], self.alarm[1]
+        return f"{code}.{inst}" if inst else code
+
+    def alarm_payload(self, active: bool, since: str) -> dict:
+        code, inst, zh, en, sev = self.alarm
+        out = {"code": code, "key": self.alarm_key(), "active": active, "severity": sev, "since": since, "ts": iso(),
+               "message": {"zh": zh, "en": en}, "source": "sim", "device": self.id, "unit_code": self.unit_code}
+        if not active:
+            out["cleared"] = iso()
+        return out
+
+    def ratio(self, officers: int, recorders: int) -> dict:
+        """What agent/dock/station.py publishes on P/dev/D/ratio."""
+        pct = recorders * 100 // officers if officers else None
+        return {"device": self.id, "at": iso(), "min_ratio_pct": 20, "usage_days": 30, "pending": [],
+                "units": [{"unit_code": self.unit_code, "unit_name": self.unit_name, "officers": officers,
+                           "recorders_in_service": recorders, "ratio_pct": pct, "min_ratio_pct": 20,
+                           "meets_minimum": officers == 0 or recorders * 100 >= 20 * officers,
+                           "recorders_registered": recorders, "recorders_used": recorders, "usage_pct": 100,
+                           "usage_days": 30, "conflicts": 0}]}
+
+
+def make_fleet(n: int, units: int, prefix_id: str = "sim", unit_prefix: str = "3301") -> list[SimDevice]:
+    if not 1 <= n <= MAX_DEVICES:
+        raise ValueError(f"--devices {n}: 1..{MAX_DEVICES}")
+    units = max(1, min(units, n))
+    fleet = []
+    for i in range(n):
+        u = i % units
+        idx = i // units
+        # one room per unit except the last unit (shown non-compliant); the rest are docks
+        kind = "room" if idx == 0 and (u < units - 1 or units == 1) else "dock"
+        fleet.append(SimDevice(id=f"{prefix_id}-{u:03d}-{idx:04d}", unit_code=f"{unit_prefix}{u:04d}",
+                               unit_name=f"模拟执法单位{u + 1}", kind=kind))
+    return fleet
+
+
+class FleetSim:
+    def __init__(self, host: str, port: int, devices: list[SimDevice], *, prefix: str = "edge", rate: float = 1.0,
+                 per_device: bool = False, connections: int = 4, alarm_every: float = 0.0, officers: int = 40):
+        if per_device and len(devices) > MAX_PER_DEVICE:
+            raise ValueError(f"--per-device: at most {MAX_PER_DEVICE} devices")
+        if not 0 < rate <= 50:
+            raise ValueError("--rate: 0 < rate <= 50 messages per second per device")
+        self.host, self.port, self.p = host, port, prefix
+        self.devices = devices
+        self.rate = rate
+        self.per_device = per_device
+        self.alarm_every = alarm_every
+        self.officers = officers
+        self.published = {"status": 0, "health": 0, "component": 0, "alarm": 0, "ratio": 0}
+        self.clients: dict[str, mqtt.Client] = {}
+        self._shared: list[mqtt.Client] = []
+        self._stop = threading.Event()
+        self.connections = max(1, min(connections, len(devices)))
+
+    def _client(self, cid: str, will: tuple[str, bytes] | None) -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+        c.max_queued_messages_set(0)
+        if will:
+            c.will_set(will[0], will[1], qos=1, retain=True)
+        c.connect(self.host, self.port, keepalive=30)
+        c.loop_start()
+        return c
+
+    def client_of(self, d: SimDevice) -> mqtt.Client:
+        if self.per_device:
+            return self.clients[d.id]
+        return self._shared[hash(d.id) % len(self._shared)]
+
+    def pub(self, d: SimDevice, kind: str, sub: str | None, payload: dict, qos: int, retain: bool) -> None:
+        topic = f"{self.p}/dev/{d.id}/{kind}" + (f"/{sub}" if sub else "")
+        self.client_of(d).publish(topic, _dumps(payload), qos=qos, retain=retain)
+        self.published[kind] += 1
+
+    def connect(self) -> None:
+        if self.per_device:
+            for d in self.devices:
+                d.bdseq += 1
+                will = (f"{self.p}/dev/{d.id}/status", json.dumps(d.status("offline")).encode())
+                self.clients[d.id] = self._client(f"{d.id}", will)
+        else:
+            self._shared = [self._client(f"fleet-sim-{i}-{random.getrandbits(24):06x}", None)
+                            for i in range(self.connections)]
+        for d in self.devices:
+            self.pub(d, "status", None, d.status("online"), 1, True)
+            for name, state in d.components().items():
+                if name.startswith("bay-"):  # as agent/dock/station.py publishes a bay (BayState)
+                    body = {"name": name, "state": "idle", "label": "空闲 / Idle", "kind": "serial", "docked": False,
+                            "since": iso(), "battery": None, "bytes_done": 0, "bytes_total": 0}
+                else:
+                    body = {"name": name, "state": state, "ts": iso(), "device": d.id, "detail": {"sim": True}}
+                self.pub(d, "component", name, body, 1, True)
+            if d.kind == "dock":
+                self.pub(d, "ratio", None, d.ratio(self.officers, 6), 1, True)
+
+    def run(self, duration: float) -> dict:
+        duration = min(duration, MAX_DURATION)
+        t0 = time.monotonic()
+        period = 1.0 / self.rate
+        n = 0
+        next_alarm = t0 + self.alarm_every if self.alarm_every else None
+        while not self._stop.is_set():
+            tick = t0 + n * period
+            now = time.monotonic()
+            if now - t0 >= duration:
+                break
+            if tick > now:
+                time.sleep(tick - now)
+            for d in self.devices:
+                self.pub(d, "health", None, d.health(), 0, False)
+            n += 1
+            if next_alarm and time.monotonic() >= next_alarm:
+                next_alarm += self.alarm_every
+                self.toggle_alarm(random.choice(self.devices))
+        elapsed = time.monotonic() - t0
+        return {"devices": len(self.devices), "rate_hz": self.rate, "rounds": n, "elapsed_s": round(elapsed, 2),
+                "published": dict(self.published), "health_msg_per_s": round(self.published["health"] / elapsed, 1)}
+
+    def toggle_alarm(self, d: SimDevice) -> None:
+        if d.alarm:
+            self.pub(d, "alarm", d.alarm_key(), d.alarm_payload(False, d._since), 1, True)
+            d.alarm = None
+        else:
+            d.alarm = random.choice(ALARMS)
+            d._since = iso()
+            self.pub(d, "alarm", d.alarm_key(), d.alarm_payload(True, d._since), 1, True)
+
+    def stop(self, clean: bool = True) -> None:
+        """clean: publish retained offline and DISCONNECT; else drop the sockets (wills fire)."""
+        self._stop.set()
+        if self.per_device:
+            def one(d: SimDevice) -> None:
+                c = self.clients[d.id]
+                if clean:
+                    c.publish(f"{self.p}/dev/{d.id}/status", json.dumps(d.status("offline")), qos=1,
+                              retain=True).wait_for_publish(5)
+                    c.disconnect()
+                    c.loop_stop()
+                else:  # no DISCONNECT: stop the network thread, then drop the socket
+                    c.loop_stop()
+                    sock = c.socket()
+                    if sock is not None:
+                        sock.close()
+
+            # loop_stop() waits up to a second per client: stop them side by side
+            with ThreadPoolExecutor(max_workers=32) as ex:
+                list(ex.map(one, self.devices))
+        else:
+            for c in self._shared:
+                if clean:
+                    c.disconnect()
+                c.loop_stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT")
+    ap.add_argument("--prefix", default="edge")
+    ap.add_argument("--devices", type=int, default=10)
+    ap.add_argument("--units", type=int, default=3)
+    ap.add_argument("--rate", type=float, default=1.0, help="health messages per second per device")
+    ap.add_argument("--duration", type=float, default=10.0, help=f"seconds (at most {MAX_DURATION:g})")
+    ap.add_argument("--per-device", action="store_true", help="one connection (and last will) per device")
+    ap.add_argument("--connections", type=int, default=4, help="shared mode: number of connections")
+    ap.add_argument("--alarm-every", type=float, default=0.0, help="toggle a random alarm every S seconds")
+    ap.add_argument("--officers", type=int, default=40, help="officers per unit in the docks' ratio reports")
+    ap.add_argument("--kill-after", action="store_true", help="end without DISCONNECT (the wills fire)")
+    a = ap.parse_args(argv)
+    host, _, port = a.broker.rpartition(":")
+    if not host or not port.isdigit():
+        ap.error(f"--broker {a.broker!r}: expected HOST:PORT")
+    if not 0 < a.duration <= MAX_DURATION:
+        ap.error(f"--duration: 0 < seconds <= {MAX_DURATION:g}")
+    try:
+        sim = FleetSim(host, int(port), make_fleet(a.devices, a.units), prefix=a.prefix, rate=a.rate,
+                       per_device=a.per_device, connections=a.connections, alarm_every=a.alarm_every,
+                       officers=a.officers)
+    except ValueError as exc:
+        ap.error(str(exc))
+    sim.connect()
+    try:
+        out = sim.run(a.duration)
+    except KeyboardInterrupt:
+        out = {"interrupted": True, "published": sim.published}
+    sim.stop(clean=not a.kill_after)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
