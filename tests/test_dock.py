@@ -507,3 +507,23 @@ def test_erase_policy_command_applies_at_once(env, media):
     b = st.wait("bay-1", ("done",))
     assert sim.erased == [] and b["erased"] == 0
     assert json.loads(st.store.audit.entries(action="config")[-1]["detail"])["new"] == "never"
+
+
+def test_alarms_go_through_the_health_registry(env, media):
+    from agent.health.alarms import AlarmRegistry
+
+    data, ports, made = env
+    st = start_station(made, make_cfg(data, ports))
+    sent: list[tuple[str, dict]] = []
+    st.agent.health = type("H", (), {"alarms": AlarmRegistry(lambda key, payload: sent.append((key, payload)),
+                                                              device="dock-0001")})()
+    start_sim(made, media, ports / "ttyREC1", wrong_password=True)
+    st.wait("bay-1", ("error",))
+    key, payload = sent[-1]
+    assert key == "recorder_auth_failed.bay-1" and payload["active"] is True and payload["source"] == "dock"
+    assert payload["message"]["zh"] == "管理员密码错误" and payload["message"]["en"].startswith("wrong admin password")
+    made["sims"][-1].stop()
+    st.wait_state("bay-1", ("error",), timeout=3)
+    start_sim(made, media, ports / "ttyREC1")
+    st.wait_state("bay-1", ("uploading",))
+    assert sent[-1][0] == "recorder_auth_failed.bay-1" and sent[-1][1]["active"] is False  # the next recorder clears it

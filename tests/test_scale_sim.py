@@ -104,8 +104,27 @@ def test_lightweight_devices_one_receiver_and_probe(tmp_path):
     assert res["workdir"] is None and not list(tmp_path.iterdir())  # cleaned up
 
 
+def test_shards_each_receiver_its_own_root_and_prefix(tmp_path):
+    """The sharded layout: K = 2 receivers, each with its own root and topic prefix; each device's
+    items land in its shard's root only."""
+    res = scale_sim.simulate(devices=4, items=1, item_kib=32, receivers=[2], probe_mib=0, timeout=120,
+                             workdir=str(tmp_path), keep=True, shards=True)
+    run = res["runs"][0]
+    assert res["ok"] and res["layout"] == "shards", run["check"]
+    assert run["stored"] == 4 and set(run["items_per_receiver"]) == {"rx-1", "rx-2"}
+    base = Path(res["workdir"]) / "fleet"
+    for k, devs in ((1, {"sim-0000", "sim-0002"}), (2, {"sim-0001", "sim-0003"})):
+        con = sqlite3.connect(str(base / f"archive-s{k}" / "archive.db"))
+        try:
+            assert {r[0] for r in con.execute("SELECT device FROM items")} == devs
+        finally:
+            con.close()
+
+
 def test_table_lists_every_run(sim):
     text = scale_sim.table(sim)
     lines = text.splitlines()
     assert lines[0].split()[0] == "K" and lines[1].split()[0] == "2"
     assert lines[1].rstrip().endswith("OK")
+    md = scale_sim.markdown(sim).splitlines()
+    assert md[0].startswith("| K | wall s |") and md[2].startswith("| 2 |") and "12/12 once, verified" in md[2]

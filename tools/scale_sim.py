@@ -158,13 +158,13 @@ def device_id(i: int) -> str:
     return f"sim-{i:04d}"
 
 
-def _config(data_dir: Path, dev: str, unit: str, port: int = 1883, bandwidth: int = 0):
+def _config(data_dir: Path, dev: str, unit: str, port: int = 1883, bandwidth: int = 0, prefix: str = PREFIX):
     from agent.config import Config
 
     return Config.defaults(**{"uplink.bandwidth_limit": bandwidth,
         "storage.data_dir": str(data_dir), "storage.reserve_mb": 1, "storage.retention_days": 7,
         "device.id": dev, "device.unit_code": unit, "mqtt.host": "127.0.0.1", "mqtt.port": port,
-        "mqtt.keepalive": 30, "mqtt.topic_prefix": PREFIX, "log.level": "warning"})
+        "mqtt.keepalive": 30, "mqtt.topic_prefix": prefix, "log.level": "warning"})
 
 
 def make_fleet(base: Path, devices: int, items: int, item_bytes: int, seed: int = 0) -> dict:
@@ -203,14 +203,18 @@ def make_fleet(base: Path, devices: int, items: int, item_bytes: int, seed: int 
     return fleet
 
 
-def restore(base: Path) -> Path:
-    """Put the fleet and the archive back to their state before any upload; returns the archive root."""
+def restore(base: Path, roots: list[Path] | None = None) -> Path:
+    """Put the fleet and the archive(s) back to their state before any upload (every device
+    enrolled); returns the first archive root."""
     shutil.rmtree(base / "devices", ignore_errors=True)
     shutil.copytree(base / "devices.pristine", base / "devices", symlinks=True)
-    root = base / "archive"
-    shutil.rmtree(root, ignore_errors=True)
-    shutil.copytree(base / "archive-template", root, symlinks=True)
-    return root
+    for old in base.glob("archive*"):
+        if old.name != "archive-template":
+            shutil.rmtree(old, ignore_errors=True)
+    roots = roots or [base / "archive"]
+    for root in roots:
+        shutil.copytree(base / "archive-template", root, symlinks=True)
+    return roots[0]
 
 
 # --- the check: exactly once, verified -----------------------------------------------------------
@@ -333,7 +337,8 @@ def _publisher(spec_path: Path, report_path: Path) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     devs = []
     for d in spec["devices"]:
-        cfg = _config(Path(d["data_dir"]), d["device"], d["unit"], spec["port"], spec.get("bandwidth", 0))
+        cfg = _config(Path(d["data_dir"]), d["device"], d["unit"], spec["port"], spec.get("bandwidth", 0),
+                      d.get("prefix", PREFIX))
         store = Store(cfg)
         if spec.get("full_uplink"):
             up = make_component(Agent(cfg, store=store))
@@ -344,7 +349,6 @@ def _publisher(spec_path: Path, report_path: Path) -> int:
     # devices come up spread over the ramp (a fleet never connects in the same millisecond)
     step = spec.get("ramp_s", 0) / max(1, len(devs))
     left = len(devs)
-    t0 = time.monotonic()
     for d in devs:
         d["started"] = time.monotonic()
         d["up"].start()
@@ -384,10 +388,17 @@ def _publisher(spec_path: Path, report_path: Path) -> int:
 
 # --- one run -------------------------------------------------------------------------------------
 def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: float, verify: bool = True,
-             receive_maximum: int | None = None, label: str | None = None, dev_opts: dict | None = None) -> dict:
+             receive_maximum: int | None = None, label: str | None = None, dev_opts: dict | None = None,
+             shards: bool = False) -> dict:
     """Restore the fleet, start a broker and ``receivers`` archive processes, let every device
-    upload, measure, check. Returns the figures of the run."""
-    root = restore(base)
+    upload, measure, check. Returns the figures of the run.
+
+    ``shards``: instead of K receivers on one root behind one shared subscription, each receiver
+    gets its own root and topic prefix (``edge-s1`` …) and the devices are split among them (the
+    sharded layout of docs/scaling.md)."""
+    roots = [base / f"archive-s{k + 1}" for k in range(receivers)] if shards else [base / "archive"]
+    prefixes = [f"{PREFIX}-s{k + 1}" for k in range(receivers)] if shards else [PREFIX]
+    restore(base, roots)
     rdir = base / f"run-{label or receivers}"
     shutil.rmtree(rdir, ignore_errors=True)
     rdir.mkdir()
@@ -402,16 +413,17 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
             lp = rdir / f"rx-{k + 1}.log"
             fh = open(lp, "wb")
             logs.append(fh)
-            args = [EDGE, "archive", "serve", "--root", str(root), "--broker", f"127.0.0.1:{broker.port}",
-                    "--share", SHARE, "--client-id", f"rx-{k + 1}", "--prefix", PREFIX, "--log-level", "warning"]
+            args = [EDGE, "archive", "serve", "--root", str(roots[k % len(roots)]), "--broker",
+                    f"127.0.0.1:{broker.port}", "--share", SHARE, "--client-id", f"rx-{k + 1}",
+                    "--prefix", prefixes[k % len(prefixes)], "--log-level", "warning"]
             if receive_maximum:
                 args += ["--receive-maximum", str(receive_maximum)]
             rx.append(subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True))
         _wait_receivers(broker.port, [f"rx-{k + 1}" for k in range(receivers)], rx, rdir)
         cpu0 = {"rx": [cpu_seconds(p.pid) for p in rx], "broker": cpu_seconds(broker.proc.pid)}
         # devices, spread over the publisher processes
-        devs = [dict(device=d, unit=v["unit"], data_dir=v["data_dir"], items=len(v["items"]), bytes=v["bytes"])
-                for d, v in fleet.items()]
+        devs = [dict(device=d, unit=v["unit"], data_dir=v["data_dir"], items=len(v["items"]), bytes=v["bytes"],
+                     prefix=prefixes[i % len(prefixes)]) for i, (d, v) in enumerate(fleet.items())]
         nw = max(1, min(workers, len(devs)))
         reports = []
         t0 = time.monotonic()
@@ -425,10 +437,12 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
             reports.append(rp)
         timeline: list[tuple[float, int, int]] = []
         deadline = t0 + timeout
-        db = root / "archive.db"
         timed_out = False
         while True:
-            n, b = _stored(db)
+            n = b = 0
+            for root in roots:
+                nr, br = _stored(root / "archive.db")
+                n, b = n + nr, b + br
             now = time.monotonic()
             timeline.append((now - t0, n, b))
             if n >= total_items:
@@ -461,7 +475,9 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
                 pub_reports.append(json.loads(rp.read_text()))
             except (OSError, ValueError):
                 pub_reports.append({"devices": [], "cpu_s": None, "error": f"no report from {rp.name}"})
-        per_rx = _per_receiver(db)
+        per_rx: dict[str, int] = {}
+        for root in roots:
+            per_rx.update(_per_receiver(root / "archive.db"))
     finally:
         for p in pubs:
             if p.poll() is None:
@@ -472,7 +488,15 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
         broker.stop()
         for fh in logs:
             fh.close()
-    check = check_archive(root, fleet, verify=verify)
+    if shards:
+        parts = [check_archive(root, {d: v for i, (d, v) in enumerate(fleet.items()) if i % len(roots) == k},
+                               verify=verify) for k, root in enumerate(roots)]
+        problems = [p for c in parts for p in c["problems"]]
+        check = {"ok": all(c["ok"] for c in parts), "problems": problems[:50],
+                 "problem_count": sum(c["problem_count"] for c in parts), "stored": sum(c["stored"] for c in parts),
+                 "verified": sum(c["verified"] for c in parts)}
+    else:
+        check = check_archive(roots[0], fleet, verify=verify)
     return _figures(receivers, fleet, total_items, total_bytes, wall, timeline, cpu0, cpu1, pub_reports, per_rx,
                     check, timed_out, rdir)
 
@@ -494,7 +518,7 @@ def _wait_receivers(port: int, rids: list[str], procs: list[subprocess.Popen], r
             pass
 
     c.on_message = on_message
-    c.on_connect = lambda cl, *_: cl.subscribe(f"{PREFIX}/archive/status/+", qos=1)
+    c.on_connect = lambda cl, *_: cl.subscribe("+/archive/status/+", qos=1)
     c.connect("127.0.0.1", port)
     c.loop_start()
     try:
@@ -587,8 +611,11 @@ def _median(xs: list[float]) -> float | None:
 def simulate(devices: int = 100, items: int = 3, item_kib: int = 1024, receivers: list[int] | None = None,
              workers: int | None = None, probe_mib: int = 32, timeout: float = 600, workdir: str | None = None,
              keep: bool = False, verify: bool = True, receive_maximum: int | None = None,
-             progress=None, full_uplink: bool = False, ramp_s: float | None = None, device_kbps: int = 0) -> dict:
+             progress=None, full_uplink: bool = False, ramp_s: float | None = None, device_kbps: int = 0,
+             shards: bool = False, repeat: int = 1) -> dict:
     receivers = receivers or [1, 2, 3]
+    if not 1 <= repeat <= 10:
+        raise SimError(f"--repeat {repeat}: must be 1..10")
     if workers is None:
         workers = min(64, max(2, -(-devices // DEVICES_PER_WORKER)))
     check_bounds(devices, items, item_kib, receivers, workers, probe_mib, timeout)
@@ -609,33 +636,54 @@ def simulate(devices: int = 100, items: int = 3, item_kib: int = 1024, receivers
     result = {"benchmark": "scale_sim", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "nproc": os.cpu_count(),
               "devices": devices, "items_per_device": items, "item_kib": item_kib, "workers": workers,
               "share": f"$share/{SHARE}/{PREFIX}/xfer/+/+/+", "device_mode": "uplink" if full_uplink else "lite",
+              "layout": "shards" if shards else "shared",
               "ramp_s": ramp_s, "device_kbps": device_kbps, "runs": [], "probe": None, "workdir": str(base)}
     try:
         t = time.monotonic()
         fleet = make_fleet(base / "fleet", devices, items, item_kib * 1024)
         result["fleet_setup_s"] = round(time.monotonic() - t, 1)
         say(f"fleet: {devices} devices x {items} items x {item_kib} KiB sealed in {result['fleet_setup_s']} s")
-        for k in receivers:
-            r = run_once(base / "fleet", fleet, k, workers, timeout, verify=verify, receive_maximum=receive_maximum,
-                         dev_opts=dev_opts)
-            result["runs"].append(r)
-            say(f"K={k}: {r['stored']}/{r['items']} items in {r['wall_s']} s, {r['mb_s']} MB/s, "
-                f"receivers {r['receiver_cpu_s_total']} CPU s, {'OK' if r['ok'] else 'FAILED'}")
+        for rep in range(repeat):  # interleaved (K=1, 2, 3, 1, 2, 3 …): load from elsewhere hits every K alike
+            for k in receivers:
+                r = run_once(base / "fleet", fleet, k, workers, timeout, verify=verify,
+                             receive_maximum=receive_maximum, dev_opts=dev_opts, shards=shards,
+                             label=f"{k}-{rep + 1}")
+                r["repeat"] = rep + 1
+                result["runs"].append(r)
+                say(f"K={k}{f' (run {rep + 1})' if repeat > 1 else ''}: {r['stored']}/{r['items']} items in "
+                    f"{r['wall_s']} s, {r['mb_s']} MB/s (steady {r['steady_mb_s']}), receivers "
+                    f"{r['receiver_cpu_s_total']} CPU s, {'OK' if r['ok'] else 'FAILED'}")
         if probe_mib:
             pf = make_fleet(base / "probe", 1, 1, probe_mib << 20, seed=7)
             r = run_once(base / "probe", pf, 1, 1, timeout, verify=verify, receive_maximum=receive_maximum, label="probe",
                          dev_opts=dict(dev_opts, ramp_s=0))
             result["probe"] = r
             say(f"probe: one device, one {probe_mib} MiB item: {r['mb_s']} MB/s, {'OK' if r['ok'] else 'FAILED'}")
-        base_run = next((r for r in result["runs"] if r["receivers"] == min(receivers)), None)
-        result["scaling"] = {f"K={r['receivers']}": round(r["mb_s"] / base_run["mb_s"], 2)
-                             for r in result["runs"] if base_run and base_run["mb_s"]}
+        result["summary"] = summarize(result["runs"])
+        k0 = result["summary"].get(str(min(receivers)), {})
+        result["scaling"] = {f"K={k}": round(v["mb_s"] / k0["mb_s"], 2)
+                             for k, v in result["summary"].items() if k0.get("mb_s") and v.get("mb_s")}
         result["ok"] = all(r["ok"] for r in result["runs"]) and (result["probe"] is None or result["probe"]["ok"])
         return result
     finally:
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
             result["workdir"] = None
+
+
+def summarize(runs: list[dict]) -> dict[str, dict]:
+    """Per K: the median over the repetitions of the steady rates (overall rate when a run was too
+    short for a steady window) and of the receiver CPU cost."""
+    out: dict[str, dict] = {}
+    for k in sorted({r["receivers"] for r in runs}):
+        rs = [r for r in runs if r["receivers"] == k]
+        mb = [r["steady_mb_s"] or r["mb_s"] for r in rs if (r["steady_mb_s"] or r["mb_s"])]
+        it = [r["steady_items_s"] or r["items_s"] for r in rs if (r["steady_items_s"] or r["items_s"])]
+        cpu = [r["mb_per_receiver_cpu_s"] for r in rs if r["mb_per_receiver_cpu_s"]]
+        out[str(k)] = {"runs": len(rs), "mb_s": _median(mb), "mb_s_range": [min(mb), max(mb)] if mb else None,
+                       "items_s": _median(it), "mb_per_receiver_cpu_s": _median(cpu),
+                       "ok": all(r["ok"] for r in rs)}
+    return out
 
 
 def check_bounds(devices, items, item_kib, receivers, workers, probe_mib, timeout) -> None:
@@ -685,6 +733,38 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown(res: dict) -> str:
+    """The runs as a Markdown table (docs/scaling.md is written from this)."""
+    head = ("K", "wall s", "items/s", "MB/s", "steady items/s", "steady MB/s", "receiver CPU s", "cores busy",
+            "MB per receiver CPU s", "items per receiver CPU s", "broker CPU s", "device MB/s", "item latency s",
+            "retransmits", "check")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in res["runs"] + ([res["probe"]] if res.get("probe") else []):
+        label = "probe" if r is res.get("probe") else str(r["receivers"])
+        if r.get("repeat") and any(x.get("repeat", 1) > 1 for x in res["runs"]):
+            label += f" (run {r['repeat']})"
+        cells = (label, r["wall_s"], r["items_s"], r["mb_s"], r["steady_items_s"], r["steady_mb_s"],
+                 r["receiver_cpu_s_total"], r["receiver_cores_busy"], r["mb_per_receiver_cpu_s"],
+                 r["items_per_receiver_cpu_s"], r["broker_cpu_s"], (r["device_mb_s"] or {}).get("median"),
+                 r["device_item_latency_s"], r["retransmits"],
+                 f"{r['stored']}/{r['items']} once, verified" if r["ok"] else "FAILED")
+        lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+    la = [r["load_average"][0] for r in res["runs"] if r.get("load_average")]
+    lines.append("")
+    lines.append(f"{res['devices']} devices x {res['items_per_device']} items x {res['item_kib']} KiB, "
+                 f"{res['device_mode']} devices in {res['workers']} processes, {res.get('layout', 'shared')} root(s), "
+                 f"{res['nproc']} CPUs"
+                 + (f", load average {min(la)}-{max(la)}" if la else "")
+                 + (", throughput relative to K=%d: %s" % (res["runs"][0]["receivers"], ", ".join(
+                     f"{k} {v}" for k, v in res["scaling"].items())) if res.get("scaling") else ""))
+    for k, v in (res.get("summary") or {}).items():
+        if v["runs"] > 1:
+            lines.append(f"K={k}: median steady {v['mb_s']} MB/s (range {v['mb_s_range'][0]}-{v['mb_s_range'][1]}), "
+                         f"{v['items_s']} items/s, {v['mb_per_receiver_cpu_s']} MB per receiver CPU s, "
+                         f"{v['runs']} runs")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_publish"] and len(argv) == 3:
@@ -703,6 +783,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full-uplink", action="store_true",
                     help="run each device as the complete uplink component (6 threads, status file, checkpoints) "
                          "instead of the lightweight transfer-only device")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every K this many times, interleaved; the summary takes the median (default 1)")
+    ap.add_argument("--shards", action="store_true",
+                    help="each receiver its own archive root and topic prefix, the devices split among them "
+                         "(instead of K receivers sharing one root)")
     ap.add_argument("--ramp", type=float, help="seconds over which the devices come up (default devices/100, at most 10)")
     ap.add_argument("--device-kbps", type=int, default=0,
                     help="per-device upload cap in kB/s (uplink.bandwidth_limit; default 0 = none), e.g. a WAN link")
@@ -710,17 +795,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", help="work directory (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, archive) for inspection")
     ap.add_argument("--json", action="store_true", help="print one JSON object (the table goes to stderr)")
+    ap.add_argument("--markdown", action="store_true", help="print the results as a Markdown table")
     a = ap.parse_args(argv)
     out = sys.stderr if a.json else sys.stdout
     try:
         res = simulate(a.devices, a.items, a.item_kib, parse_receivers(a.receivers), a.workers, a.probe_mib,
                        a.timeout, a.dir, a.keep, not a.no_verify, a.receive_maximum,
-                       progress=lambda m: print(m, file=out, flush=True), full_uplink=a.full_uplink,
+                       progress=lambda m: print(m, file=out, flush=True), full_uplink=a.full_uplink, shards=a.shards,
+                       repeat=a.repeat,
                        ramp_s=a.ramp, device_kbps=a.device_kbps)
     except SimError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(table(res), file=out)
+    print(markdown(res) if a.markdown else table(res), file=out)
     if a.json:
         print(json.dumps(res, ensure_ascii=False))
     for r in res["runs"] + ([res["probe"]] if res["probe"] else []):

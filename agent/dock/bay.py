@@ -217,6 +217,7 @@ class Bay:
         self.thread: threading.Thread | None = None
         self.client: RecorderClient | None = None
         self.undock_event = threading.Event()
+        self.ident: tuple | None = None  # identity of the docked device node (station._identity)
         self._last_notify = 0.0
         self._rate_t0 = 0.0
         self._rate_b0 = 0

@@ -16,6 +16,7 @@ import glob
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -247,8 +248,14 @@ class DockStation:
                 bay = self.bays.get(name)
                 if bay is None:
                     bay = self.bays[name] = Bay(self, name, path, spec.mass_storage_only)
+                ident = _identity(path)
+                if bay.st.docked and ident != bay.ident:
+                    # the recorder was swapped between two scans: the old one left, a new one came
+                    log.info("bay %s: a different device at %s", name, path)
+                    bay.undocked()
                 if not bay.st.docked and not bay.busy:
                     log.info("bay %s: recorder docked at %s", name, path)
+                    bay.ident = ident
                     bay.docked_at(path)
             for name, bay in self.bays.items():
                 if bay.st.docked and name not in present:
@@ -409,6 +416,19 @@ def pending_by_officer(store, registry: Registry) -> list[dict]:
         out.append({"officer_number": r["collector_id"], "officer_name": r["collector_name"], "unit_code": unit,
                     "pending_items": r["n"], "oldest": r["oldest"]})
     return out
+
+
+def _identity(path: str) -> tuple | None:
+    """What tells one plugged device from the next at the same path: the node (or the symlink and
+    its target) is created anew by udev for each device."""
+    try:
+        link = os.lstat(path)
+        target = os.readlink(path) if stat.S_ISLNK(link.st_mode) else None
+        node = os.stat(path)
+    except OSError:
+        return None
+    # no times: udev chmods a new node, and a mass-storage directory changes as files are erased
+    return (link.st_ino, target, node.st_ino, node.st_dev, node.st_rdev)
 
 
 def _bay_sort(name: str):

@@ -465,14 +465,18 @@ class RoomSession:
             names = camera_names(len(s.cameras))
             for src, name in zip(s.cameras, names):
                 self.cameras.append(open_camera(src, name).start())
-            deadline = time.monotonic() + 3.0       # give the cameras a moment to deliver a first frame
-            for cam in self.cameras:
-                cam.wait_frame(0, timeout=max(0.0, deadline - time.monotonic()))
             self.mic = open_microphone(s.microphone)
             if self.mic is not None:
                 self.mic.start()
             if s.sensor_port:
                 self.sensor = SensorPoller(s.sensor_port, s.sensor_slave, s.sensor_baudrate).start()
+            # give the devices a moment to open (a camera's first frame, the input device), so
+            # that a slow start is not recorded as a loss; a dead one is, from the first frame
+            deadline = time.monotonic() + 3.0
+            for cam in self.cameras:
+                cam.wait_frame(0, timeout=max(0.0, deadline - time.monotonic()))
+            while self.mic is not None and not self.mic.status().online and time.monotonic() < deadline:
+                time.sleep(0.05)
         except Exception:
             self._release_devices()
             raise

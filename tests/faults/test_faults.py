@@ -324,3 +324,30 @@ def test_agent_killed_mid_room_recording(cluster, tmp_path):
     assert out.produced == len(ms) >= 4
     assert [m["session"]["index"] for m in ms] == list(range(len(ms))) and ms[-1]["session"]["final"]
     assert any(g["component"] == "agent" for m in ms for g in m["gaps"]), "the crash is not a gap in the record"
+
+
+# --- the report tool -----------------------------------------------------------------------------
+def test_faults_report_tool(tmp_path, capsys):
+    """tools/faults_report.py: the table from a result file; clear errors for a missing or bad file;
+    exit 1 when an item was lost or a corrupt item accepted."""
+    from tools import faults_report
+
+    good = {"trials": 3, "items_produced": 7, "items_archived": 7, "items_lost": 0, "corrupt_injected": 1,
+            "corrupt_accepted": 0, "duplicates": 0, "failures": [], "by_fault": {"broker_kill": 3}, "seed": 5}
+    p = tmp_path / "faults.json"
+    p.write_text(json.dumps(good), encoding="utf-8")
+    out_txt = tmp_path / "faults.txt"
+    assert faults_report.main(["--json", str(p), "--write", str(out_txt)]) == 0
+    text = capsys.readouterr().out
+    assert "items produced" in text and "通过 / PASS" in text and out_txt.read_text().strip() == text.strip()
+    p.write_text(json.dumps({**good, "items_lost": 1}), encoding="utf-8")
+    assert faults_report.main(["--json", str(p)]) == 1
+    assert "未通过 / FAIL" in capsys.readouterr().out
+    assert faults_report.main(["--json", str(tmp_path / "none.json")]) == 2
+    assert "no results yet" in capsys.readouterr().err
+    p.write_text("{not json", encoding="utf-8")
+    assert faults_report.main(["--json", str(p)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    p.write_text("[]", encoding="utf-8")
+    assert faults_report.main(["--json", str(p)]) == 2
+    assert "not a fault-injection result" in capsys.readouterr().err
