@@ -95,7 +95,11 @@ class CommandGate:
         public = ring.get(obj["key_id"])
         if public is None:
             raise CommandRefused(f"signed by untrusted key {obj['key_id']}")
-        if not keys.verify_sig(public, hashing.canonical(body), obj["sig"]):
+        try:
+            canon = hashing.canonical(body)
+        except EdgeError as exc:
+            raise CommandRefused(f"malformed command: {exc}") from None
+        if not keys.verify_sig(public, canon, obj["sig"]):
             raise CommandRefused("bad signature")
         if obj["device"] != self.device_id:
             raise CommandRefused(f"command for device {obj['device']!r}, this is {self.device_id!r}")
@@ -119,7 +123,7 @@ class CommandGate:
         """Check and run one command; never raises. Returns the response object."""
         try:
             obj = self.check(payload)
-        except CommandRefused as exc:
+        except EdgeError as exc:
             self.store.audit.append("command", None, actor="mqtt:unverified", result="refused", reason=str(exc),
                                     payload=payload[:512].decode("utf-8", "replace"))
             log.warning("command refused: %s", exc)

@@ -42,7 +42,7 @@ def clips(tmp_path_factory):
             "b": make_clip(d / "b.mp4", (480, 270), seconds=20)}
 
 
-def make_agent(data: Path, **room) -> Agent:
+def make_agent(data: Path, health: bool = False, **room) -> Agent:
     over = {"storage__data_dir": str(data), "storage__reserve_mb": 0, "room__size": "704x576", "room__fps": 10,
             "room__segment_seconds": 2, "room__microphone": "tone", "device__id": "room-0001", "device__kind": "room"}
     over.update({f"room__{k}": v for k, v in room.items() if not k.startswith("storage")})
@@ -50,6 +50,10 @@ def make_agent(data: Path, **room) -> Agent:
     cfg = Config.defaults(**over)
     agent = Agent(cfg)
     keys.generate(agent.store.key_path, agent.store.pub_path)
+    if health:
+        from agent.health import make_component
+
+        agent.add(make_component(agent))
     agent.add(RoomService(agent))
     agent.start()
     return agent
@@ -118,6 +122,22 @@ def test_gaps_are_clipped_to_each_segment():
     assert log.for_segment(t + dt.timedelta(seconds=20), t + dt.timedelta(seconds=30)) == []
 
 
+def test_unreadable_state_file_is_set_aside_and_recording_still_possible(tmp_path, clips):
+    state = tmp_path / "data" / "room" / "session.json"
+    state.parent.mkdir(parents=True)
+    state.write_text("{not json")
+    agent = make_agent(tmp_path / "data", cameras=[f"file:{clips['a']}"], layout="single")
+    try:
+        room = next(c for c in agent.components if c.name == "room")
+        assert [a["code"] for a in room.alarms.snapshot()] == ["room_state_unreadable"]
+        assert [p.name.split("-")[0] for p in state.parent.glob("session.json.unreadable-*")] == ["session.json.unreadable"]
+        assert start(agent)["started"]
+        agent.commands["room.stop"]({}, "t")
+    finally:
+        agent.stop()
+    assert json.loads(state.read_text())["state"] == "stopped"
+
+
 # ------------------------------------------------------------------------------ sessions
 def test_session_records_seals_and_verifies(tmp_path, clips):
     agent = make_agent(tmp_path / "data", cameras=[f"file:{clips['a']}", f"file:{clips['b']}"])
@@ -171,7 +191,8 @@ def test_dead_camera_and_missing_microphone_keep_recording(tmp_path, clips):
     # a camera address that never answers (nothing listens on the port) and an input device
     # that does not exist: placeholder frames and silence, gaps and alarms, no interruption
     agent = make_agent(tmp_path / "data", cameras=[f"file:{clips['a']}", "rtsp://127.0.0.1:9/never"],
-                       microphone="no-such-microphone-xyz", layout="side")
+                       microphone="no-such-microphone-xyz", layout="side", health=True)
+    registry = agent.health.alarms
     try:
         start(agent)
         assert wait_for(lambda: agent.commands["room.status"]({}, "t")["segments_sealed"] >= 2, 20)
@@ -181,8 +202,16 @@ def test_dead_camera_and_missing_microphone_keep_recording(tmp_path, clips):
         codes = {a["code"] for a in st["alarms"]}
         assert {"camera_offline.camera-panorama", "microphone_silent.microphone"} <= codes
         assert not st["audio"]["online"] and st["audio"]["filled_samples"] > 0
+        raised = {a.key: a for a in registry.active()}          # through the health component too
+        assert raised["camera_offline.camera-panorama"].source == "room"
+        assert "microphone_silent.microphone" in raised
+        comps = agent.health.tick()["components"]                # published per part, with a state
+        assert comps["camera-panorama"]["state"] == "offline" and comps["camera-main"]["state"] == "ok"
     finally:
         agent.stop()
+    room = next(c for c in agent.components if c.name == "room")
+    assert room.alarms.snapshot() == []                       # devices no longer in use: alarms cleared
+    assert not [a for a in registry.active() if a.source == "room"]
     ms = manifests(agent)
     for m in ms:
         comps = sorted(g["component"] for g in m["gaps"])
@@ -366,6 +395,19 @@ def test_control_socket_checks_peer_credentials_and_roles(tmp_path):
         assert call(d, "echo", {"x": "中文"}) == {"args": {"x": "中文"}, "actor": "local:root(0)"}
         with pytest.raises(EdgeError, match="unknown command"):
             call(d, "room.pause")
+        import socket as _s
+
+        def raw(data: bytes) -> dict:
+            with _s.socket(_s.AF_UNIX, _s.SOCK_STREAM) as c:
+                c.connect(str(sock))
+                c.sendall(data)
+                return json.loads(c.makefile("rb").readline())
+
+        assert raw(b"hello\n") == {"ok": False, "error": "请求不是 JSON / request is not JSON"}
+        assert "request must be" in raw(b'{"cmd": 5}\n')["error"]
+        assert "args must be an object" in raw(b'{"cmd": "echo", "args": [1]}\n')["error"]
+        assert "longer than" in raw(b"x" * (70 * 1024))["error"]
+        assert raw(b'\n\n{"cmd": "echo"}\n')["ok"] is True                 # blank lines are ignored
         assert "permission denied" in as_user("room.status", 65534)    # 0660 root: cannot even connect
         os.chmod(sock, 0o666)                                          # even so, SO_PEERCRED decides
         assert "无权限 / permission denied: user nobody" in as_user("room.status", 65534)

@@ -14,7 +14,9 @@ sealed and it resumes on the next start (the pause is a gap in the chain). Only
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +58,23 @@ class RoomService:
                 self._control = ControlServer(self.agent)
                 self._control.start()
 
+    def _load_state(self) -> SessionState | None:
+        """The state file; an unreadable one is set aside (never deleted) with an alarm, so that
+        recording stays possible. Its segments stay on disk under room/sessions/ for an expert."""
+        try:
+            return SessionState.load(self.state_path)
+        except EdgeError as exc:
+            aside = self.state_path.with_name(f"{STATE_FILE}.unreadable-{int(time.time())}")
+            os.replace(self.state_path, aside)
+            log.error("%s; moved to %s", exc, aside)
+            self.alarms.raise_("room_state_unreadable", f"询问室会话状态文件损坏，已另存为 {aside.name}",
+                               f"room session state unreadable, set aside as {aside.name}: {exc}")
+            return None
+
     def _recover(self) -> None:
         self._recovering = True
         try:
-            state = SessionState.load(self.state_path)
+            state = self._load_state()
             if state is None:
                 return
             if state.state == "recording":
@@ -118,6 +133,7 @@ class RoomService:
             state.save(self.state_path)
         self.store.audit.append("room.resume" if resume else "room.start", None, actor=actor, session=state.id,
                                 case=state.case_number, collector=state.collector_id, room=state.room)
+        self.alarms.reset()     # stale alarms of an earlier run; what is still wrong is raised again
         with self._lock:
             self.session = sess
         try:
@@ -170,7 +186,7 @@ class RoomService:
                                 f"a session is already recording (case {st.case_number}, since {st.started}, "
                                 f"session {st.id}): stop it first")
             self.store.check_reserve(16 << 20)     # room for a couple of segments above the reserve
-            previous = SessionState.load(self.state_path)
+            previous = self._load_state()
             if previous is not None:                # what an earlier session could not seal goes first
                 if previous.state == "recording":   # it ended here but could not even save its state
                     previous.state, previous.stop_reason = "stopped", "ended abnormally (state not saved)"

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 STATE_FILE = "session.json"
 SEGMENT_RE = re.compile(r"^seg_(\d{6})\.ts(\.part)?$")
 AUDIO_RATE = 48000
+#: alarms about the room's devices, cleared when the session ends (failures stay until the next start)
+DEVICE_ALARMS = ("camera_offline", "microphone_silent", "sensor_silent")
 SILENCE_ALARM_S = 30        # a microphone that gives only silence this long raises microphone_silent
 
 #: what the gap reasons say (bilingual, as an officer and a judge read them)
@@ -287,6 +289,23 @@ class Alarms:
     def snapshot(self) -> list[dict]:
         with self._lock:
             return list(self.active.values())
+
+    def reset(self, codes: tuple[str, ...] | None = None) -> None:
+        """Clear the room's alarms (all, or those of ``codes``), here and in the health registry
+        (which keeps them across restarts): at a session start, and for the devices at its end."""
+        with self._lock:
+            for key in [k for k in self.active if codes is None or k.split(".", 1)[0] in codes]:
+                del self.active[key]
+        sink = self._sink()
+        if sink is None or not hasattr(sink, "active"):
+            return
+        for a in sink.active():
+            if getattr(a, "source", None) == "room" and (codes is None or a.code in codes):
+                code, _, inst = a.key.partition(".")
+                try:
+                    sink.clear(code, source="room", instance=inst or None)
+                except Exception:
+                    log.exception("clearing alarm %s failed", a.key)
 
 
 # ---------------------------------------------------------------------------------- settings
@@ -687,6 +706,7 @@ class RoomSession:
 
     def _finish(self) -> None:
         self._release_devices()
+        self.alarms.reset(DEVICE_ALARMS)     # the devices are no longer in use; the gaps stay recorded
         self._closing = []
         try:
             self.segmenter.close()

@@ -394,8 +394,16 @@ class Node:
         self.run_proc = Proc([EDGE, "--config", str(self.config), "run"], self.dir / f"run{self.runs}.log",
                              env=env, prefix=self.prefix)
         self.cluster.procs.append(self.run_proc)
-        wait_for(lambda: not self.run_proc.alive() or "starting uplink" in self.run_proc.text()
-                 or self.status_file().exists(), 20, f"{self.device} run started", [self.run_proc])
+        t0 = time.time()
+
+        def started() -> bool:
+            try:
+                fresh = self.status_file().stat().st_mtime >= t0
+            except OSError:
+                fresh = False
+            return not self.run_proc.alive() or "starting uplink" in self.run_proc.text() or fresh
+
+        wait_for(started, 30, f"{self.device} run started", [self.run_proc])
         if not self.run_proc.alive():
             raise HarnessError(f"{self.device}: edge-agent run exited at start:\n{self.run_proc.tail()}")
         return self
@@ -547,21 +555,34 @@ class Outcome:
 
 class Rogue:
     """A misbehaving client on the broker: publishes corrupt chunks and forged items on a device's
-    transfer topics and collects the archive's answers."""
+    transfer topics and collects the archive's answers. One per injection (``with Rogue(...)``):
+    connected and subscribed (CONNACK and SUBACK awaited) before it publishes."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1"):
+    def __init__(self, port: int, dev: str, host: str = "127.0.0.1", timeout: float = 20):
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.answers: dict[bytes, P.Answer] = {}
         self.cv = threading.Condition()
+        self.topics = Topics(PREFIX)
+        self.dev = dev
+        self.ack = self.topics.ack(dev)
+        self._connected = threading.Event()
+        self._subscribed = threading.Event()
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"rogue-{secrets.token_hex(3)}",
                              protocol=mqtt.MQTTv5)
         self.c.on_message = self._on_message
+        self.c.on_connect = lambda *a: self._connected.set()
+        self.c.on_subscribe = lambda *a: self._subscribed.set()
         self.c.connect(host, port, keepalive=30)
         self.c.loop_start()
-        self.topics = Topics(PREFIX)
-        self._subscribed: set[str] = set()
+        if not self._connected.wait(timeout):
+            self.close()
+            raise HarnessError(f"rogue client: no CONNACK from the broker within {timeout:.0f} s")
+        self.c.subscribe(self.ack, qos=1)
+        if not self._subscribed.wait(timeout):
+            self.close()
+            raise HarnessError(f"rogue client: no SUBACK for {self.ack} within {timeout:.0f} s")
 
     def _on_message(self, client, userdata, msg) -> None:
         corr = getattr(msg.properties, "CorrelationData", None)
@@ -575,22 +596,17 @@ class Rogue:
             self.answers[bytes(corr)] = ans
             self.cv.notify_all()
 
-    def request(self, dev: str, item: str, kind: str, payload: bytes, user_props: list[tuple[str, str]],
-                timeout: float = 20) -> P.Answer:
+    def request(self, item: str, kind: str, payload: bytes, user_props: list[tuple[str, str]],
+                timeout: float = 30) -> P.Answer:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        ack = self.topics.ack(dev)
-        if ack not in self._subscribed:
-            self.c.subscribe(ack, qos=1)
-            self._subscribed.add(ack)
-            time.sleep(0.3)
         corr = b"rogue-" + secrets.token_hex(6).encode()
         props = Properties(PacketTypes.PUBLISH)
         props.UserProperty = user_props
-        props.ResponseTopic = ack
+        props.ResponseTopic = self.ack
         props.CorrelationData = corr
-        self.c.publish(self.topics.xfer(dev, item, kind), payload, qos=1, properties=props).wait_for_publish(10)
+        self.c.publish(self.topics.xfer(self.dev, item, kind), payload, qos=1, properties=props).wait_for_publish(10)
         with self.cv:
             self.cv.wait_for(lambda: corr in self.answers, timeout)
             ans = self.answers.get(corr)
@@ -600,7 +616,16 @@ class Rogue:
 
     def close(self) -> None:
         self.c.loop_stop()
-        self.c.disconnect()
+        try:
+            self.c.disconnect()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "Rogue":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class Cluster:
@@ -623,7 +648,6 @@ class Cluster:
         self.forged: set[str] = set()     # item ids a rogue tried to slip in
         self.corrupt_refused = 0
         self.extra: list = []             # other things to close (Tmpfs, Clock ...)
-        self._rogue: Rogue | None = None
 
     # lifecycle
     def start(self) -> "Cluster":
@@ -668,11 +692,6 @@ class Cluster:
         self.broker.restart(kill=True, downtime=downtime)
 
     def close(self) -> None:
-        if self._rogue:
-            try:
-                self._rogue.close()
-            except Exception:
-                pass
         for p in self.procs:
             p.kill()
         self.broker.kill()
@@ -879,11 +898,8 @@ class Cluster:
         return problems
 
     # corrupt input
-    @property
-    def rogue(self) -> Rogue:
-        if self._rogue is None:
-            self._rogue = Rogue(self.broker.port)
-        return self._rogue
+    def rogue(self, node: Node) -> Rogue:
+        return Rogue(self.broker.port, node.device)
 
     def _genuine_item(self, node: Node, size: int) -> tuple[Path, dict, bytes, bytes]:
         """A genuinely signed item of ``node`` (its real key) at a chain position far beyond its
@@ -915,15 +931,16 @@ class Cluster:
         d, m, mbytes, sig = self._genuine_item(node, 200_000)
         item = m["item_id"]
         self.forged.add(item)
-        a = self.rogue.request(node.device, item, "manifest", mbytes, P.manifest_props(sig))
-        if a.status != P.RECEIVING:
-            raise HarnessError(f"rogue manifest of {item}: {a.status} {a.reason}")
-        f = m["files"][0]
-        data = (d / mf.FILES_DIR / f["name"]).read_bytes()[:65536]
-        props = P.chunk_props(f["name"], 0, data)
-        bad = bytearray(data)
-        bad[100] ^= 0x01
-        ans = self.rogue.request(node.device, item, "chunk", bytes(bad), props)
+        with self.rogue(node) as rogue:
+            a = rogue.request(item, "manifest", mbytes, P.manifest_props(sig))
+            if a.status != P.RECEIVING:
+                raise HarnessError(f"rogue manifest of {item}: {a.status} {a.reason}")
+            f = m["files"][0]
+            data = (d / mf.FILES_DIR / f["name"]).read_bytes()[:65536]
+            props = P.chunk_props(f["name"], 0, data)
+            bad = bytearray(data)
+            bad[100] ^= 0x01
+            ans = rogue.request(item, "chunk", bytes(bad), props)
         if ans.status in (P.ERROR, P.REJECTED):
             self.corrupt_refused += 1
         return ans
@@ -936,7 +953,8 @@ class Cluster:
         doc = json.loads(mbytes)
         doc["metadata"]["case_number"] = "杭司罚〔2026〕第9999号"
         forged = json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
-        ans = self.rogue.request(node.device, item, "manifest", forged, P.manifest_props(sig))
+        with self.rogue(node) as rogue:
+            ans = rogue.request(item, "manifest", forged, P.manifest_props(sig))
         if ans.status == P.REJECTED:
             self.corrupt_refused += 1
         return ans
@@ -947,19 +965,20 @@ class Cluster:
         d, m, mbytes, sig = self._genuine_item(node, 300_000)
         item = m["item_id"]
         self.forged.add(item)
-        a = self.rogue.request(node.device, item, "manifest", mbytes, P.manifest_props(sig))
-        if a.status != P.RECEIVING:
-            raise HarnessError(f"rogue manifest of {item}: {a.status} {a.reason}")
-        files = m["files"]
-        for f in files:
-            data = bytearray((d / mf.FILES_DIR / f["name"]).read_bytes())
-            data[len(data) // 3] ^= 0x55
-            for off in range(0, len(data), 65536):
-                piece = bytes(data[off:off + 65536])
-                ans = self.rogue.request(node.device, item, "chunk", piece, P.chunk_props(f["name"], off, piece))
-                if ans.status != P.OK:
-                    raise HarnessError(f"rogue chunk refused early: {ans.status} {ans.reason}")
-        ans = self.rogue.request(node.device, item, "finish", P.finish_payload(files, []), [("proto", P.PROTO)])
+        with self.rogue(node) as rogue:
+            a = rogue.request(item, "manifest", mbytes, P.manifest_props(sig))
+            if a.status != P.RECEIVING:
+                raise HarnessError(f"rogue manifest of {item}: {a.status} {a.reason}")
+            files = m["files"]
+            for f in files:
+                data = bytearray((d / mf.FILES_DIR / f["name"]).read_bytes())
+                data[len(data) // 3] ^= 0x55
+                for off in range(0, len(data), 65536):
+                    piece = bytes(data[off:off + 65536])
+                    ans = rogue.request(item, "chunk", piece, P.chunk_props(f["name"], off, piece))
+                    if ans.status != P.OK:
+                        raise HarnessError(f"rogue chunk refused early: {ans.status} {ans.reason}")
+            ans = rogue.request(item, "finish", P.finish_payload(files, []), [("proto", P.PROTO)])
         if ans.status == P.REJECTED:
             self.corrupt_refused += 1
         return ans

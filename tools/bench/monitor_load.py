@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--loads", default="1,5", help="load factors (messages per second per device)")
     ap.add_argument("--seconds", type=float, default=20.0, help="measured window per load")
-    ap.add_argument("--warmup", type=float, default=4.0)
+    ap.add_argument("--warmup", type=float, default=8.0, help="seconds before the window (the connect burst drains)")
     ap.add_argument("--json", nargs="?", const="-", help="write a JSON record (to stdout or PATH)")
     a = ap.parse_args(argv)
     if not 1 <= a.devices <= 5000:
