@@ -50,6 +50,19 @@ CODES: dict[str, AlarmDef] = {
     "archive_unreachable": AlarmDef("warning", "归档服务器不可达", "archive unreachable"),
     "pending_annotation_old": AlarmDef("warning", "资料待补录信息过久", "items pending annotation too long"),
     "unknown_device_rejected": AlarmDef("critical", "归档拒绝未登记设备", "unknown device rejected at the archive"),
+    # docking station
+    "dock_disk_full": AlarmDef("critical", "采集站磁盘已满，拒绝接入", "station disk full, docking refused"),
+    "recorder_clock": AlarmDef("warning", "执法记录仪时钟严重偏差", "recorder clock far off"),
+    "recorder_serial_conflict": AlarmDef("critical", "两台记录仪序列号相同", "two recorders claim the same serial"),
+    "recorder_auth_failed": AlarmDef("warning", "记录仪管理员密码错误", "recorder admin password refused"),
+    "recorder_no_answer": AlarmDef("warning", "记录仪无应答或通信错误", "recorder does not answer"),
+    "recorder_unsafe_name": AlarmDef("warning", "记录仪文件名不安全", "recorder reported unsafe file names"),
+    # interview room
+    "room_state_unreadable": AlarmDef("critical", "询问室会话状态文件损坏", "room session state unreadable"),
+    "room_recovery_failed": AlarmDef("critical", "询问室录像恢复失败", "room recording recovery failed"),
+    "room_write_failed": AlarmDef("critical", "录制写入失败", "recording write failed"),
+    "room_capture_failed": AlarmDef("critical", "录制异常", "recording failed"),
+    "room_seal_failed": AlarmDef("critical", "分段封存失败", "segment sealing failed"),
 }
 
 META_KEY = "health.alarms"
