@@ -119,7 +119,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "chunk_size": F(int, 256 * 1024, "Chunk size in bytes (never above the broker's maximum packet size).", min=1024, max=64 * 1024 * 1024),
         "bandwidth_limit": F(int, 0, "Upload bandwidth cap in bytes/s (0 = unlimited).", min=0),
         "ack_timeout_s": F(int, 30, "Seconds to wait for the archive's answer before retransmitting.", min=1, max=3600),
-        "max_inflight": F(int, 16, "Chunks in flight at most (also bounded by the broker's Receive Maximum).", min=1, max=65535),
+        "max_inflight": F(int, 32, "Chunks in flight at most (also bounded by the broker's Receive Maximum, less 2 kept for status and health).", min=1, max=65535),
     },
     "archive": {
         "root": F(str, "/var/lib/edge-agent-archive", "Archive root (archive serve): items under ROOT/UNIT/CASE/ITEM, keys under ROOT/keys."),

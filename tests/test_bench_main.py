@@ -123,6 +123,13 @@ def test_unknown_benchmark_name_is_a_usage_error(capsys):
     assert "unknown benchmark nosuch" in err and "ingest" in err
 
 
+def test_unwritable_output_directory_is_a_usage_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert bench.main(["--only", "ingest", "--out", str(blocker / "sub")]) == 2
+    assert "cannot create it" in capsys.readouterr().err
+
+
 def test_list_shows_every_benchmark_with_its_quick_command(capsys):
     assert bench.main(["--list", "--quick"]) == 0
     out = capsys.readouterr().out

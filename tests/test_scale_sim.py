@@ -87,6 +87,10 @@ def test_checker_catches_duplicates_missing_and_corruption(sim, tmp_path):
     (["--item-kib", "0"], "--item-kib 0: must be 1.."),
     (["--timeout", "0"], "--timeout 0"),
     (["--probe-mib", "-1"], "--probe-mib -1"),
+    (["--repeat", "0"], "--repeat 0: must be 1..10"),
+    (["--ramp", "-1"], "--ramp -1.0: must be 0..600 s"),
+    (["--device-kbps", "-5"], "--device-kbps -5: must be 0"),
+    (["--dir", "/nonexistent/scale"], "--dir /nonexistent/scale: no such directory"),
 ])
 def test_bad_arguments_are_refused_with_one_line(args, message, capsys):
     assert scale_sim.main(args) == 2
@@ -119,6 +123,18 @@ def test_shards_each_receiver_its_own_root_and_prefix(tmp_path):
             assert {r[0] for r in con.execute("SELECT device FROM items")} == devs
         finally:
             con.close()
+
+
+def test_summary_takes_medians_and_compares_like_with_like():
+    def run(k, mb, steady):
+        return {"receivers": k, "mb_s": mb, "steady_mb_s": steady, "items_s": mb, "steady_items_s": steady,
+                "mb_per_receiver_cpu_s": 50.0, "ok": True}
+    s = scale_sim.summarize([run(1, 10, 20), run(2, 15, 30), run(1, 12, 24), run(2, 9, 18)])
+    assert s["1"]["mb_s"] == 22 and s["1"]["mb_s_range"] == [20, 24] and s["1"]["rate"] == "steady"
+    assert s["2"]["mb_s"] == 24 and s["2"]["runs"] == 2
+    # one run too short for a steady window: every K falls back to the overall rate
+    s = scale_sim.summarize([run(1, 10, 20), run(2, 15, None)])
+    assert s["1"]["rate"] == "overall" and (s["1"]["mb_s"], s["2"]["mb_s"]) == (10, 15)
 
 
 def test_table_lists_every_run(sim):

@@ -604,7 +604,10 @@ def _figures(k, fleet, total_items, total_bytes, wall, timeline, cpu0, cpu1, pub
 
 def _median(xs: list[float]) -> float | None:
     xs = sorted(xs)
-    return xs[len(xs) // 2] if xs else None
+    if not xs:
+        return None
+    n = len(xs) // 2
+    return xs[n] if len(xs) % 2 else round((xs[n - 1] + xs[n]) / 2, 3)
 
 
 # --- the whole simulation --------------------------------------------------------------------------
@@ -628,6 +631,8 @@ def simulate(devices: int = 100, items: int = 3, item_kib: int = 1024, receivers
     dev_opts = {"full_uplink": full_uplink, "ramp_s": ramp_s, "bandwidth": device_kbps * 1000}
     need = 3 * (devices * items * item_kib * 1024 + probe_mib * 2**20) + (64 << 20)
     parent = Path(workdir) if workdir else Path(tempfile.gettempdir())
+    if not parent.is_dir():
+        raise SimError(f"--dir {parent}: no such directory")
     free = shutil.disk_usage(parent).free
     if free < need:
         raise SimError(f"needs {need >> 20} MiB free in {parent}, has {free >> 20} MiB; use fewer devices or --item-kib")
@@ -651,7 +656,7 @@ def simulate(devices: int = 100, items: int = 3, item_kib: int = 1024, receivers
                 r["repeat"] = rep + 1
                 result["runs"].append(r)
                 say(f"K={k}{f' (run {rep + 1})' if repeat > 1 else ''}: {r['stored']}/{r['items']} items in "
-                    f"{r['wall_s']} s, {r['mb_s']} MB/s (steady {r['steady_mb_s']}), receivers "
+                    f"{r['wall_s']} s, {r['mb_s']} MB/s (steady {r['steady_mb_s'] or '-'}), receivers "
                     f"{r['receiver_cpu_s_total']} CPU s, {'OK' if r['ok'] else 'FAILED'}")
         if probe_mib:
             pf = make_fleet(base / "probe", 1, 1, probe_mib << 20, seed=7)
@@ -675,12 +680,14 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
     """Per K: the median over the repetitions of the steady rates (overall rate when a run was too
     short for a steady window) and of the receiver CPU cost."""
     out: dict[str, dict] = {}
+    # steady rates only when every run has one, so that K values are compared alike
+    steady = all(r["steady_mb_s"] for r in runs)
     for k in sorted({r["receivers"] for r in runs}):
         rs = [r for r in runs if r["receivers"] == k]
-        mb = [r["steady_mb_s"] or r["mb_s"] for r in rs if (r["steady_mb_s"] or r["mb_s"])]
-        it = [r["steady_items_s"] or r["items_s"] for r in rs if (r["steady_items_s"] or r["items_s"])]
+        mb = [r["steady_mb_s"] if steady else r["mb_s"] for r in rs if r["mb_s"]]
+        it = [r["steady_items_s"] if steady else r["items_s"] for r in rs if r["items_s"]]
         cpu = [r["mb_per_receiver_cpu_s"] for r in rs if r["mb_per_receiver_cpu_s"]]
-        out[str(k)] = {"runs": len(rs), "mb_s": _median(mb), "mb_s_range": [min(mb), max(mb)] if mb else None,
+        out[str(k)] = {"runs": len(rs), "rate": "steady" if steady else "overall", "mb_s": _median(mb), "mb_s_range": [min(mb), max(mb)] if mb else None,
                        "items_s": _median(it), "mb_per_receiver_cpu_s": _median(cpu),
                        "ok": all(r["ok"] for r in rs)}
     return out
@@ -759,7 +766,7 @@ def markdown(res: dict) -> str:
                      f"{k} {v}" for k, v in res["scaling"].items())) if res.get("scaling") else ""))
     for k, v in (res.get("summary") or {}).items():
         if v["runs"] > 1:
-            lines.append(f"K={k}: median steady {v['mb_s']} MB/s (range {v['mb_s_range'][0]}-{v['mb_s_range'][1]}), "
+            lines.append(f"K={k}: median {v.get('rate', 'steady')} {v['mb_s']} MB/s (range {v['mb_s_range'][0]}-{v['mb_s_range'][1]}), "
                          f"{v['items_s']} items/s, {v['mb_per_receiver_cpu_s']} MB per receiver CPU s, "
                          f"{v['runs']} runs")
     return "\n".join(lines)

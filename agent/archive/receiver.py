@@ -26,6 +26,9 @@ from .storage import ArchiveStore
 
 log = logging.getLogger(__name__)
 
+#: successful chunk answers of one device sent as one message while more chunks wait
+ANSWER_BATCH = 8
+
 
 class Receiver:
     name = "archive-receiver"
@@ -140,7 +143,7 @@ class Receiver:
                 self._flush(batch)
             if kind == "chunk" and answer.status == P.OK:
                 batch.append((dev, props, answer))
-                if more_waiting and len(batch) < 16:
+                if more_waiting and len(batch) < ANSWER_BATCH:
                     continue
                 self._flush(batch)
             else:
@@ -160,7 +163,7 @@ class Receiver:
         if more:
             answer.more = more
         batch.clear()
-        self._answer(dev, props, answer, qos=0)  # progress only: a lost one just means a query
+        self._answer(dev, props, answer)
 
     def handle(self, topic: str, payload: bytes, props: Any) -> tuple[str, P.Answer] | None:
         """Handle one message; returns (device, answer) to send, or None."""

@@ -75,22 +75,14 @@ class ArchiveDB(Ledger):
                     self.db.execute("INSERT INTO migrations VALUES (?, datetime('now'))", [name])
 
     def fast_many(self, sql: str, rows: list) -> None:
-        """Like :meth:`fast`, many rows in one transaction."""
+        """Rows whose loss on power failure is harmless (held chunk ranges: they are simply sent
+        again), in one transaction with synchronous=NORMAL; everything that answers ``stored`` is
+        committed with synchronous=FULL."""
         with self.lock:
             self.db.execute("PRAGMA synchronous=NORMAL")
             try:
                 with self.atomic():
                     self.db.conn.executemany(sql, rows)
-            finally:
-                self.db.execute("PRAGMA synchronous=FULL")
-
-    def fast(self, sql: str, params=()) -> None:
-        """A write that may be lost on power failure without harm (held chunk ranges: they are
-        simply sent again); everything that answers ``stored`` is committed with synchronous=FULL."""
-        with self.lock:
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                self.db.execute(sql, params)
             finally:
                 self.db.execute("PRAGMA synchronous=FULL")
 

@@ -310,6 +310,17 @@ class ArchiveStore:
             try:
                 rep = verify_item(tdir, self.registry.ring(dev), expected_device=dev)
             except (VerifyError, EdgeError) as exc:
+                content = str(tdir / mf.FILES_DIR) in str(exc)
+                if content and tr["reason"] != "content-retry":
+                    # written ranges whose bytes did not survive (e.g. power lost before the
+                    # fsync): forget them once and have the agent send the item again
+                    with self.db.atomic() as db:
+                        db.execute("DELETE FROM ranges WHERE device = ? AND item = ?", [dev, item])
+                        db.execute("UPDATE transfers SET reason = 'content-retry' WHERE device = ? AND item = ?",
+                                   [dev, item])
+                    log.warning("%s/%s did not verify (%s): asking for the content again", dev, item, exc)
+                    return P.Answer(item=item, kind="finish", status=P.INCOMPLETE, held={},
+                                    reason=f"content did not verify, send it again: {exc}")
                 return self._reject(dev, item, tdir, f"verification failed: {exc}")
             meta = mf.effective_metadata(rep.manifest, mf.read_annotations(tdir))
             try:

@@ -7,8 +7,6 @@ Every retrieval (list, show, export) is written to the archive's own hash-chaine
 from __future__ import annotations
 
 
-import os
-import sys
 from pathlib import Path
 
 import click
@@ -84,8 +82,6 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
 
     cfg = _cfg_or_none(c)
     setup_logging(log_level, "plain")
-    if os.environ.get("EDGE_SWITCH"):
-        sys.setswitchinterval(float(os.environ["EDGE_SWITCH"]))
     if broker:
         host, sep, port = broker.rpartition(":")
         if not sep or not port.isdigit():

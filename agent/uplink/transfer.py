@@ -15,6 +15,7 @@ import collections
 import itertools
 import json
 import logging
+import queue
 import threading
 import time
 from pathlib import Path
@@ -42,6 +43,62 @@ class _Waiter:
         self.answer: P.Answer | None = None
         self.sent = time.monotonic()
         self.meta = meta
+
+
+class _Prefetcher:
+    """Reads and hashes the planned chunks ahead, in order, on its own thread (bounded)."""
+
+    def __init__(self, d: Path, plan: list[tuple[str, int, int]], stop: threading.Event, depth: int = 8):
+        self.d, self.plan, self.stop = d, plan, stop
+        self.left = len(plan)
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.closed = threading.Event()
+        self.th = threading.Thread(target=self._run, name="uplink-read", daemon=True)
+        if plan:
+            self.th.start()
+
+    def _run(self) -> None:
+        handles: dict[str, Any] = {}
+        try:
+            for name, off, n in self.plan:
+                fh = handles.get(name)
+                if fh is None:
+                    fh = handles[name] = open(self.d / mf.FILES_DIR / name, "rb")
+                fh.seek(off)
+                data = fh.read(n)
+                rec = (name, off, n, data, P.chunk_props(name, off, data))
+                while not self.closed.is_set() and not self.stop.is_set():
+                    try:
+                        self.q.put(rec, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                else:
+                    return
+        except OSError as exc:
+            self.q.put(exc)
+        finally:
+            for fh in handles.values():
+                fh.close()
+
+    def more(self) -> bool:
+        return self.left > 0 and not self.closed.is_set()
+
+    def next(self):
+        while True:
+            try:
+                rec = self.q.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if self.stop.is_set():
+                    raise Interrupted("stopping") from None
+        if isinstance(rec, Exception):
+            raise rec
+        self.left -= 1
+        return rec
+
+    def close(self) -> None:
+        self.closed.set()
 
 
 class TokenBucket:
@@ -293,34 +350,46 @@ class Transfer:
         """Send every byte range not in ``held``; returns None when all are acknowledged, or the
         answer that stops the transfer (UNKNOWN, REJECTED)."""
         chunk = min(self.chunk_size, self.up.conn.max_payload(self.up.topics.xfer(self.up.device, item, "chunk"), 512))
+
+        def plan(held: dict) -> list[tuple[str, int, int]]:
+            out = []
+            for f in files:
+                for s, e in P.missing_ranges(f["size"], held.get(f["name"])):
+                    for off in range(s, e, chunk):
+                        out.append((f["name"], off, min(chunk, e - off)))
+            return out
+
+        # chunks are read and hashed ahead on another thread (hashlib releases the GIL) while
+        # this one publishes; a chunk to send again is read here (``todo``)
+        pf = _Prefetcher(d, plan(held), self.stop_event)
         todo: collections.deque[tuple[str, int, int]] = collections.deque()
-        for f in files:
-            for s, e in P.missing_ranges(f["size"], held.get(f["name"])):
-                for off in range(s, e, chunk):
-                    todo.append((f["name"], off, min(chunk, e - off)))
         topic = self.up.topics.xfer(self.up.device, item, "chunk")
         inflight: dict[bytes, _Waiter] = {}
         handles: dict[str, Any] = {}
         last_preempt = time.monotonic()
         errors = 0
         try:
-            while todo or inflight:
-                self._check(priority_item=None)
+            while todo or pf.more() or inflight:
+                self._check()
                 if time.monotonic() - last_preempt > PREEMPT_CHECK_S:
                     last_preempt = time.monotonic()
                     if self._next_item(below=priority) is not None:
                         raise Interrupted("a more urgent item (e.g. a live room segment) goes first")
-                while todo and len(inflight) < self.window:
-                    name, off, n = todo.popleft()
-                    fh = handles.get(name)
-                    if fh is None:
-                        fh = handles[name] = open(d / mf.FILES_DIR / name, "rb")
-                    fh.seek(off)
-                    data = fh.read(n)
+                while (todo or pf.more()) and len(inflight) < self.window:
+                    if todo:
+                        name, off, n = todo.popleft()
+                        fh = handles.get(name)
+                        if fh is None:
+                            fh = handles[name] = open(d / mf.FILES_DIR / name, "rb")
+                        fh.seek(off)
+                        data = fh.read(n)
+                        props = P.chunk_props(name, off, data)
+                    else:
+                        name, off, n, data, props = pf.next()
                     self.bucket.take(len(data))
                     corr, w = self._new_waiter((name, off, n))
                     inflight[corr] = w
-                    self._publish(topic, data, P.chunk_props(name, off, data), corr)
+                    self._publish(topic, data, props, corr)
                     self._rate.append((time.monotonic(), len(data)))
                 # wait for any answer, or for the oldest to time out
                 oldest = min(w.sent for w in inflight.values()) if inflight else time.monotonic()
@@ -356,14 +425,12 @@ class Transfer:
                     ans = self._request(item, "query", b"{}")
                     if ans.status in (P.UNKNOWN, P.REJECTED, P.STORED):
                         return ans if ans.status != P.STORED else None
-                    held = ans.held or {}
+                    pf.close()
                     todo.clear()
-                    for f in files:
-                        for s, e in P.missing_ranges(f["size"], held.get(f["name"])):
-                            for off in range(s, e, chunk):
-                                todo.append((f["name"], off, min(chunk, e - off)))
+                    todo.extend(plan(ans.held or {}))
                     self.retransmits += len(todo)
         finally:
+            pf.close()
             for fh in handles.values():
                 fh.close()
             for corr in inflight:
@@ -371,7 +438,7 @@ class Transfer:
         return None
 
     # --- request / answer -------------------------------------------------------------------
-    def _check(self, priority_item=None) -> None:
+    def _check(self) -> None:
         if self.stop_event.is_set():
             raise Interrupted("stopping")
         if not self.up.conn.connected:

@@ -281,7 +281,11 @@ class NetLink:
         tag = tag or secrets.token_hex(2)
         self.ns = f"ea-{tag}"
         self.host_if, self.agent_if = f"ea{tag}h", f"ea{tag}a"
-        n = int(tag, 16) % 250 + 1
+        used = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True).stdout
+        free = [n for n in range(1, 255) if f"10.213.{n}." not in used]
+        if not free:
+            raise OSError("no free 10.213.N.0/30 subnet for a test veth pair")
+        n = free[int(tag, 16) % len(free)]
         self.host_ip, self.agent_ip = f"10.213.{n}.1", f"10.213.{n}.2"
         self._made: list[list[str]] = []
         try:
@@ -961,7 +965,8 @@ class Cluster:
 
     def inject_swapped_content(self, node: Node) -> P.Answer:
         """A genuinely signed manifest, then other content (each chunk with a correct sha256 of
-        the wrong bytes), then finish: the archive must refuse the item at verification."""
+        the wrong bytes), then finish: the archive must not store it (it answers "rejected", or
+        "incomplete" after discarding the bytes that do not verify)."""
         d, m, mbytes, sig = self._genuine_item(node, 300_000)
         item = m["item_id"]
         self.forged.add(item)
@@ -979,7 +984,8 @@ class Cluster:
                     if ans.status != P.OK:
                         raise HarnessError(f"rogue chunk refused early: {ans.status} {ans.reason}")
             ans = rogue.request(item, "finish", P.finish_payload(files, []), [("proto", P.PROTO)])
-        if ans.status == P.REJECTED:
+        # refused either for good (rejected, quarantined) or as content to send again (incomplete)
+        if ans.status in (P.REJECTED, P.INCOMPLETE):
             self.corrupt_refused += 1
         return ans
 

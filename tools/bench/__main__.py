@@ -229,8 +229,8 @@ SPECS: list[Spec] = [
     Spec("uplink", "tools.bench.uplink", ["--mib", "64", "--item-mib", "16"], rows=rows_uplink),
     Spec("monitor_load", "tools.bench.monitor_load", ["--devices", "200", "--loads", "5", "--seconds", "8",
                                                       "--warmup", "2"], rows=rows_monitor_load),
-    Spec("scale_sim", "tools.scale_sim", ["--devices", "40", "--items", "3", "--item-kib", "256", "--receivers", "1,2",
-                                          "--probe-mib", "16"], rows=rows_scale),
+    Spec("scale_sim", "tools.scale_sim", ["--devices", "100", "--items", "3", "--item-kib", "256", "--receivers", "1,2",
+                                          "--repeat", "2", "--probe-mib", "16"], full=["--repeat", "3"], rows=rows_scale),
 ]
 
 
@@ -371,7 +371,10 @@ def run_all(specs: list[Spec], quick: bool, out_dir: Path | None, echo: Callable
         md = [f"# Benchmarks ({'quick' if quick else 'full'} run)", "",
               f"{started}, commit {summary['commit'] or '?'}, {os.cpu_count()} CPUs, Python {platform.python_version()}. "
               "Produced by `python -m tools.bench" + (" --quick" if quick else "") + "`; ratios are measured against a "
-              "baseline run on the same machine in the same run.", "", table(results, markdown=True), ""]
+              "baseline run on the same machine in the same run."
+              + (" Quick run: small sizes that fit in the page cache, so copy baselines run at memory speed; "
+                 "it checks that every benchmark runs, `make bench` gives the figures of record." if quick else ""),
+              "", table(results, markdown=True), ""]
         for res in results:
             if res["error"]:
                 md.append(f"- **{res['name']}**: {res['status']}: {res['error']}")
@@ -406,6 +409,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{s.name:14} {'present' if s.present() else 'MISSING':8} {' '.join(s.command(a.quick)[1:])}")
         return 0
     out = sys.stderr if a.json else sys.stdout
+    if a.out:
+        try:
+            Path(a.out).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"error: --out {a.out}: cannot create it / 无法创建: {exc.strerror}", file=sys.stderr)
+            return 2
     summary = run_all(specs, a.quick, Path(a.out) if a.out else None, echo=lambda m: print(m, file=sys.stderr, flush=True))
     results = summary.pop("_results")
     print(table(results), file=out)

@@ -45,7 +45,7 @@ def free_port() -> int:
 def start_broker(work: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nmax_inflight_messages 100\n"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nmax_inflight_messages 100\nmax_queued_messages 0\n"
                     f"user {os.environ.get('USER') or 'root'}\n")
     p = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -128,7 +128,7 @@ def prepare(work: Path, port: int, mib: int, item_mib: int, chunk: int):
     data = {"storage": {"data_dir": str(work / "agent"), "reserve_mb": 64, "retention_days": 7},
             "device": {"id": "bench-01", "unit_code": "330100000000"},
             "mqtt": {"host": "127.0.0.1", "port": port},
-            "uplink": {"chunk_size": chunk, "ack_timeout_s": 30, "max_inflight": int(os.environ.get("BENCH_WINDOW", "16"))}}
+            "uplink": {"chunk_size": chunk, "ack_timeout_s": 30}}
     cfg_path.write_text(config_mod.render_default(data))
     cfg = config_mod.load(cfg_path)
     store = Store(cfg)
