@@ -151,7 +151,7 @@ class Agent:
 
 
 #: (module, Agent attribute) of the components ``build_agent`` assembles, in start order
-_FACTORIES = (("agent.uplink", "uplink"), ("agent.health", "health"), (None, None))
+_FACTORIES = (("agent.uplink", "uplink"), ("agent.health", "health"), (None, None), ("agent.control", None))
 
 
 def build_agent(cfg: Config) -> Agent:

@@ -304,7 +304,7 @@ def test_run_without_device_key_is_a_clear_error(tmp_path):
 
 
 def _retained(port: int, topic: str) -> dict | None:
-    p = subprocess.run(["mosquitto_sub", "-p", str(port), "-t", topic, "--retained-only", "-W", "2", "-C", "1"],
+    p = subprocess.run(["mosquitto_sub", "-p", str(port), "-t", topic, "--retained-only", "-W", "5", "-C", "1"],
                        capture_output=True, text=True)
     out = p.stdout.strip()
     return json.loads(out) if out else None

@@ -76,6 +76,7 @@ class ArchiveStore:
         #: True: chunk ranges are recorded by commit_ranges() (the receiver batches them)
         self.batch_ranges = False
         self._files_cache: dict[tuple[str, str], dict[str, int]] = {}
+        self._tmp_ok: dict[tuple[str, str], Path] = {}
 
     def _archive_key(self):
         kp, pp = self.root / "_archive" / "archive.key", self.root / "_archive" / "archive.pub"
@@ -247,7 +248,12 @@ class ArchiveStore:
                            "AND end >= ? LIMIT 1", [dev, item, c.file, c.offset, end])
         if dup:
             return P.Answer(item=item, kind="chunk", status=P.OK, file=c.file, offset=c.offset)  # duplicate
-        path = self.inside(self._tmp_dir(dev, item) / mf.FILES_DIR / c.file)
+        tdir = self._tmp_ok.get((dev, item))
+        if tdir is None:  # resolved once per transfer: the file name itself is one safe level
+            tdir = self._tmp_ok[(dev, item)] = self.inside(self._tmp_dir(dev, item) / mf.FILES_DIR)
+            if len(self._tmp_ok) > 1000:
+                self._tmp_ok.clear()
+        path = tdir / c.file
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o640)
         except FileNotFoundError:  # finished or refused meanwhile (perhaps by another receiver)
