@@ -150,10 +150,11 @@ class Uplink:
         with self._inbox_cv:
             self._inbox_cv.notify_all()
         self.transfer.join(10)
+        # the sender first: a queued "online" must not overtake the final "offline"
+        for th in self._threads:
+            th.join(10)
         # explicit offline on a clean stop (the will is only for a crash)
         self.conn.stop(final=(self.topics.status(self.device), self._status_payload("offline", clean=True)))
-        for th in self._threads:
-            th.join(5)
         try:
             self.write_status()  # so that `uplink status` does not show a stale "connected"
         except OSError:

@@ -151,17 +151,27 @@ class Connection:
     def stop(self, final: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None:
         """Publish ``final`` (topic, payload; retained, QoS 1), disconnect cleanly, stop the thread."""
         client = self._client
+        delivered = final is None
         if client is not None and self.connected and final is not None:
             try:
                 h = self.publish(final[0], final[1], qos=1, retain=True, timeout=timeout)
-                h.wait(timeout)
+                delivered = h.wait(timeout) and h.ok
             except PublishError:
                 pass
         self.stop_event.set()
-        if client is not None:
+        if client is not None and self.connected and delivered:
+            # DISCONNECT (0x00) tells the broker not to send the will: only once the final message
+            # is delivered; otherwise the socket just closes and the broker publishes the will
             try:
                 client.disconnect()
             except Exception:  # already gone
+                pass
+        elif client is not None and self.connected:
+            sock = client.socket()
+            try:
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)  # no DISCONNECT: the broker publishes the will
+            except OSError:
                 pass
         self._lost.set()
         if self._thread:
