@@ -185,7 +185,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     # --- [encryption] (encryption at rest; owner: lead) ------------------------------------
     "encryption": {
         "enabled": F(bool, False, "Encrypt every item on this device with a fresh AES-256-GCM key sealed to the archive's X25519 key (a stolen box reveals no recording)."),
-        "archive_public_key": F(str, "", "The archive's X25519 public key (PEM), from `edge-agent archive keygen`; required when enabled."),
+        "archive_public_key": F(str, "", "The archive's X25519 public key (PEM), from `edge-agent crypt keygen`; required when enabled."),
     },
     # --- [roles] (who may do what on the local CLI; owner: lead) ---------------------------
     "roles": {

@@ -146,7 +146,7 @@ def main() -> int:
                 print(f"demo: not everything archived within {a.timeout:.0f} s; see {out}/agent.log and archive.log")
                 return 1
             time.sleep(1)
-        chain = edge(None, "verify", "--chain", str(archive), "--keys", str(archive / "keys"))
+        chain = edge(None, "verify", "--chain", str(archive / "330106000000"), "--keys", str(archive / "keys"))
         print("  " + chain.stdout.strip().replace("\n", "\n  "))
         dock = edge(cfg, "dock", "status", check=False)
         if dock.stdout:
@@ -156,7 +156,7 @@ def main() -> int:
         for s in stored:
             print(f"  {s}")
         print(f"\n中心存档 / archive root: {archive}\n"
-              f"校验命令 / verify yourself: {EDGE} verify --chain {archive} --keys {archive / 'keys'}")
+              f"校验命令 / verify yourself: {EDGE} verify --chain {archive / '330106000000'} --keys {archive / 'keys'}")
         if a.keep_running:
             print("running; Ctrl-C to stop")
             signal.pause()
