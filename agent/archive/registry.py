@@ -64,15 +64,7 @@ MIGRATIONS: list[tuple[str, str]] = [
 class ArchiveDB(Ledger):
     """The archive's SQLite database: same helpers as the agent's ledger, its own tables."""
 
-    def _migrate(self) -> None:
-        with self.atomic():
-            self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-            done = {r[0] for r in self.db.execute("SELECT name FROM migrations").fetchall()}
-            for name, sql in MIGRATIONS:
-                if name not in done:
-                    for stmt in filter(str.strip, sql.split(";")):
-                        self.db.execute(stmt)
-                    self.db.execute("INSERT INTO migrations VALUES (?, datetime('now'))", [name])
+    migrations = MIGRATIONS
 
     def fast_many(self, sql: str, rows: list) -> None:
         """Rows whose loss on power failure is harmless (held chunk ranges: they are simply sent

@@ -12,21 +12,16 @@ reference data, rebuilt from the roster file and from docking, never evidence it
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
 import re
-import sqlite3
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
-
-import sqlite_utils
 
 from ..errors import EdgeError
+from ..store.ledger import Ledger
 from ..timeutil import now_iso
 
 log = logging.getLogger(__name__)
@@ -104,47 +99,13 @@ class RatioRow:
         return asdict(self)
 
 
-class Registry:
+class Registry(Ledger):
+    """Roster and recorder registry in data_dir/dock/registry.db (the ledger's helpers, own tables)."""
+
+    migrations = MIGRATIONS
+
     def __init__(self, data_dir: Path | str):
-        path = Path(data_dir) / "dock" / "registry.db"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-        self.db = sqlite_utils.Database(conn)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        self.lock = threading.RLock()
-        self.path = path
-        with self.atomic():
-            self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-            done = {r[0] for r in self.db.execute("SELECT name FROM migrations").fetchall()}
-            for name, sql in MIGRATIONS:
-                if name not in done:
-                    for stmt in filter(str.strip, sql.split(";")):
-                        self.db.execute(stmt)
-                    self.db.execute("INSERT INTO migrations VALUES (?, datetime('now'))", [name])
-
-    @contextlib.contextmanager
-    def atomic(self) -> Iterator[sqlite_utils.Database]:
-        with self.lock:
-            conn = self.db.conn
-            if conn.in_transaction:
-                yield self.db
-                return
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-    def query(self, sql: str, params=()) -> list[dict]:
-        with self.lock:
-            return list(self.db.query(sql, params))
-
-    def close(self) -> None:
-        with self.lock:
-            self.db.conn.close()
+        super().__init__(Path(data_dir) / "dock" / "registry.db")
 
     # --- roster -----------------------------------------------------------------------------
     def import_roster(self, path: Path | str, *, replace: bool = True) -> int:

@@ -65,7 +65,12 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 
 class Ledger:
-    """One connection shared by the threads of a process, behind a lock; WAL across processes."""
+    """One connection shared by the threads of a process, behind a lock; WAL across processes.
+
+    Subclasses with their own tables (the archive's database, the dock's registry) set
+    ``migrations``: named migrations, each applied once and recorded in the database."""
+
+    migrations: list[tuple[str, str]] = MIGRATIONS
 
     def __init__(self, path: Path):
         self.path = path
@@ -82,7 +87,7 @@ class Ledger:
         with self.atomic():
             self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
             done = {r[0] for r in self.db.execute("SELECT name FROM migrations").fetchall()}
-            for name, sql in MIGRATIONS:
+            for name, sql in self.migrations:
                 if name not in done:
                     for stmt in filter(str.strip, sql.split(";")):
                         self.db.execute(stmt)
