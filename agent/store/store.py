@@ -29,7 +29,7 @@ from ..errors import DiskReserveError, EdgeError, NotFoundError
 from ..evidence import hashing, keys, manifest as mf
 from ..evidence.verify import verify_item
 from ..faults import crashpoint
-from ..timeutil import now, now_iso
+from ..timeutil import now_iso
 from .audit import AuditLog
 from .fsutil import atomic_write, free_bytes, fsync_dir, rename_durable
 from .ledger import UNARCHIVED, Ledger
