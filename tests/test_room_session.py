@@ -381,10 +381,23 @@ def test_control_socket_checks_peer_credentials_and_roles(tmp_path):
     srv = ControlServer(agent)
     srv.start()
 
+    # the client runs as nobody, who may not be able to enter the checkout: give it a readable copy
+    # of the two modules it needs
+    import shutil
+
+    lib = Path(tempfile.mkdtemp(prefix="edge-ctl-lib-"))
+    os.chmod(lib, 0o755)
+    (lib / "agent").mkdir()
+    os.chmod(lib / "agent", 0o755)
+    src = Path(__file__).resolve().parent.parent / "agent"
+    for name in ("__init__.py", "control.py", "errors.py"):
+        shutil.copy(src / name, lib / "agent" / name)
+        os.chmod(lib / "agent" / name, 0o644)
+
     def as_user(cmd: str, gid: int) -> str:
         client = ("import sys; sys.path.insert(0, %r); from agent.control import call; from agent.errors import "
                   "EdgeError\ntry:\n    print(call(%r, %r))\nexcept EdgeError as e:\n    print(e)"
-                  % (os.getcwd(), str(d), cmd))
+                  % (str(lib), str(d), cmd))
         out = subprocess.run(["/usr/bin/python3", "-c", client], capture_output=True, text=True, timeout=30,
                              cwd="/", user=65534, group=gid, extra_groups=[])
         return out.stdout + out.stderr
