@@ -64,8 +64,9 @@ def main() -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     procs: list[subprocess.Popen] = []
+    extra_stops: list = []
     sim = None
-    total = 7
+    total = 8
     try:
         from tools.media import make_clip, make_recorder_media
         from tools.recorder_sim import RecorderSim
@@ -127,11 +128,52 @@ def main() -> int:
         sim.start()
         print(f"  recorder ZFY0001 (李四 330101) on {bay}")
 
-        step(7, total, "等待存档确认并在中心校验", "waiting until the archive confirms every item, then verifying it there")
+        step(7, total, "询问室同步录音录像（两路画面，叠加案件信息）", "an interview room: two cameras in picture-in-picture, "
+             "case overlay, 2-second segments sealed and uploaded as they close")
+        rcfg = out / "room" / "agent.toml"
+        rcfg.parent.mkdir(parents=True)
+        pano = make_clip(out / "media" / "panorama.mp4", seconds=8, size="1280x720", audio=False, seed=3)
+        rcfg.write_text(config_mod.render_default({
+            "device": {"id": "room-demo-01", "unit_code": "330106000000", "unit_name": "西湖区综合行政执法局",
+                       "kind": "room", "location": "西湖区综合行政执法局办案区 / case-handling area"},
+            "storage": {"data_dir": str(out / "room" / "data"), "reserve_mb": 100},
+            "mqtt": {"host": "127.0.0.1", "port": port},
+            "health": {"interval_s": 5},
+            "room": {"name": "第一询问室 / Interview room 1", "cameras": [f"file:{clip}", f"file:{pano}"],
+                     "size": "1280x720", "fps": 15, "segment_seconds": 2, "microphone": "tone",
+                     "sensor_port": str(out / "dev" / "ttyRS485")},
+        }), encoding="utf-8")
+        from tools.sensor_sim import SensorSim
+
+        sensor = SensorSim(out / "dev" / "ttyRS485", temp_c_x10=236, humidity_x10=452)
+        sensor.start()
+        extra_stops.append(sensor.stop)
+        edge(rcfg, "init")
+        edge(None, "archive", "enroll", "room-demo-01", str(out / "room" / "data" / "keys" / "device.pub"),
+             "--unit", "330106000000", "--root", str(archive))
+        procs.append(subprocess.Popen([EDGE, "--config", str(rcfg), "run"],
+                                      stdout=open(out / "room.log", "w"), stderr=subprocess.STDOUT))
+        for _ in range(60):
+            started = edge(rcfg, "room", "start", "--case", "杭西执罚〔2026〕第0123号", "--collector", "张三",
+                           "--collector-id", "33010001", "--proof", "询问笔录同步录音录像 / interview record",
+                           "--subject", "王五", check=False)
+            if started.returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            raise SystemExit(f"demo: room start failed: {started.stderr.strip()}")
+        print("  " + started.stdout.strip().replace("\n", "\n  "))
+        time.sleep(7)
+        stopped = edge(rcfg, "room", "stop")
+        print("  " + stopped.stdout.strip().replace("\n", "\n  "))
+
+        step(8, total, "等待存档确认并在中心校验", "waiting until the archive confirms every item, then verifying it there")
         deadline = time.time() + a.timeout
         last = ""
         while True:
             items = json.loads(edge(cfg, "items", "list", "--json").stdout)
+            room_items = json.loads(edge(rcfg, "items", "list", "--json").stdout)
+            items = items + room_items
             states: dict[str, int] = {}
             for it in items:
                 states[it["state"]] = states.get(it["state"], 0) + 1
@@ -139,7 +181,8 @@ def main() -> int:
             if line != last:
                 print(f"  {time.strftime('%H:%M:%S')} items: {line}", flush=True)
                 last = line
-            done = items and len(items) >= 4 and all(i["state"] in ("archived", "purged") for i in items)
+            done = len(items) - len(room_items) >= 4 and room_items and \
+                all(i["state"] in ("archived", "purged") for i in items)
             if done:
                 break
             if time.time() > deadline:
@@ -162,12 +205,17 @@ def main() -> int:
             signal.pause()
         return 0
     finally:
+        for stop in extra_stops:
+            try:
+                stop()
+            except Exception:
+                pass
         if sim is not None:
             try:
                 sim.stop()
             except Exception:
                 pass
-        if not a.keep_running or True:
+        if True:  # --keep-running waits above until Ctrl-C; then everything stops
             for p in reversed(procs):
                 p.send_signal(signal.SIGTERM)
             for p in reversed(procs):
