@@ -785,18 +785,8 @@ class RoomSession:
                          "resolution_changes": cs.resolution_changes, "reconnects": cs.reconnects,
                          "last_error": cs.last_error})
         audio: dict[str, Any] = {"source": self.settings.microphone}
-        if self.mic is not None:
+        if self.mic is not None:  # read-only: the silence counter is kept by _housekeeping, once a second
             ms = self.mic.status()
-            if ms.online and ms.level_dbfs < self.mic.silence_dbfs:
-                self._quiet_s += 1
-                if self._quiet_s >= SILENCE_ALARM_S:
-                    self.alarms.raise_("microphone_silent", f"麦克风持续无声 {self._quiet_s} 秒",
-                                       f"microphone silent for {self._quiet_s} s (level {ms.level_dbfs} dBFS)",
-                                       instance="microphone-level")
-            else:
-                if self._quiet_s >= SILENCE_ALARM_S:
-                    self.alarms.clear("microphone_silent", instance="microphone-level")
-                self._quiet_s = 0
             audio.update(online=ms.online, device=ms.device, level_dbfs=ms.level_dbfs, silent=ms.silent,
                          filled_samples=ms.filled, last_error=ms.last_error)
         else:
