@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import threading
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from ..errors import EdgeError, NotFoundError, VerifyError
 from ..evidence import hashing, keys, manifest as mf
-from ..evidence.verify import check_signature, verify_item
+from ..evidence.verify import StreamDigest, check_signature, verify_item
 from ..store.audit import AuditLog
 from ..store.fsutil import atomic_write, fsync_dir
 from ..timeutil import now_iso
@@ -34,6 +35,8 @@ from .registry import ArchiveDB, Registry, check_id
 log = logging.getLogger(__name__)
 
 PENDING = "_pending"
+#: transfers whose content hashes are kept in memory at once (older ones fall back to a re-read)
+MAX_STREAMS = 256
 _CTRL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -76,6 +79,13 @@ class ArchiveStore:
         #: True: chunk ranges are recorded by commit_ranges() (the receiver batches them)
         self.batch_ranges = False
         self._files_cache: dict[tuple[str, str], dict[str, int]] = {}
+        #: True: hash each file as its chunks arrive in order, so ``finish`` need not read it back.
+        #: Off when several receivers share the work (each sees only part of the chunks).
+        self.stream_verify = True
+        self._streams: dict[tuple[str, str], dict[str, _Stream]] = {}
+        self._hasher: _Hasher | None = None
+        #: files verified at finish from the hashes taken while receiving / by reading them back
+        self.verified_files = {"streamed": 0, "reread": 0}
         self._tmp_ok: dict[tuple[str, str], Path] = {}
 
     def _archive_key(self):
@@ -197,6 +207,8 @@ class ArchiveStore:
                 return P.Answer(item=item, kind="manifest", status=P.REJECTED, reason=tr["reason"])
             self._files_cache.pop((dev, item), None)
             if tr and tr["manifest_hash"] != mhash:
+                with self._plock:
+                    self._streams.pop((dev, item), None)
                 shutil.rmtree(tdir, ignore_errors=True)
                 with self.db.atomic() as db:
                     db.execute("DELETE FROM ranges WHERE device = ? AND item = ?", [dev, item])
@@ -212,7 +224,29 @@ class ArchiveStore:
                     db.execute("INSERT OR IGNORE INTO transfers(device, item, manifest_hash, size, files, state, started_at) "
                                "VALUES (?,?,?,?,?,?,?)", [dev, item, mhash, msg.total_size, json.dumps(files),
                                                           "receiving", now_iso()])
-        return P.Answer(item=item, kind="manifest", status=P.RECEIVING, held=self.held(dev, item))
+            held = self.held(dev, item)
+            self._start_streams(dev, item, doc, held)
+        return P.Answer(item=item, kind="manifest", status=P.RECEIVING, held=held)
+
+    def _start_streams(self, dev: str, item: str, doc: dict, held: dict) -> None:
+        """Content digests for the files of which nothing is held yet (a resumed file is read back
+        in full at ``finish`` instead)."""
+        alg = doc.get("hash_alg")
+        if not self.stream_verify or alg not in hashing.available_algorithms():
+            return
+        with self._plock:
+            if (dev, item) in self._streams:
+                return
+            sizes: dict[int, list[int]] = {}
+            for sg in doc.get("segments", []):
+                sizes.setdefault(sg.get("file"), []).append(sg.get("size"))
+            streams = {}
+            for fi, f in enumerate(doc.get("files", [])):
+                if not held.get(f["name"]) and all(isinstance(n, int) and n > 0 for n in sizes.get(fi, [])):
+                    streams[f["name"]] = _Stream(StreamDigest(alg, sizes.get(fi, [])))
+            if len(self._streams) >= MAX_STREAMS:
+                self._streams.pop(next(iter(self._streams)))
+            self._streams[(dev, item)] = streams
 
     def _files_of(self, dev: str, item: str) -> dict[str, int] | None:
         hit = self._files_cache.get((dev, item))
@@ -243,9 +277,18 @@ class ArchiveStore:
         end = c.offset + len(c.data)
         if end > size:
             raise P.ProtocolError(f"chunk {c.file}@{c.offset}+{len(c.data)} runs past the declared size {size}")
-        dup = any(r[:3] == (dev, item, c.file) and r[3] <= c.offset and end <= r[4] for r in self._pending_ranges) \
-            or self.db.one("SELECT 1 FROM ranges WHERE device = ? AND item = ? AND file = ? AND start <= ? "
-                           "AND end >= ? LIMIT 1", [dev, item, c.file, c.offset, end])
+        with self._plock:
+            sd = self._streams.get((dev, item), {}).get(c.file)
+        if sd is not None:  # written (and queued for hashing) up to sd.wpos by this receiver, in order
+            dup = end <= sd.wpos
+            if not dup and c.offset != sd.wpos:  # a gap or an overlap: read back at finish instead
+                with self._plock:
+                    self._streams.get((dev, item), {}).pop(c.file, None)
+                sd = None
+        else:
+            dup = any(r[:3] == (dev, item, c.file) and r[3] <= c.offset and end <= r[4] for r in self._pending_ranges) \
+                or self.db.one("SELECT 1 FROM ranges WHERE device = ? AND item = ? AND file = ? AND start <= ? "
+                               "AND end >= ? LIMIT 1", [dev, item, c.file, c.offset, end])
         if dup:
             return P.Answer(item=item, kind="chunk", status=P.OK, file=c.file, offset=c.offset)  # duplicate
         tdir = self._tmp_ok.get((dev, item))
@@ -269,6 +312,11 @@ class ArchiveStore:
                 view, pos = view[n:], pos + n
         finally:
             os.close(fd)
+        if sd is not None:
+            sd.wpos = end
+            if self._hasher is None:
+                self._hasher = _Hasher()
+            self._hasher.put(sd, c.data, c.sha256 if sd.sd.alg == "sha256" else None)
         with self._plock:
             self._pending_ranges.append((dev, item, c.file, c.offset, end))
         if not self.batch_ranges:
@@ -313,8 +361,15 @@ class ArchiveStore:
             self._write_annotations(tdir, fin.annotations, start=0)
             fsync_dir(tdir / mf.FILES_DIR)
             fsync_dir(tdir)
+            with self._plock:
+                streams = self._streams.pop((dev, item), {})
+            if streams and self._hasher is not None:
+                self._hasher.wait(streams.values())
+            digests = {n: st.sd for n, st in streams.items() if st.ok and st.sd.complete}
+            self.verified_files["streamed"] += len(digests)
+            self.verified_files["reread"] += len(files) - len(digests)
             try:
-                rep = verify_item(tdir, self.registry.ring(dev), expected_device=dev)
+                rep = verify_item(tdir, self.registry.ring(dev), expected_device=dev, digests=digests)
             except (VerifyError, EdgeError) as exc:
                 content = str(tdir / mf.FILES_DIR) in str(exc)
                 if content and tr["reason"] != "content-retry":
@@ -538,6 +593,52 @@ class ArchiveStore:
 
     def quarantined(self) -> list[dict]:
         return self.db.query("SELECT * FROM quarantine ORDER BY id")
+
+
+class _Stream:
+    """One file being received in order: written up to ``wpos``, hashed by the hasher thread."""
+
+    __slots__ = ("sd", "wpos", "pending", "ok")
+
+    def __init__(self, sd: StreamDigest):
+        self.sd = sd
+        self.wpos = 0
+        self.pending = 0
+        self.ok = True
+
+
+class _Hasher:
+    """Hashes received chunks into their file's :class:`StreamDigest` on its own thread, in the
+    order they were written (hashlib releases the GIL: this runs beside the receiving thread).
+    The queue is bounded, so a slow hasher slows the receiver down instead of filling memory."""
+
+    def __init__(self, depth: int = 64):
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.cv = threading.Condition()
+        self.th = threading.Thread(target=self._run, name="archive-hasher", daemon=True)
+        self.th.start()
+
+    def put(self, st: _Stream, data: bytes, seg_digest: str | None) -> None:
+        with self.cv:
+            st.pending += 1
+        self.q.put((st, data, seg_digest))
+
+    def _run(self) -> None:
+        while True:
+            st, data, seg_digest = self.q.get()
+            try:
+                st.sd.feed(data, seg_digest)
+            except Exception:  # never the item's proof: finish then reads the file back
+                log.exception("hashing a received chunk failed")
+                st.ok = False
+            finally:
+                with self.cv:
+                    st.pending -= 1
+                    self.cv.notify_all()
+
+    def wait(self, streams) -> None:
+        with self.cv:
+            self.cv.wait_for(lambda: all(st.pending == 0 for st in streams))
 
 
 @contextlib.contextmanager

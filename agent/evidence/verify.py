@@ -108,10 +108,16 @@ def check_structure(m: dict, where: str) -> None:
 
 
 def verify_item(item_dir: str | os.PathLike, ring: keys.KeyRing, *, check_files: bool = True,
-                expected_device: str | None = None) -> ItemReport:
-    """Verify signature, metadata, every segment hash and link, sizes, and annotations."""
+                expected_device: str | None = None, digests: dict[str, "StreamDigest"] | None = None) -> ItemReport:
+    """Verify signature, metadata, every segment hash and link, sizes, and annotations.
+
+    ``digests`` (file name -> :class:`StreamDigest`) supplies the content hashes of files the
+    caller hashed while writing them (the archive receiver, as chunks arrive in order): those
+    files are not read again; every other check is the same.
+    """
     try:
-        return _verify_item(item_dir, ring, check_files=check_files, expected_device=expected_device)
+        return _verify_item(item_dir, ring, check_files=check_files, expected_device=expected_device,
+                            digests=digests)
     except VerifyError:
         raise
     except EdgeError as exc:
@@ -120,7 +126,8 @@ def verify_item(item_dir: str | os.PathLike, ring: keys.KeyRing, *, check_files:
         raise VerifyError(f"{item_dir}: malformed item: {exc!r}") from None
 
 
-def _verify_item(item_dir, ring: keys.KeyRing, *, check_files: bool, expected_device: str | None) -> ItemReport:
+def _verify_item(item_dir, ring: keys.KeyRing, *, check_files: bool, expected_device: str | None,
+                 digests: dict[str, "StreamDigest"] | None = None) -> ItemReport:
     d = Path(item_dir)
     mpath, spath = d / mf.MANIFEST, d / mf.SIGNATURE
     if not mpath.is_file():
@@ -174,6 +181,11 @@ def _verify_item(item_dir, ring: keys.KeyRing, *, check_files: bool, expected_de
             if size != f["size"]:
                 _fail(f"{path}: size {size} bytes, sealed as {f['size']} (truncated or extended)")
             file_segs = [(i, s) for i, s in enumerate(segs) if s["file"] == fi]
+            dg = (digests or {}).get(name)
+            if dg is not None:  # hashed by the caller over the very bytes it wrote (see StreamDigest)
+                _check_digest(dg, alg, path, mpath, f, file_segs)
+                total += size
+                continue
             whole = hashing.new(alg)
             with open(path, "rb") as fh:
                 expect_off = 0
@@ -218,6 +230,70 @@ def _verify_item(item_dir, ring: keys.KeyRing, *, check_files: bool, expected_de
                       manifest_hash=mhash, prev_manifest_hash=m.get("prev_manifest_hash"),
                       item_hash=m["item_hash"], bytes=total, segments=len(segs), annotations=len(anns),
                       manifest=m)
+
+
+class StreamDigest:
+    """The hashes ``verify`` computes for one file (per segment, and of the whole file), computed
+    instead over the file's bytes as they are written, in order, so a receiver need not read the
+    file back. ``feed`` must see every byte once, from offset 0 on; ``complete`` tells whether it
+    did. A chunk that is exactly one segment passes its already computed digest (``seg_digest``)
+    and is not hashed twice for it.
+    """
+
+    __slots__ = ("alg", "sizes", "pos", "size", "whole", "seg", "fill", "segments")
+
+    def __init__(self, alg: str, seg_sizes: list[int]):
+        self.alg = alg
+        self.sizes = list(seg_sizes)
+        self.size = sum(self.sizes)
+        self.pos = 0
+        self.whole = hashing.new(alg)
+        self.seg = None
+        self.fill = 0
+        self.segments: list[str] = []
+
+    def feed(self, data, seg_digest: str | None = None) -> None:
+        mv = memoryview(data)
+        if self.pos + len(mv) > self.size:
+            raise ValueError("more bytes than the manifest lists for this file")
+        self.whole.update(mv)
+        self.pos += len(mv)
+        k = len(self.segments)
+        if self.fill == 0 and seg_digest is not None and k < len(self.sizes) and len(mv) == self.sizes[k]:
+            self.segments.append(seg_digest)
+            return
+        while mv:
+            k = len(self.segments)
+            need = self.sizes[k] - self.fill
+            part, mv = mv[:need], mv[need:]
+            if self.seg is None:
+                self.seg = hashing.new(self.alg)
+            self.seg.update(part)
+            self.fill += len(part)
+            if self.fill == self.sizes[k]:
+                self.segments.append(self.seg.hexdigest())
+                self.seg, self.fill = None, 0
+
+    @property
+    def complete(self) -> bool:
+        return self.pos == self.size and len(self.segments) == len(self.sizes)
+
+
+def _check_digest(dg: StreamDigest, alg: str, path: Path, mpath: Path, f: dict, file_segs: list) -> None:
+    if dg.alg != alg or not dg.complete or dg.size != f["size"] or len(dg.segments) != len(file_segs):
+        _fail(f"{path}: content digest incomplete ({dg.pos} of {f['size']} bytes hashed)")
+    expect_off = 0
+    for k, (i, s) in enumerate(file_segs):
+        if s["offset"] != expect_off:
+            _fail(f"{mpath}: segment {i}: offset {s['offset']}, expected {expect_off}")
+        if dg.sizes[k] != s["size"] or dg.segments[k] != s["hash"]:
+            _fail(f"{path}: segment {i} (bytes {s['offset']}-{s['offset'] + s['size'] - 1}): "
+                  "hash mismatch, content altered")
+        expect_off += s["size"]
+    if expect_off != f["size"]:
+        _fail(f"{mpath}: segments of {f['name']} cover {expect_off} of {f['size']} bytes")
+    if dg.whole.hexdigest() != f["hash"]:
+        _fail(f"{path}: file hash mismatch")
 
 
 def find_items(root: str | os.PathLike) -> list[Path]:

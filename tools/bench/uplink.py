@@ -60,6 +60,24 @@ def start_broker(work: Path) -> tuple[subprocess.Popen, int]:
     raise SystemExit("mosquitto did not start")
 
 
+def proc_stat(pid: int) -> tuple[float, int]:
+    """(user + system CPU seconds, minor page faults) of a process, from /proc."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan"), 0
+    return sum(int(x) for x in f[11:13]) / os.sysconf("SC_CLK_TCK"), int(f[7])
+
+
+def cpu_s(pid: int) -> float:
+    return proc_stat(pid)[0]
+
+
+def self_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -148,7 +166,7 @@ def prepare(work: Path, port: int, mib: int, item_mib: int, chunk: int):
     return cfg, store, ids
 
 
-def ours(work: Path, port: int, cfg, store, ids: list[str]) -> dict:
+def ours(work: Path, port: int, cfg, store, ids: list[str], broker_pid: int) -> dict:
     from agent.evidence import keys
     from agent.evidence.verify import verify_chain
     from agent.runtime import Agent
@@ -159,13 +177,16 @@ def ours(work: Path, port: int, cfg, store, ids: list[str]) -> dict:
                     "--root", str(root)], check=True, capture_output=True)
     log = open(work / "archive.log", "wb")
     ar = subprocess.Popen([EDGE, "archive", "serve", "--root", str(root), "--broker", f"127.0.0.1:{port}",
-                           "--client-id", "bench-archive", "--log-level", "warning"], stdout=log, stderr=log,
+                           "--client-id", "bench-archive", "--log-level",
+                           os.environ.get("BENCH_ARCHIVE_LOG", "warning")], stdout=log, stderr=log,
                           start_new_session=True)
     try:
         time.sleep(1.5)
         agent = Agent(cfg, store=store)
         up = make_component(agent)
         t0 = time.monotonic()
+        cpu0 = (self_cpu(), cpu_s(ar.pid), cpu_s(broker_pid))
+        flt0 = proc_stat(ar.pid)[1]
         up.start()
         total = sum(store.item(i)["size"] for i in ids)
         first = None
@@ -179,6 +200,8 @@ def ours(work: Path, port: int, cfg, store, ids: list[str]) -> dict:
                 raise SystemExit(f"uplink did not finish: {counts} {up.stats()}")
             time.sleep(0.05)
         t1 = time.monotonic()
+        cpu = [round(b - a, 2) for a, b in zip(cpu0, (self_cpu(), cpu_s(ar.pid), cpu_s(broker_pid)))]
+        faults = proc_stat(ar.pid)[1] - flt0
         stats = up.stats()
         chunk_lat = list(up.transfer.chunk_latency)
         item_lat = list(up.transfer.item_latency)
@@ -190,7 +213,8 @@ def ours(work: Path, port: int, cfg, store, ids: list[str]) -> dict:
                 "chunk_ack_ms_p50": round(pct(chunk_lat, 50) * 1000, 2), "chunk_ack_ms_p99": round(pct(chunk_lat, 99) * 1000, 2),
                 "item_ack_ms_p50": round(pct(item_lat, 50) * 1000, 1), "item_ack_ms_p99": round(pct(item_lat, 99) * 1000, 1),
                 "chunks": len(chunk_lat), "items": len(ids), "retransmits": stats["retransmits"],
-                "window": up.transfer.window, "verified_items": rep.devices["bench-01"]["items"]}
+                "window": up.transfer.window, "cpu_s": {"agent": cpu[0], "archive": cpu[1], "broker": cpu[2]},
+                "archive_minor_faults": faults, "verified_items": rep.devices["bench-01"]["items"]}
     finally:
         ar.terminate()
         ar.wait(30)
@@ -220,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         b1 = baseline(port, total, args.chunk)
         print(f"  {b1:.1f} MB/s", file=out)
         print("ours: uplink -> archive serve (stored = fsynced + verified) ...", file=out)
-        res = ours(work, port, cfg, store, ids)
+        res = ours(work, port, cfg, store, ids, broker.pid)
         print(f"  {res['mb_s']:.1f} MB/s", file=out)
         b2 = baseline(port, total, args.chunk)
         print(f"baseline again: {b2:.1f} MB/s", file=out)
@@ -234,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
               f"item p50 {res['item_ack_ms_p50']} ms, p99 {res['item_ack_ms_p99']} ms", file=out)
         print(f"{res['items']} items, {res['chunks']} chunks of {args.chunk} B, window {res['window']}, "
               f"retransmits {res['retransmits']}, all {res['verified_items']} verified at the archive", file=out)
+        c = res["cpu_s"]
+        print(f"CPU seconds while archiving ({res['seconds']} s wall): agent {c['agent']}, archive {c['archive']}, "
+              f"broker {c['broker']}; archive minor page faults {res['archive_minor_faults']}", file=out)
         record = {
             "bench": "uplink",
             "time": dt.datetime.now().astimezone().replace(microsecond=0).isoformat(),
