@@ -120,6 +120,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "bandwidth_limit": F(int, 0, "Upload bandwidth cap in bytes/s (0 = unlimited).", min=0),
         "ack_timeout_s": F(int, 30, "Seconds to wait for the archive's answer before retransmitting.", min=1, max=3600),
         "max_inflight": F(int, 32, "Chunks in flight at most (also bounded by the broker's Receive Maximum, less 2 kept for status and health).", min=1, max=65535),
+        "parallel_items": F(int, 2, "Items sent at once: one item's manifest and last answers overlap another's chunks (all share max_inflight).", min=1, max=8),
     },
     "archive": {
         "root": F(str, "/var/lib/edge-agent-archive", "Archive root (archive serve): items under ROOT/UNIT/CASE/ITEM, keys under ROOT/keys."),

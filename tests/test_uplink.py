@@ -3,6 +3,8 @@ TLS, priorities, bandwidth cap, checkpoint, and the whole chain with real subpro
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import subprocess
 import time
@@ -36,6 +38,47 @@ def test_chunk_parse_refuses_bad_input():
         P.parse_chunk(data, dict(props, offset="-1"))
     with pytest.raises(P.ProtocolError, match="64 hex"):
         P.parse_chunk(data, dict(props, sha256="zz"))
+
+
+def test_chunk_header_form_and_its_bad_input():
+    """Chunks as sent by the agent: a JSON header line (offset, SHA-256, correlation) then the bytes,
+    no MQTT properties. Each malformed header is refused with a reason; the correlation data is
+    recovered whenever the header is readable, so even a refusal reaches the right request."""
+    data = bytes(range(256)) * 40
+    corr = b"\x00\x01corr"
+    payload = P.chunk_payload("a.mp4", 4096, data, corr)
+    head, _, rest = payload.partition(b"\n")
+    assert rest == data and json.loads(head) == {"proto": P.PROTO, "file": "a.mp4", "offset": 4096,
+                                                 "sha256": hashlib.sha256(data).hexdigest(),
+                                                 "corr": base64.b64encode(corr).decode()}
+    c = P.parse_chunk(payload, {})
+    assert (c.file, c.offset, bytes(c.data), c.corr) == ("a.mp4", 4096, data, corr)
+
+    def refused(pl, match):
+        with pytest.raises(P.ProtocolError, match=match):
+            P.parse_chunk(pl, {})
+
+    def with_head(**change):
+        h = json.loads(head)
+        h.update(change)
+        return json.dumps(h).encode() + b"\n" + data
+
+    refused(b"\xff" * 5000, "no header line")              # raw bytes without user properties
+    refused(data, "not valid JSON")                         # ... whose first line is not a header
+    refused(b"x" * 3000 + b"\n" + data, "no header line")  # header longer than allowed
+    refused(b"{not json\n" + data, "not valid JSON")
+    refused(b"[1, 2]\n" + data, "not a JSON object")
+    refused(with_head(file="../etc/passwd"), "unsafe")
+    refused(with_head(file="a\x00b"), "unsafe")
+    refused(with_head(offset=-1), "offset")
+    refused(with_head(offset="12"), "offset")
+    refused(with_head(offset=True), "offset")
+    refused(with_head(sha256="zz"), "64 hex")
+    refused(with_head(sha256="0" * 64), "sha256 mismatch")
+    refused(with_head(corr="%%%"), "corr")
+    refused(with_head(proto="edge-xfer/9"), "not understood")
+    assert P.chunk_corr(with_head(sha256="0" * 64)) == corr
+    assert P.chunk_corr(b"garbage") is None
 
 
 def test_manifest_parse_refuses_bad_input():

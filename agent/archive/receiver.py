@@ -159,8 +159,8 @@ class Receiver:
         self.store.commit_ranges()  # recorded before we say "ok"
         dev, props, answer = batch[0]
         more = []
-        for _, p, _a in batch[1:]:
-            corr = getattr(p, "CorrelationData", None)
+        for _, p, a in batch[1:]:
+            corr = a.corr or getattr(p, "CorrelationData", None)
             if corr:
                 more.append(base64.b64encode(bytes(corr)).decode())
         if more:
@@ -199,7 +199,7 @@ class Receiver:
         rt = getattr(props, "ResponseTopic", None)
         if rt and rt != want:
             log.warning("request from %s asked for answers on %r: answering on %s", dev, rt, want)
-        corr = getattr(props, "CorrelationData", None)
+        corr = answer.corr or getattr(props, "CorrelationData", None)  # a chunk's is in its header
         try:
             self.conn.publish(want, answer.encode(), qos=qos, correlation=bytes(corr) if corr else None, timeout=30)
         except PublishError as exc:

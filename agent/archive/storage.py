@@ -145,7 +145,8 @@ class ArchiveStore:
             if kind != "chunk":
                 self._quarantine_note(dev, item, str(exc))
             log.warning("refused %s of %s/%s: %s", kind, dev, item, exc)
-            return P.Answer(item=item, kind=kind, status=status, reason=str(exc))
+            return P.Answer(item=item, kind=kind, status=status, reason=str(exc),
+                            corr=P.chunk_corr(payload) if kind == "chunk" and "file" not in props else None)
 
     def on_query(self, dev: str, item: str) -> P.Answer:
         row = self.db.one("SELECT * FROM items WHERE device = ? AND item = ?", [dev, item])
@@ -262,8 +263,13 @@ class ArchiveStore:
         return files
 
     def on_chunk(self, device: dict, item: str, payload: bytes, props: dict[str, str]) -> P.Answer:
-        dev = device["id"]
         c = P.parse_chunk(payload, props)
+        ans = self._on_chunk(device, item, c)
+        ans.corr = c.corr
+        return ans
+
+    def _on_chunk(self, device: dict, item: str, c: P.ChunkMsg) -> P.Answer:
+        dev = device["id"]
         files = self._files_of(dev, item)
         if files is None:
             q = self.on_query(dev, item)

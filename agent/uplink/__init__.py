@@ -114,7 +114,7 @@ class Uplink:
             "connected": c.connected, "reconnects": c.reconnects, "errors": c.errors + self.errors_local,
             "bytes_sent": c.bytes_sent, "bytes_per_s": round(t.bytes_per_s()),
             "items_archived": t.items_archived, "items_rejected": t.items_rejected,
-            "retransmits": t.retransmits, "current_item": t.current,
+            "retransmits": t.retransmits, "current_item": t.current, "current_items": t.current_items,
             "last_error": self.last_error_local or c.last_error, "archive_reachable": reachable,
             "queued": len(self._queue), "dropped": self.dropped, "in_flight": c.in_flight(),
             "receive_maximum": c.receive_maximum, "maximum_packet_size": c.maximum_packet_size,

@@ -6,7 +6,11 @@ only means the broker has a message; an item counts as archived only when the *a
 ``stored`` (files fsynced, item verified). docs/mqtt.md describes every message with examples.
 
 Every request carries the MQTT v5 Response Topic (``P/ack/D``) and Correlation Data; every answer
-is one JSON object on that topic with the same correlation data. Parsers raise
+is one JSON object on that topic with the same correlation data. Chunks are the exception that
+carries the bulk: their offset, SHA-256 and correlation data travel in a one-line JSON header in
+front of the bytes (:func:`chunk_payload`), because paho copies the whole remaining packet at every
+property it decodes (a 256 KiB chunk with six properties cost the receiver 2.4 ms of CPU to decode,
+without any 0.7 ms). The earlier form with user properties is still accepted. Parsers raise
 :class:`ProtocolError` with a one-line reason that is sent back to the agent.
 """
 
@@ -130,32 +134,91 @@ def safe_name(name: Any) -> bool:
 
 
 # --- chunk -------------------------------------------------------------------------------------
+#: a chunk header is one line of JSON, at most this long (the newline included)
+MAX_CHUNK_HEADER = 2048
+
+
 @dataclasses.dataclass
 class ChunkMsg:
     file: str
     offset: int
     sha256: str
-    data: bytes
+    data: bytes | memoryview
+    #: the request's correlation data when it came in the header (else the MQTT property's)
+    corr: bytes | None = None
+
+
+def chunk_header(file: str, offset: int, sha256: str, corr: bytes) -> bytes:
+    """The header line of a chunk: ``{"proto","file","offset","sha256","corr"}`` + ``\n``."""
+    return json.dumps({"proto": PROTO, "file": file, "offset": offset, "sha256": sha256,
+                       "corr": base64.b64encode(corr).decode()}, ensure_ascii=False,
+                      separators=(",", ":")).encode() + b"\n"
+
+
+def chunk_payload(file: str, offset: int, data: bytes, corr: bytes, sha256: str | None = None) -> bytes:
+    """A chunk message's payload: header line, then the bytes. No MQTT properties needed."""
+    return chunk_header(file, offset, sha256 or hashlib.sha256(data).hexdigest(), corr) + data
 
 
 def chunk_props(file: str, offset: int, data: bytes) -> list[tuple[str, str]]:
+    """User properties of the earlier chunk form (bytes as the payload), still accepted."""
     return [("proto", PROTO), ("file", file), ("offset", str(offset)),
             ("sha256", hashlib.sha256(data).hexdigest())]
 
 
+def _chunk_header(payload: bytes) -> tuple[dict, memoryview]:
+    nl = payload.find(b"\n", 0, MAX_CHUNK_HEADER)
+    if nl < 0:
+        raise ProtocolError(f"chunk: no header line within the first {MAX_CHUNK_HEADER} bytes "
+                            "(and no file/offset/sha256 user properties)")
+    try:
+        head = json.loads(bytes(payload[:nl]))
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("chunk: header line is not valid JSON") from None
+    if not isinstance(head, dict):
+        raise ProtocolError("chunk: header line is not a JSON object")
+    return head, memoryview(payload)[nl + 1:]
+
+
+def chunk_corr(payload: bytes) -> bytes | None:
+    """The correlation data in a chunk's header, or None (to answer a chunk refused for another reason)."""
+    try:
+        c = _chunk_header(payload)[0].get("corr")
+        return base64.b64decode(c, validate=True) if isinstance(c, str) and len(c) <= 256 else None
+    except (ProtocolError, binascii.Error, ValueError):
+        return None
+
+
 def parse_chunk(payload: bytes, props: dict[str, str]) -> ChunkMsg:
-    name = props.get("file")
+    """A chunk in either form: header line + bytes, or bytes with user properties."""
+    corr = None
+    if "file" in props or "sha256" in props:  # the user-property form
+        name, raw, digest, data = props.get("file"), props.get("offset", ""), props.get("sha256", ""), payload
+        where = "user property"
+    else:
+        head, data = _chunk_header(payload)
+        name, off, digest = head.get("file"), head.get("offset"), head.get("sha256", "")
+        raw = str(off) if isinstance(off, int) and not isinstance(off, bool) else repr(off)
+        where = "header field"
+        c = head.get("corr")
+        if c is not None:
+            try:
+                corr = base64.b64decode(c, validate=True) if isinstance(c, str) and len(c) <= 256 else None
+            except (binascii.Error, ValueError):
+                corr = None
+            if corr is None:
+                raise ProtocolError("chunk: header field corr is not base64 of at most 192 bytes")
+        if head.get("proto", PROTO) != PROTO:
+            raise ProtocolError(f"chunk: protocol {head.get('proto')!r} not understood (this archive speaks {PROTO})")
     if not safe_name(name):
         raise ProtocolError(f"chunk: unsafe or missing file name {name!r}")
-    raw = props.get("offset", "")
-    if not raw.isdigit():
+    if not isinstance(raw, str) or not (raw.isascii() and raw.isdigit()):
         raise ProtocolError(f"chunk: offset {raw!r} is not a non-negative integer")
-    digest = props.get("sha256", "")
-    if not _HEX64.match(digest):
-        raise ProtocolError("chunk: sha256 user property missing or not 64 hex digits")
-    if hashlib.sha256(payload).hexdigest() != digest:
+    if not isinstance(digest, str) or not _HEX64.match(digest):
+        raise ProtocolError(f"chunk: sha256 {where} missing or not 64 hex digits")
+    if hashlib.sha256(data).hexdigest() != digest:
         raise ProtocolError(f"chunk {name}@{raw}: sha256 mismatch (corrupted in transit); resend")
-    return ChunkMsg(file=name, offset=int(raw), sha256=digest, data=payload)
+    return ChunkMsg(file=name, offset=int(raw), sha256=digest, data=data, corr=corr)
 
 
 # --- finish ------------------------------------------------------------------------------------
@@ -215,9 +278,11 @@ class Answer:
     #: further requests (their correlation data, base64) this answer also settles: a receiver
     #: behind on chunks answers several successful ones at once
     more: list[str] | None = None
+    #: correlation data of the request when it came inside the payload (chunk header); not sent
+    corr: bytes | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def encode(self) -> bytes:
-        d = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        d = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "corr"}
         return json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -230,7 +295,7 @@ def parse_answer(payload: bytes) -> Answer:
         raise ProtocolError("answer is not valid JSON") from None
     if not isinstance(d, dict) or d.get("status") not in STATUSES or not isinstance(d.get("item"), str):
         raise ProtocolError("answer lacks item or a known status")
-    fields = {f.name for f in dataclasses.fields(Answer)}
+    fields = {f.name for f in dataclasses.fields(Answer)} - {"corr"}
     return Answer(**{k: v for k, v in d.items() if k in fields})
 
 

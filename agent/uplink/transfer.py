@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import hashlib
 import itertools
 import json
 import logging
@@ -66,7 +67,7 @@ class _Prefetcher:
                     fh = handles[name] = open(self.d / mf.FILES_DIR / name, "rb")
                 fh.seek(off)
                 data = fh.read(n)
-                rec = (name, off, n, data, P.chunk_props(name, off, data))
+                rec = (name, off, n, data, hashlib.sha256(data).hexdigest())
                 while not self.closed.is_set() and not self.stop.is_set():
                     try:
                         self.q.put(rec, timeout=0.2)
@@ -109,18 +110,21 @@ class TokenBucket:
         self.stop = stop
         self.tokens = float(rate)
         self.t = time.monotonic()
+        self._lock = threading.Lock()  # shared by the transfer lanes
 
     def take(self, n: int) -> None:
         if not self.rate:
             return
         while True:
-            now = time.monotonic()
-            self.tokens = min(float(self.rate), self.tokens + (now - self.t) * self.rate)
-            self.t = now
-            if self.tokens >= min(n, self.rate):
-                self.tokens -= n
-                return
-            if self.stop.wait((min(n, self.rate) - self.tokens) / self.rate):
+            with self._lock:
+                now = time.monotonic()
+                self.tokens = min(float(self.rate), self.tokens + (now - self.t) * self.rate)
+                self.t = now
+                if self.tokens >= min(n, self.rate):
+                    self.tokens -= n
+                    return
+                wait = (min(n, self.rate) - self.tokens) / self.rate
+            if self.stop.wait(wait):
                 raise Interrupted("stopping")
 
 
@@ -132,15 +136,24 @@ class Transfer:
         self.chunk_size = cfg.chunk_size
         self.ack_timeout = float(cfg.ack_timeout_s)
         self.max_inflight = cfg.max_inflight
+        #: items carried at once; each lane sends one item, all share one window of chunks, so one
+        #: item's start (manifest) and end (last answers, finish) overlap another's chunks
+        self.lanes = cfg.parallel_items
         self.stop_event = uplink.stop_event
         self.bucket = TokenBucket(cfg.bandwidth_limit, self.stop_event)
         self._corr = itertools.count(1)
         self._waiters: dict[bytes, _Waiter] = {}
         self._wlock = threading.Lock()
         self._answers = threading.Condition(self._wlock)
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.wake = threading.Event()
-        self.current: str | None = None
+        #: items a lane is sending now (-> priority); claimed under _claim
+        self._active: dict[str, int] = {}
+        #: items being sent, until their finish is out (-> priority): a lane with a less urgent
+        #: item takes no chunk slot meanwhile, so a live room segment is archived first
+        self._publishing: dict[str, int] = {}
+        self._claim = threading.RLock()
+        self._inflight_total = 0  # chunks in flight over all lanes (<= window)
         # statistics
         self.items_archived = 0
         self.items_rejected = 0
@@ -152,16 +165,46 @@ class Transfer:
         self._last_purge = 0.0
         #: item -> (correlation, waiter, started, annotations) of finishes not answered yet
         self._finishing: dict[str, tuple[bytes, _Waiter, float, int]] = {}
-        self.pipeline_depth = 2
+        self.pipeline_depth = self.lanes + 1
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="uplink-transfer", daemon=True)
-        self._thread.start()
+        for n in range(self.lanes):
+            th = threading.Thread(target=self._run, name=f"uplink-transfer-{n}", daemon=True)
+            self._threads.append(th)
+            th.start()
 
     def join(self, timeout: float) -> None:
-        if self._thread:
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for th in self._threads:
+            th.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def current(self) -> str | None:
+        """The item being sent (the oldest, when several lanes are busy)."""
+        active = sorted(self._active)
+        return active[0] if active else None
+
+    @property
+    def current_items(self) -> list[str]:
+        return sorted(self._active)
+
+    def _take_slot(self, priority: int) -> bool:
+        with self._claim:
+            if any(p < priority for p in self._publishing.values()):
+                return False  # a more urgent item (a live room segment) is sending: it goes first
+            if self._inflight_total < self.window:
+                self._inflight_total += 1
+                return True
+            return False
+
+    def _give_slots(self, n: int) -> None:
+        if n <= 0:
+            return
+        with self._claim:
+            self._inflight_total -= n
+        with self._answers:  # a lane waiting for a free slot looks again
+            self._answers.notify_all()
 
     @property
     def window(self) -> int:
@@ -205,9 +248,10 @@ class Transfer:
         backoff = 1.0
         while not self.stop_event.is_set():
             if not self.up.conn.connected:
-                for corr, *_ in self._finishing.values():  # unanswered: resumed by query later
-                    self._drop_waiter(corr)
-                self._finishing.clear()
+                with self._claim:
+                    for corr, *_ in self._finishing.values():  # unanswered: resumed by query later
+                        self._drop_waiter(corr)
+                    self._finishing.clear()
                 self.up.conn.wait_connected(1.0)
                 continue
             self._maybe_purge()
@@ -219,7 +263,10 @@ class Transfer:
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, 60)
                 continue
-            row = self._next_item()
+            with self._claim:
+                row = self._next_item()
+                if row is not None:
+                    self._active[row["id"]] = self._publishing[row["id"]] = row["priority"]
             if row is None:
                 if self._finishing:
                     with self._answers:
@@ -229,7 +276,6 @@ class Transfer:
                 self.wake.clear()
                 continue
             try:
-                self.current = row["id"]
                 self.send_item(row)
                 backoff = 1.0
             except Interrupted as exc:
@@ -240,7 +286,9 @@ class Transfer:
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, 60)
             finally:
-                self.current = None
+                with self._claim:
+                    self._active.pop(row["id"], None)
+                    self._publishing.pop(row["id"], None)
 
     def _next_item(self, below: int | None = None) -> dict | None:
         sql = "SELECT * FROM items WHERE state IN ('sealed', 'uploading')"
@@ -248,9 +296,11 @@ class Transfer:
         if below is not None:
             sql += " AND priority < ?"
             params.append(below)
-        if self._finishing:
-            sql += f" AND id NOT IN ({','.join('?' * len(self._finishing))})"
-            params += list(self._finishing)
+        with self._claim:
+            busy = list(self._finishing) + list(self._active)
+        if busy:
+            sql += f" AND id NOT IN ({','.join('?' * len(busy))})"
+            params += busy
         return self.store.ledger.one(sql + " ORDER BY priority, device_seq LIMIT 1", params)
 
     def _reap_finishes(self) -> None:
@@ -258,10 +308,16 @@ class Transfer:
         chunks flow). Anything but a clear 'stored' or 'rejected' leaves the item in the outbox,
         where it is taken up again (query first)."""
         now = time.monotonic()
-        for item, (corr, w, started, n_anns) in list(self._finishing.items()):
-            if w.event.is_set():
-                a = w.answer
+        with self._claim:
+            done = [(item, v) for item, v in self._finishing.items() if v[1].event.is_set()]
+            late = [(item, v) for item, v in self._finishing.items()
+                    if not v[1].event.is_set() and now - v[1].sent > self.ack_timeout]
+            for item, _ in done + late:
                 del self._finishing[item]
+            self._active.update((item, 0) for item, _ in done)  # no other lane takes it up meanwhile
+        for item, (corr, w, started, n_anns) in done:
+            try:
+                a = w.answer
                 self._drop_waiter(corr)
                 if a.status == P.STORED and (a.annotations or 0) >= n_anns:
                     self._archived(item, a, started)
@@ -269,22 +325,26 @@ class Transfer:
                     self._rejected(item, a)
                 else:
                     log.info("finish of %s answered %s: taking it up again", item, a.status)
-            elif now - w.sent > self.ack_timeout:
-                del self._finishing[item]
-                self._drop_waiter(corr)
-                self.retransmits += 1
-                log.warning("no archive answer to the finish of %s within %.0f s: asking again", item, self.ack_timeout)
+            finally:
+                with self._claim:
+                    self._active.pop(item, None)
+        for item, (corr, w, started, n_anns) in late:
+            self._drop_waiter(corr)
+            self.retransmits += 1
+            log.warning("no archive answer to the finish of %s within %.0f s: asking again", item, self.ack_timeout)
 
     def _maybe_purge(self) -> None:
         now = time.monotonic()
-        if now - self._last_purge >= 60:
+        with self._claim:
+            if now - self._last_purge < 60:
+                return
             self._last_purge = now
-            try:
-                purged = self.store.purge_expired()
-                if purged:
-                    log.info("retention: removed local copies of %d archived item(s)", len(purged))
-            except Exception:
-                log.exception("purge failed")
+        try:
+            purged = self.store.purge_expired()
+            if purged:
+                log.info("retention: removed local copies of %d archived item(s)", len(purged))
+        except Exception:
+            log.exception("purge failed")
 
     # --- one item ---------------------------------------------------------------------------
     def send_item(self, row: dict) -> str:
@@ -319,11 +379,14 @@ class Transfer:
                     continue  # the archive forgot the item mid-way (UNKNOWN) or refused it
             # all ranges held (or already stored with fewer annotations): finish
             payload = P.finish_payload(files, anns)
-            if len(self._finishing) < self.pipeline_depth:
+            with self._claim:
+                pipelined = len(self._finishing) < self.pipeline_depth
+            if pipelined:
                 corr, w = self._new_waiter()
                 w.sent = time.monotonic()
                 self._publish(self.up.topics.xfer(self.up.device, item, "finish"), payload, [("proto", P.PROTO)], corr)
-                self._finishing[item] = (corr, w, started, len(anns))
+                with self._claim:
+                    self._finishing[item] = (corr, w, started, len(anns))
                 return "finishing"
             ans = self._request(item, "finish", payload)
         raise RuntimeError(f"{item}: no progress after 20 rounds with the archive (last answer {ans.status})")
@@ -349,7 +412,8 @@ class Transfer:
     def _send_ranges(self, item: str, d: Path, files: list[dict], held: dict, priority: int) -> P.Answer | None:
         """Send every byte range not in ``held``; returns None when all are acknowledged, or the
         answer that stops the transfer (UNKNOWN, REJECTED)."""
-        chunk = min(self.chunk_size, self.up.conn.max_payload(self.up.topics.xfer(self.up.device, item, "chunk"), 512))
+        chunk = min(self.chunk_size, self.up.conn.max_payload(self.up.topics.xfer(self.up.device, item, "chunk"),
+                                                          P.MAX_CHUNK_HEADER))
 
         def plan(held: dict) -> list[tuple[str, int, int]]:
             out = []
@@ -375,7 +439,7 @@ class Transfer:
                     last_preempt = time.monotonic()
                     if self._next_item(below=priority) is not None:
                         raise Interrupted("a more urgent item (e.g. a live room segment) goes first")
-                while (todo or pf.more()) and len(inflight) < self.window:
+                while (todo or pf.more()) and self._take_slot(priority):
                     if todo:
                         name, off, n = todo.popleft()
                         fh = handles.get(name)
@@ -383,13 +447,14 @@ class Transfer:
                             fh = handles[name] = open(d / mf.FILES_DIR / name, "rb")
                         fh.seek(off)
                         data = fh.read(n)
-                        props = P.chunk_props(name, off, data)
+                        sha = hashlib.sha256(data).hexdigest()
                     else:
-                        name, off, n, data, props = pf.next()
-                    self.bucket.take(len(data))
+                        name, off, n, data, sha = pf.next()
                     corr, w = self._new_waiter((name, off, n))
-                    inflight[corr] = w
-                    self._publish(topic, data, props, corr)
+                    inflight[corr] = w  # holds the slot just taken
+                    self.bucket.take(len(data))
+                    # offset, hash and correlation in a header line, no MQTT properties (protocol.py)
+                    self._publish_raw(topic, P.chunk_header(name, off, sha, corr) + data)
                     self._rate.append((time.monotonic(), len(data)))
                 # wait for any answer, or for the oldest to time out
                 oldest = min(w.sent for w in inflight.values()) if inflight else time.monotonic()
@@ -400,6 +465,7 @@ class Transfer:
                 for corr, w in list(inflight.items()):
                     if w.event.is_set():
                         del inflight[corr]
+                        self._give_slots(1)
                         self._drop_waiter(corr)
                         a = w.answer
                         if a.status == P.OK:
@@ -421,6 +487,7 @@ class Transfer:
                                 len(inflight), item, self.ack_timeout)
                     for corr in inflight:
                         self._drop_waiter(corr)
+                    self._give_slots(len(inflight))
                     inflight.clear()
                     ans = self._request(item, "query", b"{}")
                     if ans.status in (P.UNKNOWN, P.REJECTED, P.STORED):
@@ -435,6 +502,7 @@ class Transfer:
                 fh.close()
             for corr in inflight:
                 self._drop_waiter(corr)
+            self._give_slots(len(inflight))
         return None
 
     # --- request / answer -------------------------------------------------------------------
@@ -459,6 +527,14 @@ class Transfer:
         try:
             return self.up.conn.publish(topic, payload, qos=1, user_properties=props,
                                         response_topic=self.up.ack_topic, correlation=corr, timeout=self.ack_timeout)
+        except PublishError as exc:
+            if not self.up.conn.connected:
+                raise Interrupted(str(exc)) from None
+            raise
+
+    def _publish_raw(self, topic: str, payload: bytes):
+        try:
+            return self.up.conn.publish(topic, payload, qos=1, timeout=self.ack_timeout)
         except PublishError as exc:
             if not self.up.conn.connected:
                 raise Interrupted(str(exc)) from None

@@ -34,6 +34,9 @@ def _clean(fn, *a, **kw):
 def test_transfer_messages(payload, p):
     _clean(protocol.parse_manifest, payload, p, item="dock-01-x", device="dock-01", max_manifest=4096)
     _clean(protocol.parse_chunk, payload, p)
+    _clean(protocol.parse_chunk, payload, {})  # the header-line form
+    _clean(protocol.parse_chunk, b'{"file":"a","offset":0,"sha256":"' + payload + b'\n' + payload, {})
+    protocol.chunk_corr(payload)  # never raises
     _clean(protocol.parse_finish, payload)
     _clean(protocol.parse_answer, payload)
 
