@@ -196,13 +196,16 @@ def probe_decodable(path: Path, timeout: float = 30.0) -> tuple[bool | None, str
 
 
 class _Reader:
-    """A source file wrapper: ``readinto`` only (what ItemWriter.add_stream needs)."""
+    """A source file wrapper: ``readinto`` (what ItemWriter.add_stream needs) and ``fileno``."""
 
     def __init__(self, f: BinaryIO):
         self.f = f
 
     def readinto(self, buf) -> int:
         return self.f.readinto(buf) or 0
+
+    def fileno(self) -> int:  # lets the copy drop the recorder file's pages once read (Store)
+        return self.f.fileno()
 
 
 class Bay:
