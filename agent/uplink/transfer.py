@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..evidence import manifest as mf
 from . import protocol as P
@@ -46,11 +46,36 @@ class _Waiter:
         self.meta = meta
 
 
+def chunk_message(fh, name: str, off: int, n: int, corr: bytes) -> tuple[bytearray, int]:
+    """The payload of one chunk message (header line + bytes), read straight into place: the
+    header's length is known before the bytes are hashed (the SHA-256 is always 64 hex digits),
+    so the bytes are read once into the buffer that is published, never copied to join them."""
+    hlen = len(P.chunk_header(name, off, "0" * 64, corr))
+    buf = bytearray(hlen + n)
+    mv = memoryview(buf)
+    fh.seek(off)
+    got = 0
+    while got < n:
+        k = fh.readinto(mv[hlen + got:])
+        if not k:
+            break
+        got += k
+    if got < n:  # the local copy is shorter than planned: send what is there, the archive decides
+        mv.release()
+        del buf[hlen + got:]
+        mv = memoryview(buf)
+    buf[:hlen] = P.chunk_header(name, off, hashlib.sha256(mv[hlen:]).hexdigest(), corr)
+    mv.release()
+    return buf, got
+
+
 class _Prefetcher:
     """Reads and hashes the planned chunks ahead, in order, on its own thread (bounded)."""
 
-    def __init__(self, d: Path, plan: list[tuple[str, int, int]], stop: threading.Event, depth: int = 8):
+    def __init__(self, d: Path, plan: list[tuple[str, int, int]], stop: threading.Event,
+                 make_corr: Callable[[], bytes], depth: int = 8):
         self.d, self.plan, self.stop = d, plan, stop
+        self.make_corr = make_corr
         self.left = len(plan)
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.closed = threading.Event()
@@ -65,9 +90,9 @@ class _Prefetcher:
                 fh = handles.get(name)
                 if fh is None:
                     fh = handles[name] = open(self.d / mf.FILES_DIR / name, "rb")
-                fh.seek(off)
-                data = fh.read(n)
-                rec = (name, off, n, data, hashlib.sha256(data).hexdigest())
+                corr = self.make_corr()
+                payload, got = chunk_message(fh, name, off, n, corr)
+                rec = (name, off, n, payload, got, corr)
                 while not self.closed.is_set() and not self.stop.is_set():
                     try:
                         self.q.put(rec, timeout=0.2)
@@ -425,7 +450,7 @@ class Transfer:
 
         # chunks are read and hashed ahead on another thread (hashlib releases the GIL) while
         # this one publishes; a chunk to send again is read here (``todo``)
-        pf = _Prefetcher(d, plan(held), self.stop_event)
+        pf = _Prefetcher(d, plan(held), self.stop_event, self._next_corr)
         todo: collections.deque[tuple[str, int, int]] = collections.deque()
         topic = self.up.topics.xfer(self.up.device, item, "chunk")
         inflight: dict[bytes, _Waiter] = {}
@@ -445,17 +470,16 @@ class Transfer:
                         fh = handles.get(name)
                         if fh is None:
                             fh = handles[name] = open(d / mf.FILES_DIR / name, "rb")
-                        fh.seek(off)
-                        data = fh.read(n)
-                        sha = hashlib.sha256(data).hexdigest()
+                        corr = self._next_corr()
+                        payload, got = chunk_message(fh, name, off, n, corr)
                     else:
-                        name, off, n, data, sha = pf.next()
-                    corr, w = self._new_waiter((name, off, n))
+                        name, off, n, payload, got, corr = pf.next()
+                    corr, w = self._new_waiter((name, off, n), corr)
                     inflight[corr] = w  # holds the slot just taken
-                    self.bucket.take(len(data))
+                    self.bucket.take(got)
                     # offset, hash and correlation in a header line, no MQTT properties (protocol.py)
-                    self._publish_raw(topic, P.chunk_header(name, off, sha, corr) + data)
-                    self._rate.append((time.monotonic(), len(data)))
+                    self._publish_raw(topic, payload)
+                    self._rate.append((time.monotonic(), got))
                 # wait for any answer, or for the oldest to time out
                 oldest = min(w.sent for w in inflight.values()) if inflight else time.monotonic()
                 with self._answers:
@@ -512,8 +536,11 @@ class Transfer:
         if not self.up.conn.connected:
             raise Interrupted("connection lost")
 
-    def _new_waiter(self, meta: Any = None) -> tuple[bytes, _Waiter]:
-        corr = f"{self.up.session}-{next(self._corr)}".encode()
+    def _next_corr(self) -> bytes:
+        return f"{self.up.session}-{next(self._corr)}".encode()
+
+    def _new_waiter(self, meta: Any = None, corr: bytes | None = None) -> tuple[bytes, _Waiter]:
+        corr = corr or self._next_corr()
         w = _Waiter(meta)
         with self._wlock:
             self._waiters[corr] = w
