@@ -340,8 +340,9 @@ class Transfer:
             for item, _ in done + late:
                 del self._finishing[item]
             self._active.update((item, 0) for item, _ in done)  # no other lane takes it up meanwhile
+        failed: Exception | None = None
         for item, (corr, w, started, n_anns) in done:
-            try:
+            try:  # an item whose state cannot be recorded (e.g. a full disk) stays in the outbox
                 a = w.answer
                 self._drop_waiter(corr)
                 if a.status == P.STORED and (a.annotations or 0) >= n_anns:
@@ -350,6 +351,8 @@ class Transfer:
                     self._rejected(item, a)
                 else:
                     log.info("finish of %s answered %s: taking it up again", item, a.status)
+            except Exception as exc:
+                failed = failed or exc
             finally:
                 with self._claim:
                     self._active.pop(item, None)
@@ -357,6 +360,8 @@ class Transfer:
             self._drop_waiter(corr)
             self.retransmits += 1
             log.warning("no archive answer to the finish of %s within %.0f s: asking again", item, self.ack_timeout)
+        if failed is not None:
+            raise failed
 
     def _maybe_purge(self) -> None:
         now = time.monotonic()
