@@ -39,7 +39,10 @@ def wait_for(pred, timeout: float, step: float = 0.1) -> bool:
 def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("roomclips")
     return {"a": make_clip(d / "a.mp4", (320, 240), seconds=20),
-            "b": make_clip(d / "b.mp4", (480, 270), seconds=20)}
+            "b": make_clip(d / "b.mp4", (480, 270), seconds=20),
+            # served by the RTSP camera after its restart: long enough that the stream cannot end
+            # (a new gap) before the test stops the session, however slow the machine
+            "b_long": make_clip(d / "b_long.mp4", (480, 270), seconds=90)}
 
 
 def make_agent(data: Path, health: bool = False, **room) -> Agent:
@@ -304,7 +307,7 @@ def test_rtsp_camera_dies_and_returns_with_new_resolution(tmp_path, clips):
         assert wait_for(lambda: "camera-main" in status()["gaps_open"], 10)
         assert any(a["code"] == "camera_offline.camera-main" for a in status()["alarms"])
         time.sleep(2)
-        srv.start(clips["b"])                            # back, reconfigured to another size
+        srv.start(clips["b_long"])                       # back, reconfigured to another size
         assert wait_for(lambda: "camera-main" not in status()["gaps_open"], 25), status()["cameras"][0]
         cam = status()["cameras"][0]
         assert cam["resolution"] == "480x270" and cam["reconnects"] >= 1

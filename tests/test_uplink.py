@@ -208,6 +208,27 @@ def test_room_segments_go_before_docking_backlog(broker, tmp_path):
         t.close()
 
 
+def test_unreadable_local_copy_keeps_its_item_and_loses_no_window_slot(broker, tmp_path):
+    """The local file of one item cannot be read (lost from the spool): that item stays in the
+    outbox with the error reported, the others are archived, and the lanes' shared window gets
+    back every slot taken for a chunk that was never sent."""
+    t = InProc(tmp_path, broker.port, uplink__chunk_size=64 * 1024)
+    ids = add_items(t.store, tmp_path, [300_000, 300_000, 300_000])
+    lost = t.store.item_dir(ids[0]) / "files"
+    (lost / next(p.name for p in lost.iterdir())).unlink()
+    t.enroll()
+    t.start_archive()
+    up = t.start_agent()
+    try:
+        t.wait_archived(ids[1:])
+        wait_for(lambda: up.stats()["errors"] >= 1, 10, "the failed transfer reported")
+        assert t.store.item(ids[0])["state"] in ("sealed", "uploading")
+        assert "No such file" in (up.stats()["last_error"] or ""), up.stats()
+        wait_for(lambda: up.transfer._inflight_total == 0, 10, "every window slot given back")
+    finally:
+        t.close()
+
+
 def test_bandwidth_cap(broker, tmp_path):
     t = InProc(tmp_path, broker.port, uplink__bandwidth_limit=1_000_000, uplink__chunk_size=64 * 1024)
     ids = add_items(t.store, tmp_path, [2_500_000])

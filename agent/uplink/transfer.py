@@ -314,6 +314,8 @@ class Transfer:
                 with self._claim:
                     self._active.pop(row["id"], None)
                     self._publishing.pop(row["id"], None)
+                with self._answers:  # a lane held back by this item's priority looks again
+                    self._answers.notify_all()
 
     def _next_item(self, below: int | None = None) -> dict | None:
         sql = "SELECT * FROM items WHERE state IN ('sealed', 'uploading')"
@@ -470,15 +472,19 @@ class Transfer:
                     if self._next_item(below=priority) is not None:
                         raise Interrupted("a more urgent item (e.g. a live room segment) goes first")
                 while (todo or pf.more()) and self._take_slot(priority):
-                    if todo:
-                        name, off, n = todo.popleft()
-                        fh = handles.get(name)
-                        if fh is None:
-                            fh = handles[name] = open(d / mf.FILES_DIR / name, "rb")
-                        corr = self._next_corr()
-                        payload, got = chunk_message(fh, name, off, n, corr)
-                    else:
-                        name, off, n, payload, got, corr = pf.next()
+                    try:
+                        if todo:
+                            name, off, n = todo.popleft()
+                            fh = handles.get(name)
+                            if fh is None:
+                                fh = handles[name] = open(d / mf.FILES_DIR / name, "rb")
+                            corr = self._next_corr()
+                            payload, got = chunk_message(fh, name, off, n, corr)
+                        else:
+                            name, off, n, payload, got, corr = pf.next()
+                    except BaseException:
+                        self._give_slots(1)  # taken for a chunk that was never sent
+                        raise
                     corr, w = self._new_waiter((name, off, n), corr)
                     inflight[corr] = w  # holds the slot just taken
                     self.bucket.take(got)
