@@ -82,11 +82,17 @@ def archive(tmp_path):
     ar.close()
 
 
-def _send(ar: ArchiveStore, store, item, order=None, tamper=None):
+def _manifest(ar: ArchiveStore, store, item):
+    """Send the item's manifest; returns (item dir, manifest bytes, sig bytes, files, answer)."""
     d = store.item_dir(item)
     mbytes, sig = (d / mf.MANIFEST).read_bytes(), (d / mf.SIGNATURE).read_bytes()
-    assert ar.handle(DEV, item, "manifest", mbytes, dict(P.manifest_props(sig))).status == P.RECEIVING
-    files = json.loads(mbytes)["files"]
+    ans = ar.handle(DEV, item, "manifest", mbytes, dict(P.manifest_props(sig)))
+    return d, mbytes, sig, json.loads(mbytes)["files"], ans
+
+
+def _send(ar: ArchiveStore, store, item, order=None, tamper=None):
+    d, _, _, files, ans = _manifest(ar, store, item)
+    assert ans.status == P.RECEIVING
     chunks = []
     for f in files:
         data = (d / mf.FILES_DIR / f["name"]).read_bytes()
@@ -147,10 +153,8 @@ def test_resent_chunk_with_other_bytes_cannot_replace_hashed_content(archive, tm
 def test_corrupt_content_with_matching_chunk_hash_is_caught_while_streaming(archive, tmp_path):
     store, ar = archive
     (item,) = add_items(store, tmp_path, [150_000])
-    d = store.item_dir(item)
-    mbytes, sig = (d / mf.MANIFEST).read_bytes(), (d / mf.SIGNATURE).read_bytes()
-    files = json.loads(mbytes)["files"]
-    assert ar.handle(DEV, item, "manifest", mbytes, dict(P.manifest_props(sig))).status == P.RECEIVING
+    _, _, _, files, ans = _manifest(ar, store, item)
+    assert ans.status == P.RECEIVING
     bad = b"\x01" * files[0]["size"]
     assert ar.handle(DEV, item, "chunk", bad, dict(P.chunk_props(files[0]["name"], 0, bad))).status == P.OK
     ar.commit_ranges()
@@ -172,11 +176,8 @@ def test_resumed_file_is_read_back(archive, tmp_path):
     """A receiver restarted mid-item (its in-memory hashes gone) reads the file back at finish."""
     store, ar = archive
     (item,) = add_items(store, tmp_path, [200_000])
-    d = store.item_dir(item)
-    mbytes, sig = (d / mf.MANIFEST).read_bytes(), (d / mf.SIGNATURE).read_bytes()
-    files = json.loads(mbytes)["files"]
+    d, mbytes, sig, files, _ = _manifest(ar, store, item)
     data = (d / mf.FILES_DIR / files[0]["name"]).read_bytes()
-    ar.handle(DEV, item, "manifest", mbytes, dict(P.manifest_props(sig)))
     first = data[:100_000]
     ar.handle(DEV, item, "chunk", first, dict(P.chunk_props(files[0]["name"], 0, first)))
     ar.commit_ranges()

@@ -489,7 +489,7 @@ class Transfer:
                     inflight[corr] = w  # holds the slot just taken
                     self.bucket.take(got)
                     # offset, hash and correlation in a header line, no MQTT properties (protocol.py)
-                    self._publish_raw(topic, payload)
+                    self._publish(topic, payload)
                     self._rate.append((time.monotonic(), got))
                 # wait for any answer, or for the oldest to time out
                 oldest = min(w.sent for w in inflight.values()) if inflight else time.monotonic()
@@ -561,18 +561,14 @@ class Transfer:
         with self._wlock:
             self._waiters.pop(corr, None)
 
-    def _publish(self, topic: str, payload: bytes, props: list[tuple[str, str]], corr: bytes):
+    def _publish(self, topic: str, payload: bytes, props: list[tuple[str, str]] | None = None,
+                 corr: bytes | None = None):
+        """A request; without ``corr`` a chunk, whose correlation data is in its header (no properties)."""
         try:
+            if corr is None:
+                return self.up.conn.publish(topic, payload, qos=1, timeout=self.ack_timeout)
             return self.up.conn.publish(topic, payload, qos=1, user_properties=props,
                                         response_topic=self.up.ack_topic, correlation=corr, timeout=self.ack_timeout)
-        except PublishError as exc:
-            if not self.up.conn.connected:
-                raise Interrupted(str(exc)) from None
-            raise
-
-    def _publish_raw(self, topic: str, payload: bytes):
-        try:
-            return self.up.conn.publish(topic, payload, qos=1, timeout=self.ack_timeout)
         except PublishError as exc:
             if not self.up.conn.connected:
                 raise Interrupted(str(exc)) from None
