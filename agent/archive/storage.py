@@ -26,7 +26,7 @@ from ..errors import EdgeError, NotFoundError, VerifyError
 from ..evidence import hashing, keys, manifest as mf
 from ..evidence.verify import StreamDigest, check_signature, verify_item
 from ..store.audit import AuditLog
-from ..store.fsutil import atomic_write, fsync_dir
+from ..store.fsutil import atomic_write, drop_cache, fsync_dir
 from ..timeutil import now_iso
 from ..uplink import checkpoint as cpmod
 from ..uplink import protocol as P
@@ -362,6 +362,7 @@ class ArchiveStore:
                     if os.fstat(fd).st_size != size:
                         os.ftruncate(fd, size)
                     os.fsync(fd)
+                    drop_cache(fd)  # on disk now; hashed as it came (else read back once from disk)
                 finally:
                     os.close(fd)
             self._write_annotations(tdir, fin.annotations, start=0)

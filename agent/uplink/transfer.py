@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..evidence import manifest as mf
+from ..store.fsutil import drop_cache
 from . import protocol as P
 from .client import PublishError
 
@@ -72,6 +73,8 @@ def chunk_message(fh, name: str, off: int, n: int, corr: bytes) -> tuple[bytearr
 class _Prefetcher:
     """Reads and hashes the planned chunks ahead, in order, on its own thread (bounded)."""
 
+    DROP_EVERY = 16 << 20
+
     def __init__(self, d: Path, plan: list[tuple[str, int, int]], stop: threading.Event,
                  make_corr: Callable[[], bytes], depth: int = 8):
         self.d, self.plan, self.stop = d, plan, stop
@@ -85,6 +88,7 @@ class _Prefetcher:
 
     def _run(self) -> None:
         handles: dict[str, Any] = {}
+        read: dict[str, int] = {}  # bytes read of each file since its pages were last dropped
         try:
             for name, off, n in self.plan:
                 fh = handles.get(name)
@@ -92,6 +96,10 @@ class _Prefetcher:
                     fh = handles[name] = open(self.d / mf.FILES_DIR / name, "rb")
                 corr = self.make_corr()
                 payload, got = chunk_message(fh, name, off, n, corr)
+                read[name] = read.get(name, 0) + got
+                if read[name] >= self.DROP_EVERY:  # read once: keep the page cache for what is used
+                    drop_cache(fh.fileno())
+                    read[name] = 0
                 rec = (name, off, n, payload, got, corr)
                 while not self.closed.is_set() and not self.stop.is_set():
                     try:
@@ -105,6 +113,7 @@ class _Prefetcher:
             self.q.put(exc)
         finally:
             for fh in handles.values():
+                drop_cache(fh.fileno())
                 fh.close()
 
     def more(self) -> bool:
