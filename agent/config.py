@@ -100,7 +100,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
     "evidence": {
         "hash_algorithm": F(str, "sha256", "Hash of segments, links and manifests: sha256 or sm3.", check=_hash_alg),
-        "block_size": F(int, 4 * 1024 * 1024, "Block size (bytes) a file is split into for the hash chain.", min=4096, max=1 << 30),
+        "block_size": F(int, 256 * 1024, "Block size (bytes) a file is split into for the hash chain. Equal to uplink.chunk_size, each chunk's SHA-256 is its block's hash: neither the agent nor the archive hashes those bytes twice.", min=4096, max=1 << 30),
+        "max_blocks_per_file": F(int, 1024, "A file that would have more blocks uses the smallest block of block_size times a power of two that keeps it within this many (keeps manifests small).", min=16, max=1 << 20),
     },
     "mqtt": {
         "host": F(str, "127.0.0.1", "MQTT broker host."),

@@ -387,3 +387,103 @@ def test_uplink_retry_command(tmp_path):
     p = run(["uplink", "retry"], config=cfg)
     assert p.returncode != 0 and "--all-rejected" in p.stderr
 
+
+
+def _publish_body(topic: bytes, qos: int, mid: int, props, payload: bytes, v5: bool = True) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic
+    if qos:
+        body += mid.to_bytes(2, "big")
+    if v5:
+        body += props.pack() if props is not None else b"\x00"
+    return body + payload
+
+
+def test_lean_publish_decoder_matches_paho_and_refuses_what_paho_refuses():
+    """The archive decodes PUBLISH packets with one payload copy instead of paho's four; for every
+    packet, whole or cut short anywhere, it gives what paho gives or refuses it as paho does."""
+    import random
+
+    from paho.mqtt import _packet
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from agent.uplink.client import _lean_decode_publish, install_lean_decoder
+
+    assert install_lean_decoder() and getattr(_packet.decode_publish, "_edge_lean", False)
+    paho_decode = _packet.decode_publish._edge_original
+    lean = _packet.convert_exception(_lean_decode_publish)
+    rnd = random.Random(7)
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = "edge/dev/dock-0001/ack"
+    props.CorrelationData = b"s-42"
+    props.UserProperty = [("proto", "1"), ("file", "clip.mp4")]
+    cases = []
+    for qos in (0, 1, 2):
+        for p in (None, props):
+            for payload in (b"", b"x", rnd.randbytes(300_000)):
+                cases.append((0x30 | (qos << 1) | 1, _publish_body(b"edge/x/chunk", qos, 4711, p, payload), 5))
+    cases.append((0x32, _publish_body(b"t/3", 1, 9, None, b"abc", v5=False), 4))
+    cases.append((0x32, _publish_body(b"", 1, 9, None, b"abc", v5=False), 4))  # empty topic: MQTT 3 refuses
+    def same(header, body, proto):
+        try:
+            want = paho_decode(header, body, proto)
+        except _packet.MalformedPacket:
+            with pytest.raises(_packet.MalformedPacket):
+                lean(header, body, proto)
+            return
+        try:
+            got = lean(header, body, proto)
+        except _packet.MalformedPacket as exc:
+            # paho lets properties run past the end of the packet (it slices what is there);
+            # MQTT 5 (2.2.2.1) makes that a malformed packet, and so does the lean decoder
+            assert "properties run past the packet" in str(exc), exc
+            return
+        assert (got.dup, got.qos, got.retain, got.topic, got.mid, bytes(got.payload)) == \
+            (want.dup, want.qos, want.retain, want.topic, want.mid, bytes(want.payload)), (header, len(body))
+        assert (got.properties.json() if got.properties else None) == \
+            (want.properties.json() if want.properties else None)
+
+    for header, body, proto in cases:
+        if proto == 5 or body[:2] != b"\x00\x00":  # every whole packet but the empty MQTT 3 topic decodes
+            assert lean(header, bytearray(body), proto).payload == paho_decode(header, bytearray(body), proto).payload
+        for cut in sorted({len(body), *rnd.sample(range(len(body) + 1), min(len(body) + 1, 12)), 0, 1, 2, 3}):
+            same(header, bytearray(body[:cut]), proto)
+    for _ in range(300):  # garbage
+        same(0x32, bytearray(rnd.randbytes(rnd.randrange(0, 40))), 5)
+
+
+def test_block_sized_chunks_carry_the_sealed_hash_and_a_changed_local_copy_is_caught(broker, tmp_path):
+    """Chunk size = block size (the defaults): each chunk carries its block's SHA-256 from the
+    sealed manifest, not hashed again. A local copy changed after sealing is still caught: the
+    archive refuses that chunk, the agent sends it again hashed, and the archive refuses the item
+    at finish as content altered (quarantined, the agent told why); the other item is archived."""
+    from agent.uplink.transfer import block_hashes, chunk_message
+
+    t = InProc(tmp_path, broker.port, evidence__block_size=64 * 1024, uplink__chunk_size=64 * 1024)
+    ids = add_items(t.store, tmp_path, [300_000, 300_000])
+    d = t.store.item_dir(ids[0])
+    man = json.loads((d / "manifest.json").read_bytes())
+    known = block_hashes(man)
+    name = man["files"][0]["name"]
+    assert len(known) == 5 and known[(name, 65536, 65536)] == man["segments"][1]["hash"]
+    with open(d / "files" / name, "rb") as fh:
+        payload, got = chunk_message(fh, name, 65536, 65536, b"c-1", known[(name, 65536, 65536)])
+        head = P.parse_chunk(bytes(payload), {})
+        assert got == 65536 and head.sha256 == hashlib.sha256(head.data).hexdigest() == man["segments"][1]["hash"]
+    f = d / "files" / name
+    data = bytearray(f.read_bytes())
+    data[100_000] ^= 0xFF  # inside block 1
+    f.write_bytes(bytes(data))
+    t.enroll()
+    t.start_archive()
+    up = t.start_agent()
+    try:
+        t.wait_archived(ids[1:])
+        wait_for(lambda: t.store.item(ids[0])["state"] == "rejected", 60, "the altered item refused")
+        q = t.archive.quarantined()
+        assert len(q) == 1 and q[0]["item"] == ids[0] and "segment 1" in q[0]["reason"], q
+        assert "hash mismatch" in q[0]["reason"], q
+        assert up.stats()["retransmits"] >= 1
+        assert [r["item"] for r in t.archive.list_items()] == [ids[1]]
+    finally:
+        t.close()

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from ..timeutil import now_iso
 from ..uplink import protocol as P
-from ..uplink.client import Connection, ConnSettings, PublishError
+from ..uplink.client import Connection, ConnSettings, PublishError, install_lean_decoder
 from ..uplink.topics import Topics
 from .storage import ArchiveStore
 
@@ -43,6 +43,7 @@ class Receiver:
         self.share = share
         self.rid = receiver_id or settings.client_id
         self.stop_event = threading.Event()
+        self.lean_decoder = install_lean_decoder()  # every chunk arrives through it: one copy, not four
         self.conn = Connection(settings, stop_event=self.stop_event, will=self._will, on_connect=self._on_connect,
                                on_message=self._on_message, name="archive", manual_ack=True)
         self._q: collections.deque = collections.deque()

@@ -316,6 +316,10 @@ class ArchiveStore:
             while view:
                 n = os.pwrite(fd, view, pos)
                 view, pos = view[n:], pos + n
+            if sd is not None and end - sd.flushed >= 2 * WRITE_BEHIND:
+                # start writing back what came a while ago: finish's fsync then has little left
+                drop_cache(fd, sd.flushed, end - WRITE_BEHIND - sd.flushed)
+                sd.flushed = end - WRITE_BEHIND
         finally:
             os.close(fd)
         if sd is not None:
@@ -602,14 +606,19 @@ class ArchiveStore:
         return self.db.query("SELECT * FROM quarantine ORDER BY id")
 
 
+#: a file being received starts writing back what lies this far behind its end
+WRITE_BEHIND = 8 << 20
+
+
 class _Stream:
     """One file being received in order: written up to ``wpos``, hashed by the hasher thread."""
 
-    __slots__ = ("sd", "wpos", "pending", "ok")
+    __slots__ = ("sd", "wpos", "flushed", "pending", "ok")
 
     def __init__(self, sd: StreamDigest):
         self.sd = sd
         self.wpos = 0
+        self.flushed = 0  # written back (asked to be) up to here
         self.pending = 0
         self.ok = True
 

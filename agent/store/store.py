@@ -59,6 +59,7 @@ class Store:
         self.data_dir = Path(cfg.storage.data_dir)
         self.alg = cfg.evidence.hash_algorithm
         self.block_size = cfg.evidence.block_size
+        self.max_blocks = cfg.evidence.max_blocks_per_file
         self.reserve = cfg.storage.reserve_mb * 1024 * 1024
         self.incoming = self.data_dir / "spool" / "incoming"
         self.items_dir = self.data_dir / "spool" / "items"
@@ -76,6 +77,15 @@ class Store:
             if not enc.archive_public_key:
                 raise EdgeError("encryption.enabled is true but encryption.archive_public_key is empty")
             self.archive_pub = crypt.load_public(Path(enc.archive_public_key))
+
+    def block_size_for(self, size: int | None) -> int:
+        """The hash-chain block size for a file of ``size`` bytes: ``evidence.block_size``, doubled
+        until the file has at most ``evidence.max_blocks_per_file`` blocks (a 4 GiB recording then
+        lists 1,024 blocks of 4 MiB, not 16,384 of 256 KiB). Unknown size: the configured size."""
+        bs = self.block_size
+        while size is not None and size > bs * self.max_blocks and bs < (1 << 30):
+            bs *= 2
+        return bs
 
     # --- keys -------------------------------------------------------------------------------
     @property
@@ -423,7 +433,8 @@ class ItemWriter:
         return p.stat().st_size if p.exists() else 0
 
     def add_stream(self, name: str, src: BinaryIO, *, expected_size: int | None = None, start_offset: int = 0,
-                   progress: Callable[[int], None] | None = None, read_size: int = READ_SIZE) -> dict:
+                   progress: Callable[[int], None] | None = None, read_size: int = READ_SIZE,
+                   size_hint: int | None = None) -> dict:
         """Copy ``src`` (positioned at ``start_offset``) into the item, hashing each block as it passes.
 
         With ``start_offset`` > 0 the first bytes already in the spool (an earlier, interrupted copy)
@@ -431,8 +442,8 @@ class ItemWriter:
         """
         if self.cipher is not None:
             return self._add_stream_encrypted(name, src, expected_size=expected_size, progress=progress,
-                                              read_size=read_size)
-        alg, bs = self.store.alg, self.store.block_size
+                                              read_size=read_size, size_hint=size_hint)
+        alg, bs = self.store.alg, self.store.block_size_for(expected_size if expected_size is not None else size_hint)
         name = _member(name)
         dest = self.files_dir / name
         fidx = len(self.files)
@@ -527,9 +538,10 @@ class ItemWriter:
         return entry
 
     def _add_stream_encrypted(self, name: str, src: BinaryIO, *, expected_size: int | None,
-                              progress: Callable[[int], None] | None, read_size: int) -> dict:
+                              progress: Callable[[int], None] | None, read_size: int,
+                              size_hint: int | None = None) -> dict:
         """As add_stream, storing AES-256-GCM blocks; one stored block is one chain segment."""
-        alg, bs = self.store.alg, self.store.block_size
+        alg, bs = self.store.alg, self.store.block_size_for(expected_size if expected_size is not None else size_hint)
         name = _member(name)
         fidx = len(self.files)
         whole_ct, whole_pt = hashing.new(alg), hashing.new(alg)
@@ -589,7 +601,7 @@ class ItemWriter:
         (with encryption at rest it is encrypted into the spool and the plaintext removed)."""
         if move and self.cipher is not None:
             with open(path, "rb") as f:
-                entry = self.add_stream(name, f)
+                entry = self.add_stream(name, f, size_hint=os.fstat(f.fileno()).st_size)
             os.unlink(path)
             return entry
         if move:
@@ -603,13 +615,13 @@ class ItemWriter:
                 if exc.errno != 18:  # EXDEV: fall back to a copy
                     raise
         with open(path, "rb") as f:
-            entry = self.add_stream(name, f)
+            entry = self.add_stream(name, f, size_hint=os.fstat(f.fileno()).st_size)
         if move:
             os.unlink(path)
         return entry
 
     def _hash_in_place(self, name: str, f: BinaryIO) -> dict:
-        alg, bs = self.store.alg, self.store.block_size
+        alg, bs = self.store.alg, self.store.block_size_for(os.fstat(f.fileno()).st_size)
         fidx = len(self.files)
         whole = hashing.new(alg)
         off = 0

@@ -47,10 +47,15 @@ class _Waiter:
         self.meta = meta
 
 
-def chunk_message(fh, name: str, off: int, n: int, corr: bytes) -> tuple[bytearray, int]:
+def chunk_message(fh, name: str, off: int, n: int, corr: bytes, known: str | None = None) -> tuple[bytearray, int]:
     """The payload of one chunk message (header line + bytes), read straight into place: the
     header's length is known before the bytes are hashed (the SHA-256 is always 64 hex digits),
-    so the bytes are read once into the buffer that is published, never copied to join them."""
+    so the bytes are read once into the buffer that is published, never copied to join them.
+
+    ``known``: the SHA-256 the sealed manifest lists for exactly these bytes (a chunk that is one
+    hash-chain block): sent as it is, the bytes are not hashed here. Should the local copy have
+    changed since sealing, the archive refuses the chunk and it is sent again hashed (``known``
+    None), so what reaches the archive is then refused at finish as content altered."""
     hlen = len(P.chunk_header(name, off, "0" * 64, corr))
     buf = bytearray(hlen + n)
     mv = memoryview(buf)
@@ -65,9 +70,20 @@ def chunk_message(fh, name: str, off: int, n: int, corr: bytes) -> tuple[bytearr
         mv.release()
         del buf[hlen + got:]
         mv = memoryview(buf)
-    buf[:hlen] = P.chunk_header(name, off, hashlib.sha256(mv[hlen:]).hexdigest(), corr)
+    digest = known if known is not None and got == n else hashlib.sha256(mv[hlen:]).hexdigest()
+    buf[:hlen] = P.chunk_header(name, off, digest, corr)
     mv.release()
     return buf, got
+
+
+def block_hashes(manifest: dict) -> dict[tuple[str, int, int], str]:
+    """(file name, offset, size) -> SHA-256 of each hash-chain block, from the sealed manifest; a
+    chunk that is exactly one block carries this hash instead of hashing its bytes again. Empty
+    for other hash algorithms (SM3 blocks, where the chunk still needs its SHA-256)."""
+    if manifest.get("hash_alg") != "sha256":
+        return {}
+    names = [f["name"] for f in manifest["files"]]
+    return {(names[s["file"]], s["offset"], s["size"]): s["hash"] for s in manifest["segments"]}
 
 
 class _Prefetcher:
@@ -76,8 +92,9 @@ class _Prefetcher:
     DROP_EVERY = 16 << 20
 
     def __init__(self, d: Path, plan: list[tuple[str, int, int]], stop: threading.Event,
-                 make_corr: Callable[[], bytes], depth: int = 8):
+                 make_corr: Callable[[], bytes], depth: int = 8, known: dict | None = None):
         self.d, self.plan, self.stop = d, plan, stop
+        self.known = known or {}
         self.make_corr = make_corr
         self.left = len(plan)
         self.q: queue.Queue = queue.Queue(maxsize=depth)
@@ -95,7 +112,7 @@ class _Prefetcher:
                 if fh is None:
                     fh = handles[name] = open(self.d / mf.FILES_DIR / name, "rb")
                 corr = self.make_corr()
-                payload, got = chunk_message(fh, name, off, n, corr)
+                payload, got = chunk_message(fh, name, off, n, corr, self.known.get((name, off, n)))
                 read[name] = read.get(name, 0) + got
                 if read[name] >= self.DROP_EVERY:  # read once: keep the page cache for what is used
                     drop_cache(fh.fileno())
@@ -415,7 +432,7 @@ class Transfer:
                 ans = self._request(item, "manifest", mbytes, P.manifest_props(sig))
                 continue
             if ans.status in (P.RECEIVING, P.INCOMPLETE):
-                ans = self._send_ranges(item, d, files, ans.held or {}, row["priority"])
+                ans = self._send_ranges(item, d, manifest, ans.held or {}, row["priority"])
                 if ans is not None:
                     continue  # the archive forgot the item mid-way (UNKNOWN) or refused it
             # all ranges held (or already stored with fewer annotations): finish
@@ -450,9 +467,10 @@ class Transfer:
         self.up.note_error(f"archive rejected {item}: {reason}")
         return P.REJECTED
 
-    def _send_ranges(self, item: str, d: Path, files: list[dict], held: dict, priority: int) -> P.Answer | None:
+    def _send_ranges(self, item: str, d: Path, manifest: dict, held: dict, priority: int) -> P.Answer | None:
         """Send every byte range not in ``held``; returns None when all are acknowledged, or the
         answer that stops the transfer (UNKNOWN, REJECTED)."""
+        files = manifest["files"]
         chunk = min(self.chunk_size, self.up.conn.max_payload(self.up.topics.xfer(self.up.device, item, "chunk"),
                                                           P.MAX_CHUNK_HEADER))
 
@@ -466,7 +484,7 @@ class Transfer:
 
         # chunks are read and hashed ahead on another thread (hashlib releases the GIL) while
         # this one publishes; a chunk to send again is read here (``todo``)
-        pf = _Prefetcher(d, plan(held), self.stop_event, self._next_corr)
+        pf = _Prefetcher(d, plan(held), self.stop_event, self._next_corr, known=block_hashes(manifest))
         todo: collections.deque[tuple[str, int, int]] = collections.deque()
         topic = self.up.topics.xfer(self.up.device, item, "chunk")
         inflight: dict[bytes, _Waiter] = {}
