@@ -45,7 +45,7 @@ class Receiver:
         self.stop_event = threading.Event()
         self.lean_decoder = install_lean_decoder()  # every chunk arrives through it: one copy, not four
         self.conn = Connection(settings, stop_event=self.stop_event, will=self._will, on_connect=self._on_connect,
-                               on_message=self._on_message, name="archive", manual_ack=True)
+                               on_message=self._on_message, name="archive", manual_ack=True, raw_payloads=True)
         self._q: collections.deque = collections.deque()
         self._cv = threading.Condition()
         self._worker: threading.Thread | None = None
@@ -98,6 +98,8 @@ class Receiver:
             log.warning("cannot publish the receiver status: %s", exc)
 
     def _on_message(self, topic: str, payload: bytes, props: Any, ack: Callable[[], None]) -> None:
+        if not isinstance(payload, bytes) and not topic.endswith("/chunk"):
+            payload = bytes(payload)  # a chunk's bytes are only parsed, written and hashed: no copy
         with self._cv:
             self._q.append((topic, payload, props, ack))
             self._cv.notify()

@@ -42,13 +42,15 @@ _AUTH_REFUSED = {0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
 
 
 def _lean_decode_publish(header: int, packet, protocol):
-    """paho's ``_packet.decode_publish`` with one copy of the payload instead of four.
+    """paho's ``_packet.decode_publish`` without copying the payload.
 
     paho 2 peels the topic, the packet id and the properties off with ``struct.unpack('...Ns')``,
     and each step copies the whole rest of the packet: four copies of every 256 KiB chunk, made
     while holding the GIL the archive's hashing and writing threads wait for. This reads the same
-    fields from a memoryview and copies the topic, the property bytes and the payload once each.
-    Same result, same ``MalformedPacket`` for anything short or inconsistent (tests compare both).
+    fields from a memoryview, copies the topic and the property bytes, and hands over paho's
+    receive buffer (a fresh bytearray per packet, which paho drops afterwards) with the header cut
+    off the front as the payload. Same result (payload a bytearray, as paho's types allow), same
+    ``MalformedPacket`` for anything short or inconsistent (tests compare both).
     """
     from paho.mqtt._packet import MalformedPacket, PublishPacket
 
@@ -87,8 +89,14 @@ def _lean_decode_publish(header: int, packet, protocol):
         properties = Properties(PacketTypes.PUBLISH)
         properties.unpack(bytes(mv[pos:end]))
         pos = end
+    mv.release()
+    if isinstance(packet, bytearray):  # paho's receive buffer, dropped by paho after this packet:
+        del packet[:pos]               # the payload is what remains (CPython: no copy)
+        payload = packet
+    else:
+        payload = bytes(packet[pos:])
     return PublishPacket(dup=((header & 0x08) >> 3) != 0, qos=qos, retain=(header & 0x01) != 0,
-                         topic=topic, mid=mid, properties=properties, payload=bytes(mv[pos:]))
+                         topic=topic, mid=mid, properties=properties, payload=payload)
 
 
 def install_lean_decoder() -> bool:
@@ -174,8 +182,9 @@ class Connection:
                  on_connect: Callable[["Connection"], None] | None = None,
                  on_disconnect: Callable[["Connection", str], None] | None = None,
                  on_message: Callable[[str, bytes, Any], None] | None = None,
-                 name: str = "mqtt", manual_ack: bool = False):
+                 name: str = "mqtt", manual_ack: bool = False, raw_payloads: bool = False):
         self.s = settings
+        self.raw_payloads = raw_payloads  # pass paho's payload as it is (a bytearray with the lean decoder)
         self.stop_event = stop_event or threading.Event()
         self._will = will
         self._on_connect_cb = on_connect
@@ -493,13 +502,16 @@ class Connection:
 
     def _on_message(self, client, userdata, msg) -> None:
         if self._on_message_cb:
+            payload = msg.payload
+            if not self.raw_payloads and not isinstance(payload, bytes):
+                payload = bytes(payload)
             try:
                 if self.manual_ack:
                     # the PUBACK goes out only when the handler calls ack(): after the work is done
-                    self._on_message_cb(msg.topic, msg.payload, msg.properties,
+                    self._on_message_cb(msg.topic, payload, msg.properties,
                                         lambda c=client, m=msg.mid, q=msg.qos: _ack(c, m, q))
                 else:
-                    self._on_message_cb(msg.topic, msg.payload, msg.properties)
+                    self._on_message_cb(msg.topic, payload, msg.properties)
             except Exception:
                 log.exception("message handler failed for %s", msg.topic)
 
