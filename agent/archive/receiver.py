@@ -27,7 +27,7 @@ from .storage import ArchiveStore
 log = logging.getLogger(__name__)
 
 #: successful chunk answers of one device sent as one message while more chunks wait
-ANSWER_BATCH = 8
+ANSWER_BATCH = 16
 
 
 class Receiver:

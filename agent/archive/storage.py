@@ -86,7 +86,7 @@ class ArchiveStore:
         self._hasher: _Hasher | None = None
         #: files verified at finish from the hashes taken while receiving / by reading them back
         self.verified_files = {"streamed": 0, "reread": 0}
-        self._tmp_ok: dict[tuple[str, str], Path] = {}
+        self._tmp_ok: dict[tuple[str, str], str] = {}  # (device, item) -> its checked files dir
 
     def _archive_key(self):
         kp, pp = self.root / "_archive" / "archive.key", self.root / "_archive" / "archive.pub"
@@ -299,10 +299,10 @@ class ArchiveStore:
             return P.Answer(item=item, kind="chunk", status=P.OK, file=c.file, offset=c.offset)  # duplicate
         tdir = self._tmp_ok.get((dev, item))
         if tdir is None:  # resolved once per transfer: the file name itself is one safe level
-            tdir = self._tmp_ok[(dev, item)] = self.inside(self._tmp_dir(dev, item) / mf.FILES_DIR)
+            tdir = self._tmp_ok[(dev, item)] = str(self.inside(self._tmp_dir(dev, item) / mf.FILES_DIR))
             if len(self._tmp_ok) > 1000:
                 self._tmp_ok.clear()
-        path = tdir / c.file
+        path = os.path.join(tdir, c.file)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o640)
         except FileNotFoundError:  # finished or refused meanwhile (perhaps by another receiver)

@@ -146,7 +146,7 @@ def rows_room_live(name: str, r: dict) -> list[Row]:
 
 
 def rows_uplink(name: str, r: dict) -> list[Row]:
-    base = r.get("baseline_mb_s")
+    base = r.get("baseline_used_mb_s", r.get("baseline_mb_s"))
     base = max(base) if isinstance(base, list) and base else base
     t = r.get("target_ratio", 0.6)
     out = [Row(name, "archived MB/s vs bare paho QoS 1", r.get("archived_mb_s"), base, r.get("ratio"), f">= {t}",

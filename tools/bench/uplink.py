@@ -1,12 +1,13 @@
 """Benchmark: archived MB/s through the uplink against bare paho QoS 1 through the same broker.
 
-    python -m tools.bench.uplink [--mib 512] [--item-mib 32] [--chunk 262144] [--json [PATH]] [--keep DIR]
-                                 [--uplink JSON] [--archive-log info]
+    python -m tools.bench.uplink [--mib 512] [--item-mib 32] [--chunk 262144] [--rounds 3]
+                                 [--json [PATH]] [--keep DIR] [--uplink JSON] [--archive-log info]
 
 1. Starts a private Mosquitto on a free port (persistence off).
 2. Baseline: bare paho-mqtt 2, QoS 1, chunk-sized payloads (same chunk size), one publisher in
    this process and one subscriber process; MB/s from the first publish to the last message
-   received. Run before and after ours; the better of the two counts (conservative).
+   received. Run before and after each round of ours; for each round the better of the two
+   baselines either side counts (conservative).
 3. Ours: an agent data dir with ``--mib`` MiB of sealed items (``--item-mib`` each; ingest is
    set-up, not timed), the uplink running in this process (as in `edge-agent run`) and
    `edge-agent archive serve` as its own process on a fresh root. MB/s = item bytes / time from
@@ -14,6 +15,10 @@
    Also the archive's acknowledgement latency per chunk and per item (p50, p99), and the CPU
    seconds each process (agent, archive, broker) spent meanwhile: on a 2-core machine the three
    share the cores, so CPU per MB is what bounds the ratio.
+
+4. ``--rounds`` rounds (default 3), each with its own freshly sealed items and archive root,
+   interleaved with the baselines: the machine is shared and a single 2-second run moves by
+   +-15 %; the median round's ratio is the result, and every round is printed.
 
 Prints a table; target ratio >= 0.6. ``--json`` writes a record (to stdout, the table then
 goes to stderr, or to PATH).
@@ -234,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mib", type=int, default=512, help="MiB of items to archive (>= 512 for the record)")
     ap.add_argument("--item-mib", type=int, default=32, help="size of each item (MiB)")
     ap.add_argument("--chunk", type=int, default=256 * 1024, help="chunk size (bytes), same for both sides")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of ours, each between two baseline runs; the median round's ratio counts")
     ap.add_argument("--json", nargs="?", const="-", metavar="PATH", help="emit a JSON record (to stdout, or to PATH)")
     ap.add_argument("--keep", type=Path, help="keep the work directory here")
     ap.add_argument("--uplink", type=json.loads, default={}, metavar="JSON",
@@ -245,41 +252,57 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-uplink-"))
     broker, port = start_broker(work)
     try:
-        print(f"preparing {args.mib} MiB of sealed items ({args.item_mib} MiB each)...", file=out)
-        cfg, store, ids = prepare(work, port, args.mib, args.item_mib, args.chunk, args.uplink)
+        prepared = []
+        for r in range(args.rounds):  # each round its own agent data dir and archive root
+            print(f"preparing {args.mib} MiB of sealed items ({args.item_mib} MiB each) for round {r + 1}...", file=out)
+            (work / f"r{r + 1}").mkdir()
+            prepared.append(prepare(work / f"r{r + 1}", port, args.mib, args.item_mib, args.chunk, args.uplink))
         total = args.mib << 20
         print("baseline: bare paho QoS 1 publish -> subscribe ...", file=out)
-        b1 = baseline(port, total, args.chunk)
-        print(f"  {b1:.1f} MB/s", file=out)
-        print("ours: uplink -> archive serve (stored = fsynced + verified) ...", file=out)
-        res = ours(work, port, cfg, store, ids, broker.pid, args.archive_log)
-        print(f"  {res['mb_s']:.1f} MB/s", file=out)
-        b2 = baseline(port, total, args.chunk)
-        print(f"baseline again: {b2:.1f} MB/s", file=out)
-        base = max(b1, b2)
-        ratio = res["mb_s"] / base
+        bases = [baseline(port, total, args.chunk)]
+        print(f"  {bases[0]:.1f} MB/s", file=out)
+        rounds = []
+        for r, (cfg, store, ids) in enumerate(prepared):
+            print(f"round {r + 1}: uplink -> archive serve (stored = fsynced + verified) ...", file=out)
+            res = ours(work / f"r{r + 1}", port, cfg, store, ids, broker.pid, args.archive_log)
+            store.close()
+            print(f"  {res['mb_s']:.1f} MB/s", file=out)
+            bases.append(baseline(port, total, args.chunk))
+            print(f"baseline: {bases[-1]:.1f} MB/s", file=out)
+            base = max(bases[-2], bases[-1])  # the better of the baselines either side: conservative
+            rounds.append({"baseline_mb_s": round(base, 2), "archived_mb_s": round(res["mb_s"], 2),
+                           "ratio": round(res["mb_s"] / base, 3), "ours": res})
+        mid = sorted(rounds, key=lambda x: x["ratio"])[(len(rounds) - 1) // 2]  # the median round (lower one if even)
+        ratio = mid["ratio"]
         print("", file=out)
-        print(f"{'':28}{'MB/s':>10}", file=out)
-        print(f"{'bare paho QoS 1 (best)':28}{base:10.1f}", file=out)
-        print(f"{'archived (uplink+archive)':28}{res['mb_s']:10.1f}   ratio {ratio:.2f} (target >= {TARGET_RATIO})", file=out)
-        print(f"archive ack latency: chunk p50 {res['chunk_ack_ms_p50']} ms, p99 {res['chunk_ack_ms_p99']} ms; "
-              f"item p50 {res['item_ack_ms_p50']} ms, p99 {res['item_ack_ms_p99']} ms", file=out)
-        print(f"{res['items']} items, {res['chunks']} chunks of {args.chunk} B, window {res['window']}, "
-              f"retransmits {res['retransmits']}, all {res['verified_items']} verified at the archive", file=out)
-        c = res["cpu_s"]
-        print(f"CPU seconds while archiving ({res['seconds']} s wall): agent {c['agent']}, archive {c['archive']}, "
-              f"broker {c['broker']}; archive minor page faults {res['archive_minor_faults']}", file=out)
+        print(f"{'round':>5}  {'bare paho QoS 1 MB/s':>21}  {'archived MB/s':>13}  {'ratio':>5}  "
+              f"{'chunk ack p50/p99 ms':>20}  {'item ack p50/p99 ms':>19}  CPU s agent/archive/broker", file=out)
+        for n, x in enumerate(rounds, 1):
+            o, c = x["ours"], x["ours"]["cpu_s"]
+            print(f"{n:>5}  {x['baseline_mb_s']:>21.1f}  {x['archived_mb_s']:>13.1f}  {x['ratio']:>5.2f}  "
+                  f"{o['chunk_ack_ms_p50']:>9} / {o['chunk_ack_ms_p99']:<8}  {o['item_ack_ms_p50']:>8} / {o['item_ack_ms_p99']:<8}  "
+                  f"{c['agent']} / {c['archive']} / {c['broker']}", file=out)
+        each = ", ".join(f"{x['ratio']:.2f}" for x in rounds)
+        print(f"median ratio {ratio:.2f} (target >= {TARGET_RATIO}); rounds: {each}", file=out)
+        res = mid["ours"]
+        print(f"each round: {res['items']} items, {res['chunks']} chunks of {args.chunk} B, window {res['window']}, "
+              f"retransmits {sum(x['ours']['retransmits'] for x in rounds)} in all, every item verified at the archive",
+              file=out)
         record = {
             "bench": "uplink",
             "time": dt.datetime.now().astimezone().replace(microsecond=0).isoformat(),
             "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
-            "settings": {"mib": args.mib, "item_mib": args.item_mib, "chunk": args.chunk, "uplink": args.uplink},
-            "baseline_mb_s": [round(b1, 2), round(b2, 2)],
-            "archived_mb_s": round(res["mb_s"], 2),
-            "ratio": round(ratio, 3),
+            "settings": {"mib": args.mib, "item_mib": args.item_mib, "chunk": args.chunk, "uplink": args.uplink,
+                         "rounds": args.rounds},
+            "baseline_mb_s": [round(b, 2) for b in bases],
+            "baseline_used_mb_s": mid["baseline_mb_s"],
+            "archived_mb_s": mid["archived_mb_s"],
+            "ratio": ratio,
+            "ratios": [x["ratio"] for x in rounds],
             "target_ratio": TARGET_RATIO,
             "pass": ratio >= TARGET_RATIO,
             "ours": res,
+            "rounds": rounds,
         }
         if args.json == "-":
             print(json.dumps(record, ensure_ascii=False, indent=2))
