@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import queue
 import secrets
 import shutil
 import threading
@@ -50,6 +51,46 @@ def _drop_cache(src, dest, upto: int) -> None:
             os.posix_fadvise(f.fileno(), 0, upto, os.POSIX_FADV_DONTNEED)
         except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
             pass
+class _Beside:
+    """Runs ``fn`` over each submitted buffer, in order, on one helper thread: the whole-file hash
+    of a copy runs there while the copying thread hashes the blocks and writes (hashlib releases
+    the GIL, so on two cores the two SHA-256 passes run side by side instead of one after the
+    other). ``submit`` returns an event set once that buffer may be reused."""
+
+    def __init__(self, fn: Callable[[memoryview], None]):
+        self.fn = fn
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.th = threading.Thread(target=self._run, name="hash-whole", daemon=True)
+        self.th.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self.q.get()
+            if job is None:
+                return
+            data, done = job
+            try:
+                if self.error is None:
+                    self.fn(data)
+            except BaseException as exc:  # reported by close(); the copy is then refused
+                self.error = exc
+            finally:
+                done.set()
+
+    def submit(self, data: memoryview) -> threading.Event:
+        done = threading.Event()
+        self.q.put((data, done))
+        return done
+
+    def close(self) -> None:
+        """Wait until every submitted buffer is done; raise what the helper met, if anything."""
+        self.q.put(None)
+        self.th.join()
+        if self.error is not None:
+            raise self.error
+
+
 _chain_thread_lock = threading.RLock()
 
 
@@ -454,9 +495,8 @@ class ItemWriter:
         block_start = 0
         segs: list[tuple[int, int, int, bytes]] = []
 
-        def feed(view: memoryview) -> None:
-            nonlocal in_block, block, block_start, offset
-            whole.update(view)
+        def blocks(view: memoryview) -> None:  # the per-block hashes, in order
+            nonlocal in_block, block, block_start
             pos = 0
             while pos < len(view):
                 take = min(bs - in_block, len(view) - pos)
@@ -468,15 +508,16 @@ class ItemWriter:
                     block_start += bs
                     block = hashing.new(alg)
                     in_block = 0
-            offset += len(view)
 
         mode = "r+b" if start_offset else "wb"
         if start_offset:
             have = dest.stat().st_size if dest.exists() else 0
             if have < start_offset:
                 raise EdgeError(f"{dest}: only {have} bytes on disk, cannot resume at {start_offset}")
-        buf = bytearray(read_size)
-        mv = memoryview(buf)
+        bufs = [memoryview(bytearray(read_size)), memoryview(bytearray(read_size))]  # read into each in turn
+        mv = bufs[0]
+        busy: list[tuple] = [(), ()]  # events set once the helper threads are done with each buffer
+        helpers: list[_Beside] = []
         fd = open(dest, mode)
         try:
             if start_offset:
@@ -486,24 +527,34 @@ class ItemWriter:
                         n = old.readinto(mv[:min(read_size, remaining)])
                         if not n:
                             break
-                        feed(mv[:n])
+                        whole.update(mv[:n])
+                        blocks(mv[:n])
+                        offset += n
                         remaining -= n
                 fd.seek(start_offset)
                 fd.truncate()
                 if progress:
                     progress(start_offset)
             since_check = 0
+            # the whole-file hash on a thread of its own, beside the block hashes and the copy here
+            helpers = [_Beside(whole.update)]
+            k = 0
             while True:
+                k ^= 1
+                for ev in busy[k]:
+                    ev.wait()
                 try:
-                    n = src.readinto(mv)
+                    n = src.readinto(bufs[k])
                 except OSError as exc:
                     fd.flush()
                     raise SourceError(f"{name}: source read failed at byte {offset}: {exc.strerror or exc}",
                                       offset) from None
                 if not n:
                     break
-                chunk = mv[:n]
-                feed(chunk)
+                chunk = bufs[k][:n]
+                busy[k] = tuple(h.submit(chunk) for h in helpers)
+                blocks(chunk)
+                offset += n
                 try:
                     fd.write(chunk)
                 except OSError as exc:
@@ -525,7 +576,15 @@ class ItemWriter:
             fd.flush()
             os.fsync(fd.fileno())
             _drop_cache(src, fd, offset)
+            done, helpers = helpers, []
+            for h in done:
+                h.close()  # every byte hashed
         finally:
+            for h in helpers:
+                try:
+                    h.close()
+                except BaseException:
+                    pass  # the copy failed already; that error is the one to report
             fd.close()
         if in_block or offset == 0:
             segs.append((fidx, block_start, in_block, block.digest()))
