@@ -48,6 +48,7 @@ from drivers.recorder.zfy import decode_file_record
 
 from ..errors import DiskReserveError, EdgeError
 from ..evidence import hashing
+from ..store.fsutil import drop_cache
 from ..store.store import SourceError
 from ..timeutil import iso, now_iso
 
@@ -866,10 +867,7 @@ class _WriteBehind:
             except OSError:
                 return
         end = self.offset - self.LAG
-        try:
-            os.posix_fadvise(self.fd, self.done, end - self.done, os.POSIX_FADV_DONTNEED)
-        except OSError:
-            pass
+        drop_cache(self.fd, self.done, end - self.done)
         self.done = end
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ from ..evidence.verify import verify_item
 from ..faults import crashpoint
 from ..timeutil import now_iso
 from .audit import AuditLog
-from .fsutil import atomic_write, free_bytes, fsync_dir, rename_durable
+from .fsutil import atomic_write, drop_cache, free_bytes, fsync_dir, rename_durable
 from .ledger import UNARCHIVED, Ledger
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,12 @@ def _drop_cache(src, dest, upto: int) -> None:
     it while the copy needs that CPU for hashing. Sources that are not files are left alone."""
     for f in (src, dest):
         try:
-            os.posix_fadvise(f.fileno(), 0, upto, os.POSIX_FADV_DONTNEED)
+            fd = f.fileno()
         except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
-            pass
+            continue
+        drop_cache(fd, 0, upto)
+
+
 class _Beside:
     """Runs ``fn`` over each submitted buffer, in order, on one helper thread: the whole-file hash
     of a copy runs there while the copying thread hashes the blocks and writes (hashlib releases
@@ -516,8 +519,8 @@ class ItemWriter:
                 raise EdgeError(f"{dest}: only {have} bytes on disk, cannot resume at {start_offset}")
         bufs = [memoryview(bytearray(read_size)), memoryview(bytearray(read_size))]  # read into each in turn
         mv = bufs[0]
-        busy: list[tuple] = [(), ()]  # events set once the helper threads are done with each buffer
-        helpers: list[_Beside] = []
+        busy: list[threading.Event | None] = [None, None]  # set once the whole-file hash is done with it
+        beside: _Beside | None = None
         fd = open(dest, mode)
         try:
             if start_offset:
@@ -536,13 +539,12 @@ class ItemWriter:
                 if progress:
                     progress(start_offset)
             since_check = 0
-            # the whole-file hash on a thread of its own, beside the block hashes and the copy here
-            helpers = [_Beside(whole.update)]
+            beside = _Beside(whole.update)  # the whole-file hash, beside the block hashes and the copy here
             k = 0
             while True:
                 k ^= 1
-                for ev in busy[k]:
-                    ev.wait()
+                if busy[k] is not None:
+                    busy[k].wait()
                 try:
                     n = src.readinto(bufs[k])
                 except OSError as exc:
@@ -552,7 +554,7 @@ class ItemWriter:
                 if not n:
                     break
                 chunk = bufs[k][:n]
-                busy[k] = tuple(h.submit(chunk) for h in helpers)
+                busy[k] = beside.submit(chunk)
                 blocks(chunk)
                 offset += n
                 try:
@@ -576,13 +578,12 @@ class ItemWriter:
             fd.flush()
             os.fsync(fd.fileno())
             _drop_cache(src, fd, offset)
-            done, helpers = helpers, []
-            for h in done:
-                h.close()  # every byte hashed
+            done, beside = beside, None
+            done.close()  # every byte is in the whole-file hash
         finally:
-            for h in helpers:
+            if beside is not None:
                 try:
-                    h.close()
+                    beside.close()
                 except BaseException:
                     pass  # the copy failed already; that error is the one to report
             fd.close()
