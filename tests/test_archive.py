@@ -16,7 +16,7 @@ from paho.mqtt.properties import Properties
 
 from agent.archive.storage import ArchiveStore, safe_case
 from agent.evidence import hashing, keys, manifest as mf
-from agent.uplink import checkpoint, protocol as P
+from agent.wire import checkpoint, protocol as P
 from tests.uplink_helpers import (UNIT, InProc, add_items, agent_config, check_archive, enroll, open_store, run,
                                   start_archive)
 

@@ -12,10 +12,10 @@ import random
 import pytest
 
 from agent.archive.storage import ArchiveStore
-from agent.errors import VerifyError
+from agent.common.errors import VerifyError
 from agent.evidence import keys, manifest as mf
 from agent.evidence.verify import StreamDigest, verify_item
-from agent.uplink import protocol as P
+from agent.wire import protocol as P
 from tests.spine_helpers import make_store
 from tests.uplink_helpers import UNIT, add_items, agent_config, enroll, open_store
 

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent import config as config_mod
-from agent.commands import CommandGate, sign_command
+from agent.wire.commands import CommandGate, sign_command
 from agent.evidence import keys
 from agent.runtime import Agent
 from tests.spine_helpers import make_config, make_store

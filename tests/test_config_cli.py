@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from agent import config as config_mod
-from agent.errors import ConfigError
+from agent.common.errors import ConfigError
 from tests.spine_helpers import make_config, run_cli
 
 

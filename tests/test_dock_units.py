@@ -12,9 +12,9 @@ import pytest
 from agent.config import Config, loads, render_default
 from agent.dock.bay import erase_decision, source_key
 from agent.dock.registry import Registry
-from agent.dock.settings import bay_name_for, parse_bays
+from agent.config.dock import bay_name_for, parse_bays
 from agent.dock.station import FairPool
-from agent.errors import ConfigError
+from agent.common.errors import ConfigError
 from drivers.recorder import FileRecord, FileType, Mark
 
 TZ = _dt.timezone(_dt.timedelta(hours=8))

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from agent.errors import EdgeError, VerifyError
+from agent.common.errors import EdgeError, VerifyError
 from agent.evidence import crypt
 from agent.evidence.verify import verify_item
 from agent.store.ingest import ingest

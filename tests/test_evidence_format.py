@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import VerifyError
+from agent.common.errors import VerifyError
 from agent.evidence import manifest as mf
 from agent.evidence.verify import verify_item
 from agent.store.ingest import ingest

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.errors import MetadataError, VerifyError
+from agent.common.errors import MetadataError, VerifyError
 from agent.evidence import hashing, keys, manifest as mf
 from agent.evidence.verify import verify_chain, verify_item
 from agent.store.ingest import ingest

@@ -11,14 +11,14 @@ import jsonschema
 import pytest
 import yaml
 
-from agent.health import asyncapi, payloads as pl
-from agent.uplink.topics import Topics
+from agent.wire import asyncapi, health as pl
+from agent.wire.topics import Topics
 from tests.test_health_helpers import ROOT, asyncapi_schemas
 from tools.fleet_sim import SimDevice
 
 
 def test_asyncapi_document_is_current_and_valid():
-    assert asyncapi.main(["--check"]) == 0, "run: python -m agent.health.asyncapi"
+    assert asyncapi.main(["--check"]) == 0, "run: python -m agent.wire.asyncapi"
     doc = yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text(encoding="utf-8"))
     assert doc["asyncapi"].startswith("2.6")
     for name, schema in doc["components"]["schemas"].items():

@@ -1,4 +1,4 @@
-"""agent.logsetup: JSON lines, journald native protocol (against a real datagram socket), fallback."""
+"""agent.common.logsetup: JSON lines, journald native protocol (against a real datagram socket), fallback."""
 from __future__ import annotations
 
 import array
@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from agent import logsetup
-from agent.logsetup import encode_journal, journal_field, setup_logging
+from agent.common import logsetup
+from agent.common.logsetup import encode_journal, journal_field, setup_logging
 
 
 @pytest.fixture(autouse=True)
@@ -169,7 +169,7 @@ def test_auto_detects_journal_stream(tmp_path):
         "st = os.fstat(2)\n"
         "if sys.argv[1] == 'match': os.environ['JOURNAL_STREAM'] = f'{st.st_dev}:{st.st_ino}'\n"
         "else: os.environ['JOURNAL_STREAM'] = '1:1'\n"
-        "from agent.logsetup import setup_logging\n"
+        "from agent.common.logsetup import setup_logging\n"
         f"setup_logging('info', journal_socket={path!r})\n"
         "logging.getLogger('child').info('hello', extra={'k': 'v'})\n"
     )

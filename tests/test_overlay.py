@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import ImageFont
 
-from agent.errors import ConfigError
+from agent.common.errors import ConfigError
 from agent.room.compose import ComposeConfig, Compositor, letterbox
 from agent.room.fonts import FontNotFoundError, covers_cjk, find_cjk_font, load_font
 from agent.room.overlay import (

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.errors import EdgeError
+from agent.common.errors import EdgeError
 from drivers.recorder import (
     CHINA_TZ,
     FileRecord,

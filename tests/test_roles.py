@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from agent import config as config_mod
-from agent.roles import RoleError, require, roles_of
+from agent.common.roles import RoleError, require, roles_of
 from tests.spine_helpers import make_config, run_cli
 
 

@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from agent.errors import ConfigError
+from agent.common.errors import ConfigError
 from agent.room.segmenter import SegmentInfo, Segmenter
 
 pytestmark = pytest.mark.skipif(not shutil.which("ffprobe"), reason="ffprobe not installed")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent import config as config_mod
-from agent.errors import DiskReserveError, EdgeError, VerifyError
+from agent.common.errors import DiskReserveError, EdgeError, VerifyError
 from agent.evidence import keys
 from agent.evidence.verify import verify_chain, verify_item
 from agent.store.ingest import ingest

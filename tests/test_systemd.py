@@ -1,4 +1,4 @@
-"""systemd integration: unit files (verify + security exposure), tools/install.sh, agent.sdnotify."""
+"""systemd integration: unit files (verify + security exposure), tools/install.sh, agent.common.sdnotify."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import sdnotify
+from agent.common import sdnotify
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = sorted((ROOT / "systemd").glob("*.service"))
@@ -229,7 +229,7 @@ def test_install_rejects_unknown_argument(tmp_path):
     assert r.returncode == 2 and "unknown argument" in r.stderr
 
 
-# --- agent.sdnotify -------------------------------------------------------------------------
+# --- agent.common.sdnotify -------------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from agent.evidence import keys
-from agent.uplink import checkpoint, protocol as P
-from agent.uplink.client import Connection, ConnSettings, PublishError, TlsConfig
+from agent.wire import checkpoint, protocol as P
+from agent.wire.mqtt import Connection, ConnSettings, PublishError, TlsConfig
 from tests.uplink_helpers import (UNIT, InProc, add_items, agent_config, all_archived, check_archive, enroll,
                                   live_status, open_store, run, start_agent, start_archive, states, wait_for)
 
@@ -407,7 +407,7 @@ def test_lean_publish_decoder_matches_paho_and_refuses_what_paho_refuses():
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from agent.uplink.client import _lean_decode_publish, install_lean_decoder
+    from agent.wire.mqtt import _lean_decode_publish, install_lean_decoder
 
     assert install_lean_decoder() and getattr(_packet.decode_publish, "_edge_lean", False)
     paho_decode = _packet.decode_publish._edge_original

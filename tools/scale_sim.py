@@ -270,7 +270,7 @@ def check_archive(root: Path, fleet: dict, verify: bool = True) -> dict:
 class LiteDevice:
     """A lightweight simulated device: the agent's real transfer (:class:`agent.uplink.transfer.Transfer`:
     manifest, chunks with offset + SHA-256, finish, query, retransmission, ``stored`` answer) over its
-    real MQTT connection (:class:`agent.uplink.client.Connection`), without the uplink component's
+    real MQTT connection (:class:`agent.wire.mqtt.Connection`), without the uplink component's
     housekeeping threads (status file every 3 s, chain checkpoint, command dispatch, publish queue).
     Three threads per device instead of six, so that hundreds fit in a few processes."""
 
@@ -278,8 +278,8 @@ class LiteDevice:
         import secrets
 
         from agent.uplink import settings_from_config
-        from agent.uplink.client import Connection
-        from agent.uplink.topics import Topics
+        from agent.wire.mqtt import Connection
+        from agent.wire.topics import Topics
         from agent.uplink.transfer import Transfer
 
         self.cfg, self.store = cfg, store

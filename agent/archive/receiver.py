@@ -18,10 +18,10 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..timeutil import now_iso
-from ..uplink import protocol as P
-from ..uplink.client import Connection, ConnSettings, PublishError, install_lean_decoder
-from ..uplink.topics import Topics
+from agent.common.timeutil import now_iso
+from agent.wire import protocol as P
+from agent.wire.mqtt import Connection, ConnSettings, PublishError, install_lean_decoder
+from agent.wire.topics import Topics
 from .storage import ArchiveStore
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@
 short ``BEGIN IMMEDIATE`` transactions. Enrolled public keys live in ``ROOT/keys/DEVICE.pub`` so
 that ``edge-agent verify --chain ROOT/UNIT --keys ROOT/keys`` works on the archive unchanged.
 The archive's own audit log (调阅监督: every retrieval and export) is the same hash-chained
-:class:`agent.store.audit.AuditLog` the agent uses, over this database.
+:class:`agent.common.audit.AuditLog` the agent uses, over this database.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import json
 import re
 from pathlib import Path
 
-from ..errors import EdgeError, NotFoundError
+from agent.common.errors import EdgeError, NotFoundError
 from ..evidence import keys
-from ..store.audit import AuditLog
-from ..store.fsutil import atomic_write
-from ..store.ledger import Ledger
-from ..timeutil import now_iso
+from agent.common.audit import AuditLog
+from agent.common.fs import atomic_write
+from agent.common.sqlite import Database
+from agent.common.timeutil import now_iso
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -61,7 +61,7 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 
-class ArchiveDB(Ledger):
+class ArchiveDB(Database):
     """The archive's SQLite database: same helpers as the agent's ledger, its own tables."""
 
     migrations = MIGRATIONS

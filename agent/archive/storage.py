@@ -22,14 +22,14 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import EdgeError, NotFoundError, VerifyError
+from agent.common.errors import EdgeError, NotFoundError, VerifyError
 from ..evidence import hashing, keys, manifest as mf
 from ..evidence.verify import StreamDigest, check_signature, verify_item
-from ..store.audit import AuditLog
-from ..store.fsutil import atomic_write, drop_cache, fsync_dir
-from ..timeutil import now_iso
-from ..uplink import checkpoint as cpmod
-from ..uplink import protocol as P
+from agent.common.audit import AuditLog
+from agent.common.fs import atomic_write, drop_cache, fsync_dir
+from agent.common.timeutil import now_iso
+from agent.wire import checkpoint as cpmod
+from agent.wire import protocol as P
 from .registry import ArchiveDB, Registry, check_id
 
 log = logging.getLogger(__name__)
@@ -409,7 +409,7 @@ class ArchiveStore:
                 os.rename(tdir, dest)
                 fsync_dir(dest.parent)
                 fsync_dir(tdir.parent)
-                from ..faults import crashpoint  # fault-injection tests stop here (EDGE_AGENT_CRASH_AT)
+                from agent.common.faults import crashpoint  # fault-injection tests stop here (EDGE_AGENT_CRASH_AT)
                 crashpoint("archive:after-rename")
             row = {"device": dev, "item": item, "seq": rep.device_seq, "unit": device["unit"],
                    "case_number": meta.get("case_number"), "path": rel, "manifest_hash": rep.manifest_hash,

@@ -10,7 +10,9 @@ import sys
 
 import click
 
-from ..errors import EdgeError
+from drivers.recorder.errors import RecorderError
+
+from agent.common.errors import EdgeError
 from .base import Ctx, pass_ctx  # noqa: F401
 
 
@@ -18,7 +20,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except EdgeError as exc:
+        except (EdgeError, RecorderError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except PermissionError as exc:
@@ -49,9 +51,4 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 from . import core  # noqa: E402,F401  (registers its commands on main)
 
-for _mod in ("dock", "room", "uplink", "archive", "monitor", "ops"):
-    try:
-        __import__(f"{__name__}.{_mod}")
-    except ModuleNotFoundError as _exc:  # a group not built in this checkout
-        if _exc.name != f"{__name__}.{_mod}":
-            raise
+from . import archive, dock, monitor, ops, room, uplink  # noqa: E402,F401  (each registers its group)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import ConfigError, EdgeError
+from agent.common.errors import ConfigError, EdgeError
 from . import main
 from .base import Ctx, emit_json, json_option, pass_ctx
 
@@ -77,8 +77,8 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
 
     from ..archive.receiver import Receiver, new_receiver_id
     from ..archive.storage import ArchiveStore
-    from ..logsetup import setup_logging
-    from ..uplink.client import ConnSettings, TlsConfig
+    from agent.common.logsetup import setup_logging
+    from agent.wire.mqtt import ConnSettings, TlsConfig
 
     cfg = _cfg_or_none(c)
     setup_logging(log_level, "plain")

@@ -41,7 +41,7 @@ def role(*allowed: str):
     def deco(f):
         @functools.wraps(f)
         def wrapper(*args, **kwargs):
-            from ..roles import require
+            from agent.common.roles import require
 
             ctx = click.get_current_context().find_object(Ctx)
             require(ctx.cfg, *allowed)

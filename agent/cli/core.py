@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from .. import config as config_mod
-from ..errors import ConfigError, EdgeError
+from agent.common.errors import ConfigError, EdgeError
 from ..evidence import keys, manifest as mf
 from ..evidence.verify import verify_chain, verify_item
 from . import main

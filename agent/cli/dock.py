@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import EdgeError
+from agent.common.errors import EdgeError
 from . import main
 from .base import Ctx, emit_json, json_option, pass_ctx, role
 

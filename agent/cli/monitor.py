@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from .. import config as config_mod
-from ..errors import ConfigError, EdgeError
+from agent.common.errors import ConfigError, EdgeError
 from . import main
 from .base import Ctx, emit_json, json_option, pass_ctx
 
@@ -86,7 +86,7 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
         s.username, s.password, s.tls = m.username, m.password, m.tls
         s.cafile, s.certfile, s.keyfile, s.keepalive = m.cafile, m.certfile, m.keyfile, m.keepalive
     try:
-        from ..uplink.topics import Topics
+        from agent.wire.topics import Topics
 
         Topics(s.prefix)
     except ValueError as exc:
@@ -196,7 +196,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
 
 
 def parse_roster(path: Path) -> list[dict]:
-    from ..health.payloads import safe_key
+    from agent.wire.health import safe_key
 
     header, rows = _read_csv(path)
     if "unit_code" not in header or not ({"officers", "officer_id"} & set(header)):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import EdgeError
+from agent.common.errors import EdgeError
 from ..evidence import keys
 from . import main
 from .base import Ctx, emit_json, json_option, pass_ctx
@@ -49,7 +49,7 @@ def command_sign(cmd, device, args_json, key_path):
     Example:
       edge-agent command sign rebirth --device room-01 --key operator/ops-center.key
     """
-    from ..commands import sign_command
+    from agent.wire.commands import sign_command
 
     click.echo(sign_command(keys.load_private(Path(key_path)), cmd, _args(args_json), device).decode())
 
@@ -84,8 +84,8 @@ def command_send(cmd, device, args_json, key_path, broker, prefix, timeout, as_j
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from ..commands import sign_command
-    from ..uplink.topics import Topics
+    from agent.wire.commands import sign_command
+    from agent.wire.topics import Topics
 
     payload = sign_command(keys.load_private(Path(key_path)), cmd, _args(args_json), device)
     host, _, port = broker.rpartition(":")
@@ -196,7 +196,7 @@ def doctor(c: Ctx, offline, as_json):
     Example:
       edge-agent doctor
     """
-    from ..doctor import run_checks
+    from agent.runtime.doctor import run_checks
 
     checks = run_checks(c.config_path, network=not offline)
     failed = [ch for ch in checks if ch.status == "FAIL"]

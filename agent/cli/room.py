@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from ..control import call
+from agent.common.control import call
 from . import main
 from .base import Ctx, emit_json, json_option, pass_ctx, role
 

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..errors import EdgeError
+from agent.common.errors import EdgeError
 from . import main
 from .base import Ctx, emit_json, json_option, pass_ctx
 
@@ -25,7 +25,7 @@ def run(c: Ctx, log_level):
     Example:
       edge-agent --config /etc/edge-agent/agent.toml run
     """
-    from ..logsetup import setup_logging
+    from agent.common.logsetup import setup_logging
     from ..runtime import build_agent
 
     cfg = c.cfg

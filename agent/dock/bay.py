@@ -46,11 +46,11 @@ from drivers.recorder import (
 from drivers.recorder.protocol import Command, Result
 from drivers.recorder.zfy import decode_file_record
 
-from ..errors import DiskReserveError, EdgeError
+from agent.common.errors import DiskReserveError, EdgeError
 from ..evidence import hashing
-from ..store.fsutil import drop_cache
+from agent.common.fs import drop_cache
 from ..store.store import SourceError
-from ..timeutil import iso, now_iso
+from agent.common.timeutil import iso, now_iso
 
 if TYPE_CHECKING:  # pragma: no cover
     from .station import DockStation

@@ -20,9 +20,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import EdgeError
-from ..store.ledger import Ledger
-from ..timeutil import now_iso
+from agent.common.errors import EdgeError
+from agent.common.sqlite import Database
+from agent.common.timeutil import now_iso
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class RatioRow:
         return asdict(self)
 
 
-class Registry(Ledger):
+class Registry(Database):
     """Roster and recorder registry in data_dir/dock/registry.db (the ledger's helpers, own tables)."""
 
     migrations = MIGRATIONS

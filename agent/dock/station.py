@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..timeutil import now_iso
-from ..uplink.topics import Topics
+from agent.common.timeutil import now_iso
+from agent.wire.topics import Topics
 from .bay import Bay
 from .registry import Registry
-from .settings import BaySpec, bay_name_for, parse_bays, parse_mass_storage_map
+from agent.config.dock import BaySpec, bay_name_for, parse_bays, parse_mass_storage_map
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,9 @@ class DockStation:
         self._last_ratio = 0.0
         self._ratio_due = True
         self.started_at = now_iso()
-        agent.commands.setdefault("dock.status", lambda args, actor: self.status())
-        agent.commands.setdefault("dock.ratio", lambda args, actor: self.ratio_payload())
-        agent.commands["dock.erase_policy"] = self.cmd_erase_policy
+        agent.wire.commands.setdefault("dock.status", lambda args, actor: self.status())
+        agent.wire.commands.setdefault("dock.ratio", lambda args, actor: self.ratio_payload())
+        agent.wire.commands["dock.erase_policy"] = self.cmd_erase_policy
 
     # --- component --------------------------------------------------------------------------
     def start(self) -> None:
@@ -178,7 +178,7 @@ class DockStation:
         """Central command ``dock.erase_policy {"policy": ...}``: written to the config file and
         applied at once (a bay waiting for acknowledgements uses the new policy from its next check)."""
         from .. import config as config_mod
-        from ..errors import EdgeError
+        from agent.common.errors import EdgeError
 
         policy = args.get("policy")
         choices = config_mod.SCHEMA["dock"]["erase_policy"].choices

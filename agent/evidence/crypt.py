@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import EdgeError, VerifyError
-from ..store.fsutil import atomic_write
+from agent.common.errors import EdgeError, VerifyError
+from agent.common.fs import atomic_write
 
 TAG = 16
 INFO = b"edge-agent item key v1"

@@ -12,8 +12,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..errors import EdgeError, NotFoundError
-from ..store.fsutil import atomic_write
+from agent.common.errors import EdgeError, NotFoundError
+from agent.common.fs import atomic_write
 
 
 def key_id(public: Ed25519PublicKey) -> str:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import EdgeError, MetadataError
-from ..timeutil import parse_iso
+from agent.common.errors import EdgeError, MetadataError
+from agent.common.timeutil import parse_iso
 from . import hashing, keys
 
 FORMAT = "edge-agent-evidence/1"

@@ -10,7 +10,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from ..errors import EdgeError, VerifyError
+from agent.common.errors import EdgeError, VerifyError
 from . import hashing, keys, manifest as mf
 
 

@@ -20,8 +20,8 @@ from typing import Any
 import psutil
 
 from .. import __version__
-from ..timeutil import now_iso, parse_iso
-from .payloads import component_state, jsonable, safe_key
+from agent.common.timeutil import now_iso, parse_iso
+from agent.wire.health import component_state, jsonable, safe_key
 
 log = logging.getLogger(__name__)
 

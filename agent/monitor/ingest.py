@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..health import payloads as pl
-from ..uplink.topics import Topics
+from agent.wire import health as pl
+from agent.wire.topics import Topics
 from .state import MonitorDB
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ import json
 import sqlite3
 import time
 
-from ..errors import EdgeError
-from ..health.alarms import CODES
+from agent.common.errors import EdgeError
+from agent.wire.health import CODES
 from .state import compliance, recorders_of
 
 KINDS = ("ratio", "usage", "annual")

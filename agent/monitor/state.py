@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import EdgeError
+from agent.common.errors import EdgeError
 
 #: minimum equipment ratio (recorders per officer: 1 per 5) and rooms per unit
 MIN_RATIO = 0.2

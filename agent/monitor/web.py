@@ -41,7 +41,7 @@ class WebServer:
         try:
             self.httpd = ThreadingHTTPServer((host, port), Handler)
         except OSError as exc:
-            from ..errors import EdgeError
+            from agent.common.errors import EdgeError
 
             raise EdgeError(f"--web {port}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.httpd.daemon_threads = True

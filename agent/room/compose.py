@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from agent.errors import ConfigError
+from agent.common.errors import ConfigError
 
 from .overlay import CORNERS, signal_lost_frame
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from PIL import ImageFont
 
-from agent.errors import EdgeError
+from agent.common.errors import EdgeError
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from agent.errors import ConfigError
+from agent.common.errors import ConfigError
 
 from .fonts import load_font
 

@@ -66,7 +66,7 @@ import av
 import cv2
 import numpy as np
 
-from agent.errors import ConfigError
+from agent.common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The interview-room component of ``edge-agent run`` (device kind ``room``).
 
 It owns at most one :class:`~agent.room.session.RoomSession` and registers the commands
-``room.start``, ``room.stop`` and ``room.status`` in ``agent.commands``: the local control
+``room.start``, ``room.stop`` and ``room.status`` in ``agent.wire.commands``: the local control
 socket (``edge-agent room ...``) and MQTT commands reach the same handlers.
 
 On start it recovers: every segment a crash left on disk is sealed, and a session that was
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import EdgeError
+from agent.common.errors import EdgeError
 from .session import (STATE_FILE, Alarms, RoomSession, RoomSettings, SessionRequest, SessionState,
                       new_state, recover_unsealed)
 
@@ -43,9 +43,9 @@ class RoomService:
         self._control = None
         self.recovered: list[str] = []
         self._recovering = False
-        agent.commands["room.start"] = self.cmd_start
-        agent.commands["room.stop"] = self.cmd_stop
-        agent.commands["room.status"] = self.cmd_status
+        agent.wire.commands["room.start"] = self.cmd_start
+        agent.wire.commands["room.stop"] = self.cmd_stop
+        agent.wire.commands["room.status"] = self.cmd_status
 
     # -- component -------------------------------------------------------------------------
     def start(self) -> None:
@@ -53,7 +53,7 @@ class RoomService:
             self._recover()
         finally:   # the control socket answers once recovery is done (unless the agent runs its own)
             if not any(getattr(c, "name", None) == "control" for c in getattr(self.agent, "components", [])):
-                from ..control import ControlServer
+                from agent.common.control import ControlServer
 
                 self._control = ControlServer(self.agent)
                 self._control.start()

@@ -43,11 +43,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import EdgeError, MetadataError
+from agent.common.errors import EdgeError, MetadataError
 from ..evidence import manifest as mf
-from ..faults import crashpoint
-from ..store.fsutil import atomic_write
-from ..timeutil import iso
+from agent.common.faults import crashpoint
+from agent.common.fs import atomic_write
+from agent.common.timeutil import iso
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import stat
 from pathlib import Path
 from typing import Callable
 
-from ..errors import DuplicateError, EdgeError
-from ..timeutil import from_epoch, iso
+from agent.common.errors import DuplicateError, EdgeError
+from agent.common.timeutil import from_epoch, iso
 from .store import SourceError, Store
 
 

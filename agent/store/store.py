@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from ..config import Config
-from ..errors import DiskReserveError, EdgeError, NotFoundError
+from agent.common.errors import DiskReserveError, EdgeError, NotFoundError
 from ..evidence import hashing, keys, manifest as mf
 from ..evidence.verify import verify_item
-from ..faults import crashpoint
-from ..timeutil import now_iso
-from .audit import AuditLog
-from .fsutil import atomic_write, drop_cache, free_bytes, fsync_dir, rename_durable
+from agent.common.faults import crashpoint
+from agent.common.timeutil import now_iso
+from agent.common.audit import AuditLog
+from agent.common.fs import atomic_write, drop_cache, free_bytes, fsync_dir, rename_durable
 from .ledger import UNARCHIVED, Ledger
 
 log = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ class Store:
             raise EdgeError(f"{item_id}: cannot annotate an item in state {row['state']}")
         d = Path(row["path"])
         anns = mf.read_annotations(d)
-        from .audit import current_actor
+        from agent.common.audit import current_actor
         who = actor or current_actor()
         prev = hashing.hexdigest(self.alg, anns[-1].data) if anns else None
         rec = mf.make_annotation(item_id=item_id, manifest_hash_hex=row["manifest_hash"], seq=len(anns) + 1,

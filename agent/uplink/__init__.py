@@ -20,10 +20,10 @@ from typing import Any, Callable
 
 from paho.mqtt.client import topic_matches_sub
 
-from ..timeutil import now_iso
-from . import checkpoint
-from .client import Connection, ConnSettings, PublishError, TlsConfig
-from .topics import Topics
+from agent.common.timeutil import now_iso
+from agent.wire import checkpoint
+from agent.wire.mqtt import Connection, ConnSettings, PublishError, TlsConfig
+from agent.wire.topics import Topics
 from .transfer import Transfer
 
 log = logging.getLogger(__name__)
@@ -267,7 +267,7 @@ class Uplink:
                 log.exception("checkpoint publish failed")
 
     def write_status(self) -> None:
-        from ..store.fsutil import atomic_write
+        from agent.common.fs import atomic_write
 
         data = dict(self.stats(), time=now_iso(), running=not self.stop_event.is_set())
         atomic_write(self.store.data_dir / "uplink-status.json",

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..evidence import manifest as mf
-from ..store.fsutil import drop_cache
-from . import protocol as P
-from .client import PublishError
+from agent.common.fs import drop_cache
+from agent.wire import protocol as P
+from agent.wire.mqtt import PublishError
 
 log = logging.getLogger(__name__)
 
@@ -450,7 +450,7 @@ class Transfer:
         raise RuntimeError(f"{item}: no progress after 20 rounds with the archive (last answer {ans.status})")
 
     def _archived(self, item: str, ans: P.Answer, started: float) -> str:
-        from ..faults import crashpoint  # fault-injection tests stop here (EDGE_AGENT_CRASH_AT)
+        from agent.common.faults import crashpoint  # fault-injection tests stop here (EDGE_AGENT_CRASH_AT)
         crashpoint("uplink:before-mark-archived")
         self.store.mark_archived(item, ans.receipt or {"status": ans.status})
         self.items_archived += 1

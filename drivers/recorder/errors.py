@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-from agent.errors import EdgeError
+class RecorderError(Exception):
+    """Base of every recorder driver error (drivers know nothing of the agent: the CLI and the dock
+    turn these into their own messages)."""
 
-
-class RecorderError(EdgeError):
-    """Base of every recorder driver error."""
-
+    exit_code = 1
 
 class RecorderTimeout(RecorderError):
     """The recorder did not answer a request, retries included."""
 
-
 class ProtocolError(RecorderError):
     """The recorder answered something this driver cannot accept (malformed payload, bad name...)."""
-
 
 class UnsafeName(ProtocolError):
     """A file name from a recorder carries a path, NUL, control characters or is too long."""
 
-
 class AuthError(RecorderError):
     """Admin password refused, or a command needs authentication first."""
 
-
 class RecorderGone(RecorderError):
     """The serial port disappeared or hung up (recorder unplugged)."""
-
 
 class RecorderRefused(RecorderError):
     """The recorder answered with a failure result code (``.result``)."""

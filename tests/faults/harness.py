@@ -42,13 +42,13 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from agent import config as config_mod
-from agent.errors import EdgeError
+from agent.common.errors import EdgeError
 from agent.evidence import keys, manifest as mf
 from agent.evidence.verify import verify_chain, verify_item
 from agent.store.ingest import ingest
 from agent.store.store import Store
-from agent.uplink import protocol as P
-from agent.uplink.topics import Topics
+from agent.wire import protocol as P
+from agent.wire.topics import Topics
 from tests.support.broker import Mosquitto, free_port
 
 EDGE = str(Path(sys.executable).with_name("edge-agent"))

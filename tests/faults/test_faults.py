@@ -15,7 +15,7 @@ import time
 import pytest
 
 from agent.evidence import manifest as mf
-from agent.uplink import protocol as P
+from agent.wire import protocol as P
 from tests.faults.harness import (CAPTURED_AT, Clock, Cluster, HarnessError, NetLink, Tmpfs, wait_for)
 
 MB = 1_000_000

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from agent import config as config_mod
-from agent.commands import CommandGate, sign_command
-from agent.errors import EdgeError
+from agent.wire.commands import CommandGate, sign_command
+from agent.common.errors import EdgeError
 from agent.evidence import keys, manifest as mf
 from agent.evidence.verify import verify_item
 from drivers.recorder.protocol import FrameDecoder, encode_frame

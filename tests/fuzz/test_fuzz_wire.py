@@ -10,9 +10,9 @@ from hypothesis import given, strategies as st
 from pymodbus.framer import FramerRTU
 from pymodbus.pdu import DecodePDU
 
-from agent.errors import EdgeError
-from agent.health import payloads
-from agent.uplink import protocol
+from agent.common.errors import EdgeError
+from agent.wire import health as payloads
+from agent.wire import protocol
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),

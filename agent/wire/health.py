@@ -17,6 +17,8 @@ use and raise :class:`PayloadError` naming the field.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import re
@@ -484,3 +486,39 @@ def parse_ratio(payload: bytes, dev: str) -> dict:
 def safe_key(value: str) -> bool:
     """An alarm key / component name usable as one topic level."""
     return isinstance(value, str) and bool(_ID_RE.match(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class AlarmDef:
+    severity: str
+    zh: str
+    en: str
+
+
+#: every alarm code, its default severity and its title (中文 / English)
+CODES: dict[str, AlarmDef] = {
+    "disk_low": AlarmDef("critical", "磁盘空间不足", "disk space low"),
+    "backlog_old": AlarmDef("warning", "待上传资料积压过久", "upload backlog too old"),
+    "clock_unsynced": AlarmDef("warning", "时钟未同步", "clock not synchronised"),
+    "clock_drift": AlarmDef("warning", "时钟偏差过大", "clock drifting"),
+    "camera_offline": AlarmDef("critical", "摄像头离线", "camera offline"),
+    "microphone_silent": AlarmDef("critical", "麦克风无声", "microphone silent"),
+    "sensor_silent": AlarmDef("warning", "温湿度传感器无数据", "sensor silent"),
+    "recorder_battery_low": AlarmDef("warning", "执法记录仪电量低", "recorder battery low"),
+    "archive_unreachable": AlarmDef("warning", "归档服务器不可达", "archive unreachable"),
+    "pending_annotation_old": AlarmDef("warning", "资料待补录信息过久", "items pending annotation too long"),
+    "unknown_device_rejected": AlarmDef("critical", "归档拒绝未登记设备", "unknown device rejected at the archive"),
+    # docking station
+    "dock_disk_full": AlarmDef("critical", "采集站磁盘已满，拒绝接入", "station disk full, docking refused"),
+    "recorder_clock": AlarmDef("warning", "执法记录仪时钟严重偏差", "recorder clock far off"),
+    "recorder_serial_conflict": AlarmDef("critical", "两台记录仪序列号相同", "two recorders claim the same serial"),
+    "recorder_auth_failed": AlarmDef("warning", "记录仪管理员密码错误", "recorder admin password refused"),
+    "recorder_no_answer": AlarmDef("warning", "记录仪无应答或通信错误", "recorder does not answer"),
+    "recorder_unsafe_name": AlarmDef("warning", "记录仪文件名不安全", "recorder reported unsafe file names"),
+    # interview room
+    "room_state_unreadable": AlarmDef("critical", "询问室会话状态文件损坏", "room session state unreadable"),
+    "room_recovery_failed": AlarmDef("critical", "询问室录像恢复失败", "room recording recovery failed"),
+    "room_write_failed": AlarmDef("critical", "录制写入失败", "recording write failed"),
+    "room_capture_failed": AlarmDef("critical", "录制异常", "recording failed"),
+    "room_seal_failed": AlarmDef("critical", "分段封存失败", "segment sealing failed"),
+}

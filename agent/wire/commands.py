@@ -22,9 +22,9 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import EdgeError
-from .evidence import hashing, keys
-from .timeutil import now, now_iso, parse_iso
+from agent.common.errors import EdgeError
+from agent.evidence import hashing, keys
+from agent.common.timeutil import now, now_iso, parse_iso
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import subprocess
 import threading
 from pathlib import Path
 
-from . import config as config_mod
-from .errors import EdgeError
+from agent import config as config_mod
+from agent.common.errors import EdgeError
 
 
 @dataclasses.dataclass
@@ -127,7 +127,7 @@ def check_broker(cfg, timeout: float = 5.0) -> list[Check]:
                                 "check the network, the broker and mqtt.host/mqtt.port")]
     import paho.mqtt.client as mqtt
 
-    from .uplink.topics import Topics
+    from agent.wire.topics import Topics
 
     result: dict = {}
     done, seen = threading.Event(), threading.Event()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from .errors import MetadataError
+from agent.common.errors import MetadataError
 
 
 def now() -> _dt.datetime:

@@ -1,7 +1,7 @@
 """The evidence transfer protocol on the wire (``edge-xfer/1``): payload formats, parsing, limits.
 
 Modelled on EMQX's MQTT file transfer (EIP-0021: init, segments with offset + checksum, fin) but in
-this project's topic tree (:mod:`agent.uplink.topics`) and with one difference: the broker's PUBACK
+this project's topic tree (:mod:`agent.wire.topics`) and with one difference: the broker's PUBACK
 only means the broker has a message; an item counts as archived only when the *archive* answers
 ``stored`` (files fsynced, item verified). docs/mqtt.md describes every message with examples.
 
@@ -24,7 +24,7 @@ import json
 import re
 from typing import Any
 
-from ..errors import EdgeError
+from agent.common.errors import EdgeError
 
 PROTO = "edge-xfer/1"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import grp
 import os
 
-from .errors import EdgeError
+from agent.common.errors import EdgeError
 
 ROLES = ("technician", "operator", "auditor")
 LABELS = {"technician": "技术员 technician", "operator": "操作员 operator", "auditor": "审计员 auditor"}

@@ -12,7 +12,7 @@ server side, where the peer cannot lie. Requests and answers are one JSON object
     <- {"ok": true, "result": {...}}
     <- {"ok": false, "error": "中文 / English"}
 
-Handlers are ``agent.commands`` (name -> handler(args, actor) -> dict), the same the MQTT
+Handlers are ``agent.wire.commands`` (name -> handler(args, actor) -> dict), the same the MQTT
 command topic dispatches to; the actor is ``local:<user>(<uid>)``. Every command is audited.
 """
 
@@ -29,7 +29,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgeError
+from agent.common.errors import EdgeError
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class ControlServer:
     def _roles(self, uid: int, groups: set[int]) -> set[str]:
         if not hasattr(self.agent.cfg, "roles"):
             return set()
-        from .roles import roles_of
+        from agent.common.roles import roles_of
 
         return roles_of(self.agent.cfg, uid=uid, gids=sorted(groups))
 
@@ -113,7 +113,7 @@ class ControlServer:
         """Raise RoleError unless the peer may run ``cmd`` (root and the agent's user always may)."""
         if uid == 0 or uid == os.getuid() or not hasattr(self.agent.cfg, "roles"):
             return
-        from .roles import require
+        from agent.common.roles import require
 
         require(self.agent.cfg, *COMMAND_ROLES.get(cmd, DEFAULT_ROLES), uid=uid, gids=sorted(_peer_groups(pid, gid)))
 

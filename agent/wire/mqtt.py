@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..errors import EdgeError
+from agent.common.errors import EdgeError
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import signal
 import threading
 from typing import Any, Callable, Protocol
 
-from .config import Config
-from .store.store import Store
+from ..config import Config
+from ..store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Agent:
 
     def run(self) -> None:
         """Start, notify systemd, wait for SIGTERM/SIGINT, stop."""
-        from . import sdnotify
+        from agent.common import sdnotify
 
         def _sig(signum, _frame):
             log.info("signal %s: stopping", signum)
@@ -92,7 +92,7 @@ class Agent:
     @property
     def gate(self):
         if getattr(self, "_gate", None) is None:
-            from .commands import CommandGate, operator_keys_dir
+            from agent.wire.commands import CommandGate, operator_keys_dir
 
             self._register_builtin_commands()
             self._gate = CommandGate(self.store, self.cfg.device.id, operator_keys_dir(self.cfg),
@@ -100,8 +100,8 @@ class Agent:
         return self._gate
 
     def _register_builtin_commands(self) -> None:
-        from . import config as config_mod
-        from .errors import EdgeError
+        from .. import config as config_mod
+        from agent.common.errors import EdgeError
 
         def status(_args: dict, _actor: str) -> dict:
             return {"store": self.store.status(), "components": self.status()}
@@ -151,7 +151,7 @@ class Agent:
 
 
 #: (module, Agent attribute) of the components ``build_agent`` assembles, in start order
-_FACTORIES = (("agent.uplink", "uplink"), ("agent.health", "health"), (None, None), ("agent.control", None))
+_FACTORIES = (("agent.uplink", "uplink"), ("agent.health", "health"), (None, None), ("agent.common.control", None))
 
 
 def build_agent(cfg: Config) -> Agent:

@@ -14,10 +14,10 @@ import io
 import json
 import os
 
-from ..errors import VerifyError
-from ..evidence import hashing
-from ..timeutil import now_iso
-from .ledger import Ledger
+from agent.common.errors import VerifyError
+from agent.common import canon as hashing
+from agent.common.timeutil import now_iso
+from agent.common.sqlite import Database
 
 ACTIONS = ("ingest", "seal", "verify", "export", "view", "annotate", "purge", "config", "discard", "recover",
            "upload", "archive", "reject", "erase", "dock", "clock", "command", "session", "retrieve", "enroll", "init")
@@ -37,7 +37,7 @@ def _entry_hash(alg: str, entry: dict) -> str:
 
 
 class AuditLog:
-    def __init__(self, ledger: Ledger, alg: str = "sha256", signer=None):
+    def __init__(self, ledger: Database, alg: str = "sha256", signer=None):
         self.ledger = ledger
         self.alg = alg
         self.signer = signer  # callable(bytes) -> signature b64, or None

@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from ..errors import EdgeError
-from ..evidence import hashing, keys
-from ..timeutil import now_iso
+from agent.common.errors import EdgeError
+from agent.evidence import hashing, keys
+from agent.common.timeutil import now_iso
 
 FORMAT = "edge-agent-checkpoint/1"
 MAX_SIZE = 4096

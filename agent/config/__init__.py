@@ -17,7 +17,9 @@ from typing import Any, Callable
 
 import tomlkit
 
-from .errors import ConfigError
+from agent.common.errors import ConfigError
+
+from . import dock as _dock
 
 DEFAULT_PATH = "/etc/edge-agent/agent.toml"
 ENV_VAR = "EDGE_AGENT_CONFIG"
@@ -30,7 +32,7 @@ def _ident(value: str) -> str | None:
 
 
 def _hash_alg(value: str) -> str | None:
-    from .evidence.hashing import available_algorithms
+    from agent.common.canon import available_algorithms
 
     if value not in available_algorithms():
         return f"not available here; choose one of {', '.join(available_algorithms())}"
@@ -141,9 +143,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
     # --- [dock] (docking station, issue 4; owner: dock) -----------------------------------
     "dock": {
         "bays": F(list, ["/dev/ttyACM*"], "Bays: serial-port globs of recorders' command channels (\"/dev/ttyACM*\"), or tables {name, port} / {name, mount} (mount = plain mass-storage recorder).",
-                  check=lambda v: __import__("agent.dock.settings", fromlist=["x"]).check_bays(v)),
+                  check=lambda v: _dock.check_bays(v)),
         "mass_storage_map": F(list, [], "Plain mass-storage recorders (no command channel): tables {label, serial, officer_number, officer_name, unit_number, unit_name}; label = the mount directory's name.",
-                              check=lambda v: __import__("agent.dock.settings", fromlist=["x"]).check_mass_storage_map(v)),
+                              check=lambda v: _dock.check_mass_storage_map(v)),
         "poll_ms": F(int, 500, "How often bays are scanned for a docked recorder (ms); detection within 2 s needs <= 1000.", min=50, max=2000),
         "admin_password": F(str, "000000", "Recorder admin password (1-6 ASCII characters).", secret=True,
                             check=lambda v: None if 1 <= len(v) <= 6 and v.isascii() else "1 to 6 ASCII characters"),
@@ -377,7 +379,7 @@ def render_default(values: dict[str, dict[str, Any]] | None = None) -> str:
 
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
-    from .store.fsutil import atomic_write
+    from agent.common.fs import atomic_write
 
     atomic_write(path, text.encode("utf-8"), mode=mode)
 
