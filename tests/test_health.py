@@ -170,7 +170,7 @@ def test_health_publishes_retained_state_and_alarms(tmp_path, broker):
         cap.wait_for(lambda t, p: t == "edge/dev/dock-01/alarm/disk_low" and p and p["active"] is False)
         # rebirth: the uplink republishes everything retained and a health report follows at once
         n = len(cap.msgs)
-        res = agent.wire.commands["rebirth"]({}, "operator:test")
+        res = agent.commands["rebirth"]({}, "operator:test")
         assert res["ok"] and agent.uplink.rebirths == 1
         cap.wait_for(lambda t, p: t == "edge/dev/dock-01/status" and p["state"] == "online", start=n)
         cap.wait_for(lambda t, p: t == "edge/dev/dock-01/component/camera-main", start=n)
@@ -206,7 +206,7 @@ def test_health_without_uplink_and_disk_warning(tmp_path):
     assert body["alarms"] == [a.key for a in h.alarms.active()]
     assert h.alarms.is_active("disk_low")
     assert [a.severity for a in h.alarms.active() if a.code == "disk_low"] == ["warning"]
-    assert agent.wire.commands["health"]({}, "t")["seq"] == 1
+    assert agent.commands["health"]({}, "t")["seq"] == 1
     assert h.status()["seq"] == 1
 
 

@@ -79,7 +79,7 @@ def ffprobe(path: Path) -> dict:
 
 
 def start(agent: Agent, **extra) -> dict:
-    return agent.wire.commands["room.start"]({**FIELDS, **extra}, "test")
+    return agent.commands["room.start"]({**FIELDS, **extra}, "test")
 
 
 # ------------------------------------------------------------------------------ unit pieces
@@ -135,7 +135,7 @@ def test_unreadable_state_file_is_set_aside_and_recording_still_possible(tmp_pat
         assert [a["code"] for a in room.alarms.snapshot()] == ["room_state_unreadable"]
         assert [p.name.split("-")[0] for p in state.parent.glob("session.json.unreadable-*")] == ["session.json.unreadable"]
         assert start(agent)["started"]
-        agent.wire.commands["room.stop"]({}, "t")
+        agent.commands["room.stop"]({}, "t")
     finally:
         agent.stop()
     assert json.loads(state.read_text())["state"] == "stopped"
@@ -149,17 +149,17 @@ def test_session_records_seals_and_verifies(tmp_path, clips):
         assert res["started"] and "开始录制" in res["message"]
         with pytest.raises(EdgeError, match="already recording"):
             start(agent)
-        assert wait_for(lambda: agent.wire.commands["room.status"]({}, "t")["segments_sealed"] >= 2, 15)
-        st = agent.wire.commands["room.status"]({}, "t")
+        assert wait_for(lambda: agent.commands["room.status"]({}, "t")["segments_sealed"] >= 2, 15)
+        st = agent.commands["room.status"]({}, "t")
         assert st["state"] == "recording" and st["fps"] > 0 and st["frames"] >= 40
         assert all(c["online"] for c in st["cameras"]) and st["audio"]["level_dbfs"] > -20
         assert st["seal_latency_ms"]["p99"] < 2000, st["seal_latency_ms"]
         assert st["placeholder_frames"] == 0 and st["gaps_open"] == []
-        out = agent.wire.commands["room.stop"]({}, "t")
+        out = agent.commands["room.stop"]({}, "t")
         assert out["stopped"] and out["segments"] >= 3
         with pytest.raises(EdgeError, match="no session"):
-            agent.wire.commands["room.stop"]({}, "t")
-        assert agent.wire.commands["room.status"]({}, "t")["state"] == "idle"
+            agent.commands["room.stop"]({}, "t")
+        assert agent.commands["room.status"]({}, "t")["state"] == "idle"
     finally:
         agent.stop()
     ms = manifests(agent)
@@ -186,7 +186,7 @@ def test_session_records_seals_and_verifies(tmp_path, clips):
     times = [json.loads(x) for x in (item / "seg_000001.ts.times.jsonl").read_text().splitlines()]
     assert [t["pts"] for t in times] == [0, 1] and times[0]["wall"].startswith(ms[1]["metadata"]["capture_start"][:16])
     assert not any((tmp_path / "data" / "room" / "sessions" / sid).iterdir())   # everything moved into items
-    audit = [e["action"] for e in agent.common.audit.entries()]
+    audit = [e["action"] for e in agent.audit.entries()]
     assert "room.start" in audit and "room.stop" in audit
 
 
@@ -198,8 +198,8 @@ def test_dead_camera_and_missing_microphone_keep_recording(tmp_path, clips):
     registry = agent.health.alarms
     try:
         start(agent)
-        assert wait_for(lambda: agent.wire.commands["room.status"]({}, "t")["segments_sealed"] >= 2, 20)
-        st = agent.wire.commands["room.status"]({}, "t")
+        assert wait_for(lambda: agent.commands["room.status"]({}, "t")["segments_sealed"] >= 2, 20)
+        st = agent.commands["room.status"]({}, "t")
         assert st["placeholder_frames"] >= 10 and st["frames"] >= 40
         assert sorted(st["gaps_open"]) == ["camera-panorama", "microphone"]
         codes = {a["code"] for a in st["alarms"]}
@@ -241,11 +241,11 @@ def test_real_microphone_through_pulseaudio_is_recorded(tmp_path, clips, monkeyp
         agent = make_agent(tmp_path / "data", cameras=[f"file:{clips['a']}"], layout="single", microphone="default")
         try:
             start(agent)
-            status = lambda: agent.wire.commands["room.status"]({}, "t")  # noqa: E731
+            status = lambda: agent.commands["room.status"]({}, "t")  # noqa: E731
             assert wait_for(lambda: status()["audio"]["online"] and status()["audio"]["level_dbfs"] > -20, 15), \
                 status()["audio"]
             assert wait_for(lambda: status()["segments_sealed"] >= 2, 15)
-            agent.wire.commands["room.stop"]({}, "t")
+            agent.commands["room.stop"]({}, "t")
         finally:
             agent.stop()
     ms = manifests(agent)
@@ -269,7 +269,7 @@ def test_sensor_garbage_then_silence_then_good(tmp_path, clips):
                        sensor_port=str(tmp_path / "ttySENSOR"), sensor_baudrate=4800)
     try:
         start(agent)
-        status = lambda: agent.wire.commands["room.status"]({}, "t")  # noqa: E731
+        status = lambda: agent.commands["room.status"]({}, "t")  # noqa: E731
         assert wait_for(lambda: "sensor" in status()["gaps_open"], 10)
         s = status()["sensor"]
         assert s["temperature_c"] is None and s["errors"] > 0
@@ -283,7 +283,7 @@ def test_sensor_garbage_then_silence_then_good(tmp_path, clips):
         assert not any(a["code"].startswith("sensor_silent") for a in status()["alarms"])
         n = status()["segments_sealed"]
         assert wait_for(lambda: status()["segments_sealed"] >= n + 1, 10)
-        agent.wire.commands["room.stop"]({}, "t")
+        agent.commands["room.stop"]({}, "t")
     finally:
         agent.stop()
         sim.stop()
@@ -300,7 +300,7 @@ def test_rtsp_camera_dies_and_returns_with_new_resolution(tmp_path, clips):
     agent = make_agent(tmp_path / "data", cameras=[srv.url, f"file:{clips['b']}"], camera_lost_s=1)
     try:
         start(agent)
-        status = lambda: agent.wire.commands["room.status"]({}, "t")  # noqa: E731
+        status = lambda: agent.commands["room.status"]({}, "t")  # noqa: E731
         assert wait_for(lambda: status()["cameras"][0]["online"], 10)
         time.sleep(1.5)
         srv.kill()                                       # the camera loses power
@@ -314,7 +314,7 @@ def test_rtsp_camera_dies_and_returns_with_new_resolution(tmp_path, clips):
         assert not any(a["code"].startswith("camera_offline") for a in status()["alarms"])
         n = status()["segments_sealed"]
         assert wait_for(lambda: status()["segments_sealed"] >= n + 1, 10)
-        agent.wire.commands["room.stop"]({}, "t")
+        agent.commands["room.stop"]({}, "t")
     finally:
         agent.stop()
         srv.kill()
@@ -342,7 +342,7 @@ def test_disk_filling_up_stops_cleanly_and_keeps_everything(small_disk, clips):
     agent = make_agent(small_disk / "data", cameras=[f"file:{clips['a']}"], storage__reserve_mb=16)
     try:
         start(agent)
-        status = lambda: agent.wire.commands["room.status"]({}, "t")  # noqa: E731
+        status = lambda: agent.commands["room.status"]({}, "t")  # noqa: E731
         assert wait_for(lambda: status()["segments_sealed"] >= 1, 10)
         # something else fills the disk: leave ~6 MiB above the reserve
         free = shutil.disk_usage(small_disk).free
@@ -378,9 +378,9 @@ def test_control_socket_checks_peer_credentials_and_roles(tmp_path):
     cfg = Config.defaults(storage__data_dir=str(d), control__groups=["edge-agent-test-nonexistent"],
                           roles__operator_group="users", roles__auditor_group="daemon")
     agent = Agent(cfg)
-    agent.wire.commands["echo"] = lambda args, actor: {"args": args, "actor": actor}
-    agent.wire.commands["room.status"] = lambda args, actor: {"state": "idle", "actor": actor}
-    agent.wire.commands["room.start"] = lambda args, actor: {"started": True}
+    agent.commands["echo"] = lambda args, actor: {"args": args, "actor": actor}
+    agent.commands["room.status"] = lambda args, actor: {"state": "idle", "actor": actor}
+    agent.commands["room.start"] = lambda args, actor: {"started": True}
     srv = ControlServer(agent)
     srv.start()
 
@@ -437,7 +437,7 @@ def test_control_socket_checks_peer_credentials_and_roles(tmp_path):
         srv.stop()
         shutil.rmtree(d, ignore_errors=True)
     assert not (d / "control.sock").exists()
-    refused = [e for e in agent.common.audit.entries(action="command") if "not permitted" in e["detail"]]
+    refused = [e for e in agent.audit.entries(action="command") if "not permitted" in e["detail"]]
     assert len(refused) == 2
 
 
@@ -449,7 +449,7 @@ def test_disk_suddenly_full_loses_nothing_recorded(small_disk, clips):
     agent = make_agent(small_disk / "data", cameras=[f"file:{clips['a']}"])
     try:
         start(agent)
-        status = lambda: agent.wire.commands["room.status"]({}, "t")  # noqa: E731
+        status = lambda: agent.commands["room.status"]({}, "t")  # noqa: E731
         assert wait_for(lambda: status()["segments_sealed"] >= 1, 10)
         with open(small_disk / "filler", "wb") as f:          # every last block
             try:
@@ -464,7 +464,7 @@ def test_disk_suddenly_full_loses_nothing_recorded(small_disk, clips):
         os.unlink(small_disk / "filler")
         start(agent)                                           # leftovers are sealed first
         time.sleep(1)
-        agent.wire.commands["room.stop"]({}, "t")
+        agent.commands["room.stop"]({}, "t")
     finally:
         agent.stop()
     ms = manifests(agent)

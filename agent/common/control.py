@@ -12,7 +12,7 @@ server side, where the peer cannot lie. Requests and answers are one JSON object
     <- {"ok": true, "result": {...}}
     <- {"ok": false, "error": "中文 / English"}
 
-Handlers are ``agent.wire.commands`` (name -> handler(args, actor) -> dict), the same the MQTT
+Handlers are ``agent.commands`` (name -> handler(args, actor) -> dict), the same the MQTT
 command topic dispatches to; the actor is ``local:<user>(<uid>)``. Every command is audited.
 """
 

@@ -138,9 +138,9 @@ class DockStation:
         self._last_ratio = 0.0
         self._ratio_due = True
         self.started_at = now_iso()
-        agent.wire.commands.setdefault("dock.status", lambda args, actor: self.status())
-        agent.wire.commands.setdefault("dock.ratio", lambda args, actor: self.ratio_payload())
-        agent.wire.commands["dock.erase_policy"] = self.cmd_erase_policy
+        agent.commands.setdefault("dock.status", lambda args, actor: self.status())
+        agent.commands.setdefault("dock.ratio", lambda args, actor: self.ratio_payload())
+        agent.commands["dock.erase_policy"] = self.cmd_erase_policy
 
     # --- component --------------------------------------------------------------------------
     def start(self) -> None:

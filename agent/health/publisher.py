@@ -2,7 +2,7 @@
 agent owns, publishes ``P/dev/D/health`` (QoS 0), the retained ``P/dev/D/component/NAME`` of each
 component whose status changed, and keeps the alarm topics (agent/health/alarms.py).
 
-Commands registered in ``agent.wire.commands``:
+Commands registered in ``agent.commands``:
   ``rebirth``  republish all retained state (status, components, alarms) and a health report now;
   ``health``   return the last health payload.
 
@@ -55,8 +55,8 @@ class HealthComponent:
         self._stop = threading.Event()
         self._tick_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        agent.wire.commands["rebirth"] = self.cmd_rebirth
-        agent.wire.commands["health"] = self.cmd_health
+        agent.commands["rebirth"] = self.cmd_rebirth
+        agent.commands["health"] = self.cmd_health
 
     # --- publishing through the uplink contract -------------------------------------------------
     def _publish(self, topic: str, payload: dict, *, qos: int = 1, retain: bool = False) -> bool:

@@ -1,7 +1,7 @@
 """The interview-room component of ``edge-agent run`` (device kind ``room``).
 
 It owns at most one :class:`~agent.room.session.RoomSession` and registers the commands
-``room.start``, ``room.stop`` and ``room.status`` in ``agent.wire.commands``: the local control
+``room.start``, ``room.stop`` and ``room.status`` in ``agent.commands``: the local control
 socket (``edge-agent room ...``) and MQTT commands reach the same handlers.
 
 On start it recovers: every segment a crash left on disk is sealed, and a session that was
@@ -43,9 +43,9 @@ class RoomService:
         self._control = None
         self.recovered: list[str] = []
         self._recovering = False
-        agent.wire.commands["room.start"] = self.cmd_start
-        agent.wire.commands["room.stop"] = self.cmd_stop
-        agent.wire.commands["room.status"] = self.cmd_status
+        agent.commands["room.start"] = self.cmd_start
+        agent.commands["room.stop"] = self.cmd_stop
+        agent.commands["room.status"] = self.cmd_status
 
     # -- component -------------------------------------------------------------------------
     def start(self) -> None:
