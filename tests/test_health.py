@@ -148,7 +148,7 @@ def test_health_publishes_retained_state_and_alarms(tmp_path, broker):
     agent.add(cam)
     h = make_component(agent)
     agent.add(h)
-    assert agent.health is h and "rebirth" in agent.wire.commands
+    assert agent.health is h and "rebirth" in agent.commands
     h.start()
     try:
         _, hp = cap.wait_for(lambda t, p: t == "edge/dev/dock-01/health" and p and p["seq"] >= 1)
