@@ -17,7 +17,8 @@ from agent.config import Config
 from agent.common.errors import ConfigError, EdgeError, MetadataError
 from agent.evidence import keys
 from agent.evidence.verify import verify_chain
-from agent.room.session import GapLog, SessionRequest
+from agent.room.gaps import GapLog
+from agent.room.state import SessionRequest
 from agent.room.service import RoomService
 from agent.runtime import Agent
 from tests.support.rtsp import RtspServer, make_clip, rtsp_unavailable

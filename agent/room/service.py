@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.common.errors import EdgeError
-from .session import (STATE_FILE, Alarms, RoomSession, RoomSettings, SessionRequest, SessionState,
-                      new_state, recover_unsealed)
+from .alarms import Alarms
+from .sealing import recover_unsealed
+from .session import RoomSession
+from .state import STATE_FILE, RoomSettings, SessionRequest, SessionState, new_state
 
 log = logging.getLogger(__name__)
 
