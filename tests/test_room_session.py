@@ -187,7 +187,7 @@ def test_session_records_seals_and_verifies(tmp_path, clips):
     times = [json.loads(x) for x in (item / "seg_000001.ts.times.jsonl").read_text().splitlines()]
     assert [t["pts"] for t in times] == [0, 1] and times[0]["wall"].startswith(ms[1]["metadata"]["capture_start"][:16])
     assert not any((tmp_path / "data" / "room" / "sessions" / sid).iterdir())   # everything moved into items
-    audit = [e["action"] for e in agent.audit.entries()]
+    audit = [e["action"] for e in agent.store.audit.entries()]
     assert "room.start" in audit and "room.stop" in audit
 
 
@@ -391,12 +391,12 @@ def test_control_socket_checks_peer_credentials_and_roles(tmp_path):
 
     lib = Path(tempfile.mkdtemp(prefix="edge-ctl-lib-"))
     os.chmod(lib, 0o755)
-    (lib / "agent").mkdir()
-    os.chmod(lib / "agent", 0o755)
-    src = Path(__file__).resolve().parent.parent / "agent"
-    for name in ("__init__.py", "control.py", "errors.py"):
-        shutil.copy(src / name, lib / "agent" / name)
-        os.chmod(lib / "agent" / name, 0o644)
+    src = Path(__file__).resolve().parent.parent
+    for name in ("agent/__init__.py", "agent/common/__init__.py", "agent/common/control.py", "agent/common/errors.py"):
+        (lib / name).parent.mkdir(parents=True, exist_ok=True)
+        os.chmod((lib / name).parent, 0o755)
+        shutil.copy(src / name, lib / name)
+        os.chmod(lib / name, 0o644)
 
     def as_user(cmd: str, gid: int) -> str:
         client = ("import sys; sys.path.insert(0, %r); from agent.common.control import call; from agent.common.errors import "
@@ -438,7 +438,7 @@ def test_control_socket_checks_peer_credentials_and_roles(tmp_path):
         srv.stop()
         shutil.rmtree(d, ignore_errors=True)
     assert not (d / "control.sock").exists()
-    refused = [e for e in agent.audit.entries(action="command") if "not permitted" in e["detail"]]
+    refused = [e for e in agent.store.audit.entries(action="command") if "not permitted" in e["detail"]]
     assert len(refused) == 2
 
 
