@@ -55,15 +55,19 @@ def new_store(cfg: Config) -> Store:
 
 
 class Station:
-    """An Agent with only the dock component (no uplink): the store's states are driven by the test."""
+    """An Agent with the dock and its ports (the health component, not started: no rounds), and no
+    uplink unless given: the store's states are driven by the test."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, uplink=None):
         from agent.dock import make_component
+        from agent.health import make_component as make_health
 
         self.cfg = cfg
         self.agent = Agent(cfg, new_store(cfg) if not (cfg.data_dir / "keys" / "device.key").exists() else None)
+        self.agent.uplink = uplink
         self.store = self.agent.store
-        self.dock = self.agent.add(make_component(self.agent))
+        self.health = make_health(self.agent)
+        self.dock = self.agent.add(make_component(self.agent, alarms=self.health, report=self.health))
         self.agent.start()
 
     def bay(self, name: str) -> dict:
@@ -125,8 +129,8 @@ def start_sim(made, media: Path, link: Path, **kw) -> RecorderSim:
     return sim
 
 
-def start_station(made, cfg) -> Station:
-    st = Station(cfg)
+def start_station(made, cfg, uplink=None) -> Station:
+    st = Station(cfg, uplink)
     made["stations"].append(st)
     return st
 
@@ -509,24 +513,37 @@ def test_erase_policy_command_applies_at_once(env, media):
     assert json.loads(st.store.audit.entries(action="config")[-1]["detail"])["new"] == "never"
 
 
-def test_alarms_go_through_the_health_registry(env, media):
-    from agent.health.alarms import AlarmRegistry
+def test_alarms_bay_state_and_ratio_go_out_through_the_ports(env, media, broker):
+    """The dock publishes nothing itself: its ports (the health component, as `edge-agent run`
+    wires it) put the alarm, the bay's state and the ratio on their retained topics, unchanged."""
+    from tests.test_health_helpers import Capture, ContractUplink
 
     data, ports, made = env
-    st = start_station(made, make_cfg(data, ports))
-    sent: list[tuple[str, dict]] = []
-    st.agent.health = type("H", (), {"alarms": AlarmRegistry(lambda key, payload: sent.append((key, payload)),
-                                                              device="dock-0001")})()
-    start_sim(made, media, ports / "ttyREC1", wrong_password=True)
-    st.wait("bay-1", ("error",))
-    key, payload = sent[-1]
-    assert key == "recorder_auth_failed.bay-1" and payload["active"] is True and payload["source"] == "dock"
-    assert payload["message"]["zh"] == "管理员密码错误" and payload["message"]["en"].startswith("wrong admin password")
-    made["sims"][-1].stop()
-    deadline = time.monotonic() + 10  # the station must see the recorder leave before the next one comes
-    while st.bay("bay-1").get("docked") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not st.bay("bay-1").get("docked")
-    start_sim(made, media, ports / "ttyREC1")
-    st.wait_state("bay-1", ("uploading",))
-    assert sent[-1][0] == "recorder_auth_failed.bay-1" and sent[-1][1]["active"] is False  # the next recorder clears it
+    cap = Capture(broker.port, "edge/dev/dock-0001/#")
+    up = ContractUplink(broker.port, "dock-0001")
+    try:
+        st = start_station(made, make_cfg(data, ports), uplink=up)
+        start_sim(made, media, ports / "ttyREC1", wrong_password=True)
+        st.wait("bay-1", ("error",))
+        _, a = cap.wait_for(lambda t, p: t == "edge/dev/dock-0001/alarm/recorder_auth_failed.bay-1" and p)
+        assert a["active"] is True and a["source"] == "dock" and a["key"] == "recorder_auth_failed.bay-1"
+        assert a["message"]["zh"] == "管理员密码错误" and a["message"]["en"].startswith("wrong admin password")
+        assert st.health.alarms.is_active("recorder_auth_failed", "bay-1")
+        _, b = cap.wait_for(lambda t, p: t == "edge/dev/dock-0001/component/bay-1" and p and p["state"] == "error")
+        assert b["name"] == "bay-1" and b["label"] == "故障 / Error" and b["serial"] == SERIAL
+        _, r = cap.wait_for(lambda t, p: t == "edge/dev/dock-0001/ratio" and p)
+        assert r["device"] == "dock-0001" and r["min_ratio_pct"] == 20 and "units" in r
+        made["sims"][-1].stop()
+        deadline = time.monotonic() + 10  # the station must see the recorder leave before the next one comes
+        while st.bay("bay-1").get("docked") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not st.bay("bay-1").get("docked")
+        start_sim(made, media, ports / "ttyREC1")
+        st.wait_state("bay-1", ("uploading",))
+        _, a = cap.wait_for(lambda t, p: t == "edge/dev/dock-0001/alarm/recorder_auth_failed.bay-1" and p
+                            and p["active"] is False)  # the next recorder clears it
+        assert a["source"] == "dock" and not st.health.alarms.is_active("recorder_auth_failed", "bay-1")
+        cap.wait_for(lambda t, p: t == "edge/dev/dock-0001/component/bay-1" and p and p["state"] == "uploading")
+    finally:
+        up.stop()
+        cap.close()

@@ -61,6 +61,15 @@ def test_never_erase_protected_conflicted_or_policy_never():
     assert not erase_decision("never", rec(), row(), reread_hash="abc")[0]
 
 
+def test_station_alarm_titles_are_the_wire_vocabulary():
+    """The dock keeps its alarm titles for bays.json; they are the same words as the wire's codes."""
+    from agent.dock.station import ALARMS
+    from agent.wire.health import CODES
+
+    for code, (zh, en) in ALARMS.items():
+        assert (CODES[code].zh, CODES[code].en) == (zh, en), code
+
+
 def test_source_key_changes_with_size_and_time():
     a = source_key("1234567", rec())
     assert a == source_key("1234567", rec())

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 
-def make_component(agent):
-    """The docking-station component of ``agent`` (kind = dock)."""
+def make_component(agent, alarms, report):
+    """The docking-station component of ``agent`` (kind = dock); ``alarms`` and ``report`` are its
+    ports (agent/common/ports.py: ``AlarmPort``, ``ReportPort``), handed in by the runtime."""
     from .station import DockStation
 
-    return DockStation(agent)
+    return DockStation(agent, alarms, report)

@@ -1,8 +1,12 @@
 """The docking station component (``device.kind = dock``): watches the bays, runs one worker
-per docked recorder, shares the disk through a bounded copy pool, persists and publishes bay
-state, keeps the recorder registry and publishes the equipment ratio.
+per docked recorder, shares the disk through a bounded copy pool, persists bay state and reports
+it, keeps the recorder registry and reports the equipment ratio.
 
-Threads: ``dock-scan`` (polls the bays every ``dock.poll_ms``, writes ``bays.json``, publishes
+The station never publishes: it is handed two ports (agent/common/ports.py) by the runtime, an
+``AlarmPort`` for its alarms and a ``ReportPort`` for each bay's state and the ratio report; the
+health component implements both and owns the topics.
+
+Threads: ``dock-scan`` (polls the bays every ``dock.poll_ms``, writes ``bays.json``, reports
 changes) and ``dock-<bay>`` (one per docked recorder). At most ``dock.copy_workers`` files are
 copied at once; a bay holding a slot hands it over to a waiting bay every 64 MiB, so one big
 file never starves the others, and a failing bay only fails itself.
@@ -22,15 +26,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.common.ports import AlarmPort, ReportPort
 from agent.common.timeutil import now_iso
-from agent.wire.topics import Topics
 from .bay import Bay
 from .registry import Registry
 from agent.config.dock import BaySpec, bay_name_for, parse_bays, parse_mass_storage_map
 
 log = logging.getLogger(__name__)
 
-#: alarms the station raises (code -> 中文, English); registered with the health alarm registry
+#: alarms the station raises (code -> 中文, English): the titles in bays.json and ``dock status``;
+#: the same words as the wire's alarm vocabulary (agent.wire.health.CODES, checked by a test)
 ALARMS = {
     "dock_disk_full": ("采集站磁盘已满，拒绝接入", "station disk full, docking refused"),
     "recorder_clock": ("执法记录仪时钟严重偏差", "recorder clock far off"),
@@ -41,16 +46,6 @@ ALARMS = {
 }
 RATIO_INTERVAL_S = 3600
 HEARTBEAT_S = 5.0
-
-
-def _register_alarm_codes() -> None:
-    try:
-        from ..health.alarms import CODES, AlarmDef
-    except ImportError:
-        return
-    for code, (zh, en) in ALARMS.items():
-        CODES.setdefault(code, AlarmDef("critical" if code in ("dock_disk_full", "recorder_serial_conflict")
-                                        else "warning", zh, en))
 
 
 class FairPool:
@@ -111,9 +106,10 @@ class FairPool:
 class DockStation:
     name = "dock"
 
-    def __init__(self, agent):
-        _register_alarm_codes()
+    def __init__(self, agent, alarms: AlarmPort, report: ReportPort):
         self.agent = agent
+        self.alarm_port = alarms
+        self.report = report
         self.cfg = agent.cfg
         self.store = agent.store
         self.stop_event = threading.Event()
@@ -121,7 +117,6 @@ class DockStation:
         self.ms_map = parse_mass_storage_map(self.cfg.dock.mass_storage_map)
         self.registry = Registry(self.cfg.data_dir)
         self.pool = FairPool(self.cfg.dock.copy_workers, self.stop_event)
-        self.topics = Topics(self.cfg.mqtt.topic_prefix)
         self.dir = Path(self.cfg.data_dir) / "dock"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.dir / "bays.json"
@@ -205,7 +200,7 @@ class DockStation:
                         self._last_flush = time.monotonic()
                         self._write_state()
                 if self._ratio_due or time.monotonic() - self._last_ratio > RATIO_INTERVAL_S:
-                    self.publish_ratio()
+                    self.report_ratio()
             except Exception:
                 log.exception("dock scan failed")
             self.stop_event.wait(interval)
@@ -298,13 +293,8 @@ class DockStation:
             self._last_flush = time.monotonic()
             self._write_state()
             snaps = {n: self.bays[n].snapshot() for n in dirty if n in self.bays}
-        up = self.agent.uplink
-        if up is not None:
-            for n, snap in snaps.items():
-                try:
-                    up.publish(self.topics.component(self.cfg.device.id, n), snap, qos=1, retain=True)
-                except Exception:
-                    log.exception("publishing bay %s failed", n)
+        for n, snap in snaps.items():
+            self.report.component_state(n, snap)
 
     def _write_state(self) -> None:
         """Atomic (temp file + rename) but not fsynced: a display state, rewritten several times a
@@ -317,7 +307,7 @@ class DockStation:
                     f.write(data)
                 os.replace(tmp, self.state_path)
                 self._state_error = None
-            except OSError as exc:  # a full disk must not stop the bays; MQTT still carries the state
+            except OSError as exc:  # a full disk must not stop the bays; the report port still carries the state
                 if self._state_error != exc.errno:
                     log.error("cannot write %s: %s", self.state_path, exc)
                 self._state_error = exc.errno
@@ -334,22 +324,10 @@ class DockStation:
             cur = self.alarms.get(key)
             self.alarms[key] = {"key": key, "code": code, "bay": bay.name, "message": message,
                                 "title": f"{zh} / {en}", "since": cur["since"] if cur else now_iso()}
-        health = getattr(self.agent, "health", None)
-        reg = getattr(health, "alarms", None)
-        if reg is not None:
-            try:
-                head, _, tail = message.partition(" / ")
-                reg.raise_(code, head if tail else zh, tail or message, source="dock", instance=bay.name)
-            except Exception:
-                log.exception("raising alarm %s failed", key)
-        elif self.agent.uplink is not None:
-            try:
-                self.agent.uplink.publish(self.topics.alarm(self.cfg.device.id, key),
-                                          {"code": code, "key": key, "active": True, "message": message,
-                                           "source": "dock", "since": self.alarms[key]["since"]}, qos=1, retain=True)
-            except Exception:
-                log.exception("publishing alarm %s failed", key)
-        self._dirty.add(bay.name)
+        head, _, tail = message.partition(" / ")  # the bay's "中文 / English" reason, split for the port
+        self.alarm_port.raise_alarm(code, head if tail else zh, tail or message, source="dock", instance=bay.name)
+        with self.lock:
+            self._dirty.add(bay.name)
 
     def clear_bay_alarms(self, bay: Bay, keep: tuple[str, ...] = ("dock_disk_full",)) -> None:
         """A new recorder docked in ``bay``: the previous recorder's alarms end (the registry keeps
@@ -364,19 +342,7 @@ class DockStation:
         with self.lock:
             if self.alarms.pop(key, None) is None:
                 return
-        reg = getattr(getattr(self.agent, "health", None), "alarms", None)
-        if reg is not None:
-            try:
-                reg.clear(code, source="dock", instance=bay.name)
-            except Exception:
-                log.exception("clearing alarm %s failed", key)
-        elif self.agent.uplink is not None:
-            try:
-                self.agent.uplink.publish(self.topics.alarm(self.cfg.device.id, key),
-                                          {"code": code, "key": key, "active": False, "source": "dock"},
-                                          qos=1, retain=True)
-            except Exception:
-                log.exception("publishing alarm clear %s failed", key)
+        self.alarm_port.clear_alarm(code, source="dock", instance=bay.name)
 
     # --- ratio ------------------------------------------------------------------------------
     def recorder_seen(self) -> None:
@@ -389,16 +355,10 @@ class DockStation:
                 "usage_days": d.usage_days, "units": [r.as_dict() for r in rows],
                 "pending": pending_by_officer(self.store, self.registry)}
 
-    def publish_ratio(self) -> None:
+    def report_ratio(self) -> None:
         self._ratio_due = False
         self._last_ratio = time.monotonic()
-        up = self.agent.uplink
-        if up is None:
-            return
-        try:
-            up.publish(self.topics.ratio(self.cfg.device.id), self.ratio_payload(), qos=1, retain=True)
-        except Exception:
-            log.exception("publishing the equipment ratio failed")
+        self.report.equipment_ratio(self.ratio_payload())
 
 
 def pending_by_officer(store, registry: Registry) -> list[dict]:

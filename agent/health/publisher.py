@@ -8,6 +8,11 @@ Commands registered in ``agent.commands``:
 
 The uplink is reached only through its contract (``publish``/``rebirth``/``stats``); when the agent
 runs without an uplink the component still evaluates alarms and keeps the last report.
+
+It also implements the producers' ports (agent/common/ports.py): ``AlarmPort`` (``raise_alarm``,
+``clear_alarm``: the alarm registry) and ``ReportPort`` (``component_state`` -> retained
+``P/dev/D/component/NAME``, ``equipment_ratio`` -> retained ``P/dev/D/ratio``). The runtime hands
+this component to the producer as both; the producer never publishes itself.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import time
 from agent.wire.topics import Topics
 from . import metrics
 from .alarms import AlarmRegistry
-from agent.wire.health import jsonable
+from agent.wire.health import jsonable, safe_key
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +66,39 @@ class HealthComponent:
     # --- publishing through the uplink contract -------------------------------------------------
     def _publish(self, topic: str, payload: dict, *, qos: int = 1, retain: bool = False) -> bool:
         up = self.agent.uplink
-        if up is None or not hasattr(up, "publish"):
+        if up is None:
             return False
         up.publish(topic, payload, qos=qos, retain=retain)
         return True
 
     def _publish_alarm(self, key: str, payload: dict) -> None:
         self._publish(self.topics.alarm(self.device, key), payload, qos=1, retain=True)
+
+    # --- the producers' ports (agent/common/ports.py) -------------------------------------------
+    def raise_alarm(self, code: str, message_zh: str, message_en: str, *, source: str,
+                    instance: str | None = None) -> None:
+        """AlarmPort: raise (or update) ``code[.instance]``; published retained by the registry."""
+        self.alarms.raise_(code, message_zh, message_en, source=source, instance=instance)
+
+    def clear_alarm(self, code: str, *, source: str, instance: str | None = None) -> None:
+        """AlarmPort: clear ``code[.instance]`` if active (published retained ``active: false``)."""
+        self.alarms.clear(code, source=source, instance=instance)
+
+    def component_state(self, name: str, state: dict) -> None:
+        """ReportPort: the retained state of one part (``P/dev/D/component/NAME``), e.g. a dock bay."""
+        if not safe_key(name):
+            raise ValueError(f"component name {name!r}: letters, digits, '_', '.', '-' only")
+        try:
+            self._publish(self.topics.component(self.device, name), state, qos=1, retain=True)
+        except Exception:  # the port never raises for delivery; the uplink republishes retained values
+            log.exception("publishing component %s failed", name)
+
+    def equipment_ratio(self, payload: dict) -> None:
+        """ReportPort: the docking station's equipment ratio report (retained ``P/dev/D/ratio``)."""
+        try:
+            self._publish(self.topics.ratio(self.device), payload, qos=1, retain=True)
+        except Exception:
+            log.exception("publishing the equipment ratio failed")
 
     # --- one round ------------------------------------------------------------------------------
     def tick(self) -> dict:

@@ -3,7 +3,8 @@ room), the uplink and health, and stops them all on SIGTERM.
 
 A component is any object with ``name``, ``start()``, ``stop()`` and ``status() -> dict``.
 Components find each other through the :class:`Agent` (``agent.store``, ``agent.uplink``,
-``agent.health``, ``agent.commands``); producers never touch MQTT directly.
+``agent.health``, ``agent.commands``); producers never touch MQTT directly: the dock is handed its
+ports (agent/common/ports.py) by :func:`build_agent`.
 """
 
 from __future__ import annotations
@@ -150,34 +151,28 @@ class Agent:
         return response
 
 
-#: (module, Agent attribute) of the components ``build_agent`` assembles, in start order
-_FACTORIES = (("agent.uplink", "uplink"), ("agent.health", "health"), (None, None), ("agent.common.control", None))
-
-
 def build_agent(cfg: Config) -> Agent:
-    """The Agent of ``edge-agent run``: uplink, health, and the producer of the configured kind
-    (``agent.dock`` or ``agent.room``). Factories are imported lazily; a module not built in this
-    checkout is skipped with a log line. A factory may return None (component disabled)."""
-    import importlib
+    """The Agent of ``edge-agent run``, in start order: the uplink (unless ``uplink.enabled`` is
+    off), health, the producer of the configured kind (``agent.dock`` or ``agent.room``) and the
+    local control socket.
+
+    The dock is handed its ports (agent/common/ports.py): the health component is both its
+    ``AlarmPort`` and its ``ReportPort``, so the dock never reaches MQTT itself."""
+    from agent import health, uplink
+    from agent.common import control
 
     agent = Agent(cfg)
-    for module, attr in _FACTORIES:
-        module = module or f"agent.{cfg.device.kind}"
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name and module.startswith(exc.name):
-                log.info("%s not available in this build: skipped", module)
-                continue
-            raise
-        factory = getattr(mod, "make_component", None)
-        if factory is None:
-            log.info("%s has no make_component: skipped", module)
-            continue
-        comp = factory(agent)
-        if comp is None:
-            continue
-        if attr:
-            setattr(agent, attr, comp)
-        agent.add(comp)
+    up = uplink.make_component(agent)
+    if up is not None:
+        agent.add(up)
+    h = agent.add(health.make_component(agent))
+    if cfg.device.kind == "dock":
+        from agent import dock
+
+        agent.add(dock.make_component(agent, alarms=h, report=h))
+    else:
+        from agent import room
+
+        agent.add(room.make_component(agent))
+    agent.add(control.make_component(agent))
     return agent

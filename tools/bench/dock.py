@@ -150,7 +150,10 @@ def run(bays: int = 16, mib: int = 1024, workers: int = 8, workdir: str | None =
             from agent.uplink import make_component as make_uplink
 
             up = agent.add(make_uplink(agent))
-        station = agent.add(make_component(agent))
+        from agent.health import make_component as make_health
+
+        health = make_health(agent)  # the dock's ports (not started: no health rounds in the bench)
+        station = agent.add(make_component(agent, alarms=health, report=health))
         agent.start()
         if up is not None:  # dock only once the archive listens: a lost manifest costs an ack timeout
             deadline = time.monotonic() + 60
