@@ -148,9 +148,29 @@ def test_ministry_result_codes():
 
 
 def test_error_hierarchy():
+    # drivers know no agent: their errors have their own base, and the CLI turns them into one line
     for cls in (RecorderTimeout, ProtocolError, AuthError, RecorderGone, UnsafeName):
-        assert issubclass(cls, RecorderError) and issubclass(cls, EdgeError)
+        assert issubclass(cls, RecorderError) and not issubclass(cls, EdgeError)
     assert RecorderRefused("x", 13).result == 13
+
+
+def test_cli_prints_a_recorder_error_as_one_line():
+    import click
+    from click.testing import CliRunner
+
+    from agent.cli import _Group
+
+    @click.group(cls=_Group)
+    def grp():
+        pass
+
+    @grp.command()
+    def probe():
+        raise RecorderTimeout("记录仪无应答 / the recorder did not answer")
+
+    res = CliRunner().invoke(grp, ["probe"])
+    assert res.exit_code == 1
+    assert res.output.strip() == "error: 记录仪无应答 / the recorder did not answer"
 
 
 # --- ZFY_INFO ------------------------------------------------------------------------------
