@@ -17,7 +17,7 @@ from paho.mqtt.properties import Properties
 from agent.archive.storage import ArchiveStore, safe_case
 from agent.evidence import hashing, keys, manifest as mf
 from agent.wire import checkpoint, protocol as P
-from tests.uplink_helpers import (UNIT, InProc, add_items, agent_config, check_archive, enroll, open_store, run,
+from tests.support.uplink import (UNIT, InProc, add_items, agent_config, check_archive, enroll, open_store, run,
                                   start_archive)
 
 

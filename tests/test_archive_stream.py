@@ -16,8 +16,8 @@ from agent.common.errors import VerifyError
 from agent.evidence import keys, manifest as mf
 from agent.evidence.verify import StreamDigest, verify_item
 from agent.wire import protocol as P
-from tests.spine_helpers import make_store
-from tests.uplink_helpers import UNIT, add_items, agent_config, enroll, open_store
+from tests.support.spine import make_store
+from tests.support.uplink import UNIT, add_items, agent_config, enroll, open_store
 
 DEV = "dock-0001"
 

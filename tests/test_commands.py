@@ -12,7 +12,7 @@ from agent import config as config_mod
 from agent.wire.commands import CommandGate, sign_command
 from agent.evidence import keys
 from agent.runtime import Agent
-from tests.spine_helpers import make_config, make_store
+from tests.support.spine import make_config, make_store
 
 
 @pytest.fixture

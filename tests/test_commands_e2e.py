@@ -11,7 +11,7 @@ import time
 import paho.mqtt.client as mqtt
 
 from agent import config as config_mod
-from tests.spine_helpers import EDGE, make_config, run_cli
+from tests.support.spine import EDGE, make_config, run_cli
 
 
 def test_operator_commands_over_mqtt(tmp_path, broker):

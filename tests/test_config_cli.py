@@ -9,7 +9,7 @@ import pytest
 
 from agent import config as config_mod
 from agent.common.errors import ConfigError
-from tests.spine_helpers import make_config, run_cli
+from tests.support.spine import make_config, run_cli
 
 
 def test_default_config_is_valid_and_commented():
@@ -73,7 +73,7 @@ def test_env_var_and_missing_config(tmp_path):
     cfg = make_config(tmp_path)
     env = dict(os.environ, EDGE_AGENT_CONFIG=str(cfg))
     import subprocess
-    from tests.spine_helpers import EDGE
+    from tests.support.spine import EDGE
     p = subprocess.run([EDGE, "config", "get", "device.id"], capture_output=True, text=True, env=env)
     assert p.stdout.strip() == "dock-01"
     missing = run_cli(tmp_path / "none.toml", "status")

@@ -8,7 +8,7 @@ import subprocess
 
 from tests.test_dock import media, media_master, start_sim  # noqa: F401  (fixtures)
 from tests.test_dock_process import bay_state, proc_env  # noqa: F401
-from tests.uplink_helpers import UNIT, agent_config, check_archive, enroll, open_store, start_agent, start_archive, \
+from tests.support.uplink import UNIT, agent_config, check_archive, enroll, open_store, start_agent, start_archive, \
     states, wait_for
 
 

@@ -7,7 +7,7 @@ import os
 
 import paho.mqtt.client as mqtt
 
-from tests.spine_helpers import make_config, run_cli
+from tests.support.spine import make_config, run_cli
 
 
 def _cfg(tmp_path, broker_port):

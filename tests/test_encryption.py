@@ -11,7 +11,7 @@ from agent.common.errors import EdgeError, VerifyError
 from agent.evidence import crypt
 from agent.evidence.verify import verify_item
 from agent.store.ingest import ingest
-from tests.spine_helpers import META, make_store, run_cli
+from tests.support.spine import META, make_store, run_cli
 
 
 @pytest.fixture

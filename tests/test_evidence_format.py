@@ -15,7 +15,7 @@ from agent.common.errors import VerifyError
 from agent.evidence import manifest as mf
 from agent.evidence.verify import verify_item
 from agent.store.ingest import ingest
-from tests.spine_helpers import META, make_store
+from tests.support.spine import META, make_store
 
 REF = Path(__file__).parent.parent / "tools" / "verify_reference.py"
 

@@ -13,7 +13,7 @@ from agent.common.errors import MetadataError, VerifyError
 from agent.evidence import hashing, keys, manifest as mf
 from agent.evidence.verify import verify_chain, verify_item
 from agent.store.ingest import ingest
-from tests.spine_helpers import EDGE, META, make_store, run_cli
+from tests.support.spine import EDGE, META, make_store, run_cli
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from agent.health import make_component, metrics
 from agent.health.alarms import CODES, AlarmRegistry
 from agent.runtime import Agent
 from agent.store.ingest import ingest
-from tests.spine_helpers import META, make_store
+from tests.support.spine import META, make_store
 from tests.test_health_helpers import Capture, ContractUplink, asyncapi_schemas, retained, schema_for
 
 

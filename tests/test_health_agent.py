@@ -16,7 +16,7 @@ import pytest
 
 from agent import config as config_mod
 from agent.evidence import keys
-from tests.spine_helpers import ingest_args
+from tests.support.spine import ingest_args
 from tests.test_health_helpers import EDGE, Capture, MonitorProc, asyncapi_schemas, retained, schema_for
 
 DEV = "dock-0001"

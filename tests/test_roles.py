@@ -11,7 +11,7 @@ import pytest
 
 from agent import config as config_mod
 from agent.common.roles import RoleError, require, roles_of
-from tests.spine_helpers import make_config, run_cli
+from tests.support.spine import make_config, run_cli
 
 
 def _group(name: str) -> int:

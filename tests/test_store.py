@@ -19,7 +19,7 @@ from agent.evidence import keys
 from agent.evidence.verify import verify_chain, verify_item
 from agent.store.ingest import ingest
 from agent.store.store import Store
-from tests.spine_helpers import EDGE, META, ingest_args, make_config, make_store, run_cli
+from tests.support.spine import EDGE, META, ingest_args, make_config, make_store, run_cli
 
 
 def _big(path: Path, mib: int) -> Path:

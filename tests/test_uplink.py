@@ -14,7 +14,7 @@ import pytest
 from agent.evidence import keys
 from agent.wire import checkpoint, protocol as P
 from agent.wire.mqtt import Connection, ConnSettings, PublishError, TlsConfig
-from tests.uplink_helpers import (UNIT, InProc, add_items, agent_config, all_archived, check_archive, enroll,
+from tests.support.uplink import (UNIT, InProc, add_items, agent_config, all_archived, check_archive, enroll,
                                   live_status, open_store, run, start_agent, start_archive, states, wait_for)
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.uplink_helpers import (add_items, agent_config, all_archived, check_archive, enroll, live_status,
+from tests.support.uplink import (add_items, agent_config, all_archived, check_archive, enroll, live_status,
                                   open_store, start_agent, start_archive, states, wait_for)
 
 SIZES = [3_000_000, 3_000_000, 2_000_000]

@@ -45,7 +45,7 @@ def test_config_parser(text):
 
 @pytest.fixture(scope="module")
 def signed_item():
-    from tests.spine_helpers import META, make_store
+    from tests.support.spine import META, make_store
     from agent.store.ingest import ingest
 
     tmp = Path(tempfile.mkdtemp())
@@ -97,7 +97,7 @@ def test_manifest_fields_mutated_and_resigned(signed_item, junk):
 
 @pytest.fixture(scope="module")
 def gate():
-    from tests.spine_helpers import make_store
+    from tests.support.spine import make_store
 
     tmp = Path(tempfile.mkdtemp())
     store = make_store(tmp)

@@ -8,7 +8,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,16 +17,10 @@ from agent.evidence.verify import verify_chain, verify_item
 from agent.store.ingest import ingest
 from agent.store.store import Store
 
-EDGE = str(Path(sys.executable).with_name("edge-agent"))
+from tests.support.spine import EDGE, META as _SPINE_META
+
 UNIT = "330100000000"
-META = {
-    "case_number": "杭司罚〔2026〕第0123号",
-    "collector": {"name": "张三", "id": "33010001"},
-    "place": "杭州市西湖区文三路",
-    "proof": "现场检查过程",
-    "capture_start": "2026-11-27T09:00:00+08:00",
-    "capture_end": "2026-11-27T09:05:00+08:00",
-}
+META = {**_SPINE_META, "capture_start": "2026-11-27T09:00:00+08:00", "capture_end": "2026-11-27T09:05:00+08:00"}
 
 
 def agent_config(tmp: Path, port: int, device: str = "dock-0001", **values) -> Path:

@@ -1,4 +1,4 @@
-"""Helpers for the evidence-spine tests: a configured store in a temp dir, a CLI runner."""
+"""Helpers for the evidence-spine tests (store, CLI): a configured store in a temp dir, a CLI runner."""
 
 from __future__ import annotations
 
