@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from agent.common.errors import EdgeError
 from . import main
 from .base import Ctx, emit_json, json_option, pass_ctx
-
-STATUS_FILE = "uplink-status.json"
 
 
 @main.command()
@@ -52,17 +48,10 @@ def uplink_status(c: Ctx, as_json):
     Example:
       edge-agent uplink status --json
     """
-    store = c.store
-    counts = {r["state"]: r["n"] for r in store.ledger.query("SELECT state, count(*) n FROM items GROUP BY state")}
-    rejected = store.ledger.query("SELECT id, error FROM items WHERE state = 'rejected' ORDER BY device_seq")
-    live = None
-    p = store.data_dir / STATUS_FILE
-    if p.is_file():
-        try:
-            live = json.loads(p.read_text())
-        except ValueError:
-            live = None
-    out = {"items_by_state": counts, "rejected": rejected, "live": live}
+    from ..uplink.status import status_report
+
+    out = status_report(c.store)
+    counts, rejected, live = out["items_by_state"], out["rejected"], out["live"]
     if as_json:
         emit_json(out)
         return
@@ -98,10 +87,5 @@ def uplink_retry(c: Ctx, item_ids, all_rejected):
     if not item_ids:
         raise EdgeError("name ITEM ids or give --all-rejected")
     for item_id in item_ids:
-        row = store.item(item_id)
-        if row["state"] != "rejected":
-            raise EdgeError(f"{item_id}: state {row['state']}; only refused (rejected) items can be retried")
-        with store.ledger.atomic():
-            store.set_state(item_id, "sealed", error=None)
-            store.audit.append("upload", item_id, retry=True, previous_error=row["error"])
+        store.requeue_rejected(item_id)
         click.echo(f"{item_id}: queued again / 已重新排队")

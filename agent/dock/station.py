@@ -363,10 +363,7 @@ class DockStation:
 
 def pending_by_officer(store, registry: Registry) -> list[dict]:
     """Items still waiting for case number / proof object, per officer and unit (待补录)."""
-    rows = store.ledger.query(
-        "SELECT collector_id, collector_name, count(*) n, min(created) oldest FROM items "
-        "WHERE pending != '' AND state NOT IN ('discarded', 'purged', 'receiving') "
-        "GROUP BY collector_id, collector_name ORDER BY collector_id")
+    rows = store.pending_by_collector()
     out = []
     for r in rows:
         off = registry.officer(r["collector_id"] or "") or {}

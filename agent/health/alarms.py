@@ -91,7 +91,7 @@ class AlarmRegistry:
     def for_store(cls, store, publish: Callable[[str, dict], None] | None = None) -> "AlarmRegistry":
         d = store.cfg.device
         return cls(publish, device=d.id, unit_code=d.unit_code,
-                   load=lambda: store.ledger.get_meta(META_KEY), save=lambda v: store.ledger.set_meta(META_KEY, v))
+                   load=lambda: store.get_meta(META_KEY), save=lambda v: store.set_meta(META_KEY, v))
 
     def set_publisher(self, publish: Callable[[str, dict], None] | None) -> None:
         self._publish = publish

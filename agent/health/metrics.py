@@ -110,20 +110,19 @@ def _duration_s(item_dir: Path) -> int:
 def usage(store) -> dict:
     """items_total (sealed ever), items_archived (archived or purged), recorded_s (sum of capture
     durations of sealed items; counted once per item, kept in the ledger meta)."""
-    led = store.ledger
     try:
-        state = json.loads(led.get_meta(USAGE_META) or "{}")
+        state = json.loads(store.get_meta(USAGE_META) or "{}")
     except ValueError:
         state = {}
     last_seq, recorded = int(state.get("seq", 0)), int(state.get("recorded_s", 0))
-    rows = led.query("SELECT device_seq, path FROM items WHERE device_seq > ? ORDER BY device_seq LIMIT 500", [last_seq])
+    rows = store.sealed_after(last_seq, limit=500)
     for r in rows:
         recorded += _duration_s(Path(r["path"]))
         last_seq = r["device_seq"]
     if rows:
-        led.set_meta(USAGE_META, json.dumps({"seq": last_seq, "recorded_s": recorded}))
-    tot = led.one("SELECT count(*) n, sum(state IN ('archived','purged')) a FROM items WHERE device_seq IS NOT NULL")
-    return {"items_total": tot["n"] or 0, "items_archived": int(tot["a"] or 0), "recorded_s": recorded}
+        store.set_meta(USAGE_META, json.dumps({"seq": last_seq, "recorded_s": recorded}))
+    tot = store.totals()
+    return {"items_total": tot.sealed, "items_archived": tot.archived, "recorded_s": recorded}
 
 
 # --- components ---------------------------------------------------------------------------------
@@ -161,8 +160,7 @@ def collect(agent, started: float) -> dict:
     cfg = agent.cfg
     store = agent.store
     st = store.status()
-    age_pending = store.ledger.one(
-        "SELECT min(created_ts) t FROM items WHERE pending != '' AND state NOT IN ('discarded','purged','receiving')")
+    oldest_pending = store.oldest_pending_annotation_ts()
     vm = psutil.virtual_memory()
     try:
         total_disk = psutil.disk_usage(str(store.data_dir)).total
@@ -206,7 +204,7 @@ def collect(agent, started: float) -> dict:
                  "reserve_bytes": st["disk"]["reserve_bytes"], "low": bool(st["disk"]["low"])},
         "buffer": {"items": st["unarchived_items"], "bytes": int(st["bytes_buffered"] or 0),
                    "oldest_age_s": st["oldest_unarchived_age_s"], "pending_annotation": st["pending_annotation"],
-                   "oldest_pending_annotation_age_s": int(time.time() - age_pending["t"]) if age_pending and age_pending["t"] else None},
+                   "oldest_pending_annotation_age_s": int(time.time() - oldest_pending) if oldest_pending else None},
         "usage": usage(store),
         "uplink": uplink,
         "clock": clock_state(upstats),

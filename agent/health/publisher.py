@@ -152,10 +152,8 @@ class HealthComponent:
               f"时钟偏差超过 {c.clock_drift_alarm_ms} 毫秒", f"clock offset above {c.clock_drift_alarm_ms} ms")
         a.set(h["uplink"].get("archive_reachable") is False, "archive_unreachable",
               "归档服务器不可达，资料暂存本地", "archive unreachable; items are kept locally")
-        refused = self.agent.store.ledger.one(
-            "SELECT count(*) n FROM items WHERE state = 'rejected' AND (error LIKE '%not enrolled%' "
-            "OR error LIKE '%unknown device%')")
-        a.set(bool(refused and refused["n"]), "unknown_device_rejected",
+        refused = self.agent.store.refused_as_unknown_device()
+        a.set(bool(refused), "unknown_device_rejected",
               "归档服务器拒绝本设备（未登记），资料保留在本地", "the archive refused this device as unknown (not "
               "enrolled); items are kept locally — enrol it (edge-agent archive enroll), then edge-agent uplink retry")
 

@@ -106,9 +106,7 @@ def seal_segment(store, state: SessionState, settings: RoomSettings, info, gaps:
 def _chain_position(store, state: SessionState) -> tuple[int, str | None]:
     """(next index, previous item hash) from the ledger - the truth after a crash between seal
     and the state file (and still right after the archive purged local copies)."""
-    rows = store.ledger.query(
-        "SELECT source_key, item_hash FROM items WHERE session_id = ? AND source_key LIKE ? "
-        "AND state NOT IN ('receiving', 'discarded')", [state.id, f"room:{state.id}:%"])
+    rows = store.session_segments(state.id, f"room:{state.id}:")
     best, h = -1, None
     for r in rows:
         try:

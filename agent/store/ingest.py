@@ -64,12 +64,9 @@ def ingest(store: Store, paths: list[Path], metadata: dict, *, progress: Callabl
                 raise EdgeError(f"{p}: the file changed while it was read (size or modification time); "
                                 "ingest it again once it is complete")
         if len(paths) == 1 and meta.get("case_number"):
-            dup = store.ledger.one(
-                "SELECT id FROM items WHERE content_hash = ? AND case_number = ? AND state NOT IN ('discarded') "
-                "AND id != ?", [writer.content_hash(), meta["case_number"], writer.id])
+            dup = store.duplicate_of(writer.content_hash(), meta["case_number"], writer.id)
             if dup:
-                raise DuplicateError(f"{paths[0]}: already ingested for case {meta['case_number']} as item {dup['id']}",
-                                     dup["id"])
+                raise DuplicateError(f"{paths[0]}: already ingested for case {meta['case_number']} as item {dup}", dup)
         return writer.seal(actor=actor)
     except SourceError as exc:
         writer.discard(str(exc))

@@ -1,7 +1,8 @@
-"""The SQLite ledger (WAL): items, their files and states, device chain head, audit log.
+"""The SQLite ledger (WAL): items, their files and states, device chain head, audit log, command nonces.
 
 It is the store of record: the spool on disk and the ledger are kept in step so that the ledger
-never names a sealed file that is not there, nor the reverse (see Store.recover).
+never names a sealed file that is not there, nor the reverse (see Store.recover). Its tables are
+read and written only through agent/store/repository.py.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ MIGRATIONS: list[tuple[str, str]] = [
             prev TEXT,
             hash TEXT NOT NULL
         );
+    """),
+    # signed central commands: nonces seen recently (a replay is refused); made by CommandGate
+    # itself before this migration, hence IF NOT EXISTS
+    ("0002_command_nonces", """
+        CREATE TABLE IF NOT EXISTS command_nonces (nonce TEXT PRIMARY KEY, ts REAL NOT NULL);
     """),
 ]
 

@@ -34,7 +34,8 @@ from agent.common.faults import crashpoint
 from agent.common.timeutil import now_iso
 from agent.common.audit import AuditLog
 from agent.common.fs import atomic_write, drop_cache, free_bytes, fsync_dir, rename_durable
-from .ledger import UNARCHIVED, Ledger
+from .ledger import Ledger
+from .repository import ItemRow, Repository
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,9 @@ class _Beside:
 _chain_thread_lock = threading.RLock()
 
 
-class Store:
+class Store(Repository):
+    """The agent's store: ledger + spool + device key. Queries are the :class:`Repository` methods."""
+
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.data_dir = Path(cfg.storage.data_dir)
@@ -196,20 +199,18 @@ class Store:
                  "kind": kind, "pid": os.getpid()}
         atomic_write(path / "pending.json", json.dumps(state, ensure_ascii=False).encode())
         collector = metadata.get("collector") or {}
-        with self.ledger.atomic() as db:
-            db["items"].insert({
-                "id": item_id, "state": "receiving", "kind": kind,
-                "case_number": metadata.get("case_number"), "collector_id": collector.get("id"),
-                "collector_name": collector.get("name"), "pending": ",".join(metadata.get("pending", []) or []),
-                "created": now_iso(), "created_ts": time.time(), "priority": priority,
-                "source_key": source_key, "session_id": (session or {}).get("id"), "path": str(path),
-            })
+        self._insert_item({
+            "id": item_id, "state": "receiving", "kind": kind,
+            "case_number": metadata.get("case_number"), "collector_id": collector.get("id"),
+            "collector_name": collector.get("name"), "pending": ",".join(metadata.get("pending", []) or []),
+            "created": now_iso(), "created_ts": time.time(), "priority": priority,
+            "source_key": source_key, "session_id": (session or {}).get("id"), "path": str(path),
+        })
         return ItemWriter(self, item_id, path, state)
 
     def resume_item(self, source_key: str) -> "ItemWriter | None":
         """The item still receiving for this source (e.g. a recorder file cut off mid-copy)."""
-        row = self.ledger.one("SELECT * FROM items WHERE source_key = ? AND state = 'receiving' "
-                              "ORDER BY created_ts DESC LIMIT 1", [source_key])
+        row = self.receiving_for_source(source_key)
         if not row:
             return None
         path = Path(row["path"])
@@ -220,46 +221,25 @@ class Store:
             return None
         return ItemWriter(self, row["id"], path, state)
 
-    def find_by_source(self, source_key: str) -> dict | None:
-        return self.ledger.one("SELECT * FROM items WHERE source_key = ? AND state NOT IN ('discarded') "
-                               "ORDER BY created_ts DESC LIMIT 1", [source_key])
-
     def discard(self, item_id: str, reason: str, actor: str | None = None) -> None:
         row = self.item(item_id)
         if row["state"] != "receiving":
             raise EdgeError(f"{item_id}: only unsealed work can be discarded (state {row['state']})")
         shutil.rmtree(row["path"], ignore_errors=True)
         with self.ledger.atomic():
-            self.ledger.db["items"].update(item_id, {"state": "discarded", "error": reason})
+            self._update_item(item_id, state="discarded", error=reason)
             self.audit.append("discard", item_id, actor=actor, reason=reason)
 
     # --- chain head -------------------------------------------------------------------------
-    def head(self) -> tuple[int, str | None]:
-        seq = int(self.ledger.get_meta("head_seq", "0") or 0)
-        return seq, self.ledger.get_meta("head_hash")
-
     def _chain_lock(self):
         return _ChainLock(self.data_dir / "chain.lock")
 
     # --- reading ----------------------------------------------------------------------------
-    def item(self, item_id: str) -> dict:
-        row = self.ledger.one("SELECT * FROM items WHERE id = ?", [item_id])
+    def item(self, item_id: str) -> ItemRow:
+        row = self.item_row(item_id)
         if not row:
             raise NotFoundError(f"{item_id}: no such item")
         return row
-
-    def items(self, state: str | None = None, case: str | None = None, limit: int | None = None) -> list[dict]:
-        sql, params = "SELECT * FROM items WHERE 1=1", []
-        if state:
-            sql += " AND state = ?"
-            params.append(state)
-        if case:
-            sql += " AND case_number = ?"
-            params.append(case)
-        sql += " ORDER BY created_ts"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        return self.ledger.query(sql, params)
 
     def item_dir(self, item_id: str) -> Path:
         return Path(self.item(item_id)["path"])
@@ -268,10 +248,8 @@ class Store:
         return json.loads((self.item_dir(item_id) / mf.MANIFEST).read_bytes())
 
     def status(self) -> dict:
-        counts = {r["state"]: r["n"] for r in self.ledger.query("SELECT state, count(*) n FROM items GROUP BY state")}
-        pend = self.ledger.one("SELECT count(*) n, coalesce(sum(size),0) b, min(created_ts) oldest FROM items "
-                               f"WHERE state IN ({','.join('?' * len(UNARCHIVED))})", list(UNARCHIVED))
-        annot = self.ledger.one("SELECT count(*) n FROM items WHERE pending != '' AND state NOT IN ('discarded','purged')")
+        counts = self.counts_by_state()
+        pend = self.backlog()
         seq, head = self.head()
         free = self.free()
         return {
@@ -279,10 +257,10 @@ class Store:
                        "unit_name": self.cfg.device.unit_name, "kind": self.cfg.device.kind,
                        "location": self.cfg.device.location},
             "items_by_state": counts,
-            "unarchived_items": pend["n"],
-            "bytes_buffered": pend["b"],
-            "oldest_unarchived_age_s": int(time.time() - pend["oldest"]) if pend["oldest"] else None,
-            "pending_annotation": annot["n"],
+            "unarchived_items": pend.items,
+            "bytes_buffered": pend.bytes,
+            "oldest_unarchived_age_s": int(time.time() - pend.oldest_ts) if pend.oldest_ts else None,
+            "pending_annotation": self.pending_annotation_count(),
             "chain": {"seq": seq, "head": head},
             "disk": {"free_bytes": free, "reserve_bytes": self.reserve, "low": free < self.reserve},
         }
@@ -291,10 +269,21 @@ class Store:
     def set_state(self, item_id: str, state: str, audit_action: str | None = None, actor: str | None = None,
                   **fields: Any) -> None:
         with self.ledger.atomic():
-            self.ledger.db["items"].update(item_id, {"state": state, **fields})
+            self._update_item(item_id, state=state, **fields)
             if audit_action:
                 self.audit.append(audit_action, item_id, actor=actor, state=state,
                                   **{k: v for k, v in fields.items() if k != "receipt"})
+
+    def requeue_rejected(self, item_id: str, actor: str | None = None) -> ItemRow:
+        """Queue an item the archive refused (e.g. before the device was enrolled) for upload
+        again; audited. Returns its row as it was (``error`` says why it had been refused)."""
+        row = self.item(item_id)
+        if row["state"] != "rejected":
+            raise EdgeError(f"{item_id}: state {row['state']}; only refused (rejected) items can be retried")
+        with self.ledger.atomic():
+            self.set_state(item_id, "sealed", error=None)
+            self.audit.append("upload", item_id, actor=actor, retry=True, previous_error=row["error"])
+        return row
 
     def mark_archived(self, item_id: str, receipt: dict | None = None) -> None:
         self.set_state(item_id, "archived", "archive", actor="agent:uplink", archived_at=now_iso(),
@@ -339,7 +328,7 @@ class Store:
             fields = {"case_number": meta.get("case_number"), "pending": ",".join(meta.get("pending", []))}
             if row["state"] == "archived":
                 fields["state"] = "sealed"  # the annotation itself must reach the archive
-            self.ledger.db["items"].update(item_id, fields)
+            self._update_item(item_id, **fields)
             self.audit.append("annotate", item_id, actor=who, set=changes, reason=reason)
         return rec
 
@@ -365,11 +354,11 @@ class Store:
                         continue
                     shutil.rmtree(path, ignore_errors=True)
                     with self.ledger.atomic():
-                        self.ledger.db["items"].update(row["id"], {"state": "discarded", "error": "interrupted before sealing"})
+                        self._update_item(row["id"], state="discarded", error="interrupted before sealing")
                         self.audit.append("recover", row["id"], actor="agent:recover", result="discarded",
                                           reason="interrupted before sealing")
                     actions.append(f"{row['id']}: interrupted before sealing, discarded")
-            known = {r["id"] for r in self.ledger.query("SELECT id FROM items")}
+            known = self.item_ids()
             for parent in (self.incoming, self.items_dir):
                 for d in parent.iterdir():
                     if d.name not in known:
@@ -416,17 +405,12 @@ class Store:
         meta = manifest["metadata"]
         f0 = manifest["files"][0] if len(manifest["files"]) == 1 else None
         content = f0.get("plain_hash", f0["hash"]) if f0 else None
-        with self.ledger.atomic() as db:
-            db["items"].update(item_id, {
-                "state": "sealed", "device_seq": manifest["device_seq"], "sealed_at": manifest["sealed_at"],
-                "manifest_hash": mhash, "item_hash": manifest["item_hash"], "size": size,
-                "content_hash": content, "path": str(path), "case_number": meta.get("case_number"),
-                "pending": ",".join(meta.get("pending", [])),
-            })
-            db.execute("INSERT INTO meta(key, value) VALUES ('head_seq', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                       [str(manifest["device_seq"])])
-            db.execute("INSERT INTO meta(key, value) VALUES ('head_hash', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                       [mhash])
+        self._record_sealed_row(item_id, {
+            "device_seq": manifest["device_seq"], "sealed_at": manifest["sealed_at"],
+            "manifest_hash": mhash, "item_hash": manifest["item_hash"], "size": size,
+            "content_hash": content, "path": str(path), "case_number": meta.get("case_number"),
+            "pending": ",".join(meta.get("pending", [])),
+        }, manifest["device_seq"], mhash)
 
     def close(self) -> None:
         self.ledger.close()

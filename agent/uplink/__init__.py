@@ -24,6 +24,7 @@ from agent.common.timeutil import now_iso
 from agent.wire import checkpoint
 from agent.wire.mqtt import Connection, ConnSettings, PublishError, TlsConfig
 from agent.wire.topics import Topics
+from .status import STATUS_FILE
 from .transfer import Transfer
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class Uplink:
         self._subs: dict[str, list[Callable]] = {}
         self._inbox: collections.deque = collections.deque(maxlen=1000)
         self._inbox_cv = threading.Condition()
-        self._bdseq = int(self.store.ledger.get_meta("uplink_bdseq", "0") or 0)
+        self._bdseq = int(self.store.get_meta("uplink_bdseq", "0") or 0)
         self._head_published: tuple[int, str | None] | None = None
         self.dropped = 0
         self.errors_local = 0
@@ -164,7 +165,7 @@ class Uplink:
     def _will(self) -> tuple[str, bytes]:
         """Called before each connect: a new birth/death sequence number, kept in the ledger."""
         self._bdseq += 1
-        self.store.ledger.set_meta("uplink_bdseq", str(self._bdseq))
+        self.store.set_meta("uplink_bdseq", str(self._bdseq))
         return self.topics.status(self.device), self._status_payload("offline")
 
     def _status_payload(self, state: str, clean: bool = False) -> bytes:
@@ -270,7 +271,7 @@ class Uplink:
         from agent.common.fs import atomic_write
 
         data = dict(self.stats(), time=now_iso(), running=not self.stop_event.is_set())
-        atomic_write(self.store.data_dir / "uplink-status.json",
+        atomic_write(self.store.data_dir / STATUS_FILE,
                      json.dumps(data, ensure_ascii=False, default=str).encode())
 
     def _publish_checkpoint(self, force: bool = False) -> None:

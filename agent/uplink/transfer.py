@@ -344,17 +344,9 @@ class Transfer:
                     self._answers.notify_all()
 
     def _next_item(self, below: int | None = None) -> dict | None:
-        sql = "SELECT * FROM items WHERE state IN ('sealed', 'uploading')"
-        params: list = []
-        if below is not None:
-            sql += " AND priority < ?"
-            params.append(below)
         with self._claim:
             busy = list(self._finishing) + list(self._active)
-        if busy:
-            sql += f" AND id NOT IN ({','.join('?' * len(busy))})"
-            params += busy
-        return self.store.ledger.one(sql + " ORDER BY priority, device_seq LIMIT 1", params)
+        return self.store.next_to_send(below=below, exclude=busy)
 
     def _reap_finishes(self) -> None:
         """Settle finishes sent without waiting (the archive verifies item N while item N+1's

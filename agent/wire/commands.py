@@ -75,8 +75,6 @@ class CommandGate:
         self.keys_dir = keys_dir
         self.max_age = max_age_s
         self.handlers = handlers
-        with store.ledger.atomic() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS command_nonces (nonce TEXT PRIMARY KEY, ts REAL NOT NULL)")
 
     def _ring(self) -> keys.KeyRing:
         ring = keys.KeyRing()
@@ -111,11 +109,8 @@ class CommandGate:
         if abs(age) > self.max_age:
             raise CommandRefused(f"expired: issued {int(age)} s ago (limit {self.max_age} s)")
         cutoff = now().timestamp() - 2 * self.max_age
-        with self.store.ledger.atomic() as db:
-            db.execute("DELETE FROM command_nonces WHERE ts < ?", [cutoff])
-            if db.execute("SELECT 1 FROM command_nonces WHERE nonce = ?", [obj["nonce"]]).fetchone():
-                raise CommandRefused("replayed: this nonce was already used")
-            db.execute("INSERT INTO command_nonces VALUES (?, ?)", [obj["nonce"], ts.timestamp()])
+        if not self.store.use_nonce(obj["nonce"], ts.timestamp(), forget_before=cutoff):
+            raise CommandRefused("replayed: this nonce was already used")
         obj["operator"] = ring.device_of.get(obj["key_id"], obj["key_id"])
         return obj
 
