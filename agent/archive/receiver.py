@@ -98,7 +98,7 @@ class Receiver:
             log.warning("cannot publish the receiver status: %s", exc)
 
     def _on_message(self, topic: str, payload: bytes, props: Any, ack: Callable[[], None]) -> None:
-        if not isinstance(payload, bytes) and not topic.endswith("/chunk"):
+        if not isinstance(payload, bytes) and self.topics.kind_of(topic) != "chunk":
             payload = bytes(payload)  # a chunk's bytes are only parsed, written and hashed: no copy
         with self._cv:
             self._q.append((topic, payload, props, ack))
@@ -127,7 +127,7 @@ class Receiver:
                     return
                 continue
             topic, payload, props, ack = nxt
-            if q is self._q and topic.endswith("/finish"):
+            if q is self._q and self.topics.kind_of(topic) == "finish":
                 with self._fcv:
                     self._fq.append((topic, payload, props, ack))
                     self._fcv.notify()
@@ -139,7 +139,7 @@ class Receiver:
                 log.exception("handling %s failed", topic)
                 res = None
             ack()  # PUBACK to the broker only now that the message is handled
-            kind = topic.rsplit("/", 1)[-1]
+            kind = self.topics.kind_of(topic)
             with self._cv:
                 self.busy[kind] += time.perf_counter() - t0
             if res is None:

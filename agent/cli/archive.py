@@ -49,7 +49,7 @@ def archive():
 
 @archive.command("serve")
 @root_option
-@click.option("--broker", help="HOST:PORT of the MQTT broker (default mqtt.host:mqtt.port from the config).")
+@click.option("--broker", help="MQTT broker HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (default mqtt.host:mqtt.port from the config).")
 @click.option("--prefix", help="Topic prefix (default mqtt.topic_prefix, 'edge').")
 @click.option("--share", help="Shared-subscription group: several receivers split the work ($share/GROUP/...).")
 @click.option("--cafile", type=click.Path(exists=True, dir_okay=False), help="TLS: CA that signed the broker's certificate.")
@@ -78,35 +78,19 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
     from ..archive.receiver import Receiver, new_receiver_id
     from ..archive.storage import ArchiveStore
     from agent.common.logsetup import setup_logging
-    from agent.wire.mqtt import ConnSettings, TlsConfig
+    from agent.wire.mqtt import settings_from_config
 
     cfg = _cfg_or_none(c)
     setup_logging(log_level, "plain")
-    if broker:
-        host, sep, port = broker.rpartition(":")
-        if not sep or not port.isdigit():
-            raise EdgeError(f"--broker {broker!r}: expected HOST:PORT")
-        host, port = host or "127.0.0.1", int(port)
-    elif cfg is not None:
-        host, port = cfg.mqtt.host, cfg.mqtt.port
-    else:
-        host, port = "127.0.0.1", 1883
-    tls = None
-    if cafile or certfile or keyfile:
-        if not cafile:
-            raise EdgeError("TLS needs --cafile (and --certfile/--keyfile for a client certificate)")
-        tls = TlsConfig(cafile, certfile, keyfile)
-    elif cfg is not None and cfg.mqtt.tls:
-        tls = TlsConfig(cfg.mqtt.cafile, cfg.mqtt.certfile or None, cfg.mqtt.keyfile or None)
+    rid = client_id or new_receiver_id()
+    settings = settings_from_config(cfg.mqtt if cfg is not None else None, rid, broker=broker, cafile=cafile,
+                                    certfile=certfile, keyfile=keyfile, receive_maximum=receive_maximum)
+    host, port, tls = settings.host, settings.port, settings.tls
     a = cfg.archive if cfg is not None else None
     max_item = (max_item_mb or (a.max_item_mb if a else 64 * 1024)) * 2**20
     max_manifest = (max_manifest_kb or (a.max_manifest_kb if a else 4096)) * 1024
     share = share if share is not None else (a.share_group if a and a.share_group else None)
-    rid = client_id or new_receiver_id()
     store = ArchiveStore(_root(c, root), max_item=max_item, max_manifest=max_manifest, receiver=rid)
-    settings = ConnSettings(host=host, port=port, client_id=rid, tls=tls, receive_maximum=receive_maximum,
-                            username=(cfg.mqtt.username or None) if cfg else None,
-                            password=(cfg.mqtt.password or None) if cfg else None)
     rx = Receiver(store, settings, prefix=prefix or (cfg.mqtt.topic_prefix if cfg else "edge"), share=share,
                   receiver_id=rid)
     stop = threading.Event()

@@ -24,19 +24,14 @@ db_option = click.option("--db", "db", envvar="EDGE_MONITOR_DB", default=DEFAULT
                          help="Monitor SQLite database (env EDGE_MONITOR_DB). PostgreSQL URLs: not built yet.")
 
 
-def _broker(value: str | None, cfg) -> tuple[str, int]:
+def _broker(value: str | None, cfg) -> tuple[str, int, bool | None]:
+    """HOST, PORT and TLS (None: as configured) of --broker (wire.mqtt.parse_broker's forms)."""
     if not value:
-        return (cfg.mqtt.host, cfg.mqtt.port) if cfg else ("127.0.0.1", 1883)
-    host, sep, port = value.rpartition(":")
-    if not sep or not host:
-        raise EdgeError(f"--broker {value!r}: expected HOST:PORT, e.g. 127.0.0.1:1883")
-    try:
-        p = int(port)
-    except ValueError:
-        raise EdgeError(f"--broker {value!r}: port {port!r} is not a number") from None
-    if not 1 <= p <= 65535:
-        raise EdgeError(f"--broker {value!r}: port {p} out of range 1..65535")
-    return host.strip("[]"), p
+        return (cfg.mqtt.host, cfg.mqtt.port, None) if cfg else ("127.0.0.1", 1883, None)
+    from agent.wire.mqtt import parse_broker
+
+    addr = parse_broker(value)
+    return addr.host, addr.port, addr.tls
 
 
 def _optional_cfg(c: Ctx):
@@ -53,7 +48,7 @@ def _optional_cfg(c: Ctx):
 @click.option("--web", "web_port", type=click.IntRange(0, 65535), help="Serve the web page and JSON API on this port (0: any free port).")
 @click.option("--web-host", default="127.0.0.1", show_default=True, help="Address the web page listens on.")
 @db_option
-@click.option("--broker", help="MQTT broker HOST:PORT (default: mqtt.host/port of the config, else 127.0.0.1:1883).")
+@click.option("--broker", help="MQTT broker HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (default: mqtt.host/port of the config, else 127.0.0.1:1883).")
 @click.option("--prefix", help="Topic prefix (default: mqtt.topic_prefix, else edge).")
 @click.option("--lost-after", type=click.IntRange(5, 86400), default=120, show_default=True,
               help="Seconds of silence after which an online device is shown as lost.")
@@ -78,13 +73,15 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
     from ..monitor.state import MonitorDB, check_db_arg
 
     cfg = _optional_cfg(c)
-    host, port = _broker(broker, cfg)
+    host, port, use_tls = _broker(broker, cfg)
     path = check_db_arg(db)
     s = IngestSettings(host=host, port=port, prefix=prefix or (cfg.mqtt.topic_prefix if cfg else "edge"))
     if cfg is not None:
         m = cfg.mqtt
         s.username, s.password, s.tls = m.username, m.password, m.tls
         s.cafile, s.certfile, s.keyfile, s.keepalive = m.cafile, m.certfile, m.keyfile, m.keepalive
+    if use_tls is not None:
+        s.tls = use_tls
     try:
         from agent.wire.topics import Topics
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from pathlib import Path
 
@@ -69,66 +68,58 @@ def _args(text: str) -> dict:
 @click.option("--device", required=True, help="Target device id.")
 @click.option("--args", "args_json", default="{}", help="Arguments as a JSON object.")
 @click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Operator private key.")
-@click.option("--broker", default="127.0.0.1:1883", show_default=True, help="HOST:PORT of the MQTT broker.")
-@click.option("--prefix", default="edge", show_default=True, help="Topic prefix.")
+@click.option("--broker", help="Broker address: HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT] "
+                               "(default mqtt.host:mqtt.port of the config, else 127.0.0.1:1883).")
+@click.option("--prefix", help="Topic prefix (default mqtt.topic_prefix of the config, else edge).")
+@click.option("--cafile", type=click.Path(exists=True, dir_okay=False), help="TLS: CA that signed the broker's certificate (default mqtt.cafile).")
+@click.option("--certfile", type=click.Path(exists=True, dir_okay=False), help="TLS: client certificate (default mqtt.certfile).")
+@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), help="TLS: its private key (default mqtt.keyfile).")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the device's answer.")
 @json_option
-def command_send(cmd, device, args_json, key_path, broker, prefix, timeout, as_json):
+@pass_ctx
+def command_send(c: Ctx, cmd, device, args_json, key_path, broker, prefix, cafile, certfile, keyfile, timeout, as_json):
     """Sign CMD, publish it to the device over MQTT v5 and print the device's answer.
+
+    TLS, user name and password come from the config's [mqtt] section when there is one;
+    mqtts:// or --cafile turn TLS on.
 
     \b
     Example:
-      edge-agent command send room.stop --device room-01 --key operator/ops-center.key --broker 10.0.0.5:1883
+      edge-agent command send room.stop --device room-01 --key operator/ops-center.key --broker mqtts://10.0.0.5:8883
     """
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
     from agent.wire.commands import sign_command
+    from agent.wire.mqtt import exchange, settings_from_config
     from agent.wire.topics import Topics
 
+    from .monitor import _optional_cfg
+
+    cfg = _optional_cfg(c)
     payload = sign_command(keys.load_private(Path(key_path)), cmd, _args(args_json), device)
-    host, _, port = broker.rpartition(":")
-    t = Topics(prefix)
-    resp_topic = f"{prefix}/operator/{uuid.uuid4().hex}"
+    try:
+        t = Topics(prefix or (cfg.mqtt.topic_prefix if cfg else "edge"))
+    except ValueError as exc:
+        raise EdgeError(f"--prefix: {exc}") from None
+    settings = settings_from_config(cfg.mqtt if cfg else None, f"operator-{uuid.uuid4().hex[:12]}", broker=broker,
+                                    cafile=cafile, certfile=certfile, keyfile=keyfile)
+    resp_topic = t.operator_reply(uuid.uuid4().hex)
     corr = uuid.uuid4().bytes
-    got: dict = {}
-    done = threading.Event()
-
-    def on_connect(client, _u, _f, rc, _p=None):
-        if rc.is_failure:
-            got["error"] = f"broker refused the connection: {rc}"
-            done.set()
-            return
-        client.subscribe(resp_topic, qos=1)
-
-    def on_subscribe(client, *_a):
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = resp_topic
-        props.CorrelationData = corr
-        client.publish(t.cmd(device), payload, qos=1, properties=props)
-
-    def on_message(_c, _u, msg):
-        if getattr(msg.properties, "CorrelationData", None) == corr:
-            try:
-                got.update(json.loads(msg.payload))
-            except ValueError:
-                got["error"] = "device answered with non-JSON"
-            done.set()
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+    ex = exchange(settings, subscribe=(resp_topic,), publish=(t.cmd(device), payload), response_topic=resp_topic,
+                  correlation=corr, timeout=timeout,
+                  until=lambda msgs: any(getattr(p, "CorrelationData", None) == corr for _t, _b, p in msgs))
+    where = f"{settings.host}:{settings.port}" + (" (TLS)" if settings.tls else "")
+    if not ex.connected:
+        raise EdgeError(f"无法连接代理 / cannot reach the broker at {where}: {ex.error}")
+    if ex.error:
+        raise EdgeError(f"代理拒绝了命令 / the broker refused the command: {ex.error}")
+    answers = [b for _t, b, p in ex.messages if getattr(p, "CorrelationData", None) == corr]
+    if not answers:
+        raise EdgeError(f"设备无应答 / no answer from device {device} within {timeout:g} s")
     try:
-        client.connect(host or "127.0.0.1", int(port or 1883))
-    except (OSError, ValueError) as exc:
-        raise EdgeError(f"cannot reach the broker at {broker}: {exc}") from None
-    client.loop_start()
-    try:
-        if not done.wait(timeout):
-            raise EdgeError(f"no answer from device {device} within {timeout:g} s")
-    finally:
-        client.loop_stop()
-        client.disconnect()
+        got = json.loads(answers[0])
+        if not isinstance(got, dict):
+            raise ValueError
+    except ValueError:
+        got = {"error": "device answered with non-JSON"}
     if as_json:
         emit_json(got)
     else:

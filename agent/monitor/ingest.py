@@ -379,16 +379,14 @@ class Ingest:
                 log.exception("monitor flush failed (will retry)")
 
     def start(self) -> None:
-        import paho.mqtt.client as mqtt
+        from agent.wire.mqtt import ConnSettings, TlsConfig, new_client
 
+        cid = self.s.client_id or f"edge-monitor-{int(time.time())}"
+        tls = TlsConfig(self.s.cafile, self.s.certfile or None, self.s.keyfile or None) if self.s.tls else None
+        c = new_client(ConnSettings(host=self.s.host, port=self.s.port, client_id=cid, keepalive=self.s.keepalive,
+                                    username=self.s.username or None, password=self.s.password or None, tls=tls))
         self._flusher = threading.Thread(target=self._flush_loop, name="monitor-flush", daemon=True)
         self._flusher.start()
-        cid = self.s.client_id or f"edge-monitor-{int(time.time())}"
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
-        if self.s.username:
-            c.username_pw_set(self.s.username, self.s.password or None)
-        if self.s.tls:
-            c.tls_set(ca_certs=self.s.cafile or None, certfile=self.s.certfile or None, keyfile=self.s.keyfile or None)
         c.reconnect_delay_set(1, 30)
         c.max_queued_messages_set(0)
         c.on_connect = self._on_connect

@@ -12,7 +12,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import threading
 from pathlib import Path
 
 from agent import config as config_mod
@@ -125,59 +124,31 @@ def check_broker(cfg, timeout: float = 5.0) -> list[Check]:
     except OSError as exc:
         return [_fail("broker", f"{cfg.mqtt.host}:{cfg.mqtt.port} unreachable ({exc.strerror or exc}) — "
                                 "check the network, the broker and mqtt.host/mqtt.port")]
-    import paho.mqtt.client as mqtt
-
+    from agent.wire.mqtt import exchange, settings_from_config
     from agent.wire.topics import Topics
 
-    result: dict = {}
-    done, seen = threading.Event(), threading.Event()
     topic = Topics(cfg.mqtt.topic_prefix).archive_status()
-
-    def on_connect(client, _u, _f, rc, _p=None):
-        result["rc"] = rc
-        done.set()
-        if not rc.is_failure:
-            client.subscribe(topic)
-
-    def on_message(_c, _u, msg):
-        result["archive"] = msg.payload
-        seen.set()
-
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{cfg.device.id}-doctor", protocol=mqtt.MQTTv5)
-    if cfg.mqtt.username:
-        c.username_pw_set(cfg.mqtt.username, cfg.mqtt.password or None)
-    if cfg.mqtt.tls:
+    try:
+        settings = settings_from_config(cfg.mqtt, f"{cfg.device.id}-doctor", keepalive=10,
+                                        connect_timeout=timeout)
+        ex = exchange(settings, subscribe=(topic, Topics(cfg.mqtt.topic_prefix).all_archive_receivers()),
+                      until=bool, timeout=timeout)
+    except EdgeError as exc:
+        return [_fail("broker", str(exc))]
+    if not ex.connected:
+        return [_fail("broker", f"MQTT v5 session to {cfg.mqtt.host}:{cfg.mqtt.port} failed: {ex.error} — "
+                                "check credentials / client certificate / TLS")]
+    out = [_ok("broker", f"MQTT v5 session to {cfg.mqtt.host}:{cfg.mqtt.port}" + (" (TLS)" if settings.tls else ""))]
+    if ex.messages:
         try:
-            c.tls_set(ca_certs=cfg.mqtt.cafile or None, certfile=cfg.mqtt.certfile or None,
-                      keyfile=cfg.mqtt.keyfile or None)
-        except (OSError, ValueError) as exc:
-            return [_fail("broker", f"TLS set-up failed: {exc}")]
-    c.on_connect, c.on_message = on_connect, on_message
-    try:
-        c.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=10)
-    except Exception as exc:
-        return [_fail("broker", f"MQTT connect failed: {exc}")]
-    c.loop_start()
-    try:
-        if not done.wait(timeout):
-            return [_fail("broker", "no CONNACK within %gs" % timeout)]
-        rc = result["rc"]
-        if rc.is_failure:
-            return [_fail("broker", f"broker refused: {rc} — check credentials / client certificate")]
-        out = [_ok("broker", f"MQTT v5 session to {cfg.mqtt.host}:{cfg.mqtt.port}")]
-        if seen.wait(min(timeout, 3.0)):
-            try:
-                st = json.loads(result["archive"])
-                state = st.get("state", "?")
-            except ValueError:
-                state = "unreadable"
-            out.append((_ok if state == "online" else _fail)("archive", f"archive receiver reports {state}"))
-        else:
-            out.append(_fail("archive", f"no archive receiver status on {topic} — is `edge-agent archive serve` running?"))
-        return out
-    finally:
-        c.loop_stop()
-        c.disconnect()
+            st = json.loads(ex.messages[0][1])
+            state = st.get("state", "?") if isinstance(st, dict) else "unreadable"
+        except ValueError:
+            state = "unreadable"
+        out.append((_ok if state == "online" else _fail)("archive", f"archive receiver reports {state}"))
+    else:
+        out.append(_fail("archive", f"no archive receiver status on {topic} — is `edge-agent archive serve` running?"))
+    return out
 
 
 def check_devices(cfg) -> list[Check]:

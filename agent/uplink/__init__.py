@@ -18,11 +18,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from paho.mqtt.client import topic_matches_sub
-
 from agent.common.timeutil import now_iso
 from agent.wire import checkpoint
-from agent.wire.mqtt import Connection, ConnSettings, PublishError, TlsConfig
+from agent.wire.mqtt import Connection, ConnSettings, PublishError, settings_from_config as _settings, topic_matches
 from agent.wire.topics import Topics
 from .status import STATUS_FILE
 from .transfer import Transfer
@@ -33,10 +31,7 @@ OFFLINE_QUEUE_MAX = 10_000
 
 
 def settings_from_config(cfg, client_id: str) -> ConnSettings:
-    m = cfg.mqtt
-    tls = TlsConfig(m.cafile, m.certfile or None, m.keyfile or None) if m.tls else None
-    return ConnSettings(host=m.host, port=m.port, client_id=client_id, keepalive=m.keepalive,
-                        username=m.username or None, password=m.password or None, tls=tls)
+    return _settings(cfg.mqtt, client_id)
 
 
 class Uplink:
@@ -190,9 +185,10 @@ class Uplink:
         if topic == self.ack_topic:
             self.transfer.on_answer(payload, properties)
             return
-        if topic.startswith(self.topics.archive_status() + "/"):
+        rid = self.topics.is_archive_receiver(topic)
+        if rid is not None:
             try:
-                self.archive_receivers[topic.rsplit("/", 1)[1]] = json.loads(payload).get("state", "?")
+                self.archive_receivers[rid] = json.loads(payload).get("state", "?")
             except (ValueError, AttributeError):
                 pass
             return
@@ -215,7 +211,7 @@ class Uplink:
                 if topic == cmd_topic and hasattr(self.agent, "dispatch_command"):
                     self.agent.dispatch_command(payload, props)
                 for flt, cbs in list(self._subs.items()):
-                    if topic_matches_sub(flt, topic):
+                    if topic_matches(flt, topic):
                         for cb in cbs:
                             cb(topic, payload, props)
             except Exception:

@@ -123,11 +123,132 @@ class PublishError(EdgeError):
     """A publish was refused before it left (too large, not connected, no slot in time)."""
 
 
+class BrokerAddressError(EdgeError):
+    """A broker address that is not HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]."""
+
+
 @dataclasses.dataclass
 class TlsConfig:
     cafile: str
     certfile: str | None = None
     keyfile: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    #: True for ``mqtts://``, False for ``mqtt://``, None for a bare HOST:PORT (TLS as configured)
+    tls: bool | None = None
+
+
+_SCHEMES = {"mqtt": (1883, False), "tcp": (1883, False), "mqtts": (8883, True), "ssl": (8883, True)}
+
+
+def parse_broker(value: str) -> BrokerAddress:
+    """The one parser of a broker address: ``HOST:PORT``, ``[IPv6]:PORT``, ``mqtt://HOST[:PORT]``
+    (plain, default port 1883) or ``mqtts://HOST[:PORT]`` (TLS, default port 8883).
+
+    >>> parse_broker("10.0.0.5:8883")
+    BrokerAddress(host='10.0.0.5', port=8883, tls=None)
+    >>> parse_broker("mqtts://broker.example")
+    BrokerAddress(host='broker.example', port=8883, tls=True)
+    """
+    text = (value or "").strip()
+    hint = "expected HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT], e.g. 127.0.0.1:1883"
+
+    def bad(why: str) -> BrokerAddressError:
+        return BrokerAddressError(f"代理地址无效 / invalid broker address {value!r}: {why} ({hint})")
+
+    default_port, tls = None, None
+    if "://" in text:
+        scheme, _, text = text.partition("://")
+        if scheme.lower() not in _SCHEMES:
+            raise bad(f"unknown scheme {scheme!r} (mqtt or mqtts)")
+        default_port, tls = _SCHEMES[scheme.lower()]
+        text = text.rstrip("/")
+        if "/" in text or "@" in text:
+            raise bad("no path or user part allowed (user name and password come from the config)")
+    if text.startswith("["):  # [IPv6]:PORT
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise bad("unclosed '['")
+        if rest and not rest.startswith(":"):
+            raise bad(f"unexpected {rest!r} after the address")
+        port_s = rest[1:] if rest else ""
+    elif text.count(":") > 1:
+        raise bad("an IPv6 address needs brackets, e.g. [::1]:1883")
+    else:
+        host, sep, port_s = text.partition(":")
+        if sep and not port_s:
+            raise bad("empty port")
+    if not host:
+        raise bad("no host")
+    if not port_s:
+        if default_port is None:
+            raise bad("no port")
+        return BrokerAddress(host, default_port, tls)
+    if not (port_s.isascii() and port_s.isdigit()):
+        raise bad(f"port {port_s!r} is not a number")
+    port = int(port_s)
+    if not 1 <= port <= 65535:
+        raise bad(f"port {port} out of range 1..65535")
+    return BrokerAddress(host, port, tls)
+
+
+def settings_from_config(mqtt_cfg: Any | None, client_id: str, *, broker: str | None = None,
+                         cafile: str | None = None, certfile: str | None = None, keyfile: str | None = None,
+                         **extra: Any) -> ConnSettings:
+    """Connection settings from the config's ``[mqtt]`` section (or the defaults without one),
+    with a ``--broker`` address and TLS files given on the command line taking precedence.
+
+    TLS is on when the config says so, when the address is ``mqtts://``, or when a CA file is
+    given; ``mqtt://`` turns it off. User name and password always come from the config."""
+    host, port = (mqtt_cfg.host, mqtt_cfg.port) if mqtt_cfg is not None else ("127.0.0.1", 1883)
+    use_tls = bool(mqtt_cfg.tls) if mqtt_cfg is not None else False
+    if broker:
+        addr = parse_broker(broker)
+        host, port = addr.host, addr.port
+        if addr.tls is not None:
+            use_tls = addr.tls
+    if cafile or certfile or keyfile:
+        if not cafile and not (mqtt_cfg is not None and mqtt_cfg.cafile):
+            raise EdgeError("TLS 需要 CA 文件 / TLS needs a CA file (--cafile, or mqtt.cafile in the config)")
+        use_tls = True
+    tls = None
+    if use_tls:
+        pick = (lambda given, key: given or (getattr(mqtt_cfg, key, "") if mqtt_cfg is not None else "") or None)
+        tls = TlsConfig(pick(cafile, "cafile") or "", pick(certfile, "certfile"), pick(keyfile, "keyfile"))
+    kw: dict[str, Any] = {}
+    if mqtt_cfg is not None:
+        kw = {"keepalive": mqtt_cfg.keepalive, "username": mqtt_cfg.username or None,
+              "password": mqtt_cfg.password or None}
+    kw.update(extra)
+    return ConnSettings(host=host, port=port, client_id=client_id, tls=tls, **kw)
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Does ``topic`` match the subscription ``topic_filter`` (``+``/``#`` wildcards)?"""
+    return mqtt.topic_matches_sub(topic_filter, topic)
+
+
+def new_client(s: "ConnSettings", *, reconnect: bool = True) -> mqtt.Client:
+    """The one factory of paho clients: MQTT v5, the settings' user name/password and TLS
+    (server verified against ``cafile``, or the system's CAs when it is empty; client certificate
+    when given). Callers set the callbacks and connect with ``client.connect(s.host, s.port)``."""
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=s.client_id,
+                    protocol=mqtt.MQTTv5, reconnect_on_failure=reconnect)
+    if s.username:
+        c.username_pw_set(s.username, s.password or None)
+    if s.tls:
+        try:
+            c.tls_set(ca_certs=s.tls.cafile or None, certfile=s.tls.certfile or None,
+                      keyfile=s.tls.keyfile or None, cert_reqs=ssl.CERT_REQUIRED,
+                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            raise EdgeError(f"TLS 设置失败 / TLS set-up failed ({s.tls.cafile or 'system CAs'}, "
+                            f"{s.tls.certfile or 'no client certificate'}): {exc}") from None
+    return c
 
 
 @dataclasses.dataclass
@@ -204,6 +325,7 @@ class Connection:
         self._thread: threading.Thread | None = None
         self._auth_refused = False
         self._got_connack = False
+        self._connack_failed = False
         # what the broker told us in CONNACK
         self.receive_maximum = 65535
         self.maximum_packet_size = 268435455
@@ -351,18 +473,11 @@ class Connection:
             handle.complete(reason)
 
     def _make_client(self) -> mqtt.Client:
-        c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=self.s.client_id,
-                        protocol=mqtt.MQTTv5, reconnect_on_failure=False)
+        c = new_client(self.s, reconnect=False)
         c.max_inflight_messages_set(65535)  # our own window (Receive Maximum) governs
         c.max_queued_messages_set(0)
         if self.manual_ack:
             c.manual_ack_set(True)
-        if self.s.username:
-            c.username_pw_set(self.s.username, self.s.password or None)
-        if self.s.tls:
-            c.tls_set(ca_certs=self.s.tls.cafile or None, certfile=self.s.tls.certfile or None,
-                      keyfile=self.s.tls.keyfile or None, cert_reqs=ssl.CERT_REQUIRED,
-                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
         will = self._will() if self._will else None
         if will:
             c.will_set(will[0], will[1], qos=1, retain=True)
@@ -377,6 +492,7 @@ class Connection:
         while not self.stop_event.is_set():
             self._auth_refused = False
             self._got_connack = False
+            self._connack_failed = False
             self._lost.clear()
             try:
                 client = self._make_client()
@@ -389,7 +505,7 @@ class Connection:
                                properties=cprops)
                 _nodelay(client)
                 client.loop_start()
-            except (OSError, ssl.SSLError, ValueError) as exc:
+            except (OSError, ssl.SSLError, ValueError, EdgeError) as exc:
                 self._note_error(f"cannot connect to {self.s.host}:{self.s.port}: {exc}")
                 self._client = None
             else:
@@ -452,6 +568,7 @@ class Connection:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._got_connack = True
         if reason_code.is_failure:
+            self._connack_failed = True
             self._auth_refused = reason_code.value in _AUTH_REFUSED
             self._note_error(f"connection refused by broker: {reason_code} ({reason_code.value:#04x})")
             return
@@ -481,7 +598,7 @@ class Connection:
         if not self._got_connack:
             self._note_error(f"connection to {self.s.host}:{self.s.port} closed before CONNACK "
                              f"(TLS client certificate refused or broker unreachable): {reason_code}")
-        elif not self.stop_event.is_set():
+        elif not self.stop_event.is_set() and not self._connack_failed:  # keep the refusal as the error
             self._note_error(f"connection lost: {reason_code}")
         self._connected.clear()
         self._lost.set()
@@ -533,3 +650,49 @@ def _ack(client: mqtt.Client, mid: int, qos: int) -> None:
             client.ack(mid, qos)
         except Exception:  # the connection this message came on is gone: the broker resends it
             pass
+
+
+@dataclasses.dataclass
+class Exchange:
+    """What :func:`exchange` saw: whether the broker accepted us, why not, and the messages."""
+
+    connected: bool
+    error: str | None
+    messages: list[tuple[str, bytes, Any]]
+
+
+def exchange(settings: ConnSettings, *, subscribe: tuple[str, ...] = (),
+             publish: tuple[str, bytes] | None = None, response_topic: str | None = None,
+             correlation: bytes | None = None,
+             until: Callable[[list[tuple[str, bytes, Any]]], bool] | None = None,
+             timeout: float = 10.0) -> Exchange:
+    """One short session for the command line and the doctor: connect (TLS and credentials as
+    set), subscribe, publish one message (QoS 1, with response topic and correlation data when
+    given; the broker handles the subscription first), collect messages until ``until(messages)``
+    holds or ``timeout`` passes, disconnect."""
+    got: list[tuple[str, bytes, Any]] = []
+    done = threading.Event()
+
+    def on_message(topic: str, payload: bytes, props: Any) -> None:
+        got.append((topic, payload, props))
+        if until is not None and until(got):
+            done.set()
+
+    conn = Connection(dataclasses.replace(settings, max_backoff=1.0), on_message=on_message, name="mqtt-exchange")
+    for t in subscribe:
+        conn.subscribe(t, 1)
+    deadline = time.monotonic() + timeout
+    conn.start()
+    try:
+        if not conn.wait_connected(timeout):
+            return Exchange(False, conn.last_error or f"no connection within {timeout:g} s", got)
+        if publish is not None:
+            h = conn.publish(publish[0], publish[1], qos=1, response_topic=response_topic, correlation=correlation,
+                             timeout=max(0.1, deadline - time.monotonic()))
+            if h.wait(max(0.1, deadline - time.monotonic())) and not h.ok:
+                return Exchange(True, h.error, got)
+        if until is not None:
+            done.wait(max(0.0, deadline - time.monotonic()))
+        return Exchange(True, None, got)
+    finally:
+        conn.stop(timeout=2.0)

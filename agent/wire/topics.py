@@ -26,6 +26,10 @@ Archive::
 
     P/archive/status             retained receiver status
     P/archive/status/RID         retained status of receiver RID ({"state": "online"|"offline", ...})
+
+Operators::
+
+    P/operator/TOKEN             answers to one `edge-agent command send` (TOKEN random per call)
 """
 
 from __future__ import annotations
@@ -91,6 +95,17 @@ class Topics:
     def all_archive_receivers(self) -> str:
         return f"{self.p}/archive/status/+"
 
+    def is_archive_receiver(self, topic: str) -> str | None:
+        """The receiver id of a ``P/archive/status/RID`` topic, else None."""
+        head, _, rid = topic.rpartition("/")
+        return rid if head == self.archive_status() and safe_segment(rid) else None
+
+    def operator_reply(self, token: str) -> str:
+        """Where one operator's command answers come back (``command send``)."""
+        if not safe_segment(token):
+            raise ValueError(f"unsafe reply token {token!r}")
+        return f"{self.p}/operator/{token}"
+
     def all_chains(self) -> str:
         return f"{self.p}/dev/+/chain"
 
@@ -101,6 +116,11 @@ class Topics:
 
     def all_dev(self) -> str:
         return f"{self.p}/dev/#"
+
+    @staticmethod
+    def kind_of(topic: str) -> str:
+        """The last level of a topic (a transfer message's kind: manifest, chunk, finish, ...)."""
+        return topic.rpartition("/")[2]
 
     def parse_xfer(self, topic: str) -> tuple[str, str, str] | None:
         """(device, item, kind) of a transfer topic, or None if malformed or unsafe."""
