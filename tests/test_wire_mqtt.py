@@ -15,7 +15,7 @@ from agent.common.errors import EdgeError
 from agent.wire.mqtt import BrokerAddress, BrokerAddressError, exchange, parse_broker, settings_from_config
 from agent.wire.topics import Topics
 
-from tests.uplink_helpers import agent_config, open_store, run, start_agent, wait_for
+from tests.support.uplink import agent_config, open_store, run, start_agent, wait_for
 
 AGENT = Path(__file__).resolve().parent.parent / "agent"
 
