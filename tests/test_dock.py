@@ -165,8 +165,8 @@ def test_dock_copy_seal_metadata_and_erase_after_archive(env, media):
         assert len(meta["file_number"]) == 64 and meta["recorder"]["serial"] == SERIAL
         assert m["source"]["serial"] == SERIAL and row["priority"] == 5
     verify_chain(st.store.items_dir, ring)
-    # after-archive: nothing erased before the archive acknowledges
-    time.sleep(0.5)
+    # after-archive: nothing erased before the archive acknowledges (and below, in the audit
+    # chain's order: each erase comes after its item's archive entry)
     assert sim.erased == [] and st.store.audit.entries(action="erase") == []
     for row in items:
         st.store.mark_archived(row["id"], {"content_hash": row["content_hash"]})
@@ -176,6 +176,8 @@ def test_dock_copy_seal_metadata_and_erase_after_archive(env, media):
     assert b["erased"] == 4 and b["kept_protected"] == 1
     erases = st.store.audit.entries(action="erase")
     assert len(erases) == 4 and all(json.loads(e["detail"])["result"] == "erased" for e in erases)
+    archived_seq = {e["item_id"]: e["seq"] for e in st.store.audit.entries(action="archive")}
+    assert all(e["seq"] > archived_seq[e["item_id"]] for e in erases), (archived_seq, erases)
     # state persisted for `dock status`
     saved = json.loads((data / "dock" / "bays.json").read_text())
     assert saved["bays"][0]["name"] == "bay-3" and saved["bays"][0]["state"] == "done"
@@ -376,8 +378,9 @@ def test_two_recorders_claim_the_same_serial(env, media, tmp_path):
     # even once archived, nothing is erased from a recorder whose serial is in conflict
     for row in sealed_items(st.store):
         st.store.mark_archived(row["id"], {})
-    time.sleep(1.5)
-    assert sim1.erased == [] and sim2.erased == []
+    b1 = st.wait("bay-1", ("done", "error"))        # bay-1 has made its final erase decisions
+    assert sim1.erased == [] and sim2.erased == [] and b1["erased"] == 0
+    assert st.store.audit.entries(action="erase") == []
 
 
 def test_full_station_disk_refuses_docking(env, media):

@@ -163,7 +163,10 @@ def test_fair_pool_stop_interrupts_waiters():
 
     t = threading.Thread(target=waiter)
     t.start()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while pool.status()["waiting"] != 1:             # the waiter is blocked in acquire()
+        assert time.monotonic() < deadline, pool.status()
+        time.sleep(0.005)
     stop.set()
     t.join(3)
     assert err and pool.status()["waiting"] == 0

@@ -37,7 +37,6 @@ def start_agent(cfg: Path, log: Path) -> subprocess.Popen:
 
 @pytest.fixture
 def device(tmp_path, broker):
-    pytest.importorskip("agent.wire.mqtt")
     cfg = tmp_path / "agent.toml"
     cfg.write_text(config_mod.render_default({
         "device": {"id": DEV, "kind": "dock", "unit_code": "330106", "unit_name": "西湖区执法大队"},

@@ -252,7 +252,10 @@ def test_tui_live_view(tmp_path):
     stop = threading.Event()
     th = threading.Thread(target=tui.run, args=(db.path, 120, stop, console, 0.2))
     th.start()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 10
+    while "在线 online" not in out.getvalue():      # the view has drawn the device
+        assert time.monotonic() < deadline and th.is_alive(), out.getvalue()
+        time.sleep(0.05)
     stop.set()
     th.join(10)
     assert not th.is_alive()

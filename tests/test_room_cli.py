@@ -140,7 +140,7 @@ def test_room_cli_refusals_and_kill9_recovery(box):
     box.start()
     st = box.status()
     assert st["state"] == "recording" and [i["reason"] for i in st["interruptions"]] == ["crash", "stopped"]
-    time.sleep(1)
+    assert wait_for(lambda: box.status()["frames"] > st["frames"], 10)
     r = box.cli("room", "stop")
     assert r.returncode == 0 and "录制已停止" in r.stdout, r.stderr
     assert box.status()["state"] == "idle"

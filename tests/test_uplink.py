@@ -147,7 +147,8 @@ def test_puback_refusal_is_an_error_not_a_success(make_broker, tmp_path):
     up = t.start_agent()
     try:
         wait_for(lambda: "0x87" in (up.stats()["last_error"] or ""), 20, "PUBACK 0x87 reported")
-        time.sleep(1)
+        n = up.stats()["errors"]
+        wait_for(lambda: up.stats()["errors"] > n, 20, "a second attempt refused as well")
         assert states(t.config)[ids[0]] in ("uploading", "sealed")
         assert not list(t.root.glob(f"{UNIT}/*/{ids[0]}"))
         assert up.stats()["errors"] >= 1

@@ -106,7 +106,9 @@ def test_archive_killed_mid_transfer(broker, tmp_path):
     try:
         wait_for(_mid_transfer(root), 30, "transfer under way", [ar, ag], step=0.05)
         ar.kill()
-        time.sleep(1.5)
+        r0 = live_status(cfg).get("retransmits", 0)
+        wait_for(lambda: live_status(cfg).get("retransmits", 0) > r0, 30,
+                 "the agent retransmits into the archive's silence", [ag])
         assert not all_archived(cfg, ids)()
         ar = start_archive(root, broker.port, tmp_path, name="archive2")
         wait_for(all_archived(cfg, ids), 60, "all archived after the archive restart", [ar, ag])
