@@ -89,11 +89,11 @@ def test_malformed_config_file_is_one_clear_line(tmp_path):
     assert p.stderr.strip() == f"error: {cfg}: device.kind: expected a string, got 3 (line 3)"
 
 
-def test_every_command_has_help_and_is_documented():
+def test_every_command_has_help():
+    """(docs/cli.md against --help: tests/test_cli_doc.py)"""
     import click
 
     from agent.cli import main
-    doc = (config_mod.Path(__file__).parent.parent / "docs" / "cli.md").read_text(encoding="utf-8")
 
     def walk(cmd, path):
         yield path, cmd
@@ -101,11 +101,5 @@ def test_every_command_has_help_and_is_documented():
             for name, sub in cmd.commands.items():
                 yield from walk(sub, path + [name])
 
-    missing = []
-    for path, cmd in walk(main, []):
-        if not path:
-            continue
-        assert cmd.help, f"{' '.join(path)} has no help"
-        if f"edge-agent {' '.join(path)}" not in doc:
-            missing.append(" ".join(path))
-    assert not missing, f"commands missing from docs/cli.md: {missing}"
+    bare = [" ".join(path) for path, cmd in walk(main, []) if path and not cmd.help]
+    assert not bare, f"commands without help: {bare}"

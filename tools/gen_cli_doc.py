@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.testing import CliRunner
 
 from agent.cli import main
+
+#: help is formatted for this many columns whatever the terminal (the width click uses on an
+#: 80-column terminal), so the file does not change with the window it was generated in
+HELP_WIDTH = 78
 
 
 def _walk(cmd, path):
@@ -16,16 +21,23 @@ def _walk(cmd, path):
             yield from _walk(cmd.commands[name], path + [name])
 
 
+def help_text(path: list[str]) -> str:
+    """What ``edge-agent PATH --help`` prints (context settings such as ``-h`` included)."""
+    r = CliRunner().invoke(main, [*path, "--help"], prog_name="edge-agent", terminal_width=HELP_WIDTH)
+    if r.exit_code != 0:
+        raise SystemExit(f"edge-agent {' '.join(path)} --help failed: {r.output}")
+    return r.output.rstrip("\n")
+
+
 def render() -> str:
     out = ["# edge-agent command line", "",
            "Generated from the commands' own help by `python -m tools.gen_cli_doc`; "
-           "`tests/test_config_cli.py` checks that every command is listed here.", "",
+           "`tests/test_cli_doc.py` checks that each section is what the command's `--help` prints.", "",
            "Every command exits 0 on success and non-zero with a one-line `error: …` naming the cause "
            "(2 for configuration errors). Commands that read state take `--json`.", ""]
-    for path, cmd in _walk(main, []):
+    for path, _cmd in _walk(main, []):
         name = " ".join(["edge-agent", *path])
-        ctx = click.Context(cmd, info_name=name)
-        out += [f"## {name}", "", "```", cmd.get_help(ctx).replace(ctx.command_path, name), "```", ""]
+        out += [f"## {name}", "", "```", help_text(path), "```", ""]
     return "\n".join(out)
 
 
