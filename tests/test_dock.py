@@ -226,6 +226,18 @@ def test_silent_recorder_is_an_error_and_other_bays_go_on(env, media, tmp_path):
     assert any(a["code"] == "recorder_no_answer" for a in st.dock.status()["alarms"])
 
 
+@pytest.mark.parametrize("fault, needle", [({"list_trailing": b"\x00\x07"}, "trailing bytes in file list page"),
+                                           ({"list_short": True}, "file list record truncated")])
+def test_malformed_file_list_is_an_error_nothing_copied_or_erased(env, media, fault, needle):
+    data, ports, made = env
+    st = start_station(made, make_cfg(data, ports))
+    sim = start_sim(made, media, ports / "ttyREC1", **fault)
+    b = st.wait("bay-1", ("error",))
+    assert needle in b["reason"] and "protocol error" in b["reason"]
+    assert sealed_items(st.store) == [] and sim.erased == []
+    assert any(a["code"] == "recorder_no_answer" for a in st.dock.status()["alarms"])
+
+
 def test_wrong_admin_password(env, media):
     data, ports, made = env
     st = start_station(made, make_cfg(data, ports))

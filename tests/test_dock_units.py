@@ -10,7 +10,8 @@ import time
 import pytest
 
 from agent.config import Config, loads, render_default
-from agent.dock.bay import erase_decision, source_key
+from agent.dock.copying import source_key
+from agent.dock.erasing import erase_decision
 from agent.dock.registry import Registry
 from agent.config.dock import bay_name_for, parse_bays
 from agent.dock.station import FairPool

@@ -104,9 +104,9 @@ def test_parsers_reject_garbage():
 
 
 def test_docking_station_bay_payload():
-    """Bays are published by the docking station itself (agent/dock/bay.py BayState): the schema
-    and the monitor take them, with the bay's workflow state mapped for the page."""
-    from agent.dock import bay
+    """Bays are reported by the docking station through its ReportPort (agent/dock/state.py
+    BayState): the schema and the monitor take them, with the bay's workflow state mapped for the page."""
+    from agent.dock import state as bay
 
     st = bay.BayState(name="bay-3", state="downloading", label=bay.LABELS["downloading"], docked=True,
                       serial="A123456", battery=57, bytes_done=10, bytes_total=100)

@@ -23,6 +23,7 @@ from drivers.recorder import (
     AuthError,
     FileType,
     Mark,
+    ProtocolError,
     RecorderClient,
     RecorderError,
     RecorderGone,
@@ -267,6 +268,18 @@ def test_list_files_paging(run_sim, tmp_path):
     files = rec.list_files()
     assert len(files) == 150 and [f.size for f in files] == list(range(150))
     assert rec.stats.requests >= 3  # several pages
+
+
+@pytest.mark.parametrize("fault, needle", [({"list_trailing": b"\x00\x07"}, "trailing bytes in file list page"),
+                                           ({"list_short": True}, "file list record truncated")])
+def test_list_page_carrying_more_or_less_than_it_announces_is_refused(run_sim, fault, needle):
+    """A page with bytes after its records, or fewer records than it announces, is a protocol
+    error: never silently accepted (the dock lists through the same paging)."""
+    sim, rec = run_sim(**fault)
+    with pytest.raises(ProtocolError, match=needle):
+        rec.list_files()
+    with pytest.raises(ProtocolError, match=needle):
+        list(rec.file_records())
 
 
 def test_mass_storage(run_sim, media):

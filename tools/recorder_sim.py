@@ -31,6 +31,8 @@ Faults (constructor keywords / flags):
   wrong_password     the device password differs from ``password``
   time_sync_fail / msdc_fail  SyncDevTime / SetMSDC answer 6 / 8
   inject_names       extra (hostile) names in the file listing, e.g. "../etc/passwd"
+  list_trailing      bytes after the records of every file-list page (a malformed page)
+  list_short         every file-list page announces one record more than it carries
 """
 
 from __future__ import annotations
@@ -124,6 +126,8 @@ class RecorderSim:
         time_sync_fail: bool = False,
         msdc_fail: bool = False,
         inject_names: tuple[str, ...] | list[str] = (),
+        list_trailing: bytes = b"",
+        list_short: bool = False,
         seed: int = 0,
     ):
         self.media_dir = Path(media_dir)
@@ -155,6 +159,8 @@ class RecorderSim:
         self.time_sync_fail = time_sync_fail
         self.msdc_fail = msdc_fail
         self.inject_names = list(inject_names)
+        self.list_trailing = bytes(list_trailing)  # fault: these bytes follow the records of every list page
+        self.list_short = list_short  # fault: a list page announces one record more than it carries
         self._rng = random.Random(seed)
 
         real_now = time.time()
@@ -463,7 +469,9 @@ class RecorderSim:
                 break
             body += raw
             count += 1
-        return struct.pack(">HB", total, count) + bytes(body)
+        if self.list_short and count:
+            return struct.pack(">HB", total, count + 1) + bytes(body)
+        return struct.pack(">HB", total, count) + bytes(body) + self.list_trailing
 
     def _erase(self, name: str) -> int:
         rec = next((f for f in self.files if f.name == name), None)
@@ -576,6 +584,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-sync-fail", action="store_true")
     ap.add_argument("--msdc-fail", action="store_true")
     ap.add_argument("--inject-name", action="append", default=[], help="fault: extra name in the listing")
+    ap.add_argument("--list-trailing", type=bytes.fromhex, default=b"", metavar="HEX",
+                    help="fault: these bytes after the records of every file-list page")
+    ap.add_argument("--list-short", action="store_true", help="fault: a file-list page announces one record more")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
@@ -587,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
         garbage=a.garbage, silent=a.silent, corrupt_responses=a.corrupt, response_delay=a.delay,
         disconnect_file=a.disconnect_file, disconnect_at=a.disconnect_at, clock_offset=a.clock_offset,
         clock_fixed=a.clock_fixed, storage_full=a.full, wrong_password=a.wrong_password,
-        time_sync_fail=a.time_sync_fail, msdc_fail=a.msdc_fail, inject_names=a.inject_name, seed=a.seed,
+        time_sync_fail=a.time_sync_fail, msdc_fail=a.msdc_fail, inject_names=a.inject_name,
+        list_trailing=a.list_trailing, list_short=a.list_short, seed=a.seed,
     )
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -14,7 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .bay import LABELS
+from .state import LABELS
 
 COLORS = {"idle": "dim", "identifying": "cyan", "charging": "yellow", "downloading": "bold blue",
           "verifying": "magenta", "uploading": "blue", "done": "bold green", "error": "bold white on red"}

@@ -87,9 +87,9 @@ COMPONENT_SCHEMA = {
     "description": "Retained, one topic per component. The health component publishes every agent component "
                    "(dock, room, uplink, ...) and the parts a component lists (camera-main, microphone, sensor) as "
                    "{name, state, ts, device, detail} with state one of ok|warning|error|offline|stopped|starting|"
-                   "unknown. Docking-station bays (bay-N) are published by the station itself with the bay's "
+                   "unknown. Docking-station bays (bay-N) are reported by the station (through the health component) with the bay's "
                    "workflow state (idle, identifying, charging, downloading, verifying, uploading, done, error), a "
-                   "bilingual label and the bay's progress fields (agent/dock/bay.py BayState).",
+                   "bilingual label and the bay's progress fields (agent/dock/state.py BayState).",
     "type": "object",
     "required": ["name", "state"],
     "properties": {

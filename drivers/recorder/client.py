@@ -9,6 +9,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import serial
 
@@ -260,13 +261,19 @@ class RecorderClient:
             raise ProtocolError(f"挂载路径无效 / mount path must be absolute: {path!r}")
         return path
 
-    def list_files(self) -> list[FileRecord]:
-        """Every file on the recorder, in the recorder's order. UnsafeName if the
-        recorder reports a name with a path, NUL, control characters..."""
-        records: list[FileRecord] = []
+    def file_records(self) -> Iterator[FileRecord]:
+        """Every file on the recorder, in the recorder's order, page by page (LIST_FILES from
+        index k). Each page is checked whole before any of its records is yielded: the announced
+        total must not change, a page before the end must not be empty, the page must hold
+        exactly the records it announces (a truncated record or trailing bytes are a
+        ProtocolError), and no more records than the total may arrive.
+
+        Names are NOT checked here: run each through ``safe_name`` before using it (``list_files``
+        does; the dock sets unsafe entries aside and copies the rest)."""
+        seen = 0
         total = None
-        while total is None or len(records) < total:
-            data = self._call(Command.LIST_FILES, struct.pack(">H", len(records)))
+        while total is None or seen < total:
+            data = self._call(Command.LIST_FILES, struct.pack(">H", seen))
             if len(data) < 3:
                 raise ProtocolError("文件列表应答过短 / file list answer too short")
             page_total, count = struct.unpack_from(">HB", data)
@@ -276,17 +283,30 @@ class RecorderClient:
                 raise ProtocolError(
                     f"文件列表在读取中变化 / file list changed while reading ({total} -> {page_total})"
                 )
-            if count == 0 and len(records) < total:
+            if count == 0 and seen < total:
                 raise ProtocolError("文件列表分页为空 / empty file list page before the end")
+            page = []
             offset = 3
             for _ in range(count):
                 rec, offset = decode_file_record(data, offset)
-                safe_name(rec.name)
-                records.append(rec)
+                page.append(rec)
             if offset != len(data):
-                raise ProtocolError("文件列表有多余字节 / trailing bytes in file list page")
-            if len(records) > total:
-                raise ProtocolError("文件列表超出总数 / more files than announced")
+                raise ProtocolError(
+                    f"文件列表有多余字节 / trailing bytes in file list page ({len(data) - offset} after "
+                    f"{count} records)"
+                )
+            seen += count
+            if seen > total:
+                raise ProtocolError(f"文件列表超出总数 / more files than announced ({seen} > {total})")
+            yield from page
+
+    def list_files(self) -> list[FileRecord]:
+        """Every file on the recorder, in the recorder's order. UnsafeName if the
+        recorder reports a name with a path, NUL, control characters..."""
+        records = []
+        for rec in self.file_records():
+            safe_name(rec.name)
+            records.append(rec)
         return records
 
     def erase(self, name: str) -> None:

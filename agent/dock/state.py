@@ -1,0 +1,78 @@
+"""What a bay is in: the states a docked recorder goes through, the bay's published record
+(:class:`BayState`) and the error that ends the work on one recorder (:class:`BayAbort`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.common.errors import EdgeError
+
+STATES = ("idle", "identifying", "charging", "downloading", "verifying", "uploading", "done", "error")
+LABELS = {
+    "idle": "空闲 / Idle",
+    "identifying": "识别中 / Identifying",
+    "charging": "充电中 / Charging",
+    "downloading": "下载中 / Downloading",
+    "verifying": "校验中 / Verifying",
+    "uploading": "上传中 / Uploading",
+    "done": "完成 / Done",
+    "error": "故障 / Error",
+}
+PENDING = ["case_number", "proof"]
+HAVE_STATES = ("sealed", "uploading", "archived", "purged", "rejected")
+
+
+class BayAbort(EdgeError):
+    """Stop work on this recorder; ``reason`` is the bilingual bay error."""
+
+    def __init__(self, reason: str, alarm: str | None = None):
+        super().__init__(reason)
+        self.alarm = alarm
+
+
+@dataclass
+class BayState:
+    """What ``dock status`` shows and ``P/dev/D/component/bay-N`` carries (retained)."""
+
+    name: str
+    path: str = ""
+    kind: str = "serial"  # serial (command channel) or mass-storage
+    state: str = "idle"
+    label: str = LABELS["idle"]
+    docked: bool = False
+    since: str = ""
+    reason: str | None = None
+    message: str | None = None
+    serial: str | None = None
+    officer_number: str | None = None
+    officer_name: str | None = None
+    unit_number: str | None = None
+    unit_name: str | None = None
+    battery: int | None = None
+    charging: bool | None = None
+    recorder_free: int | None = None
+    recorder_full: bool = False
+    clock_offset_ms: int | None = None
+    clock_set: bool = False
+    file_index: int = 0
+    file_count: int = 0
+    file_name: str | None = None
+    bytes_done: int = 0
+    bytes_total: int = 0
+    rate_bps: int = 0
+    eta_s: int | None = None
+    resumed_bytes: int = 0
+    items: list[str] = field(default_factory=list)
+    sealed: int = 0
+    already: int = 0
+    archived: int = 0
+    erased: int = 0
+    kept_protected: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)  # shallow: much cheaper than asdict() under the copy threads' GIL
+        d["items"] = list(self.items)
+        d["problems"] = list(self.problems)
+        d["label"] = LABELS[self.state]
+        return d
