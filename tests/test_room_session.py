@@ -54,11 +54,12 @@ def make_agent(data: Path, health: bool = False, **room) -> Agent:
     cfg = Config.defaults(**over)
     agent = Agent(cfg)
     keys.generate(agent.store.key_path, agent.store.pub_path)
+    h = None
     if health:
         from agent.health import make_component
 
-        agent.add(make_component(agent))
-    agent.add(RoomService(agent))
+        h = agent.add(make_component(agent))
+    agent.add(RoomService(agent, alarms=h, refresh=h.tick if h else None))
     agent.start()
     return agent
 

@@ -1,36 +1,41 @@
-"""The room's alarms: kept locally (``room status`` shows them) and raised / cleared in the
-health registry when the agent runs one."""
+"""The room's alarms: kept locally (``room status`` shows them) and raised / cleared through the
+:class:`~agent.common.ports.AlarmPort` the runtime hands the room (the health component, which
+publishes them); without a port (a bare session in a test or a tool) they stay local."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
+from agent.common.ports import AlarmPort
 from agent.common.timeutil import now_iso
+
+from .state import camera_names
 
 log = logging.getLogger(__name__)
 
 #: alarms about the room's devices, cleared when the session ends (failures stay until the next start)
 DEVICE_ALARMS = ("camera_offline", "microphone_silent", "sensor_silent")
 
+#: every (code, instance) the room raises; :meth:`Alarms.reset` clears them in the port, which keeps
+#: alarms across restarts (``disk_low`` without an instance is the agent's own, not the room's)
+ROOM_ALARMS: tuple[tuple[str, str | None], ...] = (
+    *(("camera_offline", f"camera-{n}") for n in camera_names(2)),
+    ("microphone_silent", "microphone"), ("microphone_silent", "microphone-level"),
+    ("sensor_silent", "sensor"), ("disk_low", "room"),
+    ("room_write_failed", None), ("room_capture_failed", None), ("room_seal_failed", None),
+    ("room_state_unreadable", None), ("room_recovery_failed", None),
+)
+
 
 class Alarms:
-    """Raise / clear through ``agent.health.alarms`` (agent/health/alarms.py) when the health
-    component runs; always kept locally as well (``room status`` shows them).
+    """The room's active alarms, here and in ``port``. ``code`` is one of
+    ``agent.wire.health.CODES``; a key is ``code.instance`` (or ``code``)."""
 
-    ``code`` is a health alarm code (camera_offline, microphone_silent, sensor_silent,
-    disk_low); codes the registry does not know (room_seal_failed, room_capture_failed) stay
-    local and appear in the room's status, which health publishes with the component."""
-
-    def __init__(self, agent: Any = None) -> None:
-        self.agent = agent
+    def __init__(self, port: AlarmPort | None = None) -> None:
+        self.port = port
         self.active: dict[str, dict] = {}
         self._lock = threading.Lock()
-
-    def _sink(self):
-        health = getattr(self.agent, "health", None) if self.agent is not None else None
-        return getattr(health, "alarms", None)
 
     @staticmethod
     def key(code: str, instance: str | None) -> str:
@@ -43,14 +48,8 @@ class Alarms:
                 return
             self.active[key] = {"code": key, "message": f"{zh} / {en}", "since": now_iso()}
         log.warning("alarm %s: %s / %s", key, zh, en)
-        sink = self._sink()
-        if sink is not None:
-            try:
-                sink.raise_(code, zh, en, source="room", instance=instance)
-            except (KeyError, ValueError):
-                log.debug("alarm code %s unknown to the health registry: kept local", code)
-            except Exception:
-                log.exception("raising alarm %s failed", key)
+        if self.port is not None:
+            self.port.raise_alarm(code, zh, en, source="room", instance=instance)
 
     def clear(self, code: str, instance: str | None = None) -> None:
         key = self.key(code, instance)
@@ -58,32 +57,21 @@ class Alarms:
             if self.active.pop(key, None) is None:
                 return
         log.info("alarm %s cleared", key)
-        sink = self._sink()
-        if sink is not None:
-            try:
-                sink.clear(code, source="room", instance=instance)
-            except (KeyError, ValueError):
-                pass
-            except Exception:
-                log.exception("clearing alarm %s failed", key)
+        if self.port is not None:
+            self.port.clear_alarm(code, source="room", instance=instance)
 
     def snapshot(self) -> list[dict]:
         with self._lock:
             return list(self.active.values())
 
     def reset(self, codes: tuple[str, ...] | None = None) -> None:
-        """Clear the room's alarms (all, or those of ``codes``), here and in the health registry
-        (which keeps them across restarts): at a session start, and for the devices at its end."""
+        """Clear the room's alarms (all, or those of ``codes``), here and in the port: at a
+        session start (what is still wrong is raised again), and for the devices at its end."""
         with self._lock:
             for key in [k for k in self.active if codes is None or k.split(".", 1)[0] in codes]:
                 del self.active[key]
-        sink = self._sink()
-        if sink is None or not hasattr(sink, "active"):
+        if self.port is None:
             return
-        for a in sink.active():
-            if getattr(a, "source", None) == "room" and (codes is None or a.code in codes):
-                code, _, inst = a.key.partition(".")
-                try:
-                    sink.clear(code, source="room", instance=inst or None)
-                except Exception:
-                    log.exception("clearing alarm %s failed", a.key)
+        for code, instance in ROOM_ALARMS:
+            if codes is None or code in codes:
+                self.port.clear_alarm(code, source="room", instance=instance)

@@ -9,6 +9,11 @@ recording when the agent died (or was stopped) resumes with the interruption rec
 On the agent's clean stop a running session is *suspended*, not ended: its segments are
 sealed and it resumes on the next start (the pause is a gap in the chain). Only
 ``room stop`` ends a session. There is no pause command.
+
+The runtime hands it its ports (``agent.runtime.build_agent``): alarms go to an
+:class:`~agent.common.ports.AlarmPort`, and ``refresh`` (the health component's ``tick``) is
+called after a session starts or ends so that the fleet hears of it at once. The room never
+publishes; the control socket is the runtime's ``control`` component.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from agent.common.errors import EdgeError
+from agent.common.ports import AlarmPort
 from .alarms import Alarms
 from .sealing import recover_unsealed
 from .session import RoomSession
@@ -32,17 +38,18 @@ log = logging.getLogger(__name__)
 class RoomService:
     name = "room"
 
-    def __init__(self, agent: Any) -> None:
+    def __init__(self, agent: Any, alarms: AlarmPort | None = None,
+                 refresh: Callable[[], object] | None = None) -> None:
         self.agent = agent
         self.cfg = agent.cfg
         self.store = agent.store
         self.settings = RoomSettings.from_config(self.cfg)
         self.state_path = Path(self.cfg.storage.data_dir) / "room" / STATE_FILE
-        self.alarms = Alarms(agent)
+        self.alarms = Alarms(alarms)
+        self.refresh = refresh
         self.session: RoomSession | None = None
         self.last: dict | None = None          # status of the last session that ended
         self._lock = threading.RLock()
-        self._control = None
         self.recovered: list[str] = []
         self._recovering = False
         agent.commands["room.start"] = self.cmd_start
@@ -51,14 +58,7 @@ class RoomService:
 
     # -- component -------------------------------------------------------------------------
     def start(self) -> None:
-        try:
-            self._recover()
-        finally:   # the control socket answers once recovery is done (unless the agent runs its own)
-            if not any(getattr(c, "name", None) == "control" for c in getattr(self.agent, "components", [])):
-                from agent.common.control import ControlServer
-
-                self._control = ControlServer(self.agent)
-                self._control.start()
+        self._recover()
 
     def _load_state(self) -> SessionState | None:
         """The state file; an unreadable one is set aside (never deleted) with an alarm, so that
@@ -105,8 +105,6 @@ class RoomService:
             sess = self.session
         if sess is not None:
             sess.suspend()
-        if self._control is not None:
-            self._control.stop()
 
     def status(self) -> dict:
         with self._lock:
@@ -164,16 +162,18 @@ class RoomService:
         self._publish(None)
 
     def _publish(self, sess: RoomSession | None) -> None:
-        """Tell the fleet now (health publishes ``P/dev/D/component/room`` and the parts), not at
-        the next health interval. Health owns those topics; the room never publishes them itself."""
-        tick = getattr(getattr(self.agent, "health", None), "tick", None)
-        if callable(tick):
-            def run() -> None:
-                try:
-                    tick()
-                except Exception:
-                    log.exception("health report after a room change failed")
-            threading.Thread(target=run, name="room-health-now", daemon=True).start()
+        """Tell the fleet now, not at the next health interval (``refresh``: health publishes
+        ``P/dev/D/component/room`` and the parts; the room never publishes itself)."""
+        refresh = self.refresh
+        if refresh is None:
+            return
+
+        def run() -> None:
+            try:
+                refresh()
+            except Exception:
+                log.exception("health report after a room change failed")
+        threading.Thread(target=run, name="room-health-now", daemon=True).start()
 
     # -- commands (control socket and MQTT) ----------------------------------------------------
     def cmd_start(self, args: dict, actor: str) -> dict:
@@ -215,5 +215,6 @@ class RoomService:
         return self.status()
 
 
-def make_component(agent: Any) -> RoomService:
-    return RoomService(agent)
+def make_component(agent: Any, alarms: AlarmPort | None = None,
+                   refresh: Callable[[], object] | None = None) -> RoomService:
+    return RoomService(agent, alarms=alarms, refresh=refresh)

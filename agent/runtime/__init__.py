@@ -156,8 +156,9 @@ def build_agent(cfg: Config) -> Agent:
     off), health, the producer of the configured kind (``agent.dock`` or ``agent.room``) and the
     local control socket.
 
-    The dock is handed its ports (agent/common/ports.py): the health component is both its
-    ``AlarmPort`` and its ``ReportPort``, so the dock never reaches MQTT itself."""
+    The producers are handed their ports (agent/common/ports.py): the health component is the
+    dock's ``AlarmPort`` and ``ReportPort`` and the room's ``AlarmPort`` (and its ``tick`` the
+    room's ``refresh``), so neither producer reaches MQTT itself."""
     from agent import health, uplink
     from agent.common import control
 
@@ -173,6 +174,6 @@ def build_agent(cfg: Config) -> Agent:
     else:
         from agent import room
 
-        agent.add(room.make_component(agent))
+        agent.add(room.make_component(agent, alarms=h, refresh=h.tick))
     agent.add(control.make_component(agent))
     return agent
