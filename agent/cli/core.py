@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import click
@@ -37,41 +35,15 @@ def init(c: Ctx, data_dir, device_id, unit_code, unit_name, kind, location, forc
     Example:
       edge-agent --config ./agent.toml init --data-dir ./data --device-id dock-01 --kind dock
     """
-    path = config_mod.config_path(c.config_path)
-    overrides = {"storage": {}, "device": {}}
-    for section, key, value in (("storage", "data_dir", data_dir), ("device", "id", device_id),
-                                ("device", "unit_code", unit_code), ("device", "unit_name", unit_name),
-                                ("device", "kind", kind), ("device", "location", location)):
-        if value is not None:
-            overrides[section][key] = value
-    if path.exists():
-        cfg = config_mod.load(path)
-        for section, values in overrides.items():
-            for key, value in values.items():
-                if cfg.get(f"{section}.{key}") != value:
-                    config_mod.set_value(path, f"{section}.{key}", str(value))
-        cfg = config_mod.load(path)
-        click.echo(f"config: {path} (kept, updated {sum(map(len, overrides.values()))} key(s))")
-    else:
-        text = config_mod.render_default(overrides)
-        config_mod.loads(text, path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        config_mod.atomic_write_text(path, text, mode=0o640)
-        cfg = config_mod.load(path)
-        click.echo(f"config: {path} (written)")
-    data = Path(cfg.storage.data_dir)
-    data.mkdir(parents=True, exist_ok=True)
-    os.chmod(data, 0o750)
-    (data / "keys").mkdir(exist_ok=True)
-    os.chmod(data / "keys", 0o700)
-    from ..store.store import Store
+    from ..store.setup import init_device
 
-    store = Store(cfg)
-    key = keys.generate(store.key_path, store.pub_path, force=force)
-    store._key = key
-    store.audit.append("init", None, device=cfg.device.id, key_id=keys.key_id(key.public_key()), forced=force)
-    click.echo(f"data: {data}")
-    click.echo(f"key: {store.key_path} (mode 600), public key {store.pub_path}, key id {keys.key_id(key.public_key())}")
+    r = init_device(c.config_path, {"storage": {"data_dir": data_dir},
+                                    "device": {"id": device_id, "unit_code": unit_code, "unit_name": unit_name,
+                                               "kind": kind, "location": location}}, force=force)
+    click.echo(f"config: {r.config_path} " + ("(written)" if r.config_written
+                                              else f"(kept, updated {r.values_given} key(s))"))
+    click.echo(f"data: {r.data_dir}")
+    click.echo(f"key: {r.key_path} (mode 600), public key {r.pub_path}, key id {r.key_id}")
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -259,18 +231,8 @@ def items_show(c: Ctx, item_id, as_json):
     Example:
       edge-agent items show dock-01-20261127090000-a1b2c3
     """
-    store = c.store
-    row = store.item(item_id)
-    out = {"ledger": row}
-    d = Path(row["path"])
-    if (d / mf.MANIFEST).is_file():
-        m = json.loads((d / mf.MANIFEST).read_bytes())
-        anns = mf.read_annotations(d)
-        out["manifest"] = {k: v for k, v in m.items() if k != "segments"}
-        out["segments"] = len(m["segments"])
-        out["annotations"] = [a.record for a in anns]
-        out["effective_metadata"] = mf.effective_metadata(m, anns)
-    store.audit.append("view", item_id)
+    out = c.store.show_item(item_id)
+    row = out["ledger"]
     if as_json:
         emit_json(out)
         return
@@ -322,17 +284,7 @@ def items_export(c: Ctx, item_id, dest):
     Example:
       edge-agent items export ITEM /media/usb/export
     """
-    store = c.store
-    src = store.item_dir(item_id)
-    if not (src / mf.MANIFEST).is_file():
-        raise EdgeError(f"{item_id}: not sealed or no longer held locally")
-    target = dest / item_id
-    if target.exists():
-        raise EdgeError(f"{target}: already exists")
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src, target)
-    store.audit.append("export", item_id, dest=str(target))
-    click.echo(str(target))
+    click.echo(str(c.store.export(item_id, dest)))
 
 
 # --- status -----------------------------------------------------------------------------------

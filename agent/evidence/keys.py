@@ -25,11 +25,16 @@ def public_pem(public: Ed25519PublicKey) -> bytes:
     return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def generate(private_path: Path, public_path: Path, force: bool = False) -> Ed25519PrivateKey:
-    """Write a new key pair; the private key is mode 0600. Refuses to overwrite without force."""
+def refuse_existing(private_path: Path, force: bool = False) -> None:
+    """Raise unless ``private_path`` is free (or ``force`` replaces it)."""
     if private_path.exists() and not force:
         raise EdgeError(f"{private_path}: a device key already exists; use --force to replace it "
                         "(items signed with the old key then need the old public key to verify)")
+
+
+def generate(private_path: Path, public_path: Path, force: bool = False) -> Ed25519PrivateKey:
+    """Write a new key pair; the private key is mode 0600. Refuses to overwrite without force."""
+    refuse_existing(private_path, force)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())

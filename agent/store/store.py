@@ -1,6 +1,10 @@
 """The durable local store: ledger + spool. Producers create items through :class:`ItemWriter`;
 the uplink and the CLI read and move them through their states.
 
+The Store is put together from its parts, one module each: the ledger's queries
+(:mod:`.repository`), writing and sealing an item (:mod:`.writer`), crash recovery and the chain
+lock (:mod:`.recovery`), showing, exporting and purging local copies (:mod:`.retrieval`).
+
 Spool layout under ``data_dir``::
 
     ledger.db            SQLite ledger (WAL)
@@ -12,93 +16,30 @@ Spool layout under ``data_dir``::
 
 from __future__ import annotations
 
-import datetime as _dt
-import fcntl
-import io
 import json
-import logging
 import os
-import queue
 import secrets
 import shutil
-import threading
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 from ..config import Config
-from agent.common.errors import DiskReserveError, EdgeError, NotFoundError
-from ..evidence import hashing, keys, manifest as mf
-from ..evidence.verify import verify_item
-from agent.common.faults import crashpoint
-from agent.common.timeutil import now_iso
 from agent.common.audit import AuditLog
-from agent.common.fs import atomic_write, drop_cache, free_bytes, fsync_dir, rename_durable
+from agent.common.errors import DiskReserveError, EdgeError, NotFoundError
+from agent.common.fs import atomic_write, free_bytes
+from agent.common.timeutil import now_iso
+from ..evidence import hashing, keys, manifest as mf
 from .ledger import Ledger
+from .recovery import Recovery
 from .repository import ItemRow, Repository
+from .retrieval import Retrieval
+from .writer import READ_SIZE, ItemWriter, SourceError, _member
 
-log = logging.getLogger(__name__)
-
-READ_SIZE = 1 << 20
-
-
-def _drop_cache(src, dest, upto: int) -> None:
-    """Tell the kernel the bytes copied so far will not be read again soon: the source's pages and
-    the copy's (for the copy this also starts writing them back). Sixteen recorders copied at once
-    would otherwise fill the page cache with data nobody reads, and the kernel spends CPU reclaiming
-    it while the copy needs that CPU for hashing. Sources that are not files are left alone."""
-    for f in (src, dest):
-        try:
-            fd = f.fileno()
-        except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
-            continue
-        drop_cache(fd, 0, upto)
+__all__ = ["Store", "ItemWriter", "SourceError", "READ_SIZE", "_member"]
 
 
-class _Beside:
-    """Runs ``fn`` over each submitted buffer, in order, on one helper thread: the whole-file hash
-    of a copy runs there while the copying thread hashes the blocks and writes (hashlib releases
-    the GIL, so on two cores the two SHA-256 passes run side by side instead of one after the
-    other). ``submit`` returns an event set once that buffer may be reused."""
-
-    def __init__(self, fn: Callable[[memoryview], None]):
-        self.fn = fn
-        self.q: queue.SimpleQueue = queue.SimpleQueue()
-        self.error: BaseException | None = None
-        self.th = threading.Thread(target=self._run, name="hash-whole", daemon=True)
-        self.th.start()
-
-    def _run(self) -> None:
-        while True:
-            job = self.q.get()
-            if job is None:
-                return
-            data, done = job
-            try:
-                if self.error is None:
-                    self.fn(data)
-            except BaseException as exc:  # reported by close(); the copy is then refused
-                self.error = exc
-            finally:
-                done.set()
-
-    def submit(self, data: memoryview) -> threading.Event:
-        done = threading.Event()
-        self.q.put((data, done))
-        return done
-
-    def close(self) -> None:
-        """Wait until every submitted buffer is done; raise what the helper met, if anything."""
-        self.q.put(None)
-        self.th.join()
-        if self.error is not None:
-            raise self.error
-
-
-_chain_thread_lock = threading.RLock()
-
-
-class Store(Repository):
+class Store(Repository, Recovery, Retrieval):
     """The agent's store: ledger + spool + device key. Queries are the :class:`Repository` methods."""
 
     def __init__(self, cfg: Config):
@@ -230,10 +171,6 @@ class Store(Repository):
             self._update_item(item_id, state="discarded", error=reason)
             self.audit.append("discard", item_id, actor=actor, reason=reason)
 
-    # --- chain head -------------------------------------------------------------------------
-    def _chain_lock(self):
-        return _ChainLock(self.data_dir / "chain.lock")
-
     # --- reading ----------------------------------------------------------------------------
     def item(self, item_id: str) -> ItemRow:
         row = self.item_row(item_id)
@@ -289,18 +226,6 @@ class Store(Repository):
         self.set_state(item_id, "archived", "archive", actor="agent:uplink", archived_at=now_iso(),
                        receipt=json.dumps(receipt or {}, ensure_ascii=False))
 
-    def purge_expired(self, at: float | None = None) -> list[str]:
-        """Remove local copies of archived items older than the retention; never unarchived ones."""
-        at = at or time.time()
-        keep = self.cfg.storage.retention_days * 86400
-        purged = []
-        for row in self.items(state="archived"):
-            archived = _dt.datetime.fromisoformat(row["archived_at"]).timestamp()
-            if at - archived >= keep:
-                shutil.rmtree(row["path"], ignore_errors=True)
-                self.set_state(row["id"], "purged", "purge", actor="agent:retention", purged_at=now_iso())
-                purged.append(row["id"])
-        return purged
 
     # --- annotations ------------------------------------------------------------------------
     def annotate(self, item_id: str, changes: dict, reason: str = "", actor: str | None = None) -> dict:
@@ -332,75 +257,7 @@ class Store(Repository):
             self.audit.append("annotate", item_id, actor=who, set=changes, reason=reason)
         return rec
 
-    # --- recovery ---------------------------------------------------------------------------
-    def recover(self) -> list[str]:
-        """After a crash: roll sealed-but-unrecorded items forward, discard interrupted one-shot work
-        (resumable work, with a source key, is kept for resume), remove orphans. Audited."""
-        actions: list[str] = []
-        with self._chain_lock():
-            for row in self.items(state="receiving"):
-                path = Path(row["path"])
-                sealed_dir = self.items_dir / row["id"]
-                for cand in (sealed_dir, path):
-                    if (cand / mf.MANIFEST).is_file() and (cand / mf.SIGNATURE).is_file():
-                        if self._roll_forward(row, cand):
-                            actions.append(f"{row['id']}: sealed before the crash, recorded now")
-                        break
-                else:
-                    if _owner_alive(path):
-                        continue  # another live process (e.g. a CLI ingest) is still writing it
-                    if row["source_key"]:
-                        actions.append(f"{row['id']}: partial copy kept for resume")
-                        continue
-                    shutil.rmtree(path, ignore_errors=True)
-                    with self.ledger.atomic():
-                        self._update_item(row["id"], state="discarded", error="interrupted before sealing")
-                        self.audit.append("recover", row["id"], actor="agent:recover", result="discarded",
-                                          reason="interrupted before sealing")
-                    actions.append(f"{row['id']}: interrupted before sealing, discarded")
-            known = self.item_ids()
-            for parent in (self.incoming, self.items_dir):
-                for d in parent.iterdir():
-                    if d.name not in known:
-                        shutil.rmtree(d, ignore_errors=True)
-                        self.audit.append("recover", d.name, actor="agent:recover", result="orphan removed",
-                                          path=str(d))
-                        actions.append(f"{d.name}: orphan directory removed")
-        for a in actions:
-            log.warning("recovery: %s", a)
-        return actions
-
-    def settle_unrecorded(self) -> list[str]:
-        """Call with the chain lock held: record items that a process killed mid-seal left sealed on
-        disk but not in the ledger, so that the next seal does not reuse their chain position (a
-        fork). Holding the chain lock, no live sealer can be between its manifest and its ledger row."""
-        done = []
-        for row in self.items(state="receiving"):
-            for cand in (self.items_dir / row["id"], Path(row["path"])):
-                if (cand / mf.MANIFEST).is_file() and (cand / mf.SIGNATURE).is_file():
-                    if self._roll_forward(row, cand):
-                        log.warning("recovery: %s was sealed by a process that died; recorded now", row["id"])
-                        done.append(row["id"])
-                    break
-        return done
-
-    def _roll_forward(self, row: dict, cand: Path) -> bool:
-        seq, head = self.head()
-        try:
-            rep = verify_item(cand, self.keyring())
-        except EdgeError as exc:
-            log.error("recovery: %s has a manifest that does not verify (%s); kept for inspection", cand, exc)
-            return False
-        if rep.device_seq != seq + 1 or rep.prev_manifest_hash != head:
-            log.error("recovery: %s does not extend the chain head %s; kept for inspection", cand, seq)
-            return False
-        target = self.items_dir / row["id"]
-        if cand != target:
-            rename_durable(cand, target)
-        self._record_sealed(row["id"], target, rep.manifest, rep.manifest_hash, rep.bytes)
-        self.audit.append("recover", row["id"], actor="agent:recover", result="sealed", seq=rep.device_seq)
-        return True
-
+    # --- the ledger's record of a sealed item (by the writer's seal and by recovery) ----------
     def _record_sealed(self, item_id: str, path: Path, manifest: dict, mhash: str, size: int) -> None:
         meta = manifest["metadata"]
         f0 = manifest["files"][0] if len(manifest["files"]) == 1 else None
@@ -414,354 +271,3 @@ class Store(Repository):
 
     def close(self) -> None:
         self.ledger.close()
-
-
-class _ChainLock:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        _chain_thread_lock.acquire()
-        self.fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-        _chain_thread_lock.release()
-
-
-class ItemWriter:
-    """Copies, hashes and fsyncs an item's files in one pass, then seals it into the device chain."""
-
-    def __init__(self, store: Store, item_id: str, path: Path, state: dict):
-        self.store = store
-        self.id = item_id
-        self.path = path
-        self.state = state
-        self.files: list[dict] = []
-        self.segments: list[tuple[int, int, int, bytes]] = []
-        self.gaps: list[dict] = list(state.get("gaps", []))
-        self.cipher = None
-        if store.archive_pub is not None:
-            from ..evidence.crypt import ItemCipher
-
-            self.cipher = ItemCipher.new(item_id, store.archive_pub)
-
-    @property
-    def files_dir(self) -> Path:
-        return self.path / mf.FILES_DIR
-
-    def partial_size(self, name: str) -> int:
-        """Bytes of ``name`` already safely in the spool (0 for encrypted items: they restart)."""
-        if self.cipher is not None:
-            return 0
-        p = self.files_dir / _member(name)
-        return p.stat().st_size if p.exists() else 0
-
-    def add_stream(self, name: str, src: BinaryIO, *, expected_size: int | None = None, start_offset: int = 0,
-                   progress: Callable[[int], None] | None = None, read_size: int = READ_SIZE,
-                   size_hint: int | None = None) -> dict:
-        """Copy ``src`` (positioned at ``start_offset``) into the item, hashing each block as it passes.
-
-        With ``start_offset`` > 0 the first bytes already in the spool (an earlier, interrupted copy)
-        are re-hashed from local disk and the copy continues after them.
-        """
-        if self.cipher is not None:
-            return self._add_stream_encrypted(name, src, expected_size=expected_size, progress=progress,
-                                              read_size=read_size, size_hint=size_hint)
-        alg, bs = self.store.alg, self.store.block_size_for(expected_size if expected_size is not None else size_hint)
-        name = _member(name)
-        dest = self.files_dir / name
-        fidx = len(self.files)
-        whole = hashing.new(alg)
-        block = hashing.new(alg)
-        in_block = 0
-        offset = 0
-        block_start = 0
-        segs: list[tuple[int, int, int, bytes]] = []
-
-        def blocks(view: memoryview) -> None:  # the per-block hashes, in order
-            nonlocal in_block, block, block_start
-            pos = 0
-            while pos < len(view):
-                take = min(bs - in_block, len(view) - pos)
-                block.update(view[pos:pos + take])
-                in_block += take
-                pos += take
-                if in_block == bs:
-                    segs.append((fidx, block_start, bs, block.digest()))
-                    block_start += bs
-                    block = hashing.new(alg)
-                    in_block = 0
-
-        mode = "r+b" if start_offset else "wb"
-        if start_offset:
-            have = dest.stat().st_size if dest.exists() else 0
-            if have < start_offset:
-                raise EdgeError(f"{dest}: only {have} bytes on disk, cannot resume at {start_offset}")
-        bufs = [memoryview(bytearray(read_size)), memoryview(bytearray(read_size))]  # read into each in turn
-        mv = bufs[0]
-        busy: list[threading.Event | None] = [None, None]  # set once the whole-file hash is done with it
-        beside: _Beside | None = None
-        fd = open(dest, mode)
-        try:
-            if start_offset:
-                with open(dest, "rb") as old:
-                    remaining = start_offset
-                    while remaining:
-                        n = old.readinto(mv[:min(read_size, remaining)])
-                        if not n:
-                            break
-                        whole.update(mv[:n])
-                        blocks(mv[:n])
-                        offset += n
-                        remaining -= n
-                fd.seek(start_offset)
-                fd.truncate()
-                if progress:
-                    progress(start_offset)
-            since_check = 0
-            beside = _Beside(whole.update)  # the whole-file hash, beside the block hashes and the copy here
-            k = 0
-            while True:
-                k ^= 1
-                if busy[k] is not None:
-                    busy[k].wait()
-                try:
-                    n = src.readinto(bufs[k])
-                except OSError as exc:
-                    fd.flush()
-                    raise SourceError(f"{name}: source read failed at byte {offset}: {exc.strerror or exc}",
-                                      offset) from None
-                if not n:
-                    break
-                chunk = bufs[k][:n]
-                busy[k] = beside.submit(chunk)
-                blocks(chunk)
-                offset += n
-                try:
-                    fd.write(chunk)
-                except OSError as exc:
-                    fd.flush()
-                    if exc.errno == 28:
-                        self.store.disk_low = True
-                        raise DiskReserveError(f"磁盘已满 / disk full while copying {name} at byte {offset}") from None
-                    raise
-                since_check += n
-                if offset >= (8 << 20):
-                    crashpoint("copy:8mib")
-                if since_check >= (64 << 20):
-                    since_check = 0
-                    left = (expected_size - offset) if expected_size else 0
-                    self.store.check_reserve(max(left, 0))
-                    _drop_cache(src, fd, offset)
-                if progress:
-                    progress(n)
-            fd.flush()
-            os.fsync(fd.fileno())
-            _drop_cache(src, fd, offset)
-            done, beside = beside, None
-            done.close()  # every byte is in the whole-file hash
-        finally:
-            if beside is not None:
-                try:
-                    beside.close()
-                except BaseException:
-                    pass  # the copy failed already; that error is the one to report
-            fd.close()
-        if in_block or offset == 0:
-            segs.append((fidx, block_start, in_block, block.digest()))
-        if expected_size is not None and offset != expected_size:
-            raise SourceError(f"{name}: got {offset} bytes, expected {expected_size} (source cut off or changed)",
-                              offset)
-        entry = {"name": name, "size": offset, "hash": whole.hexdigest()}
-        self.files.append(entry)
-        self.segments.extend(segs)
-        return entry
-
-    def _add_stream_encrypted(self, name: str, src: BinaryIO, *, expected_size: int | None,
-                              progress: Callable[[int], None] | None, read_size: int,
-                              size_hint: int | None = None) -> dict:
-        """As add_stream, storing AES-256-GCM blocks; one stored block is one chain segment."""
-        alg, bs = self.store.alg, self.store.block_size_for(expected_size if expected_size is not None else size_hint)
-        name = _member(name)
-        fidx = len(self.files)
-        whole_ct, whole_pt = hashing.new(alg), hashing.new(alg)
-        segs: list[tuple[int, int, int, bytes]] = []
-        pending = bytearray()
-        out_off = 0
-        total = 0
-        bidx = 0
-
-        def flush(fd, final: bool) -> None:
-            nonlocal out_off, bidx
-            while len(pending) >= bs or (final and (pending or bidx == 0)):
-                block = bytes(pending[:bs])
-                del pending[:bs]
-                ct = self.cipher.encrypt_block(fidx, bidx, block)
-                whole_ct.update(ct)
-                fd.write(ct)
-                segs.append((fidx, out_off, len(ct), hashing.digest(alg, ct)))
-                out_off += len(ct)
-                bidx += 1
-                if final and not pending:
-                    break
-
-        with open(self.files_dir / name, "wb") as fd:
-            while True:
-                try:
-                    data = src.read(read_size)
-                except OSError as exc:
-                    raise SourceError(f"{name}: source read failed at byte {total}: {exc.strerror or exc}", 0) from None
-                if not data:
-                    break
-                whole_pt.update(data)
-                pending += data
-                total += len(data)
-                try:
-                    flush(fd, False)
-                except OSError as exc:
-                    if exc.errno == 28:
-                        self.store.disk_low = True
-                        raise DiskReserveError(f"磁盘已满 / disk full while copying {name} at byte {total}") from None
-                    raise
-                if progress:
-                    progress(len(data))
-            flush(fd, True)
-            fd.flush()
-            os.fsync(fd.fileno())
-        if expected_size is not None and total != expected_size:
-            raise SourceError(f"{name}: got {total} bytes, expected {expected_size} (source cut off or changed)", 0)
-        entry = {"name": name, "size": out_off, "hash": whole_ct.hexdigest(), "plain_size": total,
-                 "plain_hash": whole_pt.hexdigest()}
-        self.files.append(entry)
-        self.segments.extend(segs)
-        return entry
-
-    def add_path(self, name: str, path: Path, *, move: bool = False) -> dict:
-        """Add a finished file (e.g. a closed media segment); ``move`` renames it into the spool
-        (with encryption at rest it is encrypted into the spool and the plaintext removed)."""
-        if move and self.cipher is not None:
-            with open(path, "rb") as f:
-                entry = self.add_stream(name, f, size_hint=os.fstat(f.fileno()).st_size)
-            os.unlink(path)
-            return entry
-        if move:
-            target = self.files_dir / _member(name)
-            try:
-                os.replace(path, target)
-                fsync_dir(self.files_dir)
-                with open(target, "rb") as f:
-                    return self._hash_in_place(name, f)
-            except OSError as exc:
-                if exc.errno != 18:  # EXDEV: fall back to a copy
-                    raise
-        with open(path, "rb") as f:
-            entry = self.add_stream(name, f, size_hint=os.fstat(f.fileno()).st_size)
-        if move:
-            os.unlink(path)
-        return entry
-
-    def _hash_in_place(self, name: str, f: BinaryIO) -> dict:
-        alg, bs = self.store.alg, self.store.block_size_for(os.fstat(f.fileno()).st_size)
-        fidx = len(self.files)
-        whole = hashing.new(alg)
-        off = 0
-        while True:
-            blk = f.read(bs)
-            if not blk and off:
-                break
-            whole.update(blk)
-            self.segments.append((fidx, off, len(blk), hashing.digest(alg, blk)))
-            off += len(blk)
-            if not blk:
-                break
-        entry = {"name": _member(name), "size": off, "hash": whole.hexdigest()}
-        self.files.append(entry)
-        return entry
-
-    def add_gap(self, start: str, end: str, component: str, reason: str) -> None:
-        self.gaps.append({"start": start, "end": end, "component": component, "reason": reason})
-
-    def content_hash(self) -> str | None:
-        """Hash of the content as read from the source (the plaintext when encrypted)."""
-        if len(self.files) != 1:
-            return None
-        return self.files[0].get("plain_hash", self.files[0]["hash"])
-
-    def seal(self, capture_end: str | None = None, extra_metadata: dict | None = None,
-             extra_source: dict | None = None, session: dict | None = None, actor: str | None = None) -> dict:
-        """Write the signed manifest, move the item into the spool's sealed area, extend the chain."""
-        st = self.store
-        meta = dict(self.state["metadata"])
-        if capture_end:
-            meta["capture_end"] = capture_end
-        meta.setdefault("capture_end", now_iso())
-        if extra_metadata:
-            meta.update(extra_metadata)
-        source = dict(self.state["source"])
-        if extra_source:
-            source.update(extra_source)
-        session = session if session is not None else self.state.get("session")
-        with st._chain_lock():
-            st.settle_unrecorded()
-            seq, head = st.head()
-            m = mf.build(item_id=self.id, hash_alg=st.alg, device=st.device_record(), metadata=meta, source=source,
-                         ingest_time=now_iso(), clock_offset_ms=self.state.get("clock_offset_ms"),
-                         device_seq=seq + 1, prev_manifest_hash=head, block_size=st.block_size,
-                         files=self.files, segment_hashes=self.segments, session=session, gaps=self.gaps,
-                         sealed_at=now_iso(), encryption=self.cipher.header if self.cipher else None)
-            data = mf.encode(m)
-            atomic_write(self.path / mf.SIGNATURE, mf.signature_record(st.private_key, data))
-            crashpoint("seal:after-sig")
-            atomic_write(self.path / mf.MANIFEST, data)
-            crashpoint("seal:after-manifest")
-            try:
-                os.unlink(self.path / "pending.json")
-            except FileNotFoundError:
-                pass
-            target = st.items_dir / self.id
-            rename_durable(self.path, target)
-            crashpoint("seal:after-rename")
-            self.path = target
-            mhash = mf.manifest_hash(st.alg, data)
-            st._record_sealed(self.id, target, m, mhash, sum(f["size"] for f in self.files))
-            crashpoint("seal:after-ledger")
-            st.audit.append("seal", self.id, actor=actor, seq=seq + 1, manifest_hash=mhash,
-                            case=meta.get("case_number"), files=[f["name"] for f in self.files])
-        return m
-
-    def discard(self, reason: str) -> None:
-        self.store.discard(self.id, reason)
-
-
-class SourceError(EdgeError):
-    """The source stopped or changed mid-copy; ``offset`` bytes are safely in the spool."""
-
-    def __init__(self, message: str, offset: int):
-        super().__init__(message)
-        self.offset = offset
-
-
-def _owner_alive(path: Path) -> bool:
-    try:
-        pid = json.loads((path / "pending.json").read_text()).get("pid")
-    except (OSError, ValueError):
-        return False
-    if not pid or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _member(name: str) -> str:
-    if not name or "/" in name or "\\" in name or "\x00" in name or name in (".", "..") or len(name.encode()) > 255:
-        raise EdgeError(f"unsafe file name {name!r}: paths, NUL and names over 255 bytes are refused")
-    return name
