@@ -6,12 +6,17 @@ import os
 from pathlib import Path
 
 
-def fsync_dir(path: Path | str) -> None:
-    fd = os.open(str(path), os.O_RDONLY | os.O_DIRECTORY)
+def fsync_file(path: Path | str, flags: int = 0) -> None:
+    """fsync a file (or, with ``os.O_DIRECTORY``, a directory) by its path."""
+    fd = os.open(str(path), os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path | str) -> None:
+    fsync_file(path, os.O_DIRECTORY)
 
 
 def atomic_write(path: Path | str, data: bytes, mode: int = 0o644) -> None:

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from agent.common.errors import EdgeError, VerifyError
 from agent.common.fs import atomic_write
+from .keys import load_pem
 
 TAG = 16
 INFO = b"edge-agent item key v1"
@@ -58,23 +59,11 @@ def generate_archive_key(private_path: Path, public_path: Path, force: bool = Fa
 
 
 def load_public(path: Path) -> X25519PublicKey:
-    try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise EdgeError(f"{path}: cannot load the archive's X25519 public key: {exc}") from None
-    if not isinstance(key, X25519PublicKey):
-        raise EdgeError(f"{path}: not an X25519 public key")
-    return key
+    return load_pem(path, X25519PublicKey, private=False, what="the archive's X25519 public key")
 
 
 def load_private(path: Path) -> X25519PrivateKey:
-    try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except (OSError, ValueError) as exc:
-        raise EdgeError(f"{path}: cannot load the archive's X25519 private key: {exc}") from None
-    if not isinstance(key, X25519PrivateKey):
-        raise EdgeError(f"{path}: not an X25519 private key")
-    return key
+    return load_pem(path, X25519PrivateKey, private=True, what="the archive's X25519 private key")
 
 
 def _kek(shared: bytes, epk: bytes, recipient: bytes) -> bytes:

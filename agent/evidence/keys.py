@@ -16,6 +16,20 @@ from agent.common.errors import EdgeError, NotFoundError
 from agent.common.fs import atomic_write
 
 
+def load_pem(path: Path, cls: type, *, private: bool, what: str):
+    """The PEM key in ``path``, which must be a ``cls``; errors name the file and ``what`` it
+    should hold (e.g. "the archive's X25519 public key")."""
+    try:
+        data = Path(path).read_bytes()
+        key = (serialization.load_pem_private_key(data, password=None) if private
+               else serialization.load_pem_public_key(data))
+    except (OSError, ValueError, TypeError) as exc:
+        raise EdgeError(f"{path}: cannot load {what}: {exc}") from None
+    if not isinstance(key, cls):
+        raise EdgeError(f"{path}: not {what} (found {type(key).__name__})")
+    return key
+
+
 def key_id(public: Ed25519PublicKey) -> str:
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
@@ -53,13 +67,7 @@ def load_private(path: Path) -> Ed25519PrivateKey:
     if stat.S_IMODE(st.st_mode) & 0o077:
         raise EdgeError(f"{path}: private key is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
                         f"run `chmod 600 {path}`")
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError) as exc:
-        raise EdgeError(f"{path}: not a PEM private key: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise EdgeError(f"{path}: not an Ed25519 key")
-    return key
+    return load_pem(path, Ed25519PrivateKey, private=True, what="the device's Ed25519 private key")
 
 
 def load_public(path: Path) -> Ed25519PublicKey:

@@ -67,6 +67,7 @@ import cv2
 import numpy as np
 
 from agent.common.errors import ConfigError
+from agent.common.fs import fsync_dir, fsync_file
 
 log = logging.getLogger(__name__)
 
@@ -103,24 +104,16 @@ class EncoderStats:
     last_ms: float
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_dir(path: Path) -> None:
     try:
-        _fsync_path(path)
+        fsync_dir(path)
     except OSError:  # some file systems cannot fsync a directory
         log.debug("cannot fsync directory %s", path)
 
 
 def _publish(part: Path, final: Path) -> None:
     """fsync ``part`` and rename it to ``final`` atomically; never overwrite."""
-    _fsync_path(part)
+    fsync_file(part)
     if final.exists():
         raise FileExistsError(f"refusing to overwrite {final}")
     os.rename(part, final)
