@@ -52,3 +52,4 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 from . import core  # noqa: E402,F401  (registers its commands on main)
 
 from . import archive, dock, monitor, ops, room, uplink  # noqa: E402,F401  (each registers its group)
+from . import broker  # noqa: E402,F401  (archive broker-config)

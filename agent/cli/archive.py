@@ -110,9 +110,11 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
 @click.argument("pubkey", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--unit", required=True, help="Enforcement unit code the device belongs to (执法单位代码).")
 @click.option("--force", is_flag=True, help="Replace the enrolled key or unit (the old key is kept).")
+@click.option("--broker-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Then refresh the broker identities in this directory (made by `archive broker-config`).")
 @root_option
 @pass_ctx
-def archive_enroll(c: Ctx, device_id, pubkey, unit, force, root):
+def archive_enroll(c: Ctx, device_id, pubkey, unit, force, broker_dir, root):
     """Trust DEVICE_ID's public key (the device's keys/device.pub) for items of unit CODE.
 
     \b
@@ -122,6 +124,10 @@ def archive_enroll(c: Ctx, device_id, pubkey, unit, force, root):
     store = _open(c, root, create=True)
     rec = store.registry.enroll(device_id, pubkey.read_bytes(), unit, force=force)
     click.echo(f"enrolled {rec['device']} for unit {rec['unit']}, key id {rec['key_id']} / 设备已登记")
+    if broker_dir:
+        from .broker import write_broker_config
+
+        write_broker_config(c, store, broker_dir, refresh=True)
 
 
 @archive.command("list")

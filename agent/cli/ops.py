@@ -78,7 +78,8 @@ def _args(text: str) -> dict:
 @json_option
 @pass_ctx
 def command_send(c: Ctx, cmd, device, args_json, key_path, broker, prefix, cafile, certfile, keyfile, timeout, as_json):
-    """Sign CMD, publish it to the device over MQTT v5 and print the device's answer.
+    """Sign CMD, publish it to the device over MQTT v5 and print the device's answer (which
+    comes back on P/dev/DEVICE/cmd/resp).
 
     TLS, user name and password come from the config's [mqtt] section when there is one;
     mqtts:// or --cafile turn TLS on.
@@ -101,7 +102,8 @@ def command_send(c: Ctx, cmd, device, args_json, key_path, broker, prefix, cafil
         raise EdgeError(f"--prefix: {exc}") from None
     settings = settings_from_config(cfg.mqtt if cfg else None, f"operator-{uuid.uuid4().hex[:12]}", broker=broker,
                                     cafile=cafile, certfile=certfile, keyfile=keyfile)
-    resp_topic = t.operator_reply(uuid.uuid4().hex)
+    # the device answers in its own subtree: the broker's ACL (archive broker-config) lets it write nowhere else
+    resp_topic = t.cmd_resp(device)
     corr = uuid.uuid4().bytes
     ex = exchange(settings, subscribe=(resp_topic,), publish=(t.cmd(device), payload), response_topic=resp_topic,
                   correlation=corr, timeout=timeout,

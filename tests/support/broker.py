@@ -75,6 +75,8 @@ class Mosquitto:
       e.g. ``["max_queued_messages 5", "max_packet_size 65536"]``.
     - listener_config: lines appended to every listener block.
     - persistence_dir: turn persistence on, storing mosquitto.db there.
+    - password_file / acl_file: identities and ACL (e.g. from agent.wire.broker_auth.generate);
+      with a password file anonymous access is off unless allow_anonymous=True is given.
     - port / tls_port: fixed ports (default: free ones chosen at first start, then kept).
     """
 
@@ -90,7 +92,9 @@ class Mosquitto:
         persistence_dir: str | Path | None = None,
         port: int | None = None,
         tls_port: int | None = None,
-        allow_anonymous: bool = True,
+        allow_anonymous: bool | None = None,
+        password_file: str | Path | None = None,
+        acl_file: str | Path | None = None,
         binary: str | None = None,
         start_timeout: float = 10.0,
     ) -> None:
@@ -103,7 +107,9 @@ class Mosquitto:
         self.extra_config = list(extra_config)
         self.listener_config = list(listener_config)
         self.persistence_dir = Path(persistence_dir) if persistence_dir is not None else None
-        self.allow_anonymous = allow_anonymous
+        self.password_file = Path(password_file) if password_file is not None else None
+        self.acl_file = Path(acl_file) if acl_file is not None else None
+        self.allow_anonymous = (password_file is None) if allow_anonymous is None else allow_anonymous
         self.start_timeout = start_timeout
         self.binary = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(self.binary):
@@ -137,6 +143,10 @@ class Mosquitto:
             lines += ["persistence true", f"persistence_location {self.persistence_dir}/"]
         else:
             lines.append("persistence false")
+        if self.password_file is not None:
+            lines.append(f"password_file {self.password_file}")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
         lines += self.extra_config
         if self.plain:
             lines += ["", f"listener {self.port} {self.host}", *self.listener_config]

@@ -1,0 +1,79 @@
+"""`edge-agent archive broker-config`: the broker's identities and ACL from the archive's
+enrolment (agent/wire/broker_auth.py); `archive enroll --broker-dir` refreshes them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .archive import _cfg_or_none, _open, archive, root_option
+from .base import Ctx, pass_ctx
+
+
+def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, prefix: str | None = None, **kw) -> None:
+    """Generate the files for every enrolled device (``refresh``: with the options of the last run
+    in ``out``), audit it, print what changed."""
+    from agent.wire import broker_auth
+
+    devices = [d["id"] for d in store.registry.devices()]
+    if refresh:
+        files = broker_auth.refresh(out, devices)
+    else:
+        cfg = _cfg_or_none(c)
+        prefix = prefix or (cfg.mqtt.topic_prefix if cfg is not None else "edge")
+        files = broker_auth.generate(out, devices, prefix=prefix, **kw)
+    store.audit.append("broker-config", None, out=str(out.resolve()), prefix=files.prefix, created=files.created,
+                       rotated=files.rotated, devices=len(devices))
+    click.echo(f"消息代理身份与访问控制已生成 / broker identities and ACL written: {out}")
+    click.echo(f"  {files.conf.name}, {files.acl.name}, {files.passwd.name}: {len(devices)} device(s) + "
+               + ", ".join(i.name for i in files.identities if i.role != "device"))
+    for label, names in (("新建 / new", files.created), ("更换 / rotated", files.rotated), ("保留 / kept", files.kept)):
+        if names:
+            click.echo(f"  {label}: {', '.join(names)}")
+    click.echo(f"  凭据（仅 root 可读）/ credentials (root only): {out / broker_auth.CREDENTIALS}/NAME.toml "
+               "-> 复制到各主机配置的 [mqtt] / copy into each host's [mqtt] section")
+    if files.stale:
+        click.echo(f"  警告 / warning: credentials of names no longer enrolled (not in passwd): {', '.join(files.stale)}",
+                   err=True)
+
+
+@archive.command("broker-config")
+@root_option
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for mosquitto.conf, acl, passwd and credentials/ (created; kept passwords are read from it).")
+@click.option("--prefix", help="Topic prefix (default mqtt.topic_prefix from the config, 'edge').")
+@click.option("--conf-dir", help="Where passwd and acl live on the broker host, as written into mosquitto.conf "
+                                 "(default: OUT).")
+@click.option("--port", type=click.IntRange(1, 65535), default=1883, show_default=True,
+              help="Plain listener port (loopback only).")
+@click.option("--tls-port", type=click.IntRange(1, 65535), help="TLS listener on every address (needs the next three).")
+@click.option("--cafile", help="TLS: CA file on the broker host.")
+@click.option("--certfile", help="TLS: the broker's certificate on the broker host.")
+@click.option("--keyfile", help="TLS: the broker's private key on the broker host.")
+@click.option("--archive-user", default="archive", show_default=True, help="User name of the archive receivers.")
+@click.option("--monitor-user", default="monitor", show_default=True, help="User name of the monitor (read only).")
+@click.option("--ops-user", default="ops", show_default=True, help="User name for `edge-agent command send`.")
+@click.option("--rotate", multiple=True, help="Give this identity a new password (repeatable).")
+@click.option("--rotate-all", is_flag=True, help="New passwords for every identity.")
+@pass_ctx
+def archive_broker_config(c: Ctx, root, out, prefix, conf_dir, port, tls_port, cafile, certfile, keyfile,
+                          archive_user, monitor_user, ops_user, rotate, rotate_all):
+    """Write the Mosquitto 2.0 password file, ACL and config for every enrolled device (user
+    name = device id) and the archive, monitor and ops identities. Anonymous access is off;
+    each device may publish only in its own subtree and read only its own answers and
+    commands. Running it again keeps existing passwords. Audited.
+
+    \b
+    Example:
+      edge-agent archive broker-config --root /srv/archive --out /root/broker \\
+          --conf-dir /etc/mosquitto/edge-agent --tls-port 8883 --cafile /etc/mosquitto/certs/ca.crt \\
+          --certfile /etc/mosquitto/certs/broker.crt --keyfile /etc/mosquitto/certs/broker.key
+    """
+    store = _open(c, root)
+    try:
+        write_broker_config(c, store, out, prefix=prefix, conf_dir=conf_dir, port=port, tls_port=tls_port,
+                            cafile=cafile, certfile=certfile, keyfile=keyfile, rotate=rotate, rotate_all=rotate_all,
+                            services={"archive": archive_user, "monitor": monitor_user, "ops": ops_user})
+    finally:
+        store.close()

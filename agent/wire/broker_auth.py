@@ -1,0 +1,323 @@
+"""Broker identities and ACL for Mosquitto 2.0, generated from the archive's enrolment.
+
+One identity per enrolled device (MQTT user name = device id, so the ACL's ``pattern`` lines
+with ``%u`` confine each device to its own topics), plus three service identities:
+
+- ``archive``: the receivers (all share it; each keeps its own client id). Only it reads the
+  transfer topics and the chain checkpoints, and only it writes answers (``P/ack/D``) and the
+  receiver status.
+- ``monitor``: reads device state (status, health, alarms, components, chain, ratio) and the
+  archive status; writes nothing.
+- ``ops``: ``edge-agent command send``: writes ``P/dev/D/cmd``, reads ``P/dev/D/cmd/resp`` and
+  device status.
+
+Every topic in the ACL is built by :class:`agent.wire.topics.Topics`; nothing is spelled twice.
+Passwords are random (192 bits) and stored at the broker as PBKDF2-SHA512 hashes in
+``mosquitto_passwd``'s ``$7$`` format; the plain passwords go to one root-only file per identity
+(``credentials/NAME.toml``) for the technician to copy into that host's ``[mqtt]`` section.
+Running the generator again keeps every existing password (unless rotated) and adds new devices.
+
+    files = generate(out_dir, ["dock-0001", "room-0001"], prefix="edge")
+    files.conf, files.acl, files.passwd, files.credentials["dock-0001"]
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.common.errors import EdgeError
+from agent.common.fs import atomic_write
+
+from .topics import XFER_KINDS, Topics, safe_segment
+
+# mosquitto_passwd (Mosquitto 2.0): PBKDF2-HMAC-SHA512, 12-byte salt, 64-byte hash, 101 iterations.
+# The passwords are random tokens, not words: the iteration count does not protect them, and the
+# broker pays it on every CONNECT (a fleet reconnecting after a broker restart).
+HASH_ID = "7"
+ITERATIONS = 101
+SALT_LEN = 12
+HASH_LEN = 64
+
+ROLES = ("device", "archive", "monitor", "ops")
+DEFAULT_SERVICES = {"archive": "archive", "monitor": "monitor", "ops": "ops"}
+
+PASSWD = "passwd"
+ACL = "acl"
+CONF = "mosquitto.conf"
+CREDENTIALS = "credentials"
+SETTINGS = "broker-config.json"   # the options of the last run, for refresh()
+
+
+def hash_password(password: str, *, salt: bytes | None = None, iterations: int = ITERATIONS) -> str:
+    """The ``$7$ITER$SALT$HASH`` string ``mosquitto_passwd -b`` writes for ``password``."""
+    salt = secrets.token_bytes(SALT_LEN) if salt is None else salt
+    dk = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, iterations, HASH_LEN)
+    return f"${HASH_ID}${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(dk).decode()}"
+
+
+def check_password(password: str, hashed: str) -> bool:
+    """True if ``hashed`` (a ``$7$`` password-file hash) is the hash of ``password``."""
+    try:
+        _, hid, iterations, salt, dk = hashed.split("$")
+        if hid != HASH_ID:
+            return False
+        want = base64.b64decode(dk, validate=True)
+        got = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), base64.b64decode(salt, validate=True),
+                                  int(iterations), len(want))
+    except ValueError:
+        return False
+    return hmac.compare_digest(got, want)
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    role: str
+    password: str
+
+
+@dataclass
+class BrokerFiles:
+    out: Path
+    conf: Path
+    acl: Path
+    passwd: Path
+    credentials: dict[str, Path]
+    identities: list[Identity]
+    prefix: str = "edge"
+    created: list[str] = field(default_factory=list)
+    rotated: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)   # credential files of names no longer enrolled
+
+
+# -- the ACL ----------------------------------------------------------------------------------
+def _device_write(t: Topics, d: str) -> list[str]:
+    """Every topic a device publishes, for device id (or pattern) ``d``."""
+    return [t.status(d), t.health(d), t.alarm(d, "+"), t.component(d, "+"), t.chain(d), t.ratio(d),
+            t.cmd_resp(d)] + [t.xfer(d, "+", k) for k in XFER_KINDS]
+
+
+def _subtrees(t: Topics, d: str) -> list[str]:
+    """``P/dev/D/#`` and ``P/xfer/D/#``: the levels above ``D`` in the topics a device writes."""
+    return sorted({topic.split(f"/{d}/")[0] + f"/{d}/#" for topic in _device_write(t, d)})
+
+
+def _device_read(t: Topics, d: str) -> list[str]:
+    return [t.ack(d), t.cmd(d), t.archive_status(), t.all_archive_receivers()]
+
+
+def _state_topics(t: Topics, d: str) -> list[str]:
+    """What the monitor shows: a device's retained state and health."""
+    return [t.status(d), t.health(d), t.alarm(d, "+"), t.component(d, "+"), t.chain(d), t.ratio(d)]
+
+
+def acl_text(prefix: str = "edge", services: dict[str, str] | None = None) -> str:
+    """The Mosquitto ACL file. Devices get ``pattern`` lines (``%u`` = their user name = device
+    id); each service identity gets a ``user`` block. Mosquitto also applies the patterns to the
+    service identities, so each block first denies the device subtrees under its own name."""
+    s = _services(services)
+    t = Topics(prefix)
+    lines = [
+        "# Mosquitto ACL for edge-agent, generated by `edge-agent archive broker-config`.",
+        f"# Topic prefix {prefix!r}. Anything not allowed here is refused: a refused publish gets",
+        "# PUBACK 0x87 and is not delivered; a refused read is never delivered.",
+        "",
+        "# Devices (MQTT user name = device id): publish only in their own subtree, read only",
+        "# their own answers and commands, and the archive's status.",
+    ]
+    lines += [f"pattern write {topic}" for topic in _device_write(t, "%u")]
+    lines += [f"pattern read {topic}" for topic in _device_read(t, "%u")]
+
+    def block(name: str, comment: str, rules: list[tuple[str, str]]) -> list[str]:
+        out = ["", f"# {comment}", f"user {name}"]
+        # the patterns would grant a device of this name its subtrees: refuse them
+        out += [f"topic deny {topic}" for topic in _subtrees(t, name) + [t.ack(name)]]
+        out += [f"topic {access} {topic}" for access, topic in rules]
+        return out
+
+    lines += block(s["archive"], "Archive receivers: the only readers of transfers and checkpoints, the only "
+                   "writers of answers (receipts).",
+                   [("read", t.all_xfer()), ("read", t.all_chains()), ("write", t.ack("+")),
+                    ("readwrite", t.archive_status()), ("readwrite", t.all_archive_receivers())])
+    lines += block(s["monitor"], "Monitor: reads device state and the archive's status, writes nothing.",
+                   [("read", topic) for topic in _state_topics(t, "+")]
+                   + [("read", t.archive_status()), ("read", t.all_archive_receivers())])
+    lines += block(s["ops"], "Operators (edge-agent command send): signed commands out, answers and status in.",
+                   [("write", t.cmd("+")), ("read", t.cmd_resp("+")), ("read", t.status("+"))])
+    return "\n".join(lines) + "\n"
+
+
+# -- the broker configuration ------------------------------------------------------------------
+def conf_text(conf_dir: Path | str, *, port: int = 1883, tls_port: int | None = None, cafile: str | None = None,
+              certfile: str | None = None, keyfile: str | None = None) -> str:
+    """A mosquitto.conf snippet (for /etc/mosquitto/conf.d/): identities and ACL on, anonymous
+    off; the plain listener on the loopback only, TLS on any other address."""
+    conf_dir = Path(conf_dir)
+    lines = [
+        "# Mosquitto 2.0 settings for edge-agent, generated by `edge-agent archive broker-config`.",
+        f"# Install (docs/security.md): passwd and acl in {conf_dir}/ (readable by the broker only),",
+        "# this file as /etc/mosquitto/conf.d/edge-agent.conf, then restart mosquitto.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {conf_dir / PASSWD}",
+        f"acl_file {conf_dir / ACL}",
+        "set_tcp_nodelay true",
+        "",
+        "# plain MQTT only on the loopback (an agent or archive on the broker host)",
+        f"listener {port} 127.0.0.1",
+    ]
+    if tls_port:
+        if not (cafile and certfile and keyfile):
+            raise EdgeError("TLS 监听需要 CA、证书和私钥 / a TLS listener needs --cafile, --certfile and --keyfile")
+        lines += ["", "# every other address: TLS (the broker's certificate; identities by password)",
+                  f"listener {tls_port}", f"cafile {cafile}", f"certfile {certfile}", f"keyfile {keyfile}",
+                  "tls_version tlsv1.2"]
+    else:
+        lines += ["", "# for stations on the network add a TLS listener (broker-config --tls-port 8883 --cafile ...):",
+                  "# listener 8883", "# cafile /etc/mosquitto/certs/ca.crt", "# certfile /etc/mosquitto/certs/broker.crt",
+                  "# keyfile /etc/mosquitto/certs/broker.key"]
+    return "\n".join(lines) + "\n"
+
+
+# -- identities -------------------------------------------------------------------------------
+def _services(services: dict[str, str] | None) -> dict[str, str]:
+    s = dict(DEFAULT_SERVICES)
+    s.update({k: v for k, v in (services or {}).items() if v})
+    unknown = set(s) - set(DEFAULT_SERVICES)
+    if unknown:
+        raise EdgeError(f"未知的服务身份 / unknown service identity: {', '.join(sorted(unknown))}")
+    for role, name in s.items():
+        if not safe_segment(name):
+            raise EdgeError(f"服务身份名称不合法 / {role} user name {name!r}: letters, digits, '_', '.', '-' only")
+    if len(set(s.values())) != len(s):
+        raise EdgeError(f"服务身份名称重复 / service user names must differ: {s}")
+    return s
+
+
+def _load_credentials(path: Path) -> dict:
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise EdgeError(f"凭据文件无法读取 / credentials file {path} unreadable: {exc}") from None
+    mqtt = data.get("mqtt")
+    return mqtt if isinstance(mqtt, dict) else {}
+
+
+def _read_credential(path: Path) -> str | None:
+    try:
+        password = _load_credentials(path).get("password")
+    except EdgeError as exc:
+        raise EdgeError(f"{exc}; fix or remove it (removing it gives that identity a new password)") from None
+    return password if isinstance(password, str) and password else None
+
+
+def _credential_text(ident: Identity) -> str:
+    where = {"device": "this device's agent config (/etc/edge-agent/agent.toml)",
+             "archive": "the archive's config (archive.toml)", "monitor": "the monitor's config (monitor.toml)",
+             "ops": "the operator's config (edge-agent --config ... command send)"}[ident.role]
+    return (f"# MQTT 身份 / identity {ident.name} (role {ident.role}), generated by `edge-agent archive broker-config`.\n"
+            f"# 复制到 / copy into the [mqtt] section of {where}; keep it secret (root only).\n"
+            f"[mqtt]\nusername = \"{ident.name}\"\npassword = \"{ident.password}\"\n")
+
+
+def _read_passwd(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            name, sep, hashed = line.partition(":")
+            if sep and not line.startswith("#"):
+                out[name] = hashed
+    return out
+
+
+def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", services: dict[str, str] | None = None,
+             rotate: Iterable[str] = (), rotate_all: bool = False, conf_dir: Path | str | None = None,
+             port: int = 1883, tls_port: int | None = None, cafile: str | None = None, certfile: str | None = None,
+             keyfile: str | None = None) -> BrokerFiles:
+    """Write ``OUT/mosquitto.conf``, ``OUT/acl``, ``OUT/passwd`` and ``OUT/credentials/NAME.toml``
+    (0600, directory 0700). Existing passwords are kept unless the name is in ``rotate``."""
+    out = Path(out)
+    s = _services(services)
+    if not safe_segment(prefix):
+        raise EdgeError(f"主题前缀不合法 / unsafe topic prefix {prefix!r}: letters, digits, '_', '.', '-' only")
+    devices = sorted(set(devices))
+    for d in devices:
+        if not safe_segment(d):
+            raise EdgeError(f"设备编号不能作为用户名 / device id {d!r} cannot be an MQTT user name")
+    clash = sorted(set(devices) & set(s.values()))
+    if clash:
+        raise EdgeError(f"设备编号与服务身份重名 / device id(s) {', '.join(clash)} equal a service user name; "
+                        "choose other names with --archive-user/--monitor-user/--ops-user")
+    names = [(d, "device") for d in devices] + [(s[r], r) for r in ("archive", "monitor", "ops")]
+    rotate = set(rotate)
+    unknown = rotate - {n for n, _ in names}
+    if unknown:
+        raise EdgeError(f"没有该身份 / no such identity to rotate: {', '.join(sorted(unknown))}")
+    # everything that can be refused is checked before the first file is written
+    acl = acl_text(prefix, s)
+    conf = conf_text(Path(conf_dir) if conf_dir else out.resolve(), port=port, tls_port=tls_port, cafile=cafile,
+                     certfile=certfile, keyfile=keyfile)
+    cred_dir = out / CREDENTIALS
+    olds = {name: _read_credential(cred_dir / f"{name}.toml") if (cred_dir / f"{name}.toml").exists() else None
+            for name, _ in names}
+    old_hashes = _read_passwd(out / PASSWD)
+    cred_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(cred_dir, 0o700)
+    files = BrokerFiles(out=out, conf=out / CONF, acl=out / ACL, passwd=out / PASSWD, credentials={}, identities=[],
+                        prefix=prefix)
+    passwd_lines = []
+    for name, role in names:
+        path = cred_dir / f"{name}.toml"
+        old = olds[name]
+        if old is not None and not rotate_all and name not in rotate:
+            ident = Identity(name, role, old)
+            files.kept.append(name)
+        else:
+            ident = Identity(name, role, new_password())
+            (files.rotated if old is not None else files.created).append(name)
+            atomic_write(path, _credential_text(ident).encode("utf-8"), mode=0o600)
+        files.credentials[name] = path
+        files.identities.append(ident)
+        hashed = old_hashes.get(name)
+        if hashed is None or not check_password(ident.password, hashed):
+            hashed = hash_password(ident.password)
+        passwd_lines.append(f"{name}:{hashed}")
+    known = {n for n, _ in names}
+    files.stale = sorted(p.stem for p in cred_dir.glob("*.toml") if p.stem not in known)
+    atomic_write(files.passwd, ("\n".join(passwd_lines) + "\n").encode(), mode=0o600)
+    atomic_write(files.acl, acl.encode(), mode=0o644)
+    atomic_write(files.conf, conf.encode(), mode=0o644)
+    settings = {"prefix": prefix, "services": s, "conf_dir": str(conf_dir) if conf_dir else None, "port": port,
+                "tls_port": tls_port, "cafile": cafile, "certfile": certfile, "keyfile": keyfile}
+    atomic_write(out / SETTINGS, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode(), mode=0o644)
+    return files
+
+
+def refresh(out: Path | str, devices: Iterable[str]) -> BrokerFiles:
+    """generate() again with the settings of the last run in ``out`` (after an enrolment)."""
+    out = Path(out)
+    try:
+        settings = json.loads((out / SETTINGS).read_text(encoding="utf-8"))
+        if not isinstance(settings, dict):
+            raise ValueError("not an object")
+    except FileNotFoundError:
+        raise EdgeError(f"{out} 中没有消息代理配置 / no broker configuration in {out}: "
+                        "run `edge-agent archive broker-config --out DIR` first") from None
+    except (OSError, ValueError) as exc:
+        raise EdgeError(f"{out / SETTINGS} 无法读取 / unreadable: {exc}") from None
+    known = {"prefix", "services", "conf_dir", "port", "tls_port", "cafile", "certfile", "keyfile"}
+    return generate(out, devices, **{k: v for k, v in settings.items() if k in known})
