@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 from agent import config as config_mod
@@ -43,6 +44,16 @@ def wait_port(port: int, timeout: float = 10) -> None:
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"demo: broker did not start on port {port}")
+
+
+def from_example(name: str, overrides: dict) -> dict:
+    """config/NAME (the shipped example) with the demo's values over it, key by key; the demo
+    runs its own broker, so [mqtt] is the demo's alone."""
+    base = tomllib.loads((ROOT / "config" / name).read_text(encoding="utf-8"))
+    base.pop("mqtt", None)
+    for section, values in overrides.items():
+        base.setdefault(section, {}).update(values)
+    return base
 
 
 def edge(cfg: Path | None, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -91,14 +102,14 @@ def main() -> int:
         (out / "dev").mkdir()
         bay = out / "dev" / "ttyREC1"
         cfg.parent.mkdir(parents=True)
-        cfg.write_text(config_mod.render_default({
+        cfg.write_text(config_mod.render_default(from_example("station.toml", {
             "device": {"id": "dock-demo-01", "unit_code": "330106000000", "unit_name": "西湖区综合行政执法局",
                        "kind": "dock", "location": "西湖区文三路采集站 / Wensan Rd docking station"},
             "storage": {"data_dir": str(out / "agent" / "data"), "reserve_mb": 100, "retention_days": 7},
             "mqtt": {"host": "127.0.0.1", "port": port},
             "health": {"interval_s": 5},
             "dock": {"bays": [{"name": "bay-1", "port": str(bay)}], "poll_ms": 300},
-        }), encoding="utf-8")
+        })), encoding="utf-8")
         edge(cfg, "init")
         print(f"  {cfg}")
 
@@ -133,7 +144,7 @@ def main() -> int:
         rcfg = out / "room" / "agent.toml"
         rcfg.parent.mkdir(parents=True)
         pano = make_clip(out / "media" / "panorama.mp4", seconds=8, size="1280x720", audio=False, seed=3)
-        rcfg.write_text(config_mod.render_default({
+        rcfg.write_text(config_mod.render_default(from_example("room.toml", {
             "device": {"id": "room-demo-01", "unit_code": "330106000000", "unit_name": "西湖区综合行政执法局",
                        "kind": "room", "location": "西湖区综合行政执法局办案区 / case-handling area"},
             "storage": {"data_dir": str(out / "room" / "data"), "reserve_mb": 100},
@@ -142,7 +153,7 @@ def main() -> int:
             "room": {"name": "第一询问室 / Interview room 1", "cameras": [f"file:{clip}", f"file:{pano}"],
                      "size": "1280x720", "fps": 15, "segment_seconds": 2, "microphone": "tone",
                      "sensor_port": str(out / "dev" / "ttyRS485")},
-        }), encoding="utf-8")
+        })), encoding="utf-8")
         from tools.sensor_sim import SensorSim
 
         sensor = SensorSim(out / "dev" / "ttyRS485", temp_c_x10=236, humidity_x10=452)
