@@ -2,9 +2,11 @@
 
 The sources are parsed, not imported: every string literal that names a ledger table (the
 ``CREATE TABLE`` names of agent.store.ledger.MIGRATIONS) after FROM, INTO, UPDATE, JOIN or TABLE,
-every sqlite-utils table handle ``db["items"]`` and every reach into ``something.ledger`` is
-reported when it is outside agent/store. A package that declares a table of the same name in its
-own migrations (the archive's index has its own ``items``, ``meta`` and ``audit``) may name it.
+every sqlite-utils table handle ``db["items"]``, every reach into ``something.ledger`` and every
+mention of the file ``ledger.db`` is reported when it is outside agent/store. A package that
+declares a table of the same name in its own migrations (the archive's index has its own
+``items``, ``meta`` and ``audit``) may name it. tools/ (benchmarks, simulators) is held to the
+same rule except for table names: its simulators read the archive's own ``items``.
 """
 
 from __future__ import annotations
@@ -43,15 +45,18 @@ def declared_tables(sources: dict[str, str]) -> set[str]:
     return out
 
 
-def violations(rel: str, text: str, tables: set[str], own: set[str]) -> list[str]:
-    """Where the file ``rel`` touches one of ``tables`` (other than those in ``own``) or the ledger."""
+def violations(rel: str, text: str, tables: set[str], own: set[str], sql: bool = True) -> list[str]:
+    """Where the file ``rel`` touches one of ``tables`` (other than those in ``own``) or the ledger;
+    ``sql=False`` skips the table names in string literals."""
     tree = ast.parse(text)
     out = []
     allowed = own | GENERIC.get(rel, set())
     for line, s in _strings(tree):
-        for t in SQL_TABLE.findall(s):
+        for t in SQL_TABLE.findall(s) if sql else ():
             if t in tables and t not in allowed:
                 out.append(f"{rel}:{line}: SQL on the ledger's table {t!r}: {s.strip()[:80]!r}")
+        if "ledger.db" in s:
+            out.append(f"{rel}:{line}: opens the ledger's file: {s.strip()[:80]!r}")
     for node in ast.walk(tree):
         if (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant)
                 and node.slice.value in tables and node.slice.value not in allowed
@@ -67,7 +72,7 @@ def violations(rel: str, text: str, tables: set[str], own: set[str]) -> list[str
 def _packages() -> dict[str, dict[str, str]]:
     """Top-level package (agent/dock, agent/common, drivers …) -> {relative path: source}."""
     pkgs: dict[str, dict[str, str]] = {}
-    for top in ("agent", "drivers"):
+    for top in ("agent", "drivers", "tools"):
         for p in sorted((ROOT / top).rglob("*.py")):
             rel = p.relative_to(ROOT).as_posix()
             parts = rel.split("/")
@@ -87,7 +92,7 @@ def test_only_the_store_touches_the_ledger():
             continue
         own = declared_tables(sources)
         for rel, text in sources.items():
-            found += violations(rel, text, LEDGER_TABLES, own)
+            found += violations(rel, text, LEDGER_TABLES, own, sql=not rel.startswith("tools/"))
     assert not found, "SQL on the agent ledger outside agent/store (add a method to agent/store/repository.py):\n" \
         + "\n".join(found)
 
@@ -126,6 +131,9 @@ def pending(store):
     assert any("'command_nonces'" in f for f in violations("agent/wire/commands.py", made, LEDGER_TABLES, set()))
     archive = 'MIGRATIONS = [("0001", """CREATE TABLE items (id TEXT); CREATE TABLE meta (k TEXT)""")]\n'
     assert declared_tables({"agent/archive/registry.py": archive}) == {"items", "meta"}
+    # the file itself, opened by path
+    assert violations("tools/bench/x.py", 'sqlite3.connect(str(data / "ledger.db"))', LEDGER_TABLES, set(),
+                      sql=False)
     # prose is not SQL
     assert violations("agent/dock/example.py", '"""Sealed items from the ledger, into the archive."""',
                       LEDGER_TABLES, set()) == []

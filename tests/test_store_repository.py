@@ -145,3 +145,20 @@ def test_init_device_writes_then_refuses_an_existing_key_before_touching_the_con
     assert config_mod.load(path).device.id == "room-08"
     st = Store(config_mod.load(path))
     assert [e["action"] for e in st.audit.entries(action="init")] == ["init", "init"]
+
+
+def test_verify_audit_counts_entries_and_names_an_edited_one(tmp_path):
+    import sqlite3
+
+    from agent.common.errors import VerifyError
+
+    store = make_store(tmp_path)
+    _seal(store, "a.mp4", b"a")
+    n = store.verify_audit()
+    assert n == len(store.audit.entries()) >= 1
+    con = sqlite3.connect(store.data_dir / "ledger.db")
+    con.execute("UPDATE audit SET actor = 'someone-else' WHERE seq = 1")
+    con.commit()
+    con.close()
+    with pytest.raises(VerifyError, match="entry 1 was edited"):
+        store.verify_audit()

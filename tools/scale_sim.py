@@ -193,7 +193,7 @@ def make_fleet(base: Path, devices: int, items: int, item_bytes: int, seed: int 
                 p.write_bytes(rnd[off:off + item_bytes])
                 ids.append(ingest(store, [p], dict(META))["item_id"])
                 p.unlink()
-            store.ledger.close()
+            store.close()
             archive.registry.enroll(dev, store.pub_path.read_bytes(), unit, actor="scale_sim")
             fleet[dev] = {"unit": unit, "items": ids, "bytes": items * item_bytes, "data_dir": str(devdir / dev)}
     finally:

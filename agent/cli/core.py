@@ -402,9 +402,7 @@ def audit_verify(c: Ctx, as_json):
     Example:
       edge-agent audit verify
     """
-    store = c.store
-    public = store.private_key.public_key()
-    n = store.audit.verify(verifier=lambda data, sig: keys.verify_sig(public, data, sig))
+    n = c.store.verify_audit()
     if as_json:
         emit_json({"ok": True, "entries": n})
     else:

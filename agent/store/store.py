@@ -100,6 +100,12 @@ class Store(Repository, Recovery, Retrieval):
         ring.add(self.private_key.public_key(), self.cfg.device.id)
         return ring
 
+    def verify_audit(self) -> int:
+        """Check the audit chain and its head signed by this device's key; raises VerifyError
+        naming the first bad entry. Returns the number of entries."""
+        public = self.private_key.public_key()
+        return self.audit.verify(verifier=lambda data, sig: keys.verify_sig(public, data, sig))
+
     def device_record(self) -> dict:
         d = self.cfg.device
         return {"id": d.id, "unit_code": d.unit_code, "unit_name": d.unit_name, "kind": d.kind,

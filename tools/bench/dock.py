@@ -78,7 +78,7 @@ def _cp_sync(files: list[Path], dst: Path) -> float:
 
 
 def _ledger_states(store: Store) -> dict[str, int]:
-    return {r["state"]: r["n"] for r in store.ledger.query("SELECT state, count(*) n FROM items GROUP BY state")}
+    return store.counts_by_state()
 
 
 def _stop(p: subprocess.Popen | None, timeout: float = 30) -> None:

@@ -159,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         while time.monotonic() < end:
             time.sleep(0.05)
             if args.mqtt:
-                for row in agent.store.ledger.query(
-                        "SELECT id, created_ts FROM items WHERE kind = 'room' AND state IN ('archived', 'purged')"):
-                    archived.setdefault(row["id"], time.time() - row["created_ts"])
+                for row in agent.store.items():
+                    if row["kind"] == "room" and row["state"] in ("archived", "purged"):
+                        archived.setdefault(row["id"], time.time() - row["created_ts"])
         c1, t1 = proc.cpu_times(), time.monotonic()
         st = sess.status()
         frames, repeated = sess.frames - f0, sess.repeated - r0

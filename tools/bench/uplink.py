@@ -200,7 +200,7 @@ def ours(work: Path, port: int, cfg, store, ids: list[str], broker_pid: int, arc
         total = sum(store.item(i)["size"] for i in ids)
         first = None
         while True:
-            counts = {r["state"]: r["n"] for r in store.ledger.query("SELECT state, count(*) n FROM items GROUP BY state")}
+            counts = store.counts_by_state()
             if first is None and (counts.get("uploading") or counts.get("archived")):
                 first = time.monotonic()
             if counts.get("archived", 0) == len(ids):
