@@ -531,7 +531,7 @@ def test_erase_policy_command_applies_at_once(env, media):
 def test_alarms_bay_state_and_ratio_go_out_through_the_ports(env, media, broker):
     """The dock publishes nothing itself: its ports (the health component, as `edge-agent run`
     wires it) put the alarm, the bay's state and the ratio on their retained topics, unchanged."""
-    from tests.test_health_helpers import Capture, ContractUplink
+    from tests.support.health import Capture, ContractUplink
 
     data, ports, made = env
     cap = Capture(broker.port, "edge/dev/dock-0001/#")

@@ -4,25 +4,16 @@ serve`; files are erased from the recorder only after the archive acknowledged e
 from __future__ import annotations
 
 import json
-import subprocess
 
 from tests.test_dock import media, media_master, start_sim  # noqa: F401  (fixtures)
 from tests.test_dock_process import bay_state, proc_env  # noqa: F401
+from tests.support.retained import retained as retained_raw
 from tests.support.uplink import UNIT, agent_config, check_archive, enroll, open_store, start_agent, start_archive, \
     states, wait_for
 
 
 def retained(port: int, topic: str) -> dict[str, dict]:
-    out = subprocess.run(["mosquitto_sub", "-p", str(port), "-t", topic, "-v", "--retained-only", "-W", "2"],
-                         capture_output=True, text=True, timeout=10).stdout
-    res = {}
-    for line in out.splitlines():
-        t, _, payload = line.partition(" ")
-        try:
-            res[t] = json.loads(payload)
-        except ValueError:
-            pass
-    return res
+    return {t: json.loads(p) for t, p in retained_raw(port, topic).items() if p}
 
 
 def test_dock_to_archive_then_erase(proc_env, media, broker, tmp_path):

@@ -16,7 +16,7 @@ from agent.health.alarms import CODES, AlarmRegistry
 from agent.runtime import Agent
 from agent.store.ingest import ingest
 from tests.support.spine import META, make_store
-from tests.test_health_helpers import Capture, ContractUplink, asyncapi_schemas, retained, schema_for
+from tests.support.health import Capture, ContractUplink, asyncapi_schemas, retained, schema_for
 
 
 class FakeCamera:

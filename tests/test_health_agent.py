@@ -17,7 +17,7 @@ import pytest
 from agent import config as config_mod
 from agent.evidence import keys
 from tests.support.spine import ingest_args
-from tests.test_health_helpers import EDGE, Capture, MonitorProc, asyncapi_schemas, retained, schema_for
+from tests.support.health import EDGE, Capture, MonitorProc, asyncapi_schemas, retained, schema_for
 
 DEV = "dock-0001"
 

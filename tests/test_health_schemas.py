@@ -13,7 +13,7 @@ import yaml
 
 from agent.wire import asyncapi, health as pl
 from agent.wire.topics import Topics
-from tests.test_health_helpers import ROOT, asyncapi_schemas
+from tests.support.health import ROOT, asyncapi_schemas
 from tools.fleet_sim import SimDevice
 
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from agent.monitor.ingest import Ingest, IngestSettings
 from agent.monitor.state import MonitorDB, connect, fleet
 from agent.monitor.tui import render
-from tests.test_health_helpers import EDGE, MonitorProc, publish
+from tests.support.health import EDGE, MonitorProc, publish
 from tools.fleet_sim import FleetSim, make_fleet
 
 
@@ -121,7 +121,7 @@ def test_bad_input_counted_never_applied(tmp_path, broker):
         # retained garbage on another status topic (seen again by every subscriber that connects)
         publish(broker.port, "edge/dev/junk/status", b"\x00\x01garbage", retain=True)
         # flood: 400 messages at once from one device
-        from tests.test_health_helpers import mqtt
+        from tests.support.health import mqtt
 
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="flooder", protocol=mqtt.MQTTv5)
         c.connect("127.0.0.1", broker.port)

@@ -14,7 +14,7 @@ import pytest
 
 from agent.monitor.ingest import Ingest, IngestSettings
 from agent.monitor.state import MonitorDB
-from tests.test_health_helpers import EDGE
+from tests.support.health import EDGE
 from tools.fleet_sim import SimDevice
 
 

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from tests.test_health_helpers import ARTIFACTS, MonitorProc, publish
+from tests.support.health import ARTIFACTS, MonitorProc, publish
 from tools.fleet_sim import FleetSim, make_fleet
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

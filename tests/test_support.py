@@ -175,3 +175,22 @@ def test_tls_client_rejects_wrong_server_ca(tls_broker: Mosquitto, pki):
     dev = pki.client("dock-0001")
     p = Probe().tls(pki.rogue_ca.cert, dev.cert, dev.key)
     assert not p.connect(tls_broker.tls_port, timeout=3)
+
+
+def test_retained_reads_exactly_what_the_broker_keeps(broker):
+    """tests/support/retained.py: retained messages only, none missed, without a sleep."""
+    from tests.support.health import publish
+    from tests.support.retained import retained
+
+    for i in range(50):
+        publish(broker.port, f"edge/dev/d{i}/status", {"n": i}, retain=True)
+    publish(broker.port, "edge/dev/d0/health", {"live": True})            # not retained
+    publish(broker.port, "other/x", b"kept", retain=True)
+    got = retained(broker.port, "edge/dev/#")
+    assert sorted(got) == sorted(f"edge/dev/d{i}/status" for i in range(50))
+    assert got["edge/dev/d7/status"] == b'{"n": 7}'
+    everything = retained(broker.port)                                       # "#" covers the marker too
+    assert set(everything) == set(got) | {"other/x"}
+    publish(broker.port, "other/x", b"", retain=True)                      # cleared: gone
+    assert "other/x" not in retained(broker.port, "other/#")
+    assert retained(broker.port, "nothing/here/#") == {}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import subprocess
 import time
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from agent.evidence import keys
 from agent.wire import checkpoint, protocol as P
 from agent.wire.mqtt import Connection, ConnSettings, PublishError, TlsConfig
+from tests.support.retained import retained as broker_retained
 from tests.support.uplink import (UNIT, InProc, add_items, agent_config, all_archived, check_archive, enroll,
                                   live_status, open_store, run, start_agent, start_archive, states, wait_for)
 
@@ -369,10 +369,8 @@ def test_run_without_device_key_is_a_clear_error(tmp_path):
 
 
 def _retained(port: int, topic: str) -> dict | None:
-    p = subprocess.run(["mosquitto_sub", "-p", str(port), "-t", topic, "--retained-only", "-W", "5", "-C", "1"],
-                       capture_output=True, text=True)
-    out = p.stdout.strip()
-    return json.loads(out) if out else None
+    payload = broker_retained(port, topic).get(topic)
+    return json.loads(payload) if payload else None
 
 
 def test_uplink_retry_command(tmp_path):

@@ -17,7 +17,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.retained import retained  # noqa: F401  (tests import it from here too)
+
+ROOT = Path(__file__).resolve().parents[2]
 EDGE = str(Path(sys.executable).with_name("edge-agent"))
 ARTIFACTS = ROOT / "artifacts"
 
@@ -87,14 +89,6 @@ class Capture:
     def close(self):
         self.c.disconnect()
         self.c.loop_stop()
-
-
-def retained(port: int, topic: str = "#", wait: float = 1.5) -> dict[str, bytes]:
-    """What the broker retains now under ``topic`` (a fresh subscriber)."""
-    cap = Capture(port, topic)
-    time.sleep(wait)
-    cap.close()
-    return {t: p for t, p, r in cap.msgs if r}
 
 
 def publish(port: int, topic: str, payload, *, retain: bool = False, qos: int = 1) -> None:
