@@ -109,6 +109,21 @@ def sealed_items(store: Store) -> list[dict]:
     return [r for r in store.items() if r["state"] in ("sealed", "uploading", "archived", "purged")]
 
 
+def receipt_for(row: dict, **changes) -> dict:
+    """The fields of the archive's receipt (agent/archive/storage.py ``_receipt``) for the item as
+    sealed: what the uplink stores with ``Store.mark_archived`` when the archive answers stored."""
+    r = {"archive": "archive-test", "device": "dock-0001", "item": row["id"], "seq": row["device_seq"],
+         "path": f"dock-0001/{row['id']}", "manifest_hash": row["manifest_hash"], "item_hash": row["item_hash"],
+         "annotations": 0, "stored_at": "2026-11-27T18:00:00+08:00"}
+    r.update(changes)
+    return r
+
+
+def copy_records(store: Store) -> dict[str, dict]:
+    """item id -> the bay's copy record (audit ``copy``)."""
+    return {e["item_id"]: json.loads(e["detail"]) for e in store.audit.entries(action="copy")}
+
+
 @pytest.fixture
 def env(tmp_path):
     """(data dir, ports dir, list of sims to stop, stations to stop)."""
@@ -168,8 +183,14 @@ def test_dock_copy_seal_metadata_and_erase_after_archive(env, media):
     # after-archive: nothing erased before the archive acknowledges (and below, in the audit
     # chain's order: each erase comes after its item's archive entry)
     assert sim.erased == [] and st.store.audit.entries(action="erase") == []
+    # the bay's copy record of each file: the hash computed while copying, and the manifest sealed for it
+    copies = copy_records(st.store)
     for row in items:
-        st.store.mark_archived(row["id"], {"content_hash": row["content_hash"]})
+        c = copies[row["id"]]
+        assert c["hash"] == originals[c["file"]] and c["size"] == (media / c["file"]).stat().st_size
+        assert c["manifest_hash"] == row["manifest_hash"] and c["manifest_file"] == {"hash": c["hash"], "size": c["size"]}
+    for row in items:
+        st.store.mark_archived(row["id"], receipt_for(row))
     b = st.wait("bay-3", ("done",))
     important = [n for n in originals if "_IMP" in n]
     assert sorted(sim.erased) == sorted(set(originals) - set(important))
@@ -185,6 +206,60 @@ def test_dock_copy_seal_metadata_and_erase_after_archive(env, media):
     sim.stop()
     st.wait_state("bay-3", ("idle",), timeout=3)
     assert st.dock.registry.recorders()[0]["serial"] == SERIAL
+
+
+def test_erase_needs_the_receipt_the_sealed_manifest_and_the_copy_to_agree(env, media):
+    """Issue 14: the ledger's state alone never frees a recorder. Four files, each archived as far
+    as the ledger knows: only the one whose receipt names the manifest sealed for it, whose entry
+    has the hash and size computed while copying, is erased; each other one stays on the recorder
+    with the reason in the bay's problems, the log and the audit chain."""
+    data, ports, made = env
+    st = start_station(made, make_cfg(data, ports))
+    sim = start_sim(made, media, ports / "ttyREC1")
+    st.wait_state("bay-1", ("uploading",))
+    rows = {r["id"]: r for r in sealed_items(st.store)}
+    by_file = {c["file"]: rows[item] for item, c in copy_records(st.store).items()}
+    good, forged, bare, tampered = sorted(n for n in by_file if "_IMP" not in n)
+    # a receipt about another manifest (a forged acknowledgement, or another item's receipt)
+    st.store.mark_archived(by_file[forged]["id"], receipt_for(by_file[forged], manifest_hash="ab" * 32))
+    # archived in the ledger with no receipt at all: if the check ever stops applying, this is erased
+    st.store.mark_archived(by_file[bare]["id"], {})
+    # the manifest in the spool names another hash for the file than the copy computed
+    mpath = Path(by_file[tampered]["path"]) / "manifest.json"
+    doc = json.loads(mpath.read_bytes())
+    doc["files"][0]["hash"] = "0" * 64
+    mpath.write_bytes(json.dumps(doc).encode())
+    st.store.mark_archived(by_file[tampered]["id"], receipt_for(by_file[tampered]))
+    st.store.mark_archived(by_file[good]["id"], receipt_for(by_file[good]))
+    b = st.wait("bay-1", ("done", "error"))
+    assert sim.erased == [good] and b["erased"] == 1 and b["state"] == "error"
+    assert {forged, bare, tampered} <= {f.name for f in sim.files}
+    problems = " | ".join(b["problems"])
+    assert f"{forged} kept on the recorder" in problems and "the archive's receipt names manifest abababab" in problems
+    assert f"{bare} kept on the recorder" in problems and "names no manifest hash" in problems
+    assert f"{tampered} kept on the recorder" in problems and "differs from the sealed manifest's entry" in problems
+    erases = {json.loads(e["detail"])["file"]: json.loads(e["detail"]) for e in st.store.audit.entries(action="erase")}
+    assert erases[good]["result"] == "erased"
+    assert {erases[n]["result"] for n in (forged, bare, tampered)} == {"withheld"}
+    assert "names no manifest hash" in erases[bare]["why"]
+
+
+def test_erase_at_the_next_docking_after_the_local_copy_was_purged(env, media):
+    """Taken away before the archive answered; archived and purged (retention) meanwhile: at the
+    next docking the copy record stands for the sealed manifest no longer in the spool."""
+    data, ports, made = env
+    st = start_station(made, make_cfg(data, ports))
+    sim = start_sim(made, media, ports / "ttyREC1")
+    st.wait_state("bay-1", ("uploading",))
+    sim.stop()
+    st.wait_state("bay-1", ("idle",), timeout=5)
+    for row in sealed_items(st.store):
+        st.store.mark_archived(row["id"], receipt_for(row))
+    assert len(st.store.purge_expired(at=time.time() + 10**9)) == 5
+    assert not any(Path(r["path"]).exists() for r in sealed_items(st.store))
+    sim = start_sim(made, media, ports / "ttyREC1")
+    b = st.wait("bay-1", ("done",))
+    assert b["already"] == 5 and b["erased"] == 4 and len(sim.erased) == 4 and b["problems"] == []
 
 
 @pytest.mark.parametrize("policy,erased", [("after-local-verify", 4), ("never", 0)])
@@ -389,7 +464,7 @@ def test_two_recorders_claim_the_same_serial(env, media, tmp_path):
     assert any(a["code"] == "recorder_serial_conflict" for a in st.dock.status()["alarms"])
     # even once archived, nothing is erased from a recorder whose serial is in conflict
     for row in sealed_items(st.store):
-        st.store.mark_archived(row["id"], {})
+        st.store.mark_archived(row["id"], receipt_for(row))
     b1 = st.wait("bay-1", ("done", "error"))        # bay-1 has made its final erase decisions
     assert sim1.erased == [] and sim2.erased == [] and b1["erased"] == 0
     assert st.store.audit.entries(action="erase") == []
@@ -522,7 +597,7 @@ def test_erase_policy_command_applies_at_once(env, media):
         handler({"policy": "sometimes"}, "operator:test")
     assert handler({"policy": "never"}, "operator:test")["applies"] == "now"
     for row in sealed_items(st.store):
-        st.store.mark_archived(row["id"], {})
+        st.store.mark_archived(row["id"], receipt_for(row))
     b = st.wait("bay-1", ("done",))
     assert sim.erased == [] and b["erased"] == 0
     assert json.loads(st.store.audit.entries(action="config")[-1]["detail"])["new"] == "never"

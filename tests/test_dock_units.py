@@ -28,38 +28,84 @@ def rec(**kw) -> FileRecord:
     return FileRecord(**base)
 
 
-def row(state="archived", content_hash="abc", size=1000, receipt=None, archived_at="2026-11-27T10:00:00+08:00"):
-    return {"state": state, "content_hash": content_hash, "size": size,
-            "receipt": json.dumps(receipt or {}), "archived_at": archived_at if state in ("archived", "purged") else None}
+def row(state="archived", content_hash="abc", size=1000, receipt=None, archived_at="2026-11-27T10:00:00+08:00",
+        manifest_hash="m1"):
+    """A ledger row as the store keeps it; the receipt is what the archive's carries (manifest_hash)."""
+    return {"state": state, "content_hash": content_hash, "size": size, "manifest_hash": manifest_hash,
+            "receipt": json.dumps({"manifest_hash": "m1", "item_hash": "i1"} if receipt is None else receipt),
+            "archived_at": archived_at if state in ("archived", "purged") else None}
+
+
+def copy(**kw) -> dict:
+    """The bay's copy record (audit ``copy``) of the file ``rec()`` sealed in manifest m1."""
+    c = {"file": "1234567_20261127090000_0001.MP4", "size": 1000, "hash": "abc", "alg": "sha256",
+         "manifest_hash": "m1", "manifest_file": {"hash": "abc", "size": 1000}}
+    c.update(kw)
+    return c
+
+
+SEALED = {"manifest_hash": "m1", "file": {"hash": "abc", "size": 1000}}
 
 
 # --- the erase rule -----------------------------------------------------------------------------
-def test_erase_after_archive_only_when_acknowledged_with_the_same_hash():
-    assert erase_decision("after-archive", rec(), row())[0] is True
-    assert erase_decision("after-archive", rec(), row(state="purged"))[0] is True
+def test_erase_after_archive_when_receipt_manifest_and_copy_agree():
+    for sealed in (SEALED, None):  # the sealed manifest still in the spool, or purged
+        d = erase_decision("after-archive", rec(), row(), copies=[copy()], sealed=sealed)
+        assert d.erase and d.final and "same hash and size" in d.why
+        assert erase_decision("after-archive", rec(), row(state="purged"), copies=[copy()], sealed=sealed).erase
     for state in ("receiving", "sealed", "uploading", "rejected"):
-        assert erase_decision("after-archive", rec(), row(state=state))[0] is False
-    assert erase_decision("after-archive", rec(), row(receipt={"content_hash": "other"}))[0] is False
-    assert erase_decision("after-archive", rec(), row(receipt={"content_hash": "abc"}))[0] is True
-    assert erase_decision("after-archive", rec(), None)[0] is False
-    assert erase_decision("after-archive", rec(size=999), row())[0] is False
-    assert erase_decision("after-archive", rec(), row(state="purged", archived_at=None))[0] is False
+        d = erase_decision("after-archive", rec(), row(state=state), copies=[copy()], sealed=SEALED)
+        assert not d.erase and not d.final and "waiting" in d.why
+    assert not erase_decision("after-archive", rec(), None, copies=[copy()]).erase
+    assert not erase_decision("after-archive", rec(), row(state="purged", archived_at=None), copies=[copy()]).erase
+
+
+@pytest.mark.parametrize("case, needle", [
+    # the ledger says archived, but the check has nothing to stand on: never erased
+    (dict(receipt={}), "names no manifest hash"),
+    (dict(receipt={"status": "stored"}), "names no manifest hash"),
+    (dict(receipt="not json"), "names no manifest hash"),
+    (dict(copies=[]), "no record of this file's copy"),
+    # the receipt is about another manifest (forged, or another item's)
+    (dict(receipt={"manifest_hash": "m2", "item_hash": "i1"}), "receipt names manifest m2"),
+    (dict(row_mhash="m2"), "(the ledger)"),
+    (dict(copies=[copy(manifest_hash="m2")]), "(the copy record)"),
+    (dict(sealed={"manifest_hash": "m2", "file": {"hash": "abc", "size": 1000}}), "(the spool)"),
+    # the hash computed while copying differs from the sealed manifest's entry
+    (dict(copies=[copy(hash="zzz")]), "differs from the sealed manifest's entry"),
+    (dict(copies=[copy(manifest_file={"hash": "zzz", "size": 1000})], sealed=None), "differs from the sealed manifest"),
+    (dict(sealed={"manifest_hash": "m1", "file": {"hash": "zzz", "size": 1000}}), "differs from the sealed manifest"),
+    (dict(sealed={"manifest_hash": "m1", "file": None}), "differs from the sealed manifest"),
+    (dict(copies=[copy(), copy(hash="zzz")]), "differs from the sealed manifest"),
+    # the copy was of another file or size than the recorder now lists
+    (dict(copies=[copy(size=999, manifest_file={"hash": "abc", "size": 999})]), "the copy record is of"),
+])
+def test_erase_after_archive_withheld_for_good_when_a_record_disagrees(case, needle):
+    r = row(receipt=case["receipt"], manifest_hash=case.get("row_mhash", "m1")) if "receipt" in case \
+        else row(manifest_hash=case.get("row_mhash", "m1"))
+    if case.get("receipt") == "not json":
+        r["receipt"] = "{not json"
+    d = erase_decision("after-archive", rec(), r, copies=case.get("copies", [copy()]),
+                       sealed=case.get("sealed", SEALED))
+    assert not d.erase and d.final and needle in d.why, d
+    assert " / " in d.why  # bilingual: 中文 / English
 
 
 def test_erase_after_local_verify_needs_an_equal_second_read():
-    assert erase_decision("after-local-verify", rec(), row(state="sealed"), reread_hash="abc")[0] is True
-    assert erase_decision("after-local-verify", rec(), row(state="sealed"), reread_hash=None)[0] is False
-    assert erase_decision("after-local-verify", rec(), row(state="sealed"), reread_hash="zzz")[0] is False
-    assert erase_decision("after-local-verify", rec(), row(state="receiving"), reread_hash="abc")[0] is False
+    assert erase_decision("after-local-verify", rec(), row(state="sealed"), reread_hash="abc").erase is True
+    assert erase_decision("after-local-verify", rec(), row(state="sealed"), reread_hash=None).erase is False
+    assert erase_decision("after-local-verify", rec(), row(state="sealed"), reread_hash="zzz").erase is False
+    assert erase_decision("after-local-verify", rec(), row(state="receiving"), reread_hash="abc").erase is False
+    assert erase_decision("after-local-verify", rec(size=999), row(state="sealed"), reread_hash="abc").erase is False
 
 
 def test_never_erase_protected_conflicted_or_policy_never():
     for policy in ("after-archive", "after-local-verify", "never"):
-        ok, why = erase_decision(policy, rec(mark=Mark.IMPORTANT), row(), reread_hash="abc")
-        assert not ok and "important" in why
-        assert not erase_decision(policy, rec(locked=True), row(), reread_hash="abc")[0]
-        assert not erase_decision(policy, rec(), row(), reread_hash="abc", conflict=True)[0]
-    assert not erase_decision("never", rec(), row(), reread_hash="abc")[0]
+        d = erase_decision(policy, rec(mark=Mark.IMPORTANT), row(), copies=[copy()], sealed=SEALED, reread_hash="abc")
+        assert not d.erase and d.final and "important" in d.why
+        assert not erase_decision(policy, rec(locked=True), row(), copies=[copy()], reread_hash="abc").erase
+        assert not erase_decision(policy, rec(), row(), copies=[copy()], reread_hash="abc", conflict=True).erase
+    assert not erase_decision("never", rec(), row(), copies=[copy()], reread_hash="abc").erase
 
 
 def test_station_alarm_titles_are_the_wire_vocabulary():

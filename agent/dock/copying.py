@@ -27,6 +27,7 @@ from agent.common.fs import drop_cache
 from agent.common.timeutil import iso
 from agent.evidence import hashing
 from agent.store.store import SourceError
+from .erasing import sealed_summary
 from .state import HAVE_STATES, PENDING, BayAbort, BayState
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,7 +104,7 @@ class BayCopy:
             key = source_key(serial, rec, rel)
             row = store.find_by_source(key)
             entry = {"rec": rec, "src": src, "key": key, "row": row, "item": row["id"] if row else None,
-                     "hash": row["content_hash"] if row else None, "reread": None}
+                     "reread": None}
             if rec.name in names and not (row and row["state"] in HAVE_STATES):
                 self._problem(f"同名文件 / two files named {rec.name!r}: only the first is copied this time")
                 continue
@@ -152,7 +153,6 @@ class BayCopy:
                 continue
             e["item"] = item
             e["row"] = store.item(item)
-            e["hash"] = e["row"]["content_hash"]
             with self.lock:
                 self.st.items.append(item)
                 self.st.sealed += 1
@@ -234,13 +234,15 @@ class BayCopy:
             writer.discard("source modified during copy")
             raise FileSkipped(f"文件在复制中变化 / {rec.name} was modified while it was copied; the copy was "
                                "discarded, the file stays on the recorder")
+        # what was read off the recorder: the plaintext's hash and size when the spool is encrypted
+        copied = {"hash": entry.get("plain_hash", entry["hash"]), "size": entry.get("plain_size", entry["size"])}
         extra: dict[str, Any] = {}
         if cfg.verify_policy == "reread" or cfg.erase_policy == "after-local-verify":
             self.set("verifying", f"复核 {rec.name} / re-reading {rec.name}")
             again = self._reread(src)
             e["reread"] = again
-            if again != entry["hash"]:
-                writer.discard(f"second read differs: {again} != {entry['hash']}")
+            if again != copied["hash"]:
+                writer.discard(f"second read differs: {again} != {copied['hash']}")
                 raise FileSkipped(f"复核不一致 / {rec.name}: a second read of the recorder differs from the copy; "
                                    "discarded, not erased")
             extra["verified"] = "reread"
@@ -251,8 +253,24 @@ class BayCopy:
             extra["probe"] = detail
             if ok is False:
                 self._problem(f"无法解码 / {rec.name} is not decodable ({detail}); kept byte-exact as evidence")
-        m = writer.seal(extra_metadata=extra, actor="agent:dock")
-        return m["item_id"] if "item_id" in m else writer.id
+        writer.seal(extra_metadata=extra, actor="agent:dock")
+        self._record_copy(writer.id, rec, serial, copied)
+        return writer.id
+
+    def _record_copy(self, item: str, rec: FileRecord, serial: str, copied: dict) -> None:
+        """The copy record the erase rule rests on (audit ``copy``): the hash and size computed
+        while the file was read off the recorder, and the hash and file entry of the manifest
+        sealed for it, read back from the spool. A sealed manifest that does not describe the copy
+        is a problem now (and the file is never erased automatically)."""
+        store = self.station.store
+        data = store.sealed_manifest(item)
+        sealed = sealed_summary(data, rec.name) if data is not None else {"manifest_hash": None, "file": None}
+        store.audit.append("copy", item, actor="agent:dock", bay=self.name, serial=serial, file=rec.name,
+                           size=copied["size"], hash=copied["hash"], alg=store.alg,
+                           manifest_hash=sealed["manifest_hash"], manifest_file=sealed["file"])
+        if sealed["file"] != copied:
+            self._problem(f"封存清单与复制不符 / {rec.name}: the sealed manifest's entry {sealed['file']} differs from "
+                          f"the copy ({copied['size']} bytes, {copied['hash'][:16]}…); it will not be erased")
 
     def _metadata(self, rec: FileRecord, info, officer: dict, serial: str, offset_ms: int | None, seq: int) -> dict:
         s = self.station

@@ -1,6 +1,12 @@
 """Erase: after the copy, wait for the archive (or a second read) and free the recorder's memory,
 file by file, only when the erase policy's condition holds for that exact file.
-:class:`BayErase` is mixed into :class:`agent.dock.bay.Bay`; :func:`erase_decision` is the rule."""
+:class:`BayErase` is mixed into :class:`agent.dock.bay.Bay`; :func:`erase_decision` is the rule.
+
+What after-archive rests on (issue 14): not the ledger's state alone but three records that
+must agree: the archive's receipt (stored with the item by the uplink, ``Store.mark_archived``),
+the manifest sealed for the item, and the bay's own copy record (audit ``copy``, written when the
+item is sealed: the hash and size computed while the file was read off the recorder, and the
+hash and file entry of the manifest that sealed it)."""
 
 from __future__ import annotations
 
@@ -8,12 +14,13 @@ import json
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 from drivers.recorder import FileRecord, RecorderClient, RecorderRefused
 from drivers.recorder.protocol import Result
 
 from agent.common.errors import EdgeError
+from agent.evidence import manifest as mf
 from .state import HAVE_STATES, BayState
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -22,44 +29,98 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
-def erase_decision(policy: str, rec: FileRecord, row: dict | None, *, reread_hash: str | None = None,
-                   conflict: bool = False) -> tuple[bool, str]:
-    """May this file be erased from the recorder now? (erase?, why) — the one place the rule lives.
+class Decision(NamedTuple):
+    """The erase rule's answer for one file: ``erase`` now?, ``why`` (bilingual), and ``final``:
+    True when waiting cannot change the answer during this docking (then the bay stops asking)."""
 
-    after-archive: the archive acknowledged the item and its content hash equals the hash read
-    from the recorder (and the receipt's hash, when it names one). after-local-verify: sealed
-    locally and a second read of the recorder gave the same hash. never: never."""
+    erase: bool
+    why: str
+    final: bool = False
+
+
+def sealed_summary(data: bytes, name: str) -> dict:
+    """{manifest_hash, file}: the hash of a sealed manifest's bytes (with its own ``hash_alg``) and
+    its entry for the recorder file ``name`` as {hash, size} of the content read from the source
+    (the plaintext's when the spool is encrypted), or ``file`` None when it has no such entry."""
+    doc = mf.parse(data)
+    entry = next((f for f in doc.get("files") or [] if isinstance(f, dict) and f.get("name") == name), None)
+    return {"manifest_hash": mf.manifest_hash(doc.get("hash_alg", "sha256"), data),
+            "file": None if entry is None else {"hash": entry.get("plain_hash", entry.get("hash")),
+                                                 "size": entry.get("plain_size", entry.get("size"))}}
+
+
+def erase_decision(policy: str, rec: FileRecord, row: dict | None, *, copies: Sequence[dict] = (),
+                   sealed: dict | None = None, reread_hash: str | None = None, conflict: bool = False) -> Decision:
+    """May this file be erased from the recorder now? — the one place the rule lives.
+
+    after-archive, every condition on this exact file: the store has the item ``archived`` (or
+    ``purged`` after it); the archive's receipt, kept with it in the ledger, names a
+    ``manifest_hash``; the bay's copy record (audit ``copy``: the hash and size computed while
+    the file was copied, and the manifest sealed for it) exists; the sealed manifest's entry for
+    the file (read back from the spool when still there, else as recorded at seal) has that
+    same hash and size, which is the recorder's file size; and the receipt's manifest hash is the
+    hash of that sealed manifest (the ledger's, the copy record's and, when still in the spool,
+    the hash of its bytes). after-local-verify: sealed locally and a second read of the recorder
+    gave the same hash. never: never.
+
+    ``copies``: the bay's copy records of the item (audit ``copy`` details); ``sealed``: the
+    :func:`sealed_summary` of the sealed manifest still in the spool, None once purged."""
     if rec.protected:
-        return False, "重点/锁定文件不自动删除 / important or locked file: never erased automatically"
+        return Decision(False, "重点/锁定文件不自动删除 / important or locked file: never erased automatically", True)
     if conflict:
-        return False, "序列号冲突，暂不删除 / serial conflict: erase withheld"
+        return Decision(False, "序列号冲突，暂不删除 / serial conflict: erase withheld", True)
     if policy == "never":
-        return False, "策略为不删除 / erase policy is never"
+        return Decision(False, "策略为不删除 / erase policy is never", True)
     if row is None or not row.get("content_hash"):
-        return False, "本地无对应资料 / no sealed item for this file"
-    if row.get("size") not in (None, rec.size):
-        return False, "大小不符 / sealed size differs from the recorder's file"
+        return Decision(False, "本地无对应资料 / no sealed item for this file")
     if policy == "after-local-verify":
+        if row.get("size") not in (None, rec.size):
+            return Decision(False, "大小不符 / sealed size differs from the recorder's file")
         if row["state"] not in HAVE_STATES or row["state"] == "rejected":
-            return False, "尚未封存 / not sealed yet"
+            return Decision(False, "尚未封存 / not sealed yet")
         if reread_hash is None:
-            return False, "未复核 / not re-read from the recorder"
+            return Decision(False, "未复核 / not re-read from the recorder")
         if reread_hash != row["content_hash"]:
-            return False, "复核哈希不符 / second read differs from the sealed copy"
-        return True, "本地复核一致 / sealed and re-read equal"
+            return Decision(False, "复核哈希不符 / second read differs from the sealed copy")
+        return Decision(True, "本地复核一致 / sealed and re-read equal", True)
     if policy == "after-archive":
         if row["state"] not in ("archived", "purged") or not row.get("archived_at"):
-            return False, "等待归档确认 / waiting for the archive's acknowledgement"
-        receipt = {}
-        try:
-            receipt = json.loads(row.get("receipt") or "{}") or {}
-        except ValueError:
-            return False, "归档回执无法解析 / archive receipt unreadable"
-        for key in ("content_hash", "hash", "sha256"):
-            if isinstance(receipt, dict) and receipt.get(key) and receipt[key] != row["content_hash"]:
-                return False, "归档哈希不符 / the archive acknowledged a different hash"
-        return True, "归档已确认 / archive acknowledged the same hash"
-    return False, f"unknown erase policy {policy!r}"
+            return Decision(False, "等待归档确认 / waiting for the archive's acknowledgement")
+        return _archived_and_same(rec, row, copies, sealed)
+    return Decision(False, f"unknown erase policy {policy!r}", True)
+
+
+def _archived_and_same(rec: FileRecord, row: dict, copies: Sequence[dict], sealed: dict | None) -> Decision:
+    def refuse(why: str) -> Decision:
+        return Decision(False, why, True)
+
+    try:
+        receipt = json.loads(row.get("receipt") or "null")
+    except ValueError:
+        receipt = None
+    named = receipt.get("manifest_hash") if isinstance(receipt, dict) else None
+    if not isinstance(named, str) or not named:
+        return refuse("归档回执未列出清单哈希 / the archive's receipt names no manifest hash")
+    if not copies:
+        return refuse("无复制记录 / no record of this file's copy from the recorder (hash computed while copying)")
+    for c in copies:
+        copied = {"hash": c.get("hash"), "size": c.get("size")}
+        if c.get("file") != rec.name or copied["size"] != rec.size:
+            return refuse(f"复制记录不符 / the copy record is of {c.get('file')!r}, {c.get('size')} bytes; "
+                          f"the recorder's file is {rec.name!r}, {rec.size} bytes")
+        entry = sealed["file"] if sealed is not None else c.get("manifest_file")
+        if entry != copied:
+            got = entry or {}
+            return refuse(f"复制哈希与封存清单不符 / the hash computed while copying ({str(copied['hash'])[:16]}…, "
+                          f"{copied['size']} bytes) differs from the sealed manifest's entry "
+                          f"({str(got.get('hash'))[:16]}…, {got.get('size')} bytes)")
+        for what, h in (("the ledger", row.get("manifest_hash")), ("the copy record", c.get("manifest_hash")),
+                        ("the spool", sealed["manifest_hash"] if sealed is not None else named)):
+            if h != named:
+                return refuse(f"归档回执的清单哈希不符 / the archive's receipt names manifest {named[:16]}…, the "
+                              f"manifest sealed for this file is {str(h)[:16]}… ({what})")
+    return Decision(True, "归档回执与复制一致 / the archive's receipt names the manifest sealed for this copy "
+                          "(same hash and size as read from the recorder)", True)
 
 
 class BayErase:
@@ -138,12 +199,31 @@ class BayErase:
             if e.get("erased") or e.get("erase_final"):
                 continue
             rec: FileRecord = e["rec"]
-            ok, why = erase_decision(policy, rec, e["row"], reread_hash=e["reread"], conflict=conflict)
-            if not ok:
-                if rec.protected or policy == "never" or conflict:
-                    e["erase_final"] = True
+            copies, sealed = self._evidence(e) if policy == "after-archive" else ((), None)
+            d = erase_decision(policy, rec, e["row"], copies=copies, sealed=sealed, reread_hash=e["reread"],
+                               conflict=conflict)
+            if d.erase:
+                self._erase(e, serial, policy, d.why)
                 continue
-            self._erase(e, serial, policy, why)
+            if d.final:
+                e["erase_final"] = True
+                if not (rec.protected or policy == "never" or conflict):  # a check failed: say why, once
+                    s.store.audit.append("erase", e["item"], actor="agent:dock", result="withheld", bay=self.name,
+                                         serial=serial, file=rec.name, size=rec.size, policy=policy, why=d.why)
+                    self._problem(f"未删除 / {rec.name} kept on the recorder: {d.why}")
+
+    def _evidence(self, e: dict) -> tuple[list[dict], dict | None]:
+        """The copy records of the item and the summary of its sealed manifest in the spool (None
+        once purged), read once the store has the item archived (the rule needs them only then)."""
+        row = e["row"]
+        if row is None or row["state"] not in ("archived", "purged"):
+            return [], None
+        if "copies" not in e:
+            store = self.station.store
+            e["copies"] = [json.loads(a["detail"]) for a in store.audit.entries(item_id=e["item"], action="copy")]
+            data = store.sealed_manifest(e["item"])
+            e["sealed"] = sealed_summary(data, e["rec"].name) if data is not None else None
+        return e["copies"], e["sealed"]
 
     def _erase(self, e: dict, serial: str, policy: str, why: str) -> None:
         s = self.station

@@ -190,6 +190,14 @@ class Store(Repository, Recovery, Retrieval):
     def read_manifest(self, item_id: str) -> dict:
         return json.loads((self.item_dir(item_id) / mf.MANIFEST).read_bytes())
 
+    def sealed_manifest(self, item_id: str) -> bytes | None:
+        """The item's sealed manifest exactly as written (its hash is the item's ``manifest_hash``);
+        None when there is none in the spool (not sealed yet, or purged)."""
+        try:
+            return (self.item_dir(item_id) / mf.MANIFEST).read_bytes()
+        except FileNotFoundError:
+            return None
+
     def status(self) -> dict:
         counts = self.counts_by_state()
         pend = self.backlog()
