@@ -109,7 +109,9 @@ def test_archive_killed_mid_transfer_two_agents(cluster):
     b.ingest(2, 2 * MB)
     cluster.wait_transfer_started(min_bytes=300_000)
     cluster.kill_archive()
-    time.sleep(1.0)
+    sent = {n: n.live_status().get("retransmits", 0) for n in (a, b)}
+    wait_for(lambda: all(n.live_status().get("retransmits", 0) > r for n, r in sent.items()), 30,
+             "both agents retransmit into the archive's silence", cluster.logs())
     assert not cluster.settled()
     cluster.start_archive()
     cluster.wait_archived(60)
@@ -171,7 +173,8 @@ def test_disk_full_on_the_edge(cluster, tmp_path):
     more = node.ingest(3, 2 * MB)
     cluster.wait_transfer_started(min_bytes=200_000)
     full = fs.fill(leave_bytes=0, name="ballast2")
-    time.sleep(3)
+    wait_for(lambda: any(s in node.run_proc.text() for s in ("No space left on device", "disk is full")), 30,
+             "the agent running into the full disk", [node.run_proc])
     assert node.alive(), node.run_proc.tail(10)  # a full disk is no reason to die
     full.unlink()
     cluster.wait_archived(60)  # the worker survived the failed ledger writes and carries on
