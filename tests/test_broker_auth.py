@@ -522,3 +522,29 @@ def test_the_generated_mosquitto_conf_runs_as_is_with_a_tls_listener(tmp_path, p
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_certificate_identities_get_the_same_acl(make_broker, pki, tmp_path):
+    """Mutual TLS with use_identity_as_username (CN = device id / service name): the generated
+    ACL confines a device by its certificate exactly as by its password."""
+    acl = tmp_path / "acl"
+    acl.write_text(broker_auth.acl_text("edge"))
+    mq = make_broker(tls=pki, plain=False, identity_as_username=True, acl_file=acl, allow_anonymous=False)
+
+    def peer(cn: str) -> Peer:
+        p = Peer(mq.tls_port)
+        files = pki.client(cn)
+        p.c.tls_set(ca_certs=str(pki.ca.cert), certfile=str(files.cert), keyfile=str(files.key))
+        assert p.connect().value == 0
+        return p
+
+    dock, monitor = peer("dock-0001"), peer("monitor")
+    try:
+        assert monitor.subscribe(T.all_dev()) == [1]
+        assert dock.publish(T.health("room-0001"), b"forged") == 0x87
+        assert dock.publish(T.ack("dock-0001"), b"forged") == 0x87
+        assert monitor.publish(T.health("dock-0001"), b"forged") == 0x87
+        assert nothing_between(monitor, dock, T.health("dock-0001")) == []
+    finally:
+        dock.close()
+        monitor.close()
