@@ -12,13 +12,16 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from agent.common.faults import crashpoint
 from agent.common import timeutil
 from agent.common.timeutil import iso
 from .gaps import REASONS, GapLog
 from .state import STATE_FILE, RoomSettings, SessionState, camera_names
+
+if TYPE_CHECKING:
+    from .segmenter import SegmentInfo
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,8 @@ def _metadata(state: SessionState, settings: RoomSettings, start: dt.datetime, e
     }
 
 
-def seal_segment(store, state: SessionState, settings: RoomSettings, info, gaps: GapLog, *, final: bool = False,
+def seal_segment(store, state: SessionState, settings: RoomSettings, info: SegmentInfo | RecoveredSegment,
+                 gaps: GapLog, *, final: bool = False,
                  lock: threading.Lock | None = None, save: Callable[[], None] | None = None,
                  extra_gaps: list[dict] | None = None) -> dict:
     """Seal one closed segment as the session's next item; updates and saves ``state``."""
@@ -61,12 +65,12 @@ def seal_segment(store, state: SessionState, settings: RoomSettings, info, gaps:
     with lock:
         index, prev = state.next_index, state.prev_item_hash
     source_key = f"room:{state.id}:{index}"
-    truncated = bool(getattr(info, "truncated", False))
+    truncated = isinstance(info, RecoveredSegment) and info.truncated
     name = f"seg_{index:06d}.ts"
     writer = store.resume_item(source_key)
     if writer is None:
         source = {"type": "interview_room", "session": state.id, "segment": index,
-                  "frames": getattr(info, "frames", None), "audio_samples": getattr(info, "audio_samples", None),
+                  "frames": info.frames, "audio_samples": info.audio_samples,
                   "container": "mpegts", "video": "h264", "audio": "aac",
                   "size": f"{settings.width}x{settings.height}", "fps": settings.fps,
                   "truncated": truncated, "file": Path(info.path).name,

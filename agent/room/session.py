@@ -110,6 +110,7 @@ class RoomSession:
         self._audio_sent = 0
         self._quiet_s = 0
         self.audio_discarded = 0    # samples dropped to re-align audio after a capture stall
+        self._started_mono: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -443,7 +444,7 @@ class RoomSession:
         else:
             audio.update(online=False, level_dbfs=-120.0, silent=True)
         sensor = self.sensor.status() if self.sensor is not None else None
-        elapsed = int(time.monotonic() - self._started_mono) if hasattr(self, "_started_mono") else 0
+        elapsed = int(time.monotonic() - self._started_mono) if self._started_mono is not None else 0
         parts = {f"camera-{c['name']}": {"state": "ok" if c["online"] else "offline", **c} for c in cams}
         parts["microphone"] = {"state": "ok" if audio.get("online") else
                                ("stopped" if self.settings.microphone == "none" else "offline"), **audio}
