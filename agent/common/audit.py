@@ -65,15 +65,7 @@ class AuditLog:
         return entry
 
     def entries(self, item_id: str | None = None, action: str | None = None, limit: int | None = None) -> list[dict]:
-        sql, params = "SELECT * FROM audit WHERE 1=1", []
-        if item_id:
-            sql += " AND item_id = ?"
-            params.append(item_id)
-        if action:
-            sql += " AND action = ?"
-            params.append(action)
-        sql += " ORDER BY seq"
-        rows = self.ledger.query(sql, params)
+        rows = self.ledger.select("audit", "seq", item_id=item_id, action=action)
         return rows[-limit:] if limit else rows
 
     def verify(self, verifier=None) -> int:

@@ -67,6 +67,14 @@ class Database:
         with self.lock:
             return list(self.db.query(sql, params))
 
+    def select(self, table: str, order_by: str, limit: int | None = None, **equal: Any) -> list[dict]:
+        """Rows of ``table`` whose columns equal the values given (a value of None or "" filters
+        nothing), in ``order_by`` order, at most ``limit``."""
+        conds = {k: v for k, v in equal.items() if v is not None and v != ""}
+        where = " AND ".join(f"[{k}] = ?" for k in conds) or None
+        with self.lock:
+            return list(self.db[table].rows_where(where, list(conds.values()), order_by=order_by, limit=limit))
+
     def one(self, sql: str, params: Any = ()) -> dict | None:
         rows = self.query(sql, params)
         return rows[0] if rows else None
