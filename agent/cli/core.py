@@ -98,7 +98,7 @@ def config_get(c: Ctx, key, as_json):
     Example:
       edge-agent config get device.id
     """
-    config_mod._split_key(key)
+    config_mod.split_key(key)
     value = c.cfg.get(key)
     click.echo(json.dumps(value, ensure_ascii=False) if as_json else value)
 
@@ -111,9 +111,14 @@ def config_get(c: Ctx, key, as_json):
 def config_set(c: Ctx, key, value):
     """Validate, then atomically write one value (comments in the file are kept).
 
+    Lists and tables are written in TOML syntax (quote them for the shell). The whole file is
+    validated before it is written; a refused value leaves it unchanged.
+
     \b
     Example:
       edge-agent config set storage.reserve_mb 2048
+      edge-agent config set room.cameras '["/dev/video0", "rtsp://10.0.0.2/main"]'
+      edge-agent config set dock.bays '["/dev/ttyACM*", {name = "front", port = "/dev/ttyUSB0"}]'
     """
     old = None
     try:

@@ -82,7 +82,7 @@ class ControlServer:
     def __init__(self, agent: Any, path: str | os.PathLike | None = None, groups: list[str] | None = None) -> None:
         self.agent = agent
         self.path = Path(path) if path else socket_path(agent.cfg.storage.data_dir)
-        names = groups if groups is not None else list(getattr(getattr(agent.cfg, "control", None), "groups", []) or [])
+        names = list(groups if groups is not None else agent.cfg.control.groups)
         self.group_names = names
         self.gids: set[int] = set()
         for g in names:
@@ -103,15 +103,13 @@ class ControlServer:
         return bool(groups & self.gids) or bool(self._roles(uid, groups))
 
     def _roles(self, uid: int, groups: set[int]) -> set[str]:
-        if not hasattr(self.agent.cfg, "roles"):
-            return set()
         from agent.common.roles import roles_of
 
         return roles_of(self.agent.cfg, uid=uid, gids=sorted(groups))
 
     def check_role(self, cmd: str, pid: int, uid: int, gid: int) -> None:
         """Raise RoleError unless the peer may run ``cmd`` (root and the agent's user always may)."""
-        if uid == 0 or uid == os.getuid() or not hasattr(self.agent.cfg, "roles"):
+        if uid == 0 or uid == os.getuid():
             return
         from agent.common.roles import require
 

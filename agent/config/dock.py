@@ -1,7 +1,10 @@
-"""The ``[dock]`` config section, parsed into records the station uses (docs/dock.md).
+"""``[dock]``: the docking station's bays, recorders without a command channel, copy and erase
+policies (docs/dock.md).
 
-``agent/config.py`` declares the keys; the checks here are called from there (lazily) so an
-error names the key and what is wrong with it, before the station starts.
+A bay is written either as a serial-port glob (``"/dev/ttyACM*"``, the bay is named from each
+matching path) or as a table ``{name, port}`` / ``{name, mount}`` (mount = plain mass-storage
+recorder); both become a :class:`BaySpec`, and a spec with only a port is written back as the
+plain string.
 """
 
 from __future__ import annotations
@@ -9,7 +12,11 @@ from __future__ import annotations
 import glob
 import os
 import re
-from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, TypeAdapter, field_validator, model_serializer, model_validator
+
+from .base import ConfigModel, secret
 
 _BAY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
@@ -17,15 +24,46 @@ BAY_KEYS = ("name", "port", "mount")
 MAP_KEYS = ("label", "serial", "officer_number", "officer_name", "unit_number", "unit_name")
 
 
-@dataclass(frozen=True)
-class BaySpec:
+class BaySpec(ConfigModel):
     """One configured bay pattern: a serial-port glob (command channel) or a mount glob
     (plain mass-storage recorder). ``name`` is fixed for a table entry; for a glob the bay
     name comes from each matching path (``/dev/ttyACM3`` -> ``bay-3``)."""
 
-    port: str | None = None
-    mount: str | None = None
-    name: str | None = None
+    model_config = ConfigDict(frozen=True)
+
+    name: str | None = Field(None, description="Fixed bay name (letters, digits, '_', '.', '-', at most 32); one fixed path, no glob.")
+    port: str | None = Field(None, description="Serial command channel of the recorder: absolute path or glob.")
+    mount: str | None = Field(None, description="Mount directory of a plain mass-storage recorder: absolute path or glob.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_glob(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"port": data}
+        if not isinstance(data, (dict, BaySpec)):
+            raise ValueError("应为路径通配符或表 / expected a glob string or a table {name, port | mount}")
+        return data
+
+    @model_validator(mode="after")
+    def _one_path(self) -> "BaySpec":
+        if (self.port is None) == (self.mount is None):
+            raise ValueError("port 与 mount 须且只能给一个 / give exactly one of port (serial command channel) "
+                             "or mount (mass storage only)")
+        path = self.pattern
+        if not path.startswith("/"):
+            raise ValueError(f"须为绝对路径 / {path!r} must be an absolute path or glob, e.g. /dev/ttyACM*")
+        if self.name is not None:
+            if not _BAY_NAME.match(self.name):
+                raise ValueError(f"名称无效 / name {self.name!r}: letters, digits, '_', '.', '-' only, at most 32")
+            if glob.has_magic(path):
+                raise ValueError(f"有名称的工位只能用固定路径 / a named bay takes one fixed path, not the glob {path!r}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _as_toml(self, handler: Any) -> Any:
+        if self.name is None and self.mount is None:
+            return self.port
+        return {k: v for k, v in handler(self).items() if v is not None}
 
     @property
     def pattern(self) -> str:
@@ -36,89 +74,105 @@ class BaySpec:
         return self.port is None
 
 
-@dataclass(frozen=True)
-class MassStorageRecorder:
+class MassStorageRecorder(ConfigModel):
     """Identity of a recorder that has no command channel, found by its volume label
     (the mount directory's name)."""
 
-    label: str
-    serial: str
-    officer_number: str
-    officer_name: str = ""
-    unit_number: str = ""
-    unit_name: str = ""
+    model_config = ConfigDict(frozen=True)
+
+    label: str = Field(description="Volume label: the name of the recorder's mount directory.")
+    serial: str = Field(description="Recorder serial number (记录仪编号).")
+    officer_number: str = Field(description="Officer number of the holder (警号).")
+    officer_name: str = Field("", description="Officer name (empty: from the roster).")
+    unit_number: str = Field("", description="Unit code of the holder.")
+    unit_name: str = Field("", description="Unit name of the holder.")
+
+    @field_validator("label", "serial", "officer_number")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value.strip() or "/" in value:
+            raise ValueError("须为非空且不含 '/' / must be a non-empty name without '/'")
+        return value
 
 
-def check_bays(value: list) -> str | None:
-    try:
-        parse_bays(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
+class DockConfig(ConfigModel):
+    bays: list[BaySpec] = Field(["/dev/ttyACM*"], validate_default=True,  # type: ignore[list-item]  (a glob is a BaySpec)
+                                description="Bays: serial-port globs of recorders' command channels (\"/dev/ttyACM*\"), "
+                                            "or tables {name, port} / {name, mount} (mount = plain mass-storage recorder).")
+    mass_storage_map: list[MassStorageRecorder] = Field(
+        [], description="Plain mass-storage recorders (no command channel): tables {label, serial, officer_number, "
+                        "officer_name, unit_number, unit_name}; label = the mount directory's name.")
+    poll_ms: int = Field(500, ge=50, le=2000,
+                         description="How often bays are scanned for a docked recorder (ms); detection within 2 s needs <= 1000.")
+    admin_password: str = secret("000000", "Recorder admin password (1-6 ASCII characters).")
+    serial_timeout_ms: int = Field(1000, ge=50, le=30000, description="Answer timeout per request on the command channel (ms); 3 retries.")
+    clock_threshold_s: int = Field(2, ge=0, le=3600, description="Set the recorder clock when it is off by more than this (s).")
+    clock_alarm_s: int = Field(3600, ge=1, description="Raise alarm dock-clock when the recorder clock was off by more than this (s).")
+    erase_policy: Literal["after-archive", "after-local-verify", "never"] = Field(
+        "after-archive", description="Erase files from the recorder: after-archive (archive acknowledged the same hash), "
+                                     "after-local-verify (sealed and re-read equal), or never. Important/locked files are never erased.")
+    verify_policy: Literal["none", "reread"] = Field(
+        "none", description="Second read of each file from the recorder, compared with the copy: none or reread "
+                            "(after-local-verify always re-reads).")
+    probe: bool = Field(True, description="Check audio/video files with ffprobe; undecodable ones are kept byte-exact and flagged decodable=false.")
+    copy_workers: int = Field(8, ge=1, le=64,
+                              description="Files copied at the same time across all bays (bounded pool, 1 MiB buffer each; the rest "
+                                          "wait their turn). USB 2.0 recorders read ~30 MB/s each: 8 keeps 2 cores busy hashing.")
+    bay_rate_limit_mib: int = Field(0, ge=0, description="Copy speed cap per bay in MiB/s (0 = none).")
+    min_ratio_pct: int = Field(20, ge=1, le=1000,
+                               description="Minimum equipment ratio, recorders in service per 100 officers (20 = 1:5, 每五人一台).")
+    usage_days: int = Field(30, ge=1, le=3660, description="Usage window: a recorder docked within this many days counts as used.")
+
+    @field_validator("bays")
+    @classmethod
+    def _bays(cls, value: list[BaySpec]) -> list[BaySpec]:
+        return _unique_bay_names(value)
+
+    @field_validator("mass_storage_map")
+    @classmethod
+    def _map(cls, value: list[MassStorageRecorder]) -> list[MassStorageRecorder]:
+        return _unique_labels(value)
+
+    @field_validator("admin_password")
+    @classmethod
+    def _password(cls, value: str) -> str:
+        if not (1 <= len(value) <= 6 and value.isascii()):
+            raise ValueError("须为 1 到 6 个 ASCII 字符 / 1 to 6 ASCII characters")
+        return value
+
+
+def _unique_bay_names(value: list[BaySpec]) -> list[BaySpec]:
+    names = [b.name for b in value if b.name is not None]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"工位名称重复 / bay name {twice[0]!r} used twice")
+    return value
+
+
+def _unique_labels(value: list[MassStorageRecorder]) -> list[MassStorageRecorder]:
+    labels = [r.label for r in value]
+    twice = sorted({n for n in labels if labels.count(n) > 1})
+    if twice:
+        raise ValueError(f"卷标重复 / label {twice[0]!r} mapped twice")
+    return value
+
+
+_BAYS = TypeAdapter(list[BaySpec])
+_MAP = TypeAdapter(list[MassStorageRecorder])
 
 
 def parse_bays(value: list) -> list[BaySpec]:
     """``bays = ["/dev/ttyREC*", {name = "bay-1", port = "/dev/serial/by-path/...-port1"},
-    {name = "usb-1", mount = "/media/recorder1"}]``."""
-    out: list[BaySpec] = []
-    names: set[str] = set()
-    for i, entry in enumerate(value, 1):
-        if isinstance(entry, str):
-            if not entry.startswith("/") or "\x00" in entry:
-                raise ValueError(f"entry {i}: {entry!r} must be an absolute path or glob, e.g. /dev/ttyACM*")
-            out.append(BaySpec(port=entry))
-            continue
-        if not isinstance(entry, dict):
-            raise ValueError(f"entry {i}: expected a glob string or a table {{name, port | mount}}")
-        unknown = set(entry) - set(BAY_KEYS)
-        if unknown:
-            raise ValueError(f"entry {i}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(BAY_KEYS)})")
-        port, mount, name = entry.get("port"), entry.get("mount"), entry.get("name")
-        if (port is None) == (mount is None):
-            raise ValueError(f"entry {i}: give exactly one of port (serial command channel) or mount (mass storage only)")
-        path = port or mount
-        if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
-            raise ValueError(f"entry {i}: {path!r} must be an absolute path or glob")
-        if name is not None:
-            if not isinstance(name, str) or not _BAY_NAME.match(name):
-                raise ValueError(f"entry {i}: name {name!r}: letters, digits, '_', '.', '-' only, at most 32")
-            if glob.has_magic(path):
-                raise ValueError(f"entry {i}: a named bay takes one fixed path, not the glob {path!r}")
-            if name in names:
-                raise ValueError(f"entry {i}: bay name {name!r} used twice")
-            names.add(name)
-        out.append(BaySpec(port=port, mount=mount, name=name))
-    return out
-
-
-def check_mass_storage_map(value: list) -> str | None:
-    try:
-        parse_mass_storage_map(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
+    {name = "usb-1", mount = "/media/recorder1"}]``: the :class:`BaySpec` list (entries may be
+    strings, tables or specs already); raises ``ValueError`` (pydantic's ValidationError)."""
+    return _unique_bay_names(_BAYS.validate_python(value))
 
 
 def parse_mass_storage_map(value: list) -> dict[str, MassStorageRecorder]:
-    """``[[dock.mass_storage_map]] label = "REC1234567"  serial = "1234567"  officer_number = "000123"``."""
-    out: dict[str, MassStorageRecorder] = {}
-    for i, entry in enumerate(value, 1):
-        if not isinstance(entry, dict):
-            raise ValueError(f"entry {i}: expected a table {{label, serial, officer_number, ...}}")
-        unknown = set(entry) - set(MAP_KEYS)
-        if unknown:
-            raise ValueError(f"entry {i}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(MAP_KEYS)})")
-        for key in ("label", "serial", "officer_number"):
-            v = entry.get(key)
-            if not isinstance(v, str) or not v.strip() or "\x00" in v or "/" in v:
-                raise ValueError(f"entry {i}: {key} is required (a non-empty name without '/')")
-        for key in MAP_KEYS:
-            if key in entry and not isinstance(entry[key], str):
-                raise ValueError(f"entry {i}: {key} must be a string")
-        if entry["label"] in out:
-            raise ValueError(f"entry {i}: label {entry['label']!r} mapped twice")
-        out[entry["label"]] = MassStorageRecorder(**{k: entry.get(k, "") for k in MAP_KEYS})
-    return out
+    """``[[dock.mass_storage_map]] label = "REC1234567"  serial = "1234567"  officer_number = "000123"``:
+    the records by label."""
+    records = _unique_labels(_MAP.validate_python(value))
+    return {r.label: r for r in records}
 
 
 def bay_name_for(spec: BaySpec, path: str) -> str:

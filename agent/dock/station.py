@@ -176,14 +176,13 @@ class DockStation:
         from agent.common.errors import EdgeError
 
         policy = args.get("policy")
-        choices = config_mod.SCHEMA["dock"]["erase_policy"].choices
-        if policy not in choices:
-            raise EdgeError(f"dock.erase_policy: {policy!r} is not one of {', '.join(choices)}")
+        if not isinstance(policy, str):
+            raise EdgeError("dock.erase_policy needs args {policy: after-archive | after-local-verify | never}")
+        config_mod.validate_value("dock.erase_policy", policy)
         old = self.cfg.dock.erase_policy
         if self.cfg.path is not None:
             config_mod.set_value(self.cfg.path, "dock.erase_policy", policy)
-        self.cfg.dock.erase_policy = policy
-        self.cfg._data["dock"]["erase_policy"] = policy
+        self.cfg.dock.erase_policy = policy  # validated again on assignment
         self.store.audit.append("config", None, actor=actor, key="dock.erase_policy", old=old, new=policy)
         self._dirty.update(self.bays)
         return {"key": "dock.erase_policy", "old": old, "value": policy, "applies": "now"}

@@ -109,13 +109,13 @@ class Agent:
 
         def config_set(args: dict, actor: str) -> dict:
             key, value = args.get("key"), args.get("value")
-            if not isinstance(key, str) or not isinstance(value, (str, int, bool)):
+            if not isinstance(key, str) or not isinstance(value, (str, int, bool, list)):
                 raise EdgeError("config.set needs args {key: SECTION.KEY, value}")
             if key.startswith(("commands.", "storage.data_dir")):
                 raise EdgeError(f"{key} cannot be changed remotely")
             if self.cfg.path is None:
                 raise EdgeError("the agent runs without a config file")
-            new = config_mod.set_value(self.cfg.path, key, str(value).lower() if isinstance(value, bool) else str(value))
+            new = config_mod.set_value(self.cfg.path, key, value)  # text as on the command line, or a typed value
             self.store.audit.append("config", None, actor=actor, key=key, new=new)
             return {"key": key, "value": new, "applies": "at the next restart of the agent"}
 

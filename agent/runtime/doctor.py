@@ -154,29 +154,23 @@ def check_broker(cfg, timeout: float = 5.0) -> list[Check]:
 def check_devices(cfg) -> list[Check]:
     out = []
     if cfg.device.kind == "dock":
-        bays = getattr(cfg, "dock", None)
-        patterns = []
-        for b in (bays.bays if bays else []):
-            if isinstance(b, str):
-                patterns.append(b)
-            elif isinstance(b, dict):
-                patterns.append(b.get("port") or b.get("mount") or "")
+        patterns = [b.pattern for b in cfg.dock.bays]
         found = sorted({p for pat in patterns if pat for p in glob.glob(pat)})
         if found:
             out.append(_ok("devices", f"recorder ports/mounts present: {', '.join(found[:8])}"))
         else:
             out.append(_warn("devices", f"no recorder docked on {', '.join(patterns) or '(no bays)'} (normal when all bays are empty)"))
     else:
-        room = getattr(cfg, "room", None)
-        for cam in (room.cameras if room else []):
+        room = cfg.room
+        for cam in room.cameras:
             if cam.startswith("/dev/"):
                 out.append((_ok if os.path.exists(cam) else _fail)("camera", f"{cam} {'present' if os.path.exists(cam) else 'missing — check the USB camera'}"))
             else:
                 out.append(_ok("camera", f"{cam} (network or file source; checked when recording)"))
-        if room and room.sensor_port:
+        if room.sensor_port:
             p = room.sensor_port
             out.append((_ok if os.path.exists(p) else _fail)("sensor", f"{p} {'present' if os.path.exists(p) else 'missing — check the RS-485 adapter'}"))
-        if room and room.microphone not in ("none", "tone"):
+        if room.microphone not in ("none", "tone"):
             snd = glob.glob("/dev/snd/pcmC*c")
             out.append((_ok if snd else _warn)("microphone", f"capture devices: {', '.join(snd) or 'none found in /dev/snd'}"))
     return out

@@ -58,8 +58,8 @@ class Store(Repository, Recovery, Retrieval):
         self.audit = AuditLog(self.ledger, self.alg, signer=self._sign_if_key)
         self.disk_low = False
         self.archive_pub = None
-        enc = getattr(cfg, "encryption", None)
-        if enc is not None and enc.enabled:
+        enc = cfg.encryption
+        if enc.enabled:
             from ..evidence import crypt
 
             if not enc.archive_public_key:

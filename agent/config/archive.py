@@ -1,0 +1,20 @@
+"""``[archive]``: the central receiver (``edge-agent archive serve``)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from .base import ConfigModel, ident
+
+
+class ArchiveConfig(ConfigModel):
+    root: str = Field("/var/lib/edge-agent-archive",
+                      description="Archive root (archive serve): items under ROOT/UNIT/CASE/ITEM, keys under ROOT/keys.")
+    max_item_mb: int = Field(64 * 1024, ge=1, description="Largest item (MiB, all files) the archive accepts; larger ones are refused.")
+    max_manifest_kb: int = Field(4096, ge=4, le=1024 * 1024, description="Largest manifest (KiB) the archive accepts.")
+    share_group: str = Field("", description="Shared-subscription group ($share/GROUP/...) so several receivers split the work (empty: none).")
+
+    @field_validator("share_group")
+    @classmethod
+    def _group(cls, value: str) -> str:
+        return value if value == "" else ident(value)

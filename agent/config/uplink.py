@@ -1,0 +1,19 @@
+"""``[uplink]``: sending sealed items to the archive."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import ConfigModel
+
+
+class UplinkConfig(ConfigModel):
+    enabled: bool = Field(True, description="Upload sealed items to the archive.")
+    chunk_size: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024,
+                            description="Chunk size in bytes (never above the broker's maximum packet size).")
+    bandwidth_limit: int = Field(0, ge=0, description="Upload bandwidth cap in bytes/s (0 = unlimited).")
+    ack_timeout_s: int = Field(30, ge=1, le=3600, description="Seconds to wait for the archive's answer before retransmitting.")
+    max_inflight: int = Field(32, ge=1, le=65535,
+                              description="Chunks in flight at most (also bounded by the broker's Receive Maximum, less 2 kept for status and health).")
+    parallel_items: int = Field(2, ge=1, le=8,
+                                description="Items sent at once: one item's manifest and last answers overlap another's chunks (all share max_inflight).")
