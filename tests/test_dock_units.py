@@ -13,7 +13,7 @@ from agent.config import Config, loads, render_default
 from agent.dock.copying import source_key
 from agent.dock.erasing import erase_decision
 from agent.dock.registry import Registry
-from agent.config.dock import bay_name_for, parse_bays
+from agent.config.dock import BaySpec, bay_name_for, parse_bays
 from agent.dock.station import FairPool
 from agent.common.errors import ConfigError
 from drivers.recorder import FileRecord, FileType, Mark
@@ -133,7 +133,8 @@ def test_dock_defaults_and_render_round_trip():
                                 {"name": "usb-1", "mount": "/media/rec1"}],
                        "mass_storage_map": [{"label": "rec1", "serial": "7000001", "officer_number": "000555"}]}}
     cfg = loads(render_default(values))
-    assert cfg.dock.bays[1] == {"name": "bay-9", "port": "/dev/ttyUSB9"}
+    assert cfg.dock.bays[1] == BaySpec(name="bay-9", port="/dev/ttyUSB9") and cfg.dock.bays[2].mass_storage_only
+    assert cfg.as_dict()["dock"]["bays"] == values["dock"]["bays"]
     assert "admin_password" in cfg.as_dict()["dock"] and cfg.as_dict()["dock"]["admin_password"] == "********"
 
 

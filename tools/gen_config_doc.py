@@ -3,54 +3,118 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
-from agent.config import SCHEMA, render_default
+from pydantic import BaseModel
 
-_T = {str: "string", int: "integer", bool: "boolean", list: "list"}
+from agent.config import SCHEMA, Config, render_default
+from agent.config.base import MAX_TEXT
+from agent.config.file import MAX_FILE_BYTES
+
+INTRO = f"""\
+# Configuration keys
+
+One TOML file, default `/etc/edge-agent/agent.toml` (override with `--config PATH` or
+`EDGE_AGENT_CONFIG`). It is validated against one schema, the package `agent/config/`: a
+pydantic model per section, one module each (`device.py`, `mqtt.py`, `dock.py` …), under the
+root model `Config` (`root.py`). That package is the only reader of TOML in the agent. Generated
+by `python -m tools.gen_config_doc`; `tests/test_config_doc.py` checks that it is up to date.
+
+What is refused, always with one line that names the key, what is wrong in Chinese and English,
+and the line of the file (exit code 2):
+
+- a section or key the schema does not know (a typo gets the closest key: *did you mean*);
+- a value of the wrong type: types are strict, `port = "1883"`, `port = 1883.0` and
+  `unit_name = ["a"]` are all refused, so is a table where a value is expected and the reverse;
+- a number outside its bounds, a choice not in the list (the *allowed* column below);
+- malformed TOML (line and column named);
+- in any string: control characters (NUL, newline, escape …), text that is not UTF-8, more
+  than {MAX_TEXT} characters; integers beyond 64 bits; a file larger than {MAX_FILE_BYTES // 1024} KiB.
+
+Entries of a list of tables are counted from 1. `config set KEY VALUE` takes lists and tables in
+TOML syntax (quote them for the shell); the whole file is validated before it is written, and a
+refused value leaves the file byte for byte as it was. Comments in the file are kept.
+
+```
+$ edge-agent --config agent.toml config set storage.reserve_mb lots
+error: storage.reserve_mb: 应为整数 / expected an integer, got 'lots'
+$ edge-agent --config agent.toml config set storage.reserv_mb 2048
+error: storage.reserv_mb: 未知的键 / unknown key (known in [storage]: data_dir, reserve_mb, retention_days); 是否应为 / did you mean reserve_mb?
+$ edge-agent --config agent.toml config set storage.reserve_mb 2048
+storage.reserve_mb = 2048
+$ edge-agent --config agent.toml config set room.cameras /dev/video0
+error: room.cameras: 应为 TOML 列表 / expected a list in TOML syntax, e.g. '["a", "b"]', got '/dev/video0'
+$ edge-agent --config agent.toml config set room.cameras '["/dev/video0", "rtsp://10.0.0.2/main"]'
+room.cameras = ["/dev/video0", "rtsp://10.0.0.2/main"]
+$ edge-agent --config agent.toml config set dock.bays '["/dev/ttyACM*", {{name = "front", port = "/dev/ttyACM*"}}]'
+error: agent.toml: dock.bays: 第 2 项 / entry 2: 有名称的工位只能用固定路径 / a named bay takes one fixed path, not the glob '/dev/ttyACM*' (第 94 行 / line 94)
+$ edge-agent --config agent.toml config set dock.bays '["/dev/ttyACM*", {{name = "front", port = "/dev/ttyUSB0"}}]'
+dock.bays = ["/dev/ttyACM*", {{name = "front", port = "/dev/ttyUSB0"}}]
+$ edge-agent --config bad.toml config validate
+error: bad.toml: device.kind: 3 不是可选值 / 3 is not one of dock, room (第 3 行 / line 3)
+```
+
+## Example configurations
+
+`config/` holds examples to copy to `/etc/edge-agent/` and edit (lines marked `改 / CHANGE`); keys
+they do not write take the defaults below. `tests/test_config_examples.py` loads each through this
+schema and checks the values a technician relies on.
+
+| file | for | read by |
+|---|---|---|
+| [config/station.toml](../config/station.toml) | docking station with 8 named bays (`/dev/serial/by-path`), TLS to the broker | `edge-agent run` |
+| [config/room.toml](../config/room.toml) | interview room: two RTSP cameras (main, panorama), microphone, RS-485 temperature/humidity sensor | `edge-agent run` |
+| [config/archive.toml](../config/archive.toml) | central archive: `[archive]` and `[mqtt]` | `edge-agent --config FILE archive serve` (flags override) |
+| [config/monitor.toml](../config/monitor.toml) | fleet monitor: `[mqtt]` only; database and web port are flags (`--db`/`EDGE_MONITOR_DB`, `--web`) | `edge-agent --config FILE monitor` |
+
+```
+$ edge-agent --config config/station.toml config validate
+ok: config/station.toml is valid
+```
+"""
+
+
+def _row(key: str, kind: str, default, choices, lo, hi, doc: str, secret: bool = False) -> str:
+    allowed = []
+    if choices:
+        allowed.append(", ".join(map(str, choices)))
+    if lo is not None:
+        allowed.append(f">= {lo}")
+    if hi is not None:
+        allowed.append(f"<= {hi}")
+    shown = ("(secret)" if secret and default else "(required)" if default is ... else "(none)" if default is None
+             else json.dumps(default, ensure_ascii=False))
+    doc = doc.replace("|", "\\|")
+    return f"| `{key}` | {kind} | `{shown}` | {'; '.join(allowed)} | {doc} |"
+
+
+def _entry_models(section: str) -> list[tuple[str, type[BaseModel]]]:
+    """The keys of a section whose value is a list of tables, with the table's model."""
+    model = Config.model_fields[section].annotation
+    out = []
+    for key, field in model.model_fields.items():  # type: ignore[union-attr]
+        args = typing.get_args(field.annotation)
+        if typing.get_origin(field.annotation) is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            out.append((key, args[0]))
+    return out
 
 
 def render() -> str:
-    out = ["# Configuration keys", "",
-           "One TOML file, default `/etc/edge-agent/agent.toml` (override with `--config PATH` or "
-           "`EDGE_AGENT_CONFIG`). It is validated against one schema (`agent/config/`): unknown "
-           "sections or keys, wrong types and out-of-range values are refused with an error that names "
-           "the key and the line. Generated by `python -m tools.gen_config_doc`; "
-           "`tests/test_config_doc.py` checks that it is up to date.", "",
-           "```", "$ edge-agent --config agent.toml config set storage.reserve_mb lots",
-           "error: storage.reserve_mb: expected an integer, got 'lots'",
-           "$ edge-agent --config agent.toml config set storage.reserve_mb 2048",
-           "storage.reserve_mb = 2048", "```", "",
-           "## Example configurations", "",
-           "`config/` holds examples to copy to `/etc/edge-agent/` and edit (lines marked "
-           "`改 / CHANGE`); keys they do not write take the defaults below. "
-           "`tests/test_config_examples.py` loads each through this schema and checks the values "
-           "a technician relies on.", "",
-           "| file | for | read by |", "|---|---|---|",
-           "| [config/station.toml](../config/station.toml) | docking station with 8 named bays "
-           "(`/dev/serial/by-path`), TLS to the broker | `edge-agent run` |",
-           "| [config/room.toml](../config/room.toml) | interview room: two RTSP cameras (main, panorama), "
-           "microphone, RS-485 temperature/humidity sensor | `edge-agent run` |",
-           "| [config/archive.toml](../config/archive.toml) | central archive: `[archive]` and `[mqtt]` | "
-           "`edge-agent --config FILE archive serve` (flags override) |",
-           "| [config/monitor.toml](../config/monitor.toml) | fleet monitor: `[mqtt]` only; database and web "
-           "port are flags (`--db`/`EDGE_MONITOR_DB`, `--web`) | `edge-agent --config FILE monitor` |", "",
-           "```", "$ edge-agent --config config/station.toml config validate",
-           "ok: config/station.toml is valid", "```", ""]
+    out = [INTRO]
     for section, fields in SCHEMA.items():
         out += [f"## [{section}]", "", "| key | type | default | allowed | description |", "|---|---|---|---|---|"]
         for key, f in fields.items():
-            allowed = []
-            if f.choices:
-                allowed.append(", ".join(map(str, f.choices)))
-            if f.min is not None:
-                allowed.append(f">= {f.min}")
-            if f.max is not None:
-                allowed.append(f"<= {f.max}")
-            default = "(secret)" if f.secret and f.default else json.dumps(f.default, ensure_ascii=False)
-            doc = f.doc.replace("|", "\\|")
-            out.append(f"| `{key}` | {_T.get(f.type, f.type.__name__)} | `{default}` | {'; '.join(allowed)} | {doc} |")
+            out.append(_row(key, f.type, f.default, f.choices, f.min, f.max, f.doc, f.secret))
         out.append("")
+        for key, model in _entry_models(section):
+            out += [f"Each table in `{section}.{key}`:", "", "| key | type | default | allowed | description |",
+                    "|---|---|---|---|---|"]
+            for name, field in model.model_fields.items():
+                kind = "string" if str in (field.annotation, *typing.get_args(field.annotation)) else str(field.annotation)
+                default = ... if field.is_required() else field.default
+                out.append(_row(name, kind, default, None, None, None, field.description or ""))
+            out.append("")
     out += ["## The default file (`edge-agent init` writes it)", "", "```toml", render_default().rstrip(), "```", ""]
     return "\n".join(out)
 

@@ -132,7 +132,9 @@ def config_set(c: Ctx, key, value):
                              new=new if "password" not in key else "***")
     except EdgeError:
         pass
-    click.echo(f"{key} = {json.dumps(new, ensure_ascii=False)}")
+    section, name = config_mod.split_key(key)
+    shown = "********" if config_mod.SCHEMA[section][name].secret else config_mod.toml_text(new)
+    click.echo(f"{key} = {shown}")
 
 
 # --- ingest -----------------------------------------------------------------------------------

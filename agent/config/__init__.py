@@ -12,10 +12,10 @@ reader of TOML in the agent (``file.py``).
 from __future__ import annotations
 
 from .file import (DEFAULT_PATH, ENV_VAR, atomic_write_text, config_path, load, loads, parse_cli_value,
-                   parse_toml, render_default, set_value, validate, validate_value)
+                   parse_toml, render_default, set_value, toml_text, validate, validate_value)
 from .keys import SCHEMA, KeyInfo, split_key
 from .root import Config
 
 __all__ = ["DEFAULT_PATH", "ENV_VAR", "SCHEMA", "Config", "KeyInfo", "atomic_write_text", "config_path", "load",
-           "loads", "parse_cli_value", "parse_toml", "render_default", "set_value", "split_key", "validate",
+           "loads", "parse_cli_value", "parse_toml", "render_default", "set_value", "split_key", "toml_text", "validate",
            "validate_value"]

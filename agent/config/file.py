@@ -109,6 +109,14 @@ def toml_item(value: Any) -> Any:
     return value
 
 
+def toml_text(value: Any) -> str:
+    """A plain value written as on the right of ``KEY =`` in the file (one line)."""
+    item = tomlkit.item(toml_item(value))
+    if isinstance(item, tomlkit.items.Array):
+        item.multiline(False)
+    return item.as_string()
+
+
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
     from agent.common.fs import atomic_write
 
