@@ -142,18 +142,20 @@ class DockConfig(ConfigModel):
 
 
 def _unique_bay_names(value: list[BaySpec]) -> list[BaySpec]:
-    names = [b.name for b in value if b.name is not None]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ValueError(f"工位名称重复 / bay name {twice[0]!r} used twice")
+    seen: set[str] = set()
+    for i, bay in enumerate(value, 1):
+        if bay.name is not None and bay.name in seen:
+            raise ValueError(f"第 {i} 项 / entry {i}: 工位名称重复 / bay name {bay.name!r} used twice")
+        seen.add(bay.name or "")
     return value
 
 
 def _unique_labels(value: list[MassStorageRecorder]) -> list[MassStorageRecorder]:
-    labels = [r.label for r in value]
-    twice = sorted({n for n in labels if labels.count(n) > 1})
-    if twice:
-        raise ValueError(f"卷标重复 / label {twice[0]!r} mapped twice")
+    seen: set[str] = set()
+    for i, rec in enumerate(value, 1):
+        if rec.label in seen:
+            raise ValueError(f"第 {i} 项 / entry {i}: 卷标重复 / label {rec.label!r} mapped twice")
+        seen.add(rec.label)
     return value
 
 
