@@ -55,7 +55,10 @@ def test_config_get_set_show_validate(tmp_path):
     show = run_cli(cfg, "config", "show", "--json")
     assert '"reserve_mb": 2048' in show.stdout
     run_cli(cfg, "config", "set", "mqtt.password", "s3cret", check=True)
-    assert "s3cret" not in run_cli(cfg, "config", "show").stdout
+    shown = run_cli(cfg, "config", "show").stdout
+    assert "s3cret" not in shown and 'password = "********"' in shown
+    assert config_mod.parse_toml(shown)["dock"]["bays"] == ["/dev/ttyACM*"]  # what show prints is TOML
+    assert run_cli(cfg, "config", "get", "dock.probe").stdout == "true\n"
 
 
 def test_env_var_and_missing_config(tmp_path):

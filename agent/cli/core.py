@@ -83,7 +83,7 @@ def config_show(c: Ctx, as_json):
     for section, values in data.items():
         click.echo(f"[{section}]")
         for key, value in values.items():
-            click.echo(f"{key} = {json.dumps(value, ensure_ascii=False)}")
+            click.echo(f"{key} = {config_mod.toml_text(value)}")
         click.echo("")
 
 
@@ -100,7 +100,10 @@ def config_get(c: Ctx, key, as_json):
     """
     config_mod.split_key(key)
     value = c.cfg.get(key)
-    click.echo(json.dumps(value, ensure_ascii=False) if as_json else value)
+    if as_json:
+        click.echo(json.dumps(value, ensure_ascii=False))
+    else:
+        click.echo(value if isinstance(value, str) else config_mod.toml_text(value))
 
 
 @config.command("set")
