@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 from agent import config as config_mod
@@ -52,7 +51,7 @@ def wait_port(port: int, timeout: float = 10) -> None:
 def from_example(name: str, overrides: dict) -> dict:
     """config/NAME (the shipped example) with the demo's values over it, key by key; the demo
     runs its own broker, so [mqtt] is the demo's alone."""
-    base = tomllib.loads((ROOT / "config" / name).read_text(encoding="utf-8"))
+    base = config_mod.load(ROOT / "config" / name).as_dict(redact=False)
     base.pop("mqtt", None)
     for section, values in overrides.items():
         base.setdefault(section, {}).update(values)

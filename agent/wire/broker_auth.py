@@ -29,12 +29,12 @@ import hmac
 import json
 import os
 import secrets
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.common.errors import EdgeError
+from agent import config as config_mod
+from agent.common.errors import ConfigError, EdgeError
 from agent.common.fs import atomic_write
 
 from .topics import XFER_KINDS, Topics, safe_segment
@@ -208,21 +208,16 @@ def _services(services: dict[str, str] | None) -> dict[str, str]:
     return s
 
 
-def _load_credentials(path: Path) -> dict:
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise EdgeError(f"凭据文件无法读取 / credentials file {path} unreadable: {exc}") from None
-    mqtt = data.get("mqtt")
-    return mqtt if isinstance(mqtt, dict) else {}
-
-
 def _read_credential(path: Path) -> str | None:
+    """The password in a credentials file (an ``[mqtt]`` fragment of a config, read and checked
+    by the config schema like any config file)."""
     try:
-        password = _load_credentials(path).get("password")
-    except EdgeError as exc:
-        raise EdgeError(f"{exc}; fix or remove it (removing it gives that identity a new password)") from None
-    return password if isinstance(password, str) and password else None
+        password = config_mod.load(path).mqtt.password
+    except ConfigError as exc:
+        problem = str(exc).removeprefix(f"{path}: ")
+        raise EdgeError(f"凭据文件无法读取 / credentials file {path} unreadable: {problem}; "
+                        "fix or remove it (removing it gives that identity a new password)") from None
+    return password or None
 
 
 def _credential_text(ident: Identity) -> str:
