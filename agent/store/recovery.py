@@ -27,6 +27,9 @@ _chain_thread_lock = threading.RLock()
 
 
 class _ChainLock:
+    """flock on ``data_dir/chain.lock`` (other processes: an ingest beside the agent) under a
+    process-wide lock (other threads: the bays, the room's sealer)."""
+
     def __init__(self, path: Path):
         self.path = path
 
@@ -40,6 +43,7 @@ class _ChainLock:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         _chain_thread_lock.release()
+
 
 class Recovery:
     """recover(), settle_unrecorded() and the chain lock; mixed into Store (uses its ledger,

@@ -108,17 +108,10 @@ class Repository:
 
     def items(self, state: str | None = None, case: str | None = None, limit: int | None = None) -> list[ItemRow]:
         """Items in creation order, optionally of one state and/or case number."""
-        sql, params = "SELECT * FROM items WHERE 1=1", []
-        if state:
-            sql += " AND state = ?"
-            params.append(state)
-        if case:
-            sql += " AND case_number = ?"
-            params.append(case)
-        sql += " ORDER BY created_ts"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        return self.ledger.query(sql, params)
+        given = {col: v for col, v in (("state", state), ("case_number", case)) if v}
+        where = " AND ".join(f"{col} = ?" for col in given) or "1=1"
+        sql = f"SELECT * FROM items WHERE {where} ORDER BY created_ts" + (f" LIMIT {int(limit)}" if limit else "")
+        return self.ledger.query(sql, list(given.values()))
 
     def item_ids(self) -> set[str]:
         return {r["id"] for r in self.ledger.query("SELECT id FROM items")}

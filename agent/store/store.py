@@ -36,6 +36,7 @@ from .repository import ItemRow, Repository
 from .retrieval import Retrieval
 from .writer import READ_SIZE, ItemWriter, SourceError, _member
 
+# ItemWriter, SourceError (the dock catches it) and _member stay importable from here
 __all__ = ["Store", "ItemWriter", "SourceError", "READ_SIZE", "_member"]
 
 
