@@ -107,7 +107,11 @@ def test_bad_wire_input_refused_receiver_keeps_running(broker, tmp_path):
         name = json.loads(mbytes)["files"][0]["name"]
         props = P.chunk_props(name, 0, b"good")
         refused(w.send(item, "chunk", b"evil", props), "error", "sha256 mismatch")
-        refused(w.send(item, "chunk", b"abc", P.chunk_props(name, 49_999, b"abc")), "error", "past the declared size")
+        refused(w.send(item, "chunk", b"abc", P.chunk_props(name, 49_999, b"abc")), "error",
+                "not one block of the signed manifest")
+        junk = b"j" * 50_000  # right place and length, self-consistent sha256, not the sealed bytes
+        refused(w.send(item, "chunk", junk, P.chunk_props(name, 0, junk)), "error",
+                "differ from the block's hash in the signed manifest")
         refused(w.send(item, "chunk", b"abc", P.chunk_props("other.mp4", 0, b"abc")), "error", "does not list")
         refused(w.send(item, "chunk", b"abc", [("file", "../x"), ("offset", "0"), ("sha256", "0" * 64)]),
                 "error", "unsafe")
@@ -133,8 +137,10 @@ def test_bad_wire_input_refused_receiver_keeps_running(broker, tmp_path):
 
 
 def test_item_failing_verification_is_quarantined(broker, tmp_path):
-    """Chunks that match their own hash but not the sealed manifest: refused at finish, quarantined
-    with the reason, nothing stored."""
+    """Chunks that match their own hash but not the sealed manifest are refused one by one (the
+    item goes on). Bytes that change on the archive's disk after they were checked (a disk fault)
+    are caught when the item is read back before its rename: asked for again once, then
+    quarantined with the reason; nothing stored, nothing receipted."""
     t = InProc(tmp_path, broker.port)
     ids = add_items(t.store, tmp_path, [10_000])
     t.enroll()
@@ -144,14 +150,19 @@ def test_item_failing_verification_is_quarantined(broker, tmp_path):
     w = WireClient(broker.port, "dock-0001")
     try:
         files = json.loads(mbytes)["files"]
+        name = files[0]["name"]
+        good = (d / mf.FILES_DIR / name).read_bytes()
         assert w.send(ids[0], "manifest", mbytes, P.manifest_props(sig))["status"] == "receiving"
         bad = b"\0" * files[0]["size"]
-        assert w.send(ids[0], "chunk", bad, P.chunk_props(files[0]["name"], 0, bad))["status"] == "ok"
-        ans = w.send(ids[0], "finish", P.finish_payload(files, []))
-        # first time: the bytes may have been lost before an fsync: asked for again
-        assert ans["status"] == "incomplete" and ans["held"] == {} and "again" in ans["reason"], ans
-        assert w.send(ids[0], "chunk", bad, P.chunk_props(files[0]["name"], 0, bad))["status"] == "ok"
-        ans = w.send(ids[0], "finish", P.finish_payload(files, []))
+        ans = w.send(ids[0], "chunk", bad, P.chunk_props(name, 0, bad))
+        assert ans["status"] == "error" and "differ from the block's hash" in ans["reason"], ans
+        on_disk = t.root / "_tmp" / "dock-0001" / ids[0] / "files" / name
+        for attempt in range(2):
+            assert w.send(ids[0], "chunk", good, P.chunk_props(name, 0, good))["status"] == "ok"
+            on_disk.write_bytes(bad)  # the disk returns other bytes than were written
+            ans = w.send(ids[0], "finish", P.finish_payload(files, []))
+            if attempt == 0:  # the bytes may have been lost before an fsync: asked for again
+                assert ans["status"] == "incomplete" and ans["held"] == {} and "again" in ans["reason"], ans
         assert ans["status"] == "rejected" and "verification failed" in ans["reason"], ans
         qdirs = list((t.root / "_quarantine" / "dock-0001").iterdir())
         assert len(qdirs) == 1 and "hash" in (qdirs[0] / "REASON.txt").read_text()

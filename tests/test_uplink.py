@@ -454,8 +454,9 @@ def test_lean_publish_decoder_matches_paho_and_refuses_what_paho_refuses():
 def test_block_sized_chunks_carry_the_sealed_hash_and_a_changed_local_copy_is_caught(broker, tmp_path):
     """Chunk size = block size (the defaults): each chunk carries its block's SHA-256 from the
     sealed manifest, not hashed again. A local copy changed after sealing is still caught: the
-    archive refuses that chunk, the agent sends it again hashed, and the archive refuses the item
-    at finish as content altered (quarantined, the agent told why); the other item is archived."""
+    archive refuses that chunk (it writes only blocks that hash as the signed manifest says), the
+    agent finds its own copy differs from what it sealed and marks the item rejected with the
+    reason; the archive holds nothing of it; the other item is archived."""
     from agent.uplink.transfer import block_hashes, chunk_message
 
     t = InProc(tmp_path, broker.port, evidence__block_size=64 * 1024, uplink__chunk_size=64 * 1024)
@@ -475,14 +476,15 @@ def test_block_sized_chunks_carry_the_sealed_hash_and_a_changed_local_copy_is_ca
     f.write_bytes(bytes(data))
     t.enroll()
     t.start_archive()
-    up = t.start_agent()
+    t.start_agent()
     try:
         t.wait_archived(ids[1:])
         wait_for(lambda: t.store.item(ids[0])["state"] == "rejected", 60, "the altered item refused")
-        q = t.archive.quarantined()
-        assert len(q) == 1 and q[0]["item"] == ids[0] and "segment 1" in q[0]["reason"], q
-        assert "hash mismatch" in q[0]["reason"], q
-        assert up.stats()["retransmits"] >= 1
+        assert "local copy altered after sealing" in t.store.item(ids[0])["error"]
+        assert "[65536, 131072)" in t.store.item(ids[0])["error"]
+        assert t.archive.quarantined() == []
         assert [r["item"] for r in t.archive.list_items()] == [ids[1]]
+        held = t.archive.held("dock-0001", ids[0])[name]
+        assert [65536, 131072] not in held and all(not (s < 131072 and e > 65536) for s, e in held)
     finally:
         t.close()

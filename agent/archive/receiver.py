@@ -37,8 +37,6 @@ class Receiver:
                  share: str | None = None, receiver_id: str | None = None):
         self.store = store
         store.batch_ranges = True
-        # with a shared subscription each receiver sees only part of an item's chunks
-        store.stream_verify = share is None
         self.topics = Topics(prefix)
         self.share = share
         self.rid = receiver_id or settings.client_id
@@ -83,13 +81,13 @@ class Receiver:
             if th:
                 th.join(30)
         self.conn.stop(final=(self.topics.archive_receiver(self.rid), self._status("offline")))
-        log.info("receiver %s stopped: answers %s, busy seconds %s, files verified %s", self.rid, dict(self.handled),
-                 {k: round(v, 3) for k, v in self.busy.items()}, self.store.verified_files)
+        log.info("receiver %s stopped: answers %s, busy seconds %s, verified %s", self.rid, dict(self.handled),
+                 {k: round(v, 3) for k, v in self.busy.items()}, dict(self.store.verified))
 
     def status(self) -> dict:
         return {"receiver": self.rid, "connected": self.conn.connected, "handled": dict(self.handled),
                 "refused": self.refused, "queued": len(self._q), "last_error": self.conn.last_error,
-                "verified_files": dict(self.store.verified_files)}
+                "verified": dict(self.store.verified)}
 
     def _on_connect(self, conn: Connection) -> None:
         try:

@@ -58,6 +58,12 @@ MIGRATIONS: list[tuple[str, str]] = [
             item_id TEXT, detail TEXT NOT NULL, prev TEXT, hash TEXT NOT NULL
         );
     """),
+    ("0002_pieces", """
+        CREATE TABLE pieces (
+            device TEXT NOT NULL, item TEXT NOT NULL, file TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
+            PRIMARY KEY (device, item, file, start, end)
+        );
+    """),
 ]
 
 

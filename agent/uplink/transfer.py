@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..evidence import manifest as mf
+from ..evidence import blocks, hashing, manifest as mf
 from agent.common.fs import drop_cache
 from agent.wire import protocol as P
 from agent.wire.mqtt import PublishError
@@ -84,6 +84,23 @@ def block_hashes(manifest: dict) -> dict[tuple[str, int, int], str]:
         return {}
     names = [f["name"] for f in manifest["files"]]
     return {(names[s["file"]], s["offset"], s["size"]): s["hash"] for s in manifest["segments"]}
+
+
+def local_block_altered(d: Path, table: blocks.BlockTable, name: str, off: int) -> str | None:
+    """Why the local copy of the block holding ``name``@``off`` is not what was sealed, or None."""
+    b = table.at(name, off)
+    if b is None:
+        return None
+    try:
+        with open(d / mf.FILES_DIR / name, "rb") as fh:
+            fh.seek(b.offset)
+            data = fh.read(b.size)
+    except OSError as exc:
+        return f"local copy of {name} unreadable: {exc}"
+    if len(data) == b.size and hashing.hexdigest(table.alg, data) == b.hash:
+        return None
+    return (f"local copy altered after sealing: {name} bytes [{b.offset}, {b.end}) do not match the signed "
+            "manifest (the archive accepts only the sealed bytes)")
 
 
 class _Prefetcher:
@@ -462,17 +479,14 @@ class Transfer:
     def _send_ranges(self, item: str, d: Path, manifest: dict, held: dict, priority: int) -> P.Answer | None:
         """Send every byte range not in ``held``; returns None when all are acknowledged, or the
         answer that stops the transfer (UNKNOWN, REJECTED)."""
-        files = manifest["files"]
         chunk = min(self.chunk_size, self.up.conn.max_payload(self.up.topics.xfer(self.up.device, item, "chunk"),
                                                           P.MAX_CHUNK_HEADER))
+        table = blocks.BlockTable.from_manifest(manifest)
 
         def plan(held: dict) -> list[tuple[str, int, int]]:
-            out = []
-            for f in files:
-                for s, e in P.missing_ranges(f["size"], held.get(f["name"])):
-                    for off in range(s, e, chunk):
-                        out.append((f["name"], off, min(chunk, e - off)))
-            return out
+            # one chunk per sealed block (pieces of a block larger than a chunk): the archive
+            # checks each against the block's hash in the signed manifest (docs/mqtt.md, "chunk")
+            return blocks.plan(table, held, chunk)
 
         # chunks are read and hashed ahead on another thread (hashlib releases the GIL) while
         # this one publishes; a chunk to send again is read here (``todo``)
@@ -529,6 +543,9 @@ class Transfer:
                             return a
                         errors += 1  # ERROR: this chunk was refused (e.g. hash); send it again
                         log.warning("archive refused chunk %s@%s of %s: %s", w.meta[0], w.meta[1], item, a.reason)
+                        altered = local_block_altered(d, table, w.meta[0], w.meta[1])
+                        if altered:  # sending it again cannot help: the archive holds to the signed manifest
+                            return P.Answer(item=item, kind="chunk", status=P.REJECTED, reason=altered)
                         if errors > 10:
                             raise RuntimeError(f"archive refused {errors} chunks of {item}; last: {a.reason}")
                         self.retransmits += 1

@@ -967,8 +967,9 @@ class Cluster:
 
     def inject_swapped_content(self, node: Node) -> P.Answer:
         """A genuinely signed manifest, then other content (each chunk with a correct sha256 of
-        the wrong bytes), then finish: the archive must not store it (it answers "rejected", or
-        "incomplete" after discarding the bytes that do not verify)."""
+        the wrong bytes), then finish: the archive must not store it. A chunk whose bytes are not
+        the sealed block is refused on arrival (answered "error" naming the range); returns that
+        answer, else finish's ("rejected", or "incomplete")."""
         d, m, mbytes, sig = self._genuine_item(node, 300_000)
         item = m["item_id"]
         self.forged.add(item)
@@ -977,19 +978,22 @@ class Cluster:
             if a.status != P.RECEIVING:
                 raise HarnessError(f"rogue manifest of {item}: {a.status} {a.reason}")
             files = m["files"]
+            refused = None
             for f in files:
                 data = bytearray((d / mf.FILES_DIR / f["name"]).read_bytes())
                 data[len(data) // 3] ^= 0x55
                 for off in range(0, len(data), 65536):
                     piece = bytes(data[off:off + 65536])
                     ans = rogue.request(item, "chunk", piece, P.chunk_props(f["name"], off, piece))
-                    if ans.status != P.OK:
-                        raise HarnessError(f"rogue chunk refused early: {ans.status} {ans.reason}")
+                    if ans.status == P.ERROR:
+                        refused = refused or ans
+                    elif ans.status != P.OK:
+                        raise HarnessError(f"rogue chunk: {ans.status} {ans.reason}")
             ans = rogue.request(item, "finish", P.finish_payload(files, []), [("proto", P.PROTO)])
         # refused either for good (rejected, quarantined) or as content to send again (incomplete)
         if ans.status in (P.REJECTED, P.INCOMPLETE):
             self.corrupt_refused += 1
-        return ans
+        return refused or ans
 
     def quarantined(self) -> list[dict]:
         db = self.root / "archive.db"

@@ -1,0 +1,111 @@
+"""Chain checkpoints (what a device announces it holds) and retrieval: list, show, export. Every
+retrieval is written to the archive's audit log (调阅监督)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from agent.common.errors import EdgeError, NotFoundError
+from agent.common.timeutil import now_iso
+from ..evidence import manifest as mf
+from ..evidence.verify import verify_item
+from agent.wire import checkpoint as cpmod
+
+log = logging.getLogger(__name__)
+
+
+class Retrieval:
+    """Mixed into :class:`agent.archive.storage.ArchiveStore`."""
+
+    # --- chain checkpoints ------------------------------------------------------------------
+    def on_checkpoint(self, dev: str, payload: bytes) -> cpmod.Checkpoint | None:
+        if not payload:
+            return None
+        try:
+            cp = cpmod.parse(payload, self.registry.public(dev), device=dev)
+        except (cpmod.CheckpointError, NotFoundError) as exc:
+            log.warning("ignoring chain checkpoint of %s: %s", dev, exc)
+            return None
+        with self.db.atomic() as db:
+            old = db.execute("SELECT count FROM checkpoints WHERE device = ?", [dev]).fetchone()
+            if old and old[0] > cp.count:
+                log.warning("checkpoint of %s went back from %d to %d items: kept the higher", dev, old[0], cp.count)
+                return cp
+            db.execute("INSERT INTO checkpoints(device, count, head, time, sig, received_at) VALUES (?,?,?,?,?,?) "
+                       "ON CONFLICT(device) DO UPDATE SET count=excluded.count, head=excluded.head, time=excluded.time, "
+                       "sig=excluded.sig, received_at=excluded.received_at",
+                       [dev, cp.count, cp.head, cp.time, cp.sig, now_iso()])
+        return cp
+
+    def missing(self, device: str | None = None) -> list[dict]:
+        """Per device: chain positions the signed checkpoint announces that the archive lacks."""
+        out = []
+        cps = self.db.query("SELECT * FROM checkpoints" + (" WHERE device = ?" if device else "") + " ORDER BY device",
+                            [device] if device else [])
+        for cp in cps:
+            have = {r["seq"]: r for r in self.db.query("SELECT seq, manifest_hash FROM items WHERE device = ?", [cp["device"]])}
+            miss = [s for s in range(1, cp["count"] + 1) if s not in have]
+            head_ok = None
+            if cp["count"] in have:
+                head_ok = have[cp["count"]]["manifest_hash"] == cp["head"]
+            out.append({"device": cp["device"], "announced": cp["count"], "held": len(have), "missing": miss,
+                        "head": cp["head"], "head_matches": head_ok, "checkpoint_time": cp["time"]})
+        return out
+
+    # --- retrieval (every call is audited: 调阅监督) ------------------------------------------
+    def list_items(self, *, device: str | None = None, unit: str | None = None, case: str | None = None,
+                   actor: str | None = None) -> list[dict]:
+        sql, params = "SELECT * FROM items WHERE 1=1", []
+        for col, val in (("device", device), ("unit", unit), ("case_number", case)):
+            if val:
+                sql += f" AND {col} = ?"
+                params.append(val)
+        rows = self.db.query(sql + " ORDER BY device, seq", params)
+        self.audit.append("retrieve", None, actor=actor, what="list", device=device, unit=unit, case=case, count=len(rows))
+        return rows
+
+    def find(self, item: str) -> dict:
+        row = self.db.one("SELECT * FROM items WHERE item = ?", [item])
+        if not row:
+            raise NotFoundError(f"{item}: no such item in the archive")
+        return row
+
+    def show_item(self, item: str, actor: str | None = None) -> dict:
+        row = self.find(item)
+        d = self.inside(self.root / row["path"])
+        m = json.loads((d / mf.MANIFEST).read_bytes())
+        anns = mf.read_annotations(d)
+        self.audit.append("view", item, actor=actor, device=row["device"], path=row["path"])
+        return {"archive": row, "manifest": {k: v for k, v in m.items() if k != "segments"},
+                "segments": len(m.get("segments", [])), "annotations": [a.record for a in anns],
+                "effective_metadata": mf.effective_metadata(m, anns), "path": str(d)}
+
+    def show_device(self, device: str, actor: str | None = None) -> dict:
+        dev = self.registry.device(device)
+        items = self.db.query("SELECT item, seq, case_number, size, stored_at FROM items WHERE device = ? ORDER BY seq",
+                              [device])
+        miss = self.missing(device)
+        self.audit.append("retrieve", None, actor=actor, what="device", device=device)
+        return {"device": {k: dev[k] for k in ("id", "unit", "key_id", "enrolled_at")}, "items": items,
+                "checkpoint": miss[0] if miss else None,
+                "quarantine": self.db.query("SELECT item, reason, at, path FROM quarantine WHERE device = ? ORDER BY id",
+                                            [device])}
+
+    def export(self, item: str, dest: Path, actor: str | None = None) -> Path:
+        row = self.find(item)
+        src = self.inside(self.root / row["path"])
+        verify_item(src, self.registry.ring(row["device"]), expected_device=row["device"])
+        target = Path(dest) / item
+        if target.exists():
+            raise EdgeError(f"{target}: already exists")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, target)
+        shutil.copy2(self.root / "keys" / f"{row['device']}.pub", target.parent / f"{row['device']}.pub")
+        self.audit.append("export", item, actor=actor, device=row["device"], dest=str(target))
+        return target
+
+    def quarantined(self) -> list[dict]:
+        return self.db.query("SELECT * FROM quarantine ORDER BY id")
