@@ -108,10 +108,8 @@ class Repository:
 
     def items(self, state: str | None = None, case: str | None = None, limit: int | None = None) -> list[ItemRow]:
         """Items in creation order, optionally of one state and/or case number."""
-        given = {col: v for col, v in (("state", state), ("case_number", case)) if v}
-        where = " AND ".join(f"{col} = ?" for col in given) or "1=1"
-        sql = f"SELECT * FROM items WHERE {where} ORDER BY created_ts" + (f" LIMIT {int(limit)}" if limit else "")
-        return self.ledger.query(sql, list(given.values()))
+        return self.ledger.select("items", "created_ts", limit=int(limit) if limit else None,
+                                  state=state, case_number=case)
 
     def item_ids(self) -> set[str]:
         return {r["id"] for r in self.ledger.query("SELECT id FROM items")}
