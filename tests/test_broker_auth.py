@@ -57,7 +57,8 @@ class Peer:
         self.c.on_connect = lambda _c, _u, _f, rc, _p: self.connack.put(rc)
         self.c.on_publish = lambda _c, _u, mid, rc, _p: self._q(self.pubacks, mid).put(rc)
         self.c.on_subscribe = lambda _c, _u, mid, rcs, _p: self._q(self.subacks, mid).put(rcs)
-        self.c.on_message = lambda _c, _u, msg: self.messages.put((msg.topic, msg.payload))
+        # bytes(): the archive's lean decoder (installed process-wide by another test) hands bytearrays
+        self.c.on_message = lambda _c, _u, msg: self.messages.put((msg.topic, bytes(msg.payload)))
 
     def _q(self, d: dict, mid: int) -> queue.Queue:
         with self.lock:
