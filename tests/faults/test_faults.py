@@ -109,9 +109,10 @@ def test_archive_killed_mid_transfer_two_agents(cluster):
     b.ingest(2, 2 * MB)
     cluster.wait_transfer_started(min_bytes=300_000)
     cluster.kill_archive()
+    # an agent that still has an item in flight asks again into the silence (one may be done already)
     sent = {n: n.live_status().get("retransmits", 0) for n in (a, b)}
-    wait_for(lambda: all(n.live_status().get("retransmits", 0) > r for n, r in sent.items()), 30,
-             "both agents retransmit into the archive's silence", cluster.logs())
+    wait_for(lambda: any(n.live_status().get("retransmits", 0) > r for n, r in sent.items()), 60,
+             "an agent retransmitting into the archive's silence", cluster.logs())
     assert not cluster.settled()
     cluster.start_archive()
     cluster.wait_archived(60)
