@@ -101,7 +101,7 @@ def plan(table: BlockTable, held: dict[str, list[list[int]]], max_chunk: int) ->
     of ``max_chunk`` bytes of a block larger than that. Returns (file, offset, length)."""
     out = []
     for name in table.names():
-        have = _merged(held.get(name) or [])
+        have = merge_ranges(held.get(name) or [])
         for b in table.blocks(name):
             if _covered(have, b.offset, b.end):
                 continue
@@ -110,17 +110,18 @@ def plan(table: BlockTable, held: dict[str, list[list[int]]], max_chunk: int) ->
     return out
 
 
-def _merged(ranges) -> list[tuple[int, int]]:
+def merge_ranges(ranges) -> list[list[int]]:
+    """Sorted, merged half-open byte ranges ``[[start, end], ...]`` (as the wire carries them)."""
     out: list[list[int]] = []
     for s, e in sorted((int(a), int(b)) for a, b in ranges):
         if out and s <= out[-1][1]:
             out[-1][1] = max(out[-1][1], e)
         else:
             out.append([s, e])
-    return [(s, e) for s, e in out]
+    return out
 
 
-def _covered(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
+def _covered(ranges: list[list[int]], start: int, end: int) -> bool:
     for s, e in ranges:
         if s <= start and end <= e:
             return True

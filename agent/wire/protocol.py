@@ -25,6 +25,7 @@ import re
 from typing import Any
 
 from agent.common.errors import EdgeError
+from agent.evidence.blocks import merge_ranges  # noqa: F401  (also P.merge_ranges for the archive)
 
 PROTO = "edge-xfer/1"
 
@@ -300,17 +301,6 @@ def parse_answer(payload: bytes) -> Answer:
 
 
 # --- byte ranges -------------------------------------------------------------------------------
-def merge_ranges(ranges: list[tuple[int, int]] | list[list[int]]) -> list[list[int]]:
-    """Sorted, merged half-open ranges."""
-    out: list[list[int]] = []
-    for s, e in sorted((int(a), int(b)) for a, b in ranges):
-        if out and s <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], e)
-        else:
-            out.append([s, e])
-    return out
-
-
 def missing_ranges(size: int, held: list[list[int]] | None) -> list[tuple[int, int]]:
     """Byte ranges of a file of ``size`` bytes not covered by ``held``."""
     out, pos = [], 0
