@@ -25,6 +25,9 @@ Faults (constructor keywords / flags):
   disconnect_file/_at  after SetMSDC that file is a FIFO in the mount dir: a reader gets
                      its first N bytes, then the pty master closes and the link vanishes
                      (serial hangup) before the reader sees EOF
+  flip_bit_at        with disconnect_file: the byte at this offset (< disconnect_at) goes out
+                     through the FIFO with its lowest bit flipped (a read gone wrong before the
+                     unplug); the file itself is unchanged, so a re-dock serves the true bytes
   clock_offset       device clock = real time + offset seconds
   clock_fixed        device clock starts at 1970-01-01 or 2099-01-01 00:00:00 (or a datetime)
   storage_full       storage reports free = 0
@@ -119,6 +122,7 @@ class RecorderSim:
         response_delay: float = 0.0,
         disconnect_file: str | None = None,
         disconnect_at: int = 0,
+        flip_bit_at: int | None = None,
         clock_offset: float = 0.0,
         clock_fixed: str | _dt.datetime | None = None,
         storage_full: bool = False,
@@ -155,6 +159,7 @@ class RecorderSim:
         self.response_delay = response_delay
         self.disconnect_file = disconnect_file
         self.disconnect_at = disconnect_at
+        self.flip_bit_at = flip_bit_at  # fault: this byte of the FIFO's stream goes out with bit 0 flipped
         self.storage_full = storage_full
         self.time_sync_fail = time_sync_fail
         self.msdc_fail = msdc_fail
@@ -211,6 +216,10 @@ class RecorderSim:
                 raise ValueError(f"disconnect_file {self.disconnect_file!r} is not in {self.media_dir}")
             if not 0 <= self.disconnect_at <= rec.size:
                 raise ValueError(f"disconnect_at must be within 0..{rec.size}")
+            if self.flip_bit_at is not None and not 0 <= self.flip_bit_at < self.disconnect_at:
+                raise ValueError(f"flip_bit_at must be within 0..{self.disconnect_at - 1} (before the unplug)")
+        elif self.flip_bit_at is not None:
+            raise ValueError("flip_bit_at needs disconnect_file (the bit is flipped in what the FIFO sends)")
         if self.mount_dir is None:
             self.mount_dir = tempfile.mkdtemp(prefix="recsim-mnt-")
         else:
@@ -529,9 +538,15 @@ class RecorderSim:
                     self._stop.wait(0.01)
             with open(src, "rb") as fh:
                 while self.fifo_bytes_sent < limit and not self._stop.is_set():
-                    chunk = fh.read(min(65536, limit - self.fifo_bytes_sent))
+                    at = self.fifo_bytes_sent
+                    chunk = fh.read(min(65536, limit - at))
                     if not chunk:
                         break
+                    flip = self.flip_bit_at
+                    if flip is not None and at <= flip < at + len(chunk):
+                        chunk = bytearray(chunk)
+                        chunk[flip - at] ^= 0x01
+                        chunk = bytes(chunk)
                     view = memoryview(chunk)
                     while view and not self._stop.is_set():
                         try:
@@ -577,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delay", type=float, default=0.0, help="fault: seconds before each response")
     ap.add_argument("--disconnect-file", help="fault: hang up while this file is read ...")
     ap.add_argument("--disconnect-at", type=int, default=0, help="... after this many bytes")
+    ap.add_argument("--flip-bit-at", type=int, help="fault: with --disconnect-file, flip bit 0 of this byte before the unplug")
     ap.add_argument("--clock-offset", type=float, default=0.0, help="fault: device clock offset, seconds")
     ap.add_argument("--clock-fixed", choices=["1970", "2099"], help="fault: device clock starts at that year")
     ap.add_argument("--full", action="store_true", help="fault: storage free 0")
@@ -596,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         unit_number=a.unit, unit_name=a.unit_name, password=a.password, battery_level=a.battery,
         charging=not a.not_charging, mount_dir=a.mount, tz=a.tz, important=a.important, locked=a.locked,
         garbage=a.garbage, silent=a.silent, corrupt_responses=a.corrupt, response_delay=a.delay,
-        disconnect_file=a.disconnect_file, disconnect_at=a.disconnect_at, clock_offset=a.clock_offset,
+        disconnect_file=a.disconnect_file, disconnect_at=a.disconnect_at, flip_bit_at=a.flip_bit_at,
+        clock_offset=a.clock_offset,
         clock_fixed=a.clock_fixed, storage_full=a.full, wrong_password=a.wrong_password,
         time_sync_fail=a.time_sync_fail, msdc_fail=a.msdc_fail, inject_names=a.inject_name,
         list_trailing=a.list_trailing, list_short=a.list_short, seed=a.seed,

@@ -188,6 +188,31 @@ class BayCopy:
             if not fifo and before.st_size != rec.size:
                 raise FileSkipped(f"文件大小与列表不符 / {rec.name}: {before.st_size} bytes on storage, "
                                    f"{rec.size} in the recorder's list (file still being written?); not copied, not erased")
+            if writer is not None and start:
+                try:
+                    proof = self._prove_prefix(f, fifo, writer, rec, start)
+                except (SourceError, OSError) as exc:
+                    if self._recorder_gone():
+                        raise BayAbort(f"记录仪在复核中拔出 / recorder removed while the first {start} bytes of "
+                                       f"{rec.name} were re-read; the partial copy is kept: dock it again") from None
+                    raise FileSkipped(f"无法复核续传 / {rec.name}: the recorder's first {start} bytes could not be "
+                                      f"read again ({exc}); not resumed now, not erased") from None
+                if proof["recorder_hash"] != proof["local_hash"]:
+                    writer.discard(f"resumed copy differs from the recorder in its first {start} bytes: the copy has "
+                                   f"{proof['local_hash']}, the recorder {proof['recorder_hash']}")
+                    store.audit.append("resume-refused", writer.id, actor="agent:dock", bay=self.name, serial=serial,
+                                       file=rec.name, **proof)
+                    log.warning("bay %s: %s: the %d bytes copied before the unplug differ from the recorder's; "
+                                "discarded, copying again", self.name, rec.name, start)
+                    with self.lock:
+                        self.st.recopied += 1
+                    writer, start = None, 0
+                    if fifo:  # a pipe cannot be read again in this docking
+                        raise FileSkipped(f"续传前段不符 / {rec.name}: the bytes copied before the unplug differ "
+                                          "from the recorder's; discarded, copied again at the next docking, not erased")
+                    f.seek(0)
+                else:
+                    e["prefix_check"] = proof
             if writer is None:
                 writer = store.new_item(self._metadata(rec, info, officer, serial, offset_ms, seq),
                                         self._source(rec, serial, e), kind="recorder", priority=5,
@@ -198,11 +223,7 @@ class BayCopy:
             elif start:
                 store.audit.append("ingest", writer.id, actor="agent:dock", bay=self.name, serial=serial,
                                    file=rec.name, resumed_at=start, bytes=rec.size)
-            if start:
-                if fifo:
-                    _skip(f, start)
-                else:
-                    f.seek(start)
+            if start:  # the recorder's first `start` bytes were just read and hashed (_prove_prefix): f is there
                 with self.lock:
                     self.st.resumed_bytes += start
                     self.st.bytes_done += start
@@ -254,10 +275,26 @@ class BayCopy:
             if ok is False:
                 self._problem(f"无法解码 / {rec.name} is not decodable ({detail}); kept byte-exact as evidence")
         writer.seal(extra_metadata=extra, actor="agent:dock")
-        self._record_copy(writer.id, rec, serial, copied)
+        self._record_copy(writer.id, rec, serial, copied, start, e.get("prefix_check"))
         return writer.id
 
-    def _record_copy(self, item: str, rec: FileRecord, serial: str, copied: dict) -> None:
+    def _prove_prefix(self, f: BinaryIO, fifo: bool, writer, rec: FileRecord, start: int) -> dict:
+        """Before a copy resumes at ``start``: read the recorder's first ``start`` bytes again and
+        hash them, and hash the same bytes of the partial copy. A byte read wrong before the unplug
+        would otherwise be carried into the item (the one-pass hash covers what was read, not what
+        the recorder holds). Leaves ``f`` at ``start``. {bytes, recorder_hash, local_hash, alg}."""
+        alg = self.station.store.alg
+        self.set("verifying", f"续传前复核 {rec.name} / re-reading the first {start} bytes of {rec.name} "
+                              "before resuming")
+        with self.station.pool.slot(self):
+            remote = _hash_prefix(f, start, alg)
+            with open(writer.files_dir / rec.name, "rb", buffering=0) as local:
+                mine = _hash_prefix(local, start, alg)
+        self.set("downloading")
+        return {"bytes": start, "alg": alg, "recorder_hash": remote, "local_hash": mine}
+
+    def _record_copy(self, item: str, rec: FileRecord, serial: str, copied: dict, resumed_at: int = 0,
+                     prefix_check: dict | None = None) -> None:
         """The copy record the erase rule rests on (audit ``copy``): the hash and size computed
         while the file was read off the recorder, and the hash and file entry of the manifest
         sealed for it, read back from the spool. A sealed manifest that does not describe the copy
@@ -265,9 +302,10 @@ class BayCopy:
         store = self.station.store
         data = store.sealed_manifest(item)
         sealed = sealed_summary(data, rec.name) if data is not None else {"manifest_hash": None, "file": None}
+        extra = {"resumed_at": resumed_at, "prefix_check": prefix_check} if resumed_at else {}
         store.audit.append("copy", item, actor="agent:dock", bay=self.name, serial=serial, file=rec.name,
                            size=copied["size"], hash=copied["hash"], alg=store.alg,
-                           manifest_hash=sealed["manifest_hash"], manifest_file=sealed["file"])
+                           manifest_hash=sealed["manifest_hash"], manifest_file=sealed["file"], **extra)
         if sealed["file"] != copied:
             self._problem(f"封存清单与复制不符 / {rec.name}: the sealed manifest's entry {sealed['file']} differs from "
                           f"the copy ({copied['size']} bytes, {copied['hash'][:16]}…); it will not be erased")
@@ -411,11 +449,15 @@ class FileSkipped(EdgeError):
     """This file is not copied now (reported as a bay problem); the others go on."""
 
 
-def _skip(f: BinaryIO, n: int) -> None:
-    buf = bytearray(min(n, 1 << 20))
+def _hash_prefix(f: BinaryIO, n: int, alg: str) -> str:
+    """Hash of the next ``n`` bytes of ``f`` (read, not seeked: a pipe works too)."""
+    h = hashing.new(alg)
+    buf = bytearray(min(n, 1 << 20) or 1)
     mv = memoryview(buf)
     while n:
         got = f.readinto(mv[:min(n, len(buf))])
         if not got:
-            raise SourceError("source ended while skipping to the resume point", 0)
+            raise SourceError("source ended before the resume point", 0)
+        h.update(mv[:got])
         n -= got
+    return h.hexdigest()

@@ -49,8 +49,27 @@ def sealed_summary(data: bytes, name: str) -> dict:
                                                  "size": entry.get("plain_size", entry.get("size"))}}
 
 
+def resume_proven(copies: Sequence[dict], resumed_at: int, reread_hash: str | None = None) -> bool:
+    """A copy resumed after an unplug is proven identical to the recorder's file when the copy record
+    holds a prefix check (the recorder's first bytes read again at the resume, same hash as the
+    partial copy) covering the last resume point, or when a whole second read of the recorder's
+    file gave the copy's hash. A copy never resumed needs no proof."""
+    resumed_at = max([resumed_at, *(int(c.get("resumed_at") or 0) for c in copies)])
+    if not resumed_at:
+        return True
+    if reread_hash is not None and copies and all(c.get("hash") == reread_hash for c in copies):
+        return True
+    for c in copies:
+        pc = c.get("prefix_check")
+        if isinstance(pc, dict) and int(pc.get("bytes") or 0) >= resumed_at and pc.get("recorder_hash") \
+                and pc.get("recorder_hash") == pc.get("local_hash"):
+            return True
+    return False
+
+
 def erase_decision(policy: str, rec: FileRecord, row: dict | None, *, copies: Sequence[dict] = (),
-                   sealed: dict | None = None, reread_hash: str | None = None, conflict: bool = False) -> Decision:
+                   sealed: dict | None = None, reread_hash: str | None = None, conflict: bool = False,
+                   resumed_at: int = 0) -> Decision:
     """May this file be erased from the recorder now? — the one place the rule lives.
 
     after-archive, every condition on this exact file: the store has the item ``archived`` (or
@@ -62,6 +81,9 @@ def erase_decision(policy: str, rec: FileRecord, row: dict | None, *, copies: Se
     hash of that sealed manifest (the ledger's, the copy record's and, when still in the spool,
     the hash of its bytes). after-local-verify: sealed locally and a second read of the recorder
     gave the same hash. never: never.
+
+    Whatever the policy, a copy resumed after an unplug (``resumed_at``: the last resume point the
+    audit's ``ingest`` entries name, or the copy record's) is erased only when :func:`resume_proven`.
 
     ``copies``: the bay's copy records of the item (audit ``copy`` details); ``sealed``: the
     :func:`sealed_summary` of the sealed manifest still in the spool, None once purged."""
@@ -86,6 +108,9 @@ def erase_decision(policy: str, rec: FileRecord, row: dict | None, *, copies: Se
     if policy == "after-archive":
         if row["state"] not in ("archived", "purged") or not row.get("archived_at"):
             return Decision(False, "等待归档确认 / waiting for the archive's acknowledgement")
+        if not resume_proven(copies, resumed_at, reread_hash):
+            return Decision(False, "续传未经复核 / the copy was resumed after an unplug and is not proven identical "
+                                   "to the recorder's file (no prefix check, no matching second read)", True)
         return _archived_and_same(rec, row, copies, sealed)
     return Decision(False, f"unknown erase policy {policy!r}", True)
 
@@ -200,8 +225,16 @@ class BayErase:
                 continue
             rec: FileRecord = e["rec"]
             copies, sealed = self._evidence(e) if policy == "after-archive" else ((), None)
+            if copies and e["reread"] is None and not resume_proven(copies, e.get("resumed_at", 0)):
+                # resumed by a version that did not check the prefix: a whole second read proves it, or not
+                self.set("verifying", f"复核 {rec.name} / re-reading {rec.name} (resumed copy)")
+                try:
+                    e["reread"] = self._reread(e["src"])
+                except OSError as exc:
+                    self._problem(f"复核失败 / {rec.name}: {exc.strerror}")
+                self.set("uploading")
             d = erase_decision(policy, rec, e["row"], copies=copies, sealed=sealed, reread_hash=e["reread"],
-                               conflict=conflict)
+                               conflict=conflict, resumed_at=e.get("resumed_at", 0))
             if d.erase:
                 self._erase(e, serial, policy, d.why)
                 continue
@@ -221,6 +254,8 @@ class BayErase:
         if "copies" not in e:
             store = self.station.store
             e["copies"] = [json.loads(a["detail"]) for a in store.audit.entries(item_id=e["item"], action="copy")]
+            e["resumed_at"] = max([0, *(int(json.loads(a["detail"]).get("resumed_at") or 0)
+                                        for a in store.audit.entries(item_id=e["item"], action="ingest"))])
             data = store.sealed_manifest(e["item"])
             e["sealed"] = sealed_summary(data, e["rec"].name) if data is not None else None
         return e["copies"], e["sealed"]

@@ -62,6 +62,7 @@ class BayState:
     rate_bps: int = 0
     eta_s: int | None = None
     resumed_bytes: int = 0
+    recopied: int = 0  # resumed copies whose first part differed from the recorder: discarded, copied again
     items: list[str] = field(default_factory=list)
     sealed: int = 0
     already: int = 0

@@ -1,0 +1,104 @@
+"""Custody across an interrupted docking (issue 15): a resumed copy is proven against the recorder
+before anything is erased; the clock offset survives into the next docking; a recorder that drops
+its command channel after SET_MSDC is copied from its volume and erased when the channel returns.
+Real simulator on a real pty, real store."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from agent.dock.erasing import erase_decision, resume_proven
+from tests.test_dock import (SERIAL, copy_records, env, make_cfg, media, media_master, receipt_for,  # noqa: F401
+                             sealed_items, sha, start_sim, start_station)
+from tests.test_dock_units import SEALED, copy, rec, row
+from tools.media import make_big_file
+
+
+# --- 1. a resumed copy is never trusted blindly -------------------------------------------------
+def test_bit_flipped_before_the_unplug_is_caught_recopied_and_erased_only_when_right(env, media):
+    """The recorder sends one wrong bit before it is pulled out (default verify_policy = none). At the
+    re-dock the station reads the recorder's first bytes again before resuming: they differ from the
+    partial copy, which is discarded; the file is copied again whole, and erased only after the archive
+    acknowledges the item whose hash is the recorder's file hash."""
+    data, ports, made = env
+    big = make_big_file(media / f"{SERIAL}_20261127080000_0009.MP4", 6 << 20, seed=3)
+    want = sha(big)
+    cut = (2 << 20) + 12345
+    st = start_station(made, make_cfg(data, ports, probe=False))
+    assert st.cfg.dock.verify_policy == "none"
+    sim = start_sim(made, media, ports / "ttyREC1", disconnect_file=big.name, disconnect_at=cut, flip_bit_at=1_000_000)
+    st.wait("bay-1", ("error", "idle"), timeout=20)
+    assert sim.disconnected.is_set()
+    receiving = st.store.items(state="receiving")
+    assert len(receiving) == 1
+    partial = Path(receiving[0]["path"]) / "files" / big.name
+    got = partial.read_bytes()
+    assert len(got) == cut and got != big.read_bytes()[:cut]  # the flipped bit really is in the partial copy
+    sim.stop()
+    st.wait_state("bay-1", ("error", "idle"), timeout=5)
+    time.sleep(0.3)
+
+    sim = start_sim(made, media, ports / "ttyREC1")  # re-docked, the line is good now
+    b = st.wait_state("bay-1", ("uploading",), timeout=30)
+    assert b["recopied"] == 1 and b["resumed_bytes"] == 0 and b["problems"] == []
+    refused = [json.loads(e["detail"]) for e in st.store.audit.entries(action="resume-refused")]
+    assert len(refused) == 1 and refused[0]["file"] == big.name and refused[0]["bytes"] == cut
+    assert refused[0]["recorder_hash"] != refused[0]["local_hash"]
+    assert st.store.item(receiving[0]["id"])["state"] == "discarded"
+    row_big = next(r for r in sealed_items(st.store) if st.store.read_manifest(r["id"])["source"]["name"] == big.name)
+    assert row_big["content_hash"] == want and row_big["id"] != receiving[0]["id"]
+    assert (Path(row_big["path"]) / "files" / big.name).read_bytes() == big.read_bytes()
+    assert copy_records(st.store)[row_big["id"]]["hash"] == want
+    assert big.name not in sim.erased  # nothing erased before the archive answers
+    for r in sealed_items(st.store):
+        st.store.mark_archived(r["id"], receipt_for(r))
+    st.wait("bay-1", ("done",))
+    assert big.name in sim.erased and not big.exists()
+    erase = next(json.loads(e["detail"]) for e in st.store.audit.entries(action="erase")
+                 if json.loads(e["detail"])["file"] == big.name)
+    assert erase["result"] == "erased" and erase["hash"] == want
+
+
+def test_good_resume_carries_its_prefix_check_into_the_copy_record(env, media):
+    data, ports, made = env
+    big = make_big_file(media / f"{SERIAL}_20261127080000_0009.MP4", 6 << 20, seed=4)
+    cut = (1 << 20) + 7
+    st = start_station(made, make_cfg(data, ports, probe=False))
+    sim = start_sim(made, media, ports / "ttyREC1", disconnect_file=big.name, disconnect_at=cut)
+    st.wait("bay-1", ("error", "idle"), timeout=20)
+    sim.stop()
+    st.wait_state("bay-1", ("error", "idle"), timeout=5)
+    time.sleep(0.3)
+    start_sim(made, media, ports / "ttyREC1")
+    b = st.wait_state("bay-1", ("uploading",), timeout=30)
+    assert b["resumed_bytes"] == cut and b["recopied"] == 0
+    item = next(r for r in sealed_items(st.store) if st.store.read_manifest(r["id"])["source"]["name"] == big.name)
+    c = copy_records(st.store)[item["id"]]
+    assert c["resumed_at"] == cut and c["hash"] == sha(big)
+    pc = c["prefix_check"]
+    assert pc["bytes"] == cut and pc["recorder_hash"] == pc["local_hash"] and pc["alg"] == "sha256"
+
+
+def test_erase_rule_refuses_an_unproven_resumed_copy():
+    # resumed (the audit's ingest entries say so) but the copy record has no prefix check: withheld for good
+    d = erase_decision("after-archive", rec(), row(), copies=[copy()], sealed=SEALED, resumed_at=500)
+    assert not d.erase and d.final and "resumed" in d.why
+    d = erase_decision("after-archive", rec(), row(), copies=[copy(resumed_at=500)], sealed=SEALED)
+    assert not d.erase and "resumed" in d.why
+    bad = {"bytes": 500, "alg": "sha256", "recorder_hash": "r", "local_hash": "l"}
+    assert not erase_decision("after-archive", rec(), row(), copies=[copy(resumed_at=500, prefix_check=bad)],
+                              sealed=SEALED).erase
+    short = {"bytes": 400, "alg": "sha256", "recorder_hash": "r", "local_hash": "r"}  # an earlier resume point
+    assert not erase_decision("after-archive", rec(), row(), copies=[copy(resumed_at=400, prefix_check=short)],
+                              sealed=SEALED, resumed_at=500).erase
+    good = {"bytes": 500, "alg": "sha256", "recorder_hash": "r", "local_hash": "r"}
+    assert erase_decision("after-archive", rec(), row(), copies=[copy(resumed_at=500, prefix_check=good)],
+                          sealed=SEALED, resumed_at=500).erase
+    # a whole second read with the copy's hash proves it too; one with another hash does not
+    assert erase_decision("after-archive", rec(), row(), copies=[copy()], sealed=SEALED, resumed_at=500,
+                          reread_hash="abc").erase
+    assert not erase_decision("after-archive", rec(), row(), copies=[copy()], sealed=SEALED, resumed_at=500,
+                              reread_hash="zzz").erase
+    assert resume_proven([copy()], 0) and not resume_proven([], 10)
