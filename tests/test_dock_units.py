@@ -74,6 +74,7 @@ def test_erase_after_archive_when_receipt_manifest_and_copy_agree():
     # the hash computed while copying differs from the sealed manifest's entry
     (dict(copies=[copy(hash="zzz")]), "differs from the sealed manifest's entry"),
     (dict(copies=[copy(manifest_file={"hash": "zzz", "size": 1000})], sealed=None), "differs from the sealed manifest"),
+    (dict(copies=[copy(manifest_file={"hash": "zzz", "size": 1000})]), "differs from the sealed manifest"),
     (dict(sealed={"manifest_hash": "m1", "file": {"hash": "zzz", "size": 1000}}), "differs from the sealed manifest"),
     (dict(sealed={"manifest_hash": "m1", "file": None}), "differs from the sealed manifest"),
     (dict(copies=[copy(), copy(hash="zzz")]), "differs from the sealed manifest"),

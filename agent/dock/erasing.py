@@ -76,7 +76,7 @@ def erase_decision(policy: str, rec: FileRecord, row: dict | None, *, copies: Se
     ``purged`` after it); the archive's receipt, kept with it in the ledger, names a
     ``manifest_hash``; the bay's copy record (audit ``copy``: the hash and size computed while
     the file was copied, and the manifest sealed for it) exists; the sealed manifest's entry for
-    the file (read back from the spool when still there, else as recorded at seal) has that
+    the file (as recorded at seal and, while still in the spool, as read back) has that
     same hash and size, which is the recorder's file size; and the receipt's manifest hash is the
     hash of that sealed manifest (the ledger's, the copy record's and, when still in the spool,
     the hash of its bytes). after-local-verify: sealed locally and a second read of the recorder
@@ -133,8 +133,10 @@ def _archived_and_same(rec: FileRecord, row: dict, copies: Sequence[dict], seale
         if c.get("file") != rec.name or copied["size"] != rec.size:
             return refuse(f"复制记录不符 / the copy record is of {c.get('file')!r}, {c.get('size')} bytes; "
                           f"the recorder's file is {rec.name!r}, {rec.size} bytes")
-        entry = sealed["file"] if sealed is not None else c.get("manifest_file")
-        if entry != copied:
+        # the entry as recorded at seal, and as the spool's manifest has it now (while not purged)
+        for entry in (c.get("manifest_file"), *((sealed["file"],) if sealed is not None else ())):
+            if entry == copied:
+                continue
             got = entry or {}
             return refuse(f"复制哈希与封存清单不符 / the hash computed while copying ({str(copied['hash'])[:16]}…, "
                           f"{copied['size']} bytes) differs from the sealed manifest's entry "
