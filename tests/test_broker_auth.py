@@ -211,6 +211,9 @@ def test_generate_again_keeps_passwords_rotates_on_request_and_adds_devices(tmp_
     (["dock-1"], {"prefix": "ed#ge"}, "unsafe topic prefix"),
     (["bad/id"], {}, "cannot be an MQTT user name"),
     (["dock-1"], {"tls_port": 8883}, "needs --cafile"),
+    (["dock-1"], {"conf_dir": "etc/mosquitto"}, "--conf-dir 'etc/mosquitto': an absolute path"),
+    (["dock-1"], {"conf_dir": "/etc/x\nallow_anonymous true"}, "--conf-dir"),
+    (["dock-1"], {"tls_port": 8883, "cafile": "/c a", "certfile": "/c", "keyfile": "/k"}, "--cafile"),
 ])
 def test_bad_input_is_refused_and_writes_nothing(tmp_path, devices, kw, msg):
     out = tmp_path / "b"
@@ -549,3 +552,29 @@ def test_certificate_identities_get_the_same_acl(make_broker, pki, tmp_path):
     finally:
         dock.close()
         monitor.close()
+
+
+def test_rotating_a_stolen_device_password_and_reloading_shuts_the_thief_out(mq, auth):
+    """A station reported stolen: `broker-config --rotate D` and SIGHUP to the broker. Mosquitto
+    drops the connected client whose password no longer matches, refuses the old password, and
+    admits the new one."""
+    old = {i.name: i.password for i in auth.identities}["dock-0001"]
+    thief = Peer(mq.port, "dock-0001", old)
+    gone = threading.Event()
+    thief.c.on_disconnect = lambda *_a: gone.set()
+    assert thief.connect().value == 0
+    files = broker_auth.generate(auth.out, DEVICES, rotate=["dock-0001"])
+    new = {i.name: i.password for i in files.identities}["dock-0001"]
+    assert new != old and files.rotated == ["dock-0001"]
+    mq.reload()
+    try:
+        assert gone.wait(DEADLINE), "the connected thief was not dropped on reload"
+    finally:
+        thief.close()
+    again, owner = Peer(mq.port, "dock-0001", old), Peer(mq.port, "dock-0001", new)
+    try:
+        assert again.connect().value in REFUSED
+        assert owner.connect().value == 0
+    finally:
+        again.close()
+        owner.close()

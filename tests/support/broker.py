@@ -249,6 +249,11 @@ class Mosquitto:
         self.starts += 1
         return self
 
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto rereads its password and ACL files (and drops clients they no longer admit)."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGHUP)
+
     def pause(self) -> None:
         """SIGSTOP: the broker hangs (TCP stays open, nothing is answered)."""
         if self.proc is not None:
