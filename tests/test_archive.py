@@ -263,7 +263,8 @@ def test_missing_items_from_checkpoint_and_audited_retrieval(tmp_path):
     data = (d / "files" / f["name"]).read_bytes()
     assert st.on_chunk(dev, ids[0], data, dict(P.chunk_props(f["name"], 0, data))).status == "ok"
     fin = st.on_finish(dev, ids[0], P.finish_payload([f], []))
-    assert fin.status == "stored" and fin.receipt["sig"]
+    assert fin.status == "stored" and fin.receipt["manifest_hash"] and fin.receipt["files"][0]["hash"] == f["hash"]
+    assert "path" not in fin.receipt  # signed by the receiver with the request's nonce (tests/test_wire_attacks.py)
     st.close()
     out = json.loads(run(["archive", "show", "dock-0001", "--json", "--root", str(root)], check=True).stdout)
     assert out["checkpoint"]["missing"] == [2, 3]

@@ -181,7 +181,7 @@ def test_room_segments_reach_the_archive_first_and_verify_there(tmp_path, broker
     archive = tmp_path / "archive"
     archive.mkdir()
     r = b.cli("archive", "enroll", "room-0001", str(b.data / "keys" / "device.pub"), "--unit", "330100000000",
-              "--root", str(archive))
+              "--root", str(archive), "--pin-to", str(b.data))
     assert r.returncode == 0, r.stderr
     arch = subprocess.Popen([EDGE, "archive", "serve", "--root", str(archive), "--broker", f"127.0.0.1:{broker.port}"],
                             stdout=open(tmp_path / "archive.log", "wb"), stderr=subprocess.STDOUT, env=b.env)

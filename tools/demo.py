@@ -119,7 +119,7 @@ def main() -> int:
         archive.mkdir()
         broker_dir = out / "broker"
         edge(None, "archive", "enroll", "dock-demo-01", str(out / "agent" / "data" / "keys" / "device.pub"),
-             "--unit", "330106000000", "--root", str(archive))
+             "--unit", "330106000000", "--root", str(archive), "--pin-to", str(out / "agent" / "data"))
         made = edge(None, "archive", "broker-config", "--root", str(archive), "--out", str(broker_dir),
                     "--port", str(port))
         print("  " + made.stdout.strip().replace("\n", "\n  "))
@@ -193,7 +193,8 @@ def main() -> int:
         edge(rcfg, "init")
         # enrolling refreshes the broker's identities; SIGHUP makes Mosquitto reread passwd and acl
         edge(None, "archive", "enroll", "room-demo-01", str(out / "room" / "data" / "keys" / "device.pub"),
-             "--unit", "330106000000", "--root", str(archive), "--broker-dir", str(broker_dir))
+             "--unit", "330106000000", "--root", str(archive), "--broker-dir", str(broker_dir),
+             "--pin-to", str(out / "room" / "data"))
         broker.send_signal(signal.SIGHUP)
         room_creds = credentials(broker_dir, "room-demo-01")
         room_settings["mqtt"].update(room_creds)

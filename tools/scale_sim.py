@@ -195,6 +195,9 @@ def make_fleet(base: Path, devices: int, items: int, item_bytes: int, seed: int 
                 p.unlink()
             store.close()
             archive.registry.enroll(dev, store.pub_path.read_bytes(), unit, actor="scale_sim")
+            pin = store.data_dir / "keys" / "archive" / "archive.pub"  # the device trusts this archive
+            pin.parent.mkdir(parents=True, exist_ok=True)
+            pin.write_bytes(keys.public_pem(archive.signing_key.public_key()))
             fleet[dev] = {"unit": unit, "items": ids, "bytes": items * item_bytes, "data_dir": str(devdir / dev)}
     finally:
         archive.close()

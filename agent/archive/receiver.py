@@ -18,9 +18,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from agent.common.timeutil import now_iso
 from agent.wire import protocol as P
 from agent.wire.mqtt import Connection, ConnSettings, PublishError, install_lean_decoder
+from agent.wire.receipts import STATUS_INTERVAL_S, ArchiveSigner, valid_nonce
 from agent.wire.topics import Topics
 from .storage import ArchiveStore
 
@@ -40,6 +40,8 @@ class Receiver:
         self.topics = Topics(prefix)
         self.share = share
         self.rid = receiver_id or settings.client_id
+        #: answers, receipts and status are signed with the archive's key (agent.wire.receipts)
+        self.signer = ArchiveSigner(store.signing_key, self.rid)
         self.stop_event = threading.Event()
         self.lean_decoder = install_lean_decoder()  # every chunk arrives through it: one copy, not four
         self.conn = Connection(settings, stop_event=self.stop_event, will=self._will, on_connect=self._on_connect,
@@ -56,8 +58,15 @@ class Receiver:
         self.started = time.time()
 
     def _status(self, state: str) -> bytes:
-        return json.dumps({"state": state, "receiver": self.rid, "pid": os.getpid(), "time": now_iso(),
-                           "share": self.share}, ensure_ascii=False).encode()
+        """Signed, with the time: an agent counts a receiver online only while this is fresh, so
+        receivers republish it every STATUS_INTERVAL_S (:meth:`_heartbeat`)."""
+        return json.dumps(self.signer.status(state, pid=os.getpid(), share=self.share),
+                          ensure_ascii=False).encode()
+
+    def _heartbeat(self) -> None:
+        while not self.stop_event.wait(STATUS_INTERVAL_S):
+            if self.conn.connected:
+                self._on_connect(self.conn)
 
     def _will(self):
         return self.topics.archive_receiver(self.rid), self._status("offline")
@@ -70,6 +79,8 @@ class Receiver:
         self._finisher = threading.Thread(target=self._work, args=(self._fq, self._fcv), name="archive-finisher",
                                           daemon=True)
         self._finisher.start()
+        self._beat = threading.Thread(target=self._heartbeat, name="archive-status", daemon=True)
+        self._beat.start()
         self.conn.start()
 
     def stop(self) -> None:
@@ -194,6 +205,18 @@ class Receiver:
             return None
         return dev, answer
 
+    def encode_answer(self, dev: str, props: Any, answer: P.Answer) -> bytes:
+        """An answer as sent: signed and bound to the device, the item and the request's nonce
+        (user property ``nonce``), except chunk answers, which only pace the agent's window."""
+        if answer.kind == "chunk":
+            return answer.encode()
+        nonce = valid_nonce(P.user_props(props).get("nonce"))
+        d = answer.to_dict()
+        if isinstance(d.get("reason"), str):  # text from the wire may hold what JSON cannot sign
+            d["reason"] = d["reason"].encode("utf-8", "backslashreplace").decode("utf-8")[:1000]
+        return json.dumps(self.signer.answer(d, device=dev, nonce=nonce), ensure_ascii=False,
+                          separators=(",", ":")).encode()
+
     def _answer(self, dev: str, props: Any, answer: P.Answer, qos: int = 1) -> None:
         # answers go only to the device's own ack topic, whatever the request claims
         want = self.topics.ack(dev)
@@ -202,7 +225,12 @@ class Receiver:
             log.warning("request from %s asked for answers on %r: answering on %s", dev, rt, want)
         corr = answer.corr or getattr(props, "CorrelationData", None)  # a chunk's is in its header
         try:
-            self.conn.publish(want, answer.encode(), qos=qos, correlation=bytes(corr) if corr else None, timeout=30)
+            payload = self.encode_answer(dev, props, answer)
+        except Exception:
+            log.exception("cannot sign the answer to %s of %s/%s", answer.kind, dev, answer.item)
+            return
+        try:
+            self.conn.publish(want, payload, qos=qos, correlation=bytes(corr) if corr else None, timeout=30)
         except PublishError as exc:
             log.warning("cannot answer %s: %s (the agent will retransmit)", dev, exc)
 

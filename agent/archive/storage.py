@@ -266,7 +266,7 @@ class ArchiveStore(ChunkIntake, Retrieval):
                                   path=rel, bytes=rep.bytes, manifest_hash=rep.manifest_hash)
             log.info("stored %s/%s (%d bytes) at %s", dev, item, rep.bytes, rel)
             return P.Answer(item=item, kind="finish", status=P.STORED, annotations=rep.annotations,
-                            receipt=self._receipt(row))
+                            receipt=self._receipt(row, rep.manifest))
 
     def _did_not_verify(self, dev: str, item: str, tdir: Path, tr: dict, exc: Exception) -> P.Answer:
         """Bytes on disk that differ from the signed manifest (every block was checked as it came,
@@ -366,10 +366,65 @@ class ArchiveStore(ChunkIntake, Retrieval):
         except Exception:
             log.exception("cannot record the refusal")
 
-    def _receipt(self, row: dict) -> dict:
-        body = {"archive": self.receiver, "device": row["device"], "item": row["item"], "seq": row["seq"],
-                "path": row["path"], "manifest_hash": row["manifest_hash"], "item_hash": row["item_hash"],
-                "annotations": row["annotations"], "stored_at": row["stored_at"]}
-        body["sig"] = keys.sign(self._key, hashing.canonical(body))
-        body["key_id"] = keys.key_id(self._key.public_key())
-        return body
+    def _receipt(self, row: dict, manifest: dict | None = None) -> dict:
+        """The body of a receipt (signed by the receiver with the request's nonce,
+        :class:`agent.wire.receipts.ArchiveSigner`): what the archive holds of the item, every file
+        with size and hash. No path or case number: the answer tells a third party nothing."""
+        if manifest is None:
+            manifest = json.loads((self.inside(self.root / row["path"]) / mf.MANIFEST).read_bytes())
+        files = [{"name": f["name"], "size": f["size"], "hash": f["hash"]} for f in manifest["files"]]
+        return {"device": row["device"], "item": row["item"], "seq": row["seq"], "manifest_hash": row["manifest_hash"],
+                "item_hash": row["item_hash"], "hash_alg": manifest.get("hash_alg", "sha256"), "files": files,
+                "size": sum(f["size"] for f in files), "annotations": row["annotations"],
+                "stored_at": row["stored_at"]}
+
+    @property
+    def signing_key(self):
+        """The archive's Ed25519 key (``ROOT/_archive/archive.key``): receipts, answers, status."""
+        return self._key
+
+
+# --- the archive's own key (receipts, answers, status) ------------------------------------------
+def _key_dir(root: str | os.PathLike) -> Path:
+    d = Path(root).resolve() / "_archive"
+    if not d.is_dir():
+        raise NotFoundError(f"{d}: no archive key here (is {root} an archive root? `archive serve` or "
+                            "`archive enroll` creates it)")
+    return d
+
+
+def archive_key_info(root: str | os.PathLike) -> dict:
+    d = _key_dir(root)
+    pub = keys.load_public(d / "archive.pub")
+    out = {"key_id": keys.key_id(pub), "public": str(d / "archive.pub"), "next_key_id": None, "next_public": None,
+           "retired": sorted(str(p) for p in (d / "retired").glob("*.pub")) if (d / "retired").is_dir() else []}
+    if (d / "next.pub").is_file():
+        out["next_key_id"] = keys.key_id(keys.load_public(d / "next.pub"))
+        out["next_public"] = str(d / "next.pub")
+    return out
+
+
+def new_next_key(root: str | os.PathLike) -> None:
+    """Step 1 of a rotation: the next key pair, to be pinned on every device first."""
+    d = _key_dir(root)
+    with flock(d / "key.lock"):
+        if (d / "next.key").exists():
+            raise EdgeError(f"{d / 'next.key'} exists already: pin {d / 'next.pub'} on the devices, then --rotate")
+        keys.generate(d / "next.key", d / "next.pub")
+
+
+def rotate_key(root: str | os.PathLike) -> None:
+    """Step 2: the next key becomes the archive's key; the old pair moves to ``retired/``.
+    Receivers load the key at start: restart them."""
+    d = _key_dir(root)
+    with flock(d / "key.lock"):
+        if not (d / "next.key").exists():
+            raise EdgeError("no next key: run `archive key --new-next` and pin next.pub on every device first")
+        kid = keys.key_id(keys.load_public(d / "archive.pub"))
+        (d / "retired").mkdir(exist_ok=True)
+        for ext in ("key", "pub"):
+            os.replace(d / f"archive.{ext}", d / "retired" / f"archive-{kid}.{ext}")
+        for ext in ("key", "pub"):
+            os.replace(d / f"next.{ext}", d / f"archive.{ext}")
+        fsync_dir(d / "retired")
+        fsync_dir(d)

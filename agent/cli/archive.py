@@ -112,22 +112,78 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
 @click.option("--force", is_flag=True, help="Replace the enrolled key or unit (the old key is kept).")
 @click.option("--broker-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Then refresh the broker identities in this directory (made by `archive broker-config`).")
+@click.option("--pin-to", "pin_to", type=click.Path(file_okay=False, path_type=Path),
+              help="Also pin this archive's public key on the device whose data directory this is "
+                   "(DATA_DIR/keys/archive/; a device set up on this machine).")
 @root_option
 @pass_ctx
-def archive_enroll(c: Ctx, device_id, pubkey, unit, force, broker_dir, root):
-    """Trust DEVICE_ID's public key (the device's keys/device.pub) for items of unit CODE.
+def archive_enroll(c: Ctx, device_id, pubkey, unit, force, broker_dir, pin_to, root):
+    """Trust DEVICE_ID's public key (the device's keys/device.pub) for items of unit CODE. The
+    device in turn must pin this archive's key (ROOT/_archive/archive.pub): with --pin-to, or on
+    the device with `edge-agent uplink trust-archive archive.pub`.
 
     \b
     Example:
       edge-agent archive enroll dock-01 /var/lib/edge-agent/keys/device.pub --unit 330100000000 --root /srv/archive
     """
+    from agent.common.fs import atomic_write
+    from ..evidence import keys
+
     store = _open(c, root, create=True)
     rec = store.registry.enroll(device_id, pubkey.read_bytes(), unit, force=force)
     click.echo(f"enrolled {rec['device']} for unit {rec['unit']}, key id {rec['key_id']} / 设备已登记")
+    pub = store.signing_key.public_key()
+    kid = keys.key_id(pub)
+    if pin_to is not None:
+        dest = pin_to / "keys" / "archive" / f"archive-{kid}.pub"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(dest, keys.public_pem(pub), mode=0o644)
+        click.echo(f"archive key {kid} pinned on the device at {dest} / 已在设备上信任归档公钥")
+    else:
+        click.echo(f"on the device, pin this archive's key {kid} / 请在设备上信任归档公钥: "
+                   f"edge-agent uplink trust-archive {store.root / '_archive' / 'archive.pub'}")
     if broker_dir:
         from .broker import write_broker_config
 
         write_broker_config(c, store, broker_dir, refresh=True)
+
+
+@archive.command("key")
+@click.option("--new-next", is_flag=True, help="Create the next key pair (ROOT/_archive/next.pub) to pin on devices before --rotate.")
+@click.option("--rotate", is_flag=True, help="Make the next key the archive's key (the old one is kept under _archive/retired/); restart the receivers.")
+@root_option
+@json_option
+@pass_ctx
+def archive_key(c: Ctx, new_next, rotate, root, as_json):
+    """Show the key that signs receipts, answers and status; rotate it in two steps.
+
+    Rotation: `archive key --new-next`, pin ROOT/_archive/next.pub on every device
+    (`edge-agent uplink trust-archive next.pub`), then `archive key --rotate` and restart every
+    receiver of this root. Devices keep the old key pinned: receipts they hold stay verifiable.
+
+    \b
+    Example:
+      edge-agent archive key --root /srv/archive
+    """
+    from ..archive.storage import archive_key_info, new_next_key, rotate_key
+
+    r = _root(c, root)
+    if new_next and rotate:
+        raise EdgeError("--new-next and --rotate are two steps: pin the next key on the devices in between")
+    if new_next:
+        new_next_key(r)
+    elif rotate:
+        rotate_key(r)
+    info = archive_key_info(r)
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"archive key / 归档签名公钥: {info['key_id']} ({info['public']})")
+    if info.get("next_key_id"):
+        click.echo(f"next key / 下一把公钥: {info['next_key_id']} ({info['next_public']}) — pin it on every device, "
+                   "then `edge-agent archive key --rotate`")
+    for old in info["retired"]:
+        click.echo(f"retired / 已停用: {old}")
 
 
 @archive.command("list")

@@ -1,6 +1,8 @@
-"""`edge-agent run` (the long-running agent) and `edge-agent uplink status|retry`."""
+"""`edge-agent run` (the long-running agent) and `edge-agent uplink status|retry|trust-archive`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -89,3 +91,27 @@ def uplink_retry(c: Ctx, item_ids, all_rejected):
     for item_id in item_ids:
         store.requeue_rejected(item_id)
         click.echo(f"{item_id}: queued again / 已重新排队")
+
+
+@uplink.command("trust-archive")
+@click.argument("pubkey", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@pass_ctx
+def uplink_trust_archive(c: Ctx, pubkey, as_json):
+    """Pin an archive's public key (its ROOT/_archive/archive.pub): only receipts signed by a
+    pinned key mark items archived, free spool copies or allow a recorder erase. Pin the keys of
+    every archive this device sends to, and the next key before an archive rotates it.
+
+    \b
+    Example:
+      edge-agent uplink trust-archive /media/usb/archive.pub
+    """
+    from ..uplink.trust import archive_trust, pin_archive_key
+
+    kid, dest = pin_archive_key(c.cfg, pubkey)
+    pinned = archive_trust(c.cfg).key_ids
+    if as_json:
+        emit_json({"key_id": kid, "path": str(dest), "pinned": pinned})
+        return
+    click.echo(f"已信任归档服务器公钥 / archive key pinned: {kid} ({dest}); pinned now: {', '.join(pinned)}")
+

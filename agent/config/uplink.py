@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .base import ConfigModel
 
@@ -17,3 +17,14 @@ class UplinkConfig(ConfigModel):
                               description="Chunks in flight at most (also bounded by the broker's Receive Maximum, less 2 kept for status and health).")
     parallel_items: int = Field(2, ge=1, le=8,
                                 description="Items sent at once: one item's manifest and last answers overlap another's chunks (all share max_inflight).")
+    archive_keys: list[str] = Field([], description="Pinned archive public keys besides data_dir/keys/archive/*.pub (where "
+                                                    "`edge-agent uplink trust-archive FILE` puts them): files or directories of "
+                                                    "*.pub. Nothing is marked archived, freed or erased without a receipt signed "
+                                                    "by one of them.")
+
+    @field_validator("archive_keys")
+    @classmethod
+    def _paths(cls, value: list[str]) -> list[str]:
+        if any(not v for v in value):
+            raise ValueError("路径不能为空 / paths must be non-empty (files or directories of *.pub)")
+        return value

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from agent.common.timeutil import now_iso
 from agent.wire import checkpoint
+from agent.wire.receipts import STATUS_FRESH_S, ReceiptError
 from agent.wire.mqtt import Connection, ConnSettings, PublishError, settings_from_config as _settings, topic_matches
 from agent.wire.topics import Topics
 from .status import STATUS_FILE
@@ -62,7 +63,8 @@ class Uplink:
         self.errors_local = 0
         self.last_error_local: str | None = None
         self._threads: list[threading.Thread] = []
-        self.archive_receivers: dict[str, str] = {}
+        #: receiver id -> (state, when its signed status arrived): only verified, fresh ones count
+        self.archive_receivers: dict[str, tuple[str, float]] = {}
 
     # --- the API other components use -------------------------------------------------------
     @property
@@ -104,8 +106,9 @@ class Uplink:
 
     def stats(self) -> dict:
         c, t = self.conn, self.transfer
-        reachable = bool(t.last_answer_at and time.monotonic() - t.last_answer_at < 3 * t.ack_timeout) \
-            or any(v == "online" for v in self.archive_receivers.values())
+        now = time.monotonic()
+        reachable = bool(t.last_answer_at and now - t.last_answer_at < 3 * t.ack_timeout) \
+            or any(st == "online" and now - at < STATUS_FRESH_S for st, at in self.archive_receivers.values())
         return {
             "connected": c.connected, "reconnects": c.reconnects, "errors": c.errors + self.errors_local,
             "bytes_sent": c.bytes_sent, "bytes_per_s": round(t.bytes_per_s()),
@@ -114,7 +117,8 @@ class Uplink:
             "last_error": self.last_error_local or c.last_error, "archive_reachable": reachable,
             "queued": len(self._queue), "dropped": self.dropped, "in_flight": c.in_flight(),
             "receive_maximum": c.receive_maximum, "maximum_packet_size": c.maximum_packet_size,
-            "bdseq": self._bdseq,
+            "bdseq": self._bdseq, "archive_keys": t.trust.key_ids, "answers_ignored": t.answers_ignored,
+            "receipts_refused": t.receipts_refused,
         }
 
     def status(self) -> dict:
@@ -187,10 +191,14 @@ class Uplink:
             return
         rid = self.topics.is_archive_receiver(topic)
         if rid is not None:
+            # only a status signed by a pinned archive key, and fresh, says a receiver is online:
+            # a forged or replayed one never silences archive_unreachable
             try:
-                self.archive_receivers[rid] = json.loads(payload).get("state", "?")
-            except (ValueError, AttributeError):
-                pass
+                state = self.transfer.trust.check_status(json.loads(payload), receiver=rid)
+            except (ValueError, ReceiptError) as exc:
+                self.transfer.ignore(f"archive status on {topic}: {exc}")
+                return
+            self.archive_receivers[rid] = (state, time.monotonic())
             return
         with self._inbox_cv:
             self._inbox.append((topic, payload, properties))

@@ -26,6 +26,8 @@ from ..evidence import blocks, hashing, manifest as mf
 from agent.common.fs import drop_cache
 from agent.wire import protocol as P
 from agent.wire.mqtt import PublishError
+from agent.wire.receipts import ReceiptError, new_nonce
+from .trust import NO_KEY, archive_trust
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +40,20 @@ class Interrupted(Exception):
 
 
 class _Waiter:
-    __slots__ = ("event", "answer", "sent", "meta")
+    """One request waiting for its answer. ``nonce`` (manifest, query, finish): only an answer
+    signed by a pinned archive key, about ``item``, carrying this nonce settles it. Without
+    (chunks): an unsigned ``ok``/``error`` about ``item`` does, which only paces the window."""
 
-    def __init__(self, meta: Any = None):
+    __slots__ = ("event", "answer", "sent", "meta", "item", "nonce", "kind")
+
+    def __init__(self, meta: Any = None, item: str | None = None, nonce: str | None = None, kind: str = "chunk"):
         self.event = threading.Event()
         self.answer: P.Answer | None = None
         self.sent = time.monotonic()
         self.meta = meta
+        self.item = item
+        self.nonce = nonce
+        self.kind = kind
 
 
 def chunk_message(fh, name: str, off: int, n: int, corr: bytes, known: str | None = None) -> tuple[bytearray, int]:
@@ -209,6 +218,12 @@ class Transfer:
         self.lanes = cfg.parallel_items
         self.stop_event = uplink.stop_event
         self.bucket = TokenBucket(cfg.bandwidth_limit, self.stop_event)
+        #: the archive keys pinned on this device: every answer that counts is signed by one
+        self.trust = archive_trust(uplink.cfg)
+        self._trust_checked = time.monotonic()
+        #: answers not taken: unsigned, signed by another key, about another item, wrong nonce
+        self.answers_ignored = 0
+        self.receipts_refused = 0
         self._corr = itertools.count(1)
         self._waiters: dict[bytes, _Waiter] = {}
         self._wlock = threading.Lock()
@@ -231,8 +246,8 @@ class Transfer:
         self.item_latency: collections.deque[float] = collections.deque(maxlen=10_000)
         self._rate: collections.deque[tuple[float, int]] = collections.deque(maxlen=4096)
         self._last_purge = 0.0
-        #: item -> (correlation, waiter, started, annotations) of finishes not answered yet
-        self._finishing: dict[str, tuple[bytes, _Waiter, float, int]] = {}
+        #: item -> (correlation, waiter, started, annotations, manifest hash, files) of finishes not answered yet
+        self._finishing: dict[str, tuple[bytes, _Waiter, float, int, str, list]] = {}
         self.pipeline_depth = self.lanes + 1
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -293,9 +308,8 @@ class Transfer:
         try:
             ans = P.parse_answer(payload)
         except P.ProtocolError as exc:
-            log.warning("ignoring a malformed archive answer: %s", exc)
+            self.ignore(f"malformed archive answer: {exc}")
             return
-        self.last_answer_at = time.monotonic()
         corrs = [bytes(corr)] if corr is not None else []
         for extra in ans.more or []:
             try:
@@ -307,9 +321,40 @@ class Transfer:
                 w = self._waiters.get(c)
                 if w is None:
                     continue  # a late answer to a request already retried: harmless
+                if w.nonce is not None:
+                    try:
+                        self.trust.check_answer(ans.raw, device=self.up.device, item=w.item, nonce=w.nonce)
+                    except ReceiptError as exc:
+                        self.ignore(f"answer ({ans.status}) to the {w.kind} of {w.item}: {exc}")
+                        continue
+                    self.last_answer_at = time.monotonic()
+                elif ans.item != w.item or ans.kind != "chunk":
+                    self.ignore(f"chunk answer about {ans.item!r} ({ans.kind}) for a chunk of {w.item}")
+                    continue
                 w.answer = ans
                 w.event.set()
             self._answers.notify_all()
+
+    def ignore(self, why: str) -> None:
+        """An archive message not taken (logged, counted; the first ones in full)."""
+        self.answers_ignored += 1
+        if self.answers_ignored <= 20 or self.answers_ignored % 1000 == 0:
+            log.warning("ignored (%d so far): %s", self.answers_ignored, why)
+
+    def _trusted(self) -> bool:
+        """Whether an archive key is pinned (re-read every 10 s while none is: `uplink trust-archive`
+        takes effect without a restart)."""
+        if self.trust:
+            return True
+        if time.monotonic() - self._trust_checked > 10:
+            self._trust_checked = time.monotonic()
+            try:
+                self.trust = archive_trust(self.up.cfg)
+            except Exception as exc:
+                self.up.note_error(str(exc))
+        if not self.trust and self.up.last_error_local != NO_KEY:
+            self.up.note_error(NO_KEY)
+        return bool(self.trust)
 
     # --- the worker -------------------------------------------------------------------------
     def _run(self) -> None:
@@ -321,6 +366,9 @@ class Transfer:
                         self._drop_waiter(corr)
                     self._finishing.clear()
                 self.up.conn.wait_connected(1.0)
+                continue
+            if not self._trusted():  # no pinned archive key: send nothing, free nothing
+                self.stop_event.wait(1.0)
                 continue
             self._maybe_purge()
             try:
@@ -378,12 +426,12 @@ class Transfer:
                 del self._finishing[item]
             self._active.update((item, 0) for item, _ in done)  # no other lane takes it up meanwhile
         failed: Exception | None = None
-        for item, (corr, w, started, n_anns) in done:
+        for item, (corr, w, started, n_anns, mhash, files) in done:
             try:  # an item whose state cannot be recorded (e.g. a full disk) stays in the outbox
                 a = w.answer
                 self._drop_waiter(corr)
                 if a.status == P.STORED and (a.annotations or 0) >= n_anns:
-                    self._archived(item, a, started)
+                    self._archived(item, a, started, mhash, files, n_anns)
                 elif a.status == P.REJECTED:
                     self._rejected(item, a)
                 else:
@@ -393,7 +441,7 @@ class Transfer:
             finally:
                 with self._claim:
                     self._active.pop(item, None)
-        for item, (corr, w, started, n_anns) in late:
+        for item, (corr, w, started, *_rest) in late:
             self._drop_waiter(corr)
             self.retransmits += 1
             log.warning("no archive answer to the finish of %s within %.0f s: asking again", item, self.ack_timeout)
@@ -406,6 +454,8 @@ class Transfer:
             if now - self._last_purge < 60:
                 return
             self._last_purge = now
+        if not self.trust:  # nothing is freed on this device without a pinned archive key
+            return
         try:
             purged = self.store.purge_expired()
             if purged:
@@ -436,7 +486,7 @@ class Transfer:
             if ans.status == P.REJECTED:
                 return self._rejected(item, ans)
             if ans.status == P.STORED and (ans.annotations or 0) >= len(anns):
-                return self._archived(item, ans, started)
+                return self._archived(item, ans, started, row["manifest_hash"], files, len(anns))
             if ans.status == P.UNKNOWN:
                 ans = self._request(item, "manifest", mbytes, P.manifest_props(sig))
                 continue
@@ -449,22 +499,34 @@ class Transfer:
             with self._claim:
                 pipelined = len(self._finishing) < self.pipeline_depth
             if pipelined:
-                corr, w = self._new_waiter()
+                corr, w = self._new_waiter(item=item, nonce=new_nonce(), kind="finish")
                 w.sent = time.monotonic()
-                self._publish(self.up.topics.xfer(self.up.device, item, "finish"), payload, [("proto", P.PROTO)], corr)
+                self._publish(self.up.topics.xfer(self.up.device, item, "finish"), payload,
+                              [("proto", P.PROTO), ("nonce", w.nonce)], corr)
                 with self._claim:
-                    self._finishing[item] = (corr, w, started, len(anns))
+                    self._finishing[item] = (corr, w, started, len(anns), row["manifest_hash"], files)
                 return "finishing"
             ans = self._request(item, "finish", payload)
         raise RuntimeError(f"{item}: no progress after 20 rounds with the archive (last answer {ans.status})")
 
-    def _archived(self, item: str, ans: P.Answer, started: float) -> str:
+    def _archived(self, item: str, ans: P.Answer, started: float, manifest_hash: str, files: list[dict],
+                  annotations: int) -> str:
+        """Mark ``item`` archived, only with a receipt that verifies: signed by a pinned archive key,
+        this device, this item, the nonce of the request it answers, the sealed manifest's hash,
+        every file's name, size and hash (agent.wire.receipts). Otherwise the item stays."""
         from agent.common.faults import crashpoint  # fault-injection tests stop here (EDGE_AGENT_CRASH_AT)
+        try:
+            receipt = self.trust.check_receipt(ans.receipt, device=self.up.device, item=item,
+                                               nonce=(ans.raw or {}).get("nonce"), manifest_hash=manifest_hash,
+                                               files=files, annotations=annotations)
+        except ReceiptError as exc:
+            self.receipts_refused += 1
+            raise RuntimeError(f"archive receipt for {item} refused, the item stays in the outbox: {exc}") from None
         crashpoint("uplink:before-mark-archived")
-        self.store.mark_archived(item, ans.receipt or {"status": ans.status})
+        self.store.mark_archived(item, receipt)
         self.items_archived += 1
         self.item_latency.append(time.monotonic() - started)
-        log.info("archived %s (%s)", item, (ans.receipt or {}).get("path", ""))
+        log.info("archived %s (receipt by archive key %s)", item, receipt.get("key_id"))
         if self.store.cfg.storage.retention_days == 0:
             self.store.purge_expired()
         return P.STORED
@@ -518,7 +580,7 @@ class Transfer:
                     except BaseException:
                         self._give_slots(1)  # taken for a chunk that was never sent
                         raise
-                    corr, w = self._new_waiter((name, off, n), corr)
+                    corr, w = self._new_waiter((name, off, n), corr, item=item)
                     inflight[corr] = w  # holds the slot just taken
                     self.bucket.take(got)
                     # offset, hash and correlation in a header line, no MQTT properties (protocol.py)
@@ -539,8 +601,14 @@ class Transfer:
                         if a.status == P.OK:
                             self.chunk_latency.append(now - w.sent)
                             continue
-                        if a.status in (P.UNKNOWN, P.REJECTED):
-                            return a
+                        if a.status != P.ERROR:
+                            # a chunk answer is no authority on the item (unsigned): ask the archive
+                            # with a signed query, and send the chunk again unless the item is done
+                            q = self._request(item, "query", b"{}")
+                            if q.status in (P.UNKNOWN, P.REJECTED):
+                                return q
+                            todo.appendleft(w.meta)
+                            continue
                         errors += 1  # ERROR: this chunk was refused (e.g. hash); send it again
                         log.warning("archive refused chunk %s@%s of %s: %s", w.meta[0], w.meta[1], item, a.reason)
                         altered = local_block_altered(d, table, w.meta[0], w.meta[1])
@@ -586,9 +654,10 @@ class Transfer:
     def _next_corr(self) -> bytes:
         return f"{self.up.session}-{next(self._corr)}".encode()
 
-    def _new_waiter(self, meta: Any = None, corr: bytes | None = None) -> tuple[bytes, _Waiter]:
+    def _new_waiter(self, meta: Any = None, corr: bytes | None = None, *, item: str | None = None,
+                    nonce: str | None = None, kind: str = "chunk") -> tuple[bytes, _Waiter]:
         corr = corr or self._next_corr()
-        w = _Waiter(meta)
+        w = _Waiter(meta, item, nonce, kind)
         with self._wlock:
             self._waiters[corr] = w
         return corr, w
@@ -613,13 +682,14 @@ class Transfer:
     def _request(self, item: str, kind: str, payload: bytes, props: list[tuple[str, str]] | None = None) -> P.Answer:
         """Publish one request and wait for the archive's answer; retransmit on timeout."""
         topic = self.up.topics.xfer(self.up.device, item, kind)
-        props = props or [("proto", P.PROTO)]
+        props = [p for p in (props or [("proto", P.PROTO)]) if p[0] != "nonce"]
         attempt = 0
         while True:
             self._check()
-            corr, w = self._new_waiter()
+            corr, w = self._new_waiter(item=item, nonce=new_nonce(), kind=kind)
+            props_n = props + [("nonce", w.nonce)]
             try:
-                h = self._publish(topic, payload, props, corr)
+                h = self._publish(topic, payload, props_n, corr)
                 deadline = time.monotonic() + self.ack_timeout
                 while not w.event.wait(0.2):
                     self._check()

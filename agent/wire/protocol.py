@@ -281,10 +281,14 @@ class Answer:
     more: list[str] | None = None
     #: correlation data of the request when it came inside the payload (chunk header); not sent
     corr: bytes | None = dataclasses.field(default=None, repr=False, compare=False)
+    #: the whole JSON object as received (with the signature members of agent.wire.receipts)
+    raw: dict | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k not in ("corr", "raw")}
 
     def encode(self) -> bytes:
-        d = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "corr"}
-        return json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode()
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def parse_answer(payload: bytes) -> Answer:
@@ -296,8 +300,8 @@ def parse_answer(payload: bytes) -> Answer:
         raise ProtocolError("answer is not valid JSON") from None
     if not isinstance(d, dict) or d.get("status") not in STATUSES or not isinstance(d.get("item"), str):
         raise ProtocolError("answer lacks item or a known status")
-    fields = {f.name for f in dataclasses.fields(Answer)} - {"corr"}
-    return Answer(**{k: v for k, v in d.items() if k in fields})
+    fields = {f.name for f in dataclasses.fields(Answer)} - {"corr", "raw"}
+    return Answer(**{k: v for k, v in d.items() if k in fields}, raw=d)
 
 
 # --- byte ranges -------------------------------------------------------------------------------

@@ -665,7 +665,7 @@ class Cluster:
     def add_node(self, device: str = "dock-0001", **kw) -> Node:
         node = Node(self, device, netlink=kw.pop("netlink", self.netlink), **kw)
         edge_cli(["archive", "enroll", device, str(node.data_dir / "keys" / "device.pub"), "--unit", UNIT,
-                  "--root", str(self.root)])
+                  "--root", str(self.root), "--pin-to", str(node.data_dir)])
         self.nodes.append(node)
         return node
 

@@ -66,7 +66,8 @@ def add_items(store: Store, tmp: Path, sizes: list[int], case: str | None = META
 
 
 def enroll(root: Path, store: Store, device: str = "dock-0001", unit: str = UNIT) -> None:
-    run(["archive", "enroll", device, str(store.pub_path), "--unit", unit, "--root", str(root)], check=True)
+    run(["archive", "enroll", device, str(store.pub_path), "--unit", unit, "--root", str(root),
+         "--pin-to", str(store.data_dir)], check=True)
 
 
 def run(args: list[str], config: Path | None = None, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -226,6 +227,13 @@ class InProc:
 
     def enroll(self, device: str = "dock-0001", unit: str = UNIT) -> None:
         self.archive.registry.enroll(device, self.store.pub_path.read_bytes(), unit)
+        self.pin_archive()
+
+    def pin_archive(self) -> None:
+        """The device pins this archive's key (what `archive enroll --pin-to` does)."""
+        pin = self.store.data_dir / "keys" / "archive" / "archive.pub"
+        pin.parent.mkdir(parents=True, exist_ok=True)
+        pin.write_bytes(keys.public_pem(self.archive.signing_key.public_key()))
 
     def start_archive(self, name: str = "archive-t", share: str | None = None, **kw):
         from agent.archive.receiver import Receiver

@@ -139,7 +139,7 @@ def run(bays: int = 16, mib: int = 1024, workers: int = 8, workdir: str | None =
         root = base / "archive"
         if archive:
             subprocess.run([EDGE, "archive", "enroll", DEVICE_ID, str(store.pub_path), "--unit", UNIT_CODE,
-                            "--root", str(root)], check=True, capture_output=True)
+                            "--root", str(root), "--pin-to", str(store.data_dir)], check=True, capture_output=True)
             ar_log = open(base / "archive.log", "wb")
             ar = subprocess.Popen([EDGE, "archive", "serve", "--root", str(root), "--broker", f"127.0.0.1:{port}",
                                    "--client-id", "bench-archive", "--log-level", "warning"],

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.archive:
             edge = str(Path(sys.executable).with_name("edge-agent"))
             subprocess.run([edge, "archive", "enroll", "room-bench", str(agent.store.pub_path), "--unit",
-                            cfg.device.unit_code, "--root", str(work / "archive")], check=True, capture_output=True)
+                            cfg.device.unit_code, "--root", str(work / "archive"), "--pin-to", str(agent.store.data_dir)], check=True, capture_output=True)
             procs.append(subprocess.Popen([edge, "archive", "serve", "--root", str(work / "archive"), "--broker",
                                            args.mqtt], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         agent.start()

@@ -183,7 +183,7 @@ def ours(work: Path, port: int, cfg, store, ids: list[str], broker_pid: int, arc
 
     root = work / "archive"
     subprocess.run([EDGE, "archive", "enroll", "bench-01", str(store.pub_path), "--unit", "330100000000",
-                    "--root", str(root)], check=True, capture_output=True)
+                    "--root", str(root), "--pin-to", str(store.data_dir)], check=True, capture_output=True)
     log = open(work / "archive.log", "wb")
     ar = subprocess.Popen([EDGE, "archive", "serve", "--root", str(root), "--broker", f"127.0.0.1:{port}",
                            "--client-id", "bench-archive", "--log-level",
