@@ -60,7 +60,8 @@ def from_example(name: str, overrides: dict) -> dict:
 
 def credentials(broker_dir: Path, name: str) -> dict:
     """The [mqtt] username/password `archive broker-config` wrote for ``name``."""
-    return tomllib.loads((broker_dir / "credentials" / f"{name}.toml").read_text(encoding="utf-8"))["mqtt"]
+    m = config_mod.load(broker_dir / "credentials" / f"{name}.toml").mqtt
+    return {"username": m.username, "password": m.password}
 
 
 def edge(cfg: Path | None, *args: str, check: bool = True) -> subprocess.CompletedProcess:
