@@ -184,6 +184,30 @@ def test_generated_files_modes_and_contents(auth):
     assert not [ln for ln in acl.splitlines() if ln.startswith("pattern") and "ack" in ln and "write" in ln]
 
 
+# Every name on Topics, and where the ACL places it. A topic added to the tree fails this test
+# until agent/wire/broker_auth.py grants it to exactly the identities that need it.
+TOPIC_PLACES = {
+    "status": "device writes its own; monitor, ops read", "health": "device writes; monitor reads",
+    "alarm": "device writes; monitor reads", "component": "device writes; monitor reads",
+    "chain": "device writes; archive, monitor read", "ratio": "device writes; monitor reads",
+    "cmd": "ops writes; the device reads its own", "cmd_resp": "device writes its own; ops reads",
+    "xfer": "device writes its own; only the archive reads", "ack": "only the archive writes; the device reads its own",
+    "archive_status": "archive writes; everyone reads", "archive_receiver": "archive writes; everyone reads",
+    "all_archive_receivers": "filter of archive_receiver", "all_chains": "filter of chain",
+    "all_xfer": "filter of xfer", "all_dev": "filter of the device topics",
+    "operator_reply": "granted to nobody: command send takes its answer on cmd_resp",
+    "is_archive_receiver": "parser", "kind_of": "parser", "parse_dev": "parser", "parse_xfer": "parser",
+}
+
+
+def test_every_topic_of_the_tree_has_its_place_in_the_acl():
+    names = {n for n in vars(Topics) if not n.startswith("_")}
+    assert names == set(TOPIC_PLACES), ("the topic tree changed: grant the new topic in agent/wire/broker_auth.py "
+                                        f"and list it here: {sorted(names ^ set(TOPIC_PLACES))}")
+    acl = broker_auth.acl_text("edge")
+    assert T.operator_reply("x").rsplit("/", 1)[0] not in acl
+
+
 def test_generate_again_keeps_passwords_rotates_on_request_and_adds_devices(tmp_path):
     out = tmp_path / "b"
     first = broker_auth.generate(out, ["dock-0001"])
