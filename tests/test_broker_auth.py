@@ -479,6 +479,8 @@ def test_shipped_examples_are_what_the_generator_writes():
     here = Path(__file__).resolve().parent.parent / "config" / "broker"
     assert (here / "acl").read_text() == broker_auth.acl_text("edge")
     assert (here / "mosquitto.conf").read_text() == broker_auth.conf_text("/etc/mosquitto/edge-agent")
+    doc = (here.parent.parent / "docs" / "mqtt.md").read_text(encoding="utf-8")
+    assert f"```\n{broker_auth.acl_text('edge')}```" in doc, "docs/mqtt.md shows the ACL as generated"
 
 
 def test_command_send_with_ops_credentials_gets_the_device_answer(mq, auth, tmp_path):
