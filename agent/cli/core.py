@@ -266,11 +266,16 @@ def items_show(c: Ctx, item_id, as_json):
 @click.option("--note", help="Free-text note.")
 @click.option("--evidence/--no-evidence", "evidence_mark", default=None,
               help="Mark as evidence (kept permanently at the archive).")
-@click.option("--reason", default="", help="Why (kept in the annotation and the audit log).")
+@click.option("--reason", default="", help="Why (signed in the annotation and kept in the audit log); required to "
+                                          "change a case number, place or proof object that already has a value.")
 @pass_ctx
 @role("operator")
 def items_annotate(c: Ctx, item_id, case_number, proof, place, note, evidence_mark, reason):
     """Add a signed annotation; the sealed manifest is never edited.
+
+    Completing a pending field (待补录) needs no reason; changing a case number, place or proof
+    object that already has a value is refused without --reason. Capture time and collector are
+    sealed with the recording and cannot be changed.
 
     \b
     Example:

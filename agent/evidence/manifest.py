@@ -190,11 +190,48 @@ class Annotation:
     data: bytes
 
 
+#: annotatable fields that are mandatory: changing a value they already have needs a reason
+ANNOTATABLE_MANDATORY = ("case_number", "place", "proof")
+#: mandatory fields that no annotation can change (they are facts of the capture, sealed once)
+SEALED_ONLY = ("capture_start", "capture_end", "collector")
+
+
+def changed_mandatory(current: dict, changes: dict) -> list[str]:
+    """The mandatory fields ``changes`` would change from a value they already have (completing a
+    pending field, or setting the same value, is not a change)."""
+    pending = current.get("pending") or []
+    return [f for f in ANNOTATABLE_MANDATORY
+            if f in changes and f not in pending and current.get(f) not in (None, "") and changes[f] != current.get(f)]
+
+
+def check_reason(reason: Any) -> str:
+    if not isinstance(reason, str):
+        raise MetadataError("reason: must be text")
+    if _CTRL.search(reason):
+        raise MetadataError("理由 reason: control characters are not allowed")
+    if len(reason) > 500:
+        raise MetadataError("理由 reason: longer than 500 characters")
+    return reason.strip()
+
+
 def make_annotation(*, item_id: str, manifest_hash_hex: str, seq: int, prev: str | None, time: str,
-                    actor: str, changes: dict, reason: str, hash_alg: str) -> dict:
-    """A correction or completion of metadata; the sealed manifest is never edited."""
+                    actor: str, changes: dict, reason: str, hash_alg: str, current: dict | None = None) -> dict:
+    """A correction or completion of metadata; the sealed manifest is never edited.
+
+    ``current`` is the effective metadata before this annotation: changing a mandatory field that
+    already has a value (not completing a pending one) is refused without a ``reason``."""
     if not changes:
         raise MetadataError("an annotation must set at least one field")
+    reason = check_reason(reason)
+    for field in changes:
+        if field in SEALED_ONLY:
+            raise MetadataError(f"{LABELS[field]}: 封存后不能修改 / is sealed with the recording and cannot be "
+                                "changed by an annotation (allowed: case_number, proof, place, note, evidence_mark)")
+    changed = changed_mandatory(current or {}, changes)
+    if changed and not reason:
+        names = ", ".join(f"{LABELS[f]} ({(current or {}).get(f)!s} → {changes[f]!s})" for f in changed)
+        raise MetadataError(f"修改必填项须说明理由 / changing a mandatory field needs a reason: {names}; "
+                            "give --reason \"…\"")
     for field, value in changes.items():
         if field == "case_number":
             check_case_number(value)

@@ -210,6 +210,7 @@ def _verify_item(item_dir, ring: keys.KeyRing, *, check_files: bool, expected_de
     mhash = mf.manifest_hash(alg, data)
     anns = mf.read_annotations(d)
     prev_ann = None
+    meta = m["metadata"]
     for n, ann in enumerate(anns, 1):
         where = f"{d / mf.ANNOTATIONS_DIR}/{n:04d}.json"
         if not isinstance(ann.record, dict):
@@ -225,6 +226,10 @@ def _verify_item(item_dir, ring: keys.KeyRing, *, check_files: bool, expected_de
             _fail(f"{where}: annotation belongs to another item or manifest")
         if rec.get("prev") != prev_ann:
             _fail(f"{where}: annotation chain broken (previous annotation changed or removed)")
+        changed = mf.changed_mandatory(meta, rec.get("set") or {}) if isinstance(rec.get("set"), dict) else []
+        if changed and not (isinstance(rec.get("reason"), str) and rec["reason"].strip()):
+            _fail(f"{where}: annotation changes {', '.join(changed)} without a reason")
+        meta = mf.effective_metadata({"metadata": meta}, [ann])
         prev_ann = hashing.hexdigest(alg, ann.data)
     return ItemReport(path=d, item_id=m["item_id"], device_id=device_id, device_seq=m["device_seq"],
                       manifest_hash=mhash, prev_manifest_hash=m.get("prev_manifest_hash"),

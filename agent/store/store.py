@@ -253,9 +253,10 @@ class Store(Repository, Recovery, Retrieval):
         from agent.common.audit import current_actor
         who = actor or current_actor()
         prev = hashing.hexdigest(self.alg, anns[-1].data) if anns else None
+        current = mf.effective_metadata(json.loads((d / mf.MANIFEST).read_bytes()), anns)
         rec = mf.make_annotation(item_id=item_id, manifest_hash_hex=row["manifest_hash"], seq=len(anns) + 1,
                                  prev=prev, time=now_iso(), actor=who, changes=changes, reason=reason,
-                                 hash_alg=self.alg)
+                                 hash_alg=self.alg, current=current)
         data = hashing.canonical(rec)
         adir = d / mf.ANNOTATIONS_DIR
         adir.mkdir(exist_ok=True)
@@ -269,7 +270,7 @@ class Store(Repository, Recovery, Retrieval):
             if row["state"] == "archived":
                 fields["state"] = "sealed"  # the annotation itself must reach the archive
             self._update_item(item_id, **fields)
-            self.audit.append("annotate", item_id, actor=who, set=changes, reason=reason)
+            self.audit.append("annotate", item_id, actor=who, set=changes, reason=rec["reason"])
         return rec
 
     # --- the ledger's record of a sealed item (by the writer's seal and by recovery) ----------
