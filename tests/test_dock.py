@@ -562,7 +562,7 @@ def test_disk_filling_up_mid_copy_keeps_the_partial_and_erases_nothing(env, medi
     while st.bay("bay-1").get("file_name") != big.name and time.monotonic() < deadline:
         time.sleep(0.02)
     filler = small_disk / "filler"
-    with open(filler, "wb") as f:  # something else eats the disk while the big file is copied
+    with open(filler, "wb", buffering=0) as f:  # something else eats the disk while the big file is copied (unbuffered: nothing left to flush at close)
         try:
             while True:
                 f.write(b"\0" * (1 << 20))

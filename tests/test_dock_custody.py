@@ -5,10 +5,17 @@ Real simulator on a real pty, real store."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import time
 from pathlib import Path
 
+import pytest
+
+from agent.common.errors import MetadataError
+from agent.evidence.manifest import validate_metadata
+from agent.evidence.verify import verify_item
+from drivers.recorder import time_from_name
 from agent.dock.erasing import erase_decision, resume_proven
 from tests.test_dock import (SERIAL, copy_records, env, make_cfg, media, media_master, receipt_for,  # noqa: F401
                              sealed_items, sha, start_sim, start_station)
@@ -102,3 +109,102 @@ def test_erase_rule_refuses_an_unproven_resumed_copy():
     assert not erase_decision("after-archive", rec(), row(), copies=[copy()], sealed=SEALED, resumed_at=500,
                               reread_hash="zzz").erase
     assert resume_proven([copy()], 0) and not resume_proven([], 10)
+
+
+# --- 2. the clock offset survives into the next docking ------------------------------------------
+def _names_times(media: Path) -> list[tuple[str, _dt.datetime]]:
+    out = []
+    for p in sorted(media.iterdir()):
+        t = time_from_name(p.name)
+        out.append((p.name, t))
+    return sorted(out, key=lambda x: x[1])
+
+
+def test_clock_set_in_one_docking_offset_kept_for_files_sealed_in_the_next(env, media):
+    """All files recorded with the recorder 90 s fast. The first docking measures +90 s, sets the
+    clock, and is unplugged before all files are sealed; the second docking measures about 0, but
+    every file recorded before the clock set carries +90,000 ms and the time of the first
+    measurement; a file recorded after the set carries the second docking's measurement."""
+    data, ports, made = env
+    first, t0 = _names_times(media)[0]
+    big = make_big_file(media / f"{SERIAL}_{(t0 + _dt.timedelta(seconds=5)):%Y%m%d%H%M%S}_0009.MP4", 4 << 20, seed=6)
+    st = start_station(made, make_cfg(data, ports, probe=False))
+    sim = start_sim(made, media, ports / "ttyREC1", clock_offset=90, disconnect_file=big.name, disconnect_at=1 << 20)
+    st.wait("bay-1", ("error", "idle"), timeout=20)
+    assert sim.disconnected.is_set()
+    clock1 = json.loads(st.store.audit.entries(action="clock")[-1]["detail"])
+    assert clock1["set"] is True and 89_000 <= clock1["offset_ms"] <= 91_000
+    sealed1 = {st.store.read_manifest(r["id"])["source"]["name"]: r for r in sealed_items(st.store)}
+    assert list(sealed1) == [first]  # the clip before the big file; the rest waits for the next docking
+    kept = st.dock.registry.kept_clock(SERIAL)
+    assert len(kept) == 5 and all(k["offset_ms"] == clock1["offset_ms"] for k in kept.values())
+    assert all(k["measured_at"] == clock1["measured_at"] for k in kept.values())
+    sim.stop()
+    st.wait_state("bay-1", ("error", "idle"), timeout=5)
+    time.sleep(0.3)
+
+    # recorded after the clock set, before the second docking
+    later = t0 + _dt.timedelta(hours=1)
+    new = media / f"{SERIAL}_{later:%Y%m%d%H%M%S}_0010.JPG"
+    new.write_bytes(next(p for p in media.iterdir() if p.suffix == ".JPG").read_bytes())
+    start_sim(made, media, ports / "ttyREC1")  # the recorder's clock is right now
+    st.wait_state("bay-1", ("uploading",), timeout=30)
+    clock2 = json.loads(st.store.audit.entries(action="clock")[-1]["detail"])
+    assert abs(clock2["offset_ms"]) < 1500 and clock2["set"] is False
+    ring = st.store.keyring()
+    seen = {}
+    for r in sealed_items(st.store):
+        m = verify_item(Path(r["path"]), ring).manifest  # the verifier accepts the fields
+        meta = m["metadata"]
+        seen[m["source"]["name"]] = meta
+        assert m["clock_offset_ms"] == meta["clock_offset_ms"]
+    assert len(seen) == 7
+    for name, meta in seen.items():
+        if name == new.name:
+            assert meta["clock_offset_ms"] == clock2["offset_ms"] and meta["clock_offset_source"] == "measured"
+            assert meta["clock_offset_measured_at"] == clock2["measured_at"]
+            continue
+        assert meta["clock_offset_ms"] == clock1["offset_ms"], (name, meta)  # +90 s, not 0
+        assert meta["clock_offset_measured_at"] == clock1["measured_at"]
+        # sealed in the first docking or resumed from it: measured then; the others: kept from it
+        want = "measured" if name in (first, big.name) else "kept"
+        assert meta["clock_offset_source"] == want, (name, meta)
+    assert st.dock.registry.kept_clock(SERIAL) == {}  # every file from before the set is sealed
+
+
+def test_clock_that_cannot_be_read_is_unknown_never_zero(env, media):
+    data, ports, made = env
+    st = start_station(made, make_cfg(data, ports, erase_policy="never", probe=False))
+    sim = start_sim(made, media, ports / "ttyREC1", no_clock_read=True, clock_offset=50)
+    b = st.wait("bay-1", ("done",))
+    assert b["clock_offset_ms"] is None and b["clock_set"] is True and b["problems"] == []
+    assert abs(sim.now().timestamp() - time.time()) < 2.5  # set all the same
+    for r in sealed_items(st.store):
+        m = st.store.read_manifest(r["id"])
+        meta = m["metadata"]
+        assert meta["clock_offset_ms"] is None and m["clock_offset_ms"] is None
+        assert meta["clock_offset_source"] == "unknown" and meta["clock_offset_measured_at"] is None
+    clock = json.loads(st.store.audit.entries(action="clock")[-1]["detail"])
+    assert clock["offset_ms"] is None and clock["set"] is True and clock["device_time"] is None
+
+
+def test_clock_fields_checked_by_the_format():
+    base = {"case_number": None, "proof": None, "pending": ["case_number", "proof"], "place": "p",
+            "capture_start": "2026-11-27T09:00:00+08:00", "capture_end": "2026-11-27T09:01:00+08:00",
+            "collector": {"name": "张三", "id": "000123"}}
+    ok = [{"clock_offset_ms": 90000, "clock_offset_measured_at": "2026-11-27T10:00:00+08:00",
+           "clock_offset_source": "kept"},
+          {"clock_offset_ms": None, "clock_offset_measured_at": None, "clock_offset_source": "unknown"},
+          {"clock_offset_ms": 12}, {"clock_offset_ms": None}, {}]
+    for extra in ok:
+        validate_metadata({**base, **extra})
+    bad = [({"clock_offset_ms": 0, "clock_offset_measured_at": None, "clock_offset_source": "unknown"}, "never written as 0"),
+           ({"clock_offset_ms": None, "clock_offset_measured_at": None, "clock_offset_source": "kept"}, "unknown exactly"),
+           ({"clock_offset_ms": 5, "clock_offset_measured_at": "yesterday", "clock_offset_source": "measured"}, "ISO 8601"),
+           ({"clock_offset_ms": 5, "clock_offset_measured_at": None, "clock_offset_source": "measured"}, "ISO 8601"),
+           ({"clock_offset_ms": 5.5}, "integer"), ({"clock_offset_ms": True}, "integer"),
+           ({"clock_offset_ms": 5, "clock_offset_measured_at": "2026-11-27T10:00:00+08:00",
+             "clock_offset_source": "guessed"}, "one of")]
+    for extra, needle in bad:
+        with pytest.raises(MetadataError, match=needle):
+            validate_metadata({**base, **extra})

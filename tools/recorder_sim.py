@@ -30,6 +30,8 @@ Faults (constructor keywords / flags):
                      unplug); the file itself is unchanged, so a re-dock serves the true bytes
   clock_offset       device clock = real time + offset seconds
   clock_fixed        device clock starts at 1970-01-01 or 2099-01-01 00:00:00 (or a datetime)
+  no_clock_read      READ_CLOCK answers 15 UNKNOWN_COMMAND (a recorder that cannot tell its time,
+                     like the 行标 functions: docs/gat947.md); SET_CLOCK still works
   storage_full       storage reports free = 0
   wrong_password     the device password differs from ``password``
   time_sync_fail / msdc_fail  SyncDevTime / SetMSDC answer 6 / 8
@@ -125,6 +127,7 @@ class RecorderSim:
         flip_bit_at: int | None = None,
         clock_offset: float = 0.0,
         clock_fixed: str | _dt.datetime | None = None,
+        no_clock_read: bool = False,
         storage_full: bool = False,
         wrong_password: bool = False,
         time_sync_fail: bool = False,
@@ -161,6 +164,7 @@ class RecorderSim:
         self.disconnect_at = disconnect_at
         self.flip_bit_at = flip_bit_at  # fault: this byte of the FIFO's stream goes out with bit 0 flipped
         self.storage_full = storage_full
+        self.no_clock_read = no_clock_read
         self.time_sync_fail = time_sync_fail
         self.msdc_fail = msdc_fail
         self.inject_names = list(inject_names)
@@ -432,6 +436,8 @@ class RecorderSim:
             self.authenticated = payload == self.device_password
             return (Result.PASSWORD_OK if self.authenticated else Result.PASSWORD_FAIL), b""
         if cmd == Command.READ_CLOCK:
+            if self.no_clock_read:
+                return Result.UNKNOWN_COMMAND, b""
             return Result.OK, encode_device_time(self.now())
         if cmd == Command.SET_CLOCK:
             if len(payload) != DEVICE_TIME_LEN:
@@ -595,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flip-bit-at", type=int, help="fault: with --disconnect-file, flip bit 0 of this byte before the unplug")
     ap.add_argument("--clock-offset", type=float, default=0.0, help="fault: device clock offset, seconds")
     ap.add_argument("--clock-fixed", choices=["1970", "2099"], help="fault: device clock starts at that year")
+    ap.add_argument("--no-clock-read", action="store_true", help="fault: READ_CLOCK unknown to the recorder")
     ap.add_argument("--full", action="store_true", help="fault: storage free 0")
     ap.add_argument("--wrong-password", action="store_true", help="fault: device password differs")
     ap.add_argument("--time-sync-fail", action="store_true")
@@ -614,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         garbage=a.garbage, silent=a.silent, corrupt_responses=a.corrupt, response_delay=a.delay,
         disconnect_file=a.disconnect_file, disconnect_at=a.disconnect_at, flip_bit_at=a.flip_bit_at,
         clock_offset=a.clock_offset,
-        clock_fixed=a.clock_fixed, storage_full=a.full, wrong_password=a.wrong_password,
+        clock_fixed=a.clock_fixed, no_clock_read=a.no_clock_read, storage_full=a.full, wrong_password=a.wrong_password,
         time_sync_fail=a.time_sync_fail, msdc_fail=a.msdc_fail, inject_names=a.inject_name,
         list_trailing=a.list_trailing, list_short=a.list_short, seed=a.seed,
     )

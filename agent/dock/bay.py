@@ -31,15 +31,16 @@ from drivers.recorder import (
     RecorderRefused,
     RecorderTimeout,
     UnsafeName,
+    Unsupported,
     safe_name,
     scan_mass_storage,
 )
 
 from agent.common.errors import DiskReserveError, EdgeError
 from agent.common.timeutil import now_iso
-from .copying import BayCopy
+from .copying import BayCopy, source_key
 from .erasing import BayErase
-from .state import STATES, BayAbort, BayState
+from .state import HAVE_STATES, STATES, UNKNOWN_CLOCK, BayAbort, BayState, ClockOffset
 
 if TYPE_CHECKING:  # pragma: no cover
     from .station import DockStation
@@ -162,9 +163,10 @@ class Bay(BayCopy, BayErase):
         s = self.station
         cfg = s.cfg.dock
         self.set("identifying", "正在识别记录仪 / identifying the recorder")
+        clock = UNKNOWN_CLOCK  # plain mass-storage recorders have no clock to read
+        self._clock_huge = False
         if self.mass_storage:
             info, mount = self._identify_mass_storage()
-            offset_ms = None
         else:
             self.client = RecorderClient(self.st.path, timeout=cfg.serial_timeout_ms / 1000, retries=3)
             info = self.client.identify()
@@ -195,9 +197,13 @@ class Bay(BayCopy, BayErase):
             if sto.full:  # normal at the end of a long shift: copied first, then freed per policy
                 log.info("bay %s: recorder %s storage full", self.name, self.st.serial)
                 self.set("charging", "记录仪存储已满，先复制 / recorder storage full: copying first", recorder_full=True)
-            offset_ms = self._clock()
-            mount = c.mass_storage()
+            clock, device_time = self._read_clock()
+            # listed before the clock is set: every file here was recorded under `clock`, which is kept
+            # with the recorder (registry) until each is sealed, whatever later dockings measure
             records, bad = self._list_files()
+            self._keep_clock(serial, records, clock)
+            self._set_clock(clock, device_time)
+            mount = c.mass_storage()
         else:
             try:
                 records = scan_mass_storage(mount, probe=False)
@@ -212,7 +218,8 @@ class Bay(BayCopy, BayErase):
             s.alarm("recorder_unsafe_name", self, f"记录仪报告不安全的文件名 / recorder reported {len(bad)} unsafe file name(s)")
 
         plan = self._plan(serial, records, mount)
-        self._copy_all(plan, info, officer, serial, offset_ms)
+        self._apply_clock(plan, serial, clock)
+        self._copy_all(plan, info, officer, serial)
         self._finish(plan, serial)
 
     # --- identify ---------------------------------------------------------------------------
@@ -244,11 +251,21 @@ class Bay(BayCopy, BayErase):
                            "import the roster (edge-agent roster import)")
         return {"name": name, "id": number}
 
-    def _clock(self) -> int:
+    def _read_clock(self) -> tuple[ClockOffset, _dt.datetime | None]:
+        """Measure the recorder clock (recorder − station, midpoint of the request): the offset, when
+        it was measured, and the device time read (None when the recorder cannot tell its time:
+        the offset is then unknown, never 0)."""
         cfg = self.station.cfg.dock
         c = self.client
+        self._clock_huge = False
+        measured_at = now_iso()
         before = time.time()
-        device = c.read_clock()
+        try:
+            device = c.read_clock()
+        except Unsupported as exc:
+            log.info("bay %s: recorder %s cannot tell its time (%s): clock offset unknown", self.name,
+                     self.st.serial, exc)
+            return UNKNOWN_CLOCK, None
         after = time.time()
         offset_ms = int(round((device.timestamp() - (before + after) / 2) * 1000))
         with self.lock:
@@ -259,19 +276,45 @@ class Bay(BayCopy, BayErase):
                                f"记录仪时钟严重偏差 / recorder clock {device.isoformat()} is off by {offset_ms // 1000} s")
             self._problem(f"时钟严重偏差 / recorder clock was {device.isoformat()} ({offset_ms // 1000} s off); "
                           "capture times from this recorder need review")
+        self._clock_huge = huge
+        return ClockOffset(offset_ms, measured_at, "measured"), device
+
+    def _keep_clock(self, serial: str, records: list[FileRecord], clock: ClockOffset) -> None:
+        self.station.registry.keep_clock(serial, [source_key(serial, r) for r in records], clock.offset_ms,
+                                         clock.measured_at)
+
+    def _set_clock(self, clock: ClockOffset, device: _dt.datetime | None) -> None:
+        """SyncDevTime past ``dock.clock_threshold_s`` (always when the offset is unknown), in the zone
+        the recorder reported (+08:00 when it reported none); audited (``clock``)."""
+        cfg = self.station.cfg.dock
         was_set = False
-        if abs(offset_ms) > cfg.clock_threshold_s * 1000:
-            tz = device.tzinfo or _dt.timezone(_dt.timedelta(hours=8))
+        if clock.offset_ms is None or abs(clock.offset_ms) > cfg.clock_threshold_s * 1000:
+            tz = (device.tzinfo if device is not None else None) or _dt.timezone(_dt.timedelta(hours=8))
             try:
-                c.set_clock(_dt.datetime.now(tz))
+                self.client.set_clock(_dt.datetime.now(tz))
                 was_set = True
             except RecorderRefused as exc:
                 self._problem(f"时间同步失败 / time sync refused: {exc}")
         with self.lock:
             self.st.clock_set = was_set
         self.station.store.audit.append("clock", None, actor="agent:dock", bay=self.name, serial=self.st.serial,
-                                        device_time=device.isoformat(), offset_ms=offset_ms, set=was_set, huge=huge)
-        return offset_ms
+                                        device_time=device.isoformat() if device is not None else None,
+                                        offset_ms=clock.offset_ms, measured_at=clock.measured_at, set=was_set,
+                                        huge=self._clock_huge)
+
+    def _apply_clock(self, plan: list[dict], serial: str, clock: ClockOffset) -> None:
+        """Give each file the offset in force when it was recorded: kept from the docking that first
+        saw it, else this docking's. Kept offsets of files already sealed or no longer on the
+        recorder are released."""
+        reg = self.station.registry
+        kept = reg.kept_clock(serial)
+        listed = {e["key"] for e in plan}
+        done = [e["key"] for e in plan if e["row"] and e["row"]["state"] in HAVE_STATES]
+        reg.release_clock(serial, done + [k for k in kept if k not in listed])
+        for e in plan:
+            row = kept.get(e["key"])
+            same = row is not None and (row["offset_ms"], row["measured_at"]) == (clock.offset_ms, clock.measured_at)
+            e["clock"] = ClockOffset.kept(row) if row is not None and not same else clock
 
     def _list_files(self) -> tuple[list[FileRecord], list[tuple[str, str]]]:
         """The recorder's files through the driver's paging (each page checked whole: a page that

@@ -28,7 +28,7 @@ from agent.common.timeutil import iso
 from agent.evidence import hashing
 from agent.store.store import SourceError
 from .erasing import sealed_summary
-from .state import HAVE_STATES, PENDING, BayAbort, BayState
+from .state import HAVE_STATES, PENDING, UNKNOWN_CLOCK, BayAbort, BayState, ClockOffset
 
 if TYPE_CHECKING:  # pragma: no cover
     from .station import DockStation
@@ -112,7 +112,7 @@ class BayCopy:
             plan.append(entry)
         return plan
 
-    def _copy_all(self, plan: list[dict], info, officer: dict, serial: str, offset_ms: int | None) -> None:
+    def _copy_all(self, plan: list[dict], info, officer: dict, serial: str) -> None:
         s = self.station
         store = s.store
         todo = [e for e in plan if not (e["row"] and e["row"]["state"] in HAVE_STATES)]
@@ -145,7 +145,7 @@ class BayCopy:
             with self.lock:
                 self.st.file_index, self.st.file_name = k, e["rec"].name
             try:
-                item = self._copy_one(e, info, officer, serial, offset_ms, seq)
+                item = self._copy_one(e, info, officer, serial, seq)
             except FileSkipped as exc:
                 self._problem(str(exc))
                 with self.lock:
@@ -158,7 +158,7 @@ class BayCopy:
                 self.st.sealed += 1
             self.station.bay_changed(self, important=True)
 
-    def _copy_one(self, e: dict, info, officer: dict, serial: str, offset_ms: int | None, seq: int) -> str:
+    def _copy_one(self, e: dict, info, officer: dict, serial: str, seq: int) -> str:
         s = self.station
         cfg = s.cfg.dock
         store = s.store
@@ -214,9 +214,10 @@ class BayCopy:
                 else:
                     e["prefix_check"] = proof
             if writer is None:
-                writer = store.new_item(self._metadata(rec, info, officer, serial, offset_ms, seq),
+                clock: ClockOffset = e.get("clock", UNKNOWN_CLOCK)
+                writer = store.new_item(self._metadata(rec, info, officer, serial, clock, seq),
                                         self._source(rec, serial, e), kind="recorder", priority=5,
-                                        source_key=e["key"], clock_offset_ms=offset_ms, expected_size=rec.size)
+                                        source_key=e["key"], clock_offset_ms=clock.offset_ms, expected_size=rec.size)
                 start = 0
                 store.audit.append("ingest", writer.id, actor="agent:dock", bay=self.name, serial=serial,
                                    file=rec.name, bytes=rec.size)
@@ -275,6 +276,8 @@ class BayCopy:
             if ok is False:
                 self._problem(f"无法解码 / {rec.name} is not decodable ({detail}); kept byte-exact as evidence")
         writer.seal(extra_metadata=extra, actor="agent:dock")
+        if not self.mass_storage:
+            s.registry.release_clock(serial, [e["key"]])
         self._record_copy(writer.id, rec, serial, copied, start, e.get("prefix_check"))
         return writer.id
 
@@ -310,7 +313,7 @@ class BayCopy:
             self._problem(f"封存清单与复制不符 / {rec.name}: the sealed manifest's entry {sealed['file']} differs from "
                           f"the copy ({copied['size']} bytes, {copied['hash'][:16]}…); it will not be erased")
 
-    def _metadata(self, rec: FileRecord, info, officer: dict, serial: str, offset_ms: int | None, seq: int) -> dict:
+    def _metadata(self, rec: FileRecord, info, officer: dict, serial: str, clock: ClockOffset, seq: int) -> dict:
         s = self.station
         end = rec.capture_time + _dt.timedelta(seconds=max(0, rec.duration))
         unit = info.unit_number.strip() or s.cfg.device.unit_code
@@ -331,7 +334,7 @@ class BayCopy:
             "recorder": {"serial": serial, "id": rid},
             "file_number": number, "file_type": int(rec.type), "file_type_name": rec.type.name.lower(),
             "mark": int(rec.mark), "locked": bool(rec.locked), "duration_s": int(rec.duration),
-            "clock_offset_ms": offset_ms,
+            **clock.metadata(),
         }
 
     def _source(self, rec: FileRecord, serial: str, e: dict) -> dict:

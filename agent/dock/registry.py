@@ -58,6 +58,15 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX docks_ts ON docks(ts);
     """),
+    ("0002_clock_kept", """
+        CREATE TABLE clock_kept (
+            serial TEXT NOT NULL,
+            source_key TEXT NOT NULL,
+            offset_ms INTEGER,
+            measured_at TEXT,
+            PRIMARY KEY (serial, source_key)
+        );
+    """),
 ]
 
 _NUMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
@@ -169,6 +178,31 @@ class Registry(Database):
             raise EdgeError(f"记录仪未登记 / no recorder with serial {serial!r} in the registry")
         with self.atomic() as db:
             db["recorders"].update(serial, {"in_service": 1 if in_service else 0})
+
+    # --- clock offsets kept with the recorder ----------------------------------------------
+    # The offset that applies to a file is the one in force when it was recorded: the one measured
+    # at the first docking that saw the file. It is kept here per file until the file is sealed, so
+    # a clock set in one docking does not turn the offset of files sealed in the next into 0.
+    def keep_clock(self, serial: str, keys: list[str], offset_ms: int | None, measured_at: str | None) -> None:
+        """Keep (offset, when measured) for each file key not kept already (an older measurement wins:
+        it was in force when the file was recorded). ``offset_ms`` None = the clock could not be read."""
+        if not keys:
+            return
+        with self.atomic() as db:
+            db.conn.executemany("INSERT OR IGNORE INTO clock_kept (serial, source_key, offset_ms, measured_at) "
+                           "VALUES (?, ?, ?, ?)", [(serial, k, offset_ms, measured_at) for k in keys])
+
+    def kept_clock(self, serial: str) -> dict[str, dict]:
+        """source key -> {offset_ms, measured_at} kept for this recorder's unsealed files."""
+        return {r["source_key"]: {"offset_ms": r["offset_ms"], "measured_at": r["measured_at"]}
+                for r in self.query("SELECT * FROM clock_kept WHERE serial = ?", [serial])}
+
+    def release_clock(self, serial: str, keys: list[str]) -> None:
+        """These files are sealed (or no longer on the recorder): their kept offsets are done with."""
+        if not keys:
+            return
+        with self.atomic() as db:
+            db.conn.executemany("DELETE FROM clock_kept WHERE serial = ? AND source_key = ?", [(serial, k) for k in keys])
 
     def recorders(self) -> list[dict]:
         return self.query("SELECT * FROM recorders ORDER BY unit_number, serial")

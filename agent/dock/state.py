@@ -22,6 +22,31 @@ PENDING = ["case_number", "proof"]
 HAVE_STATES = ("sealed", "uploading", "archived", "purged", "rejected")
 
 
+@dataclass(frozen=True)
+class ClockOffset:
+    """The recorder clock offset that applies to a file: device minus station in ms, ``None`` when
+    unknown (the recorder cannot tell its time: never written as 0); when it was measured (station
+    time, ISO 8601; ``None`` when unknown); and where it comes from: ``measured`` at this docking,
+    ``kept`` from the docking that first saw the file (agent/dock/registry.py), or ``unknown``."""
+
+    offset_ms: int | None
+    measured_at: str | None
+    source: str
+
+    @classmethod
+    def kept(cls, row: dict) -> "ClockOffset":
+        known = row.get("offset_ms") is not None
+        return cls(row.get("offset_ms"), row.get("measured_at") if known else None, "kept" if known else "unknown")
+
+    def metadata(self) -> dict:
+        """The item's metadata fields (docs/evidence-format.md)."""
+        return {"clock_offset_ms": self.offset_ms, "clock_offset_measured_at": self.measured_at,
+                "clock_offset_source": self.source}
+
+
+UNKNOWN_CLOCK = ClockOffset(None, None, "unknown")
+
+
 class BayAbort(EdgeError):
     """Stop work on this recorder; ``reason`` is the bilingual bay error."""
 

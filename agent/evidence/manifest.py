@@ -56,6 +56,35 @@ def check_case_number(value: Any) -> str:
     return v
 
 
+#: where a recorder item's capture-time correction (metadata ``clock_offset_*``) comes from
+CLOCK_SOURCES = ("measured", "kept", "unknown")
+
+
+def _check_clock(meta: dict[str, Any]) -> None:
+    """The capture-time correction of a recorder's item, when present: ``clock_offset_ms`` an integer
+    (device minus station) or null; ``clock_offset_measured_at`` when it was measured (ISO 8601) or
+    null; ``clock_offset_source`` measured | kept | unknown, where unknown goes with a null offset and
+    a known offset with its measurement time. Items sealed before these fields existed carry only
+    ``clock_offset_ms``."""
+    off = meta.get("clock_offset_ms")
+    if off is not None and (isinstance(off, bool) or not isinstance(off, int)):
+        raise MetadataError(f"clock_offset_ms: an integer (ms) or null, got {off!r}")
+    if "clock_offset_source" not in meta and "clock_offset_measured_at" not in meta:
+        return
+    src = meta.get("clock_offset_source")
+    if src not in CLOCK_SOURCES:
+        raise MetadataError(f"clock_offset_source: one of {', '.join(CLOCK_SOURCES)}, got {src!r}")
+    at = meta.get("clock_offset_measured_at")
+    if (src == "unknown") != (off is None):
+        raise MetadataError("clock_offset_source: unknown exactly when clock_offset_ms is null "
+                            f"(got {src!r} with {off!r}); an unknown offset is never written as 0")
+    if src == "unknown":
+        if at is not None:
+            raise MetadataError("clock_offset_measured_at: null when the offset is unknown")
+    else:
+        parse_iso(at, "clock_offset_measured_at")
+
+
 def validate_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     """Check the mandatory fields; return a normalised copy. Pending fields are ``None``."""
     if not isinstance(meta, dict):
@@ -87,6 +116,7 @@ def validate_metadata(meta: dict[str, Any]) -> dict[str, Any]:
         "id": _text("collector", collector.get("id"), 32),
     }
     out["pending"] = sorted(pending)
+    _check_clock(meta)
     for key, value in meta.items():
         if key not in out:
             out[key] = value

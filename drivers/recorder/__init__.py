@@ -12,6 +12,7 @@ from .errors import (
     RecorderRefused,
     RecorderTimeout,
     UnsafeName,
+    Unsupported,
 )
 from .mass_storage import guess_type, probe_duration, scan_mass_storage, time_from_name
 from .naming import FileNumber, derive_recorder_id, file_number, parse_file_number, safe_name
@@ -39,6 +40,7 @@ __all__ = [
     "Result",
     "Storage",
     "UnsafeName",
+    "Unsupported",
     "ZfyInfo",
     "crc16",
     "derive_recorder_id",

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import serial
 
-from .errors import AuthError, ProtocolError, RecorderError, RecorderGone, RecorderRefused, RecorderTimeout
+from .errors import AuthError, ProtocolError, RecorderError, RecorderGone, RecorderRefused, RecorderTimeout, Unsupported
 from .naming import safe_name
 from .protocol import (
     MAX_PAYLOAD,
@@ -183,7 +183,9 @@ class RecorderClient:
         text = result_text(code)
         if code in (Result.PASSWORD_FAIL, Result.AUTH_REQUIRED):
             raise AuthError(f"{text} ({cmd.name})")
-        if code in (Result.UNKNOWN_COMMAND, Result.BAD_REQUEST):
+        if code == Result.UNKNOWN_COMMAND:
+            raise Unsupported(f"{text} ({cmd.name})")
+        if code == Result.BAD_REQUEST:
             raise ProtocolError(f"{text} ({cmd.name})")
         try:
             Result(code)

@@ -14,6 +14,9 @@ class RecorderTimeout(RecorderError):
 class ProtocolError(RecorderError):
     """The recorder answered something this driver cannot accept (malformed payload, bad name...)."""
 
+class Unsupported(ProtocolError):
+    """The recorder does not know this command (result 15 UNKNOWN_COMMAND): e.g. no clock read."""
+
 class UnsafeName(ProtocolError):
     """A file name from a recorder carries a path, NUL, control characters or is too long."""
 
