@@ -30,11 +30,21 @@ def test_init_writes_config_data_dir_and_private_key_0600(tmp_path):
     key = tmp_path / "data" / "keys" / "device.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert config_mod.load(cfg).device.id == "room-07"
+    before, text = key.read_bytes(), cfg.read_text()
     again = run_cli(cfg, "init")
-    assert again.returncode == 1 and "already exists; use --force" in again.stderr
-    before = key.read_bytes()
+    assert again.returncode == 0, again.stderr
+    assert "(已保留 kept)" in again.stdout and "密钥 key" in again.stdout and "已保留 kept; --force" in again.stdout
+    assert key.read_bytes() == before and cfg.read_text() == text
+    moved = run_cli(cfg, "init", "--location", "西湖区询问室2", "--kind", "room")
+    assert moved.returncode == 0 and "device.location: \"未设置地点 / location not set\" → \"西湖区询问室2\"" in moved.stdout
+    assert "device.kind" not in moved.stdout and key.read_bytes() == before
+    assert config_mod.load(cfg).device.location == "西湖区询问室2"
+    text = cfg.read_text()
+    renamed = run_cli(cfg, "init", "--device-id", "room-08")
+    assert renamed.returncode == 1 and "changing device.id to room-08 needs --force" in renamed.stderr
+    assert cfg.read_text() == text and key.read_bytes() == before
     forced = run_cli(cfg, "init", "--force")
-    assert forced.returncode == 0 and key.read_bytes() != before
+    assert forced.returncode == 0 and key.read_bytes() != before and "新建 new" in forced.stdout
 
 
 def test_config_get_set_show_validate(tmp_path):

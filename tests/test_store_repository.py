@@ -126,7 +126,7 @@ def test_show_item_is_audited_and_export_refuses_without_losing_anything(tmp_pat
     assert [e["action"] for e in store.audit.entries(action="export")] == ["export"]
 
 
-def test_init_device_writes_then_refuses_an_existing_key_before_touching_the_config(tmp_path):
+def test_init_device_is_safe_to_run_again_and_keeps_the_key(tmp_path):
     path = tmp_path / "etc" / "agent.toml"
     r = init_device(path, {"storage": {"data_dir": str(tmp_path / "data")}, "device": {"id": "room-07", "kind": "room",
                                                                                       "location": None}})
@@ -136,15 +136,21 @@ def test_init_device_writes_then_refuses_an_existing_key_before_touching_the_con
     assert r.key_id == keys.key_id(keys.load_private(r.key_path).public_key())
     text, key = path.read_text(), r.key_path.read_bytes()
 
-    with pytest.raises(EdgeError, match="already exists; use --force"):
+    with pytest.raises(EdgeError, match="changing device.id to room-08 needs --force"):
         init_device(path, {"device": {"id": "room-08"}})
     assert path.read_text() == text and r.key_path.read_bytes() == key, "a refused init changes nothing"
 
+    kept = init_device(path, {"device": {"id": "room-07", "location": "二楼"}})
+    assert kept.key_kept and kept.key_id == r.key_id and r.key_path.read_bytes() == key
+    assert [(k, n) for k, _o, n in kept.changed] == [("device.location", "二楼")]
+    r.pub_path.unlink()
+    assert init_device(path, {}).key_kept and r.pub_path.exists(), "a lost public key is written again"
+
     again = init_device(path, {"device": {"id": "room-08"}}, force=True)
     assert not again.config_written and again.values_given == 1 and again.key_id != r.key_id
-    assert config_mod.load(path).device.id == "room-08"
+    assert not again.key_kept and config_mod.load(path).device.id == "room-08"
     st = Store(config_mod.load(path))
-    assert [e["action"] for e in st.audit.entries(action="init")] == ["init", "init"]
+    assert [e["action"] for e in st.audit.entries(action="init")] == ["init"] * 4
 
 
 def test_verify_audit_counts_entries_and_names_an_edited_one(tmp_path):

@@ -28,8 +28,9 @@ from .base import Ctx, emit_json, json_option, pass_ctx, role
 def init(c: Ctx, data_dir, device_id, unit_code, unit_name, kind, location, force):
     """Write a commented default config, the data directory and the device's Ed25519 key pair.
 
-    An existing config is kept (its values are used); an existing key is never replaced
-    without --force.
+    Safe to run again: an existing config is kept (only the values given are set in it) and an
+    existing device key is kept unless --force is given; the output says what was kept and what
+    changed. Changing --device-id of a device that has a key needs --force.
 
     \b
     Example:
@@ -40,10 +41,17 @@ def init(c: Ctx, data_dir, device_id, unit_code, unit_name, kind, location, forc
     r = init_device(c.config_path, {"storage": {"data_dir": data_dir},
                                     "device": {"id": device_id, "unit_code": unit_code, "unit_name": unit_name,
                                                "kind": kind, "location": location}}, force=force)
-    click.echo(f"config: {r.config_path} " + ("(written)" if r.config_written
-                                              else f"(kept, updated {r.values_given} key(s))"))
-    click.echo(f"data: {r.data_dir}")
-    click.echo(f"key: {r.key_path} (mode 600), public key {r.pub_path}, key id {r.key_id}")
+    if r.config_written:
+        click.echo(f"配置 config: {r.config_path} (已写入 written)")
+    else:
+        click.echo(f"配置 config: {r.config_path} (已保留 kept" + (f", 已修改 changed {len(r.changed)})" if r.changed else ")"))
+        for key, old, new in r.changed:
+            click.echo(f"  {key}: {config_mod.toml_text(old)} → {config_mod.toml_text(new)}")
+    click.echo(f"数据 data: {r.data_dir}")
+    if r.key_kept:
+        click.echo(f"密钥 key: {r.key_path} (已保留 kept; --force 才会更换 / --force replaces it), key id {r.key_id}")
+    else:
+        click.echo(f"密钥 key: {r.key_path} (新建 new, mode 600), public key {r.pub_path}, key id {r.key_id}")
 
 
 # --- config -----------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """`edge-agent init`: the config file, the data directory and the device's key pair, in one call.
 
-Nothing is written when the device already has a key and ``force`` is not given: the refusal
-comes before the config is created or changed.
+Re-running it is safe: an existing config is kept (only the values given are set in it), an
+existing device key is kept unless ``force`` is given, and the result says what was kept and what
+changed. Changing ``device.id`` of a device that has a key needs ``force`` (the key is the device's
+identity at the archive); that refusal comes before anything is written.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import config as config_mod
+from agent.common.errors import EdgeError
+from agent.common.fs import atomic_write
 from ..evidence import keys
 from .store import Store
 
@@ -25,6 +29,8 @@ class InitResult:
     key_path: Path
     pub_path: Path
     key_id: str
+    key_kept: bool = False    # True: the existing device key was kept (no --force)
+    changed: tuple = ()       # ((dotted key, old, new), ...) set in an existing config
 
 
 def init_device(config_path: str | os.PathLike | None, values: dict[str, dict[str, Any]],
@@ -41,12 +47,21 @@ def init_device(config_path: str | os.PathLike | None, values: dict[str, dict[st
     else:
         text = config_mod.render_default(given)
         data_dir = Path(config_mod.loads(text, path).storage.data_dir)
-    keys.refuse_existing(data_dir / "keys" / "device.key", force)
+    key_file = data_dir / "keys" / "device.key"
+    keep_key = key_file.exists() and not force
+    if keep_key and text is None:
+        new_id = given.get("device", {}).get("id")
+        if new_id is not None and new_id != cfg.device.id:
+            raise EdgeError(f"device.id: 已有设备密钥，改设备编号须 --force / {key_file} is the key of device "
+                            f"{cfg.device.id}; changing device.id to {new_id} needs --force (a new key pair)")
+    changed = []
     if text is None:
         for section, kv in given.items():
             for key, value in kv.items():
-                if cfg.get(f"{section}.{key}") != value:
+                old = cfg.get(f"{section}.{key}")
+                if old != value:
                     config_mod.set_value(path, f"{section}.{key}", str(value))
+                    changed.append((f"{section}.{key}", old, value))
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         config_mod.atomic_write_text(path, text, mode=0o640)
@@ -58,12 +73,19 @@ def init_device(config_path: str | os.PathLike | None, values: dict[str, dict[st
     os.chmod(data / "keys", 0o700)
     store = Store(cfg)
     try:
-        key = keys.generate(store.key_path, store.pub_path, force=force)
+        if keep_key:
+            key = keys.load_private(store.key_path)
+            if not store.pub_path.exists():
+                atomic_write(store.pub_path, keys.public_pem(key.public_key()), mode=0o644)
+        else:
+            key = keys.generate(store.key_path, store.pub_path, force=force)
         store._key = key
         kid = keys.key_id(key.public_key())
-        store.audit.append("init", None, actor=actor, device=cfg.device.id, key_id=kid, forced=force)
+        store.audit.append("init", None, actor=actor, device=cfg.device.id, key_id=kid, forced=force,
+                           key_kept=keep_key, changed=[k for k, _o, _n in changed])
         return InitResult(config_path=path, config_written=text is not None,
                           values_given=sum(map(len, given.values())), data_dir=data,
-                          key_path=store.key_path, pub_path=store.pub_path, key_id=kid)
+                          key_path=store.key_path, pub_path=store.pub_path, key_id=kid,
+                          key_kept=keep_key, changed=tuple(changed))
     finally:
         store.close()
