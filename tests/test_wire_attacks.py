@@ -311,3 +311,20 @@ def test_archive_key_rotation_in_two_steps(tmp_path):
         assert ArchiveSigner(st.signing_key, "r").key_id == rot["key_id"]  # receivers started now sign with it
     finally:
         st.close()
+
+
+# --- the genuine flow: nothing of the archive's own is ignored ---------------------------------------------
+def test_genuine_parallel_transfers_ignore_no_answer(setup, tmp_path):
+    """Two lanes send two items at once; the receiver answers the chunks of both in one batch
+    (``more``). Every genuine answer is taken: nothing ignored, nothing retransmitted, each item
+    archived under its own verified receipt (a check too strict here cost 30 s per stall)."""
+    t, _spy = setup
+    ids = add_items(t.store, tmp_path, [3 << 20, 3 << 20, 3 << 20, 3 << 20])
+    t.enroll()
+    t.start_archive()
+    t.start_agent()
+    t.wait_archived(ids, timeout=60)
+    st = t.uplink.stats()
+    assert st["answers_ignored"] == 0 and st["retransmits"] == 0 and st["receipts_refused"] == 0, st
+    for i in ids:
+        _genuine_receipt_checks(t, i)

@@ -328,8 +328,9 @@ class Transfer:
                         self.ignore(f"answer ({ans.status}) to the {w.kind} of {w.item}: {exc}")
                         continue
                     self.last_answer_at = time.monotonic()
-                elif ans.item != w.item or ans.kind != "chunk":
-                    self.ignore(f"chunk answer about {ans.item!r} ({ans.kind}) for a chunk of {w.item}")
+                elif ans.kind != "chunk":
+                    # (one chunk answer may settle chunks of several items of this device: ``more``)
+                    self.ignore(f"a {ans.kind} answer about {ans.item!r} for a chunk of {w.item}")
                     continue
                 w.answer = ans
                 w.event.set()
