@@ -75,7 +75,7 @@ def test_one_fleet_one_topic_tree_and_one_broker_tls():
 
 def test_every_example_is_documented():
     names = sorted(p.name for p in EXAMPLES.glob("*.toml"))
-    assert names == ["archive.toml", "monitor.toml", "room.toml", "station.toml"]
+    assert names == ["archive.toml", "monitor.toml", "room.toml", "scsi-vendors.toml", "station.toml"]
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     doc = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
     for n in names:

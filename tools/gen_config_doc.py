@@ -8,7 +8,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+import annotated_types
+
 from agent.config import SCHEMA, Config, render_default
+from agent.config.keys import _type_name
 from agent.config.base import MAX_TEXT
 from agent.config.file import MAX_FILE_BYTES
 
@@ -67,6 +70,7 @@ schema and checks the values a technician relies on.
 | [config/room.toml](../config/room.toml) | interview room: two RTSP cameras (main, panorama), microphone, RS-485 temperature/humidity sensor | `edge-agent run` |
 | [config/archive.toml](../config/archive.toml) | central archive: `[archive]` and `[mqtt]` | `edge-agent --config FILE archive serve` (flags override) |
 | [config/monitor.toml](../config/monitor.toml) | fleet monitor: `[mqtt]` only; database and web port are flags (`--db`/`EDGE_MONITOR_DB`, `--web`) | `edge-agent --config FILE monitor` |
+| [config/scsi-vendors.toml](../config/scsi-vendors.toml) | `[[scsi.vendors]]`: the JieLi "DV16" SCSI command table (the only publicly documented one, built in) written out as the template for another vendor's; copy the block into agent.toml | `edge-agent run` (dock) |
 
 ```
 $ edge-agent --config config/station.toml config validate
@@ -110,13 +114,36 @@ def render() -> str:
         for key, model in _entry_models(section):
             out += [f"Each table in `{section}.{key}`:", "", "| key | type | default | allowed | description |",
                     "|---|---|---|---|---|"]
-            for name, field in model.model_fields.items():
-                kind = "string" if str in (field.annotation, *typing.get_args(field.annotation)) else str(field.annotation)
-                default = ... if field.is_required() else field.default
-                out.append(_row(name, kind, default, None, None, None, field.description or ""))
-            out.append("")
+            out += _model_rows(model)
+            for name, sub in _nested_models(model):
+                out += [f"Each `{section}.{key}` entry's `{name}`:", "", "| key | type | default | allowed | description |",
+                        "|---|---|---|---|---|"]
+                out += _model_rows(sub)
     out += ["## The default file (`edge-agent init` writes it)", "", "```toml", render_default().rstrip(), "```", ""]
     return "\n".join(out)
+
+
+def _model_rows(model: type[BaseModel]) -> list[str]:
+    rows = []
+    for name, field in model.model_fields.items():
+        kind, choices = _type_name(field.annotation)
+        if kind.startswith("<") or "." in kind:
+            kind = "table"
+        lo = next((m.ge for m in field.metadata if isinstance(m, annotated_types.Ge)), None)
+        hi = next((m.le for m in field.metadata if isinstance(m, annotated_types.Le)), None)
+        default = ... if field.is_required() else field.default
+        rows.append(_row(name, kind, default, choices, lo, hi, field.description or ""))
+    return rows + [""]
+
+
+def _nested_models(model: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:
+    """Fields of an entry holding a table (``X | None``) or tables by name (``dict[str, X]``)."""
+    out = []
+    for name, field in model.model_fields.items():
+        for arg in (field.annotation, *typing.get_args(field.annotation)):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                out.append((name, arg))
+    return out
 
 
 if __name__ == "__main__":

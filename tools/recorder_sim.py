@@ -38,6 +38,16 @@ Faults (constructor keywords / flags):
   inject_names       extra (hostile) names in the file listing, e.g. "../etc/passwd"
   list_trailing      bytes after the records of every file-list page (a malformed page)
   list_short         every file-list page announces one record more than it carries
+  unsupported        function names (drivers.recorder.Function values, e.g. "read_resolution") the
+                     recorder does not know: serial answers 15, SCSI CHECK CONDITION / ILLEGAL REQUEST
+  short_answers      query answers (battery, resolution, ID code, ZFY_INFO) one byte short
+  no_sd              no SD card: SetMSDC fails (serial 8; SCSI: the SD status byte is 0)
+
+Both transports act on the same device state (officer, password, clock, battery...):
+``sim.sg_device()`` is a simulated SCSI generic device for ``drivers.recorder.scsi.ScsiTransport``
+answering the JieLi "DV16" command blocks (docs/gat947.md 3.1) at the SG_IO seam
+(``execute(cdb, direction, data_out, length_in, timeout_ms)``), with faults of its own
+(``SimSgDevice(sim, timeouts=N, unit_attention=N, gone=True)``).
 """
 
 from __future__ import annotations
@@ -136,6 +146,11 @@ class RecorderSim:
         list_trailing: bytes = b"",
         list_short: bool = False,
         seed: int = 0,
+        id_code: str = "JL0001",
+        resolution: tuple[int, int] = (1920, 1080),
+        unsupported: tuple[str, ...] | list[str] = (),
+        short_answers: bool = False,
+        no_sd: bool = False,
     ):
         self.media_dir = Path(media_dir)
         if not self.media_dir.is_dir():
@@ -171,6 +186,12 @@ class RecorderSim:
         self.list_trailing = bytes(list_trailing)  # fault: these bytes follow the records of every list page
         self.list_short = list_short  # fault: a list page announces one record more than it carries
         self._rng = random.Random(seed)
+        self.id_code = id_code
+        self.resolution = tuple(resolution)
+        self.unsupported = set(unsupported)  # fault: drivers.recorder.Function values this recorder does not know
+        self.short_answers = short_answers  # fault: query answers one byte short
+        self.no_sd = no_sd  # fault: no SD card, SetMSDC fails
+        self.writes: list[ZfyInfo] = []  # every WriteZFYInfo received (either transport)
 
         real_now = time.time()
         if clock_fixed is not None:
@@ -426,6 +447,9 @@ class RecorderSim:
         except ValueError:
             return Result.UNKNOWN_COMMAND, b""
         payload = frame.payload
+        extra = self._dispatch_extra(cmd, payload)
+        if extra is not None:
+            return extra
         if cmd in NEEDS_AUTH and not self.authenticated:
             return Result.AUTH_REQUIRED, b""
         if cmd == Command.IDENTIFY:
@@ -473,6 +497,55 @@ class RecorderSim:
                 return Result.BAD_REQUEST, b""
             return self._erase(name), b""
         return Result.UNKNOWN_COMMAND, b""
+
+    def _dispatch_extra(self, cmd: Command, payload: bytes) -> tuple[int, bytes] | None:
+        """GET_ID_CODE, WRITE_ZFY_INFO, READ_RESOLUTION (the 行标 functions added to the serial
+        channel for the command set), and the faults that cut across commands."""
+        fn = _SERIAL_FUNCTIONS.get(cmd)
+        if fn is not None and fn in self.unsupported:
+            return Result.UNKNOWN_COMMAND, b""
+        short = (lambda b: b[:-1]) if self.short_answers else (lambda b: b)
+        if cmd == Command.GET_ID_CODE:
+            return Result.CONNECT_OK, short(self.id_code.encode("ascii").ljust(6, b"\x00"))
+        if cmd == Command.WRITE_ZFY_INFO:
+            if not self.authenticated:
+                return Result.AUTH_REQUIRED, b""
+            try:
+                info = ZfyInfo.decode(payload)
+            except ProtocolError:
+                return Result.BAD_REQUEST, b""
+            self.write_info(info)
+            return Result.CONNECT_OK, b""
+        if cmd == Command.READ_RESOLUTION:
+            return Result.OK, short(struct.pack(">HH", *self.resolution))
+        if cmd == Command.BATTERY and self.short_answers:
+            return Result.OK, bytes([self.battery_level])
+        if cmd == Command.IDENTIFY and self.short_answers:
+            return Result.CONNECT_OK, self.info.encode()[:-1]
+        if cmd == Command.SET_MSDC and self.no_sd and self.authenticated:
+            return Result.MSDC_FAIL, b""
+        return None
+
+    def write_info(self, info: ZfyInfo) -> None:
+        """WriteZFYInfo on the device (either transport): the serial stays the device's own."""
+        self.info = replace(info, serial=self.info.serial)
+        self.writes.append(info)
+        logger.info("recorder sim %s: ZFY_INFO written: officer %s unit %s", self.info.serial,
+                    info.officer_number, info.unit_number)
+
+    def set_clock_to(self, target: _dt.datetime) -> None:
+        self.tz = target.tzinfo  # type: ignore[assignment]
+        self._clock_offset = target.timestamp() - time.time()
+
+    def enter_msdc(self) -> None:
+        if not self.msdc:
+            if self.mount_dir is not None:
+                self._populate_mount()
+            self.msdc = True
+
+    def sg_device(self, path: str = "/dev/sg-sim", **faults) -> "SimSgDevice":
+        """A simulated SCSI generic device on this recorder (the SG_IO seam)."""
+        return SimSgDevice(self, path, **faults)
 
     def _list_page(self, start: int) -> bytes:
         total = len(self.files)
@@ -576,6 +649,149 @@ class RecorderSim:
                 os.close(fd)
 
 
+_SERIAL_FUNCTIONS = {
+    Command.GET_ID_CODE: "get_id_code", Command.WRITE_ZFY_INFO: "write_zfy_info",
+    Command.READ_RESOLUTION: "read_resolution", Command.BATTERY: "read_battery", Command.SET_CLOCK: "sync_dev_time",
+    Command.SET_MSDC: "set_msdc", Command.READ_CLOCK: "read_clock", Command.STORAGE: "storage",
+}
+
+# JieLi "DV16" sub-commands (docs/gat947.md 3.1), written out here independently of the driver's table
+JL_INIT, JL_ID, JL_GET_INFO, JL_WRITE_INFO, JL_TIME, JL_MSDC, JL_RES, JL_BATTERY = 1, 2, 3, 4, 5, 6, 7, 8
+JL_SD, JL_PASSWORD, JL_STATUS = 12, 13, 14
+_JL_FUNCTIONS = {JL_INIT: "init_device", JL_ID: "get_id_code", JL_GET_INFO: "get_zfy_info",
+                 JL_WRITE_INFO: "write_zfy_info", JL_TIME: "sync_dev_time", JL_MSDC: "set_msdc",
+                 JL_RES: "read_resolution", JL_BATTERY: "read_battery"}
+INQUIRY_VENDOR, INQUIRY_PRODUCT, INQUIRY_REV = "DV16", "DEVICE V1.00", "1.00"
+
+
+class SimSgDevice:
+    """The recorder as a SCSI generic device answering at the SG_IO seam: ``execute`` has the
+    signature of ``drivers.recorder.sgio.SgDevice.execute`` and returns an ``SgResult``.
+
+    It decodes JieLi vendor CDBs (byte 0 0xFD read / 0xFB write, byte 1 0x81 / 0x82, bytes 2-5 the
+    sub-command big-endian, bytes 6-7 the length big-endian) and standard INQUIRY; anything else is
+    CHECK CONDITION / ILLEGAL REQUEST. The stored password is the 16-byte block the JieLi DLL reads.
+
+    Faults: ``timeouts=N`` the first N commands time out (host status DID_TIME_OUT);
+    ``unit_attention=N`` the first N commands end in CHECK CONDITION / UNIT ATTENTION;
+    ``gone=True`` every command raises RecorderGone (the device was unplugged); the recorder's
+    ``unsupported``, ``short_answers``, ``time_sync_fail``, ``no_sd``, ``wrong_password`` apply too.
+    """
+
+    def __init__(self, sim: RecorderSim, path: str = "/dev/sg-sim", *, timeouts: int = 0, unit_attention: int = 0,
+                 gone: bool = False):
+        self.sim = sim
+        self.path = path
+        self.timeouts = timeouts
+        self.unit_attention = unit_attention
+        self.gone = gone
+        self.closed = False
+        self.cdbs: list[bytes] = []  # every CDB received, in order
+        self._last_ok = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    @staticmethod
+    def _check(key: int) -> "SgResult":
+        from drivers.recorder.sgio import CHECK_CONDITION, SgResult
+
+        sense = bytearray(18)
+        sense[0], sense[2], sense[7] = 0x70, key, 10
+        return SgResult(status=CHECK_CONDITION, sense=bytes(sense))
+
+    def execute(self, cdb: bytes, direction, data_out: bytes = b"", length_in: int = 0, timeout_ms: int = 2000):
+        from drivers.recorder.errors import RecorderError, RecorderGone
+        from drivers.recorder.sgio import DID_TIME_OUT, Direction, SgResult
+
+        if self.closed:
+            raise RecorderError(f"device closed: {self.path}")
+        if self.gone:
+            raise RecorderGone(f"记录仪已断开 / recorder disconnected ({self.path})")
+        self.cdbs.append(bytes(cdb))
+        if self.timeouts > 0:
+            self.timeouts -= 1
+            return SgResult(host_status=DID_TIME_OUT, duration_ms=timeout_ms)
+        if self.unit_attention > 0:
+            self.unit_attention -= 1
+            return self._check(0x06)
+        sim = self.sim
+        if cdb[:1] == b"\x12":  # INQUIRY
+            d = bytearray(36)
+            d[0], d[1], d[4] = 0x00, 0x80, 31  # direct access, removable
+            d[8:16] = INQUIRY_VENDOR.encode().ljust(8)
+            d[16:32] = INQUIRY_PRODUCT.encode().ljust(16)
+            d[32:36] = INQUIRY_REV.encode().ljust(4)
+            return SgResult(data=bytes(d[:length_in]), resid=max(0, length_in - 36))
+        if len(cdb) != 16 or (cdb[0], cdb[1]) not in ((0xFD, 0x81), (0xFB, 0x82)):
+            return self._check(0x05)
+        sub = int.from_bytes(cdb[2:6], "big")
+        length = int.from_bytes(cdb[6:8], "big")
+        reading = cdb[0] == 0xFD
+        want_dir = Direction.IN if reading else (Direction.OUT if length else Direction.NONE)
+        if direction != want_dir or (reading and length != length_in) or (not reading and length != len(data_out)):
+            return self._check(0x05)  # the CDB and the transfer disagree
+        fn = _JL_FUNCTIONS.get(sub)
+        if fn is not None and fn in sim.unsupported:
+            return self._check(0x05)
+        try:
+            out = self._answer(sub, data_out)
+        except LookupError:
+            return self._check(0x05)
+        if sub != JL_STATUS:
+            self._last_ok = out[1]
+        data = out[0]
+        if reading:
+            if sim.short_answers and sub in (JL_ID, JL_GET_INFO, JL_RES, JL_BATTERY):
+                data = data[:-1]
+            data = data[:length]
+            return SgResult(data=data, resid=length - len(data))
+        return SgResult()
+
+    def _answer(self, sub: int, data: bytes) -> tuple[bytes, bool]:
+        """(data to the host, whether the command succeeded: what the status read reports)."""
+        sim = self.sim
+        if sub == JL_INIT:
+            return b"", True
+        if sub == JL_ID:
+            return sim.id_code.encode("ascii").ljust(6, b"\x00")[:6], True
+        if sub == JL_GET_INFO:
+            return sim.info.encode("89"), True
+        if sub == JL_WRITE_INFO:
+            try:
+                info = ZfyInfo.decode(data, "89")
+            except ProtocolError:
+                return b"", False
+            sim.write_info(info)
+            return b"", True
+        if sub == JL_TIME:
+            if len(data) != 7 or sim.time_sync_fail:
+                return b"", False
+            year, month, day, hour, minute, second = struct.unpack("<H5B", data)
+            try:
+                target = _dt.datetime(year, month, day, hour, minute, second, tzinfo=sim.tz)
+            except ValueError:
+                return b"", False
+            sim.set_clock_to(target)
+            return b"", True
+        if sub == JL_MSDC:
+            if sim.msdc_fail:
+                return b"", False
+            sim.enter_msdc()
+            return b"", True
+        if sub == JL_RES:
+            return struct.pack("<ii", *sim.resolution), True
+        if sub == JL_BATTERY:
+            return struct.pack("<i", sim.battery_level), True
+        if sub == JL_SD:
+            return bytes([0 if sim.no_sd else 1, 0, 0, 0]), True
+        if sub == JL_PASSWORD:
+            return sim.device_password.rstrip(b"\x00").ljust(16, b"\x00"), True
+        if sub == JL_STATUS:
+            return bytes([0 if self._last_ok else 1, 0, 0, 0]), True
+        raise LookupError(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.recorder_sim", description="body-worn recorder simulator on a pty")
     ap.add_argument("--link", required=True, help="symlink to create for the serial port, e.g. /tmp/x/ttyREC0")
@@ -611,6 +827,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="fault: these bytes after the records of every file-list page")
     ap.add_argument("--list-short", action="store_true", help="fault: a file-list page announces one record more")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resolution", default="1920x1080", help="recording resolution WxH")
+    ap.add_argument("--id-code", default="JL0001", help="GetIDCode answer (ASCII, up to 6)")
+    ap.add_argument("--unsupported", action="append", default=[],
+                    help="fault: a function the recorder does not know (e.g. read_resolution; repeatable)")
+    ap.add_argument("--short-answers", action="store_true", help="fault: query answers one byte short")
+    ap.add_argument("--no-sd", action="store_true", help="fault: no SD card, SetMSDC fails")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -624,6 +846,8 @@ def main(argv: list[str] | None = None) -> int:
         clock_fixed=a.clock_fixed, no_clock_read=a.no_clock_read, storage_full=a.full, wrong_password=a.wrong_password,
         time_sync_fail=a.time_sync_fail, msdc_fail=a.msdc_fail, inject_names=a.inject_name,
         list_trailing=a.list_trailing, list_short=a.list_short, seed=a.seed,
+        resolution=tuple(int(x) for x in a.resolution.lower().split("x", 1)), id_code=a.id_code,
+        unsupported=a.unsupported, short_answers=a.short_answers, no_sd=a.no_sd,
     )
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

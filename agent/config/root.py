@@ -20,6 +20,7 @@ from .log import LogConfig
 from .mqtt import MqttConfig
 from .roles import RolesConfig
 from .room import RoomConfig
+from .scsi import ScsiConfig
 from .storage import StorageConfig
 from .uplink import UplinkConfig
 
@@ -41,6 +42,8 @@ class Config(ConfigModel):
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig, description="The central archive receiver.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Health reports and alarm thresholds.")
     dock: DockConfig = Field(default_factory=DockConfig, description="Docking station (issue 4; owner: dock).")
+    scsi: ScsiConfig = Field(default_factory=ScsiConfig,
+                             description="Vendor SCSI command tables of recorders driven through SG_IO (issue 15).")
     room: RoomConfig = Field(default_factory=RoomConfig, description="Interview room (issue 5; owner: room session).")
     control: ControlConfig = Field(default_factory=ControlConfig, description="Local control socket (owner: room session).")
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig, description="Encryption at rest (owner: lead).")

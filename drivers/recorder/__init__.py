@@ -1,9 +1,13 @@
-"""Body-worn recorder (执法记录仪) driver: command channel over USB serial, records,
-file numbers, safe names, and plain mass-storage recorders. See docs/recorder-protocol.md."""
+"""Body-worn recorder (执法记录仪) driver: one command set (the GA/T 947 行标 functions plus the
+station's serial extras, ``commands.py``) over two transports (the serial framing, ``client.py``;
+SCSI pass-through via SG_IO with a per-vendor table, ``scsi.py`` / ``sgio.py``), records, file
+numbers, safe names, and plain mass-storage recorders. See docs/recorder-protocol.md and
+docs/gat947.md."""
 
 from __future__ import annotations
 
-from .client import LinkStats, RecorderClient
+from .client import LinkStats, RecorderClient, SerialTransport
+from .commands import Function, Recorder, Resolution, assign
 from .errors import (
     AuthError,
     ProtocolError,
@@ -41,6 +45,11 @@ __all__ = [
     "Storage",
     "UnsafeName",
     "Unsupported",
+    "Function",
+    "Recorder",
+    "Resolution",
+    "SerialTransport",
+    "assign",
     "ZfyInfo",
     "crc16",
     "derive_recorder_id",

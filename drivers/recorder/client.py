@@ -1,45 +1,51 @@
-"""Station side of the recorder command channel over USB serial (CDC-ACM)."""
+"""The serial transport of the recorder command set: the framing of docs/recorder-protocol.md
+over USB serial (CDC-ACM), and :class:`RecorderClient`, a :class:`~drivers.recorder.commands.Recorder`
+on a serial port."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
 import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
 
 import serial
 
-from .errors import AuthError, ProtocolError, RecorderError, RecorderGone, RecorderRefused, RecorderTimeout, Unsupported
-from .naming import safe_name
+from .commands import Function, Recorder, Resolution
+from .errors import ProtocolError, RecorderError, RecorderGone, RecorderTimeout
 from .protocol import (
-    MAX_PAYLOAD,
     RESPONSE_BIT,
     SUCCESS,
     Command,
     FrameDecoder,
     Result,
     encode_frame,
-    result_text,
 )
-from .zfy import (
-    DEVICE_TIME_LEN,
-    Battery,
-    FileRecord,
-    Storage,
-    ZfyInfo,
-    decode_device_time,
-    decode_file_record,
-    encode_device_time,
-)
+from .zfy import Battery, ZfyInfo, decode_id_code, encode_device_time
 
 logger = logging.getLogger(__name__)
 
 PASSWORD_LEN = 6
 POLL = 0.05  # seconds, granularity of the response deadline
+
+#: the serial command of each function of the command set
+COMMANDS = {
+    Function.INIT_DEVICE: Command.IDENTIFY,
+    Function.GET_ID_CODE: Command.GET_ID_CODE,
+    Function.GET_ZFY_INFO: Command.IDENTIFY,
+    Function.WRITE_ZFY_INFO: Command.WRITE_ZFY_INFO,
+    Function.SYNC_DEV_TIME: Command.SET_CLOCK,
+    Function.SET_MSDC: Command.SET_MSDC,
+    Function.READ_RESOLUTION: Command.READ_RESOLUTION,
+    Function.READ_BATTERY: Command.BATTERY,
+    Function.AUTHENTICATE: Command.AUTH,
+    Function.READ_CLOCK: Command.READ_CLOCK,
+    Function.STORAGE: Command.STORAGE,
+    Function.LIST_FILES: Command.LIST_FILES,
+    Function.ERASE: Command.ERASE,
+}
 
 
 @dataclass
@@ -56,31 +62,56 @@ def _cmd_name(cmd: int) -> str:
         return f"0x{cmd:02x}"
 
 
-class RecorderClient:
-    """One recorder on one serial port. Not shared between threads without its lock
-    (every request holds it). ``timeout`` is per attempt; a request is sent at most
-    ``1 + retries`` times with the same sequence number, so the recorder can answer
-    a repeated request from its cache instead of executing it twice.
+class SerialCodec:
+    """Value layouts on the serial channel (docs/recorder-protocol.md)."""
 
-    Example::
+    zfy_len = 89
 
-        with RecorderClient("/dev/ttyACM0") as rec:
-            info = rec.identify()
-            rec.authenticate("000000")
-            rec.set_clock(datetime.now().astimezone())  # keep the fraction: see set_clock
-            mount = rec.mass_storage()
-    """
+    def encode_zfy(self, info: ZfyInfo) -> bytes:
+        return info.encode("89")
+
+    def decode_zfy(self, data: bytes) -> ZfyInfo:
+        return ZfyInfo.decode(data, "89")
+
+    def encode_time(self, ts) -> bytes:
+        return encode_device_time(ts)  # "YYYYMMDDhhmmss+0800": the zone of ts travels with it
+
+    def decode_battery(self, data: bytes) -> Battery:
+        if len(data) != 2 or data[0] > 100 or data[1] > 1:
+            raise ProtocolError(f"电量应答错误 / bad battery answer {data.hex()}")
+        return Battery(level=data[0], charging=bool(data[1]))
+
+    def decode_resolution(self, data: bytes) -> Resolution:
+        if len(data) != 4:
+            raise ProtocolError(f"分辨率应答错误 / bad resolution answer {data.hex()} (expected 4 bytes)")
+        w, h = struct.unpack(">HH", data)
+        if not (w and h):
+            raise ProtocolError(f"分辨率应答错误 / bad resolution answer {w}x{h}")
+        return Resolution(w, h)
+
+    def decode_id_code(self, data: bytes) -> str:
+        return decode_id_code(data)
+
+
+class SerialTransport:
+    """The framing over one serial port. ``timeout`` is per attempt; a request is sent at most
+    ``1 + retries`` times with the same sequence number, so the recorder can answer a repeated
+    request from its cache instead of executing it twice. Thread-safe (every request holds a lock)."""
+
+    kind = "serial"
+    codec = SerialCodec()
 
     def __init__(self, port_path: str, timeout: float = 1.0, retries: int = 3, *, baudrate: int = 115200):
         if timeout <= 0 or retries < 0:
             raise ValueError("timeout must be > 0 and retries >= 0")
-        self.port_path = port_path
+        self.port_path = self.where = port_path
         self.timeout = timeout
         self.retries = retries
         self.stats = LinkStats()
         self._decoder = FrameDecoder()
         self._lock = threading.Lock()
         self._seq = int.from_bytes(os.urandom(1), "big")
+        self._port = None
         try:
             # a short read timeout: read() returns as soon as a byte arrives, and the
             # loop in _await checks the deadline (changing .timeout would reconfigure termios)
@@ -93,29 +124,33 @@ class RecorderClient:
             raise RecorderError(f"无法打开记录仪串口 / cannot open recorder port {port_path}: {exc}") from exc
         logger.debug("opened recorder port %s", port_path)
 
-    # --- lifecycle ---------------------------------------------------------------
-
     def close(self) -> None:
-        port, self._port = getattr(self, "_port", None), None
+        port, self._port = self._port, None
         if port is not None:
             try:
                 port.close()
             except (OSError, serial.SerialException):
                 pass
 
-    def __enter__(self) -> RecorderClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     @property
     def decoder(self) -> FrameDecoder:
-        """Framing counters: ``frames``, ``bad_frames``, ``discarded_bytes``."""
         return self._decoder
 
-    # --- transport ---------------------------------------------------------------
+    # --- the command set's view ----------------------------------------------------------------
+    def supports(self, fn: Function) -> bool:
+        return fn in COMMANDS
 
+    def success(self, fn: Function) -> int:
+        return int(SUCCESS[COMMANDS[fn]]) if fn in COMMANDS else int(Result.CONNECT_OK)
+
+    def call(self, fn: Function, payload: bytes = b"") -> tuple[int, bytes]:
+        return self.request(COMMANDS[fn], payload)
+
+    def authenticate(self, password: bytes) -> tuple[int, bytes]:
+        """AUTH: valid for this connection (until the recorder is unplugged)."""
+        return self.request(Command.AUTH, password.ljust(PASSWORD_LEN, b"\x00"))
+
+    # --- framing ---------------------------------------------------------------------------------
     def _gone(self, exc: BaseException | None = None) -> RecorderGone:
         detail = f": {exc}" if exc else ""
         return RecorderGone(f"记录仪已断开 / recorder disconnected ({self.port_path}){detail}")
@@ -176,145 +211,37 @@ class RecorderClient:
             f"({1 + self.retries} attempts, {self.timeout:g} s each, {self.port_path})"
         )
 
-    def _call(self, cmd: Command, payload: bytes = b"") -> bytes:
-        code, data = self.request(cmd, payload)
-        if code == SUCCESS[cmd]:
-            return data
-        text = result_text(code)
-        if code in (Result.PASSWORD_FAIL, Result.AUTH_REQUIRED):
-            raise AuthError(f"{text} ({cmd.name})")
-        if code == Result.UNKNOWN_COMMAND:
-            raise Unsupported(f"{text} ({cmd.name})")
-        if code == Result.BAD_REQUEST:
-            raise ProtocolError(f"{text} ({cmd.name})")
-        try:
-            Result(code)
-        except ValueError:
-            raise ProtocolError(f"{text} ({cmd.name})") from None
-        raise RecorderRefused(f"{text} ({cmd.name})", code)
 
-    # --- commands ----------------------------------------------------------------
+class RecorderClient(Recorder):
+    """One recorder on one serial port: the command set over :class:`SerialTransport`.
 
-    def identify(self) -> ZfyInfo:
-        """Init_Device + GetZFYInfo."""
-        data = self._call(Command.IDENTIFY)
-        return ZfyInfo.decode(data)
+    Example::
 
-    def authenticate(self, password: str) -> None:
-        """Admin password (up to 6 ASCII bytes, NUL-padded). AuthError if refused."""
-        try:
-            raw = password.encode("ascii")
-        except UnicodeEncodeError:
-            raise AuthError("管理员密码须为ASCII字符 / admin password must be ASCII") from None
-        if not 1 <= len(raw) <= PASSWORD_LEN or b"\x00" in raw:
-            raise AuthError(f"管理员密码须为1至6字节 / admin password must be 1 to {PASSWORD_LEN} bytes")
-        self._call(Command.AUTH, raw.ljust(PASSWORD_LEN, b"\x00"))
+        with RecorderClient("/dev/ttyACM0") as rec:
+            info = rec.identify()
+            rec.authenticate("000000")
+            rec.set_clock(datetime.now().astimezone())  # keep the fraction: see sync_dev_time
+            mount = rec.mass_storage()
+    """
 
-    def read_clock(self) -> _dt.datetime:
-        data = self._call(Command.READ_CLOCK)
-        if len(data) != DEVICE_TIME_LEN:
-            raise ProtocolError(f"时钟应答长度错误 / clock answer is {len(data)} bytes, expected {DEVICE_TIME_LEN}")
-        return decode_device_time(data)
+    def __init__(self, port_path: str, timeout: float = 1.0, retries: int = 3, *, baudrate: int = 115200):
+        super().__init__(SerialTransport(port_path, timeout, retries, baudrate=baudrate))
 
-    def clock_skew(self) -> float:
-        """Recorder clock minus station clock, seconds. The device reports whole
-        seconds (truncated), so its reading stands for the middle of that second; the
-        station time is the middle of the exchange. Accurate to about ±0.5 s."""
-        before = time.time()
-        device = self.read_clock()
-        after = time.time()
-        return device.timestamp() + 0.5 - (before + after) / 2
+    transport: SerialTransport
 
-    def set_clock(self, ts: _dt.datetime, *, align: bool = True) -> None:
-        """SyncDevTime; ``ts`` must be aware (its offset becomes the device zone).
+    @property
+    def port_path(self) -> str:
+        return self.transport.port_path
 
-        The device takes whole seconds: with ``align`` and a ``ts`` that has a
-        fraction, the call waits for the next whole second of ``ts`` and sends that,
-        so the device ends up within transmission delay of ``ts`` (not up to 1 s behind)."""
-        if ts.tzinfo is None or ts.utcoffset() is None:
-            raise ValueError("set_clock needs an aware datetime (e.g. +08:00)")
-        if align and ts.microsecond:
-            wait = 1 - ts.microsecond / 1e6
-            ts = ts.replace(microsecond=0) + _dt.timedelta(seconds=1)
-            time.sleep(wait)
-        self._call(Command.SET_CLOCK, encode_device_time(ts))
+    @property
+    def stats(self) -> LinkStats:
+        return self.transport.stats
 
-    def battery(self) -> Battery:
-        data = self._call(Command.BATTERY)
-        if len(data) != 2 or data[0] > 100 or data[1] > 1:
-            raise ProtocolError(f"电量应答错误 / bad battery answer {data.hex()}")
-        return Battery(level=data[0], charging=bool(data[1]))
+    @property
+    def decoder(self) -> FrameDecoder:
+        """Framing counters: ``frames``, ``bad_frames``, ``discarded_bytes``."""
+        return self.transport.decoder
 
-    def storage(self) -> Storage:
-        data = self._call(Command.STORAGE)
-        if len(data) != 16:
-            raise ProtocolError(f"存储应答错误 / bad storage answer {data.hex()}")
-        used, free = struct.unpack(">QQ", data)
-        return Storage(used=used, free=free)
-
-    def mass_storage(self) -> str:
-        """SetMSDC; returns the mount path where the recorder's files appear."""
-        data = self._call(Command.SET_MSDC)
-        try:
-            path = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolError(f"挂载路径编码错误 / mount path is not UTF-8: {data.hex()}") from None
-        if not path.startswith("/") or "\x00" in path:
-            raise ProtocolError(f"挂载路径无效 / mount path must be absolute: {path!r}")
-        return path
-
-    def file_records(self) -> Iterator[FileRecord]:
-        """Every file on the recorder, in the recorder's order, page by page (LIST_FILES from
-        index k). Each page is checked whole before any of its records is yielded: the announced
-        total must not change, a page before the end must not be empty, the page must hold
-        exactly the records it announces (a truncated record or trailing bytes are a
-        ProtocolError), and no more records than the total may arrive.
-
-        Names are NOT checked here: run each through ``safe_name`` before using it (``list_files``
-        does; the dock sets unsafe entries aside and copies the rest)."""
-        seen = 0
-        total = None
-        while total is None or seen < total:
-            data = self._call(Command.LIST_FILES, struct.pack(">H", seen))
-            if len(data) < 3:
-                raise ProtocolError("文件列表应答过短 / file list answer too short")
-            page_total, count = struct.unpack_from(">HB", data)
-            if total is None:
-                total = page_total
-            elif page_total != total:
-                raise ProtocolError(
-                    f"文件列表在读取中变化 / file list changed while reading ({total} -> {page_total})"
-                )
-            if count == 0 and seen < total:
-                raise ProtocolError("文件列表分页为空 / empty file list page before the end")
-            page = []
-            offset = 3
-            for _ in range(count):
-                rec, offset = decode_file_record(data, offset)
-                page.append(rec)
-            if offset != len(data):
-                raise ProtocolError(
-                    f"文件列表有多余字节 / trailing bytes in file list page ({len(data) - offset} after "
-                    f"{count} records)"
-                )
-            seen += count
-            if seen > total:
-                raise ProtocolError(f"文件列表超出总数 / more files than announced ({seen} > {total})")
-            yield from page
-
-    def list_files(self) -> list[FileRecord]:
-        """Every file on the recorder, in the recorder's order. UnsafeName if the
-        recorder reports a name with a path, NUL, control characters..."""
-        records = []
-        for rec in self.file_records():
-            safe_name(rec.name)
-            records.append(rec)
-        return records
-
-    def erase(self, name: str) -> None:
-        """Erase one file. RecorderRefused(result=13) for important/locked files,
-        RecorderRefused(result=12) if the recorder has no such file."""
-        raw = safe_name(name).encode("utf-8")
-        if len(raw) > MAX_PAYLOAD:
-            raise ValueError("name too long")
-        self._call(Command.ERASE, raw)
+    def request(self, cmd: int, payload: bytes = b"") -> tuple[int, bytes]:
+        """One raw request on the serial channel: (result code, data after the code)."""
+        return self.transport.request(cmd, payload)

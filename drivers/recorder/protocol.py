@@ -38,6 +38,9 @@ class Command(IntEnum):
     SET_MSDC = 0x07  # switch to mass storage
     LIST_FILES = 0x08
     ERASE = 0x09
+    GET_ID_CODE = 0x0A  # GetIDCode
+    WRITE_ZFY_INFO = 0x0B  # WriteZFYInfo (auth)
+    READ_RESOLUTION = 0x0C  # ReadDeviceResolution
 
 
 class Result(IntEnum):
@@ -70,10 +73,13 @@ SUCCESS = {
     Command.SET_MSDC: Result.MSDC_OK,
     Command.LIST_FILES: Result.OK,
     Command.ERASE: Result.ERASE_OK,
+    Command.GET_ID_CODE: Result.CONNECT_OK,
+    Command.WRITE_ZFY_INFO: Result.CONNECT_OK,
+    Command.READ_RESOLUTION: Result.OK,
 }
 
 #: Commands the recorder refuses with AUTH_REQUIRED until AUTH succeeded.
-NEEDS_AUTH = frozenset({Command.SET_CLOCK, Command.SET_MSDC, Command.ERASE})
+NEEDS_AUTH = frozenset({Command.SET_CLOCK, Command.SET_MSDC, Command.ERASE, Command.WRITE_ZFY_INFO})
 
 RESULT_TEXT = {
     Result.CONNECT_OK: "连接成功 / connected",

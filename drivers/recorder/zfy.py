@@ -13,15 +13,22 @@ from .errors import ProtocolError
 
 CHINA_TZ = _dt.timezone(_dt.timedelta(hours=8), "+0800")
 
-# ZFY_INFO field widths (bytes, GBK, NUL-padded)
-ZFY_FIELDS = (
-    ("serial", 7),
-    ("officer_number", 6),
-    ("officer_name", 32),
-    ("unit_number", 12),
-    ("unit_name", 32),
-)
+# ZFY_INFO field widths (bytes, GBK, NUL-padded). Two layouts circulate (docs/gat947.md 1.5):
+# "89" = 7/6/32/12/32, a full field has no terminator (the serial channel, the JieLi SCSI table);
+# "94" = 8/7/33/13/33, the same usable lengths plus one NUL terminator per field.
+ZFY_NAMES = ("serial", "officer_number", "officer_name", "unit_number", "unit_name")
+ZFY_LAYOUTS = {"89": (7, 6, 32, 12, 32), "94": (8, 7, 33, 13, 33)}
+ZFY_FIELDS = tuple(zip(ZFY_NAMES, ZFY_LAYOUTS["89"]))
 ZFY_INFO_LEN = sum(width for _, width in ZFY_FIELDS)  # 89
+
+
+def _layout(layout: str) -> tuple[tuple[tuple[str, int], ...], int]:
+    """(fields with their widths, bytes reserved for a terminator per field)."""
+    try:
+        widths = ZFY_LAYOUTS[layout]
+    except KeyError:
+        raise ValueError(f"unknown ZFY_INFO layout {layout!r} (89 or 94)") from None
+    return tuple(zip(ZFY_NAMES, widths)), (1 if layout == "94" else 0)
 
 
 @dataclass(frozen=True)
@@ -35,29 +42,32 @@ class ZfyInfo:
     unit_number: str
     unit_name: str
 
-    def encode(self) -> bytes:
-        """89 bytes, each field GBK and NUL-padded; ValueError if a field does not fit."""
+    def encode(self, layout: str = "89") -> bytes:
+        """89 (or 94) bytes, each field GBK and NUL-padded; ValueError if a field does not fit."""
+        fields, term = _layout(layout)
         out = bytearray()
-        for field, width in ZFY_FIELDS:
+        for field, width in fields:
             value = getattr(self, field)
             try:
                 raw = value.encode("gbk")
             except UnicodeEncodeError:
                 raise ValueError(f"ZFY_INFO {field}: {value!r} is not encodable in GBK") from None
-            if len(raw) > width or b"\x00" in raw:
-                raise ValueError(f"ZFY_INFO {field}: {value!r} is {len(raw)} GBK bytes, at most {width}")
+            if len(raw) > width - term or b"\x00" in raw:
+                raise ValueError(f"ZFY_INFO {field}: {value!r} is {len(raw)} GBK bytes, at most {width - term}")
             out += raw.ljust(width, b"\x00")
         return bytes(out)
 
     @classmethod
-    def decode(cls, data: bytes) -> ZfyInfo:
-        if len(data) != ZFY_INFO_LEN:
+    def decode(cls, data: bytes, layout: str = "89") -> ZfyInfo:
+        fields, _ = _layout(layout)
+        size = sum(w for _, w in fields)
+        if len(data) != size:
             raise ProtocolError(
-                f"ZFY_INFO 长度错误 / ZFY_INFO is {len(data)} bytes, expected {ZFY_INFO_LEN}"
+                f"ZFY_INFO 长度错误 / ZFY_INFO is {len(data)} bytes, expected {size}"
             )
         values = {}
         offset = 0
-        for field, width in ZFY_FIELDS:
+        for field, width in fields:
             raw = data[offset : offset + width].split(b"\x00", 1)[0]
             offset += width
             try:
@@ -67,6 +77,14 @@ class ZfyInfo:
                     f"ZFY_INFO 字段非GBK编码 / ZFY_INFO {field} is not valid GBK: {raw.hex()}"
                 ) from None
         return cls(**values)
+
+
+def decode_id_code(data: bytes) -> str:
+    """GetIDCode's answer: printable ASCII up to 8 bytes, NUL-padded."""
+    raw = data.split(b"\x00", 1)[0]
+    if not raw or len(raw) > 8 or not all(0x20 < b < 0x7F for b in raw):
+        raise ProtocolError(f"厂商型号代码无效 / bad ID code {data.hex()} (printable ASCII, 1-8 bytes)")
+    return raw.decode("ascii")
 
 
 class FileType(IntEnum):
@@ -85,7 +103,7 @@ class Mark(IntEnum):
 @dataclass(frozen=True)
 class Battery:
     level: int  # percent 0..100
-    charging: bool
+    charging: bool | None  # None: the transport does not report it (行标 has no charging flag)
 
 
 @dataclass(frozen=True)
