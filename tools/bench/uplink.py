@@ -50,6 +50,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_online(port: int, rid: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until archive receiver ``rid`` has published its online status (it subscribes first)."""
+    from agent.wire.mqtt import ConnSettings, exchange
+    from agent.wire.topics import Topics
+
+    topic = Topics("edge").archive_receiver(rid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        ex = exchange(ConnSettings("127.0.0.1", port, f"bench-wait-{os.getpid()}"), subscribe=(topic,), timeout=5,
+                      until=lambda msgs: any(b'"online"' in b for _t, b, _p in msgs))
+        if any(b'"online"' in b for _t, b, _p in ex.messages):
+            return
+    raise SystemExit(f"archive receiver {rid} did not come online within {timeout:.0f} s")
+
+
 def start_broker(work: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     conf = work / "mosquitto.conf"
@@ -190,7 +205,7 @@ def ours(work: Path, port: int, cfg, store, ids: list[str], broker_pid: int, arc
                            archive_log], stdout=log, stderr=log,
                           start_new_session=True)
     try:
-        time.sleep(1.5)
+        _wait_online(port, "bench-archive", ar)  # the receiver subscribed: no request is lost to a late start
         agent = Agent(cfg, store=store)
         up = make_component(agent)
         t0 = time.monotonic()
