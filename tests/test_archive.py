@@ -84,12 +84,15 @@ def test_bad_wire_input_refused_receiver_keeps_running(broker, tmp_path):
         mp = P.manifest_props(sig)
         refused(w.send(item, "manifest", b"{not json", mp), "rejected", "not valid JSON")
         refused(w.send(item, "manifest", b"[" + b" " * 70_000 + b"]", mp), "rejected", "exceeds the limit")
-        big, bsig = _resigned(t.store, d, lambda m: m["files"][0].update(size=5 << 20))
+        big, bsig = _resigned(t.store, d, lambda m: (m["files"][0].update(size=5 << 20),
+                                                     m["segments"][-1].update(size=5 << 20)))
         refused(w.send(item, "manifest", big, P.manifest_props(bsig)), "rejected", "exceeds the archive's limit")
         for evil in ("../../evil", "/etc/evil", "a\x00b", "..", ".hidden"):
             data, s = _resigned(t.store, d, lambda m: m["metadata"].update(case_number=evil))
             refused(w.send(item, "manifest", data, P.manifest_props(s)), "rejected", "case number")
         data, s = _resigned(t.store, d, lambda m: m["device"].update(unit_code="../evil"))
+        refused(w.send(item, "manifest", data, P.manifest_props(s)), "rejected", "unit code '../evil' refused")
+        data, s = _resigned(t.store, d, lambda m: m["device"].update(unit_code="330199000000"))
         refused(w.send(item, "manifest", data, P.manifest_props(s)), "rejected", "differs from the unit")
         other = keys.generate(tmp_path / "other.key", tmp_path / "other.pub")
         refused(w.send(item, "manifest", mbytes, P.manifest_props(mf.signature_record(other, mbytes))),

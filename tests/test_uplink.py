@@ -81,23 +81,37 @@ def test_chunk_header_form_and_its_bad_input():
     assert P.chunk_corr(b"garbage") is None
 
 
-def test_manifest_parse_refuses_bad_input():
-    good = {"item_id": "i1", "device": {"id": "d1"}, "files": [{"name": "a", "size": 10}]}
+def test_manifest_parse_refuses_bad_input(tmp_path):
+    from agent.evidence import hashing, manifest as mf
+
+    store = open_store(agent_config(tmp_path, 1883))
+    item = add_items(store, tmp_path, [10])[0]
+    raw = (store.item_dir(item) / mf.MANIFEST).read_bytes()
+    good, dev = json.loads(raw), "dock-0001"
     props = dict(P.manifest_props(b'{"sig": 1}\n'))
-    m = P.parse_manifest(json.dumps(good).encode(), props, item="i1", device="d1")
+    m = P.parse_manifest(raw, props, item=item, device=dev)
     assert m.sig == b'{"sig": 1}\n' and m.total_size == 10
+
+    def edited(change) -> bytes:
+        doc = json.loads(raw)
+        change(doc)
+        return hashing.canonical(doc)
+
+    def sized(n):
+        return lambda d: (d["files"][0].update(size=n), d["segments"][0].update(size=n))
     cases = [
         (b"not json", props, "not valid JSON"),
-        (json.dumps(good).encode(), {}, "sig"),
-        (json.dumps(dict(good, item_id="other")).encode(), props, "does not match"),
-        (json.dumps(dict(good, files=[{"name": "../x", "size": 1}])).encode(), props, "unsafe name"),
-        (json.dumps(dict(good, files=[{"name": "a", "size": -1}])).encode(), props, "non-negative"),
-        (json.dumps(dict(good, files=[{"name": "a", "size": 10**12}])).encode(), props, "exceeds the archive's limit"),
+        (raw, {}, "sig"),
+        (edited(lambda d: d.update(item_id="dock-0001-x")), props, "does not match"),
+        (edited(lambda d: d["files"][0].update(name="../x")), props, "not a plain file name"),
+        (edited(sized(-1)), props, "must be an integer from 0"),
+        (edited(sized(10**12)), props, "exceeds the archive's limit"),
+        (json.dumps(good).encode(), props, "not in canonical form"),
         (b"{" + b" " * 5000 + b"}", props, "exceeds the limit"),
     ]
     for payload, pr, reason in cases:
         with pytest.raises(P.ProtocolError, match=reason):
-            P.parse_manifest(payload, pr, item="i1", device="d1", max_manifest=4096, max_item=10**9)
+            P.parse_manifest(payload, pr, item=item, device=dev, max_manifest=4096, max_item=10**9)
 
 
 def test_checkpoint_signed_and_checked(tmp_path):

@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 
+from agent.evidence import rules
 from agent.wire import protocol as P
 
 _CTRL = re.compile(r"[\x00-\x1f\x7f]")
@@ -33,15 +34,12 @@ def utf8(value: str, what: str) -> str:
 
 
 def safe_case(case: object) -> str:
-    """A case number usable as one directory level; refuses paths, NUL, control characters."""
-    if not isinstance(case, str) or not case.strip():
-        raise P.ProtocolError("case number missing")
-    utf8(case, "case number")
-    if "/" in case or "\\" in case or "\x00" in case or _CTRL.search(case):
-        raise P.ProtocolError(f"case number {case!r} contains a path separator, NUL or control character")
-    if case in (".", "..") or case.startswith((".", "_")) or len(case) > 64 or len(case.encode()) > 255:
-        raise P.ProtocolError(f"case number {case!r} is not usable as a directory name "
-                              "(leading '.' or '_', or longer than 64 characters)")
+    """A case number usable as one directory level, by the rule the edge applies at ingest
+    (:func:`agent.evidence.rules.case_number_problem`: no path, NUL, control or invisible
+    character, lone surrogate, leading '.' or '_')."""
+    problem = rules.case_number_problem(case)
+    if problem:
+        raise P.ProtocolError(rules.message("case_number", case, problem))
     return case
 
 

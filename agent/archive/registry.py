@@ -10,17 +10,14 @@ The archive's own audit log (调阅监督: every retrieval and export) is the sa
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from agent.common.errors import EdgeError, NotFoundError
-from ..evidence import keys
+from ..evidence import keys, rules
 from agent.common.audit import AuditLog
 from agent.common.fs import atomic_write
 from agent.common.sqlite import Database
 from agent.common.timeutil import now_iso
-
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_archive", """
@@ -86,9 +83,9 @@ class ArchiveDB(Database):
 
 
 def check_id(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
-        raise EdgeError(f"{kind} {value!r}: letters, digits, '_', '.', '-' only, 1-64 characters, no path")
-    return value
+    """Device ids, unit codes, item ids by the rules the edge applies too (agent.evidence.rules)."""
+    return rules.check({"device": "device_id", "device id": "device_id", "unit": "unit_code",
+                        "unit code": "unit_code", "item": "item_id"}[kind], value)
 
 
 class Registry:
@@ -136,6 +133,9 @@ class Registry:
         row = self.device(device)
         ring = keys.KeyRing()
         ring.add(keys.parse_public(row["pubkey"].encode()), device)
+        ring.load_annotators(self.keys_dir, row["unit"])
+        for other in self.db.query("SELECT id, key_id FROM devices WHERE id != ?", [device]):
+            ring.device_of.setdefault(other["key_id"], other["id"])  # named in refusals, never trusted here
         return ring
 
     def public(self, device: str):

@@ -109,7 +109,11 @@ class KeyRing:
 
     def __init__(self) -> None:
         self.by_id: dict[str, Ed25519PublicKey] = {}
+        #: key id -> device id (the enrolment record: ``DEVICE_ID.pub`` in a keys directory)
         self.device_of: dict[str, str] = {}
+        #: key id -> unit code of an annotator key (``annotators/UNIT/NAME.pub``): may sign
+        #: annotations of that unit's items, never a manifest
+        self.annotators: dict[str, str] = {}
 
     def add(self, public: Ed25519PublicKey, device_id: str | None = None) -> str:
         kid = key_id(public)
@@ -117,6 +121,18 @@ class KeyRing:
         if device_id:
             self.device_of[kid] = device_id
         return kid
+
+    def add_annotator(self, public: Ed25519PublicKey, unit_code: str) -> str:
+        kid = key_id(public)
+        self.by_id[kid] = public
+        self.annotators[kid] = unit_code
+        return kid
+
+    def load_annotators(self, keys_dir: Path, unit_code: str | None = None) -> None:
+        """Annotator keys under ``keys_dir/annotators/UNIT/*.pub`` (only ``unit_code``'s if given)."""
+        base = Path(keys_dir) / "annotators"
+        for p in sorted(base.glob(f"{unit_code or '*'}/*.pub")) if base.is_dir() else []:
+            self.add_annotator(load_public(p), p.parent.name)
 
     @classmethod
     def from_paths(cls, key: str | os.PathLike | None = None, keys_dir: str | os.PathLike | None = None) -> "KeyRing":
@@ -129,6 +145,7 @@ class KeyRing:
                 raise EdgeError(f"{d}: keys directory not found")
             for p in sorted(d.glob("*.pub")):
                 ring.add(load_public(p), device_id=p.stem)
+            ring.load_annotators(d)
         return ring
 
     def get(self, kid: str) -> Ed25519PublicKey | None:

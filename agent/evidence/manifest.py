@@ -15,7 +15,7 @@ from typing import Any
 from .. import __version__
 from agent.common.errors import EdgeError, MetadataError
 from agent.common.timeutil import parse_iso
-from . import hashing, keys
+from . import hashing, keys, rules, strict
 
 FORMAT = "edge-agent-evidence/1"
 ANNOTATION_FORMAT = "edge-agent-annotation/1"
@@ -50,10 +50,17 @@ def _text(field: str, value: Any, limit: int = 200) -> str:
 
 
 def check_case_number(value: Any) -> str:
-    v = _text("case_number", value, 64)
-    if "/" in v or "\\" in v or v in (".", ".."):
-        raise MetadataError(f"{LABELS['case_number']}: {v!r} must not contain '/' or '\\'")
-    return v
+    """Input is stripped of surrounding white space, then must satisfy the one case-number rule the
+    archive applies too (:func:`agent.evidence.rules.case_number_problem`)."""
+    if not isinstance(value, str) or not value.strip():
+        raise MetadataError(f"{LABELS['case_number']}: missing (必填 / required)")
+    return rules.check_case_number(value.strip())
+
+
+def check_device(device_id: Any, unit_code: Any) -> None:
+    """The device id and unit code every sealed item carries, by the rules the archive files by."""
+    rules.check_device_id(device_id)
+    rules.check_unit_code(unit_code)
 
 
 #: where a recorder item's capture-time correction (metadata ``clock_offset_*``) comes from
@@ -171,7 +178,7 @@ def build(
     manifest = dict(header)
     manifest["segments"] = segments
     manifest["item_hash"] = (links[-1] if links else head).hex()
-    return manifest
+    return strict.check_manifest(manifest, f"manifest of {item_id}")  # what the archive will read
 
 
 def header_of(manifest: dict) -> dict:
@@ -189,24 +196,17 @@ def signature_record(private, data: bytes) -> bytes:
 
 
 def parse_signature(data: bytes, where: str) -> dict:
+    """A ``.sig`` file, read strictly (:func:`agent.evidence.strict.parse_signature`)."""
     try:
-        rec = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise EdgeError(f"{where}: signature file is not JSON") from None
-    if not isinstance(rec, dict) or rec.get("alg") != "ed25519" or not isinstance(rec.get("key_id"), str) \
-            or not isinstance(rec.get("sig"), str):
-        raise EdgeError(f"{where}: signature file lacks alg=ed25519, key_id, sig")
-    return rec
+        rec = strict.loads(data, where)
+    except strict.FormatError as exc:
+        raise strict.FormatError(f"{where}: signature file is not JSON as specified ({exc})") from None
+    return strict.check_signature_record(rec, f"{where} (signature file)")
 
 
 def parse(data: bytes, where: str = MANIFEST) -> dict:
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise EdgeError(f"{where}: not valid JSON") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise EdgeError(f"{where}: not an {FORMAT} manifest")
-    return obj
+    """Manifest bytes, read strictly: canonical, no duplicate or unknown field, every type as documented."""
+    return strict.parse_manifest(data, where)
 
 
 def manifest_hash(alg: str, data: bytes) -> str:
@@ -262,9 +262,10 @@ def make_annotation(*, item_id: str, manifest_hash_hex: str, seq: int, prev: str
         names = ", ".join(f"{LABELS[f]} ({(current or {}).get(f)!s} → {changes[f]!s})" for f in changed)
         raise MetadataError(f"修改必填项须说明理由 / changing a mandatory field needs a reason: {names}; "
                             "give --reason \"…\"")
+    changes = dict(changes)
     for field, value in changes.items():
         if field == "case_number":
-            check_case_number(value)
+            changes[field] = check_case_number(value)
         elif field in ("proof", "place", "note", "evidence_mark"):
             if field == "evidence_mark":
                 if not isinstance(value, bool):
@@ -273,7 +274,7 @@ def make_annotation(*, item_id: str, manifest_hash_hex: str, seq: int, prev: str
                 _text(field, value)
         else:
             raise MetadataError(f"{field}: cannot be annotated (allowed: case_number, proof, place, note, evidence_mark)")
-    return {
+    return strict.check_annotation({
         "format": ANNOTATION_FORMAT,
         "item_id": item_id,
         "manifest_hash": manifest_hash_hex,
@@ -284,7 +285,7 @@ def make_annotation(*, item_id: str, manifest_hash_hex: str, seq: int, prev: str
         "actor": actor,
         "set": changes,
         "reason": reason,
-    }
+    }, f"annotation {seq} of {item_id}")
 
 
 def read_annotations(item_dir: Path) -> list[Annotation]:

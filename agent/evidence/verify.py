@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from agent.common.errors import EdgeError, VerifyError
-from . import hashing, keys, manifest as mf
+from . import hashing, keys, manifest as mf, strict
 
 
 @dataclasses.dataclass
@@ -43,6 +43,10 @@ def check_signature(data: bytes, sig_data: bytes, ring: keys.KeyRing, where: str
     rec = mf.parse_signature(sig_data, where)
     public = ring.get(rec["key_id"])
     if public is None:
+        other = ring.device_of.get(rec["key_id"])
+        if other:
+            _fail(f"{where}: signed by the key {rec['key_id']} of device {other}, not a key trusted for this item "
+                  "(设备只能为自己签名 / a device signs only its own items)")
         _fail(f"{where}: signed by unknown key {rec['key_id']} (not among the trusted keys)")
     if not keys.verify_sig(public, data, rec["sig"]):
         _fail(f"{where}: bad signature: the manifest was modified after sealing or signed by another key")
@@ -53,58 +57,12 @@ def safe_member(name: str) -> bool:
     return bool(name) and "/" not in name and "\\" not in name and "\x00" not in name and name not in (".", "..")
 
 
-def _is_hex(v, n: int | None = None) -> bool:
-    if not isinstance(v, str) or (n is not None and len(v) != n):
-        return False
-    try:
-        bytes.fromhex(v)
-        return True
-    except ValueError:
-        return False
-
-
 def check_structure(m: dict, where: str) -> None:
-    """Types and shapes of every manifest field the verifier reads, before it reads them."""
-    def bad(field: str, what: str) -> None:
-        _fail(f"{where}: malformed manifest: {field} {what}")
-
-    dev = m.get("device")
-    if not isinstance(dev, dict) or not isinstance(dev.get("id"), str):
-        bad("device", "must be an object with an id")
-    if not isinstance(m.get("item_id"), str) or not m["item_id"]:
-        bad("item_id", "must be a string")
-    if not isinstance(m.get("hash_alg"), str):
-        bad("hash_alg", "must be a string")
-    seq = m.get("device_seq")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-        bad("device_seq", "must be a positive integer")
-    prev = m.get("prev_manifest_hash")
-    if prev is not None and not _is_hex(prev):
-        bad("prev_manifest_hash", "must be hex or null")
-    if not _is_hex(m.get("item_hash")):
-        bad("item_hash", "must be hex")
-    files = m.get("files")
-    if not isinstance(files, list):
-        bad("files", "must be a list")
-    for i, f in enumerate(files):
-        if not (isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("size"), int)
-                and not isinstance(f.get("size"), bool) and f["size"] >= 0 and _is_hex(f.get("hash"))):
-            bad(f"files[{i}]", "must be {name, size, hash}")
-    segs = m.get("segments")
-    if not isinstance(segs, list):
-        bad("segments", "must be a list")
-    for i, sg in enumerate(segs):
-        ok = isinstance(sg, dict) and all(isinstance(sg.get(k), int) and not isinstance(sg.get(k), bool)
-                                          for k in ("file", "offset", "size"))
-        if not ok or not (0 <= sg["file"] < len(files)) or sg["offset"] < 0 or sg["size"] < 0 \
-                or not _is_hex(sg.get("hash")) or not _is_hex(sg.get("link")):
-            bad(f"segments[{i}]", "must be {file, offset, size, hash, link} within the file list")
-    sess = m.get("session")
-    if sess is not None and not (isinstance(sess, dict) and isinstance(sess.get("id"), str)
-                                 and isinstance(sess.get("index"), int) and not isinstance(sess.get("index"), bool)):
-        bad("session", "must be null or {id, index, prev_item_hash, final}")
-    if not isinstance(m.get("gaps", []), list):
-        bad("gaps", "must be a list")
+    """Every field, type and chain rule of the format (:func:`agent.evidence.strict.check_manifest`)."""
+    try:
+        strict.check_manifest(m, where)
+    except strict.FormatError as exc:
+        _fail(f"malformed manifest: {exc}")
 
 
 def verify_item(item_dir: str | os.PathLike, ring: keys.KeyRing, *, check_files: bool = True,
@@ -140,11 +98,15 @@ def _verify_item(item_dir, ring: keys.KeyRing, *, check_files: bool, expected_de
         m = mf.parse(data, str(mpath))
     except EdgeError as exc:
         raise VerifyError(str(exc)) from None
-    check_structure(m, str(mpath))
     owner = ring.device_of.get(kid)
     device_id = m["device"]["id"]
+    if kid in ring.annotators:
+        _fail(f"{mpath}: signed by annotator key {kid} (unit {ring.annotators[kid]}): an annotator signs "
+              "annotations, never a manifest")
     if owner and device_id != owner:
         _fail(f"{mpath}: key {kid} belongs to device {owner}, manifest claims device {device_id}")
+    if m["device"]["key_id"] != kid:
+        _fail(f"{mpath}: manifest names device key {m['device']['key_id']}, signed by key {kid}")
     if expected_device and device_id != expected_device:
         _fail(f"{mpath}: item of device {device_id}, expected {expected_device}")
     alg = m.get("hash_alg")
@@ -218,8 +180,14 @@ def _verify_item(item_dir, ring: keys.KeyRing, *, check_files: bool, expected_de
         sig = Path(where[:-5] + ".sig")
         if not sig.is_file():
             _fail(f"{where}: annotation without signature")
-        check_signature(ann.data, sig.read_bytes(), ring, where)
-        rec = ann.record
+        akid = check_signature(ann.data, sig.read_bytes(), ring, where)
+        try:
+            rec = strict.parse_annotation(ann.data, where)
+            strict.check_annotation_signer(akid, manifest_key_id=kid, device_id=device_id,
+                                           unit_code=m["device"]["unit_code"], device_of=ring.device_of,
+                                           annotators=ring.annotators, where=where)
+        except strict.FormatError as exc:
+            _fail(str(exc))
         if rec.get("seq") != n:
             _fail(f"{where}: annotation sequence {rec.get('seq')}, expected {n} (one removed or reordered)")
         if rec.get("manifest_hash") != mhash or rec.get("item_id") != m["item_id"]:

@@ -138,6 +138,7 @@ class Store(Repository, Recovery, Retrieval):
         probe = dict(metadata)
         probe.setdefault("capture_end", probe.get("capture_start"))
         mf.validate_metadata(probe)
+        mf.check_device(self.cfg.device.id, self.cfg.device.unit_code)  # what the archive files by
         if enforce_reserve:
             self.check_reserve(expected_size)
         item_id = f"{self.cfg.device.id}-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"

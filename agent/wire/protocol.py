@@ -25,6 +25,7 @@ import re
 from typing import Any
 
 from agent.common.errors import EdgeError
+from agent.evidence import strict
 from agent.evidence.blocks import merge_ranges  # noqa: F401  (also P.merge_ranges for the archive)
 
 PROTO = "edge-xfer/1"
@@ -95,12 +96,10 @@ def parse_manifest(payload: bytes, props: dict[str, str], *, item: str, device: 
         sig_bytes = base64.b64decode(sig, validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError("manifest 'sig' user property is not base64") from None
-    try:
-        doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise ProtocolError("manifest is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise ProtocolError("manifest is not a JSON object")
+    try:  # the one strict reading of the format (agent.evidence.strict)
+        doc = strict.parse_manifest(payload, "manifest")
+    except strict.FormatError as exc:
+        raise ProtocolError(str(exc)) from None
     if doc.get("item_id") != item:
         raise ProtocolError(f"manifest item_id {doc.get('item_id')!r} does not match the topic's item {item!r}")
     dev = doc.get("device")

@@ -1,0 +1,90 @@
+"""The strict reading at a real archive receiver over a real broker: every manifest and annotation
+that ``verify`` refuses (tests/test_evidence_strict.py) is refused by the archive with its reason,
+nothing of it is stored, and the receiver goes on archiving."""
+
+from __future__ import annotations
+
+import json
+
+from agent.evidence import hashing, keys, manifest as mf
+from agent.wire import protocol as P
+from tests.support.uplink import UNIT, InProc, add_items, check_archive
+from tests.test_archive import WireClient
+from tests.test_evidence_strict import variants
+
+
+def _send_item(w: WireClient, item_dir, item: str, annotations=()) -> dict:
+    mbytes, sig = (item_dir / mf.MANIFEST).read_bytes(), (item_dir / mf.SIGNATURE).read_bytes()
+    m = json.loads(mbytes)
+    ans = w.send(item, "manifest", mbytes, P.manifest_props(sig))
+    assert ans and ans["status"] == "receiving", ans
+    for s in m["segments"]:
+        f = m["files"][s["file"]]["name"]
+        with open(item_dir / mf.FILES_DIR / f, "rb") as fh:
+            fh.seek(s["offset"])
+            block = fh.read(s["size"])
+        ans = w.send(item, "chunk", block, P.chunk_props(f, s["offset"], block))
+        assert ans and ans["status"] == "ok", ans
+    return w.send(item, "finish", P.finish_payload(m["files"], list(annotations)))
+
+
+def test_archive_refuses_every_non_strict_manifest_and_annotation(broker, tmp_path):
+    t = InProc(tmp_path, broker.port, evidence__block_size=4096)
+    ids = add_items(t.store, tmp_path, [10_000, 9_000])
+    t.enroll()
+    other = keys.generate(tmp_path / "b.key", tmp_path / "b.pub")
+    t.archive.registry.enroll("dock-0002", (tmp_path / "b.pub").read_bytes(), UNIT)
+    t.start_archive()
+    w = WireClient(broker.port, "dock-0001")
+    try:
+        item = ids[0]
+        d = t.store.item_dir(item)
+        raw = (d / mf.MANIFEST).read_bytes()
+        for name, data, reason in variants(raw):
+            ans = w.send(item, "manifest", data, P.manifest_props(mf.signature_record(t.store.private_key, data)))
+            assert ans and ans["status"] == "rejected" and reason in ans["reason"], (name, ans)
+        assert not (t.root / "_tmp").exists() or not list((t.root / "_tmp").rglob("manifest.json"))
+        # the good item is stored ...
+        ans = _send_item(w, d, item)
+        assert ans["status"] == "stored", ans
+        # ... an annotation signed by another device's key is refused, with the device named
+        m = json.loads(raw)
+
+        def annotation(key, data=None):
+            rec = mf.make_annotation(item_id=item, manifest_hash_hex=hashing.hexdigest("sha256", raw), seq=1,
+                                     prev=None, time="2026-11-27T10:00:00+08:00", actor="x",
+                                     changes={"proof": "改写"}, reason="t", hash_alg=m["hash_alg"])
+            data = data or hashing.canonical(rec)
+            return data, mf.signature_record(key, data)
+
+        forged = annotation(other)
+        ans = w.send(item, "finish", P.finish_payload(m["files"], [forged]))
+        assert ans["status"] == "rejected" and "annotation refused" in ans["reason"] \
+            and f"key {keys.key_id(other.public_key())} of device dock-0002" in ans["reason"], ans
+        # a non-canonical or duplicate-key annotation, even signed by the right key
+        good = annotation(t.store.private_key)[0]
+        for data, reason in ((json.dumps(json.loads(good), sort_keys=True).encode(), "not in canonical form"),
+                             (good.replace(b'{"actor"', b'{"actor":"y","actor"', 1), "duplicate key 'actor'")):
+            ans = w.send(item, "finish", P.finish_payload(m["files"], [annotation(t.store.private_key, data)]))
+            assert ans["status"] == "rejected" and reason in ans["reason"], ans
+        # nothing of it was kept: the stored item has no annotation and verifies
+        row = t.archive.find(item)
+        assert row["annotations"] == 0
+        assert not list((t.root / row["path"]).glob("annotations/*.json"))
+        # the right key and form: accepted
+        ans = w.send(item, "finish", P.finish_payload(m["files"], [annotation(t.store.private_key)]))
+        assert ans["status"] == "stored" and ans["annotations"] == 1, ans
+        # an item whose first finish carries a forged annotation is quarantined with the reason
+        d2 = t.store.item_dir(ids[1])
+        raw2 = (d2 / mf.MANIFEST).read_bytes()
+        rec2 = mf.make_annotation(item_id=ids[1], manifest_hash_hex=hashing.hexdigest("sha256", raw2), seq=1,
+                                  prev=None, time="2026-11-27T10:00:00+08:00", actor="x", changes={"proof": "p"},
+                                  reason="t", hash_alg="sha256")
+        data2 = hashing.canonical(rec2)
+        ans = _send_item(w, d2, ids[1], [(data2, mf.signature_record(other, data2))])
+        assert ans["status"] == "rejected" and "of device dock-0002" in ans["reason"], ans
+        assert t.archive.quarantined()
+    finally:
+        w.close()
+        t.close()
+    check_archive(t.root, ids[:1])
