@@ -61,6 +61,8 @@ MIGRATIONS: list[tuple[str, str]] = [
             PRIMARY KEY (device, item, file, start, end)
         );
     """),
+    # the chain checkpoint's annotation count (docs/evidence-format.md, "Removal of a device's last item ...")
+    ("0003_checkpoint_annotations", "ALTER TABLE checkpoints ADD COLUMN annotations INTEGER"),
 ]
 
 

@@ -9,12 +9,17 @@ import shutil
 from pathlib import Path
 
 from agent.common.errors import EdgeError, NotFoundError
+from agent.common.fs import atomic_write
 from agent.common.timeutil import now_iso
 from ..evidence import manifest as mf
 from ..evidence.verify import verify_item
 from agent.wire import checkpoint as cpmod
+from .registry import check_id
 
 log = logging.getLogger(__name__)
+
+#: the latest signed chain checkpoint of each device, as received: ROOT/_checkpoints/DEVICE.json
+CHECKPOINTS = "_checkpoints"
 
 
 class Retrieval:
@@ -30,14 +35,18 @@ class Retrieval:
             log.warning("ignoring chain checkpoint of %s: %s", dev, exc)
             return None
         with self.db.atomic() as db:
-            old = db.execute("SELECT count FROM checkpoints WHERE device = ?", [dev]).fetchone()
-            if old and old[0] > cp.count:
-                log.warning("checkpoint of %s went back from %d to %d items: kept the higher", dev, old[0], cp.count)
+            old = db.execute("SELECT count, annotations FROM checkpoints WHERE device = ?", [dev]).fetchone()
+            if old and (old[0], old[1] or 0) > (cp.count, cp.annotations or 0):
+                log.warning("checkpoint of %s went back from %d items, %s annotations to %d, %s: kept the higher",
+                            dev, old[0], old[1], cp.count, cp.annotations)
                 return cp
-            db.execute("INSERT INTO checkpoints(device, count, head, time, sig, received_at) VALUES (?,?,?,?,?,?) "
-                       "ON CONFLICT(device) DO UPDATE SET count=excluded.count, head=excluded.head, time=excluded.time, "
-                       "sig=excluded.sig, received_at=excluded.received_at",
-                       [dev, cp.count, cp.head, cp.time, cp.sig, now_iso()])
+            db.execute("INSERT INTO checkpoints(device, count, head, time, sig, received_at, annotations) "
+                       "VALUES (?,?,?,?,?,?,?) ON CONFLICT(device) DO UPDATE SET count=excluded.count, "
+                       "head=excluded.head, time=excluded.time, sig=excluded.sig, received_at=excluded.received_at, "
+                       "annotations=excluded.annotations",
+                       [dev, cp.count, cp.head, cp.time, cp.sig, now_iso(), cp.annotations])
+            # the signed payload itself, for an offline `verify --chain --checkpoints ROOT/_checkpoints`
+            atomic_write(self.inside(self.root / CHECKPOINTS / f"{check_id('device', dev)}.json"), payload)
         return cp
 
     def missing(self, device: str | None = None) -> list[dict]:
@@ -46,13 +55,16 @@ class Retrieval:
         cps = self.db.query("SELECT * FROM checkpoints" + (" WHERE device = ?" if device else "") + " ORDER BY device",
                             [device] if device else [])
         for cp in cps:
-            have = {r["seq"]: r for r in self.db.query("SELECT seq, manifest_hash FROM items WHERE device = ?", [cp["device"]])}
+            have = {r["seq"]: r for r in self.db.query("SELECT seq, manifest_hash, annotations FROM items "
+                                                       "WHERE device = ?", [cp["device"]])}
             miss = [s for s in range(1, cp["count"] + 1) if s not in have]
             head_ok = None
             if cp["count"] in have:
                 head_ok = have[cp["count"]]["manifest_hash"] == cp["head"]
             out.append({"device": cp["device"], "announced": cp["count"], "held": len(have), "missing": miss,
-                        "head": cp["head"], "head_matches": head_ok, "checkpoint_time": cp["time"]})
+                        "head": cp["head"], "head_matches": head_ok, "checkpoint_time": cp["time"],
+                        "annotations_announced": cp["annotations"],
+                        "annotations_held": sum(r["annotations"] for r in have.values())})
         return out
 
     # --- retrieval (every call is audited: 调阅监督) ------------------------------------------

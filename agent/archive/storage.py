@@ -29,7 +29,7 @@ from agent.wire import protocol as P
 from .chunks import ChunkIntake, block_table
 from .paths import Root, flock, safe_case, safe_file
 from .registry import ArchiveDB, Registry, check_id
-from .retrieval import Retrieval
+from .retrieval import CHECKPOINTS, Retrieval
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class ArchiveStore(ChunkIntake, Retrieval):
         self.tmp = self.root / "_tmp"
         self.quarantine_dir = self.root / "_quarantine"
         self.locks = self.tmp / "locks"
-        for d in (self.tmp, self.quarantine_dir, self.locks, self.root / "keys", self.root / "_archive"):
+        for d in (self.tmp, self.quarantine_dir, self.locks, self.root / "keys", self.root / "_archive",
+                  self.root / CHECKPOINTS):
             d.mkdir(exist_ok=True)
         self.max_item = max_item
         self.max_manifest = max_manifest

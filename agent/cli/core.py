@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .. import config as config_mod
-from agent.common.errors import ConfigError, EdgeError
+from agent.common.errors import ConfigError, EdgeError, VerifyError
 from ..evidence import keys, manifest as mf
 from ..evidence.verify import verify_chain, verify_item
 from . import main
@@ -340,15 +340,36 @@ def status(c: Ctx, as_json):
 
 
 # --- verify -----------------------------------------------------------------------------------
+def _checkpoints(d: Path, ring: keys.KeyRing) -> dict[str, dict]:
+    """DEVICE.json signed chain checkpoints, each verified with that device's trusted key."""
+    from agent.wire import checkpoint as cpmod
+
+    out = {}
+    for p in sorted(d.glob("*.json")):
+        kid = next((k for k, dev in ring.device_of.items() if dev == p.stem and k in ring.by_id), None)
+        if kid is None:
+            raise VerifyError(f"{p}: no trusted key of device {p.stem} to check its checkpoint (give --keys DIR)")
+        try:
+            cp = cpmod.parse(p.read_bytes(), ring.by_id[kid], device=p.stem)
+        except EdgeError as exc:
+            raise VerifyError(f"{p}: {exc}") from None
+        out[p.stem] = {"count": cp.count, "head": cp.head, "annotations": cp.annotations, "time": cp.time}
+    return out
+
+
 @main.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--key", type=click.Path(exists=True, dir_okay=False), help="Trusted public key (PEM).")
-@click.option("--keys", "keys_dir", type=click.Path(exists=True, file_okay=False), help="Directory of trusted DEVICE_ID.pub keys.")
+@click.option("--keys", "keys_dir", type=click.Path(exists=True, file_okay=False),
+              help="Directory of trusted DEVICE_ID.pub keys (and annotators/UNIT/NAME.pub annotator keys).")
 @click.option("--chain", is_flag=True, help="PATH holds many items: verify each device's sequence too.")
 @click.option("--partial-chain", is_flag=True, help="With --chain: accept a sequence that does not start at 1.")
+@click.option("--checkpoints", "checkpoints_dir", type=click.Path(exists=True, file_okay=False),
+              help="With --chain: directory of signed chain checkpoints DEVICE.json (the archive's ROOT/_checkpoints): "
+                   "detects a removed last item or last annotation.")
 @json_option
 @pass_ctx
-def verify(c: Ctx, path, key, keys_dir, chain, partial_chain, as_json):
+def verify(c: Ctx, path, key, keys_dir, chain, partial_chain, checkpoints_dir, as_json):
     """Check an item directory (or with --chain a device's items) offline.
 
     Exit 0 when whole; 1 with the precise reason otherwise. Without --key/--keys the
@@ -357,7 +378,7 @@ def verify(c: Ctx, path, key, keys_dir, chain, partial_chain, as_json):
     \b
     Example:
       edge-agent verify /var/lib/edge-agent/spool/items/ITEM --key device.pub
-      edge-agent verify --chain ./archive/330100000000 --keys ./archive/keys
+      edge-agent verify --chain ./archive/330100000000 --keys ./archive/keys --checkpoints ./archive/_checkpoints
     """
     if not key and not keys_dir:
         try:
@@ -366,7 +387,8 @@ def verify(c: Ctx, path, key, keys_dir, chain, partial_chain, as_json):
             raise EdgeError("no trusted key: give --key PUBKEY or --keys DIR") from None
     ring = keys.KeyRing.from_paths(key, keys_dir)
     if chain:
-        rep = verify_chain(path, ring, allow_missing_start=partial_chain)
+        cps = _checkpoints(Path(checkpoints_dir), ring) if checkpoints_dir else None
+        rep = verify_chain(path, ring, allow_missing_start=partial_chain, checkpoints=cps)
         if as_json:
             emit_json({"ok": True, **rep.as_dict()})
         else:

@@ -42,8 +42,14 @@ def _id_problem(value: Any, limit: int) -> Problem | None:
     return None
 
 
+#: names at the archive's root that a unit's directory must not take
+RESERVED_UNIT_CODES = frozenset({"keys", "archive.db", "archive.db-wal", "archive.db-shm", "archive.db-journal"})
+
+
 def unit_code_problem(value: Any) -> Problem | None:
     """执法单位代码: one directory level at the archive (ROOT/UNIT/...)."""
+    if value in RESERVED_UNIT_CODES:
+        return ("是归档根目录的保留名", f"a reserved name at the archive root ({', '.join(sorted(RESERVED_UNIT_CODES))})")
     return _id_problem(value, ID_MAX)
 
 

@@ -283,9 +283,13 @@ class ChainReport:
 
 
 def verify_chain(root: str | os.PathLike, ring: keys.KeyRing, *, check_files: bool = True,
-                 allow_missing_start: bool = False) -> ChainReport:
+                 allow_missing_start: bool = False, checkpoints: dict[str, dict] | None = None) -> ChainReport:
     """Verify every item under ``root`` and that each device's sequence has no hole, no fork,
-    and that each interview session's segments follow one another."""
+    and that each interview session's segments follow one another.
+
+    ``checkpoints`` (device -> ``{count, head, annotations, time}`` of its verified, signed chain
+    checkpoint) adds what the hash chains cannot show: that the device's last items or an item's
+    last annotations were removed (the checkpoint announces more than is found)."""
     items = [verify_item(p, ring, check_files=check_files) for p in find_items(root)]
     if not items:
         _fail(f"{root}: no items found")
@@ -307,8 +311,29 @@ def verify_chain(root: str | os.PathLike, ring: keys.KeyRing, *, check_files: bo
                 _fail(f"device {dev}: item {b.item_id} does not chain to {a.item_id} (previous manifest hash differs)")
         _check_sessions(dev, reps)
         devices[dev] = {"items": len(reps), "first_seq": first.device_seq, "head_seq": reps[-1].device_seq,
-                        "head_hash": reps[-1].manifest_hash}
+                        "head_hash": reps[-1].manifest_hash, "annotations": sum(r.annotations for r in reps)}
+        cp = (checkpoints or {}).get(dev)
+        if cp is not None:
+            check_against_checkpoint(dev, reps, cp)
+            devices[dev]["checkpoint"] = cp.get("time")
     return ChainReport(devices=devices, items=items)
+
+
+def check_against_checkpoint(dev: str, reps: list[ItemReport], cp: dict) -> None:
+    """The items found of one device (sorted by seq) against its signed chain checkpoint."""
+    last = reps[-1]
+    when = f"the signed checkpoint of {cp.get('time')}"
+    if last.device_seq < cp["count"]:
+        _fail(f"device {dev}: {when} announces {cp['count']} items, the chain ends at seq {last.device_seq} "
+              f"(item(s) {last.device_seq + 1}..{cp['count']} removed or not yet received) / 末尾证据缺失")
+    if last.device_seq == cp["count"] and last.manifest_hash != cp["head"]:
+        _fail(f"device {dev}: {when} names head {cp['head']}, item {last.item_id} at seq {last.device_seq} "
+              f"has manifest hash {last.manifest_hash}")
+    announced = cp.get("annotations")
+    found = sum(r.annotations for r in reps)
+    if announced is not None and found < announced:
+        _fail(f"device {dev}: {when} announces {announced} annotations, {found} found "
+              "(an annotation removed or not yet received) / 注释缺失")
 
 
 def _check_sessions(dev: str, reps: list[ItemReport]) -> None:

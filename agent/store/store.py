@@ -271,8 +271,17 @@ class Store(Repository, Recovery, Retrieval):
             if row["state"] == "archived":
                 fields["state"] = "sealed"  # the annotation itself must reach the archive
             self._update_item(item_id, **fields)
+            self.set_meta("annotations_total", str(self.annotations_total() + 1))  # the chain checkpoint's count
             self.audit.append("annotate", item_id, actor=who, set=changes, reason=rec["reason"])
         return rec
+
+    def annotations_total(self) -> int:
+        """Annotations this device has signed, all items together (carried by the chain checkpoint)."""
+        v = self.get_meta("annotations_total")
+        if v is None:  # a ledger from before the count: the audit log has every annotation
+            v = str(len(self.audit.entries(action="annotate")))
+            self.set_meta("annotations_total", v)
+        return int(v)
 
     # --- the ledger's record of a sealed item (by the writer's seal and by recovery) ----------
     def _record_sealed(self, item_id: str, path: Path, manifest: dict, mhash: str, size: int) -> None:

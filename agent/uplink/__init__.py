@@ -58,7 +58,7 @@ class Uplink:
         self._inbox: collections.deque = collections.deque(maxlen=1000)
         self._inbox_cv = threading.Condition()
         self._bdseq = int(self.store.get_meta("uplink_bdseq", "0") or 0)
-        self._head_published: tuple[int, str | None] | None = None
+        self._head_published: tuple[int, str | None, int] | None = None
         self.dropped = 0
         self.errors_local = 0
         self.last_error_local: str | None = None
@@ -279,7 +279,7 @@ class Uplink:
                      json.dumps(data, ensure_ascii=False, default=str).encode())
 
     def _publish_checkpoint(self, force: bool = False) -> None:
-        head = self.store.head()
+        head = (*self.store.head(), self.store.annotations_total())  # a new annotation is news too
         if not force and head == self._head_published:
             return
         try:

@@ -4,6 +4,12 @@
 The archive compares it with what it holds, so an item withheld or lost at the edge shows as
 missing centrally before it is ever uploaded. The signature (device Ed25519 key, over the RFC 8785
 bytes of everything but ``sig``) makes a forged or rolled-back checkpoint detectable.
+
+``annotations`` is the number of annotations the device has signed, all its items together: the
+archive keeps the latest checkpoint as ``ROOT/checkpoints/DEVICE.json`` and ``verify --chain
+--checkpoints`` uses it to detect the removal of a device's last item (count, head) or of an
+item's last annotation (the total drops), which the hash chains alone cannot show. Checkpoints of
+agents before this field have none (``None``) and are checked for count and head only.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import dataclasses
 import json
 
 from agent.common.errors import EdgeError
-from agent.evidence import hashing, keys
+from agent.evidence import hashing, keys, strict
 from agent.common.timeutil import now_iso
 
 FORMAT = "edge-agent-checkpoint/1"
@@ -31,10 +37,14 @@ class Checkpoint:
     time: str
     key_id: str
     sig: str
+    annotations: int | None = None
 
     def body(self) -> dict:
-        return {"format": FORMAT, "device": self.device, "count": self.count, "head": self.head,
+        body = {"format": FORMAT, "device": self.device, "count": self.count, "head": self.head,
                 "time": self.time, "key_id": self.key_id}
+        if self.annotations is not None:
+            body["annotations"] = self.annotations
+        return body
 
 
 def make(store) -> bytes:
@@ -42,7 +52,7 @@ def make(store) -> bytes:
     count, head = store.head()
     pub = store.private_key.public_key()
     body = {"format": FORMAT, "device": store.cfg.device.id, "count": count, "head": head,
-            "time": now_iso(), "key_id": keys.key_id(pub)}
+            "annotations": store.annotations_total(), "time": now_iso(), "key_id": keys.key_id(pub)}
     sig = keys.sign(store.private_key, hashing.canonical(body))
     return json.dumps({**body, "sig": sig}, ensure_ascii=False, sort_keys=True).encode()
 
@@ -52,11 +62,17 @@ def parse(payload: bytes, public=None, device: str | None = None) -> Checkpoint:
     if len(payload) > MAX_SIZE:
         raise CheckpointError(f"checkpoint of {len(payload)} bytes exceeds {MAX_SIZE}")
     try:
-        d = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise CheckpointError("checkpoint is not JSON") from None
+        d = strict.loads(payload, "checkpoint")
+    except strict.FormatError as exc:
+        raise CheckpointError(f"checkpoint is not JSON as specified: {exc}") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise CheckpointError(f"not an {FORMAT} record")
+    unknown = sorted(set(d) - {"format", "device", "count", "head", "annotations", "time", "key_id", "sig"})
+    if unknown:
+        raise CheckpointError(f"checkpoint: unknown field(s) {', '.join(map(repr, unknown))}")
+    ann = d.get("annotations")
+    if ann is not None and (not isinstance(ann, int) or isinstance(ann, bool) or ann < 0):
+        raise CheckpointError(f"checkpoint annotations {ann!r} is not a non-negative integer")
     count, head = d.get("count"), d.get("head")
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         raise CheckpointError(f"checkpoint count {count!r} is not a non-negative integer")
@@ -65,7 +81,8 @@ def parse(payload: bytes, public=None, device: str | None = None) -> Checkpoint:
     for k in ("device", "time", "key_id", "sig"):
         if not isinstance(d.get(k), str):
             raise CheckpointError(f"checkpoint field {k} missing")
-    cp = Checkpoint(device=d["device"], count=count, head=head, time=d["time"], key_id=d["key_id"], sig=d["sig"])
+    cp = Checkpoint(device=d["device"], count=count, head=head, time=d["time"], key_id=d["key_id"], sig=d["sig"],
+                    annotations=ann)
     if device is not None and cp.device != device:
         raise CheckpointError(f"checkpoint names device {cp.device!r}, published under {device!r}")
     if public is not None:
