@@ -50,9 +50,9 @@ def test_archive_refuses_every_non_strict_manifest_and_annotation(broker, tmp_pa
         # ... an annotation signed by another device's key is refused, with the device named
         m = json.loads(raw)
 
-        def annotation(key, data=None):
-            rec = mf.make_annotation(item_id=item, manifest_hash_hex=hashing.hexdigest("sha256", raw), seq=1,
-                                     prev=None, time="2026-11-27T10:00:00+08:00", actor="x",
+        def annotation(key, data=None, seq=1, prev=None):
+            rec = mf.make_annotation(item_id=item, manifest_hash_hex=hashing.hexdigest("sha256", raw), seq=seq,
+                                     prev=prev, time="2026-11-27T10:00:00+08:00", actor="x",
                                      changes={"proof": "改写"}, reason="t", hash_alg=m["hash_alg"])
             data = data or hashing.canonical(rec)
             return data, mf.signature_record(key, data)
@@ -72,8 +72,20 @@ def test_archive_refuses_every_non_strict_manifest_and_annotation(broker, tmp_pa
         assert row["annotations"] == 0
         assert not list((t.root / row["path"]).glob("annotations/*.json"))
         # the right key and form: accepted
-        ans = w.send(item, "finish", P.finish_payload(m["files"], [annotation(t.store.private_key)]))
+        first = annotation(t.store.private_key)
+        ans = w.send(item, "finish", P.finish_payload(m["files"], [first]))
         assert ans["status"] == "stored" and ans["annotations"] == 1, ans
+        # an annotator key enrolled for the unit (ROOT/keys/annotators/UNIT/NAME.pub) may annotate;
+        # one enrolled for another unit may not
+        (t.root / "keys" / "annotators" / "330999000000").mkdir(parents=True)
+        stranger = keys.generate(tmp_path / "s.key", t.root / "keys" / "annotators" / "330999000000" / "c9.pub")
+        prev = hashing.hexdigest("sha256", first[0])
+        ans = w.send(item, "finish", P.finish_payload(m["files"], [first, annotation(stranger, seq=2, prev=prev)]))
+        assert ans["status"] == "rejected" and "unknown key" in ans["reason"], ans
+        (t.root / "keys" / "annotators" / UNIT).mkdir(parents=True)
+        clerk = keys.generate(tmp_path / "c.key", t.root / "keys" / "annotators" / UNIT / "clerk-7.pub")
+        ans = w.send(item, "finish", P.finish_payload(m["files"], [first, annotation(clerk, seq=2, prev=prev)]))
+        assert ans["status"] == "stored" and ans["annotations"] == 2, ans
         # an item whose first finish carries a forged annotation is quarantined with the reason
         d2 = t.store.item_dir(ids[1])
         raw2 = (d2 / mf.MANIFEST).read_bytes()

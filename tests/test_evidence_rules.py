@@ -121,3 +121,24 @@ def test_store_refuses_a_device_id_the_archive_cannot_file(tmp_path):
             store.new_item(dict(META, capture_start="2026-11-27T09:00:00+08:00"), {"type": "file"})
     finally:
         store.close()
+
+
+def test_room_refuses_to_start_recording_under_a_device_id_the_archive_cannot_file(tmp_path):
+    from tests.test_room_session import FIELDS
+    from agent.config import Config
+    from agent.evidence import keys
+    from agent.room.service import RoomService
+    from agent.runtime import Agent
+
+    cfg = Config.defaults(**{"storage__data_dir": str(tmp_path / "data"), "storage__reserve_mb": 0,
+                             "device__id": "r" * 43, "device__kind": "room"})
+    agent = Agent(cfg)
+    keys.generate(agent.store.key_path, agent.store.pub_path)
+    agent.add(RoomService(agent))
+    agent.start()
+    try:
+        with pytest.raises(MetadataError, match="device id 'r{43}' refused: longer than 42 characters"):
+            agent.commands["room.start"](dict(FIELDS), "test")
+        assert agent.store.items() == []
+    finally:
+        agent.stop()

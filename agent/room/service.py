@@ -188,6 +188,7 @@ class RoomService:
                                 f"a session is already recording (case {st.case_number}, since {st.started}, "
                                 f"session {st.id}): stop it first")
             self.store.check_reserve(16 << 20)     # room for a couple of segments above the reserve
+            self.store.check_device()               # an id the archive cannot file: refuse before recording
             previous = self._load_state()
             if previous is not None:                # what an earlier session could not seal goes first
                 if previous.state == "recording":   # it ended here but could not even save its state

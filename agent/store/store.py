@@ -138,7 +138,7 @@ class Store(Repository, Recovery, Retrieval):
         probe = dict(metadata)
         probe.setdefault("capture_end", probe.get("capture_start"))
         mf.validate_metadata(probe)
-        mf.check_device(self.cfg.device.id, self.cfg.device.unit_code)  # what the archive files by
+        self.check_device()
         if enforce_reserve:
             self.check_reserve(expected_size)
         item_id = f"{self.cfg.device.id}-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
@@ -274,6 +274,10 @@ class Store(Repository, Recovery, Retrieval):
             self.set_meta("annotations_total", str(self.annotations_total() + 1))  # the chain checkpoint's count
             self.audit.append("annotate", item_id, actor=who, set=changes, reason=rec["reason"])
         return rec
+
+    def check_device(self) -> None:
+        """Refuse work whose device id or unit code the archive could not file (bilingual MetadataError)."""
+        mf.check_device(self.cfg.device.id, self.cfg.device.unit_code)
 
     def annotations_total(self) -> int:
         """Annotations this device has signed, all items together (carried by the chain checkpoint)."""
