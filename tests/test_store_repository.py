@@ -64,10 +64,12 @@ def test_summaries_and_per_officer_backlog(tmp_path):
 
 def test_outbox_order_and_session_segments(tmp_path):
     store = make_store(tmp_path)
-    sess = {"id": "S1"}
-    low = _seal(store, "seg0.ts", b"0", session=sess, source_key="room:S1:0")
-    urgent = _seal(store, "seg1.ts", b"1", session=sess, source_key="room:S1:1", priority=1)
-    _seal(store, "other.ts", b"2", session={"id": "S2"}, source_key="room:S2:0")
+    def sess(sid, index, prev=None):  # a session as the room seals it (docs/evidence-format.md)
+        return {"id": sid, "index": index, "prev_item_hash": prev, "final": False}
+    low = _seal(store, "seg0.ts", b"0", session=sess("S1", 0), source_key="room:S1:0")
+    urgent = _seal(store, "seg1.ts", b"1", session=sess("S1", 1, low["item_hash"]), source_key="room:S1:1",
+                   priority=1)
+    _seal(store, "other.ts", b"2", session=sess("S2", 0), source_key="room:S2:0")
     assert store.next_to_send()["id"] == urgent["item_id"]
     assert store.next_to_send(exclude=[urgent["item_id"]])["id"] == low["item_id"]
     assert store.next_to_send(below=1) is None
