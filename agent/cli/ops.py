@@ -181,7 +181,8 @@ def crypt_decrypt(item_dir, key_path, out_dir, device_key):
 @json_option
 @pass_ctx
 def doctor(c: Ctx, offline, as_json):
-    """Check config, key permissions, disk reserve, clock, TLS certificates, broker, archive and devices.
+    """Check config, key permissions, pinned archive keys, disk reserve, clock, TLS certificates, broker,
+    archive (its status signed by a pinned key) and devices.
 
     Each check prints OK or what to do; exit 1 when any check fails.
 

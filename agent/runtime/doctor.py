@@ -124,31 +124,67 @@ def check_broker(cfg, timeout: float = 5.0) -> list[Check]:
     except OSError as exc:
         return [_fail("broker", f"{cfg.mqtt.host}:{cfg.mqtt.port} unreachable ({exc.strerror or exc}) — "
                                 "check the network, the broker and mqtt.host/mqtt.port")]
+    from agent.uplink.trust import archive_trust
     from agent.wire.mqtt import exchange, settings_from_config
+    from agent.wire.receipts import ReceiptError
     from agent.wire.topics import Topics
 
-    topic = Topics(cfg.mqtt.topic_prefix).archive_status()
+    topics = Topics(cfg.mqtt.topic_prefix)
+    try:
+        trust = archive_trust(cfg)
+    except EdgeError:
+        trust = None
+    verdicts: dict[str, str] = {}
+
+    def judge(msgs) -> bool:
+        """Receiver id -> 'online' / 'offline' (verified) or why not; True once one is verified online."""
+        for topic, payload, _p in msgs:
+            rid = topics.is_archive_receiver(topic)
+            if rid is None or not payload:
+                continue
+            try:
+                verdicts[rid] = trust.check_status(json.loads(payload), receiver=rid) if trust else "unverifiable"
+            except (ValueError, ReceiptError) as exc:
+                verdicts[rid] = f"refused: {exc}"
+        return any(v == "online" for v in verdicts.values())
+
     try:
         settings = settings_from_config(cfg.mqtt, f"{cfg.device.id}-doctor", keepalive=10,
                                         connect_timeout=timeout)
-        ex = exchange(settings, subscribe=(topic, Topics(cfg.mqtt.topic_prefix).all_archive_receivers()),
-                      until=bool, timeout=timeout)
+        ex = exchange(settings, subscribe=(topics.all_archive_receivers(),), until=judge, timeout=timeout)
     except EdgeError as exc:
         return [_fail("broker", str(exc))]
     if not ex.connected:
         return [_fail("broker", f"MQTT v5 session to {cfg.mqtt.host}:{cfg.mqtt.port} failed: {ex.error} — "
                                 "check credentials / client certificate / TLS")]
     out = [_ok("broker", f"MQTT v5 session to {cfg.mqtt.host}:{cfg.mqtt.port}" + (" (TLS)" if settings.tls else ""))]
-    if ex.messages:
-        try:
-            st = json.loads(ex.messages[0][1])
-            state = st.get("state", "?") if isinstance(st, dict) else "unreadable"
-        except ValueError:
-            state = "unreadable"
-        out.append((_ok if state == "online" else _fail)("archive", f"archive receiver reports {state}"))
+    judge(ex.messages)
+    online = sorted(r for r, v in verdicts.items() if v == "online")
+    if online:
+        out.append(_ok("archive", f"archive receiver(s) {', '.join(online)} online (status signed by a pinned key)"))
+    elif verdicts:
+        out.append(_fail("archive", "no verified online archive receiver: " + "; ".join(
+            f"{r}: {v}" for r, v in sorted(verdicts.items())) + " — pin the archive's key (`edge-agent uplink "
+            "trust-archive`) and start `edge-agent archive serve`"))
     else:
-        out.append(_fail("archive", f"no archive receiver status on {topic} — is `edge-agent archive serve` running?"))
+        out.append(_fail("archive", f"no archive receiver status on {topics.all_archive_receivers()} — "
+                                    "is `edge-agent archive serve` running?"))
     return out
+
+
+def check_archive_keys(cfg) -> Check:
+    """Archive keys pinned on this device (without one the uplink sends and frees nothing)."""
+    from agent.uplink.trust import NO_KEY, archive_trust
+
+    if not cfg.uplink.enabled:
+        return _ok("archive key", "uplink disabled")
+    try:
+        trust = archive_trust(cfg)
+    except EdgeError as exc:
+        return _fail("archive key", str(exc))
+    if not trust:
+        return _fail("archive key", NO_KEY)
+    return _ok("archive key", f"pinned: {', '.join(trust.key_ids)} ({', '.join(trust.sources)})")
 
 
 def check_devices(cfg) -> list[Check]:
@@ -181,7 +217,7 @@ def run_checks(config_path=None, network: bool = True) -> list[Check]:
     checks = [first]
     if cfg is None:
         return checks
-    checks += [check_keys(cfg), check_disk(cfg), check_clock()]
+    checks += [check_keys(cfg), check_archive_keys(cfg), check_disk(cfg), check_clock()]
     checks += check_tls(cfg)
     if network:
         checks += check_broker(cfg)
