@@ -225,3 +225,52 @@ def test_canonical_round_trip_and_any_other_form_refused(obj):
         if other != data:
             with pytest.raises(strict.FormatError, match="not in canonical form"):
                 strict.loads_canonical(other, "x")
+
+
+# --- hostile input: a refusal, never a crash ------------------------------------------------------
+_GOOD = None
+
+
+def _good_manifest() -> bytes:
+    global _GOOD
+    if _GOOD is None:
+        import tempfile
+        d = Path(tempfile.mkdtemp())
+        s = make_store(d, evidence__block_size=4096)
+        try:
+            _GOOD = _item(s, d)[1]
+        finally:
+            s.close()
+    return _GOOD
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.data())
+def test_hostile_bytes_are_refused_never_crash(data):
+    """Random bytes, and real manifests with bytes flipped, cut or spliced: the strict reading
+    answers with a FormatError (the wire parser with a ProtocolError), never another exception."""
+    from agent.wire import protocol as P
+
+    good = _good_manifest()
+    kind = data.draw(st.sampled_from(["random", "flip", "cut", "splice", "json"]))
+    if kind == "random":
+        raw = data.draw(st.binary(max_size=2000))
+    elif kind == "flip":
+        i = data.draw(st.integers(0, len(good) - 1))
+        raw = good[:i] + bytes([good[i] ^ data.draw(st.integers(1, 255))]) + good[i + 1:]
+    elif kind == "cut":
+        raw = good[:data.draw(st.integers(0, len(good) - 1))]
+    elif kind == "splice":
+        i = data.draw(st.integers(0, len(good)))
+        raw = good[:i] + data.draw(st.binary(min_size=1, max_size=40)) + good[i:]
+    else:
+        raw = rfc8785.dumps(data.draw(_json))
+    for parse in (strict.parse_manifest, strict.parse_annotation):
+        try:
+            parse(raw)
+        except strict.FormatError:
+            pass
+    try:
+        P.parse_manifest(raw, dict(P.manifest_props(b"{}")), item="x", device="dock-01")
+    except P.ProtocolError:
+        pass

@@ -101,7 +101,7 @@ def canonical(obj: Any, where: str = "record") -> bytes:
     """The RFC 8785 bytes of ``obj``; :class:`FormatError` if it has none (lone surrogates, huge ints)."""
     try:
         return rfc8785.dumps(obj)
-    except (rfc8785.CanonicalizationError, ValueError, TypeError) as exc:
+    except (rfc8785.CanonicalizationError, ValueError, TypeError, RecursionError) as exc:
         raise FormatError(f"{where}: has no RFC 8785 canonical form ({exc})") from None
 
 
