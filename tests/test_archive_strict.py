@@ -100,3 +100,51 @@ def test_archive_refuses_every_non_strict_manifest_and_annotation(broker, tmp_pa
         w.close()
         t.close()
     check_archive(t.root, ids[:1])
+
+
+def test_enroll_annotator(tmp_path):
+    """`archive enroll-annotator` enrols a key for one unit's annotations (audited); a device key,
+    a path as name or a reserved unit are refused; the archive's ring and `verify --keys` use it."""
+    from agent.archive.storage import ArchiveStore
+    from tests.support.uplink import agent_config, enroll, open_store, run
+
+    store = open_store(agent_config(tmp_path, 1))
+    root = tmp_path / "archive"
+    enroll(root, store)
+    clerk = keys.generate(tmp_path / "clerk.key", tmp_path / "clerk.pub")
+    kid = keys.key_id(clerk.public_key())
+    ok = run(["archive", "enroll-annotator", "clerk-07", str(tmp_path / "clerk.pub"), "--unit", UNIT,
+              "--root", str(root)])
+    assert ok.returncode == 0 and f"key id {kid}" in ok.stdout, ok.stderr
+    assert (root / "keys" / "annotators" / UNIT / "clerk-07.pub").is_file()
+    for args, reason in (
+        (["dock-0001-key", str(store.pub_path), "--unit", UNIT], "is the enrolled key of device dock-0001"),
+        (["../x", str(tmp_path / "clerk.pub"), "--unit", UNIT], "annotator name '../x' refused"),
+        (["clerk-08", str(tmp_path / "clerk.pub"), "--unit", "keys"], "unit code 'keys' refused: a reserved name"),
+        (["clerk-07", str(store.pub_path.with_name("nothing.pub"))], "does not exist"),
+    ):
+        p = run(["archive", "enroll-annotator", *args, "--root", str(root)])
+        assert p.returncode != 0 and reason in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+    keys.generate(tmp_path / "c2.key", tmp_path / "c2.pub")
+    p = run(["archive", "enroll-annotator", "clerk-07", str(tmp_path / "c2.pub"), "--unit", UNIT, "--root", str(root)])
+    assert p.returncode != 0 and "--force" in p.stderr
+    st = ArchiveStore(root)
+    try:
+        ring = st.registry.ring("dock-0001")
+        assert ring.annotators == {kid: UNIT}
+        assert [e["action"] for e in st.audit.entries(action="enroll_annotator")] == ["enroll_annotator"]
+    finally:
+        st.close()
+    # an item of the unit annotated by the clerk verifies against ROOT/keys
+    item = store.item_dir(add_items(store, tmp_path, [100])[0])
+    raw = (item / mf.MANIFEST).read_bytes()
+    rec = mf.make_annotation(item_id=item.name, manifest_hash_hex=hashing.hexdigest("sha256", raw), seq=1, prev=None,
+                             time="2026-11-27T10:00:00+08:00", actor="clerk-07", changes={"note": "已核对"},
+                             reason="t", hash_alg="sha256")
+    data = hashing.canonical(rec)
+    (item / mf.ANNOTATIONS_DIR).mkdir()
+    (item / mf.ANNOTATIONS_DIR / "0001.json").write_bytes(data)
+    (item / mf.ANNOTATIONS_DIR / "0001.sig").write_bytes(mf.signature_record(clerk, data))
+    p = run(["verify", str(item), "--keys", str(root / "keys")])
+    assert p.returncode == 0 and "1 annotations" in p.stdout, p.stderr
+    store.close()

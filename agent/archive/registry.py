@@ -122,6 +122,26 @@ class Registry:
                               replaced=old["key_id"] if old else None)
         return {"device": device, "unit": unit, "key_id": kid}
 
+    def enroll_annotator(self, name: str, pubkey_pem: bytes, unit: str, *, force: bool = False,
+                         actor: str | None = None) -> dict:
+        """Trust ``name``'s key to sign annotations of ``unit``'s items (never manifests):
+        ``ROOT/keys/annotators/UNIT/NAME.pub`` (docs/evidence-format.md), audited."""
+        rules.check("annotator", name)
+        rules.check_unit_code(unit)
+        public = keys.parse_public(pubkey_pem, "public key")
+        kid = keys.key_id(public)
+        dev = self.db.one("SELECT id FROM devices WHERE key_id = ?", [kid])
+        if dev:
+            raise EdgeError(f"注释人密钥不能是设备密钥 / key {kid} is the enrolled key of device {dev['id']}: "
+                            "a device signs its own items and annotations, an annotator has a key of its own")
+        path = self.keys_dir / "annotators" / unit / f"{name}.pub"
+        if path.exists() and keys.key_id(keys.load_public(path)) != kid and not force:
+            raise EdgeError(f"annotator {name} of unit {unit} is enrolled with another key; use --force to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, keys.public_pem(public))
+        self.audit.append("enroll_annotator", None, actor=actor, annotator=name, unit=unit, key_id=kid)
+        return {"annotator": name, "unit": unit, "key_id": kid, "path": str(path)}
+
     def device(self, device: str, missing_ok: bool = False) -> dict | None:
         row = self.db.one("SELECT * FROM devices WHERE id = ?", [device])
         if row is None and not missing_ok:

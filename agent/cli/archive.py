@@ -148,6 +148,26 @@ def archive_enroll(c: Ctx, device_id, pubkey, unit, force, broker_dir, pin_to, r
         write_broker_config(c, store, broker_dir, refresh=True)
 
 
+@archive.command("enroll-annotator")
+@click.argument("name")
+@click.argument("pubkey", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--unit", required=True, help="Unit code whose items the annotator may annotate (执法单位代码).")
+@click.option("--force", is_flag=True, help="Replace the annotator's enrolled key.")
+@root_option
+@pass_ctx
+def archive_enroll_annotator(c: Ctx, name, pubkey, unit, force, root):
+    """Trust NAME's Ed25519 public key to sign annotations of the --unit's items (never a manifest,
+    never another unit's items): written to ROOT/keys/annotators/UNIT/NAME.pub, audited.
+
+    \b
+    Example:
+      edge-agent archive enroll-annotator clerk-07 clerk-07.pub --unit 330100000000 --root /srv/archive
+    """
+    store = _open(c, root, create=True)
+    rec = store.registry.enroll_annotator(name, pubkey.read_bytes(), unit, force=force)
+    click.echo(f"annotator {rec['annotator']} enrolled for unit {rec['unit']}, key id {rec['key_id']} / 注释人已登记")
+
+
 @archive.command("key")
 @click.option("--new-next", is_flag=True, help="Create the next key pair (ROOT/_archive/next.pub) to pin on devices before --rotate.")
 @click.option("--rotate", is_flag=True, help="Make the next key the archive's key (the old one is kept under _archive/retired/); restart the receivers.")

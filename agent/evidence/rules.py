@@ -91,9 +91,11 @@ _LABELS = {
     "unit_code": ("单位代码", "unit code"),
     "device_id": ("设备编号", "device id"),
     "item_id": ("证据编号", "item id"),
+    "annotator": ("注释人", "annotator name"),
 }
 _RULES = {"case_number": case_number_problem, "unit_code": unit_code_problem,
-          "device_id": device_id_problem, "item_id": item_id_problem}
+          "device_id": device_id_problem, "item_id": item_id_problem,
+          "annotator": lambda v: _id_problem(v, ID_MAX)}
 
 
 def message(kind: str, value: Any, problem: Problem) -> str:
