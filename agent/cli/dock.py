@@ -1,4 +1,4 @@
-"""Docking-station commands: ``dock status|watch|recorders|report``, ``roster import|list``."""
+"""Docking-station commands: ``dock status|watch|assign|recorders|report``, ``roster import|list``."""
 
 from __future__ import annotations
 
@@ -92,6 +92,34 @@ def dock_watch(c: Ctx, interval, once):
 
     data_dir = c.cfg.data_dir
     watch(lambda: read_state(data_dir), interval=interval, once=once)
+
+
+@dock.command("assign")
+@click.argument("serial")
+@click.argument("officer")
+@json_option
+@pass_ctx
+@role("technician")
+def dock_assign(c: Ctx, serial, officer, as_json):
+    """Write OFFICER (officer number; name and unit from the roster) into the docked recorder SERIAL
+    (WriteZFYInfo), read it back and record the assignment in the audit log. Needs the running
+    station (`edge-agent run`, control socket); nothing is written if the recorder is not docked or
+    the officer is not in the roster.
+
+    \b
+    Example:
+      edge-agent dock assign 1234567 004711
+    """
+    from agent.common.control import call
+
+    r = call(c.cfg.data_dir, "dock.assign", {"serial": serial, "officer": officer})
+    if as_json:
+        emit_json(r)
+        return
+    b, a = r["before"], r["after"]
+    click.echo(f"已写入并读回 / written and read back: recorder {r['serial']} in {r['bay']}")
+    click.echo(f"  原 / before: {b['officer_number']} {b['officer_name']} · {b['unit_number']} {b['unit_name']}")
+    click.echo(f"  现 / after:  {a['officer_number']} {a['officer_name']} · {a['unit_number']} {a['unit_name']}")
 
 
 @dock.command("recorders")

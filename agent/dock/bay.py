@@ -61,6 +61,7 @@ class Bay(BayCopy, BayErase):
         self.client: RecorderClient | None = None
         self.undock_event = threading.Event()
         self.ident: tuple | None = None  # identity of the docked device node (station._identity)
+        self.assignment_meta: dict = {}  # sealed into each item when the station has an assignment (dock assign)
         self._last_notify = 0.0
         self._rate_t0 = 0.0
         self._rate_b0 = 0
@@ -97,6 +98,7 @@ class Bay(BayCopy, BayErase):
             keep = {"name": self.st.name, "kind": self.st.kind}
             self.st = BayState(**keep, path=path, docked=True, since=now_iso())
         self.undock_event.clear()
+        self.assignment_meta = {}
         self.station.clear_bay_alarms(self)
         self.thread = threading.Thread(target=self.run, name=f"dock-{self.name}", daemon=True)
         self.thread.start()
@@ -183,6 +185,7 @@ class Bay(BayCopy, BayErase):
                            "serial; this one is not processed and nothing is erased from either", "recorder_serial_conflict")
         s.registry.seen(serial, info.officer_number, info.officer_name, info.unit_number, info.unit_name, self.name)
         s.recorder_seen()
+        self._check_assignment(serial, info)
         officer = self._collector(info)
         s.store.audit.append("dock", None, actor="agent:dock", bay=self.name, serial=serial,
                              officer=info.officer_number, unit=info.unit_number, port=self.st.path)
@@ -236,6 +239,35 @@ class Bay(BayCopy, BayErase):
         info = ZfyInfo(rec.serial, rec.officer_number, rec.officer_name or off.get("name", ""),
                        rec.unit_number or off.get("unit_code", ""), rec.unit_name or off.get("unit_name", ""))
         return info, mount
+
+    # --- assignment (edge-agent dock assign) --------------------------------------------------
+    def _check_assignment(self, serial: str, info) -> None:
+        """Compare what the recorder holds with the station's assignment of it. Disagreeing: flag
+        (alarm, bay view, problem, audit) and seal every file of this docking with both values
+        (metadata ``assignment``): never silently one of them. ``collector`` stays what the
+        recorder said: the files on it were recorded under that record."""
+        a = self.station.registry.assignment(serial)
+        if a is None:
+            return
+        device = {"officer_number": info.officer_number, "officer_name": info.officer_name,
+                  "unit_number": info.unit_number, "unit_name": info.unit_name}
+        station = {k: a[k] for k in ("officer_number", "officer_name", "unit_number", "unit_name")}
+        agree = (device["officer_number"].strip(), device["unit_number"].strip()) == (
+            station["officer_number"], station["unit_number"])
+        record = {"recorder": device, "station": {**station, "assigned_at": a["assigned_at"]}, "agree": agree}
+        self.assignment_meta = {"assignment": record}
+        with self.lock:
+            self.st.assignment = record
+        if agree:
+            return
+        msg = (f"记录仪警员与采集站分配不符 / the recorder holds officer {device['officer_number']} "
+               f"{device['officer_name']} (unit {device['unit_number']}), the station assigned "
+               f"{station['officer_number']} {station['officer_name']} (unit {station['unit_number']}); files are "
+               "sealed with both; write the assignment with edge-agent dock assign")
+        self._problem(msg)
+        self.station.alarm("recorder_officer_mismatch", self, msg)
+        self.station.store.audit.append("assign-mismatch", None, actor="agent:dock", bay=self.name, serial=serial,
+                                        recorder=device, station=station)
 
     def _collector(self, info) -> dict:
         name = info.officer_name.strip()

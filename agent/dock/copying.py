@@ -88,6 +88,7 @@ class BayCopy:
     client: RecorderClient | None
     mass_storage: bool
     undock_event: threading.Event
+    assignment_meta: dict
 
     # --- plan and copy ----------------------------------------------------------------------
     def _plan(self, serial: str, records: list[FileRecord], mount: str) -> list[dict]:
@@ -335,6 +336,7 @@ class BayCopy:
             "file_number": number, "file_type": int(rec.type), "file_type_name": rec.type.name.lower(),
             "mark": int(rec.mark), "locked": bool(rec.locked), "duration_s": int(rec.duration),
             **clock.metadata(),
+            **self.assignment_meta,
         }
 
     def _source(self, rec: FileRecord, serial: str, e: dict) -> dict:

@@ -61,6 +61,10 @@ def bay_rows(state: dict) -> list[dict]:
     for b in state.get("bays", []):
         idle = b["state"] == "idle"
         officer = "" if idle else " ".join(x for x in (b.get("officer_name"), b.get("officer_number")) if x)
+        a = b.get("assignment")
+        if a and not a.get("agree") and not idle:  # never one of the two silently
+            st = a.get("station") or {}
+            officer += f" ≠ 分配 assigned {st.get('officer_name', '')} {st.get('officer_number', '')}"
         battery = f"{b['battery']}%{'⚡' if b.get('charging') else ''}" if b.get("battery") is not None and not idle else ""
         rows.append({
             "bay": b["name"], "state": b["state"], "label": LABELS.get(b["state"], b["state"]),

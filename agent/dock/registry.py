@@ -67,6 +67,17 @@ MIGRATIONS: list[tuple[str, str]] = [
             PRIMARY KEY (serial, source_key)
         );
     """),
+    ("0003_assignments", """
+        CREATE TABLE assignments (
+            serial TEXT PRIMARY KEY,
+            officer_number TEXT NOT NULL,
+            officer_name TEXT NOT NULL,
+            unit_number TEXT NOT NULL,
+            unit_name TEXT NOT NULL,
+            assigned_at TEXT NOT NULL,
+            actor TEXT
+        );
+    """),
 ]
 
 _NUMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
@@ -133,6 +144,24 @@ class Registry(Database):
         if unit:
             return self.query("SELECT * FROM officers WHERE unit_code = ? ORDER BY unit_code, number", [unit])
         return self.query("SELECT * FROM officers ORDER BY unit_code, number")
+
+    # --- assignments (edge-agent dock assign) ---------------------------------------------------
+    def assign(self, serial: str, officer_number: str, officer_name: str, unit_number: str, unit_name: str,
+               actor: str | None = None) -> dict:
+        """Record the station's assignment of ``serial`` (written into the recorder and read back
+        first: agent.dock.station ``dock.assign``)."""
+        row = {"serial": serial, "officer_number": officer_number, "officer_name": officer_name,
+               "unit_number": unit_number, "unit_name": unit_name, "assigned_at": now_iso(), "actor": actor}
+        with self.atomic() as db:
+            db["assignments"].upsert(row, pk="serial")
+            db.execute("UPDATE recorders SET officer_number = ?, officer_name = ?, unit_number = ?, unit_name = ? "
+                       "WHERE serial = ?", [officer_number, officer_name, unit_number, unit_name, serial])
+        return row
+
+    def assignment(self, serial: str) -> dict | None:
+        """The station's assignment of ``serial``, or None."""
+        rows = self.query("SELECT * FROM assignments WHERE serial = ?", [serial])
+        return rows[0] if rows else None
 
     def officer(self, number: str) -> dict | None:
         rows = self.query("SELECT * FROM officers WHERE number = ?", [number])

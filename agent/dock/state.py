@@ -94,6 +94,7 @@ class BayState:
     archived: int = 0
     erased: int = 0
     kept_protected: int = 0
+    assignment: dict | None = None  # {recorder, station, agree}: the station's assignment against the recorder's record
     problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:

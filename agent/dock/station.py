@@ -43,6 +43,7 @@ ALARMS = {
     "recorder_auth_failed": ("记录仪管理员密码错误", "recorder admin password refused"),
     "recorder_no_answer": ("记录仪无应答或通信错误", "recorder does not answer"),
     "recorder_unsafe_name": ("记录仪文件名不安全", "recorder reported unsafe file names"),
+    "recorder_officer_mismatch": ("记录仪警员与分配不符", "recorder officer differs from the assignment"),
 }
 RATIO_INTERVAL_S = 3600
 HEARTBEAT_S = 5.0
@@ -136,6 +137,7 @@ class DockStation:
         agent.commands.setdefault("dock.status", lambda args, actor: self.status())
         agent.commands.setdefault("dock.ratio", lambda args, actor: self.ratio_payload())
         agent.commands["dock.erase_policy"] = self.cmd_erase_policy
+        agent.commands["dock.assign"] = self.cmd_assign
 
     # --- component --------------------------------------------------------------------------
     def start(self) -> None:
@@ -186,6 +188,15 @@ class DockStation:
         self.store.audit.append("config", None, actor=actor, key="dock.erase_policy", old=old, new=policy)
         self._dirty.update(self.bays)
         return {"key": "dock.erase_policy", "old": old, "value": policy, "applies": "now"}
+
+    def cmd_assign(self, args: dict, actor: str) -> dict:
+        """``dock.assign {"serial", "officer"}`` (edge-agent dock assign): write officer and unit from
+        the roster into the docked recorder (WriteZFYInfo), read it back, keep the assignment and
+        audit it (assign). Refused, with nothing written, when the recorder is not docked here, the
+        officer is not in the roster or a field does not fit the recorder's record."""
+        from .assign import assign_docked
+
+        return assign_docked(self, args, actor)
 
     # --- scanning ---------------------------------------------------------------------------
     def _loop(self) -> None:

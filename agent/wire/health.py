@@ -515,6 +515,7 @@ CODES: dict[str, AlarmDef] = {
     "recorder_auth_failed": AlarmDef("warning", "记录仪管理员密码错误", "recorder admin password refused"),
     "recorder_no_answer": AlarmDef("warning", "记录仪无应答或通信错误", "recorder does not answer"),
     "recorder_unsafe_name": AlarmDef("warning", "记录仪文件名不安全", "recorder reported unsafe file names"),
+    "recorder_officer_mismatch": AlarmDef("warning", "记录仪警员与分配不符", "recorder officer differs from the assignment"),
     # interview room
     "room_state_unreadable": AlarmDef("critical", "询问室会话状态文件损坏", "room session state unreadable"),
     "room_recovery_failed": AlarmDef("critical", "询问室录像恢复失败", "room recording recovery failed"),

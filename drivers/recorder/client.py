@@ -136,6 +136,10 @@ class SerialTransport:
     def decoder(self) -> FrameDecoder:
         return self._decoder
 
+    @property
+    def closed(self) -> bool:
+        return self._port is None
+
     # --- the command set's view ----------------------------------------------------------------
     def supports(self, fn: Function) -> bool:
         return fn in COMMANDS
