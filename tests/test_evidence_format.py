@@ -141,3 +141,28 @@ def test_reference_verifier_detects_removal_with_the_checkpoint(tmp_path):
         verify_chain(store.items_dir, ring, checkpoints={"dock-01": {"count": cp.count, "head": cp.head,
                                                                      "annotations": cp.annotations, "time": cp.time}})
     store.close()
+
+
+def test_replaced_device_key_still_maps_to_its_device(tmp_path):
+    """After `archive enroll --force` the old key is kept as DEVICE.KEYID.pub.old: items signed with
+    it still verify with --keys, in both verifiers, and still only as that device's."""
+    store = make_store(tmp_path, evidence__block_size=4096)
+    src = tmp_path / "clip.mp4"
+    src.write_bytes(os.urandom(5000))
+    m = ingest(store, [src], dict(META, capture_start="2026-11-27T09:00:00+08:00"))
+    item = store.items_dir / m["item_id"]
+    kdir = tmp_path / "keys"
+    kdir.mkdir()
+    old_kid = keys.key_id(store.private_key.public_key())
+    (kdir / f"dock-01.{old_kid}.pub.old").write_bytes(store.pub_path.read_bytes())
+    keys.generate(tmp_path / "new.key", kdir / "dock-01.pub")
+    ring = keys.KeyRing.from_paths(keys_dir=kdir)
+    assert ring.device_of[old_kid] == "dock-01"
+    assert verify_item(item, ring).device_id == "dock-01"
+    assert _ref(item, kdir).stdout.startswith(f"OK {m['item_id']}")
+    # a .pub.old whose name does not carry its key id maps to nothing
+    (kdir / f"dock-01.{old_kid}.pub.old").rename(kdir / "dock-01.0000000000000000.pub.old")
+    with pytest.raises(VerifyError, match="unknown key"):
+        verify_item(item, keys.KeyRing.from_paths(keys_dir=kdir))
+    assert _ref(item, kdir).stdout.startswith("FAIL manifest signed by unknown key")
+    store.close()

@@ -208,13 +208,20 @@ class Keys:
         else:
             for f in sorted(p.glob("*.pub")):
                 self._add(self.devices, f, f.stem)
+            for f in sorted(p.glob("*.pub.old")):  # DEVICE_ID.KEYID.pub.old: a replaced key of that device
+                dev, _, kid = f.name[:-len(".pub.old")].rpartition(".")
+                found = {}
+                if dev and self._add(found, f, dev) == kid:
+                    self.devices.update(found)
             for f in sorted(p.glob("annotators/*/*.pub")):
                 self._add(self.annotators, f, f.parent.name)
 
     @staticmethod
     def _add(table, f, owner):
         pub = load_pem_public_key(f.read_bytes())
-        table[hashlib.sha256(pub.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()[:16]] = (pub, owner)
+        kid = hashlib.sha256(pub.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()[:16]
+        table[kid] = (pub, owner)
+        return kid
 
     def device_key(self, device):
         return next((pub for pub, dev in self.devices.values() if dev == device), None)

@@ -145,6 +145,11 @@ class KeyRing:
                 raise EdgeError(f"{d}: keys directory not found")
             for p in sorted(d.glob("*.pub")):
                 ring.add(load_public(p), device_id=p.stem)
+            for p in sorted(d.glob("*.pub.old")):  # a replaced key: DEVICE_ID.KEYID.pub.old, still that device's
+                dev, _, kid = p.name[:-len(".pub.old")].rpartition(".")
+                public = load_public(p)
+                if dev and kid == key_id(public):
+                    ring.add(public, device_id=dev)
             ring.load_annotators(d)
         return ring
 
