@@ -148,3 +148,31 @@ def test_enroll_annotator(tmp_path):
     p = run(["verify", str(item), "--keys", str(root / "keys")])
     assert p.returncode == 0 and "1 annotations" in p.stdout, p.stderr
     store.close()
+
+
+def test_archive_ring_keeps_a_replaced_device_key(tmp_path):
+    """Items a device sealed before its key was replaced (`archive enroll --force`) still verify at
+    the archive: the replaced key stays that device's, and only that device's."""
+    from agent.archive.storage import ArchiveStore
+    from agent.evidence.verify import verify_item
+    from tests.support.uplink import agent_config, enroll, open_store, run
+
+    store = open_store(agent_config(tmp_path, 1))
+    item = store.item_dir(add_items(store, tmp_path, [100])[0])
+    root = tmp_path / "archive"
+    enroll(root, store)
+    old_kid = keys.key_id(store.private_key.public_key())
+    keys.generate(tmp_path / "new.key", tmp_path / "new.pub")
+    run(["archive", "enroll", "dock-0001", str(tmp_path / "new.pub"), "--unit", UNIT, "--root", str(root),
+         "--force"], check=True)
+    keys.generate(tmp_path / "o.key", tmp_path / "o.pub")
+    run(["archive", "enroll", "dock-0002", str(tmp_path / "o.pub"), "--unit", UNIT, "--root", str(root)], check=True)
+    st = ArchiveStore(root)
+    try:
+        ring = st.registry.ring("dock-0001")
+        assert ring.device_of[old_kid] == "dock-0001" and old_kid in ring.by_id
+        assert verify_item(item, ring, expected_device="dock-0001").device_id == "dock-0001"
+        assert old_kid not in st.registry.ring("dock-0002").by_id
+    finally:
+        st.close()
+        store.close()

@@ -155,6 +155,10 @@ class Registry:
         row = self.device(device)
         ring = keys.KeyRing()
         ring.add(keys.parse_public(row["pubkey"].encode()), device)
+        for p in self.keys_dir.glob(f"{device}.*.pub.old"):  # replaced keys: items sealed before still arrive
+            public = keys.load_public(p)
+            if p.name == f"{device}.{keys.key_id(public)}.pub.old":
+                ring.add(public, device)
         ring.load_annotators(self.keys_dir, row["unit"])
         for other in self.db.query("SELECT id, key_id FROM devices WHERE id != ?", [device]):
             ring.device_of.setdefault(other["key_id"], other["id"])  # named in refusals, never trusted here
