@@ -208,3 +208,52 @@ def test_clock_fields_checked_by_the_format():
     for extra, needle in bad:
         with pytest.raises(MetadataError, match=needle):
             validate_metadata({**base, **extra})
+
+
+# --- 3. a recorder that drops its command channel after SET_MSDC ---------------------------------
+def test_channel_gone_after_mass_storage_copy_from_volume_erase_when_it_returns(env, media):
+    """The recorder re-enumerates as mass storage only: its port vanishes 0.3 s after the SET_MSDC
+    answer and comes back 1.5 s later as a new connection. The bay copies from the volume, waits for
+    the archive, then reconnects (IDENTIFY, AUTH again) and erases over the returned channel."""
+    data, ports, made = env
+    originals = {p.name: sha(p) for p in media.iterdir()}
+    st = start_station(made, make_cfg(data, ports, probe=False))
+    sim = start_sim(made, media, ports / "ttyREC1", msdc_drop=1.5)
+    b = st.wait_state("bay-1", ("uploading",), timeout=30)
+    assert b["docked"] and b["sealed"] == 5 and b["problems"] == []
+    assert sim.channel_dropped.wait(5)
+    items = sealed_items(st.store)
+    assert sorted(st.store.read_manifest(r["id"])["source"]["name"] for r in items) == sorted(originals)
+    assert all(r["content_hash"] == originals[st.store.read_manifest(r["id"])["source"]["name"]] for r in items)
+    assert st.bay("bay-1")["state"] == "uploading" and st.bay("bay-1")["docked"]  # the vanished port is no undock
+    for r in items:
+        st.store.mark_archived(r["id"], receipt_for(r))
+    b = st.wait("bay-1", ("done",), timeout=30)
+    assert sim.channel_back.is_set() and sim.connections == 2
+    important = [n for n in originals if "_IMP" in n]
+    assert sorted(sim.erased) == sorted(set(originals) - set(important)) and b["erased"] == 4
+    assert sim.authenticated  # the station authenticated again on the new connection
+    ch = [json.loads(e["detail"]) for e in st.store.audit.entries(action="channel")]
+    assert len(ch) == 1 and ch[0]["event"] == "returned" and ch[0]["serial"] == SERIAL
+    assert len(st.dock.registry.recorders()) == 1 and st.dock.registry.recorders()[0]["docks"] == 1
+
+
+def test_channel_that_never_returns_keeps_the_files_for_the_next_docking(env, media):
+    data, ports, made = env
+    st = start_station(made, make_cfg(data, ports, probe=False, channel_return_s=2))
+    sim = start_sim(made, media, ports / "ttyREC1", msdc_drop=3600)
+    st.wait_state("bay-1", ("uploading",), timeout=30)
+    assert sim.channel_dropped.wait(5)
+    for r in sealed_items(st.store):
+        st.store.mark_archived(r["id"], receipt_for(r))
+    b = st.wait("bay-1", ("error",), timeout=30)
+    assert "命令通道未恢复" in b["reason"] and "erased at the next docking" in b["reason"]
+    assert sim.erased == [] and len(sealed_items(st.store)) == 5
+    # docked again (the channel is there from the start): everything is in custody, no switch to mass
+    # storage, the archived files are erased over the channel
+    sim.stop()
+    st.wait_state("bay-1", ("idle", "error"), timeout=5)
+    time.sleep(0.3)
+    sim2 = start_sim(made, media, ports / "ttyREC1", msdc_drop=3600)
+    b = st.wait("bay-1", ("done",), timeout=30)
+    assert b["already"] == 5 and b["erased"] == 4 and len(sim2.erased) == 4 and not sim2.msdc

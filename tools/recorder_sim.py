@@ -23,13 +23,18 @@ Faults (constructor keywords / flags):
   corrupt_responses  the first N responses go out with a bad CRC (the retry is answered
                      from the duplicate cache, not executed again)
   disconnect_file/_at  after SetMSDC that file is a FIFO in the mount dir: a reader gets
-                     its first N bytes, then the pty master closes and the link vanishes
-                     (serial hangup) before the reader sees EOF
+                     its first N bytes, then the pty master closes, the link vanishes
+                     (serial hangup) and the volume (mount dir) goes: unplugged, before the
+                     reader sees EOF
   flip_bit_at        with disconnect_file: the byte at this offset (< disconnect_at) goes out
                      through the FIFO with its lowest bit flipped (a read gone wrong before the
                      unplug); the file itself is unchanged, so a re-dock serves the true bytes
   clock_offset       device clock = real time + offset seconds
   clock_fixed        device clock starts at 1970-01-01 or 2099-01-01 00:00:00 (or a datetime)
+  msdc_drop          the command channel goes away 0.3 s after the SET_MSDC answer (the pty closes,
+                     the link vanishes: a recorder that re-enumerates as mass storage only) and comes
+                     back this many seconds later as a new connection (a new pty at the same link;
+                     authentication is gone, the volume stays in place); None = composite device
   no_clock_read      READ_CLOCK answers 15 UNKNOWN_COMMAND (a recorder that cannot tell its time,
                      like the 行标 functions: docs/gat947.md); SET_CLOCK still works
   storage_full       storage reports free = 0
@@ -138,6 +143,7 @@ class RecorderSim:
         clock_offset: float = 0.0,
         clock_fixed: str | _dt.datetime | None = None,
         no_clock_read: bool = False,
+        msdc_drop: float | None = None,
         storage_full: bool = False,
         wrong_password: bool = False,
         time_sync_fail: bool = False,
@@ -180,6 +186,7 @@ class RecorderSim:
         self.flip_bit_at = flip_bit_at  # fault: this byte of the FIFO's stream goes out with bit 0 flipped
         self.storage_full = storage_full
         self.no_clock_read = no_clock_read
+        self.msdc_drop = msdc_drop  # fault: seconds the command channel stays away after SET_MSDC
         self.time_sync_fail = time_sync_fail
         self.msdc_fail = msdc_fail
         self.inject_names = list(inject_names)
@@ -213,6 +220,11 @@ class RecorderSim:
         self.requests: list[tuple[int, int]] = []  # (cmd, seq) of every request received
         self.erased: list[str] = []
         self.disconnected = threading.Event()
+        self.channel_dropped = threading.Event()  # msdc_drop: the channel went away after SET_MSDC
+        self.channel_back = threading.Event()  # ... and came back
+        self.connections = 1  # command-channel connections so far (a drop and return makes a new one)
+        self._drop_at: float | None = None
+        self._return_at: float | None = None
         self.fifo_bytes_sent = 0
         self.files: list[FileRecord] = []
 
@@ -249,6 +261,16 @@ class RecorderSim:
             self.mount_dir = tempfile.mkdtemp(prefix="recsim-mnt-")
         else:
             os.makedirs(self.mount_dir, exist_ok=True)
+        tty_path = self._open_port()
+        self._wake_r, self._wake_w = os.pipe()
+        t = threading.Thread(target=self._serve, name=f"recsim-{self.info.serial}", daemon=True)
+        self._threads.append(t)
+        t.start()
+        logger.info("recorder sim %s on %s (%s), mount %s", self.info.serial, self.port_path, tty_path, self.mount_dir)
+        return self
+
+    def _open_port(self) -> str:
+        """A new pty (a new connection of the command channel), linked at ``link``."""
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         os.set_blocking(self._master, False)
@@ -263,12 +285,27 @@ class RecorderSim:
             self.port_path = str(self.link)
         else:
             self.port_path = tty_path
-        self._wake_r, self._wake_w = os.pipe()
-        t = threading.Thread(target=self._serve, name=f"recsim-{self.info.serial}", daemon=True)
-        self._threads.append(t)
-        t.start()
-        logger.info("recorder sim %s on %s (%s), mount %s", self.info.serial, self.port_path, tty_path, self.mount_dir)
-        return self
+        return tty_path
+
+    def _channel_timers(self) -> None:
+        """msdc_drop: the serve thread closes the channel when due and opens a new one later."""
+        now = time.monotonic()
+        if self._drop_at is not None and now >= self._drop_at:
+            self._drop_at = None
+            self._close_port()
+            self._return_at = now + float(self.msdc_drop or 0)
+            logger.info("recorder sim %s: command channel gone (mass storage only)", self.info.serial)
+            self.channel_dropped.set()
+        if self._return_at is not None and now >= self._return_at:
+            self._return_at = None
+            self._open_port()
+            # a new connection: authentication and the duplicate cache belong to the old one
+            self.authenticated = False
+            self._decoder = FrameDecoder()
+            self._last, self._last_response = None, b""
+            self.connections += 1
+            logger.info("recorder sim %s: command channel back at %s", self.info.serial, self.port_path)
+            self.channel_back.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -283,15 +320,7 @@ class RecorderSim:
                 except OSError:
                     pass
         self._wake_r = self._wake_w = -1
-        if self.mount_dir and os.path.isdir(self.mount_dir):
-            if self._own_mount:
-                shutil.rmtree(self.mount_dir, ignore_errors=True)
-            else:
-                for name in self._placed:
-                    try:
-                        os.unlink(os.path.join(self.mount_dir, name))
-                    except OSError:
-                        pass
+        self._remove_volume()
 
     def __enter__(self) -> RecorderSim:
         return self.start()
@@ -348,10 +377,15 @@ class RecorderSim:
     def _serve(self) -> None:
         try:
             while not self._stop.is_set():
+                self._channel_timers()
                 master = self._master
                 if master is None:
-                    return
-                readable, _, _ = select.select([master, self._wake_r], [], [], 0.2)
+                    if self._return_at is None:
+                        return
+                    self._stop.wait(0.05)
+                    continue
+                pending = self._drop_at is not None or self._return_at is not None
+                readable, _, _ = select.select([master, self._wake_r], [], [], 0.05 if pending else 0.2)
                 if self._wake_r in readable:
                     os.read(self._wake_r, 64)
                     if self._hangup.is_set():
@@ -375,7 +409,20 @@ class RecorderSim:
     def _do_hangup(self) -> None:
         logger.info("recorder sim %s: hangup (disconnect fault)", self.info.serial)
         self._close_port()
+        self._remove_volume()  # unplugged: the volume goes with the channel
         self.disconnected.set()
+
+    def _remove_volume(self) -> None:
+        if not (self.mount_dir and os.path.isdir(self.mount_dir)):
+            return
+        if self._own_mount:
+            shutil.rmtree(self.mount_dir, ignore_errors=True)
+            return
+        for name in self._placed:
+            try:
+                os.unlink(os.path.join(self.mount_dir, name))
+            except OSError:
+                pass
 
     def _send(self, data: bytes) -> None:
         master = self._master
@@ -485,6 +532,8 @@ class RecorderSim:
             if not self.msdc:
                 self._populate_mount()
                 self.msdc = True
+                if self.msdc_drop is not None:  # re-enumerates as mass storage only, once the answer is out
+                    self._drop_at = time.monotonic() + 0.3
             return Result.MSDC_OK, os.path.abspath(self.mount_dir).encode("utf-8")
         if cmd == Command.LIST_FILES:
             if len(payload) != 2:
@@ -818,6 +867,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clock-offset", type=float, default=0.0, help="fault: device clock offset, seconds")
     ap.add_argument("--clock-fixed", choices=["1970", "2099"], help="fault: device clock starts at that year")
     ap.add_argument("--no-clock-read", action="store_true", help="fault: READ_CLOCK unknown to the recorder")
+    ap.add_argument("--msdc-drop", type=float, metavar="S",
+                    help="fault: the command channel goes away after SET_MSDC and comes back S seconds later")
     ap.add_argument("--full", action="store_true", help="fault: storage free 0")
     ap.add_argument("--wrong-password", action="store_true", help="fault: device password differs")
     ap.add_argument("--time-sync-fail", action="store_true")
@@ -843,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
         garbage=a.garbage, silent=a.silent, corrupt_responses=a.corrupt, response_delay=a.delay,
         disconnect_file=a.disconnect_file, disconnect_at=a.disconnect_at, flip_bit_at=a.flip_bit_at,
         clock_offset=a.clock_offset,
-        clock_fixed=a.clock_fixed, no_clock_read=a.no_clock_read, storage_full=a.full, wrong_password=a.wrong_password,
+        clock_fixed=a.clock_fixed, no_clock_read=a.no_clock_read, msdc_drop=a.msdc_drop, storage_full=a.full, wrong_password=a.wrong_password,
         time_sync_fail=a.time_sync_fail, msdc_fail=a.msdc_fail, inject_names=a.inject_name,
         list_trailing=a.list_trailing, list_short=a.list_short, seed=a.seed,
         resolution=tuple(int(x) for x in a.resolution.lower().split("x", 1)), id_code=a.id_code,

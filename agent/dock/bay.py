@@ -62,6 +62,7 @@ class Bay(BayCopy, BayErase):
         self.undock_event = threading.Event()
         self.ident: tuple | None = None  # identity of the docked device node (station._identity)
         self.assignment_meta: dict = {}  # sealed into each item when the station has an assignment (dock assign)
+        self.msdc_mount: str | None = None  # set after SET_MSDC: the recorder's volume, which outlives its channel
         self._last_notify = 0.0
         self._rate_t0 = 0.0
         self._rate_b0 = 0
@@ -99,6 +100,7 @@ class Bay(BayCopy, BayErase):
             self.st = BayState(**keep, path=path, docked=True, since=now_iso())
         self.undock_event.clear()
         self.assignment_meta = {}
+        self.msdc_mount = None
         self.station.clear_bay_alarms(self)
         self.thread = threading.Thread(target=self.run, name=f"dock-{self.name}", daemon=True)
         self.thread.start()
@@ -115,7 +117,66 @@ class Bay(BayCopy, BayErase):
         self.station.bay_changed(self, important=True)
 
     def gone(self) -> bool:
-        return self.undock_event.is_set() or not os.path.exists(self.st.path) or self.station.stop_event.is_set()
+        """The recorder was taken out (or the station stops). After SET_MSDC its volume tells, not its
+        command channel: a recorder may drop the channel while it is mass storage."""
+        if self.undock_event.is_set() or self.station.stop_event.is_set():
+            return True
+        if self.msdc_mount is not None:
+            return not os.path.isdir(self.msdc_mount)
+        return not os.path.exists(self.st.path)
+
+    def channel_may_drop(self) -> bool:
+        """True while the worker copies from the volume after SET_MSDC: the command channel's port may
+        vanish and come back as a new device node without the recorder having left (the station's
+        scan leaves such a bay alone; the worker reconnects and checks the serial itself)."""
+        mount = self.msdc_mount
+        return self.busy and mount is not None and os.path.isdir(mount)
+
+    def reconnect(self) -> RecorderClient:
+        """The command channel again after it went away in mass-storage mode: wait up to
+        ``dock.channel_return_s`` for the port, open it, IDENTIFY (the same serial, or nothing is
+        erased), AUTH again (authentication lasts per connection). Audited (``channel``)."""
+        from .station import _identity
+
+        cfg = self.station.cfg.dock
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        t0 = time.monotonic()
+        deadline = t0 + cfg.channel_return_s
+        self.set(self.st.state, "等待记录仪命令通道恢复 / waiting for the recorder's command channel to come back "
+                                "(it went away in mass-storage mode)")
+        log.info("bay %s: command channel of %s gone in mass-storage mode; waiting up to %d s", self.name,
+                 self.st.serial, cfg.channel_return_s)
+        client = info = None
+        while info is None:
+            if self.gone():
+                raise RecorderGone("undocked")
+            if os.path.exists(self.st.path):
+                try:
+                    client = RecorderClient(self.st.path, timeout=cfg.serial_timeout_ms / 1000, retries=3)
+                    info = client.identify()
+                except RecorderError as exc:
+                    log.debug("bay %s: channel not ready yet: %s", self.name, exc)
+                    if client is not None:
+                        client.close()
+                    client = None
+            if info is None:
+                if time.monotonic() >= deadline:
+                    raise BayAbort(f"命令通道未恢复 / the recorder's command channel did not come back within "
+                                   f"{cfg.channel_return_s} s after mass storage; its files are kept on it and erased "
+                                   "at the next docking")
+                self.station.stop_event.wait(0.2)
+        if info.serial.strip() != self.st.serial:
+            client.close()
+            raise BayAbort(f"命令通道换了记录仪 / the command channel came back with serial {info.serial.strip()!r}, "
+                           f"not {self.st.serial}; nothing is erased")
+        client.authenticate(cfg.admin_password)
+        self.client = client
+        self.ident = _identity(self.st.path)
+        self.station.store.audit.append("channel", None, actor="agent:dock", bay=self.name, serial=self.st.serial,
+                                        event="returned", after_s=round(time.monotonic() - t0, 1))
+        return client
 
     # --- worker -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -206,7 +267,12 @@ class Bay(BayCopy, BayErase):
             records, bad = self._list_files()
             self._keep_clock(serial, records, clock)
             self._set_clock(clock, device_time)
-            mount = c.mass_storage()
+            if self._needs_volume(serial, records):
+                mount = c.mass_storage()
+                self.msdc_mount = mount  # from here on the volume, not the channel, tells whether it is docked
+            else:  # nothing to copy or re-read: stay on the command channel (erase needs no volume)
+                log.info("bay %s: every file of %s is in custody already; no switch to mass storage", self.name,
+                         serial)
         else:
             try:
                 records = scan_mass_storage(mount, probe=False)
@@ -310,6 +376,19 @@ class Bay(BayCopy, BayErase):
                           "capture times from this recorder need review")
         self._clock_huge = huge
         return ClockOffset(offset_ms, measured_at, "measured"), device
+
+    def _needs_volume(self, serial: str, records: list[FileRecord]) -> bool:
+        """SET_MSDC only when the volume is needed: a file not yet in custody, or a second read for
+        after-local-verify. A recorder that re-enumerates at the switch would otherwise come back
+        after every docking only to be switched again."""
+        store = self.station.store
+        if self.station.cfg.dock.erase_policy == "after-local-verify" and any(not r.protected for r in records):
+            return True
+        for r in records:
+            row = store.find_by_source(source_key(serial, r))
+            if not (row and row["state"] in HAVE_STATES):
+                return True
+        return False
 
     def _keep_clock(self, serial: str, records: list[FileRecord], clock: ClockOffset) -> None:
         self.station.registry.keep_clock(serial, [source_key(serial, r) for r in records], clock.offset_ms,

@@ -87,11 +87,14 @@ class BayCopy:
     lock: threading.RLock
     client: RecorderClient | None
     mass_storage: bool
+    msdc_mount: str | None
     undock_event: threading.Event
     assignment_meta: dict
 
     # --- plan and copy ----------------------------------------------------------------------
-    def _plan(self, serial: str, records: list[FileRecord], mount: str) -> list[dict]:
+    def _plan(self, serial: str, records: list[FileRecord], mount: str | None) -> list[dict]:
+        """One entry per file; ``mount`` None when the recorder was not switched to mass storage
+        (every file already in custody): then no file has a source path."""
         store = self.station.store
         plan = []
         names: set[str] = set()
@@ -100,7 +103,7 @@ class BayCopy:
                 src = Path(rec.path)
                 rel = os.path.relpath(rec.path, mount)
             else:
-                src = Path(mount) / rec.name
+                src = Path(mount) / rec.name if mount is not None else None
                 rel = rec.name
             key = source_key(serial, rec, rel)
             row = store.find_by_source(key)
@@ -407,7 +410,11 @@ class BayCopy:
         return h.hexdigest()
 
     def _recorder_gone(self) -> bool:
-        if self.undock_event.is_set() or not os.path.exists(self.st.path):
+        if self.undock_event.is_set():
+            return True
+        if self.msdc_mount is not None:  # the channel may be away in mass-storage mode: the volume tells
+            return not os.path.isdir(self.msdc_mount)
+        if not os.path.exists(self.st.path):
             return True
         if self.client is None:
             return not os.path.isdir(self.st.path)

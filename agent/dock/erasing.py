@@ -16,7 +16,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
-from drivers.recorder import FileRecord, RecorderClient, RecorderRefused
+from drivers.recorder import FileRecord, RecorderClient, RecorderGone, RecorderRefused, RecorderTimeout
 from drivers.recorder.protocol import Result
 
 from agent.common.errors import EdgeError
@@ -153,6 +153,11 @@ def _archived_and_same(rec: FileRecord, row: dict, copies: Sequence[dict], seale
                           "(same hash and size as read from the recorder)", True)
 
 
+class _AlreadyGone(Exception):
+    """An ERASE re-sent on a new connection found no such file: the first one (whose answer was lost
+    with the old connection) erased it."""
+
+
 class BayErase:
     """Wait for the archive and erase per policy (mixed into ``Bay``, whose state, lock, ``set()``,
     ``_problem()``, ``_reread()`` and ``gone()`` it uses)."""
@@ -162,6 +167,7 @@ class BayErase:
     lock: threading.RLock
     client: RecorderClient | None
     mass_storage: bool
+    msdc_mount: str | None
 
     # --- after copying: upload and erase ---------------------------------------------------
     def _finish(self, plan: list[dict], serial: str) -> None:
@@ -230,7 +236,8 @@ class BayErase:
                 continue
             rec: FileRecord = e["rec"]
             copies, sealed = self._evidence(e) if policy == "after-archive" else ((), None)
-            if copies and e["reread"] is None and not resume_proven(copies, e.get("resumed_at", 0)):
+            if copies and e["reread"] is None and e["src"] is not None \
+                    and not resume_proven(copies, e.get("resumed_at", 0)):
                 # resumed by a version that did not check the prefix: a whole second read proves it, or not
                 self.set("verifying", f"复核 {rec.name} / re-reading {rec.name} (resumed copy)")
                 try:
@@ -249,6 +256,32 @@ class BayErase:
                     s.store.audit.append("erase", e["item"], actor="agent:dock", result="withheld", bay=self.name,
                                          serial=serial, file=rec.name, size=rec.size, policy=policy, why=d.why)
                     self._problem(f"未删除 / {rec.name} kept on the recorder: {d.why}")
+
+    def _erase_over_channel(self, name: str) -> None:
+        """ERASE on the command channel; when it went away in mass-storage mode (a recorder that
+        re-enumerates), wait for it to come back (``Bay.reconnect``) and send it again there. The
+        new connection has no duplicate cache of the old one: 12 NOT_FOUND then means the first
+        ERASE did its work."""
+        client = self.client
+        if client is not None and self.msdc_mount is not None and not os.path.exists(self.st.path):
+            client = None  # the port is gone: do not wait for an answer on it
+        if client is not None:
+            try:
+                client.erase(name)
+                return
+            except (RecorderGone, RecorderTimeout):
+                if self.msdc_mount is None:
+                    raise
+            resent = True
+        else:
+            resent = False
+        client = self.reconnect()
+        try:
+            client.erase(name)
+        except RecorderRefused as exc:
+            if resent and exc.result == Result.NOT_FOUND:
+                raise _AlreadyGone() from None
+            raise
 
     def _evidence(self, e: dict) -> tuple[list[dict], dict | None]:
         """The copy records of the item and the summary of its sealed manifest in the spool (None
@@ -274,7 +307,11 @@ class BayErase:
             if self.mass_storage:
                 os.unlink(e["src"])
             else:
-                self.client.erase(rec.name)
+                self._erase_over_channel(rec.name)
+        except _AlreadyGone:
+            e["erase_final"] = True
+            s.store.audit.append("erase", e["item"], actor="agent:dock", result="already gone", **detail)
+            return
         except RecorderRefused as exc:
             e["erase_final"] = True
             s.store.audit.append("erase", e["item"], actor="agent:dock", result="refused", error=str(exc), **detail)

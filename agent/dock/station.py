@@ -254,6 +254,8 @@ class DockStation:
                 if bay is None:
                     bay = self.bays[name] = Bay(self, name, path, spec.mass_storage_only)
                 ident = _identity(path)
+                if bay.channel_may_drop():
+                    continue  # mass storage: the channel's node may come back anew; the worker checks the serial
                 if bay.st.docked and ident != bay.ident:
                     # the recorder was swapped between two scans: the old one left, a new one came
                     log.info("bay %s: a different device at %s", name, path)
@@ -263,7 +265,7 @@ class DockStation:
                     bay.ident = ident
                     bay.docked_at(path)
             for name, bay in self.bays.items():
-                if bay.st.docked and name not in present:
+                if bay.st.docked and name not in present and not bay.channel_may_drop():
                     log.info("bay %s: recorder removed", name)
                     bay.undocked()
 
