@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from drivers.recorder.udev import start_monitor
+
 from agent.common.ports import AlarmPort, ReportPort
 from agent.common.timeutil import now_iso
 from .bay import Bay
@@ -134,6 +136,8 @@ class DockStation:
         self._last_ratio = 0.0
         self._ratio_due = True
         self.started_at = now_iso()
+        self._wake = threading.Event()  # a udev event: scan now instead of at the next poll
+        self._udev = None
         agent.commands.setdefault("dock.status", lambda args, actor: self.status())
         agent.commands.setdefault("dock.ratio", lambda args, actor: self.ratio_payload())
         agent.commands["dock.erase_policy"] = self.cmd_erase_policy
@@ -144,12 +148,23 @@ class DockStation:
         if self._thread is not None:
             return
         self.stop_event.clear()
+        self._udev = start_monitor(lambda action, props: self._wake.set())  # None without udev: poll only
+        log.info("dock: docking detected by %s", self.detection)
         self._write_state()
         self._thread = threading.Thread(target=self._loop, name="dock-scan", daemon=True)
         self._thread.start()
 
+    @property
+    def detection(self) -> str:
+        """udev (events wake the scan; the poll stays as a safety net) or polling (every dock.poll_ms)."""
+        return "udev" if self._udev is not None else "polling"
+
     def stop(self) -> None:
         self.stop_event.set()
+        self._wake.set()
+        if self._udev is not None:
+            self._udev.stop()
+            self._udev = None
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
@@ -164,7 +179,7 @@ class DockStation:
         return {
             "device": self.cfg.device.id, "location": self.cfg.device.location, "updated": now_iso(),
             "updated_ts": time.time(), "pid": os.getpid(), "started": self.started_at,
-            "patterns": [s.pattern for s in self.specs], "erase_policy": self.cfg.dock.erase_policy,
+            "patterns": [s.pattern for s in self.specs], "detection": self.detection, "erase_policy": self.cfg.dock.erase_policy,
             "verify_policy": self.cfg.dock.verify_policy, "pool": self.pool.status(),
             "disk": {"free_bytes": self.store.free(), "reserve_bytes": self.store.reserve},
             "alarms": sorted(self.alarms.values(), key=lambda a: a["key"]),
@@ -213,7 +228,8 @@ class DockStation:
                     self.report_ratio()
             except Exception:
                 log.exception("dock scan failed")
-            self.stop_event.wait(interval)
+            self._wake.wait(interval)
+            self._wake.clear()
 
     def _present(self) -> dict[str, tuple[BaySpec, str]]:
         found: dict[str, tuple[BaySpec, str]] = {}
