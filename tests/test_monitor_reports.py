@@ -79,7 +79,7 @@ def test_roster_and_ratio_report(tmp_path, db):
     people.write_bytes("unit_code,unit_name,officer_id,name\nU-B,乙执法中队,330001,张三\nU-B,乙执法中队,330002,李四\n"
                        "U-B,乙执法中队,330003,王五\n".encode("gb18030"))
     cli("monitor", "roster", "import", str(people), "--db", str(db))
-    rep = json.loads(cli("report", "ratio", "--db", str(db), "--format", "json", "--to", "2026-01-03").stdout)
+    rep = json.loads(cli("report", "ratio", "--db", str(db), "--json", "--to", "2026-01-03").stdout)
     units = {u["unit_code"]: u for u in rep["units"]}
     a, b = units["U-A"], units["U-B"]
     assert a["recorders"] == 5, "serials de-duplicated across the two docks"
@@ -93,14 +93,18 @@ def test_roster_and_ratio_report(tmp_path, db):
 
 def test_usage_and_annual_reports(db):
     rep = json.loads(cli("report", "usage", "--db", str(db), "--unit", "U-A", "--from", "2026-01-01",
-                         "--to", "2026-01-03", "--format", "json").stdout)
+                         "--to", "2026-01-03", "--json").stdout)
     u = rep["units"][0]
     # per device: counter 40 at the end of 2025-12-31, 100 at the end of 2026-01-03 -> 60 items, 3 devices
     assert u["items"] == 180 and u["items_archived"] == 180 and u["archived_share"] == 1.0
     assert u["hours_recorded"] == pytest.approx(180 * 360 / 3600)
     assert u["items_pending_annotation"] == 6
     assert u["alarms_by_kind"]["microphone_silent"] == 1 and u["alarms_total"] == 1
-    annual = json.loads(cli("report", "annual", "--db", str(db), "--year", "2025", "--format", "json").stdout)
+    old = cli("report", "annual", "--db", str(db), "--year", "2025", "--format", "json")  # deprecated spelling
+    assert "--format json is deprecated; use --json" in old.stderr
+    annual = json.loads(old.stdout)
+    again = json.loads(cli("report", "annual", "--db", str(db), "--year", "2025", "--json").stdout)
+    assert {k: v for k, v in annual.items() if k != "generated"} == {k: v for k, v in again.items() if k != "generated"}
     assert annual["due"] == "2026-01-31" and annual["year"] == 2025
     ua = {x["unit_code"]: x for x in annual["units"]}
     # 2025: first sample of the device (10) to the end of 2025-12-31 (40): 30 items per device
@@ -119,6 +123,8 @@ def test_usage_and_annual_reports(db):
     (["report", "annual", "--year", "1999"], "--year 1999: out of range"),
     (["report", "annual", "--year", "2025", "--from", "2025-01-01"], "exclude each other"),
     (["report", "ratio", "--format", "xml"], "Invalid value for '--format'"),
+    (["report", "ratio", "--json", "--csv"], "choose one of --json or --csv"),
+    (["report", "ratio", "--json", "--format", "csv"], "choose one of --json or --csv"),
 ])
 def test_report_bad_args(db, args, message):
     p = cli(*args, "--db", str(db), check=False)

@@ -109,7 +109,7 @@ def box(tmp_path):
 
 def test_room_cli_refusals_and_kill9_recovery(box):
     r = box.cli("room", "status")
-    assert r.returncode != 0 and "the agent is not running" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode != 0 and "the edge-agent service is not running" in r.stderr and "Traceback" not in r.stderr
     box.start()
     r = box.cli("room", "start", *FIELDS[2:])                       # no case number
     assert r.returncode != 0 and "案件编号" in r.stderr and "--case" in r.stderr, r.stderr
@@ -190,7 +190,8 @@ def test_room_segments_reach_the_archive_first_and_verify_there(tmp_path, broker
         # a docking-style backlog item (priority 5) waiting before the session starts
         big = tmp_path / "backlog.bin"
         big.write_bytes(os.urandom(3 << 20))
-        r = b.cli("ingest", str(big), "--case", "X-1", "--collector", "a", "--collector-id", "1", "--proof", "p", "-q")
+        r = b.cli("ingest", str(big), "--case", "X-1", "--collector", "a", "--collector-id", "1", "--proof", "p", "-q",
+                  "--kind", "other")
         assert r.returncode == 0, r.stderr
         # the session is started and stopped by signed MQTT commands: the same handlers as the socket
         r = b.cli("command", "keygen", "ops", "--out", str(tmp_path / "op"))

@@ -145,7 +145,7 @@ class Registry:
     def device(self, device: str, missing_ok: bool = False) -> dict | None:
         row = self.db.one("SELECT * FROM devices WHERE id = ?", [device])
         if row is None and not missing_ok:
-            raise NotFoundError(f"device {device} is not enrolled (edge-agent archive enroll)")
+            raise NotFoundError(f"device {device} is not enrolled (`edge-agent archive enroll {device} PUBKEY --unit UNIT_CODE`)")
         return row
 
     def devices(self) -> list[dict]:

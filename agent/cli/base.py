@@ -54,4 +54,29 @@ def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True, default=str))
 
 
+class LazyChoice(click.Choice):
+    """A click.Choice whose values come from ``load()`` when first needed (parsing or --help), so
+    that starting the command does not import the module that defines them."""
+
+    def __init__(self, load, case_sensitive: bool = True):
+        self._load, self._loaded = load, None
+        super().__init__((), case_sensitive=case_sensitive)
+
+    @property
+    def choices(self):
+        if self._loaded is None:
+            self._loaded = tuple(self._load())
+        return self._loaded
+
+    @choices.setter
+    def choices(self, _value) -> None:
+        pass
+
+
+def item_states():
+    from ..store.store import ITEM_STATES
+
+    return ITEM_STATES
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -8,11 +8,11 @@ from pathlib import Path
 import click
 
 from .. import config as config_mod
-from agent.common.errors import ConfigError, EdgeError, VerifyError
+from agent.common.errors import ConfigError, EdgeError, NotFoundError, VerifyError
 from ..evidence import keys, manifest as mf
 from ..evidence.verify import verify_chain, verify_item
 from . import main
-from .base import Ctx, emit_json, json_option, pass_ctx, role
+from .base import Ctx, LazyChoice, emit_json, item_states, json_option, pass_ctx, role
 
 
 # --- init -------------------------------------------------------------------------------------
@@ -24,8 +24,9 @@ from .base import Ctx, emit_json, json_option, pass_ctx, role
 @click.option("--kind", type=click.Choice(["dock", "room"]), help="Docking station or interview room.")
 @click.option("--location", help="Place of the box (采集地点).")
 @click.option("--force", is_flag=True, help="Replace an existing device key (old items still verify with the old public key).")
+@json_option
 @pass_ctx
-def init(c: Ctx, data_dir, device_id, unit_code, unit_name, kind, location, force):
+def init(c: Ctx, data_dir, device_id, unit_code, unit_name, kind, location, force, as_json):
     """Write a commented default config, the data directory and the device's Ed25519 key pair.
 
     Safe to run again: an existing config is kept (only the values given are set in it) and an
@@ -41,6 +42,11 @@ def init(c: Ctx, data_dir, device_id, unit_code, unit_name, kind, location, forc
     r = init_device(c.config_path, {"storage": {"data_dir": data_dir},
                                     "device": {"id": device_id, "unit_code": unit_code, "unit_name": unit_name,
                                                "kind": kind, "location": location}}, force=force)
+    if as_json:
+        emit_json({"config": str(r.config_path), "config_written": r.config_written,
+                   "changed": [{"key": k, "old": o, "new": n} for k, o, n in r.changed], "data_dir": str(r.data_dir),
+                   "key": str(r.key_path), "public_key": str(r.pub_path), "key_id": r.key_id, "key_kept": r.key_kept})
+        return
     if r.config_written:
         click.echo(f"配置 config: {r.config_path} (已写入 written)")
     else:
@@ -166,11 +172,20 @@ def metadata_options(f):
 @metadata_options
 @click.option("--captured-at", help="Capture start, ISO 8601 with offset (default: the file's modification time).")
 @click.option("--captured-until", help="Capture end, ISO 8601 with offset (default: the file's modification time).")
+@click.option("--kind", "content", type=click.Choice(["media", "other"]), default="media", show_default=True,
+              help="media: audio/video, checked with PyAV (FFmpeg); an empty or unreadable file is refused. "
+                   "other: any file (a document, a photo archive), sealed as it is.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@json_option
 @pass_ctx
 @role("operator", "technician")
-def ingest(c: Ctx, files, case_number, collector, collector_id, place, proof, captured_at, captured_until, quiet):
+def ingest(c: Ctx, files, case_number, collector, collector_id, place, proof, captured_at, captured_until, content,
+           quiet, as_json):
     """Copy, hash and seal FILE... as one evidence item, in one pass; prints the item id.
+
+    A file already sealed for the same case is refused before it is copied (size, then the hash
+    of its first and last MiB, confirmed by the whole file's hash). The progress bar goes to
+    stderr, and only on a terminal: stdout holds the item id alone.
 
     \b
     Example:
@@ -178,6 +193,9 @@ def ingest(c: Ctx, files, case_number, collector, collector_id, place, proof, ca
           --collector-id 33010001 --place "西湖区文三路" --proof "现场检查过程" \\
           --captured-at 2026-11-27T09:00:00+08:00
     """
+    import sys
+
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, TimeRemainingColumn
 
     from ..store.ingest import ingest as do_ingest
@@ -190,14 +208,19 @@ def ingest(c: Ctx, files, case_number, collector, collector_id, place, proof, ca
     if captured_until:
         meta["capture_end"] = captured_until
     total = sum(p.stat().st_size for p in files if p.is_file())
-    if quiet:
-        m = do_ingest(store, list(files), meta)
+    if quiet or not sys.stderr.isatty():
+        m = do_ingest(store, list(files), meta, content=content)
     else:
         with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                      TransferSpeedColumn(), TimeRemainingColumn(), transient=True) as prog:
+                      TransferSpeedColumn(), TimeRemainingColumn(), transient=True,
+                      console=Console(stderr=True)) as prog:
             task = prog.add_task("复制并计算哈希 / copy+hash", total=total)
-            m = do_ingest(store, list(files), meta, progress=lambda n: prog.advance(task, n))
-    click.echo(m["item_id"])
+            m = do_ingest(store, list(files), meta, content=content, progress=lambda n: prog.advance(task, n))
+    if as_json:
+        emit_json({"item_id": m["item_id"], "device_seq": m["device_seq"], "item_hash": m["item_hash"],
+                   "files": [{k: f[k] for k in ("name", "size", "hash")} for f in m["files"]]})
+    else:
+        click.echo(m["item_id"])
 
 
 # --- items ------------------------------------------------------------------------------------
@@ -210,7 +233,7 @@ ITEM_COLUMNS = ("id", "state", "case_number", "collector_name", "size", "device_
 
 
 @items.command("list")
-@click.option("--state", help="Only items in this state (receiving, sealed, uploading, archived, purged, ...).")
+@click.option("--state", type=LazyChoice(item_states), help="Only items in this state.")
 @click.option("--case", "case_number", help="Only items of this case number.")
 @click.option("--limit", type=int, help="At most N items.")
 @json_option
@@ -276,9 +299,10 @@ def items_show(c: Ctx, item_id, as_json):
               help="Mark as evidence (kept permanently at the archive).")
 @click.option("--reason", default="", help="Why (signed in the annotation and kept in the audit log); required to "
                                           "change a case number, place or proof object that already has a value.")
+@json_option
 @pass_ctx
 @role("operator")
-def items_annotate(c: Ctx, item_id, case_number, proof, place, note, evidence_mark, reason):
+def items_annotate(c: Ctx, item_id, case_number, proof, place, note, evidence_mark, reason, as_json):
     """Add a signed annotation; the sealed manifest is never edited.
 
     Completing a pending field (待补录) needs no reason; changing a case number, place or proof
@@ -292,7 +316,10 @@ def items_annotate(c: Ctx, item_id, case_number, proof, place, note, evidence_ma
     changes = {k: v for k, v in (("case_number", case_number), ("proof", proof), ("place", place),
                                   ("note", note), ("evidence_mark", evidence_mark)) if v is not None}
     rec = c.store.annotate(item_id, changes, reason)
-    click.echo(f"annotation {rec['seq']} added to {item_id}")
+    if as_json:
+        emit_json(rec)
+        return
+    click.echo(f"已添加批注 {rec['seq']} / annotation {rec['seq']} added to {item_id}")
 
 
 @items.command("export")
@@ -358,7 +385,7 @@ def _checkpoints(d: Path, ring: keys.KeyRing) -> dict[str, dict]:
 
 
 @main.command()
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.argument("path", metavar="PATH|ITEM_ID", type=click.Path(path_type=Path))
 @click.option("--key", type=click.Path(exists=True, dir_okay=False), help="Trusted public key (PEM).")
 @click.option("--keys", "keys_dir", type=click.Path(exists=True, file_okay=False),
               help="Directory of trusted DEVICE_ID.pub keys (and annotators/UNIT/NAME.pub annotator keys).")
@@ -370,16 +397,29 @@ def _checkpoints(d: Path, ring: keys.KeyRing) -> dict[str, dict]:
 @json_option
 @pass_ctx
 def verify(c: Ctx, path, key, keys_dir, chain, partial_chain, checkpoints_dir, as_json):
-    """Check an item directory (or with --chain a device's items) offline.
+    """Check an item directory or an item of this device by its id (or with --chain a device's
+    items) offline.
 
     Exit 0 when whole; 1 with the precise reason otherwise. Without --key/--keys the
     device's own public key from the config is trusted.
 
     \b
     Example:
+      edge-agent verify dock-01-20261127090526-158fda
       edge-agent verify /var/lib/edge-agent/spool/items/ITEM --key device.pub
       edge-agent verify --chain ./archive/330100000000 --keys ./archive/keys --checkpoints ./archive/_checkpoints
     """
+    if not path.exists():
+        if chain or len(path.parts) != 1:
+            raise EdgeError(f"{path}: no such file or directory")
+        try:
+            path = c.store.item_dir(str(path))
+        except ConfigError as exc:
+            raise EdgeError(f"{path}: no such file or directory, and no device config to look up an item "
+                            f"of that id ({exc})") from None
+        except NotFoundError:
+            raise EdgeError(f"{path}: 不是文件，也不是本设备的证据 / neither a path nor an item id of this device "
+                            "(edge-agent items list)") from None
     if not key and not keys_dir:
         try:
             key = str(c.store.pub_path)

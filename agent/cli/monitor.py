@@ -260,7 +260,7 @@ def roster_import(csv_path: Path, db, as_json):
 # --- reports ----------------------------------------------------------------------------------------
 @main.group()
 def report():
-    """Equipment and usage reports per unit from the monitor database (csv or json on stdout)."""
+    """Equipment and usage reports per unit from the monitor database (CSV, or JSON with --json)."""
 
 
 def _report_options(f):
@@ -268,11 +268,26 @@ def _report_options(f):
         click.option("--unit", help="One unit code (default: every unit)."),
         click.option("--from", "frm", help="First day YYYY-MM-DD (default: 1 January this year)."),
         click.option("--to", "to", help="Last day YYYY-MM-DD, inclusive (default: today)."),
-        click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON."),
+        click.option("--csv", "as_csv", is_flag=True, help="Print CSV (the default)."),
+        click.option("--format", "fmt", type=click.Choice(["csv", "json"]), hidden=True,
+                     help="Deprecated spelling of --csv / --json."),
         db_option,
     ]):
         f = opt(f)
     return f
+
+
+def _output_format(as_json: bool, as_csv: bool, fmt: str | None) -> str:
+    """One spelling, --json or --csv; the old --format is still read (with a note on stderr)."""
+    if fmt:
+        click.echo(f"注意 / note: --format {fmt} is deprecated; use --{fmt}", err=True)
+    chosen = {"json"} if as_json else set()
+    chosen |= {"csv"} if as_csv else set()
+    chosen |= {fmt} if fmt else set()
+    if len(chosen) > 1:
+        raise click.UsageError("choose one of --json or --csv")
+    return chosen.pop() if chosen else "csv"
 
 
 def _run_report(kind: str, unit, frm, to, fmt, db, year=None) -> None:
@@ -290,43 +305,43 @@ def _run_report(kind: str, unit, frm, to, fmt, db, year=None) -> None:
 
 @report.command("ratio")
 @_report_options
-def report_ratio(unit, frm, to, fmt, db):
+def report_ratio(unit, frm, to, as_json, as_csv, fmt, db):
     """Equipment per unit at the end of the period: officers, recorders, ratio (minimum 0.2, one
     recorder per five officers), interview rooms (minimum 1), compliant or not.
 
     \b
     Example:
-      edge-agent report ratio --db ./monitor.db --format json
+      edge-agent report ratio --db ./monitor.db --json
     """
-    _run_report("ratio", unit, frm, to, fmt, db)
+    _run_report("ratio", unit, frm, to, _output_format(as_json, as_csv, fmt), db)
 
 
 @report.command("usage")
 @_report_options
-def report_usage(unit, frm, to, fmt, db):
+def report_usage(unit, frm, to, as_json, as_csv, fmt, db):
     """Use per unit in the period: hours recorded, items, archived share, items pending annotation,
     alarms raised by kind.
 
     \b
     Example:
-      edge-agent report usage --unit 330106 --from 2026-11-01 --to 2026-11-30 --format csv --db ./monitor.db
+      edge-agent report usage --unit 330106 --from 2026-11-01 --to 2026-11-30 --csv --db ./monitor.db
     """
-    _run_report("usage", unit, frm, to, fmt, db)
+    _run_report("usage", unit, frm, to, _output_format(as_json, as_csv, fmt), db)
 
 
 @report.command("annual")
 @_report_options
 @click.option("--year", type=int, help="Calendar year (default: last year); excludes --from/--to.")
-def report_annual(unit, frm, to, fmt, db, year):
+def report_annual(unit, frm, to, as_json, as_csv, fmt, db, year):
     """The annual statistics a unit files by 31 January: equipment and ratio, rooms, hours recorded,
     items, archived share, items pending annotation and alarms by kind, for one calendar year.
 
     \b
     Example:
-      edge-agent report annual --year 2026 --format csv --db ./monitor.db > 2026-年报.csv
+      edge-agent report annual --year 2026 --csv --db ./monitor.db > 2026-年报.csv
     """
     import datetime as dt
 
     if year is None and not frm and not to:
         year = dt.date.today().year - 1
-    _run_report("annual", unit, frm, to, fmt, db, year)
+    _run_report("annual", unit, frm, to, _output_format(as_json, as_csv, fmt), db, year)

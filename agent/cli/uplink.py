@@ -40,6 +40,11 @@ def uplink():
     """The uplink to the archive: live status and retry of refused items."""
 
 
+def _yes_no(value, yes: str, no: str) -> str:
+    """A flag for a person: the words, never Python's True/False/None."""
+    return yes if value is True else no if value is False else "未知 unknown"
+
+
 @uplink.command("status")
 @json_option
 @pass_ctx
@@ -59,15 +64,17 @@ def uplink_status(c: Ctx, as_json):
         return
     click.echo("items: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
     if live and live.get("running") is False:
-        click.echo(f"agent stopped at {live.get('time')}; items archived in its last run: {live.get('items_archived')}")
+        click.echo(f"edge-agent 服务已停止 / the edge-agent service stopped at {live.get('time')}; "
+                   f"上次运行归档 items archived in its last run: {live.get('items_archived')}")
     elif live:
-        click.echo(f"连接 connected: {live.get('connected')}  archive reachable: {live.get('archive_reachable')}  "
-                   f"reconnects {live.get('reconnects')}  sent {live.get('bytes_sent')} bytes  "
+        click.echo(f"代理 broker: {_yes_no(live.get('connected'), '已连接 connected', '未连接 disconnected')}  "
+                   f"归档 archive: {_yes_no(live.get('archive_reachable'), '可达 reachable', '不可达 unreachable')}  "
+                   f"重连 reconnects {live.get('reconnects')}  已发送 sent {live.get('bytes_sent')} bytes  "
                    f"{live.get('bytes_per_s')} B/s  (as of {live.get('time')})")
         if live.get("last_error"):
             click.echo(f"last error: {live['last_error']}")
     else:
-        click.echo("agent not running (no live status)")
+        click.echo("edge-agent 服务未运行 / the edge-agent service is not running (no live status)")
     for r in rejected:
         click.echo(f"被归档拒收 / refused by the archive: {r['id']}: {r['error']}")
 

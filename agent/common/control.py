@@ -260,8 +260,8 @@ def call(data_dir: str | os.PathLike, cmd: str, args: dict | None = None, timeou
         try:
             s.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError):
-            raise EdgeError(f"代理未运行 / the agent is not running (no control socket at {path}); "
-                            "start it with `edge-agent run` or systemctl start edge-agent") from None
+            raise EdgeError(f"edge-agent 服务未运行 / the edge-agent service is not running (no control socket at "
+                            f"{path}); start it with `edge-agent run` or `systemctl start edge-agent`") from None
         except PermissionError:
             raise EdgeError(f"无权限 / permission denied on {path}: run as root or join the allowed group") from None
         try:

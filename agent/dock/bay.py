@@ -346,7 +346,7 @@ class Bay(BayCopy, BayErase):
             name = (off or {}).get("name", "")
         if not name:
             raise BayAbort(f"警员 {number} 无姓名 / officer {number} has no name on the recorder or in the roster; "
-                           "import the roster (edge-agent roster import)")
+                           "import the roster (`edge-agent roster import officers.csv`)")
         return {"name": name, "id": number}
 
     def _read_clock(self) -> tuple[ClockOffset, _dt.datetime | None]:

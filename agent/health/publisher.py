@@ -155,7 +155,8 @@ class HealthComponent:
         refused = self.agent.store.refused_as_unknown_device()
         a.set(bool(refused), "unknown_device_rejected",
               "归档服务器拒绝本设备（未登记），资料保留在本地", "the archive refused this device as unknown (not "
-              "enrolled); items are kept locally — enrol it (edge-agent archive enroll), then edge-agent uplink retry")
+              "enrolled); items are kept locally — enrol it at the archive (`edge-agent archive enroll DEVICE_ID PUBKEY "
+              "--unit UNIT_CODE`), then run `edge-agent uplink retry`")
 
     # --- commands -------------------------------------------------------------------------------
     def cmd_rebirth(self, args: dict, actor: str) -> dict:

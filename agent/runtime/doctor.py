@@ -60,7 +60,7 @@ def check_disk(cfg) -> Check:
     if not d.is_dir():
         return _fail("disk", f"{d} does not exist — run `edge-agent init`")
     if not os.access(d, os.W_OK):
-        return _fail("disk", f"{d} is not writable by this user — check ownership (edge-agent user)")
+        return _fail("disk", f"{d} is not writable by this user — check its owner (the edge-agent system user)")
     st = os.statvfs(d)
     free = st.f_bavail * st.f_frsize
     reserve = cfg.storage.reserve_mb << 20

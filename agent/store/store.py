@@ -30,7 +30,7 @@ from agent.common.errors import DiskReserveError, EdgeError, NotFoundError
 from agent.common.fs import atomic_write, free_bytes
 from agent.common.timeutil import now_iso
 from ..evidence import hashing, keys, manifest as mf
-from .ledger import Ledger
+from .ledger import STATES as ITEM_STATES, Ledger  # noqa: F401  (ITEM_STATES: the states an item can be in)
 from .recovery import Recovery
 from .repository import ItemRow, Repository
 from .retrieval import Retrieval

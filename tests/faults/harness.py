@@ -488,7 +488,7 @@ class Node:
         args = [EDGE, "--config", str(self.config), "ingest", str(p), "--case", META["case_number"],
                 "--collector", META["collector"]["name"], "--collector-id", META["collector"]["id"],
                 "--place", META["place"], "--proof", META["proof"], "--captured-at", captured_at,
-                "--captured-until", captured_at, "-q"]
+                "--captured-until", captured_at, "-q", "--kind", "other"]
         proc = Proc(args, self.dir / f"ingest-{len(self.ingests) + 1}.log", env={**self.env(), **(env or {})},
                     prefix=self.prefix)
         self.ingests.append(proc)

@@ -52,4 +52,5 @@ def run_cli(config: Path, *args, check=False, env=None, **kw) -> subprocess.Comp
 
 def ingest_args(path: Path, case: str = META["case_number"]) -> list[str]:
     return ["ingest", str(path), "--case", case, "--collector", "张三", "--collector-id", "33010001",
-            "--place", META["place"], "--proof", META["proof"], "--captured-at", "2026-11-27T09:00:00+08:00", "-q"]
+            "--place", META["place"], "--proof", META["proof"], "--captured-at", "2026-11-27T09:00:00+08:00", "-q",
+            "--kind", "other"]  # the test files are bytes, not media
