@@ -165,7 +165,7 @@ def check_broker(cfg, timeout: float = 5.0) -> list[Check]:
     elif verdicts:
         out.append(_fail("archive", "no verified online archive receiver: " + "; ".join(
             f"{r}: {v}" for r, v in sorted(verdicts.items())) + " — pin the archive's key (`edge-agent uplink "
-            "trust-archive`) and start `edge-agent archive serve`"))
+            "trust-archive archive.pub`, the archive's ROOT/_archive/archive.pub) and start `edge-agent archive serve`"))
     else:
         out.append(_fail("archive", f"no archive receiver status on {topics.all_archive_receivers()} — "
                                     "is `edge-agent archive serve` running?"))
