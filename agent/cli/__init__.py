@@ -53,3 +53,4 @@ from . import core  # noqa: E402,F401  (registers its commands on main)
 
 from . import archive, dock, monitor, ops, room, uplink  # noqa: E402,F401  (each registers its group)
 from . import broker  # noqa: E402,F401  (archive broker-config)
+from . import policy  # noqa: E402,F401  (policy show|trust, archive policy key|publish|show)

@@ -113,8 +113,8 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
 @click.option("--broker-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Then refresh the broker identities in this directory (made by `archive broker-config`).")
 @click.option("--pin-to", "pin_to", type=click.Path(file_okay=False, path_type=Path),
-              help="Also pin this archive's public key on the device whose data directory this is "
-                   "(DATA_DIR/keys/archive/; a device set up on this machine).")
+              help="Also pin this archive's public key (and its policy key, if made) on the device whose data "
+                   "directory this is (DATA_DIR/keys/archive/, DATA_DIR/keys/policy/; a device set up on this machine).")
 @root_option
 @pass_ctx
 def archive_enroll(c: Ctx, device_id, pubkey, unit, force, broker_dir, pin_to, root):
@@ -139,6 +139,12 @@ def archive_enroll(c: Ctx, device_id, pubkey, unit, force, broker_dir, pin_to, r
         dest.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(dest, keys.public_pem(pub), mode=0o644)
         click.echo(f"archive key {kid} pinned on the device at {dest} / 已在设备上信任归档公钥")
+        from ..archive.policy import key_paths
+        from ..policy.keeper import pin_key
+
+        if key_paths(store.root)[1].exists():  # the policy key, a role of its own (docs/custody.md)
+            pkid, pdest = pin_key(pin_to, key_paths(store.root)[1])
+            click.echo(f"policy key {pkid} pinned on the device at {pdest} / 已在设备上信任策略公钥")
     else:
         click.echo(f"on the device, pin this archive's key {kid} / 请在设备上信任归档公钥: "
                    f"edge-agent uplink trust-archive {store.root / '_archive' / 'archive.pub'}")

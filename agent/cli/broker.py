@@ -16,13 +16,15 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
     in ``out``), audit it, print what changed."""
     from agent.wire import broker_auth
 
-    devices = [d["id"] for d in store.registry.devices()]
+    enrolled = store.registry.devices()
+    devices = [d["id"] for d in enrolled]
+    units = {d["id"]: d["unit"] for d in enrolled}  # each device reads its own unit's policy
     if refresh:
-        files = broker_auth.refresh(out, devices)
+        files = broker_auth.refresh(out, devices, units)
     else:
         cfg = _cfg_or_none(c)
         prefix = prefix or (cfg.mqtt.topic_prefix if cfg is not None else "edge")
-        files = broker_auth.generate(out, devices, prefix=prefix, **kw)
+        files = broker_auth.generate(out, devices, prefix=prefix, units=units, **kw)
     store.audit.append("broker-config", None, out=str(out.resolve()), prefix=files.prefix, created=files.created,
                        rotated=files.rotated, devices=len(devices))
     click.echo(f"消息代理身份与访问控制已生成 / broker identities and ACL written: {out}")

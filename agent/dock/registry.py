@@ -140,6 +140,25 @@ class Registry(Database):
                 db["officers"].upsert({**asdict(o), "imported_at": at}, pk="number")
         return len(officers)
 
+    def apply_central(self, officers: list[Officer], assignments: dict[str, str], source: str) -> int:
+        """The roster and recorder assignments (serial -> officer number, each officer in
+        ``officers``) of a signed unit policy (agent/policy): both replaced as a whole, in one
+        transaction; a recorder still holding another officer then raises the docking mismatch
+        alarm until `dock assign` writes it. Returns the officer count."""
+        by_number = {o.number: o for o in officers}
+        with self.atomic() as db:
+            db.execute("DELETE FROM officers")
+            db.execute("DELETE FROM assignments")
+            at = now_iso()
+            for o in officers:
+                db["officers"].upsert({**asdict(o), "imported_at": at}, pk="number")
+            for serial, number in sorted(assignments.items()):
+                o = by_number[number]
+                db["assignments"].insert({"serial": serial, "officer_number": number, "officer_name": o.name,
+                                          "unit_number": o.unit_code, "unit_name": o.unit_name, "assigned_at": at,
+                                          "actor": source}, pk="serial")
+        return len(officers)
+
     def officers(self, unit: str | None = None) -> list[dict]:
         if unit:
             return self.query("SELECT * FROM officers WHERE unit_code = ? ORDER BY unit_code, number", [unit])

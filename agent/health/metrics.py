@@ -209,4 +209,14 @@ def collect(agent, started: float) -> dict:
         "uplink": uplink,
         "clock": clock_state(upstats),
         "components": {},
+        "policy_version": policy_version(store),
     }
+
+
+def policy_version(store) -> int | None:
+    """The version of the unit policy in force (kept by agent/policy through the store), or None."""
+    try:
+        v = int(store.get_meta("policy.version") or 0)
+    except ValueError:
+        return None
+    return v or None

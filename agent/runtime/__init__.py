@@ -153,8 +153,8 @@ class Agent:
 
 def build_agent(cfg: Config) -> Agent:
     """The Agent of ``edge-agent run``, in start order: the uplink (unless ``uplink.enabled`` is
-    off), health, the producer of the configured kind (``agent.dock`` or ``agent.room``) and the
-    local control socket.
+    off), health, the producer of the configured kind (``agent.dock`` or ``agent.room``), the
+    unit policy (``agent.policy``, with the uplink) and the local control socket.
 
     The producers are handed their ports (agent/common/ports.py): the health component is the
     dock's ``AlarmPort`` and ``ReportPort`` and the room's ``AlarmPort`` (and its ``tick`` the
@@ -175,5 +175,9 @@ def build_agent(cfg: Config) -> Agent:
         from agent import room
 
         agent.add(room.make_component(agent, alarms=h, refresh=h.tick))
+    if up is not None:  # the unit's signed policy comes over the uplink; after the producer, whose
+        from agent import policy  # erase-policy command it uses
+
+        agent.add(policy.make_component(agent, alarms=h))
     agent.add(control.make_component(agent))
     return agent

@@ -4,10 +4,13 @@ One identity per enrolled device (MQTT user name = device id, so the ACL's ``pat
 with ``%u`` confine each device to its own topics), plus three service identities:
 
 - ``archive``: the receivers (all share it; each keeps its own client id). Only it reads the
-  transfer topics and the chain checkpoints, and only it writes answers (``P/ack/D``) and the
-  receiver status.
-- ``monitor``: reads device state (status, health, alarms, components, chain, ratio) and the
-  archive status; writes nothing.
+  transfer topics and the chain checkpoints, and only it writes answers (``P/ack/D``), the
+  receiver status and the units' signed policies (``P/unit/U/policy``, `archive policy publish`).
+- ``monitor``: reads device state (status, health, alarms, components, chain, ratio), the
+  archive status and the units' policies (to show stations running an old one); writes nothing.
+
+A device reads the policy of its own unit only: the unit comes from the enrolment, so each
+enrolled device gets a ``user`` block of its own granting ``P/unit/ITS-UNIT/policy``.
 - ``ops``: ``edge-agent command send``: writes ``P/dev/D/cmd``, reads ``P/dev/D/cmd/resp`` and
   device status.
 
@@ -125,10 +128,13 @@ def _state_topics(t: Topics, d: str) -> list[str]:
     return [t.status(d), t.health(d), t.alarm(d, "+"), t.component(d, "+"), t.chain(d), t.ratio(d)]
 
 
-def acl_text(prefix: str = "edge", services: dict[str, str] | None = None) -> str:
+def acl_text(prefix: str = "edge", services: dict[str, str] | None = None,
+             units: dict[str, str] | None = None) -> str:
     """The Mosquitto ACL file. Devices get ``pattern`` lines (``%u`` = their user name = device
     id); each service identity gets a ``user`` block. Mosquitto also applies the patterns to the
-    service identities, so each block first denies the device subtrees under its own name."""
+    service identities, so each block first denies the device subtrees under its own name.
+    ``units`` (device id -> unit code, from the enrolment) adds one block per device: read the
+    policy of its own unit."""
     s = _services(services)
     t = Topics(prefix)
     lines = [
@@ -150,14 +156,21 @@ def acl_text(prefix: str = "edge", services: dict[str, str] | None = None) -> st
         return out
 
     lines += block(s["archive"], "Archive receivers: the only readers of transfers and checkpoints, the only "
-                   "writers of answers (receipts).",
+                   "writers of answers (receipts) and of the units' signed policies.",
                    [("read", t.all_xfer()), ("read", t.all_chains()), ("write", t.ack("+")),
-                    ("readwrite", t.archive_status()), ("readwrite", t.all_archive_receivers())])
-    lines += block(s["monitor"], "Monitor: reads device state and the archive's status, writes nothing.",
+                    ("readwrite", t.archive_status()), ("readwrite", t.all_archive_receivers()),
+                    ("write", t.all_unit_policies())])
+    lines += block(s["monitor"], "Monitor: reads device state, the archive's status and the units' policies, writes "
+                   "nothing.",
                    [("read", topic) for topic in _state_topics(t, "+")]
-                   + [("read", t.archive_status()), ("read", t.all_archive_receivers())])
+                   + [("read", t.archive_status()), ("read", t.all_archive_receivers()),
+                      ("read", t.all_unit_policies())])
     lines += block(s["ops"], "Operators (edge-agent command send): signed commands out, answers and status in.",
                    [("write", t.cmd("+")), ("read", t.cmd_resp("+")), ("read", t.status("+"))])
+    if units:
+        lines += ["", "# Each device reads the signed policy of its own unit (the unit it is enrolled for)."]
+        for dev in sorted(units):
+            lines += [f"user {dev}", f"topic read {t.unit_policy(units[dev])}"]
     return "\n".join(lines) + "\n"
 
 
@@ -255,9 +268,10 @@ def _read_passwd(path: Path) -> dict[str, str]:
 def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", services: dict[str, str] | None = None,
              rotate: Iterable[str] = (), rotate_all: bool = False, conf_dir: Path | str | None = None,
              port: int = 1883, tls_port: int | None = None, cafile: str | None = None, certfile: str | None = None,
-             keyfile: str | None = None) -> BrokerFiles:
+             keyfile: str | None = None, units: dict[str, str] | None = None) -> BrokerFiles:
     """Write ``OUT/mosquitto.conf``, ``OUT/acl``, ``OUT/passwd`` and ``OUT/credentials/NAME.toml``
-    (0600, directory 0700). Existing passwords are kept unless the name is in ``rotate``."""
+    (0600, directory 0700). Existing passwords are kept unless the name is in ``rotate``.
+    ``units`` (device id -> unit code) lets each device read its own unit's policy."""
     out = Path(out)
     s = _services(services)
     if not safe_segment(prefix):
@@ -271,12 +285,16 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
         raise EdgeError(f"设备编号与服务身份重名 / device id(s) {', '.join(clash)} equal a service user name; "
                         "choose other names with --archive-user/--monitor-user/--ops-user")
     names = [(d, "device") for d in devices] + [(s[r], r) for r in ("archive", "monitor", "ops")]
+    units = {d: u for d, u in (units or {}).items() if d in devices}
+    for d, u in units.items():
+        if not safe_segment(u):
+            raise EdgeError(f"单位代码不能作为主题 / unit code {u!r} of device {d} cannot be a topic level")
     rotate = set(rotate)
     unknown = rotate - {n for n, _ in names}
     if unknown:
         raise EdgeError(f"没有该身份 / no such identity to rotate: {', '.join(sorted(unknown))}")
     # everything that can be refused is checked before the first file is written
-    acl = acl_text(prefix, s)
+    acl = acl_text(prefix, s, units)
     conf = conf_text(Path(conf_dir) if conf_dir else out.resolve(), port=port, tls_port=tls_port, cafile=cafile,
                      certfile=certfile, keyfile=keyfile)
     cred_dir = out / CREDENTIALS
@@ -315,7 +333,7 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
     return files
 
 
-def refresh(out: Path | str, devices: Iterable[str]) -> BrokerFiles:
+def refresh(out: Path | str, devices: Iterable[str], units: dict[str, str] | None = None) -> BrokerFiles:
     """generate() again with the settings of the last run in ``out`` (after an enrolment)."""
     out = Path(out)
     try:
@@ -328,4 +346,4 @@ def refresh(out: Path | str, devices: Iterable[str]) -> BrokerFiles:
     except (OSError, ValueError) as exc:
         raise EdgeError(f"{out / SETTINGS} 无法读取 / unreadable: {exc}") from None
     known = {"prefix", "services", "conf_dir", "port", "tls_port", "cafile", "certfile", "keyfile"}
-    return generate(out, devices, **{k: v for k, v in settings.items() if k in known})
+    return generate(out, devices, units=units, **{k: v for k, v in settings.items() if k in known})

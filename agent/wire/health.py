@@ -237,6 +237,8 @@ HEALTH_SCHEMA = {
             },
         },
         "alarms": {"type": "array", "items": _id, "maxItems": 256, "description": "keys of the active alarms"},
+        "policy_version": {"type": ["integer", "null"], "minimum": 1,
+                           "description": "version of the signed unit policy in force (P/unit/U/policy), null for none"},
     },
     "additionalProperties": False,
 }
@@ -402,6 +404,7 @@ def parse_health(payload: bytes) -> dict:
     if not isinstance(alarms, list) or len(alarms) > 256 or not all(isinstance(a, str) and _ID_RE.match(a) for a in alarms):
         raise PayloadError("health.alarms: expected a list of alarm keys")
     out["alarms"] = alarms
+    out["policy_version"] = _int(d, "policy_version", "health", required=False)
     return out
 
 
@@ -508,6 +511,10 @@ CODES: dict[str, AlarmDef] = {
     "archive_unreachable": AlarmDef("warning", "归档服务器不可达", "archive unreachable"),
     "pending_annotation_old": AlarmDef("warning", "资料待补录信息过久", "items pending annotation too long"),
     "unknown_device_rejected": AlarmDef("critical", "归档拒绝未登记设备", "unknown device rejected at the archive"),
+    # unit policy (agent/policy): a forged, older, other-unit or expired policy refused; the one in force expired
+    "policy_refused": AlarmDef("critical", "下发策略被拒绝（伪造、回退、他单位或过期）",
+                               "unit policy refused (forged, rolled back, other unit or expired)"),
+    "policy_expired": AlarmDef("warning", "执行中的策略已过期", "policy in force has expired"),
     # docking station
     "dock_disk_full": AlarmDef("critical", "采集站磁盘已满，拒绝接入", "station disk full, docking refused"),
     "recorder_clock": AlarmDef("warning", "执法记录仪时钟严重偏差", "recorder clock far off"),

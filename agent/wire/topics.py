@@ -27,6 +27,11 @@ Archive::
     P/archive/status             retained receiver status
     P/archive/status/RID         retained status of receiver RID ({"state": "online"|"offline", ...})
 
+Units (retained)::
+
+    P/unit/U/policy              the unit's signed policy, roster and recorder assignments
+                                 (agent/wire/policy.py; written by the archive, read by the unit's devices)
+
 Operators::
 
     P/operator/TOKEN             answers to one `edge-agent command send` (TOKEN random per call)
@@ -99,6 +104,24 @@ class Topics:
         """The receiver id of a ``P/archive/status/RID`` topic, else None."""
         head, _, rid = topic.rpartition("/")
         return rid if head == self.archive_status() and safe_segment(rid) else None
+
+    # units
+    def unit_policy(self, unit: str) -> str:
+        """The retained signed policy of unit ``unit`` (roster, assignments, rules)."""
+        if not safe_segment(unit):
+            raise ValueError(f"unsafe unit code {unit!r}")
+        return f"{self.p}/unit/{unit}/policy"
+
+    def all_unit_policies(self) -> str:
+        return f"{self.p}/unit/+/policy"
+
+    def parse_unit_policy(self, topic: str) -> str | None:
+        """The unit code of a ``P/unit/U/policy`` topic, else None."""
+        parts = topic.split("/")
+        if len(parts) == 4 and parts[0] == self.p and parts[1] == "unit" and parts[3] == "policy" \
+                and safe_segment(parts[2]):
+            return parts[2]
+        return None
 
     def operator_reply(self, token: str) -> str:
         """Where one operator's command answers come back (``command send``)."""

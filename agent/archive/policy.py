@@ -1,0 +1,136 @@
+"""The centre's side of the unit policy (agent/wire/policy.py): the policy key and publishing.
+
+The policy key is a role of its own (TUF): ``ROOT/_policy/policy.key`` signs nothing but unit
+policies; the archive's receipt key (``_archive/archive.key``) never signs a policy and the
+policy key never signs a receipt. Its public half, ``ROOT/_policy/policy.pub``, is pinned on each
+station (``archive enroll --pin-to`` or ``edge-agent policy trust``).
+
+The last document signed for each unit is kept as ``ROOT/_policy/published/UNIT.json`` (the
+exact payload), written *before* it is sent: the next version is always above every version
+that may have reached a broker, so a version number is never used for two contents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from agent.common.errors import EdgeError, NotFoundError
+from agent.common.fs import atomic_write
+from agent.evidence import keys
+from agent.wire import policy as wp
+from agent.wire.mqtt import Connection, ConnSettings
+
+
+def policy_dir(root: str | os.PathLike) -> Path:
+    return Path(root) / "_policy"
+
+
+def key_paths(root: str | os.PathLike) -> tuple[Path, Path]:
+    d = policy_dir(root)
+    return d / "policy.key", d / "policy.pub"
+
+
+def new_key(root: str | os.PathLike) -> dict:
+    """Create the policy key pair (refused when one exists: stations have its public key pinned)."""
+    kp, pp = key_paths(root)
+    if kp.exists():
+        raise EdgeError(f"策略密钥已存在 / a policy key exists already: {kp} (stations have pinned it)")
+    kp.parent.mkdir(parents=True, exist_ok=True)
+    keys.generate(kp, pp)
+    return key_info(root)
+
+
+def key_info(root: str | os.PathLike) -> dict:
+    kp, pp = key_paths(root)
+    if not pp.exists():
+        raise NotFoundError(f"没有策略密钥 / no policy key at {pp}: create it with "
+                            f"`edge-agent archive policy key --new --root {root}`")
+    pub = keys.load_public(pp)
+    return {"key_id": keys.key_id(pub), "public": str(pp), "private": str(kp)}
+
+
+def signing_key(root: str | os.PathLike):
+    kp, _ = key_paths(root)
+    if not kp.exists():
+        raise NotFoundError(f"没有策略密钥 / no policy key at {kp}: create it with "
+                            f"`edge-agent archive policy key --new --root {root}`")
+    return keys.load_private(kp)
+
+
+def _published_path(root: str | os.PathLike, unit: str) -> Path:
+    return policy_dir(root) / "published" / f"{wp._code(unit)}.json"
+
+
+def last_published(root: str | os.PathLike, unit: str) -> tuple[wp.Document, bytes] | None:
+    """The last document signed for ``unit`` and its payload, or None."""
+    p = _published_path(root, unit)
+    try:
+        payload = p.read_bytes()
+    except FileNotFoundError:
+        return None
+    doc, _ = wp.parse(payload)
+    return doc, payload
+
+
+def read_content(path: Path) -> wp.Content:
+    """policy.toml or policy.json: the rules, units, officers and assignments."""
+    from agent import config as config_mod
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EdgeError(f"{path}: 文件不存在 / no such file") from None
+    except UnicodeDecodeError:
+        raise EdgeError(f"{path}: 不是 UTF-8 文本 / not UTF-8 text") from None
+    if path.suffix == ".json":
+        try:
+            raw = json.loads(text, object_pairs_hook=wp._no_duplicates, parse_float=wp._no_floats)
+        except ValueError as exc:
+            raise EdgeError(f"{path}: 不是有效的 JSON / invalid JSON: {exc}") from None
+    elif path.suffix == ".toml":
+        raw = config_mod.parse_toml(text, path)
+    else:
+        raise EdgeError(f"{path}: 需要 .toml 或 .json 文件 / give a .toml or .json file")
+    return wp.content_from(raw, str(path))
+
+
+def sign_next(root: str | os.PathLike, unit: str, content: wp.Content, *, version: int | None = None,
+              expires_days: int = wp.DEFAULT_EXPIRES_DAYS, now: float | None = None) -> tuple[wp.Document, bytes]:
+    """Sign ``content`` for ``unit`` as the next version (or ``version``, which must be above the
+    last) and keep it as the unit's last published document."""
+    key = signing_key(root)
+    last = last_published(root, unit)
+    floor = last[0].version if last else 0
+    if version is None:
+        version = floor + 1
+    elif version <= floor:
+        raise EdgeError(f"版本必须递增 / version {version} is not above version {floor} already signed for unit "
+                        f"{unit}: versions never go back")
+    payload = wp.sign(key, unit, version, content, now=time.time() if now is None else now,
+                      expires_days=expires_days)
+    p = _published_path(root, unit)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(p, payload, mode=0o644)
+    return wp.parse(payload)[0], payload
+
+
+def publish(settings: ConnSettings, topic: str, payload: bytes, timeout: float = 10.0) -> None:
+    """Publish ``payload`` retained (QoS 1) and wait for the broker's PUBACK; EdgeError if the
+    broker cannot be reached or refuses it."""
+    conn = Connection(settings, name="policy-publish")
+    conn.start()
+    try:
+        if not conn.wait_connected(timeout):
+            raise EdgeError(f"无法连接代理 / cannot reach the broker at {settings.host}:{settings.port}: "
+                            f"{conn.last_error or 'no connection'}")
+        h = conn.publish(topic, payload, qos=1, retain=True, timeout=timeout)
+        if not h.wait(timeout):
+            raise EdgeError(f"代理未确认 / the broker did not acknowledge the policy within {timeout:g} s")
+        if not h.ok:
+            raise EdgeError(f"代理拒绝了策略 / the broker refused the policy on {topic}: "
+                            f"{h.error or hex(h.reason or 0)}")
+    finally:
+        conn.stop(timeout=2.0)

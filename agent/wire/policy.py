@@ -1,0 +1,295 @@
+"""The unit policy pushed down to the stations (``edge-policy/1``; docs/mqtt.md "Unit policy").
+
+The centre publishes, retained on ``P/unit/U/policy``, one signed document per enforcement unit:
+the roster (units, officers), the recorder assignments (which officer holds which recorder) and
+the rules (erase policy, retention classes, upload deadline, quotas, allowed case-number
+pattern). It is built the way The Update Framework builds its metadata:
+
+- **its own key**: signed with the *policy key* (``ROOT/_policy/policy.key``), never with the
+  archive's receipt key or a device key; a station trusts only the policy keys pinned in
+  ``DATA_DIR/keys/policy/`` (``edge-agent policy trust``, ``archive enroll --pin-to``);
+- **one signature over everything**: roster, assignments and rules travel in one document, so
+  parts of different versions can never be mixed (TUF's mix-and-match attack);
+- **versions never go back**: a station applies a document only when its ``version`` is above
+  the one in force (rollback attack); the same version again is a no-op, the same version with
+  other content is refused;
+- **expiry**: a document past ``expires`` is refused, and a station whose policy in force has
+  expired raises an alarm (a freeze attack: someone keeps the newer policy from it).
+
+Signature: Ed25519 over the RFC 8785 bytes (:func:`agent.common.canon.canonical`) of the document
+without ``sig``; ``key_id`` = first 16 hex digits of SHA-256 of the raw public key. The payload is
+parsed once, strictly: duplicate keys, unknown fields, floats and wrong types are refused.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.common.canon import canonical
+from agent.common.errors import EdgeError
+from agent.evidence import keys
+
+FORMAT = "edge-policy/1"
+#: the largest policy document a station accepts (a roster of ~20 000 officers)
+MAX_BYTES = 4 << 20
+#: default validity of a published document
+DEFAULT_EXPIRES_DAYS = 30
+
+_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NUMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class PolicyError(EdgeError):
+    """A policy document refused; ``reason`` is one word (malformed, unsigned, unknown_key,
+    bad_signature, other_unit, expired, rollback, conflict)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _code(v: str) -> str:
+    if not _CODE.match(v):
+        raise ValueError("letters, digits, '_', '.', '-', 1-64 characters")
+    return v
+
+
+def _number(v: str) -> str:
+    if not _NUMBER.match(v):
+        raise ValueError("letters, digits, '_', '-', 1-32 characters")
+    return v
+
+
+def _name(v: str) -> str:
+    if not v.strip() or _CONTROL.search(v):
+        raise ValueError("1-64 printable characters")
+    return v
+
+
+def _pattern(v: str) -> str:
+    try:
+        re.compile(v)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return v
+
+
+def _iso(v: str) -> str:
+    try:
+        t = _dt.datetime.fromisoformat(v)
+    except ValueError:
+        raise ValueError("an ISO 8601 time with UTC offset") from None
+    if t.tzinfo is None:
+        raise ValueError("an ISO 8601 time with UTC offset")
+    return v
+
+
+Code = Annotated[str, Field(max_length=64), AfterValidator(_code)]
+Number = Annotated[str, Field(max_length=32), AfterValidator(_number)]
+Name = Annotated[str, Field(max_length=64), AfterValidator(_name)]
+Iso = Annotated[str, Field(max_length=40), AfterValidator(_iso)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Unit(_Model):
+    code: Code = Field(description="Unit code (执法单位代码).")
+    name: Name = Field(description="Unit name (执法单位名称).")
+
+
+class Officer(_Model):
+    number: Number = Field(description="Officer number (警号 / 执法证编号).")
+    name: Name = Field(description="Officer name (姓名).")
+    unit: Code = Field(description="Code of the officer's unit (one of units).")
+
+
+class Assignment(_Model):
+    recorder: Number = Field(description="Recorder serial (记录仪编号).")
+    officer: Number = Field(description="Number of the officer who holds it (one of officers).")
+
+
+class Retention(_Model):
+    normal_days: int = Field(183, ge=183, le=36500,
+                             description="Normal footage: kept at least this many days (at least six months).")
+    important_days: int | None = Field(None, ge=183, le=36500,
+                                       description="Important files (mark 1): days, or null = permanent.")
+
+
+class Quotas(_Model):
+    max_unarchived_items: int | None = Field(None, ge=1, le=10_000_000,
+                                             description="Items a station may hold unarchived before it alarms.")
+    max_unarchived_gb: int | None = Field(None, ge=1, le=1_000_000,
+                                          description="Gigabytes a station may hold unarchived before it alarms.")
+
+
+class Rules(_Model):
+    erase_policy: Literal["after-archive", "after-local-verify", "never"] | None = Field(
+        None, description="The docking stations' erase policy (dock.erase_policy); null leaves the station's own.")
+    retention: Retention = Field(default_factory=Retention, description="Retention classes.")
+    upload_deadline_h: int = Field(24, ge=1, le=720, description="Upload within this many hours after duty.")
+    quotas: Quotas = Field(default_factory=Quotas, description="Station quotas.")
+    case_number_pattern: Annotated[str, Field(max_length=200), AfterValidator(_pattern)] | None = Field(
+        None, description="Regular expression every case number (案件编号) must match; null = any.")
+
+
+class Content(_Model):
+    """What the centre writes in policy.toml / policy.json: everything but the envelope."""
+
+    rules: Rules = Field(default_factory=Rules)
+    units: list[Unit] = Field(default_factory=list, max_length=1000)
+    officers: list[Officer] = Field(default_factory=list, max_length=50_000)
+    assignments: list[Assignment] = Field(default_factory=list, max_length=50_000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Content":
+        units = _unique([u.code for u in self.units], "units", "code")
+        officers = _unique([o.number for o in self.officers], "officers", "number")
+        _unique([a.recorder for a in self.assignments], "assignments", "recorder")
+        for i, o in enumerate(self.officers):
+            if o.unit not in units:
+                raise ValueError(f"officers[{i}] ({o.number}): unit {o.unit!r} is not in units")
+        for i, a in enumerate(self.assignments):
+            if a.officer not in officers:
+                raise ValueError(f"assignments[{i}] ({a.recorder}): officer {a.officer!r} is not in officers")
+        return self
+
+
+def _unique(values: list[str], where: str, field: str) -> set[str]:
+    seen: set[str] = set()
+    for i, v in enumerate(values):
+        if v in seen:
+            raise ValueError(f"{where}[{i}]: {field} {v!r} appears twice")
+        seen.add(v)
+    return seen
+
+
+class Document(Content):
+    """The signed document on ``P/unit/U/policy``."""
+
+    format: Literal["edge-policy/1"]
+    unit: Code
+    version: int = Field(ge=1, le=2**53 - 1)
+    issued: Iso
+    expires: Iso
+    key_id: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+    sig: Annotated[str, Field(max_length=100)]
+
+    def expires_ts(self) -> float:
+        return _dt.datetime.fromisoformat(self.expires).timestamp()
+
+    def issued_ts(self) -> float:
+        return _dt.datetime.fromisoformat(self.issued).timestamp()
+
+
+def content_from(raw: Any, where: str = "policy") -> Content:
+    """The policy content of a parsed file (TOML or JSON); one clear line on error."""
+    try:
+        return Content.model_validate(raw)
+    except ValidationError as exc:
+        raise EdgeError(f"{where}: {_explain(exc)}") from None
+
+
+def _explain(exc: ValidationError) -> str:
+    e = exc.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "(document)"
+    msg = e["msg"].removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"策略无效 / invalid policy: {loc}: {msg}{more}"
+
+
+def _iso_at(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(int(ts), _dt.timezone.utc).isoformat()
+
+
+def sign(key, unit: str, version: int, content: Content, *, now: float,
+         expires_days: int = DEFAULT_EXPIRES_DAYS) -> bytes:
+    """The payload to publish: ``content`` for ``unit`` as version ``version``, signed with the
+    policy key, valid ``expires_days`` from ``now``."""
+    if not 1 <= expires_days <= 3660:
+        raise EdgeError(f"有效期无效 / expiry of {expires_days} days: 1 to 3660")
+    body = {"format": FORMAT, "unit": _code(unit), "version": version, "issued": _iso_at(now),
+            "expires": _iso_at(now + expires_days * 86400), **content.model_dump(mode="json"),
+            "key_id": keys.key_id(key.public_key())}
+    body["sig"] = keys.sign(key, canonical(body))
+    Document.model_validate(body)  # what we send is what a station accepts
+    return json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    d: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in d:
+            raise ValueError(f"duplicate key {k!r}")
+        d[k] = v
+    return d
+
+
+def _no_floats(text: str) -> Any:
+    raise ValueError(f"floats are not allowed ({text})")
+
+
+def parse(payload: bytes) -> tuple[Document, dict]:
+    """Parse a payload strictly (no signature check yet): (document, the raw object)."""
+    if len(payload) > MAX_BYTES:
+        raise PolicyError("malformed", f"策略过大 / policy of {len(payload)} bytes, at most {MAX_BYTES}")
+    try:
+        raw = json.loads(payload.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_float=_no_floats,
+                         parse_constant=_no_floats)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PolicyError("malformed", f"策略不是有效的 JSON / policy is not valid JSON: {str(exc)[:120]}") from None
+    if not isinstance(raw, dict):
+        raise PolicyError("malformed", "策略不是 JSON 对象 / policy is not a JSON object")
+    if "sig" not in raw or "key_id" not in raw:
+        raise PolicyError("unsigned", "策略未签名 / policy is not signed")
+    try:
+        return Document.model_validate(raw), raw
+    except ValidationError as exc:
+        raise PolicyError("malformed", _explain(exc)) from None
+
+
+def digest(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+def verify(payload: bytes, ring: keys.KeyRing, *, unit: str, now: float,
+           in_force: tuple[int, str] | None = None) -> Document | None:
+    """The document in ``payload`` if a station of ``unit`` must apply it now; None when it is the
+    version in force again (``in_force`` = (version, sha256 of its payload): a retained message
+    delivered again on reconnect). Raises :class:`PolicyError` otherwise."""
+    doc, raw = parse(payload)
+    pub = ring.get(doc.key_id)
+    if pub is None and not ring.by_id:
+        raise PolicyError("unknown_key", "本站未固定策略公钥 / no policy key is pinned on this station "
+                                         "(edge-agent policy trust policy.pub)")
+    if pub is None:
+        raise PolicyError("unknown_key", f"策略签名密钥未被信任 / policy signed by key {doc.key_id}, "
+                                         "which is not a pinned policy key")
+    body = {k: v for k, v in raw.items() if k != "sig"}
+    if not keys.verify_sig(pub, canonical(body), doc.sig):
+        raise PolicyError("bad_signature", "策略签名无效（伪造或被篡改）/ policy signature does not verify "
+                                           "(forged or altered)")
+    if doc.unit != unit:
+        raise PolicyError("other_unit", f"策略属于其他单位 / policy is for unit {doc.unit}, this station is "
+                                        f"of unit {unit}")
+    if in_force is not None:
+        version, sha = in_force
+        if doc.version == version:
+            if digest(payload) == sha:
+                return None
+            raise PolicyError("conflict", f"同一版本内容不同 / version {doc.version} again with other content: "
+                                          "refused (a version is never reused)")
+        if doc.version < version:
+            raise PolicyError("rollback", f"策略版本回退 / policy version {doc.version} is older than version "
+                                          f"{version} in force (rollback refused)")
+    if doc.expires_ts() <= now:
+        raise PolicyError("expired", f"策略已过期 / policy version {doc.version} expired at {doc.expires}")
+    return doc
