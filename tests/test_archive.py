@@ -14,6 +14,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.archive.paths import UnsafePath
 from agent.archive.storage import ArchiveStore, safe_case
 from agent.evidence import hashing, keys, manifest as mf
 from agent.wire import checkpoint, protocol as P
@@ -204,10 +205,10 @@ def test_safe_case_and_root_confinement(tmp_path):
         with pytest.raises(P.ProtocolError):
             safe_case(bad)
     st = ArchiveStore(tmp_path / "root")
-    with pytest.raises(P.ProtocolError, match="escapes"):
+    with pytest.raises(UnsafePath, match="escapes"):
         st.inside(st.root / ".." / "outside")
     (st.root / "link").symlink_to(tmp_path)
-    with pytest.raises(P.ProtocolError, match="escapes"):
+    with pytest.raises(UnsafePath, match="escapes"):
         st.inside(st.root / "link" / "x")
     st.close()
 

@@ -22,12 +22,16 @@ from agent.wire import protocol as P
 from agent.wire.mqtt import Connection, ConnSettings, PublishError, install_lean_decoder
 from agent.wire.receipts import STATUS_INTERVAL_S, ArchiveSigner, valid_nonce
 from agent.wire.topics import Topics
+from agent.common.faults import faultpoint
 from .storage import ArchiveStore
+from .upkeep import Coalescer
 
 log = logging.getLogger(__name__)
 
 #: successful chunk answers of one device sent as one message while more chunks wait
 ANSWER_BATCH = 16
+#: abandoned partial transfers are looked for this often (and at start)
+SWEEP_S = 3600
 
 
 class Receiver:
@@ -54,6 +58,11 @@ class Receiver:
         self._finisher: threading.Thread | None = None
         self.handled = collections.Counter()
         self.refused = 0
+        self.faults = 0  # messages whose handling failed (counted, logged coalesced, on record)
+        self.seen = 0    # messages handled (whatever the outcome)
+        self._failure: str | None = None
+        self._next_sweep = 0.0
+        self.notes = Coalescer()
         self.busy: collections.Counter = collections.Counter()  # seconds spent per message kind
         self.started = time.time()
 
@@ -97,7 +106,8 @@ class Receiver:
 
     def status(self) -> dict:
         return {"receiver": self.rid, "connected": self.conn.connected, "handled": dict(self.handled),
-                "refused": self.refused, "queued": len(self._q), "last_error": self.conn.last_error,
+                "refused": self.refused, "faults": self.faults, "failure": self.failure, "queued": len(self._q),
+                "last_error": self.conn.last_error,
                 "verified": dict(self.store.verified)}
 
     def _on_connect(self, conn: Connection) -> None:
@@ -107,17 +117,55 @@ class Receiver:
             log.warning("cannot publish the receiver status: %s", exc)
 
     def _on_message(self, topic: str, payload: bytes, props: Any, ack: Callable[[], None]) -> None:
-        if not isinstance(payload, bytes) and self.topics.kind_of(topic) != "chunk":
-            payload = bytes(payload)  # a chunk's bytes are only parsed, written and hashed: no copy
+        try:
+            if not isinstance(payload, bytes) and self.topics.kind_of(topic) != "chunk":
+                payload = bytes(payload)  # a chunk's bytes are only parsed, written and hashed: no copy
+            with self._cv:
+                self._q.append((topic, payload, props, ack))
+                self._cv.notify()
+        except Exception as exc:  # never lose the broker's window: acknowledge what cannot be queued
+            self._fault(topic, exc)
+            _safe_ack(ack)
+
+    @property
+    def failure(self) -> str | None:
+        """Why this receiver can no longer work (a worker or the connection thread died), or None.
+        `archive serve` exits non-zero on it, so systemd restarts the process."""
+        if self._failure is None and not self.stop_event.is_set():
+            th = getattr(self.conn, "_thread", None)
+            if th is not None and not th.is_alive():
+                self._failure = f"{th.name}: the MQTT connection thread ended"
+        return self._failure
+
+    def _fail(self, exc: BaseException) -> None:
+        name = threading.current_thread().name
+        log.critical("%s died: %r; the receiver stops (the process exits non-zero)", name, exc, exc_info=exc)
+        self._failure = f"{name}: {exc!r}"
+        self.stop_event.set()
+        for cv in (self._cv, self._fcv):
+            with cv:
+                cv.notify_all()
+
+    def _fault(self, topic: str, exc: BaseException) -> None:
+        """A message that made a handler fail: counted, logged (coalesced) and on record."""
         with self._cv:
-            self._q.append((topic, payload, props, ack))
-            self._cv.notify()
+            self.faults += 1
+        self.notes.log(log, "fault", "handling a message on %s failed: %r", ascii(topic), exc, exc_info=exc)
+        self.store.note_refusal(None, None, f"message on {ascii(topic)[:200]} failed: {exc!r}")
 
     def _work(self, q: collections.deque | None = None, cv: threading.Condition | None = None) -> None:
+        """The worker threads' body: whatever escapes per-message handling ends the receiver."""
+        try:
+            self._work_loop(q, cv)
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _work_loop(self, q: collections.deque | None = None, cv: threading.Condition | None = None) -> None:
         """Handle messages in order; ``finish`` (verification, fsync: the slow part) goes to its
         own thread so the chunks of the next item keep flowing meanwhile. Successful chunk
         answers of one device are batched while more chunks wait in the queue (one answer message
-        carries the others' correlation data in ``more``)."""
+        carries the others' correlation data in ``more``). Every message is acknowledged to the
+        broker once handled, whatever happened; a failure is counted and the next message goes on."""
         q = self._q if q is None else q
         cv = self._cv if cv is None else cv
         batch: list[tuple[str, Any, P.Answer]] = []
@@ -130,40 +178,65 @@ class Receiver:
                         cv.wait(0.5)
                 nxt = q.popleft() if q else None
                 more_waiting = bool(q)
+            if q is self._q and time.monotonic() >= self._next_sweep:  # at start, then hourly
+                self._next_sweep = time.monotonic() + SWEEP_S
+                self._guarded("sweep", self.store.sweep)
             if nxt is None:
-                self._flush(batch)
+                self._guarded("answers", self._flush, batch)
+                self.notes.flush(log)
+                self.store.notes.flush(log)
                 if self.stop_event.is_set():
                     return
                 continue
             topic, payload, props, ack = nxt
-            if q is self._q and self.topics.kind_of(topic) == "finish":
-                with self._fcv:
-                    self._fq.append((topic, payload, props, ack))
-                    self._fcv.notify()
-                continue
-            t0 = time.perf_counter()
+            faultpoint("archive:worker")  # fault-injection tests kill this thread here
+            acked = routed = False
             try:
-                res = self.handle(topic, payload, props)
-            except Exception:
-                log.exception("handling %s failed", topic)
-                res = None
-            ack()  # PUBACK to the broker only now that the message is handled
-            kind = self.topics.kind_of(topic)
-            with self._cv:
-                self.busy[kind] += time.perf_counter() - t0
-            if res is None:
-                continue
-            dev, answer = res
-            if batch and batch[0][0] != dev:
-                self._flush(batch)
-            if kind == "chunk" and answer.status == P.OK:
-                batch.append((dev, props, answer))
-                if more_waiting and len(batch) < ANSWER_BATCH:
+                kind = self.topics.kind_of(topic)
+                if q is self._q and kind == "finish":
+                    with self._fcv:
+                        self._fq.append((topic, payload, props, ack))
+                        self._fcv.notify()
+                    acked = routed = True  # the finisher handles and acknowledges it
                     continue
-                self._flush(batch)
-            else:
-                self._flush(batch)
-                self._answer(dev, props, answer)
+                t0 = time.perf_counter()
+                try:
+                    res = self.handle(topic, payload, props)
+                except Exception as exc:
+                    self._fault(topic, exc)
+                    res = None
+                acked = True
+                ack()  # PUBACK to the broker only now that the message is handled
+                with self._cv:
+                    self.busy[kind] += time.perf_counter() - t0
+                if res is None:
+                    continue
+                dev, answer = res
+                if batch and batch[0][0] != dev:
+                    self._flush(batch)
+                if kind == "chunk" and answer.status == P.OK:
+                    batch.append((dev, props, answer))
+                    if more_waiting and len(batch) < ANSWER_BATCH:
+                        continue
+                    self._flush(batch)
+                else:
+                    self._flush(batch)
+                    self._answer(dev, props, answer)
+            except Exception as exc:
+                batch.clear()  # those requests are answered by the agent's timeout and query
+                self._fault(topic, exc)
+                if not acked:
+                    _safe_ack(ack)
+            finally:
+                if not routed:
+                    with self._cv:
+                        self.seen += 1
+
+    def _guarded(self, what: str, fn: Callable, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            self._fault(what, exc)
 
     def _flush(self, batch: list) -> None:
         if not batch:
@@ -188,14 +261,16 @@ class Receiver:
             if dev and dev[1] == "chain":
                 self.store.on_checkpoint(dev[0], payload)
             else:
-                log.warning("ignoring a message on %r: not a valid transfer topic", topic)
+                self.notes.log(log, "topic", "ignoring a message on %s: not a valid transfer topic", ascii(topic)[:300])
             return None
         dev, item, kind = parsed
         try:
             answer = self.store.handle(dev, item, kind, payload, P.user_props(props))
-        except Exception as exc:  # a fault of ours (disk, database): the agent retries later
-            log.exception("%s of %s/%s failed", kind, dev, item)
-            answer = P.Answer(item=item, kind=kind, status=P.ERROR, reason=f"archive error: {exc}")
+        except Exception as exc:  # a fault of ours (disk, database) or input nobody foresaw: the agent retries later
+            self._fault(topic, exc)
+            answer = P.Answer(item=item, kind=kind, status=P.ERROR, reason=f"archive error: {exc!r}"[:500])
+        answer.reason = printable(answer.reason)
+        answer.file = printable(answer.file)
         with self._cv:
             self.handled[answer.status] += 1
             if answer.status in (P.ERROR, P.REJECTED):
@@ -222,17 +297,32 @@ class Receiver:
         want = self.topics.ack(dev)
         rt = getattr(props, "ResponseTopic", None)
         if rt and rt != want:
-            log.warning("request from %s asked for answers on %r: answering on %s", dev, rt, want)
+            self.notes.log(log, "response topic", "request from %s asked for answers on %r: answering on %s", dev, rt, want)
         corr = answer.corr or getattr(props, "CorrelationData", None)  # a chunk's is in its header
         try:
             payload = self.encode_answer(dev, props, answer)
-        except Exception:
-            log.exception("cannot sign the answer to %s of %s/%s", answer.kind, dev, answer.item)
+        except Exception as exc:
+            self.notes.log(log, "sign", "cannot sign the answer to %s of %s/%s: %r", answer.kind, dev, answer.item, exc,
+                           exc_info=exc)
             return
         try:
             self.conn.publish(want, payload, qos=qos, correlation=bytes(corr) if corr else None, timeout=30)
         except PublishError as exc:
-            log.warning("cannot answer %s: %s (the agent will retransmit)", dev, exc)
+            self.notes.log(log, "answer", "cannot answer %s: %s (the agent will retransmit)", dev, exc)
+
+
+def _safe_ack(ack: Callable[[], None]) -> None:
+    try:
+        ack()
+    except Exception:
+        log.exception("cannot acknowledge a message")
+
+
+def printable(text: str | None) -> str | None:
+    """Text from the wire made safe to send and to store (a lone surrogate becomes ``\\udxxx``)."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def new_receiver_id() -> str:

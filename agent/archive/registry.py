@@ -63,6 +63,10 @@ MIGRATIONS: list[tuple[str, str]] = [
     """),
     # the chain checkpoint's annotation count (docs/evidence-format.md, "Removal of a device's last item ...")
     ("0003_checkpoint_annotations", "ALTER TABLE checkpoints ADD COLUMN annotations INTEGER"),
+    ("0004_quarantine_repeats", """
+        ALTER TABLE quarantine ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE quarantine ADD COLUMN last_at TEXT;
+    """),
 ]
 
 

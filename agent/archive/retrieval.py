@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
-from agent.common.errors import EdgeError, NotFoundError
+from agent.common.errors import NotFoundError
 from agent.common.fs import atomic_write
 from agent.common.timeutil import now_iso
 from ..evidence import manifest as mf
 from ..evidence.verify import verify_item
 from agent.wire import checkpoint as cpmod
+from .paths import export_tree
 from .registry import check_id
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,9 @@ class Retrieval:
             return None
         try:
             cp = cpmod.parse(payload, self.registry.public(dev), device=dev)
-        except (cpmod.CheckpointError, NotFoundError) as exc:
-            log.warning("ignoring chain checkpoint of %s: %s", dev, exc)
+        except (cpmod.CheckpointError, NotFoundError, RecursionError) as exc:
+            why = "JSON nested too deeply" if isinstance(exc, RecursionError) else exc
+            self.notes.log(log, "checkpoint", "ignoring chain checkpoint of %s: %s", dev, why)
             return None
         with self.db.atomic() as db:
             old = db.execute("SELECT count, annotations FROM checkpoints WHERE device = ?", [dev]).fetchone()
@@ -107,15 +108,16 @@ class Retrieval:
                                             [device])}
 
     def export(self, item: str, dest: Path, actor: str | None = None) -> Path:
+        """Verify the stored item, copy it to ``DEST/ITEM`` with the device's public key beside
+        it (``DEST/DEVICE.pub``), verify the copy; audited. ``DEST`` must be a new or empty
+        directory; nothing is written through a symlink (:func:`agent.archive.paths.export_tree`)."""
         row = self.find(item)
         src = self.inside(self.root / row["path"])
-        verify_item(src, self.registry.ring(row["device"]), expected_device=row["device"])
-        target = Path(dest) / item
-        if target.exists():
-            raise EdgeError(f"{target}: already exists")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, target)
-        shutil.copy2(self.root / "keys" / f"{row['device']}.pub", target.parent / f"{row['device']}.pub")
+        ring = self.registry.ring(row["device"])
+        verify_item(src, ring, expected_device=row["device"])
+        key = (self.root / "keys" / f"{row['device']}.pub").read_bytes()
+        target = export_tree(src, Path(dest), item, {f"{row['device']}.pub": key})
+        verify_item(target, ring, expected_device=row["device"])
         self.audit.append("export", item, actor=actor, device=row["device"], dest=str(target))
         return target
 

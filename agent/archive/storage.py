@@ -27,9 +27,10 @@ from agent.common.fs import atomic_write, drop_cache, fsync_dir
 from agent.common.timeutil import now_iso
 from agent.wire import protocol as P
 from .chunks import ChunkIntake, block_table
-from .paths import Root, flock, safe_case, safe_file
+from .paths import Root, ensure_dirs, flock, no_symlink, safe_case, safe_file
 from .registry import ArchiveDB, Registry, check_id
 from .retrieval import CHECKPOINTS, Retrieval
+from .upkeep import MAX_REASON, Coalescer, DiskLow, Upkeep, printable
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,10 @@ PENDING = "_pending"
 __all__ = ["ArchiveStore", "PENDING", "safe_case"]
 
 
-class ArchiveStore(ChunkIntake, Retrieval):
+class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
     def __init__(self, root: str | os.PathLike, *, max_item: int = 64 << 30, max_manifest: int = P.DEFAULT_MAX_MANIFEST,
-                 receiver: str = "archive", create: bool = True):
+                 receiver: str = "archive", create: bool = True, min_free: int | None = None,
+                 abandon_after_s: int | None = None):
         self.root = Path(root).resolve()
         self._root = Root(self.root)
         if not self.root.is_dir():
@@ -55,12 +57,18 @@ class ArchiveStore(ChunkIntake, Retrieval):
         self.max_item = max_item
         self.max_manifest = max_manifest
         self.receiver = receiver
+        if min_free is not None:
+            self.min_free = min_free
+        if abandon_after_s is not None:
+            self.abandon_after_s = abandon_after_s
         self.db = ArchiveDB(self.root / "archive.db")
         self._key = self._archive_key()
         self.audit = AuditLog(self.db, "sha256", signer=lambda data: keys.sign(self._key, data))
         self.registry = Registry(self.root, self.db, self.audit)
         self._dev_cache: dict[str, tuple[float, dict]] = {}
         self._init_chunks()
+        self.notes = Coalescer()  # log lines about refused messages, coalesced
+        self._recent_notes: dict[str, tuple[int, float]] = {}  # refusal shape -> (its row, when)
 
     def _archive_key(self):
         kp, pp = self.root / "_archive" / "archive.key", self.root / "_archive" / "archive.pub"
@@ -101,21 +109,27 @@ class ArchiveStore(ChunkIntake, Retrieval):
 
     def handle(self, dev: str, item: str, kind: str, payload: bytes, props: dict[str, str]) -> P.Answer:
         try:
-            device = self._device(dev)
-            if kind == "manifest":
-                return self.on_manifest(device, item, payload, props)
-            if kind == "chunk":
-                return self.on_chunk(device, item, payload, props)
-            if kind == "finish":
-                return self.on_finish(device, item, payload)
-            if kind == "query":
-                return self.on_query(dev, item)
-            raise P.ProtocolError(f"message kind {kind} is not accepted by the archive")
+            try:
+                device = self._device(dev)
+                if kind == "manifest":
+                    return self.on_manifest(device, item, payload, props)
+                if kind == "chunk":
+                    return self.on_chunk(device, item, payload, props)
+                if kind == "finish":
+                    return self.on_finish(device, item, payload)
+                if kind == "query":
+                    return self.on_query(dev, item)
+                raise P.ProtocolError(f"message kind {kind} is not accepted by the archive")
+            except RecursionError:  # json: nesting deeper than the interpreter's stack
+                raise P.ProtocolError(f"{kind}: JSON nested too deeply") from None
+        except DiskLow as exc:  # for now: the agent sends it again later
+            self.notes.log(log, "disk", "refused %s of %s/%s: %s", kind, dev, item, exc)
+            return P.Answer(item=item, kind=kind, status=P.ERROR, reason=str(exc))
         except P.ProtocolError as exc:
             status = P.ERROR if kind == "chunk" else P.REJECTED
             if kind != "chunk":
-                self._quarantine_note(dev, item, str(exc))
-            log.warning("refused %s of %s/%s: %s", kind, dev, item, exc)
+                self.note_refusal(dev, item, str(exc))
+            self.notes.log(log, f"refused {kind}", "refused %s of %s/%s: %s", kind, dev, item, exc)
             return P.Answer(item=item, kind=kind, status=status, reason=str(exc),
                             corr=P.chunk_corr(payload) if kind == "chunk" and "file" not in props else None)
 
@@ -173,7 +187,9 @@ class ArchiveStore(ChunkIntake, Retrieval):
                     db.execute("DELETE FROM pieces WHERE device = ? AND item = ?", [dev, item])
                     db.execute("DELETE FROM transfers WHERE device = ? AND item = ?", [dev, item])
                 tr = None
-            (tdir / mf.FILES_DIR).mkdir(parents=True, exist_ok=True)
+            if not tr:
+                self.check_space(msg.total_size)  # a new transfer: refused before the disk fills
+            ensure_dirs(self.root, ["_tmp", dev, item, mf.FILES_DIR])  # no level may be a symlink
             if not (tdir / mf.MANIFEST).is_file():
                 atomic_write(tdir / mf.SIGNATURE, msg.sig)
                 atomic_write(tdir / mf.MANIFEST, msg.manifest)
@@ -242,8 +258,8 @@ class ArchiveStore(ChunkIntake, Retrieval):
                 rel = self._dest_rel(device, rep.manifest, mf.read_annotations(tdir))
             except P.ProtocolError as exc:
                 return self._reject(dev, item, tdir, str(exc))
-            dest = self.inside(self.root / rel)
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            ensure_dirs(self.root, rel.split("/")[:-1])  # UNIT/CASE: no level may be a symlink
+            dest = no_symlink(self.inside(self.root / rel))
             if dest.exists():  # a receiver died between rename and commit: what is there must verify
                 verify_item(dest, self.registry.ring(dev), expected_device=dev)
                 if tdir != dest:
@@ -319,12 +335,12 @@ class ArchiveStore(ChunkIntake, Retrieval):
             for p in written:
                 p.unlink(missing_ok=True)
             fsync_dir(d / mf.ANNOTATIONS_DIR)
-            self._quarantine_note(dev, item, f"annotation refused: {exc}")
+            self.note_refusal(dev, item, f"annotation refused: {exc}")
             return P.Answer(item=item, kind="finish", status=P.REJECTED, reason=f"annotation refused: {exc}")
         meta = mf.effective_metadata(rep.manifest, mf.read_annotations(d))
         if rel != stored["path"]:  # the case number arrived: move from _pending to the case
-            dest = self.inside(self.root / rel)
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            ensure_dirs(self.root, rel.split("/")[:-1])
+            dest = no_symlink(self.inside(self.root / rel))
             os.rename(d, dest)
             fsync_dir(dest.parent)
             fsync_dir(d.parent)
@@ -345,8 +361,9 @@ class ArchiveStore(ChunkIntake, Retrieval):
         return f"{unit}/{case_dir}/{check_id('item', manifest.get('item_id', ''))}"
 
     def _reject(self, dev: str, item: str, tdir: Path, reason: str) -> P.Answer:
-        q = self.inside(self.quarantine_dir / dev / f"{item}-{time.strftime('%Y%m%d%H%M%S')}")
-        q.parent.mkdir(parents=True, exist_ok=True)
+        reason = printable(reason)[:MAX_REASON]
+        ensure_dirs(self.root, ["_quarantine", dev])
+        q = no_symlink(self.inside(self.quarantine_dir / dev / f"{item}-{time.strftime('%Y%m%d%H%M%S')}"))
         os.rename(tdir, q)
         atomic_write(q / "REASON.txt", (reason + "\n").encode())
         with self.db.atomic() as db:
@@ -358,14 +375,6 @@ class ArchiveStore(ChunkIntake, Retrieval):
             self.audit.append("reject", item, actor=f"archive:{self.receiver}", device=dev, reason=reason)
         log.warning("quarantined %s/%s: %s", dev, item, reason)
         return P.Answer(item=item, kind="finish", status=P.REJECTED, reason=reason)
-
-    def _quarantine_note(self, dev: str, item: str, reason: str) -> None:
-        try:
-            with self.db.atomic() as db:
-                db.execute("INSERT INTO quarantine(device, item, reason, at, path) VALUES (?,?,?,?,NULL)",
-                           [dev, item, reason, now_iso()])
-        except Exception:
-            log.exception("cannot record the refusal")
 
     def _receipt(self, row: dict, manifest: dict | None = None) -> dict:
         """The body of a receipt (signed by the receiver with the request's nonce,

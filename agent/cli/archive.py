@@ -58,12 +58,14 @@ def archive():
 @click.option("--client-id", help="MQTT client id / receiver id (default archive-HOST-RANDOM).")
 @click.option("--max-item-mb", type=click.IntRange(min=1), help="Largest item accepted (MiB).")
 @click.option("--max-manifest-kb", type=click.IntRange(min=4), help="Largest manifest accepted (KiB).")
+@click.option("--min-free-mb", type=click.IntRange(min=0),
+              help="Disk watermark: refuse new transfers below this free space (MiB; default archive.min_free_mb, 2048; 0 = off).")
 @click.option("--receive-maximum", type=click.IntRange(1, 65535),
               help="Messages the broker may have in flight to this receiver (MQTT v5 Receive Maximum).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @pass_ctx
 def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile, client_id, max_item_mb,
-                  max_manifest_kb, receive_maximum, log_level):
+                  max_manifest_kb, min_free_mb, receive_maximum, log_level):
     """Receive items until SIGTERM: check every chunk, verify every item, store it under
     ROOT/UNIT/CASE/ITEM, and only then answer "stored".
 
@@ -90,7 +92,9 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
     max_item = (max_item_mb or (a.max_item_mb if a else 64 * 1024)) * 2**20
     max_manifest = (max_manifest_kb or (a.max_manifest_kb if a else 4096)) * 1024
     share = share if share is not None else (a.share_group if a and a.share_group else None)
-    store = ArchiveStore(_root(c, root), max_item=max_item, max_manifest=max_manifest, receiver=rid)
+    store = ArchiveStore(_root(c, root), max_item=max_item, max_manifest=max_manifest, receiver=rid,
+                         min_free=(min_free_mb if min_free_mb is not None else (a.min_free_mb if a else 2048)) << 20,
+                         abandon_after_s=(a.abandon_after_h if a else 72) * 3600)
     rx = Receiver(store, settings, prefix=prefix or (cfg.mqtt.topic_prefix if cfg else "edge"), share=share,
                   receiver_id=rid)
     stop = threading.Event()
@@ -99,10 +103,13 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
     rx.start()
     click.echo(f"archive receiver {rid}: root {store.root}, broker {host}:{port}"
                + (f", share group {share}" if share else "") + (", TLS" if tls else ""), err=True)
-    while not stop.wait(1.0):
+    while not stop.wait(1.0) and rx.failure is None:
         pass
+    failure = rx.failure
     rx.stop()
     store.close()
+    if failure:  # never stay up with nobody handling messages: exit non-zero, systemd restarts us
+        raise EdgeError(f"接收进程内部故障，已停止 / the archive receiver stopped on an internal fault: {failure}")
 
 
 @archive.command("enroll")

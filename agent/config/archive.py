@@ -12,6 +12,8 @@ class ArchiveConfig(ConfigModel):
                       description="Archive root (archive serve): items under ROOT/UNIT/CASE/ITEM, keys under ROOT/keys.")
     max_item_mb: int = Field(64 * 1024, ge=1, description="Largest item (MiB, all files) the archive accepts; larger ones are refused.")
     max_manifest_kb: int = Field(4096, ge=4, le=1024 * 1024, description="Largest manifest (KiB) the archive accepts.")
+    min_free_mb: int = Field(2048, ge=0, description="Disk watermark: below this much free space (MiB) on the archive root new transfers are refused with the reason (those under way may finish); 0 = off.")
+    abandon_after_h: int = Field(72, ge=1, description="A partial transfer with no new chunk for this many hours is removed (at start and hourly); the agent starts it again by query.")
     share_group: str = Field("", description="Shared-subscription group ($share/GROUP/...) so several receivers split the work (empty: none).")
 
     @field_validator("share_group")

@@ -486,6 +486,8 @@ class Transfer:
         for _round in range(20):
             if ans.status == P.REJECTED:
                 return self._rejected(item, ans)
+            if ans.status == P.ERROR:  # not now (e.g. the archive's disk is low): the item stays, sent again later
+                raise RuntimeError(f"the archive cannot take {item} now: {ans.reason}")
             if ans.status == P.STORED and (ans.annotations or 0) >= len(anns):
                 return self._archived(item, ans, started, row["manifest_hash"], files, len(anns))
             if ans.status == P.UNKNOWN:

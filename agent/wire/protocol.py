@@ -254,6 +254,8 @@ def parse_finish(payload: bytes) -> FinishMsg:
         raise ProtocolError("finish is not valid JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), list) or not isinstance(doc.get("size"), int):
         raise ProtocolError("finish lacks files[] and size")
+    if not isinstance(doc.get("annotations") or [], list):
+        raise ProtocolError("finish: annotations is not a list")
     anns = []
     for i, a in enumerate(doc.get("annotations") or []):
         try:
