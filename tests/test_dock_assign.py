@@ -149,7 +149,7 @@ def test_cli_assign_against_a_running_station(proc_env, media):
     roster.write_text(ROSTER, encoding="utf-8")
     cli(config, "roster", "import", str(roster))
     r = cli(config, "dock", "assign", "1234567", "004711", check=False)
-    assert r.returncode != 0 and "代理未运行 / the agent is not running" in r.stderr
+    assert r.returncode != 0 and "edge-agent 服务未运行 / the edge-agent service is not running" in r.stderr
     sim = start_sim(made, media, ports / "ttyREC1")
     run_agent(made, config, tmp / "agent.log")
     wait_bay(data, "bay-1", lambda b: b["state"] == "done", timeout=60)
