@@ -257,3 +257,23 @@ def test_channel_that_never_returns_keeps_the_files_for_the_next_docking(env, me
     sim2 = start_sim(made, media, ports / "ttyREC1", msdc_drop=3600)
     b = st.wait("bay-1", ("done",), timeout=30)
     assert b["already"] == 5 and b["erased"] == 4 and len(sim2.erased) == 4 and not sim2.msdc
+
+
+def test_erase_refused_in_mass_storage_is_done_over_the_channel_at_the_next_docking(env, media):
+    """A recorder that cannot change a volume the host has mounted answers ERASE with 10 in
+    mass-storage mode (docs/recorder-protocol.md): kept; at the next docking every file is in
+    custody, the station does not switch it to mass storage and erases over the channel."""
+    data, ports, made = env
+    st = start_station(made, make_cfg(data, ports, probe=False))
+    sim = start_sim(made, media, ports / "ttyREC1", msdc_erase_fail=True)
+    st.wait_state("bay-1", ("uploading",), timeout=30)
+    for r in sealed_items(st.store):
+        st.store.mark_archived(r["id"], receipt_for(r))
+    b = st.wait("bay-1", ("error",), timeout=30)
+    assert sim.erased == [] and sim.msdc and "erase" in b["reason"]
+    sim.stop()
+    st.wait_state("bay-1", ("idle", "error"), timeout=5)
+    time.sleep(0.3)
+    sim2 = start_sim(made, media, ports / "ttyREC1", msdc_erase_fail=True)
+    b = st.wait("bay-1", ("done",), timeout=30)
+    assert not sim2.msdc and b["erased"] == 4 and len(sim2.erased) == 4

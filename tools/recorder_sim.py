@@ -35,6 +35,8 @@ Faults (constructor keywords / flags):
                      the link vanishes: a recorder that re-enumerates as mass storage only) and comes
                      back this many seconds later as a new connection (a new pty at the same link;
                      authentication is gone, the volume stays in place); None = composite device
+  msdc_erase_fail    ERASE answers 10 FAIL while in mass-storage mode (a recorder that cannot change a
+                     volume the host has mounted); before SET_MSDC it erases
   no_clock_read      READ_CLOCK answers 15 UNKNOWN_COMMAND (a recorder that cannot tell its time,
                      like the 行标 functions: docs/gat947.md); SET_CLOCK still works
   storage_full       storage reports free = 0
@@ -144,6 +146,7 @@ class RecorderSim:
         clock_fixed: str | _dt.datetime | None = None,
         no_clock_read: bool = False,
         msdc_drop: float | None = None,
+        msdc_erase_fail: bool = False,
         storage_full: bool = False,
         wrong_password: bool = False,
         time_sync_fail: bool = False,
@@ -187,6 +190,7 @@ class RecorderSim:
         self.storage_full = storage_full
         self.no_clock_read = no_clock_read
         self.msdc_drop = msdc_drop  # fault: seconds the command channel stays away after SET_MSDC
+        self.msdc_erase_fail = msdc_erase_fail  # fault: ERASE answers FAIL in mass-storage mode
         self.time_sync_fail = time_sync_fail
         self.msdc_fail = msdc_fail
         self.inject_names = list(inject_names)
@@ -544,6 +548,8 @@ class RecorderSim:
                 name = payload.decode("utf-8")
             except UnicodeDecodeError:
                 return Result.BAD_REQUEST, b""
+            if self.msdc and self.msdc_erase_fail:
+                return Result.FAIL, b""
             return self._erase(name), b""
         return Result.UNKNOWN_COMMAND, b""
 
@@ -867,6 +873,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clock-offset", type=float, default=0.0, help="fault: device clock offset, seconds")
     ap.add_argument("--clock-fixed", choices=["1970", "2099"], help="fault: device clock starts at that year")
     ap.add_argument("--no-clock-read", action="store_true", help="fault: READ_CLOCK unknown to the recorder")
+    ap.add_argument("--msdc-erase-fail", action="store_true", help="fault: ERASE answers 10 in mass-storage mode")
     ap.add_argument("--msdc-drop", type=float, metavar="S",
                     help="fault: the command channel goes away after SET_MSDC and comes back S seconds later")
     ap.add_argument("--full", action="store_true", help="fault: storage free 0")
@@ -894,7 +901,7 @@ def main(argv: list[str] | None = None) -> int:
         garbage=a.garbage, silent=a.silent, corrupt_responses=a.corrupt, response_delay=a.delay,
         disconnect_file=a.disconnect_file, disconnect_at=a.disconnect_at, flip_bit_at=a.flip_bit_at,
         clock_offset=a.clock_offset,
-        clock_fixed=a.clock_fixed, no_clock_read=a.no_clock_read, msdc_drop=a.msdc_drop, storage_full=a.full, wrong_password=a.wrong_password,
+        clock_fixed=a.clock_fixed, no_clock_read=a.no_clock_read, msdc_drop=a.msdc_drop, msdc_erase_fail=a.msdc_erase_fail, storage_full=a.full, wrong_password=a.wrong_password,
         time_sync_fail=a.time_sync_fail, msdc_fail=a.msdc_fail, inject_names=a.inject_name,
         list_trailing=a.list_trailing, list_short=a.list_short, seed=a.seed,
         resolution=tuple(int(x) for x in a.resolution.lower().split("x", 1)), id_code=a.id_code,

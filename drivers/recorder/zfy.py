@@ -162,7 +162,7 @@ def decode_device_time(raw: bytes) -> _dt.datetime:
         raise ProtocolError(f"记录仪时间格式错误 / bad device time {raw!r} (want YYYYMMDDhhmmss+0800)")
     digits, sign, hh, mm = m.groups()
     offset = _dt.timedelta(hours=int(hh), minutes=int(mm))
-    if offset >= _dt.timedelta(hours=24):
+    if int(hh) > 23 or int(mm) > 59:  # zone +hhmm: hh 00-23, mm 00-59 (docs/recorder-protocol.md)
         raise ProtocolError(f"记录仪时区错误 / bad device time zone in {raw!r}")
     tz = _dt.timezone(-offset if sign == b"-" else offset)
     try:
