@@ -77,30 +77,81 @@ def bay_rows(state: dict) -> list[dict]:
     return rows
 
 
-def render(state: dict | None, now: float | None = None):
-    """A rich renderable of the whole station."""
-    if state is None:
-        return Panel(Text("尚无采集站状态：采集站服务未运行？\nno station state yet: is `edge-agent run` running "
-                          "with device.kind = dock?", style="yellow"), title="采集站 / Docking station")
-    now = now or time.time()
+#: narrower than this, the screen folds recorder, officer, progress and message into one column
+WIDE = 140
+
+
+def alarm_line(a: dict) -> str:
+    """One alarm, its text said once: the title is left out when the message already says it."""
+    title, message = a.get("title") or a.get("code") or "", (a.get("message") or "").strip()
+    zh = title.split(" / ")[0]
+    if not message or message == title:
+        text = title
+    elif zh and zh in message:
+        text = message
+    else:
+        text = f"{title} — {message}"
+    return f"⚠ {a.get('bay', '')}: {text}"
+
+
+def _wide_table(rows: list[dict]) -> Table:
     table = Table(box=box.HEAVY_HEAD, expand=True, show_lines=True, header_style="bold")
     for col, kw in (("仓位\nBay", {"no_wrap": True}), ("状态\nState", {"no_wrap": True}),
                     ("记录仪\nRecorder", {}), ("警员\nOfficer", {}), ("进度\nProgress", {"ratio": 3}),
                     ("速率\nRate", {"no_wrap": True}), ("剩余\nETA", {"no_wrap": True}),
                     ("电量\nBattery", {"no_wrap": True}), ("信息\nMessage", {"ratio": 4})):
         table.add_column(col, **kw)
-    for r in bay_rows(state):
+    for r in rows:
         table.add_row(r["bay"], Text(r["label"], style=COLORS.get(r["state"], "")), r["recorder"], r["officer"],
                       r["progress"], r["rate"], r["eta"], r["battery"], r["message"])
-    if not state.get("bays"):
+    if not rows:
         table.add_row("—", Text(LABELS["idle"], style="dim"), "", "", "", "", "", "",
                       "请插入执法记录仪 / dock a recorder")
+    return table
+
+
+def _narrow_table(rows: list[dict]) -> Table:
+    """Bay and state, then one column that wraps: recorder · officer, progress · rate · ETA ·
+    battery, and the message on a line of its own."""
+    table = Table(box=box.HEAVY_HEAD, expand=True, show_lines=True, header_style="bold")
+    table.add_column("仓位\nBay", no_wrap=True)
+    table.add_column("状态\nState", no_wrap=True)
+    table.add_column("记录仪 · 警员 · 进度 · 信息\nRecorder · Officer · Progress · Message", ratio=1,
+                     overflow="fold")
+    for r in rows:
+        detail = Text()
+        lines = [" · ".join(x for x in (r["recorder"], r["officer"]) if x),
+                 " · ".join(x for x in (r["progress"], r["rate"], r["eta"] and f"剩余 ETA {r['eta']}",
+                                        r["battery"] and f"电量 {r['battery']}") if x)]
+        for line in lines:
+            if line:
+                detail.append(("\n" if detail else "") + line)
+        if r["message"]:
+            detail.append(("\n" if detail else "") + r["message"], style="red" if r["state"] == "error" else "")
+        state = Text(r["label"], style=COLORS.get(r["state"], ""))
+        table.add_row(r["bay"], state, detail)
+    if not rows:
+        table.add_row("—", Text(LABELS["idle"], style="dim"), "请插入执法记录仪 / dock a recorder")
+    return table
+
+
+def render(state: dict | None, now: float | None = None, width: int | None = None):
+    """A rich renderable of the whole station; under ``WIDE`` columns (an 80-column terminal)
+    the columns fold so that no line is cut."""
+    if state is None:
+        return Panel(Text("尚无采集站状态：采集站服务未运行？\nno station state yet: is `edge-agent run` running "
+                          "with device.kind = dock?", style="yellow"), title="采集站 / Docking station")
+    now = now or time.time()
+    narrow = width is not None and width < WIDE
+    rows = bay_rows(state)
+    table = _narrow_table(rows) if narrow else _wide_table(rows)
     disk = state.get("disk", {})
+    sep = "\n" if narrow else "   "
     head = Text()
     head.append(f"采集站 Docking station {state.get('device', '')}", style="bold")
-    head.append(f"   {state.get('location', '')}\n")
-    head.append(f"磁盘可用 disk free {human_bytes(disk.get('free_bytes'))}   ")
-    head.append(f"删除策略 erase policy {state.get('erase_policy', '')}   ")
+    head.append(f"{sep}{state.get('location', '')}\n")
+    head.append(f"磁盘可用 disk free {human_bytes(disk.get('free_bytes'))}{sep}")
+    head.append(f"删除策略 erase policy {state.get('erase_policy', '')}{sep if narrow else '   '}")
     age = now - (state.get("updated_ts") or now)
     if not state.get("running", True):
         head.append("服务未运行 / station not running", style="bold red")
@@ -109,9 +160,7 @@ def render(state: dict | None, now: float | None = None):
     parts = [head, table]
     alarms = state.get("alarms") or []
     if alarms:
-        t = Text()
-        for a in alarms:
-            t.append(f"⚠ {a.get('bay', '')}: {a.get('title', a.get('code'))} — {a.get('message', '')}\n", style="bold red")
+        t = Text("\n".join(alarm_line(a) for a in alarms), style="bold red")
         parts.append(Panel(t, title="告警 / Alarms", border_style="red"))
     return Panel(Group(*parts), title=time.strftime("%Y-%m-%d %H:%M:%S"), border_style="blue")
 
@@ -123,12 +172,12 @@ def watch(read_state, interval: float = 0.5, once: bool = False) -> None:
 
     console = Console()
     if once:
-        console.print(render(read_state()))
+        console.print(render(read_state(), width=console.width))
         return
-    with Live(render(read_state()), console=console, screen=True, refresh_per_second=4) as live:
+    with Live(render(read_state(), width=console.width), console=console, screen=True, refresh_per_second=4) as live:
         try:
             while True:
                 time.sleep(interval)
-                live.update(render(read_state()))
+                live.update(render(read_state(), width=console.width))
         except KeyboardInterrupt:
             pass
