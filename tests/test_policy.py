@@ -358,3 +358,68 @@ def test_the_broker_lets_only_the_archive_write_and_each_device_read_its_own_uni
     finally:
         for p in peers.values():
             p.close()
+
+
+# -- the monitor ------------------------------------------------------------------------------------
+def test_the_monitor_shows_a_station_running_an_old_policy(tmp_path, make_broker):
+    """Two stations of one unit report the version they run in their health; the monitor (the
+    `edge-agent monitor` process, through the broker) marks the one still on version 1 after the
+    other applied version 2."""
+    from tests.support.health import MonitorProc
+
+    mq = make_broker()
+    root = tmp_path / "archive"
+    run(["archive", "policy", "key", "--new", "--root", str(root)], check=True)
+    configs = []
+    for dev in ("dock-0001", "dock-0002"):
+        cfg = agent_config(tmp_path, mq.port, dev, dock__bays=[str(tmp_path / "no-bays" / "*")])
+        store = open_store(cfg)
+        run(["archive", "enroll", dev, str(store.pub_path), "--unit", UNIT, "--root", str(root),
+             "--pin-to", str(store.data_dir)], check=True)
+        store.close()
+        configs.append(cfg)
+    (tmp_path / "policy.toml").write_text(POLICY_TOML, encoding="utf-8")
+    settings = ConnSettings("127.0.0.1", mq.port, "test-archive", keepalive=10)
+
+    def publish_version(v: int) -> None:
+        content = ap.read_content(tmp_path / "policy.toml")
+        import time
+
+        ap.publish(settings, T.unit_policy(UNIT), wp.sign(ap.signing_key(root), UNIT, v, content, now=time.time()))
+
+    db = tmp_path / "monitor.db"
+    mon = MonitorProc(db, mq.port, lost_after=600)
+    a = b = None
+    try:
+        import time
+
+        a, b = Station(configs[0], Clock(time.time())), Station(configs[1], Clock(time.time()))
+        publish_version(1)
+        a.wait(1)
+        b.wait(1)
+        b.agent.health.tick()
+        b.stop()                      # dock-0002 goes away still on version 1
+        publish_version(2)
+        a.wait(2)
+        assert a.version() == 2
+        a.agent.health.tick()
+
+        def fleet():
+            p = run(["monitor", "fleet", "--db", str(db), "--lost-after", "600", "--json"], check=True)
+            return json.loads(p.stdout)
+
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            f = fleet()
+            devs = {d["id"]: d for d in f["devices"]}
+            if {devs.get(x, {}).get("policy_version") for x in ("dock-0001", "dock-0002")} == {1, 2}:
+                break
+            assert time.monotonic() < deadline, f"monitor never saw both versions: {devs}"
+            time.sleep(0.2)
+        assert devs["dock-0002"]["policy_old"] is True and devs["dock-0001"]["policy_old"] is False
+        unit = next(u for u in f["units"] if u["code"] == UNIT)
+        assert unit["policy_newest"] == 2 and unit["policy_old"] == ["dock-0002"]
+    finally:
+        if a is not None:
+            a.stop()
+        assert mon.stop() == 0

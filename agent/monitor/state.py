@@ -305,6 +305,7 @@ def unit_rows(conn: sqlite3.Connection, devices: list[dict], alarms: list[dict],
         officers = u["officers"] if u.get("officers") is not None else rep_off
         src = u.get("officers_source") or ("ratio report" if rep_off is not None else None)
         rooms = sum(1 for d in devs if d["kind"] == "room")
+        newest, old = policy_lag(devs)
         row = {"code": code, "name": u.get("name") or "", "officers_source": src,
                "docks": sum(1 for d in devs if d["kind"] == "dock"),
                "devices": len(devs),
@@ -315,6 +316,23 @@ def unit_rows(conn: sqlite3.Connection, devices: list[dict], alarms: list[dict],
                "oldest_buffer_age_s": max([d["health"]["oldest_age_s"] for d in devs
                                            if d.get("health") and d["health"].get("oldest_age_s") is not None] or [None],
                                           key=lambda v: -1 if v is None else v),
+               "policy_newest": newest, "policy_old": old,
                **compliance(recorders, officers, rooms)}
         out.append(row)
     return out
+
+
+def policy_lag(devs: list[dict]) -> tuple[int | None, list[str]]:
+    """The unit policy versions the devices of one unit report in their health (agent/policy):
+    (the newest any of them runs, the ids of stations running an older one or none). Each
+    device dict gets ``policy_version`` and ``policy_old`` (shown on the page and in /api/fleet)."""
+    versions = {d["id"]: (d.get("health") or {}).get("policy_version") for d in devs if d.get("health")}
+    newest = max((v for v in versions.values() if isinstance(v, int)), default=None)
+    old = []
+    for d in devs:
+        v = versions.get(d["id"])
+        d["policy_version"] = v
+        d["policy_old"] = newest is not None and d["id"] in versions and (v is None or v < newest)
+        if d["policy_old"]:
+            old.append(d["id"])
+    return newest, sorted(old)

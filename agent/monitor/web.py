@@ -211,7 +211,8 @@ function render(f) {
     el("td", {class: "num " + (u.ratio_ok ? "txt-ok" : "txt-bad")}, u.ratio == null ? "—" : u.ratio.toFixed(2) + (u.ratio_ok ? " ≥ 0.2" : " < 0.2")),
     el("td", {class: "num " + (u.rooms_ok ? "txt-ok" : "txt-bad")}, u.rooms + (u.rooms_ok ? " ≥ 1" : " < 1")),
     el("td", {class: "num"}, u.docks),
-    el("td", {}, badge(u.online + " 在线", "ok"), " ", badge(u.offline + " 离线", u.offline ? "bad" : "mute"), " ", badge(u.lost + " 失联", u.lost ? "lost" : "mute")),
+    el("td", {}, badge(u.online + " 在线", "ok"), " ", badge(u.offline + " 离线", u.offline ? "bad" : "mute"), " ", badge(u.lost + " 失联", u.lost ? "lost" : "mute"),
+      (u.policy_old || []).length ? badge(u.policy_old.length + " 策略过旧 / old policy (< v" + u.policy_newest + ")", "warn") : ""),
     el("td", {class: "num"}, u.alarms),
     el("td", {class: "num"}, age(u.oldest_buffer_age_s)),
     el("td", {}, u.compliant ? badge("达标 / compliant", "ok") : badge(u.officers == null ? "人员未知 / officers unknown" : "不达标 / not compliant", "bad")))));
@@ -227,7 +228,8 @@ function render(f) {
     const clock = h.clock_synchronized === true ? "已同步 / synced" : h.clock_synchronized === false ? "未同步 / unsynced" : "—";
     return el("tr", {"data-device": d.id, "data-state": d.display_state},
       el("td", {}, d.id), el("td", {}, KIND[d.kind] || d.kind), el("td", {}, d.unit_code),
-      el("td", {}, badge(st[0], st[1]), d.unit_conflicts ? badge("单位冲突 / unit conflict ×" + d.unit_conflicts, "warn") : ""),
+      el("td", {}, badge(st[0], st[1]), d.unit_conflicts ? badge("单位冲突 / unit conflict ×" + d.unit_conflicts, "warn") : "",
+        d.policy_old ? badge("策略过旧 / old policy " + (d.policy_version == null ? "none" : "v" + d.policy_version), "warn") : ""),
       el("td", {class: "num"}, age(d.silent_s)),
       el("td", {class: "num"}, h.buffer_items == null ? "—" : h.buffer_items + " (" + bytes(h.buffer_bytes) + ")"),
       el("td", {class: "num"}, age(h.oldest_age_s)),
