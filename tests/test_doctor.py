@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 
 import paho.mqtt.client as mqtt
 
@@ -57,4 +58,87 @@ def test_doctor_names_what_to_do(tmp_path, broker):
     assert p.returncode == 1
     assert "chmod 600" in p.stdout and "unreachable" in p.stdout
     bad = run_cli(tmp_path / "missing.toml", "doctor")
-    assert bad.returncode == 1 and "edge-agent init" in bad.stdout
+    assert bad.returncode == 1 and f"edge-agent --config {tmp_path / 'missing.toml'} init" in bad.stdout
+
+
+# --- issue 16 item 9: each finding names the key and a command that fixes it ----------------------
+from agent import config as config_mod  # noqa: E402
+from agent.runtime.doctor import check_clock  # noqa: E402
+from tests.support.broker import free_port  # noqa: E402
+from tests.test_cli_words import parse  # noqa: E402
+
+
+def _checks(p) -> list[dict]:
+    return json.loads(p.stdout)["checks"]
+
+
+def _failed(cfg, name):
+    p = run_cli(cfg, "doctor", "--offline", "--json")
+    return [c for c in _checks(p) if c["name"] == name and c["status"] == "FAIL"], p
+
+
+def test_placeholders_from_init_fail_and_the_named_fix_clears_them(tmp_path):
+    cfg = tmp_path / "agent.toml"
+    assert run_cli(cfg, "init", "--data-dir", str(tmp_path / "data")).returncode == 0
+    found, p = _failed(cfg, "placeholder")
+    assert p.returncode == 1
+    assert sorted(c["key"] for c in found) == ["device.id", "device.location", "device.unit_code",
+                                               "device.unit_name", "dock.admin_password"]
+    by_key = {c["key"]: c for c in found}
+    assert "示例执法单位" in by_key["device.unit_name"]["detail"] and "占位值" in by_key["device.id"]["detail"]
+    assert "dev-0001" in by_key["device.id"]["detail"] and "placeholder" in by_key["device.id"]["detail"]
+    assert "000000" not in by_key["dock.admin_password"]["detail"], "a password is never printed"
+    text = run_cli(cfg, "doctor", "--offline").stdout
+    assert "修复 / fix: edge-agent config set device.id" in text and "[device.unit_name]" in text
+    for c in found:  # the fix named is a command that runs, and it clears the finding
+        words = shlex.split(c["fix"])
+        assert words[:3] == ["edge-agent", "config", "set"]
+        parse(c["fix"])
+        assert run_cli(cfg, *words[1:]).returncode == 0
+    assert _failed(cfg, "placeholder")[0] == []
+    assert config_mod.load(cfg).dock.admin_password != "000000"
+
+
+def test_room_camera_file_or_device_missing(tmp_path):
+    cfg = make_config(tmp_path, device__kind="room", room__cameras=[f"file:{tmp_path / 'nope.mp4'}", "/dev/video97"])
+    assert run_cli(cfg, "init").returncode == 0
+    found, p = _failed(cfg, "camera")
+    assert p.returncode == 1 and len(found) == 2
+    assert "文件不存在 / no such file" in found[0]["detail"] and "设备不存在 / no such device" in found[1]["detail"]
+    assert all(c["key"] == "room.cameras" for c in found)
+    parse(found[0]["fix"])
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\0" * 10)
+    assert run_cli(cfg, "config", "set", "room.cameras", f'["file:{clip}", "rtsp://10.0.0.2/main"]').returncode == 0
+    assert _failed(cfg, "camera")[0] == []
+
+
+def test_broker_unreachable_names_key_and_fix(tmp_path):
+    cfg = make_config(tmp_path, mqtt__port=free_port())
+    assert run_cli(cfg, "init").returncode == 0
+    p = run_cli(cfg, "doctor", "--json")
+    broker = next(c for c in _checks(p) if c["name"] == "broker")
+    assert broker["status"] == "FAIL" and "无法连接代理" in broker["detail"] and "unreachable" in broker["detail"]
+    assert broker["key"] == "mqtt.host" and broker["fix"].startswith("edge-agent config set mqtt.host")
+    parse(broker["fix"])
+
+
+def test_clock_off_by_more_than_the_policy(tmp_path):
+    cfg = config_mod.load(make_config(tmp_path, health__clock_drift_alarm_ms=500))
+    off = check_clock(cfg, {"synchronized": True, "source": "adjtimex", "offset_ms": -800})
+    assert off.status == "FAIL" and "-800" in off.detail and "500" in off.detail and "时钟偏差" in off.detail
+    assert off.key == "health.clock_drift_alarm_ms" and off.fix
+    assert check_clock(cfg, {"synchronized": True, "source": "adjtimex", "offset_ms": 400}).status == "OK"
+    unsynced = check_clock(cfg, {"synchronized": False, "source": "adjtimex", "offset_ms": None})
+    assert unsynced.status == "FAIL" and "时钟未同步" in unsynced.detail and unsynced.fix == "timedatectl set-ntp true"
+    assert check_clock(cfg).status in ("OK", "WARN", "FAIL")  # this machine's own clock, measured for real
+
+
+def test_disk_below_the_watermark(tmp_path):
+    cfg = make_config(tmp_path, storage__reserve_mb=1 << 40)
+    assert run_cli(cfg, "init").returncode == 0
+    found, p = _failed(cfg, "disk")
+    assert p.returncode == 1 and len(found) == 1
+    assert found[0]["key"] == "storage.reserve_mb" and "低于保留水位" in found[0]["detail"]
+    assert "below the reserve" in found[0]["detail"]
+    parse(found[0]["fix"])

@@ -181,10 +181,12 @@ def crypt_decrypt(item_dir, key_path, out_dir, device_key):
 @json_option
 @pass_ctx
 def doctor(c: Ctx, offline, as_json):
-    """Check config, key permissions, pinned archive keys, disk reserve, clock, TLS certificates, broker,
-    archive (its status signed by a pinned key) and devices.
+    """Check config, placeholders left by init, key permissions, pinned archive keys, disk
+    reserve, clock, TLS certificates, broker, archive (its status signed by a pinned key) and
+    devices (cameras, sensor, recorder ports).
 
-    Each check prints OK or what to do; exit 1 when any check fails.
+    Each check prints OK or, in Chinese and English, what is wrong, the config key at fault and
+    the command that fixes it; exit 1 when any check fails.
 
     \b
     Example:
@@ -199,6 +201,9 @@ def doctor(c: Ctx, offline, as_json):
     else:
         colour = {"OK": "green", "WARN": "yellow", "FAIL": "red"}
         for ch in checks:
-            click.echo(click.style(f"{ch.status:<4}", fg=colour[ch.status]) + f" {ch.name:<12} {ch.detail}")
+            click.echo(click.style(f"{ch.status:<4}", fg=colour[ch.status]) + f" {ch.name:<12} {ch.detail}"
+                       + (f" [{ch.key}]" if ch.key and ch.status != "OK" else ""))
+            if ch.fix and ch.status != "OK":
+                click.echo(f"{'':<17} 修复 / fix: {ch.fix}")
     if failed:
         raise SystemExit(1)

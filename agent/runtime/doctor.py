@@ -1,5 +1,6 @@
 """`edge-agent doctor`: checks a technician runs after installing or when something is wrong.
-Each check returns OK, WARN or FAIL with what to do."""
+Each check returns OK, WARN or FAIL, in Chinese and English; a finding names the config key at
+fault (``key``) and the command that fixes it (``fix``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ import datetime as _dt
 import glob
 import json
 import os
-import shutil
 import socket
 import stat
-import subprocess
 from pathlib import Path
 
 from agent import config as config_mod
@@ -23,85 +22,131 @@ class Check:
     name: str
     status: str  # OK | WARN | FAIL
     detail: str
+    key: str = ""   # the config key at fault, when one is
+    fix: str = ""   # the command line that fixes it, when one does
 
 
-def _ok(name, detail):
-    return Check(name, "OK", detail)
+def _ok(name, detail, key="", fix=""):
+    return Check(name, "OK", detail, key, fix)
 
 
-def _warn(name, detail):
-    return Check(name, "WARN", detail)
+def _warn(name, detail, key="", fix=""):
+    return Check(name, "WARN", detail, key, fix)
 
 
-def _fail(name, detail):
-    return Check(name, "FAIL", detail)
+def _fail(name, detail, key="", fix=""):
+    return Check(name, "FAIL", detail, key, fix)
+
+
+#: values ``edge-agent init`` writes that no real station keeps: key -> (placeholder, example of a real value)
+PLACEHOLDERS = {
+    "device.id": ("dev-0001", "dock-01"),
+    "device.unit_code": ("330100000000", "330106000000"),
+    "device.unit_name": ("示例执法单位", "西湖区综合行政执法局"),
+    "device.location": ("未设置地点 / location not set", "西湖区文三路18号采集室"),
+    "dock.admin_password": ("000000", "PASSWD"),
+}
+
+
+def check_placeholders(cfg) -> list[Check]:
+    """A value left as ``init`` wrote it: the station would seal evidence under a made-up unit,
+    id or place, or talk to recorders with the factory password."""
+    out = []
+    for key, (placeholder, example) in PLACEHOLDERS.items():
+        if key.startswith("dock.") and cfg.device.kind != "dock":
+            continue
+        if cfg.get(key) != placeholder:
+            continue
+        shown = "******" if "password" in key else placeholder
+        out.append(_fail("placeholder", f"{key} 仍是初始化时的占位值 {shown} / {key} is still the placeholder "
+                                        f"{shown} written by init", key=key,
+                         fix=f'edge-agent config set {key} "{example}"'))
+    if not out:
+        out.append(_ok("placeholder", "设备编号、单位、地点已设置 / device id, unit and place are set"))
+    return out
 
 
 def check_config(path) -> tuple[Check, config_mod.Config | None]:
     try:
         cfg = config_mod.load(path)
     except EdgeError as exc:
-        return _fail("config", f"{exc} — fix the file or run `edge-agent init`"), None
+        return _fail("config", f"{exc} — 修改配置文件或运行初始化 / fix the file or run init",
+                     fix=f"edge-agent --config {config_mod.config_path(path)} init"), None
     return _ok("config", f"{cfg.path} is valid (device {cfg.device.id}, kind {cfg.device.kind})"), cfg
 
 
 def check_keys(cfg) -> Check:
     key = Path(cfg.storage.data_dir) / "keys" / "device.key"
     if not key.exists():
-        return _fail("device key", f"{key} missing — run `edge-agent init`")
+        return _fail("device key", f"设备密钥不存在 / {key} missing", key="storage.data_dir",
+                     fix=f"edge-agent --config {cfg.path} init")
     mode = stat.S_IMODE(key.stat().st_mode)
     if mode & 0o077:
-        return _fail("device key", f"{key} has mode {mode:o} — run `chmod 600 {key}`")
+        return _fail("device key", f"设备私钥可被他人读取 / {key} has mode {mode:o}", key="storage.data_dir",
+                     fix=f"chmod 600 {key}")
     return _ok("device key", f"{key} mode 600")
 
 
 def check_disk(cfg) -> Check:
     d = Path(cfg.storage.data_dir)
     if not d.is_dir():
-        return _fail("disk", f"{d} does not exist — run `edge-agent init`")
+        return _fail("disk", f"数据目录不存在 / {d} does not exist", key="storage.data_dir",
+                     fix=f"edge-agent --config {cfg.path} init")
     if not os.access(d, os.W_OK):
-        return _fail("disk", f"{d} is not writable by this user — check its owner (the edge-agent system user)")
+        return _fail("disk", f"数据目录不可写 / {d} is not writable by this user", key="storage.data_dir",
+                     fix=f"chown -R edge-agent: {d}")
     st = os.statvfs(d)
     free = st.f_bavail * st.f_frsize
     reserve = cfg.storage.reserve_mb << 20
     if free < reserve:
-        return _fail("disk", f"{free >> 20} MiB free < reserve {reserve >> 20} MiB — archive and purge, or add disk")
+        return _fail("disk", f"磁盘可用 {free >> 20} MiB，低于保留水位 {reserve >> 20} MiB，拒收新资料 / "
+                             f"{free >> 20} MiB free, below the reserve of {reserve >> 20} MiB: new items are refused "
+                             "— archive the backlog (archived copies are purged after storage.retention_days) or add disk",
+                     key="storage.reserve_mb", fix="edge-agent uplink status")
     if free < 2 * reserve:
-        return _warn("disk", f"{free >> 20} MiB free, under twice the reserve ({reserve >> 20} MiB)")
-    return _ok("disk", f"{free >> 20} MiB free, reserve {reserve >> 20} MiB")
+        return _warn("disk", f"磁盘可用 {free >> 20} MiB，不足保留水位两倍 / {free >> 20} MiB free, under twice the "
+                             f"reserve ({reserve >> 20} MiB)", key="storage.reserve_mb", fix="edge-agent uplink status")
+    return _ok("disk", f"磁盘可用 {free >> 20} MiB / {free >> 20} MiB free, reserve {reserve >> 20} MiB",
+               key="storage.reserve_mb")
 
 
-def check_clock() -> Check:
-    if shutil.which("timedatectl"):
-        p = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"], capture_output=True, text=True)
-        if p.returncode == 0 and p.stdout.strip() in ("yes", "no"):
-            if p.stdout.strip() == "yes":
-                return _ok("clock", "synchronised (NTP)")
-            return _fail("clock", "not synchronised — enable NTP: `timedatectl set-ntp true` or configure chrony")
-    try:
-        import ctypes
+def check_clock(cfg, state: dict | None = None) -> Check:
+    """The clock as the health report sees it (``agent.health.metrics.clock_state``: kernel NTP
+    state and offset): unsynchronised, or off by more than ``health.clock_drift_alarm_ms``, fails
+    (evidence times come from this clock)."""
+    if state is None:
+        from agent.health.metrics import clock_state
 
-        class Timex(ctypes.Structure):
-            _fields_ = [("modes", ctypes.c_uint), ("_pad", ctypes.c_long * 40)]
-        libc = ctypes.CDLL(None, use_errno=True)
-        tx = Timex()
-        state = libc.adjtimex(ctypes.byref(tx))
-        if state == 5:  # TIME_ERROR: clock not synchronised
-            return _warn("clock", "the kernel reports the clock unsynchronised (no NTP here?) — configure chrony/NTP")
-        return _ok("clock", f"kernel clock state {state} (synchronised)")
-    except Exception as exc:  # pragma: no cover
-        return _warn("clock", f"cannot tell ({exc})")
+        state = clock_state()
+    limit = cfg.health.clock_drift_alarm_ms
+    off = state.get("offset_ms")
+    fix = "timedatectl set-ntp true"
+    if state.get("synchronized") is False:
+        return _fail("clock", f"时钟未同步 / the clock is not synchronised ({state.get('source')}); evidence times "
+                              "would be off — enable NTP or chrony", key="health.clock_drift_alarm_ms", fix=fix)
+    if isinstance(off, int) and abs(off) > limit:
+        return _fail("clock", f"时钟偏差 {off} 毫秒，超过允许的 {limit} 毫秒 / clock off by {off} ms, more than the "
+                              f"{limit} ms allowed", key="health.clock_drift_alarm_ms", fix="chronyc makestep")
+    if state.get("synchronized") is None:
+        return _warn("clock", "无法判断时钟是否同步 / cannot tell whether the clock is synchronised",
+                     key="health.clock_drift_alarm_ms", fix=fix)
+    shown = f", offset {off} ms" if isinstance(off, int) else ""
+    return _ok("clock", f"时钟已同步 / synchronised ({state.get('source')}{shown}, allowed {limit} ms)",
+               key="health.clock_drift_alarm_ms")
 
 
 def check_tls(cfg) -> list[Check]:
     out = []
     if not cfg.mqtt.tls:
-        return [_warn("tls", "mqtt.tls is false: traffic to the broker is not encrypted")]
+        return [_warn("tls", "未加密 / mqtt.tls is false: traffic to the broker is not encrypted", key="mqtt.tls",
+                      fix="edge-agent config set mqtt.tls true")]
     from cryptography import x509
 
     for label, path in (("CA", cfg.mqtt.cafile), ("client certificate", cfg.mqtt.certfile)):
         if not path:
-            out.append(_fail("tls", f"mqtt.{'cafile' if label == 'CA' else 'certfile'} is empty"))
+            k = f"mqtt.{'cafile' if label == 'CA' else 'certfile'}"
+            out.append(_fail("tls", f"{k} 未设置 / {k} is empty", key=k, fix=f"edge-agent config set {k} /etc/edge-agent/tls/"
+                                                                             f"{'ca.crt' if label == 'CA' else 'client.crt'}"))
             continue
         try:
             cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
@@ -122,8 +167,9 @@ def check_broker(cfg, timeout: float = 5.0) -> list[Check]:
     try:
         socket.create_connection((cfg.mqtt.host, cfg.mqtt.port), timeout=timeout).close()
     except OSError as exc:
-        return [_fail("broker", f"{cfg.mqtt.host}:{cfg.mqtt.port} unreachable ({exc.strerror or exc}) — "
-                                "check the network, the broker and mqtt.host/mqtt.port")]
+        return [_fail("broker", f"无法连接代理 / the broker at {cfg.mqtt.host}:{cfg.mqtt.port} is unreachable "
+                                f"({exc.strerror or exc}) — check the network, that the broker runs, and mqtt.host / "
+                                "mqtt.port", key="mqtt.host", fix="edge-agent config set mqtt.host BROKER_HOST")]
     from agent.uplink.trust import archive_trust
     from agent.wire.mqtt import exchange, settings_from_config
     from agent.wire.receipts import ReceiptError
@@ -181,10 +227,30 @@ def check_archive_keys(cfg) -> Check:
     try:
         trust = archive_trust(cfg)
     except EdgeError as exc:
-        return _fail("archive key", str(exc))
+        return _fail("archive key", str(exc), key="uplink.archive_keys")
     if not trust:
-        return _fail("archive key", NO_KEY)
+        return _fail("archive key", NO_KEY, key="uplink.archive_keys",
+                     fix="edge-agent uplink trust-archive archive.pub")
     return _ok("archive key", f"pinned: {', '.join(trust.key_ids)} ({', '.join(trust.sources)})")
+
+
+def camera_problem(source: str) -> str | None:
+    """Why a configured camera source cannot be opened, when that can be told without opening
+    it: a missing device or file. Network sources are checked when recording."""
+    from drivers.camera import NETWORK_SCHEMES
+
+    if source.startswith(NETWORK_SCHEMES):
+        return None
+    path = source[5:] if source.startswith("file:") else source
+    if source.isdigit():
+        path = f"/dev/video{source}"
+    if not os.path.exists(path):
+        return "设备不存在 / no such device" if path.startswith("/dev/") else "文件不存在 / no such file"
+    if not path.startswith("/dev/") and not os.path.isfile(path):
+        return "不是文件 / not a file"
+    if not os.access(path, os.R_OK):
+        return "无读取权限 / not readable by this user"
+    return None
 
 
 def check_devices(cfg) -> list[Check]:
@@ -193,22 +259,38 @@ def check_devices(cfg) -> list[Check]:
         patterns = [b.pattern for b in cfg.dock.bays]
         found = sorted({p for pat in patterns if pat for p in glob.glob(pat)})
         if found:
-            out.append(_ok("devices", f"recorder ports/mounts present: {', '.join(found[:8])}"))
+            out.append(_ok("devices", f"记录仪端口 / recorder ports/mounts present: {', '.join(found[:8])}",
+                           key="dock.bays"))
         else:
-            out.append(_warn("devices", f"no recorder docked on {', '.join(patterns) or '(no bays)'} (normal when all bays are empty)"))
+            out.append(_warn("devices", f"未接入记录仪 / no recorder docked on {', '.join(patterns) or '(no bays)'} "
+                                        "(normal when all bays are empty)", key="dock.bays"))
     else:
         room = cfg.room
-        for cam in room.cameras:
-            if cam.startswith("/dev/"):
-                out.append((_ok if os.path.exists(cam) else _fail)("camera", f"{cam} {'present' if os.path.exists(cam) else 'missing — check the USB camera'}"))
+        for i, cam in enumerate(room.cameras):
+            why = camera_problem(cam)
+            if why:
+                present = sorted(glob.glob("/dev/video*"))[:2]
+                example = "[" + ", ".join(f'"{v}"' for v in (present or ["rtsp://10.0.0.2/main"])) + "]"
+                out.append(_fail("camera", f"摄像头 {cam}: {why} / camera {i + 1} of room.cameras cannot be opened",
+                                 key="room.cameras", fix=f"edge-agent config set room.cameras '{example}'"))
             else:
-                out.append(_ok("camera", f"{cam} (network or file source; checked when recording)"))
+                out.append(_ok("camera", f"摄像头 / camera {cam}" + (" (network source; checked when recording)"
+                                                                    if "://" in cam else " present"),
+                               key="room.cameras"))
         if room.sensor_port:
             p = room.sensor_port
-            out.append((_ok if os.path.exists(p) else _fail)("sensor", f"{p} {'present' if os.path.exists(p) else 'missing — check the RS-485 adapter'}"))
+            if os.path.exists(p):
+                out.append(_ok("sensor", f"温湿度传感器 / sensor {p} present", key="room.sensor_port"))
+            else:
+                out.append(_fail("sensor", f"温湿度传感器端口不存在 / sensor port {p} missing — check the RS-485 "
+                                           "adapter", key="room.sensor_port",
+                                 fix="edge-agent config set room.sensor_port /dev/ttyUSB0"))
         if room.microphone not in ("none", "tone"):
             snd = glob.glob("/dev/snd/pcmC*c")
-            out.append((_ok if snd else _warn)("microphone", f"capture devices: {', '.join(snd) or 'none found in /dev/snd'}"))
+            out.append((_ok if snd else _warn)("microphone", f"录音设备 / capture devices: "
+                                                             f"{', '.join(snd) or 'none found in /dev/snd'}",
+                                               key="room.microphone",
+                                               fix="" if snd else "edge-agent config set room.microphone none"))
     return out
 
 
@@ -217,7 +299,8 @@ def run_checks(config_path=None, network: bool = True) -> list[Check]:
     checks = [first]
     if cfg is None:
         return checks
-    checks += [check_keys(cfg), check_archive_keys(cfg), check_disk(cfg), check_clock()]
+    checks += check_placeholders(cfg)
+    checks += [check_keys(cfg), check_archive_keys(cfg), check_disk(cfg), check_clock(cfg)]
     checks += check_tls(cfg)
     if network:
         checks += check_broker(cfg)
