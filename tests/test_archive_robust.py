@@ -242,3 +242,24 @@ def test_disk_watermark_refuses_new_transfers_with_the_reason(broker, tmp_path):
         check_archive(t.root, ids)
     finally:
         t.close()
+
+
+def test_what_the_fuzzing_found_is_refused_with_a_reason(tmp_path):
+    """Inputs the fuzz runs found escaping the parsers' own errors: each is now a refusal."""
+    cfg = agent_config(tmp_path, 1)
+    store = open_store(cfg)
+    root = tmp_path / "archive"
+    enroll(root, store)
+    ar = ArchiveStore(root)
+    try:
+        item = f"{DEV}-20990101000000-aaaaaa"
+        for kind, payload, why in (
+                ("finish", b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
+                ("manifest", b"[" * 50_000 + b"]" * 50_000, "manifest"),
+                ("finish", b'{"files":[],"size":0,"annotations":7}', "annotations is not a list"),
+                ("finish", '{"files":[],"size":0,"annotations":[{"json":"é","sig":"AA=="}]}'.encode(), "base64")):
+            a = ar.handle(DEV, item, kind, payload, {"sig": "AA=="})
+            assert a.status == P.REJECTED and why in a.reason, (kind, why, a)
+        assert ar.on_checkpoint(DEV, b"[" * 50_000 + b"]" * 50_000) is None
+    finally:
+        ar.close()

@@ -260,7 +260,7 @@ def parse_finish(payload: bytes) -> FinishMsg:
     for i, a in enumerate(doc.get("annotations") or []):
         try:
             anns.append(Annotation(base64.b64decode(a["json"], validate=True), base64.b64decode(a["sig"], validate=True)))
-        except (KeyError, TypeError, binascii.Error):
+        except (KeyError, TypeError, ValueError, binascii.Error):  # ValueError: non-ASCII base64
             raise ProtocolError(f"finish: annotation {i + 1} is not {{json, sig}} in base64") from None
     return FinishMsg(files=doc["files"], size=doc["size"], annotations=anns)
 
