@@ -206,6 +206,7 @@ def test_fuzz_archive_through_the_broker(broker, tmp_path):
     out = fuzz_archive(broker, tmp_path, 300)
     print("fuzz archive:", json.dumps(out))
     assert all(n >= 300 for n in out["counts"].values()), out
+    assert out["faults"] == 0, out["fault_kinds"]  # every input refused by the parsers' own errors
 
 
 @pytest.mark.slow
@@ -214,3 +215,4 @@ def test_fuzz_archive_through_the_broker_long(broker, tmp_path):
     out = fuzz_archive(broker, tmp_path, 10_000)
     print("fuzz archive:", json.dumps(out))
     assert all(n >= 10_000 for n in out["counts"].values()), out
+    assert out["faults"] == 0, out["fault_kinds"]
