@@ -16,6 +16,7 @@ from agent.common.errors import MetadataError
 from agent.evidence.manifest import validate_metadata
 from agent.evidence.verify import verify_item
 from drivers.recorder import time_from_name
+from agent.dock.display import bay_rows, render
 from agent.dock.erasing import erase_decision, resume_proven
 from tests.test_dock import (SERIAL, copy_records, env, make_cfg, media, media_master, receipt_for,  # noqa: F401
                              sealed_items, sha, start_sim, start_station)
@@ -277,3 +278,62 @@ def test_erase_refused_in_mass_storage_is_done_over_the_channel_at_the_next_dock
     sim2 = start_sim(made, media, ports / "ttyREC1", msdc_erase_fail=True)
     b = st.wait("bay-1", ("done",), timeout=30)
     assert not sim2.msdc and b["erased"] == 4 and len(sim2.erased) == 4
+
+
+# --- 5. battery and resolution at each docking ----------------------------------------------------
+def test_battery_low_alarm_raised_from_the_level_and_cleared_when_it_charged(env, media):
+    data, ports, made = env
+    st = start_station(made, make_cfg(data, ports, probe=False, battery_low_pct=20))
+    sim = start_sim(made, media, ports / "ttyREC1", battery_level=12, charging=True, resolution=(1280, 720))
+    b = st.wait_state("bay-1", ("uploading",), timeout=30)
+    assert b["battery"] == 12 and b["battery_low"] is True and b["resolution"] == "1280x720"
+    alarms = {a["code"]: a for a in st.dock.status()["alarms"]}
+    assert "12%" in alarms["recorder_battery_low"]["message"] and "battery_low_pct 20%" in alarms["recorder_battery_low"]["message"]
+    assert st.health.alarms.is_active("recorder_battery_low", "bay-1")
+    row = bay_rows(st.dock.status())[0]
+    assert row["battery"] == "12%⚡ 低 low" and row["battery_low"] and row["recorder"] == f"{SERIAL} 1280x720"
+    render(st.dock.status())  # draws
+    sim.battery_level = 60  # charged while it waited for the archive
+    for r in sealed_items(st.store):
+        st.store.mark_archived(r["id"], receipt_for(r))
+    b = st.wait("bay-1", ("done",), timeout=30)
+    assert b["battery"] == 60 and b["battery_low"] is False  # read again at the end of the docking
+    assert not any(a["code"] == "recorder_battery_low" for a in st.dock.status()["alarms"])
+    assert not st.health.alarms.is_active("recorder_battery_low", "bay-1")
+
+
+def test_battery_low_alarm_ends_when_the_recorder_leaves_and_resolution_may_be_unknown(env, media):
+    data, ports, made = env
+    st = start_station(made, make_cfg(data, ports, probe=False, erase_policy="never", battery_low_pct=30))
+    sim = start_sim(made, media, ports / "ttyREC1", battery_level=25, charging=False, unsupported=["read_resolution"])
+    b = st.wait("bay-1", ("done",), timeout=30)
+    assert b["battery_low"] and b["resolution"] is None and b["problems"] == []  # no resolution is no error
+    assert st.health.alarms.is_active("recorder_battery_low", "bay-1")
+    assert bay_rows(st.dock.status())[0]["battery"] == "25% 低 low"
+    sim.stop()
+    st.wait_state("bay-1", ("idle",), timeout=5)
+    assert not st.health.alarms.is_active("recorder_battery_low", "bay-1")
+
+
+def test_battery_and_resolution_go_out_in_health_through_the_ports(env, media, broker):
+    """The bay's battery and resolution travel in its component state, and the battery alarm on its
+    alarm topic, through the ports (the health component), as edge-agent run wires them."""
+    from tests.support.health import Capture, ContractUplink
+
+    data, ports, made = env
+    cap = Capture(broker.port, "edge/dev/dock-0001/#")
+    up = ContractUplink(broker.port, "dock-0001")
+    try:
+        st = start_station(made, make_cfg(data, ports, probe=False, erase_policy="never"), uplink=up)
+        start_sim(made, media, ports / "ttyREC1", battery_level=9, charging=False)
+        st.wait("bay-1", ("done",))
+        _, a = cap.wait_for(lambda t, p: t == "edge/dev/dock-0001/alarm/recorder_battery_low.bay-1" and p)
+        assert a["active"] is True and a["source"] == "dock" and a["message"]["zh"].startswith("记录仪电量低 9%")
+        _, c = cap.wait_for(lambda t, p: t == "edge/dev/dock-0001/component/bay-1" and p and p.get("state") == "done")
+        assert c["battery"] == 9 and c["battery_low"] is True and c["resolution"] == "1920x1080"
+        made["sims"][-1].stop()
+        _, a = cap.wait_for(lambda t, p: t == "edge/dev/dock-0001/alarm/recorder_battery_low.bay-1" and p
+                            and p["active"] is False)
+    finally:
+        up.stop()
+        cap.close()

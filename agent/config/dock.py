@@ -119,6 +119,9 @@ class DockConfig(ConfigModel):
                               description="Files copied at the same time across all bays (bounded pool, 1 MiB buffer each; the rest "
                                           "wait their turn). USB 2.0 recorders read ~30 MB/s each: 8 keeps 2 cores busy hashing.")
     bay_rate_limit_mib: int = Field(0, ge=0, description="Copy speed cap per bay in MiB/s (0 = none).")
+    battery_low_pct: int = Field(20, ge=0, le=100,
+                                 description="Raise alarm recorder_battery_low while a docked recorder's battery is below this "
+                                             "percentage (read at each docking and while it waits); 0 = never.")
     channel_return_s: int = Field(60, ge=1, le=3600,
                                   description="A recorder whose command channel goes away after the switch to mass storage: wait this "
                                               "long (s) for it to come back before erasing; files not erased then are erased at the "

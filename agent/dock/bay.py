@@ -114,7 +114,38 @@ class Bay(BayCopy, BayErase):
                 self.st.state, self.st.since, self.st.message = "idle", now_iso(), None
         if self.st.serial:
             self.station.release_serial(self.st.serial, self)
+        self.station.clear_alarm("recorder_battery_low", self)  # about the recorder that left
         self.station.bay_changed(self, important=True)
+
+    # --- battery and resolution ---------------------------------------------------------------
+    def read_battery(self):
+        """ReadDeviceBatteryDumpEnergy: the level (and charging, when the transport tells) into the
+        bay's state, and the alarm ``recorder_battery_low`` raised while the level is below
+        ``dock.battery_low_pct`` (0 = never), cleared at a reading at or above it and when the
+        recorder leaves. Read at each docking and again while the bay waits (``_finish``)."""
+        bat = self.client.battery()
+        self._battery_at = time.monotonic()
+        low = self.station.cfg.dock.battery_low_pct
+        with self.lock:
+            self.st.battery, self.st.charging = bat.level, bat.charging
+            self.st.battery_low = bat.level < low
+        if bat.level < low:
+            self.station.alarm("recorder_battery_low", self,
+                               f"记录仪电量低 {bat.level}% / recorder battery {bat.level}%, below "
+                               f"dock.battery_low_pct {low}%" + ("; charging" if bat.charging else ""))
+        else:
+            self.station.clear_alarm("recorder_battery_low", self)
+        self.station.bay_changed(self)
+        return bat
+
+    def _read_resolution(self) -> str | None:
+        """ReadDeviceResolution as ``WIDTHxHEIGHT`` for the bay view and health; None when the
+        recorder does not offer it (15) or answers something unusable (logged, not a docking error)."""
+        try:
+            return str(self.client.read_resolution())
+        except (Unsupported, ProtocolError) as exc:
+            log.info("bay %s: no resolution from %s: %s", self.name, self.st.serial, exc)
+            return None
 
     def gone(self) -> bool:
         """The recorder was taken out (or the station stops). After SET_MSDC its volume tells, not its
@@ -254,10 +285,11 @@ class Bay(BayCopy, BayErase):
         if not self.mass_storage:
             c = self.client
             c.authenticate(cfg.admin_password)
-            bat = c.battery()
+            bat = self.read_battery()
+            resolution = self._read_resolution()
             sto = c.storage()
-            self.set("charging", f"电量 {bat.level}% / battery {bat.level}%", battery=bat.level, charging=bat.charging,
-                     recorder_free=sto.free)
+            self.set("charging", f"电量 {bat.level}% / battery {bat.level}%", recorder_free=sto.free,
+                     resolution=resolution)
             if sto.full:  # normal at the end of a long shift: copied first, then freed per policy
                 log.info("bay %s: recorder %s storage full", self.name, self.st.serial)
                 self.set("charging", "记录仪存储已满，先复制 / recorder storage full: copying first", recorder_full=True)

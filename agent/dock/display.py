@@ -66,13 +66,18 @@ def bay_rows(state: dict) -> list[dict]:
             st = a.get("station") or {}
             officer += f" ≠ 分配 assigned {st.get('officer_name', '')} {st.get('officer_number', '')}"
         battery = f"{b['battery']}%{'⚡' if b.get('charging') else ''}" if b.get("battery") is not None and not idle else ""
+        if battery and b.get("battery_low"):
+            battery += " 低 low"
+        recorder = "" if idle else (b.get("serial") or "")
+        if recorder and b.get("resolution"):
+            recorder += f" {b['resolution']}"
         rows.append({
             "bay": b["name"], "state": b["state"], "label": LABELS.get(b["state"], b["state"]),
-            "recorder": "" if idle else (b.get("serial") or ""), "officer": officer, "progress": progress_text(b),
+            "recorder": recorder, "officer": officer, "progress": progress_text(b),
             "rate": f"{human_bytes(b.get('rate_bps'))}/s" if b.get("rate_bps") else "",
             "eta": human_eta(b.get("eta_s")) if b.get("state") == "downloading" else "",
             "battery": battery, "message": b.get("reason") if b["state"] == "error" else (b.get("message") or ""),
-            "docked": b.get("docked", False),
+            "docked": b.get("docked", False), "battery_low": bool(b.get("battery_low")) and not idle,
         })
     return rows
 
@@ -103,7 +108,8 @@ def _wide_table(rows: list[dict]) -> Table:
         table.add_column(col, **kw)
     for r in rows:
         table.add_row(r["bay"], Text(r["label"], style=COLORS.get(r["state"], "")), r["recorder"], r["officer"],
-                      r["progress"], r["rate"], r["eta"], r["battery"], r["message"])
+                      r["progress"], r["rate"], r["eta"],
+                      Text(r["battery"], style="bold red" if r["battery_low"] else ""), r["message"])
     if not rows:
         table.add_row("—", Text(LABELS["idle"], style="dim"), "", "", "", "", "", "",
                       "请插入执法记录仪 / dock a recorder")

@@ -14,9 +14,10 @@ import json
 import logging
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
-from drivers.recorder import FileRecord, RecorderClient, RecorderGone, RecorderRefused, RecorderTimeout
+from drivers.recorder import FileRecord, RecorderClient, RecorderError, RecorderGone, RecorderRefused, RecorderTimeout
 from drivers.recorder.protocol import Result
 
 from agent.common.errors import EdgeError
@@ -27,6 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .station import DockStation
 
 log = logging.getLogger(__name__)
+
+BATTERY_RECHECK_S = 30.0  # the battery is read again this often while a bay waits for the archive
 
 
 class Decision(NamedTuple):
@@ -168,6 +171,7 @@ class BayErase:
     client: RecorderClient | None
     mass_storage: bool
     msdc_mount: str | None
+    _battery_at: float = 0.0
 
     # --- after copying: upload and erase ---------------------------------------------------
     def _finish(self, plan: list[dict], serial: str) -> None:
@@ -206,8 +210,11 @@ class BayErase:
                 if not waiting:
                     break
                 s.stop_event.wait(1.0)
+                if time.monotonic() - self._battery_at >= BATTERY_RECHECK_S:
+                    self._recheck_battery()
             if waiting:
                 return  # undocked or stopping: erase happens at the next docking
+        self._recheck_battery()  # it charged while docked: the alarm may end here
         with self.lock:
             problems = list(self.st.problems)
             archived = sum(1 for e in candidates if e["row"] and e["row"]["state"] in ("archived", "purged"))
@@ -218,6 +225,16 @@ class BayErase:
         else:
             s.clear_alarm("recorder_no_answer", self)
             self.set("done", "完成，可取走 / done: you may remove the recorder", rate_bps=0, eta_s=None)
+
+    def _recheck_battery(self) -> None:
+        """Read the battery again (``Bay.read_battery``) when the command channel is there."""
+        self._battery_at = time.monotonic()
+        if self.mass_storage or self.client is None or self.gone() or not os.path.exists(self.st.path):
+            return
+        try:
+            self.read_battery()
+        except RecorderError as exc:
+            log.info("bay %s: battery not read again: %s", self.name, exc)
 
     def _refresh_rows(self, entries: list[dict]) -> None:
         store = self.station.store

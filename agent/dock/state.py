@@ -74,6 +74,8 @@ class BayState:
     unit_number: str | None = None
     unit_name: str | None = None
     battery: int | None = None
+    battery_low: bool = False  # below dock.battery_low_pct at the last reading (alarm recorder_battery_low)
+    resolution: str | None = None  # ReadDeviceResolution, "1920x1080"; None when the recorder does not tell
     charging: bool | None = None
     recorder_free: int | None = None
     recorder_full: bool = False

@@ -45,6 +45,7 @@ ALARMS = {
     "recorder_auth_failed": ("记录仪管理员密码错误", "recorder admin password refused"),
     "recorder_no_answer": ("记录仪无应答或通信错误", "recorder does not answer"),
     "recorder_unsafe_name": ("记录仪文件名不安全", "recorder reported unsafe file names"),
+    "recorder_battery_low": ("执法记录仪电量低", "recorder battery low"),
     "recorder_officer_mismatch": ("记录仪警员与分配不符", "recorder officer differs from the assignment"),
 }
 RATIO_INTERVAL_S = 3600
