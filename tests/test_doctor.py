@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
 
 import paho.mqtt.client as mqtt
 
-from tests.support.spine import make_config, run_cli
+from tests.support.spine import EDGE, make_config, run_cli
 
 
 def _cfg(tmp_path, broker_port):
@@ -89,12 +90,13 @@ def test_placeholders_from_init_fail_and_the_named_fix_clears_them(tmp_path):
     assert "dev-0001" in by_key["device.id"]["detail"] and "placeholder" in by_key["device.id"]["detail"]
     assert "000000" not in by_key["dock.admin_password"]["detail"], "a password is never printed"
     text = run_cli(cfg, "doctor", "--offline").stdout
-    assert "修复 / fix: edge-agent config set device.id" in text and "[device.unit_name]" in text
+    assert f"修复 / fix: edge-agent --config {cfg} config set device.id" in text and "[device.unit_name]" in text
     for c in found:  # the fix named is a command that runs, and it clears the finding
         words = shlex.split(c["fix"])
-        assert words[:3] == ["edge-agent", "config", "set"]
+        assert words[:5] == ["edge-agent", "--config", str(cfg), "config", "set"], "names the file doctor read"
         parse(c["fix"])
-        assert run_cli(cfg, *words[1:]).returncode == 0
+        p = subprocess.run([EDGE, *words[1:]], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
     assert _failed(cfg, "placeholder")[0] == []
     assert config_mod.load(cfg).dock.admin_password != "000000"
 
@@ -119,7 +121,7 @@ def test_broker_unreachable_names_key_and_fix(tmp_path):
     p = run_cli(cfg, "doctor", "--json")
     broker = next(c for c in _checks(p) if c["name"] == "broker")
     assert broker["status"] == "FAIL" and "无法连接代理" in broker["detail"] and "unreachable" in broker["detail"]
-    assert broker["key"] == "mqtt.host" and broker["fix"].startswith("edge-agent config set mqtt.host")
+    assert broker["key"] == "mqtt.host" and broker["fix"].startswith(f"edge-agent --config {cfg} config set mqtt.host")
     parse(broker["fix"])
 
 

@@ -9,6 +9,7 @@ import datetime as _dt
 import glob
 import json
 import os
+import shlex
 import socket
 import stat
 from pathlib import Path
@@ -305,4 +306,12 @@ def run_checks(config_path=None, network: bool = True) -> list[Check]:
     if network:
         checks += check_broker(cfg)
     checks += check_devices(cfg)
-    return checks
+    return [_with_config(ch, cfg) for ch in checks]
+
+
+def _with_config(ch: Check, cfg) -> Check:
+    """A fix names the config file doctor read unless it is the default one: it runs as shown."""
+    if ch.fix.startswith("edge-agent ") and "--config" not in ch.fix and \
+            Path(cfg.path).resolve() != Path(config_mod.DEFAULT_PATH):
+        ch.fix = ch.fix.replace("edge-agent ", f"edge-agent --config {shlex.quote(str(cfg.path))} ", 1)
+    return ch
