@@ -170,8 +170,10 @@ def metadata_options(f):
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @metadata_options
-@click.option("--captured-at", help="Capture start, ISO 8601 with offset (default: the file's modification time).")
-@click.option("--captured-until", help="Capture end, ISO 8601 with offset (default: the file's modification time).")
+@click.option("--captured-at", help="Capture start, ISO 8601 with offset (default: the file's modification time "
+              "less its media duration, read by FFmpeg).")
+@click.option("--captured-until", help="Capture end, ISO 8601 with offset, not before the start (default: the start "
+              "plus the media duration).")
 @click.option("--kind", "content", type=click.Choice(["media", "other"]), default="media", show_default=True,
               help="media: audio/video, checked with PyAV (FFmpeg); an empty or unreadable file is refused. "
                    "other: any file (a document, a photo archive), sealed as it is.")

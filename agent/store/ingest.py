@@ -7,8 +7,10 @@ import stat
 from pathlib import Path
 from typing import Callable
 
-from agent.common.errors import DuplicateError, EdgeError
-from agent.common.timeutil import from_epoch, iso
+import datetime as _dt
+
+from agent.common.errors import DuplicateError, EdgeError, MetadataError
+from agent.common.timeutil import from_epoch, iso, parse_iso
 from ..evidence import hashing, manifest as mf
 from .store import SourceError, Store
 
@@ -46,6 +48,62 @@ def probe_media(path: Path) -> str | None:
     if not kinds & {"video", "audio"}:
         return f"no audio or video stream (streams: {', '.join(sorted(kinds)) or 'none'})"
     return None
+
+
+def media_duration(path: Path) -> float | None:
+    """Seconds of audio/video in ``path`` as FFmpeg (PyAV) reads the container; 0 for a still
+    image; None when the file is not media or says no duration."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if container.format.name.split(",")[0] in ("image2", "png_pipe", "jpeg_pipe"):
+                return 0.0
+            if container.duration is not None and container.duration > 0:
+                return container.duration / av.time_base
+            spans = [float(s.duration * s.time_base) for s in container.streams
+                     if s.type in ("video", "audio") and s.duration and s.time_base]
+            return max(spans) if spans else None
+    except (av.error.FFmpegError, OSError, ValueError):
+        return None
+
+
+CAPTURE_START = "采集开始时间 capture start"
+CAPTURE_END = "采集结束时间 capture end"
+
+
+def capture_times(paths: list[Path], stats: list[os.stat_result], metadata: dict) -> tuple[str, str, int | None]:
+    """(capture_start, capture_end, duration_ms) of an ingest (signed records hold no floats).
+
+    Each file ends at its modification time (a recorder closes a file when capture ends) and,
+    when it is media, starts its FFmpeg duration earlier; the item spans its files. A start
+    given without an end keeps that span (a 90 s clip given --captured-at 09:00 ends 09:01:30),
+    an end given without a start likewise. Given times are parsed as times with zones, so
+    10:00+08:00 and 02:00Z are the same instant; an end before the start is refused, naming
+    both values."""
+    durations = [media_duration(p) if st.st_size else None for p, st in zip(paths, stats)]
+    ends = [from_epoch(st.st_mtime) for st in stats]
+    starts = [end - _dt.timedelta(seconds=d or 0) for end, d in zip(ends, durations)]
+    first, last = min(starts), max(ends)
+    span = last - first
+    duration = sum(d for d in durations if d) if any(d is not None for d in durations) else None
+    given_start, given_end = metadata.get("capture_start"), metadata.get("capture_end")
+    start = parse_iso(given_start, CAPTURE_START) if given_start else None
+    end = parse_iso(given_end, CAPTURE_END) if given_end else None
+    if start is None and end is None:
+        start, end = first, last
+    elif end is None:
+        end = start + span
+    elif start is None:
+        start = end - span
+    if end < start:
+        e = given_end or iso(end)
+        b = given_start or iso(start)
+        raise MetadataError(f"采集结束时间 {e} 早于采集开始时间 {b} / capture end {e} is before capture start {b}; "
+                            "nothing copied (check --captured-at and --captured-until)")
+    start_text = given_start if given_start else iso(start.astimezone(end.tzinfo) if given_end else start)
+    end_text = given_end if given_end else iso(end.astimezone(start.tzinfo) if given_start else end)
+    return start_text, end_text, (round(duration * 1000) if duration is not None else None)
 
 
 def _check_content(path: Path, st: os.stat_result, content: str) -> None:
@@ -121,11 +179,9 @@ def ingest(store: Store, paths: list[Path], metadata: dict, *, progress: Callabl
             raise DuplicateError(f"{paths[0]}: 已导入 / already ingested for case {metadata['case_number']} "
                                  f"as item {dup}; nothing copied", dup)
     meta = dict(metadata)
-    if not meta.get("capture_start"):
-        meta["capture_start"] = iso(from_epoch(min(s.st_mtime for s in stats)))
-    meta.setdefault("capture_end", iso(from_epoch(max(s.st_mtime for s in stats))))
-    if meta["capture_end"] < meta["capture_start"]:
-        meta["capture_end"] = meta["capture_start"]
+    meta["capture_start"], meta["capture_end"], duration = capture_times(paths, stats, metadata)
+    if duration is not None:
+        meta["duration_ms"] = duration
     total = sum(s.st_size for s in stats)
     source = {"type": "file", "paths": [str(p.resolve()) for p in paths], "content": content}
     writer = store.new_item(meta, source, kind="file", expected_size=total)
