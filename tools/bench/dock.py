@@ -157,7 +157,7 @@ def run(bays: int = 16, mib: int = 1024, workers: int = 8, workdir: str | None =
         agent.start()
         if up is not None:  # dock only once the archive listens: a lost manifest costs an ack timeout
             deadline = time.monotonic() + 60
-            while not (up.connected and "online" in up.archive_receivers.values()):
+            while not (up.connected and up.stats()["archive_reachable"]):  # a signed, fresh receiver status
                 if time.monotonic() > deadline or ar.poll() is not None:
                     raise SystemExit(f"archive serve not reachable (rc {ar.poll()}); see {base / 'archive.log'}")
                 time.sleep(0.05)
