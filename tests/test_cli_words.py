@@ -156,3 +156,14 @@ def test_commands_that_print_data_take_json():
     assert sorted(data - have) == []
     for name, cmd in walk(main):
         assert not any("--format" in getattr(p, "opts", []) and not p.hidden for p in cmd.params), name
+
+
+def test_items_list_never_cuts_an_id(tmp_path):
+    store = make_store(tmp_path)
+    src = tmp_path / "clip.mp4"
+    src.write_bytes(b"w" * 100)
+    item = ingest(store, [src], dict(META, capture_start="2026-11-27T09:00:00+08:00"))["item_id"]
+    store.close()
+    for cols in ("80", "100"):
+        p = run_cli(tmp_path / "agent.toml", "items", "list", env={"COLUMNS": cols})
+        assert p.returncode == 0 and item in p.stdout, p.stdout

@@ -255,7 +255,13 @@ def items_list(c: Ctx, state, case_number, limit, as_json):
     from rich.console import Console
     from rich.table import Table
 
-    t = Table("ID", "状态 state", "案件编号 case", "采集人 collector", "bytes", "seq", "created", "pending")
+    from rich.table import Column
+
+    # an id is what the next command needs: never cut (the other columns wrap around it)
+    width = max([len(r["id"]) for r in rows] + [2])
+    t = Table(Column("ID", no_wrap=True, min_width=width),
+              *(Column(h, overflow="fold") for h in ("状态 state", "案件编号 case", "采集人 collector", "bytes",
+                                                     "seq", "created", "待补 pending")))
     for r in rows:
         t.add_row(r["id"], r["state"], r["case_number"] or "(待补 pending)", r["collector_name"] or "",
                   str(r["size"]), str(r["device_seq"] or ""), r["created"], r["pending"])
