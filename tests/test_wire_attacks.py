@@ -245,11 +245,15 @@ def test_without_a_pinned_archive_key_nothing_is_sent_or_freed(setup, tmp_path):
     assert "未固定归档服务器公钥" in NO_KEY and "no archive key pinned" in NO_KEY
     assert states(t.config)[ids[0]] == "sealed"
     assert not any(tp.startswith("edge/xfer/") for tp, _b, _p in spy.msgs)
+    p = run(["uplink", "status"], config=t.config)
+    assert p.returncode == 0 and "no archive key pinned" in p.stdout, p.stdout
     p = run(["uplink", "trust-archive", str(t.root / "_archive" / "archive.pub"), "--json"], config=t.config)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["key_id"] == t.receivers[0].signer.key_id
     t.wait_archived(ids, timeout=40)  # picked up without a restart
     _genuine_receipt_checks(t, ids[0])
+    st = json.loads(run(["uplink", "status", "--json"], config=t.config, check=True).stdout)
+    assert st["archive_keys"] == [t.receivers[0].signer.key_id]
 
 
 def test_trust_archive_refuses_what_is_not_a_public_key(tmp_path):

@@ -75,6 +75,12 @@ def uplink_status(c: Ctx, as_json):
             click.echo(f"last error: {live['last_error']}")
     else:
         click.echo("edge-agent 服务未运行 / the edge-agent service is not running (no live status)")
+    from ..uplink.trust import NO_KEY
+
+    click.echo(f"已信任归档公钥 / archive keys pinned: {', '.join(out['archive_keys'])}" if out["archive_keys"] else NO_KEY)
+    if live and live.get("answers_ignored"):
+        click.echo(f"忽略的归档消息 / archive messages ignored (unsigned, foreign key, other item, replayed): "
+                   f"{live['answers_ignored']}; 拒收的回执 / receipts refused: {live.get('receipts_refused', 0)}")
     for r in rejected:
         click.echo(f"被归档拒收 / refused by the archive: {r['id']}: {r['error']}")
 

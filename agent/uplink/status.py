@@ -22,6 +22,14 @@ def live_status(data_dir) -> dict | None:
 
 
 def status_report(store) -> dict:
-    """{"items_by_state": {state: n}, "rejected": [{"id", "error"}], "live": figures or None}."""
+    """{"items_by_state": {state: n}, "rejected": [{"id", "error"}], "live": figures or None,
+    "archive_keys": key ids pinned on this device (agent.uplink.trust)}."""
+    from agent.common.errors import EdgeError
+    from .trust import archive_trust
+
+    try:
+        pinned = archive_trust(store.cfg).key_ids
+    except EdgeError:
+        pinned = []
     return {"items_by_state": store.counts_by_state(), "rejected": store.refusals(),
-            "live": live_status(store.data_dir)}
+            "live": live_status(store.data_dir), "archive_keys": pinned}
