@@ -51,6 +51,7 @@ def document() -> dict:
         "key": {"description": "alarm code, or code.instance (one alarm per piece of equipment)", "schema": {"type": "string"}},
         "name": {"description": "component name: bay-N, camera-main, camera-pano, microphone, sensor, uplink, dock, room", "schema": {"type": "string"}},
         "item": {"description": "item id", "schema": {"type": "string"}},
+        "receiver": {"description": "archive receiver id (archive serve --client-id)", "schema": {"type": "string"}},
      }},
     }
     P = lambda *names: {n: {"$ref": f"#/components/parameters/{n}"} for n in names}
@@ -85,10 +86,21 @@ def document() -> dict:
         doc["channels"]["{prefix}/xfer/{device}/{item}/" + kind] = ch(
             f"Evidence transfer: {kind}. Payload and MQTT v5 properties are described in docs/mqtt.md (binary chunks, signed manifests).",
             ["prefix", "device", "item"], {"name": "xfer_" + kind, "payload": {"description": "see docs/mqtt.md"}}, False, 1, owner="agent/uplink/transfer.py")
-    doc["channels"]["{prefix}/ack/{device}"] = ch("Archive answers to the transfer (the agent's response topic). See docs/mqtt.md.",
-            ["prefix", "device"], {"name": "ack", "payload": {"description": "see docs/mqtt.md"}}, False, 1, op="publish", owner="archive")
-    doc["channels"]["{prefix}/archive/status"] = ch("Retained receiver status of the archive. See docs/mqtt.md.",
-            ["prefix"], {"name": "archive_status", "payload": {"type": "object"}}, True, 1, op="publish", owner="archive")
+    doc["channels"]["{prefix}/ack/{device}"] = ch(
+            "Archive answers to the transfer (the agent's response topic). Answers to manifest, query and finish are "
+            "signed by the archive's key and carry device, item and the request's nonce; a stored answer's receipt is "
+            "signed on its own (agent/wire/receipts.py, docs/mqtt.md 'Receipts and signed answers').",
+            ["prefix", "device"], {"name": "ack", "payload": {"description": "see docs/mqtt.md"}}, False, 1, op="publish",
+            owner="archive (agent/archive/receiver.py)")
+    doc["channels"]["{prefix}/archive/status"] = ch(
+            "Root of the receivers' status topics (below); receivers publish on {prefix}/archive/status/{receiver}.",
+            ["prefix"], {"name": "archive_status_root", "payload": {"type": "object"}}, True, 1, op="publish", owner="archive")
+    doc["channels"]["{prefix}/archive/status/{receiver}"] = ch(
+            "Retained status of one archive receiver, signed by the archive's key, with its time; republished every "
+            "30 s. An agent counts it online only while younger than 120 s. See docs/mqtt.md.",
+            ["prefix", "receiver"], {"name": "archive_status", "payload": {"type": "object",
+                                                                           "required": ["state", "receiver", "time", "key_id", "sig"]}},
+            True, 1, op="publish", owner="archive (agent/archive/receiver.py)")
 
     return doc
 
