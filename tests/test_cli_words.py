@@ -151,7 +151,8 @@ def test_commands_that_print_data_take_json():
     data = {"config show", "config get", "items list", "items show", "status", "verify", "audit list",
             "audit verify", "recover", "dock status", "dock recorders", "dock report ratio", "dock report pending",
             "roster list", "monitor fleet", "report ratio", "report usage", "report annual", "doctor",
-            "room status", "uplink status", "init", "ingest", "items annotate"}
+            "room status", "uplink status", "init", "ingest", "items annotate", "items export", "room start",
+            "room stop", "uplink retry", "roster import"}
     have = {name for name, cmd in walk(main) if any("--json" in getattr(p, "opts", []) for p in cmd.params)}
     assert sorted(data - have) == []
     for name, cmd in walk(main):
@@ -167,3 +168,18 @@ def test_items_list_never_cuts_an_id(tmp_path):
     for cols in ("80", "100"):
         p = run_cli(tmp_path / "agent.toml", "items", "list", env={"COLUMNS": cols})
         assert p.returncode == 0 and item in p.stdout, p.stdout
+
+
+def test_export_and_roster_import_print_json(tmp_path):
+    store = make_store(tmp_path)
+    src = tmp_path / "clip.mp4"
+    src.write_bytes(b"e" * 100)
+    item = ingest(store, [src], dict(META, capture_start="2026-11-27T09:00:00+08:00"))["item_id"]
+    store.close()
+    cfg = tmp_path / "agent.toml"
+    out = json.loads(run_cli(cfg, "items", "export", item, str(tmp_path / "usb"), "--json", check=True).stdout)
+    assert out == {"item_id": item, "path": str(tmp_path / "usb" / item)}
+    roster = tmp_path / "officers.csv"
+    roster.write_text("officer_number,name,unit\n000123,张三,330106000000\n", encoding="utf-8")
+    got = json.loads(run_cli(cfg, "roster", "import", str(roster), "--json", check=True).stdout)
+    assert got == {"officers": 1, "file": str(roster), "merge": False}

@@ -333,16 +333,21 @@ def items_annotate(c: Ctx, item_id, case_number, proof, place, note, evidence_ma
 @items.command("export")
 @click.argument("item_id")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@json_option
 @pass_ctx
 @role("operator", "auditor")
-def items_export(c: Ctx, item_id, dest):
+def items_export(c: Ctx, item_id, dest, as_json):
     """Copy a sealed item (manifest, signature, files, annotations) to DEST/ITEM_ID; logged.
 
     \b
     Example:
       edge-agent items export ITEM /media/usb/export
     """
-    click.echo(str(c.store.export(item_id, dest)))
+    out = c.store.export(item_id, dest)
+    if as_json:
+        emit_json({"item_id": item_id, "path": str(out)})
+        return
+    click.echo(str(out))
 
 
 # --- status -----------------------------------------------------------------------------------

@@ -223,9 +223,10 @@ def roster():
 @roster.command("import")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--merge", is_flag=True, help="Add/update officers and keep the others (default: replace the roster).")
+@json_option
 @pass_ctx
 @role("technician")
-def roster_import(c: Ctx, file, merge):
+def roster_import(c: Ctx, file, merge, as_json):
     """Import officers.csv: a header naming officer_number, name, unit (and optionally unit_name);
     UTF-8 or GBK. Chinese headers (警号, 姓名, 单位编号, 单位名称) are accepted too.
 
@@ -235,6 +236,9 @@ def roster_import(c: Ctx, file, merge):
     """
     n = _registry(c).import_roster(file, replace=not merge)
     c.store.audit.append("dock", None, roster_import=str(file), officers=n, merge=merge)
+    if as_json:
+        emit_json({"officers": n, "file": str(file), "merge": merge})
+        return
     click.echo(f"已导入 {n} 名警员 / imported {n} officer(s) from {file}")
 
 

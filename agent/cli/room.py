@@ -25,9 +25,10 @@ def room():
 @click.option("--collector-id", help="Collector's officer certificate number (执法证编号), required.")
 @click.option("--proof", help="What the recording proves (证明对象), required.")
 @click.option("--subject", help="Person interviewed (被询问人), optional.")
+@json_option
 @pass_ctx
 @role("operator")
-def room_start(c: Ctx, case_number, collector, collector_id, proof, subject):
+def room_start(c: Ctx, case_number, collector, collector_id, proof, subject, as_json):
     """Start recording; refused without the mandatory fields or while a session records.
 
     \b
@@ -38,14 +39,18 @@ def room_start(c: Ctx, case_number, collector, collector_id, proof, subject):
     args = {"case": case_number, "collector": collector, "collector_id": collector_id, "proof": proof,
             "subject": subject}
     res = call(c.cfg.storage.data_dir, "room.start", args)
+    if as_json:
+        emit_json(res)
+        return
     click.echo(f"{res.get('message')} — session {res.get('session')}, case {res.get('case_number')}, "
                f"since {res.get('started_at')}")
 
 
 @room.command("stop")
+@json_option
 @pass_ctx
 @role("operator")
-def room_stop(c: Ctx):
+def room_stop(c: Ctx, as_json):
     """End the session: the last segment is closed and sealed; prints how many were sealed.
 
     \b
@@ -53,6 +58,9 @@ def room_stop(c: Ctx):
       edge-agent room stop
     """
     res = call(c.cfg.storage.data_dir, "room.stop", {}, timeout=180)
+    if as_json:
+        emit_json(res)
+        return
     click.echo(f"{res.get('message')} — session {res.get('session')}")
     if res.get("error"):
         click.echo(f"warning: {res['error']}", err=True)

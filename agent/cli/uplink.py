@@ -88,8 +88,9 @@ def uplink_status(c: Ctx, as_json):
 @uplink.command("retry")
 @click.argument("item_ids", nargs=-1)
 @click.option("--all-rejected", is_flag=True, help="Every item the archive refused.")
+@json_option
 @pass_ctx
-def uplink_retry(c: Ctx, item_ids, all_rejected):
+def uplink_retry(c: Ctx, item_ids, all_rejected, as_json):
     """Queue items the archive refused (e.g. before the device was enrolled) for upload again.
 
     \b
@@ -103,7 +104,10 @@ def uplink_retry(c: Ctx, item_ids, all_rejected):
         raise EdgeError("name ITEM ids or give --all-rejected")
     for item_id in item_ids:
         store.requeue_rejected(item_id)
-        click.echo(f"{item_id}: queued again / 已重新排队")
+        if not as_json:
+            click.echo(f"{item_id}: queued again / 已重新排队")
+    if as_json:
+        emit_json({"queued": list(item_ids)})
 
 
 @uplink.command("trust-archive")
