@@ -3,7 +3,6 @@ serve`; files are erased from the recorder only after the archive acknowledged e
 
 from __future__ import annotations
 
-import json
 
 from tests.test_dock import media, media_master, start_sim  # noqa: F401  (fixtures)
 from tests.test_dock_process import bay_state, proc_env  # noqa: F401
@@ -13,7 +12,10 @@ from tests.support.uplink import UNIT, agent_config, check_archive, enroll, open
 
 
 def retained(port: int, topic: str) -> dict[str, dict]:
-    return {t: json.loads(p) for t, p in retained_raw(port, topic).items() if p}
+    """The retained messages (the body of each signed envelope)."""
+    from tests.support.health import body_of
+
+    return {t: body_of(p) for t, p in retained_raw(port, topic).items() if p}
 
 
 def test_dock_to_archive_then_erase(proc_env, media, broker, tmp_path):

@@ -16,7 +16,9 @@ from agent.health.alarms import CODES, AlarmRegistry
 from agent.runtime import Agent
 from agent.store.ingest import ingest
 from tests.support.spine import META, make_store
-from tests.support.health import Capture, ContractUplink, asyncapi_schemas, retained, schema_for
+from agent.wire.health import Sealer
+from tests.support.health import (Capture, ContractUplink, asyncapi_schemas, body_of, envelope_of, retained,
+                                  schema_for, verify_signed)
 
 
 class FakeCamera:
@@ -134,7 +136,7 @@ def _agent(tmp_path, port, **cfg):
     values = {"mqtt__port": port, "health__interval_s": 1, "storage__reserve_mb": 1, **cfg}
     store = make_store(tmp_path, **values)
     agent = Agent(store.cfg, store)
-    agent.uplink = ContractUplink(port, store.cfg.device.id)
+    agent.uplink = ContractUplink(port, store.cfg.device.id, sealer=Sealer.for_ledger(store))
     return agent
 
 
@@ -181,15 +183,17 @@ def test_health_publishes_retained_state_and_alarms(tmp_path, broker):
         cap.close()
     # retained now: status, component topics, both alarms (cleared)
     kept = retained(broker.port, "edge/dev/#")
-    assert json.loads(kept["edge/dev/dock-01/alarm/disk_low"])["active"] is False
-    assert json.loads(kept["edge/dev/dock-01/component/camera-main"])["state"] == "offline"
+    assert body_of(kept["edge/dev/dock-01/alarm/disk_low"])["active"] is False
+    assert body_of(kept["edge/dev/dock-01/component/camera-main"])["state"] == "offline"
     assert "edge/dev/dock-01/health" not in kept
     schemas = asyncapi_schemas()
+    public = agent.store.private_key.public_key()
     checked = 0
     for topic, payload, _ in cap.msgs:
         name = schema_for(topic)
         if name and payload:
-            jsonschema.validate(json.loads(payload), schemas[name])
+            jsonschema.validate(envelope_of(payload), schemas["envelope"])
+            jsonschema.validate(verify_signed(topic, payload, public), schemas[name])
             checked += 1
     assert checked >= 8
 

@@ -17,7 +17,9 @@ import pytest
 from agent import config as config_mod
 from agent.evidence import keys
 from tests.support.spine import ingest_args
-from tests.support.health import EDGE, Capture, MonitorProc, asyncapi_schemas, retained, schema_for
+from agent.evidence.keys import load_public
+from tests.support.health import (EDGE, Capture, MonitorProc, asyncapi_schemas, body_of, envelope_of, retained,
+                                  schema_for, verify_signed)
 
 DEV = "dock-0001"
 
@@ -55,7 +57,9 @@ def device(tmp_path, broker):
 def test_agent_health_end_to_end(tmp_path, broker, device):
     cfg = device
     cap = Capture(broker.port, f"edge/dev/{DEV}/#")
-    mon = MonitorProc(tmp_path / "m.db", broker.port, lost_after=60)
+    pub = tmp_path / "data" / "keys" / "device.pub"
+    edge(cfg, "archive", "enroll", DEV, str(pub), "--unit", "330106", "--root", str(tmp_path / "archive"))
+    mon = MonitorProc(tmp_path / "m.db", broker.port, lost_after=60, enrolment=tmp_path / "archive")
     log = tmp_path / "agent.log"
     agent = start_agent(cfg, log)
     try:
@@ -104,17 +108,19 @@ def test_agent_health_end_to_end(tmp_path, broker, device):
         mon.stop()
         cap.close()
     kept = retained(broker.port, f"edge/dev/{DEV}/#")
-    assert json.loads(kept[f"edge/dev/{DEV}/status"])["state"] == "offline"
-    first = [json.loads(p) for t, p, _ in cap.msgs if t.endswith("/alarm/archive_unreachable")]
+    assert body_of(kept[f"edge/dev/{DEV}/status"])["state"] == "offline"
+    first = [body_of(p) for t, p, _ in cap.msgs if t.endswith("/alarm/archive_unreachable")]
     assert len({a["since"] for a in first}) == 1, "since survives the restart"
     # every state message the agent sent follows the AsyncAPI document
     schemas = asyncapi_schemas()
+    public = load_public(pub)
     counts: dict[str, int] = {}
     for topic, payload, _ in cap.msgs:
         name = schema_for(topic)
         if name and payload:
-            try:
-                jsonschema.validate(json.loads(payload), schemas[name])
+            try:  # every one signed with the device key, the will included
+                jsonschema.validate(envelope_of(payload), schemas["envelope"])
+                jsonschema.validate(verify_signed(topic, payload, public), schemas[name])
             except jsonschema.ValidationError as exc:
                 raise AssertionError(f"{topic}: {exc.message}") from None
             counts[name] = counts.get(name, 0) + 1

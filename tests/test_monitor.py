@@ -13,11 +13,24 @@ import time
 import pytest
 from rich.console import Console
 
+from agent.monitor.enrolment import Enrolment
 from agent.monitor.ingest import Ingest, IngestSettings
 from agent.monitor.state import MonitorDB, connect, fleet
 from agent.monitor.tui import render
 from tests.support.health import EDGE, MonitorProc, publish
-from tools.fleet_sim import FleetSim, make_fleet
+from tools.fleet_sim import FleetSim, SimDevice, enrol, make_fleet
+
+
+def _enrolled(tmp_path, *fleets):
+    """An archive root with every device of ``fleets`` enrolled (the monitor's --enrolment)."""
+    root = tmp_path / "archive"
+    for f in fleets:
+        enrol(root, f)
+    return root
+
+
+def _in_memory(*devices):
+    return Enrolment.of((d.id, d.unit_code, d.key.public_key()) for d in devices)
 
 
 def _fleet(db, lost_after=120) -> dict:
@@ -44,15 +57,15 @@ def _dev(f, dev):
 
 def test_fleet_states_wills_and_lost(tmp_path, broker):
     db = tmp_path / "m.db"
-    mon = MonitorProc(db, broker.port, lost_after=5)
+    loud, silent = make_fleet(6, 3, "w"), make_fleet(3, 1, "q", "4401")
+    mon = MonitorProc(db, broker.port, lost_after=5, enrolment=_enrolled(tmp_path, loud, silent))
     try:
         # 6 devices with their own connection and last will; 3 units (the last without a room)
-        sim = FleetSim("127.0.0.1", broker.port, make_fleet(6, 3, "w"), per_device=True, rate=2, alarm_every=0.5,
-                       officers=20)
+        sim = FleetSim("127.0.0.1", broker.port, loud, per_device=True, rate=2, alarm_every=0.5, officers=20)
         sim.connect()
         sim.run(2.0)
         # 3 devices over a shared connection: they just go silent (no will) -> lost
-        quiet = FleetSim("127.0.0.1", broker.port, make_fleet(3, 1, "q", "4401"), rate=2)
+        quiet = FleetSim("127.0.0.1", broker.port, silent, rate=2)
         quiet.connect()
         quiet.run(1.0)
         quiet.stop(clean=False)
@@ -77,25 +90,23 @@ def test_fleet_states_wills_and_lost(tmp_path, broker):
     assert "monitor: stopped" in mon.text()
 
 
-BAD = [
-    ("edge/dev/bad-1/health", b"{not json", "invalid"),
-    ("edge/dev/bad-1/health", json.dumps({"v": 1}).encode(), "invalid"),
-    ("edge/dev/bad-1/health", b"\xff\xfe\x00garbage", "invalid"),
+BAD = [  # on the topics of an enrolled device, not signed or not valid
+    ("edge/dev/bad-1/health", b"{not json", "unsigned"),
+    ("edge/dev/bad-1/health", json.dumps({"v": 1}).encode(), "unsigned"),
+    ("edge/dev/bad-1/health", b"\xff\xfe\x00garbage", "unsigned"),
     ("edge/dev/bad-1/health", b"[" * 70000, "oversized"),
-    ("edge/dev/bad-1/status", b"online", "invalid"),
-    ("edge/dev/bad-1/status", json.dumps({"state": "zombie", "bdseq": 1}).encode(), "invalid"),
-    ("edge/dev/bad-1/status", json.dumps({"state": "online", "bdseq": -3}).encode(), "invalid"),
-    ("edge/dev/bad-1/alarm/disk_low", json.dumps({"code": "disk_low", "key": "other"}).encode(), "invalid"),
-    ("edge/dev/bad-1/component/bay-1", json.dumps({"name": "bay-2", "state": "ok", "ts": "x"}).encode(), "invalid"),
-    ("edge/dev/bad-1/ratio", json.dumps({"unit_code": "U1", "recorders": "many", "ts": "2026-11-27T09:00:00+08:00"}).encode(), "invalid"),
+    ("edge/dev/bad-1/status", b"online", "unsigned"),
+    ("edge/dev/bad-1/status", json.dumps({"state": "online", "bdseq": 9, "unit_code": "U1"}).encode(), "unsigned"),
+    ("edge/dev/bad-1/alarm/disk_low", json.dumps({"code": "disk_low", "key": "other"}).encode(), "unsigned"),
+    ("edge/dev/bad-1/component/bay-1", json.dumps({"name": "bay-2", "state": "ok", "ts": "x"}).encode(), "unsigned"),
+    ("edge/dev/bad-1/ratio", json.dumps({"unit_code": "U1", "recorders": "many"}).encode(), "unsigned"),
     ("edge/dev/bad-1/unknown", b"{}", "bad_topic"),
     ("edge/dev/../health", b"{}", "bad_topic"),
+    ("edge/dev/stranger/health", b"{}", "unknown_device"),
 ]
 
 
 def _health(dev, unit, seq=1, items=0):
-    from tools.fleet_sim import SimDevice
-
     d = SimDevice(dev, unit, "单位", "dock")
     d.seq = seq - 1
     d.items = items
@@ -104,49 +115,61 @@ def _health(dev, unit, seq=1, items=0):
     return h
 
 
+def _signed(d: SimDevice, kind: str, body, sub: str | None = None) -> tuple[str, bytes]:
+    topic = f"edge/dev/{d.id}/{kind}" + (f"/{sub}" if sub else "")
+    return topic, d.seal(topic, body)
+
+
 def test_bad_input_counted_never_applied(tmp_path, broker):
     db = tmp_path / "m.db"
-    mon = MonitorProc(db, broker.port)
+    bad, flood = SimDevice("bad-1", "U1", "单位", "dock"), SimDevice("flood-1", "U1", "单位", "dock")
+    mon = MonitorProc(db, broker.port, enrolment=_enrolled(tmp_path, [bad, flood]))
     try:
-        publish(broker.port, "edge/dev/bad-1/status", {"state": "online", "bdseq": 4, "unit_code": "U1",
-                                                      "kind": "dock"}, retain=True)
-        publish(broker.port, "edge/dev/bad-1/health", _health("bad-1", "U1"))
+        publish(broker.port, *_signed(bad, "status", {"state": "online", "bdseq": 4, "unit_code": "U1", "kind": "dock"}),
+                retain=True)
+        publish(broker.port, *_signed(bad, "health", _health("bad-1", "U1")))
         _wait(lambda: _fleet(db)["totals"]["devices"] == 1)
         for topic, payload, _ in BAD:
             publish(broker.port, topic, payload)
-        # a device claiming another unit; a health naming another device; a stale death
-        publish(broker.port, "edge/dev/bad-1/health", _health("bad-1", "U2"))
-        publish(broker.port, "edge/dev/bad-1/health", _health("someone-else", "U1"))
-        publish(broker.port, "edge/dev/bad-1/status", {"state": "offline", "bdseq": 3}, retain=True)
+        # signed, but claiming another unit; a health naming another device; a stale death
+        publish(broker.port, *_signed(bad, "health", _health("bad-1", "U2")))
+        publish(broker.port, *_signed(bad, "health", _health("someone-else", "U1")))
+        publish(broker.port, *_signed(bad, "status", {"state": "offline", "bdseq": 3}), retain=True)
+        # signed, invalid body
+        publish(broker.port, *_signed(bad, "alarm", {"code": "disk_low", "key": "other"}, "disk_low"))
         # retained garbage on another status topic (seen again by every subscriber that connects)
         publish(broker.port, "edge/dev/junk/status", b"\x00\x01garbage", retain=True)
-        # flood: 400 messages at once from one device
+        # flood: 400 genuine messages at once from one device
         from tests.support.health import mqtt
 
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="flooder", protocol=mqtt.MQTTv5)
         c.connect("127.0.0.1", broker.port)
         c.loop_start()
-        body = json.dumps(_health("flood-1", "U1"))
+        topic = "edge/dev/flood-1/health"
         for _ in range(400):
-            c.publish("edge/dev/flood-1/health", body, qos=0)
-        c.publish("edge/dev/flood-1/health", body, qos=1).wait_for_publish(10)
+            c.publish(topic, flood.seal(topic, _health("flood-1", "U1")), qos=0)
+        c.publish(topic, flood.seal(topic, _health("flood-1", "U1")), qos=1).wait_for_publish(10)
         c.disconnect()
         c.loop_stop()
         f = _wait(lambda: (f := _fleet(db)) and f["ingest"].get("rejected.flood", 0) > 0
-                  and f["ingest"].get("rejected.unit_mismatch", 0) >= 1 and f)
+                  and f["ingest"].get("rejected.unit_mismatch", 0) >= 1 and f["ingest"].get("received", 0) >= 420 and f)
         ing = f["ingest"]
-        assert ing["rejected.invalid"] >= 9 + 1  # the BAD list + retained garbage
+        assert ing["rejected.unsigned"] == 8 and ing["rejected.unknown_device"] == 2  # + the retained junk
+        assert ing["rejected.invalid"] == 1
         assert ing["rejected.oversized"] == 1 and ing["rejected.bad_topic"] >= 1
         assert ing["rejected.device_mismatch"] == 1
-        assert ing["stale_death"] == 1
+        assert ing["rejected.replayed"] == 1, "the stale death: older than the birth it would undo"
         assert 90 <= ing["accepted"] <= 200, ing  # the flood was cut at the burst (100)
+        assert f["rejected"]["total"] == sum(v for k, v in ing.items() if k.startswith("rejected."))
+        by = {(r["device"], r["reason"]): r["count"] for r in f["rejected"]["by_device"]}
+        assert by[("bad-1", "unsigned")] == 8 and by[("flood-1", "flood")] == ing["rejected.flood"]
         d = _dev(f, "bad-1")
         assert d["unit_code"] == "U1" and d["state"] == "online" and d["bdseq"] == 4
         assert d["unit_conflicts"] == 1 and d["last_conflict"] == "U2"
         assert "junk" not in {x["id"] for x in f["devices"]}
         assert mon.p.poll() is None, "the monitor survived"
         # and it still takes good messages
-        publish(broker.port, "edge/dev/bad-1/health", _health("bad-1", "U1", seq=2, items=3))
+        publish(broker.port, *_signed(bad, "health", _health("bad-1", "U1", seq=2, items=3)))
         _wait(lambda: (_dev(_fleet(db), "bad-1")["health"] or {}).get("items_total") == 3)
         assert "rejected (unit_mismatch" in mon.text()
     finally:
@@ -157,8 +180,10 @@ def test_bad_input_counted_never_applied(tmp_path, broker):
 
 def test_restart_persistence_after_kill9(tmp_path, broker):
     db = tmp_path / "m.db"
-    mon = MonitorProc(db, broker.port)
-    sim = FleetSim("127.0.0.1", broker.port, make_fleet(4, 2, "p"), rate=2)
+    fl = make_fleet(4, 2, "p")
+    root = _enrolled(tmp_path, fl)
+    mon = MonitorProc(db, broker.port, enrolment=root)
+    sim = FleetSim("127.0.0.1", broker.port, fl, rate=2)
     sim.connect()
     sim.run(1.5)
     d0 = sim.devices[0]
@@ -169,10 +194,10 @@ def test_restart_persistence_after_kill9(tmp_path, broker):
     sim.stop()
     mon.stop(signal.SIGKILL)
     # clear the alarm while the monitor is down: the retained clear reaches it on restart
-    publish(broker.port, f"edge/dev/{d0.id}/alarm/{d0.alarm_key()}", d0.alarm_payload(False, d0._since), retain=True)
+    publish(broker.port, *_signed(d0, "alarm", d0.alarm_payload(False, d0._since), d0.alarm_key()), retain=True)
     f2 = _fleet(db)
     assert {d["id"] for d in f2["devices"]} == {d["id"] for d in f1["devices"]}
-    mon2 = MonitorProc(db, broker.port)
+    mon2 = MonitorProc(db, broker.port, enrolment=root)
     try:
         f3 = _wait(lambda: (f := _fleet(db)) and f["totals"]["alarms"] == 0 and f)
         assert f3["totals"]["devices"] == 4 and f3["ingest"]["received"] >= f1["ingest"]["received"]
@@ -180,26 +205,35 @@ def test_restart_persistence_after_kill9(tmp_path, broker):
         ev = [r["event"] for r in conn.execute("SELECT event FROM alarm_events ORDER BY id")]
         conn.close()
         assert ev == ["raised", "cleared"], "no duplicate event for the retained re-delivery"
+        assert _fleet(db)["ingest"]["duplicate"] >= 1, "retained state seen before the restart: a duplicate"
     finally:
         mon2.stop()
 
 
 def test_ingest_inprocess_tui_and_bdseq(tmp_path):
-    """Ingest without a broker (its handle() is what on_message calls): bdseq ordering, empty
-    retained alarm deletion, the terminal view renders bilingual labels."""
+    """Ingest without a broker (its handle() is what the worker calls): bdseq ordering of signed
+    status, the empty retained payload that deletes an alarm topic is refused (unsigned), the
+    terminal view renders bilingual labels."""
     db = MonitorDB(tmp_path / "m.db")
-    ing = Ingest(db, IngestSettings())
-    st = lambda s, n: json.dumps({"state": s, "bdseq": n, "unit_code": "U9", "kind": "room"}).encode()  # noqa: E731
-    assert ing.handle("edge/dev/r1/status", st("online", 7)) == "accepted"
-    assert ing.handle("edge/dev/r1/status", st("offline", 6)) == "stale_death"
+    r1 = SimDevice("r1", "U9", "单位", "room")
+    ing = Ingest(db, IngestSettings(), _in_memory(r1))
+    st = lambda s, n: _signed(r1, "status", {"state": s, "bdseq": n, "unit_code": "U9", "kind": "room"})  # noqa: E731
+    will6 = st("offline", 6)  # sealed at connect 6, before the birth of connect 7
+    will7 = st("offline", 7)
+    assert ing.handle(*st("online", 7)) == "accepted"
+    assert ing.handle(*will6) == "replayed"
     assert ing.devices["r1"]["state"] == "online"
-    assert ing.handle("edge/dev/r1/status", st("offline", 7)) == "accepted"
+    assert ing.handle(*will7) == "accepted", "the will sealed before the birth still ends it"
     assert ing.devices["r1"]["state"] == "offline"
+    assert ing.handle(*will7, retained=True) == "duplicate"
     alarm = {"code": "microphone_silent", "key": "microphone_silent", "active": True, "severity": "critical",
              "since": "2026-11-27T09:00:00+08:00", "ts": "2026-11-27T09:00:00+08:00",
              "message": {"zh": "麦克风无声", "en": "microphone silent"}, "source": "room"}
-    assert ing.handle("edge/dev/r1/alarm/microphone_silent", json.dumps(alarm).encode()) == "accepted"
-    assert ing.handle("edge/dev/r1/alarm/microphone_silent", b"", retained=True) == "accepted"
+    raised = _signed(r1, "alarm", alarm, "microphone_silent")
+    assert ing.handle(*raised) == "accepted"
+    assert ing.handle("edge/dev/r1/alarm/microphone_silent", b"", retained=True) == "unsigned"
+    assert ing.handle(*_signed(r1, "alarm", dict(alarm, active=False), "microphone_silent")) == "accepted"
+    assert ing.handle(*raised) == "replayed", "an old raise replayed does not bring the alarm back"
     assert ing.handle("edge/dev/r1/cmd", b"x") == "ignored"
     ing.flush()
     f = fleet(db.conn, 120)
@@ -216,7 +250,7 @@ def test_broker_killed_and_restarted(tmp_path, broker):
     """The broker dies (SIGKILL) and comes back without its retained messages: the monitor
     reconnects by itself and keeps its state; devices that come back are seen again."""
     db = tmp_path / "m.db"
-    mon = MonitorProc(db, broker.port)
+    mon = MonitorProc(db, broker.port, enrolment=_enrolled(tmp_path, make_fleet(4, 1, "b")))
     try:
         sim = FleetSim("127.0.0.1", broker.port, make_fleet(3, 1, "b"), rate=2)
         sim.connect()
@@ -244,8 +278,9 @@ def test_tui_live_view(tmp_path):
     from agent.monitor import tui
 
     db = MonitorDB(tmp_path / "m.db")
-    ing = Ingest(db, IngestSettings())
-    ing.handle("edge/dev/t1/health", json.dumps(_health("t1", "U7")).encode())
+    t1 = SimDevice("t1", "U7", "单位", "dock")
+    ing = Ingest(db, IngestSettings(), _in_memory(t1))
+    assert ing.handle(*_signed(t1, "health", _health("t1", "U7"))) == "accepted"
     ing.flush()
     out = io.StringIO()
     console = Console(file=out, width=140, force_terminal=True, color_system=None)
@@ -297,9 +332,10 @@ def test_monitor_over_mutual_tls(tmp_path, tls_broker, pki):
         "host": "127.0.0.1", "port": tls_broker.tls_port, "tls": True, "cafile": str(pki.ca.cert),
         "certfile": str(cert.cert), "keyfile": str(cert.key)}}), encoding="utf-8")
     db = tmp_path / "m.db"
-    mon = MonitorProc(db, tls_broker.tls_port, env={"EDGE_AGENT_CONFIG": str(cfg)})
+    dev = SimDevice("tls-1", "U5", "单位", "dock")
+    mon = MonitorProc(db, tls_broker.tls_port, env={"EDGE_AGENT_CONFIG": str(cfg)}, enrolment=_enrolled(tmp_path, [dev]))
     try:
-        publish(tls_broker.port, "edge/dev/tls-1/health", _health("tls-1", "U5"))  # a device on the plain port
+        publish(tls_broker.port, *_signed(dev, "health", _health("tls-1", "U5")))  # a device on the plain port
         f = _wait(lambda: (f := _fleet(db)) and f["totals"]["devices"] == 1 and f)
         assert _dev(f, "tls-1")["unit_code"] == "U5"
     finally:
@@ -312,12 +348,13 @@ def test_monitor_starts_before_the_broker(tmp_path, broker):
     when the broker comes up."""
     broker.stop()
     db = tmp_path / "m.db"
-    mon = MonitorProc(db, broker.port)
+    late = SimDevice("late-1", "U1", "单位", "dock")
+    mon = MonitorProc(db, broker.port, enrolment=_enrolled(tmp_path, [late]))
     try:
         assert "not reachable yet" in mon.text()
         broker.restart()
         _wait(lambda: mon.text().count("connected to 127.0.0.1") >= 1, timeout=40)
-        publish(broker.port, "edge/dev/late-1/status", {"state": "online", "bdseq": 1, "unit_code": "U1"}, retain=True)
+        publish(broker.port, *_signed(late, "status", {"state": "online", "bdseq": 1, "unit_code": "U1"}), retain=True)
         _wait(lambda: _fleet(db)["totals"]["devices"] == 1)
     finally:
         mon.stop()

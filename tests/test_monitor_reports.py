@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from agent.monitor.enrolment import Enrolment
 from agent.monitor.ingest import Ingest, IngestSettings
 from agent.monitor.state import MonitorDB
 from tests.support.health import EDGE
@@ -35,9 +36,14 @@ def db(tmp_path):
     2025-12-30 to 2026-01-03, alarms in both years."""
     path = tmp_path / "m.db"
     d = MonitorDB(path)
-    ing = Ingest(d, IngestSettings())
     devs = [SimDevice("a-dock-1", "U-A", "甲执法大队", "dock"), SimDevice("a-dock-2", "U-A", "甲执法大队", "dock"),
             SimDevice("a-room-1", "U-A", "甲执法大队", "room"), SimDevice("b-dock-1", "U-B", "乙执法中队", "dock")]
+    ing = Ingest(d, IngestSettings(), Enrolment.of((x.id, x.unit_code, x.key.public_key()) for x in devs))
+    by_id = {x.id: x for x in devs}
+
+    def handle(topic: str, body: bytes, now: float) -> str:  # signed by the device, as an agent does
+        return ing.handle(topic, by_id[topic.split("/")[2]].seal(topic, body), now=now)
+
     days = ["2025-12-30", "2025-12-31", "2026-01-01", "2026-01-02", "2026-01-03"]
     for n, day in enumerate(days):
         for dv in devs:
@@ -46,7 +52,7 @@ def db(tmp_path):
                 total = (n * 2 + (hour == 17)) * 10 + 10  # +10 items per sample
                 h["usage"] = {"items_total": total, "items_archived": total - 5, "recorded_s": total * 360}
                 h["buffer"]["pending_annotation"] = 2
-                assert ing.handle(f"edge/dev/{dv.id}/health", json.dumps(h).encode(), now=_ts(day, hour)) == "accepted"
+                assert handle(f"edge/dev/{dv.id}/health", json.dumps(h).encode(), now=_ts(day, hour)) == "accepted"
         ing.flush()
     def ratio(dv, rec, serials=None):
         body = dv.ratio(0, rec)  # no roster on the stations: officers 0 = unknown
@@ -54,16 +60,16 @@ def db(tmp_path):
             body["units"][0]["recorder_serials"] = serials
         return json.dumps(body).encode()
 
-    ing.handle("edge/dev/a-dock-1/ratio", ratio(devs[0], 3, ["R1", "R2", "R3"]), now=_ts("2025-12-30"))
-    ing.handle("edge/dev/a-dock-2/ratio", ratio(devs[1], 3, ["R3", "R4", "R5"]), now=_ts("2025-12-30"))
-    ing.handle("edge/dev/b-dock-1/ratio", ratio(devs[3], 2), now=_ts("2025-12-30"))
+    handle("edge/dev/a-dock-1/ratio", ratio(devs[0], 3, ["R1", "R2", "R3"]), now=_ts("2025-12-30"))
+    handle("edge/dev/a-dock-2/ratio", ratio(devs[1], 3, ["R3", "R4", "R5"]), now=_ts("2025-12-30"))
+    handle("edge/dev/b-dock-1/ratio", ratio(devs[3], 2), now=_ts("2025-12-30"))
     alarm = lambda code, active: json.dumps({"code": code, "key": code, "active": active, "severity": "warning",  # noqa: E731
                                              "since": "2025-12-31T10:00:00+08:00", "ts": "2025-12-31T10:00:00+08:00",
                                              "message": {"zh": "告警", "en": "alarm"}, "source": "t"}).encode()
-    ing.handle("edge/dev/a-room-1/alarm/microphone_silent", alarm("microphone_silent", True), now=_ts("2025-12-31"))
-    ing.handle("edge/dev/a-room-1/alarm/microphone_silent", alarm("microphone_silent", False), now=_ts("2025-12-31", 13))
-    ing.handle("edge/dev/a-room-1/alarm/microphone_silent", alarm("microphone_silent", True), now=_ts("2026-01-02"))
-    ing.handle("edge/dev/b-dock-1/alarm/backlog_old", alarm("backlog_old", True), now=_ts("2026-01-02"))
+    handle("edge/dev/a-room-1/alarm/microphone_silent", alarm("microphone_silent", True), now=_ts("2025-12-31"))
+    handle("edge/dev/a-room-1/alarm/microphone_silent", alarm("microphone_silent", False), now=_ts("2025-12-31", 13))
+    handle("edge/dev/a-room-1/alarm/microphone_silent", alarm("microphone_silent", True), now=_ts("2026-01-02"))
+    handle("edge/dev/b-dock-1/alarm/backlog_old", alarm("backlog_old", True), now=_ts("2026-01-02"))
     ing.flush()
     d.close()
     return path

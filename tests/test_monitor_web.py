@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from tests.support.health import ARTIFACTS, MonitorProc, publish
-from tools.fleet_sim import FleetSim, make_fleet
+from tools.fleet_sim import FleetSim, enrol, make_fleet
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -29,7 +29,10 @@ def monitor_with_fleet(tmp_path, broker):
     (online), 2 that went silent without a will (lost after 5 s); one active alarm; one device
     claiming another unit."""
     db = tmp_path / "m.db"
-    mon = MonitorProc(db, broker.port, web=0, lost_after=5)
+    root = tmp_path / "archive"
+    for f in (make_fleet(6, 3, "web"), make_fleet(2, 2, "gone"), make_fleet(3, 3, "live")):
+        enrol(root, f)
+    mon = MonitorProc(db, broker.port, web=0, lost_after=5, enrolment=root)
     dead = FleetSim("127.0.0.1", broker.port, make_fleet(6, 3, "web"), per_device=True, rate=2, officers=20)
     dead.connect()
     d = dead.devices[1]
@@ -46,9 +49,12 @@ def monitor_with_fleet(tmp_path, broker):
     live.connect()
     feeder = threading.Thread(target=live.run, args=(120,), daemon=True)
     feeder.start()
-    # one device reports a unit other than the one it registered with: flagged on the page
-    publish(broker.port, f"edge/dev/{dead.devices[0].id}/status",
-            {"state": "online", "bdseq": 9, "unit_code": "99999999"})
+    # one device reports (signed) a unit other than the one it is enrolled for: flagged on the page
+    d0 = dead.devices[0]
+    topic = f"edge/dev/{d0.id}/status"
+    publish(broker.port, topic, d0.seal(topic, {"state": "online", "bdseq": 9, "unit_code": "99999999"}))
+    # a forged status and health for a live device: refused, listed under rejected messages
+    publish(broker.port, f"edge/dev/{d0.id}/health", json.dumps({"state": "online"}))
     deadline = time.monotonic() + 30
     while True:
         t = json.loads(_get(mon.web_url + "api/fleet")[2])["totals"]
@@ -70,6 +76,10 @@ def test_api(monitor_with_fleet):
     assert f["totals"]["devices"] == 11 and len(f["units"]) == 3
     for part in ("units", "alarms", "devices"):
         assert isinstance(json.loads(_get(mon.web_url + f"api/{part}")[2]), list)
+    rej = json.loads(_get(mon.web_url + "api/rejected")[2])
+    by = {(r["device"], r["reason"]): r["count"] for r in rej["by_device"]}
+    assert by[(sim.devices[0].id, "unsigned")] == 1 and by[(sim.devices[0].id, "unit_mismatch")] == 1
+    assert rej["by_reason"]["unsigned"] == 1 and rej["total"] >= 2
     one = json.loads(_get(mon.web_url + "api/units?unit=33010002")[2])
     assert len(one) == 1 and one[0]["rooms"] == 0 and one[0]["compliant"] is False
     with pytest.raises(urllib.error.HTTPError) as exc:
@@ -112,6 +122,9 @@ def test_page_in_headless_chromium(monitor_with_fleet):
         assert "失联 / lost" in drv.find_element(By.CSS_SELECTOR, "#devices tr[data-device='gone-000-0000']").text
         conflict = drv.find_element(By.CSS_SELECTOR, f"#devices tr[data-device='{sim.devices[0].id}']").text
         assert "单位冲突 / unit conflict" in conflict
+        forged = drv.find_element(By.CSS_SELECTOR, f"#rejections tr[data-device='{sim.devices[0].id}'][data-reason='unsigned']")
+        assert forged.text.split()[2] == "1"
+        assert "拒收消息 / Rejected messages" in drv.find_element(By.TAG_NAME, "body").text
         alarm = drv.find_element(By.CSS_SELECTOR, f"#alarms tr[data-alarm='{sim.devices[1].id}/camera_offline.camera-main']")
         assert "主摄像头离线 / main camera offline" in alarm.text and "严重 / critical" in alarm.text
         assert "执法记录设备监控 / Recording equipment monitor" in drv.title

@@ -383,8 +383,11 @@ def test_run_without_device_key_is_a_clear_error(tmp_path):
 
 
 def _retained(port: int, topic: str) -> dict | None:
+    """The retained status: the body of its signed envelope (docs/mqtt.md "Signed device state")."""
+    from tests.support.health import body_of
+
     payload = broker_retained(port, topic).get(topic)
-    return json.loads(payload) if payload else None
+    return body_of(payload) if payload else None
 
 
 def test_uplink_retry_command(tmp_path):

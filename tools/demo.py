@@ -149,7 +149,7 @@ def main() -> int:
                                       stdout=open(out / "archive.log", "w"), stderr=subprocess.STDOUT))
         procs.append(subprocess.Popen([EDGE, "--config", str(broker_dir / "credentials" / "monitor.toml"),
                                        "monitor", "--broker", f"127.0.0.1:{port}", "--db", str(out / "monitor.db"),
-                                       "--no-tui"],
+                                       "--enrolment", str(archive), "--no-tui"],
                                       stdout=open(out / "monitor.log", "w"), stderr=subprocess.STDOUT))
         procs.append(subprocess.Popen([EDGE, "--config", str(cfg), "run"],
                                       stdout=open(out / "agent.log", "w"), stderr=subprocess.STDOUT))

@@ -1,7 +1,15 @@
 """Fleet simulator: N simulated devices publishing status, health, components, ratio and alarms
-through a real MQTT broker, with the payloads of agent/health/payloads.py.
+through a real MQTT broker, with the payloads of agent/wire/health.py, each sealed like an agent
+seals it (agent/wire/health.py ``Sealer``: signed envelope, device key).
 
-    python -m tools.fleet_sim --broker 127.0.0.1:1883 --devices 20 --units 4 --rate 1 --duration 30
+    python -m tools.fleet_sim --broker 127.0.0.1:1883 --devices 20 --units 4 --rate 1 --duration 30 \
+        --enrol /tmp/sim-archive
+    edge-agent monitor --broker 127.0.0.1:1883 --enrolment /tmp/sim-archive --db /tmp/m.db
+
+A simulated device's Ed25519 key is derived from its id (SHA-256 of "fleet-sim:" + id): the
+simulator, a test and a benchmark can all sign for the same device without sharing files. Never
+a way to make a real device's key. ``--enrol ROOT`` enrols the simulated devices (with those keys
+and their units) in the archive root ROOT that the monitor reads (``monitor --enrolment ROOT``).
 
 Bounded: at most 5,000 devices and 3,600 s. Two connection modes:
 
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import random
 import sys
@@ -29,6 +38,10 @@ import time
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.evidence import keys as keys_mod
+from agent.wire.health import Sealer
 
 try:  # the simulator must cost little next to the monitor it loads
     import orjson
@@ -63,6 +76,18 @@ class SimDevice:
     items: int = 0
     recorded_s: int = 0
     alarm: tuple | None = None
+    _sealer: Sealer | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> Ed25519PrivateKey:
+        """The simulated device's key: derived from its id (simulator only)."""
+        return sim_key(self.id)
+
+    def seal(self, topic: str, body: dict | bytes) -> bytes:
+        """``body`` in the signed envelope an agent would publish on ``topic``."""
+        if self._sealer is None:  # epoch in microseconds: a new simulator for the same id starts above
+            self._sealer = Sealer(self.key, self.id, time.time_ns() // 1000)
+        return self._sealer.seal(topic, body)
 
     def status(self, state: str) -> dict:
         return {"state": state, "bdseq": self.bdseq, "device": self.id, "kind": self.kind, "unit_code": self.unit_code,
@@ -122,6 +147,27 @@ class SimDevice:
                            "usage_days": 30, "conflicts": 0}]}
 
 
+def sim_key(device: str) -> Ed25519PrivateKey:
+    """The key of a simulated device (derived from its id: never for a real device)."""
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(f"fleet-sim:{device}".encode()).digest())
+
+
+def enrol(root, devices: list[SimDevice]) -> int:
+    """Enrol ``devices`` (their simulator keys and units) in the archive root ``root`` (created if
+    missing), as `edge-agent archive enroll` would, in one transaction. Returns how many."""
+    from agent.archive.storage import ArchiveStore
+
+    store = ArchiveStore(root, create=True)
+    try:
+        with store.db.atomic():
+            for d in devices:
+                store.registry.enroll(d.id, keys_mod.public_pem(d.key.public_key()), d.unit_code, force=True,
+                                      actor="fleet-sim")
+    finally:
+        store.db.close()
+    return len(devices)
+
+
 def make_fleet(n: int, units: int, prefix_id: str = "sim", unit_prefix: str = "3301") -> list[SimDevice]:
     if not 1 <= n <= MAX_DEVICES:
         raise ValueError(f"--devices {n}: 1..{MAX_DEVICES}")
@@ -172,14 +218,15 @@ class FleetSim:
 
     def pub(self, d: SimDevice, kind: str, sub: str | None, payload: dict, qos: int, retain: bool) -> None:
         topic = f"{self.p}/dev/{d.id}/{kind}" + (f"/{sub}" if sub else "")
-        self.client_of(d).publish(topic, _dumps(payload), qos=qos, retain=retain)
+        self.client_of(d).publish(topic, d.seal(topic, _dumps(payload)), qos=qos, retain=retain)
         self.published[kind] += 1
 
     def connect(self) -> None:
         if self.per_device:
             for d in self.devices:
                 d.bdseq += 1
-                will = (f"{self.p}/dev/{d.id}/status", json.dumps(d.status("offline")).encode())
+                st = f"{self.p}/dev/{d.id}/status"
+                will = (st, d.seal(st, d.status("offline")))  # sealed at connect, like an agent's
                 self.clients[d.id] = self._client(f"{d.id}", will)
         else:
             self._shared = [self._client(f"fleet-sim-{i}-{random.getrandbits(24):06x}", None)
@@ -235,7 +282,8 @@ class FleetSim:
             def one(d: SimDevice) -> None:
                 c = self.clients[d.id]
                 if clean:
-                    c.publish(f"{self.p}/dev/{d.id}/status", json.dumps(d.status("offline")), qos=1,
+                    st = f"{self.p}/dev/{d.id}/status"
+                    c.publish(st, d.seal(st, dict(d.status("offline"), reason="clean stop")), qos=1,
                               retain=True).wait_for_publish(5)
                     c.disconnect()
                     c.loop_stop()
@@ -268,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alarm-every", type=float, default=0.0, help="toggle a random alarm every S seconds")
     ap.add_argument("--officers", type=int, default=40, help="officers per unit in the docks' ratio reports")
     ap.add_argument("--kill-after", action="store_true", help="end without DISCONNECT (the wills fire)")
+    ap.add_argument("--enrol", metavar="ROOT", help="enrol the simulated devices in this archive root first "
+                                                    "(the monitor's --enrolment)")
     a = ap.parse_args(argv)
     host, _, port = a.broker.rpartition(":")
     if not host or not port.isdigit():
@@ -280,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                        officers=a.officers)
     except ValueError as exc:
         ap.error(str(exc))
+    if a.enrol:
+        enrol(a.enrol, sim.devices)
     sim.connect()
     try:
         out = sim.run(a.duration)

@@ -174,3 +174,23 @@ class Registry:
 
 def dumps(obj) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True)
+
+
+def read_enrolment(root: Path) -> list[dict]:
+    """The enrolled devices of the archive at ``root`` (id, unit, key_id, pubkey PEM), read-only:
+    the central monitor's view of who may speak for which unit (``edge-agent monitor --enrolment``)."""
+    import sqlite3
+
+    path = Path(root) / "archive.db"
+    if not path.is_file():
+        raise EdgeError(f"{root}: no archive enrolment here ({path.name} missing; the archive root "
+                        "is where `edge-agent archive enroll --root` writes)")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            conn.row_factory = sqlite3.Row
+            return [dict(r) for r in conn.execute("SELECT id, unit, key_id, pubkey FROM devices ORDER BY id")]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise EdgeError(f"{path}: cannot read the enrolment ({exc})") from None

@@ -54,25 +54,43 @@ def _optional_cfg(c: Ctx):
               help="Seconds of silence after which an online device is shown as lost.")
 @click.option("--tui/--no-tui", default=None, help="Live terminal view (default: when stdout is a terminal).")
 @click.option("--duration", type=click.FloatRange(0.1), help="Stop after this many seconds (tests, benchmarks).")
+@click.option("--enrolment", "enrolment", envvar="EDGE_MONITOR_ENROLMENT", type=click.Path(file_okay=False),
+              help="Archive root whose enrolment (ROOT/archive.db, read-only) names the devices, their units and "
+                   "public keys; re-read every 10 s (env EDGE_MONITOR_ENROLMENT; default archive.root of the "
+                   "config). Only what an enrolled device signed is shown.")
 @pass_ctx
 @click.pass_context
-def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, lost_after, tui, duration):
+def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, lost_after, tui, duration, enrolment):
     """Watch the fleet: subscribe to every device topic, keep state and history in SQLite, show a
     live terminal view and (with --web) a web page with units, devices, alarms and compliance.
 
-    Bad messages are counted and logged, never applied. Stop with Ctrl-C or SIGTERM.
+    A device's state is only what that device signed with the key it is enrolled with at the
+    archive (--enrolment ROOT); its unit is the enrolled one. Unsigned, badly signed, unknown,
+    replayed and flooding messages are counted as rejected (page, `monitor fleet`), never
+    applied. Stop with Ctrl-C or SIGTERM; exits 1 if its ingest worker dies.
 
     \b
     Example:
-      edge-agent monitor --broker 127.0.0.1:1883 --db ./monitor.db --web 8080
+      edge-agent monitor --broker 127.0.0.1:1883 --db ./monitor.db --enrolment /srv/archive --web 8080
       edge-agent monitor roster import officers.csv --db ./monitor.db
     """
     if ctx.invoked_subcommand is not None:
         return
+    from ..archive.registry import read_enrolment
+    from ..monitor.enrolment import Enrolment
     from ..monitor.ingest import Ingest, IngestSettings
     from ..monitor.state import MonitorDB, check_db_arg
 
     cfg = _optional_cfg(c)
+    root = enrolment or (cfg.archive.root if cfg is not None and cfg.archive.root else None)
+    if not root:
+        raise EdgeError("需要设备登记 / no enrolment: give --enrolment ARCHIVE_ROOT (or EDGE_MONITOR_ENROLMENT, or "
+                        "archive.root in the config); the monitor shows only what enrolled devices signed")
+    rows = read_enrolment(Path(root))  # refuses a root without an enrolment before anything starts
+    enrolled = Enrolment(lambda: read_enrolment(Path(root)), source=str(root))
+    if not rows:
+        click.echo(f"monitor: the enrolment at {root} lists no device yet; every message is refused until one "
+                   "is enrolled (edge-agent archive enroll)", err=True)
     host, port, use_tls = _broker(broker, cfg)
     path = check_db_arg(db)
     s = IngestSettings(host=host, port=port, prefix=prefix or (cfg.mqtt.topic_prefix if cfg else "edge"))
@@ -94,7 +112,7 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
     logging.basicConfig(level=logging.WARNING if tui else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     db_ = MonitorDB(path)
-    ing = Ingest(db_, s)
+    ing = Ingest(db_, s, enrolled)
     web = None
     if web_port is not None:
         from ..monitor.web import WebServer
@@ -107,6 +125,9 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
 
     signal.signal(signal.SIGTERM, _sig)
     signal.signal(signal.SIGINT, _sig)
+    # paho's network thread reads one packet per turn at the GIL: switch often so the worker's
+    # verifying never keeps it from draining the socket (agent/monitor/ingest.py)
+    sys.setswitchinterval(0.0005)
     ing.start()
     ing.flush()
     if web is not None:
@@ -114,7 +135,8 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
     url = f" web http://{web_host}:{web.port}/" if web else ""
     if not ing.subscribed.wait(5):
         click.echo(f"monitor: broker {host}:{port} not reachable yet; retrying in the background", err=True)
-    click.echo(f"monitor: ready db {path} broker {host}:{port} prefix {s.prefix}{url}", err=True)
+    click.echo(f"monitor: ready db {path} broker {host}:{port} prefix {s.prefix} enrolled {len(enrolled)}{url}",
+               err=True)
     deadline = time.monotonic() + duration if duration else None
     tui_thread = None
     if tui:
@@ -126,6 +148,8 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
         while not stop.wait(0.2):
             if deadline and time.monotonic() >= deadline:
                 break
+            if not ing.alive():
+                break
     finally:
         stop.set()
         if web is not None:
@@ -134,6 +158,8 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
         st = ing.stats()
         db_.close()
         click.echo("monitor: stopped; " + " ".join(f"{k}={v}" for k, v in sorted(st.items())), err=True)
+    if ing.failed:
+        raise EdgeError(f"监控接收线程已停止 / {ing.failed}; exiting so that the service manager restarts the monitor")
 
 
 @monitor.command("fleet")

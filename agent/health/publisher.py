@@ -13,6 +13,9 @@ It also implements the producers' ports (agent/common/ports.py): ``AlarmPort`` (
 ``clear_alarm``: the alarm registry) and ``ReportPort`` (``component_state`` -> retained
 ``P/dev/D/component/NAME``, ``equipment_ratio`` -> retained ``P/dev/D/ratio``). The runtime hands
 this component to the producer as both; the producer never publishes itself.
+
+Every message is sealed with the device's Ed25519 key (agent/wire/health.py ``Sealer``: a signed
+envelope bound to the topic, with an epoch that grows at every start and a sequence number).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import time
 from agent.wire.topics import Topics
 from . import metrics
 from .alarms import AlarmRegistry
-from agent.wire.health import jsonable, safe_key
+from agent.wire.health import Sealer, jsonable, safe_key
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class HealthComponent:
         self.last: dict | None = None
         self.last_ts: float | None = None
         self.errors = 0
+        self._sealer: Sealer | None = None
+        self._seal_lock = threading.Lock()
         self._published_components: dict[str, str] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -65,10 +70,15 @@ class HealthComponent:
 
     # --- publishing through the uplink contract -------------------------------------------------
     def _publish(self, topic: str, payload: dict, *, qos: int = 1, retain: bool = False) -> bool:
+        """Seal ``payload`` with the device key (agent/wire/health.py Sealer: the monitor shows
+        only what the device signed) and hand it to the uplink."""
         up = self.agent.uplink
         if up is None:
             return False
-        up.publish(topic, payload, qos=qos, retain=retain)
+        with self._seal_lock:
+            if self._sealer is None:
+                self._sealer = Sealer.for_ledger(self.agent.store)
+        up.publish(topic, self._sealer.seal(topic, payload), qos=qos, retain=retain)
         return True
 
     def _publish_alarm(self, key: str, payload: dict) -> None:

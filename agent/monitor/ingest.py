@@ -1,15 +1,32 @@
-"""The monitor's subscriber: ``P/dev/#`` in, validated state out.
+"""The monitor's subscriber: ``P/dev/#`` in, verified state out.
 
-Every message is checked before it touches state (agent/health/payloads.py parsers). What is
-refused is counted by reason in the ``counters`` table and logged (the first few of each reason,
-then one line per 1,000), never raised: malformed or oversized payloads, unknown topics, a device
-claiming another unit than the one it registered with (first unit seen pins it), retained garbage,
-and floods (a per-device token bucket). State changes are applied in memory and flushed in one
-SQLite transaction every ``flush_s`` by a separate thread.
+A device's state is only what that device signed: every message on a device-state topic is a
+signed envelope (agent/wire/health.py; docs/mqtt.md "Signed device state") verified against the
+key the device is enrolled with (:mod:`agent.monitor.enrolment`, read from the archive's
+enrolment), and the device's unit is the enrolled one, never the message's. In order, a message
+is refused (counted by reason in ``counters`` as ``rejected.REASON``, per enrolled device in
+``rejections``, logged for the first few of each reason and then once per 1,000, never applied)
+when its topic is not a device topic (``bad_topic``), it is too large (``oversized``), the
+device is not enrolled (``unknown_device``), it is not an envelope (``unsigned``; this includes
+the empty payload that deletes a retained topic), the envelope or the body breaks its schema
+(``invalid``), the envelope names another topic or device (``wrong_topic``), another key
+(``wrong_key``), the signature does not verify (``bad_signature``), the sender sends more than
+its rate (``flood``: a token bucket per *verified* sender, so forgeries in a device's name never
+use up that device's allowance), it is older than what the topic already showed (``replayed``),
+or its body names another device or unit (``device_mismatch``, ``unit_mismatch``). A genuine
+message seen again (a retained re-delivery) is counted as ``duplicate`` and changes nothing.
+
+Threads: paho's network thread only files each message into a queue per device of the topic
+(bounded; beyond it ``overload``), one worker takes one message per device in turn (a flood
+in one device's name waits behind itself, never in front of another device's messages),
+verifies and applies it; a flusher writes the state in one SQLite transaction every
+``flush_s`` and re-reads the enrolment every ``reload_s``. A worker that dies sets ``failed``
+(the CLI then exits non-zero so systemd restarts the monitor).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -19,6 +36,7 @@ from typing import Any
 
 from agent.wire import health as pl
 from agent.wire.topics import Topics
+from .enrolment import Enrolment
 from .state import MonitorDB
 
 log = logging.getLogger(__name__)
@@ -26,6 +44,8 @@ log = logging.getLogger(__name__)
 RATE_PER_DEVICE = 20.0     # messages per second a device may send on average
 BURST_PER_DEVICE = 100.0   # ... and in a burst
 MAX_DEVICES = 100_000      # distinct device ids kept (beyond: refused, counted)
+QUEUE_PER_DEVICE = 1000    # messages waiting per device of the topic (beyond: refused as overload)
+JUNK = ""                  # the queue of messages for topics of no enrolled device
 
 
 @dataclass
@@ -50,12 +70,15 @@ class IngestSettings:
     flush_s: float = 1.0
     rate: float = RATE_PER_DEVICE
     burst: float = BURST_PER_DEVICE
+    queue_per_device: int = QUEUE_PER_DEVICE
+    reload_s: float = 10.0
 
 
 class Ingest:
-    def __init__(self, db: MonitorDB, settings: IngestSettings):
+    def __init__(self, db: MonitorDB, settings: IngestSettings, enrolment: Enrolment):
         self.db = db
         self.s = settings
+        self.enrolment = enrolment
         self.topics = Topics(settings.prefix)
         self.lock = threading.Lock()
         self.devices: dict[str, dict] = {}
@@ -66,12 +89,23 @@ class Ingest:
         self.ratio: list[dict] = []
         self.usage: dict[tuple[str, str], dict] = {}
         self.counters: dict[str, int] = {}
+        self.seen: dict[str, tuple] = {}          # topic -> (key_id, order key) of the last applied message
+        self._seen_dirty: dict[str, str] = {}     # topic -> device
+        self.rejections: dict[tuple[str, str], list] = {}  # (device, reason) -> [count, last_at, detail]
+        self._rej_dirty: set[tuple[str, str]] = set()
         self._buckets: dict[str, _Bucket] = {}
         self._logged: dict[str, int] = {}
         self._last_ratio: dict[str, tuple] = {}
         self._day_cache: tuple[int, str] = (0, "")
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
+        # the queues between paho's thread and the worker
+        self._cv = threading.Condition(threading.Lock())
+        self._queues: dict[str, collections.deque] = {}
+        self._ready: collections.deque[str] = collections.deque()
+        self._qcount = {"queued": 0, "rejected.overload": 0, "rejected.error": 0}
+        self.failed: str | None = None
         self.client = None
         self.connected = False
         self.subscribed = threading.Event()  # set once the first subscription is acknowledged
@@ -90,6 +124,10 @@ class Ingest:
             self._last_ratio.setdefault(r["device"], []).append((r["unit_code"], r["recorders"], r["officers"], r["serials"]))
         self._last_ratio = {k: tuple(v) for k, v in self._last_ratio.items()}
         self.counters = {r["name"]: r["value"] for r in c.execute("SELECT * FROM counters") if not r["name"].startswith("_")}
+        for r in c.execute("SELECT topic, key_id, ord FROM signed_seen"):
+            self.seen[r["topic"]] = (r["key_id"], tuple(json.loads(r["ord"])))
+        for r in c.execute("SELECT * FROM rejections"):
+            self.rejections[(r["device"], r["reason"])] = [r["count"], r["last_at"], r["last_detail"]]
 
     def flush(self) -> None:
         with self.lock:
@@ -101,6 +139,14 @@ class Ingest:
             ratio, self.ratio = self.ratio, []
             usage, self.usage = list(self.usage.values()), {}
             counters = dict(self.counters)
+            seen = [(t, dev, *self.seen[t]) for t, dev in self._seen_dirty.items()]
+            self._seen_dirty = {}
+            rej = [(dev, reason, *self.rejections[(dev, reason)]) for dev, reason in self._rej_dirty]
+            self._rej_dirty = set()
+        with self._cv:
+            for k, v in self._qcount.items():
+                if v:
+                    counters[k] = counters.get(k, 0) + v
         counters["_flushed_at_ms"] = int(time.time() * 1000)  # when these counts were true (benchmarks)
         with self.db.atomic() as c:
             c.executemany(
@@ -137,6 +183,11 @@ class Ingest:
                 "ON CONFLICT(device, day) DO UPDATE SET items_total=excluded.items_total, "
                 "items_archived=excluded.items_archived, recorded_s=excluded.recorded_s, "
                 "pending_annotation=excluded.pending_annotation, samples=usage_daily.samples + excluded.samples", usage)
+            c.executemany("INSERT INTO signed_seen VALUES (?, ?, ?, ?) ON CONFLICT(topic) DO UPDATE SET "
+                          "device=excluded.device, key_id=excluded.key_id, ord=excluded.ord",
+                          [(t, dev, kid, json.dumps(list(order))) for t, dev, kid, order in seen])
+            c.executemany("INSERT INTO rejections VALUES (?, ?, ?, ?, ?) ON CONFLICT(device, reason) DO UPDATE SET "
+                          "count=excluded.count, last_at=excluded.last_at, last_detail=excluded.last_detail", rej)
             c.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
                           list(counters.items()))
 
@@ -144,12 +195,24 @@ class Ingest:
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
-    def reject(self, reason: str, topic: str, detail: str) -> None:
+    def reject(self, reason: str, topic: str, detail: str, device: str | None = None, now: float | None = None) -> str:
+        """Count a refusal (by reason; per device when the device is enrolled) and log the first
+        few of each reason, then one in 1,000. Returns ``reason``."""
         self.count(f"rejected.{reason}")
+        if device is not None and self.enrolment.get(device) is not None:
+            k = (device, reason)
+            r = self.rejections.get(k)
+            if r is None:
+                r = self.rejections[k] = [0, None, None]
+            r[0] += 1
+            r[1] = now or time.time()
+            r[2] = detail[:200]
+            self._rej_dirty.add(k)
         n = self._logged.get(reason, 0) + 1
         self._logged[reason] = n
         if n <= 5 or n % 1000 == 0:
             log.warning("rejected (%s, #%d): %s: %s", reason, n, topic[:200], detail[:200])
+        return reason
 
     def _allow(self, key: str, now: float) -> bool:
         b = self._buckets.get(key)
@@ -165,63 +228,149 @@ class Ingest:
         b.tokens -= 1
         return True
 
+    # --- the queues (paho's thread in, the worker out) --------------------------------------------
+    def submit(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        """File one message for the worker (called on paho's network thread: cheap, never raises).
+        Messages are queued per device named in the topic; topics of no enrolled device share one
+        queue. A full queue refuses the message (``rejected.overload``)."""
+        try:
+            parts = topic.split("/", 3)
+            dev = parts[2] if len(parts) >= 3 and parts[1] == "dev" else JUNK
+            key = dev if dev in self.enrolment.devices else JUNK
+            with self._cv:
+                q = self._queues.get(key)
+                if q is None:
+                    q = self._queues[key] = collections.deque()
+                if len(q) >= self.s.queue_per_device:
+                    self._qcount["rejected.overload"] += 1
+                    return
+                q.append((topic, payload, retained, time.time()))
+                self._qcount["queued"] += 1
+                if len(q) == 1:
+                    self._ready.append(key)
+                    self._cv.notify()
+        except Exception:  # noqa: BLE001 - paho's thread must survive every input
+            with self._cv:
+                self._qcount["rejected.error"] += 1
+
+    def _next(self):
+        """The next message, one device at a time in turn; None when stopping."""
+        with self._cv:
+            while not self._ready or self._stop.is_set():
+                if self._stop.is_set():
+                    return None
+                self._cv.wait(0.5)
+            key = self._ready.popleft()
+            q = self._queues[key]
+            item = q.popleft()
+            if q:
+                self._ready.append(key)
+            else:
+                del self._queues[key]
+            return item
+
+    def pending(self) -> int:
+        with self._cv:
+            return sum(len(q) for q in self._queues.values())
+
+    def _work(self) -> None:
+        try:
+            while True:
+                item = self._next()
+                if item is None:
+                    return
+                topic, payload, retained, _t = item
+                self.handle(topic, payload, retained)
+                # hand the GIL to paho's network thread now (it reads one packet per turn): the
+                # socket is drained into the per-device queues faster than messages are verified,
+                # so a flood overflows its own queue, not the broker's queue for the monitor
+                time.sleep(0)
+        except BaseException as exc:  # a bug outside the per-message guard: the process must not stay "online"
+            self.failed = f"ingest worker died: {exc!r}"
+            log.critical("%s", self.failed, exc_info=True)
+            self._stop.set()
+
     # --- messages ---------------------------------------------------------------------------------
     def handle(self, topic: str, payload: bytes, retained: bool = False, now: float | None = None) -> str:
-        """Apply one message; returns "accepted", "ignored" or the rejection reason. Never raises."""
+        """Verify and apply one message; returns "accepted", "ignored", "duplicate" or the
+        rejection reason. Never raises."""
         now = now or time.time()
         with self.lock:
             self.count("received")
             try:
-                return self._handle(topic, payload, retained, now)
+                if type(topic) is not str:
+                    return self.reject("bad_topic", repr(topic)[:200], "topic is not text")
+                return self._handle(topic, bytes(payload), retained, now)
+            except pl.UnsignedError as exc:
+                return self.reject("unsigned", topic, str(exc), self._dev_of(topic), now)
             except pl.PayloadError as exc:
-                self.reject("invalid", topic, str(exc))
-                return "invalid"
+                return self.reject("invalid", topic, str(exc), self._dev_of(topic), now)
             except Exception as exc:  # defensive: a bug must not stop ingest
-                log.exception("unexpected error on %s", topic[:200])
-                self.reject("error", topic, repr(exc))
-                return "error"
+                log.exception("unexpected error on %s", str(topic)[:200])
+                return self.reject("error", str(topic), repr(exc))
+
+    @staticmethod
+    def _dev_of(topic: str) -> str | None:
+        parts = topic.split("/", 3)
+        return parts[2] if len(parts) >= 3 else None
 
     def _handle(self, topic: str, payload: bytes, retained: bool, now: float) -> str:
         parsed = self.topics.parse_dev(topic)
         if parsed is None:
-            self.reject("bad_topic", topic, "not a device topic")
-            return "bad_topic"
+            return self.reject("bad_topic", topic, "not a device topic")
         dev, kind, name = parsed
         if kind in ("cmd", "chain"):
             self.count("ignored")
             return "ignored"
-        if not self._allow(dev, now):
-            self.reject("flood", topic, f"more than {self.s.rate:g} msg/s from {dev}")
-            return "flood"
         if len(payload) > pl.MAX_PAYLOAD:
-            self.reject("oversized", topic, f"{len(payload)} bytes")
-            return "oversized"
-        if dev not in self.devices and len(self.devices) >= MAX_DEVICES:
-            self.reject("too_many_devices", topic, dev)
-            return "too_many_devices"
-        if kind == "alarm" and payload == b"":
-            return self._alarm_gone(dev, name, now)
-        if payload == b"":
-            self.count("ignored")
-            return "ignored"
+            return self.reject("oversized", topic, f"{len(payload)} bytes", dev, now)
+        enr = self.enrolment.get(dev)
+        if enr is None:
+            return self.reject("unknown_device", topic, f"{dev} is not enrolled")
+        env = pl.open_envelope(payload)
+        if env.topic != topic or env.kind != kind or env.device != dev:
+            return self.reject("wrong_topic", topic, f"signed for {env.topic[:120]}", dev, now)
+        if env.key_id != enr.key_id:
+            return self.reject("wrong_key", topic, f"key {env.key_id}, enrolled {enr.key_id}", dev, now)
+        last = self.seen.get(topic)
+        if kind != "status" and last is not None and last[0] == env.key_id and (env.epoch, env.seq) < last[1]:
+            # cheap before the signature: older than what this topic showed (a replay or a forgery)
+            return self.reject("replayed", topic, f"({env.epoch}, {env.seq}) after {last[1]}", dev, now)
+        if not pl.verify(env, enr.public):
+            return self.reject("bad_signature", topic, f"not signed by the key enrolled for {dev}", dev, now)
+        if not self._allow(dev, now):
+            return self.reject("flood", topic, f"more than {self.s.rate:g} msg/s from {dev}", dev, now)
+        body = env.body
         if kind == "status":
-            return self._status(dev, pl.parse_status(payload), retained, now, topic)
-        if kind == "health":
-            return self._health(dev, pl.parse_health(payload), retained, now, topic)
-        if kind == "alarm":
-            return self._alarm(dev, pl.parse_alarm(payload, name), retained, now, topic)
-        if kind == "component":
-            return self._component(dev, pl.parse_component(payload, name), retained, now, topic)
-        if kind == "ratio":
-            return self._ratio(dev, pl.parse_ratio(payload, dev), retained, now, topic)
-        self.count("ignored")
-        return "ignored"
+            st = pl.parse_status(body)
+            order = (env.epoch, st["bdseq"], 0 if st["state"] == "online" else 1)
+        else:
+            order = (env.epoch, env.seq)
+        if last is not None and last[0] == env.key_id:
+            if order < last[1]:
+                return self.reject("replayed", topic, f"{order} after {last[1]}", dev, now)
+            if order == last[1]:
+                self.count("duplicate")
+                return "duplicate"
+        if kind == "status":
+            result = self._status(dev, st, retained, now, topic)
+        elif kind == "health":
+            result = self._health(dev, pl.parse_health(body), retained, now, topic)
+        elif kind == "alarm":
+            result = self._alarm(dev, pl.parse_alarm(body, name), retained, now, topic)
+        elif kind == "component":
+            result = self._component(dev, pl.parse_component(body, name), retained, now, topic)
+        else:
+            result = self._ratio(dev, pl.parse_ratio(body, dev), retained, now, topic)
+        self.seen[topic] = (env.key_id, order)  # verified and in order: later copies are duplicates
+        self._seen_dirty[topic] = dev
+        return result
 
     def _device(self, dev: str, now: float) -> dict:
         d = self.devices.get(dev)
         if d is None:
             d = self.devices[dev] = {
-                "id": dev, "unit_code": None, "unit_name": None, "kind": None, "version": None, "state": "unknown",
+                "id": dev, "unit_code": self.enrolment.get(dev).unit, "unit_name": None, "kind": None, "version": None, "state": "unknown",
                 "bdseq": None, "first_seen": now, "last_seen": now, "status_ts": None, "health": None,
                 "health_ts": None, "components": {}, "unit_conflicts": 0, "last_conflict": None}
             self.count("devices_new")
@@ -234,21 +383,18 @@ class Ingest:
         return self._day_cache[1]
 
     def _unit_ok(self, d: dict, unit: str | None, unit_name: str | None, topic: str) -> bool:
-        if not unit:
-            return True
-        if d["unit_code"] is None:
-            d["unit_code"] = unit
-            if unit_name:
-                d["unit_name"] = unit_name
-            return True
-        if d["unit_code"] == unit:
-            if unit_name and not d["unit_name"]:
+        """The unit is the enrolled one; a signed message naming another unit (a device configured
+        for a unit it is not enrolled for) is refused and shown as a unit conflict."""
+        enrolled = self.enrolment.get(d["id"]).unit
+        d["unit_code"] = enrolled  # an enrolment moved with `archive enroll --force` moves the device
+        if not unit or unit == enrolled:
+            if unit and unit_name and d["unit_name"] != unit_name:
                 d["unit_name"] = unit_name
             return True
         d["unit_conflicts"] += 1
         d["last_conflict"] = unit
         self.dirty.add(d["id"])
-        self.reject("unit_mismatch", topic, f"{d['id']} is registered with unit {d['unit_code']}, claims {unit}")
+        self.reject("unit_mismatch", topic, f"{d['id']} is enrolled for unit {enrolled}, claims {unit}", d["id"])
         return False
 
     def _seen(self, d: dict, retained: bool, now: float) -> None:
@@ -261,24 +407,18 @@ class Ingest:
         d = self._device(dev, now)
         if not self._unit_ok(d, st["unit_code"], st["unit_name"], topic):
             return "unit_mismatch"
+        # order (epoch, bdseq, online < offline) was checked by _handle: a stale death is "replayed"
+        d.update(state=st["state"], bdseq=st["bdseq"], status_ts=now)
         if st["state"] == "online":
-            d.update(state="online", bdseq=st["bdseq"], status_ts=now)
             for k in ("kind", "version"):
                 if st[k]:
                     d[k] = st[k]
-        elif d["bdseq"] is None or st["bdseq"] >= d["bdseq"]:
-            d.update(state="offline", bdseq=st["bdseq"], status_ts=now)
-        else:
-            self.count("stale_death")
-            self.dirty.add(dev)
-            return "stale_death"
         self._seen(d, retained, now)
         return "accepted"
 
     def _health(self, dev: str, h: dict, retained: bool, now: float, topic: str) -> str:
         if h["device"] != dev:
-            self.reject("device_mismatch", topic, f"payload names {h['device']}")
-            return "device_mismatch"
+            return self.reject("device_mismatch", topic, f"payload names {h['device']}", dev, now)
         d = self._device(dev, now)
         if not self._unit_ok(d, h["unit_code"], h["unit_name"], topic):
             return "unit_mismatch"
@@ -323,22 +463,6 @@ class Ingest:
         self._seen(d, retained, now)
         return "accepted"
 
-    def _alarm_gone(self, dev: str, key: str, now: float) -> str:
-        """An empty retained payload deletes the alarm topic: treat as cleared."""
-        k = (dev, key)
-        prev = self.alarms.get(k)
-        if prev and prev["active"]:
-            code = key.split(".", 1)[0]
-            self.events.append((dev, self.devices.get(dev, {}).get("unit_code"), key, code, None, "cleared", None, now))
-            self.alarms[k] = {"active": False}
-            self.alarm_rows[k] = {"device": dev, "key": key, "code": code,
-                                  "unit_code": self.devices.get(dev, {}).get("unit_code"), "severity": "info",
-                                  "active": 0, "since": None, "cleared": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                  "ts": None, "message_zh": "告警主题已删除", "message_en": "alarm topic deleted",
-                                  "source": "monitor", "updated": now}
-        self.count("accepted")
-        return "accepted"
-
     def _component(self, dev: str, c: dict, retained: bool, now: float, topic: str) -> str:
         d = self._device(dev, now)
         detail = pl.jsonable(c["detail"])
@@ -358,6 +482,9 @@ class Ingest:
         d = self._device(dev, now)
         rows = []
         for u in r["units"]:
+            if u["unit_code"] != d["unit_code"]:  # a station speaks for the unit it is enrolled for only
+                self.count("ratio_rows_other_unit")
+                continue
             serials = json.dumps(sorted(set(u["serials"]))) if u["serials"] is not None else None
             rows.append({"device": dev, "unit_code": u["unit_code"], "unit_name": u["unit_name"],
                          "recorders": u["recorders"], "officers": u["officers"], "serials": serials, "at": r["at"],
@@ -372,11 +499,15 @@ class Ingest:
 
     # --- running ----------------------------------------------------------------------------------
     def _flush_loop(self) -> None:
+        next_reload = time.monotonic() + self.s.reload_s
         while not self._stop.wait(self.s.flush_s):
             try:
                 self.flush()
             except Exception:
                 log.exception("monitor flush failed (will retry)")
+            if time.monotonic() >= next_reload:
+                next_reload = time.monotonic() + self.s.reload_s
+                self.enrolment.reload()
 
     def start(self) -> None:
         from agent.wire.mqtt import ConnSettings, TlsConfig, new_client
@@ -385,8 +516,8 @@ class Ingest:
         tls = TlsConfig(self.s.cafile, self.s.certfile or None, self.s.keyfile or None) if self.s.tls else None
         c = new_client(ConnSettings(host=self.s.host, port=self.s.port, client_id=cid, keepalive=self.s.keepalive,
                                     username=self.s.username or None, password=self.s.password or None, tls=tls))
-        self._flusher = threading.Thread(target=self._flush_loop, name="monitor-flush", daemon=True)
-        self._flusher.start()
+        self.start_workers()
+        c.suppress_exceptions = True  # belt and braces: _on_message never raises
         c.reconnect_delay_set(1, 30)
         c.max_queued_messages_set(0)
         c.on_connect = self._on_connect
@@ -396,6 +527,17 @@ class Ingest:
         self.client = c
         c.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
         c.loop_start()
+
+    def start_workers(self) -> None:
+        """The worker and the flusher (start() calls this; tests feed submit() directly)."""
+        self._worker = threading.Thread(target=self._work, name="monitor-ingest", daemon=True)
+        self._worker.start()
+        self._flusher = threading.Thread(target=self._flush_loop, name="monitor-flush", daemon=True)
+        self._flusher.start()
+
+    def alive(self) -> bool:
+        """False once the worker died (``failed`` says why)."""
+        return self.failed is None and (self._worker is None or self._worker.is_alive() or self._stop.is_set())
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -413,17 +555,30 @@ class Ingest:
             log.warning("monitor: disconnected (%s); reconnecting", reason_code)
 
     def _on_message(self, client, userdata, msg) -> None:
-        self.handle(msg.topic, msg.payload, bool(msg.retain))
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # a topic that is not UTF-8 (paho decodes on access)
+            topic = "\ufffd"
+        self.submit(topic, msg.payload, bool(msg.retain))
 
     def stop(self) -> None:
         self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
         if self.client is not None:
             self.client.disconnect()
             self.client.loop_stop()
-        if self._flusher is not None:
-            self._flusher.join(timeout=10)
+        for th in (self._worker, self._flusher):
+            if th is not None:
+                th.join(timeout=10)
         self.flush()
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
-            return {"connected": self.connected, "devices": len(self.devices), **self.counters}
+            out = {"connected": self.connected, "devices": len(self.devices), "enrolled": len(self.enrolment),
+                   **self.counters}
+        with self._cv:
+            for k, v in self._qcount.items():
+                out[k] = out.get(k, 0) + v
+            out["pending"] = sum(len(q) for q in self._queues.values())
+        return out

@@ -120,6 +120,22 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     """),
+    ("0002_signed", """
+        CREATE TABLE signed_seen (
+            topic TEXT PRIMARY KEY,
+            device TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            ord TEXT NOT NULL
+        );
+        CREATE TABLE rejections (
+            device TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            last_at REAL,
+            last_detail TEXT,
+            PRIMARY KEY (device, reason)
+        );
+    """),
 ]
 
 
@@ -237,13 +253,19 @@ def fleet(conn: sqlite3.Connection, lost_after: float, now: float | None = None)
                                             "CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, since")]
     units = unit_rows(conn, devices, alarms)
     counters = {r["name"]: r["value"] for r in conn.execute("SELECT * FROM counters") if not r["name"].startswith("_")}
+    rejected = {k.split(".", 1)[1]: v for k, v in counters.items() if k.startswith("rejected.")}
+    try:
+        by_device = [_row(r) for r in conn.execute("SELECT * FROM rejections ORDER BY last_at DESC LIMIT 200")]
+    except sqlite3.OperationalError:  # a database the current monitor has not opened yet
+        by_device = []
     states = {"online": 0, "offline": 0, "lost": 0, "unknown": 0}
     for d in devices:
         states[d["display_state"]] = states.get(d["display_state"], 0) + 1
     return {"generated": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now)), "lost_after_s": lost_after,
             "totals": {"units": len(units), "devices": len(devices), **states, "alarms": len(alarms),
                        "compliant_units": sum(1 for u in units if u["compliant"])},
-            "units": units, "devices": devices, "alarms": alarms, "ingest": counters}
+            "units": units, "devices": devices, "alarms": alarms, "ingest": counters,
+            "rejected": {"total": sum(rejected.values()), "by_reason": rejected, "by_device": by_device}}
 
 
 def recorders_of(conn: sqlite3.Connection, unit: str, until: float | None = None) -> tuple[int, int | None]:

@@ -3,6 +3,7 @@
     GET /              one self-contained HTML page (refreshes itself every 2 s from /api/fleet)
     GET /api/fleet     totals, units (with compliance), devices, active alarms, ingest counters
     GET /api/units     units only;  GET /api/alarms  active alarms;  GET /api/devices  devices
+    GET /api/rejected  refused messages: total, by reason, by enrolled device (last 200)
     GET /healthz       "ok"
 
 Read-only: every request opens the SQLite file read-only; nothing on the page changes state.
@@ -67,7 +68,7 @@ class WebServer:
             if url.path == "/healthz":
                 self._send(h, 200, b"ok\n", "text/plain")
                 return
-            if url.path in ("/api/fleet", "/api/units", "/api/alarms", "/api/devices"):
+            if url.path in ("/api/fleet", "/api/units", "/api/alarms", "/api/devices", "/api/rejected"):
                 q = parse_qs(url.query)
                 conn = connect(self.db_path, readonly=True)
                 try:
@@ -168,6 +169,16 @@ th { font-size:12px; color:#444; background:#fafafa; }
       <th>时钟 / Clock</th><th>部件 / Bays, cameras, sensors</th>
     </tr></thead><tbody></tbody></table>
   </section>
+  <section>
+    <h2>拒收消息 / Rejected messages: <span id="rejected-total">0</span></h2>
+    <p class="small">只显示设备本身签名的状态；以下消息未签名、签名无效、来自未登记设备、重放或超量，已计数但未采用。 /
+      Only what a device signed is shown as its state; these messages (unsigned, badly signed, unknown device,
+      replayed, flood) were counted and never applied.</p>
+    <p id="rejected-reasons" class="small">—</p>
+    <table id="rejections"><thead><tr>
+      <th>设备 / Device</th><th>原因 / Reason</th><th class="num">次数 / Count</th><th>最近 / Last</th><th>说明 / Detail</th>
+    </tr></thead><tbody></tbody></table>
+  </section>
   <p class="small">接收 / ingest: <span id="ingest">—</span></p>
 </main>
 <script>
@@ -236,6 +247,13 @@ function render(f) {
       el("td", {class: "num"}, bytes(h.disk_free_bytes)),
       el("td", {}, clock), el("td", {}, ...comps));
   }));
+  const rej = f.rejected || {total: 0, by_reason: {}, by_device: []};
+  document.getElementById("rejected-total").textContent = rej.total;
+  document.getElementById("rejected-reasons").textContent =
+    Object.entries(rej.by_reason).map(([k, v]) => k + "=" + v).join("  ") || "—";
+  fill("rejections", rej.by_device.map(r => el("tr", {"data-device": r.device, "data-reason": r.reason},
+    el("td", {}, r.device), el("td", {}, r.reason), el("td", {class: "num"}, String(r.count)),
+    el("td", {}, r.last_at ? new Date(r.last_at * 1000).toLocaleString() : "—"), el("td", {}, r.last_detail || ""))));
   document.getElementById("ingest").textContent = Object.entries(f.ingest).map(([k, v]) => k + "=" + v).join("  ");
 }
 async function tick() {

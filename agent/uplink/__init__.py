@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from agent.common.timeutil import now_iso
 from agent.wire import checkpoint
+from agent.wire.health import Sealer
 from agent.wire.receipts import STATUS_FRESH_S, ReceiptError
 from agent.wire.mqtt import Connection, ConnSettings, PublishError, settings_from_config as _settings, topic_matches
 from agent.wire.topics import Topics
@@ -65,6 +66,7 @@ class Uplink:
         self._threads: list[threading.Thread] = []
         #: receiver id -> (state, when its signed status arrived): only verified, fresh ones count
         self.archive_receivers: dict[str, tuple[str, float]] = {}
+        self._sealer: Sealer | None = None
 
     # --- the API other components use -------------------------------------------------------
     @property
@@ -168,6 +170,7 @@ class Uplink:
         return self.topics.status(self.device), self._status_payload("offline")
 
     def _status_payload(self, state: str, clean: bool = False) -> bytes:
+        """The signed status (agent/wire/health.py Sealer); the will is sealed at connect time."""
         from .. import __version__
 
         d = {"state": state, "bdseq": self._bdseq, "device": self.device, "unit_code": self.cfg.device.unit_code,
@@ -175,7 +178,9 @@ class Uplink:
              "version": __version__, "pid": os.getpid()}
         if clean:
             d["reason"] = "clean stop"
-        return json.dumps(d, ensure_ascii=False, sort_keys=True).encode()
+        if self._sealer is None:
+            self._sealer = Sealer.for_ledger(self.store)
+        return self._sealer.seal(self.topics.status(self.device), d)
 
     def _on_connect(self, conn: Connection) -> None:
         # birth after the subscriptions (done by the connection), then everything retained

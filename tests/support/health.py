@@ -34,6 +34,44 @@ def asyncapi_schemas() -> dict[str, dict]:
     return copy.deepcopy(_asyncapi_doc()["components"]["schemas"])
 
 
+def envelope_of(payload: bytes) -> dict | None:
+    """The signed envelope a device-state payload is (agent/wire/health.py), else None."""
+    try:
+        d = json.loads(payload) if payload else None
+    except ValueError:
+        return None
+    return d if isinstance(d, dict) and "sig" in d and isinstance(d.get("body"), str) else None
+
+
+def body_of(payload: bytes):
+    """The message inside a signed envelope (the body's JSON), or the payload's JSON if unsigned."""
+    env = envelope_of(payload)
+    if env is not None:
+        return json.loads(env["body"])
+    try:
+        return json.loads(payload) if payload else None
+    except ValueError:
+        return None
+
+
+def verify_signed(topic: str, payload: bytes, public) -> dict:
+    """Check ``payload`` is an envelope for ``topic`` signed by ``public``; returns the body."""
+    from agent.wire import health as pl
+
+    env = pl.open_envelope(payload)
+    assert env.topic == topic, (env.topic, topic)
+    assert pl.verify(env, public), f"{topic}: signature does not verify"
+    return json.loads(env.body)
+
+
+def empty_enrolment(path: Path) -> Path:
+    """An archive root with no device enrolled (a monitor then refuses everything)."""
+    from agent.archive.storage import ArchiveStore
+
+    ArchiveStore(path, create=True).db.close()
+    return path
+
+
 def schema_for(topic: str) -> str | None:
     parts = topic.split("/")
     if len(parts) >= 4 and parts[1] == "dev":
@@ -67,16 +105,14 @@ class Capture:
             self.cond.notify_all()
 
     def wait_for(self, pred, timeout: float = 30.0, start: int = 0):
-        """The first message (from index ``start``) for which pred(topic, payload_or_None) is true."""
+        """The first message (from index ``start``) for which pred(topic, body_or_None) is true (the
+        body of a signed envelope)."""
         deadline = time.monotonic() + timeout
         with self.cond:
             seen = start
             while True:
                 for topic, payload, retain in self.msgs[seen:]:
-                    try:
-                        obj = json.loads(payload) if payload else None
-                    except ValueError:
-                        obj = None
+                    obj = body_of(payload)  # signed envelopes are unwrapped
                     if pred(topic, obj):
                         return topic, obj
                 seen = len(self.msgs)
@@ -109,16 +145,22 @@ class ContractUplink:
 
     name = "uplink"
 
-    def __init__(self, port: int, device: str, prefix: str = "edge"):
+    def __init__(self, port: int, device: str, prefix: str = "edge", sealer=None):
         self.retained: dict[str, tuple[bytes, int]] = {}
+        self.sealer = sealer
         self.sent = 0
         self.rebirths = 0
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
-        self.c.will_set(f"{prefix}/dev/{device}/status", json.dumps({"state": "offline", "bdseq": 1}), qos=1, retain=True)
+        self.status_topic = f"{prefix}/dev/{device}/status"
+        self.c.will_set(self.status_topic, self._seal(self.status_topic, {"state": "offline", "bdseq": 1}),
+                        qos=1, retain=True)
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
-        self.status_topic = f"{prefix}/dev/{device}/status"
-        self.publish(self.status_topic, {"state": "online", "bdseq": 1, "device": device}, retain=True)
+        self.publish(self.status_topic, self._seal(self.status_topic, {"state": "online", "bdseq": 1,
+                                                                        "device": device}), retain=True)
+
+    def _seal(self, topic, body):
+        return self.sealer.seal(topic, body) if self.sealer is not None else json.dumps(body).encode()
 
     @property
     def connected(self) -> bool:
@@ -157,9 +199,13 @@ class ContractUplink:
 class MonitorProc:
     """``edge-agent monitor`` as a subprocess (no TUI), ready when it prints its ready line."""
 
-    def __init__(self, db: Path, port: int, *, web: int | None = None, lost_after: int = 120, extra=(), env=None):
+    def __init__(self, db: Path, port: int, *, web: int | None = None, lost_after: int = 120, extra=(), env=None,
+                 enrolment: Path | None = None):
+        if enrolment is None:
+            enrolment = empty_enrolment(Path(str(db) + "-archive"))
+        self.enrolment = enrolment
         args = [EDGE, "monitor", "--db", str(db), "--broker", f"127.0.0.1:{port}", "--no-tui",
-                "--lost-after", str(lost_after), *extra]
+                "--lost-after", str(lost_after), "--enrolment", str(enrolment), *extra]
         if web is not None:
             args += ["--web", str(web)]
         self.log = Path(str(db) + ".log")

@@ -1,0 +1,334 @@
+"""The monitor shows as a device's state only what that device signed (issue 14, section 2
+"Health, status, alarms, ratio"), and nothing a stranger sends stops it (section 3). Attacks run
+against a real Mosquitto and a real `edge-agent monitor`; the envelope itself is unit-tested."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+import rfc8785
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.monitor.enrolment import Enrolment
+from agent.monitor.ingest import Ingest, IngestSettings
+from agent.monitor.state import MonitorDB
+from agent.wire import health as pl
+from tests.support.health import EDGE, MonitorProc, publish
+from tools.fleet_sim import SimDevice, enrol
+
+UNIT = "33010600"
+
+
+def _fleet(db) -> dict:
+    p = subprocess.run([EDGE, "monitor", "fleet", "--db", str(db), "--json"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def _wait(pred, timeout=30.0, step=0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(step)
+
+
+def _dev(f, dev):
+    return next((d for d in f["devices"] if d["id"] == dev), None)
+
+
+def _status(d: SimDevice, state: str, bdseq: int, unit: str = UNIT) -> dict:
+    return {"state": state, "bdseq": bdseq, "device": d.id, "kind": d.kind, "unit_code": unit, "ts": "2026-12-01T09:00:00+08:00"}
+
+
+def _alarm(active: bool) -> dict:
+    return {"code": "camera_offline", "key": "camera_offline", "active": active, "severity": "critical",
+            "since": "2026-12-01T09:00:00+08:00", "ts": "2026-12-01T09:00:00+08:00",
+            "message": {"zh": "摄像头离线", "en": "camera offline"}, "source": "room"}
+
+
+def _forged(d: SimDevice, topic: str, body: dict, how: str) -> bytes:
+    """A forgery for ``topic`` in ``d``'s name: ``plain`` JSON, an envelope signed by a ``stranger``
+    key (with d's key id copied), or d's genuine envelope with the ``body`` swapped."""
+    if how == "plain":
+        return json.dumps(body).encode()
+    if how == "stranger":
+        other = SimDevice(d.id, d.unit_code, "", d.kind)
+        other._sealer = pl.Sealer(Ed25519PrivateKey.generate(), d.id, 2**52)
+        env = json.loads(other.seal(topic, body))
+        env["key_id"] = pl.keys.key_id(d.key.public_key())
+        return json.dumps(env).encode()
+    env = json.loads(d.seal(topic, _alarm(False) if "alarm" in topic else {"x": 1}))
+    env["body"] = json.dumps(body)
+    env["body_sha256"] = __import__("hashlib").sha256(env["body"].encode()).hexdigest()
+    return json.dumps(env).encode()
+
+
+# --- the envelope ---------------------------------------------------------------------------------
+def test_envelope_signed_bytes_are_rfc8785_and_bound_to_topic():
+    d = SimDevice("dock-7", UNIT, "单位", "dock")
+    topic = "edge/dev/dock-7/health"
+    payload = d.seal(topic, d.health())
+    env = pl.open_envelope(payload)
+    assert env.signed_bytes() == rfc8785.dumps(env.header()), "the fast path is exactly RFC 8785"
+    assert pl.verify(env, d.key.public_key())
+    assert not pl.verify(env, Ed25519PrivateKey.generate().public_key())
+    assert env.topic == topic and env.kind == "health" and env.device == "dock-7" and env.seq == 1
+    with pytest.raises(ValueError, match="not a device-state topic of dock-7"):
+        d.seal("edge/dev/dock-8/health", {})
+    with pytest.raises(ValueError, match="not a device-state topic"):
+        d.seal("edge/dev/dock-7/cmd", {})
+    # every field is checked before any signature work
+    raw = json.loads(payload)
+    for change, message in [({"v": 2}, "envelope.v"), ({"kind": "chain"}, "envelope.kind"),
+                            ({"epoch": 0}, "envelope.epoch"), ({"seq": 2**53}, "envelope.seq"),
+                            ({"seq": True}, "envelope.seq"), ({"key_id": "XYZ"}, "envelope.key_id"),
+                            ({"sig": "AAAA"}, "envelope.sig"), ({"body": raw["body"] + " "}, "body_sha256"),
+                            ({"extra": 1}, "unknown"), ({"topic": "a b"}, "envelope.topic"),
+                            ({"body": "\ud800"}, "surrogate")]:
+        bad = json.dumps(dict(raw, **change)).encode()
+        with pytest.raises(pl.PayloadError, match=message):
+            pl.open_envelope(bad)
+    for junk in (b"", b"{}", b"[1]", b"\xff", b'{"state":"online","bdseq":1}', b"nul\x00"):
+        with pytest.raises(pl.UnsignedError):
+            pl.open_envelope(junk)
+    # NaN in a body (a broken metric) is sealed as null, not as invalid JSON
+    body = json.loads(pl.open_envelope(d.seal(topic, dict(d.health(), cpu_percent=float("nan")))).body)
+    assert body["cpu_percent"] is None
+
+
+def test_ingest_refusals_in_process(tmp_path):
+    """Each refusal of the ingest pipeline, in order, without a broker (the worker calls handle())."""
+    a, b = SimDevice("a-1", UNIT, "单位", "room"), SimDevice("b-1", UNIT, "单位", "dock")
+    ing = Ingest(MonitorDB(tmp_path / "m.db"), IngestSettings(),
+                 Enrolment.of((d.id, d.unit_code, d.key.public_key()) for d in (a, b)))
+    ta, tb = "edge/dev/a-1/status", "edge/dev/b-1/status"
+    assert ing.handle(ta, a.seal(ta, _status(a, "online", 3))) == "accepted"
+    assert ing.handle(ta, _forged(a, ta, _status(a, "offline", 99), "plain")) == "unsigned"
+    assert ing.handle(ta, _forged(a, ta, _status(a, "offline", 99), "stranger")) == "bad_signature"
+    assert ing.handle(ta, _forged(a, ta, _status(a, "offline", 99), "swapped")) == "bad_signature"
+    assert ing.handle(tb, a.seal(ta, _status(a, "offline", 99))) == "wrong_topic", "a's signature on b's topic"
+    assert ing.handle("edge/dev/a-1/health", a.seal(ta, _status(a, "offline", 99))) == "wrong_topic"
+    assert ing.handle("edge/dev/zz-9/status", a.seal(ta, _status(a, "offline", 99))) == "unknown_device"
+    env = json.loads(b.seal(tb, _status(b, "online", 1)))
+    env["key_id"] = "0" * 16
+    assert ing.handle(tb, json.dumps(env).encode()) == "wrong_key"
+    assert ing.handle(ta, a.seal(ta, _status(a, "online", 4, unit="99999999"))) == "unit_mismatch"
+    assert ing.devices["a-1"]["state"] == "online" and ing.devices["a-1"]["bdseq"] == 3
+    assert ing.devices["a-1"]["unit_code"] == UNIT and ing.devices["a-1"]["unit_conflicts"] == 1
+    # the unit comes from the enrolment even when the message names none
+    assert ing.handle(tb, b.seal(tb, {"state": "online", "bdseq": 1})) == "accepted"
+    assert ing.devices["b-1"]["unit_code"] == UNIT
+    ing.flush()
+    rows = {(r["device"], r["reason"]): r["count"] for r in ing.db.conn.execute("SELECT * FROM rejections")}
+    assert rows == {("a-1", "unsigned"): 1, ("a-1", "bad_signature"): 2, ("b-1", "wrong_topic"): 1,
+                    ("a-1", "wrong_topic"): 1, ("b-1", "wrong_key"): 1, ("a-1", "unit_mismatch"): 1}
+    assert ing.stats()["rejected.unknown_device"] == 1
+
+
+def test_a_new_agent_epoch_survives_a_monitor_restart(tmp_path):
+    """The replay window persists (signed_seen): an old genuine message replayed after a monitor
+    restart is still refused; a restarted device (new epoch) is accepted with seq from 1 again."""
+    a = SimDevice("a-1", UNIT, "单位", "dock")
+    enr = Enrolment.of([(a.id, UNIT, a.key.public_key())])
+    t = "edge/dev/a-1/alarm/camera_offline"
+    raised, cleared = a.seal(t, _alarm(True)), a.seal(t, _alarm(False))
+    ing = Ingest(MonitorDB(tmp_path / "m.db"), IngestSettings(), enr)
+    assert ing.handle(t, raised) == "accepted" and ing.handle(t, cleared) == "accepted"
+    ing.flush()
+    ing.db.close()
+    ing2 = Ingest(MonitorDB(tmp_path / "m.db"), IngestSettings(), enr)
+    assert ing2.handle(t, raised) == "replayed" and ing2.handle(t, cleared, retained=True) == "duplicate"
+    assert ing2.alarms[("a-1", "camera_offline")] == {"active": False}
+    a._sealer = None  # the agent restarts: a new epoch
+    assert pl.open_envelope(a.seal(t, _alarm(True))).seq == 1
+    assert ing2.handle(t, a.seal(t, _alarm(True))) == "accepted"
+
+
+# --- attacks through a real broker -----------------------------------------------------------------
+@pytest.fixture
+def watched(tmp_path, broker):
+    """A monitor watching two enrolled devices (room a-1 and dock b-1) that have reported."""
+    a, b = SimDevice("a-1", UNIT, "甲单位", "room"), SimDevice("b-1", UNIT, "甲单位", "dock")
+    enrol(tmp_path / "archive", [a, b])
+    db = tmp_path / "m.db"
+    mon = MonitorProc(db, broker.port, enrolment=tmp_path / "archive")
+    for d in (a, b):
+        for kind, body in (("status", _status(d, "online", 5)), ("health", d.health())):
+            topic = f"edge/dev/{d.id}/{kind}"
+            publish(broker.port, topic, d.seal(topic, body), retain=kind == "status")
+    _wait(lambda: (f := _fleet(db)) and all((_dev(f, x) or {}).get("health") for x in ("a-1", "b-1")))
+    yield mon, db, a, b
+    assert mon.stop() == 0
+
+
+def test_forged_status_health_alarm_not_shown(watched, broker):
+    """An anonymous client forges status (offline), health (full disk) and an alarm for a real
+    device, plain, signed by another key, and with a genuine envelope's body swapped: nothing is
+    shown, every one is counted as rejected (stats, page data, per device)."""
+    mon, db, a, _ = watched
+    forged = []
+    for how in ("plain", "stranger", "swapped"):
+        t = "edge/dev/a-1/status"
+        forged.append((t, _forged(a, t, _status(a, "offline", 6), how), True))
+        t = "edge/dev/a-1/health"
+        h = dict(a.health(), disk={"free_bytes": 0, "total_bytes": 1, "reserve_bytes": 1, "low": True})
+        forged.append((t, _forged(a, t, h, how), False))
+        t = "edge/dev/a-1/alarm/camera_offline"
+        forged.append((t, _forged(a, t, _alarm(True), how), True))
+    forged.append(("edge/dev/a-1/alarm/camera_offline", b"", True))  # deleting a retained topic
+    for topic, payload, retain in forged:
+        publish(broker.port, topic, payload, retain=retain)
+    f = _wait(lambda: (f := _fleet(db)) and f["rejected"]["total"] >= 10 and f)
+    d = _dev(f, "a-1")
+    assert d["state"] == "online" and d["bdseq"] == 5, "the forged 'offline' was not applied"
+    assert d["health"]["disk_free_bytes"] != 0, "the forged health was not applied"
+    assert f["alarms"] == [], "the forged alarm was not applied"
+    by = {(r["device"], r["reason"]): r["count"] for r in f["rejected"]["by_device"]}
+    assert by == {("a-1", "unsigned"): 4, ("a-1", "bad_signature"): 6}
+    assert f["ingest"]["rejected.unsigned"] == 4 and f["ingest"]["rejected.bad_signature"] == 6
+    assert "rejected (bad_signature" in mon.text()
+    # the real device is still heard
+    t = "edge/dev/a-1/alarm/camera_offline"
+    publish(broker.port, t, a.seal(t, _alarm(True)), retain=True)
+    _wait(lambda: len(_fleet(db)["alarms"]) == 1)
+    # a monitor that starts later reads what the broker retains: the forged status replaced the
+    # genuine one there (only the broker's ACL prevents that); it is refused, the device's state
+    # stays unknown (not "offline") until its next birth, and the genuine alarm is shown
+    mon2 = MonitorProc(db.parent / "m2.db", broker.port, enrolment=db.parent / "archive")
+    try:
+        f2 = _wait(lambda: (f := _fleet(db.parent / "m2.db")) and len(f["alarms"]) == 1
+                   and f["rejected"]["total"] >= 1 and f)
+        assert _dev(f2, "a-1")["state"] == "unknown" and f2["rejected"]["by_reason"] == {"bad_signature": 1}
+        t = "edge/dev/a-1/status"
+        publish(broker.port, t, a.seal(t, _status(a, "online", 6)), retain=True)  # the device's rebirth
+        _wait(lambda: _dev(_fleet(db.parent / "m2.db"), "a-1")["state"] == "online")
+    finally:
+        mon2.stop()
+
+
+def _flood(port: int, topic: str, payloads, stop: threading.Event, sent: list) -> None:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"flood-{os.getpid()}-{topic[-8:]}-{time.monotonic_ns()}",
+                    protocol=mqtt.MQTTv5)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    i = 0
+    while not stop.is_set():
+        c.publish(topic, payloads(i), qos=0)
+        i += 1
+        if i % 100 == 0:
+            sent[0] = i
+            time.sleep(0.05)  # ~2,000 msg/s: well above any device, within what one core verifies
+    c.disconnect()
+    c.loop_stop()
+
+
+def test_flood_of_forgeries_does_not_block_genuine_health(watched, broker):
+    """Forgeries in a-1's name (well-formed, wrong signature, ever-new sequence numbers: each costs
+    a full verify) flood while a-1 and b-1 keep reporting every second: both devices' genuine
+    health is applied within one interval, and the forgeries never use up a-1's rate allowance
+    (counted as bad_signature, never as flood)."""
+    mon, db, a, b = watched
+    stop = threading.Event()
+    sent = [0]
+    t = "edge/dev/a-1/health"
+    template = json.loads(a.seal(t, a.health()))
+
+    def forged(i: int) -> bytes:
+        return json.dumps(dict(template, epoch=2**53 - 1, seq=2**53 - 1 - i,
+                               sig=base64.b64encode(os.urandom(64)).decode())).encode()
+
+    th = threading.Thread(target=_flood, args=(broker.port, t, forged, stop, sent), daemon=True)
+    th.start()
+    interval = 1.0
+    try:
+        _wait(lambda: _fleet(db)["ingest"].get("rejected.bad_signature", 0) > 200)
+        for k in range(1, 6):
+            t0 = time.time()
+            for d in (a, b):
+                h = dict(d.health(), uptime_s=500_000 + k)
+                topic = f"edge/dev/{d.id}/health"
+                publish(broker.port, topic, d.seal(topic, h), qos=1)
+            f = _wait(lambda: (f := _fleet(db)) and all(_dev(f, x)["health"]["uptime_s"] == 500_000 + k
+                                                       for x in ("a-1", "b-1")) and f, timeout=10, step=0.05)
+            for x in ("a-1", "b-1"):
+                applied = _dev(f, x)["health_ts"] - t0
+                assert applied <= interval, f"{x}: applied {applied:.3f} s after publishing"
+    finally:
+        stop.set()
+        th.join(10)
+    f = _fleet(db)
+    assert sent[0] >= 1000 and f["ingest"]["rejected.bad_signature"] >= 500
+    assert f["ingest"].get("rejected.flood", 0) == 0, "forgeries never count against a-1's rate"
+    assert mon.p.poll() is None
+
+
+def test_stolen_device_flood_is_cut_per_verified_sender(watched, broker):
+    """A stolen device (b-1's key) floods genuine messages: verified, then cut at its own rate
+    (rejected as flood); a-1's health still arrives at once."""
+    mon, db, a, b = watched
+    stop = threading.Event()
+    sent = [0]
+    t = "edge/dev/b-1/health"
+    th = threading.Thread(target=_flood, args=(broker.port, t, lambda i: b.seal(t, b.health()), stop, sent),
+                          daemon=True)
+    th.start()
+    try:
+        _wait(lambda: _fleet(db)["ingest"].get("rejected.flood", 0) > 100)
+        t0 = time.time()
+        h = dict(a.health(), uptime_s=700_001)
+        topic = "edge/dev/a-1/health"
+        publish(broker.port, topic, a.seal(topic, h), qos=1)
+        f = _wait(lambda: (f := _fleet(db)) and _dev(f, "a-1")["health"]["uptime_s"] == 700_001 and f, timeout=10,
+                  step=0.05)
+        assert _dev(f, "a-1")["health_ts"] - t0 <= 1.0
+    finally:
+        stop.set()
+        th.join(10)
+    by = {(r["device"], r["reason"]) for r in _fleet(db)["rejected"]["by_device"]}
+    assert ("b-1", "flood") in by and not any(dev == "a-1" for dev, _ in by)
+
+
+def test_dead_worker_exits_nonzero(tmp_path, broker):
+    """A worker that dies (a bug outside the per-message guard, injected here: the real queue's
+    hand-off raises) makes `edge-agent monitor` exit non-zero instead of staying "online"."""
+    root = tmp_path / "archive"
+    a = SimDevice("a-1", UNIT, "单位", "dock")
+    enrol(root, [a])
+    script = (
+        "import sys\n"
+        "from agent.monitor import ingest\n"
+        "def broken(self):\n"
+        "    raise RuntimeError('injected: queue hand-off broken')\n"
+        "ingest.Ingest._next = broken\n"
+        "from agent.cli import main\n"
+        "sys.exit(main())\n")
+    p = subprocess.run([sys.executable, "-c", script, "monitor", "--db", str(tmp_path / "m.db"), "--broker",
+                        f"127.0.0.1:{broker.port}", "--no-tui", "--enrolment", str(root), "--duration", "30"],
+                       capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert p.returncode != 0, p.stderr
+    assert "ingest worker died" in p.stderr and "injected: queue hand-off broken" in p.stderr
+    assert "监控接收线程已停止" in p.stderr
+
+
+def test_monitor_needs_an_enrolment(tmp_path, broker):
+    p = subprocess.run([EDGE, "monitor", "--db", str(tmp_path / "m.db"), "--broker", f"127.0.0.1:{broker.port}",
+                        "--no-tui", "--duration", "1"], capture_output=True, text=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k != "EDGE_MONITOR_ENROLMENT"})
+    assert p.returncode != 0 and "--enrolment" in p.stderr
+    p = subprocess.run([EDGE, "monitor", "--db", str(tmp_path / "m.db"), "--broker", f"127.0.0.1:{broker.port}",
+                        "--no-tui", "--duration", "1", "--enrolment", str(tmp_path / "nothing")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "no archive enrolment here" in p.stderr
