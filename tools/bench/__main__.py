@@ -166,6 +166,19 @@ def rows_monitor_load(name: str, r: dict) -> list[Row]:
                        x.get("publish_msg_per_s"), x.get("ratio"), f">= {t}", _ge(x.get("ratio"), t), "msg/s"))
         out.append(Row(name, f"delivered / published ({lab})", x.get("received_total"), x.get("published_total"),
                        x.get("delivered_share"), f">= {t}", _ge(x.get("delivered_share"), t)))
+    v = r.get("verify")
+    if v:  # signed health verified and applied per CPU-second (one core)
+        vt = v.get("target_per_s", 5000)
+        out.append(Row(name, "monitor: signed health verified per CPU-s", v.get("verified_per_cpu_s"),
+                       v.get("bare_ed25519_verify_per_cpu_s"), None, f">= {vt:g}", _ge(v.get("verified_per_cpu_s"), vt),
+                       "msg/s"))
+    f = r.get("flood")
+    if f:  # a genuine device's health under a flood, against one health interval
+        worst = (f.get("victim_b_latency_s") or {}).get("max")
+        miss = (f.get("victim_b_latency_s") or {}).get("missed")
+        out.append(Row(name, "monitor: other device's health applied under a flood (max)", worst, None, None,
+                       f"<= {f.get('interval_s')} s", None if worst is None else (worst <= f["interval_s"] and not miss),
+                       "s"))
     return out
 
 
@@ -228,7 +241,7 @@ SPECS: list[Spec] = [
     Spec("room_live", "tools.bench.room_live", ["--seconds", "15", "--segment-seconds", "5"], rows=rows_room_live),
     Spec("uplink", "tools.bench.uplink", ["--mib", "64", "--item-mib", "16"], rows=rows_uplink),
     Spec("monitor_load", "tools.bench.monitor_load", ["--devices", "200", "--loads", "5", "--seconds", "8",
-                                                      "--warmup", "2"], rows=rows_monitor_load),
+                                                      "--warmup", "2", "--rounds", "4"], rows=rows_monitor_load),
     Spec("scale_sim", "tools.scale_sim", ["--devices", "100", "--items", "3", "--item-kib", "256", "--receivers", "1,2",
                                           "--repeat", "2", "--probe-mib", "16"], full=["--repeat", "3"], rows=rows_scale),
 ]
