@@ -183,3 +183,15 @@ def test_export_and_roster_import_print_json(tmp_path):
     roster.write_text("officer_number,name,unit\n000123,张三,330106000000\n", encoding="utf-8")
     got = json.loads(run_cli(cfg, "roster", "import", str(roster), "--json", check=True).stdout)
     assert got == {"officers": 1, "file": str(roster), "merge": False}
+
+
+def test_one_word_for_the_broker_and_one_for_the_service():
+    """代理 is the MQTT broker everywhere; the edge-agent process is "edge-agent 服务" (the
+    service). A message that says 代理 in Chinese says broker in English."""
+    wrong = []
+    for py in sorted((ROOT / "agent").rglob("*.py")):
+        for text in _strings(ast.parse(py.read_text(encoding="utf-8"))):
+            zh, sep, en = text.partition(" / ")
+            if "代理" in zh and en.strip() and not any(w in en.lower() for w in ("broker", "mosquitto")):
+                wrong.append(f"{py.relative_to(ROOT)}: {text}")
+    assert wrong == []

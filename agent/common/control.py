@@ -123,7 +123,7 @@ class ControlServer:
                 probe.settimeout(1)
                 probe.connect(str(self.path))
                 probe.close()
-                raise EdgeError(f"{self.path}: 另一个代理正在运行 / another agent already listens here")
+                raise EdgeError(f"{self.path}: 另一个 edge-agent 服务正在运行 / another edge-agent service already listens here")
             except (ConnectionRefusedError, FileNotFoundError, socket.timeout):
                 self.path.unlink(missing_ok=True)
             finally:
@@ -273,7 +273,7 @@ def call(data_dir: str | os.PathLike, cmd: str, args: dict | None = None, timeou
             try:
                 data = s.recv(65536)
             except socket.timeout:
-                raise EdgeError(f"代理无响应 / the agent did not answer {cmd} within {timeout:.0f} s") from None
+                raise EdgeError(f"edge-agent 服务无响应 / the edge-agent service did not answer {cmd} within {timeout:.0f} s") from None
             except ConnectionResetError:
                 break
             if not data:
@@ -282,11 +282,11 @@ def call(data_dir: str | os.PathLike, cmd: str, args: dict | None = None, timeou
     finally:
         s.close()
     if not buf.strip():
-        raise EdgeError("代理关闭了连接 / the agent closed the connection without an answer")
+        raise EdgeError("edge-agent 服务关闭了连接 / the edge-agent service closed the connection without an answer")
     try:
         resp = json.loads(buf.split(b"\n", 1)[0])
     except ValueError:
-        raise EdgeError("代理应答无效 / malformed answer from the agent") from None
+        raise EdgeError("edge-agent 服务应答无效 / malformed answer from the edge-agent service") from None
     if not resp.get("ok"):
         raise EdgeError(resp.get("error") or "command failed")
     return resp.get("result") or {}
