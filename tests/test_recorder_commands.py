@@ -119,8 +119,9 @@ def test_write_zfy_info_and_read_back(sim_factory, transport, media, tmp_path):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_wrong_password_is_result_4(sim_factory, transport):
     sim, rec = sim_factory(transport, password=None, wrong_password=True)
-    with pytest.raises(AuthError, match="管理员密码错误 / wrong admin password"):
+    with pytest.raises(AuthError, match="管理员密码错误 / wrong admin password") as e:
         rec.authenticate("000000")
+    assert e.value.result == Result.PASSWORD_FAIL  # 4 on both transports
     # protected functions stay refused, nothing written
     with pytest.raises(AuthError):
         rec.write_zfy_info(ZfyInfo("1234567", "004711", "李四", "1", "x"))

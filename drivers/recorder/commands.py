@@ -124,17 +124,17 @@ def raise_for_result(fn: Function, code: int, expected: int, where: str = "") ->
     if code == expected:
         return
     text = f"{result_text(code)} ({fn.title}{', ' + where if where else ''})"
+    err: RecorderError
     if code in (Result.PASSWORD_FAIL, Result.AUTH_REQUIRED):
-        raise AuthError(text)
-    if code == Result.UNKNOWN_COMMAND:
-        raise Unsupported(text)
-    if code == Result.BAD_REQUEST:
-        raise ProtocolError(text)
-    try:
-        Result(code)
-    except ValueError:
-        raise ProtocolError(text) from None
-    raise RecorderRefused(text, code)
+        err = AuthError(text)
+    elif code == Result.UNKNOWN_COMMAND:
+        err = Unsupported(text)
+    elif code == Result.BAD_REQUEST or code not in Result._value2member_map_:
+        err = ProtocolError(text)
+    else:
+        raise RecorderRefused(text, code)
+    err.result = code  # type: ignore[attr-defined]  # the code that was answered, whatever the class
+    raise err
 
 
 class Recorder:
