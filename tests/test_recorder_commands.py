@@ -303,3 +303,33 @@ def test_sg_device_on_a_missing_node_and_on_a_file(tmp_path):
         dev.close()
     with pytest.raises(RecorderError, match="closed"):
         dev.execute(bytes(16), Direction.NONE)
+
+
+# --- tools/recorder_probe.py ----------------------------------------------------------------------------
+def test_probe_reads_only(sim_factory):
+    from tools.recorder_probe import probe
+
+    sim, _ = sim_factory("serial", password=None, resolution=(1280, 720))
+    out = probe(sim.sg_device(), [JIELI_DV16], "000000")
+    assert out["inquiry"] == {"vendor": "DV16", "product": "DEVICE V1.00", "revision": "1.00"}
+    assert out["table"] == "jieli-dv16" and out["password"] == "accepted"
+    r = out["results"]
+    assert r["get_id_code"] == "JL0001" and r["get_zfy_info"]["officer_number"] == "000123"
+    assert r["read_battery"] == {"level": 76, "charging": None} and r["read_resolution"] == {"width": 1280, "height": 720}
+    assert "set_msdc" not in r and not sim.msdc and sim.writes == []
+    bad = probe(sim.sg_device(), [JIELI_DV16], "999999")
+    assert "wrong admin password" in bad["password"] and "wrong admin password" in bad["results"]["get_zfy_info"]["error"]
+    other = VendorProfile(**{**_fields(JIELI_DV16), "name": "acme", "inquiry_vendor": "ACME"})
+    assert "no vendor SCSI table matches" in probe(sim.sg_device(), [other], "000000")["error"]
+
+
+def test_probe_cli_refuses_what_is_not_an_sg_node(tmp_path):
+    import subprocess
+    import sys
+
+    f = tmp_path / "disk.img"
+    f.write_bytes(bytes(512))
+    for node, msg in ((f, "is not a SCSI generic device"), (tmp_path / "sg7", "recorder device not found")):
+        p = subprocess.run([sys.executable, "-m", "tools.recorder_probe", str(node)], capture_output=True, text=True,
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=60)
+        assert p.returncode == 1 and msg in p.stderr and p.stderr.startswith("error: ") and "Traceback" not in p.stderr
