@@ -236,10 +236,16 @@ def test_ratio_per_unit_usage_window_and_conflicts(tmp_path):
     rows = {r.unit_code: r for r in reg.ratio(min_ratio_pct=20, usage_days=30, at=now)}
     assert (rows["U1"].officers, rows["U1"].recorders_in_service, rows["U1"].ratio_pct, rows["U1"].meets_minimum) == (10, 2, 20, True)
     assert (rows["U1"].recorders_used, rows["U1"].usage_pct) == (1, 50)
-    assert (rows["U2"].officers, rows["U2"].ratio_pct, rows["U2"].meets_minimum, rows["U2"].conflicts) == (4, 25, True, 1)
+    # a recorder whose serial two recorders claim does not count until the conflict is cleared
+    assert (rows["U2"].officers, rows["U2"].ratio_pct, rows["U2"].meets_minimum, rows["U2"].conflicts) == (4, 0, False, 1)
+    assert [(x["serial"], x["reason"]) for x in rows["U2"].excluded] == [("B1", "conflict")]
+    reg.clear_conflict("B1")
+    rows = {r.unit_code: r for r in reg.ratio(min_ratio_pct=20, usage_days=30, at=now)}
+    assert (rows["U2"].ratio_pct, rows["U2"].meets_minimum, rows["U2"].excluded) == (25, True, [])
     reg.set_in_service("A2", False)
     rows = {r.unit_code: r for r in reg.ratio(min_ratio_pct=20, usage_days=30, at=now)}
     assert rows["U1"].recorders_in_service == 1 and rows["U1"].meets_minimum is False
+    assert rows["U1"].excluded == [{"serial": "A2", "reason": "not_in_service", "text": "已停用 / taken out of service"}]
     # re-import replaces the roster
     csv.write_text("警号,姓名,单位\n000001,P1,U1\n", encoding="utf-8")
     assert reg.import_roster(csv) == 1 and len(reg.officers()) == 1

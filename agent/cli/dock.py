@@ -171,8 +171,10 @@ def _emit_rows(rows: list[dict], as_json: bool, as_csv: bool, cols: list[tuple[s
 @pass_ctx
 @role("operator", "auditor", "technician")
 def report_ratio(c: Ctx, as_json, as_csv):
-    """Equipment ratio per unit: recorders in service ÷ officers against dock.min_ratio_pct,
-    and usage (recorders docked within dock.usage_days ÷ registered).
+    """Equipment ratio per unit: recorders that count ÷ officers against dock.min_ratio_pct,
+    and usage (recorders docked within dock.usage_days ÷ registered). A recorder counts when it
+    is in service, assigned to an officer on the roster, passed its admin password check at its
+    last docking and has no serial conflict; each one left out is listed with the reason.
 
     \b
     Example:
@@ -181,16 +183,28 @@ def report_ratio(c: Ctx, as_json, as_csv):
     """
     if as_json and as_csv:
         raise EdgeError("choose one of --json or --csv")
+    from ..dock.registry import ratio_csv
+
     d = c.cfg.dock
-    rows = [r.as_dict() for r in _registry(c).ratio(d.min_ratio_pct, d.usage_days)]
-    if not (as_json or as_csv):
+    found = _registry(c).ratio(d.min_ratio_pct, d.usage_days, min_rooms=d.min_rooms)
+    if as_csv:
+        click.echo(ratio_csv(found), nl=False)
+        return
+    rows = [r.as_dict() for r in found]
+    if not as_json:
         for r in rows:
             r["meets"] = "达标 / yes" if r["meets_minimum"] else "未达标 / NO"
             r["ratio"] = "—" if r["ratio_pct"] is None else f"{r['ratio_pct']}% (≥{r['min_ratio_pct']}%)"
             r["usage"] = "—" if r["usage_pct"] is None else f"{r['usage_pct']}% ({r['usage_days']} d)"
-    _emit_rows(rows, as_json, as_csv, [("unit_code", "单位 Unit"), ("unit_name", "名称 Name"), ("officers", "警员 Officers"),
-                                       ("recorders_in_service", "在用记录仪 In service"), ("ratio", "配备率 Ratio"),
-                                       ("meets", "达标 Meets"), ("usage", "使用率 Usage"), ("conflicts", "冲突 Conflicts")])
+            r["out"] = len(r["excluded"])
+    _emit_rows(rows, as_json, False, [("unit_code", "单位 Unit"), ("unit_name", "名称 Name"), ("officers", "警员 Officers"),
+                                      ("recorders_in_service", "计入记录仪 Counted"), ("out", "未计入 Left out"),
+                                      ("ratio", "配备率 Ratio"), ("meets", "达标 Meets"), ("usage", "使用率 Usage"),
+                                      ("conflicts", "冲突 Conflicts")])
+    if not as_json:
+        for r in rows:
+            for x in r["excluded"]:
+                click.echo(f"未计入 / left out: {r['unit_code']} {x['serial']}: {x['text']}")
 
 
 @dock_report.command("pending")

@@ -127,7 +127,11 @@ class DockConfig(ConfigModel):
                                               "long (s) for it to come back before erasing; files not erased then are erased at the "
                                               "next docking.")
     min_ratio_pct: int = Field(20, ge=1, le=1000,
-                               description="Minimum equipment ratio, recorders in service per 100 officers (20 = 1:5, 每五人一台).")
+                               description="Minimum equipment ratio, recorders that count per 100 officers (20 = 1:5, 每五人一台); "
+                                           "reported with the ratio, so the monitor and its reports judge by it.")
+    min_rooms: int = Field(1, ge=0, le=100,
+                           description="Minimum interview rooms per unit (每个执法单位至少一间); reported with the ratio, so the "
+                                       "monitor and its reports judge by it.")
     usage_days: int = Field(30, ge=1, le=3660, description="Usage window: a recorder docked within this many days counts as used.")
 
     @field_validator("bays")

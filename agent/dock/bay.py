@@ -227,6 +227,9 @@ class Bay(BayCopy, BayErase):
             self._fail(f"记录仪无应答 / recorder does not answer: {exc}", "recorder_no_answer")
         except AuthError as exc:
             log.info("bay %s: %s", self.name, exc)
+            if self.st.serial:  # it no longer counts toward the ratio until it passes
+                st.registry.set_auth(self.st.serial, False)
+                st.recorder_seen()
             self._fail("管理员密码错误 / wrong admin password: the recorder refused dock.admin_password; "
                        "nothing copied or erased", "recorder_auth_failed")
         except (ProtocolError, RecorderError) as exc:
@@ -285,6 +288,8 @@ class Bay(BayCopy, BayErase):
         if not self.mass_storage:
             c = self.client
             c.authenticate(cfg.admin_password)
+            s.registry.set_auth(serial, True)
+            s.recorder_seen()
             bat = self.read_battery()
             resolution = self._read_resolution()
             sto = c.storage()

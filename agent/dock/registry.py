@@ -6,7 +6,8 @@ reference data, rebuilt from the roster file and from docking, never evidence it
 * roster: ``edge-agent roster import officers.csv`` (officer number, name, unit code, unit name)
 * recorders: learned from identify (ZFY_INFO): serial -> officer, unit, first/last seen; two
   recorders claiming the same serial at once are flagged (``conflict``)
-* ratio: recorders in service / officers per unit, against ``dock.min_ratio_pct``;
+* ratio: recorders that count (enrolled, assigned, healthy: agent/common/ratio.py) / officers per
+  unit, against ``dock.min_ratio_pct``; each recorder left out is listed with its reason;
   usage: recorders docked in the last ``dock.usage_days`` days / registered recorders
 """
 
@@ -17,9 +18,11 @@ import io
 import logging
 import re
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from agent.common import ratio as rule
 from agent.common.errors import EdgeError
 from agent.common.sqlite import Database
 from agent.common.timeutil import now_iso
@@ -78,6 +81,10 @@ MIGRATIONS: list[tuple[str, str]] = [
             actor TEXT
         );
     """),
+    ("0004_auth_result", """
+        ALTER TABLE recorders ADD COLUMN auth_ok INTEGER;
+        ALTER TABLE recorders ADD COLUMN auth_at TEXT
+    """),
 ]
 
 _NUMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
@@ -114,6 +121,9 @@ class RatioRow:
     usage_pct: int | None
     usage_days: int
     conflicts: int
+    recorder_serials: list[str] = dataclasses.field(default_factory=list)  # the recorders that count
+    excluded: list[dict] = dataclasses.field(default_factory=list)  # [{serial, reason, text}] left out
+    min_rooms: int = rule.DEFAULT_MIN_ROOMS
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -221,6 +231,12 @@ class Registry(Database):
         with self.atomic() as db:
             db["recorders"].update(serial, {"conflict": 0, "conflict_detail": None})
 
+    def set_auth(self, serial: str, ok: bool) -> None:
+        """The result of the admin password check at this docking (a recorder that failed it does
+        not count toward the ratio until it passes)."""
+        with self.atomic() as db:
+            db.execute("UPDATE recorders SET auth_ok = ?, auth_at = ? WHERE serial = ?", [int(ok), now_iso(), serial])
+
     def set_in_service(self, serial: str, in_service: bool) -> None:
         if not self.query("SELECT serial FROM recorders WHERE serial = ?", [serial]):
             raise EdgeError(f"记录仪未登记 / no recorder with serial {serial!r} in the registry")
@@ -256,30 +272,43 @@ class Registry(Database):
         return self.query("SELECT * FROM recorders ORDER BY unit_number, serial")
 
     # --- ratio ------------------------------------------------------------------------------
-    def ratio(self, min_ratio_pct: int = 20, usage_days: int = 30, at: float | None = None) -> list[RatioRow]:
-        """One row per unit known from the roster or the registry."""
+    def ratio(self, min_ratio_pct: int = rule.DEFAULT_MIN_RATIO_PCT, usage_days: int = 30, at: float | None = None,
+              min_rooms: int = rule.DEFAULT_MIN_ROOMS) -> list[RatioRow]:
+        """One row per unit known from the roster or the registry. A recorder counts when
+        :func:`agent.common.ratio.exclusion` says so; each one left out is listed with its reason."""
         at = at or time.time()
         since = at - usage_days * 86400
         units: dict[str, dict] = {}
 
         def unit(code: str | None, name: str | None) -> dict:
             code = code or "?"
-            u = units.setdefault(code, {"name": "", "officers": 0, "in_service": 0, "registered": 0, "used": 0,
-                                        "conflicts": 0})
+            u = units.setdefault(code, {"name": "", "officers": 0, "counted": [], "excluded": [], "registered": 0,
+                                        "used": 0, "conflicts": 0})
             if name and not u["name"]:
                 u["name"] = name
             return u
 
         for o in self.query("SELECT unit_code, unit_name, count(*) n FROM officers GROUP BY unit_code"):
             unit(o["unit_code"], o["unit_name"])["officers"] = o["n"]
+        assigned = {a["serial"]: a for a in self.query("SELECT * FROM assignments")}
         for r in self.query("SELECT r.*, (SELECT max(ts) FROM docks d WHERE d.serial = r.serial) last_dock "
-                            "FROM recorders r"):
-            # a recorder counts for the unit of its officer in the roster, else the unit it reports
-            off = self.officer(r["officer_number"]) if r["officer_number"] else None
-            u = unit(off["unit_code"] if off else r["unit_number"], off["unit_name"] if off else r["unit_name"])
+                            "FROM recorders r ORDER BY r.serial"):
+            # a recorder counts for the unit of its officer: the station's assignment, else the
+            # officer it reports if on the roster, else (not counted) the unit it reports
+            a = assigned.get(r["serial"])
+            number = a["officer_number"] if a else r["officer_number"]
+            off = self.officer(number) if number else None
+            if a:
+                u = unit(a["unit_number"], a["unit_name"])
+            else:
+                u = unit(off["unit_code"] if off else r["unit_number"], off["unit_name"] if off else r["unit_name"])
             u["registered"] += 1
-            if r["in_service"]:
-                u["in_service"] += 1
+            why = rule.exclusion(in_service=bool(r["in_service"]), assigned=off is not None,
+                                 auth_ok=None if r["auth_ok"] is None else bool(r["auth_ok"]), conflict=bool(r["conflict"]))
+            if why is None:
+                u["counted"].append(r["serial"])
+            else:
+                u["excluded"].append({"serial": r["serial"], "reason": why, "text": rule.reason_text(why)})
             if r["last_dock"] and r["last_dock"] >= since:
                 u["used"] += 1
             if r["conflict"]:
@@ -287,11 +316,11 @@ class Registry(Database):
         rows = []
         for code in sorted(units):
             u = units[code]
-            ratio = (u["in_service"] * 100 // u["officers"]) if u["officers"] else None
+            n = len(u["counted"])
             usage = (u["used"] * 100 // u["registered"]) if u["registered"] else None
-            meets = u["officers"] == 0 or u["in_service"] * 100 >= min_ratio_pct * u["officers"]
-            rows.append(RatioRow(code, u["name"], u["officers"], u["in_service"], ratio, min_ratio_pct, meets,
-                                 u["registered"], u["used"], usage, usage_days, u["conflicts"]))
+            rows.append(RatioRow(code, u["name"], u["officers"], n, rule.ratio_pct(n, u["officers"]), min_ratio_pct,
+                                 bool(rule.meets_ratio(n, u["officers"], min_ratio_pct)), u["registered"], u["used"],
+                                 usage, usage_days, u["conflicts"], u["counted"], u["excluded"], min_rooms))
         return rows
 
 
@@ -370,5 +399,8 @@ def ratio_csv(rows: list[RatioRow]) -> str:
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow(r.as_dict())
+        d = r.as_dict()
+        d["recorder_serials"] = " ".join(r.recorder_serials)
+        d["excluded"] = "; ".join(f"{x['serial']}: {x['reason']}" for x in r.excluded)
+        w.writerow(d)
     return buf.getvalue()

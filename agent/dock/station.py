@@ -379,8 +379,8 @@ class DockStation:
 
     def ratio_payload(self) -> dict:
         d = self.cfg.dock
-        rows = self.registry.ratio(d.min_ratio_pct, d.usage_days)
-        return {"device": self.cfg.device.id, "at": now_iso(), "min_ratio_pct": d.min_ratio_pct,
+        rows = self.registry.ratio(d.min_ratio_pct, d.usage_days, min_rooms=d.min_rooms)
+        return {"device": self.cfg.device.id, "at": now_iso(), "min_ratio_pct": d.min_ratio_pct, "min_rooms": d.min_rooms,
                 "usage_days": d.usage_days, "units": [r.as_dict() for r in rows],
                 "pending": pending_by_officer(self.store, self.registry)}
 

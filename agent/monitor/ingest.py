@@ -121,7 +121,8 @@ class Ingest:
         for r in c.execute("SELECT device, key, active FROM alarms"):
             self.alarms[(r["device"], r["key"])] = {"active": bool(r["active"])}
         for r in c.execute("SELECT * FROM ratio_reports ORDER BY device, unit_code"):
-            self._last_ratio.setdefault(r["device"], []).append((r["unit_code"], r["recorders"], r["officers"], r["serials"]))
+            self._last_ratio.setdefault(r["device"], []).append((r["unit_code"], r["recorders"], r["officers"], r["serials"],
+                                                                 r["min_ratio_pct"], r["min_rooms"]))
         self._last_ratio = {k: tuple(v) for k, v in self._last_ratio.items()}
         self.counters = {r["name"]: r["value"] for r in c.execute("SELECT * FROM counters") if not r["name"].startswith("_")}
         for r in c.execute("SELECT topic, key_id, ord FROM signed_seen"):
@@ -173,10 +174,12 @@ class Ingest:
             for rep in ratio:  # a report replaces everything the station said before
                 c.execute("DELETE FROM ratio_reports WHERE device = ?", [rep["device"]])
                 for r in rep["rows"]:
-                    c.execute("INSERT INTO ratio_reports VALUES (:device, :unit_code, :unit_name, :recorders, :officers, "
-                              ":serials, :at, :received)", r)
-                    c.execute("INSERT INTO ratio_history(device, unit_code, recorders, officers, serials, received) "
-                              "VALUES (:device, :unit_code, :recorders, :officers, :serials, :received)", r)
+                    c.execute("INSERT INTO ratio_reports(device, unit_code, unit_name, recorders, officers, serials, at, "
+                              "received, min_ratio_pct, min_rooms) VALUES (:device, :unit_code, :unit_name, :recorders, "
+                              ":officers, :serials, :at, :received, :min_ratio_pct, :min_rooms)", r)
+                    c.execute("INSERT INTO ratio_history(device, unit_code, recorders, officers, serials, received, "
+                              "min_ratio_pct, min_rooms) VALUES (:device, :unit_code, :recorders, :officers, :serials, "
+                              ":received, :min_ratio_pct, :min_rooms)", r)
             c.executemany(
                 "INSERT INTO usage_daily VALUES (:device, :day, :unit_code, :kind, :items_total0, :items_archived0, "
                 ":recorded_s0, :items_total, :items_archived, :recorded_s, :pending_annotation, :samples) "
@@ -488,9 +491,9 @@ class Ingest:
             serials = json.dumps(sorted(set(u["serials"]))) if u["serials"] is not None else None
             rows.append({"device": dev, "unit_code": u["unit_code"], "unit_name": u["unit_name"],
                          "recorders": u["recorders"], "officers": u["officers"], "serials": serials, "at": r["at"],
-                         "received": now})
-        sig = tuple((x["unit_code"], x["recorders"], x["officers"], x["serials"]) for x in
-                    sorted(rows, key=lambda x: x["unit_code"]))
+                         "received": now, "min_ratio_pct": r.get("min_ratio_pct"), "min_rooms": r.get("min_rooms")})
+        sig = tuple((x["unit_code"], x["recorders"], x["officers"], x["serials"], x["min_ratio_pct"], x["min_rooms"])
+                    for x in sorted(rows, key=lambda x: x["unit_code"]))
         if self._last_ratio.get(dev) != sig:  # a retained re-delivery adds no history
             self._last_ratio[dev] = sig
             self.ratio.append({"device": dev, "rows": rows})

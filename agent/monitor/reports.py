@@ -1,7 +1,9 @@
 """Reports per unit and period, from the monitor database (read-only).
 
-``ratio``   equipment as of the end of the period: officers, recorders, ratio (minimum 0.2 = one
-            recorder per five officers), interview rooms (minimum 1), compliant or not.
+``ratio``   equipment as of the end of the period: officers, recorders that count, ratio and
+            interview rooms against the thresholds the unit's stations report (dock.min_ratio_pct,
+            default 20 = one recorder per five officers; dock.min_rooms, default 1), compliant or
+            not — the same computation as the monitor's page (state.unit_compliance).
 ``usage``   use in the period: hours recorded, items, items archived and archived share, items
             pending annotation (at the end of the period), alarms raised by kind.
 ``annual``  both, for a calendar year: what a unit files by 31 January (行政执法统计年报).
@@ -23,7 +25,7 @@ import time
 
 from agent.common.errors import EdgeError
 from agent.wire.health import CODES
-from .state import compliance, recorders_of
+from .state import unit_compliance
 
 KINDS = ("ratio", "usage", "annual")
 
@@ -73,17 +75,9 @@ def _units(conn: sqlite3.Connection, unit: str | None) -> dict[str, str]:
 
 
 def _ratio_row(conn, code: str, name: str, t1: float) -> dict:
-    u = conn.execute("SELECT * FROM units WHERE code = ?", [code]).fetchone()
-    rep_rec, rep_off = recorders_of(conn, code, until=t1)
-    recorders = u["recorders"] if u is not None and u["recorders"] is not None else rep_rec
-    officers = u["officers"] if u is not None and u["officers"] is not None else rep_off
-    rooms = conn.execute("SELECT count(*) FROM devices WHERE unit_code = ? AND kind = 'room' AND first_seen <= ?",
-                         [code, t1]).fetchone()[0]
     docks = conn.execute("SELECT count(*) FROM devices WHERE unit_code = ? AND kind = 'dock' AND first_seen <= ?",
                          [code, t1]).fetchone()[0]
-    src = u["officers_source"] if u is not None and u["officers"] is not None else ("ratio report" if rep_off else None)
-    return {"unit_code": code, "unit_name": name, **compliance(recorders, officers, rooms), "docks": docks,
-            "officers_source": src}
+    return {"unit_code": code, "unit_name": name, **unit_compliance(conn, code, until=t1), "docks": docks}
 
 
 def _usage_row(conn, code: str, start: dt.date, end: dt.date, t0: float, t1: float) -> dict:

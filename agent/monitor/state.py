@@ -19,11 +19,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from agent.common import ratio as rule
 from agent.common.errors import EdgeError
-
-#: minimum equipment ratio (recorders per officer: 1 per 5) and rooms per unit
-MIN_RATIO = 0.2
-MIN_ROOMS = 1
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_initial", """
@@ -135,6 +132,12 @@ MIGRATIONS: list[tuple[str, str]] = [
             last_detail TEXT,
             PRIMARY KEY (device, reason)
         );
+    """),
+    ("0003_ratio_thresholds", """
+        ALTER TABLE ratio_reports ADD COLUMN min_ratio_pct INTEGER;
+        ALTER TABLE ratio_reports ADD COLUMN min_rooms INTEGER;
+        ALTER TABLE ratio_history ADD COLUMN min_ratio_pct INTEGER;
+        ALTER TABLE ratio_history ADD COLUMN min_rooms INTEGER
     """),
 ]
 
@@ -268,18 +271,22 @@ def fleet(conn: sqlite3.Connection, lost_after: float, now: float | None = None)
             "rejected": {"total": sum(rejected.values()), "by_reason": rejected, "by_device": by_device}}
 
 
+def _reports(conn: sqlite3.Connection, unit: str, until: float | None) -> list[dict]:
+    """The docking stations' latest ratio report rows of a unit (as of ``until``; None = now)."""
+    if until is None:
+        return [_row(r) for r in conn.execute("SELECT * FROM ratio_reports WHERE unit_code = ?", [unit])]
+    return [_row(r) for r in conn.execute(
+        "SELECT h.* FROM ratio_history h JOIN (SELECT device, max(received) received FROM ratio_history "
+        "WHERE received <= ? GROUP BY device) l ON h.device = l.device AND h.received = l.received "
+        "WHERE h.unit_code = ?", [until, unit])]
+
+
 def recorders_of(conn: sqlite3.Connection, unit: str, until: float | None = None) -> tuple[int, int | None]:
     """(recorders, officers) of a unit from the docking stations' latest ratio reports (as of
     ``until``). Several stations of one unit: recorder serials are united when every report lists
     them, else the largest count is taken (a recorder docks at more than one station; never
     overstate compliance). Officers 0 means the station has no roster: unknown."""
-    if until is None:
-        rows = [_row(r) for r in conn.execute("SELECT * FROM ratio_reports WHERE unit_code = ?", [unit])]
-    else:
-        rows = [_row(r) for r in conn.execute(
-            "SELECT h.* FROM ratio_history h JOIN (SELECT device, max(received) received FROM ratio_history "
-            "WHERE received <= ? GROUP BY device) l ON h.device = l.device AND h.received = l.received "
-            "WHERE h.unit_code = ?", [until, unit])]
+    rows = _reports(conn, unit, until)
     if not rows:
         return 0, None
     if all(r["serials"] for r in rows):
@@ -293,13 +300,30 @@ def recorders_of(conn: sqlite3.Connection, unit: str, until: float | None = None
     return rec, (max(offs) if offs else None)
 
 
-def compliance(recorders: int, officers: int | None, rooms: int) -> dict:
-    ratio = round(recorders / officers, 3) if officers else None
-    ratio_ok = None if officers is None else (officers == 0 or recorders * 5 >= officers)
-    rooms_ok = rooms >= MIN_ROOMS
-    return {"recorders": recorders, "officers": officers, "ratio": ratio, "min_ratio": MIN_RATIO,
-            "ratio_ok": ratio_ok, "rooms": rooms, "min_rooms": MIN_ROOMS, "rooms_ok": rooms_ok,
-            "compliant": bool(ratio_ok) and rooms_ok}
+def rooms_of(conn: sqlite3.Connection, unit: str, until: float | None = None) -> int:
+    """Interview rooms of a unit known to the monitor (as of ``until``)."""
+    return conn.execute("SELECT count(*) FROM devices WHERE unit_code = ? AND kind = 'room' AND first_seen <= ?",
+                        [unit, time.time() if until is None else until]).fetchone()[0]
+
+
+def unit_compliance(conn: sqlite3.Connection, unit: str, until: float | None = None) -> dict:
+    """The one computation of a unit's equipment verdict, for the page, /api/fleet, the terminal
+    view and ``report ratio``/``annual`` alike: officers from the imported roster (else the
+    stations' reports), recorders that count from the stations' reports, rooms known, judged by
+    the thresholds the unit's stations report (agent/common/ratio.py)."""
+    u = conn.execute("SELECT * FROM units WHERE code = ?", [unit]).fetchone()
+    rep_rec, rep_off = recorders_of(conn, unit, until)
+    recorders = u["recorders"] if u is not None and u["recorders"] is not None else rep_rec
+    officers = u["officers"] if u is not None and u["officers"] is not None else rep_off
+    src = u["officers_source"] if u is not None and u["officers"] is not None else (
+        "ratio report" if rep_off is not None else None)
+    t = rule.thresholds_of(_reports(conn, unit, until))
+    return {**rule.compliance(recorders, officers, rooms_of(conn, unit, until), t), "officers_source": src}
+
+
+def compliance(recorders: int, officers: int | None, rooms: int,
+               thresholds: rule.Thresholds = rule.Thresholds()) -> dict:
+    return rule.compliance(recorders, officers, rooms, thresholds)
 
 
 def unit_rows(conn: sqlite3.Connection, devices: list[dict], alarms: list[dict], until: float | None = None) -> list[dict]:
@@ -322,13 +346,8 @@ def unit_rows(conn: sqlite3.Connection, devices: list[dict], alarms: list[dict],
     for code in sorted(units):
         u = units[code]
         devs = by_unit.get(code, [])
-        rep_rec, rep_off = recorders_of(conn, code, until)
-        recorders = u["recorders"] if u.get("recorders") is not None else rep_rec
-        officers = u["officers"] if u.get("officers") is not None else rep_off
-        src = u.get("officers_source") or ("ratio report" if rep_off is not None else None)
-        rooms = sum(1 for d in devs if d["kind"] == "room")
         newest, old = policy_lag(devs)
-        row = {"code": code, "name": u.get("name") or "", "officers_source": src,
+        row = {"code": code, "name": u.get("name") or "",
                "docks": sum(1 for d in devs if d["kind"] == "dock"),
                "devices": len(devs),
                "online": sum(1 for d in devs if d.get("display_state") == "online"),
@@ -339,7 +358,7 @@ def unit_rows(conn: sqlite3.Connection, devices: list[dict], alarms: list[dict],
                                            if d.get("health") and d["health"].get("oldest_age_s") is not None] or [None],
                                           key=lambda v: -1 if v is None else v),
                "policy_newest": newest, "policy_old": old,
-               **compliance(recorders, officers, rooms)}
+               **unit_compliance(conn, code, until)}
         out.append(row)
     return out
 

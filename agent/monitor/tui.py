@@ -37,7 +37,7 @@ def render(f: dict, max_devices: int = 40) -> Group:
                 "告警 Alarms", "达标 Compliant"):
         units.add_column(col)
     for u in f["units"]:
-        ratio = "—" if u["ratio"] is None else f"{u['ratio']:.2f}"
+        ratio = "—" if u["ratio"] is None else f"{u['ratio']:.2f} ({'≥' if u['ratio_ok'] else '<'} {u['min_ratio']:.2f})"
         units.add_row(f"{u['name']} ({u['code']})", "?" if u["officers"] is None else str(u["officers"]),
                       str(u["recorders"]), Text(ratio, style="green" if u["ratio_ok"] else "red"),
                       Text(str(u["rooms"]), style="green" if u["rooms_ok"] else "red"),

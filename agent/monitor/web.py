@@ -148,7 +148,7 @@ th { font-size:12px; color:#444; background:#fafafa; }
   <div class="cards" id="cards"></div>
   <section>
     <h2>执法单位与配备达标 / Units and equipment compliance</h2>
-    <p class="small">标准 / minimum: 每五名执法人员至少一台执法记录仪 (配备率 ≥ 0.2) · 每个执法单位至少一间听证询问室 / at least one recorder per five officers (ratio ≥ 0.2) · at least one interview room per unit</p>
+    <p class="small">标准 / minimum: 单位的工作站报告的配备率下限与询问室数 (dock.min_ratio_pct, dock.min_rooms; 默认每五名执法人员至少一台执法记录仪、每个单位至少一间询问室) / the recorder ratio and room count the unit's stations report (by default one recorder per five officers and one interview room per unit); a recorder counts when enrolled, assigned and healthy</p>
     <table id="units"><thead><tr>
       <th>单位 / Unit</th><th class="num">执法人员 / Officers</th><th class="num">记录仪 / Recorders</th>
       <th class="num">配备率 / Ratio</th><th class="num">询问室 / Rooms</th><th class="num">采集站 / Docks</th>
@@ -219,8 +219,8 @@ function render(f) {
     el("td", {}, u.name ? u.name + " (" + u.code + ")" : u.code),
     el("td", {class: "num"}, u.officers == null ? "未知 / unknown" : u.officers),
     el("td", {class: "num"}, u.recorders),
-    el("td", {class: "num " + (u.ratio_ok ? "txt-ok" : "txt-bad")}, u.ratio == null ? "—" : u.ratio.toFixed(2) + (u.ratio_ok ? " ≥ 0.2" : " < 0.2")),
-    el("td", {class: "num " + (u.rooms_ok ? "txt-ok" : "txt-bad")}, u.rooms + (u.rooms_ok ? " ≥ 1" : " < 1")),
+    el("td", {class: "num " + (u.ratio_ok ? "txt-ok" : "txt-bad")}, u.ratio == null ? "—" : u.ratio.toFixed(2) + (u.ratio_ok ? " ≥ " : " < ") + u.min_ratio.toFixed(2)),
+    el("td", {class: "num " + (u.rooms_ok ? "txt-ok" : "txt-bad")}, u.rooms + (u.rooms_ok ? " ≥ " : " < ") + u.min_rooms),
     el("td", {class: "num"}, u.docks),
     el("td", {}, badge(u.online + " 在线", "ok"), " ", badge(u.offline + " 离线", u.offline ? "bad" : "mute"), " ", badge(u.lost + " 失联", u.lost ? "lost" : "mute"),
       (u.policy_old || []).length ? badge(u.policy_old.length + " 策略过旧 / old policy (< v" + u.policy_newest + ")", "warn") : ""),

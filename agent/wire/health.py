@@ -159,7 +159,14 @@ _ratio_row = {
         "usage_days": _count,
         "conflicts": _count,
         "recorder_serials": {"type": "array", "items": {"type": "string", "maxLength": 64}, "maxItems": 100000,
-                             "description": "optional: serials in service, to de-duplicate across stations"},
+                             "description": "optional: serials of the recorders that count, to de-duplicate across stations"},
+        "excluded": {"type": "array", "maxItems": 100000, "description":
+                     "recorders left out of the count and why (agent/common/ratio.py REASONS: not_in_service, unassigned, "
+                     "auth_failed, conflict)",
+                     "items": {"type": "object", "required": ["serial", "reason"],
+                               "properties": {"serial": {"type": "string", "maxLength": 64},
+                                              "reason": {"type": "string", "maxLength": 32}, "text": _text}}},
+        "min_rooms": _count,
     },
     "additionalProperties": True,
 }
@@ -167,14 +174,18 @@ _ratio_row = {
 RATIO_SCHEMA = {
     "$id": "ratio", "title": "Equipment ratio report (docking stations)",
     "description": "Retained; written by the docking station (agent/dock/station.py) when its registry changes and "
-                   "periodically. Per unit: officers (roster) and recorders in service (配备率: at least one recorder per "
-                   "five officers, min_ratio_pct 20), plus items pending annotation per officer.",
+                   "periodically. Per unit: officers (roster) and the recorders that count — enrolled, assigned, healthy "
+                   "(agent/common/ratio.py) — with each one left out and why (配备率: at least one recorder per five officers, "
+                   "min_ratio_pct 20 by default), plus items pending annotation per officer.",
     "type": "object",
     "required": ["device", "at", "units"],
     "properties": {
         "device": _id,
         "at": _iso,
-        "min_ratio_pct": {"type": "integer", "minimum": 0, "maximum": 100},
+        "min_ratio_pct": {"type": "integer", "minimum": 1, "maximum": 1000,
+                          "description": "the station's dock.min_ratio_pct; the monitor judges the unit by it"},
+        "min_rooms": {"type": "integer", "minimum": 0, "maximum": 100,
+                      "description": "the station's dock.min_rooms (interview rooms per unit); the monitor judges by it"},
         "usage_days": _count,
         "units": {"type": "array", "items": _ratio_row, "maxItems": 1000},
         "pending": {"type": "array", "maxItems": 10000, "items": {
@@ -471,8 +482,8 @@ def parse_component(payload: bytes, name: str) -> dict:
 
 
 def parse_ratio(payload: bytes, dev: str) -> dict:
-    """{"at", "units": [{unit_code, unit_name, officers, recorders, serials}]}; rows of units without a
-    usable code (the station's "?" for recorders of no known unit) are left out."""
+    """{"at", "min_ratio_pct", "min_rooms", "units": [{unit_code, unit_name, officers, recorders, serials}]}
+    (thresholds None when the station did not say); rows of units without a usable code (the station's "?" for recorders of no known unit) are left out."""
     d = _obj(loads(payload), "ratio")
     if d.get("device") is not None and d.get("device") != dev:
         raise PayloadError(f"ratio.device: {str(d.get('device'))[:40]!r} does not match the topic ({dev})")
@@ -499,7 +510,15 @@ def parse_ratio(payload: bytes, dev: str) -> dict:
             continue
         out.append({"unit_code": code, "unit_name": _str(u, "unit_name", f, required=False), "officers": off,
                     "recorders": rec, "serials": serials})
-    return {"at": at, "units": out}
+    thresholds = {}
+    for key, lo, hi in (("min_ratio_pct", 1, 1000), ("min_rooms", 0, 100)):
+        v = d.get(key)
+        if v is not None:
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise PayloadError(f"ratio.{key}: expected an integer {lo}..{hi}, got {str(v)[:20]!r}")
+            thresholds[key] = v
+    return {"at": at, "units": out, "min_ratio_pct": thresholds.get("min_ratio_pct"),
+            "min_rooms": thresholds.get("min_rooms")}
 
 
 def safe_key(value: str) -> bool:
