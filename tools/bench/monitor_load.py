@@ -322,7 +322,7 @@ def flood_isolation(work: Path, interval: float = 2.0, rounds: int = 8, flood_ra
                 pubs[name] = time.time()
                 good.publish(topic, d.seal(topic, h), qos=1)
             pending = {"b": b.id, "a": a.id}
-            deadline = time.monotonic() + interval + 1.5  # + the monitor's flush interval (1 s)
+            deadline = time.monotonic() + max(interval, 2.0) + 1.5  # + the monitor's flush interval (1 s)
             while pending and time.monotonic() < deadline:
                 time.sleep(0.05)
                 for name, dev in list(pending.items()):
@@ -394,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="verify,flood,load", help="which measurements: verify, flood, load")
     ap.add_argument("--interval", type=float, default=2.0, help="flood: seconds between genuine health messages")
     ap.add_argument("--rounds", type=int, default=8, help="flood: genuine health rounds measured")
+    ap.add_argument("--flood-rate", type=float, default=0.0,
+                    help="flood: messages/s per flooding connection (0: as fast as it can)")
     a = ap.parse_args(argv)
     if not 1 <= a.devices <= 5000:
         ap.error("--devices: 1..5000")
@@ -409,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
               f"bare Ed25519 {verify['bare_ed25519_verify_per_cpu_s']}/CPU-s; target {VERIFY_TARGET:g})", file=table)
     if "flood" in only:
         with tempfile.TemporaryDirectory(prefix="monitor-flood-") as tmp:
-            flood = flood_isolation(Path(tmp), a.interval, a.rounds)
+            flood = flood_isolation(Path(tmp), a.interval, a.rounds, a.flood_rate)
         print(f"flood: {flood['flood_published_msg_per_s']} msg/s flooding; genuine B applied after max "
               f"{flood['victim_b_latency_s']['max']} s, A (forged in its name) max {flood['forged_a_latency_s']['max']} s "
               f"(interval {a.interval:g} s); monitor {flood['monitor_cpu_pct_of_one_core']} % of one core", file=table)
