@@ -474,7 +474,7 @@ def test_block_sized_chunks_carry_the_sealed_hash_and_a_changed_local_copy_is_ca
     archive refuses that chunk (it writes only blocks that hash as the signed manifest says), the
     agent finds its own copy differs from what it sealed and marks the item rejected with the
     reason; the archive holds nothing of it; the other item is archived."""
-    from agent.uplink.transfer import block_hashes, chunk_message
+    from agent.uplink.chunks import block_hashes, chunk_message
 
     t = InProc(tmp_path, broker.port, evidence__block_size=64 * 1024, uplink__chunk_size=64 * 1024)
     ids = add_items(t.store, tmp_path, [300_000, 300_000])

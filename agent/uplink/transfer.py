@@ -8,26 +8,24 @@ interruption the worker asks the archive which ranges it holds (``query``) and s
 The ledger is the outbox: nothing depends on paho's in-memory session.
 """
 
+
 from __future__ import annotations
 
-import base64
 import collections
-import hashlib
 import itertools
 import json
 import logging
-import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ..evidence import blocks, hashing, manifest as mf
-from agent.common.fs import drop_cache
+from ..evidence import blocks, manifest as mf
 from agent.wire import protocol as P
-from agent.wire.mqtt import PublishError
-from agent.wire.receipts import ReceiptError, new_nonce
-from .trust import NO_KEY, archive_trust
+from agent.wire.receipts import new_nonce
+from .answers import Answers, _Waiter
+from .chunks import Interrupted, Prefetcher, TokenBucket, block_hashes, chunk_message, local_block_altered
+from .trust import archive_trust
 
 log = logging.getLogger(__name__)
 
@@ -35,177 +33,9 @@ log = logging.getLogger(__name__)
 PREEMPT_CHECK_S = 1.0
 
 
-class Interrupted(Exception):
-    """The connection dropped, the agent is stopping, or a more urgent item arrived."""
+class Transfer(Answers):
+    """The sending lanes: each takes the next item and carries it until the archive answers."""
 
-
-class _Waiter:
-    """One request waiting for its answer. ``nonce`` (manifest, query, finish): only an answer
-    signed by a pinned archive key, about ``item``, carrying this nonce settles it. Without
-    (chunks): an unsigned ``ok``/``error`` about ``item`` does, which only paces the window."""
-
-    __slots__ = ("event", "answer", "sent", "meta", "item", "nonce", "kind")
-
-    def __init__(self, meta: Any = None, item: str | None = None, nonce: str | None = None, kind: str = "chunk"):
-        self.event = threading.Event()
-        self.answer: P.Answer | None = None
-        self.sent = time.monotonic()
-        self.meta = meta
-        self.item = item
-        self.nonce = nonce
-        self.kind = kind
-
-
-def chunk_message(fh, name: str, off: int, n: int, corr: bytes, known: str | None = None) -> tuple[bytearray, int]:
-    """The payload of one chunk message (header line + bytes), read straight into place: the
-    header's length is known before the bytes are hashed (the SHA-256 is always 64 hex digits),
-    so the bytes are read once into the buffer that is published, never copied to join them.
-
-    ``known``: the SHA-256 the sealed manifest lists for exactly these bytes (a chunk that is one
-    hash-chain block): sent as it is, the bytes are not hashed here. Should the local copy have
-    changed since sealing, the archive refuses the chunk and it is sent again hashed (``known``
-    None), so what reaches the archive is then refused at finish as content altered."""
-    hlen = len(P.chunk_header(name, off, "0" * 64, corr))
-    buf = bytearray(hlen + n)
-    mv = memoryview(buf)
-    fh.seek(off)
-    got = 0
-    while got < n:
-        k = fh.readinto(mv[hlen + got:])
-        if not k:
-            break
-        got += k
-    if got < n:  # the local copy is shorter than planned: send what is there, the archive decides
-        mv.release()
-        del buf[hlen + got:]
-        mv = memoryview(buf)
-    digest = known if known is not None and got == n else hashlib.sha256(mv[hlen:]).hexdigest()
-    buf[:hlen] = P.chunk_header(name, off, digest, corr)
-    mv.release()
-    return buf, got
-
-
-def block_hashes(manifest: dict) -> dict[tuple[str, int, int], str]:
-    """(file name, offset, size) -> SHA-256 of each hash-chain block, from the sealed manifest; a
-    chunk that is exactly one block carries this hash instead of hashing its bytes again. Empty
-    for other hash algorithms (SM3 blocks, where the chunk still needs its SHA-256)."""
-    if manifest.get("hash_alg") != "sha256":
-        return {}
-    names = [f["name"] for f in manifest["files"]]
-    return {(names[s["file"]], s["offset"], s["size"]): s["hash"] for s in manifest["segments"]}
-
-
-def local_block_altered(d: Path, table: blocks.BlockTable, name: str, off: int) -> str | None:
-    """Why the local copy of the block holding ``name``@``off`` is not what was sealed, or None."""
-    b = table.at(name, off)
-    if b is None:
-        return None
-    try:
-        with open(d / mf.FILES_DIR / name, "rb") as fh:
-            fh.seek(b.offset)
-            data = fh.read(b.size)
-    except OSError as exc:
-        return f"local copy of {name} unreadable: {exc}"
-    if len(data) == b.size and hashing.hexdigest(table.alg, data) == b.hash:
-        return None
-    return (f"local copy altered after sealing: {name} bytes [{b.offset}, {b.end}) do not match the signed "
-            "manifest (the archive accepts only the sealed bytes)")
-
-
-class _Prefetcher:
-    """Reads and hashes the planned chunks ahead, in order, on its own thread (bounded)."""
-
-    DROP_EVERY = 16 << 20
-
-    def __init__(self, d: Path, plan: list[tuple[str, int, int]], stop: threading.Event,
-                 make_corr: Callable[[], bytes], depth: int = 8, known: dict | None = None):
-        self.d, self.plan, self.stop = d, plan, stop
-        self.known = known or {}
-        self.make_corr = make_corr
-        self.left = len(plan)
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
-        self.closed = threading.Event()
-        self.th = threading.Thread(target=self._run, name="uplink-read", daemon=True)
-        if plan:
-            self.th.start()
-
-    def _run(self) -> None:
-        handles: dict[str, Any] = {}
-        read: dict[str, int] = {}  # bytes read of each file since its pages were last dropped
-        try:
-            for name, off, n in self.plan:
-                fh = handles.get(name)
-                if fh is None:
-                    fh = handles[name] = open(self.d / mf.FILES_DIR / name, "rb")
-                corr = self.make_corr()
-                payload, got = chunk_message(fh, name, off, n, corr, self.known.get((name, off, n)))
-                read[name] = read.get(name, 0) + got
-                if read[name] >= self.DROP_EVERY:  # read once: keep the page cache for what is used
-                    drop_cache(fh.fileno())
-                    read[name] = 0
-                rec = (name, off, n, payload, got, corr)
-                while not self.closed.is_set() and not self.stop.is_set():
-                    try:
-                        self.q.put(rec, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                else:
-                    return
-        except OSError as exc:
-            self.q.put(exc)
-        finally:
-            for fh in handles.values():
-                drop_cache(fh.fileno())
-                fh.close()
-
-    def more(self) -> bool:
-        return self.left > 0 and not self.closed.is_set()
-
-    def next(self):
-        while True:
-            try:
-                rec = self.q.get(timeout=0.5)
-                break
-            except queue.Empty:
-                if self.stop.is_set():
-                    raise Interrupted("stopping") from None
-        if isinstance(rec, Exception):
-            raise rec
-        self.left -= 1
-        return rec
-
-    def close(self) -> None:
-        self.closed.set()
-
-
-class TokenBucket:
-    """Bandwidth cap in bytes/s (0 = none); ``take`` sleeps on the stop event, never busy-waits."""
-
-    def __init__(self, rate: int, stop: threading.Event):
-        self.rate = rate
-        self.stop = stop
-        self.tokens = float(rate)
-        self.t = time.monotonic()
-        self._lock = threading.Lock()  # shared by the transfer lanes
-
-    def take(self, n: int) -> None:
-        if not self.rate:
-            return
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                self.tokens = min(float(self.rate), self.tokens + (now - self.t) * self.rate)
-                self.t = now
-                if self.tokens >= min(n, self.rate):
-                    self.tokens -= n
-                    return
-                wait = (min(n, self.rate) - self.tokens) / self.rate
-            if self.stop.wait(wait):
-                raise Interrupted("stopping")
-
-
-class Transfer:
     def __init__(self, uplink):
         self.up = uplink
         self.store = uplink.store
@@ -301,61 +131,6 @@ class Transfer:
             return 0.0
         span = max(now - recent[0][0], 1.0)
         return sum(n for _, n in recent) / span
-
-    # --- answers from the archive (paho network thread) -------------------------------------
-    def on_answer(self, payload: bytes, properties: Any) -> None:
-        corr = getattr(properties, "CorrelationData", None)
-        try:
-            ans = P.parse_answer(payload)
-        except P.ProtocolError as exc:
-            self.ignore(f"malformed archive answer: {exc}")
-            return
-        corrs = [bytes(corr)] if corr is not None else []
-        for extra in ans.more or []:
-            try:
-                corrs.append(base64.b64decode(extra, validate=True))
-            except (ValueError, TypeError):
-                pass
-        with self._answers:
-            for c in corrs:
-                w = self._waiters.get(c)
-                if w is None:
-                    continue  # a late answer to a request already retried: harmless
-                if w.nonce is not None:
-                    try:
-                        self.trust.check_answer(ans.raw, device=self.up.device, item=w.item, nonce=w.nonce)
-                    except ReceiptError as exc:
-                        self.ignore(f"answer ({ans.status}) to the {w.kind} of {w.item}: {exc}")
-                        continue
-                    self.last_answer_at = time.monotonic()
-                elif ans.kind != "chunk":
-                    # (one chunk answer may settle chunks of several items of this device: ``more``)
-                    self.ignore(f"a {ans.kind} answer about {ans.item!r} for a chunk of {w.item}")
-                    continue
-                w.answer = ans
-                w.event.set()
-            self._answers.notify_all()
-
-    def ignore(self, why: str) -> None:
-        """An archive message not taken (logged, counted; the first ones in full)."""
-        self.answers_ignored += 1
-        if self.answers_ignored <= 20 or self.answers_ignored % 1000 == 0:
-            log.warning("ignored (%d so far): %s", self.answers_ignored, why)
-
-    def _trusted(self) -> bool:
-        """Whether an archive key is pinned (re-read every 10 s while none is: `uplink trust-archive`
-        takes effect without a restart)."""
-        if self.trust:
-            return True
-        if time.monotonic() - self._trust_checked > 10:
-            self._trust_checked = time.monotonic()
-            try:
-                self.trust = archive_trust(self.up.cfg)
-            except Exception as exc:
-                self.up.note_error(str(exc))
-        if not self.trust and self.up.last_error_local != NO_KEY:
-            self.up.note_error(NO_KEY)
-        return bool(self.trust)
 
     # --- the worker -------------------------------------------------------------------------
     def _run(self) -> None:
@@ -512,35 +287,6 @@ class Transfer:
             ans = self._request(item, "finish", payload)
         raise RuntimeError(f"{item}: no progress after 20 rounds with the archive (last answer {ans.status})")
 
-    def _archived(self, item: str, ans: P.Answer, started: float, manifest_hash: str, files: list[dict],
-                  annotations: int) -> str:
-        """Mark ``item`` archived, only with a receipt that verifies: signed by a pinned archive key,
-        this device, this item, the nonce of the request it answers, the sealed manifest's hash,
-        every file's name, size and hash (agent.wire.receipts). Otherwise the item stays."""
-        from agent.common.faults import crashpoint  # fault-injection tests stop here (EDGE_AGENT_CRASH_AT)
-        try:
-            receipt = self.trust.check_receipt(ans.receipt, device=self.up.device, item=item,
-                                               nonce=(ans.raw or {}).get("nonce"), manifest_hash=manifest_hash,
-                                               files=files, annotations=annotations)
-        except ReceiptError as exc:
-            self.receipts_refused += 1
-            raise RuntimeError(f"archive receipt for {item} refused, the item stays in the outbox: {exc}") from None
-        crashpoint("uplink:before-mark-archived")
-        self.store.mark_archived(item, receipt)
-        self.items_archived += 1
-        self.item_latency.append(time.monotonic() - started)
-        log.info("archived %s (receipt by archive key %s)", item, receipt.get("key_id"))
-        if self.store.cfg.storage.retention_days == 0:
-            self.store.purge_expired()
-        return P.STORED
-
-    def _rejected(self, item: str, ans: P.Answer) -> str:
-        reason = ans.reason or "no reason given"
-        self.store.set_state(item, "rejected", "reject", actor="agent:uplink", error=f"archive: {reason}")
-        self.items_rejected += 1
-        self.up.note_error(f"archive rejected {item}: {reason}")
-        return P.REJECTED
-
     def _send_ranges(self, item: str, d: Path, manifest: dict, held: dict, priority: int) -> P.Answer | None:
         """Send every byte range not in ``held``; returns None when all are acknowledged, or the
         answer that stops the transfer (UNKNOWN, REJECTED)."""
@@ -555,7 +301,7 @@ class Transfer:
 
         # chunks are read and hashed ahead on another thread (hashlib releases the GIL) while
         # this one publishes; a chunk to send again is read here (``todo``)
-        pf = _Prefetcher(d, plan(held), self.stop_event, self._next_corr, known=block_hashes(manifest))
+        pf = Prefetcher(d, plan(held), self.stop_event, self._next_corr, known=block_hashes(manifest))
         todo: collections.deque[tuple[str, int, int]] = collections.deque()
         topic = self.up.topics.xfer(self.up.device, item, "chunk")
         inflight: dict[bytes, _Waiter] = {}
@@ -646,66 +392,3 @@ class Transfer:
                 self._drop_waiter(corr)
             self._give_slots(len(inflight))
         return None
-
-    # --- request / answer -------------------------------------------------------------------
-    def _check(self) -> None:
-        if self.stop_event.is_set():
-            raise Interrupted("stopping")
-        if not self.up.conn.connected:
-            raise Interrupted("connection lost")
-
-    def _next_corr(self) -> bytes:
-        return f"{self.up.session}-{next(self._corr)}".encode()
-
-    def _new_waiter(self, meta: Any = None, corr: bytes | None = None, *, item: str | None = None,
-                    nonce: str | None = None, kind: str = "chunk") -> tuple[bytes, _Waiter]:
-        corr = corr or self._next_corr()
-        w = _Waiter(meta, item, nonce, kind)
-        with self._wlock:
-            self._waiters[corr] = w
-        return corr, w
-
-    def _drop_waiter(self, corr: bytes) -> None:
-        with self._wlock:
-            self._waiters.pop(corr, None)
-
-    def _publish(self, topic: str, payload: bytes, props: list[tuple[str, str]] | None = None,
-                 corr: bytes | None = None):
-        """A request; without ``corr`` a chunk, whose correlation data is in its header (no properties)."""
-        try:
-            if corr is None:
-                return self.up.conn.publish(topic, payload, qos=1, timeout=self.ack_timeout)
-            return self.up.conn.publish(topic, payload, qos=1, user_properties=props,
-                                        response_topic=self.up.ack_topic, correlation=corr, timeout=self.ack_timeout)
-        except PublishError as exc:
-            if not self.up.conn.connected:
-                raise Interrupted(str(exc)) from None
-            raise
-
-    def _request(self, item: str, kind: str, payload: bytes, props: list[tuple[str, str]] | None = None) -> P.Answer:
-        """Publish one request and wait for the archive's answer; retransmit on timeout."""
-        topic = self.up.topics.xfer(self.up.device, item, kind)
-        props = [p for p in (props or [("proto", P.PROTO)]) if p[0] != "nonce"]
-        attempt = 0
-        while True:
-            self._check()
-            corr, w = self._new_waiter(item=item, nonce=new_nonce(), kind=kind)
-            props_n = props + [("nonce", w.nonce)]
-            try:
-                h = self._publish(topic, payload, props_n, corr)
-                deadline = time.monotonic() + self.ack_timeout
-                while not w.event.wait(0.2):
-                    self._check()
-                    if h.event.is_set() and (h.reason or 0) >= 0x80:
-                        # the broker refused it (e.g. ACL): the archive will never see it
-                        raise RuntimeError(f"broker refused the {kind} of {item}: {h.error}")
-                    if time.monotonic() > deadline:
-                        break
-                if w.answer is not None:
-                    return w.answer
-            finally:
-                self._drop_waiter(corr)
-            attempt += 1
-            self.retransmits += 1
-            log.warning("no archive answer to %s of %s within %.0f s (attempt %d): retransmitting",
-                        kind, item, self.ack_timeout, attempt)
