@@ -33,7 +33,7 @@ def refusal(text: str) -> str:
      "是否应为 / did you mean reserve_mb? (第 2 行 / line 2)"),
     ('# comment\n\n[devcie]\nid = "a"\n',
      "agent.toml: [devcie]: 未知的节 / unknown section (known: device, storage, evidence, mqtt, uplink, archive, health, "
-     "dock, scsi, room, control, encryption, roles, commands, log); 是否应为 / did you mean device? (第 3 行 / line 3)"),
+     "dock, scsi, room, control, encryption, roles, commands, policy, log); 是否应为 / did you mean device? (第 3 行 / line 3)"),
     # wrong type
     ('[device]\nid = "a"\n\nkind = 3\n',
      "agent.toml: device.kind: 3 不是可选值 / 3 is not one of dock, room (第 4 行 / line 4)"),

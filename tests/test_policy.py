@@ -423,3 +423,41 @@ def test_the_monitor_shows_a_station_running_an_old_policy(tmp_path, make_broker
         if a is not None:
             a.stop()
         assert mon.stop() == 0
+
+
+def test_a_policy_key_pinned_in_the_config_counts_and_a_broken_one_is_a_clear_refusal(tmp_path, make_broker):
+    """policy.keys names the key (no copy in DATA_DIR/keys/policy): the policy is applied. A
+    config naming a file that is no key: every policy refused with the reason, alarmed, nothing lost."""
+    import time
+
+    mq = make_broker()
+    root = tmp_path / "archive"
+    run(["archive", "policy", "key", "--new", "--root", str(root)], check=True)
+    pub = root / "_policy" / "policy.pub"
+    (tmp_path / "policy.toml").write_text(POLICY_TOML, encoding="utf-8")
+    settings = ConnSettings("127.0.0.1", mq.port, "test-archive", keepalive=10)
+    content = ap.read_content(tmp_path / "policy.toml")
+    cfg = agent_config(tmp_path, mq.port, DEV, dock__bays=[str(tmp_path / "no-bays" / "*")], policy__keys=[str(pub)])
+    open_store(cfg).close()
+    assert not (tmp_path / DEV / "keys" / "policy").exists()
+    st = Station(cfg, Clock(time.time()))
+    try:
+        ap.publish(settings, T.unit_policy(UNIT), wp.sign(ap.signing_key(root), UNIT, 1, content, now=time.time()))
+        st.wait(1)
+        assert st.version() == 1
+        shown = json.loads(run(["policy", "show", "--json"], config=cfg, check=True).stdout)
+        assert shown["pinned_keys"] == [shown["in_force"]["key_id"]]
+        # the config now names a file that is not a key
+        bad = tmp_path / "not-a-key.pub"
+        bad.write_text("garbage", encoding="utf-8")
+        config_mod.set_value(cfg, "policy.keys", [str(bad)])
+        st.cfg.policy.keys = [str(bad)]
+        ap.publish(settings, T.unit_policy(UNIT), wp.sign(ap.signing_key(root), UNIT, 2, content, now=time.time()))
+        st.wait(2)
+        refused = json.loads(st.agent.store.get_meta("policy.last_refused"))
+        assert refused["reason"] == "unknown_key" and "policy.keys" in refused["message"], refused
+        assert st.version() == 1 and "policy_refused" in st.alarms()
+        p = run(["policy", "show"], config=cfg)
+        assert p.returncode != 0 and "policy.keys" in p.stderr, p.stderr
+    finally:
+        st.stop()

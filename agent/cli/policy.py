@@ -40,7 +40,7 @@ def policy_show(c: Ctx, as_json):
 
     store = c.store
     rec, refused = in_force(store), last_refused(store)
-    pinned = sorted(pinned_ring(c.cfg.data_dir).by_id)
+    pinned = sorted(pinned_ring(c.cfg.data_dir, c.cfg.policy.keys).by_id)
     now = time.time()
     if rec is not None:
         doc = rec.pop("document")

@@ -18,6 +18,7 @@ from .evidence import EvidenceConfig
 from .health import HealthConfig
 from .log import LogConfig
 from .mqtt import MqttConfig
+from .policy import PolicyConfig
 from .roles import RolesConfig
 from .room import RoomConfig
 from .scsi import ScsiConfig
@@ -49,6 +50,7 @@ class Config(ConfigModel):
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig, description="Encryption at rest (owner: lead).")
     roles: RolesConfig = Field(default_factory=RolesConfig, description="Who may do what on the local CLI (owner: lead).")
     commands: CommandsConfig = Field(default_factory=CommandsConfig, description="Signed central commands (owner: lead).")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="The unit's signed policy (owner: policy).")
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
 
     _path: Path | None = PrivateAttr(None)

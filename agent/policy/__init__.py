@@ -37,7 +37,7 @@ class PolicyComponent:
         self.topic = Topics(cfg.mqtt.topic_prefix).unit_policy(cfg.device.unit_code)
         self.source = f"{self.topic} @ {cfg.mqtt.host}:{cfg.mqtt.port}"
         appliers = [self._apply_roster, self._apply_erase_policy] if cfg.device.kind == "dock" else []
-        self.keeper = PolicyKeeper(agent.store, cfg.device.unit_code, lambda: pinned_ring(cfg.data_dir),
+        self.keeper = PolicyKeeper(agent.store, cfg.device.unit_code, lambda: pinned_ring(cfg.data_dir, cfg.policy.keys),
                                    alarms=alarms, appliers=appliers, clock=clock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from agent.common.errors import EdgeError
 from agent.common.fs import atomic_write
 from agent.common.timeutil import now_iso
 from agent.evidence import keys
@@ -39,9 +40,13 @@ def keys_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / "keys" / "policy"
 
 
-def pinned_ring(data_dir: str | Path) -> keys.KeyRing:
-    """The policy keys pinned on this station (DATA_DIR/keys/policy/*.pub)."""
-    return ArchiveTrust.load([keys_dir(data_dir)]).ring
+def pinned_ring(data_dir: str | Path, extra: list[str] = ()) -> keys.KeyRing:
+    """The policy keys pinned on this station: DATA_DIR/keys/policy/*.pub and ``policy.keys``
+    (files or directories of *.pub); a named file that is missing or no key is an EdgeError."""
+    try:
+        return ArchiveTrust.load([keys_dir(data_dir), *extra]).ring
+    except EdgeError as exc:
+        raise EdgeError(f"policy.keys: {exc}") from None
 
 
 def pin_key(data_dir: str | Path, path: Path) -> tuple[str, Path]:
@@ -117,7 +122,13 @@ class PolicyKeeper:
                 log.warning("policy: empty message on %s ignored", source)
                 return "same"
             try:
-                doc = wp.verify(payload, self.ring(), unit=self.unit, now=self.clock(),
+                ring = self.ring()
+            except EdgeError as exc:  # a pinned key file named in the config is unreadable
+                self._refuse(wp.PolicyError("unknown_key", f"策略公钥无法读取 / pinned policy keys unreadable: {exc}"),
+                             payload, source)
+                return "refused"
+            try:
+                doc = wp.verify(payload, ring, unit=self.unit, now=self.clock(),
                                 in_force=self._in_force_key())
             except wp.PolicyError as exc:
                 self._refuse(exc, payload, source)
