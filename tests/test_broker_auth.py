@@ -415,7 +415,7 @@ def test_archive_identity_archives_a_real_item_with_the_device_identity(make_bro
     ACL'd broker archive and verify an item end to end."""
     from agent.archive.receiver import Receiver
     from agent.archive.storage import ArchiveStore
-    from agent.wire.mqtt import ConnSettings
+    from agent.wire.client import ConnSettings
 
     mq = make_broker(password_file=auth.passwd, acl_file=auth.acl)
     pw = {i.name: i.password for i in auth.identities}

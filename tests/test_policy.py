@@ -18,7 +18,7 @@ from agent.archive import policy as ap
 from agent.evidence import keys
 from agent.wire import broker_auth
 from agent.wire import policy as wp
-from agent.wire.mqtt import ConnSettings
+from agent.wire.client import ConnSettings
 from agent.wire.topics import Topics
 from tests.support.uplink import UNIT, agent_config, open_store, run
 

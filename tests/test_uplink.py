@@ -12,7 +12,8 @@ import pytest
 
 from agent.evidence import keys
 from agent.wire import checkpoint, protocol as P
-from agent.wire.mqtt import Connection, ConnSettings, PublishError, TlsConfig
+from agent.wire.client import ConnSettings, TlsConfig
+from agent.wire.mqtt import Connection, PublishError
 from tests.support.retained import retained as broker_retained
 from tests.support.uplink import (UNIT, InProc, add_items, agent_config, all_archived, check_archive, enroll,
                                   live_status, open_store, run, start_agent, start_archive, states, wait_for)
@@ -423,7 +424,7 @@ def test_lean_publish_decoder_matches_paho_and_refuses_what_paho_refuses():
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from agent.wire.mqtt import _lean_decode_publish, install_lean_decoder
+    from agent.wire.lean import _lean_decode_publish, install_lean_decoder
 
     assert install_lean_decoder() and getattr(_packet.decode_publish, "_edge_lean", False)
     paho_decode = _packet.decode_publish._edge_original

@@ -17,7 +17,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.wire import protocol as P
-from agent.wire.mqtt import Connection, ConnSettings
+from agent.wire.client import ConnSettings
+from agent.wire.mqtt import Connection
 from agent.wire.receipts import (STATUS_FRESH_S, ArchiveSigner, ArchiveTrust, ReceiptError, new_nonce)
 from agent.wire.topics import Topics
 

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from agent import config as config_mod
-from agent.wire.mqtt import ConnSettings, exchange
+from agent.wire.client import ConnSettings
+from agent.wire.mqtt import exchange
 
 EDGE = str(Path(sys.executable).with_name("edge-agent"))
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,7 +21,8 @@ from agent.common.errors import EdgeError, NotFoundError
 from agent.common.fs import atomic_write
 from agent.evidence import keys
 from agent.wire import policy as wp
-from agent.wire.mqtt import Connection, ConnSettings
+from agent.wire.client import ConnSettings
+from agent.wire.mqtt import Connection
 
 
 def policy_dir(root: str | os.PathLike) -> Path:

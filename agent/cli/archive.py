@@ -80,7 +80,7 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
     from ..archive.receiver import Receiver, new_receiver_id
     from ..archive.storage import ArchiveStore
     from agent.common.logsetup import setup_logging
-    from agent.wire.mqtt import settings_from_config
+    from agent.wire.client import settings_from_config
 
     cfg = _cfg_or_none(c)
     setup_logging(log_level, "plain")

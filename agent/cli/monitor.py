@@ -25,10 +25,10 @@ db_option = click.option("--db", "db", envvar="EDGE_MONITOR_DB", default=DEFAULT
 
 
 def _broker(value: str | None, cfg) -> tuple[str, int, bool | None]:
-    """HOST, PORT and TLS (None: as configured) of --broker (wire.mqtt.parse_broker's forms)."""
+    """HOST, PORT and TLS (None: as configured) of --broker (wire.client.parse_broker's forms)."""
     if not value:
         return (cfg.mqtt.host, cfg.mqtt.port, None) if cfg else ("127.0.0.1", 1883, None)
-    from agent.wire.mqtt import parse_broker
+    from agent.wire.client import parse_broker
 
     addr = parse_broker(value)
     return addr.host, addr.port, addr.tls

@@ -89,7 +89,8 @@ def command_send(c: Ctx, cmd, device, args_json, key_path, broker, prefix, cafil
       edge-agent command send room.stop --device room-01 --key operator/ops-center.key --broker mqtts://10.0.0.5:8883
     """
     from agent.wire.commands import sign_command
-    from agent.wire.mqtt import exchange, settings_from_config
+    from agent.wire.client import settings_from_config
+    from agent.wire.mqtt import exchange
     from agent.wire.topics import Topics
 
     from .monitor import _optional_cfg

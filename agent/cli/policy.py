@@ -167,7 +167,7 @@ def archive_policy_publish(c: Ctx, unit, path, version, expires_days, broker, pr
           --file policy.toml --root /srv/archive --broker 127.0.0.1:1883
     """
     from ..archive import policy as ap
-    from agent.wire.mqtt import settings_from_config
+    from agent.wire.client import settings_from_config
     from agent.wire.topics import Topics
 
     cfg = _cfg_or_none(c)

@@ -1,4 +1,4 @@
-"""``[mqtt]``: the broker (agent/wire/mqtt.py builds the one client from it)."""
+"""``[mqtt]``: the broker (agent/wire/client.py builds the one client from it)."""
 
 from __future__ import annotations
 

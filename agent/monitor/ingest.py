@@ -513,7 +513,7 @@ class Ingest:
                 self.enrolment.reload()
 
     def start(self) -> None:
-        from agent.wire.mqtt import ConnSettings, TlsConfig, new_client
+        from agent.wire.client import ConnSettings, TlsConfig, new_client
 
         cid = self.s.client_id or f"edge-monitor-{int(time.time())}"
         tls = TlsConfig(self.s.cafile, self.s.certfile or None, self.s.keyfile or None) if self.s.tls else None

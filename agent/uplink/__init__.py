@@ -22,7 +22,8 @@ from agent.common.timeutil import now_iso
 from agent.wire import checkpoint
 from agent.wire.health import Sealer
 from agent.wire.receipts import STATUS_FRESH_S, ReceiptError
-from agent.wire.mqtt import Connection, ConnSettings, PublishError, settings_from_config as _settings, topic_matches
+from agent.wire.client import ConnSettings, settings_from_config as _settings, topic_matches
+from agent.wire.mqtt import Connection, PublishError
 from agent.wire.topics import Topics
 from .status import STATUS_FILE
 from .transfer import Transfer

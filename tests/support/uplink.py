@@ -238,7 +238,7 @@ class InProc:
     def start_archive(self, name: str = "archive-t", share: str | None = None, **kw):
         from agent.archive.receiver import Receiver
         from agent.archive.storage import ArchiveStore
-        from agent.wire.mqtt import ConnSettings, TlsConfig
+        from agent.wire.client import ConnSettings, TlsConfig
 
         tls = TlsConfig(*map(str, self.archive_tls)) if self.archive_tls else None
         st = ArchiveStore(self.root, receiver=name, **kw)

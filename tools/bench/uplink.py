@@ -52,7 +52,8 @@ def free_port() -> int:
 
 def _wait_online(port: int, rid: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     """Until archive receiver ``rid`` has published its online status (it subscribes first)."""
-    from agent.wire.mqtt import ConnSettings, exchange
+    from agent.wire.client import ConnSettings
+    from agent.wire.mqtt import exchange
     from agent.wire.topics import Topics
 
     topic = Topics("edge").archive_receiver(rid)

@@ -1,0 +1,163 @@
+"""The one factory of paho clients and the one reader of broker addresses (docs/mqtt.md).
+
+:func:`parse_broker` reads ``HOST:PORT`` / ``mqtt://`` / ``mqtts://``; :func:`settings_from_config`
+turns the config's ``[mqtt]`` section plus command-line overrides into :class:`ConnSettings`;
+:func:`new_client` builds the paho client (MQTT v5, credentials, TLS) from them. The connection
+that keeps itself up is :class:`agent.wire.mqtt.Connection`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.common.errors import EdgeError
+
+
+class BrokerAddressError(EdgeError):
+    """A broker address that is not HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]."""
+
+
+@dataclasses.dataclass
+class TlsConfig:
+    cafile: str
+    certfile: str | None = None
+    keyfile: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    #: True for ``mqtts://``, False for ``mqtt://``, None for a bare HOST:PORT (TLS as configured)
+    tls: bool | None = None
+
+
+_SCHEMES = {"mqtt": (1883, False), "tcp": (1883, False), "mqtts": (8883, True), "ssl": (8883, True)}
+
+
+def parse_broker(value: str) -> BrokerAddress:
+    """The one parser of a broker address: ``HOST:PORT``, ``[IPv6]:PORT``, ``mqtt://HOST[:PORT]``
+    (plain, default port 1883) or ``mqtts://HOST[:PORT]`` (TLS, default port 8883).
+
+    >>> parse_broker("10.0.0.5:8883")
+    BrokerAddress(host='10.0.0.5', port=8883, tls=None)
+    >>> parse_broker("mqtts://broker.example")
+    BrokerAddress(host='broker.example', port=8883, tls=True)
+    """
+    text = (value or "").strip()
+    hint = "expected HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT], e.g. 127.0.0.1:1883"
+
+    def bad(why: str) -> BrokerAddressError:
+        return BrokerAddressError(f"代理地址无效 / invalid broker address {value!r}: {why} ({hint})")
+
+    default_port, tls = None, None
+    if "://" in text:
+        scheme, _, text = text.partition("://")
+        if scheme.lower() not in _SCHEMES:
+            raise bad(f"unknown scheme {scheme!r} (mqtt or mqtts)")
+        default_port, tls = _SCHEMES[scheme.lower()]
+        text = text.rstrip("/")
+        if "/" in text or "@" in text:
+            raise bad("no path or user part allowed (user name and password come from the config)")
+    if text.startswith("["):  # [IPv6]:PORT
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise bad("unclosed '['")
+        if rest and not rest.startswith(":"):
+            raise bad(f"unexpected {rest!r} after the address")
+        port_s = rest[1:] if rest else ""
+    elif text.count(":") > 1:
+        raise bad("an IPv6 address needs brackets, e.g. [::1]:1883")
+    else:
+        host, sep, port_s = text.partition(":")
+        if sep and not port_s:
+            raise bad("empty port")
+    if not host:
+        raise bad("no host")
+    if not port_s:
+        if default_port is None:
+            raise bad("no port")
+        return BrokerAddress(host, default_port, tls)
+    if not (port_s.isascii() and port_s.isdigit()):
+        raise bad(f"port {port_s!r} is not a number")
+    port = int(port_s)
+    if not 1 <= port <= 65535:
+        raise bad(f"port {port} out of range 1..65535")
+    return BrokerAddress(host, port, tls)
+
+
+def settings_from_config(mqtt_cfg: Any | None, client_id: str, *, broker: str | None = None,
+                         cafile: str | None = None, certfile: str | None = None, keyfile: str | None = None,
+                         **extra: Any) -> ConnSettings:
+    """Connection settings from the config's ``[mqtt]`` section (or the defaults without one),
+    with a ``--broker`` address and TLS files given on the command line taking precedence.
+
+    TLS is on when the config says so, when the address is ``mqtts://``, or when a CA file is
+    given; ``mqtt://`` turns it off. User name and password always come from the config."""
+    host, port = (mqtt_cfg.host, mqtt_cfg.port) if mqtt_cfg is not None else ("127.0.0.1", 1883)
+    use_tls = bool(mqtt_cfg.tls) if mqtt_cfg is not None else False
+    if broker:
+        addr = parse_broker(broker)
+        host, port = addr.host, addr.port
+        if addr.tls is not None:
+            use_tls = addr.tls
+    if cafile or certfile or keyfile:
+        if not cafile and not (mqtt_cfg is not None and mqtt_cfg.cafile):
+            raise EdgeError("TLS 需要 CA 文件 / TLS needs a CA file (--cafile, or mqtt.cafile in the config)")
+        use_tls = True
+    tls = None
+    if use_tls:
+        pick = (lambda given, key: given or (getattr(mqtt_cfg, key, "") if mqtt_cfg is not None else "") or None)
+        tls = TlsConfig(pick(cafile, "cafile") or "", pick(certfile, "certfile"), pick(keyfile, "keyfile"))
+    kw: dict[str, Any] = {}
+    if mqtt_cfg is not None:
+        kw = {"keepalive": mqtt_cfg.keepalive, "username": mqtt_cfg.username or None,
+              "password": mqtt_cfg.password or None}
+    kw.update(extra)
+    return ConnSettings(host=host, port=port, client_id=client_id, tls=tls, **kw)
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Does ``topic`` match the subscription ``topic_filter`` (``+``/``#`` wildcards)?"""
+    return mqtt.topic_matches_sub(topic_filter, topic)
+
+
+def new_client(s: "ConnSettings", *, reconnect: bool = True) -> mqtt.Client:
+    """The one factory of paho clients: MQTT v5, the settings' user name/password and TLS
+    (server verified against ``cafile``, or the system's CAs when it is empty; client certificate
+    when given). Callers set the callbacks and connect with ``client.connect(s.host, s.port)``."""
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=s.client_id,
+                    protocol=mqtt.MQTTv5, reconnect_on_failure=reconnect)
+    if s.username:
+        c.username_pw_set(s.username, s.password or None)
+    if s.tls:
+        try:
+            c.tls_set(ca_certs=s.tls.cafile or None, certfile=s.tls.certfile or None,
+                      keyfile=s.tls.keyfile or None, cert_reqs=ssl.CERT_REQUIRED,
+                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            raise EdgeError(f"TLS 设置失败 / TLS set-up failed ({s.tls.cafile or 'system CAs'}, "
+                            f"{s.tls.certfile or 'no client certificate'}): {exc}") from None
+    return c
+
+
+@dataclasses.dataclass
+class ConnSettings:
+    host: str
+    port: int
+    client_id: str
+    keepalive: int = 30
+    username: str | None = None
+    password: str | None = None
+    tls: TlsConfig | None = None
+    min_backoff: float = 0.5
+    max_backoff: float = 30.0
+    connect_timeout: float = 10.0
+    #: Receive Maximum we announce in CONNECT: how many QoS 1 messages the broker may have in
+    #: flight to us (None: the protocol default, 65535)
+    receive_maximum: int | None = None
