@@ -90,7 +90,7 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
     enrolled = Enrolment(lambda: read_enrolment(Path(root)), source=str(root))
     if not rows:
         click.echo(f"monitor: the enrolment at {root} lists no device yet; every message is refused until one "
-                   "is enrolled (edge-agent archive enroll)", err=True)
+                   "is enrolled (`edge-agent archive enroll DEVICE_ID PUBKEY --unit UNIT_CODE --root ROOT`)", err=True)
     host, port, use_tls = _broker(broker, cfg)
     path = check_db_arg(db)
     s = IngestSettings(host=host, port=port, prefix=prefix or (cfg.mqtt.topic_prefix if cfg else "edge"))
