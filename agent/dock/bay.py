@@ -48,6 +48,10 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
+#: dockings a bay remembers after the recorder has left (``BayState.history``)
+HISTORY = 5
+
+
 class Bay(BayCopy, BayErase):
     """A bay and the recorder docked in it. ``run()`` is the worker thread of one docking."""
 
@@ -63,6 +67,7 @@ class Bay(BayCopy, BayErase):
         self.ident: tuple | None = None  # identity of the docked device node (station._identity)
         self.assignment_meta: dict = {}  # sealed into each item when the station has an assignment (dock assign)
         self.msdc_mount: str | None = None  # set after SET_MSDC: the recorder's volume, which outlives its channel
+        self._worker_done = True  # the worker of the last docking has passed its last look at the bay
         self._last_notify = 0.0
         self._rate_t0 = 0.0
         self._rate_b0 = 0
@@ -96,8 +101,9 @@ class Bay(BayCopy, BayErase):
     def docked_at(self, path: str) -> None:
         """A recorder appeared in this bay: reset and start the worker."""
         with self.lock:
-            keep = {"name": self.st.name, "kind": self.st.kind}
+            keep = {"name": self.st.name, "kind": self.st.kind, "history": list(self.st.history)}
             self.st = BayState(**keep, path=path, docked=True, since=now_iso())
+            self._worker_done = False
         self.undock_event.clear()
         self.assignment_meta = {}
         self.msdc_mount = None
@@ -106,14 +112,16 @@ class Bay(BayCopy, BayErase):
         self.thread.start()
 
     def undocked(self) -> None:
-        """The recorder was taken out. A finished bay goes idle; an error stays visible."""
+        """The recorder was taken out. Once its worker has ended the bay shows empty (idle, no
+        recorder) and the docking's result, error or not, goes to the bay's ``history``."""
         self.undock_event.set()
         with self.lock:
+            serial = self.st.serial
             self.st.docked = False
-            if self.st.state != "error" and not self.busy:
-                self.st.state, self.st.since, self.st.message = "idle", now_iso(), None
-        if self.st.serial:
-            self.station.release_serial(self.st.serial, self)
+            if not self.busy or self._worker_done:
+                self._leave()
+        if serial:
+            self.station.release_serial(serial, self)
         self.station.clear_alarm("recorder_battery_low", self)  # about the recorder that left
         self.station.bay_changed(self, important=True)
 
@@ -244,11 +252,27 @@ class Bay(BayCopy, BayErase):
                 self.client.close()
                 self.client = None
             with self.lock:
-                if not self.st.docked and self.st.state != "error":
-                    self.st.state, self.st.since, self.st.message = "idle", now_iso(), None
-            if self.st.serial:
-                st.release_serial(self.st.serial, self)
+                serial = self.st.serial
+                self._worker_done = True
+                if not self.st.docked:  # taken out while the worker ran: the bay shows empty now
+                    self._leave()
+            if serial:
+                st.release_serial(serial, self)
             st.bay_changed(self, important=True)
+
+    def _leave(self) -> None:
+        """(lock held) The recorder has gone and its worker has ended: the bay is empty again and
+        the docking's result stays in ``history`` (newest first, the last HISTORY dockings)."""
+        old = self.st
+        if old.serial is None and old.state == "idle":
+            self.st.state, self.st.docked = "idle", False
+            return
+        entry = {"serial": old.serial, "officer_number": old.officer_number, "officer_name": old.officer_name,
+                 "state": old.state, "reason": old.reason, "message": old.message, "sealed": old.sealed,
+                 "already": old.already, "erased": old.erased, "kept_protected": old.kept_protected,
+                 "items": len(old.items), "problems": list(old.problems), "left_at": now_iso()}
+        self.st = BayState(name=old.name, path=old.path, kind=old.kind, since=entry["left_at"],
+                           history=[entry, *old.history][:HISTORY])
 
     def _fail(self, reason: str, alarm: str | None = None) -> None:
         log.error("bay %s: %s", self.name, reason)

@@ -55,6 +55,14 @@ def progress_text(b: dict) -> str:
     return ""
 
 
+def last_text(h: dict) -> str:
+    """One line for an empty bay: the last docking, which has left (``history[0]``)."""
+    what = h.get("reason") if h.get("state") == "error" else (
+        f"新增 {h.get('sealed', 0)} new · 已有 {h.get('already', 0)} kept · 已删除 {h.get('erased', 0)} erased")
+    who = " ".join(x for x in (h.get("serial") or "?", h.get("officer_name")) if x)
+    return f"上次 / last: {who} · {LABELS.get(h.get('state'), h.get('state'))}" + (f" · {what}" if what else "")
+
+
 def bay_rows(state: dict) -> list[dict]:
     """Flat rows (also used by ``dock status`` without --json)."""
     rows = []
@@ -76,7 +84,9 @@ def bay_rows(state: dict) -> list[dict]:
             "recorder": recorder, "officer": officer, "progress": progress_text(b),
             "rate": f"{human_bytes(b.get('rate_bps'))}/s" if b.get("rate_bps") else "",
             "eta": human_eta(b.get("eta_s")) if b.get("state") == "downloading" else "",
-            "battery": battery, "message": b.get("reason") if b["state"] == "error" else (b.get("message") or ""),
+            "battery": battery,
+            "message": b.get("reason") if b["state"] == "error" else (
+                last_text(b["history"][0]) if idle and b.get("history") else (b.get("message") or "")),
             "docked": b.get("docked", False), "battery_low": bool(b.get("battery_low")) and not idle,
         })
     return rows

@@ -98,10 +98,14 @@ class BayState:
     kept_protected: int = 0
     assignment: dict | None = None  # {recorder, station, agree}: the station's assignment against the recorder's record
     problems: list[str] = field(default_factory=list)
+    # the last dockings of this bay once their recorder has left, newest first: {serial, officer_number,
+    # officer_name, state, reason, message, sealed, already, erased, kept_protected, items, problems, left_at}
+    history: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)  # shallow: much cheaper than asdict() under the copy threads' GIL
         d["items"] = list(self.items)
         d["problems"] = list(self.problems)
+        d["history"] = [dict(h) for h in self.history]
         d["label"] = LABELS[self.state]
         return d
