@@ -16,7 +16,7 @@ from agent.health.alarms import CODES, AlarmRegistry
 from agent.runtime import Agent
 from agent.store.ingest import ingest
 from tests.support.spine import META, make_store
-from agent.wire.health import Sealer
+from agent.wire.envelope import Sealer
 from tests.support.health import (Capture, ContractUplink, asyncapi_schemas, body_of, envelope_of, retained,
                                   schema_for, verify_signed)
 

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from agent.wire import asyncapi, health as pl
+from agent.wire import asyncapi, health as pl, health_parse as hp
 from agent.wire.topics import Topics
 from tests.support.health import ROOT, asyncapi_schemas
 from tools.fleet_sim import SimDevice
@@ -77,32 +77,32 @@ def test_monitor_parser_agrees_with_schema(path, value):
     schema = asyncapi_schemas()["health"]
     good = SimDevice("sim-1", "330106", "西湖区", "dock").health()
     jsonschema.validate(good, schema)
-    pl.parse_health(json.dumps(good).encode())
+    hp.parse_health(json.dumps(good).encode())
     bad = copy.deepcopy(good)
     _set(bad, path, value)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
     with pytest.raises(pl.PayloadError) as exc:
-        pl.parse_health(json.dumps(bad).encode())
+        hp.parse_health(json.dumps(bad).encode())
     assert path[0] in str(exc.value) or "health" in str(exc.value)
 
 
 def test_parsers_reject_garbage():
     for data in (b"", b"null", b"[]", b'"x"', b"\xff", b"{" * 10, b"1e999"):
-        for fn in (pl.parse_health, pl.parse_status):
+        for fn in (hp.parse_health, hp.parse_status):
             with pytest.raises(pl.PayloadError):
                 fn(data)
         with pytest.raises(pl.PayloadError):
-            pl.parse_alarm(data, "disk_low")
+            hp.parse_alarm(data, "disk_low")
         with pytest.raises(pl.PayloadError):
-            pl.parse_ratio(data, "d")
+            hp.parse_ratio(data, "d")
     with pytest.raises(pl.PayloadError, match="above the limit"):
-        pl.parse_health(b" " * (pl.MAX_PAYLOAD + 1))
+        hp.parse_health(b" " * (pl.MAX_PAYLOAD + 1))
     ratio = SimDevice("d", "U1", "u", "dock").ratio(10, 2)
     with pytest.raises(pl.PayloadError, match="does not match the topic"):
-        pl.parse_ratio(json.dumps(ratio).encode(), "other")
+        hp.parse_ratio(json.dumps(ratio).encode(), "other")
     ratio["units"][0]["unit_code"] = "?"  # recorders of no known unit: left out, not an error
-    assert pl.parse_ratio(json.dumps(ratio).encode(), "d")["units"] == []
+    assert hp.parse_ratio(json.dumps(ratio).encode(), "d")["units"] == []
 
 
 def test_docking_station_bay_payload():
@@ -114,11 +114,11 @@ def test_docking_station_bay_payload():
                       serial="A123456", battery=57, bytes_done=10, bytes_total=100)
     body = st.as_dict()
     jsonschema.validate(json.loads(json.dumps(body)), asyncapi_schemas()["component"])
-    c = pl.parse_component(json.dumps(body).encode(), "bay-3")
+    c = hp.parse_component(json.dumps(body).encode(), "bay-3")
     assert c["state"] == "ok" and c["raw_state"] == "downloading" and c["label"] == "下载中 / Downloading"
     assert c["detail"]["battery"] == 57
     body["state"] = "error"
-    assert pl.parse_component(json.dumps(body).encode(), "bay-3")["state"] == "error"
+    assert hp.parse_component(json.dumps(body).encode(), "bay-3")["state"] == "error"
     body["state"] = "Exploded!"
     with pytest.raises(pl.PayloadError, match="component.state"):
-        pl.parse_component(json.dumps(body).encode(), "bay-3")
+        hp.parse_component(json.dumps(body).encode(), "bay-3")

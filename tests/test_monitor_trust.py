@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.monitor.enrolment import Enrolment
 from agent.monitor.ingest import Ingest, IngestSettings
 from agent.monitor.state import MonitorDB
-from agent.wire import health as pl
+from agent.evidence import keys
+from agent.wire import envelope as pl, health
 from tests.support.health import EDGE, MonitorProc, publish
 from tools.fleet_sim import SimDevice, enrol
 
@@ -67,7 +68,7 @@ def _forged(d: SimDevice, topic: str, body: dict, how: str) -> bytes:
         other = SimDevice(d.id, d.unit_code, "", d.kind)
         other._sealer = pl.Sealer(Ed25519PrivateKey.generate(), d.id, 2**52)
         env = json.loads(other.seal(topic, body))
-        env["key_id"] = pl.keys.key_id(d.key.public_key())
+        env["key_id"] = keys.key_id(d.key.public_key())
         return json.dumps(env).encode()
     env = json.loads(d.seal(topic, _alarm(False) if "alarm" in topic else {"x": 1}))
     env["body"] = json.dumps(body)
@@ -98,10 +99,10 @@ def test_envelope_signed_bytes_are_rfc8785_and_bound_to_topic():
                             ({"extra": 1}, "unknown"), ({"topic": "a b"}, "envelope.topic"),
                             ({"body": "\ud800"}, "surrogate")]:
         bad = json.dumps(dict(raw, **change)).encode()
-        with pytest.raises(pl.PayloadError, match=message):
+        with pytest.raises(health.PayloadError, match=message):
             pl.open_envelope(bad)
     for junk in (b"", b"{}", b"[1]", b"\xff", b'{"state":"online","bdseq":1}', b"nul\x00"):
-        with pytest.raises(pl.UnsignedError):
+        with pytest.raises(health.UnsignedError):
             pl.open_envelope(junk)
     # NaN in a body (a broken metric) is sealed as null, not as invalid JSON
     body = json.loads(pl.open_envelope(d.seal(topic, dict(d.health(), cpu_percent=float("nan")))).body)

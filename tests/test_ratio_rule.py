@@ -153,7 +153,8 @@ def test_unassigned_recorder_is_listed_out_by_the_cli(env, media, tmp_path):  # 
 
 @pytest.mark.parametrize("bad", [{"min_ratio_pct": 0}, {"min_ratio_pct": "20"}, {"min_rooms": -1}, {"min_rooms": True}])
 def test_a_ratio_report_with_bad_thresholds_is_refused(tmp_path, bad):
-    from agent.wire.health import PayloadError, parse_ratio
+    from agent.wire.health import PayloadError
+    from agent.wire.health_parse import parse_ratio
 
     body = {"device": "d1", "at": "2026-11-27T09:00:00+08:00", "units": [], **bad}
     with pytest.raises(PayloadError, match=f"ratio.{next(iter(bad))}"):

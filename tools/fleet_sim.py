@@ -1,6 +1,6 @@
 """Fleet simulator: N simulated devices publishing status, health, components, ratio and alarms
 through a real MQTT broker, with the payloads of agent/wire/health.py, each sealed like an agent
-seals it (agent/wire/health.py ``Sealer``: signed envelope, device key).
+seals it (agent/wire/envelope.py ``Sealer``: signed envelope, device key).
 
     python -m tools.fleet_sim --broker 127.0.0.1:1883 --devices 20 --units 4 --rate 1 --duration 30 \
         --enrol /tmp/sim-archive
@@ -41,7 +41,7 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.evidence import keys as keys_mod
-from agent.wire.health import Sealer
+from agent.wire.envelope import Sealer
 
 try:  # the simulator must cost little next to the monitor it loads
     import orjson

@@ -14,7 +14,7 @@ It also implements the producers' ports (agent/common/ports.py): ``AlarmPort`` (
 ``P/dev/D/component/NAME``, ``equipment_ratio`` -> retained ``P/dev/D/ratio``). The runtime hands
 this component to the producer as both; the producer never publishes itself.
 
-Every message is sealed with the device's Ed25519 key (agent/wire/health.py ``Sealer``: a signed
+Every message is sealed with the device's Ed25519 key (agent/wire/envelope.py ``Sealer``: a signed
 envelope bound to the topic, with an epoch that grows at every start and a sequence number).
 """
 
@@ -28,7 +28,8 @@ import time
 from agent.wire.topics import Topics
 from . import metrics
 from .alarms import AlarmRegistry
-from agent.wire.health import Sealer, jsonable, safe_key
+from agent.wire.envelope import Sealer
+from agent.wire.health import jsonable, safe_key
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class HealthComponent:
 
     # --- publishing through the uplink contract -------------------------------------------------
     def _publish(self, topic: str, payload: dict, *, qos: int = 1, retain: bool = False) -> bool:
-        """Seal ``payload`` with the device key (agent/wire/health.py Sealer: the monitor shows
+        """Seal ``payload`` with the device key (agent/wire/envelope.py Sealer: the monitor shows
         only what the device signed) and hand it to the uplink."""
         up = self.agent.uplink
         if up is None:

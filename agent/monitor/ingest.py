@@ -1,7 +1,7 @@
 """The monitor's subscriber: ``P/dev/#`` in, verified state out.
 
 A device's state is only what that device signed: every message on a device-state topic is a
-signed envelope (agent/wire/health.py; docs/mqtt.md "Signed device state") verified against the
+signed envelope (agent/wire/envelope.py; docs/mqtt.md "Signed device state") verified against the
 key the device is enrolled with (:mod:`agent.monitor.enrolment`, read from the archive's
 enrolment), and the device's unit is the enrolled one, never the message's. In order, a message
 is refused (counted by reason in ``counters`` as ``rejected.REASON``, per enrolled device in
@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from agent.wire import health as pl
+from agent.wire import envelope as sealed, health as pl, health_parse as hp
 from agent.wire.topics import Topics
 from .enrolment import Enrolment
 from .state import MonitorDB
@@ -330,7 +330,7 @@ class Ingest:
         enr = self.enrolment.get(dev)
         if enr is None:
             return self.reject("unknown_device", topic, f"{dev} is not enrolled")
-        env = pl.open_envelope(payload)
+        env = sealed.open_envelope(payload)
         if env.topic != topic or env.kind != kind or env.device != dev:
             return self.reject("wrong_topic", topic, f"signed for {env.topic[:120]}", dev, now)
         if env.key_id != enr.key_id:
@@ -339,13 +339,13 @@ class Ingest:
         if kind != "status" and last is not None and last[0] == env.key_id and (env.epoch, env.seq) < last[1]:
             # cheap before the signature: older than what this topic showed (a replay or a forgery)
             return self.reject("replayed", topic, f"({env.epoch}, {env.seq}) after {last[1]}", dev, now)
-        if not pl.verify(env, enr.public):
+        if not sealed.verify(env, enr.public):
             return self.reject("bad_signature", topic, f"not signed by the key enrolled for {dev}", dev, now)
         if not self._allow(dev, now):
             return self.reject("flood", topic, f"more than {self.s.rate:g} msg/s from {dev}", dev, now)
         body = env.body
         if kind == "status":
-            st = pl.parse_status(body)
+            st = hp.parse_status(body)
             order = (env.epoch, st["bdseq"], 0 if st["state"] == "online" else 1)
         else:
             order = (env.epoch, env.seq)
@@ -358,13 +358,13 @@ class Ingest:
         if kind == "status":
             result = self._status(dev, st, retained, now, topic)
         elif kind == "health":
-            result = self._health(dev, pl.parse_health(body), retained, now, topic)
+            result = self._health(dev, hp.parse_health(body), retained, now, topic)
         elif kind == "alarm":
-            result = self._alarm(dev, pl.parse_alarm(body, name), retained, now, topic)
+            result = self._alarm(dev, hp.parse_alarm(body, name), retained, now, topic)
         elif kind == "component":
-            result = self._component(dev, pl.parse_component(body, name), retained, now, topic)
+            result = self._component(dev, hp.parse_component(body, name), retained, now, topic)
         else:
-            result = self._ratio(dev, pl.parse_ratio(body, dev), retained, now, topic)
+            result = self._ratio(dev, hp.parse_ratio(body, dev), retained, now, topic)
         self.seen[topic] = (env.key_id, order)  # verified and in order: later copies are duplicates
         self._seen_dirty[topic] = dev
         return result

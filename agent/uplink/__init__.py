@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from agent.common.timeutil import now_iso
 from agent.wire import checkpoint
-from agent.wire.health import Sealer
+from agent.wire.envelope import Sealer
 from agent.wire.receipts import STATUS_FRESH_S, ReceiptError
 from agent.wire.client import ConnSettings, settings_from_config as _settings, topic_matches
 from agent.wire.mqtt import Connection, PublishError
@@ -171,7 +171,7 @@ class Uplink:
         return self.topics.status(self.device), self._status_payload("offline")
 
     def _status_payload(self, state: str, clean: bool = False) -> bytes:
-        """The signed status (agent/wire/health.py Sealer); the will is sealed at connect time."""
+        """The signed status (agent/wire/envelope.py Sealer); the will is sealed at connect time."""
         from .. import __version__
 
         d = {"state": state, "bdseq": self._bdseq, "device": self.device, "unit_code": self.cfg.device.unit_code,

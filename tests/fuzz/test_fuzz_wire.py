@@ -11,7 +11,7 @@ from pymodbus.framer import FramerRTU
 from pymodbus.pdu import DecodePDU
 
 from agent.common.errors import EdgeError
-from agent.wire import health as payloads
+from agent.wire import health_parse as payloads
 from agent.wire import protocol
 
 json_values = st.recursive(

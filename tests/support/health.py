@@ -35,7 +35,7 @@ def asyncapi_schemas() -> dict[str, dict]:
 
 
 def envelope_of(payload: bytes) -> dict | None:
-    """The signed envelope a device-state payload is (agent/wire/health.py), else None."""
+    """The signed envelope a device-state payload is (agent/wire/envelope.py), else None."""
     try:
         d = json.loads(payload) if payload else None
     except ValueError:
@@ -56,7 +56,7 @@ def body_of(payload: bytes):
 
 def verify_signed(topic: str, payload: bytes, public) -> dict:
     """Check ``payload`` is an envelope for ``topic`` signed by ``public``; returns the body."""
-    from agent.wire import health as pl
+    from agent.wire import envelope as pl
 
     env = pl.open_envelope(payload)
     assert env.topic == topic, (env.topic, topic)

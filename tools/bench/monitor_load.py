@@ -3,7 +3,7 @@
     python -m tools.bench.monitor_load [--devices 1000] [--loads 1,5] [--seconds 20] [--json [PATH]]
     python -m tools.bench.monitor_load --only verify,flood     # the two signed-state figures only
 
-Every message is a signed envelope (agent/wire/health.py) from a device enrolled in a private
+Every message is a signed envelope (agent/wire/envelope.py) from a device enrolled in a private
 archive root the monitor reads (``--enrolment``); keys are the simulator's (tools/fleet_sim.py).
 
 Three measurements:
@@ -193,7 +193,7 @@ def verify_rate(messages: int = 20000, devices: int = 200, work: Path | None = N
     from agent.monitor.enrolment import Enrolment
     from agent.monitor.ingest import Ingest, IngestSettings
     from agent.monitor.state import MonitorDB
-    from agent.wire import health as pl
+    from agent.wire import envelope as pl
 
     fleet = make_fleet(devices, max(1, devices // 20), "verify")
     msgs = []
