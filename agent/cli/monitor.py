@@ -332,8 +332,9 @@ def _run_report(kind: str, unit, frm, to, fmt, db, year=None) -> None:
 @report.command("ratio")
 @_report_options
 def report_ratio(unit, frm, to, as_json, as_csv, fmt, db):
-    """Equipment per unit at the end of the period: officers, recorders, ratio (minimum 0.2, one
-    recorder per five officers), interview rooms (minimum 1), compliant or not.
+    """Equipment per unit at the end of the period: officers, recorders that count, ratio and
+    interview rooms against the minimums the unit's docking stations report (dock.min_ratio_pct,
+    default 20 = one recorder per five officers; dock.min_rooms, default 1), compliant or not.
 
     \b
     Example:
@@ -344,15 +345,49 @@ def report_ratio(unit, frm, to, as_json, as_csv, fmt, db):
 
 @report.command("usage")
 @_report_options
-def report_usage(unit, frm, to, as_json, as_csv, fmt, db):
+@click.option("--archive", "archive_root", type=click.Path(path_type=Path, file_okay=False),
+              help="Count from the archive at ROOT (read-only): items captured in the period, per unit, officer and "
+                   "device, hours recorded and items archived late. Without it: the stations' health counters as the "
+                   "monitor saw them.")
+@click.option("--deadline-h", type=click.IntRange(1, 720), default=24, show_default=True,
+              help="With --archive: an item stored more than this many hours after its capture end is late "
+                   "(the unit policy's upload_deadline_h).")
+def report_usage(unit, frm, to, as_json, as_csv, fmt, db, archive_root, deadline_h):
     """Use per unit in the period: hours recorded, items, archived share, items pending annotation,
-    alarms raised by kind.
+    alarms raised by kind — or, with --archive ROOT, what the archive holds: per unit, per officer
+    and per device, items captured in the period, hours recorded and items archived late.
 
     \b
     Example:
       edge-agent report usage --unit 330106 --from 2026-11-01 --to 2026-11-30 --csv --db ./monitor.db
+      edge-agent report usage --archive /srv/archive --from 2026-11-01 --to 2026-11-30 --json
     """
-    _run_report("usage", unit, frm, to, _output_format(as_json, as_csv, fmt), db)
+    out = _output_format(as_json, as_csv, fmt)
+    if archive_root is None:
+        _run_report("usage", unit, frm, to, out, db)
+        return
+    import datetime as dt
+
+    from ..archive.usage import read_usage
+    from ..monitor import reports
+
+    start, end = reports.period(frm, to)
+    got = read_usage(archive_root, start, end, unit, deadline_h)
+    rep = {"report": "usage", "source": f"archive {archive_root}", "from": start.isoformat(), "to": end.isoformat(),
+           "generated": dt.datetime.now().astimezone().replace(microsecond=0).isoformat(), **got}
+    if out == "json":
+        click.echo(reports.to_json(rep))
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["level", "unit_code", "officer_id", "officer_name", "device", "items",
+                                        "hours_recorded", "late"], lineterminator="\n", restval="")
+    w.writeheader()
+    for level, key in (("unit", "units"), ("officer", "officers"), ("device", "devices")):
+        for r in rep[key]:
+            w.writerow({"level": level, **{k: ("" if v is None else v) for k, v in r.items()}})
+    click.echo(buf.getvalue(), nl=False)
+    for x in rep["skipped"]:
+        click.echo(f"注意 / note: {x['device']} {x['item']} not counted: {x['why']}", err=True)
 
 
 @report.command("annual")
