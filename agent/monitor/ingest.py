@@ -27,7 +27,6 @@ verifies and applies it; a flusher writes the state in one SQLite transaction ev
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import threading
 import time
@@ -36,6 +35,7 @@ from typing import Any
 
 from agent.wire import envelope as sealed, health as pl, health_parse as hp
 from agent.wire.topics import Topics
+from .devstate import DeviceState
 from .enrolment import Enrolment
 from .state import MonitorDB
 
@@ -74,7 +74,9 @@ class IngestSettings:
     reload_s: float = 10.0
 
 
-class Ingest:
+class Ingest(DeviceState):
+    """Admission (topic, size, enrolment, signature, rate, order), the queues and the MQTT client."""
+
     def __init__(self, db: MonitorDB, settings: IngestSettings, enrolment: Enrolment):
         self.db = db
         self.s = settings
@@ -110,89 +112,6 @@ class Ingest:
         self.connected = False
         self.subscribed = threading.Event()  # set once the first subscription is acknowledged
         self._load()
-
-    # --- persistence ------------------------------------------------------------------------------
-    def _load(self) -> None:
-        c = self.db.conn
-        for r in c.execute("SELECT * FROM devices"):
-            d = dict(r)
-            d["components"] = json.loads(d["components"] or "{}")
-            self.devices[d["id"]] = d
-        for r in c.execute("SELECT device, key, active FROM alarms"):
-            self.alarms[(r["device"], r["key"])] = {"active": bool(r["active"])}
-        for r in c.execute("SELECT * FROM ratio_reports ORDER BY device, unit_code"):
-            self._last_ratio.setdefault(r["device"], []).append((r["unit_code"], r["recorders"], r["officers"], r["serials"],
-                                                                 r["min_ratio_pct"], r["min_rooms"]))
-        self._last_ratio = {k: tuple(v) for k, v in self._last_ratio.items()}
-        self.counters = {r["name"]: r["value"] for r in c.execute("SELECT * FROM counters") if not r["name"].startswith("_")}
-        for r in c.execute("SELECT topic, key_id, ord FROM signed_seen"):
-            self.seen[r["topic"]] = (r["key_id"], tuple(json.loads(r["ord"])))
-        for r in c.execute("SELECT * FROM rejections"):
-            self.rejections[(r["device"], r["reason"])] = [r["count"], r["last_at"], r["last_detail"]]
-
-    def flush(self) -> None:
-        with self.lock:
-            # shallow copies: component entries and health dicts are replaced, never mutated, by ingest
-            rows = [dict(self.devices[d], components=dict(self.devices[d]["components"])) for d in self.dirty]
-            self.dirty = set()
-            alarm_rows, self.alarm_rows = list(self.alarm_rows.values()), {}
-            events, self.events = self.events, []
-            ratio, self.ratio = self.ratio, []
-            usage, self.usage = list(self.usage.values()), {}
-            counters = dict(self.counters)
-            seen = [(t, dev, *self.seen[t]) for t, dev in self._seen_dirty.items()]
-            self._seen_dirty = {}
-            rej = [(dev, reason, *self.rejections[(dev, reason)]) for dev, reason in self._rej_dirty]
-            self._rej_dirty = set()
-        with self._cv:
-            for k, v in self._qcount.items():
-                if v:
-                    counters[k] = counters.get(k, 0) + v
-        counters["_flushed_at_ms"] = int(time.time() * 1000)  # when these counts were true (benchmarks)
-        with self.db.atomic() as c:
-            c.executemany(
-                "INSERT INTO devices(id, unit_code, unit_name, kind, version, state, bdseq, first_seen, last_seen, "
-                "status_ts, health, health_ts, components, unit_conflicts, last_conflict) "
-                "VALUES (:id, :unit_code, :unit_name, :kind, :version, :state, :bdseq, :first_seen, :last_seen, "
-                ":status_ts, :health, :health_ts, :components, :unit_conflicts, :last_conflict) "
-                "ON CONFLICT(id) DO UPDATE SET unit_code=excluded.unit_code, unit_name=excluded.unit_name, "
-                "kind=excluded.kind, version=excluded.version, state=excluded.state, bdseq=excluded.bdseq, "
-                "last_seen=excluded.last_seen, status_ts=excluded.status_ts, health=excluded.health, "
-                "health_ts=excluded.health_ts, components=excluded.components, "
-                "unit_conflicts=excluded.unit_conflicts, last_conflict=excluded.last_conflict",
-                [dict(r, components=json.dumps(r["components"], ensure_ascii=False),
-                      health=r["health"] if r["health"] is None or isinstance(r["health"], str)
-                      else json.dumps(r["health"], ensure_ascii=False)) for r in rows])
-            c.executemany(
-                "INSERT INTO alarms VALUES (:device, :key, :code, :unit_code, :severity, :active, :since, :cleared, "
-                ":ts, :message_zh, :message_en, :source, :updated) ON CONFLICT(device, key) DO UPDATE SET "
-                "code=excluded.code, unit_code=excluded.unit_code, severity=excluded.severity, active=excluded.active, "
-                "since=excluded.since, cleared=excluded.cleared, ts=excluded.ts, message_zh=excluded.message_zh, "
-                "message_en=excluded.message_en, source=excluded.source, updated=excluded.updated", alarm_rows)
-            c.executemany("INSERT INTO alarm_events(device, unit_code, key, code, severity, event, ts, received) "
-                          "VALUES (?,?,?,?,?,?,?,?)", events)
-            for rep in ratio:  # a report replaces everything the station said before
-                c.execute("DELETE FROM ratio_reports WHERE device = ?", [rep["device"]])
-                for r in rep["rows"]:
-                    c.execute("INSERT INTO ratio_reports(device, unit_code, unit_name, recorders, officers, serials, at, "
-                              "received, min_ratio_pct, min_rooms) VALUES (:device, :unit_code, :unit_name, :recorders, "
-                              ":officers, :serials, :at, :received, :min_ratio_pct, :min_rooms)", r)
-                    c.execute("INSERT INTO ratio_history(device, unit_code, recorders, officers, serials, received, "
-                              "min_ratio_pct, min_rooms) VALUES (:device, :unit_code, :recorders, :officers, :serials, "
-                              ":received, :min_ratio_pct, :min_rooms)", r)
-            c.executemany(
-                "INSERT INTO usage_daily VALUES (:device, :day, :unit_code, :kind, :items_total0, :items_archived0, "
-                ":recorded_s0, :items_total, :items_archived, :recorded_s, :pending_annotation, :samples) "
-                "ON CONFLICT(device, day) DO UPDATE SET items_total=excluded.items_total, "
-                "items_archived=excluded.items_archived, recorded_s=excluded.recorded_s, "
-                "pending_annotation=excluded.pending_annotation, samples=usage_daily.samples + excluded.samples", usage)
-            c.executemany("INSERT INTO signed_seen VALUES (?, ?, ?, ?) ON CONFLICT(topic) DO UPDATE SET "
-                          "device=excluded.device, key_id=excluded.key_id, ord=excluded.ord",
-                          [(t, dev, kid, json.dumps(list(order))) for t, dev, kid, order in seen])
-            c.executemany("INSERT INTO rejections VALUES (?, ?, ?, ?, ?) ON CONFLICT(device, reason) DO UPDATE SET "
-                          "count=excluded.count, last_at=excluded.last_at, last_detail=excluded.last_detail", rej)
-            c.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
-                          list(counters.items()))
 
     # --- accounting -------------------------------------------------------------------------------
     def count(self, name: str, n: int = 1) -> None:
@@ -368,137 +287,6 @@ class Ingest:
         self.seen[topic] = (env.key_id, order)  # verified and in order: later copies are duplicates
         self._seen_dirty[topic] = dev
         return result
-
-    def _device(self, dev: str, now: float) -> dict:
-        d = self.devices.get(dev)
-        if d is None:
-            d = self.devices[dev] = {
-                "id": dev, "unit_code": self.enrolment.get(dev).unit, "unit_name": None, "kind": None, "version": None, "state": "unknown",
-                "bdseq": None, "first_seen": now, "last_seen": now, "status_ts": None, "health": None,
-                "health_ts": None, "components": {}, "unit_conflicts": 0, "last_conflict": None}
-            self.count("devices_new")
-        return d
-
-    def _day(self, now: float) -> str:
-        sec = int(now)
-        if sec != self._day_cache[0]:
-            self._day_cache = (sec, time.strftime("%Y-%m-%d", time.localtime(sec)))
-        return self._day_cache[1]
-
-    def _unit_ok(self, d: dict, unit: str | None, unit_name: str | None, topic: str) -> bool:
-        """The unit is the enrolled one; a signed message naming another unit (a device configured
-        for a unit it is not enrolled for) is refused and shown as a unit conflict."""
-        enrolled = self.enrolment.get(d["id"]).unit
-        d["unit_code"] = enrolled  # an enrolment moved with `archive enroll --force` moves the device
-        if not unit or unit == enrolled:
-            if unit and unit_name and d["unit_name"] != unit_name:
-                d["unit_name"] = unit_name
-            return True
-        d["unit_conflicts"] += 1
-        d["last_conflict"] = unit
-        self.dirty.add(d["id"])
-        self.reject("unit_mismatch", topic, f"{d['id']} is enrolled for unit {enrolled}, claims {unit}", d["id"])
-        return False
-
-    def _seen(self, d: dict, retained: bool, now: float) -> None:
-        if not retained:
-            d["last_seen"] = now
-        self.dirty.add(d["id"])
-        self.count("accepted")
-
-    def _status(self, dev: str, st: dict, retained: bool, now: float, topic: str) -> str:
-        d = self._device(dev, now)
-        if not self._unit_ok(d, st["unit_code"], st["unit_name"], topic):
-            return "unit_mismatch"
-        # order (epoch, bdseq, online < offline) was checked by _handle: a stale death is "replayed"
-        d.update(state=st["state"], bdseq=st["bdseq"], status_ts=now)
-        if st["state"] == "online":
-            for k in ("kind", "version"):
-                if st[k]:
-                    d[k] = st[k]
-        self._seen(d, retained, now)
-        return "accepted"
-
-    def _health(self, dev: str, h: dict, retained: bool, now: float, topic: str) -> str:
-        if h["device"] != dev:
-            return self.reject("device_mismatch", topic, f"payload names {h['device']}", dev, now)
-        d = self._device(dev, now)
-        if not self._unit_ok(d, h["unit_code"], h["unit_name"], topic):
-            return "unit_mismatch"
-        if d["state"] != "online":
-            d["state"] = "online"
-        d["kind"] = h["kind"]
-        if h["version"]:
-            d["version"] = h["version"]
-        d["health"] = h  # serialised at flush time, once per device and flush
-        d["health_ts"] = now
-        for name, state in h["components"].items():
-            comp = d["components"].get(name)
-            if comp is None or comp.get("state") != state:
-                d["components"][name] = {"state": state, "ts": h["ts"]}
-        day = self._day(now)
-        u = self.usage.get((dev, day))
-        if u is None:
-            u = self.usage[(dev, day)] = {"device": dev, "day": day, "unit_code": d["unit_code"], "kind": h["kind"],
-                                          "items_total0": h["items_total"], "items_archived0": h["items_archived"],
-                                          "recorded_s0": h["recorded_s"], "samples": 0}
-        u.update(items_total=h["items_total"], items_archived=h["items_archived"], recorded_s=h["recorded_s"],
-                 pending_annotation=h["pending_annotation"])
-        u["samples"] += 1
-        self._seen(d, retained, now)
-        return "accepted"
-
-    def _alarm(self, dev: str, a: dict, retained: bool, now: float, topic: str) -> str:
-        d = self._device(dev, now)
-        if not self._unit_ok(d, a["unit_code"], None, topic):
-            return "unit_mismatch"
-        k = (dev, a["key"])
-        prev = self.alarms.get(k)
-        was_active = bool(prev and prev["active"])
-        if a["active"] != was_active:
-            self.events.append((dev, d["unit_code"], a["key"], a["code"], a["severity"],
-                                "raised" if a["active"] else "cleared", a["ts"], now))
-        self.alarms[k] = {"active": a["active"]}
-        self.alarm_rows[k] = {"device": dev, "key": a["key"], "code": a["code"], "unit_code": d["unit_code"],
-                              "severity": a["severity"], "active": int(a["active"]), "since": a["since"],
-                              "cleared": a["cleared"], "ts": a["ts"], "message_zh": a["message_zh"],
-                              "message_en": a["message_en"], "source": a["source"], "updated": now}
-        self._seen(d, retained, now)
-        return "accepted"
-
-    def _component(self, dev: str, c: dict, retained: bool, now: float, topic: str) -> str:
-        d = self._device(dev, now)
-        detail = pl.jsonable(c["detail"])
-        if len(json.dumps(detail, ensure_ascii=False)) > 4096:
-            detail = {"note": "detail too large, omitted"}
-        d["components"][c["name"]] = {"state": c["state"], "ts": c["ts"], "detail": detail,
-                                      **({"label": c["label"]} if c["label"] else {}),
-                                      **({"raw_state": c["raw_state"]} if c["raw_state"] != c["state"] else {})}
-        if len(d["components"]) > 64:
-            d["components"].pop(c["name"])
-            self.reject("too_many_components", topic, dev)
-            return "too_many_components"
-        self._seen(d, retained, now)
-        return "accepted"
-
-    def _ratio(self, dev: str, r: dict, retained: bool, now: float, topic: str) -> str:
-        d = self._device(dev, now)
-        rows = []
-        for u in r["units"]:
-            if u["unit_code"] != d["unit_code"]:  # a station speaks for the unit it is enrolled for only
-                self.count("ratio_rows_other_unit")
-                continue
-            serials = json.dumps(sorted(set(u["serials"]))) if u["serials"] is not None else None
-            rows.append({"device": dev, "unit_code": u["unit_code"], "unit_name": u["unit_name"],
-                         "recorders": u["recorders"], "officers": u["officers"], "serials": serials, "at": r["at"],
-                         "received": now, "min_ratio_pct": r.get("min_ratio_pct"), "min_rooms": r.get("min_rooms")})
-        sig = tuple((x["unit_code"], x["recorders"], x["officers"], x["serials"], x["min_ratio_pct"], x["min_rooms"])
-                    for x in sorted(rows, key=lambda x: x["unit_code"]))
-        if self._last_ratio.get(dev) != sig:  # a retained re-delivery adds no history
-            self._last_ratio[dev] = sig
-            self.ratio.append({"device": dev, "rows": rows})
-        self._seen(d, retained, now)
-        return "accepted"
 
     # --- running ----------------------------------------------------------------------------------
     def _flush_loop(self) -> None:
