@@ -49,7 +49,7 @@ def main(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = Ctx(config_path)
 
 
-from . import core  # noqa: E402,F401  (registers its commands on main)
+from . import audit, core, items  # noqa: E402,F401  (each registers its commands on main)
 
 from . import archive, dock, monitor, ops, room, uplink  # noqa: E402,F401  (each registers its group)
 from . import broker  # noqa: E402,F401  (archive broker-config)
