@@ -340,3 +340,27 @@ def test_battery_and_resolution_go_out_in_health_through_the_ports(env, media, b
     finally:
         up.stop()
         cap.close()
+
+
+def test_item_resumed_without_a_prefix_check_is_reread_whole_before_its_erase(env, media):
+    """An item resumed by a version that did not check the prefix (its copy record has no
+    prefix_check): at the next docking the station switches to mass storage although every file is in
+    custody, reads that file whole and erases it only because the second read has the copy's hash."""
+    data, ports, made = env
+    st = start_station(made, make_cfg(data, ports, probe=False))
+    sim = start_sim(made, media, ports / "ttyREC1")
+    st.wait_state("bay-1", ("uploading",), timeout=30)
+    sim.stop()
+    st.wait_state("bay-1", ("idle",), timeout=5)
+    rows = sealed_items(st.store)
+    victim = next(r for r in rows if "_IMP" not in st.store.read_manifest(r["id"])["source"]["name"])
+    name = st.store.read_manifest(victim["id"])["source"]["name"]
+    # what an older version left: an ingest entry saying the copy was resumed, no prefix check
+    st.store.audit.append("ingest", victim["id"], actor="agent:dock", bay="bay-1", serial=SERIAL, file=name,
+                          resumed_at=100, bytes=victim["size"])
+    for r in rows:
+        st.store.mark_archived(r["id"], receipt_for(r))
+    time.sleep(0.3)
+    sim2 = start_sim(made, media, ports / "ttyREC1")
+    b = st.wait("bay-1", ("done",), timeout=30)
+    assert sim2.msdc and b["erased"] == 4 and name in sim2.erased and b["problems"] == []

@@ -15,6 +15,7 @@ condition holds for that exact file; important/locked files are never erased aut
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
 import threading
@@ -39,6 +40,7 @@ from drivers.recorder import (
 from agent.common.errors import DiskReserveError, EdgeError
 from agent.common.timeutil import now_iso
 from .copying import BayCopy, source_key
+from .erasing import resume_proven
 from .erasing import BayErase
 from .state import HAVE_STATES, STATES, UNKNOWN_CLOCK, BayAbort, BayState, ClockOffset
 
@@ -443,13 +445,23 @@ class Bay(BayCopy, BayErase):
         after-local-verify. A recorder that re-enumerates at the switch would otherwise come back
         after every docking only to be switched again."""
         store = self.station.store
-        if self.station.cfg.dock.erase_policy == "after-local-verify" and any(not r.protected for r in records):
+        policy = self.station.cfg.dock.erase_policy
+        if policy == "after-local-verify" and any(not r.protected for r in records):
             return True
         for r in records:
             row = store.find_by_source(source_key(serial, r))
             if not (row and row["state"] in HAVE_STATES):
                 return True
+            if policy == "after-archive" and not r.protected and not self._resume_proven(row["id"]):
+                return True  # resumed without a prefix check (an older version): its erase needs a second read
         return False
+
+    def _resume_proven(self, item: str) -> bool:
+        audit = self.station.store.audit
+        copies = [json.loads(a["detail"]) for a in audit.entries(item_id=item, action="copy")]
+        resumed = max([0, *(int(json.loads(a["detail"]).get("resumed_at") or 0)
+                            for a in audit.entries(item_id=item, action="ingest"))])
+        return resume_proven(copies, resumed)
 
     def _keep_clock(self, serial: str, records: list[FileRecord], clock: ClockOffset) -> None:
         self.station.registry.keep_clock(serial, [source_key(serial, r) for r in records], clock.offset_ms,
