@@ -57,6 +57,22 @@ class Flooder:
         self.c.disconnect()
 
 
+def listening(rx, f: Flooder) -> int:
+    """Wait until the receiver's subscriptions are in place (a probe query is handled: a message
+    published before the broker has the subscription is lost); returns messages handled so far."""
+    def probe():
+        before = rx.seen
+        f.send(f"edge/xfer/{DEV}/{DEV}-probe/query", b"{}")
+        try:
+            wait_for(lambda: rx.seen > before, 2, "probe handled")
+            return True
+        except AssertionError:
+            return False
+    wait_for(probe, 60, "the receiver's subscriptions")
+    time.sleep(0.5)  # late probes still in flight
+    return rx.seen
+
+
 def _json(obj) -> bytes:
     return json.dumps(obj).encode()
 
@@ -77,6 +93,7 @@ def test_lone_surrogate_file_names_do_not_stop_archiving(broker, tmp_path):
     sig = mf.signature_record(t.store.private_key, signed)
     f = Flooder(broker.port)
     try:
+        base0 = listening(rx, f)
         item = evil["item_id"]
         base = f"edge/xfer/{DEV}/{item}"
         f.send(base + "/manifest", signed, P.manifest_props(sig))  # signed by the device
@@ -88,7 +105,7 @@ def test_lone_surrogate_file_names_do_not_stop_archiving(broker, tmp_path):
         f.send(base + "/finish", b'{"files":[{"name":"\\ud800","size":1}],"size":1,"annotations":[]}')
         f.send(base + "/query", b'{"\\udfff":"\\ud800"}')
         f.send(f"edge/dev/{DEV}/chain", b'{"count":"\\ud800"}')
-        wait_for(lambda: rx.seen >= 7, 20, "the receiver took every message")
+        wait_for(lambda: rx.seen >= base0 + 7, 60, "the receiver took every message")
         t.start_agent()
         t.wait_archived(ids)
         check_archive(t.root, ids)
@@ -132,6 +149,7 @@ def test_junk_floods_stay_bounded(broker, tmp_path, caplog):
     f = Flooder(broker.port)
     caplog.set_level(logging.WARNING, logger="agent.archive")
     try:
+        base0 = listening(rx, f)
         n = 3000
         for i in range(n):
             item = f"{DEV}-2026010100{i:04d}-{i:06x}"
@@ -141,8 +159,8 @@ def test_junk_floods_stay_bounded(broker, tmp_path, caplog):
             f.send(f"edge/xfer/{DEV if i % 3 else 'ghost-' + str(i)}/{item}/{kind}", payload,
                    [("sig", "AA==")] if kind == "manifest" else None)
             if i % 200 == 199:  # paced below the broker's queue limit (it drops beyond it, see docs/mqtt.md)
-                wait_for(lambda: rx.seen >= i + 1, 60, f"junk messages handled ({rx.seen}/{i + 1})")
-        wait_for(lambda: rx.seen >= n, 60, f"{n} junk messages handled ({rx.seen})")
+                wait_for(lambda: rx.seen >= base0 + i + 1, 60, f"junk messages handled ({rx.seen}/{i + 1})")
+        wait_for(lambda: rx.seen >= base0 + n, 60, f"{n} junk messages handled ({rx.seen})")
         rows = t.archive.quarantined()
         assert len(rows) < 50, len(rows)
         assert sum(1 + r["repeats"] for r in rows) >= n // 2  # every refused manifest/finish counted
