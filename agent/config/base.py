@@ -9,7 +9,7 @@ value must not be shown (``config show``) is declared with :func:`secret`.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -75,3 +75,20 @@ def ident(value: str) -> str:
 
 Ident = Annotated[str, AfterValidator(ident)]
 """A string field holding an identifier (:func:`ident`)."""
+
+
+_T = TypeVar("_T")
+
+
+def unique_by(value: list[_T], key: Callable[[_T], str | None], what: str) -> list[_T]:
+    """``value`` unchanged when no two entries share ``key`` (None: not checked); otherwise a
+    ValueError naming the entry (1-based) and ``what``: "中文 / English {!r} ...", formatted with the key."""
+    seen: set[str] = set()
+    for i, v in enumerate(value, 1):
+        k = key(v)
+        if k is None:
+            continue
+        if k in seen:
+            raise ValueError(f"第 {i} 项 / entry {i}: " + what.format(k))
+        seen.add(k)
+    return value

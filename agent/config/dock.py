@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, TypeAdapter, field_validator, model_serializer, model_validator
 
-from .base import ConfigModel, secret
+from .base import ConfigModel, secret, unique_by
 
 _BAY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
@@ -153,21 +153,11 @@ class DockConfig(ConfigModel):
 
 
 def _unique_bay_names(value: list[BaySpec]) -> list[BaySpec]:
-    seen: set[str] = set()
-    for i, bay in enumerate(value, 1):
-        if bay.name is not None and bay.name in seen:
-            raise ValueError(f"第 {i} 项 / entry {i}: 工位名称重复 / bay name {bay.name!r} used twice")
-        seen.add(bay.name or "")
-    return value
+    return unique_by(value, lambda bay: bay.name, "工位名称重复 / bay name {!r} used twice")
 
 
 def _unique_labels(value: list[MassStorageRecorder]) -> list[MassStorageRecorder]:
-    seen: set[str] = set()
-    for i, rec in enumerate(value, 1):
-        if rec.label in seen:
-            raise ValueError(f"第 {i} 项 / entry {i}: 卷标重复 / label {rec.label!r} mapped twice")
-        seen.add(rec.label)
-    return value
+    return unique_by(value, lambda rec: rec.label, "卷标重复 / label {!r} mapped twice")
 
 
 _BAYS = TypeAdapter(list[BaySpec])

@@ -15,7 +15,7 @@ from typing import Literal
 from drivers.recorder.scsi import FUNCTION_KEYS, JIELI_DV16, PAYLOADS, ScsiFunction, StatusRead, VendorProfile
 from pydantic import Field, field_validator, model_validator
 
-from .base import ConfigModel, Ident
+from .base import ConfigModel, Ident, unique_by
 
 BUILTIN = {JIELI_DV16.name: JIELI_DV16}
 
@@ -105,12 +105,7 @@ class ScsiConfig(ConfigModel):
     @field_validator("vendors")
     @classmethod
     def _unique(cls, value: list[ScsiVendor]) -> list[ScsiVendor]:
-        seen: set[str] = set()
-        for i, v in enumerate(value, 1):
-            if v.name in seen:
-                raise ValueError(f"第 {i} 项 / entry {i}: 名称重复 / table name {v.name!r} used twice")
-            seen.add(v.name)
-        return value
+        return unique_by(value, lambda v: v.name, "名称重复 / table name {!r} used twice")
 
     def profiles(self) -> list[VendorProfile]:
         """The driver's tables in the order they are tried: own tables first, then built-in ones."""

@@ -17,9 +17,9 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
-from drivers.recorder import FileRecord, FileType, RecorderClient, RecorderError, RecorderGone, derive_recorder_id, \
+from drivers.recorder import FileRecord, FileType, RecorderError, RecorderGone, derive_recorder_id, \
     file_number
 
 from agent.common.errors import DiskReserveError, EdgeError
@@ -28,10 +28,7 @@ from agent.common.timeutil import iso
 from agent.evidence import hashing
 from agent.store.store import SourceError
 from .erasing import sealed_summary
-from .state import HAVE_STATES, PENDING, UNKNOWN_CLOCK, BayAbort, BayState, ClockOffset
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .station import DockStation
+from .state import HAVE_STATES, PENDING, UNKNOWN_CLOCK, BayAbort, BayPart, ClockOffset
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +75,10 @@ class _Reader:
         return self.f.fileno()
 
 
-class BayCopy:
+class BayCopy(BayPart):
     """Plan, copy, resume and seal the files of one docking (mixed into ``Bay``, whose state,
     lock, ``set()``, ``_problem()`` and ``gone()`` it uses)."""
 
-    station: "DockStation"
-    st: BayState
-    lock: threading.RLock
-    client: RecorderClient | None
-    mass_storage: bool
-    msdc_mount: str | None
     undock_event: threading.Event
     assignment_meta: dict
 

@@ -13,19 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
-from drivers.recorder import FileRecord, RecorderClient, RecorderError, RecorderGone, RecorderRefused, RecorderTimeout
+from drivers.recorder import FileRecord, RecorderError, RecorderGone, RecorderRefused, RecorderTimeout
 from drivers.recorder.protocol import Result
 
 from agent.common.errors import EdgeError
 from agent.evidence import manifest as mf
-from .state import HAVE_STATES, BayState
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .station import DockStation
+from .state import HAVE_STATES, BayPart
 
 log = logging.getLogger(__name__)
 
@@ -161,16 +157,10 @@ class _AlreadyGone(Exception):
     with the old connection) erased it."""
 
 
-class BayErase:
+class BayErase(BayPart):
     """Wait for the archive and erase per policy (mixed into ``Bay``, whose state, lock, ``set()``,
     ``_problem()``, ``_reread()`` and ``gone()`` it uses)."""
 
-    station: "DockStation"
-    st: BayState
-    lock: threading.RLock
-    client: RecorderClient | None
-    mass_storage: bool
-    msdc_mount: str | None
     _battery_at: float = 0.0
 
     # --- after copying: upload and erase ---------------------------------------------------

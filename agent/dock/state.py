@@ -3,9 +3,16 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agent.common.errors import EdgeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from drivers.recorder import RecorderClient
+
+    from .station import DockStation
 
 STATES = ("idle", "identifying", "charging", "downloading", "verifying", "uploading", "done", "error")
 LABELS = {
@@ -109,3 +116,14 @@ class BayState:
         d["history"] = [dict(h) for h in self.history]
         d["label"] = LABELS[self.state]
         return d
+
+
+class BayPart:
+    """What the parts of a bay (``BayCopy``, ``BayErase``, mixed into ``Bay``) use of it."""
+
+    station: "DockStation"
+    st: BayState
+    lock: threading.RLock
+    client: "RecorderClient | None"
+    mass_storage: bool
+    msdc_mount: str | None

@@ -78,6 +78,17 @@ def load_public(path: Path) -> Ed25519PublicKey:
     return parse_public(data, str(path))
 
 
+def pin_public(path: Path, directory: Path, prefix: str) -> tuple[str, Path]:
+    """Copy the Ed25519 public key at ``path`` into ``directory`` as ``PREFIX-KEYID.pub``;
+    returns (key id, where it went). Refuses anything that is not an Ed25519 public key."""
+    pub = load_public(Path(path))
+    kid = key_id(pub)
+    dest = Path(directory) / f"{prefix}-{kid}.pub"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(dest, public_pem(pub), mode=0o644)
+    return kid, dest
+
+
 def parse_public(data: bytes, where: str = "public key") -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(data)

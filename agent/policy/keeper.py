@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable
 
 from agent.common.errors import EdgeError
-from agent.common.fs import atomic_write
 from agent.common.timeutil import now_iso
 from agent.evidence import keys
 from agent.wire import policy as wp
@@ -51,12 +50,7 @@ def pinned_ring(data_dir: str | Path, extra: list[str] = ()) -> keys.KeyRing:
 
 def pin_key(data_dir: str | Path, path: Path) -> tuple[str, Path]:
     """Copy a policy public key into DATA_DIR/keys/policy/ (named by key id)."""
-    pub = keys.load_public(Path(path))
-    kid = keys.key_id(pub)
-    dest = keys_dir(data_dir) / f"policy-{kid}.pub"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(dest, keys.public_pem(pub), mode=0o644)
-    return kid, dest
+    return keys.pin_public(path, keys_dir(data_dir), "policy")
 
 
 def in_force(store) -> dict | None:

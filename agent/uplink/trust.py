@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.common.errors import EdgeError
-from agent.common.fs import atomic_write
 from agent.evidence import keys
 from agent.wire.receipts import ArchiveTrust
 
@@ -32,9 +31,4 @@ def archive_trust(cfg) -> ArchiveTrust:
 def pin_archive_key(cfg, path: Path) -> tuple[str, Path]:
     """Copy the archive public key at ``path`` into DATA_DIR/keys/archive/ (named by key id);
     returns (key id, where it went). Refuses anything that is not an Ed25519 public key."""
-    pub = keys.load_public(Path(path))
-    kid = keys.key_id(pub)
-    dest = archive_keys_dir(cfg) / f"archive-{kid}.pub"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(dest, keys.public_pem(pub), mode=0o644)
-    return kid, dest
+    return keys.pin_public(path, archive_keys_dir(cfg), "archive")
