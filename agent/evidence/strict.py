@@ -150,6 +150,16 @@ class _Checker:
             self.fail(field, f"must be 64 lower-case hex digits, is {v!r}")
         return v
 
+    def chain_link(self, d: dict, seq_field: str, prev_field: str, what: str, first: str) -> None:
+        """``d[seq_field]`` counts from 1; the first has no ``d[prev_field]`` (``first`` says why),
+        every later ``what`` names its predecessor's hash there."""
+        seq = self.int_(d[seq_field], seq_field, 1)
+        prev = self.opt_hex64(d[prev_field], prev_field)
+        if seq == 1 and prev is not None:
+            self.fail(prev_field, f"must be null for {seq_field} 1 ({first})")
+        if seq > 1 and prev is None:
+            self.fail(prev_field, f"missing for {seq_field} {seq} (every {what} after the first names its predecessor)")
+
     def opt_hex64(self, v: Any, field: str) -> str | None:
         return None if v is None else self.hex64(v, field)
 
@@ -199,12 +209,7 @@ def check_manifest(m: Any, where: str = "manifest.json") -> dict:
                                              or abs(m["clock_offset_ms"]) > MAX_INT):
         c.fail("clock_offset_ms", f"must be an integer or null, is {m['clock_offset_ms']!r}")
     c.str_(m["software"], "software")
-    seq = c.int_(m["device_seq"], "device_seq", 1)
-    prev = c.opt_hex64(m["prev_manifest_hash"], "prev_manifest_hash")
-    if seq == 1 and prev is not None:
-        c.fail("prev_manifest_hash", "must be null for device_seq 1 (the first item has no previous manifest)")
-    if seq > 1 and prev is None:
-        c.fail("prev_manifest_hash", f"missing for device_seq {seq} (every item after the first names its predecessor)")
+    c.chain_link(m, "device_seq", "prev_manifest_hash", "item", "the first item has no previous manifest")
     c.int_(m["block_size"], "block_size", 1)
     enc = m["encryption"]
     if enc is not None:
@@ -338,12 +343,7 @@ def check_annotation(a: Any, where: str = "annotation") -> dict:
     c.hex64(a["manifest_hash"], "manifest_hash")
     if a["hash_alg"] not in HASH_ALGS:
         c.fail("hash_alg", f"must be one of {', '.join(HASH_ALGS)}")
-    seq = c.int_(a["seq"], "seq", 1)
-    prev = c.opt_hex64(a["prev"], "prev")
-    if seq == 1 and prev is not None:
-        c.fail("prev", "must be null for seq 1 (the first annotation has no predecessor)")
-    if seq > 1 and prev is None:
-        c.fail("prev", f"missing for seq {seq} (every annotation after the first names its predecessor)")
+    c.chain_link(a, "seq", "prev", "annotation", "the first annotation has no predecessor")
     c.time(a["time"], "time")
     c.str_(a["actor"], "actor")
     c.str_(a["reason"], "reason", empty=True)
