@@ -12,6 +12,8 @@ same rule except for table names: its simulators read the archive's own ``items`
 from __future__ import annotations
 
 import ast
+
+from tests.support import pysource
 import re
 from pathlib import Path
 
@@ -38,7 +40,7 @@ def declared_tables(sources: dict[str, str]) -> set[str]:
     a table made on the fly (``CREATE TABLE IF NOT EXISTS`` in a call) does not count."""
     out = set()
     for text in sources.values():
-        for node in ast.parse(text).body:
+        for node in pysource.parse(text).body:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
             if any(isinstance(t, ast.Name) and t.id == "MIGRATIONS" for t in targets) and node.value is not None:
                 out |= {t for _, s in _strings(node.value) for t in CREATE.findall(s)}
@@ -48,7 +50,7 @@ def declared_tables(sources: dict[str, str]) -> set[str]:
 def violations(rel: str, text: str, tables: set[str], own: set[str], sql: bool = True) -> list[str]:
     """Where the file ``rel`` touches one of ``tables`` (other than those in ``own``) or the ledger;
     ``sql=False`` skips the table names in string literals."""
-    tree = ast.parse(text)
+    tree = pysource.parse(text)
     out = []
     allowed = own | GENERIC.get(rel, set())
     for line, s in _strings(tree):

@@ -4,6 +4,8 @@ and the only place a topic string is written."""
 from __future__ import annotations
 
 import ast
+
+from tests.support import pysource
 import json
 import re
 import shutil
@@ -81,7 +83,7 @@ def topic_literals(source: str) -> list[tuple[int, str]]:
     """String constants (f-strings with X for each placeholder) of ``source`` that look like
     MQTT topics of this project."""
     found = []
-    tree = ast.parse(source)
+    tree = pysource.parse(source)
     parts = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
     for node in ast.walk(tree):
         if id(node) in parts:  # a piece of an f-string: judged as the whole string
@@ -122,7 +124,7 @@ def test_no_module_outside_the_wire_imports_paho():
         rel = path.relative_to(AGENT.parent)
         if rel.parts[1] == "wire":
             continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(pysource.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{rel}:{node.lineno}" for n in names if n == "paho" or n.startswith("paho.")]
