@@ -237,7 +237,9 @@ def test_ingest_inprocess_tui_and_bdseq(tmp_path):
     assert ing.handle("edge/dev/r1/cmd", b"x") == "ignored"
     ing.flush()
     f = fleet(db.conn, 120)
-    assert f["totals"]["alarms"] == 0 and f["units"][0]["rooms"] == 1
+    assert f["totals"]["alarms"] == 0
+    # the room is offline: it has lost its room badge and says since when (issue 16 item 3)
+    assert f["units"][0]["rooms"] == 0 and [(r["id"], r["state"]) for r in f["units"][0]["rooms_out"]] == [("r1", "offline")]
     assert [r[0] for r in db.conn.execute("SELECT event FROM alarm_events")] == ["raised", "cleared"]
     console = Console(record=True, width=160)
     console.print(render(f))

@@ -8,10 +8,20 @@ Every method here runs under the ingest's lock, on messages :class:`Ingest` alre
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 
 from agent.wire import health as pl
+
+
+def signed_at(ts: str | None, now: float) -> float | None:
+    """A signed envelope's time as a Unix time, never after ``now`` (a device clock ahead of the
+    monitor's does not make a message newer than its arrival)."""
+    try:
+        return min(now, dt.datetime.fromisoformat(ts).timestamp()) if ts else None
+    except (TypeError, ValueError):
+        return None
 
 
 class DeviceState:
@@ -99,12 +109,18 @@ class DeviceState:
                           list(counters.items()))
 
     # --- applying verified messages ------------------------------------------------------------
+    #: the signed time of the message being applied (set by Ingest._handle from the envelope's ts)
+    _signed_at: float | None = None
+
     def _device(self, dev: str, now: float) -> dict:
         d = self.devices.get(dev)
         if d is None:
+            # first known from a retained message (a monitor started after the fact): the device was
+            # last heard when it signed that message, not when this monitor started
+            at = min(now, self._signed_at or now)
             d = self.devices[dev] = {
                 "id": dev, "unit_code": self.enrolment.get(dev).unit, "unit_name": None, "kind": None, "version": None, "state": "unknown",
-                "bdseq": None, "first_seen": now, "last_seen": now, "status_ts": None, "health": None,
+                "bdseq": None, "first_seen": at, "last_seen": at, "status_ts": None, "health": None,
                 "health_ts": None, "components": {}, "unit_conflicts": 0, "last_conflict": None}
             self.count("devices_new")
         return d
@@ -133,6 +149,8 @@ class DeviceState:
     def _seen(self, d: dict, retained: bool, now: float) -> None:
         if not retained:
             d["last_seen"] = now
+        elif self._signed_at is not None and self._signed_at > d["last_seen"]:
+            d["last_seen"] = self._signed_at  # retained: heard from when it signed the message
         self.dirty.add(d["id"])
         self.count("accepted")
 
@@ -141,11 +159,12 @@ class DeviceState:
         if not self._unit_ok(d, st["unit_code"], st["unit_name"], topic):
             return "unit_mismatch"
         # order (epoch, bdseq, online < offline) was checked by _handle: a stale death is "replayed"
-        d.update(state=st["state"], bdseq=st["bdseq"], status_ts=now)
-        if st["state"] == "online":
-            for k in ("kind", "version"):
-                if st[k]:
-                    d[k] = st[k]
+        # since when online/offline: live, its arrival; retained (a monitor started later), when it was signed
+        at = now if not retained else min(now, self._signed_at or now)
+        d.update(state=st["state"], bdseq=st["bdseq"], status_ts=at)
+        for k in ("kind", "version"):  # a death names them too: a monitor that sees only it still knows a room
+            if st[k] and (st["state"] == "online" or d[k] is None):
+                d[k] = st[k]
         self._seen(d, retained, now)
         return "accepted"
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from agent.wire import envelope as sealed, health as pl, health_parse as hp
 from agent.wire.topics import Topics
-from .devstate import DeviceState
+from .devstate import DeviceState, signed_at
 from .enrolment import Enrolment
 from .state import MonitorDB
 
@@ -274,6 +274,7 @@ class Ingest(DeviceState):
             if order == last[1]:
                 self.count("duplicate")
                 return "duplicate"
+        self._signed_at = signed_at(env.ts, now)
         if kind == "status":
             result = self._status(dev, st, retained, now, topic)
         elif kind == "health":

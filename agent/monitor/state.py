@@ -250,11 +250,12 @@ def fleet(conn: sqlite3.Connection, lost_after: float, now: float | None = None)
         d["health"] = json.loads(d["health"]) if d["health"] else None
         d["components"] = json.loads(d["components"] or "{}")
         d["silent_s"] = int(now - d["last_seen"])
-        d["display_state"] = "lost" if d["state"] == "online" and now - d["last_seen"] > lost_after else d["state"]
+        d["display_state"] = display_state(d, now, lost_after)
+        d["since"] = state_since(d)
         devices.append(d)
     alarms = [_row(r) for r in conn.execute("SELECT * FROM alarms WHERE active = 1 ORDER BY "
                                             "CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, since")]
-    units = unit_rows(conn, devices, alarms)
+    units = unit_rows(conn, devices, alarms, lost_after=lost_after, now=now)
     counters = {r["name"]: r["value"] for r in conn.execute("SELECT * FROM counters") if not r["name"].startswith("_")}
     rejected = {k.split(".", 1)[1]: v for k, v in counters.items() if k.startswith("rejected.")}
     try:
@@ -300,13 +301,51 @@ def recorders_of(conn: sqlite3.Connection, unit: str, until: float | None = None
     return rec, (max(offs) if offs else None)
 
 
-def rooms_of(conn: sqlite3.Connection, unit: str, until: float | None = None) -> int:
-    """Interview rooms of a unit known to the monitor (as of ``until``)."""
-    return conn.execute("SELECT count(*) FROM devices WHERE unit_code = ? AND kind = 'room' AND first_seen <= ?",
-                        [unit, time.time() if until is None else until]).fetchone()[0]
+#: seconds of silence after which an online device is shown lost (``edge-agent monitor --lost-after``)
+DEFAULT_LOST_AFTER = 120
 
 
-def unit_compliance(conn: sqlite3.Connection, unit: str, until: float | None = None) -> dict:
+def display_state(d: dict, now: float, lost_after: float = DEFAULT_LOST_AFTER) -> str:
+    """online, offline, lost (online but silent more than ``lost_after``) or unknown."""
+    return "lost" if d["state"] == "online" and now - d["last_seen"] > lost_after else d["state"]
+
+
+def state_since(d: dict) -> str | None:
+    """Since when a device is in its shown state (ISO 8601): lost since it was last heard; offline
+    since its death was received (a monitor started later: since it was last known alive, from
+    the signed times of its retained messages); online since its birth."""
+    if d.get("display_state") == "lost":
+        ts = d["last_seen"]
+    elif d["state"] == "offline":
+        ts = max(d["status_ts"] or 0, d["last_seen"] or 0) or None
+    else:
+        ts = d.get("status_ts") or d.get("first_seen")
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts)) if ts else None
+
+
+def rooms_of(conn: sqlite3.Connection, unit: str, until: float | None = None,
+             lost_after: float = DEFAULT_LOST_AFTER, now: float | None = None) -> tuple[int, list[dict]]:
+    """(rooms that count, rooms that do not and why) of a unit. Now (``until`` None or not yet
+    past): a room counts only while it is online — an offline or silent room loses its badge and
+    is listed with its state and since when. For a past moment the monitor keeps no state
+    history: the rooms known by then count."""
+    now = now or time.time()
+    if until is not None and until < now:
+        return conn.execute("SELECT count(*) FROM devices WHERE unit_code = ? AND kind = 'room' AND first_seen <= ?",
+                            [unit, until]).fetchone()[0], []
+    ok, out = 0, []
+    for r in conn.execute("SELECT * FROM devices WHERE unit_code = ? AND kind = 'room' ORDER BY id", [unit]):
+        d = _row(r)
+        d["display_state"] = display_state(d, now, lost_after)
+        if d["display_state"] == "online":
+            ok += 1
+        else:
+            out.append({"id": d["id"], "state": d["display_state"], "since": state_since(d)})
+    return ok, out
+
+
+def unit_compliance(conn: sqlite3.Connection, unit: str, until: float | None = None,
+                    lost_after: float = DEFAULT_LOST_AFTER, now: float | None = None) -> dict:
     """The one computation of a unit's equipment verdict, for the page, /api/fleet, the terminal
     view and ``report ratio``/``annual`` alike: officers from the imported roster (else the
     stations' reports), recorders that count from the stations' reports, rooms known, judged by
@@ -318,7 +357,8 @@ def unit_compliance(conn: sqlite3.Connection, unit: str, until: float | None = N
     src = u["officers_source"] if u is not None and u["officers"] is not None else (
         "ratio report" if rep_off is not None else None)
     t = rule.thresholds_of(_reports(conn, unit, until))
-    return {**rule.compliance(recorders, officers, rooms_of(conn, unit, until), t), "officers_source": src}
+    rooms, rooms_out = rooms_of(conn, unit, until, lost_after, now)
+    return {**rule.compliance(recorders, officers, rooms, t), "rooms_out": rooms_out, "officers_source": src}
 
 
 def compliance(recorders: int, officers: int | None, rooms: int,
@@ -326,7 +366,8 @@ def compliance(recorders: int, officers: int | None, rooms: int,
     return rule.compliance(recorders, officers, rooms, thresholds)
 
 
-def unit_rows(conn: sqlite3.Connection, devices: list[dict], alarms: list[dict], until: float | None = None) -> list[dict]:
+def unit_rows(conn: sqlite3.Connection, devices: list[dict], alarms: list[dict], until: float | None = None,
+              lost_after: float = DEFAULT_LOST_AFTER, now: float | None = None) -> list[dict]:
     units = {r["code"]: _row(r) for r in conn.execute("SELECT * FROM units")}
     for d in devices:
         if d["unit_code"] and d["unit_code"] not in units:
@@ -358,7 +399,7 @@ def unit_rows(conn: sqlite3.Connection, devices: list[dict], alarms: list[dict],
                                            if d.get("health") and d["health"].get("oldest_age_s") is not None] or [None],
                                           key=lambda v: -1 if v is None else v),
                "policy_newest": newest, "policy_old": old,
-               **unit_compliance(conn, code, until)}
+               **unit_compliance(conn, code, until, lost_after, now)}
         out.append(row)
     return out
 

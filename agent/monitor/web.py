@@ -220,7 +220,8 @@ function render(f) {
     el("td", {class: "num"}, u.officers == null ? "未知 / unknown" : u.officers),
     el("td", {class: "num"}, u.recorders),
     el("td", {class: "num " + (u.ratio_ok ? "txt-ok" : "txt-bad")}, u.ratio == null ? "—" : u.ratio.toFixed(2) + (u.ratio_ok ? " ≥ " : " < ") + u.min_ratio.toFixed(2)),
-    el("td", {class: "num " + (u.rooms_ok ? "txt-ok" : "txt-bad")}, u.rooms + (u.rooms_ok ? " ≥ " : " < ") + u.min_rooms),
+    el("td", {class: "num " + (u.rooms_ok ? "txt-ok" : "txt-bad")}, u.rooms + (u.rooms_ok ? " ≥ " : " < ") + u.min_rooms,
+      ...(u.rooms_out || []).map(r => badge(r.id + " " + (STATE[r.state] || [r.state])[0] + (r.since ? " 自 since " + r.since : ""), "bad"))),
     el("td", {class: "num"}, u.docks),
     el("td", {}, badge(u.online + " 在线", "ok"), " ", badge(u.offline + " 离线", u.offline ? "bad" : "mute"), " ", badge(u.lost + " 失联", u.lost ? "lost" : "mute"),
       (u.policy_old || []).length ? badge(u.policy_old.length + " 策略过旧 / old policy (< v" + u.policy_newest + ")", "warn") : ""),
@@ -235,11 +236,12 @@ function render(f) {
   fill("devices", f.devices.map(d => {
     const h = d.health || {};
     const st = STATE[d.display_state] || [d.display_state, "mute"];
-    const comps = Object.entries(d.components || {}).map(([n, c]) => badge(n + ": " + (c.label || c.state), CSTATE[c.state] || "mute"));
+    const live = d.display_state === "online";  // an offline or silent device's parts lose their colours
+    const comps = Object.entries(d.components || {}).map(([n, c]) => badge(n + ": " + (c.label || c.state) + (live ? "" : " ?"), live ? (CSTATE[c.state] || "mute") : "mute"));
     const clock = h.clock_synchronized === true ? "已同步 / synced" : h.clock_synchronized === false ? "未同步 / unsynced" : "—";
     return el("tr", {"data-device": d.id, "data-state": d.display_state},
       el("td", {}, d.id), el("td", {}, KIND[d.kind] || d.kind), el("td", {}, d.unit_code),
-      el("td", {}, badge(st[0], st[1]), d.unit_conflicts ? badge("单位冲突 / unit conflict ×" + d.unit_conflicts, "warn") : "",
+      el("td", {}, badge(st[0] + (!live && d.since ? " 自 since " + d.since : ""), st[1]), d.unit_conflicts ? badge("单位冲突 / unit conflict ×" + d.unit_conflicts, "warn") : "",
         d.policy_old ? badge("策略过旧 / old policy " + (d.policy_version == null ? "none" : "v" + d.policy_version), "warn") : ""),
       el("td", {class: "num"}, age(d.silent_s)),
       el("td", {class: "num"}, h.buffer_items == null ? "—" : h.buffer_items + " (" + bytes(h.buffer_bytes) + ")"),
