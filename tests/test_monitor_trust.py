@@ -302,6 +302,31 @@ def test_stolen_device_flood_is_cut_per_verified_sender(watched, broker):
     assert ("b-1", "flood") in by and not any(dev == "a-1" for dev, _ in by)
 
 
+def test_device_enrolled_later_is_heard_without_restart(tmp_path, broker):
+    """Before its enrolment a device's messages are refused (unknown_device); enrolled at the
+    archive while the monitor runs, it is subscribed on its share and shown after the re-read."""
+    a, late = SimDevice("a-1", UNIT, "单位", "dock"), SimDevice("late-7", UNIT, "单位", "room")
+    root = tmp_path / "archive"
+    enrol(root, [a])
+    db = tmp_path / "m.db"
+    mon = MonitorProc(db, broker.port, enrolment=root)
+    try:
+        t = "edge/dev/late-7/health"
+        publish(broker.port, t, late.seal(t, late.health()))
+        _wait(lambda: _fleet(db)["ingest"].get("rejected.unknown_device", 0) == 1)
+        enrol(root, [late])
+        deadline = time.monotonic() + 40
+        while not (_dev(_fleet(db), "late-7") or {}).get("health"):
+            assert time.monotonic() < deadline, "the device enrolled later was never shown"
+            publish(broker.port, t, late.seal(t, late.health()))
+            time.sleep(1)
+        f = _fleet(db)
+        assert _dev(f, "late-7")["unit_code"] == UNIT
+        assert f["ingest"].get("rejected.bad_signature", 0) == 0
+    finally:
+        assert mon.stop() == 0
+
+
 def test_dead_worker_exits_nonzero(tmp_path, broker):
     """A worker that dies (a bug outside the per-message guard, injected here: the real queue's
     hand-off raises) makes `edge-agent monitor` exit non-zero instead of staying "online"."""

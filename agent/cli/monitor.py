@@ -58,9 +58,13 @@ def _optional_cfg(c: Ctx):
               help="Archive root whose enrolment (ROOT/archive.db, read-only) names the devices, their units and "
                    "public keys; re-read every 10 s (env EDGE_MONITOR_ENROLMENT; default archive.root of the "
                    "config). Only what an enrolled device signed is shown.")
+@click.option("--connections", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="MQTT connections: one for P/dev/# (devices not enrolled) and the rest sharing the enrolled "
+                   "devices, so a flood fills only its own share's queue at the broker.")
 @pass_ctx
 @click.pass_context
-def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, lost_after, tui, duration, enrolment):
+def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, lost_after, tui, duration, enrolment,
+            connections):
     """Watch the fleet: subscribe to every device topic, keep state and history in SQLite, show a
     live terminal view and (with --web) a web page with units, devices, alarms and compliance.
 
@@ -93,7 +97,8 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
                    "is enrolled (`edge-agent archive enroll DEVICE_ID PUBKEY --unit UNIT_CODE --root ROOT`)", err=True)
     host, port, use_tls = _broker(broker, cfg)
     path = check_db_arg(db)
-    s = IngestSettings(host=host, port=port, prefix=prefix or (cfg.mqtt.topic_prefix if cfg else "edge"))
+    s = IngestSettings(host=host, port=port, prefix=prefix or (cfg.mqtt.topic_prefix if cfg else "edge"),
+                       connections=connections)
     if cfg is not None:
         m = cfg.mqtt
         s.username, s.password, s.tls = m.username, m.password, m.tls

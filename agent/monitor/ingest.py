@@ -16,7 +16,12 @@ use up that device's allowance), it is older than what the topic already showed 
 or its body names another device or unit (``device_mismatch``, ``unit_mismatch``). A genuine
 message seen again (a retained re-delivery) is counted as ``duplicate`` and changes nothing.
 
-Threads: paho's network thread only files each message into a queue per device of the topic
+Connections: one subscribes ``P/dev/#`` (it sees devices that are not enrolled, to count and
+refuse them); ``connections - 1`` more share the enrolled devices (``P/dev/D/#`` each, by CRC-32
+of the id), so the broker keeps a queue per share: a flood too fast for the monitor to read
+fills its own share's queue, not the one other devices' messages wait in.
+
+Threads: paho's network threads only file each message into a queue per device of the topic
 (bounded; beyond it ``overload``), one worker takes one message per device in turn (a flood
 in one device's name waits behind itself, never in front of another device's messages),
 verifies and applies it; a flusher writes the state in one SQLite transaction every
@@ -30,6 +35,7 @@ import collections
 import logging
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +78,10 @@ class IngestSettings:
     burst: float = BURST_PER_DEVICE
     queue_per_device: int = QUEUE_PER_DEVICE
     reload_s: float = 10.0
+    #: MQTT connections: one subscribed to P/dev/# (devices not enrolled, counted and refused) and
+    #: connections - 1 sharing the enrolled devices (P/dev/D/# each), so that the broker keeps a
+    #: separate queue per share: a flood too fast to read fills its own share's queue only
+    connections: int = 8
 
 
 class Ingest(DeviceState):
@@ -109,6 +119,10 @@ class Ingest(DeviceState):
         self._qcount = {"queued": 0, "rejected.overload": 0, "rejected.error": 0}
         self.failed: str | None = None
         self.client = None
+        self.clients: list = []
+        self._n = 1
+        self._shares: list[set[str]] = []   # devices subscribed on each share connection
+        self._via_share: set[str] = set()   # devices whose messages come through their share
         self.connected = False
         self.subscribed = threading.Event()  # set once the first subscription is acknowledged
         self._load()
@@ -151,13 +165,16 @@ class Ingest(DeviceState):
         return True
 
     # --- the queues (paho's thread in, the worker out) --------------------------------------------
-    def submit(self, topic: str, payload: bytes, retained: bool = False) -> None:
-        """File one message for the worker (called on paho's network thread: cheap, never raises).
+    def submit(self, topic: str, payload: bytes, retained: bool = False, catch_all: bool = False) -> None:
+        """File one message for the worker (called on paho's network threads: cheap, never raises).
         Messages are queued per device named in the topic; topics of no enrolled device share one
-        queue. A full queue refuses the message (``rejected.overload``)."""
+        queue. A full queue refuses the message (``rejected.overload``). On the catch-all
+        connection, a device that has its share's subscription is skipped (it arrives there)."""
         try:
             parts = topic.split("/", 3)
             dev = parts[2] if len(parts) >= 3 and parts[1] == "dev" else JUNK
+            if catch_all and dev in self._via_share:
+                return
             key = dev if dev in self.enrolment.devices else JUNK
             with self._cv:
                 q = self._queues.get(key)
@@ -300,25 +317,62 @@ class Ingest(DeviceState):
             if time.monotonic() >= next_reload:
                 next_reload = time.monotonic() + self.s.reload_s
                 self.enrolment.reload()
+                try:
+                    self._subscribe_shares()  # devices enrolled since
+                except Exception:
+                    log.exception("monitor: subscribing newly enrolled devices failed (will retry)")
 
     def start(self) -> None:
         from agent.wire.client import ConnSettings, TlsConfig, new_client
 
         cid = self.s.client_id or f"edge-monitor-{int(time.time())}"
         tls = TlsConfig(self.s.cafile, self.s.certfile or None, self.s.keyfile or None) if self.s.tls else None
-        c = new_client(ConnSettings(host=self.s.host, port=self.s.port, client_id=cid, keepalive=self.s.keepalive,
-                                    username=self.s.username or None, password=self.s.password or None, tls=tls))
         self.start_workers()
-        c.suppress_exceptions = True  # belt and braces: _on_message never raises
-        c.reconnect_delay_set(1, 30)
-        c.max_queued_messages_set(0)
-        c.on_connect = self._on_connect
-        c.on_subscribe = lambda *_a: self.subscribed.set()
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        self.client = c
-        c.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
-        c.loop_start()
+        n = self._n = max(1, self.s.connections)
+        self._shares = [set() for _ in range(n)]
+        for i in range(n):
+            c = new_client(ConnSettings(host=self.s.host, port=self.s.port, client_id=cid if i == 0 else f"{cid}-{i}",
+                                        keepalive=self.s.keepalive, username=self.s.username or None,
+                                        password=self.s.password or None, tls=tls))
+            c.suppress_exceptions = True  # belt and braces: _on_message never raises
+            c.reconnect_delay_set(1, 30)
+            c.max_queued_messages_set(0)
+            c.user_data_set(i)
+            c.on_connect = self._on_connect
+            if i == 0:
+                c.on_subscribe = lambda *_a: self.subscribed.set()
+            c.on_disconnect = self._on_disconnect
+            c.on_message = self._on_message
+            self.clients.append(c)
+            c.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
+            c.loop_start()
+        self.client = self.clients[0]
+
+    def _share_of(self, dev: str) -> int:
+        n = self._n
+        return 0 if n <= 1 else 1 + zlib.crc32(dev.encode()) % (n - 1)
+
+    def _subscribe_shares(self, only: int | None = None) -> None:
+        """Subscribe each enrolled device on its share's connection (all shares, or ``only``);
+        called on every connect and after the enrolment is re-read."""
+        if self._n <= 1:
+            return
+        by_share: dict[int, list[str]] = {}
+        for dev in list(self.enrolment.devices):
+            i = self._share_of(dev)
+            if (only is None or i == only) and (only is not None or dev not in self._shares[i]):
+                by_share.setdefault(i, []).append(dev)
+        for i, devs in by_share.items():
+            if i >= len(self.clients):
+                continue  # not created yet: it subscribes its devices when it connects
+            c = self.clients[i]
+            if not c.is_connected():
+                continue
+            for k in range(0, len(devs), 500):
+                chunk = devs[k:k + 500]
+                c.subscribe([(self.topics.all_of_dev(d), 1) for d in chunk])
+                self._shares[i].update(chunk)
+                self._via_share.update(chunk)  # the catch-all skips them from now on (a duplicate meanwhile is harmless)
 
     def start_workers(self) -> None:
         """The worker and the flusher (start() calls this; tests feed submit() directly)."""
@@ -335,11 +389,16 @@ class Ingest(DeviceState):
         if reason_code.is_failure:
             log.error("monitor: broker refused the connection: %s", reason_code)
             return
+        if userdata:  # a share: its devices again (a fresh session has no subscriptions)
+            self._subscribe_shares(only=userdata)
+            return
         self.connected = True
         client.subscribe(self.topics.all_dev(), qos=1)
         log.info("monitor: connected to %s:%s, subscribed %s", self.s.host, self.s.port, self.topics.all_dev())
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if userdata:
+            return
         self.connected = False
         if self._stop.is_set():
             log.info("monitor: disconnected (stopping)")
@@ -351,15 +410,15 @@ class Ingest(DeviceState):
             topic = msg.topic
         except UnicodeDecodeError:  # a topic that is not UTF-8 (paho decodes on access)
             topic = "\ufffd"
-        self.submit(topic, msg.payload, bool(msg.retain))
+        self.submit(topic, msg.payload, bool(msg.retain), catch_all=not userdata and self._n > 1)
 
     def stop(self) -> None:
         self._stop.set()
         with self._cv:
             self._cv.notify_all()
-        if self.client is not None:
-            self.client.disconnect()
-            self.client.loop_stop()
+        for c in self.clients:
+            c.disconnect()
+            c.loop_stop()
         for th in (self._worker, self._flusher):
             if th is not None:
                 th.join(timeout=10)

@@ -140,6 +140,12 @@ class Topics:
     def all_dev(self) -> str:
         return f"{self.p}/dev/#"
 
+    def all_of_dev(self, dev: str) -> str:
+        """Every device topic of one device (the monitor subscribes its share of devices)."""
+        if not safe_segment(dev):
+            raise ValueError(f"unsafe device id {dev!r}")
+        return f"{self.p}/dev/{dev}/#"
+
     @staticmethod
     def kind_of(topic: str) -> str:
         """The last level of a topic (a transfer message's kind: manifest, chunk, finish, ...)."""
