@@ -13,7 +13,7 @@ import pytest
 from agent.health import make_component
 from agent.runtime import Agent
 from agent.store.ingest import ingest
-from tests.support.health import Capture, ContractUplink, retained
+from tests.support.health import Capture, ContractUplink, body_of, retained
 from tests.support.spine import META, make_store
 
 DEV = "dock-01"
@@ -71,7 +71,7 @@ def test_backlog_old_raised_over_the_threshold_and_cleared_when_archived(station
     assert "backlog_old" not in h.tick()["alarms"]
     cleared = _alarm(cap, "backlog_old", False)
     assert cleared["since"] == since and cleared["cleared"]
-    assert json.loads(retained(broker.port, f"edge/dev/{DEV}/alarm/#")[f"edge/dev/{DEV}/alarm/backlog_old"])[
+    assert body_of(retained(broker.port, f"edge/dev/{DEV}/alarm/#")[f"edge/dev/{DEV}/alarm/backlog_old"])[
         "active"] is False
 
 
@@ -104,4 +104,4 @@ def test_clock_drift_raised_either_way_over_the_limit_and_cleared(station, broke
     up.offset_ms = -10
     assert "clock_drift" not in h.tick()["alarms"]
     kept = retained(broker.port, f"edge/dev/{DEV}/alarm/#")
-    assert json.loads(kept[f"edge/dev/{DEV}/alarm/clock_drift"])["active"] is False
+    assert body_of(kept[f"edge/dev/{DEV}/alarm/clock_drift"])["active"] is False
