@@ -5,7 +5,6 @@ shared contract) reporting the clock offset it measured against the archive."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
