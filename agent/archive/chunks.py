@@ -95,12 +95,12 @@ class ChunkIntake:
         with self._plock:
             rows, self._pending_ranges = self._pending_ranges, []
         if rows:
-            self.db.fast_many("INSERT OR IGNORE INTO ranges(device, item, file, start, end) VALUES (?,?,?,?,?)", rows)
+            self.db.fast_many("INSERT INTO ranges(device, item, file, start, \"end\") VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING", rows)
 
     def held(self, dev: str, item: str) -> dict[str, list[list[int]]]:
         self.commit_ranges()
         out: dict[str, list] = {}
-        for r in self.db.query("SELECT file, start, end FROM ranges WHERE device = ? AND item = ?", [dev, item]):
+        for r in self.db.query("SELECT file, start, \"end\" FROM ranges WHERE device = ? AND item = ?", [dev, item]):
             out.setdefault(r["file"], []).append((r["start"], r["end"]))
         return {k: P.merge_ranges(v) for k, v in out.items()}
 
@@ -109,7 +109,7 @@ class ChunkIntake:
             if any(r[:3] == (dev, item, b.file) and r[3] <= b.offset and b.end <= r[4] for r in self._pending_ranges):
                 return True
         return self.db.one("SELECT 1 FROM ranges WHERE device = ? AND item = ? AND file = ? AND start <= ? "
-                           "AND end >= ? LIMIT 1", [dev, item, b.file, b.offset, b.end]) is not None
+                           "AND \"end\" >= ? LIMIT 1", [dev, item, b.file, b.offset, b.end]) is not None
 
     def on_chunk(self, device: dict, item: str, payload: bytes, props: dict[str, str]) -> P.Answer:
         c = P.parse_chunk(payload, props)
@@ -171,10 +171,10 @@ class ChunkIntake:
                 return self._gone(dev, item, c)
             try:
                 _pwrite(fd, c.data, c.offset)
-                self.db.fast_many("INSERT OR IGNORE INTO pieces(device, item, file, start, end) VALUES (?,?,?,?,?)",
+                self.db.fast_many("INSERT INTO pieces(device, item, file, start, \"end\") VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
                                   [(dev, item, c.file, c.offset, c.offset + len(c.data))])
-                have = self.db.query("SELECT start, end FROM pieces WHERE device = ? AND item = ? AND file = ? "
-                                     "AND start >= ? AND end <= ?", [dev, item, c.file, b.offset, b.end])
+                have = self.db.query("SELECT start, \"end\" FROM pieces WHERE device = ? AND item = ? AND file = ? "
+                                     "AND start >= ? AND \"end\" <= ?", [dev, item, c.file, b.offset, b.end])
                 if P.missing_ranges(b.size, [[r["start"] - b.offset, r["end"] - b.offset] for r in have]):
                     return ok
                 data = os.pread(fd, b.size, b.offset)
@@ -182,10 +182,10 @@ class ChunkIntake:
                 os.close(fd)
             good = len(data) == b.size and hashing.hexdigest(tab.alg, data) == b.hash
             with self.db.atomic() as db:
-                db.execute("DELETE FROM pieces WHERE device = ? AND item = ? AND file = ? AND start >= ? AND end <= ?",
+                db.execute("DELETE FROM pieces WHERE device = ? AND item = ? AND file = ? AND start >= ? AND \"end\" <= ?",
                            [dev, item, c.file, b.offset, b.end])
                 if good:
-                    db.execute("INSERT OR IGNORE INTO ranges(device, item, file, start, end) VALUES (?,?,?,?,?)",
+                    db.execute("INSERT INTO ranges(device, item, file, start, \"end\") VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
                                [dev, item, c.file, b.offset, b.end])
         if not good:
             raise ChunkRefused(f"block {c.file} bytes [{b.offset}, {b.end}) assembled from pieces differs from the "

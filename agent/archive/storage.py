@@ -3,7 +3,8 @@ number is not known yet), partial transfers under ``ROOT/_tmp``, refused items u
 ``ROOT/_quarantine`` with the reason, enrolled keys under ``ROOT/keys``.
 
 Safe with several receiver processes on one root: the SQLite database (WAL) records what is held,
-a file lock per item serialises manifest/finish work, items appear in their place by one atomic
+a file lock per item serialises manifest/finish work (on PostgreSQL, ``--db postgresql://...``: the
+database, and an advisory lock per item, for receivers on several hosts sharing the storage), items appear in their place by one atomic
 rename after every file is fsynced and the item verified from disk; only then is ``stored``
 answered. Chunks are checked block by block against the signed manifest (:mod:`.chunks`); every
 id taken from the wire is checked, and every path is checked to lie inside the root (:mod:`.paths`).
@@ -28,7 +29,7 @@ from agent.common.timeutil import now_iso
 from agent.wire import protocol as P
 from .chunks import ChunkIntake, block_table
 from .paths import Root, ensure_dirs, flock, no_symlink, safe_case, safe_file
-from .registry import ArchiveDB, Registry, check_id
+from .registry import Registry, check_id, open_db
 from .retrieval import CHECKPOINTS, Retrieval
 from .upkeep import MAX_REASON, Coalescer, DiskLow, Upkeep, printable
 
@@ -41,7 +42,7 @@ __all__ = ["ArchiveStore", "PENDING", "safe_case"]
 class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
     def __init__(self, root: str | os.PathLike, *, max_item: int = 64 << 30, max_manifest: int = P.DEFAULT_MAX_MANIFEST,
                  receiver: str = "archive", create: bool = True, min_free: int | None = None,
-                 abandon_after_s: int | None = None):
+                 abandon_after_s: int | None = None, db: str | None = None):
         self.root = Path(root).resolve()
         self._root = Root(self.root)
         if not self.root.is_dir():
@@ -61,7 +62,7 @@ class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
             self.min_free = min_free
         if abandon_after_s is not None:
             self.abandon_after_s = abandon_after_s
-        self.db = ArchiveDB(self.root / "archive.db")
+        self.db = open_db(db, self.root)  # ROOT/archive.db, or PostgreSQL by URL
         self._key = self._archive_key()
         self.audit = AuditLog(self.db, "sha256", signer=lambda data: keys.sign(self._key, data))
         self.registry = Registry(self.root, self.db, self.audit)
@@ -91,6 +92,12 @@ class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
 
     @contextlib.contextmanager
     def _item_lock(self, dev: str, item: str):
+        """Manifest/finish work on one item, one receiver at a time: on PostgreSQL an advisory
+        lock (receivers on any host), on SQLite a file lock in the root."""
+        if self.db.dialect == "postgresql":
+            with self.db.lock(f"item:{check_id('device', dev)}/{check_id('item', item)}"):
+                yield
+            return
         with flock(self._root.lock_path(self.locks, dev, item)):
             yield
 
@@ -196,8 +203,8 @@ class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
             if not tr:
                 files = {f["name"]: f["size"] for f in msg.files}
                 with self.db.atomic() as db:
-                    db.execute("INSERT OR IGNORE INTO transfers(device, item, manifest_hash, size, files, state, started_at) "
-                               "VALUES (?,?,?,?,?,?,?)", [dev, item, mhash, msg.total_size, json.dumps(files),
+                    db.execute("INSERT INTO transfers(device, item, manifest_hash, size, files, state, started_at) "
+                               "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", [dev, item, mhash, msg.total_size, json.dumps(files),
                                                           "receiving", now_iso()])
             held = self.held(dev, item)
             if not tr or tr["state"] == "receiving":

@@ -116,10 +116,10 @@ class Upkeep:
                     if cur.rowcount:
                         return
                 cur = db.execute("INSERT INTO quarantine(device, item, reason, at, path, repeats, last_at) "
-                                 "VALUES (?,?,?,?,NULL,0,?)", [dev, item, reason, now_iso(), now_iso()])
+                                 "VALUES (?,?,?,?,NULL,0,?) RETURNING id", [dev, item, reason, now_iso(), now_iso()])
                 if len(recent) > 1000:
                     recent.clear()
-                recent[key] = (cur.lastrowid, time.monotonic())
+                recent[key] = (cur.fetchone()[0], time.monotonic())
                 n = db.execute("SELECT count(*) FROM quarantine WHERE path IS NULL").fetchone()[0]
                 if n > MAX_NOTES:
                     old = db.execute("SELECT id, repeats FROM quarantine WHERE path IS NULL ORDER BY id LIMIT ?",
@@ -127,7 +127,7 @@ class Upkeep:
                     db.execute(f"DELETE FROM quarantine WHERE id IN ({','.join('?' * len(old))})", [r[0] for r in old])
                     dropped = sum(1 + r[1] for r in old)
                     db.execute("INSERT INTO meta(key, value) VALUES ('notes_dropped', ?) ON CONFLICT(key) DO UPDATE "
-                               "SET value = CAST(value AS INTEGER) + excluded.value", [str(dropped)])
+                               "SET value = CAST(CAST(meta.value AS INTEGER) + CAST(excluded.value AS INTEGER) AS TEXT)", [str(dropped)])
         except Exception:
             log.exception("cannot record the refusal")
 

@@ -32,14 +32,32 @@ def _root(c: Ctx, root: str | None) -> str:
     return cfg.archive.root
 
 
+def _db(c: Ctx) -> str | None:
+    """--db (env EDGE_ARCHIVE_DB), else archive.db from the config, else None (ROOT/archive.db)."""
+    from ..archive.registry import check_db
+
+    db = click.get_current_context().meta.get("archive_db")
+    if not db:
+        cfg = _cfg_or_none(c)
+        db = (cfg.archive.db or None) if cfg is not None else None
+    return check_db(db)
+
+
 def _open(c: Ctx, root: str | None, create: bool = False):
     from ..archive.storage import ArchiveStore
 
-    return ArchiveStore(_root(c, root), create=create)
+    return ArchiveStore(_root(c, root), create=create, db=_db(c))
 
 
 root_option = click.option("--root", envvar="EDGE_ARCHIVE_ROOT", type=click.Path(file_okay=False),
                            help="Archive root (default archive.root from the config; env EDGE_ARCHIVE_ROOT).")
+
+
+db_option = click.option(
+    "--db", envvar="EDGE_ARCHIVE_DB", expose_value=False, is_eager=True,
+    callback=lambda ctx, _p, v: ctx.meta.__setitem__("archive_db", v),
+    help="The archive's index: postgresql://USER@HOST:PORT/NAME (receivers on several hosts) or a SQLite "
+         "file (default archive.db from the config, else ROOT/archive.db; env EDGE_ARCHIVE_DB).")
 
 
 @main.group()
@@ -48,6 +66,7 @@ def archive():
 
 
 @archive.command("serve")
+@db_option
 @root_option
 @click.option("--broker", help="MQTT broker HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (default mqtt.host:mqtt.port from the config).")
 @click.option("--prefix", help="Topic prefix (default mqtt.topic_prefix, 'edge').")
@@ -94,14 +113,14 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
     share = share if share is not None else (a.share_group if a and a.share_group else None)
     store = ArchiveStore(_root(c, root), max_item=max_item, max_manifest=max_manifest, receiver=rid,
                          min_free=(min_free_mb if min_free_mb is not None else (a.min_free_mb if a else 2048)) << 20,
-                         abandon_after_s=(a.abandon_after_h if a else 72) * 3600)
+                         abandon_after_s=(a.abandon_after_h if a else 72) * 3600, db=_db(c))
     rx = Receiver(store, settings, prefix=prefix or (cfg.mqtt.topic_prefix if cfg else "edge"), share=share,
                   receiver_id=rid)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     rx.start()
-    click.echo(f"archive receiver {rid}: root {store.root}, broker {host}:{port}"
+    click.echo(f"archive receiver {rid}: root {store.root}, index {store.db.path}, broker {host}:{port}"
                + (f", share group {share}" if share else "") + (", TLS" if tls else ""), err=True)
     while not stop.wait(1.0) and rx.failure is None:
         pass
@@ -113,6 +132,7 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
 
 
 @archive.command("enroll")
+@db_option
 @click.argument("device_id")
 @click.argument("pubkey", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--unit", required=True, help="Enforcement unit code the device belongs to (执法单位代码).")
@@ -162,6 +182,7 @@ def archive_enroll(c: Ctx, device_id, pubkey, unit, force, broker_dir, pin_to, r
 
 
 @archive.command("enroll-annotator")
+@db_option
 @click.argument("name")
 @click.argument("pubkey", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--unit", required=True, help="Unit code whose items the annotator may annotate (执法单位代码).")
@@ -220,6 +241,7 @@ def archive_key(c: Ctx, new_next, rotate, root, as_json):
 
 
 @archive.command("list")
+@db_option
 @root_option
 @click.option("--device", help="Only this device.")
 @click.option("--unit", help="Only this unit code.")
@@ -278,6 +300,7 @@ def archive_list(c: Ctx, root, device, unit, case_number, missing, quarantine, d
 
 
 @archive.command("show")
+@db_option
 @click.argument("what")
 @root_option
 @json_option
@@ -326,6 +349,7 @@ def archive_show(c: Ctx, what, root, as_json):
 
 
 @archive.command("export")
+@db_option
 @click.argument("item_id")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @root_option
@@ -343,6 +367,7 @@ def archive_export(c: Ctx, item_id, dest, root):
 
 
 @archive.command("audit")
+@db_option
 @root_option
 @click.option("--limit", type=int, help="The newest N entries.")
 @click.option("--verify", "do_verify", is_flag=True, help="Check the chain and its signed head instead of listing.")
@@ -375,3 +400,49 @@ def archive_audit(c: Ctx, root, limit, do_verify, as_json):
 
 
 
+
+
+@archive.group("db")
+def archive_db():
+    """The archive's index: versioned schema migrations (SQLite or PostgreSQL)."""
+
+
+@archive_db.command("upgrade")
+@db_option
+@root_option
+@json_option
+@pass_ctx
+def archive_db_upgrade(c: Ctx, root, as_json):
+    """Apply the schema migrations the index lacks (`archive serve` does this at start too) and
+    list the migrations applied. With --db postgresql://... no root is needed.
+
+    \b
+    Example:
+      edge-agent archive db upgrade --db postgresql://archive@db.centre:5432/archive
+      edge-agent archive db upgrade --root /srv/archive
+    """
+    from agent.common.pg import is_url
+    from ..archive.registry import PG_MIGRATIONS, MIGRATIONS, open_db
+
+    db = _db(c)
+    if is_url(db):
+        base = Path(".")
+    else:
+        base = Path(_root(c, root))
+        if not base.is_dir():
+            raise EdgeError(f"{base}: archive root not found")
+    store = open_db(db, base.resolve(), migrate=False)
+    try:
+        before = store.applied()
+        done = store.upgrade()
+        after = store.applied()
+    finally:
+        store.close()
+    names = [n for n, _ in (PG_MIGRATIONS if store.dialect == "postgresql" else MIGRATIONS)]
+    rec = {"db": str(store.path), "dialect": store.dialect, "applied_now": done, "applied": after,
+           "known": names, "was": before}
+    if as_json:
+        emit_json(rec)
+        return
+    click.echo(f"{store.dialect} {store.path}: " + (f"applied {', '.join(done)}" if done else "up to date")
+               + f" ({len(after)} migrations, newest {after[-1] if after else '-'})")

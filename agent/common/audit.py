@@ -44,6 +44,7 @@ class AuditLog:
 
     def append(self, action: str, item_id: str | None = None, actor: str | None = None, **detail) -> dict:
         with self.ledger.atomic() as db:
+            self.ledger.serialize("audit")  # PostgreSQL: receivers on other hosts append too
             last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
             seq = (last[0] + 1) if last else 1
             entry = {

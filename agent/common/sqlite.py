@@ -20,8 +20,9 @@ class Database:
     ``migrations``: named migrations, each applied once and recorded in the database."""
 
     migrations: list[tuple[str, str]] = []
+    dialect = "sqlite"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, migrate: bool = True, upto: str | None = None):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
@@ -30,17 +31,33 @@ class Database:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=30000")
         self.lock = threading.RLock()
-        self._migrate()
+        if migrate:
+            self.upgrade(upto)
 
     def _migrate(self) -> None:
+        self.upgrade()
+
+    def applied(self) -> list[str]:
+        """The names of the migrations applied, in order."""
         with self.atomic():
             self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-            done = {r[0] for r in self.db.execute("SELECT name FROM migrations").fetchall()}
+            return [r[0] for r in self.db.execute("SELECT name FROM migrations ORDER BY name").fetchall()]
+
+    def upgrade(self, upto: str | None = None) -> list[str]:
+        """Apply the migrations not yet applied (up to and including ``upto``); returns their names."""
+        done: list[str] = []
+        with self.atomic():
+            self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+            have = {r[0] for r in self.db.execute("SELECT name FROM migrations").fetchall()}
             for name, sql in self.migrations:
-                if name not in done:
+                if name not in have:
                     for stmt in filter(str.strip, sql.split(";")):
                         self.db.execute(stmt)
                     self.db.execute("INSERT INTO migrations VALUES (?, datetime('now'))", [name])
+                    done.append(name)
+                if name == upto:
+                    break
+        return done
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[sqlite_utils.Database]:
@@ -62,6 +79,9 @@ class Database:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+    def serialize(self, name: str) -> None:
+        """Inside ``atomic()``: one writer at a time for ``name``; BEGIN IMMEDIATE already is."""
 
     def query(self, sql: str, params: Any = ()) -> list[dict]:
         with self.lock:

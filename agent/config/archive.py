@@ -14,7 +14,17 @@ class ArchiveConfig(ConfigModel):
     max_manifest_kb: int = Field(4096, ge=4, le=1024 * 1024, description="Largest manifest (KiB) the archive accepts.")
     min_free_mb: int = Field(2048, ge=0, description="Disk watermark: below this much free space (MiB) on the archive root new transfers are refused with the reason (those under way may finish); 0 = off.")
     abandon_after_h: int = Field(72, ge=1, description="A partial transfer with no new chunk for this many hours is removed (at start and hourly); the agent starts it again by query.")
+    db: str = Field("", description="The archive's index: empty = ROOT/archive.db (SQLite, one machine); "
+                                     "postgresql://USER@HOST:PORT/NAME = PostgreSQL, for receivers on several hosts sharing "
+                                     "the storage (`edge-agent archive db upgrade` migrates it); or a SQLite file path.")
     share_group: str = Field("", description="Shared-subscription group ($share/GROUP/...) so several receivers split the work (empty: none).")
+
+    @field_validator("db")
+    @classmethod
+    def _db(cls, value: str) -> str:
+        if "://" in value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("give a postgresql://USER@HOST:PORT/NAME URL, a SQLite file path, or nothing")
+        return value
 
     @field_validator("share_group")
     @classmethod

@@ -1,0 +1,209 @@
+"""One PostgreSQL database shared by the threads (and hosts) of a centre: the same small API as
+:class:`agent.common.sqlite.Database` (``atomic()``, ``query()``, ``one()``, ``select()``, meta,
+named migrations recorded in a table) over a :class:`psycopg_pool.ConnectionPool`.
+
+SQL is written once with ``?`` placeholders (SQLite's); :func:`translate` turns them into
+psycopg's ``%s`` in one place. Connections are in autocommit mode and ``atomic()`` opens one
+``conn.transaction()``; inside it every call of that thread (``query``, ``one``, nested
+``atomic``) uses the same connection, so it sees its own writes and joins the transaction.
+Concurrency is PostgreSQL's: :meth:`PgDatabase.lock` holds a transaction-scoped advisory lock
+(``pg_advisory_xact_lock``) on a name, e.g. one item of one device, across receivers on any host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from typing import Any, Iterator
+
+import psycopg
+from psycopg.rows import dict_row, tuple_row
+from psycopg_pool import ConnectionPool
+
+from agent.common.errors import EdgeError
+
+SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_url(db: str | None) -> bool:
+    return bool(db) and str(db).startswith(SCHEMES)
+
+
+_TOKENS = re.compile(r"('(?:[^']|'')*')|(\?)|(%)")
+
+
+def translate(sql: str) -> str:
+    """``?`` placeholders to ``%s`` and a literal ``%`` to ``%%``, outside quoted strings."""
+    def sub(m: re.Match) -> str:
+        if m.group(1):
+            return m.group(1).replace("%", "%%")
+        return "%s" if m.group(2) else "%%"
+    return _TOKENS.sub(sub, sql)
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+class _Table:
+    def __init__(self, tx: "Tx", name: str):
+        self.tx, self.name = tx, name
+
+    def insert(self, row: dict, replace: bool = False) -> None:
+        cols = list(row)
+        sql = (f'INSERT INTO {self.name} ({", ".join(chr(34) + c + chr(34) for c in cols)}) '
+               f'VALUES ({", ".join("?" * len(cols))})')
+        if replace:
+            pk = self.tx.pg.primary_key(self.name)
+            sets = ", ".join(f'"{c}" = excluded."{c}"' for c in cols if c not in pk)
+            sql += f' ON CONFLICT ({", ".join(pk)}) ' + (f"DO UPDATE SET {sets}" if sets else "DO NOTHING")
+        self.tx.execute(sql, [row[c] for c in cols])
+
+
+class Tx:
+    """What ``atomic()`` yields: ``execute(sql, params)`` returning a cursor (tuple rows, like
+    sqlite3's), ``executemany`` and ``tx[table].insert(row, replace=)`` as in sqlite-utils."""
+
+    def __init__(self, pg: "PgDatabase", conn: psycopg.Connection):
+        self.pg, self.conn = pg, conn
+
+    def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor:
+        cur = self.conn.cursor(row_factory=tuple_row)
+        return cur.execute(translate(sql), list(params))  # always a list: %% is then unescaped
+
+    def executemany(self, sql: str, rows: list) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(translate(sql), rows)
+
+    def __getitem__(self, table: str) -> _Table:
+        return _Table(self, table)
+
+
+class PgDatabase:
+    """Subclasses set ``migrations``: named migrations in PostgreSQL's dialect, each applied
+    once (in one transaction, under an advisory lock so two receivers starting together do not
+    both apply it) and recorded in the ``migrations`` table."""
+
+    migrations: list[tuple[str, str]] = []
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, migrate: bool = True,
+                 upto: str | None = None):
+        self.url = url
+        self.path = redact(url)  # what messages name, like Database.path
+        self._local = threading.local()
+        self._pk: dict[str, list[str]] = {}
+        try:  # one plain connection first: a wrong host, port or name fails at once, with PostgreSQL's reason
+            psycopg.connect(url, connect_timeout=10).close()
+        except psycopg.Error as exc:
+            raise EdgeError(f"数据库无法连接 / cannot connect to the database {self.path}: {str(exc).strip()}") from None
+        try:
+            self.pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=False,
+                                       kwargs={"autocommit": True}, name="edge-agent")
+            self.pool.open(wait=True, timeout=15)
+        except Exception as exc:  # PoolTimeout ...
+            with contextlib.suppress(Exception):
+                self.pool.close()
+            raise EdgeError(f"数据库无法连接 / cannot connect to the database {self.path}: {exc}") from None
+        if migrate:
+            self.upgrade(upto)
+
+    # --- migrations -----------------------------------------------------------------------
+    def applied(self) -> list[str]:
+        with self.atomic() as tx:
+            tx.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+            return [r[0] for r in tx.execute("SELECT name FROM migrations ORDER BY name").fetchall()]
+
+    def upgrade(self, upto: str | None = None) -> list[str]:
+        """Apply the migrations not yet applied (up to and including ``upto``); returns their names."""
+        done: list[str] = []
+        with self.atomic() as tx:
+            tx.execute("SELECT pg_advisory_xact_lock(hashtextextended('edge-agent:migrations', 0))")
+            tx.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+            have = {r[0] for r in tx.execute("SELECT name FROM migrations").fetchall()}
+            for name, sql in self.migrations:
+                if name not in have:
+                    for stmt in filter(str.strip, sql.split(";")):
+                        tx.execute(stmt)
+                    tx.execute("INSERT INTO migrations VALUES (?, to_char(now() AT TIME ZONE 'UTC', "
+                               "'YYYY-MM-DD HH24:MI:SS'))", [name])
+                    done.append(name)
+                if name == upto:
+                    break
+        return done
+
+    def primary_key(self, table: str) -> list[str]:
+        if table not in self._pk:
+            rows = self.query("SELECT a.attname AS col FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                              "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = CAST(? AS regclass) AND i.indisprimary "
+                              "ORDER BY array_position(i.indkey, a.attnum)", [table])
+            self._pk[table] = [f'"{r["col"]}"' for r in rows]
+        return self._pk[table]
+
+    # --- transactions ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[Tx]:
+        """One transaction; nested calls (and query/one inside it) join the outer one."""
+        tx = getattr(self._local, "tx", None)
+        if tx is not None:
+            yield tx
+            return
+        with self.pool.connection() as conn, conn.transaction():
+            self._local.tx = tx = Tx(self, conn)
+            try:
+                yield tx
+            finally:
+                self._local.tx = None
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold ``pg_advisory_xact_lock`` on ``name`` (every receiver on every host) for the block,
+        on a connection of its own; released by the commit, or by PostgreSQL if this process dies."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [name])
+            yield
+
+    def serialize(self, name: str) -> None:
+        """Inside ``atomic()``: one writer at a time for ``name`` until this transaction ends
+        (e.g. the audit chain: each entry links to the one before)."""
+        self._local.tx.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", [name])
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection]:
+        tx = getattr(self._local, "tx", None)
+        if tx is not None:
+            yield tx.conn
+        else:
+            with self.pool.connection() as conn:
+                yield conn
+
+    def query(self, sql: str, params: Any = ()) -> list[dict]:
+        with self._conn() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(translate(sql), list(params))
+            return cur.fetchall()
+
+    def one(self, sql: str, params: Any = ()) -> dict | None:
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    def select(self, table: str, order_by: str, limit: int | None = None, **equal: Any) -> list[dict]:
+        conds = {k: v for k, v in equal.items() if v is not None and v != ""}
+        where = " AND ".join(f'"{k}" = ?' for k in conds)
+        sql = f"SELECT * FROM {table}" + (f" WHERE {where}" if where else "") + f" ORDER BY {order_by}"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self.query(sql, list(conds.values()))
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.one("SELECT value FROM meta WHERE key = ?", [key])
+        return row["value"] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.atomic() as db:
+            db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                       [key, value])
+
+    def close(self) -> None:
+        self.pool.close()
