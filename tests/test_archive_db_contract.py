@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from agent.archive.registry import MIGRATIONS, PG_MIGRATIONS, open_db
+from agent.archive.registry import MIGRATIONS, PG_MIGRATIONS, open_db, read_enrolment
 from agent.archive.storage import ArchiveStore
 from agent.common.errors import EdgeError, VerifyError
 from agent.evidence import keys, manifest as mf
@@ -299,3 +299,26 @@ def test_end_to_end_archive_serve_on_postgresql(broker, pg_url, tmp_path):
     assert [r["item"] for r in listed] == ids
     v = run(["archive", "audit", "--verify", "--root", str(root), "--db", pg_url], check=True)
     assert "intact" in v.stdout
+
+
+def test_monitor_reads_the_enrolment_from_postgresql(broker, pg_url, tmp_path):
+    store = _edge(tmp_path)
+    root = tmp_path / "archive"
+    st = ArchiveStore(root, db=pg_url)
+    try:
+        assert read_enrolment(pg_url) == []
+        rec = st.registry.enroll("dock-0001", store.pub_path.read_bytes(), UNIT)
+    finally:
+        st.close()
+    rows = read_enrolment(pg_url)
+    assert [(r["id"], r["unit"], r["key_id"]) for r in rows] == [("dock-0001", UNIT, rec["key_id"])]
+    assert "BEGIN PUBLIC KEY" in rows[0]["pubkey"]
+    with pytest.raises(EdgeError, match="cannot read the database postgresql://postgres:\\*\\*\\*@"):
+        read_enrolment("postgresql://postgres:pw@127.0.0.1:1/none")
+    # the monitor starts on it (and stops after --duration), and refuses an unreachable one clearly
+    p = run(["monitor", "--broker", f"127.0.0.1:{broker.port}", "--db", str(tmp_path / "m.db"),
+             "--enrolment", pg_url, "--duration", "1"], timeout=60)
+    assert p.returncode == 0 and "lists no device" not in p.stderr, p.stderr
+    p = run(["monitor", "--broker", f"127.0.0.1:{broker.port}", "--db", str(tmp_path / "m.db"),
+             "--enrolment", "postgresql://postgres:pw@127.0.0.1:1/none", "--duration", "1"], timeout=60)
+    assert p.returncode != 0 and "数据库无法读取" in p.stderr and "pw" not in p.stderr and "Traceback" not in p.stderr

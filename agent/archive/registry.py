@@ -16,7 +16,7 @@ from agent.common.errors import EdgeError, NotFoundError
 from ..evidence import keys, rules
 from agent.common.audit import AuditLog
 from agent.common.fs import atomic_write
-from agent.common.pg import PgDatabase, is_url
+from agent.common.pg import PgDatabase, is_url, read_once
 from agent.common.sqlite import Database
 from agent.common.timeutil import now_iso
 
@@ -260,8 +260,12 @@ def dumps(obj) -> str:
 
 def read_enrolment(root: Path) -> list[dict]:
     """The enrolled devices of the archive at ``root`` (id, unit, key_id, pubkey PEM), read-only:
-    the central monitor's view of who may speak for which unit (``edge-agent monitor --enrolment``)."""
+    the central monitor's view of who may speak for which unit (``edge-agent monitor --enrolment``).
+    ``root`` may be the postgresql:// URL of an index on PostgreSQL instead."""
     import sqlite3
+
+    if is_url(str(root)):
+        return read_once(str(root), "SELECT id, unit, key_id, pubkey FROM devices ORDER BY id")
 
     path = Path(root) / "archive.db"
     if not path.is_file():

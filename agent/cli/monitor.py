@@ -56,8 +56,9 @@ def _optional_cfg(c: Ctx):
 @click.option("--duration", type=click.FloatRange(0.1), help="Stop after this many seconds (tests, benchmarks).")
 @click.option("--enrolment", "enrolment", envvar="EDGE_MONITOR_ENROLMENT", type=click.Path(file_okay=False),
               help="Archive root whose enrolment (ROOT/archive.db, read-only) names the devices, their units and "
-                   "public keys; re-read every 10 s (env EDGE_MONITOR_ENROLMENT; default archive.root of the "
-                   "config). Only what an enrolled device signed is shown.")
+                   "public keys, or the postgresql:// URL of the archive's index; re-read every 10 s (env "
+                   "EDGE_MONITOR_ENROLMENT; default archive.db of the config when it is a postgresql:// URL, else "
+                   "archive.root). Only what an enrolled device signed is shown.")
 @click.option("--connections", type=click.IntRange(1, 64), default=8, show_default=True,
               help="MQTT connections: one for P/dev/# (devices not enrolled) and the rest sharing the enrolled "
                    "devices, so a flood fills only its own share's queue at the broker.")
@@ -84,16 +85,19 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
     from ..monitor.enrolment import Enrolment
     from ..monitor.ingest import Ingest, IngestSettings
     from ..monitor.state import MonitorDB, check_db_arg
+    from agent.common.pg import is_url, redact
 
     cfg = _optional_cfg(c)
-    root = enrolment or (cfg.archive.root if cfg is not None and cfg.archive.root else None)
+    root = enrolment or (cfg.archive.db if cfg is not None and is_url(cfg.archive.db) else None) \
+        or (cfg.archive.root if cfg is not None and cfg.archive.root else None)
     if not root:
         raise EdgeError("需要设备登记 / no enrolment: give --enrolment ARCHIVE_ROOT (or EDGE_MONITOR_ENROLMENT, or "
                         "archive.root in the config); the monitor shows only what enrolled devices signed")
-    rows = read_enrolment(Path(root))  # refuses a root without an enrolment before anything starts
-    enrolled = Enrolment(lambda: read_enrolment(Path(root)), source=str(root))
+    where = root if is_url(root) else Path(root)  # an archive root, or its index on PostgreSQL
+    rows = read_enrolment(where)  # refuses a root without an enrolment before anything starts
+    enrolled = Enrolment(lambda: read_enrolment(where), source=redact(str(root)))
     if not rows:
-        click.echo(f"monitor: the enrolment at {root} lists no device yet; every message is refused until one "
+        click.echo(f"monitor: the enrolment at {redact(str(root))} lists no device yet; every message is refused until one "
                    "is enrolled (`edge-agent archive enroll DEVICE_ID PUBKEY --unit UNIT_CODE --root ROOT`)", err=True)
     host, port, use_tls = _broker(broker, cfg)
     path = check_db_arg(db)

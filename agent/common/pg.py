@@ -47,6 +47,17 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
+def read_once(url: str, sql: str, params: Any = ()) -> list[dict]:
+    """One read-only query on a connection of its own (e.g. the monitor reading the archive's
+    enrolment every few seconds); errors become one EdgeError naming the database."""
+    try:
+        with psycopg.connect(url, connect_timeout=10, row_factory=dict_row) as conn:
+            conn.read_only = True
+            return conn.execute(translate(sql), list(params)).fetchall()
+    except psycopg.Error as exc:
+        raise EdgeError(f"数据库无法读取 / cannot read the database {redact(url)}: {str(exc).strip()}") from None
+
+
 class _Table:
     def __init__(self, tx: "Tx", name: str):
         self.tx, self.name = tx, name
