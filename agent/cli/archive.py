@@ -33,10 +33,13 @@ def _root(c: Ctx, root: str | None) -> str:
 
 
 def _db(c: Ctx) -> str | None:
-    """--db (env EDGE_ARCHIVE_DB), else archive.db from the config, else None (ROOT/archive.db)."""
+    """--db (env EDGE_ARCHIVE_DB, also for the commands without --db that open the archive: broker,
+    policy), else archive.db from the config, else None (ROOT/archive.db)."""
     from ..archive.registry import check_db
 
-    db = click.get_current_context().meta.get("archive_db")
+    import os
+
+    db = click.get_current_context().meta.get("archive_db") or os.environ.get("EDGE_ARCHIVE_DB")
     if not db:
         cfg = _cfg_or_none(c)
         db = (cfg.archive.db or None) if cfg is not None else None
