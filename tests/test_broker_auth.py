@@ -195,6 +195,7 @@ TOPIC_PLACES = {
     "archive_status": "archive writes; everyone reads", "archive_receiver": "archive writes; everyone reads",
     "all_archive_receivers": "filter of archive_receiver", "all_chains": "filter of chain",
     "all_xfer": "filter of xfer", "all_dev": "filter of the device topics",
+    "all_of_dev": "filter of one device's topics (the monitor's share of devices; each message still delivered only as the read rules allow)",
     "unit_policy": "archive writes; each device reads its own unit's (a user block per enrolled device); monitor reads",
     "all_unit_policies": "filter of unit_policy", "parse_unit_policy": "parser",
     "operator_reply": "granted to nobody: command send takes its answer on cmd_resp",
