@@ -32,7 +32,7 @@ def help_text(path: list[str]) -> str:
 def render() -> str:
     out = ["# edge-agent command line", "",
            "Generated from the commands' own help by `python -m tools.gen_cli_doc`; "
-           "`tests/test_cli_doc.py` checks that each section is what the command's `--help` prints.", "",
+           "`tests/cli/test_cli_doc.py` checks that each section is what the command's `--help` prints.", "",
            "Every command exits 0 on success and non-zero with a one-line `error: …` naming the cause "
            "(2 for configuration errors). Commands that read state take `--json`.", ""]
     for path, _cmd in _walk(main, []):

@@ -22,7 +22,7 @@ One TOML file, default `/etc/edge-agent/agent.toml` (override with `--config PAT
 `EDGE_AGENT_CONFIG`). It is validated against one schema, the package `agent/config/`: a
 pydantic model per section, one module each (`device.py`, `mqtt.py`, `dock.py` …), under the
 root model `Config` (`root.py`). That package is the only reader of TOML in the agent. Generated
-by `python -m tools.gen_config_doc`; `tests/test_config_doc.py` checks that it is up to date.
+by `python -m tools.gen_config_doc`; `tests/config/test_config_doc.py` checks that it is up to date.
 
 What is refused, always with one line that names the key, what is wrong in Chinese and English,
 and the line of the file (exit code 2):
@@ -61,7 +61,7 @@ error: bad.toml: device.kind: 3 不是可选值 / 3 is not one of dock, room (�
 ## Example configurations
 
 `config/` holds examples to copy to `/etc/edge-agent/` and edit (lines marked `改 / CHANGE`); keys
-they do not write take the defaults below. `tests/test_config_examples.py` loads each through this
+they do not write take the defaults below. `tests/config/test_config_examples.py` loads each through this
 schema and checks the values a technician relies on.
 
 | file | for | read by |

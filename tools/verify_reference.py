@@ -1,7 +1,7 @@
 """Independent reference verifier for edge-agent evidence, written only from docs/evidence-format.md.
 
 Standard library + `cryptography` (Ed25519) + `rfc8785` (the canonical form); it shares no code with
-agent/. tests/test_evidence_format.py checks that it agrees with `edge-agent verify`.
+agent/. tests/evidence/test_evidence_format.py checks that it agrees with `edge-agent verify`.
 
     python tools/verify_reference.py ITEM_DIR KEY              KEY: a PEM public key, or a keys directory
     python tools/verify_reference.py --chain DIR KEYS_DIR [CHECKPOINTS_DIR]

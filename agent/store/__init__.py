@@ -1,6 +1,6 @@
 """The agent's store of record: the SQLite ledger and the spool on disk.
 
-Only this package touches the ledger's tables (``tests/test_store_layout.py`` checks it). Its parts:
+Only this package touches the ledger's tables (``tests/store/test_store_layout.py`` checks it). Its parts:
 
 - ``store.Store``    the facade producers, uplink, health and CLI use (items, states, annotations)
 - ``repository``     every query of the ledger, as named methods returning typed rows

@@ -2,7 +2,7 @@
 
 Only this package writes SQL against the ledger (the tables of :data:`agent.store.ledger.MIGRATIONS`:
 items, meta, audit, command_nonces). The dock, room, uplink, health, wire and CLI call the methods
-below on the :class:`~agent.store.store.Store` (which mixes this class in); ``tests/test_layout.py``
+below on the :class:`~agent.store.store.Store` (which mixes this class in); ``tests/store/test_store_layout.py``
 fails when SQL against these tables appears anywhere else.
 
 Rows come back as typed dicts (:class:`ItemRow` …): callers keep reading columns by name, and a

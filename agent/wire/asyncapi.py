@@ -3,7 +3,7 @@
     python -m agent.wire.asyncapi            # rewrite docs/asyncapi.yaml
     python -m agent.wire.asyncapi --check    # exit 1 if the file is out of date
 
-tests/test_health_schemas.py runs the check, so the document and the code cannot drift apart.
+tests/wire/test_health_schemas.py runs the check, so the document and the code cannot drift apart.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ class Envelope:
         """The RFC 8785 bytes of the header. Every header value is an integer or an ASCII string
         without characters JSON escapes (checked by :func:`open_envelope`), and for such values
         sorted compact JSON is exactly RFC 8785: orjson writes it ~10x faster than the general
-        serialiser (tests/test_health_signed.py compares both)."""
+        serialiser (tests/monitor/test_monitor_trust.py compares both)."""
         if _orjson is not None:
             return _orjson.dumps(self.header(), option=_orjson.OPT_SORT_KEYS)
         return canonical(self.header())

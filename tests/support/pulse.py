@@ -11,7 +11,7 @@ The daemon is started as in the shared recipe (``pulseaudio -D --exit-idle-time=
 The source is chosen per process with ``PULSE_SOURCE`` so the server's default (which other
 tests may use) is left alone. module-sine-source plays at amplitude 0.5: a 440 Hz tone peaks
 near 16,400 and has an RMS level of about -9 dBFS. It delivers audio in 2 s blocks, ahead of
-the clock, so measure pacing from block to block (see tests/test_microphone.py).
+the clock, so measure pacing from block to block (see tests/drivers/test_microphone.py).
 """
 from __future__ import annotations
 
