@@ -34,7 +34,13 @@ def render() -> str:
            "Generated from the commands' own help by `python -m tools.gen_cli_doc`; "
            "`tests/cli/test_cli_doc.py` checks that each section is what the command's `--help` prints.", "",
            "Every command exits 0 on success and non-zero with a one-line `error: …` naming the cause "
-           "(2 for configuration errors). Commands that read state take `--json`.", ""]
+           "(2 for configuration errors).", "",
+           "Every command that prints a result takes `--json`: one JSON object (indented, keys sorted, "
+           "UTF-8 as is) on stdout instead of the text; errors stay one line on stderr. The long-running "
+           "ones (`archive serve`, `run`, `monitor`, `dock watch`) print JSON lines instead: one object per "
+           "line, each with `event` and `time` (`ready`/`started`, `status` or `state`, `stopped`); their "
+           "logs stay on stderr. `tests/test_cli_words.py` fails on a command without `--json`, "
+           "`tests/cli/test_cli_json.py` runs them and parses what they print.", ""]
     for path, _cmd in _walk(main, []):
         name = " ".join(["edge-agent", *path])
         out += [f"## {name}", "", "```", help_text(path), "```", ""]

@@ -13,7 +13,7 @@ import click
 
 from agent.common.errors import ConfigError, EdgeError
 from . import main
-from .base import Ctx, emit_json, json_option, pass_ctx
+from .base import Ctx, emit_json, emit_json_line, json_lines_option, json_option, pass_ctx
 
 
 def _cfg_or_none(c: Ctx):
@@ -85,9 +85,10 @@ def archive():
 @click.option("--receive-maximum", type=click.IntRange(1, 65535),
               help="Messages the broker may have in flight to this receiver (MQTT v5 Receive Maximum).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@json_lines_option
 @pass_ctx
 def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile, client_id, max_item_mb,
-                  max_manifest_kb, min_free_mb, receive_maximum, log_level):
+                  max_manifest_kb, min_free_mb, receive_maximum, log_level, as_json):
     """Receive items until SIGTERM: check every chunk, verify every item, store it under
     ROOT/UNIT/CASE/ITEM, and only then answer "stored".
 
@@ -117,19 +118,27 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
     store = ArchiveStore(_root(c, root), max_item=max_item, max_manifest=max_manifest, receiver=rid,
                          min_free=(min_free_mb if min_free_mb is not None else (a.min_free_mb if a else 2048)) << 20,
                          abandon_after_s=(a.abandon_after_h if a else 72) * 3600, db=_db(c))
-    rx = Receiver(store, settings, prefix=prefix or (cfg.mqtt.topic_prefix if cfg else "edge"), share=share,
-                  receiver_id=rid)
+    rx_prefix = prefix or (cfg.mqtt.topic_prefix if cfg else "edge")
+    rx = Receiver(store, settings, prefix=rx_prefix, share=share, receiver_id=rid)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     rx.start()
-    click.echo(f"archive receiver {rid}: root {store.root}, index {store.db.path}, broker {host}:{port}"
-               + (f", share group {share}" if share else "") + (", TLS" if tls else ""), err=True)
+    if as_json:  # JSON lines on stdout: ready, then stopped (logs stay on stderr)
+        from agent.common.pg import redact
+
+        emit_json_line("ready", receiver=rid, root=str(store.root), index=redact(str(store.db.path)),
+                       broker=f"{host}:{port}", share=share, tls=bool(tls), prefix=rx_prefix)
+    else:
+        click.echo(f"archive receiver {rid}: root {store.root}, index {store.db.path}, broker {host}:{port}"
+                   + (f", share group {share}" if share else "") + (", TLS" if tls else ""), err=True)
     while not stop.wait(1.0) and rx.failure is None:
         pass
     failure = rx.failure
     rx.stop()
     store.close()
+    if as_json:
+        emit_json_line("stopped", receiver=rid, ok=failure is None, failure=str(failure) if failure else None)
     if failure:  # never stay up with nobody handling messages: exit non-zero, systemd restarts us
         raise EdgeError(f"接收进程内部故障，已停止 / the archive receiver stopped on an internal fault: {failure}")
 
@@ -146,8 +155,9 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
               help="Also pin this archive's public key (and its policy key, if made) on the device whose data "
                    "directory this is (DATA_DIR/keys/archive/, DATA_DIR/keys/policy/; a device set up on this machine).")
 @root_option
+@json_option
 @pass_ctx
-def archive_enroll(c: Ctx, device_id, pubkey, unit, force, broker_dir, pin_to, root):
+def archive_enroll(c: Ctx, device_id, pubkey, unit, force, broker_dir, pin_to, root, as_json):
     """Trust DEVICE_ID's public key (the device's keys/device.pub) for items of unit CODE. The
     device in turn must pin this archive's key (ROOT/_archive/archive.pub): with --pin-to, or on
     the device with `edge-agent uplink trust-archive archive.pub`.
@@ -161,27 +171,33 @@ def archive_enroll(c: Ctx, device_id, pubkey, unit, force, broker_dir, pin_to, r
 
     store = _open(c, root, create=True)
     rec = store.registry.enroll(device_id, pubkey.read_bytes(), unit, force=force)
-    click.echo(f"enrolled {rec['device']} for unit {rec['unit']}, key id {rec['key_id']} / 设备已登记")
+    out = {"device": rec["device"], "unit": rec["unit"], "key_id": rec["key_id"]}
+    say = (lambda _text: None) if as_json else click.echo
+    say(f"enrolled {rec['device']} for unit {rec['unit']}, key id {rec['key_id']} / 设备已登记")
     pub = store.signing_key.public_key()
-    kid = keys.key_id(pub)
+    kid = out["archive_key_id"] = keys.key_id(pub)
     if pin_to is not None:
         dest = pin_to / "keys" / "archive" / f"archive-{kid}.pub"
         dest.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(dest, keys.public_pem(pub), mode=0o644)
-        click.echo(f"archive key {kid} pinned on the device at {dest} / 已在设备上信任归档公钥")
+        out["pinned"] = {"archive": str(dest)}
+        say(f"archive key {kid} pinned on the device at {dest} / 已在设备上信任归档公钥")
         from ..archive.policy import key_paths
         from ..policy.keeper import pin_key
 
         if key_paths(store.root)[1].exists():  # the policy key, a role of its own (docs/custody.md)
             pkid, pdest = pin_key(pin_to, key_paths(store.root)[1])
-            click.echo(f"policy key {pkid} pinned on the device at {pdest} / 已在设备上信任策略公钥")
+            out["pinned"]["policy"] = str(pdest)
+            say(f"policy key {pkid} pinned on the device at {pdest} / 已在设备上信任策略公钥")
     else:
-        click.echo(f"on the device, pin this archive's key {kid} / 请在设备上信任归档公钥: "
-                   f"edge-agent uplink trust-archive {store.root / '_archive' / 'archive.pub'}")
+        out["pin_on_device"] = f"edge-agent uplink trust-archive {store.root / '_archive' / 'archive.pub'}"
+        say(f"on the device, pin this archive's key {kid} / 请在设备上信任归档公钥: {out['pin_on_device']}")
     if broker_dir:
         from .broker import write_broker_config
 
-        write_broker_config(c, store, broker_dir, refresh=True)
+        out["broker"] = write_broker_config(c, store, broker_dir, refresh=True, quiet=as_json)
+    if as_json:
+        emit_json(out)
 
 
 @archive.command("enroll-annotator")
@@ -191,8 +207,9 @@ def archive_enroll(c: Ctx, device_id, pubkey, unit, force, broker_dir, pin_to, r
 @click.option("--unit", required=True, help="Unit code whose items the annotator may annotate (执法单位代码).")
 @click.option("--force", is_flag=True, help="Replace the annotator's enrolled key.")
 @root_option
+@json_option
 @pass_ctx
-def archive_enroll_annotator(c: Ctx, name, pubkey, unit, force, root):
+def archive_enroll_annotator(c: Ctx, name, pubkey, unit, force, root, as_json):
     """Trust NAME's Ed25519 public key to sign annotations of the --unit's items (never a manifest,
     never another unit's items): written to ROOT/keys/annotators/UNIT/NAME.pub, audited.
 
@@ -202,6 +219,9 @@ def archive_enroll_annotator(c: Ctx, name, pubkey, unit, force, root):
     """
     store = _open(c, root, create=True)
     rec = store.registry.enroll_annotator(name, pubkey.read_bytes(), unit, force=force)
+    if as_json:
+        emit_json({"annotator": rec["annotator"], "unit": rec["unit"], "key_id": rec["key_id"]})
+        return
     click.echo(f"annotator {rec['annotator']} enrolled for unit {rec['unit']}, key id {rec['key_id']} / 注释人已登记")
 
 
@@ -356,8 +376,9 @@ def archive_show(c: Ctx, what, root, as_json):
 @click.argument("item_id")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @root_option
+@json_option
 @pass_ctx
-def archive_export(c: Ctx, item_id, dest, root):
+def archive_export(c: Ctx, item_id, dest, root, as_json):
     """Verify, then copy a stored item to DEST/ITEM_ID with the device's public key; audited.
 
     \b
@@ -366,6 +387,9 @@ def archive_export(c: Ctx, item_id, dest, root):
     """
     store = _open(c, root)
     target = store.export(item_id, dest)
+    if as_json:
+        emit_json({"item_id": item_id, "path": str(target)})
+        return
     click.echo(str(target))
 
 

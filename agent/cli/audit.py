@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -142,18 +143,25 @@ def audit_verify(c: Ctx, as_json):
 
 
 @audit.command("export")
-@click.option("--csv", "as_csv", is_flag=True, required=True, help="CSV output (the only format).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV output.")
+@json_option
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
 @pass_ctx
 @role("auditor")
-def audit_export(c: Ctx, as_csv, output):
-    """Export the whole audit log as CSV.
+def audit_export(c: Ctx, as_csv, as_json, output):
+    """Export the whole audit log as CSV (--csv) or JSON (--json); one of the two.
 
     \b
     Example:
       edge-agent audit export --csv -o audit.csv
+      edge-agent audit export --json -o audit.json
     """
-    text = c.store.audit.export_csv()
+    if as_csv == as_json:
+        raise click.UsageError("give one of --csv and --json / 请指定 --csv 或 --json 之一")
+    if as_json:
+        text = json.dumps(c.store.audit.entries(), ensure_ascii=False, indent=2, sort_keys=True, default=str) + "\n"
+    else:
+        text = c.store.audit.export_csv()
     if output:
         Path(output).write_text(text, encoding="utf-8")
     else:

@@ -51,7 +51,17 @@ def role(*allowed: str):
 
 
 def emit_json(obj: Any) -> None:
+    """The one JSON shape of every command's result: indented, keys sorted, UTF-8 as is."""
     click.echo(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True, default=str))
+
+
+def emit_json_line(event: str, **fields: Any) -> None:
+    """One event of a long-running command (archive serve, run, monitor, dock watch) as one JSON
+    line on stdout (JSON lines: ``{"event": ..., "time": ..., ...}``), flushed at once."""
+    from agent.common.timeutil import now_iso
+
+    click.echo(json.dumps({"event": event, "time": now_iso(), **fields}, ensure_ascii=False, sort_keys=True,
+                          default=str))
 
 
 class LazyChoice(click.Choice):
@@ -80,3 +90,5 @@ def item_states():
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+json_lines_option = click.option("--json", "as_json", is_flag=True,
+                                 help="Print events as JSON lines on stdout (one object per line) instead of text.")

@@ -8,12 +8,13 @@ from pathlib import Path
 import click
 
 from .archive import _cfg_or_none, _open, archive, root_option
-from .base import Ctx, pass_ctx
+from .base import Ctx, emit_json, json_option, pass_ctx
 
 
-def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, prefix: str | None = None, **kw) -> None:
+def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, prefix: str | None = None,
+                        quiet: bool = False, **kw) -> dict:
     """Generate the files for every enrolled device (``refresh``: with the options of the last run
-    in ``out``), audit it, print what changed."""
+    in ``out``), audit it, print what changed (unless ``quiet``) and return it as a dict."""
     from agent.wire import broker_auth
 
     enrolled = store.registry.devices()
@@ -27,9 +28,16 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
         files = broker_auth.generate(out, devices, prefix=prefix, units=units, **kw)
     store.audit.append("broker-config", None, out=str(out.resolve()), prefix=files.prefix, created=files.created,
                        rotated=files.rotated, devices=len(devices))
+    summary = {"out": str(out), "prefix": files.prefix, "conf": str(files.conf), "acl": str(files.acl),
+               "passwd": str(files.passwd), "devices": devices,
+               "services": [i.name for i in files.identities if i.role != "device"],
+               "created": list(files.created), "rotated": list(files.rotated), "kept": list(files.kept),
+               "stale": list(files.stale), "credentials": str(out / broker_auth.CREDENTIALS)}
+    if quiet:
+        return summary
     click.echo(f"消息代理身份与访问控制已生成 / broker identities and ACL written: {out}")
     click.echo(f"  {files.conf.name}, {files.acl.name}, {files.passwd.name}: {len(devices)} device(s) + "
-               + ", ".join(i.name for i in files.identities if i.role != "device"))
+               + ", ".join(summary["services"]))
     for label, names in (("新建 / new", files.created), ("更换 / rotated", files.rotated), ("保留 / kept", files.kept)):
         if names:
             click.echo(f"  {label}: {', '.join(names)}")
@@ -38,6 +46,7 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
     if files.stale:
         click.echo(f"  警告 / warning: credentials of names no longer enrolled (not in passwd): {', '.join(files.stale)}",
                    err=True)
+    return summary
 
 
 @archive.command("broker-config")
@@ -58,9 +67,10 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
 @click.option("--ops-user", default="ops", show_default=True, help="User name for `edge-agent command send`.")
 @click.option("--rotate", multiple=True, help="Give this identity a new password (repeatable).")
 @click.option("--rotate-all", is_flag=True, help="New passwords for every identity.")
+@json_option
 @pass_ctx
 def archive_broker_config(c: Ctx, root, out, prefix, conf_dir, port, tls_port, cafile, certfile, keyfile,
-                          archive_user, monitor_user, ops_user, rotate, rotate_all):
+                          archive_user, monitor_user, ops_user, rotate, rotate_all, as_json):
     """Write the Mosquitto 2.0 password file, ACL and config for every enrolled device (user
     name = device id) and the archive, monitor and ops identities. Anonymous access is off;
     each device may publish only in its own subtree and read only its own answers and
@@ -74,8 +84,11 @@ def archive_broker_config(c: Ctx, root, out, prefix, conf_dir, port, tls_port, c
     """
     store = _open(c, root)
     try:
-        write_broker_config(c, store, out, prefix=prefix, conf_dir=conf_dir, port=port, tls_port=tls_port,
-                            cafile=cafile, certfile=certfile, keyfile=keyfile, rotate=rotate, rotate_all=rotate_all,
-                            services={"archive": archive_user, "monitor": monitor_user, "ops": ops_user})
+        summary = write_broker_config(c, store, out, prefix=prefix, conf_dir=conf_dir, port=port, tls_port=tls_port,
+                                      cafile=cafile, certfile=certfile, keyfile=keyfile, rotate=rotate,
+                                      rotate_all=rotate_all, quiet=as_json,
+                                      services={"archive": archive_user, "monitor": monitor_user, "ops": ops_user})
     finally:
         store.close()
+    if as_json:
+        emit_json(summary)

@@ -64,8 +64,9 @@ def config():
 
 
 @config.command("validate")
+@json_option
 @pass_ctx
-def config_validate(c: Ctx):
+def config_validate(c: Ctx, as_json):
     """Check the config file; an error names the key, what is wrong and the line.
 
     \b
@@ -73,6 +74,9 @@ def config_validate(c: Ctx):
       edge-agent --config ./agent.toml config validate
     """
     cfg = c.cfg
+    if as_json:
+        emit_json({"ok": True, "config": str(cfg.path)})
+        return
     click.echo(f"ok: {cfg.path} is valid")
 
 
@@ -120,9 +124,10 @@ def config_get(c: Ctx, key, as_json):
 @config.command("set")
 @click.argument("key")
 @click.argument("value")
+@json_option
 @pass_ctx
 @role("technician")
-def config_set(c: Ctx, key, value):
+def config_set(c: Ctx, key, value, as_json):
     """Validate, then atomically write one value (comments in the file are kept).
 
     Lists and tables are written in TOML syntax (quote them for the shell). The whole file is
@@ -147,8 +152,11 @@ def config_set(c: Ctx, key, value):
     except EdgeError:
         pass
     section, name = config_mod.split_key(key)
-    shown = "********" if config_mod.SCHEMA[section][name].secret else config_mod.toml_text(new)
-    click.echo(f"{key} = {shown}")
+    secret = config_mod.SCHEMA[section][name].secret
+    if as_json:
+        emit_json({"key": key, "value": "********" if secret else new, "config": str(config_mod.config_path(c.config_path))})
+        return
+    click.echo(f"{key} = {'********' if secret else config_mod.toml_text(new)}")
 
 
 # --- status -----------------------------------------------------------------------------------

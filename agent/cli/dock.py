@@ -10,7 +10,7 @@ import click
 
 from agent.common.errors import EdgeError
 from . import main
-from .base import Ctx, emit_json, json_option, pass_ctx, role
+from .base import Ctx, emit_json, emit_json_line, json_option, pass_ctx, role
 
 
 def _registry(c: Ctx):
@@ -77,20 +77,36 @@ def dock_status(c: Ctx, as_json):
 @click.option("--interval", type=click.FloatRange(0.1, 60), default=0.5, show_default=True,
               help="Seconds between screen refreshes.")
 @click.option("--once", is_flag=True, help="Draw the screen once and exit (e.g. for a screenshot).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Instead of the screen: the station's state as JSON lines, one per refresh "
+                   "({\"event\": \"state\", ...}); with --once one JSON object, as `dock status --json`.")
 @pass_ctx
 @role("operator", "auditor", "technician")
-def dock_watch(c: Ctx, interval, once):
+def dock_watch(c: Ctx, interval, once, as_json):
     """Live full-screen view of all bays for the station's screen (Chinese / English); Ctrl-C quits.
 
     \b
     Example:
       edge-agent dock watch
       edge-agent dock watch --once
+      edge-agent dock watch --json --interval 5
     """
     from ..dock.display import watch
     from ..dock.station import read_state
 
     data_dir = c.cfg.data_dir
+    if as_json:
+        import time
+
+        if once:
+            emit_json(read_state(data_dir))  # null while no station has written its state
+            return
+        try:
+            while True:
+                emit_json_line("state", state=read_state(data_dir))
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return
     watch(lambda: read_state(data_dir), interval=interval, once=once)
 
 

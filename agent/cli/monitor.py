@@ -17,7 +17,7 @@ import click
 from .. import config as config_mod
 from agent.common.errors import ConfigError, EdgeError
 from . import main
-from .base import Ctx, emit_json, json_option, pass_ctx
+from .base import Ctx, emit_json, emit_json_line, json_lines_option, json_option, pass_ctx
 
 DEFAULT_DB = "/var/lib/edge-agent/monitor.db"
 db_option = click.option("--db", "db", envvar="EDGE_MONITOR_DB", default=DEFAULT_DB, show_default=True,
@@ -62,10 +62,11 @@ def _optional_cfg(c: Ctx):
 @click.option("--connections", type=click.IntRange(1, 64), default=8, show_default=True,
               help="MQTT connections: one for P/dev/# (devices not enrolled) and the rest sharing the enrolled "
                    "devices, so a flood fills only its own share's queue at the broker.")
+@json_lines_option
 @pass_ctx
 @click.pass_context
 def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, lost_after, tui, duration, enrolment,
-            connections):
+            connections, as_json):
     """Watch the fleet: subscribe to every device topic, keep state and history in SQLite, show a
     live terminal view and (with --web) a web page with units, devices, alarms and compliance.
 
@@ -115,7 +116,9 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
         Topics(s.prefix)
     except ValueError as exc:
         raise EdgeError(f"--prefix: {exc}") from None
-    if tui is None:
+    if as_json:
+        tui = False  # stdout carries the JSON lines
+    elif tui is None:
         tui = sys.stdout.isatty()
     # under the live view only warnings reach the terminal (they would scroll it)
     logging.basicConfig(level=logging.WARNING if tui else logging.INFO, stream=sys.stderr,
@@ -144,8 +147,12 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
     url = f" web http://{web_host}:{web.port}/" if web else ""
     if not ing.subscribed.wait(5):
         click.echo(f"monitor: broker {host}:{port} not reachable yet; retrying in the background", err=True)
-    click.echo(f"monitor: ready db {path} broker {host}:{port} prefix {s.prefix} enrolled {len(enrolled)}{url}",
-               err=True)
+    if as_json:
+        emit_json_line("ready", db=str(path), broker=f"{host}:{port}", prefix=s.prefix, enrolled=len(enrolled),
+                       web=f"http://{web_host}:{web.port}/" if web else None, subscribed=ing.subscribed.is_set())
+    else:
+        click.echo(f"monitor: ready db {path} broker {host}:{port} prefix {s.prefix} enrolled {len(enrolled)}{url}",
+                   err=True)
     deadline = time.monotonic() + duration if duration else None
     tui_thread = None
     if tui:
@@ -166,7 +173,10 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
         ing.stop()
         st = ing.stats()
         db_.close()
-        click.echo("monitor: stopped; " + " ".join(f"{k}={v}" for k, v in sorted(st.items())), err=True)
+        if as_json:
+            emit_json_line("stopped", ok=not ing.failed, stats=st)
+        else:
+            click.echo("monitor: stopped; " + " ".join(f"{k}={v}" for k, v in sorted(st.items())), err=True)
     if ing.failed:
         raise EdgeError(f"监控接收线程已停止 / {ing.failed}; exiting so that the service manager restarts the monitor")
 

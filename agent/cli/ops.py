@@ -23,7 +23,8 @@ def command():
 @click.argument("name")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=".",
               help="Where to write NAME.key (0600) and NAME.pub.")
-def command_keygen(name, out_dir):
+@json_option
+def command_keygen(name, out_dir, as_json):
     """Create an operator key pair; copy NAME.pub into each device's keys/operators/.
 
     \b
@@ -32,6 +33,10 @@ def command_keygen(name, out_dir):
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     key = keys.generate(out_dir / f"{name}.key", out_dir / f"{name}.pub")
+    if as_json:
+        emit_json({"name": name, "key": str(out_dir / f"{name}.key"), "public_key": str(out_dir / f"{name}.pub"),
+                   "key_id": keys.key_id(key.public_key())})
+        return
     click.echo(f"{out_dir / (name + '.key')} (key id {keys.key_id(key.public_key())}); trust it on a device with "
                f"`cp {out_dir / (name + '.pub')} DATA_DIR/keys/operators/`")
 
@@ -41,8 +46,10 @@ def command_keygen(name, out_dir):
 @click.option("--device", required=True, help="Target device id.")
 @click.option("--args", "args_json", default="{}", help="Arguments as a JSON object.")
 @click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Operator private key.")
-def command_sign(cmd, device, args_json, key_path):
-    """Print a signed command (JSON) for DEVICE.
+@json_option
+def command_sign(cmd, device, args_json, key_path, as_json):
+    """Print a signed command (JSON) for DEVICE: one line as it is sent; with --json indented like
+    every other command's JSON (the signature covers the RFC 8785 form, so both verify).
 
     \b
     Example:
@@ -50,7 +57,11 @@ def command_sign(cmd, device, args_json, key_path):
     """
     from agent.wire.commands import sign_command
 
-    click.echo(sign_command(keys.load_private(Path(key_path)), cmd, _args(args_json), device).decode())
+    signed = sign_command(keys.load_private(Path(key_path)), cmd, _args(args_json), device)
+    if as_json:
+        emit_json(json.loads(signed))
+        return
+    click.echo(signed.decode())
 
 
 def _args(text: str) -> dict:
@@ -139,7 +150,8 @@ def crypt():
 @crypt.command("keygen")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Replace an existing key (items sealed to the old key need the old key).")
-def crypt_keygen(out_dir, force):
+@json_option
+def crypt_keygen(out_dir, force, as_json):
     """Create the archive's X25519 key pair (archive-enc.key 0600, archive-enc.pub).
 
     Put archive-enc.pub on the devices and set encryption.enabled / encryption.archive_public_key.
@@ -151,6 +163,10 @@ def crypt_keygen(out_dir, force):
     from ..evidence import crypt as crypt_mod
 
     key = crypt_mod.generate_archive_key(out_dir / "archive-enc.key", out_dir / "archive-enc.pub", force=force)
+    if as_json:
+        emit_json({"key": str(out_dir / "archive-enc.key"), "public_key": str(out_dir / "archive-enc.pub"),
+                   "recipient_id": crypt_mod.recipient_id(key.public_key())})
+        return
     click.echo(f"{out_dir / 'archive-enc.pub'} (recipient id {crypt_mod.recipient_id(key.public_key())})")
 
 
@@ -161,7 +177,8 @@ def crypt_keygen(out_dir, force):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Where to write the decrypted files.")
 @click.option("--device-key", type=click.Path(exists=True, dir_okay=False), help="Verify against this device public key first.")
-def crypt_decrypt(item_dir, key_path, out_dir, device_key):
+@json_option
+def crypt_decrypt(item_dir, key_path, out_dir, device_key, as_json):
     """Decrypt an encrypted item's files (after verifying it when --device-key is given).
 
     \b
@@ -173,8 +190,12 @@ def crypt_decrypt(item_dir, key_path, out_dir, device_key):
 
     if device_key:
         verify_item(item_dir, keys.KeyRing.from_paths(device_key))
-    for p in crypt_mod.decrypt_item(item_dir, crypt_mod.load_private(key_path), out_dir):
-        click.echo(str(p))
+    files = [str(p) for p in crypt_mod.decrypt_item(item_dir, crypt_mod.load_private(key_path), out_dir)]
+    if as_json:
+        emit_json({"item": str(item_dir), "out": str(out_dir), "verified": bool(device_key), "files": files})
+        return
+    for p in files:
+        click.echo(p)
 
 
 @main.command()

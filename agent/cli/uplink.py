@@ -8,14 +8,17 @@ import click
 
 from agent.common.errors import EdgeError
 from . import main
-from .base import Ctx, emit_json, json_option, pass_ctx
+from .base import Ctx, emit_json, emit_json_line, json_lines_option, json_option, pass_ctx
 
 
 @main.command()
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               help="Override log.level from the config.")
+@json_lines_option
+@click.option("--status-every", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True,
+              help="With --json: seconds between status lines.")
 @pass_ctx
-def run(c: Ctx, log_level):
+def run(c: Ctx, log_level, as_json, status_every):
     """Run the agent: recover the store, start the uplink, health and the producer of the
     configured kind (dock or room), and drain sealed items to the archive until SIGTERM.
 
@@ -32,7 +35,10 @@ def run(c: Ctx, log_level):
     store = c.store
     store.private_key  # fail now, with a clear message, when the device key is missing
     agent = build_agent(cfg)
-    agent.run()
+    if as_json:  # JSON lines on stdout: started, status every --status-every s, stopped (logs stay on stderr)
+        agent.run(events=lambda name, fields: emit_json_line(name, **fields), every=status_every)
+    else:
+        agent.run()
 
 
 @main.group()

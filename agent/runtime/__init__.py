@@ -67,8 +67,11 @@ class Agent:
             except Exception:
                 log.exception("stopping %s failed", c.name)
 
-    def run(self) -> None:
-        """Start, notify systemd, wait for SIGTERM/SIGINT, stop."""
+    def run(self, events: Callable[[str, dict], None] | None = None, every: float = 10.0) -> None:
+        """Start, notify systemd, wait for SIGTERM/SIGINT, stop. ``events(name, fields)`` (the CLI's
+        --json) hears "started", a "status" every ``every`` seconds and "stopped"."""
+        import time
+
         from agent.common import sdnotify
 
         def _sig(signum, _frame):
@@ -79,12 +82,22 @@ class Agent:
         signal.signal(signal.SIGINT, _sig)
         self.start()
         sdnotify.ready()
+        if events:
+            events("started", {"device": self.cfg.device.id, "kind": self.cfg.device.kind,
+                               "components": [c.name for c in self.components]})
         interval = sdnotify.watchdog_interval()
-        while not self.stop_event.wait(interval / 2 if interval else 1.0):
+        next_status = time.monotonic() + every
+        while not self.stop_event.wait(min(interval / 2 if interval else 1.0, every)):
             if interval:
                 sdnotify.watchdog()
+            if events and time.monotonic() >= next_status:
+                next_status = time.monotonic() + every
+                events("status", {"device": self.cfg.device.id, "store": self.store.status(),
+                                  "components": self.status()})
         sdnotify.stopping()
         self.stop()
+        if events:
+            events("stopped", {"device": self.cfg.device.id})
 
     def status(self) -> dict:
         return {c.name: c.status() for c in self.components}
