@@ -39,7 +39,7 @@ def render() -> str:
            "UTF-8 as is) on stdout instead of the text; errors stay one line on stderr. The long-running "
            "ones (`archive serve`, `run`, `monitor`, `dock watch`) print JSON lines instead: one object per "
            "line, each with `event` and `time` (`ready`/`started`, `status` or `state`, `stopped`); their "
-           "logs stay on stderr. `tests/test_cli_words.py` fails on a command without `--json`, "
+           "logs stay on stderr. `tests/cli/test_cli_words.py` fails on a command without `--json`, "
            "`tests/cli/test_cli_json.py` runs them and parses what they print.", ""]
     for path, _cmd in _walk(main, []):
         name = " ".join(["edge-agent", *path])
