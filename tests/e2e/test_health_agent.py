@@ -73,7 +73,7 @@ def test_agent_health_end_to_end(tmp_path, broker, device):
         # the signed rebirth command through the broker: everything retained comes again
         n = len(cap.msgs)
         p = edge(cfg, "command", "send", "rebirth", "--device", DEV, "--key", str(tmp_path / "op" / "ops.key"),
-                 "--broker", f"127.0.0.1:{broker.port}", "--json")
+                 "--broker", f"127.0.0.1:{broker.port}", "--json", "--timeout", "60")
         ans = json.loads(p.stdout)
         assert ans["ok"] and ans["result"]["ok"] and "archive_unreachable" in ans["result"]["alarms"]
         cap.wait_for(lambda t, p: t.endswith("/status") and p["state"] == "online" and p["bdseq"] == bdseq, start=n)

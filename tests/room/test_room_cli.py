@@ -200,7 +200,7 @@ def test_room_segments_reach_the_archive_first_and_verify_there(tmp_path, broker
         shutil.copy(tmp_path / "op" / "ops.pub", b.data / "keys" / "operators" / "ops.pub")
         send = lambda cmd, args: b.cli("command", "send", cmd, "--device", "room-0001", "--key",  # noqa: E731
                                        str(tmp_path / "op" / "ops.key"), "--broker", f"127.0.0.1:{broker.port}",
-                                       "--args", json.dumps(args, ensure_ascii=False), "--json")
+                                       "--args", json.dumps(args, ensure_ascii=False), "--json", "--timeout", "60")
         r = send("room.start", {"collector": "王五", "collector_id": "33010099999", "proof": "询问"})
         assert "案件编号" in r.stdout + r.stderr and b.status()["state"] == "idle", r.stdout + r.stderr
         r = send("room.start", {"case": "杭司罚〔2026〕第0456号", "collector": "王五", "collector_id": "33010099999",

@@ -370,7 +370,7 @@ def test_signed_command_over_mqtt_reaches_the_agent_and_answers(broker, tmp_path
     try:
         wait_for(lambda: "uplink: connected" in ag.text(), 20, "agent connected", [ag])
         p = run(["command", "send", "status", "--device", "dock-0001", "--key", str(tmp_path / "op" / "ops.key"),
-                 "--broker", f"127.0.0.1:{broker.port}", "--json"])
+                 "--broker", f"127.0.0.1:{broker.port}", "--json", "--timeout", "60"])
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["ok"] is True
     finally:

@@ -165,7 +165,7 @@ def test_command_send_uses_tls_and_credentials_from_the_config(make_broker, pki,
     try:
         wait_for(lambda: "uplink: connected" in ag.text(), 20, "agent connected over TLS", [ag])
         p = run(["command", "send", "status", "--device", "dock-0001", "--key", str(tmp_path / "op" / "ops.key"),
-                 "--json"], config=cfg)
+                 "--json", "--timeout", "60"], config=cfg)
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["ok"] is True
         # a plain connection to the TLS port is refused: the command never leaves
