@@ -185,8 +185,14 @@ def make_fleet(n: int, units: int, prefix_id: str = "sim", unit_prefix: str = "3
 
 class FleetSim:
     def __init__(self, host: str, port: int, devices: list[SimDevice], *, prefix: str = "edge", rate: float = 1.0,
-                 per_device: bool = False, connections: int = 4, alarm_every: float = 0.0, officers: int = 40):
-        if per_device and len(devices) > MAX_PER_DEVICE:
+                 per_device: bool = False, connections: int = 4, alarm_every: float = 0.0, officers: int = 40,
+                 credentials=None):
+        # credentials: a function device id -> {"username", "password"} (a broker with identities and ACL, where
+        # each device may publish only in its own subtree): one connection per device, logged in as it
+        self.credentials = credentials
+        if credentials is not None:
+            per_device = True
+        elif per_device and len(devices) > MAX_PER_DEVICE:
             raise ValueError(f"--per-device: at most {MAX_PER_DEVICE} devices")
         if not 0 < rate <= 50:
             raise ValueError("--rate: 0 < rate <= 50 messages per second per device")
@@ -205,6 +211,9 @@ class FleetSim:
     def _client(self, cid: str, will: tuple[str, bytes] | None) -> mqtt.Client:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         c.max_queued_messages_set(0)
+        if self.credentials is not None:
+            cred = self.credentials(cid)
+            c.username_pw_set(cred["username"], cred["password"])
         if will:
             c.will_set(will[0], will[1], qos=1, retain=True)
         c.connect(self.host, self.port, keepalive=30)
@@ -296,6 +305,8 @@ class FleetSim:
             # loop_stop() waits up to a second per client: stop them side by side
             with ThreadPoolExecutor(max_workers=32) as ex:
                 list(ex.map(one, self.devices))
+            if clean:
+                self.published["status"] += len(self.devices)  # each device's retained offline
         else:
             for c in self._shared:
                 if clean:

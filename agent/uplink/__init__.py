@@ -23,7 +23,7 @@ from agent.wire import checkpoint
 from agent.wire.envelope import Sealer
 from agent.wire.receipts import STATUS_FRESH_S, ReceiptError
 from agent.wire.client import ConnSettings, settings_from_config as _settings, topic_matches
-from agent.wire.mqtt import Connection, PublishError
+from agent.wire.mqtt import STOPPED, Connection, PublishError
 from agent.wire.topics import Topics
 from .status import STATUS_FILE
 from .transfer import Transfer
@@ -189,6 +189,9 @@ class Uplink:
         self.transfer.wake.set()
 
     def _on_disconnect(self, conn: Connection, reason: str) -> None:
+        if reason == STOPPED:  # our own clean stop, not a loss
+            log.info("uplink: %s", reason)
+            return
         log.warning("uplink: disconnected (%s); items stay in the outbox", reason)
 
     def _on_message(self, topic: str, payload: bytes, properties: Any) -> None:

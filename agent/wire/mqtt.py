@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: fixed header + topic length + packet id + property length bytes, rounded up
 PACKET_OVERHEAD = 64
+#: the reason given to on_disconnect when the connection ended because stop() was called
+STOPPED = "stopped (clean DISCONNECT)"
 #: CONNACK reason codes after which retrying at once is pointless
 _AUTH_REFUSED = {0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
 
@@ -314,7 +316,9 @@ class Connection:
             self.stop_event.wait(wait)
 
     def _teardown(self, client: mqtt.Client) -> None:
-        was = self._connected.is_set()
+        # connected_since, not _connected: paho's on_disconnect may already have cleared that
+        # (a race that made a clean stop look like a loss in some runs and not in others)
+        was = self.connected_since is not None
         self._connected.clear()
         try:
             client.loop_stop()
@@ -331,9 +335,11 @@ class Connection:
             h.complete(None, "connection lost before PUBACK")
         if was:
             self.connected_since = None
+            # a stop we asked for is not a loss: the reason says so (the uplink logs it as info)
+            reason = STOPPED if self.stop_event.is_set() else (self.last_error or "disconnected")
             if self._on_disconnect_cb:
                 try:
-                    self._on_disconnect_cb(self, self.last_error or "disconnected")
+                    self._on_disconnect_cb(self, reason)
                 except Exception:
                     log.exception("on_disconnect callback failed")
 

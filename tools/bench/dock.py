@@ -41,6 +41,7 @@ from agent.evidence import keys
 from agent.evidence.verify import verify_chain
 from agent.runtime import Agent
 from agent.store.store import Store
+from tools.bench.shipped_broker import free_port
 from tools.bench.uplink import EDGE, cpu_s, start_broker
 from tools.media import make_big_file
 
@@ -110,8 +111,7 @@ def run(bays: int = 16, mib: int = 1024, workers: int = 8, workdir: str | None =
         total = sum(f.stat().st_size for f in files)
         os.sync()
         load0 = round(os.getloadavg()[0], 2)  # other work on the machine skews both runs
-        if archive:
-            broker, port = start_broker(base)
+        port = free_port()
         dropped = drop and _drop_caches()
         # recorders: one simulator process each, its port link made in staging
         for i in range(bays):
@@ -140,8 +140,13 @@ def run(bays: int = 16, mib: int = 1024, workers: int = 8, workdir: str | None =
         if archive:
             subprocess.run([EDGE, "archive", "enroll", DEVICE_ID, str(store.pub_path), "--unit", UNIT_CODE,
                             "--root", str(root), "--pin-to", str(store.data_dir)], check=True, capture_output=True)
+            # the broker as shipped: identities and ACL from the enrolment, anonymous off
+            broker = start_broker(base, root, port)
+            cred = broker.credentials(DEVICE_ID)
+            cfg = Config.defaults(**overrides, **{"mqtt.username": cred["username"], "mqtt.password": cred["password"]})
             ar_log = open(base / "archive.log", "wb")
-            ar = subprocess.Popen([EDGE, "archive", "serve", "--root", str(root), "--broker", f"127.0.0.1:{port}",
+            ar = subprocess.Popen([EDGE, "--config", str(broker.credential_file("archive")), "archive", "serve",
+                                   "--root", str(root), "--broker", f"127.0.0.1:{port}",
                                    "--client-id", "bench-archive", "--log-level", "warning"],
                                   stdout=ar_log, stderr=ar_log, start_new_session=True)
         agent = Agent(cfg, store)
@@ -255,7 +260,8 @@ def run(bays: int = 16, mib: int = 1024, workers: int = 8, workdir: str | None =
         return res
     finally:
         _stop(ar)
-        _stop(broker, 10)
+        if broker is not None:
+            broker.stop()
         if ar_log is not None:
             ar_log.close()
         for p in procs:

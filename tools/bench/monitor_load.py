@@ -12,6 +12,9 @@ Three measurements:
   own ``Ingest.handle`` (envelope, Ed25519 against the enrolled key, replay check, parse, apply)
   in this process over pre-sealed messages from 200 devices, including the batched SQLite flush;
   messages per wall second and per CPU second (target >= 5,000), next to bare Ed25519 verify.
+Every broker here is Mosquitto as shipped (tools/bench/shipped_broker.py: identities and ACL from
+the enrolment, anonymous off); each simulated device logs in as itself, the monitor as ``monitor``.
+
 * ``flood``: a private Mosquitto and ``edge-agent monitor``; while one connection floods as fast
   as it can with forgeries in the name of enrolled device A (well-formed envelopes, wrong
   signatures) and another with genuine messages of a stolen device F, devices B and A send
@@ -40,8 +43,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -53,29 +54,13 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tools.bench.shipped_broker import ShippedBroker  # noqa: E402
 from tools.fleet_sim import FleetSim, SimDevice, enrol, make_fleet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGE = str(Path(sys.executable).with_name("edge-agent"))
 TARGET = 0.99
 VERIFY_TARGET = 5000.0   # signed health messages verified per second on one core
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def counter(db: Path, name: str = "received") -> int:
@@ -90,19 +75,14 @@ def counter(db: Path, name: str = "received") -> int:
         return 0
 
 
-def _broker(work: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    f"max_queued_messages 100000\n" + ("user root\n" if os.geteuid() == 0 else ""))
-    broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
-    return broker, port
+def _broker(work: Path) -> ShippedBroker:
+    """Mosquitto as shipped: identities and ACL of the devices enrolled in ``work/archive``."""
+    return ShippedBroker(work, work / "archive").start()
 
 
-def _monitor(work: Path, port: int, root: Path, log) -> subprocess.Popen:
-    mon = subprocess.Popen([EDGE, "monitor", "--db", str(work / "monitor.db"), "--broker", f"127.0.0.1:{port}",
+def _monitor(work: Path, broker: ShippedBroker, root: Path, log) -> subprocess.Popen:
+    mon = subprocess.Popen([EDGE, "--config", str(broker.credential_file("monitor")), "monitor",
+                            "--db", str(work / "monitor.db"), "--broker", f"127.0.0.1:{broker.port}",
                             "--no-tui", "--lost-after", "60", "--enrolment", str(root)], stdout=log, stderr=log)
     deadline = time.monotonic() + 30
     while "monitor: ready" not in (work / "monitor.log").read_text(errors="replace"):
@@ -115,16 +95,17 @@ def _monitor(work: Path, port: int, root: Path, log) -> subprocess.Popen:
 def run_load(devices: int, load: float, seconds: float, warmup: float, work: Path) -> dict:
     fleet = make_fleet(devices, max(1, devices // 20), "bench")
     enrol(work / "archive", fleet)
-    broker, port = _broker(work)
+    broker = _broker(work)
     db = work / "monitor.db"
     mon_log = open(work / "monitor.log", "wb")
     mon = None
     try:
-        mon = _monitor(work, port, work / "archive", mon_log)
+        mon = _monitor(work, broker, work / "archive", mon_log)
         proc = psutil.Process(mon.pid)
         total = warmup + seconds
         # the simulator runs in this process (its own threads); the monitor is a separate process
-        sim_obj = FleetSim("127.0.0.1", port, fleet, rate=load, connections=4)
+        # each device logs in as itself (the ACL lets it publish only in its own subtree)
+        sim_obj = FleetSim("127.0.0.1", broker.port, fleet, rate=load, credentials=broker.credentials)
         sim_obj.connect()
         holder: dict = {}
         sim = threading.Thread(target=lambda: holder.update(sim_obj.run(total)), name="fleet-sim")
@@ -182,8 +163,7 @@ def run_load(devices: int, load: float, seconds: float, warmup: float, work: Pat
                     p.wait(20)
                 except subprocess.TimeoutExpired:
                     p.kill()
-        broker.terminate()
-        broker.wait(10)
+        broker.stop()
         mon_log.close()
 
 
@@ -244,12 +224,14 @@ def _health_row(db: Path, dev: str) -> tuple[int | None, float | None]:
     return json.loads(row[0]).get("uptime_s"), row[1]
 
 
-def _flooder(port: int, kind: str, stop, counter, rate: float = 0.0) -> None:
+def _flooder(port: int, kind: str, stop, counter, rate: float = 0.0, cred: dict | None = None) -> None:
     """One flooding connection (its own process, so the genuine devices' client is not starved):
     ``forged``: well-formed envelopes in flood-a's name with random signatures and ever-new
     sequence numbers (each costs the monitor a full Ed25519 verify); ``stolen``: flood-f's
     genuine messages, sealed as fast as this process can sign (verified, then rate-limited).
-    ``rate`` > 0 paces the flood to that many messages per second."""
+    ``rate`` > 0 paces the flood to that many messages per second. ``cred``: the broker identity
+    the flooder holds (the ACL lets it publish only in that device's subtree: the forger holds
+    A's broker password, not A's signing key; the stolen device F holds both of its own)."""
     import base64
 
     import paho.mqtt.client as mqtt
@@ -258,6 +240,8 @@ def _flooder(port: int, kind: str, stop, counter, rate: float = 0.0) -> None:
     topic = f"edge/dev/{d.id}/health"
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"flood-{kind}", protocol=mqtt.MQTTv5)
     c.max_queued_messages_set(0)
+    if cred:
+        c.username_pw_set(cred["username"], cred["password"])
     c.connect("127.0.0.1", port)
     c.loop_start()
     template = json.loads(d.seal(topic, d.health()))
@@ -290,7 +274,8 @@ def flood_isolation(work: Path, interval: float = 2.0, rounds: int = 8, flood_ra
 
     a, b, f = (SimDevice(f"flood-{x}", "33019999", "压测单位", "dock") for x in "abf")
     enrol(work / "archive", [a, b, f])
-    broker, port = _broker(work)
+    broker = _broker(work)
+    port = broker.port
     mon_log = open(work / "monitor.log", "wb")
     mon = None
     ctx = mp.get_context("spawn")
@@ -298,12 +283,15 @@ def flood_isolation(work: Path, interval: float = 2.0, rounds: int = 8, flood_ra
     counters_ = {k: ctx.Value("q", 0) for k in ("forged", "stolen")}
     procs = []
     try:
-        mon = _monitor(work, port, work / "archive", mon_log)
+        mon = _monitor(work, broker, work / "archive", mon_log)
         proc = psutil.Process(mon.pid)
-        good = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="flood-genuine", protocol=mqtt.MQTTv5)
-        good.connect("127.0.0.1", port)
-        good.loop_start()
-        procs = [ctx.Process(target=_flooder, args=(port, k, stop, counters_[k], flood_rate), daemon=True)
+        goods = {}
+        for d in (a, b):  # each genuine device on its own connection, logged in as itself
+            goods[d.id] = broker.paho(d.id, f"genuine-{d.id}")
+            goods[d.id].connect("127.0.0.1", port)
+            goods[d.id].loop_start()
+        procs = [ctx.Process(target=_flooder, args=(port, k, stop, counters_[k], flood_rate,
+                                                    broker.credentials(a.id if k == "forged" else f.id)), daemon=True)
                  for k in counters_]
         for p in procs:
             p.start()
@@ -320,7 +308,7 @@ def flood_isolation(work: Path, interval: float = 2.0, rounds: int = 8, flood_ra
                 h["uptime_s"] = 1_000_000 + k  # the marker this round's message carries
                 topic = f"edge/dev/{d.id}/health"
                 pubs[name] = time.time()
-                good.publish(topic, d.seal(topic, h), qos=1)
+                goods[d.id].publish(topic, d.seal(topic, h), qos=1)
             pending = {"b": b.id, "a": a.id}
             deadline = time.monotonic() + max(interval, 2.0) + 1.5  # + the monitor's flush interval (1 s)
             while pending and time.monotonic() < deadline:
@@ -341,8 +329,9 @@ def flood_isolation(work: Path, interval: float = 2.0, rounds: int = 8, flood_ra
         stop.set()
         for p in procs:
             p.join(10)
-        good.disconnect()
-        good.loop_stop()
+        for g in goods.values():
+            g.disconnect()
+            g.loop_stop()
         time.sleep(1.5)  # one more flush
         counters = _counters(work / "monitor.db")
 
@@ -371,8 +360,7 @@ def flood_isolation(work: Path, interval: float = 2.0, rounds: int = 8, flood_ra
                 mon.wait(20)
             except subprocess.TimeoutExpired:
                 mon.kill()
-        broker.terminate()
-        broker.wait(10)
+        broker.stop()
         mon_log.close()
 
 

@@ -3,10 +3,13 @@
     python -m tools.bench.uplink [--mib 512] [--item-mib 32] [--chunk 262144] [--rounds 3]
                                  [--json [PATH]] [--keep DIR] [--uplink JSON] [--archive-log info]
 
-1. Starts a private Mosquitto on a free port (persistence off).
+1. Starts a private Mosquitto on a free port with the configuration the project ships
+   (tools/bench/shipped_broker.py: `edge-agent archive broker-config` from the enrolment, password
+   file + ACL, anonymous off; persistence off). The agent logs in as its device, the archive as
+   ``archive``; the broker's log (connections, disconnections with their reason) is kept with --keep.
 2. Baseline: bare paho-mqtt 2, QoS 1, chunk-sized payloads (same chunk size), one publisher in
-   this process and one subscriber process; MB/s from the first publish to the last message
-   received. Run before and after each round of ours; for each round the better of the two
+   this process logged in as the device and publishing on its own transfer topic, one subscriber
+   process logged in as ``archive``; MB/s from the first publish to the last message received. Run before and after each round of ours; for each round the better of the two
    baselines either side counts (conservative).
 3. Ours: an agent data dir with ``--mib`` MiB of sealed items (``--item-mib`` each; ingest is
    set-up, not timed), the uplink running in this process (as in `edge-agent run`) and
@@ -32,7 +35,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,48 +42,30 @@ import threading
 import time
 from pathlib import Path
 
+from tools.bench.shipped_broker import ShippedBroker, free_port
+
 TARGET_RATIO = 0.6
 EDGE = str(Path(sys.executable).with_name("edge-agent"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_online(port: int, rid: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_online(broker, rid: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     """Until archive receiver ``rid`` has published its online status (it subscribes first)."""
-    from agent.wire.client import ConnSettings
     from agent.wire.mqtt import exchange
     from agent.wire.topics import Topics
 
     topic = Topics("edge").archive_receiver(rid)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        ex = exchange(ConnSettings("127.0.0.1", port, f"bench-wait-{os.getpid()}"), subscribe=(topic,), timeout=5,
+        ex = exchange(broker.conn("monitor", f"bench-wait-{os.getpid()}"), subscribe=(topic,), timeout=5,
                       until=lambda msgs: any(b'"online"' in b for _t, b, _p in msgs))
         if any(b'"online"' in b for _t, b, _p in ex.messages):
             return
     raise SystemExit(f"archive receiver {rid} did not come online within {timeout:.0f} s")
 
 
-def start_broker(work: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nmax_inflight_messages 100\nmax_queued_messages 0\n"
-                    f"user {os.environ.get('USER') or 'root'}\n")
-    p = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return p, port
-        except OSError:
-            time.sleep(0.05)
-    p.kill()
-    raise SystemExit("mosquitto did not start")
+def start_broker(work: Path, root: Path, port: int | None = None) -> ShippedBroker:
+    """Mosquitto as shipped (identities + ACL of the devices enrolled in ``root``)."""
+    return ShippedBroker(work, root, port).start()
 
 
 def proc_stat(pid: int) -> tuple[float, int]:
@@ -110,9 +94,12 @@ def pct(values: list[float], q: float) -> float:
 
 
 # --- baseline -------------------------------------------------------------------------------------
-def subscriber_main(port: int, topic: str, count: int) -> int:
-    """Subscriber process of the baseline: prints 'ready', then the time the last message arrived."""
+def subscriber_main(port: int, topic: str, count: int, cred_file: str) -> int:
+    """Subscriber process of the baseline (logged in with the [mqtt] credentials in ``cred_file``):
+    prints 'ready', then the time the last message arrived."""
     import paho.mqtt.client as mqtt
+
+    from agent import config as config_mod
 
     got = 0
     done = threading.Event()
@@ -126,6 +113,8 @@ def subscriber_main(port: int, topic: str, count: int) -> int:
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}", protocol=mqtt.MQTTv5)
     c.on_message = on_message
     c.on_subscribe = lambda *a: print("ready", flush=True)
+    m = config_mod.load(Path(cred_file)).mqtt
+    c.username_pw_set(m.username, m.password)
     c.connect("127.0.0.1", port)
     c.subscribe(topic, qos=1)
     c.loop_start()
@@ -135,16 +124,19 @@ def subscriber_main(port: int, topic: str, count: int) -> int:
     return 0 if ok else 1
 
 
-def baseline(port: int, total: int, chunk: int) -> float:
-    import paho.mqtt.client as mqtt
+def baseline(broker: ShippedBroker, total: int, chunk: int, device: str = "bench-01") -> float:
+    """Bare paho through the same broker and ACL: the device publishes on its own transfer topic,
+    ``archive`` reads it."""
+    from agent.wire.topics import Topics
 
     n = total // chunk
-    topic = f"bench/{os.getpid()}/{time.monotonic_ns()}"
-    sub = subprocess.Popen([sys.executable, "-m", "tools.bench.uplink", "--subscriber", str(port), topic, str(n)],
+    topic = Topics(broker.prefix).xfer(device, f"base{time.monotonic_ns():x}", "chunk")
+    sub = subprocess.Popen([sys.executable, "-m", "tools.bench.uplink", "--subscriber", str(broker.port), topic, str(n),
+                            str(broker.credential_file("archive"))],
                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
     assert sub.stdout.readline().strip() == "ready"
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{os.getpid()}", protocol=mqtt.MQTTv5)
-    c.connect("127.0.0.1", port)
+    c = broker.paho(device, f"bench-pub-{os.getpid()}")
+    c.connect("127.0.0.1", broker.port)
     c.loop_start()
     payload = os.urandom(chunk)
     t0 = time.time()
@@ -176,6 +168,9 @@ def prepare(work: Path, port: int, mib: int, item_mib: int, chunk: int, uplink_e
     cfg = config_mod.load(cfg_path)
     store = Store(cfg)
     store._key = keys.generate(store.key_path, store.pub_path)
+    # enrolled at a fresh archive root (its pinned keys go to the agent): the broker's identities come from it
+    subprocess.run([EDGE, "archive", "enroll", "bench-01", str(store.pub_path), "--unit", "330100000000",
+                    "--root", str(work / "archive"), "--pin-to", str(store.data_dir)], check=True, capture_output=True)
     src = work / "src.bin"
     ids = []
     block = os.urandom(1 << 20)
@@ -188,25 +183,35 @@ def prepare(work: Path, port: int, mib: int, item_mib: int, chunk: int, uplink_e
                 "capture_start": "2026-11-27T09:00:00+08:00", "capture_end": "2026-11-27T09:05:00+08:00"}
         ids.append(ingest(store, [src], meta)["item_id"])
     src.unlink()
-    return cfg, store, ids
+    return data, cfg_path, store, ids
 
 
-def ours(work: Path, port: int, cfg, store, ids: list[str], broker_pid: int, archive_log: str = "warning") -> dict:
+def with_credentials(broker: ShippedBroker, data: dict, cfg_path: Path):
+    """The agent's config with the device's broker identity in [mqtt] (as a technician installs it)."""
+    from agent import config as config_mod
+
+    data["mqtt"].update(broker.credentials(data["device"]["id"]))
+    cfg_path.write_text(config_mod.render_default(data))
+    os.chmod(cfg_path, 0o600)
+    return config_mod.load(cfg_path)
+
+
+def ours(work: Path, broker: ShippedBroker, cfg, store, ids: list[str], archive_log: str = "warning") -> dict:
     from agent.evidence import keys
     from agent.evidence.verify import verify_chain
     from agent.runtime import Agent
     from agent.uplink import make_component
 
     root = work / "archive"
-    subprocess.run([EDGE, "archive", "enroll", "bench-01", str(store.pub_path), "--unit", "330100000000",
-                    "--root", str(root), "--pin-to", str(store.data_dir)], check=True, capture_output=True)
+    broker_pid = broker.pid
     log = open(work / "archive.log", "wb")
-    ar = subprocess.Popen([EDGE, "archive", "serve", "--root", str(root), "--broker", f"127.0.0.1:{port}",
+    ar = subprocess.Popen([EDGE, "--config", str(broker.credential_file("archive")), "archive", "serve",
+                           "--root", str(root), "--broker", f"127.0.0.1:{broker.port}",
                            "--client-id", "bench-archive", "--log-level",
                            archive_log], stdout=log, stderr=log,
                           start_new_session=True)
     try:
-        _wait_online(port, "bench-archive", ar)  # the receiver subscribed: no request is lost to a late start
+        _wait_online(broker, "bench-archive", ar)  # the receiver subscribed: no request is lost to a late start
         agent = Agent(cfg, store=store)
         up = make_component(agent)
         t0 = time.monotonic()
@@ -238,6 +243,7 @@ def ours(work: Path, port: int, cfg, store, ids: list[str], broker_pid: int, arc
                 "chunk_ack_ms_p50": round(pct(chunk_lat, 50) * 1000, 2), "chunk_ack_ms_p99": round(pct(chunk_lat, 99) * 1000, 2),
                 "item_ack_ms_p50": round(pct(item_lat, 50) * 1000, 1), "item_ack_ms_p99": round(pct(item_lat, 99) * 1000, 1),
                 "chunks": len(chunk_lat), "items": len(ids), "retransmits": stats["retransmits"],
+                "reconnects": stats["reconnects"],  # a disconnect mid-transfer (0 in a healthy run)
                 "window": up.transfer.window, "cpu_s": {"agent": cpu[0], "archive": cpu[1], "broker": cpu[2]},
                 "archive_minor_faults": faults, "verified_items": rep.devices["bench-01"]["items"]}
     finally:
@@ -250,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["--subscriber"]:
-        return subscriber_main(int(argv[1]), argv[2], int(argv[3]))
+        return subscriber_main(int(argv[1]), argv[2], int(argv[3]), argv[4])
     ap = argparse.ArgumentParser(prog="python -m tools.bench.uplink", description=__doc__.splitlines()[0])
     ap.add_argument("--mib", type=int, default=512, help="MiB of items to archive (>= 512 for the record)")
     ap.add_argument("--item-mib", type=int, default=32, help="size of each item (MiB)")
@@ -266,24 +272,28 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = sys.stderr if args.json == "-" else sys.stdout
     work = Path(tempfile.mkdtemp(prefix="bench-uplink-"))
-    broker, port = start_broker(work)
+    port = free_port()
+    broker = None
     try:
         prepared = []
-        for r in range(args.rounds):  # each round its own agent data dir and archive root
+        for r in range(args.rounds):  # each round its own agent data dir, device key and archive root
             print(f"preparing {args.mib} MiB of sealed items ({args.item_mib} MiB each) for round {r + 1}...", file=out)
             (work / f"r{r + 1}").mkdir()
             prepared.append(prepare(work / f"r{r + 1}", port, args.mib, args.item_mib, args.chunk, args.uplink))
+        # the broker as shipped, its identities generated from the enrolment (the same device name each round)
+        broker = start_broker(work, work / "r1" / "archive", port)
+        prepared = [(with_credentials(broker, data, cfg_path), store, ids) for data, cfg_path, store, ids in prepared]
         total = args.mib << 20
         print("baseline: bare paho QoS 1 publish -> subscribe ...", file=out)
-        bases = [baseline(port, total, args.chunk)]
+        bases = [baseline(broker, total, args.chunk)]
         print(f"  {bases[0]:.1f} MB/s", file=out)
         rounds = []
         for r, (cfg, store, ids) in enumerate(prepared):
             print(f"round {r + 1}: uplink -> archive serve (stored = fsynced + verified) ...", file=out)
-            res = ours(work / f"r{r + 1}", port, cfg, store, ids, broker.pid, args.archive_log)
+            res = ours(work / f"r{r + 1}", broker, cfg, store, ids, args.archive_log)
             store.close()
             print(f"  {res['mb_s']:.1f} MB/s", file=out)
-            bases.append(baseline(port, total, args.chunk))
+            bases.append(baseline(broker, total, args.chunk))
             print(f"baseline: {bases[-1]:.1f} MB/s", file=out)
             base = max(bases[-2], bases[-1])  # the better of the baselines either side: conservative
             rounds.append({"baseline_mb_s": round(base, 2), "archived_mb_s": round(res["mb_s"], 2),
@@ -302,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"median ratio {ratio:.2f} (target >= {TARGET_RATIO}); rounds: {each}", file=out)
         res = mid["ours"]
         print(f"each round: {res['items']} items, {res['chunks']} chunks of {args.chunk} B, window {res['window']}, "
-              f"retransmits {sum(x['ours']['retransmits'] for x in rounds)} in all, every item verified at the archive",
+              f"retransmits {sum(x['ours']['retransmits'] for x in rounds)} in all, reconnects "
+              f"{sum(x['ours']['reconnects'] for x in rounds)} in all, every item verified at the archive",
               file=out)
         record = {
             "bench": "uplink",
@@ -326,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         return 0
     finally:
-        broker.terminate()
-        broker.wait(10)
+        if broker is not None:
+            broker.stop()
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
             for p in work.iterdir():
