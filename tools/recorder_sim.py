@@ -37,6 +37,8 @@ Faults (constructor keywords / flags):
                      authentication is gone, the volume stays in place); None = composite device
   msdc_erase_fail    ERASE answers 10 FAIL while in mass-storage mode (a recorder that cannot change a
                      volume the host has mounted); before SET_MSDC it erases
+  msdc_no_path       SET_MSDC answers 7 with no mount path, as a recorder that cannot know where the
+                     host mounts its volume: the station pairs the volume by USB serial (udev)
   no_clock_read      READ_CLOCK answers 15 UNKNOWN_COMMAND (a recorder that cannot tell its time,
                      like the 行标 functions: docs/gat947.md); SET_CLOCK still works
   storage_full       storage reports free = 0
@@ -147,6 +149,7 @@ class RecorderSim:
         no_clock_read: bool = False,
         msdc_drop: float | None = None,
         msdc_erase_fail: bool = False,
+        msdc_no_path: bool = False,
         storage_full: bool = False,
         wrong_password: bool = False,
         time_sync_fail: bool = False,
@@ -191,6 +194,7 @@ class RecorderSim:
         self.no_clock_read = no_clock_read
         self.msdc_drop = msdc_drop  # fault: seconds the command channel stays away after SET_MSDC
         self.msdc_erase_fail = msdc_erase_fail  # fault: ERASE answers FAIL in mass-storage mode
+        self.msdc_no_path = msdc_no_path  # SET_MSDC answers 7 with no mount path (the station finds the volume)
         self.time_sync_fail = time_sync_fail
         self.msdc_fail = msdc_fail
         self.inject_names = list(inject_names)
@@ -538,6 +542,8 @@ class RecorderSim:
                 self.msdc = True
                 if self.msdc_drop is not None:  # re-enumerates as mass storage only, once the answer is out
                     self._drop_at = time.monotonic() + 0.3
+            if self.msdc_no_path:
+                return Result.MSDC_OK, b""
             return Result.MSDC_OK, os.path.abspath(self.mount_dir).encode("utf-8")
         if cmd == Command.LIST_FILES:
             if len(payload) != 2:
@@ -876,6 +882,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--msdc-erase-fail", action="store_true", help="fault: ERASE answers 10 in mass-storage mode")
     ap.add_argument("--msdc-drop", type=float, metavar="S",
                     help="fault: the command channel goes away after SET_MSDC and comes back S seconds later")
+    ap.add_argument("--msdc-no-path", action="store_true",
+                    help="SET_MSDC answers no mount path (the station finds the volume by USB serial)")
     ap.add_argument("--full", action="store_true", help="fault: storage free 0")
     ap.add_argument("--wrong-password", action="store_true", help="fault: device password differs")
     ap.add_argument("--time-sync-fail", action="store_true")
@@ -901,7 +909,8 @@ def main(argv: list[str] | None = None) -> int:
         garbage=a.garbage, silent=a.silent, corrupt_responses=a.corrupt, response_delay=a.delay,
         disconnect_file=a.disconnect_file, disconnect_at=a.disconnect_at, flip_bit_at=a.flip_bit_at,
         clock_offset=a.clock_offset,
-        clock_fixed=a.clock_fixed, no_clock_read=a.no_clock_read, msdc_drop=a.msdc_drop, msdc_erase_fail=a.msdc_erase_fail, storage_full=a.full, wrong_password=a.wrong_password,
+        clock_fixed=a.clock_fixed, no_clock_read=a.no_clock_read, msdc_drop=a.msdc_drop, msdc_erase_fail=a.msdc_erase_fail,
+        msdc_no_path=a.msdc_no_path, storage_full=a.full, wrong_password=a.wrong_password,
         time_sync_fail=a.time_sync_fail, msdc_fail=a.msdc_fail, inject_names=a.inject_name,
         list_trailing=a.list_trailing, list_short=a.list_short, seed=a.seed,
         resolution=tuple(int(x) for x in a.resolution.lower().split("x", 1)), id_code=a.id_code,

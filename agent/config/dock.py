@@ -126,6 +126,10 @@ class DockConfig(ConfigModel):
                                   description="A recorder whose command channel goes away after the switch to mass storage: wait this "
                                               "long (s) for it to come back before erasing; files not erased then are erased at the "
                                               "next docking.")
+    volume_wait_s: int = Field(30, ge=1, le=600,
+                               description="After the switch to mass storage: how long (s) to wait for the recorder's volume to "
+                                           "appear and be mounted (with udev: the volume whose USB serial is the command "
+                                           "channel's).")
     min_ratio_pct: int = Field(20, ge=1, le=1000,
                                description="Minimum equipment ratio, recorders that count per 100 officers (20 = 1:5, 每五人一台); "
                                            "reported with the ratio, so the monitor and its reports judge by it.")

@@ -42,6 +42,7 @@ from agent.common.timeutil import now_iso
 from .copying import BayCopy, source_key
 from .erasing import resume_proven
 from .erasing import BayErase
+from .volume import BayVolume
 from .state import HAVE_STATES, STATES, UNKNOWN_CLOCK, BayAbort, BayState, ClockOffset
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 HISTORY = 5
 
 
-class Bay(BayCopy, BayErase):
+class Bay(BayCopy, BayErase, BayVolume):
     """A bay and the recorder docked in it. ``run()`` is the worker thread of one docking."""
 
     def __init__(self, station: "DockStation", name: str, path: str, mass_storage: bool):
@@ -109,6 +110,7 @@ class Bay(BayCopy, BayErase):
         self.undock_event.clear()
         self.assignment_meta = {}
         self.msdc_mount = None
+        self.usb_serial = self.volume_node = None
         self.station.clear_bay_alarms(self)
         self.thread = threading.Thread(target=self.run, name=f"dock-{self.name}", daemon=True)
         self.thread.start()
@@ -163,15 +165,14 @@ class Bay(BayCopy, BayErase):
         if self.undock_event.is_set() or self.station.stop_event.is_set():
             return True
         if self.msdc_mount is not None:
-            return not os.path.isdir(self.msdc_mount)
+            return self._volume_gone()
         return not os.path.exists(self.st.path)
 
     def channel_may_drop(self) -> bool:
         """True while the worker copies from the volume after SET_MSDC: the command channel's port may
         vanish and come back as a new device node without the recorder having left (the station's
         scan leaves such a bay alone; the worker reconnects and checks the serial itself)."""
-        mount = self.msdc_mount
-        return self.busy and mount is not None and os.path.isdir(mount)
+        return self.busy and self.msdc_mount is not None and not self._volume_gone()
 
     def reconnect(self) -> RecorderClient:
         """The command channel again after it went away in mass-storage mode: wait up to
@@ -331,7 +332,8 @@ class Bay(BayCopy, BayErase):
             self._keep_clock(serial, records, clock)
             self._set_clock(clock, device_time)
             if self._needs_volume(serial, records):
-                mount = c.mass_storage()
+                usb = self.usb_serial = self._channel_usb_serial()  # before the switch: the channel's node may go
+                mount = self._volume_after_msdc(c.set_msdc(), usb)
                 self.msdc_mount = mount  # from here on the volume, not the channel, tells whether it is docked
             else:  # nothing to copy or re-read: stay on the command channel (erase needs no volume)
                 log.info("bay %s: every file of %s is in custody already; no switch to mass storage", self.name,

@@ -404,7 +404,7 @@ class BayCopy(BayPart):
         if self.undock_event.is_set():
             return True
         if self.msdc_mount is not None:  # the channel may be away in mass-storage mode: the volume tells
-            return not os.path.isdir(self.msdc_mount)
+            return self._volume_gone()
         if not os.path.exists(self.st.path):
             return True
         if self.client is None:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drivers.recorder.udev import start_monitor
+from drivers.recorder.udev import NodeTable, detection_mode, list_nodes, mount_point, start_monitor
 
 from agent.common.ports import AlarmPort, ReportPort
 from agent.common.timeutil import now_iso
@@ -139,6 +139,9 @@ class DockStation:
         self.started_at = now_iso()
         self._wake = threading.Event()  # a udev event: scan now instead of at the next poll
         self._udev = None
+        self.detection_why = ""
+        self.nodes = NodeTable()  # what udev announced (udev mode): volumes are paired by USB serial from it
+        self.mountinfo_path = "/proc/self/mountinfo"  # where a paired volume's mount point is read
         agent.commands.setdefault("dock.status", lambda args, actor: self.status())
         agent.commands.setdefault("dock.ratio", lambda args, actor: self.ratio_payload())
         agent.commands["dock.erase_policy"] = self.cmd_erase_policy
@@ -149,8 +152,16 @@ class DockStation:
         if self._thread is not None:
             return
         self.stop_event.clear()
-        self._udev = start_monitor(lambda action, props: self._wake.set())  # None without udev: poll only
-        log.info("dock: docking detected by %s", self.detection)
+        self._udev = start_monitor(self.udev_event)  # None without udev (or pyudev): poll only
+        mode, self.detection_why = detection_mode()
+        if self._udev is not None:
+            try:
+                self.nodes.load(list_nodes())
+            except Exception:  # an unreadable udev database: events still come
+                log.exception("dock: cannot list the udev devices present")
+        elif mode == "udev":
+            self.detection_why = "udev 监听启动失败 / the udev monitor did not start"
+        log.info("dock: docking detected by %s: %s", self.detection, self.detection_why)
         self._write_state()
         self._thread = threading.Thread(target=self._loop, name="dock-scan", daemon=True)
         self._thread.start()
@@ -159,6 +170,37 @@ class DockStation:
     def detection(self) -> str:
         """udev (events wake the scan; the poll stays as a safety net) or polling (every dock.poll_ms)."""
         return "udev" if self._udev is not None else "polling"
+
+    def udev_event(self, action: str, props: dict) -> None:
+        """One udev event (pyudev's observer thread, or a test through this same seam): keep the
+        node table, wake the scan, and end the docking of a bay whose volume was removed (the
+        recorder was unplugged; its mount directory may outlive it)."""
+        node = self.nodes.apply(action, props)
+        self._wake.set()
+        if node is None or action not in ("remove", "change") or self.nodes.has(node.devnode):
+            return
+        with self.lock:
+            bays = [b for b in self.bays.values() if b.volume_node == node.devnode and b.st.docked]
+        for bay in bays:
+            log.info("bay %s: volume %s of %s removed (udev): the recorder was unplugged", bay.name, node.devnode,
+                     bay.st.serial)
+            bay.undocked()
+
+    def volume_mount(self, usb_serial: str) -> tuple[str, str] | None:
+        """(devnode, mount point) of the mounted volume udev pairs with ``usb_serial``, or None."""
+        rec = self.nodes.recorder(usb_serial)
+        if rec is None or not rec.volumes:
+            return None
+        try:
+            with open(self.mountinfo_path, encoding="utf-8", errors="surrogateescape") as f:
+                info = f.read()
+        except OSError:
+            return None
+        for devnode in rec.volumes:
+            mp = mount_point(devnode, info)
+            if mp:
+                return devnode, mp
+        return None
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -180,7 +222,8 @@ class DockStation:
         return {
             "device": self.cfg.device.id, "location": self.cfg.device.location, "updated": now_iso(),
             "updated_ts": time.time(), "pid": os.getpid(), "started": self.started_at,
-            "patterns": [s.pattern for s in self.specs], "detection": self.detection, "erase_policy": self.cfg.dock.erase_policy,
+            "patterns": [s.pattern for s in self.specs], "detection": self.detection,
+            "detection_why": self.detection_why, "erase_policy": self.cfg.dock.erase_policy,
             "verify_policy": self.cfg.dock.verify_policy, "pool": self.pool.status(),
             "disk": {"free_bytes": self.store.free(), "reserve_bytes": self.store.reserve},
             "alarms": sorted(self.alarms.values(), key=lambda a: a["key"]),

@@ -266,6 +266,16 @@ def check_devices(cfg) -> list[Check]:
         else:
             out.append(_warn("devices", f"未接入记录仪 / no recorder docked on {', '.join(patterns) or '(no bays)'} "
                                         "(normal when all bays are empty)", key="dock.bays"))
+        from drivers.recorder.udev import detection_mode
+
+        mode, why = detection_mode()
+        if mode == "udev":
+            out.append(_ok("docking", f"接入检测 / docking detected by udev: {why}; volumes paired with their "
+                                      "recorder by USB serial", key="dock.bays"))
+        else:
+            out.append(_warn("docking", f"接入检测 / docking detected by polling every {cfg.dock.poll_ms} ms: {why}; "
+                                        "volumes are found only where the recorder answers its mount path",
+                             key="dock.poll_ms"))
     else:
         room = cfg.room
         for i, cam in enumerate(room.cameras):

@@ -216,10 +216,11 @@ class Recorder:
     set_clock = sync_dev_time
 
     def set_msdc(self) -> str | None:
-        """SetMSDC. The serial channel answers the mount path; over SCSI the command channel *is*
-        the disk and nothing is returned (None): the station finds the volume itself."""
+        """SetMSDC. The serial channel answers the mount path, or nothing (None) from a recorder
+        that cannot know where the host mounts it; over SCSI the command channel *is* the disk and
+        nothing is returned (None): the station finds the volume itself (by USB serial, udev)."""
         data = self._call(Function.SET_MSDC)
-        if self.transport.kind != "serial":
+        if self.transport.kind != "serial" or not data:
             return None
         try:
             path = data.decode("utf-8")

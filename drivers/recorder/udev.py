@@ -9,9 +9,11 @@ udev daemon runs (``/run/udev/control``); elsewhere the station polls its globs.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
@@ -160,9 +162,100 @@ def mount_point(devnode: str, mountinfo: str) -> str | None:
     return None
 
 
+def parse_monitor(text: str) -> list[tuple[str, dict[str, str]]]:
+    """The events of a ``udevadm monitor --udev --property`` log, in order: (action, properties).
+    A technician's capture of a real recorder replays through the same seam as a live event
+    (``DockStation.udev_event``). Blocks without ``ACTION=`` (the banner, KERNEL lines) are skipped."""
+    events = []
+    for block in re.split(r"\n\s*\n", text):
+        props = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and re.fullmatch(r"[A-Z0-9_]+", key):
+                props[key] = value
+        if props.get("ACTION"):
+            events.append((props["ACTION"], props))
+    return events
+
+
+def same_node(a: str, b: str) -> bool:
+    """Two paths name the same device node (a by-path/by-id symlink and its target)."""
+    return a == b or os.path.realpath(a) == os.path.realpath(b)
+
+
+class NodeTable:
+    """The recorder-relevant nodes udev has announced, kept current from its events (``add``,
+    ``change``, ``bind`` update a node, ``remove`` drops it; a ``change`` that leaves a block device
+    without a file system drops it too). Thread-safe: pyudev's observer thread applies events, the
+    bays read. Pure: fed property dicts, by the monitor or by a test."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, UsbNode] = {}
+        self._links: dict[str, str] = {}  # DEVLINKS (by-path, by-id symlinks) -> devnode
+        self._lock = threading.Lock()
+
+    def apply(self, action: str, props: Mapping[str, str]) -> UsbNode | None:
+        """Apply one event; the node it added/updated, or the node it removed (None otherwise)."""
+        devnode = props.get("DEVNAME", "")
+        if not devnode:
+            return None
+        with self._lock:
+            if action == "remove":
+                self._links = {k: v for k, v in self._links.items() if v != devnode}
+                return self._nodes.pop(devnode, None)
+            node = node_from_udev(props)
+            if node is None:
+                return self._nodes.pop(devnode, None) if action == "change" else None
+            self._nodes[devnode] = node
+            for link in props.get("DEVLINKS", "").split():
+                self._links[link] = devnode
+            return node
+
+    def load(self, nodes: Iterable[UsbNode]) -> None:
+        """Start from what udev knows already (``list_nodes()`` at start)."""
+        with self._lock:
+            for n in nodes:
+                self._nodes[n.devnode] = n
+
+    def nodes(self) -> list[UsbNode]:
+        with self._lock:
+            return list(self._nodes.values())
+
+    def has(self, devnode: str) -> bool:
+        with self._lock:
+            return devnode in self._nodes
+
+    def node_for(self, path: str) -> UsbNode | None:
+        """The node at ``path`` (its devnode, one of its DEVLINKS, or a symlink to it)."""
+        with self._lock:
+            devnode = self._links.get(path, path)
+            if devnode in self._nodes:
+                return self._nodes[devnode]
+            return next((n for n in self._nodes.values() if same_node(n.devnode, path)), None)
+
+    def recorder(self, usb_serial: str) -> RecorderNodes | None:
+        """The nodes of the recorder with this USB serial (None when unknown or refused by
+        :func:`match_nodes`: no pairing is ever made on a refused serial)."""
+        recorders, _ = match_nodes(self.nodes())
+        return next((r for r in recorders if r.usb_serial == usb_serial), None)
+
+    def refused(self) -> list[tuple[str, str]]:
+        return match_nodes(self.nodes())[1]
+
+
 # --- seams onto pyudev ------------------------------------------------------------------------------
 def udev_running() -> bool:
     return os.path.exists(UDEV_CONTROL)
+
+
+def detection_mode() -> tuple[str, str]:
+    """How docking can be detected here: ("udev", why) where a udev daemon runs and pyudev is
+    importable, else ("polling", why not): the station and ``doctor`` say the same."""
+    if not udev_running():
+        return "polling", f"udev 未运行 / no udev daemon ({UDEV_CONTROL} absent)"
+    if importlib.util.find_spec("pyudev") is None:
+        return "polling", "未安装 pyudev / pyudev not installed (pip install 'edge-agent[udev]')"
+    return "udev", f"udev 事件 / udev events (pyudev, {UDEV_CONTROL})"
 
 
 def list_nodes() -> list[UsbNode]:  # pragma: no cover - needs a udev database to mean anything
