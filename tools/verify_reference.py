@@ -201,7 +201,7 @@ class Keys:
     """Trusted keys: kid -> (public key, device or None); annotators: kid -> (public key, unit)."""
 
     def __init__(self, path):
-        self.devices, self.annotators = {}, {}
+        self.devices, self.annotators, self.archive = {}, {}, {}
         p = Path(path)
         if p.is_file():
             self._add(self.devices, p, None)
@@ -215,6 +215,8 @@ class Keys:
                     self.devices.update(found)
             for f in sorted(p.glob("annotators/*/*.pub")):
                 self._add(self.annotators, f, f.parent.name)
+            for f in sorted(p.glob("archive/*.pub")):  # the archive's keys: sign tombstones only
+                self._add(self.archive, f, None)
 
     @staticmethod
     def _add(table, f, owner):
@@ -297,10 +299,38 @@ def verify_item(item, keys):
     return m, mhash, len(names)
 
 
+TOMBSTONE_FIELDS = {"format", "item_id", "device_id", "device_seq", "unit_code", "case_number", "hash_alg",
+                    "manifest_hash", "prev_manifest_hash", "item_hash", "annotations", "session", "retention_class",
+                    "keep_until", "expired_at", "by", "key_id"}
+
+
+def verify_tombstone(d, keys):
+    """An expired item's tombstone, as a stand-in for its manifest in the chain."""
+    need(sorted(p.name for p in d.iterdir()) == ["tombstone.json", "tombstone.sig"],
+         f"{d.name}: tombstone with other files")
+    data, sigb = (d / "tombstone.json").read_bytes(), (d / "tombstone.sig").read_bytes()
+    kid = sig_kid(sigb, "tombstone")
+    need(kid in keys.archive, f"tombstone signed by {kid}, not an archive key")
+    check_sig(data, sigb, keys.archive[kid][0], "tombstone")
+    t = read_json(data, "tombstone")
+    need(isinstance(t, dict) and set(t) == TOMBSTONE_FIELDS and t["format"] == "edge-agent-tombstone/1",
+         "tombstone: fields")
+    need(t["key_id"] == kid and t["retention_class"] in ("normal", "important"), "tombstone: key or class")
+    need(datetime.datetime.fromisoformat(t["expired_at"]) >= datetime.datetime.fromisoformat(t["keep_until"]),
+         "tombstone: deleted before its retention ended")
+    need(is_int(t["device_seq"], 1) and (t["prev_manifest_hash"] is None) == (t["device_seq"] == 1), "tombstone: seq")
+    m = {"item_id": t["item_id"], "device": {"id": t["device_id"]}, "device_seq": t["device_seq"],
+         "prev_manifest_hash": t["prev_manifest_hash"], "item_hash": t["item_hash"], "session": t["session"]}
+    return m, t["manifest_hash"], t["annotations"]
+
+
 def verify_chain(root, keys, checkpoints=None):
     by_dev = {}
     for mp in sorted(Path(root).rglob("manifest.json")):
         m, mhash, anns = verify_item(mp.parent, keys)
+        by_dev.setdefault(m["device"]["id"], []).append((m, mhash, anns))
+    for tp in sorted(Path(root).rglob("tombstone.json")):
+        m, mhash, anns = verify_tombstone(tp.parent, keys)
         by_dev.setdefault(m["device"]["id"], []).append((m, mhash, anns))
     need(by_dev, "no items")
     out = []

@@ -58,6 +58,10 @@ class Retrieval:
         for cp in cps:
             have = {r["seq"]: r for r in self.db.query("SELECT seq, manifest_hash, annotations FROM items "
                                                        "WHERE device = ?", [cp["device"]])}
+            # an item deleted by its retention rule is accounted for by its tombstone (agent/archive/retention.py)
+            for r in self.db.query("SELECT seq, manifest_hash, record FROM tombstones WHERE device = ?", [cp["device"]]):
+                have.setdefault(r["seq"], {"seq": r["seq"], "manifest_hash": r["manifest_hash"],
+                                           "annotations": json.loads(r["record"])["annotations"]})
             miss = [s for s in range(1, cp["count"] + 1) if s not in have]
             head_ok = None
             if cp["count"] in have:

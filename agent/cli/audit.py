@@ -81,7 +81,9 @@ def verify(c: Ctx, path, key, keys_dir, chain, partial_chain, checkpoints_dir, a
             emit_json({"ok": True, **rep.as_dict()})
         else:
             for dev, info in rep.devices.items():
-                click.echo(f"ok: device {dev}: {info['items']} items, seq {info['first_seq']}..{info['head_seq']}, "
+                gone = (f" ({info['expired']} expired: tombstone signed by the archive / 已按保存期限删除)"
+                        if info.get("expired") else "")
+                click.echo(f"ok: device {dev}: {info['items']} items{gone}, seq {info['first_seq']}..{info['head_seq']}, "
                            f"head {info['head_hash']}")
         return
     rep = verify_item(path, ring)

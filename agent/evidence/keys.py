@@ -125,6 +125,9 @@ class KeyRing:
         #: key id -> unit code of an annotator key (``annotators/UNIT/NAME.pub``): may sign
         #: annotations of that unit's items, never a manifest
         self.annotators: dict[str, str] = {}
+        #: key id -> public key of the archive (``archive/*.pub``): signs tombstones of expired
+        #: items (agent/evidence/tombstone.py), never a manifest or an annotation
+        self.archive: dict[str, Ed25519PublicKey] = {}
 
     def add(self, public: Ed25519PublicKey, device_id: str | None = None) -> str:
         kid = key_id(public)
@@ -162,6 +165,9 @@ class KeyRing:
                 if dev and kid == key_id(public):
                     ring.add(public, device_id=dev)
             ring.load_annotators(d)
+            for p in sorted((d / "archive").glob("*.pub")) if (d / "archive").is_dir() else []:
+                public = load_public(p)
+                ring.archive[key_id(public)] = public
         return ring
 
     def get(self, kid: str) -> Ed25519PublicKey | None:

@@ -27,6 +27,8 @@ class ItemReport:
     segments: int
     annotations: int
     manifest: dict
+    #: an item the archive deleted by its retention rule: only its signed tombstone is left
+    expired: bool = False
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -273,6 +275,32 @@ def find_items(root: str | os.PathLike) -> list[Path]:
     return sorted(p.parent for p in Path(root).rglob(mf.MANIFEST) if p.parent.name != mf.ANNOTATIONS_DIR)
 
 
+def find_tombstones(root: str | os.PathLike) -> list[Path]:
+    from . import tombstone as tb
+
+    return sorted(p.parent for p in Path(root).rglob(tb.TOMBSTONE))
+
+
+def verify_tombstone(item_dir: str | os.PathLike, ring: keys.KeyRing) -> ItemReport:
+    """An expired item's tombstone (signed by an archive key of ``ring``) as the link it keeps in
+    its device's chain: seq, manifest hash, previous manifest hash, item hash, annotation count."""
+    from . import tombstone as tb
+
+    d = Path(item_dir)
+    try:
+        t = tb.read(d, ring)
+    except VerifyError:
+        raise
+    except EdgeError as exc:
+        raise VerifyError(str(exc)) from None
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise VerifyError(f"{d}: unreadable tombstone: {exc!r}") from None
+    return ItemReport(path=d, item_id=t["item_id"], device_id=t["device_id"], device_seq=t["device_seq"],
+                      manifest_hash=t["manifest_hash"], prev_manifest_hash=t["prev_manifest_hash"],
+                      item_hash=t["item_hash"], bytes=0, segments=0, annotations=t["annotations"],
+                      manifest={"session": t["session"], "tombstone": t}, expired=True)
+
+
 @dataclasses.dataclass
 class ChainReport:
     devices: dict[str, dict]
@@ -291,6 +319,8 @@ def verify_chain(root: str | os.PathLike, ring: keys.KeyRing, *, check_files: bo
     checkpoint) adds what the hash chains cannot show: that the device's last items or an item's
     last annotations were removed (the checkpoint announces more than is found)."""
     items = [verify_item(p, ring, check_files=check_files) for p in find_items(root)]
+    # an item deleted by its retention rule leaves a tombstone signed by the archive: an "expired" link
+    items += [verify_tombstone(p, ring) for p in find_tombstones(root)]
     if not items:
         _fail(f"{root}: no items found")
     by_dev: dict[str, list[ItemReport]] = {}
@@ -311,7 +341,8 @@ def verify_chain(root: str | os.PathLike, ring: keys.KeyRing, *, check_files: bo
                 _fail(f"device {dev}: item {b.item_id} does not chain to {a.item_id} (previous manifest hash differs)")
         _check_sessions(dev, reps)
         devices[dev] = {"items": len(reps), "first_seq": first.device_seq, "head_seq": reps[-1].device_seq,
-                        "head_hash": reps[-1].manifest_hash, "annotations": sum(r.annotations for r in reps)}
+                        "head_hash": reps[-1].manifest_hash, "annotations": sum(r.annotations for r in reps),
+                        "expired": sum(r.expired for r in reps)}
         cp = (checkpoints or {}).get(dev)
         if cp is not None:
             check_against_checkpoint(dev, reps, cp)
