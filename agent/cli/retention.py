@@ -144,8 +144,9 @@ def retention_show(c: Ctx, root, item_id, as_json):
 @root_option
 @click.argument("name")
 @click.argument("pubkey", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
 @pass_ctx
-def retention_custodian(c: Ctx, root, name, pubkey):
+def retention_custodian(c: Ctx, root, name, pubkey, as_json):
     """Enrol a custodian's public key (ROOT/keys/custodians/NAME.pub): custodians sign raising a
     class, asking to lower one, and approving another custodian's request.
 
@@ -154,6 +155,9 @@ def retention_custodian(c: Ctx, root, name, pubkey):
       edge-agent archive retention custodian zhao zhao.pub --root /srv/archive
     """
     r = _retention(c, root).enroll_custodian(name, pubkey.read_bytes())
+    if as_json:
+        emit_json(r)
+        return
     click.echo(f"保管人 / custodian {r['custodian']}: key {r['key_id']} ({r['path']})")
 
 
@@ -265,8 +269,9 @@ def hold_place(c: Ctx, root, item_id, case_number, unit, reason, actor, as_json)
 @click.argument("hold_id", type=int)
 @click.option("--reason", required=True, help="Why (理由).")
 @click.option("--as", "actor", help="Who releases it (default the login name).")
+@json_option
 @pass_ctx
-def hold_release(c: Ctx, root, hold_id, reason, actor):
+def hold_release(c: Ctx, root, hold_id, reason, actor, as_json):
     """Release a legal hold (the items then follow their retention class again).
 
     \b
@@ -274,6 +279,9 @@ def hold_release(c: Ctx, root, hold_id, reason, actor):
       edge-agent archive hold release 1 --reason "判决生效" --root /srv/archive
     """
     out = _retention(c, root).release_hold(hold_id, reason=reason, actor=_actor(actor))
+    if as_json:
+        emit_json(out)
+        return
     click.echo(f"保全 / hold {out['hold']} released by {out['released_by']}: {out['reason']}")
 
 
