@@ -6,6 +6,9 @@ block's hash in the manifest the device signed. So a chunk from anyone but the d
 corrupted anywhere on the way) can never be written; it is refused with the range to send again,
 and the item goes on. A block already held is never written again.
 
+Blocks are written into the transfer's key in the evidence storage (:mod:`.backend`), the ranges
+held recorded in the index: any receiver continues where another stopped.
+
 A block larger than the broker lets one message be travels as consecutive pieces; pieces are
 written into the block's place (never into a held block), recorded in ``pieces``, and when they
 cover the block it is read back and hashed: equal to the manifest's hash, the block is held;
@@ -18,10 +21,8 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import threading
 
-from agent.common.errors import EdgeError
 from ..evidence import hashing, manifest as mf
 from ..evidence.blocks import Block, BlockError, BlockTable
 from agent.wire import protocol as P
@@ -56,14 +57,12 @@ class ChunkIntake:
         #: True: chunk ranges are recorded by commit_ranges() (the receiver batches them)
         self.batch_ranges = False
         self._tables: collections.OrderedDict[tuple[str, str], BlockTable] = collections.OrderedDict()
-        self._files_dir: dict[tuple[str, str], str] = {}
         #: counters: blocks checked whole, blocks assembled from pieces, chunks refused, files re-read at finish
         self.verified = collections.Counter()
 
     def _forget_transfer(self, dev: str, item: str) -> None:
         with self._plock:
             self._tables.pop((dev, item), None)
-            self._files_dir.pop((dev, item), None)
 
     def _table(self, dev: str, item: str) -> BlockTable | None:
         """The block table of a transfer being received, or None."""
@@ -76,7 +75,7 @@ class ChunkIntake:
         if not tr or tr["state"] != "receiving":
             return None
         try:  # the manifest written at 'manifest' after its signature was checked
-            doc = json.loads((self._tmp_dir(dev, item) / mf.MANIFEST).read_bytes())
+            doc = json.loads(self.storage.get(self._partial(dev, item), mf.MANIFEST))
         except (OSError, ValueError):
             return None
         tab = block_table(doc)
@@ -148,13 +147,9 @@ class ChunkIntake:
         self.verified["blocks"] += 1
         if self._is_held(dev, item, b):  # never written twice
             return P.Answer(item=item, kind="chunk", status=P.OK, file=c.file, offset=c.offset)
-        fd = self._open_part(dev, item, c.file)
-        if fd is None:
+        if not self.storage.write_at(self._partial(dev, item), c.file, c.offset, c.data):
+            self._forget_transfer(dev, item)
             return self._gone(dev, item, c)
-        try:
-            _pwrite(fd, c.data, c.offset)
-        finally:
-            os.close(fd)
         with self._plock:
             self._pending_ranges.append((dev, item, c.file, b.offset, b.end))
         if not self.batch_ranges:
@@ -166,20 +161,19 @@ class ChunkIntake:
         with self._item_lock(dev, item):  # other receivers may hold other pieces of this block
             if self._is_held(dev, item, b):
                 return ok
-            fd = self._open_part(dev, item, c.file)
-            if fd is None:
+            key = self._partial(dev, item)
+            if not self.storage.write_at(key, c.file, c.offset, c.data):
+                self._forget_transfer(dev, item)
                 return self._gone(dev, item, c)
-            try:
-                _pwrite(fd, c.data, c.offset)
-                self.db.fast_many("INSERT INTO pieces(device, item, file, start, \"end\") VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
-                                  [(dev, item, c.file, c.offset, c.offset + len(c.data))])
-                have = self.db.query("SELECT start, \"end\" FROM pieces WHERE device = ? AND item = ? AND file = ? "
-                                     "AND start >= ? AND \"end\" <= ?", [dev, item, c.file, b.offset, b.end])
-                if P.missing_ranges(b.size, [[r["start"] - b.offset, r["end"] - b.offset] for r in have]):
-                    return ok
-                data = os.pread(fd, b.size, b.offset)
-            finally:
-                os.close(fd)
+            self.db.fast_many("INSERT INTO pieces(device, item, file, start, \"end\") VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
+                              [(dev, item, c.file, c.offset, c.offset + len(c.data))])
+            have = self.db.query("SELECT start, \"end\" FROM pieces WHERE device = ? AND item = ? AND file = ? "
+                                 "AND start >= ? AND \"end\" <= ?", [dev, item, c.file, b.offset, b.end])
+            if P.missing_ranges(b.size, [[r["start"] - b.offset, r["end"] - b.offset] for r in have]):
+                return ok
+            data = self.storage.read_at(key, c.file, b.offset, b.size)
+            if data is None:
+                return self._gone(dev, item, c)
             good = len(data) == b.size and hashing.hexdigest(tab.alg, data) == b.hash
             with self.db.atomic() as db:
                 db.execute("DELETE FROM pieces WHERE device = ? AND item = ? AND file = ? AND start >= ? AND \"end\" <= ?",
@@ -193,32 +187,8 @@ class ChunkIntake:
         self.verified["assembled"] += 1
         return ok
 
-    def _open_part(self, dev: str, item: str, name: str) -> int | None:
-        """The received file, opened for writing (never through a symlink); None when the
-        transfer's directory is gone (finished or refused meanwhile, perhaps by another receiver)."""
-        d = self._files_dir.get((dev, item))
-        if d is None:  # resolved once per transfer: the file name itself is one checked level
-            d = str(self.inside(self._tmp_dir(dev, item) / mf.FILES_DIR))
-            with self._plock:
-                self._files_dir[(dev, item)] = d
-                if len(self._files_dir) > 1000:
-                    self._files_dir.clear()
-        try:
-            return os.open(os.path.join(d, name), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)
-        except FileNotFoundError:
-            self._forget_transfer(dev, item)
-            return None
-        except OSError as exc:
-            raise EdgeError(f"cannot open {name} of {dev}/{item}: {exc}") from None
-
     def _gone(self, dev: str, item: str, c: P.ChunkMsg) -> P.Answer:
         q = self.on_query(dev, item)
         status = P.OK if q.status == P.STORED else (q.status if q.status != P.RECEIVING else P.ERROR)
         return P.Answer(item=item, kind="chunk", status=status, file=c.file, offset=c.offset, reason=q.reason)
 
-
-def _pwrite(fd: int, data, pos: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, pos)
-        view, pos = view[n:], pos + n

@@ -92,9 +92,9 @@ class Retrieval:
 
     def show_item(self, item: str, actor: str | None = None) -> dict:
         row = self.find(item)
-        d = self.inside(self.root / row["path"])
-        m = json.loads((d / mf.MANIFEST).read_bytes())
-        anns = mf.read_annotations(d)
+        with self.storage.local(row["path"]) as d:
+            m = json.loads((d / mf.MANIFEST).read_bytes())
+            anns = mf.read_annotations(d)
         self.audit.append("view", item, actor=actor, device=row["device"], path=row["path"])
         return {"archive": row, "manifest": {k: v for k, v in m.items() if k != "segments"},
                 "segments": len(m.get("segments", [])), "annotations": [a.record for a in anns],
@@ -116,11 +116,11 @@ class Retrieval:
         it (``DEST/DEVICE.pub``), verify the copy; audited. ``DEST`` must be a new or empty
         directory; nothing is written through a symlink (:func:`agent.archive.paths.export_tree`)."""
         row = self.find(item)
-        src = self.inside(self.root / row["path"])
         ring = self.registry.ring(row["device"])
-        verify_item(src, ring, expected_device=row["device"])
         key = (self.root / "keys" / f"{row['device']}.pub").read_bytes()
-        target = export_tree(src, Path(dest), item, {f"{row['device']}.pub": key})
+        with self.storage.local(row["path"]) as src:
+            verify_item(src, ring, expected_device=row["device"])
+            target = export_tree(src, Path(dest), item, {f"{row['device']}.pub": key})
         verify_item(target, ring, expected_device=row["device"])
         self.audit.append("export", item, actor=actor, device=row["device"], dest=str(target))
         return target

@@ -1,6 +1,7 @@
-"""The archive's storage: received items under ``ROOT/UNIT/CASE/ITEM/`` (``_pending`` when the case
-number is not known yet), partial transfers under ``ROOT/_tmp``, refused items under
-``ROOT/_quarantine`` with the reason, enrolled keys under ``ROOT/keys``.
+"""The archive's storage: received items under the key ``UNIT/CASE/ITEM`` (``_pending`` when the case
+number is not known yet), partial transfers under ``_tmp/DEVICE/ITEM``, refused items under
+``_quarantine`` with the reason, all through the storage interface (:mod:`.backend`: a POSIX
+directory, local or a shared mount); enrolled keys under ``ROOT/keys``.
 
 Safe with several receiver processes on one root: the SQLite database (WAL) records what is held,
 a file lock per item serialises manifest/finish work (on PostgreSQL, ``--db postgresql://...``: the
@@ -16,7 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -24,11 +24,12 @@ from agent.common.errors import EdgeError, NotFoundError, VerifyError
 from ..evidence import hashing, keys, manifest as mf
 from ..evidence.verify import check_signature, verify_item
 from agent.common.audit import AuditLog
-from agent.common.fs import atomic_write, drop_cache, fsync_dir
+from agent.common.fs import fsync_dir
 from agent.common.timeutil import now_iso
 from agent.wire import protocol as P
+from .backend import PosixStorage, partial_key
 from .chunks import ChunkIntake, block_table
-from .paths import Root, ensure_dirs, flock, no_symlink, safe_case, safe_file
+from .paths import Root, flock, safe_case, safe_file
 from .registry import Registry, check_id, open_db
 from .retrieval import CHECKPOINTS, Retrieval
 from .upkeep import MAX_REASON, Coalescer, DiskLow, Upkeep, printable
@@ -49,6 +50,8 @@ class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
             if not create:
                 raise NotFoundError(f"{self.root}: archive root not found")
             self.root.mkdir(parents=True)
+        #: the evidence bytes (partial transfers, stored items, quarantine): shared by every receiver
+        self.storage = PosixStorage(self.root)
         self.tmp = self.root / "_tmp"
         self.quarantine_dir = self.root / "_quarantine"
         self.locks = self.tmp / "locks"
@@ -87,8 +90,9 @@ class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
         """``path`` if it lies inside the root, else an error (never write outside)."""
         return self._root.inside(path)
 
-    def _tmp_dir(self, dev: str, item: str) -> Path:
-        return self.inside(self.tmp / check_id("device", dev) / check_id("item", item))
+    def _partial(self, dev: str, item: str) -> str:
+        """The storage key of a partial transfer: any receiver continues it from there."""
+        return partial_key(check_id("device", dev), check_id("item", item))
 
     @contextlib.contextmanager
     def _item_lock(self, dev: str, item: str):
@@ -183,12 +187,12 @@ class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
             raise P.ProtocolError(f"device {dev} already has item {clash['item']} at chain position {seq} (fork)")
         with self._item_lock(dev, item):
             tr = self.db.one("SELECT * FROM transfers WHERE device = ? AND item = ?", [dev, item])
-            tdir = self._tmp_dir(dev, item)
+            key = self._partial(dev, item)
             if tr and tr["state"] == "rejected" and tr["manifest_hash"] == mhash:
                 return P.Answer(item=item, kind="manifest", status=P.REJECTED, reason=tr["reason"])
             self._forget_transfer(dev, item)
             if tr and tr["manifest_hash"] != mhash:  # the device sealed this item id anew
-                shutil.rmtree(tdir, ignore_errors=True)
+                self.storage.remove(key)
                 with self.db.atomic() as db:
                     db.execute("DELETE FROM ranges WHERE device = ? AND item = ?", [dev, item])
                     db.execute("DELETE FROM pieces WHERE device = ? AND item = ?", [dev, item])
@@ -196,10 +200,10 @@ class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
                 tr = None
             if not tr:
                 self.check_space(msg.total_size)  # a new transfer: refused before the disk fills
-            ensure_dirs(self.root, ["_tmp", dev, item, mf.FILES_DIR])  # no level may be a symlink
-            if not (tdir / mf.MANIFEST).is_file():
-                atomic_write(tdir / mf.SIGNATURE, msg.sig)
-                atomic_write(tdir / mf.MANIFEST, msg.manifest)
+            self.storage.create(key)
+            if not self.storage.has(key, mf.MANIFEST):
+                self.storage.put(key, mf.SIGNATURE, msg.sig)
+                self.storage.put(key, mf.MANIFEST, msg.manifest)
             if not tr:
                 files = {f["name"]: f["size"] for f in msg.files}
                 with self.db.atomic() as db:
@@ -234,47 +238,34 @@ class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
             if any(missing.values()):
                 return P.Answer(item=item, kind="finish", status=P.INCOMPLETE, held=held,
                                 reason="ranges missing: " + ", ".join(f"{n} {len(r)}" for n, r in missing.items() if r))
-            tdir = self._tmp_dir(dev, item)
-            if not (tdir / mf.MANIFEST).is_file():  # moved into place by a receiver killed before its commit
-                tdir = self._placed(device, item) or tdir
-            fds = []
-            try:
-                for name, size in files.items():
-                    fd = os.open(self.inside(tdir / mf.FILES_DIR / safe_file(name)),
-                                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)
-                    fds.append(fd)
-                    if os.fstat(fd).st_size != size:
-                        os.ftruncate(fd, size)
-                    os.fsync(fd)
-                self._write_annotations(tdir, fin.annotations, start=0)
-                fsync_dir(tdir / mf.FILES_DIR)
-                fsync_dir(tdir)
-                # what is on disk, read back and checked against the signed manifest: every
-                # block's hash, the chain, sizes, signature (chunks were checked on the way in)
+            key = self._partial(dev, item)
+            if not self.storage.has(key, mf.MANIFEST):  # moved into place by a receiver killed before its commit
+                key = self.storage.find(check_id("unit", device["unit"]), check_id("item", item)) or key
+            for name in files:
+                safe_file(name)
+            self._write_annotations(key, fin.annotations, start=0)
+            self.storage.complete(key, files)  # every file at its size, everything durable
+            # what is in storage, read back and checked against the signed manifest: every
+            # block's hash, the chain, sizes, signature (chunks were checked on the way in)
+            with self.storage.local(key) as tdir:
                 try:
                     rep = verify_item(tdir, self.registry.ring(dev), expected_device=dev)
                 except (VerifyError, EdgeError) as exc:
-                    return self._did_not_verify(dev, item, tdir, tr, exc)
-            finally:
-                for fd in fds:
-                    drop_cache(fd)
-                    os.close(fd)
+                    return self._did_not_verify(dev, item, key, tdir, tr, exc)
+                anns = mf.read_annotations(tdir)
             self.verified["files"] += len(files)
-            meta = mf.effective_metadata(rep.manifest, mf.read_annotations(tdir))
+            meta = mf.effective_metadata(rep.manifest, anns)
             try:
-                rel = self._dest_rel(device, rep.manifest, mf.read_annotations(tdir))
+                rel = self._dest_rel(device, rep.manifest, anns)
             except P.ProtocolError as exc:
-                return self._reject(dev, item, tdir, str(exc))
-            ensure_dirs(self.root, rel.split("/")[:-1])  # UNIT/CASE: no level may be a symlink
-            dest = no_symlink(self.inside(self.root / rel))
-            if dest.exists():  # a receiver died between rename and commit: what is there must verify
-                verify_item(dest, self.registry.ring(dev), expected_device=dev)
-                if tdir != dest:
-                    shutil.rmtree(tdir, ignore_errors=True)
+                return self._reject(dev, item, key, str(exc))
+            if self.storage.exists(rel):  # a receiver died between move and commit: what is there must verify
+                with self.storage.local(rel) as dest:
+                    verify_item(dest, self.registry.ring(dev), expected_device=dev)
+                if key != rel:
+                    self.storage.remove(key)
             else:
-                os.rename(tdir, dest)
-                fsync_dir(dest.parent)
-                fsync_dir(tdir.parent)
+                self.storage.move(key, rel)  # UNIT/CASE: no level may be a symlink
                 from agent.common.faults import crashpoint  # fault-injection tests stop here (EDGE_AGENT_CRASH_AT)
                 crashpoint("archive:after-rename")
             row = {"device": dev, "item": item, "seq": rep.device_seq, "unit": device["unit"],
@@ -292,7 +283,7 @@ class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
             return P.Answer(item=item, kind="finish", status=P.STORED, annotations=rep.annotations,
                             receipt=self._receipt(row, rep.manifest))
 
-    def _did_not_verify(self, dev: str, item: str, tdir: Path, tr: dict, exc: Exception) -> P.Answer:
+    def _did_not_verify(self, dev: str, item: str, key: str, tdir: Path, tr: dict, exc: Exception) -> P.Answer:
         """Bytes on disk that differ from the signed manifest (every block was checked as it came,
         so: a disk fault, or power lost before the fsync): forget them once and have the agent send
         the item again; the second time the item is quarantined. Never stored, never receipted."""
@@ -305,26 +296,14 @@ class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
             log.warning("%s/%s did not verify (%s): asking for the content again", dev, item, exc)
             return P.Answer(item=item, kind="finish", status=P.INCOMPLETE, held={},
                             reason=f"content did not verify, send it again: {exc}")
-        return self._reject(dev, item, tdir, f"verification failed: {exc}")
+        return self._reject(dev, item, key, f"verification failed: {exc}")
 
-    def _placed(self, device: dict, item: str) -> Path | None:
-        """The item's directory under ROOT/UNIT/CASE when it was renamed there but never committed."""
-        unit = self.root / check_id("unit", device["unit"])
-        for cand in sorted(unit.glob(f"*/{check_id('item', item)}")):
-            if (cand / mf.MANIFEST).is_file():
-                return self.inside(cand)
-        return None
-
-    def _write_annotations(self, d: Path, anns: list[P.Annotation], start: int) -> list[Path]:
-        written = []
-        if not anns[start:]:
-            return written
-        adir = d / mf.ANNOTATIONS_DIR
-        adir.mkdir(exist_ok=True)
+    def _write_annotations(self, key: str, anns: list[P.Annotation], start: int) -> list[str]:
+        written: list[str] = []
         for n, a in enumerate(anns[start:], start + 1):
-            atomic_write(adir / f"{n:04d}.sig", a.sig)
-            atomic_write(adir / f"{n:04d}.json", a.data)
-            written += [adir / f"{n:04d}.json", adir / f"{n:04d}.sig"]
+            self.storage.put(key, f"{mf.ANNOTATIONS_DIR}/{n:04d}.sig", a.sig)
+            self.storage.put(key, f"{mf.ANNOTATIONS_DIR}/{n:04d}.json", a.data)
+            written += [f"{mf.ANNOTATIONS_DIR}/{n:04d}.json", f"{mf.ANNOTATIONS_DIR}/{n:04d}.sig"]
         return written
 
     def _add_annotations(self, device: dict, stored: dict, fin: P.FinishMsg) -> P.Answer:
@@ -333,24 +312,20 @@ class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
         have = stored["annotations"]
         if len(fin.annotations) <= have:
             return P.Answer(item=item, kind="finish", status=P.STORED, annotations=have, receipt=self._receipt(stored))
-        d = self.inside(self.root / stored["path"])
-        written = self._write_annotations(d, fin.annotations, start=have)
+        key = stored["path"]
+        written = self._write_annotations(key, fin.annotations, start=have)
         try:
-            rep = verify_item(d, self.registry.ring(dev), check_files=False, expected_device=dev)
-            rel = self._dest_rel(device, rep.manifest, mf.read_annotations(d))
+            with self.storage.local(key) as d:
+                rep = verify_item(d, self.registry.ring(dev), check_files=False, expected_device=dev)
+                anns = mf.read_annotations(d)
+            rel = self._dest_rel(device, rep.manifest, anns)
         except (VerifyError, EdgeError) as exc:
-            for p in written:
-                p.unlink(missing_ok=True)
-            fsync_dir(d / mf.ANNOTATIONS_DIR)
+            self.storage.delete(key, written)
             self.note_refusal(dev, item, f"annotation refused: {exc}")
             return P.Answer(item=item, kind="finish", status=P.REJECTED, reason=f"annotation refused: {exc}")
-        meta = mf.effective_metadata(rep.manifest, mf.read_annotations(d))
-        if rel != stored["path"]:  # the case number arrived: move from _pending to the case
-            ensure_dirs(self.root, rel.split("/")[:-1])
-            dest = no_symlink(self.inside(self.root / rel))
-            os.rename(d, dest)
-            fsync_dir(dest.parent)
-            fsync_dir(d.parent)
+        meta = mf.effective_metadata(rep.manifest, anns)
+        if rel != key:  # the case number arrived: move from _pending to the case
+            self.storage.move(key, rel)
         with self.db.atomic() as db:
             db.execute("UPDATE items SET annotations = ?, case_number = ?, path = ? WHERE device = ? AND item = ?",
                        [rep.annotations, meta.get("case_number"), rel, dev, item])
@@ -367,18 +342,15 @@ class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
         unit = check_id("unit", device["unit"])
         return f"{unit}/{case_dir}/{check_id('item', manifest.get('item_id', ''))}"
 
-    def _reject(self, dev: str, item: str, tdir: Path, reason: str) -> P.Answer:
+    def _reject(self, dev: str, item: str, key: str, reason: str) -> P.Answer:
         reason = printable(reason)[:MAX_REASON]
-        ensure_dirs(self.root, ["_quarantine", dev])
-        q = no_symlink(self.inside(self.quarantine_dir / dev / f"{item}-{time.strftime('%Y%m%d%H%M%S')}"))
-        os.rename(tdir, q)
-        atomic_write(q / "REASON.txt", (reason + "\n").encode())
+        q = self.storage.quarantine(key, dev, f"{item}-{time.strftime('%Y%m%d%H%M%S')}", reason)
         with self.db.atomic() as db:
             db.execute("UPDATE transfers SET state = 'rejected', reason = ? WHERE device = ? AND item = ?", [reason, dev, item])
             db.execute("DELETE FROM ranges WHERE device = ? AND item = ?", [dev, item])
             db.execute("DELETE FROM pieces WHERE device = ? AND item = ?", [dev, item])
             db.execute("INSERT INTO quarantine(device, item, reason, at, path) VALUES (?,?,?,?,?)",
-                       [dev, item, reason, now_iso(), str(q.relative_to(self.root))])
+                       [dev, item, reason, now_iso(), q])
             self.audit.append("reject", item, actor=f"archive:{self.receiver}", device=dev, reason=reason)
         log.warning("quarantined %s/%s: %s", dev, item, reason)
         return P.Answer(item=item, kind="finish", status=P.REJECTED, reason=reason)
@@ -388,7 +360,7 @@ class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
         :class:`agent.wire.receipts.ArchiveSigner`): what the archive holds of the item, every file
         with size and hash. No path or case number: the answer tells a third party nothing."""
         if manifest is None:
-            manifest = json.loads((self.inside(self.root / row["path"]) / mf.MANIFEST).read_bytes())
+            manifest = json.loads(self.storage.get(row["path"], mf.MANIFEST))
         files = [{"name": f["name"], "size": f["size"], "hash": f["hash"]} for f in manifest["files"]]
         return {"device": row["device"], "item": row["item"], "seq": row["seq"], "manifest_hash": row["manifest_hash"],
                 "item_hash": row["item_hash"], "hash_alg": manifest.get("hash_alg", "sha256"), "files": files,

@@ -9,16 +9,13 @@ in ``meta``).
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 import threading
 import time
-from pathlib import Path
 
-from agent.common.fs import free_bytes
 from agent.common.timeutil import now_iso
 from agent.wire import protocol as P
+from .backend import partial_key
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +137,7 @@ class Upkeep:
         """Refuse a new transfer that would bring the root's free space below the watermark."""
         if not self.min_free:
             return
-        free = free_bytes(self.root)
+        free = self.storage.free_bytes()
         if free - size < self.min_free:
             raise DiskLow(f"存档磁盘空间不足，暂不接收新的传输 / archive disk low: {free >> 20} MiB free, "
                           f"the item needs {(size + (1 << 20) - 1) >> 20} MiB and {self.min_free >> 20} MiB are kept free; "
@@ -155,12 +152,13 @@ class Upkeep:
         out = {"transfers": 0, "orphans": 0}
         rows = self.db.query("SELECT device, item FROM transfers WHERE state = 'receiving'")
         live = {(r["device"], r["item"]) for r in rows}
+        st = self.storage
         for dev, item in live:
-            tdir = self.tmp / dev / item
-            if now - _last_touched(tdir) < self.abandon_after_s:
+            key = partial_key(dev, item)
+            if now - st.touched(key) < self.abandon_after_s:
                 continue
             with self._item_lock(dev, item):
-                if now - _last_touched(tdir) < self.abandon_after_s:
+                if now - st.touched(key) < self.abandon_after_s:
                     continue
                 self._forget_transfer(dev, item)
                 with self.db.atomic() as db:
@@ -169,23 +167,20 @@ class Upkeep:
                                    + ("AND state = 'receiving'" if t == "transfers" else ""), [dev, item])
                     self.audit.append("abandon", item, actor=f"archive:{self.receiver}", device=dev,
                                       reason=f"no chunk for {self.abandon_after_s // 3600} h")
-                shutil.rmtree(tdir, ignore_errors=True)
+                st.remove(key)
                 out["transfers"] += 1
-        for ddir in _subdirs(self.tmp):
-            if ddir.name == "locks":
+        devs = set()
+        for dev, item in list(st.partials()):
+            devs.add(dev)
+            key = partial_key(dev, item)
+            if (dev, item) in live or now - st.touched(key) < 600:
+                continue  # a transfer being opened right now has its directory before its row
+            if self.db.one("SELECT 1 FROM transfers WHERE device = ? AND item = ? AND state = 'receiving'", [dev, item]):
                 continue
-            for tdir in _subdirs(ddir):
-                if (ddir.name, tdir.name) in live or now - _last_touched(tdir) < 600:
-                    continue  # a transfer being opened right now has its directory before its row
-                if self.db.one("SELECT 1 FROM transfers WHERE device = ? AND item = ? AND state = 'receiving'",
-                               [ddir.name, tdir.name]):
-                    continue
-                shutil.rmtree(tdir, ignore_errors=True)
-                out["orphans"] += 1
-            try:
-                ddir.rmdir()  # only if empty
-            except OSError:
-                pass
+            st.remove(key)
+            out["orphans"] += 1
+        for dev in devs:
+            st.prune(dev)  # only if empty
         for old in self.locks.glob("*__*.lock"):  # per-item lock files of earlier versions (now striped)
             old.unlink(missing_ok=True)
         if any(out.values()):
@@ -197,26 +192,3 @@ class Upkeep:
 class DiskLow(P.ProtocolError):
     """The archive's disk is below its watermark: a new transfer is refused for now."""
 
-
-def _subdirs(d: Path) -> list[Path]:
-    try:
-        return [p for p in d.iterdir() if p.is_dir() and not p.is_symlink()]
-    except OSError:
-        return []
-
-
-def _last_touched(d: Path) -> float:
-    """The newest mtime of a transfer directory, its files and its files/ directory."""
-    newest = 0.0
-    for p in (d, d / "files"):
-        try:
-            newest = max(newest, os.stat(p).st_mtime)
-            with os.scandir(p) as it:
-                for e in it:
-                    try:
-                        newest = max(newest, e.stat(follow_symlinks=False).st_mtime)
-                    except OSError:
-                        pass
-        except OSError:
-            pass
-    return newest
