@@ -27,7 +27,7 @@ from agent.common.audit import AuditLog
 from agent.common.fs import fsync_dir
 from agent.common.timeutil import now_iso
 from agent.wire import protocol as P
-from .backend import PosixStorage, partial_key
+from .backend import open_storage, partial_key
 from .chunks import ChunkIntake, block_table
 from .paths import Root, flock, safe_case, safe_file
 from .registry import Registry, check_id, open_db
@@ -51,7 +51,7 @@ class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
                 raise NotFoundError(f"{self.root}: archive root not found")
             self.root.mkdir(parents=True)
         #: the evidence bytes (partial transfers, stored items, quarantine): shared by every receiver
-        self.storage = PosixStorage(self.root)
+        self.storage = open_storage(self.root)
         self.tmp = self.root / "_tmp"
         self.quarantine_dir = self.root / "_quarantine"
         self.locks = self.tmp / "locks"
