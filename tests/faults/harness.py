@@ -733,14 +733,17 @@ class Cluster:
         finally:
             con.close()
 
-    def held_bytes(self) -> int:
-        """Bytes the archive holds: ranges of transfers under way + stored items."""
+    def held_bytes(self, items: Iterable[str] | None = None) -> int:
+        """Bytes the archive holds: ranges of transfers under way + stored items (of ``items`` only,
+        when given)."""
         db = self.root / "archive.db"
+        ids = list(items) if items is not None else None
+        where = f" WHERE item IN ({','.join('?' * len(ids))})" if ids else (" WHERE 0" if ids is not None else "")
         try:
             con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
             try:
-                a = con.execute("SELECT coalesce(sum(end - start), 0) FROM ranges").fetchone()[0]
-                b = con.execute("SELECT coalesce(sum(size), 0) FROM items").fetchone()[0]
+                a = con.execute("SELECT coalesce(sum(end - start), 0) FROM ranges" + where, ids or ()).fetchone()[0]
+                b = con.execute("SELECT coalesce(sum(size), 0) FROM items" + where, ids or ()).fetchone()[0]
             finally:
                 con.close()
             return a + b

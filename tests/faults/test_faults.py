@@ -4,12 +4,14 @@ for a while; a full disk at the edge; the agent's clock jumping an hour forward 
 loss between namespaces; corrupt chunks and items. After each: every item produced at the edge is
 in the archive exactly once and verifies, the edge lost nothing, nothing corrupt was accepted.
 
-Slow variants (``-m slow``): the broker down 60 s, the link down 60 s."""
+Slow variants (``-m slow``): the broker and the link down until the agent's reconnect delay has
+grown to its maximum (30 s)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 
 import pytest
@@ -131,24 +133,70 @@ def test_broker_killed_mid_transfer(cluster):
     assert node.alive()
 
 
-@pytest.mark.parametrize("downtime", [pytest.param(5, id="5s"), pytest.param(60, id="60s", marks=pytest.mark.slow)])
-def test_broker_down_for_a_while(cluster, downtime):
+def _counter(proc, *lines: str):
+    """How many times ``proc`` has logged any of ``lines`` so far: the ticks of an outage."""
+    return lambda: sum(proc.text().count(t) for t in lines)
+
+
+def _max_backoff(proc, since: int) -> bool:
+    """The uplink's reconnect delay has reached its maximum (30 s, halved at most by the jitter)
+    in what ``proc`` logged after offset ``since``."""
+    return any(float(w) >= 15 for w in re.findall(r"uplink: reconnecting in ([0-9.]+) s", proc.text()[since:]))
+
+
+def _steady_held(cl: Cluster, tick, what: str, timeout: float = 60) -> int:
+    """The archive's held bytes once the reads at two successive ``tick`` s agree: it has handled
+    what had reached it before the outage."""
+    deadline = time.monotonic() + timeout
+    prev = None
+    while True:
+        n = tick()
+        wait_for(lambda: tick() > n, max(1.0, deadline - time.monotonic()), what, cl.logs())
+        cur = cl.held_bytes()
+        if cur == prev:
+            return cur
+        prev = cur
+
+
+def _asking(proc, since: int):
+    """Rounds of the agent asking into the archive's silence, in what ``proc`` logged after offset
+    ``since``: the first query, each retransmission (two items in flight log one each per
+    round), each reconnect once the keepalive has dropped the connection."""
+    def rounds() -> int:
+        t = proc.text()[since:]
+        attempts = [int(n) for n in re.findall(r"\(attempt (\d+)\): retransmitting", t)]
+        return ("s: querying" in t) + max(attempts, default=0) + t.count("uplink: reconnecting in")
+    return rounds
+
+
+@pytest.mark.parametrize("outage", [pytest.param("short", id="short"),
+                                    pytest.param("long", id="long", marks=pytest.mark.slow)])
+def test_broker_down_for_a_while(cluster, outage):
     """The broker gone for a while: the edge keeps sealing (items wait in the outbox), nothing is
-    archived meanwhile, everything drains after the broker returns."""
+    archived meanwhile, everything drains after the broker returns. The outage lasts while the
+    agent tries to reconnect (short: until its third failed attempt; long, slow: until its
+    reconnect delay has grown to the maximum, 30 s) — the agent's own log is the clock."""
     node = cluster.add_node().start()
     node.ingest(2, 1 * MB)
     cluster.wait_transfer_started(min_bytes=100_000)
     cluster.kill_broker()
-    t0 = time.monotonic()
-    node.ingest(3, 500_000)  # produced while offline
-    time.sleep(1.5)  # what the archive had already received is handled by now
-    held = cluster.held_bytes()
-    time.sleep(max(0.0, downtime - (time.monotonic() - t0)))
+    wait_for(lambda: "uplink: disconnected" in node.run_proc.text(), 30, "the agent seeing the broker gone",
+             node.logs())
+    since = len(node.run_proc.text())
+    offline = node.ingest(3, 500_000)  # produced while offline
+    failed = _counter(node.run_proc, "uplink: cannot connect to")
+    held = _steady_held(cluster, failed, "the agent failing to reconnect")
+    n = failed()
+    if outage == "short":
+        wait_for(lambda: failed() > n, 30, "another failed reconnect", node.logs())
+    else:
+        wait_for(lambda: _max_backoff(node.run_proc, since), 150, "the reconnect delay at its maximum", node.logs())
     assert node.alive(), node.run_proc.tail()
-    assert cluster.held_bytes() == held
+    assert cluster.held_bytes() == held, "the archive received bytes while the broker was down"
+    assert cluster.held_bytes(offline) == 0
     assert not cluster.settled()
     cluster.broker.restart(kill=True)
-    cluster.wait_archived(60 + downtime)
+    cluster.wait_archived(60 if outage == "short" else 120)  # (agent and archive back off up to 30 s)
     out = cluster.check().assert_ok()
     assert out.produced == 5
 
@@ -239,10 +287,14 @@ def test_clock_jumps_forward_and_back_an_hour(cluster, tmp_path):
 
 
 # --- the network ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("down_s", [pytest.param(5, id="5s"), pytest.param(60, id="60s", marks=pytest.mark.slow)])
-def test_network_loss_between_namespaces(tmp_path, down_s):
+@pytest.mark.parametrize("outage", [pytest.param("short", id="short"),
+                                    pytest.param("long", id="long", marks=pytest.mark.slow)])
+def test_network_loss_between_namespaces(tmp_path, outage):
     """The agent in its own network namespace, joined to the broker by a veth pair; the link goes
-    down mid-transfer (no RST, packets just vanish), then comes back."""
+    down mid-transfer (no RST, packets just vanish), then comes back. Short: down while the agent
+    asks the archive again three times (3 s without an answer each, about its keepalive);
+    long (slow): down until the agent's keepalive has dropped the connection and its reconnect
+    delay has grown to the maximum."""
     why = NetLink.unavailable()
     if why:
         pytest.skip(why)
@@ -256,13 +308,21 @@ def test_network_loss_between_namespaces(tmp_path, down_s):
         node.ingest(3, 2 * MB)
         cl.wait_transfer_started(min_bytes=200_000)
         link.down()
-        time.sleep(1)
-        held = cl.held_bytes()
-        time.sleep(max(0, down_s - 1))
+        since = len(node.run_proc.text())
+        offline = node.ingest(1, 300_000)  # sealed while the link is down
+        silent = _asking(node.run_proc, since)
+        held = _steady_held(cl, silent, "the agent noticing the archive's silence")
+        n = silent()
+        if outage == "short":
+            wait_for(lambda: silent() > n, 30, "the agent asking again into the silence", node.logs())
+        else:
+            wait_for(lambda: _max_backoff(node.run_proc, since), 180, "the reconnect delay at its maximum",
+                     node.logs())
         assert cl.held_bytes() == held, "bytes arrived over a link that is down"
+        assert cl.held_bytes(offline) == 0
         assert node.alive()
         link.up()
-        cl.wait_archived(90)
+        cl.wait_archived(90 if outage == "short" else 120)
         cl.check().assert_ok()
     finally:
         cl.close()
