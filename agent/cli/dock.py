@@ -187,8 +187,8 @@ def _emit_rows(rows: list[dict], as_json: bool, as_csv: bool, cols: list[tuple[s
 @pass_ctx
 @role("operator", "auditor", "technician")
 def report_ratio(c: Ctx, as_json, as_csv):
-    """Equipment ratio per unit: recorders that count ÷ officers against dock.min_ratio_pct,
-    and usage (recorders docked within dock.usage_days ÷ registered). A recorder counts when it
+    """Equipment ratio per unit: recorders that count ÷ officers against the unit policy's
+    thresholds (rules.equipment; dock.min_ratio_pct while no policy is in force), and usage (recorders docked within dock.usage_days ÷ registered). A recorder counts when it
     is in service, assigned to an officer on the roster, passed its admin password check at its
     last docking and has no serial conflict; each one left out is listed with the reason.
 
@@ -200,9 +200,11 @@ def report_ratio(c: Ctx, as_json, as_csv):
     if as_json and as_csv:
         raise EdgeError("choose one of --json or --csv")
     from ..dock.registry import ratio_csv
+    from ..policy import station_thresholds
 
     d = c.cfg.dock
-    found = _registry(c).ratio(d.min_ratio_pct, d.usage_days, min_rooms=d.min_rooms)
+    t = station_thresholds(c.store, c.cfg)
+    found = _registry(c).ratio(usage_days=d.usage_days, thresholds=t)
     if as_csv:
         click.echo(ratio_csv(found), nl=False)
         return
@@ -221,6 +223,8 @@ def report_ratio(c: Ctx, as_json, as_csv):
         for r in rows:
             for x in r["excluded"]:
                 click.echo(f"未计入 / left out: {r['unit_code']} {x['serial']}: {x['text']}")
+        click.echo(f"标准 / thresholds: ≥{t.min_ratio_pct}% (每百名警员 per 100 officers), ≥{t.min_rooms} 询问室 room(s); "
+                   f"来源 / from: {t.label()}")
 
 
 @dock_report.command("pending")

@@ -352,8 +352,9 @@ def _run_report(kind: str, unit, frm, to, fmt, db, year=None) -> None:
 @_report_options
 def report_ratio(unit, frm, to, as_json, as_csv, fmt, db):
     """Equipment per unit at the end of the period: officers, recorders that count, ratio and
-    interview rooms against the minimums the unit's docking stations report (dock.min_ratio_pct,
-    default 20 = one recorder per five officers; dock.min_rooms, default 1), compliant or not.
+    interview rooms against the minimums of the unit policy its docking stations have in force
+    (rules.equipment; while none, their dock.min_ratio_pct, default 20 = one recorder per five
+    officers, and dock.min_rooms, default 1), compliant or not; "thresholds" says which source.
 
     \b
     Example:

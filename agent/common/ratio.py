@@ -17,9 +17,12 @@ A recorder counts toward its unit only when it is
 Every recorder left out carries a reason (:data:`REASONS`) so the report says why it is out.
 
 The thresholds (at least ``min_ratio_pct`` recorders per 100 officers, 20 = one per five; at
-least ``min_rooms`` interview rooms per unit) are configuration (``dock.min_ratio_pct``,
-``dock.min_rooms``), carried in each station's ratio report; the defaults below apply only when
-no station of a unit has said.
+least ``min_rooms`` interview rooms per unit) are a rule of the unit's signed policy
+(``rules.equipment``, agent/wire/policy.py; docs/custody.md). A station judges by the policy it
+has in force; only while none has been applied by its configuration (``dock.min_ratio_pct``,
+``dock.min_rooms``). Each station's ratio report carries the thresholds and their source, and
+the monitor judges a unit by the newest policy its stations report (else the strictest
+configured values); the defaults below apply only when no station of a unit has said.
 """
 
 from __future__ import annotations
@@ -40,10 +43,29 @@ REASONS: dict[str, tuple[str, str]] = {
 }
 
 
+#: where thresholds came from: the unit's signed policy, the station's config, the defaults
+SOURCES = ("policy", "config", "default")
+
+
 @dataclass(frozen=True)
 class Thresholds:
     min_ratio_pct: int = DEFAULT_MIN_RATIO_PCT
     min_rooms: int = DEFAULT_MIN_ROOMS
+    source: str = "default"
+    policy_version: int | None = None
+    policy_key_id: str | None = None
+
+    def describe(self) -> dict:
+        """The source as reports print it: {"source", "policy_version", "policy_key_id"}."""
+        return {"source": self.source, "policy_version": self.policy_version, "policy_key_id": self.policy_key_id}
+
+    def label(self) -> str:
+        """One line for a person, in Chinese and English."""
+        if self.source == "policy":
+            return f"单位策略 unit policy v{self.policy_version} (key {self.policy_key_id})"
+        if self.source == "config":
+            return "工作站配置 station config (dock.min_ratio_pct, dock.min_rooms; 尚未应用单位策略 no unit policy applied)"
+        return "默认值 defaults (1:5, 1 room)"
 
 
 def exclusion(*, in_service: bool, assigned: bool, auth_ok: bool | None, conflict: bool) -> str | None:
@@ -87,11 +109,21 @@ def compliance(recorders: int, officers: int | None, rooms: int, t: Thresholds) 
             "ratio_pct": ratio_pct(recorders, officers),
             "min_ratio": round(t.min_ratio_pct / 100, 3), "min_ratio_pct": t.min_ratio_pct,
             "ratio_ok": ok, "rooms": rooms, "min_rooms": t.min_rooms, "rooms_ok": rooms_ok,
-            "compliant": bool(ok) and rooms_ok}
+            "compliant": bool(ok) and rooms_ok, "thresholds": t.describe()}
 
 
 def thresholds_of(reports: list[Mapping]) -> Thresholds:
-    """The thresholds a unit's stations reported (the strictest when they differ), else the defaults."""
+    """The thresholds a unit's stations reported: those of the newest unit policy any of them has
+    in force (``threshold_source`` "policy", ``policy_version``); else the strictest configured
+    ones when they differ; else the defaults."""
+    pol = [r for r in reports if r.get("threshold_source") == "policy" and r.get("policy_version") is not None
+           and r.get("min_ratio_pct") and r.get("min_rooms") is not None]
+    if pol:
+        r = max(pol, key=lambda r: r["policy_version"])
+        return Thresholds(r["min_ratio_pct"], r["min_rooms"], "policy", r["policy_version"], r.get("policy_key_id"))
     pcts = [r["min_ratio_pct"] for r in reports if r.get("min_ratio_pct")]
     rooms = [r["min_rooms"] for r in reports if r.get("min_rooms") is not None]
-    return Thresholds(max(pcts) if pcts else DEFAULT_MIN_RATIO_PCT, max(rooms) if rooms else DEFAULT_MIN_ROOMS)
+    if not pcts and not rooms:
+        return Thresholds()
+    return Thresholds(max(pcts) if pcts else DEFAULT_MIN_RATIO_PCT, max(rooms) if rooms else DEFAULT_MIN_ROOMS,
+                      "config")

@@ -132,10 +132,11 @@ class DockConfig(ConfigModel):
                                            "channel's).")
     min_ratio_pct: int = Field(20, ge=1, le=1000,
                                description="Minimum equipment ratio, recorders that count per 100 officers (20 = 1:5, 每五人一台); "
-                                           "reported with the ratio, so the monitor and its reports judge by it.")
+                                           "only until a unit policy is applied (its rules.equipment replaces it); reported with the ratio and "
+                                           "its source, so the monitor and its reports judge by it.")
     min_rooms: int = Field(1, ge=0, le=100,
-                           description="Minimum interview rooms per unit (每个执法单位至少一间); reported with the ratio, so the "
-                                       "monitor and its reports judge by it.")
+                           description="Minimum interview rooms per unit (每个执法单位至少一间); only until a unit policy is "
+                                       "applied (its rules.equipment replaces it); reported with the ratio and its source.")
     usage_days: int = Field(30, ge=1, le=3660, description="Usage window: a recorder docked within this many days counts as used.")
 
     @field_validator("bays")

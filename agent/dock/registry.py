@@ -124,6 +124,8 @@ class RatioRow:
     recorder_serials: list[str] = dataclasses.field(default_factory=list)  # the recorders that count
     excluded: list[dict] = dataclasses.field(default_factory=list)  # [{serial, reason, text}] left out
     min_rooms: int = rule.DEFAULT_MIN_ROOMS
+    threshold_source: str = "config"   # policy | config (agent/common/ratio.py SOURCES)
+    policy_version: int | None = None  # the unit policy the thresholds come from
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -273,9 +275,14 @@ class Registry(Database):
 
     # --- ratio ------------------------------------------------------------------------------
     def ratio(self, min_ratio_pct: int = rule.DEFAULT_MIN_RATIO_PCT, usage_days: int = 30, at: float | None = None,
-              min_rooms: int = rule.DEFAULT_MIN_ROOMS) -> list[RatioRow]:
+              min_rooms: int = rule.DEFAULT_MIN_ROOMS, thresholds: rule.Thresholds | None = None) -> list[RatioRow]:
         """One row per unit known from the roster or the registry. A recorder counts when
-        :func:`agent.common.ratio.exclusion` says so; each one left out is listed with its reason."""
+        :func:`agent.common.ratio.exclusion` says so; each one left out is listed with its reason.
+        ``thresholds`` (the unit policy's, or the config's with source "config") replace
+        ``min_ratio_pct`` and ``min_rooms``."""
+        if thresholds is None:
+            thresholds = rule.Thresholds(min_ratio_pct, min_rooms, "config")
+        min_ratio_pct, min_rooms = thresholds.min_ratio_pct, thresholds.min_rooms
         at = at or time.time()
         since = at - usage_days * 86400
         units: dict[str, dict] = {}
@@ -320,7 +327,8 @@ class Registry(Database):
             usage = (u["used"] * 100 // u["registered"]) if u["registered"] else None
             rows.append(RatioRow(code, u["name"], u["officers"], n, rule.ratio_pct(n, u["officers"]), min_ratio_pct,
                                  bool(rule.meets_ratio(n, u["officers"], min_ratio_pct)), u["registered"], u["used"],
-                                 usage, usage_days, u["conflicts"], u["counted"], u["excluded"], min_rooms))
+                                 usage, usage_days, u["conflicts"], u["counted"], u["excluded"], min_rooms,
+                                 thresholds.source, thresholds.policy_version))
         return rows
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from drivers.recorder.udev import NodeTable, detection_mode, list_nodes, mount_point, start_monitor
 
+from agent.common import ratio as rule
 from agent.common.ports import AlarmPort, ReportPort
 from agent.common.timeutil import now_iso
 from .bay import Bay
@@ -136,6 +137,7 @@ class DockStation:
         self._thread: threading.Thread | None = None
         self._last_ratio = 0.0
         self._ratio_due = True
+        self.policy_thresholds: rule.Thresholds | None = None  # set by the unit policy (agent/policy)
         self.started_at = now_iso()
         self._wake = threading.Event()  # a udev event: scan now instead of at the next poll
         self._udev = None
@@ -420,11 +422,25 @@ class DockStation:
     def recorder_seen(self) -> None:
         self._ratio_due = True
 
+    def apply_policy_thresholds(self, t: rule.Thresholds) -> None:
+        """The unit policy in force says the equipment thresholds (agent/policy hands them over
+        when it applies a policy, and at start): they replace dock.min_ratio_pct / dock.min_rooms,
+        and the ratio is reported again at once."""
+        self.policy_thresholds = t
+        self._ratio_due = True
+
+    def thresholds(self) -> rule.Thresholds:
+        """The unit policy's thresholds, or the config's while no policy has been applied."""
+        if self.policy_thresholds is not None:
+            return self.policy_thresholds
+        return rule.Thresholds(self.cfg.dock.min_ratio_pct, self.cfg.dock.min_rooms, "config")
+
     def ratio_payload(self) -> dict:
         d = self.cfg.dock
-        rows = self.registry.ratio(d.min_ratio_pct, d.usage_days, min_rooms=d.min_rooms)
-        return {"device": self.cfg.device.id, "at": now_iso(), "min_ratio_pct": d.min_ratio_pct, "min_rooms": d.min_rooms,
-                "usage_days": d.usage_days, "units": [r.as_dict() for r in rows],
+        t = self.thresholds()
+        rows = self.registry.ratio(usage_days=d.usage_days, thresholds=t)
+        return {"device": self.cfg.device.id, "at": now_iso(), "min_ratio_pct": t.min_ratio_pct, "min_rooms": t.min_rooms,
+                "thresholds": t.describe(), "usage_days": d.usage_days, "units": [r.as_dict() for r in rows],
                 "pending": pending_by_officer(self.store, self.registry)}
 
     def report_ratio(self) -> None:

@@ -36,7 +36,8 @@ class DeviceState:
             self.alarms[(r["device"], r["key"])] = {"active": bool(r["active"])}
         for r in c.execute("SELECT * FROM ratio_reports ORDER BY device, unit_code"):
             self._last_ratio.setdefault(r["device"], []).append((r["unit_code"], r["recorders"], r["officers"], r["serials"],
-                                                                 r["min_ratio_pct"], r["min_rooms"]))
+                                                                 r["min_ratio_pct"], r["min_rooms"], r["threshold_source"],
+                                                                 r["policy_version"]))
         self._last_ratio = {k: tuple(v) for k, v in self._last_ratio.items()}
         self.counters = {r["name"]: r["value"] for r in c.execute("SELECT * FROM counters") if not r["name"].startswith("_")}
         for r in c.execute("SELECT topic, key_id, ord FROM signed_seen"):
@@ -89,11 +90,13 @@ class DeviceState:
                 c.execute("DELETE FROM ratio_reports WHERE device = ?", [rep["device"]])
                 for r in rep["rows"]:
                     c.execute("INSERT INTO ratio_reports(device, unit_code, unit_name, recorders, officers, serials, at, "
-                              "received, min_ratio_pct, min_rooms) VALUES (:device, :unit_code, :unit_name, :recorders, "
-                              ":officers, :serials, :at, :received, :min_ratio_pct, :min_rooms)", r)
+                              "received, min_ratio_pct, min_rooms, threshold_source, policy_version, policy_key_id) "
+                              "VALUES (:device, :unit_code, :unit_name, :recorders, :officers, :serials, :at, :received, "
+                              ":min_ratio_pct, :min_rooms, :threshold_source, :policy_version, :policy_key_id)", r)
                     c.execute("INSERT INTO ratio_history(device, unit_code, recorders, officers, serials, received, "
-                              "min_ratio_pct, min_rooms) VALUES (:device, :unit_code, :recorders, :officers, :serials, "
-                              ":received, :min_ratio_pct, :min_rooms)", r)
+                              "min_ratio_pct, min_rooms, threshold_source, policy_version, policy_key_id) VALUES "
+                              "(:device, :unit_code, :recorders, :officers, :serials, :received, :min_ratio_pct, "
+                              ":min_rooms, :threshold_source, :policy_version, :policy_key_id)", r)
             c.executemany(
                 "INSERT INTO usage_daily VALUES (:device, :day, :unit_code, :kind, :items_total0, :items_archived0, "
                 ":recorded_s0, :items_total, :items_archived, :recorded_s, :pending_annotation, :samples) "
@@ -240,9 +243,11 @@ class DeviceState:
             serials = json.dumps(sorted(set(u["serials"]))) if u["serials"] is not None else None
             rows.append({"device": dev, "unit_code": u["unit_code"], "unit_name": u["unit_name"],
                          "recorders": u["recorders"], "officers": u["officers"], "serials": serials, "at": r["at"],
-                         "received": now, "min_ratio_pct": r.get("min_ratio_pct"), "min_rooms": r.get("min_rooms")})
-        sig = tuple((x["unit_code"], x["recorders"], x["officers"], x["serials"], x["min_ratio_pct"], x["min_rooms"])
-                    for x in sorted(rows, key=lambda x: x["unit_code"]))
+                         "received": now, "min_ratio_pct": r.get("min_ratio_pct"), "min_rooms": r.get("min_rooms"),
+                         "threshold_source": r.get("threshold_source"), "policy_version": r.get("policy_version"),
+                         "policy_key_id": r.get("policy_key_id")})
+        sig = tuple((x["unit_code"], x["recorders"], x["officers"], x["serials"], x["min_ratio_pct"], x["min_rooms"],
+                     x["threshold_source"], x["policy_version"]) for x in sorted(rows, key=lambda x: x["unit_code"]))
         if self._last_ratio.get(dev) != sig:  # a retained re-delivery adds no history
             self._last_ratio[dev] = sig
             self.ratio.append({"device": dev, "rows": rows})

@@ -1,9 +1,10 @@
 """Reports per unit and period, from the monitor database (read-only).
 
 ``ratio``   equipment as of the end of the period: officers, recorders that count, ratio and
-            interview rooms against the thresholds the unit's stations report (dock.min_ratio_pct,
-            default 20 = one recorder per five officers; dock.min_rooms, default 1), compliant or
-            not — the same computation as the monitor's page (state.unit_compliance).
+            interview rooms against the thresholds of the unit policy its stations have in force
+            (rules.equipment; while none: their dock.min_ratio_pct, default 20 = one recorder per
+            five officers, and dock.min_rooms, default 1), compliant or not, and which source was
+            used (``thresholds``) — the same computation as the monitor's page (state.unit_compliance).
 ``usage``   use in the period: hours recorded, items, items archived and archived share, items
             pending annotation (at the end of the period), alarms raised by kind.
 ``annual``  both, for a calendar year: what a unit files by 31 January (行政执法统计年报).
@@ -133,7 +134,9 @@ def to_csv(report: dict) -> str:
     buf = io.StringIO()
     rows = []
     for r in report["units"]:
-        flat = {k: v for k, v in r.items() if k != "alarms_by_kind"}
+        flat = {k: v for k, v in r.items() if k not in ("alarms_by_kind", "thresholds")}
+        if "thresholds" in r:  # which thresholds: threshold_source, policy_version, policy_key_id
+            flat.update({("threshold_source" if k == "source" else k): v for k, v in r["thresholds"].items()})
         for code, n in (r.get("alarms_by_kind") or {}).items():
             flat[f"alarms_{code}"] = n
         rows.append(flat)

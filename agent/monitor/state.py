@@ -139,6 +139,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE ratio_history ADD COLUMN min_ratio_pct INTEGER;
         ALTER TABLE ratio_history ADD COLUMN min_rooms INTEGER
     """),
+    ("0004_ratio_threshold_source", """
+        ALTER TABLE ratio_reports ADD COLUMN threshold_source TEXT;
+        ALTER TABLE ratio_reports ADD COLUMN policy_version INTEGER;
+        ALTER TABLE ratio_reports ADD COLUMN policy_key_id TEXT;
+        ALTER TABLE ratio_history ADD COLUMN threshold_source TEXT;
+        ALTER TABLE ratio_history ADD COLUMN policy_version INTEGER;
+        ALTER TABLE ratio_history ADD COLUMN policy_key_id TEXT
+    """),
 ]
 
 
@@ -349,7 +357,8 @@ def unit_compliance(conn: sqlite3.Connection, unit: str, until: float | None = N
     """The one computation of a unit's equipment verdict, for the page, /api/fleet, the terminal
     view and ``report ratio``/``annual`` alike: officers from the imported roster (else the
     stations' reports), recorders that count from the stations' reports, rooms known, judged by
-    the thresholds the unit's stations report (agent/common/ratio.py)."""
+    the thresholds the unit's stations report: the newest unit policy one of them has in force,
+    else their configuration (agent/common/ratio.py ``thresholds_of``); ``thresholds`` says which."""
     u = conn.execute("SELECT * FROM units WHERE code = ?", [unit]).fetchone()
     rep_rec, rep_off = recorders_of(conn, unit, until)
     recorders = u["recorders"] if u is not None and u["recorders"] is not None else rep_rec

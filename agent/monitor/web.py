@@ -148,7 +148,7 @@ th { font-size:12px; color:#444; background:#fafafa; }
   <div class="cards" id="cards"></div>
   <section>
     <h2>执法单位与配备达标 / Units and equipment compliance</h2>
-    <p class="small">标准 / minimum: 单位的工作站报告的配备率下限与询问室数 (dock.min_ratio_pct, dock.min_rooms; 默认每五名执法人员至少一台执法记录仪、每个单位至少一间询问室) / the recorder ratio and room count the unit's stations report (by default one recorder per five officers and one interview room per unit); a recorder counts when enrolled, assigned and healthy</p>
+    <p class="small">标准 / minimum: 单位策略规定的配备率下限与询问室数（工作站执行的签名单位策略 rules.equipment；尚未应用策略时为工作站配置 dock.min_ratio_pct、dock.min_rooms；默认每五名执法人员至少一台执法记录仪、每个单位至少一间询问室）/ the recorder ratio and room count of the signed unit policy the unit's stations have in force (while none: the stations' configuration; by default one recorder per five officers and one interview room per unit); each ratio names its source; a recorder counts when enrolled, assigned and healthy</p>
     <table id="units"><thead><tr>
       <th>单位 / Unit</th><th class="num">执法人员 / Officers</th><th class="num">记录仪 / Recorders</th>
       <th class="num">配备率 / Ratio</th><th class="num">询问室 / Rooms</th><th class="num">采集站 / Docks</th>
@@ -219,7 +219,10 @@ function render(f) {
     el("td", {}, u.name ? u.name + " (" + u.code + ")" : u.code),
     el("td", {class: "num"}, u.officers == null ? "未知 / unknown" : u.officers),
     el("td", {class: "num"}, u.recorders),
-    el("td", {class: "num " + (u.ratio_ok ? "txt-ok" : "txt-bad")}, u.ratio == null ? "—" : u.ratio.toFixed(2) + (u.ratio_ok ? " ≥ " : " < ") + u.min_ratio.toFixed(2)),
+    el("td", {class: "num " + (u.ratio_ok ? "txt-ok" : "txt-bad"), "data-source": (u.thresholds || {}).source || ""},
+      u.ratio == null ? "—" : u.ratio.toFixed(2) + (u.ratio_ok ? " ≥ " : " < ") + u.min_ratio.toFixed(2),
+      el("div", {class: "small"}, (u.thresholds || {}).source === "policy" ? "策略 / policy v" + u.thresholds.policy_version
+                                  : (u.thresholds || {}).source === "config" ? "配置 / config" : "默认 / default")),
     el("td", {class: "num " + (u.rooms_ok ? "txt-ok" : "txt-bad")}, u.rooms + (u.rooms_ok ? " ≥ " : " < ") + u.min_rooms,
       ...(u.rooms_out || []).map(r => badge(r.id + " " + (STATE[r.state] || [r.state])[0] + (r.since ? " 自 since " + r.since : ""), "bad"))),
     el("td", {class: "num"}, u.docks),

@@ -4,8 +4,11 @@ The policy component subscribes to its unit's retained ``P/unit/U/policy`` throu
 contract (``subscribe``), hands each message to :class:`~agent.policy.keeper.PolicyKeeper`
 (signature, unit, version, expiry; kept in the ledger's meta through the store) and applies what
 it accepts: on a docking station the roster and recorder assignments go to the dock's registry
-(agent/dock/registry.py ``apply_central``) and the erase policy to the station (its
-``dock.erase_policy`` command). Alarms go through the port it is handed (the health component).
+(agent/dock/registry.py ``apply_central``), the erase policy to the station (its
+``dock.erase_policy`` command) and the equipment thresholds (``rules.equipment``) to the
+station's ratio report (``DockStation.apply_policy_thresholds``; the config's dock.min_ratio_pct
+and dock.min_rooms count only while no policy has been applied). Alarms go through the port it
+is handed (the health component).
 
 A station that was offline gets the newest document when it connects again: the broker keeps it
 retained and delivers it on every (re)subscription; the same version again changes nothing.
@@ -36,9 +39,14 @@ class PolicyComponent:
         cfg = agent.cfg
         self.topic = Topics(cfg.mqtt.topic_prefix).unit_policy(cfg.device.unit_code)
         self.source = f"{self.topic} @ {cfg.mqtt.host}:{cfg.mqtt.port}"
-        appliers = [self._apply_roster, self._apply_erase_policy] if cfg.device.kind == "dock" else []
+        appliers = [self._apply_roster, self._apply_erase_policy, self._apply_thresholds] \
+            if cfg.device.kind == "dock" else []
         self.keeper = PolicyKeeper(agent.store, cfg.device.unit_code, lambda: pinned_ring(cfg.data_dir, cfg.policy.keys),
                                    alarms=alarms, appliers=appliers, clock=clock)
+        if cfg.device.kind == "dock":  # before the station's first ratio report: the thresholds in force
+            t = thresholds_in_force(agent.store)
+            if t is not None:
+                self._station_thresholds(t)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -87,6 +95,19 @@ class PolicyComponent:
             reg.close()
         log.info("policy: roster of %d officer(s) and %d assignment(s) applied", n, len(doc.assignments))
 
+    def _apply_thresholds(self, doc: wp.Document, actor: str) -> None:
+        t = wp.thresholds(doc)
+        self._station_thresholds(t)
+        log.info("policy: equipment thresholds %s%% recorders per officers, %s room(s) (%s)", t.min_ratio_pct,
+                 t.min_rooms, actor)
+
+    def _station_thresholds(self, t) -> None:
+        station = next((c for c in self.agent.components if getattr(c, "name", None) == "dock"), None)
+        if station is None:
+            log.warning("policy: no docking station running to take the equipment thresholds")
+            return
+        station.apply_policy_thresholds(t)
+
     def _apply_erase_policy(self, doc: wp.Document, actor: str) -> None:
         want = doc.rules.erase_policy
         if want is None or want == self.agent.cfg.dock.erase_policy:
@@ -96,6 +117,29 @@ class PolicyComponent:
             log.warning("policy: no docking station running to take erase policy %s", want)
             return
         handler({"policy": want}, actor)
+
+
+def thresholds_in_force(store):
+    """The equipment thresholds of the unit policy in force on this station (agent/common/ratio.py
+    ``Thresholds``, source "policy"), or None while no policy has been applied."""
+    from .keeper import in_force
+
+    rec = in_force(store)
+    if rec is None:
+        return None
+    try:
+        doc, _ = wp.parse(rec["payload"].encode("utf-8"))
+    except wp.PolicyError as exc:
+        log.error("policy in force unreadable: %s", exc)
+        return None
+    return wp.thresholds(doc)
+
+
+def station_thresholds(store, cfg):
+    """What a station judges its ratio by: the policy in force, else dock.min_ratio_pct / dock.min_rooms."""
+    from agent.common.ratio import Thresholds
+
+    return thresholds_in_force(store) or Thresholds(cfg.dock.min_ratio_pct, cfg.dock.min_rooms, "config")
 
 
 def make_component(agent, alarms=None) -> PolicyComponent:

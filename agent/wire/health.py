@@ -179,6 +179,12 @@ RATIO_SCHEMA = {
                           "description": "the station's dock.min_ratio_pct; the monitor judges the unit by it"},
         "min_rooms": {"type": "integer", "minimum": 0, "maximum": 100,
                       "description": "the station's dock.min_rooms (interview rooms per unit); the monitor judges by it"},
+        "thresholds": {"type": "object", "required": ["source"], "additionalProperties": False,
+                       "description": "where min_ratio_pct and min_rooms come from: the unit policy in force (its "
+                                      "version and key id) or, while none has been applied, the station's config",
+                       "properties": {"source": {"enum": ["policy", "config", "default"]},
+                                      "policy_version": {"type": ["integer", "null"], "minimum": 1},
+                                      "policy_key_id": {"type": ["string", "null"], "pattern": "^[0-9a-f]{16}$"}}},
         "usage_days": _count,
         "units": {"type": "array", "items": _ratio_row, "maxItems": 1000},
         "pending": {"type": "array", "maxItems": 10000, "items": {

@@ -225,5 +225,19 @@ def parse_ratio(payload: bytes, dev: str) -> dict:
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
                 raise PayloadError(f"ratio.{key}: expected an integer {lo}..{hi}, got {str(v)[:20]!r}")
             thresholds[key] = v
+    src = {"threshold_source": None, "policy_version": None, "policy_key_id": None}
+    t = d.get("thresholds")
+    if t is not None:
+        t = _obj(t, "ratio.thresholds")
+        if t.get("source") not in ("policy", "config", "default"):
+            raise PayloadError(f"ratio.thresholds.source: expected policy, config or default, got {str(t.get('source'))[:20]!r}")
+        src["threshold_source"] = t["source"]
+        if t["source"] == "policy":
+            v, k = t.get("policy_version"), t.get("policy_key_id")
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 2**53 - 1:
+                raise PayloadError("ratio.thresholds.policy_version: expected the version of the policy in force")
+            if not isinstance(k, str) or not re.fullmatch(r"[0-9a-f]{16}", k):
+                raise PayloadError("ratio.thresholds.policy_key_id: expected 16 hex digits")
+            src["policy_version"], src["policy_key_id"] = v, k
     return {"at": at, "units": out, "min_ratio_pct": thresholds.get("min_ratio_pct"),
-            "min_rooms": thresholds.get("min_rooms")}
+            "min_rooms": thresholds.get("min_rooms"), **src}

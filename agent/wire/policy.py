@@ -131,6 +131,31 @@ class Quotas(_Model):
                                           description="Gigabytes a station may hold unarchived before it alarms.")
 
 
+class Equipment(_Model):
+    """The equipment rule (配备率): at least ``min_recorders`` recorders that count per
+    ``per_officers`` officers of the unit, and at least ``min_rooms`` interview rooms per unit.
+    The stations count in recorders per 100 officers, so the ratio must be a whole number of
+    them (1 per 5 = 20, 1 per 4 = 25, 2 per 5 = 40; 1 per 3 is refused)."""
+
+    min_recorders: int = Field(1, ge=1, le=100, description="Recorders that count ...")
+    per_officers: int = Field(5, ge=1, le=1000, description="... per this many officers (1 per 5: 每五人一台).")
+    min_rooms: int = Field(1, ge=0, le=100, description="Interview rooms per unit (每个执法单位至少一间).")
+
+    @model_validator(mode="after")
+    def _whole_per_hundred(self) -> "Equipment":
+        if (self.min_recorders * 100) % self.per_officers:
+            raise ValueError(f"{self.min_recorders} recorder(s) per {self.per_officers} officers is not a whole "
+                             "number per 100 officers (the stations count per 100): use e.g. 1 per 4, 1 per 5, 2 per 5")
+        pct = self.min_recorders * 100 // self.per_officers
+        if not 1 <= pct <= 1000:
+            raise ValueError(f"{self.min_recorders} per {self.per_officers} officers is {pct} per 100: allowed 1..1000")
+        return self
+
+    @property
+    def min_ratio_pct(self) -> int:
+        return self.min_recorders * 100 // self.per_officers
+
+
 class Rules(_Model):
     erase_policy: Literal["after-archive", "after-local-verify", "never"] | None = Field(
         None, description="The docking stations' erase policy (dock.erase_policy); null leaves the station's own.")
@@ -139,6 +164,8 @@ class Rules(_Model):
     quotas: Quotas = Field(default_factory=Quotas, description="Station quotas.")
     case_number_pattern: Annotated[str, Field(max_length=200), AfterValidator(_pattern)] | None = Field(
         None, description="Regular expression every case number (案件编号) must match; null = any.")
+    equipment: Equipment = Field(default_factory=Equipment,
+                                 description="Equipment ratio thresholds the stations and the monitor judge by.")
 
 
 class Content(_Model):
@@ -293,3 +320,12 @@ def verify(payload: bytes, ring: keys.KeyRing, *, unit: str, now: float,
     if doc.expires_ts() <= now:
         raise PolicyError("expired", f"策略已过期 / policy version {doc.version} expired at {doc.expires}")
     return doc
+
+
+def thresholds(doc: Document, applied_at: str | None = None):
+    """The equipment thresholds of a policy document (agent/common/ratio.py), naming it as source."""
+    from agent.common.ratio import Thresholds
+
+    e = doc.rules.equipment
+    return Thresholds(e.min_ratio_pct, e.min_rooms, source="policy", policy_version=doc.version,
+                      policy_key_id=doc.key_id)

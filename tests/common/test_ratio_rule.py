@@ -36,8 +36,13 @@ def test_the_rule():
     assert rule.meets_ratio(0, 0, 20) is True and rule.meets_ratio(3, None, 20) is None
     assert rule.meets_ratio(2, 11, 18) is True and rule.ratio_pct(2, 11) == 18  # 18.18 %: exact, not the rounded pct
     t = rule.thresholds_of([{"min_ratio_pct": 20, "min_rooms": 1}, {"min_ratio_pct": 25, "min_rooms": None}])
-    assert t == rule.Thresholds(25, 1), "stations that disagree: the strictest"
-    assert rule.thresholds_of([]) == rule.Thresholds(20, 1)
+    assert t == rule.Thresholds(25, 1, "config"), "stations that disagree: the strictest"
+    assert rule.thresholds_of([]) == rule.Thresholds(20, 1, "default")
+    # a station with the unit policy in force: the newest policy wins over any station's config
+    pol = [{"min_ratio_pct": 25, "min_rooms": 1, "threshold_source": "config"},
+           {"min_ratio_pct": 10, "min_rooms": 2, "threshold_source": "policy", "policy_version": 3, "policy_key_id": "ab" * 8},
+           {"min_ratio_pct": 50, "min_rooms": 0, "threshold_source": "policy", "policy_version": 2, "policy_key_id": "ab" * 8}]
+    assert rule.thresholds_of(pol) == rule.Thresholds(10, 2, "policy", 3, "ab" * 8)
 
 
 def _roster(path, n):
