@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 ANSWER_BATCH = 16
 #: abandoned partial transfers are looked for this often (and at start)
 SWEEP_S = 3600
+#: chain gap and silence (agent/archive/chain.py) are evaluated this often
+CHAIN_S = 60
 
 
 class Receiver:
@@ -64,6 +66,7 @@ class Receiver:
         self.seen = 0    # messages handled (whatever the outcome)
         self._failure: str | None = None
         self._next_sweep = 0.0
+        self._next_chain = time.monotonic() + CHAIN_S
         self.notes = Coalescer()
         self.busy: collections.Counter = collections.Counter()  # seconds spent per message kind
         self.started = time.time()
@@ -183,6 +186,9 @@ class Receiver:
             if q is self._q and time.monotonic() >= self._next_sweep:  # at start, then hourly
                 self._next_sweep = time.monotonic() + SWEEP_S
                 self._guarded("sweep", self.store.sweep)
+            if q is self._q and time.monotonic() >= self._next_chain:  # chain gap and silence, every minute
+                self._next_chain = time.monotonic() + CHAIN_S
+                self._guarded("chain", self.store.evaluate_chains)
             if nxt is None:
                 self._guarded("answers", self._flush, batch)
                 self.notes.flush(log)

@@ -35,6 +35,7 @@ class Retrieval:
             why = "JSON nested too deeply" if isinstance(exc, RecursionError) else exc
             self.notes.log(log, "checkpoint", "ignoring chain checkpoint of %s: %s", dev, why)
             return None
+        self.record_checkpoint(cp, payload)  # every one is kept (agent/archive/chain.py)
         with self.db.atomic() as db:
             old = db.execute("SELECT count, annotations FROM checkpoints WHERE device = ?", [dev]).fetchone()
             if old and (old[0], old[1] or 0) > (cp.count, cp.annotations or 0):

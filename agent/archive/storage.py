@@ -28,6 +28,7 @@ from agent.common.fs import fsync_dir
 from agent.common.timeutil import now_iso
 from agent.wire import protocol as P
 from .backend import open_storage, partial_key
+from .chain import ChainHistory
 from .chunks import ChunkIntake, block_table
 from .paths import Root, flock, safe_case, safe_file
 from .registry import Registry, check_id, open_db
@@ -40,7 +41,10 @@ PENDING = "_pending"
 __all__ = ["ArchiveStore", "PENDING", "safe_case"]
 
 
-class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
+class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, Upkeep):
+    #: the archive's clock (epoch seconds): chain gap and silence are measured by it (tests inject one)
+    clock = staticmethod(time.time)
+
     def __init__(self, root: str | os.PathLike, *, max_item: int = 64 << 30, max_manifest: int = P.DEFAULT_MAX_MANIFEST,
                  receiver: str = "archive", create: bool = True, min_free: int | None = None,
                  abandon_after_s: int | None = None, db: str | None = None):
@@ -71,6 +75,7 @@ class ArchiveStore(ChunkIntake, Retrieval, Upkeep):
         self.registry = Registry(self.root, self.db, self.audit)
         self._dev_cache: dict[str, tuple[float, dict]] = {}
         self._init_chunks()
+        self._init_chain()
         self.notes = Coalescer()  # log lines about refused messages, coalesced
         self._recent_notes: dict[str, tuple[int, float]] = {}  # refusal shape -> (its row, when)
 

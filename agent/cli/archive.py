@@ -118,6 +118,8 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
     store = ArchiveStore(_root(c, root), max_item=max_item, max_manifest=max_manifest, receiver=rid,
                          min_free=(min_free_mb if min_free_mb is not None else (a.min_free_mb if a else 2048)) << 20,
                          abandon_after_s=(a.abandon_after_h if a else 72) * 3600, db=_db(c))
+    if a:
+        store.chain_gap_s, store.chain_silent_s = a.chain_gap_h * 3600, a.chain_silent_h * 3600
     rx_prefix = prefix or (cfg.mqtt.topic_prefix if cfg else "edge")
     rx = Receiver(store, settings, prefix=rx_prefix, share=share, receiver_id=rid)
     stop = threading.Event()

@@ -124,7 +124,9 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
     logging.basicConfig(level=logging.WARNING if tui else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     db_ = MonitorDB(path)
-    ing = Ingest(db_, s, enrolled)
+    from ..archive.chain import read_chain_alarms
+
+    ing = Ingest(db_, s, enrolled, archive_alarms=lambda: read_chain_alarms(where))
     web = None
     if web_port is not None:
         from ..monitor.web import WebServer

@@ -17,6 +17,9 @@ class UplinkConfig(ConfigModel):
                               description="Chunks in flight at most (also bounded by the broker's Receive Maximum, less 2 kept for status and health).")
     parallel_items: int = Field(2, ge=1, le=8,
                                 description="Items sent at once: one item's manifest and last answers overlap another's chunks (all share max_inflight).")
+    checkpoint_every_s: int = Field(3600, ge=60, le=86400,
+                                    description="The signed chain checkpoint is published at start, after every sealed item, and "
+                                                "at least this often (the archive alarms a device silent for archive.chain_silent_h).")
     archive_keys: list[str] = Field([], description="Pinned archive public keys besides data_dir/keys/archive/*.pub (where "
                                                     "`edge-agent uplink trust-archive FILE` puts them): files or directories of "
                                                     "*.pub. Nothing is marked archived, freed or erased without a receipt signed "

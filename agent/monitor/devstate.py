@@ -218,6 +218,35 @@ class DeviceState:
         self._seen(d, retained, now)
         return "accepted"
 
+    #: alarm keys of the archive's chain alarms (``archive.CODE``), source ``archive``
+    ARCHIVE_KEY = "archive."
+
+    def apply_archive_alarms(self, rows: list[dict], now: float) -> None:
+        """Raise the archive's chain alarms given (device, unit, code, since, detail, severity,
+        title 中文 / English) and clear those of ours no longer given."""
+        at = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now))
+        with self.lock:
+            want = {(r["device"], self.ARCHIVE_KEY + r["code"]): r for r in rows}
+            for k, st in list(self.alarms.items()):
+                if k[1].startswith(self.ARCHIVE_KEY) and st["active"] and k not in want:
+                    dev = k[0]
+                    unit = (self.devices.get(dev) or {}).get("unit_code")
+                    self.alarms[k] = {"active": False}
+                    self.events.append((dev, unit, k[1], k[1][len(self.ARCHIVE_KEY):], None, "cleared", at, now))
+                    self.alarm_rows[k] = {"device": dev, "key": k[1], "code": k[1][len(self.ARCHIVE_KEY):],
+                                          "unit_code": unit, "severity": "info", "active": 0, "since": None,
+                                          "cleared": at, "ts": at, "message_zh": None, "message_en": None,
+                                          "source": "archive", "updated": now}
+            for k, r in want.items():
+                zh, _, en = r["title"].partition(" / ")
+                if not (self.alarms.get(k) or {}).get("active"):
+                    self.events.append((r["device"], r["unit"], k[1], r["code"], r["severity"], "raised", r["since"], now))
+                self.alarms[k] = {"active": True}
+                self.alarm_rows[k] = {"device": r["device"], "key": k[1], "code": r["code"], "unit_code": r["unit"],
+                                      "severity": r["severity"], "active": 1, "since": r["since"], "cleared": None,
+                                      "ts": r["since"], "message_zh": f"{zh}：{r['detail']}",
+                                      "message_en": f"{en or zh}: {r['detail']}", "source": "archive", "updated": now}
+
     def _component(self, dev: str, c: dict, retained: bool, now: float, topic: str) -> str:
         d = self._device(dev, now)
         detail = pl.jsonable(c["detail"])

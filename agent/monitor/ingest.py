@@ -37,7 +37,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from agent.wire import envelope as sealed, health as pl, health_parse as hp
 from agent.wire.topics import Topics
@@ -87,8 +87,11 @@ class IngestSettings:
 class Ingest(DeviceState):
     """Admission (topic, size, enrolment, signature, rate, order), the queues and the MQTT client."""
 
-    def __init__(self, db: MonitorDB, settings: IngestSettings, enrolment: Enrolment):
+    def __init__(self, db: MonitorDB, settings: IngestSettings, enrolment: Enrolment,
+                 archive_alarms: Callable[[], list[dict]] | None = None):
         self.db = db
+        #: loader of the archive's raised chain alarms (agent/archive/chain.py read_chain_alarms)
+        self.archive_alarms = archive_alarms
         self.s = settings
         self.enrolment = enrolment
         self.topics = Topics(settings.prefix)
@@ -126,6 +129,7 @@ class Ingest(DeviceState):
         self.connected = False
         self.subscribed = threading.Event()  # set once the first subscription is acknowledged
         self._load()
+        self.reload_archive_alarms()
 
     # --- accounting -------------------------------------------------------------------------------
     def count(self, name: str, n: int = 1) -> None:
@@ -317,10 +321,23 @@ class Ingest(DeviceState):
             if time.monotonic() >= next_reload:
                 next_reload = time.monotonic() + self.s.reload_s
                 self.enrolment.reload()
+                self.reload_archive_alarms()
                 try:
                     self._subscribe_shares()  # devices enrolled since
                 except Exception:
                     log.exception("monitor: subscribing newly enrolled devices failed (will retry)")
+
+    def reload_archive_alarms(self) -> None:
+        """The archive's chain alarms (fork, rollback, gap, silence: agent/archive/chain.py), read
+        with the enrolment; a failing read keeps what was shown."""
+        if self.archive_alarms is None:
+            return
+        try:
+            rows = self.archive_alarms()
+        except Exception as exc:  # noqa: BLE001 - the monitor goes on showing what it has
+            log.warning("archive chain alarms unreadable, keeping the previous view: %s", exc)
+            return
+        self.apply_archive_alarms(rows, time.time())
 
     def start(self) -> None:
         from agent.wire.client import ConnSettings, TlsConfig, new_client

@@ -384,6 +384,10 @@ def unit_rows(conn: sqlite3.Connection, devices: list[dict], alarms: list[dict],
                                      "officers_source": None, "recorders": None}
         elif d["unit_code"] and not units[d["unit_code"]].get("name"):
             units[d["unit_code"]]["name"] = d["unit_name"]
+    for a in alarms:  # a unit known only from the archive's alarms (a device never heard here)
+        if a.get("unit_code") and a["unit_code"] not in units:
+            units[a["unit_code"]] = {"code": a["unit_code"], "name": "", "officers": None, "officers_source": None,
+                                     "recorders": None}
     by_unit: dict[str, list[dict]] = {}
     for d in devices:
         by_unit.setdefault(d["unit_code"], []).append(d)

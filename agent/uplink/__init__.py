@@ -61,6 +61,7 @@ class Uplink:
         self._inbox_cv = threading.Condition()
         self._bdseq = int(self.store.get_meta("uplink_bdseq", "0") or 0)
         self._head_published: tuple[int, str | None, int] | None = None
+        self._checkpoint_at = time.monotonic()
         self.dropped = 0
         self.errors_local = 0
         self.last_error_local: str | None = None
@@ -289,7 +290,8 @@ class Uplink:
 
     def _publish_checkpoint(self, force: bool = False) -> None:
         head = (*self.store.head(), self.store.annotations_total())  # a new annotation is news too
-        if not force and head == self._head_published:
+        due = time.monotonic() - self._checkpoint_at >= self.cfg.uplink.checkpoint_every_s  # "still here"
+        if not force and not due and head == self._head_published:
             return
         try:
             payload = checkpoint.make(self.store)
@@ -297,6 +299,7 @@ class Uplink:
             self.note_error(f"cannot sign the chain checkpoint: {exc}")
             return
         self._head_published = head
+        self._checkpoint_at = time.monotonic()
         self.publish(self.topics.chain(self.device), payload, retain=True)
         self.transfer.wake.set()
 
