@@ -16,6 +16,7 @@ import os
 import secrets
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from agent.wire import protocol as P
@@ -25,6 +26,7 @@ from agent.wire.mqtt import Connection, PublishError
 from agent.wire.receipts import STATUS_INTERVAL_S, ArchiveSigner, valid_nonce
 from agent.wire.topics import Topics
 from agent.common.faults import faultpoint
+from . import receivers
 from .storage import ArchiveStore
 from .upkeep import Coalescer
 
@@ -42,14 +44,16 @@ class Receiver:
     name = "archive-receiver"
 
     def __init__(self, store: ArchiveStore, settings: ConnSettings, *, prefix: str = "edge",
-                 share: str | None = None, receiver_id: str | None = None):
+                 share: str | None = None, receiver_id: str | None = None, receiver_key: Path | None = None):
         self.store = store
         store.batch_ranges = True
         self.topics = Topics(prefix)
         self.share = share
         self.rid = receiver_id or settings.client_id
-        #: answers, receipts and status are signed with the archive's key (agent.wire.receipts)
-        self.signer = ArchiveSigner(store.signing_key, self.rid)
+        #: answers, receipts and status are signed with this receiver's own key when it is enrolled
+        #: (agent/archive/receivers.py; a revoked one refuses to start), else the root's key
+        key = receivers.signing_key(store.root, self.rid, receiver_key)
+        self.signer = ArchiveSigner(key if key is not None else store.signing_key, self.rid)
         self.stop_event = threading.Event()
         self.lean_decoder = install_lean_decoder()  # every chunk arrives through it: one copy, not four
         self.conn = Connection(settings, stop_event=self.stop_event, will=self._will, on_connect=self._on_connect,

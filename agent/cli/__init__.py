@@ -53,6 +53,7 @@ from . import audit, core, items  # noqa: E402,F401  (each registers its command
 
 from . import archive, dock, monitor, ops, room, uplink  # noqa: E402,F401  (each registers its group)
 from . import broker  # noqa: E402,F401  (archive broker-config)
+from . import receivers  # noqa: E402,F401  (archive receiver add|list|revoke)
 from . import policy  # noqa: E402,F401  (policy show|trust, archive policy key|publish|show)
 from . import retention  # noqa: E402,F401  (archive retention ..., archive hold ...)
 from . import deadlines  # noqa: E402,F401  (report deadlines)

@@ -84,11 +84,14 @@ def archive():
               help="Disk watermark: refuse new transfers below this free space (MiB; default archive.min_free_mb, 2048; 0 = off).")
 @click.option("--receive-maximum", type=click.IntRange(1, 65535),
               help="Messages the broker may have in flight to this receiver (MQTT v5 Receive Maximum).")
+@click.option("--receiver-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Signing key of this enrolled receiver (`archive receiver add`; default "
+                   "ROOT/_archive/receivers/CLIENT_ID.key; a receiver not enrolled signs with the root's key).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @json_lines_option
 @pass_ctx
 def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile, client_id, max_item_mb,
-                  max_manifest_kb, min_free_mb, receive_maximum, log_level, as_json):
+                  max_manifest_kb, min_free_mb, receive_maximum, receiver_key, log_level, as_json):
     """Receive items until SIGTERM: check every chunk, verify every item, store it under
     ROOT/UNIT/CASE/ITEM, and only then answer "stored".
 
@@ -121,7 +124,11 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
     if a:
         store.chain_gap_s, store.chain_silent_s = a.chain_gap_h * 3600, a.chain_silent_h * 3600
     rx_prefix = prefix or (cfg.mqtt.topic_prefix if cfg else "edge")
-    rx = Receiver(store, settings, prefix=rx_prefix, share=share, receiver_id=rid)
+    try:
+        rx = Receiver(store, settings, prefix=rx_prefix, share=share, receiver_id=rid, receiver_key=receiver_key)
+    except EdgeError:
+        store.close()
+        raise
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -129,10 +136,11 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
     if as_json:  # JSON lines on stdout: ready, then stopped (logs stay on stderr)
         from agent.common.pg import redact
 
-        emit_json_line("ready", receiver=rid, root=str(store.root), index=redact(str(store.db.path)),
+        emit_json_line("ready", receiver=rid, key_id=rx.signer.key_id, root=str(store.root), index=redact(str(store.db.path)),
                        broker=f"{host}:{port}", share=share, tls=bool(tls), prefix=rx_prefix)
     else:
-        click.echo(f"archive receiver {rid}: root {store.root}, index {store.db.path}, broker {host}:{port}"
+        click.echo(f"archive receiver {rid}: root {store.root}, index {store.db.path}, broker {host}:{port}, "
+                   f"signing key {rx.signer.key_id}"
                    + (f", share group {share}" if share else "") + (", TLS" if tls else ""), err=True)
     while not stop.wait(1.0) and rx.failure is None:
         pass
@@ -184,6 +192,11 @@ def archive_enroll(c: Ctx, device_id, pubkey, unit, force, broker_dir, pin_to, r
         atomic_write(dest, keys.public_pem(pub), mode=0o644)
         out["pinned"] = {"archive": str(dest)}
         say(f"archive key {kid} pinned on the device at {dest} / 已在设备上信任归档公钥")
+        from ..archive import receivers
+
+        for rkid, rdest in receivers.pin_all(store.root, pin_to):  # each enrolled, unrevoked receiver's key
+            out["pinned"].setdefault("receivers", []).append(str(rdest))
+            say(f"receiver key {rkid} pinned on the device at {rdest} / 已在设备上信任接收端公钥")
         from ..archive.policy import key_paths
         from ..policy.keeper import pin_key
 

@@ -20,16 +20,19 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
     enrolled = store.registry.devices()
     devices = [d["id"] for d in enrolled]
     units = {d["id"]: d["unit"] for d in enrolled}  # each device reads its own unit's policy
+    from ..archive import receivers as receivers_mod
+
+    receivers = sorted(receivers_mod.enrolled(store.root))  # each its own identity; a revoked one has none
     if refresh:
-        files = broker_auth.refresh(out, devices, units)
+        files = broker_auth.refresh(out, devices, units, receivers)
     else:
         cfg = _cfg_or_none(c)
         prefix = prefix or (cfg.mqtt.topic_prefix if cfg is not None else "edge")
-        files = broker_auth.generate(out, devices, prefix=prefix, units=units, **kw)
+        files = broker_auth.generate(out, devices, prefix=prefix, units=units, receivers=receivers, **kw)
     store.audit.append("broker-config", None, out=str(out.resolve()), prefix=files.prefix, created=files.created,
                        rotated=files.rotated, devices=len(devices))
     summary = {"out": str(out), "prefix": files.prefix, "conf": str(files.conf), "acl": str(files.acl),
-               "passwd": str(files.passwd), "devices": devices,
+               "passwd": str(files.passwd), "devices": devices, "receivers": receivers,
                "services": [i.name for i in files.identities if i.role != "device"],
                "created": list(files.created), "rotated": list(files.rotated), "kept": list(files.kept),
                "stale": list(files.stale), "credentials": str(out / broker_auth.CREDENTIALS)}

@@ -138,3 +138,26 @@ def uplink_trust_archive(c: Ctx, pubkey, as_json):
         return
     click.echo(f"已信任归档服务器公钥 / archive key pinned: {kid} ({dest}); pinned now: {', '.join(pinned)}")
 
+
+
+@uplink.command("revoke-archive")
+@click.argument("key_id")
+@json_option
+@pass_ctx
+def uplink_revoke_archive(c: Ctx, key_id, as_json):
+    """Stop trusting a pinned archive receiver key (KEY_ID as `archive receiver list` shows it,
+    after `archive receiver revoke` at the centre): receipts, answers and status signed by it are
+    ignored (a running `edge-agent run` takes it up within 10 s); the key cannot be pinned again.
+
+    \b
+    Example:
+      edge-agent uplink revoke-archive 3f9a0c1d2e4b5a69
+    """
+    from ..uplink.trust import revoke_archive_key
+
+    out = revoke_archive_key(c.cfg, key_id)
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(f"已吊销归档公钥 / archive key revoked: {out['revoked']} ({out['path']}); "
+               f"pinned now: {', '.join(out['pinned']) or 'none'}")

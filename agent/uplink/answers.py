@@ -84,10 +84,8 @@ class Answers:
             log.warning("ignored (%d so far): %s", self.answers_ignored, why)
 
     def _trusted(self) -> bool:
-        """Whether an archive key is pinned (re-read every 10 s while none is: `uplink trust-archive`
-        takes effect without a restart)."""
-        if self.trust:
-            return True
+        """Whether an archive key is pinned. The pinned and revoked keys are re-read every 10 s:
+        `uplink trust-archive` and `uplink revoke-archive` take effect without a restart."""
         if time.monotonic() - self._trust_checked > 10:
             self._trust_checked = time.monotonic()
             try:

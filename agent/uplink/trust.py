@@ -11,7 +11,8 @@ from pathlib import Path
 
 from agent.common.errors import EdgeError
 from agent.evidence import keys
-from agent.wire.receipts import ArchiveTrust
+from agent.common.fs import atomic_write, fsync_dir
+from agent.wire.receipts import REVOKED_DIR, ArchiveTrust
 
 NO_KEY = ("未固定归档服务器公钥：不上传、不释放任何资料 / no archive key pinned: nothing is uploaded or freed — "
           "copy the archive's ROOT/_archive/archive.pub here and run `edge-agent uplink trust-archive archive.pub`")
@@ -30,5 +31,33 @@ def archive_trust(cfg) -> ArchiveTrust:
 
 def pin_archive_key(cfg, path: Path) -> tuple[str, Path]:
     """Copy the archive public key at ``path`` into DATA_DIR/keys/archive/ (named by key id);
-    returns (key id, where it went). Refuses anything that is not an Ed25519 public key."""
+    returns (key id, where it went). Refuses anything that is not an Ed25519 public key, and a
+    key revoked on this device."""
+    kid = keys.key_id(keys.load_public(Path(path)))
+    if kid in archive_trust(cfg).revoked:
+        raise EdgeError(f"归档公钥 {kid} 已吊销 / archive key {kid} was revoked on this device: not pinned again")
     return keys.pin_public(path, archive_keys_dir(cfg), "archive")
+
+
+def revoke_archive_key(cfg, key_id: str) -> dict:
+    """Stop trusting pinned archive (receiver) key ``key_id`` (16 hex digits, as `archive receiver
+    list` shows it): its file moves to DATA_DIR/keys/archive/revoked/, and a receipt, answer or
+    status signed by it is ignored (a running uplink re-reads its keys every 10 s), even if
+    ``uplink.archive_keys`` still names it. Refuses a key id that is not pinned here."""
+    d = archive_keys_dir(cfg)
+    kid = (key_id or "").strip().lower()
+    found = [f for f in sorted(d.glob("*.pub")) if keys.key_id(keys.load_public(f)) == kid] if d.is_dir() else []
+    trust = archive_trust(cfg)
+    if not found and kid not in trust.key_ids:
+        raise EdgeError(f"没有固定该归档公钥 / no pinned archive key {key_id!r} here; pinned: "
+                        f"{', '.join(trust.key_ids) or 'none'}")
+    rdir = d / REVOKED_DIR
+    rdir.mkdir(parents=True, exist_ok=True)
+    pub = keys.load_public(found[0]) if found else trust.ring.get(kid)
+    dest = rdir / f"archive-{kid}.pub"
+    atomic_write(dest, keys.public_pem(pub), mode=0o644)
+    fsync_dir(rdir)
+    for f in found:
+        f.unlink()
+    fsync_dir(d)
+    return {"revoked": kid, "path": str(dest), "pinned": archive_trust(cfg).key_ids}

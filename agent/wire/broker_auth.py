@@ -3,7 +3,9 @@
 One identity per enrolled device (MQTT user name = device id, so the ACL's ``pattern`` lines
 with ``%u`` confine each device to its own topics), plus three service identities:
 
-- ``archive``: the receivers (all share it; each keeps its own client id). Only it reads the
+- ``archive``: the receivers not enrolled with a key of their own (they share it; each keeps
+  its own client id). A receiver enrolled with ``archive receiver add RID`` gets identity ``RID``
+  with the same rights (``receivers=``), and loses it when revoked. Only it reads the
   transfer topics and the chain checkpoints, and only it writes answers (``P/ack/D``), the
   receiver status and the units' signed policies (``P/unit/U/policy``, `archive policy publish`).
 - ``monitor``: reads device state (status, health, alarms, components, chain, ratio), the
@@ -129,7 +131,7 @@ def _state_topics(t: Topics, d: str) -> list[str]:
 
 
 def acl_text(prefix: str = "edge", services: dict[str, str] | None = None,
-             units: dict[str, str] | None = None) -> str:
+             units: dict[str, str] | None = None, receivers: Iterable[str] = ()) -> str:
     """The Mosquitto ACL file. Devices get ``pattern`` lines (``%u`` = their user name = device
     id); each service identity gets a ``user`` block. Mosquitto also applies the patterns to the
     service identities, so each block first denies the device subtrees under its own name.
@@ -155,11 +157,14 @@ def acl_text(prefix: str = "edge", services: dict[str, str] | None = None,
         out += [f"topic {access} {topic}" for access, topic in rules]
         return out
 
+    archive_rules = [("read", t.all_xfer()), ("read", t.all_chains()), ("write", t.ack("+")),
+                     ("readwrite", t.archive_status()), ("readwrite", t.all_archive_receivers()),
+                     ("write", t.all_unit_policies())]
     lines += block(s["archive"], "Archive receivers: the only readers of transfers and checkpoints, the only "
-                   "writers of answers (receipts) and of the units' signed policies.",
-                   [("read", t.all_xfer()), ("read", t.all_chains()), ("write", t.ack("+")),
-                    ("readwrite", t.archive_status()), ("readwrite", t.all_archive_receivers()),
-                    ("write", t.all_unit_policies())])
+                   "writers of answers (receipts) and of the units' signed policies.", archive_rules)
+    for rid in sorted(set(receivers)):  # enrolled receivers: each its own identity, the same rights
+        lines += block(rid, f"Archive receiver {rid} (enrolled with a key of its own: `archive receiver add`).",
+                       archive_rules)
     lines += block(s["monitor"], "Monitor: reads device state, the archive's status and the units' policies, writes "
                    "nothing.",
                    [("read", topic) for topic in _state_topics(t, "+")]
@@ -268,7 +273,8 @@ def _read_passwd(path: Path) -> dict[str, str]:
 def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", services: dict[str, str] | None = None,
              rotate: Iterable[str] = (), rotate_all: bool = False, conf_dir: Path | str | None = None,
              port: int = 1883, tls_port: int | None = None, cafile: str | None = None, certfile: str | None = None,
-             keyfile: str | None = None, units: dict[str, str] | None = None) -> BrokerFiles:
+             keyfile: str | None = None, units: dict[str, str] | None = None,
+             receivers: Iterable[str] = ()) -> BrokerFiles:
     """Write ``OUT/mosquitto.conf``, ``OUT/acl``, ``OUT/passwd`` and ``OUT/credentials/NAME.toml``
     (0600, directory 0700). Existing passwords are kept unless the name is in ``rotate``.
     ``units`` (device id -> unit code) lets each device read its own unit's policy."""
@@ -284,7 +290,16 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
     if clash:
         raise EdgeError(f"设备编号与服务身份重名 / device id(s) {', '.join(clash)} equal a service user name; "
                         "choose other names with --archive-user/--monitor-user/--ops-user")
-    names = [(d, "device") for d in devices] + [(s[r], r) for r in ("archive", "monitor", "ops")]
+    receivers = sorted(set(receivers))
+    for r in receivers:
+        if not safe_segment(r):
+            raise EdgeError(f"接收端编号不能作为用户名 / receiver id {r!r} cannot be an MQTT user name")
+    clash = sorted(set(receivers) & (set(devices) | set(s.values())))
+    if clash:
+        raise EdgeError(f"接收端编号与设备或服务身份重名 / receiver id(s) {', '.join(clash)} equal a device id or "
+                        "a service user name")
+    names = [(d, "device") for d in devices] + [(s[r], r) for r in ("archive", "monitor", "ops")] \
+        + [(r, "archive") for r in receivers]
     units = {d: u for d, u in (units or {}).items() if d in devices}
     for d, u in units.items():
         if not safe_segment(u):
@@ -294,7 +309,7 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
     if unknown:
         raise EdgeError(f"没有该身份 / no such identity to rotate: {', '.join(sorted(unknown))}")
     # everything that can be refused is checked before the first file is written
-    acl = acl_text(prefix, s, units)
+    acl = acl_text(prefix, s, units, receivers)
     conf = conf_text(Path(conf_dir) if conf_dir else out.resolve(), port=port, tls_port=tls_port, cafile=cafile,
                      certfile=certfile, keyfile=keyfile)
     cred_dir = out / CREDENTIALS
@@ -333,7 +348,8 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
     return files
 
 
-def refresh(out: Path | str, devices: Iterable[str], units: dict[str, str] | None = None) -> BrokerFiles:
+def refresh(out: Path | str, devices: Iterable[str], units: dict[str, str] | None = None,
+            receivers: Iterable[str] = ()) -> BrokerFiles:
     """generate() again with the settings of the last run in ``out`` (after an enrolment)."""
     out = Path(out)
     try:
@@ -346,4 +362,5 @@ def refresh(out: Path | str, devices: Iterable[str], units: dict[str, str] | Non
     except (OSError, ValueError) as exc:
         raise EdgeError(f"{out / SETTINGS} 无法读取 / unreadable: {exc}") from None
     known = {"prefix", "services", "conf_dir", "port", "tls_port", "cafile", "certfile", "keyfile"}
-    return generate(out, devices, units=units, **{k: v for k, v in settings.items() if k in known})
+    return generate(out, devices, units=units, receivers=receivers,
+                    **{k: v for k, v in settings.items() if k in known})

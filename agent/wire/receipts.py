@@ -39,6 +39,8 @@ RECEIPT_FORMAT = "edge-receipt/1"
 STATUS_INTERVAL_S = 30
 #: an agent counts a receiver online only while its last signed "online" is younger than this
 STATUS_FRESH_S = 120
+#: under a directory of pinned archive keys: the keys revoked on this device
+REVOKED_DIR = "revoked"
 _NONCE = re.compile(r"^[0-9a-f]{32,64}$")
 
 
@@ -88,25 +90,32 @@ class ArchiveSigner:
 class ArchiveTrust:
     """The agent side: the archive public keys pinned on this device, and the checks."""
 
-    def __init__(self, ring: keys.KeyRing | None = None, sources: list[str] | None = None):
+    def __init__(self, ring: keys.KeyRing | None = None, sources: list[str] | None = None,
+                 revoked: set[str] | None = None):
+        self.revoked = set(revoked or ())
         self.ring = ring or keys.KeyRing()
+        for kid in self.revoked:  # a revoked key never verifies, wherever else it is named
+            self.ring.by_id.pop(kid, None)
         self.sources = sources or []
 
     @classmethod
     def load(cls, paths: Iterable[str | Path]) -> "ArchiveTrust":
         """Keys from files (``*.pub``, PEM) and directories of them; a directory that does not
-        exist yet adds nothing, a named file that does not exist or is no key is an error."""
-        ring, sources = keys.KeyRing(), []
+        exist yet adds nothing, a named file that does not exist or is no key is an error. The
+        keys in a directory's ``revoked/`` subdirectory are refused (``uplink revoke-archive``):
+        a receiver key revoked at the centre, whose receipts this device no longer accepts."""
+        ring, sources, revoked = keys.KeyRing(), [], set()
         for p in paths:
             p = Path(p)
             if p.is_dir():
                 for f in sorted(p.glob("*.pub")):
                     ring.add(keys.load_public(f))
                     sources.append(str(f))
+                revoked |= {keys.key_id(keys.load_public(f)) for f in sorted((p / REVOKED_DIR).glob("*.pub"))}
             elif p.exists() or p.suffix == ".pub":
                 ring.add(keys.load_public(p))
                 sources.append(str(p))
-        return cls(ring, sources)
+        return cls(ring, sources, revoked)
 
     def __bool__(self) -> bool:
         return bool(self.ring.by_id)
@@ -122,6 +131,8 @@ class ArchiveTrust:
         sig, kid = obj.get("sig"), obj.get("key_id")
         if not isinstance(sig, str) or not isinstance(kid, str):
             raise ReceiptError(f"{what}: unsigned")
+        if kid in self.revoked:
+            raise ReceiptError(f"{what}: signed by key {kid[:16]!r}, which was revoked on this device")
         pub = self.ring.get(kid)
         if pub is None:
             raise ReceiptError(f"{what}: signed by key {kid[:16]!r}, which is not a pinned archive key")
