@@ -70,6 +70,7 @@ schema and checks the values a technician relies on.
 | [config/room.toml](../config/room.toml) | interview room: two RTSP cameras (main, panorama), microphone, RS-485 temperature/humidity sensor | `edge-agent run` |
 | [config/archive.toml](../config/archive.toml) | central archive: `[archive]` and `[mqtt]` | `edge-agent --config FILE archive serve` (flags override) |
 | [config/monitor.toml](../config/monitor.toml) | fleet monitor: `[mqtt]` only; database and web port are flags (`--db`/`EDGE_MONITOR_DB`, `--web`) | `edge-agent --config FILE monitor` |
+| [config/station-scsi.toml](../config/station-scsi.toml) | docking station with 4 SCSI bays (`transport = "scsi"`, one per USB port, matched with udev; vendor table `jieli-dv16`) | `edge-agent run` |
 | [config/scsi-vendors.toml](../config/scsi-vendors.toml) | `[[scsi.vendors]]`: the JieLi "DV16" SCSI command table (the only publicly documented one, built in) written out as the template for another vendor's; copy the block into agent.toml | `edge-agent run` (dock) |
 
 ```

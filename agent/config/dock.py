@@ -3,8 +3,9 @@ policies (docs/dock.md).
 
 A bay is written either as a serial-port glob (``"/dev/ttyACM*"``, the bay is named from each
 matching path) or as a table ``{name, port}`` / ``{name, mount}`` (mount = plain mass-storage
-recorder); both become a :class:`BaySpec`, and a spec with only a port is written back as the
-plain string.
+recorder) / ``{name, transport = "scsi", sg | usb_port, vendor, mount}`` (a recorder driven by
+vendor SCSI commands through SG_IO, docs/dock.md "SCSI bays"); all become a :class:`BaySpec`, and
+a spec with only a port is written back as the plain string.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from .base import ConfigModel, secret, unique_by
 
 _BAY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
-BAY_KEYS = ("name", "port", "mount")
+BAY_KEYS = ("name", "port", "mount", "transport", "sg", "usb_port", "vendor")
+_USB_PORT = re.compile(r"^\d{1,3}-\d{1,3}(\.\d{1,3}){0,6}$")
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAP_KEYS = ("label", "serial", "officer_number", "officer_name", "unit_number", "unit_name")
 
 
@@ -33,7 +36,15 @@ class BaySpec(ConfigModel):
 
     name: str | None = Field(None, description="Fixed bay name (letters, digits, '_', '.', '-', at most 32); one fixed path, no glob.")
     port: str | None = Field(None, description="Serial command channel of the recorder: absolute path or glob.")
-    mount: str | None = Field(None, description="Mount directory of a plain mass-storage recorder: absolute path or glob.")
+    mount: str | None = Field(None, description="Mount directory of a plain mass-storage recorder: absolute path or glob. "
+                                                "SCSI bay: where its volume is mounted after SetMSDC when udev does not run.")
+    transport: Literal["serial", "scsi"] = Field("serial", description="serial (command channel on a serial port, or "
+                                                                       "mount only) or scsi (vendor SCSI commands via SG_IO).")
+    sg: str | None = Field(None, description="SCSI bay: the recorder's SCSI generic node, a fixed absolute path (/dev/sg2).")
+    usb_port: str | None = Field(None, description="SCSI bay (udev): the USB port of the bay, as in DEVPATH (1-2.3); "
+                                                   "the sg node of whatever recorder udev shows there.")
+    vendor: str | None = Field(None, description="SCSI bay: the vendor command table ([[scsi.vendors]] name or built-in "
+                                                 "jieli-dv16); empty: chosen by INQUIRY / USB ids.")
 
     @model_validator(mode="before")
     @classmethod
@@ -46,6 +57,11 @@ class BaySpec(ConfigModel):
 
     @model_validator(mode="after")
     def _one_path(self) -> "BaySpec":
+        if self.transport == "scsi":
+            return self._scsi()
+        if self.sg is not None or self.usb_port is not None or self.vendor is not None:
+            raise ValueError("sg、usb_port、vendor 只用于 SCSI 工位 / sg, usb_port and vendor belong to a SCSI bay "
+                             '(transport = "scsi")')
         if (self.port is None) == (self.mount is None):
             raise ValueError("port 与 mount 须且只能给一个 / give exactly one of port (serial command channel) "
                              "or mount (mass storage only)")
@@ -59,19 +75,44 @@ class BaySpec(ConfigModel):
                 raise ValueError(f"有名称的工位只能用固定路径 / a named bay takes one fixed path, not the glob {path!r}")
         return self
 
+    def _scsi(self) -> "BaySpec":
+        if self.port is not None:
+            raise ValueError("SCSI 工位没有串口 / a SCSI bay has no serial port: give sg or usb_port")
+        if self.name is None:
+            raise ValueError("SCSI 工位须有名称 / a SCSI bay needs a name (its sg node number changes with each plug)")
+        if (self.sg is None) == (self.usb_port is None):
+            raise ValueError("sg 与 usb_port 须且只能给一个 / give exactly one of sg (the SCSI generic node) or "
+                             "usb_port (the bay's USB port, matched with udev)")
+        for what, path in (("sg", self.sg), ("mount", self.mount)):
+            if path is not None and (not path.startswith("/") or glob.has_magic(path)):
+                raise ValueError(f"{what} 须为固定的绝对路径 / {what} {path!r} must be one fixed absolute path")
+        if self.usb_port is not None and not _USB_PORT.match(self.usb_port):
+            raise ValueError(f"USB端口格式应如 1-2.3 / usb_port {self.usb_port!r} must look like 1-2.3 (from udev DEVPATH)")
+        if self.vendor is not None and not _TABLE_NAME.match(self.vendor):
+            raise ValueError(f"命令表名称无效 / vendor {self.vendor!r}: the name of a [[scsi.vendors]] table or jieli-dv16")
+        if not _BAY_NAME.match(self.name):
+            raise ValueError(f"名称无效 / name {self.name!r}: letters, digits, '_', '.', '-' only, at most 32")
+        return self
+
     @model_serializer(mode="wrap")
     def _as_toml(self, handler: Any) -> Any:
-        if self.name is None and self.mount is None:
+        if self.name is None and self.mount is None and self.transport == "serial":
             return self.port
-        return {k: v for k, v in handler(self).items() if v is not None}
+        return {k: v for k, v in handler(self).items() if v is not None and not (k == "transport" and v == "serial")}
 
     @property
     def pattern(self) -> str:
+        if self.transport == "scsi":
+            return self.sg or f"usb:{self.usb_port}"
         return self.port or self.mount or ""
 
     @property
+    def scsi(self) -> bool:
+        return self.transport == "scsi"
+
+    @property
     def mass_storage_only(self) -> bool:
-        return self.port is None
+        return self.port is None and self.transport == "serial"
 
 
 class MassStorageRecorder(ConfigModel):
@@ -98,7 +139,8 @@ class MassStorageRecorder(ConfigModel):
 class DockConfig(ConfigModel):
     bays: list[BaySpec] = Field(["/dev/ttyACM*"], validate_default=True,  # type: ignore[list-item]  (a glob is a BaySpec)
                                 description="Bays: serial-port globs of recorders' command channels (\"/dev/ttyACM*\"), "
-                                            "or tables {name, port} / {name, mount} (mount = plain mass-storage recorder).")
+                                            "or tables {name, port} / {name, mount} (mount = plain mass-storage recorder) / "
+                                            "{name, transport = \"scsi\", sg | usb_port, vendor, mount} (SCSI pass-through).")
     mass_storage_map: list[MassStorageRecorder] = Field(
         [], description="Plain mass-storage recorders (no command channel): tables {label, serial, officer_number, "
                         "officer_name, unit_number, unit_name}; label = the mount directory's name.")

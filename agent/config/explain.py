@@ -84,7 +84,10 @@ def explain(exc: ValidationError, text: str | None = None) -> str:
     loc = [p for p in err["loc"]]
     section = str(loc[0]) if loc else None
     key = str(loc[1]) if len(loc) > 1 else None
-    if err["type"] == "extra_forbidden" and len(loc) == 1:
+    if not loc:  # a check across sections (Config's own validator): its message starts with the key
+        message = str((err.get("ctx") or {}).get("error", err["msg"]))
+        section, _, key = message.partition(":")[0].partition(".")
+    elif err["type"] == "extra_forbidden" and len(loc) == 1:
         message = keys.unknown_section(section)
         key = None
     elif err["type"] == "extra_forbidden" and len(loc) == 2 and section in keys.SCHEMA:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 
 from .archive import ArchiveConfig
 from .base import ConfigModel, is_secret
@@ -54,6 +54,16 @@ class Config(ConfigModel):
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
 
     _path: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _scsi_bays_name_known_tables(self) -> "Config":
+        """A SCSI bay's ``vendor`` names a table of [scsi] (own or built-in): checked across sections."""
+        known = [v.name for v in self.scsi.vendors] + list(self.scsi.builtin)
+        for i, bay in enumerate(self.dock.bays):
+            if getattr(bay, "vendor", None) and bay.vendor not in known:
+                raise ValueError(f"dock.bays: 第 {i + 1} 项 / entry {i + 1}: 未知的命令表 / vendor {bay.vendor!r} is "
+                                 f"no table of [scsi] (known: {', '.join(known) or 'none'})")
+        return self
 
     @property
     def path(self) -> Path | None:

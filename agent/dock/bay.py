@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from drivers.recorder import (
     AuthError,
     FileRecord,
+    Function,
     ProtocolError,
     RecorderClient,
     RecorderError,
@@ -42,6 +43,7 @@ from agent.common.timeutil import now_iso
 from .copying import BayCopy, source_key
 from .erasing import resume_proven
 from .erasing import BayErase
+from .scsi import BayScsi
 from .volume import BayVolume
 from .state import HAVE_STATES, STATES, UNKNOWN_CLOCK, BayAbort, BayState, ClockOffset
 
@@ -55,13 +57,15 @@ log = logging.getLogger(__name__)
 HISTORY = 5
 
 
-class Bay(BayCopy, BayErase, BayVolume):
+class Bay(BayCopy, BayErase, BayVolume, BayScsi):
     """A bay and the recorder docked in it. ``run()`` is the worker thread of one docking."""
 
-    def __init__(self, station: "DockStation", name: str, path: str, mass_storage: bool):
+    def __init__(self, station: "DockStation", name: str, path: str, mass_storage: bool, spec=None):
         self.station = station
-        self.st = BayState(name=name, path=path, kind="mass-storage" if mass_storage else "serial",
-                           since=now_iso())
+        self.spec = spec  # agent.config.dock.BaySpec (None: a serial or mass-storage bay built by hand)
+        self.scsi = bool(spec is not None and spec.scsi)
+        kind = "scsi" if self.scsi else "mass-storage" if mass_storage else "serial"
+        self.st = BayState(name=name, path=path, kind=kind, since=now_iso())
         self.mass_storage = mass_storage
         self.lock = threading.RLock()
         self.thread: threading.Thread | None = None
@@ -291,6 +295,8 @@ class Bay(BayCopy, BayErase, BayVolume):
         self._clock_huge = False
         if self.mass_storage:
             info, mount = self._identify_mass_storage()
+        elif self.scsi:
+            info, mount = self._identify_scsi(), None
         else:
             self.client = RecorderClient(self.st.path, timeout=cfg.serial_timeout_ms / 1000, retries=3)
             info = self.client.identify()
@@ -319,25 +325,28 @@ class Bay(BayCopy, BayErase, BayVolume):
             s.recorder_seen()
             bat = self.read_battery()
             resolution = self._read_resolution()
-            sto = c.storage()
-            self.set("charging", f"电量 {bat.level}% / battery {bat.level}%", recorder_free=sto.free,
-                     resolution=resolution)
-            if sto.full:  # normal at the end of a long shift: copied first, then freed per policy
+            sto = c.storage() if c.supports(Function.STORAGE) else None  # no 行标 function: not over SCSI
+            self.set("charging", f"电量 {bat.level}% / battery {bat.level}%",
+                     recorder_free=sto.free if sto else None, resolution=resolution)
+            if sto is not None and sto.full:  # normal at the end of a long shift: copied first, then freed per policy
                 log.info("bay %s: recorder %s storage full", self.name, self.st.serial)
                 self.set("charging", "记录仪存储已满，先复制 / recorder storage full: copying first", recorder_full=True)
             clock, device_time = self._read_clock()
-            # listed before the clock is set: every file here was recorded under `clock`, which is kept
-            # with the recorder (registry) until each is sealed, whatever later dockings measure
-            records, bad = self._list_files()
-            self._keep_clock(serial, records, clock)
-            self._set_clock(clock, device_time)
-            if self._needs_volume(serial, records):
-                usb = self.usb_serial = self._channel_usb_serial()  # before the switch: the channel's node may go
-                mount = self._volume_after_msdc(c.set_msdc(), usb)
-                self.msdc_mount = mount  # from here on the volume, not the channel, tells whether it is docked
-            else:  # nothing to copy or re-read: stay on the command channel (erase needs no volume)
-                log.info("bay %s: every file of %s is in custody already; no switch to mass storage", self.name,
-                         serial)
+            if self.scsi:  # no listing function: set the clock, switch, list the volume (agent/dock/scsi.py)
+                records, bad, mount = self._scsi_switch_and_list(serial, clock, device_time)
+            else:
+                # listed before the clock is set: every file here was recorded under `clock`, which is kept
+                # with the recorder (registry) until each is sealed, whatever later dockings measure
+                records, bad = self._list_files()
+                self._keep_clock(serial, records, clock)
+                self._set_clock(clock, device_time)
+                if self._needs_volume(serial, records):
+                    usb = self.usb_serial = self._channel_usb_serial()  # before the switch: the channel's node may go
+                    mount = self._volume_after_msdc(c.set_msdc(), usb)
+                    self.msdc_mount = mount  # from here on the volume, not the channel, tells whether it is docked
+                else:  # nothing to copy or re-read: stay on the command channel (erase needs no volume)
+                    log.info("bay %s: every file of %s is in custody already; no switch to mass storage", self.name,
+                             serial)
         else:
             try:
                 records = scan_mass_storage(mount, probe=False)

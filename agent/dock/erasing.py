@@ -311,7 +311,7 @@ class BayErase(BayPart):
         detail = dict(bay=self.name, serial=serial, file=rec.name, size=rec.size, hash=e["row"]["content_hash"],
                       policy=policy, why=why)
         try:
-            if self.mass_storage:
+            if self.mass_storage or getattr(self, "scsi", False):  # no ERASE function: delete on the volume
                 os.unlink(e["src"])
             else:
                 self._erase_over_channel(rec.name)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from drivers.recorder.sgio import SgDevice
 from drivers.recorder.udev import NodeTable, detection_mode, list_nodes, mount_point, start_monitor
 
 from agent.common import ratio as rule
@@ -144,6 +145,8 @@ class DockStation:
         self.detection_why = ""
         self.nodes = NodeTable()  # what udev announced (udev mode): volumes are paired by USB serial from it
         self.mountinfo_path = "/proc/self/mountinfo"  # where a paired volume's mount point is read
+        #: the SG_IO seam of SCSI bays: path -> device with ``execute`` (tests hand the simulator's device)
+        self.open_sg = SgDevice
         agent.commands.setdefault("dock.status", lambda args, actor: self.status())
         agent.commands.setdefault("dock.ratio", lambda args, actor: self.ratio_payload())
         agent.commands["dock.erase_policy"] = self.cmd_erase_policy
@@ -280,6 +283,11 @@ class DockStation:
     def _present(self) -> dict[str, tuple[BaySpec, str]]:
         found: dict[str, tuple[BaySpec, str]] = {}
         for spec in self.specs:
+            if spec.scsi:
+                sg = spec.sg or self._sg_on_port(spec.usb_port or "")
+                if sg and os.path.exists(sg):
+                    found.setdefault(spec.name or "", (spec, sg))
+                continue
             paths = sorted(glob.glob(spec.pattern)) if glob.has_magic(spec.pattern) else [spec.pattern]
             for p in paths:
                 if spec.mass_storage_only:
@@ -296,6 +304,10 @@ class DockStation:
                 name = self._name_for(spec, p)
                 found.setdefault(name, (spec, p))
         return found
+
+    def _sg_on_port(self, usb_port: str) -> str | None:
+        """The SCSI generic node udev shows on this USB port (a SCSI bay matched by ``usb_port``)."""
+        return next((n.devnode for n in self.nodes.nodes() if n.kind == "sg" and n.usb_port == usb_port), None)
 
     def _name_for(self, spec: BaySpec, path: str) -> str:
         with self.lock:
@@ -314,7 +326,7 @@ class DockStation:
             for name, (spec, path) in present.items():
                 bay = self.bays.get(name)
                 if bay is None:
-                    bay = self.bays[name] = Bay(self, name, path, spec.mass_storage_only)
+                    bay = self.bays[name] = Bay(self, name, path, spec.mass_storage_only, spec)
                 ident = _identity(path)
                 if bay.channel_may_drop():
                     continue  # mass storage: the channel's node may come back anew; the worker checks the serial

@@ -55,9 +55,11 @@ class BayVolume(BayPart):
             if answered is None:
                 why = ("udev 未运行 / udev does not run here" if s.detection != "udev" else
                        "命令通道无USB序列号 / the command channel has no usable USB serial")
-                raise BayAbort(f"找不到记录仪的存储卷 / the recorder answered no mount path and its volume cannot be "
-                               f"paired by USB serial ({why}); nothing is copied or erased")
-            self._audit_volume(answered, None, None, answered, "recorder")
+                said = ("the SCSI bay has no mount configured (dock.bays mount)" if getattr(self, "scsi", False)
+                        else "the recorder answered no mount path")
+                raise BayAbort(f"找不到记录仪的存储卷 / {said} and its volume cannot be paired by USB serial ({why}); "
+                               "nothing is copied or erased")
+            self._audit_volume(answered, None, None, answered, "config" if getattr(self, "scsi", False) else "recorder")
             return answered
         deadline = time.monotonic() + cfg.volume_wait_s
         self.set(self.st.state, "等待记录仪存储卷 / waiting for the recorder's volume (matched by USB serial)")

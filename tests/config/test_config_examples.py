@@ -32,6 +32,29 @@ def test_station_example_has_eight_named_bays():
     assert cfg.storage.data_dir == "/var/lib/edge-agent" and cfg.storage.reserve_mb == 4096
 
 
+def test_scsi_station_example_has_four_scsi_bays_on_usb_ports():
+    cfg = load("station-scsi.toml")
+    assert cfg.device.kind == "dock"
+    bays = parse_bays(cfg.dock.bays)
+    assert [b.name for b in bays] == [f"scsi-{i}" for i in range(1, 5)]
+    assert all(b.scsi and b.usb_port and b.sg is None and b.vendor == "jieli-dv16" for b in bays)
+    assert len({b.usb_port for b in bays}) == 4, "two bays on one USB port"
+    assert [p.name for p in cfg.scsi.profiles()] == ["jieli-dv16"]
+    assert cfg.dock.erase_policy == "after-archive"
+
+
+def test_a_scsi_bay_naming_an_unknown_table_names_the_entry_and_line(tmp_path):
+    text = (EXAMPLES / "station-scsi.toml").read_text(encoding="utf-8")
+    bad = tmp_path / "agent.toml"
+    bad.write_text(text.replace('builtin = ["jieli-dv16"]', "builtin = []"), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        config_mod.load(bad)
+    msg = str(err.value)
+    line = next(i for i, x in enumerate(text.splitlines(), 1) if x.startswith("[[dock.bays]]"))
+    assert msg.startswith(f"{bad}: dock.bays: 第 1 项 / entry 1: 未知的命令表 / vendor 'jieli-dv16' is no table of [scsi]")
+    assert msg.endswith(f"(第 {line} 行 / line {line})")
+
+
 def test_room_example_has_two_cameras_and_a_sensor():
     cfg = load("room.toml")
     assert cfg.device.kind == "room" and cfg.device.id == "room-xh-01"
@@ -75,7 +98,8 @@ def test_one_fleet_one_topic_tree_and_one_broker_tls():
 
 def test_every_example_is_documented():
     names = sorted(p.name for p in EXAMPLES.glob("*.toml"))
-    assert names == ["archive.toml", "monitor.toml", "room.toml", "scsi-vendors.toml", "station.toml"]
+    assert names == ["archive.toml", "monitor.toml", "room.toml", "scsi-vendors.toml", "station-scsi.toml",
+                     "station.toml"]
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     doc = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
     for n in names:

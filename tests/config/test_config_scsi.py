@@ -56,3 +56,38 @@ def test_malformed_tables_are_refused(old, new, msg):
         config_mod.loads(text.replace(old, new, 1))
     assert msg in str(e.value) and "scsi." in str(e.value)
     assert "\n" not in str(e.value)
+
+
+# --- SCSI bays ([[dock.bays]] transport = "scsi") --------------------------------------------------
+def bays_toml(entry: str) -> str:
+    return f"[dock]\nbays = [{entry}]\n"
+
+
+def test_scsi_bay_round_trips_and_serial_bays_stay_plain():
+    cfg = config_mod.loads(bays_toml('{name = "scsi-1", transport = "scsi", sg = "/dev/sg2", vendor = "jieli-dv16", '
+                                     'mount = "/media/rec1"}, "/dev/ttyACM*", {name = "b", port = "/dev/ttyUSB0"}'))
+    assert cfg.as_dict()["dock"]["bays"] == [
+        {"name": "scsi-1", "transport": "scsi", "sg": "/dev/sg2", "vendor": "jieli-dv16", "mount": "/media/rec1"},
+        "/dev/ttyACM*", {"name": "b", "port": "/dev/ttyUSB0"}]
+    scsi, glob_bay, _ = cfg.dock.bays
+    assert scsi.scsi and not scsi.mass_storage_only and scsi.pattern == "/dev/sg2"
+    assert not glob_bay.scsi and glob_bay.transport == "serial"
+
+
+@pytest.mark.parametrize("entry, says", [
+    ('{name = "s", transport = "scsi", port = "/dev/sg2"}', "a SCSI bay has no serial port"),
+    ('{transport = "scsi", sg = "/dev/sg2"}', "a SCSI bay needs a name"),
+    ('{name = "s", transport = "scsi"}', "give exactly one of sg (the SCSI generic node) or usb_port"),
+    ('{name = "s", transport = "scsi", sg = "/dev/sg2", usb_port = "1-2"}', "give exactly one of sg"),
+    ('{name = "s", transport = "scsi", sg = "/dev/sg*"}', "sg '/dev/sg*' must be one fixed absolute path"),
+    ('{name = "s", transport = "scsi", usb_port = "usb1"}', "usb_port 'usb1' must look like 1-2.3"),
+    ('{name = "s", transport = "scsi", usb_port = "1-2", mount = "media"}', "mount 'media' must be one fixed"),
+    ('{name = "s", port = "/dev/ttyACM0", vendor = "jieli-dv16"}', "sg, usb_port and vendor belong to a SCSI bay"),
+    ('{name = "s", transport = "usb", sg = "/dev/sg2"}', "transport"),
+    ('{name = "s", transport = "scsi", sg = "/dev/sg2", vendor = "acme"}', "vendor 'acme' is no table of [scsi]"),
+])
+def test_malformed_scsi_bay_is_one_line_naming_the_entry(entry, says):
+    with pytest.raises(ConfigError) as err:
+        config_mod.loads(bays_toml(entry))
+    msg = str(err.value)
+    assert "dock.bays" in msg and "entry 1" in msg and says in msg, msg
