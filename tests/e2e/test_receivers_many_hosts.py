@@ -1,0 +1,89 @@
+"""Receivers on many hosts: three `archive serve` processes, each its own host where network
+namespaces can be made (a veth pair each), sharing the broker ($share/archive/...), one
+PostgreSQL index and one storage, killed with SIGKILL at random and restarted while devices send.
+
+Every item is archived exactly once, byte-identical, verifies (chain included); every receipt a
+device holds verifies against the archive's key and names the sealed manifest; the edge still
+holds every item (tests/faults/harness.py's invariants, read from PostgreSQL).
+
+Default: 20 items from 4 devices, 3 kills. Marked slow: 200 items from 10 devices, 20 kills.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.evidence import manifest as mf
+from agent.wire.receipts import ArchiveTrust
+from tests.faults.harness import NetLink
+from tests.support.centre import Centre
+
+
+def _storm(c: Centre, devices: int, per_device: int, kills: int, seed: int, timeout: float) -> dict:
+    rng = random.Random(seed)
+    names = [f"dock-{n + 1:04d}" for n in range(devices)]
+    nodes = [c.add_node(d) for d in names]
+    for node in nodes:
+        node.ingest(per_device, lambda: rng.randrange(150_000, 700_000))
+    for node in nodes:
+        node.start()
+    c.wait_transfer_started(60)
+    mid = 0
+    for _ in range(kills):
+        time.sleep(rng.uniform(0.3, 1.2))  # the fault's timing, not a wait for an outcome
+        up = [r for r in c.receivers if r.connected()]  # a receiver at work, not one still starting
+        r = rng.choice(up or c.receivers)
+        mid += c.receiving() > 0  # a transfer under way at the moment of the kill
+        r.kill()
+        r.start()
+    for r in c.receivers:
+        r.wait_connected(120)
+    c.wait_archived(timeout)
+    out = c.check().assert_ok()
+    assert out.produced == devices * per_device and out.archived == out.produced, out.counts()
+    # byte-identical: every stored file equals the device's sealed file
+    rows = {r["item"]: r for r in c.archive_rows()}
+    for node in nodes:
+        for r in node.rows():
+            man = json.loads((Path(r["path"]) / mf.MANIFEST).read_bytes())
+            for f in man["files"]:
+                got = (c.root / rows[r["id"]]["path"] / mf.FILES_DIR / f["name"]).read_bytes()
+                assert got == (Path(r["path"]) / mf.FILES_DIR / f["name"]).read_bytes(), (r["id"], f["name"])
+    # every receipt valid: the archive's key, this device and item, the sealed manifest and files
+    trust = ArchiveTrust.load([c.root / "_archive" / "archive.pub"])
+    receipts = c.receipts()
+    assert len(receipts) == out.produced
+    for node, r, rc in receipts:
+        man = json.loads((Path(r["path"]) / mf.MANIFEST).read_bytes())
+        trust.check_receipt(rc, device=node.device, item=r["id"], nonce=rc.get("nonce"),
+                            manifest_hash=r["manifest_hash"],
+                            files=[{"name": f["name"], "size": f["size"], "hash": f["hash"]} for f in man["files"]])
+    stored_by = {r["receiver"] for r in rows.values()}
+    return {"mid": mid, "stored_by": stored_by, "starts": sum(r.starts for r in c.receivers)}
+
+
+def test_three_receivers_killed_at_random(tmp_path):
+    with Centre(tmp_path, devices=[f"dock-{n + 1:04d}" for n in range(4)], receivers=3) as c:
+        # each receiver its own host on the network where namespaces can be made (root, iproute2)
+        assert c.namespaces == (NetLink.unavailable() is None)
+        if c.namespaces:
+            assert len({r.netlink.agent_ip for r in c.receivers}) == 3
+        c.start()
+        got = _storm(c, devices=4, per_device=5, kills=3, seed=17, timeout=180)
+        assert got["starts"] == 3 + 3 and got["mid"] >= 1, got
+        assert len(got["stored_by"]) >= 2, got  # the work was shared
+
+
+@pytest.mark.slow
+def test_three_receivers_killed_twenty_times(tmp_path):
+    with Centre(tmp_path, devices=[f"dock-{n + 1:04d}" for n in range(10)], receivers=3) as c:
+        c.start()
+        got = _storm(c, devices=10, per_device=20, kills=20, seed=1717, timeout=900)
+        assert got["starts"] == 3 + 20 and got["mid"] >= 10, got
+        assert len(got["stored_by"]) == 3, got
+
