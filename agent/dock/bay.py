@@ -10,11 +10,12 @@ list files -> copy each file in one pass with hashing and fsync (``Store.new_ite
 read -> seal one item per file (case number and proof object pending) -> the uplink drains the
 ledger (priority 5) -> erase per policy. Nothing is ever erased unless the erase policy's
 condition holds for that exact file; important/locked files are never erased automatically.
+The parts mixed into :class:`Bay`: copying.py (plan, copy, resume, seal), erasing.py (wait for
+the archive, erase per policy), clock.py (the recorder's clock offset).
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import os
@@ -30,7 +31,6 @@ from drivers.recorder import (
     RecorderClient,
     RecorderError,
     RecorderGone,
-    RecorderRefused,
     RecorderTimeout,
     UnsafeName,
     Unsupported,
@@ -40,12 +40,13 @@ from drivers.recorder import (
 
 from agent.common.errors import DiskReserveError, EdgeError
 from agent.common.timeutil import now_iso
+from .clock import BayClock
 from .copying import BayCopy, source_key
 from .erasing import resume_proven
 from .erasing import BayErase
 from .scsi import BayScsi
+from .state import HAVE_STATES, STATES, UNKNOWN_CLOCK, BayAbort, BayState
 from .volume import BayVolume
-from .state import HAVE_STATES, STATES, UNKNOWN_CLOCK, BayAbort, BayState, ClockOffset
 
 if TYPE_CHECKING:  # pragma: no cover
     from .station import DockStation
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 HISTORY = 5
 
 
-class Bay(BayCopy, BayErase, BayVolume, BayScsi):
+class Bay(BayCopy, BayErase, BayVolume, BayScsi, BayClock):
     """A bay and the recorder docked in it. ``run()`` is the worker thread of one docking."""
 
     def __init__(self, station: "DockStation", name: str, path: str, mass_storage: bool, spec=None):
@@ -423,34 +424,6 @@ class Bay(BayCopy, BayErase, BayVolume, BayScsi):
                            "import the roster (`edge-agent roster import officers.csv`)")
         return {"name": name, "id": number}
 
-    def _read_clock(self) -> tuple[ClockOffset, _dt.datetime | None]:
-        """Measure the recorder clock (recorder − station, midpoint of the request): the offset, when
-        it was measured, and the device time read (None when the recorder cannot tell its time:
-        the offset is then unknown, never 0)."""
-        cfg = self.station.cfg.dock
-        c = self.client
-        self._clock_huge = False
-        measured_at = now_iso()
-        before = time.time()
-        try:
-            device = c.read_clock()
-        except Unsupported as exc:
-            log.info("bay %s: recorder %s cannot tell its time (%s): clock offset unknown", self.name,
-                     self.st.serial, exc)
-            return UNKNOWN_CLOCK, None
-        after = time.time()
-        offset_ms = int(round((device.timestamp() - (before + after) / 2) * 1000))
-        with self.lock:
-            self.st.clock_offset_ms = offset_ms
-        huge = abs(offset_ms) > cfg.clock_alarm_s * 1000 or not 2000 <= device.year <= 2090
-        if huge:
-            self.station.alarm("recorder_clock", self,
-                               f"记录仪时钟严重偏差 / recorder clock {device.isoformat()} is off by {offset_ms // 1000} s")
-            self._problem(f"时钟严重偏差 / recorder clock was {device.isoformat()} ({offset_ms // 1000} s off); "
-                          "capture times from this recorder need review")
-        self._clock_huge = huge
-        return ClockOffset(offset_ms, measured_at, "measured"), device
-
     def _needs_volume(self, serial: str, records: list[FileRecord]) -> bool:
         """SET_MSDC only when the volume is needed: a file not yet in custody, or a second read for
         after-local-verify. A recorder that re-enumerates at the switch would otherwise come back
@@ -473,43 +446,6 @@ class Bay(BayCopy, BayErase, BayVolume, BayScsi):
         resumed = max([0, *(int(json.loads(a["detail"]).get("resumed_at") or 0)
                             for a in audit.entries(item_id=item, action="ingest"))])
         return resume_proven(copies, resumed)
-
-    def _keep_clock(self, serial: str, records: list[FileRecord], clock: ClockOffset) -> None:
-        self.station.registry.keep_clock(serial, [source_key(serial, r) for r in records], clock.offset_ms,
-                                         clock.measured_at)
-
-    def _set_clock(self, clock: ClockOffset, device: _dt.datetime | None) -> None:
-        """SyncDevTime past ``dock.clock_threshold_s`` (always when the offset is unknown), in the zone
-        the recorder reported (+08:00 when it reported none); audited (``clock``)."""
-        cfg = self.station.cfg.dock
-        was_set = False
-        if clock.offset_ms is None or abs(clock.offset_ms) > cfg.clock_threshold_s * 1000:
-            tz = (device.tzinfo if device is not None else None) or _dt.timezone(_dt.timedelta(hours=8))
-            try:
-                self.client.set_clock(_dt.datetime.now(tz))
-                was_set = True
-            except RecorderRefused as exc:
-                self._problem(f"时间同步失败 / time sync refused: {exc}")
-        with self.lock:
-            self.st.clock_set = was_set
-        self.station.store.audit.append("clock", None, actor="agent:dock", bay=self.name, serial=self.st.serial,
-                                        device_time=device.isoformat() if device is not None else None,
-                                        offset_ms=clock.offset_ms, measured_at=clock.measured_at, set=was_set,
-                                        huge=self._clock_huge)
-
-    def _apply_clock(self, plan: list[dict], serial: str, clock: ClockOffset) -> None:
-        """Give each file the offset in force when it was recorded: kept from the docking that first
-        saw it, else this docking's. Kept offsets of files already sealed or no longer on the
-        recorder are released."""
-        reg = self.station.registry
-        kept = reg.kept_clock(serial)
-        listed = {e["key"] for e in plan}
-        done = [e["key"] for e in plan if e["row"] and e["row"]["state"] in HAVE_STATES]
-        reg.release_clock(serial, done + [k for k in kept if k not in listed])
-        for e in plan:
-            row = kept.get(e["key"])
-            same = row is not None and (row["offset_ms"], row["measured_at"]) == (clock.offset_ms, clock.measured_at)
-            e["clock"] = ClockOffset.kept(row) if row is not None and not same else clock
 
     def _list_files(self) -> tuple[list[FileRecord], list[tuple[str, str]]]:
         """The recorder's files through the driver's paging (each page checked whole: a page that

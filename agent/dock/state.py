@@ -119,7 +119,7 @@ class BayState:
 
 
 class BayPart:
-    """What the parts of a bay (``BayCopy``, ``BayErase``, mixed into ``Bay``) use of it."""
+    """What the parts of a bay (``BayCopy``, ``BayErase``, ``BayClock``, mixed into ``Bay``) use of it."""
 
     station: "DockStation"
     st: BayState
