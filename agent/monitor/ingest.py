@@ -22,7 +22,10 @@ of the id), so the broker keeps a queue per share: a flood too fast for the moni
 fills its own share's queue, not the one other devices' messages wait in.
 
 Threads: paho's network threads only file each message into a queue per device of the topic
-(bounded; beyond it ``overload``), one worker takes one message per device in turn (a flood
+(two lanes, :mod:`agent.monitor.lanes`: messages continuing the sequence the device signed go
+first; the rest are bounded, the oldest dropped beyond it as ``overload``, and taken at random
+when backed up, so forgeries in a device's name faster than the checks do not push out all of
+its genuine messages), one worker takes one message per device in turn (a flood
 in one device's name waits behind itself, never in front of another device's messages),
 verifies and applies it; a flusher writes the state in one SQLite transaction every
 ``flush_s`` and re-reads the enrolment every ``reload_s``. A worker that dies sets ``failed``
@@ -43,6 +46,7 @@ from agent.wire import envelope as sealed, health as pl, health_parse as hp
 from agent.wire.topics import Topics
 from .devstate import DeviceState, signed_at
 from .enrolment import Enrolment
+from .lanes import Expect, Lanes
 from .state import MonitorDB
 
 log = logging.getLogger(__name__)
@@ -117,7 +121,8 @@ class Ingest(DeviceState):
         self._worker: threading.Thread | None = None
         # the queues between paho's thread and the worker
         self._cv = threading.Condition(threading.Lock())
-        self._queues: dict[str, collections.deque] = {}
+        self._queues: dict[str, Lanes] = {}
+        self.expect = Expect()  # where each device's signed sequence stands (the expected lane)
         self._ready: collections.deque[str] = collections.deque()
         self._qcount = {"queued": 0, "rejected.overload": 0, "rejected.error": 0}
         self.failed: str | None = None
@@ -183,11 +188,12 @@ class Ingest(DeviceState):
             with self._cv:
                 q = self._queues.get(key)
                 if q is None:
-                    q = self._queues[key] = collections.deque()
-                if len(q) >= self.s.queue_per_device:
-                    self._qcount["rejected.overload"] += 1
-                    return
-                q.append((topic, payload, retained, time.time()))
+                    q = self._queues[key] = Lanes()
+                expected = key != JUNK and self.expect.expected(key, payload)
+                if not q.put((topic, payload, retained, time.time()), expected, self.s.queue_per_device):
+                    self._qcount["rejected.overload"] += 1  # this one (expected lane) or the oldest other
+                    if expected:
+                        return
                 self._qcount["queued"] += 1
                 if len(q) == 1:
                     self._ready.append(key)
@@ -205,7 +211,7 @@ class Ingest(DeviceState):
                 self._cv.wait(0.5)
             key = self._ready.popleft()
             q = self._queues[key]
-            item = q.popleft()
+            item = q.take()
             if q:
                 self._ready.append(key)
             else:
@@ -281,6 +287,7 @@ class Ingest(DeviceState):
             return self.reject("replayed", topic, f"({env.epoch}, {env.seq}) after {last[1]}", dev, now)
         if not sealed.verify(env, enr.public):
             return self.reject("bad_signature", topic, f"not signed by the key enrolled for {dev}", dev, now)
+        self.expect.note(dev, env.epoch, env.seq)  # its next messages take the expected lane
         if not self._allow(dev, now):
             return self.reject("flood", topic, f"more than {self.s.rate:g} msg/s from {dev}", dev, now)
         body = env.body

@@ -290,6 +290,14 @@ def flood_isolation(work: Path, interval: float = 2.0, rounds: int = 8, flood_ra
             goods[d.id] = broker.paho(d.id, f"genuine-{d.id}")
             goods[d.id].connect("127.0.0.1", port)
             goods[d.id].loop_start()
+        for d in (a, b):  # the monitor knows both devices before the attack, as in service
+            topic = f"edge/dev/{d.id}/health"
+            goods[d.id].publish(topic, d.seal(topic, d.health()), qos=1).wait_for_publish(10)
+        deadline = time.monotonic() + 30
+        while any(_health_row(work / "monitor.db", d.id)[0] is None for d in (a, b)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the monitor did not apply the first genuine health of A and B")
+            time.sleep(0.1)
         procs = [ctx.Process(target=_flooder, args=(port, k, stop, counters_[k], flood_rate,
                                                     broker.credentials(a.id if k == "forged" else f.id)), daemon=True)
                  for k in counters_]

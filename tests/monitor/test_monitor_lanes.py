@@ -1,0 +1,75 @@
+"""Admission order under a forgery flood (agent/monitor/lanes.py; *unit*: the queues and the
+worker's checks in this process, the worst case of a worker that verifies nothing while the flood
+arrives). Forgeries in device A's name, far more than the queue holds, arrive between A's genuine
+messages: every genuine message of A, already known to the monitor, is still verified and applied;
+B's is too; every forgery is refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+from agent.monitor.enrolment import Enrolment
+from agent.monitor.ingest import Ingest, IngestSettings
+from agent.monitor.lanes import SAMPLE_FROM, Lanes
+from agent.monitor.state import MonitorDB
+from tools.fleet_sim import SimDevice
+
+UNIT = "33010600"
+
+
+def _drain(ing: Ingest) -> dict[str, int]:
+    results: dict[str, int] = {}
+    while ing.pending():
+        topic, payload, retained, _t = ing._next()
+        r = ing.handle(topic, payload, retained)
+        results[r] = results.get(r, 0) + 1
+    return results
+
+
+def test_a_forgery_flood_in_a_known_devices_name_does_not_push_out_its_genuine_messages(tmp_path):
+    a, b = SimDevice("lane-a", UNIT, "单位", "dock"), SimDevice("lane-b", UNIT, "单位", "dock")
+    ing = Ingest(MonitorDB(tmp_path / "m.db"), IngestSettings(queue_per_device=200, rate=1e9, burst=1e9),
+                 Enrolment.of((d.id, d.unit_code, d.key.public_key()) for d in (a, b)))
+    topic = {d.id: f"edge/dev/{d.id}/health" for d in (a, b)}
+
+    def genuine(d: SimDevice, marker: int) -> bytes:
+        h = d.health()
+        h["uptime_s"] = marker
+        return d.seal(topic[d.id], h)
+
+    ing.submit(topic[a.id], genuine(a, 1))   # the monitor knew A and B before the attack
+    ing.submit(topic[b.id], genuine(b, 1))
+    assert _drain(ing) == {"accepted": 2}
+    template = json.loads(genuine(a, 0))
+    forged = 0
+    for k in range(2, 12):                   # 10 genuine messages of A, each after 500 forgeries
+        for _ in range(500):
+            env = dict(template, epoch=2**53 - 1, seq=2**53 - 1 - forged, sig=base64.b64encode(os.urandom(64)).decode())
+            ing.submit(topic[a.id], json.dumps(env).encode())
+            forged += 1
+        ing.submit(topic[a.id], genuine(a, k))
+        ing.submit(topic[b.id], genuine(b, k))
+    results = _drain(ing)
+    assert results["accepted"] == 20, results                 # all ten of A's and all ten of B's
+    assert set(results) == {"accepted", "bad_signature"}, results
+    st = ing.stats()
+    assert st["rejected.overload"] + results["bad_signature"] == forged  # every forgery dropped or refused
+    assert ing.devices[a.id]["health"]["uptime_s"] == ing.devices[b.id]["health"]["uptime_s"] == 11  # the last ones
+
+
+def test_the_other_lane_keeps_the_newest_and_is_taken_in_order_while_short():
+    q = Lanes()
+    for i in range(5):
+        assert q.put(i, False, 5)
+    assert not q.put(5, False, 5)              # full: the oldest (0) is dropped, 5 kept
+    assert [q.take() for _ in range(5)] == [1, 2, 3, 4, 5]
+    for i in range(SAMPLE_FROM + 2):
+        q.put(i, False, 100)
+    q.put("exp", True, 100)
+    assert q.take() == "exp"                   # the expected lane first
+    assert sorted(q.take() for _ in range(SAMPLE_FROM + 2)) == list(range(SAMPLE_FROM + 2))
+    for i in range(3):
+        assert q.put(i, True, 3)
+    assert not q.put(3, True, 3)               # the expected lane refuses beyond its bound
