@@ -20,11 +20,14 @@ envelope bound to the topic, with an epoch that grows at every start and a seque
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
+import re
 import threading
 import time
 
+from agent.store import policy_rules
 from agent.wire.topics import Topics
 from . import metrics
 from .alarms import AlarmRegistry
@@ -35,6 +38,11 @@ log = logging.getLogger(__name__)
 
 #: status keys that change every round by nature: a change in them alone does not republish
 _VOLATILE = frozenset({"updated", "updated_ts", "ts", "time", "now", "uptime_s", "bytes_per_s", "bytes_sent"})
+
+
+def _instance(text: str) -> str:
+    """An alarm instance from officer and recorder ids (letters, digits, '_', '.', '-' only)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:100]
 
 
 def _h(seconds: int) -> str:
@@ -66,6 +74,8 @@ class HealthComponent:
         self._stop = threading.Event()
         self._tick_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        #: the time the policy's upload deadline is measured against (tests move it)
+        self.clock = lambda: _dt.datetime.now().astimezone()
         agent.commands["rebirth"] = self.cmd_rebirth
         agent.commands["health"] = self.cmd_health
 
@@ -163,11 +173,43 @@ class HealthComponent:
               f"时钟偏差超过 {c.clock_drift_alarm_ms} 毫秒", f"clock offset above {c.clock_drift_alarm_ms} ms")
         a.set(h["uplink"].get("archive_reachable") is False, "archive_unreachable",
               "归档服务器不可达，资料暂存本地", "archive unreachable; items are kept locally")
+        self._policy_rules(buf)
         refused = self.agent.store.refused_as_unknown_device()
         a.set(bool(refused), "unknown_device_rejected",
               "归档服务器拒绝本设备（未登记），资料保留在本地", "the archive refused this device as unknown (not "
               "enrolled); items are kept locally — enrol it at the archive (`edge-agent archive enroll DEVICE_ID PUBKEY "
               "--unit UNIT_CODE`), then run `edge-agent uplink retry`")
+
+    def _policy_rules(self, buf: dict) -> None:
+        """The unit policy's upload deadline and quotas (agent/store/policy_rules.py): one
+        ``upload_overdue`` alarm per officer and recorder with unarchived items whose capture ended
+        (recorder clock corrected by the sealed drift) more than ``upload_deadline_h`` ago, cleared
+        when they reach the archive; ``quota_exceeded`` while the backlog is above a quota. Without
+        a policy in force neither applies (the backlog alarm above does)."""
+        a = self.alarms
+        rules = policy_rules.rules_in_force(self.agent.store)
+        late = policy_rules.overdue(self.agent.store, rules["upload_deadline_h"], self.clock()) if rules else {}
+        keep = set()
+        for (officer, recorder), items in sorted(late.items()):
+            inst = _instance(f"{officer}.{recorder}")
+            keep.add(inst)
+            worst = max(i["over_s"] for i in items) / 3600
+            name = items[0].get("officer_name") or ""
+            a.raise_("upload_overdue",
+                     f"警员 {officer} {name}（记录仪 {recorder}）有 {len(items)} 个资料超过上传时限 "
+                     f"{rules['upload_deadline_h']} 小时未归档，最长超出 {worst:.1f} 小时",
+                     f"officer {officer} {name} (recorder {recorder}): {len(items)} item(s) not archived within the "
+                     f"{rules['upload_deadline_h']} h upload deadline, the worst {worst:.1f} h over", instance=inst)
+        for al in a.active():
+            if al.code == "upload_overdue" and al.key[len("upload_overdue."):] not in keep:
+                a.clear("upload_overdue", instance=al.key[len("upload_overdue."):])
+        over = policy_rules.quota_exceeded(rules, buf["items"], buf["bytes"]) if rules else None
+        q = (rules or {}).get("quotas") or {}
+        a.set(over is not None, "quota_exceeded",
+              f"未归档资料 {buf['items']} 个 / {buf['bytes'] / 1e9:.1f} GB，超过本单位策略配额"
+              f"（{q.get('max_unarchived_items') or '-'} 个 / {q.get('max_unarchived_gb') or '-'} GB）",
+              f"{buf['items']} unarchived item(s), {buf['bytes'] / 1e9:.1f} GB: above the unit policy's quota "
+              f"({q.get('max_unarchived_items') or '-'} items / {q.get('max_unarchived_gb') or '-'} GB)")
 
     # --- commands -------------------------------------------------------------------------------
     def cmd_rebirth(self, args: dict, actor: str) -> dict:

@@ -25,10 +25,11 @@ from agent.common.timeutil import now_iso
 from agent.evidence import keys
 from agent.wire import policy as wp
 from agent.wire.receipts import ArchiveTrust
+from agent.store import policy_rules
 
 log = logging.getLogger(__name__)
 
-META_IN_FORCE = "policy.in_force"
+META_IN_FORCE = policy_rules.META_IN_FORCE  # "policy.in_force", read by the station's enforcement too
 META_VERSION = "policy.version"
 META_REFUSED = "policy.last_refused"
 

@@ -31,6 +31,7 @@ from .alarms import Alarms
 from .sealing import recover_unsealed
 from .session import RoomSession
 from .state import STATE_FILE, RoomSettings, SessionRequest, SessionState, new_state
+from agent.store.policy_rules import check_case_number
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,7 @@ class RoomService:
                                 f"session {st.id}): stop it first")
             self.store.check_reserve(16 << 20)     # room for a couple of segments above the reserve
             self.store.check_device()               # an id the archive cannot file: refuse before recording
+            check_case_number(self.store, req.case_number)  # the unit policy's pattern (案件编号格式)
             previous = self._load_state()
             if previous is not None:                # what an earlier session could not seal goes first
                 if previous.state == "recording":   # it ended here but could not even save its state

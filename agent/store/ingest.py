@@ -13,6 +13,7 @@ from agent.common.errors import DuplicateError, EdgeError, MetadataError
 from agent.common.timeutil import from_epoch, iso, parse_iso
 from ..evidence import hashing, manifest as mf
 from .store import SourceError, Store
+from .policy_rules import check_case_number
 
 
 def _check_source(path: Path) -> os.stat_result:
@@ -167,6 +168,7 @@ def ingest(store: Store, paths: list[Path], metadata: dict, *, progress: Callabl
     already sealed for the same case is refused before it is copied (:func:`find_duplicate`)."""
     if not paths:
         raise EdgeError("no files given")
+    check_case_number(store, metadata.get("case_number"))  # the unit policy's pattern, before anything is copied
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
         raise EdgeError("two files have the same name; ingest them as separate items")

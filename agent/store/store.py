@@ -249,6 +249,10 @@ class Store(Repository, Recovery, Retrieval):
         row = self.item(item_id)
         if row["state"] in ("receiving", "discarded", "purged"):
             raise EdgeError(f"{item_id}: cannot annotate an item in state {row['state']}")
+        if "case_number" in changes:  # the unit policy's case-number pattern (agent/store/policy_rules.py)
+            from .policy_rules import check_case_number
+
+            check_case_number(self, changes["case_number"])
         d = Path(row["path"])
         anns = mf.read_annotations(d)
         from agent.common.audit import current_actor

@@ -380,6 +380,10 @@ CODES: dict[str, AlarmDef] = {
     "policy_refused": AlarmDef("critical", "下发策略被拒绝（伪造、回退、他单位或过期）",
                                "unit policy refused (forged, rolled back, other unit or expired)"),
     "policy_expired": AlarmDef("warning", "执行中的策略已过期", "policy in force has expired"),
+    # the unit policy's rules enforced at the station (agent/store/policy_rules.py): one alarm per
+    # officer and recorder with items past the upload deadline; the unarchived backlog above the quota
+    "upload_overdue": AlarmDef("warning", "资料超过上传时限未归档", "items past the upload deadline"),
+    "quota_exceeded": AlarmDef("warning", "未归档资料超过策略配额", "unarchived items above the policy quota"),
     # docking station
     "dock_disk_full": AlarmDef("critical", "采集站磁盘已满，拒绝接入", "station disk full, docking refused"),
     "recorder_clock": AlarmDef("warning", "执法记录仪时钟严重偏差", "recorder clock far off"),
