@@ -32,11 +32,12 @@ class WireClient:
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"wire-{uuid.uuid4().hex[:6]}",
                              protocol=mqtt.MQTTv5)
         self.c.on_message = self._on_message
+        subscribed = threading.Event()
+        self.c.on_subscribe = lambda *_a: subscribed.set()
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
         self.c.subscribe(f"edge/ack/{device}", qos=1)
-        import time
-        time.sleep(0.3)
+        assert subscribed.wait(20), "no SUBACK for the answer topic"  # answers published from now on arrive
 
     def _on_message(self, c, u, msg):
         with self.cv:

@@ -288,6 +288,13 @@ def test_watchdog_interval(monkeypatch):
     assert sdnotify.watchdog_interval() is None
 
 
+def _until(pred, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.01)
+
+
 def test_watchdog_thread_pings_while_healthy(notify_socket, monkeypatch):
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # 0.2 s -> a ping every 0.1 s
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
@@ -301,17 +308,17 @@ def test_watchdog_thread_pings_while_healthy(notify_socket, monkeypatch):
             assert notify_socket.recv(64) == b"WATCHDOG=1"
         assert time.monotonic() - t0 < 2.0
         healthy.clear()
-        time.sleep(0.15)
-        notify_socket.settimeout(0.05)
+        _until(lambda: wd.withheld >= 1, "a ping withheld")  # the watchdog has seen the health flip
+        notify_socket.setblocking(False)
         while True:  # drain pings sent before the health flip
             try:
                 notify_socket.recv(64)
-            except TimeoutError:
+            except BlockingIOError:
                 break
-        notify_socket.settimeout(0.4)
-        with pytest.raises(TimeoutError):
-            notify_socket.recv(64)  # unhealthy: pings withheld
-        assert wd.withheld >= 1
+        n = wd.withheld
+        _until(lambda: wd.withheld >= n + 2, "two more pings withheld")
+        with pytest.raises(BlockingIOError):
+            notify_socket.recv(64)  # unhealthy: none of them was sent
         healthy.set()
         notify_socket.settimeout(5)
         assert notify_socket.recv(64) == b"WATCHDOG=1"

@@ -93,6 +93,17 @@ class Station:
             time.sleep(0.02)
         raise AssertionError(f"bay {name} not in {states} after {timeout} s: {b}")
 
+    def wait_left(self, name: str, timeout: float = 10.0) -> dict:
+        """Until the station has seen the recorder leave the bay (not docked, its worker ended): the
+        next recorder at the same port is then a new docking."""
+        deadline = time.monotonic() + timeout
+        b = self.bay(name)
+        while b.get("docked") is not False or self.dock.bays[name].busy:
+            assert time.monotonic() < deadline, f"bay {name}: the recorder's leaving not seen in {timeout} s: {b}"
+            time.sleep(0.02)
+            b = self.bay(name)
+        return b
+
     def _busy(self, name: str) -> bool:
         bay = self.dock.bays.get(name)
         return bool(bay and bay.busy and bay.st.state not in ("uploading",))
@@ -357,7 +368,7 @@ def test_unplugged_mid_file_then_redocked_resumes(env, media):
     partial = Path(receiving[0]["path"]) / "files" / big.name
     assert partial.stat().st_size == (2 << 20) + 12345
     sim.stop()
-    time.sleep(0.3)
+    st.wait_left("bay-1")
     # re-docked: the same recorder, no fault now
     start_sim(made, media, ports / "ttyREC1")
     b = st.wait("bay-1", ("done",))
@@ -413,12 +424,12 @@ def test_file_changing_during_copy(env, media, change):
     st = start_station(made, make_cfg(data, ports, erase_policy="after-local-verify", bay_rate_limit_mib=4, probe=False))
     sim = start_sim(made, media, ports / "ttyREC1")
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    while True:  # the file changes a little way into its copy (1 MiB of 8, at 4 MiB/s)
         b = st.bay("bay-1")
-        if b.get("file_name") == big.name and b.get("bytes_done", 0) > 0:
+        if b.get("file_name") == big.name and b.get("bytes_done", 0) >= 1 << 20:
             break
+        assert time.monotonic() < deadline, f"the copy of {big.name} did not get under way: {b}"
         time.sleep(0.02)
-    time.sleep(0.3)
     with open(big, "r+b") as f:
         if change == "grow":
             f.seek(0, 2)
@@ -579,7 +590,7 @@ def test_disk_filling_up_mid_copy_keeps_the_partial_and_erases_nothing(env, medi
     filler.unlink()
     sim.stop()
     st.wait_state("bay-1", ("error", "idle"), timeout=3)
-    time.sleep(0.3)
+    st.wait_left("bay-1")
     start_sim(made, media, ports / "ttyREC1")
     b = st.wait("bay-1", ("done",), timeout=30)
     assert b["resumed_bytes"] > 0

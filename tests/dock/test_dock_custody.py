@@ -46,7 +46,7 @@ def test_bit_flipped_before_the_unplug_is_caught_recopied_and_erased_only_when_r
     assert len(got) == cut and got != big.read_bytes()[:cut]  # the flipped bit really is in the partial copy
     sim.stop()
     st.wait_state("bay-1", ("error", "idle"), timeout=5)
-    time.sleep(0.3)
+    st.wait_left("bay-1")
 
     sim = start_sim(made, media, ports / "ttyREC1")  # re-docked, the line is good now
     b = st.wait_state("bay-1", ("uploading",), timeout=30)
@@ -78,7 +78,7 @@ def test_good_resume_carries_its_prefix_check_into_the_copy_record(env, media):
     st.wait("bay-1", ("error", "idle"), timeout=20)
     sim.stop()
     st.wait_state("bay-1", ("error", "idle"), timeout=5)
-    time.sleep(0.3)
+    st.wait_left("bay-1")
     start_sim(made, media, ports / "ttyREC1")
     b = st.wait_state("bay-1", ("uploading",), timeout=30)
     assert b["resumed_bytes"] == cut and b["recopied"] == 0
@@ -142,7 +142,7 @@ def test_clock_set_in_one_docking_offset_kept_for_files_sealed_in_the_next(env, 
     assert all(k["measured_at"] == clock1["measured_at"] for k in kept.values())
     sim.stop()
     st.wait_state("bay-1", ("error", "idle"), timeout=5)
-    time.sleep(0.3)
+    st.wait_left("bay-1")
 
     # recorded after the clock set, before the second docking
     later = t0 + _dt.timedelta(hours=1)
@@ -257,7 +257,7 @@ def test_channel_that_never_returns_keeps_the_files_for_the_next_docking(env, me
     # storage, the archived files are erased over the channel
     sim.stop()
     st.wait_state("bay-1", ("idle", "error"), timeout=5)
-    time.sleep(0.3)
+    st.wait_left("bay-1")
     sim2 = start_sim(made, media, ports / "ttyREC1", msdc_drop=3600)
     b = st.wait("bay-1", ("done",), timeout=30)
     assert b["already"] == 5 and b["erased"] == 4 and len(sim2.erased) == 4 and not sim2.msdc
@@ -277,7 +277,7 @@ def test_erase_refused_in_mass_storage_is_done_over_the_channel_at_the_next_dock
     assert sim.erased == [] and sim.msdc and "erase" in b["reason"]
     sim.stop()
     st.wait_state("bay-1", ("idle", "error"), timeout=5)
-    time.sleep(0.3)
+    st.wait_left("bay-1")
     sim2 = start_sim(made, media, ports / "ttyREC1", msdc_erase_fail=True)
     b = st.wait("bay-1", ("done",), timeout=30)
     assert not sim2.msdc and b["erased"] == 4 and len(sim2.erased) == 4
@@ -360,7 +360,7 @@ def test_item_resumed_without_a_prefix_check_is_reread_whole_before_its_erase(en
                           resumed_at=100, bytes=victim["size"])
     for r in rows:
         st.store.mark_archived(r["id"], receipt_for(r))
-    time.sleep(0.3)
+    st.wait_left("bay-1")
     sim2 = start_sim(made, media, ports / "ttyREC1")
     b = st.wait("bay-1", ("done",), timeout=30)
     assert sim2.msdc and b["erased"] == 4 and name in sim2.erased and b["problems"] == []

@@ -69,7 +69,7 @@ def test_scsi_bay_on_a_usb_port_with_udev_pairs_the_volume_by_usb_serial(env, me
     node = ports / "sg3"  # stands for /dev/sg3: a plain file, present while docked
     node.touch()
     st.dock.udev_event("add", sg_event("/dev/sg-other", "1-5", "OTHER0001"))  # another USB port: not this bay
-    time.sleep(0.3)
+    st.dock.scan()  # the scan the event wakes, done here so that its outcome is known
     assert st.bay("scsi-2") == {}
     st.dock.udev_event("add", sg_event(str(node), "1-4", "ZFY00000009"))
     st.wait_state("scsi-2", ("charging", "downloading"), timeout=10)
