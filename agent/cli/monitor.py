@@ -21,7 +21,7 @@ from .base import Ctx, emit_json, emit_json_line, json_lines_option, json_option
 
 DEFAULT_DB = "/var/lib/edge-agent/monitor.db"
 db_option = click.option("--db", "db", envvar="EDGE_MONITOR_DB", default=DEFAULT_DB, show_default=True,
-                         help="Monitor SQLite database (env EDGE_MONITOR_DB). PostgreSQL URLs: not built yet.")
+                         help="Monitor database: a SQLite file or a postgresql://USER@HOST:PORT/NAME URL (env EDGE_MONITOR_DB).")
 
 
 def _broker(value: str | None, cfg) -> tuple[str, int, bool | None]:
@@ -67,7 +67,8 @@ def _optional_cfg(c: Ctx):
 @click.pass_context
 def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, lost_after, tui, duration, enrolment,
             connections, as_json):
-    """Watch the fleet: subscribe to every device topic, keep state and history in SQLite, show a
+    """Watch the fleet: subscribe to every device topic, keep state and history in SQLite or
+    PostgreSQL (--db postgresql://...), show a
     live terminal view and (with --web) a web page with units, devices, alarms and compliance.
 
     A device's state is only what that device signed with the key it is enrolled with at the
@@ -78,6 +79,7 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
     \b
     Example:
       edge-agent monitor --broker 127.0.0.1:1883 --db ./monitor.db --enrolment /srv/archive --web 8080
+      edge-agent monitor --db postgresql://monitor@db1:5432/monitor --enrolment postgresql://archive@db1:5432/archive
       edge-agent monitor roster import officers.csv --db ./monitor.db
     """
     if ctx.invoked_subcommand is not None:
@@ -85,7 +87,7 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
     from ..archive.registry import read_enrolment
     from ..monitor.enrolment import Enrolment
     from ..monitor.ingest import Ingest, IngestSettings
-    from ..monitor.state import MonitorDB, check_db_arg
+    from ..monitor.state import check_db_arg, open_monitor_db
     from agent.common.pg import is_url, redact
 
     cfg = _optional_cfg(c)
@@ -123,7 +125,7 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
     # under the live view only warnings reach the terminal (they would scroll it)
     logging.basicConfig(level=logging.WARNING if tui else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    db_ = MonitorDB(path)
+    db_ = open_monitor_db(path)
     from ..archive.chain import read_chain_alarms
 
     ing = Ingest(db_, s, enrolled, archive_alarms=lambda: read_chain_alarms(where))
@@ -150,10 +152,10 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
     if not ing.subscribed.wait(5):
         click.echo(f"monitor: broker {host}:{port} not reachable yet; retrying in the background", err=True)
     if as_json:
-        emit_json_line("ready", db=str(path), broker=f"{host}:{port}", prefix=s.prefix, enrolled=len(enrolled),
+        emit_json_line("ready", db=redact(str(path)), broker=f"{host}:{port}", prefix=s.prefix, enrolled=len(enrolled),
                        web=f"http://{web_host}:{web.port}/" if web else None, subscribed=ing.subscribed.is_set())
     else:
-        click.echo(f"monitor: ready db {path} broker {host}:{port} prefix {s.prefix} enrolled {len(enrolled)}{url}",
+        click.echo(f"monitor: ready db {redact(str(path))} broker {host}:{port} prefix {s.prefix} enrolled {len(enrolled)}{url}",
                    err=True)
     deadline = time.monotonic() + duration if duration else None
     tui_thread = None
@@ -209,6 +211,46 @@ def monitor_fleet(db, lost_after, as_json):
     from ..monitor.tui import render
 
     Console().print(render(f, max_devices=1000))
+
+
+@monitor.command("history")
+@db_option
+@click.option("--device", help="One device id.")
+@click.option("--unit", help="One unit code (every device of the unit).")
+@click.option("--since", help="From this time: 2026-12-04, 2026-12-04T08:00[+08:00], or a span back from now "
+                               "(30m, 2h, 7d). Default: the beginning.")
+@click.option("--until", help="Up to this time (same forms). Default: now.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=1000, show_default=True,
+              help="At most this many events (the newest are kept).")
+@json_option
+def monitor_history(db, device, unit, since, until, limit, as_json):
+    """Status changes (online, offline, a new birth) and alarms raised and cleared, of a device or a
+    unit (or, with neither, the whole fleet) in a time range, oldest first, as the monitor stored
+    them. Lost is not an event: it is shown while an online device stays silent.
+
+    \b
+    Example:
+      edge-agent monitor history --device dock-0001 --since 2h --db ./monitor.db
+      edge-agent monitor history --unit 330106 --since 2026-12-01 --until 2026-12-04T18:00 --json
+    """
+    from ..monitor.history import history, line, parse_time
+    from ..monitor.state import check_db_arg, connect
+
+    t0, t1 = parse_time(since, "--since"), parse_time(until, "--until")
+    conn = connect(check_db_arg(db), readonly=True)
+    try:
+        h = history(conn, device=device, unit=unit, since=t0, until=t1, limit=limit)
+    finally:
+        conn.close()
+    if as_json:
+        emit_json(h)
+        return
+    for e in h["events"]:
+        click.echo(line(e))
+    if h["truncated"]:
+        click.echo(f"注意 / note: more than {limit} events; the newest {limit} shown (--limit, --since)", err=True)
+    if not h["events"]:
+        click.echo("没有记录 / no events in this range", err=True)
 
 
 @monitor.group("roster")
@@ -287,12 +329,12 @@ def roster_import(csv_path: Path, db, as_json):
       printf 'unit_code,unit_name,officers\\n330106,西湖区执法大队,42\\n' > officers.csv
       edge-agent monitor roster import officers.csv --db ./monitor.db
     """
-    from ..monitor.state import MonitorDB, check_db_arg
+    from ..monitor.state import check_db_arg, open_monitor_db
 
     if not csv_path.exists():
         raise EdgeError(f"{csv_path}: no such file")
     rows = parse_roster(csv_path)
-    d = MonitorDB(check_db_arg(db))
+    d = open_monitor_db(check_db_arg(db))
     try:
         counts = d.import_roster(rows, source=f"roster {csv_path.name}")
     finally:

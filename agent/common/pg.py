@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+from collections.abc import Mapping
 from typing import Any, Iterator
 
 import psycopg
@@ -31,15 +32,66 @@ def is_url(db: str | None) -> bool:
 
 
 _TOKENS = re.compile(r"('(?:[^']|'')*')|(\?)|(%)")
+_NAMED = re.compile(r"('(?:[^']|'')*')|(?<![:\w]):([A-Za-z_]\w*)|(%)")
 
 
-def translate(sql: str) -> str:
-    """``?`` placeholders to ``%s`` and a literal ``%`` to ``%%``, outside quoted strings."""
+def translate(sql: str, named: bool = False) -> str:
+    """``?`` placeholders (or, ``named``, ``:name`` ones, as sqlite3 takes with a dict) to
+    psycopg's ``%s`` (``%(name)s``) and a literal ``%`` to ``%%``, outside quoted strings."""
     def sub(m: re.Match) -> str:
         if m.group(1):
             return m.group(1).replace("%", "%%")
-        return "%s" if m.group(2) else "%%"
-    return _TOKENS.sub(sub, sql)
+        if m.group(2):
+            return f"%({m.group(2)})s" if named else "%s"
+        return "%%"
+    return (_NAMED if named else _TOKENS).sub(sub, sql)
+
+
+def _params(params: Any) -> Any:
+    """A mapping stays one (named placeholders); anything else becomes a list (so ``%%`` is
+    always unescaped)."""
+    return params if isinstance(params, Mapping) else list(params)
+
+
+class Row(dict):
+    """A result row read by column name or by position, as :class:`sqlite3.Row` is."""
+
+    __slots__ = ("_values",)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, int):
+            return self._values[key]
+        return dict.__getitem__(self, key)
+
+
+def row_factory(cursor: psycopg.Cursor) -> Any:
+    names = [c.name for c in cursor.description or ()]
+
+    def make(values: Any) -> Row:
+        r = Row(zip(names, values))
+        r._values = values
+        return r
+    return make
+
+
+class Reader:
+    """A read-only connection of its own whose ``execute(sql, params)`` takes SQLite's
+    placeholders and yields rows read by name or position: what the monitor's web page, terminal
+    view and reports read through, on either backend."""
+
+    def __init__(self, url: str):
+        self.path = redact(url)
+        try:
+            self.conn = psycopg.connect(url, connect_timeout=10, autocommit=True, row_factory=row_factory)
+            self.conn.read_only = True
+        except psycopg.Error as exc:
+            raise EdgeError(f"数据库无法连接 / cannot connect to the database {self.path}: {str(exc).strip()}") from None
+
+    def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor:
+        return self.conn.execute(translate(sql, isinstance(params, Mapping)), _params(params))
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def redact(url: str) -> str:
@@ -82,11 +134,14 @@ class Tx:
 
     def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor:
         cur = self.conn.cursor(row_factory=tuple_row)
-        return cur.execute(translate(sql), list(params))  # always a list: %% is then unescaped
+        return cur.execute(translate(sql, isinstance(params, Mapping)), _params(params))
 
     def executemany(self, sql: str, rows: list) -> None:
+        """Many rows in one round of the pipeline; rows that are mappings fill ``:name`` placeholders."""
+        if not rows:
+            return
         with self.conn.cursor() as cur:
-            cur.executemany(translate(sql), rows)
+            cur.executemany(translate(sql, isinstance(rows[0], Mapping)), rows)
 
     def __getitem__(self, table: str) -> _Table:
         return _Table(self, table)

@@ -24,25 +24,29 @@ def signed_at(ts: str | None, now: float) -> float | None:
         return None
 
 
+def _iso(t: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds") if t is not None else None
+
+
 class DeviceState:
     # --- persistence ------------------------------------------------------------------------------
     def _load(self) -> None:
-        c = self.db.conn
-        for r in c.execute("SELECT * FROM devices"):
+        c = self.db
+        for r in c.query("SELECT * FROM devices"):
             d = dict(r)
             d["components"] = json.loads(d["components"] or "{}")
             self.devices[d["id"]] = d
-        for r in c.execute("SELECT device, key, active FROM alarms"):
+        for r in c.query("SELECT device, key, active FROM alarms"):
             self.alarms[(r["device"], r["key"])] = {"active": bool(r["active"])}
-        for r in c.execute("SELECT * FROM ratio_reports ORDER BY device, unit_code"):
+        for r in c.query("SELECT * FROM ratio_reports ORDER BY device, unit_code"):
             self._last_ratio.setdefault(r["device"], []).append((r["unit_code"], r["recorders"], r["officers"], r["serials"],
                                                                  r["min_ratio_pct"], r["min_rooms"], r["threshold_source"],
                                                                  r["policy_version"]))
         self._last_ratio = {k: tuple(v) for k, v in self._last_ratio.items()}
-        self.counters = {r["name"]: r["value"] for r in c.execute("SELECT * FROM counters") if not r["name"].startswith("_")}
-        for r in c.execute("SELECT topic, key_id, ord FROM signed_seen"):
+        self.counters = {r["name"]: r["value"] for r in c.query("SELECT * FROM counters") if not r["name"].startswith("_")}
+        for r in c.query("SELECT topic, key_id, ord FROM signed_seen"):
             self.seen[r["topic"]] = (r["key_id"], tuple(json.loads(r["ord"])))
-        for r in c.execute("SELECT * FROM rejections"):
+        for r in c.query("SELECT * FROM rejections"):
             self.rejections[(r["device"], r["reason"])] = [r["count"], r["last_at"], r["last_detail"]]
 
     def flush(self) -> None:
@@ -52,6 +56,7 @@ class DeviceState:
             self.dirty = set()
             alarm_rows, self.alarm_rows = list(self.alarm_rows.values()), {}
             events, self.events = self.events, []
+            changes, self.status_events = self.status_events, []
             ratio, self.ratio = self.ratio, []
             usage, self.usage = list(self.usage.values()), {}
             counters = dict(self.counters)
@@ -86,6 +91,8 @@ class DeviceState:
                 "message_en=excluded.message_en, source=excluded.source, updated=excluded.updated", alarm_rows)
             c.executemany("INSERT INTO alarm_events(device, unit_code, key, code, severity, event, ts, received) "
                           "VALUES (?,?,?,?,?,?,?,?)", events)
+            c.executemany("INSERT INTO status_events(device, unit_code, kind, state, bdseq, source, ts, at, received) "
+                          "VALUES (?,?,?,?,?,?,?,?,?)", changes)
             for rep in ratio:  # a report replaces everything the station said before
                 c.execute("DELETE FROM ratio_reports WHERE device = ?", [rep["device"]])
                 for r in rep["rows"]:
@@ -164,6 +171,9 @@ class DeviceState:
         # order (epoch, bdseq, online < offline) was checked by _handle: a stale death is "replayed"
         # since when online/offline: live, its arrival; retained (a monitor started later), when it was signed
         at = now if not retained else min(now, self._signed_at or now)
+        if (d["state"], d["bdseq"]) != (st["state"], st["bdseq"]):  # a new state or a new birth: history
+            self.status_events.append((dev, d["unit_code"], st["kind"] or d["kind"], st["state"], st["bdseq"],
+                                       "status", _iso(self._signed_at), at, now))
         d.update(state=st["state"], bdseq=st["bdseq"], status_ts=at)
         for k in ("kind", "version"):  # a death names them too: a monitor that sees only it still knows a room
             if st[k] and (st["state"] == "online" or d[k] is None):
@@ -177,7 +187,9 @@ class DeviceState:
         d = self._device(dev, now)
         if not self._unit_ok(d, h["unit_code"], h["unit_name"], topic):
             return "unit_mismatch"
-        if d["state"] != "online":
+        if d["state"] != "online":  # alive without a birth seen (e.g. the monitor missed it): online from now
+            self.status_events.append((dev, d["unit_code"], h["kind"], "online", d["bdseq"], "health", h["ts"],
+                                       now if not retained else min(now, self._signed_at or now), now))
             d["state"] = "online"
         d["kind"] = h["kind"]
         if h["version"]:

@@ -27,7 +27,7 @@ first; the rest are bounded, the oldest dropped beyond it as ``overload``, and t
 when backed up, so forgeries in a device's name faster than the checks do not push out all of
 its genuine messages), one worker takes one message per device in turn (a flood
 in one device's name waits behind itself, never in front of another device's messages),
-verifies and applies it; a flusher writes the state in one SQLite transaction every
+verifies and applies it; a flusher writes the state in one database transaction every
 ``flush_s`` and re-reads the enrolment every ``reload_s``. A worker that dies sets ``failed``
 (the CLI then exits non-zero so systemd restarts the monitor).
 """
@@ -47,7 +47,7 @@ from agent.wire.topics import Topics
 from .devstate import DeviceState, signed_at
 from .enrolment import Enrolment
 from .lanes import Expect, Lanes
-from .state import MonitorDB
+from .state import MonitorDB, PgMonitorDB
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class IngestSettings:
 class Ingest(DeviceState):
     """Admission (topic, size, enrolment, signature, rate, order), the queues and the MQTT client."""
 
-    def __init__(self, db: MonitorDB, settings: IngestSettings, enrolment: Enrolment,
+    def __init__(self, db: MonitorDB | PgMonitorDB, settings: IngestSettings, enrolment: Enrolment,
                  archive_alarms: Callable[[], list[dict]] | None = None):
         self.db = db
         #: loader of the archive's raised chain alarms (agent/archive/chain.py read_chain_alarms)
@@ -105,6 +105,7 @@ class Ingest(DeviceState):
         self.alarms: dict[tuple[str, str], dict] = {}
         self.alarm_rows: dict[tuple[str, str], dict] = {}
         self.events: list[tuple] = []
+        self.status_events: list[tuple] = []
         self.ratio: list[dict] = []
         self.usage: dict[tuple[str, str], dict] = {}
         self.counters: dict[str, int] = {}

@@ -1,12 +1,14 @@
-"""Monitor state and history in SQLite (WAL): devices, units, alarms, ratio reports, daily usage.
+"""Monitor state and history: devices, units, alarms, status and alarm history, ratio reports,
+daily usage — in SQLite (WAL; the embedded default for one box) or PostgreSQL (``--db
+postgresql://…``, through agent/common/pg.py): the same tables (agent/monitor/schema.py) and the
+same SQL on both.
 
 The ingest thread applies messages to an in-memory copy of the device rows and flushes the dirty
-ones (plus alarm events, ratio reports, counters) in one transaction every ``flush_s``; readers
-(web page, terminal view, reports) open their own connection and read committed rows, so a
-reader never blocks ingest and a crash loses at most one flush interval.
-
-A central deployment may want PostgreSQL: the schema below is plain SQL, but the PostgreSQL
-backend (``--db postgresql://…``) is not built yet; ``open_state`` refuses such URLs clearly.
+ones (plus alarm and status events, ratio reports, counters) in one transaction every ``flush_s``:
+thousands of messages a second become one write a second, on either backend. Readers (web page,
+terminal view, reports, ``monitor history``) open their own read-only connection
+(:func:`connect`) and read committed rows, so a reader never blocks ingest and a crash loses at
+most one flush interval.
 """
 
 from __future__ import annotations
@@ -21,136 +23,16 @@ from typing import Iterator
 
 from agent.common import ratio as rule
 from agent.common.errors import EdgeError
-
-MIGRATIONS: list[tuple[str, str]] = [
-    ("0001_initial", """
-        CREATE TABLE devices (
-            id TEXT PRIMARY KEY,
-            unit_code TEXT,
-            unit_name TEXT,
-            kind TEXT,
-            version TEXT,
-            state TEXT NOT NULL DEFAULT 'unknown',
-            bdseq INTEGER,
-            first_seen REAL NOT NULL,
-            last_seen REAL NOT NULL,
-            status_ts REAL,
-            health TEXT,
-            health_ts REAL,
-            components TEXT NOT NULL DEFAULT '{}',
-            unit_conflicts INTEGER NOT NULL DEFAULT 0,
-            last_conflict TEXT
-        );
-        CREATE TABLE units (
-            code TEXT PRIMARY KEY,
-            name TEXT,
-            officers INTEGER,
-            officers_source TEXT,
-            officers_updated TEXT,
-            recorders INTEGER
-        );
-        CREATE TABLE roster (
-            unit_code TEXT NOT NULL,
-            officer_id TEXT NOT NULL,
-            name TEXT,
-            PRIMARY KEY (unit_code, officer_id)
-        );
-        CREATE TABLE ratio_reports (
-            device TEXT NOT NULL,
-            unit_code TEXT NOT NULL,
-            unit_name TEXT,
-            recorders INTEGER NOT NULL,
-            officers INTEGER,
-            serials TEXT,
-            at TEXT,
-            received REAL NOT NULL,
-            PRIMARY KEY (device, unit_code)
-        );
-        CREATE TABLE ratio_history (
-            id INTEGER PRIMARY KEY,
-            device TEXT NOT NULL,
-            unit_code TEXT NOT NULL,
-            recorders INTEGER NOT NULL,
-            officers INTEGER,
-            serials TEXT,
-            received REAL NOT NULL
-        );
-        CREATE INDEX ratio_history_unit ON ratio_history(unit_code, received);
-        CREATE TABLE alarms (
-            device TEXT NOT NULL,
-            key TEXT NOT NULL,
-            code TEXT NOT NULL,
-            unit_code TEXT,
-            severity TEXT NOT NULL,
-            active INTEGER NOT NULL,
-            since TEXT,
-            cleared TEXT,
-            ts TEXT,
-            message_zh TEXT,
-            message_en TEXT,
-            source TEXT,
-            updated REAL NOT NULL,
-            PRIMARY KEY (device, key)
-        );
-        CREATE TABLE alarm_events (
-            id INTEGER PRIMARY KEY,
-            device TEXT NOT NULL,
-            unit_code TEXT,
-            key TEXT NOT NULL,
-            code TEXT NOT NULL,
-            severity TEXT,
-            event TEXT NOT NULL,
-            ts TEXT,
-            received REAL NOT NULL
-        );
-        CREATE INDEX alarm_events_unit ON alarm_events(unit_code, received);
-        CREATE TABLE usage_daily (
-            device TEXT NOT NULL,
-            day TEXT NOT NULL,
-            unit_code TEXT,
-            kind TEXT,
-            first_items_total INTEGER, first_items_archived INTEGER, first_recorded_s INTEGER,
-            items_total INTEGER, items_archived INTEGER, recorded_s INTEGER,
-            pending_annotation INTEGER,
-            samples INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (device, day)
-        );
-        CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-    """),
-    ("0002_signed", """
-        CREATE TABLE signed_seen (
-            topic TEXT PRIMARY KEY,
-            device TEXT NOT NULL,
-            key_id TEXT NOT NULL,
-            ord TEXT NOT NULL
-        );
-        CREATE TABLE rejections (
-            device TEXT NOT NULL,
-            reason TEXT NOT NULL,
-            count INTEGER NOT NULL,
-            last_at REAL,
-            last_detail TEXT,
-            PRIMARY KEY (device, reason)
-        );
-    """),
-    ("0003_ratio_thresholds", """
-        ALTER TABLE ratio_reports ADD COLUMN min_ratio_pct INTEGER;
-        ALTER TABLE ratio_reports ADD COLUMN min_rooms INTEGER;
-        ALTER TABLE ratio_history ADD COLUMN min_ratio_pct INTEGER;
-        ALTER TABLE ratio_history ADD COLUMN min_rooms INTEGER
-    """),
-    ("0004_ratio_threshold_source", """
-        ALTER TABLE ratio_reports ADD COLUMN threshold_source TEXT;
-        ALTER TABLE ratio_reports ADD COLUMN policy_version INTEGER;
-        ALTER TABLE ratio_reports ADD COLUMN policy_key_id TEXT;
-        ALTER TABLE ratio_history ADD COLUMN threshold_source TEXT;
-        ALTER TABLE ratio_history ADD COLUMN policy_version INTEGER;
-        ALTER TABLE ratio_history ADD COLUMN policy_key_id TEXT
-    """),
-]
+from agent.common.pg import PgDatabase, Reader, is_url, redact
+from .schema import MIGRATIONS, PG_MIGRATIONS
 
 
-def connect(path: Path | str, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: Path | str, readonly: bool = False):
+    """A connection whose ``execute(sql, params)`` yields rows read by name or position: SQLite
+    (``sqlite3.Connection``) for a path, a read-only :class:`agent.common.pg.Reader` for a
+    postgresql:// URL."""
+    if is_url(str(path)):
+        return Reader(str(path))
     p = Path(path)
     if readonly:
         if not p.exists():
@@ -166,54 +48,23 @@ def connect(path: Path | str, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def check_db_arg(db: str) -> Path:
+def check_db_arg(db: str) -> str | Path:
+    """--db: a postgresql:// URL (kept as is) or a SQLite file path."""
     if "://" in db:
-        if db.startswith(("postgres://", "postgresql://")):
-            raise EdgeError(f"{db.split('@')[-1]}: the PostgreSQL backend is documented but not built yet; "
-                            "use a SQLite path (--db monitor.db)")
-        raise EdgeError(f"{db}: --db takes a SQLite file path")
+        if is_url(db):
+            return db
+        raise EdgeError(f"数据库地址无效 / --db {redact(db)}: give a SQLite file path or a "
+                        "postgresql://USER@HOST:PORT/NAME URL")
     return Path(db)
 
 
-class MonitorDB:
-    """Writable connection with named migrations and one transaction helper."""
+def open_monitor_db(db: str | Path, **kw) -> "MonitorDB | PgMonitorDB":
+    """The monitor's database, migrated: PostgreSQL for a postgresql:// URL, else SQLite."""
+    return PgMonitorDB(str(db), **kw) if is_url(str(db)) else MonitorDB(db, **kw)
 
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
-        try:
-            self.conn = connect(self.path)
-            self.lock = threading.RLock()
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise EdgeError(f"{self.path}: not a monitor database ({exc})") from None
 
-    def _migrate(self) -> None:
-        with self.atomic() as c:
-            c.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-            done = {r[0] for r in c.execute("SELECT name FROM migrations").fetchall()}
-            for name, sql in MIGRATIONS:
-                if name not in done:
-                    for stmt in filter(str.strip, sql.split(";")):
-                        c.execute(stmt)
-                    c.execute("INSERT INTO migrations VALUES (?, datetime('now'))", [name])
-
-    @contextlib.contextmanager
-    def atomic(self) -> Iterator[sqlite3.Connection]:
-        with self.lock:
-            if self.conn.in_transaction:
-                yield self.conn
-                return
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
-
-    def close(self) -> None:
-        with self.lock:
-            self.conn.close()
+class _Roster:
+    """What both backends do alike (``atomic()`` yields ``execute``/``executemany``)."""
 
     # --- roster -----------------------------------------------------------------------------------
     def import_roster(self, rows: list[dict], source: str) -> dict[str, int]:
@@ -234,7 +85,7 @@ class MonitorDB:
         with self.atomic() as c:
             for u, lst in people.items():
                 c.execute("DELETE FROM roster WHERE unit_code = ?", [u])
-                c.executemany("INSERT OR REPLACE INTO roster VALUES (?, ?, ?)", [(u, i, n) for i, n in lst])
+                c.executemany("INSERT INTO roster VALUES (?, ?, ?) ON CONFLICT(unit_code, officer_id) DO UPDATE SET name=excluded.name", [(u, i, n) for i, n in lst])
                 counts[u] = counts.get(u, 0) + len({i for i, _ in lst})
             for u, n in counts.items():
                 c.execute("INSERT INTO units(code, name, officers, officers_source, officers_updated) VALUES (?,?,?,?,?) "
@@ -242,6 +93,72 @@ class MonitorDB:
                           "officers_updated=excluded.officers_updated, name=coalesce(excluded.name, units.name)",
                           [u, names.get(u), n, source, now])
         return counts
+
+
+
+class MonitorDB(_Roster):
+    """SQLite: one writable connection with named migrations and one transaction helper."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: Path | str, upto: str | None = None):
+        self.path = Path(path)
+        try:
+            self.conn = connect(self.path)
+            self.lock = threading.RLock()
+            self.upgrade(upto)
+        except sqlite3.DatabaseError as exc:
+            raise EdgeError(f"{self.path}: not a monitor database ({exc})") from None
+
+    def applied(self) -> list[str]:
+        with self.lock:
+            self.conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+            return [r[0] for r in self.conn.execute("SELECT name FROM migrations ORDER BY name")]
+
+    def upgrade(self, upto: str | None = None) -> list[str]:
+        """Apply the migrations not yet applied (up to and including ``upto``); returns their names."""
+        done: list[str] = []
+        with self.atomic() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+            have = {r[0] for r in c.execute("SELECT name FROM migrations").fetchall()}
+            for name, sql in MIGRATIONS:
+                if name not in have:
+                    for stmt in filter(str.strip, sql.split(";")):
+                        c.execute(stmt)
+                    c.execute("INSERT INTO migrations VALUES (?, datetime('now'))", [name])
+                    done.append(name)
+                if name == upto:
+                    break
+        return done
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[sqlite3.Connection]:
+        with self.lock:
+            if self.conn.in_transaction:
+                yield self.conn
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def query(self, sql: str, params=()) -> list[dict]:
+        with self.lock:
+            return [dict(r) for r in self.conn.execute(sql, params)]
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+
+class PgMonitorDB(_Roster, PgDatabase):
+    """PostgreSQL: the same tables (PG_MIGRATIONS) over a connection pool; a flush is one
+    transaction whose rows go through psycopg's pipeline (``executemany``)."""
+
+    migrations = PG_MIGRATIONS
 
 
 # --- reading ----------------------------------------------------------------------------------------

@@ -4,9 +4,13 @@
     GET /api/fleet     totals, units (with compliance), devices, active alarms, ingest counters
     GET /api/units     units only;  GET /api/alarms  active alarms;  GET /api/devices  devices
     GET /api/rejected  refused messages: total, by reason, by enrolled device (last 200)
+    GET /api/history?device=D&unit=U&since=T&until=T&limit=N
+                       status changes and alarms raised/cleared in a time range (agent/monitor/history.py;
+                       T as ``monitor history`` takes it: 2026-12-04T08:00, 2h, 7d); the page's history view
     GET /healthz       "ok"
 
-Read-only: every request opens the SQLite file read-only; nothing on the page changes state.
+Read-only: every request opens the database read-only (a SQLite file, or a read-only connection to
+PostgreSQL); nothing on the page changes state.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+from agent.common.errors import EdgeError
+from .history import history, parse_time
 from .state import connect, fleet
 
 log = logging.getLogger(__name__)
 
 
 class WebServer:
-    def __init__(self, db_path: Path, port: int, lost_after: float, host: str = "127.0.0.1"):
-        self.db_path = Path(db_path)
+    def __init__(self, db_path: Path | str, port: int, lost_after: float, host: str = "127.0.0.1"):
+        self.db_path = db_path  # a SQLite path or a postgresql:// URL (state.connect reads either)
         self.lost_after = lost_after
         outer = self
 
@@ -67,6 +73,24 @@ class WebServer:
                 return
             if url.path == "/healthz":
                 self._send(h, 200, b"ok\n", "text/plain")
+                return
+            if url.path == "/api/history":
+                q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                try:
+                    since, until = parse_time(q.get("since"), "since"), parse_time(q.get("until"), "until")
+                    limit = int(q.get("limit") or 1000)
+                except (EdgeError, ValueError) as exc:
+                    self._send(h, 400, json.dumps({"error": str(exc)}, ensure_ascii=False).encode(), "application/json")
+                    return
+                conn = connect(self.db_path, readonly=True)
+                try:
+                    data = history(conn, q.get("device") or None, q.get("unit") or None, since, until, limit)
+                except EdgeError as exc:
+                    self._send(h, 400, json.dumps({"error": str(exc)}, ensure_ascii=False).encode(), "application/json")
+                    return
+                finally:
+                    conn.close()
+                self._send(h, 200, json.dumps(data, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
                 return
             if url.path in ("/api/fleet", "/api/units", "/api/alarms", "/api/devices", "/api/rejected"):
                 q = parse_qs(url.query)
@@ -167,6 +191,17 @@ th { font-size:12px; color:#444; background:#fafafa; }
       <th>设备 / Device</th><th>类型 / Kind</th><th>单位 / Unit</th><th>状态 / State</th><th class="num">静默 / Silent</th>
       <th class="num">待上传 / Pending</th><th class="num">最久 / Oldest</th><th class="num">磁盘剩余 / Disk free</th>
       <th>时钟 / Clock</th><th>部件 / Bays, cameras, sensors</th>
+    </tr></thead><tbody></tbody></table>
+  </section>
+  <section>
+    <h2>历史 / History</h2>
+    <form id="hist-form" class="small">
+      设备 / device <input name="device" size="16"> 单位 / unit <input name="unit" size="10">
+      自 / since <input name="since" size="18" value="24h"> 至 / until <input name="until" size="18">
+      <button type="submit">查询 / show</button> <span id="hist-note"></span>
+    </form>
+    <table id="history"><thead><tr>
+      <th>时间 / Time</th><th>设备 / Device</th><th>单位 / Unit</th><th>事件 / Event</th><th>说明 / Detail</th>
     </tr></thead><tbody></tbody></table>
   </section>
   <section>
@@ -272,6 +307,30 @@ async function tick() {
     document.getElementById("err").textContent = "连接监控服务失败 / cannot reach the monitor: " + e.message;
   }
 }
+async function showHistory(ev) {
+  if (ev) ev.preventDefault();
+  const q = new URLSearchParams([...new FormData(document.getElementById("hist-form"))].filter(([k, v]) => v));
+  const note = document.getElementById("hist-note");
+  try {
+    const r = await fetch("/api/history?" + q, {cache: "no-store"});
+    const h = await r.json();
+    if (!r.ok) { note.textContent = h.error; return; }
+    note.textContent = h.count + " 条 / events" + (h.truncated ? " (最新 / newest " + h.count + ")" : "");
+    fill("history", h.events.map(e => el("tr", {"data-event": e.type},
+      el("td", {}, e.at), el("td", {}, e.device), el("td", {}, e.unit_code),
+      e.type === "status" ? el("td", {}, badge(...(STATE[e.state] || [e.state, "mute"])))
+                          : el("td", {}, badge(e.event === "raised" ? "告警 / raised" : "解除 / cleared", e.event === "raised" ? (SEV[e.severity] || ["", "mute"])[1] : "ok")),
+      el("td", {}, e.type === "status" ? "bdseq " + e.bdseq + " (" + e.source + ")" : e.code + " " + e.key))));
+  } catch (e) { note.textContent = e.message; }
+}
+document.getElementById("hist-form").addEventListener("submit", showHistory);
+document.getElementById("devices").addEventListener("click", ev => {
+  const tr = ev.target.closest("tr[data-device]");
+  if (!tr) return;
+  const f = document.getElementById("hist-form");
+  f.device.value = tr.dataset.device; f.unit.value = "";
+  showHistory();
+});
 tick();
 setInterval(tick, 2000);
 </script>

@@ -145,8 +145,11 @@ def test_report_bad_db(tmp_path):
     junk.write_bytes(b"this is not sqlite" * 100)
     p = cli("monitor", "roster", "import", str(junk), "--db", str(junk), check=False)
     assert p.returncode == 1 and "error:" in p.stderr and "Traceback" not in p.stderr
-    p = cli("report", "ratio", "--db", "postgresql://u@db.example/monitor", check=False)
-    assert p.returncode == 1 and "PostgreSQL backend is documented but not built" in p.stderr
+    p = cli("report", "ratio", "--db", "postgresql://u:secret@127.0.0.1:1/monitor", check=False)
+    assert p.returncode == 1 and "cannot connect to the database postgresql://u:***@127.0.0.1:1/monitor" in p.stderr
+    assert "secret" not in p.stderr and "Traceback" not in p.stderr
+    p = cli("report", "ratio", "--db", "mysql://u@db/monitor", check=False)
+    assert p.returncode == 1 and "give a SQLite file path or a postgresql://" in p.stderr
 
 
 @pytest.mark.parametrize("content, message", [
