@@ -186,6 +186,10 @@ class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, Upkeep):
                 raise P.ProtocolError(f"item {item} is already stored with another manifest (hash {stored['manifest_hash'][:16]}…)")
             return P.Answer(item=item, kind="manifest", status=P.STORED, annotations=stored["annotations"],
                             receipt=self._receipt(stored))
+        gone = self.db.one("SELECT expired_at FROM tombstones WHERE device = ? AND item = ?", [dev, item])
+        if gone:  # deleted by its retention rule (agent/archive/retention.py): never stored again
+            return P.Answer(item=item, kind="manifest", status=P.REJECTED,
+                            reason=f"expired: deleted by its retention rule at {gone['expired_at']} (tombstone kept)")
         seq = doc.get("device_seq")
         clash = self.db.one("SELECT item FROM items WHERE device = ? AND seq = ?", [dev, seq])
         if clash:

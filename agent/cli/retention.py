@@ -111,6 +111,29 @@ def retention_run(c: Ctx, root, unit, actor, as_json):
     click.echo(f"删除 / deleted: {len(out['deleted'])}   保留 / kept: {len(out['kept'])}")
 
 
+@retention.command("expired")
+@db_option
+@root_option
+@json_option
+@pass_ctx
+def retention_expired(c: Ctx, root, as_json):
+    """The items deleted by their retention rule: each tombstone's item, class, retention end, when
+    and by whom (the tombstones themselves are in the item's folder, signed by the archive).
+
+    \b
+    Example:
+      edge-agent archive retention expired --root /srv/archive
+    """
+    rows = _retention(c, root).tombstones()
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['expired_at']}  {r['device']}#{r['seq']}  {r['item']}  {r['class']}  kept until "
+                   f"{r['keep_until']}  by {r['expired_by']}  case {r['case_number'] or '-'}")
+    click.echo(f"已删除 / expired: {len(rows)}")
+
+
 @retention.command("show")
 @db_option
 @root_option

@@ -95,6 +95,14 @@ def test_classes_expiry_instant_tombstone_and_chain(centre):
     rep, ref = _verify_both(centre.root)
     assert rep.devices["dock-0001"]["items"] == 4 and rep.devices["dock-0001"]["expired"] == 2
     assert ref.startswith("OK chain dock-0001: 4 items")
+    # the station still holding it sends it again: refused for good, never stored a second time
+    from agent.wire import protocol as P
+
+    sd = centre.store.item_dir(normal)
+    again = centre.st.on_manifest(centre.st.registry.device("dock-0001"), normal, (sd / "manifest.json").read_bytes(),
+                                  dict(P.manifest_props((sd / "manifest.sig").read_bytes())))
+    assert again.status == "rejected" and again.reason.startswith("expired: deleted by its retention rule")
+    assert [t["item"] for t in ret.tombstones() if t["item"] == normal] == [normal]
     # the deletion is in the archive's audit chain, which still verifies
     expired = [e for e in centre.st.audit.entries(action="expire")]
     assert sorted(e["item_id"] for e in expired) == sorted([normal, drift])
@@ -209,6 +217,8 @@ def test_cli_plan_hold_run_and_verify(tmp_path):
     assert f"已删除 / deleted dock-0001/{a} (normal" in out and "删除 / deleted: 1   保留 / kept: 1" in out
     assert f"保留 / kept dock-0001/{b}: held (1)" in out
     assert b in run(["archive", "hold", "list", *r], check=True).stdout
+    gone = json.loads(run(["archive", "retention", "expired", "--json", *r], check=True).stdout)
+    assert [(t["item"], t["class"], t["expired_by"]) for t in gone] == [(a, "normal", "records-office")]
     v = run(["verify", "--chain", str(c.root / UNIT), "--keys", str(c.root / "keys")], check=True).stdout
     assert "ok: device dock-0001: 3 items (1 expired: tombstone signed by the archive" in v
     assert json.loads(run(["archive", "audit", "--json", *r], check=True).stdout) is not None
