@@ -158,3 +158,61 @@ def test_quota_alarm_from_the_policy(station, tmp_path):
     store.set_state(a, "archived")
     assert "quota_exceeded" not in h.tick()["alarms"]
     _alarm(cap, "quota_exceeded", False)
+
+
+def test_the_monitor_shows_the_deadline_alarm_per_officer_and_recorder(tmp_path, make_broker):
+    """The whole path: the centre publishes a signed policy (24 h), the station (`edge-agent run`'s
+    agent, in process) applies it and, with 李四's item 30 h old and unarchived, raises the alarm;
+    the `edge-agent monitor` process shows it for that station until the item is archived."""
+    import json
+
+    from agent.archive import policy as ap
+    from agent.wire.client import ConnSettings
+    from agent.wire.topics import Topics
+    from tests.policy.test_policy import Clock, Station
+    from tests.support.health import MonitorProc
+    from tests.support.uplink import agent_config, open_store, run
+
+    mq = make_broker()
+    root = tmp_path / "archive"
+    dev = "dock-0001"
+    run(["archive", "policy", "key", "--new", "--root", str(root)], check=True)
+    cfg = agent_config(tmp_path, mq.port, dev, dock__bays=[str(tmp_path / "no-bays" / "*")])
+    store = open_store(cfg)
+    run(["archive", "enroll", dev, str(store.pub_path), "--unit", UNIT, "--root", str(root),
+         "--pin-to", str(store.data_dir)], check=True)
+    store.close()
+    mon = MonitorProc(tmp_path / "monitor.db", mq.port, lost_after=600, enrolment=root)
+    st = None
+    try:
+        st = Station(cfg, Clock(time.time()))
+        payload = wp.sign(ap.signing_key(root), UNIT, 1, wp.content_from({"rules": {"upload_deadline_h": 24}}),
+                          now=time.time())
+        ap.publish(ConnSettings("127.0.0.1", mq.port, "test-archive", keepalive=10), Topics("edge").unit_policy(UNIT),
+                   payload)
+        st.wait(1)
+        late = _item(st.agent.store, tmp_path, NOW - dt.timedelta(hours=30), officer=("33010002", "李四"))
+        st.agent.health.tick()
+
+        def alarms():
+            p = run(["monitor", "fleet", "--db", str(tmp_path / "monitor.db"), "--lost-after", "600", "--json"],
+                    check=True)
+            return {(a["device"], a["key"]): a for a in json.loads(p.stdout)["alarms"]}
+
+        key = (dev, f"upload_overdue.33010002.{dev}")
+        deadline = time.monotonic() + 30
+        while key not in alarms():
+            assert time.monotonic() < deadline, f"the monitor never showed {key}: {alarms()}"
+            time.sleep(0.2)
+        shown = alarms()[key]
+        assert shown["severity"] == "warning" and "upload deadline" in shown["message_en"]
+        st.agent.store.set_state(late, "archived")   # the receipt arrived
+        st.agent.health.tick()
+        deadline = time.monotonic() + 30
+        while key in alarms():
+            assert time.monotonic() < deadline, "the monitor kept the alarm after the item was archived"
+            time.sleep(0.2)
+    finally:
+        if st is not None:
+            st.stop()
+        assert mon.stop() == 0
