@@ -256,3 +256,26 @@ def test_tombstone_that_breaks_the_rule_is_refused_by_both_verifiers(tmp_path):
     with pytest.raises(EdgeError, match="not an archive key"):
         verify_chain(c.root / UNIT, keys.KeyRing.from_paths(keys_dir=c.root / "keys"))
     c.close()
+
+
+def test_a_run_stopped_after_recording_a_deletion_is_finished_by_the_next(tmp_path, monkeypatch):
+    """The deletion is recorded (tombstone row, audit entry) before any file goes; a run that stops
+    in between leaves the item's files, which verify as before, and the next run buries them."""
+    c = Centre(tmp_path)
+    a = c.item(T0)
+    clock = Clock(T0 + dt.timedelta(days=183))
+    real = Retention._bury
+
+    def crash(self, d, t):
+        raise OSError("power lost")
+    monkeypatch.setattr(Retention, "_bury", crash)
+    with pytest.raises(OSError):
+        Retention(c.st, clock=clock).run(actor="t")
+    d = c.root / c.st.db.one("SELECT path FROM tombstones WHERE item = ?", [a])["path"]
+    assert (d / "manifest.json").is_file() and not (d / "tombstone.json").exists()
+    verify_chain(c.root / UNIT, keys.KeyRing.from_paths(keys_dir=c.root / "keys"))
+    monkeypatch.setattr(Retention, "_bury", real)
+    assert Retention(c.st, clock=clock).run(actor="t")["deleted"] == []  # nothing left to decide
+    assert sorted(p.name for p in d.iterdir()) == ["tombstone.json", "tombstone.sig"]
+    _verify_both(c.root)
+    c.close()
