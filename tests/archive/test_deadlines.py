@@ -84,3 +84,19 @@ def test_period_forms():
     assert parse_period("2026-11-01..2026-11-07") == (dt.date(2026, 11, 1), dt.date(2026, 11, 7))
     with pytest.raises(EdgeError, match="ends before it starts"):
         parse_period("2026-11-07..2026-11-01")
+
+
+def test_deadlines_from_an_index_on_postgresql(tmp_path):
+    """The same report when the archive's index is on PostgreSQL (`--db postgresql://...`)."""
+    from tests.support.custody import pg_database
+
+    with pg_database() as url:
+        c = Centre(tmp_path, db=url)
+        late = c.item(NOW - dt.timedelta(hours=26), officer=LI)
+        c.item(NOW - dt.timedelta(hours=2), officer=ZHANG)
+        c.close()
+        rep = json.loads(run(["report", "deadlines", "--archive", str(c.root), "--db", url, "--period",
+                              f"{(NOW - dt.timedelta(days=2)).date()}..{NOW.date()}", "--json"], check=True).stdout)
+        assert [(i["item"], i["officer_name"]) for i in rep["late"]] == [(late, "李四")]
+        assert 1.9 < rep["late"][0]["late_by_h"] < 2.2 and len(rep["items"]) == 2
+        assert not (c.root / "archive.db").exists()  # read from PostgreSQL, no SQLite index made
