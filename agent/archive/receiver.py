@@ -38,6 +38,8 @@ ANSWER_BATCH = 16
 SWEEP_S = 3600
 #: chain gap and silence (agent/archive/chain.py) are evaluated this often
 CHAIN_S = 60
+#: the archive signs a checkpoint over its whole store this often (archive.checkpoint_every_h)
+CHECKPOINT_S = 3600
 
 
 class Receiver:
@@ -71,6 +73,8 @@ class Receiver:
         self._failure: str | None = None
         self._next_sweep = 0.0
         self._next_chain = time.monotonic() + CHAIN_S
+        self._next_merkle = time.monotonic() + 30  # soon after start, then every checkpoint_every_s
+        self.checkpoint_every_s = CHECKPOINT_S
         self.notes = Coalescer()
         self.busy: collections.Counter = collections.Counter()  # seconds spent per message kind
         self.started = time.time()
@@ -190,6 +194,9 @@ class Receiver:
             if q is self._q and time.monotonic() >= self._next_sweep:  # at start, then hourly
                 self._next_sweep = time.monotonic() + SWEEP_S
                 self._guarded("sweep", self.store.sweep)
+            if q is self._q and time.monotonic() >= self._next_merkle:  # the archive-wide checkpoint
+                self._next_merkle = time.monotonic() + self.checkpoint_every_s
+                self._guarded("checkpoint", self.publish_store_checkpoint)
             if q is self._q and time.monotonic() >= self._next_chain:  # chain gap and silence, every minute
                 self._next_chain = time.monotonic() + CHAIN_S
                 self._guarded("chain", self.store.evaluate_chains)
@@ -243,6 +250,17 @@ class Receiver:
                 if not routed:
                     with self._cv:
                         self.seen += 1
+
+    def publish_store_checkpoint(self) -> dict:
+        """Sign a checkpoint over the whole store (agent/archive/merkle.py) and publish it retained."""
+        cp = self.store.make_checkpoint()
+        try:
+            self.conn.publish(self.topics.archive_checkpoint(), json.dumps(cp, ensure_ascii=False, sort_keys=True).encode(),
+                              retain=True, timeout=30)
+        except PublishError as exc:
+            log.warning("cannot publish the archive's checkpoint: %s (kept under %s)", exc, self.store.root / "_merkle")
+        log.info("archive checkpoint: %d leaves, root %s", cp["size"], cp["root"])
+        return cp
 
     def _guarded(self, what: str, fn: Callable, *args) -> None:
         try:

@@ -30,6 +30,7 @@ from agent.wire import protocol as P
 from .backend import open_storage, partial_key
 from .chain import ChainHistory
 from .chunks import ChunkIntake, block_table
+from .merkle import MerkleLog
 from .paths import Root, flock, safe_case, safe_file
 from .registry import Registry, check_id, open_db
 from .retrieval import CHECKPOINTS, Retrieval
@@ -41,7 +42,7 @@ PENDING = "_pending"
 __all__ = ["ArchiveStore", "PENDING", "safe_case"]
 
 
-class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, Upkeep):
+class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, MerkleLog, Upkeep):
     #: the archive's clock (epoch seconds): chain gap and silence are measured by it (tests inject one)
     clock = staticmethod(time.time)
 
@@ -283,6 +284,7 @@ class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, Upkeep):
                    "stored_at": now_iso(), "receiver": self.receiver}
             with self.db.atomic() as db:  # synchronous=FULL: durable before we answer
                 db["items"].insert(row, replace=True)
+                self.add_leaf(db, "item", row)  # the archive-wide Merkle log (agent/archive/merkle.py)
                 db.execute("UPDATE transfers SET state = 'stored' WHERE device = ? AND item = ?", [dev, item])
                 db.execute("DELETE FROM ranges WHERE device = ? AND item = ?", [dev, item])
                 db.execute("DELETE FROM pieces WHERE device = ? AND item = ?", [dev, item])

@@ -129,6 +129,8 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
     except EdgeError:
         store.close()
         raise
+    if a:
+        rx.checkpoint_every_s = a.checkpoint_every_h * 3600
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -410,21 +412,45 @@ def archive_export(c: Ctx, item_id, dest, root, as_json):
 
 @archive.command("audit")
 @db_option
+@click.argument("old_checkpoint", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @root_option
 @click.option("--limit", type=int, help="The newest N entries.")
 @click.option("--verify", "do_verify", is_flag=True, help="Check the chain and its signed head instead of listing.")
 @json_option
 @pass_ctx
-def archive_audit(c: Ctx, root, limit, do_verify, as_json):
-    """The archive's audit log: who retrieved or exported what, when (调阅监督).
+def archive_audit(c: Ctx, old_checkpoint, root, limit, do_verify, as_json):
+    """The archive's audit log: who retrieved or exported what, when (调阅监督). With
+    OLD_CHECKPOINT (an archive checkpoint kept earlier, `archive checkpoint`): prove that the
+    current store extends it (its signature, a Merkle consistency proof, every item still held or
+    expired with its tombstone); exit status 1 naming what is missing.
 
     \b
     Example:
       edge-agent archive audit --root /srv/archive --verify
+      edge-agent archive audit /media/usb/checkpoint-000000001234.json --root /srv/archive
     """
     from ..evidence import keys
 
     store = _open(c, root)
+    if old_checkpoint is not None:
+        rep = store.audit_against(old_checkpoint.read_bytes())
+        if as_json:
+            emit_json(rep)
+        else:
+            o, n = rep["old"], rep["current"]
+            click.echo(f"checkpoint of {o['time']}: {o['size']} leaves, root {o['root'][:16]}… (key {o['key_id']}), "
+                       "signature ok")
+            click.echo(f"store now: {n['size']} leaves, root {n['root'][:16]}…")
+            if rep["consistency_proof"] is not None:
+                click.echo(f"consistency proof {o['size']} -> {n['size']}: {len(rep['consistency_proof']['path'])} "
+                           "hashes, verified")
+            for p in rep["problems"]:
+                click.echo(f"缺失或被改 / PROBLEM: {p}")
+            click.echo("verdict: ok, the store extends the checkpoint / 存储完整" if rep["ok"] else
+                       f"verdict: FAILED, {len(rep['problems'])} problem(s) / 审计未通过")
+        if not rep["ok"]:
+            raise SystemExit(1)
+        return
     if do_verify:
         pub = store._key.public_key()
         n = store.audit.verify(verifier=lambda data, sig: keys.verify_sig(pub, data, sig))

@@ -1,5 +1,5 @@
 """`edge-agent archive chain`: a device's chain history and its verdict (docs/custody.md "Chain
-history")."""
+history"); `archive checkpoint`: the archive-wide signed checkpoint now."""
 
 from __future__ import annotations
 
@@ -52,3 +52,27 @@ def _seqs(seqs: list[int]) -> str:
     if not seqs:
         return "none"
     return ", ".join(map(str, seqs[:20])) + (f" … ({len(seqs)} in all)" if len(seqs) > 20 else "")
+
+
+@archive.command("checkpoint")
+@db_option
+@root_option
+@json_option
+@pass_ctx
+def archive_checkpoint(c: Ctx, root, as_json):
+    """Sign a checkpoint over the whole store now (the Merkle root of every item and tombstone the
+    archive ever stored; `archive serve` makes one every archive.checkpoint_every_h), keep it under
+    ROOT/_merkle, and print it. Keep a copy outside the archive for `archive audit OLD_CHECKPOINT`.
+
+    \b
+    Example:
+      edge-agent archive checkpoint --root /srv/archive > /media/usb/archive-checkpoint.json
+    """
+    import json
+
+    store = _open(c, root)
+    cp = store.make_checkpoint()
+    if as_json:
+        emit_json(cp)
+    else:
+        click.echo(json.dumps(cp, ensure_ascii=False, sort_keys=True))

@@ -18,6 +18,9 @@ class ArchiveConfig(ConfigModel):
                                      "postgresql://USER@HOST:PORT/NAME = PostgreSQL, for receivers on several hosts sharing "
                                      "the storage (`edge-agent archive db upgrade` migrates it); or a SQLite file path.")
     share_group: str = Field("", description="Shared-subscription group ($share/GROUP/...) so several receivers split the work (empty: none).")
+    checkpoint_every_h: int = Field(1, ge=1, le=168, description="The archive signs a checkpoint over its whole store (Merkle root "
+                                                                 "of every item and tombstone) this often in archive serve, keeps it "
+                                                                 "under ROOT/_merkle and publishes it retained on P/archive/checkpoint.")
     chain_gap_h: int = Field(24, ge=1, description="Chain history: items a device's signed checkpoint announced and the archive "
                                                     "has not received this many hours later raise the chain_gap alarm (the upload deadline).")
     chain_silent_h: int = Field(3, ge=1, description="Chain history: a device with no new signed checkpoint for this many hours "

@@ -159,7 +159,7 @@ def acl_text(prefix: str = "edge", services: dict[str, str] | None = None,
 
     archive_rules = [("read", t.all_xfer()), ("read", t.all_chains()), ("write", t.ack("+")),
                      ("readwrite", t.archive_status()), ("readwrite", t.all_archive_receivers()),
-                     ("write", t.all_unit_policies())]
+                     ("write", t.all_unit_policies()), ("write", t.archive_checkpoint())]
     lines += block(s["archive"], "Archive receivers: the only readers of transfers and checkpoints, the only "
                    "writers of answers (receipts) and of the units' signed policies.", archive_rules)
     for rid in sorted(set(receivers)):  # enrolled receivers: each its own identity, the same rights
@@ -169,7 +169,7 @@ def acl_text(prefix: str = "edge", services: dict[str, str] | None = None,
                    "nothing.",
                    [("read", topic) for topic in _state_topics(t, "+")]
                    + [("read", t.archive_status()), ("read", t.all_archive_receivers()),
-                      ("read", t.all_unit_policies())])
+                      ("read", t.all_unit_policies()), ("read", t.archive_checkpoint())])
     lines += block(s["ops"], "Operators (edge-agent command send): signed commands out, answers and status in.",
                    [("write", t.cmd("+")), ("read", t.cmd_resp("+")), ("read", t.status("+"))])
     if units:

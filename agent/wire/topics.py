@@ -26,6 +26,7 @@ Archive::
 
     P/archive/status             retained receiver status
     P/archive/status/RID         retained status of receiver RID ({"state": "online"|"offline", ...})
+    P/archive/checkpoint         retained signed checkpoint over the whole store (Merkle root, size)
 
 Units (retained)::
 
@@ -96,6 +97,10 @@ class Topics:
     def archive_receiver(self, rid: str) -> str:
         """Retained status of one archive receiver (several may share the work)."""
         return f"{self.p}/archive/status/{rid}"
+
+    def archive_checkpoint(self) -> str:
+        """The archive's signed checkpoint over its whole store (agent/archive/merkle.py), retained."""
+        return f"{self.p}/archive/checkpoint"
 
     def all_archive_receivers(self) -> str:
         return f"{self.p}/archive/status/+"
