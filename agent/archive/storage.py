@@ -234,6 +234,10 @@ class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, MerkleLog, Upkeep):
             stored = self.db.one("SELECT * FROM items WHERE device = ? AND item = ?", [dev, item])
             if stored:
                 return self._add_annotations(device, stored, fin)
+            gone = self.db.one("SELECT expired_at FROM tombstones WHERE device = ? AND item = ?", [dev, item])
+            if gone:  # deleted by its retention rule: annotations for it have nothing to attach to
+                return P.Answer(item=item, kind="finish", status=P.REJECTED,
+                                reason=f"expired: deleted by its retention rule at {gone['expired_at']} (tombstone kept)")
             tr = self.db.one("SELECT * FROM transfers WHERE device = ? AND item = ?", [dev, item])
             if not tr:
                 return P.Answer(item=item, kind="finish", status=P.UNKNOWN, reason="no manifest received for this item")

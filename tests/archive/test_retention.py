@@ -102,6 +102,9 @@ def test_classes_expiry_instant_tombstone_and_chain(centre):
     again = centre.st.on_manifest(centre.st.registry.device("dock-0001"), normal, (sd / "manifest.json").read_bytes(),
                                   dict(P.manifest_props((sd / "manifest.sig").read_bytes())))
     assert again.status == "rejected" and again.reason.startswith("expired: deleted by its retention rule")
+    fin = centre.st.on_finish(centre.st.registry.device("dock-0001"), normal, P.finish_payload(
+        json.loads((sd / "manifest.json").read_bytes())["files"], []))
+    assert fin.status == "rejected" and fin.reason.startswith("expired")
     assert [t["item"] for t in ret.tombstones() if t["item"] == normal] == [normal]
     # the deletion is in the archive's audit chain, which still verifies
     expired = [e for e in centre.st.audit.entries(action="expire")]
