@@ -38,15 +38,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float = 10) -> None:
+def wait_broker(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30) -> bool:
+    """True once ``proc`` says it runs (its listeners open) and accepts on ``port``; False if it
+    exited first (e.g. another process took the port)."""
     end = time.time() + timeout
     while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"demo: broker did not start on port {port}")
+        if proc.poll() is not None:
+            return False
+        if " running" in log.read_text(errors="replace"):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return proc.poll() is None
+            except OSError:
+                pass
+        time.sleep(0.1)
+    raise SystemExit(f"demo: broker did not start on port {port} within {timeout:.0f} s ({log})")
+
+
+def start_broker(out: Path, archive: Path, broker_dir: Path, attempts: int = 5) -> tuple[subprocess.Popen, int, str]:
+    """Generate the broker's identities/ACL for a free port and start Mosquitto on it.
+
+    The port is chosen just before the start and chosen again if another process took it in
+    between (the machine runs other brokers and clients): returns the process, the port and the
+    output of `archive broker-config`.
+    """
+    log = out / "mosquitto.log"
+    for _ in range(attempts):
+        port = free_port()
+        if broker_dir.exists():
+            shutil.rmtree(broker_dir)
+        made = edge(None, "archive", "broker-config", "--root", str(archive), "--out", str(broker_dir),
+                    "--port", str(port))
+        # the generated mosquitto.conf as is; the demo's broker runs as this user and logs beside it
+        (out / "mosquitto.conf").write_text(f"user {os.environ.get('USER') or 'root'}\npersistence false\n"
+                                            f"log_type all\ninclude_dir {broker_dir / 'conf.d'}\n")
+        (broker_dir / "conf.d").mkdir()
+        shutil.copy(broker_dir / "mosquitto.conf", broker_dir / "conf.d" / "edge-agent.conf")
+        broker = subprocess.Popen(["mosquitto", "-c", str(out / "mosquitto.conf")],
+                                  stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        if wait_broker(port, broker, log):
+            return broker, port, made.stdout
+        broker.wait()
+        if "Address already in use" not in log.read_text(errors="replace"):
+            raise SystemExit(f"demo: the broker exited on start ({log}):\n{log.read_text(errors='replace')}")
+    raise SystemExit(f"demo: no free port for the broker after {attempts} attempts ({log})")
 
 
 def from_example(name: str, overrides: dict) -> dict:
@@ -98,7 +133,6 @@ def main() -> int:
         print(f"  {clip}\n  {rec_media}: {', '.join(sorted(p.name for p in rec_media.iterdir()))}")
 
         step(2, total, "配置采集站并生成设备密钥", "configuring the docking station agent and its Ed25519 key")
-        port = free_port()
         cfg = out / "agent" / "agent.toml"
         (out / "dev").mkdir()
         bay = out / "dev" / "ttyREC1"
@@ -107,7 +141,7 @@ def main() -> int:
             "device": {"id": "dock-demo-01", "unit_code": "330106000000", "unit_name": "西湖区综合行政执法局",
                        "kind": "dock", "location": "西湖区文三路采集站 / Wensan Rd docking station"},
             "storage": {"data_dir": str(out / "agent" / "data"), "reserve_mb": 100, "retention_days": 7},
-            "mqtt": {"host": "127.0.0.1", "port": port},
+            "mqtt": {"host": "127.0.0.1", "port": 1883},  # the broker's free port is set in step 3
             "health": {"interval_s": 5},
             "dock": {"bays": [{"name": "bay-1", "port": str(bay)}], "poll_ms": 300},
         })
@@ -122,25 +156,16 @@ def main() -> int:
         broker_dir = out / "broker"
         edge(None, "archive", "enroll", "dock-demo-01", str(out / "agent" / "data" / "keys" / "device.pub"),
              "--unit", "330106000000", "--root", str(archive), "--pin-to", str(out / "agent" / "data"))
-        made = edge(None, "archive", "broker-config", "--root", str(archive), "--out", str(broker_dir),
-                    "--port", str(port))
-        print("  " + made.stdout.strip().replace("\n", "\n  "))
-        # the generated mosquitto.conf as is; the demo's broker runs as this user and logs beside it
-        (out / "mosquitto.conf").write_text(f"user {os.environ.get('USER') or 'root'}\npersistence false\n"
-                                            f"log_type all\ninclude_dir {broker_dir / 'conf.d'}\n")
-        (broker_dir / "conf.d").mkdir()
-        shutil.copy(broker_dir / "mosquitto.conf", broker_dir / "conf.d" / "edge-agent.conf")
-        broker = subprocess.Popen(["mosquitto", "-c", str(out / "mosquitto.conf")],
-                                  stdout=open(out / "mosquitto.log", "w"), stderr=subprocess.STDOUT)
+        broker, port, made = start_broker(out, archive, broker_dir)
         procs.append(broker)
-        wait_port(port)
+        print("  " + made.strip().replace("\n", "\n  "))
         print(f"  mqtt://127.0.0.1:{port}  (allow_anonymous false, acl_file {broker_dir / 'acl'})")
         logging.getLogger("agent.wire.mqtt").setLevel(logging.ERROR)  # each refused retry would log a warning
         anon = exchange(ConnSettings("127.0.0.1", port, "demo-anonymous"), timeout=3)
         if anon.connected:
             raise SystemExit("demo: the broker admitted an anonymous client")
         print(f"  匿名连接被拒绝 / anonymous client refused: {anon.error}")
-        dock_settings["mqtt"].update(credentials(broker_dir, "dock-demo-01"))
+        dock_settings["mqtt"].update(port=port, **credentials(broker_dir, "dock-demo-01"))
         cfg.write_text(config_mod.render_default(dock_settings), encoding="utf-8")
         os.chmod(cfg, 0o600)
 
