@@ -7,7 +7,8 @@ Every archived item has a **retention class**:
 * ``important`` — the recorder's file record marked it (``metadata.mark`` 1, 重点文件): kept
   ``important_days`` of the unit's policy, permanently when that is null (the default);
 * ``evidence`` — the item is evidence (``evidence_mark`` true, sealed or annotated by the device
-  or an enrolled annotator): kept permanently.
+  or an enrolled annotator, or its proof object matching the unit policy's
+  ``evidence_proof_pattern``): kept permanently.
 
 The class is read from the sealed item (its mark, its evidence mark); at the centre a custodian
 raises it by a signed record (``edge-retention/1``, the custodian's key enrolled under
@@ -30,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -50,27 +52,60 @@ RECORD_FIELDS = ("format", "action", "item_id", "device", "manifest_hash", "clas
                  "reason", "request")
 
 
-def sealed_class(meta: dict) -> str:
-    """The class the item's own (signed) metadata gives it: evidence mark → evidence, file-record
-    mark 1 → important, else normal."""
+def classify(meta: dict, evidence_proof: str | None = None) -> tuple[str, str]:
+    """(class, why) from the item's own signed metadata and the unit policy's retention rule:
+    evidence mark, or a proof object (证明对象) matching ``evidence_proof`` → evidence; the
+    recorder's mark 1 (重点文件) → important; else normal."""
     if meta.get("evidence_mark") is True:
-        return "evidence"
+        return "evidence", "evidence mark"
+    proof = meta.get("proof")
+    if evidence_proof and isinstance(proof, str):
+        try:
+            if re.search(evidence_proof, proof):
+                return "evidence", "proof object matches the policy (证明对象)"
+        except re.error:
+            pass
     if meta.get("mark") == 1:
-        return "important"
-    return "normal"
+        return "important", "mark 1 (重点文件)"
+    return "normal", "sealed"
 
 
-def periods(root: Path, unit: str) -> tuple[int, int | None]:
-    """(normal_days, important_days or None = permanent) from the unit's last signed policy
-    (``ROOT/_policy/published/UNIT.json``), else the policy's defaults."""
+def sealed_class(meta: dict, evidence_proof: str | None = None) -> str:
+    return classify(meta, evidence_proof)[0]
+
+
+def unit_rules(root: Path, unit: str) -> wp.Retention:
+    """The retention rule of the unit's last signed policy (``ROOT/_policy/published/UNIT.json``),
+    else the policy's defaults."""
     from .policy import last_published
 
     try:
         last = last_published(root, unit)
     except (EdgeError, ValueError):
         last = None
-    r = last[0].rules.retention if last else wp.Retention()
+    return last[0].rules.retention if last else wp.Retention()
+
+
+def periods(root: Path, unit: str) -> tuple[int, int | None]:
+    """(normal_days, important_days or None = permanent) of the unit."""
+    r = unit_rules(root, unit)
     return r.normal_days, r.important_days
+
+
+def note_class(db, root: Path, device: str, item: str, unit: str, meta: dict, at: str) -> None:
+    """When an item arrives (or an annotation does): keep the class it has now as its floor, so a
+    later policy (a narrower proof-object rule) never lowers it; only two custodians do."""
+    try:
+        cls, why = classify(meta, unit_rules(root, unit).evidence_proof_pattern)
+    except Exception:  # (SQL below is not guarded: on PostgreSQL a failed statement spoils the transaction)
+        log.exception("retention class of %s/%s not noted (it is derived again when needed)", device, item)
+        return
+    cur = db.execute("SELECT class FROM retention_floor WHERE device = ? AND item = ?", [device, item]).fetchone()
+    if cur and RANK.get(cur[0], 0) >= RANK[cls]:
+        return
+    db.execute("INSERT INTO retention_floor(device, item, class, why, at) VALUES (?,?,?,?,?) "
+               "ON CONFLICT(device, item) DO UPDATE SET class = excluded.class, why = excluded.why, "
+               "at = excluded.at", [device, item, cls, why, at])
 
 
 @dataclasses.dataclass
@@ -121,10 +156,21 @@ class Retention:
         m = json.loads((d / mf.MANIFEST).read_bytes())
         return m, mf.read_annotations(d)
 
-    def status(self, row: dict, db=None) -> Status:
+    def own_class(self, row: dict, db=None) -> tuple[str, str, dict]:
+        """(class, why, effective metadata): the item's own class — from its signed metadata and the
+        unit's rule, never below the floor noted when it arrived."""
         m, anns = self._manifest(row)
         meta = mf.effective_metadata(m, anns)
-        cls, source = sealed_class(meta), "sealed"
+        cls, why = classify(meta, unit_rules(self.root, row["unit"]).evidence_proof_pattern)
+        sql, args = "SELECT class, why FROM retention_floor WHERE device = ? AND item = ?", [row["device"], row["item"]]
+        floor = db.execute(sql, args).fetchone() if db is not None else (
+            (lambda r: (r["class"], r["why"]) if r else None)(self.db.one(sql, args)))
+        if floor and RANK.get(floor[0], 0) > RANK[cls]:
+            cls, why = floor[0], f"{floor[1]}, at arrival"
+        return cls, why, meta
+
+    def status(self, row: dict, db=None) -> Status:
+        cls, source, meta = self.own_class(row, db)
         q = db.execute if db is not None else None
         sql = ("SELECT id, class, sealed_class FROM retention_changes WHERE device = ? AND item = ? "
                "AND state = 'applied' ORDER BY id DESC LIMIT 1")
@@ -222,8 +268,7 @@ class Retention:
                                 f"(lowering needs a second person: `archive retention lower`)")
             if action == "lower" and RANK[to] >= RANK[cur]:
                 raise EdgeError(f"{item}: class is {cur}: lowering goes to a lower class")
-            m, anns = self._manifest(row)
-            sealed = sealed_class(mf.effective_metadata(m, anns))
+            sealed = self.own_class(row, db)[0]
             record = {"format": RECORD_FORMAT, "action": action, "item_id": item, "device": row["device"],
                       "manifest_hash": row["manifest_hash"], "class": to, "from_class": cur, "actor": actor,
                       "time": iso(self.clock()), "reason": reason, "request": None}

@@ -69,7 +69,9 @@ def policy_show(c: Ctx, as_json):
         click.echo(f"删除策略 / erase policy: {r['erase_policy'] or '(本站设置 / station setting)'}   "
                    f"上传时限 / upload deadline: {r['upload_deadline_h']} h   "
                    f"保存 / retention: normal {r['retention']['normal_days']} d, important "
-                   f"{r['retention']['important_days'] or 'permanent'}")
+                   f"{r['retention']['important_days'] or 'permanent'}"
+                   + (f", evidence when the proof object matches {r['retention']['evidence_proof_pattern']}"
+                      if r["retention"].get("evidence_proof_pattern") else ""))
         click.echo(f"案件编号格式 / case-number pattern: {r['case_number_pattern'] or '(any)'}")
         n = rec["counts"]
         click.echo(f"名册 / roster: {n['units']} unit(s), {n['officers']} officer(s), "

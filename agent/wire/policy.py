@@ -122,6 +122,9 @@ class Retention(_Model):
                              description="Normal footage: kept at least this many days (at least six months).")
     important_days: int | None = Field(None, ge=183, le=36500,
                                        description="Important files (mark 1): days, or null = permanent.")
+    evidence_proof_pattern: Annotated[str, Field(max_length=200), AfterValidator(_pattern)] | None = Field(
+        None, description="Regular expression over the proof object (证明对象): an item whose proof object matches "
+                          "is evidence, kept permanently (e.g. '妨碍执法|重大案件'); null = only the evidence mark.")
 
 
 class Quotas(_Model):

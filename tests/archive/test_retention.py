@@ -282,3 +282,25 @@ def test_a_run_stopped_after_recording_a_deletion_is_finished_by_the_next(tmp_pa
     assert sorted(p.name for p in d.iterdir()) == ["tombstone.json", "tombstone.sig"]
     _verify_both(c.root)
     c.close()
+
+
+def test_proof_object_rule_of_the_policy_and_a_narrower_policy_never_lowers(centre):
+    """The unit policy's evidence_proof_pattern makes an item whose proof object (证明对象) matches
+    it evidence; the class it had when it arrived is its floor: a later policy without the rule does
+    not lower it (only two custodians do), while an item arriving under that policy is normal."""
+    apol.new_key(centre.root)
+    apol.sign_next(centre.root, UNIT, wp.content_from({"rules": {"retention": {"evidence_proof_pattern": "妨碍执法"}}}))
+    obstructed = centre.item(T0, proof="当事人妨碍执法过程")
+    plain = centre.item(T0)
+    clock = Clock(T0 + dt.timedelta(days=400))
+    ret = Retention(centre.st, clock=clock)
+    shown = ret.show(obstructed)
+    assert (shown["class"], shown["keep_until"]) == ("evidence", None)
+    assert shown["class_source"] == "proof object matches the policy (证明对象)"
+    apol.sign_next(centre.root, UNIT, wp.content_from({"rules": {}}))  # version 2: no proof-object rule
+    later = centre.item(T0, proof="当事人妨碍执法过程")
+    assert ret.show(obstructed)["class"] == "evidence"
+    assert ret.show(obstructed)["class_source"].endswith("at arrival")
+    assert ret.show(later)["class"] == "normal"
+    assert sorted(d["item"] for d in ret.run(actor="t")["deleted"]) == sorted([plain, later])
+    assert ret.show(obstructed)["state"] == "permanent"
