@@ -48,7 +48,10 @@ def _optional_cfg(c: Ctx):
 @click.option("--web", "web_port", type=click.IntRange(0, 65535), help="Serve the web page and JSON API on this port (0: any free port).")
 @click.option("--web-host", default="127.0.0.1", show_default=True, help="Address the web page listens on.")
 @db_option
-@click.option("--broker", help="MQTT broker HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (default: mqtt.host/port of the config, else 127.0.0.1:1883).")
+@click.option("--broker", "brokers", multiple=True,
+              help="MQTT broker HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]; repeat it for every broker "
+                   "(independent brokers: the monitor subscribes to each) (default: mqtt.host/port and "
+                   "mqtt.fallback of the config, else 127.0.0.1:1883).")
 @click.option("--prefix", help="Topic prefix (default: mqtt.topic_prefix, else edge).")
 @click.option("--lost-after", type=click.IntRange(5, 86400), default=120, show_default=True,
               help="Seconds of silence after which an online device is shown as lost.")
@@ -65,7 +68,7 @@ def _optional_cfg(c: Ctx):
 @json_lines_option
 @pass_ctx
 @click.pass_context
-def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, lost_after, tui, duration, enrolment,
+def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, brokers, prefix, lost_after, tui, duration, enrolment,
             connections, as_json):
     """Watch the fleet: subscribe to every device topic, keep state and history in SQLite or
     PostgreSQL (--db postgresql://...), show a
@@ -102,10 +105,16 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
     if not rows:
         click.echo(f"monitor: the enrolment at {redact(str(root))} lists no device yet; every message is refused until one "
                    "is enrolled (`edge-agent archive enroll DEVICE_ID PUBKEY --unit UNIT_CODE --root ROOT`)", err=True)
-    host, port, use_tls = _broker(broker, cfg)
+    host, port, use_tls = _broker(brokers[0] if brokers else None, cfg)
+    if brokers:
+        more = [_broker(b, cfg)[:2] for b in brokers[1:]]
+    else:
+        from agent.wire.client import fallback_addresses
+
+        more = list(fallback_addresses(cfg.mqtt.fallback, tls=bool(cfg.mqtt.tls))) if cfg else []
     path = check_db_arg(db)
     s = IngestSettings(host=host, port=port, prefix=prefix or (cfg.mqtt.topic_prefix if cfg else "edge"),
-                       connections=connections)
+                       connections=connections, more_brokers=tuple(more))
     if cfg is not None:
         m = cfg.mqtt
         s.username, s.password, s.tls = m.username, m.password, m.tls
@@ -151,11 +160,13 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, broker, prefix, 
     url = f" web http://{web_host}:{web.port}/" if web else ""
     if not ing.subscribed.wait(5):
         click.echo(f"monitor: broker {host}:{port} not reachable yet; retrying in the background", err=True)
+    more_txt = "".join(f", {h}:{p}" for h, p in more)
     if as_json:
         emit_json_line("ready", db=redact(str(path)), broker=f"{host}:{port}", prefix=s.prefix, enrolled=len(enrolled),
+                       brokers=[f"{h}:{p}" for h, p in [(host, port), *more]],
                        web=f"http://{web_host}:{web.port}/" if web else None, subscribed=ing.subscribed.is_set())
     else:
-        click.echo(f"monitor: ready db {redact(str(path))} broker {host}:{port} prefix {s.prefix} enrolled {len(enrolled)}{url}",
+        click.echo(f"monitor: ready db {redact(str(path))} broker {host}:{port}{more_txt} prefix {s.prefix} enrolled {len(enrolled)}{url}",
                    err=True)
     deadline = time.monotonic() + duration if duration else None
     tui_thread = None

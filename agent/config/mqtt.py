@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
+
+from pydantic import Field, field_validator
 
 from .base import ConfigModel, Ident, secret
+
+#: HOST:PORT, [IPv6]:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (agent.wire.client.parse_broker reads it)
+_ADDR = re.compile(r"^(?:(?:mqtts?|tcp|ssl)://(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::\d{1,5})?/?"
+                   r"|(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5})$")
 
 
 class MqttConfig(ConfigModel):
@@ -18,3 +24,19 @@ class MqttConfig(ConfigModel):
     certfile: str = Field("", description="Client certificate (mutual TLS, per-device identity).")
     keyfile: str = Field("", description="Client private key.")
     keepalive: int = Field(30, ge=5, le=3600, description="Keepalive seconds.")
+    fallback: list[str] = Field(default_factory=list, max_length=8,
+                                description="Fallback brokers, in order (HOST:PORT or mqtt(s)://HOST[:PORT]): when "
+                                            "the broker at host:port cannot be reached or the connection is lost, "
+                                            "the next one is tried, then the primary again. Same user name, "
+                                            "password and TLS settings. A transfer goes on through whichever "
+                                            "broker is up, from the byte ranges the archive holds.")
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback(cls, value: list[str]) -> list[str]:
+        for v in value:
+            if not _ADDR.match(v):
+                raise ValueError(f"{v!r} is not a broker address: HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        if len(set(value)) != len(value):
+            raise ValueError("a broker is listed twice")
+        return value

@@ -19,7 +19,10 @@ message seen again (a retained re-delivery) is counted as ``duplicate`` and chan
 Connections: one subscribes ``P/dev/#`` (it sees devices that are not enrolled, to count and
 refuse them); ``connections - 1`` more share the enrolled devices (``P/dev/D/#`` each, by CRC-32
 of the id), so the broker keeps a queue per share: a flood too fast for the monitor to read
-fills its own share's queue, not the one other devices' messages wait in.
+fills its own share's queue, not the one other devices' messages wait in. With several brokers
+(independent ones, each device on its primary or its fallback: docs/scaling.md) the monitor keeps
+this set of connections to every broker; a device is heard through whichever broker it uses, and
+the order rules (epoch, bdseq) make a message seen through two brokers count once.
 
 Threads: paho's network threads only file each message into a queue per device of the topic
 (two lanes, :mod:`agent.monitor.lanes`: messages continuing the sequence the device signed go
@@ -86,6 +89,8 @@ class IngestSettings:
     #: connections - 1 sharing the enrolled devices (P/dev/D/# each), so that the broker keeps a
     #: separate queue per share: a flood too fast to read fills its own share's queue only
     connections: int = 8
+    #: more brokers besides host:port (HOST, PORT): the monitor subscribes to every one
+    more_brokers: tuple[tuple[str, int], ...] = ()
 
 
 class Ingest(DeviceState):
@@ -130,6 +135,7 @@ class Ingest(DeviceState):
         self.client = None
         self.clients: list = []
         self._n = 1
+        self._brokers: list[tuple[str, int]] = []
         self._shares: list[set[str]] = []   # devices subscribed on each share connection
         self._via_share: set[str] = set()   # devices whose messages come through their share
         self.connected = False
@@ -354,22 +360,26 @@ class Ingest(DeviceState):
         tls = TlsConfig(self.s.cafile, self.s.certfile or None, self.s.keyfile or None) if self.s.tls else None
         self.start_workers()
         n = self._n = max(1, self.s.connections)
-        self._shares = [set() for _ in range(n)]
-        for i in range(n):
-            c = new_client(ConnSettings(host=self.s.host, port=self.s.port, client_id=cid if i == 0 else f"{cid}-{i}",
+        brokers = [(self.s.host, self.s.port), *[b for b in self.s.more_brokers if b != (self.s.host, self.s.port)]]
+        self._brokers = brokers
+        self._shares = [set() for _ in range(n * len(brokers))]
+        for k in range(n * len(brokers)):  # connection k: broker k // n, share k % n (0: the catch-all)
+            (host, port), i = brokers[k // n], k % n
+            name = (cid if k < n else f"{cid}-b{k // n}") + (f"-{i}" if i else "")
+            c = new_client(ConnSettings(host=host, port=port, client_id=name,
                                         keepalive=self.s.keepalive, username=self.s.username or None,
                                         password=self.s.password or None, tls=tls))
             c.suppress_exceptions = True  # belt and braces: _on_message never raises
             c.reconnect_delay_set(1, 30)
             c.max_queued_messages_set(0)
-            c.user_data_set(i)
+            c.user_data_set(k)
             c.on_connect = self._on_connect
-            if i == 0:
+            if k == 0:
                 c.on_subscribe = lambda *_a: self.subscribed.set()
             c.on_disconnect = self._on_disconnect
             c.on_message = self._on_message
             self.clients.append(c)
-            c.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
+            c.connect_async(host, port, keepalive=self.s.keepalive)
             c.loop_start()
         self.client = self.clients[0]
 
@@ -384,19 +394,19 @@ class Ingest(DeviceState):
             return
         by_share: dict[int, list[str]] = {}
         for dev in list(self.enrolment.devices):
-            i = self._share_of(dev)
-            if (only is None or i == only) and (only is not None or dev not in self._shares[i]):
-                by_share.setdefault(i, []).append(dev)
-        for i, devs in by_share.items():
-            if i >= len(self.clients):
-                continue  # not created yet: it subscribes its devices when it connects
-            c = self.clients[i]
+            by_share.setdefault(self._share_of(dev), []).append(dev)
+        for k in range(len(self._shares)):  # connection k: share k % n of broker k // n
+            i = k % self._n
+            if i == 0 or (only is not None and k != only) or k >= len(self.clients):
+                continue  # the catch-all, another connection, or not created yet (subscribes when it connects)
+            c = self.clients[k]
             if not c.is_connected():
                 continue
-            for k in range(0, len(devs), 500):
-                chunk = devs[k:k + 500]
+            devs = [d for d in by_share.get(i, []) if only is not None or d not in self._shares[k]]
+            for j in range(0, len(devs), 500):
+                chunk = devs[j:j + 500]
                 c.subscribe([(self.topics.all_of_dev(d), 1) for d in chunk])
-                self._shares[i].update(chunk)
+                self._shares[k].update(chunk)
                 self._via_share.update(chunk)  # the catch-all skips them from now on (a duplicate meanwhile is harmless)
 
     def start_workers(self) -> None:
@@ -414,17 +424,19 @@ class Ingest(DeviceState):
         if reason_code.is_failure:
             log.error("monitor: broker refused the connection: %s", reason_code)
             return
-        if userdata:  # a share: its devices again (a fresh session has no subscriptions)
+        if userdata % self._n:  # a share: its devices again (a fresh session has no subscriptions)
             self._subscribe_shares(only=userdata)
             return
         self.connected = True
         client.subscribe(self.topics.all_dev(), qos=1)
-        log.info("monitor: connected to %s:%s, subscribed %s", self.s.host, self.s.port, self.topics.all_dev())
+        log.info("monitor: connected to %s:%s, subscribed %s", *self._brokers[userdata // self._n], self.topics.all_dev())
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if userdata:
+        if userdata % self._n:
             return
-        self.connected = False
+        # connected while the catch-all of any broker is
+        self.connected = any(c.is_connected() for k, c in enumerate(self.clients)
+                             if k % self._n == 0 and c is not client)
         if self._stop.is_set():
             log.info("monitor: disconnected (stopping)")
         else:
@@ -435,7 +447,7 @@ class Ingest(DeviceState):
             topic = msg.topic
         except UnicodeDecodeError:  # a topic that is not UTF-8 (paho decodes on access)
             topic = "\ufffd"
-        self.submit(topic, msg.payload, bool(msg.retain), catch_all=not userdata and self._n > 1)
+        self.submit(topic, msg.payload, bool(msg.retain), catch_all=userdata % self._n == 0 and self._n > 1)
 
     def stop(self) -> None:
         self._stop.set()

@@ -114,7 +114,7 @@ class Uplink:
         reachable = bool(t.last_answer_at and now - t.last_answer_at < 3 * t.ack_timeout) \
             or any(st == "online" and now - at < STATUS_FRESH_S for st, at in self.archive_receivers.values())
         return {
-            "connected": c.connected, "reconnects": c.reconnects, "errors": c.errors + self.errors_local,
+            "connected": c.connected, "broker": c.broker, "failovers": c.failovers, "reconnects": c.reconnects, "errors": c.errors + self.errors_local,
             "bytes_sent": c.bytes_sent, "bytes_per_s": round(t.bytes_per_s()),
             "items_archived": t.items_archived, "items_rejected": t.items_rejected,
             "retransmits": t.retransmits, "current_item": t.current, "current_items": t.current_items,

@@ -118,8 +118,23 @@ def settings_from_config(mqtt_cfg: Any | None, client_id: str, *, broker: str | 
     if mqtt_cfg is not None:
         kw = {"keepalive": mqtt_cfg.keepalive, "username": mqtt_cfg.username or None,
               "password": mqtt_cfg.password or None}
+        if not broker:  # a --broker given on the command line is the one broker to use
+            kw["fallback"] = fallback_addresses(getattr(mqtt_cfg, "fallback", None) or [], tls=bool(tls))
     kw.update(extra)
     return ConnSettings(host=host, port=port, client_id=client_id, tls=tls, **kw)
+
+
+def fallback_addresses(values: list[str], *, tls: bool) -> tuple[tuple[str, int], ...]:
+    """``mqtt.fallback`` as (host, port) pairs; an address whose scheme says otherwise than the
+    connection's TLS setting is refused (one set of credentials and TLS files serves them all)."""
+    out = []
+    for v in values:
+        addr = parse_broker(v)
+        if addr.tls is not None and addr.tls != tls:
+            raise BrokerAddressError(f"代理地址无效 / mqtt.fallback {v!r}: {'TLS' if addr.tls else 'plain MQTT'}, but the "
+                                     f"primary broker is {'TLS' if tls else 'plain MQTT'} (the same TLS settings serve every broker)")
+        out.append((addr.host, addr.port))
+    return tuple(out)
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -161,3 +176,10 @@ class ConnSettings:
     #: Receive Maximum we announce in CONNECT: how many QoS 1 messages the broker may have in
     #: flight to us (None: the protocol default, 65535)
     receive_maximum: int | None = None
+    #: brokers tried in turn after host:port when it cannot be reached or the connection is lost
+    fallback: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def brokers(self) -> list[tuple[str, int]]:
+        """Every broker in the order tried: the primary first."""
+        return [(self.host, self.port), *[b for b in self.fallback if b != (self.host, self.port)]]

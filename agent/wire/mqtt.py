@@ -12,7 +12,11 @@ What paho does not do and this module does:
 - the PUBACK reason code is checked in ``on_publish`` (paho reports a QoS 1 message as published
   even when the broker answered >= 0x80);
 - every wait has a timeout (paho's ``wait_for_publish`` without one can hang on a lost connection,
-  #613).
+  #613);
+- fail-over between brokers (``mqtt.fallback``): when the broker cannot be reached or the
+  connection is lost, the next broker of the list is tried at once, then the primary again; only
+  a whole round without a connection backs off. Brokers share nothing: whatever must survive the
+  switch lives with its owner (the device's outbox, the archive's index and storage).
 """
 
 from __future__ import annotations
@@ -85,6 +89,10 @@ class Connection:
                  on_message: Callable[[str, bytes, Any], None] | None = None,
                  name: str = "mqtt", manual_ack: bool = False, raw_payloads: bool = False):
         self.s = settings
+        self._brokers = settings.brokers
+        self._at = 0  # index into _brokers of the broker used now
+        self.host, self.port = self._brokers[0]
+        self.failovers = 0
         self.raw_payloads = raw_payloads  # pass paho's payload as it is (a bytearray with the lean decoder)
         self.stop_event = stop_event or threading.Event()
         self._will = will
@@ -121,6 +129,11 @@ class Connection:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def broker(self) -> str:
+        """HOST:PORT of the broker in use (or being tried)."""
+        return f"{self.host}:{self.port}"
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -270,6 +283,8 @@ class Connection:
     def _run(self) -> None:
         delay = self.s.min_backoff
         while not self.stop_event.is_set():
+            self.host, self.port = self._brokers[self._at]
+            was_up = False
             self._auth_refused = False
             self._got_connack = False
             self._connack_failed = False
@@ -281,12 +296,12 @@ class Connection:
                 if self.s.receive_maximum:
                     cprops = Properties(PacketTypes.CONNECT)
                     cprops.ReceiveMaximum = self.s.receive_maximum
-                client.connect(self.s.host, self.s.port, keepalive=self.s.keepalive, clean_start=True,
+                client.connect(self.host, self.port, keepalive=self.s.keepalive, clean_start=True,
                                properties=cprops)
                 _nodelay(client)
                 client.loop_start()
             except (OSError, ssl.SSLError, ValueError, EdgeError) as exc:
-                self._note_error(f"cannot connect to {self.s.host}:{self.s.port}: {exc}")
+                self._note_error(f"cannot connect to {self.host}:{self.port}: {exc}")
                 self._client = None
             else:
                 # wait for CONNACK, then for the connection to end
@@ -295,7 +310,7 @@ class Connection:
                         and time.monotonic() < deadline:
                     self._lost.wait(0.05)
                 if not self._connected.is_set() and not self._lost.is_set() and not self.stop_event.is_set():
-                    self._note_error(f"no CONNACK from {self.s.host}:{self.s.port} within {self.s.connect_timeout:.0f} s")
+                    self._note_error(f"no CONNACK from {self.host}:{self.port} within {self.s.connect_timeout:.0f} s")
                     try:
                         client.disconnect()
                     except Exception:
@@ -303,6 +318,7 @@ class Connection:
                     self._lost.set()
                 if self.connected:
                     delay = self.s.min_backoff
+                    was_up = True
                 while not self._lost.wait(0.5):
                     if self.stop_event.is_set():
                         break
@@ -310,8 +326,16 @@ class Connection:
             if self.stop_event.is_set():
                 break
             wait = self.s.max_backoff if self._auth_refused else delay
+            if len(self._brokers) > 1:
+                self._at = (self._at + 1) % len(self._brokers)
+                self.failovers += 1
+                log.warning("%s: broker %s:%s %s; trying %s:%s", self.name, self.host, self.port,
+                            "lost" if was_up else "unreachable", *self._brokers[self._at])
+            if len(self._brokers) > 1 and (self._at != 0 or was_up):
+                wait = self.s.min_backoff  # the next broker at once; back off only after a whole round
+            else:
+                delay = min(delay * 2, self.s.max_backoff)
             wait = wait * (0.5 + random.random() / 2)  # jitter: spread a fleet's reconnects
-            delay = min(delay * 2, self.s.max_backoff)
             log.info("%s: reconnecting in %.1f s", self.name, wait)
             self.stop_event.wait(wait)
 
@@ -367,7 +391,7 @@ class Connection:
         for topic_filter, qos in self._subs.items():
             client.subscribe(topic_filter, qos=qos)
         log.info("%s: connected to %s:%s (receive maximum %d, maximum packet size %d)", self.name,
-                 self.s.host, self.s.port, self.receive_maximum, self.maximum_packet_size)
+                 self.host, self.port, self.receive_maximum, self.maximum_packet_size)
         self._connected.set()
         if self._on_connect_cb:
             threading.Thread(target=self._safe_cb, name=f"{self.name}-onconnect", daemon=True).start()
@@ -380,7 +404,7 @@ class Connection:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if not self._got_connack:
-            self._note_error(f"connection to {self.s.host}:{self.s.port} closed before CONNACK "
+            self._note_error(f"connection to {self.host}:{self.port} closed before CONNACK "
                              f"(TLS client certificate refused or broker unreachable): {reason_code}")
         elif not self.stop_event.is_set() and not self._connack_failed:  # keep the refusal as the error
             self._note_error(f"connection lost: {reason_code}")

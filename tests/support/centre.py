@@ -208,6 +208,20 @@ class Centre(Cluster):
         self.nodes.append(node)
         return node
 
+    def start_monitor(self, lost_after: int = 10) -> "Monitor":
+        """`edge-agent monitor` logged in as the monitor identity, subscribed to every broker."""
+        args = [EDGE, "--config", str(self.auth.credentials["monitor"]), "monitor", "--db", str(self.tmp / "monitor.db"),
+                "--no-tui", "--lost-after", str(lost_after), "--enrolment", self.db, "--web", "0"]
+        for mq in self.brokers:
+            args += ["--broker", f"127.0.0.1:{mq.port}"]
+        p = Proc(args, self.tmp / "monitor.log")
+        self.procs.append(p)
+        line = wait_for(lambda: next((ln for ln in p.text().splitlines() if "monitor: ready" in ln), None)
+                        or (not p.alive() and "exited"), 60, "monitor ready", [p])
+        if not p.alive():
+            raise HarnessError(f"monitor exited:\n{p.tail()}")
+        return Monitor(p, line.split(" web ", 1)[1].strip())
+
     def logs(self) -> list[Proc]:
         out = [r.proc for r in self.receivers if r.proc]
         for n in self.nodes:
@@ -266,3 +280,19 @@ class Centre(Cluster):
                 if r["state"] == "archived":
                     out.append((n, r, json.loads(r["receipt"] or "{}")))
         return out
+
+
+class Monitor:
+    """The monitor's web API: the state it shows for each device."""
+
+    def __init__(self, proc: Proc, url: str):
+        self.proc, self.url = proc, url
+
+    def devices(self) -> dict[str, dict]:
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + "api/devices", timeout=10) as r:
+            return {d["id"]: d for d in json.loads(r.read())}
+
+    def states(self) -> dict[str, str]:
+        return {k: d["display_state"] for k, d in self.devices().items()}

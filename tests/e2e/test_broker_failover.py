@@ -1,0 +1,66 @@
+"""Brokers that fail over, without a broker cluster: two independent Mosquittos, each with its own
+receiver on a local shared subscription, both writing to one PostgreSQL index and one storage;
+the monitor subscribes to both. The device's config lists its primary and its fallback
+(``mqtt.fallback``). Its primary is killed (SIGKILL) mid-transfer: the device fails over, the
+transfer goes on from the byte ranges the centre holds (what was held is not sent again), the item
+is archived once by the other broker's receiver and verifies, and the monitor shows the device
+online throughout.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from tests.faults.harness import wait_for
+from tests.support.centre import Centre
+
+SIZE = 6_000_000
+
+
+def test_device_fails_over_to_its_fallback_broker_mid_transfer(tmp_path):
+    with Centre(tmp_path, devices=["dock-0001"], brokers=2, receivers=1) as c:
+        c.start()
+        node = c.add_node("dock-0001", primary=0, health__interval_s=1, uplink__bandwidth_limit=1_000_000)
+        mon = c.start_monitor(lost_after=10)
+        primary, fallback = (f"127.0.0.1:{mq.port}" for mq in c.brokers)
+        node.start()
+        wait_for(lambda: mon.states().get("dock-0001") == "online", 60, "the monitor shows the device", c.logs())
+        (item,) = node.ingest(1, SIZE)
+        seen: list[str] = []
+        stop = threading.Event()
+
+        def watch() -> None:  # what the monitor shows, 4 times a second, until the item is archived
+            while not stop.wait(0.25):
+                try:
+                    seen.append(mon.states().get("dock-0001", "absent"))
+                except OSError as exc:
+                    seen.append(f"monitor unreachable: {exc}")
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            wait_for(lambda: node.live_status().get("broker") == primary, 30, "the device on its primary")
+            wait_for(lambda: c.partial_bytes() >= 2_000_000, 60, "2 MB of the item held through the primary", c.logs(),
+                     step=0.05)
+            held = c.partial_bytes()
+            bdseq = mon.devices()["dock-0001"]["bdseq"]  # the birth the monitor heard through the primary
+            c.brokers[0].kill()  # the device's broker dies mid-transfer
+            c.wait_archived(120)
+        finally:
+            stop.set()
+            watcher.join(5)
+        out = c.check().assert_ok()  # once, verifies (chain too), the edge keeps its copy
+        assert out.archived == 1
+        (row,) = c.archive_rows()
+        assert row["item"] == item and row["receiver"] == "rx-2-1", row  # finished by the fallback's receiver
+        st = wait_for(lambda: (lambda s: s if s.get("items_archived") else None)(node.live_status()), 30,
+                      "the device's status after the item")
+        assert st["broker"] == fallback and st["failovers"] >= 1, st
+        # resumed from what the centre held: the held ranges were not sent again (what was in
+        # flight when the broker died is, at most the device's window)
+        assert st["bytes_sent"] < SIZE + held, (st["bytes_sent"], held)
+        assert f"trying {fallback}" in node.run_proc.text()
+        assert seen and set(seen) == {"online"}, seen
+        # heard through the fallback: the device's birth on its new connection (next bdseq)
+        wait_for(lambda: mon.devices()["dock-0001"]["bdseq"] > bdseq, 30, "the monitor hears the fallback's birth")
+        assert mon.states()["dock-0001"] == "online"
