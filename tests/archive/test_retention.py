@@ -304,3 +304,38 @@ def test_proof_object_rule_of_the_policy_and_a_narrower_policy_never_lowers(cent
     assert ret.show(later)["class"] == "normal"
     assert sorted(d["item"] for d in ret.run(actor="t")["deleted"]) == sorted([plain, later])
     assert ret.show(obstructed)["state"] == "permanent"
+
+
+def test_bad_input_is_refused_with_a_clear_error_and_changes_nothing(tmp_path):
+    from tests.support.uplink import run
+
+    c = Centre(tmp_path)
+    a = c.item(T0)
+    zhao = c.custodian("zhao")
+    ret = Retention(c.st, clock=Clock(T0))
+    with pytest.raises(EdgeError, match="each custodian has a key of their own"):
+        ret.enroll_custodian("qian", (tmp_path / "zhao.pub").read_bytes())
+    with pytest.raises(NotFoundError, match="no such item in the archive"):
+        ret.raise_class("dock-0001-20260101000000-abcdef", "evidence", actor="zhao", private=zhao, reason="x")
+    with pytest.raises(EdgeError, match="one of normal, important, evidence"):
+        ret.raise_class(a, "forever", actor="zhao", private=zhao, reason="x")
+    with pytest.raises(NotFoundError, match="no such lowering request"):
+        ret.approve(99, actor="zhao", private=zhao)
+    with pytest.raises(NotFoundError, match="no such hold"):
+        ret.release_hold(99, reason="x", actor="legal-1")
+    with pytest.raises(EdgeError, match="reason is required"):
+        ret.place_hold(item=a, reason=" ", actor="legal-1")
+    h = ret.place_hold(item=a, reason="诉讼", actor="legal-1")["hold"]
+    ret.release_hold(h, reason="结案", actor="legal-1")
+    with pytest.raises(EdgeError, match="released already"):
+        ret.release_hold(h, reason="again", actor="legal-1")
+    c.close()
+    r = ["--root", str(c.root)]
+    bad = run(["archive", "retention", "plan", "--until", "next spring", *r])
+    assert bad.returncode != 0 and "--until 'next spring': a date (2027-06-30)" in bad.stderr
+    bad = run(["archive", "retention", "raise", a, "--class", "evidence", "--as", "sun", "--key",
+               str(tmp_path / "zhao.key"), "--reason", "x", *r])
+    assert bad.returncode != 0 and "sun: 不是登记的保管人 / not an enrolled custodian" in bad.stderr
+    # nothing changed: the item is still archived, normal, unheld, and no change was recorded
+    shown = json.loads(run(["archive", "retention", "show", a, "--json", *r], check=True).stdout)
+    assert (shown["class"], shown["holds"], shown["changes"]) == ("normal", [], [])
