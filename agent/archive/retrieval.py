@@ -91,12 +91,12 @@ class Retrieval:
             raise NotFoundError(f"{item}: no such item in the archive")
         return row
 
-    def show_item(self, item: str, actor: str | None = None) -> dict:
+    def show_item(self, item: str, actor: str | None = None, reason: str | None = None) -> dict:
         row = self.find(item)
         with self.storage.local(row["path"]) as d:
             m = json.loads((d / mf.MANIFEST).read_bytes())
             anns = mf.read_annotations(d)
-        self.audit.append("view", item, actor=actor, device=row["device"], path=row["path"])
+        self.audit.append("view", item, actor=actor, device=row["device"], path=row["path"], reason=reason)
         return {"archive": row, "manifest": {k: v for k, v in m.items() if k != "segments"},
                 "segments": len(m.get("segments", [])), "annotations": [a.record for a in anns],
                 "effective_metadata": mf.effective_metadata(m, anns), "path": str(d)}

@@ -55,6 +55,7 @@ from . import archive, dock, monitor, ops, room, uplink  # noqa: E402,F401  (eac
 from . import broker  # noqa: E402,F401  (archive broker-config)
 from . import receivers  # noqa: E402,F401  (archive receiver add|list|revoke)
 from . import policy  # noqa: E402,F401  (policy show|trust, archive policy key|publish|show)
+from . import retrieval  # noqa: E402,F401  (archive user|request|approve|requests)
 from . import retention  # noqa: E402,F401  (archive retention ..., archive hold ...)
 from . import deadlines  # noqa: E402,F401  (report deadlines)
 from . import chain  # noqa: E402,F401  (archive chain)

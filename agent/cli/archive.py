@@ -343,15 +343,16 @@ def archive_list(c: Ctx, root, device, unit, case_number, missing, quarantine, d
 @db_option
 @click.argument("what")
 @root_option
+@click.option("--reason", help="Why this item is viewed (调阅理由); required for an item, kept in the audit log.")
 @json_option
 @pass_ctx
-def archive_show(c: Ctx, what, root, as_json):
-    """Show one stored item, or a device (its items, chain checkpoint, missing items, refusals).
-    Audited.
+def archive_show(c: Ctx, what, root, reason, as_json):
+    """Show one stored item (viewing needs --reason), or a device (its items, chain checkpoint,
+    missing items, refusals). Audited.
 
     \b
     Example:
-      edge-agent archive show dock-01-20261127090000-a1b2c3 --root /srv/archive
+      edge-agent archive show dock-01-20261127090000-a1b2c3 --root /srv/archive --reason "复核案件材料"
       edge-agent archive show dock-01 --root /srv/archive --json
     """
     store = _open(c, root)
@@ -370,14 +371,19 @@ def archive_show(c: Ctx, what, root, as_json):
         for q in out["quarantine"]:
             click.echo(f"refused {q['item']}: {q['reason']}")
         return
-    out = store.show_item(what)
+    from ..evidence import manifest as mf
+
+    store.find(what)  # an unknown item says so before anything else
+    reason = mf.check_reason(reason) if reason else None
+    if not reason:
+        raise EdgeError(f"调阅须说明理由 / viewing an item needs a reason: `edge-agent archive show {what} --reason TEXT`")
+    out = store.show_item(what, reason=reason)
     if as_json:
         emit_json(out)
         return
     a = out["archive"]
     click.echo(f"item {a['item']} device {a['device']} seq {a['seq']} {a['size']} bytes stored {a['stored_at']}")
     click.echo(f"  path {out['path']}")
-    from ..evidence import manifest as mf
 
     meta = out["effective_metadata"]
     for field in ("case_number", "capture_start", "capture_end", "place", "collector", "proof"):
@@ -386,28 +392,6 @@ def archive_show(c: Ctx, what, root, as_json):
             v = f"{v.get('name')} ({v.get('id')})"
         click.echo(f"  {mf.LABELS[field]}: {v if v is not None else '(待补 pending)'}")
     click.echo(f"  annotations: {len(out['annotations'])}")
-
-
-@archive.command("export")
-@db_option
-@click.argument("item_id")
-@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
-@root_option
-@json_option
-@pass_ctx
-def archive_export(c: Ctx, item_id, dest, root, as_json):
-    """Verify, then copy a stored item to DEST/ITEM_ID with the device's public key; audited.
-
-    \b
-    Example:
-      edge-agent archive export dock-01-20261127090000-a1b2c3 /media/usb --root /srv/archive
-    """
-    store = _open(c, root)
-    target = store.export(item_id, dest)
-    if as_json:
-        emit_json({"item_id": item_id, "path": str(target)})
-        return
-    click.echo(str(target))
 
 
 @archive.command("audit")

@@ -167,6 +167,9 @@ class Rules(_Model):
     quotas: Quotas = Field(default_factory=Quotas, description="Station quotas.")
     case_number_pattern: Annotated[str, Field(max_length=200), AfterValidator(_pattern)] | None = Field(
         None, description="Regular expression every case number (案件编号) must match; null = any.")
+    export_approval: bool = Field(True, description="An export from the archive needs a second user with the approver "
+                                                   "role to approve the request (docs/custody.md); false: the request "
+                                                   "with its reason suffices.")
     equipment: Equipment = Field(default_factory=Equipment,
                                  description="Equipment ratio thresholds the stations and the monitor judge by.")
 

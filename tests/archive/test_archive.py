@@ -18,6 +18,7 @@ from agent.archive.paths import UnsafePath
 from agent.archive.storage import ArchiveStore, safe_case
 from agent.evidence import hashing, keys, manifest as mf
 from agent.wire import checkpoint, protocol as P
+from tests.support.archived import approved_request
 from tests.support.uplink import (UNIT, InProc, add_items, agent_config, check_archive, enroll, open_store, run,
                                   start_archive)
 
@@ -278,9 +279,10 @@ def test_missing_items_from_checkpoint_and_audited_retrieval(tmp_path):
     # retrieval: list, show, export — each in the archive's audit log
     listed = json.loads(run(["archive", "list", "--json", "--root", str(root)], check=True).stdout)
     assert [r["item"] for r in listed] == [ids[0]]
-    shown = run(["archive", "show", ids[0], "--root", str(root)], check=True).stdout
+    shown = run(["archive", "show", ids[0], "--root", str(root), "--reason", "复核"], check=True).stdout
     assert "案件编号" in shown
-    exp = Path(run(["archive", "export", ids[0], str(tmp_path / "out"), "--root", str(root)], check=True).stdout.strip())
+    exp = Path(run(["archive", "export", ids[0], str(tmp_path / "out"), "--root", str(root), "--request",
+                    approved_request(root, ids[0])], check=True).stdout.strip())
     assert run(["verify", str(exp), "--key", str(exp.parent / "dock-0001.pub")]).returncode == 0
     audit = json.loads(run(["archive", "audit", "--json", "--root", str(root)], check=True).stdout)
     actions = [e["action"] for e in audit]

@@ -15,6 +15,7 @@ from agent.archive.storage import ArchiveStore
 from agent.evidence import keys, manifest as mf
 from agent.evidence.verify import verify_item
 from agent.wire import protocol as P
+from tests.support.archived import approved_request
 from tests.support.uplink import UNIT, add_items, agent_config, enroll, open_store, run
 
 DEV = "dock-0001"
@@ -53,7 +54,8 @@ def test_export_into_a_new_directory(archived, tmp_path):
     ar.close()
     out = tmp_path / "usb" / "case-1"
     (tmp_path / "usb").mkdir()
-    p = run(["archive", "export", item, str(out), "--root", str(root)], check=True)
+    p = run(["archive", "export", item, str(out), "--root", str(root), "--request", approved_request(root, item)],
+            check=True)
     target = out / item
     assert p.stdout.strip() == str(target)
     ring = keys.KeyRing.from_paths(keys_dir=out)
@@ -62,8 +64,9 @@ def test_export_into_a_new_directory(archived, tmp_path):
     # an empty existing directory is fine too; a second export into the same one is not
     empty = tmp_path / "empty"
     empty.mkdir()
-    run(["archive", "export", item, str(empty), "--root", str(root)], check=True)
-    again = run(["archive", "export", item, str(empty), "--root", str(root)])
+    run(["archive", "export", item, str(empty), "--root", str(root), "--request", approved_request(root, item)],
+        check=True)
+    again = run(["archive", "export", item, str(empty), "--root", str(root), "--request", approved_request(root, item)])
     assert again.returncode != 0 and "导出目标必须是新建或空的目录" in again.stderr and "not empty" in again.stderr
 
 
@@ -78,17 +81,18 @@ def test_export_refuses_planted_symlinks(archived, tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / item).symlink_to(outside)
-    p = run(["archive", "export", item, str(dest), "--root", str(root)])
+    rid = approved_request(root, item)  # a failed export leaves the request usable
+    p = run(["archive", "export", item, str(dest), "--root", str(root), "--request", rid])
     assert p.returncode != 0 and "the export destination must be a new or empty directory" in p.stderr, p.stderr
     # 2. the destination itself is a symlink to an empty directory
     link = tmp_path / "link"
     link.symlink_to(outside)
-    p = run(["archive", "export", item, str(link), "--root", str(root)])
+    p = run(["archive", "export", item, str(link), "--root", str(root), "--request", rid])
     assert p.returncode != 0 and "not a symlink" in p.stderr, p.stderr
     # 3. a symlink inside the stored item is not copied through
     stored = root / json.loads(run(["archive", "list", "--json", "--root", str(root)], check=True).stdout)[0]["path"]
     (stored / "files" / "extra").symlink_to("/etc/passwd")
-    p = run(["archive", "export", item, str(tmp_path / "new"), "--root", str(root)])
+    p = run(["archive", "export", item, str(tmp_path / "new"), "--root", str(root), "--request", rid])
     assert p.returncode != 0
     assert os.listdir(outside) == []
     assert not (tmp_path / "new" / item).exists()

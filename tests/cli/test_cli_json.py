@@ -130,13 +130,15 @@ def test_archive_commands_print_json(tmp_path):
     got = _json(run_cli(tmp_path / "none.toml", "archive", "enroll-annotator", "clerk-07", str(tmp_path / "clerk.pub"),
                         "--unit", UNIT, "--root", str(root), "--json"))
     assert got == {"annotator": "clerk-07", "unit": UNIT, "key_id": keys.key_id(ann.public_key())}
-    from tests.support.archived import store_in_archive
+    from tests.support.archived import approved_request, store_in_archive
 
     store_in_archive(root, store, ids[0])
     store.close()
+    rid = approved_request(root, ids[0])
     got = _json(run_cli(tmp_path / "none.toml", "archive", "export", ids[0], str(tmp_path / "out"), "--root", str(root),
-                        "--json"))
-    assert got == {"item_id": ids[0], "path": str(tmp_path / "out" / ids[0])}
+                        "--request", rid, "--json"))
+    assert got == {"item_id": ids[0], "path": str(tmp_path / "out" / ids[0]), "request": int(rid),
+                   "requester": "test-requester", "approver": "test-approver", "reason": "test export"}
 
 
 def test_long_running_commands_print_json_lines(broker, tmp_path):
