@@ -50,6 +50,8 @@ class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, MerkleLog, Upkeep):
     def __init__(self, root: str | os.PathLike, *, max_item: int = 64 << 30, max_manifest: int = P.DEFAULT_MAX_MANIFEST,
                  receiver: str = "archive", create: bool = True, min_free: int | None = None,
                  abandon_after_s: int | None = None, db: str | None = None):
+        if "://" in str(root):
+            open_storage(str(root))  # an object-store URL: refused with the reason
         self.root = Path(root).resolve()
         self._root = Root(self.root)
         if not self.root.is_dir():

@@ -36,7 +36,7 @@ class MqttConfig(ConfigModel):
     def _fallback(cls, value: list[str]) -> list[str]:
         for v in value:
             if not _ADDR.match(v):
-                raise ValueError(f"{v!r} is not a broker address: HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+                raise ValueError(f"代理地址无效 / {v!r} is not a broker address: HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
         if len(set(value)) != len(value):
-            raise ValueError("a broker is listed twice")
+            raise ValueError("代理重复 / a broker is listed twice")
         return value

@@ -91,6 +91,9 @@ def test_object_store_url_is_refused_with_the_reason(tmp_path):
     with pytest.raises(EdgeError, match="no backend exists yet"):
         open_storage("s3://evidence-bucket/archive")
     assert open_storage(f"file://{tmp_path}").root == tmp_path
+    with pytest.raises(EdgeError, match="only a POSIX directory"):
+        ArchiveStore("s3://evidence-bucket/archive")  # `archive serve --root s3://...` says the same
+    assert not (tmp_path / "s3:").exists()
 
 
 def test_chunk_after_the_partial_is_gone_is_not_written(tmp_path):
