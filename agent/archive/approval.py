@@ -3,7 +3,7 @@
 Copying evidence out is approved and logged (DOMAIN.md, "Retention": 调阅、复制须审批并留痕).
 Users are enrolled with an Ed25519 public key and their roles (``requester``, ``approver``):
 
-1. ``request``: a user asks to export (or view) a case or one item, with a reason; the request is
+1. ``request``: a user asks to export a case or one item, with a reason; the request is
    a record (``edge-retrieval/1``) signed with the user's own key.
 2. ``approve``: a second user — another name *and* another key — holding the approver role signs
    an approval over the request's exact bytes. Self-approval is refused.
@@ -27,7 +27,7 @@ from agent.evidence import keys, manifest as mf, rules, strict
 
 RECORD_FORMAT = "edge-retrieval/1"
 ROLES = ("requester", "approver")
-PURPOSES = ("export", "view")
+PURPOSES = ("export",)  # viewing an item needs its reason only (archive show --reason)
 
 
 class ApprovalError(EdgeError):

@@ -77,29 +77,30 @@ def user_list(c: Ctx, root, as_json):
 @archive.command("request")
 @db_option
 @root_option
-@click.option("--case", "case_number", help="The case whose items are to be exported or viewed.")
+@click.option("--case", "case_number", help="The case whose items are to be exported.")
 @click.option("--item", "item_id", help="Instead: one item.")
-@click.option("--purpose", type=click.Choice(["export", "view"]), default="export", show_default=True)
 @click.option("--reason", required=True, help="Why (理由): kept in the signed request and the audit log.")
 @click.option("--as", "actor", required=True, help="Your enrolled user name.")
 @click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Your private key (signs the request).")
 @json_option
 @pass_ctx
-def archive_request(c: Ctx, root, case_number, item_id, purpose, reason, actor, key_path, as_json):
-    """Ask to export (or view) a case or an item, with a reason; signed with your key, audited.
-    A second user with the approver role approves it (`archive approve REQUEST`).
+def archive_request(c: Ctx, root, case_number, item_id, reason, actor, key_path, as_json):
+    """Ask to export a case or an item, with a reason; signed with your key, audited. A second
+    user with the approver role approves it (`archive approve REQUEST`); then `archive export
+    ... --request REQUEST` runs once. (Viewing an item needs only its reason: `archive show
+    ITEM --reason`.)
 
     \b
     Example:
       edge-agent archive request --case "杭西执罚〔2026〕第0125号" --reason "法院调取证据" --as wang --key wang.key --root /srv/archive
     """
-    out = _approvals(c, root).request(purpose=purpose, case=case_number, item=item_id, reason=reason, actor=actor,
+    out = _approvals(c, root).request(purpose="export", case=case_number, item=item_id, reason=reason, actor=actor,
                                       private=_private(key_path))
     if as_json:
         emit_json(out)
         return
-    click.echo(f"申请 / request {out['request']}: {purpose} {case_number or item_id} ({len(out['items'])} item(s)), "
+    click.echo(f"申请 / request {out['request']}: export {case_number or item_id} ({len(out['items'])} item(s)), "
                + ("待审批 / waiting for a second user's approval: "
                   f"edge-agent archive approve {out['request']} --as NAME --key KEY" if out["approval_needed"]
                   else "单位策略不要求审批 / the unit policy needs no approval"))

@@ -19,6 +19,7 @@ import pytest
 from agent.archive.approval import Approvals
 from agent.archive.storage import ArchiveStore
 from agent.evidence import keys
+from tests.archive.test_archive_db_contract import pg_url  # noqa: F401 (fixture: a fresh PostgreSQL database)
 from tests.support.archived import store_in_archive
 from tests.support.uplink import UNIT, add_items, agent_config, open_store, run
 
@@ -207,3 +208,40 @@ def test_the_bundle_checked_by_its_verifier_in_a_fresh_venv_catches_one_flipped_
     gone = subprocess.run([py, "-I", str(tmp / "edited" / "verify.py"), str(tmp / "edited")], capture_output=True,
                           text=True, timeout=120)
     assert gone.returncode == 1 and "listed in bundle.json but missing" in gone.stdout
+
+
+def test_the_same_workflow_on_postgresql(pg_url, tmp_path):
+    """The archive's index on PostgreSQL: request, refusals, approval, the bundle, its verifier."""
+    from agent.archive import bundle_verify
+    from agent.archive.approval import ApprovalError, approved_export
+
+    store = open_store(agent_config(tmp_path, 1883))
+    ids = add_items(store, tmp_path, [2000, 300_000], case=CASE)
+    root = tmp_path / "archive"
+    st = ArchiveStore(root, db=pg_url, create=True)
+    st.registry.enroll("dock-0001", store.pub_path.read_bytes(), UNIT)
+    st.close()
+    for i in ids:
+        store_in_archive(root, store, i, db=pg_url)
+    store.close()
+    st = ArchiveStore(root, db=pg_url)
+    try:
+        assert st.db.dialect == "postgresql"
+        ap = Approvals(st)
+        wang, li = (keys.generate(tmp_path / f"{n}.key", tmp_path / f"{n}.pub") for n in ("wang", "li"))
+        ap.add_user("wang", keys.public_pem(wang.public_key()), ["requester", "approver"])
+        ap.add_user("li", keys.public_pem(li.public_key()), ["approver"])
+        rid = ap.request(purpose="export", case=CASE, item=None, reason="court", actor="wang", private=wang)["request"]
+        with pytest.raises(ApprovalError, match="is not approved"):
+            approved_export(st, rid, case=CASE, bundle=tmp_path / "b")
+        with pytest.raises(ApprovalError, match="不得自我审批"):
+            ap.approve(rid, actor="wang", private=wang)
+        assert ap.approve(rid, actor="li", private=li)["state"] == "approved"
+        out = approved_export(st, rid, case=CASE, bundle=tmp_path / "b")
+        assert sorted(i["item"] for i in out["items"]) == sorted(ids) and out["approver"] == "li"
+        with pytest.raises(ApprovalError, match="was used"):
+            approved_export(st, rid, case=CASE, bundle=tmp_path / "c")
+        assert [r["state"] for r in ap.requests()] == ["used"]
+    finally:
+        st.close()
+    assert bundle_verify.main(["verify.py", str(tmp_path / "b")]) == 0

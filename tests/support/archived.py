@@ -12,10 +12,10 @@ from agent.store.store import Store
 from agent.wire import protocol as P
 
 
-def store_in_archive(root: Path, store: Store, item_id: str) -> dict:
+def store_in_archive(root: Path, store: Store, item_id: str, db: str | None = None) -> dict:
     """Store the device's sealed ITEM_ID, with its annotations, at the archive ROOT (its device
     enrolled there); returns the signed receipt."""
-    st = ArchiveStore(root)
+    st = ArchiveStore(root, db=db)
     try:
         d = store.item_dir(item_id)
         dev = st.registry.device(store.cfg.device.id)
