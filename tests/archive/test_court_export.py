@@ -134,6 +134,17 @@ def test_viewing_needs_a_reason_and_one_item_export_an_approved_request(archive)
     assert cli(tmp, root, "archive", "approve", rid, "--as", "li", "--key", str(tmp / "li.key")).returncode == 0
     p = cli(tmp, root, "archive", "export", ids[0], str(tmp / "out"), "--request", rid)
     assert p.returncode == 0 and Path(p.stdout.strip()) == tmp / "out" / ids[0]
+    # a unit whose signed policy says export_approval = false: the request with its reason suffices
+    from agent.archive import policy as ap
+    from agent.wire import policy as wp
+
+    ap.new_key(root)
+    ap.sign_next(root, UNIT, wp.Content.model_validate({"rules": {"export_approval": False}}))
+    req = request(tmp, root, "wang", "--item", ids[1])
+    assert req["approval_needed"] is False
+    p = cli(tmp, root, "archive", "export", ids[1], str(tmp / "out2"), "--request", str(req["request"]), "--json")
+    assert p.returncode == 0, p.stderr
+    assert (json.loads(p.stdout)["requester"], json.loads(p.stdout)["approver"]) == ("wang", None)
 
 
 @pytest.fixture
