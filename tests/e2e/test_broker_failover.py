@@ -18,7 +18,7 @@ SIZE = 6_000_000
 
 
 def test_device_fails_over_to_its_fallback_broker_mid_transfer(tmp_path):
-    with Centre(tmp_path, devices=["dock-0001"], brokers=2, receivers=1) as c:
+    with Centre(tmp_path, devices=["dock-0001"], brokers=2, receivers=2) as c:
         c.start()
         node = c.add_node("dock-0001", primary=0, health__interval_s=1, uplink__bandwidth_limit=1_000_000)
         mon = c.start_monitor(lost_after=10)
@@ -52,7 +52,7 @@ def test_device_fails_over_to_its_fallback_broker_mid_transfer(tmp_path):
         out = c.check().assert_ok()  # once, verifies (chain too), the edge keeps its copy
         assert out.archived == 1
         (row,) = c.archive_rows()
-        assert row["item"] == item and row["receiver"] == "rx-2-1", row  # finished by the fallback's receiver
+        assert row["item"] == item and row["receiver"] in ("rx-2-1", "rx-2-2"), row  # finished through the fallback
         st = wait_for(lambda: (lambda s: s if s.get("items_archived") else None)(node.live_status()), 30,
                       "the device's status after the item")
         assert st["broker"] == fallback and st["failovers"] >= 1, st
