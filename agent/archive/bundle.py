@@ -253,20 +253,21 @@ td,th{{border:1px solid #999;padding:4px 6px;vertical-align:top;font-size:13px}}
 
 
 def _font() -> str | None:
-    """A font with Chinese glyphs (for report.pdf): fc-match, else the usual Noto paths."""
+    """A font with Chinese glyphs (for report.pdf): the fonts fontconfig lists for zh (a regular
+    sans first), else the usual Noto CJK paths; None when there is none."""
     import subprocess
 
+    found: list[str] = []
     try:
-        p = subprocess.run(["fc-match", "-f", "%{file}", ":lang=zh"], capture_output=True, text=True, timeout=10)
-        if p.returncode == 0 and p.stdout and Path(p.stdout).is_file():
-            return p.stdout
+        p = subprocess.run(["fc-list", ":lang=zh", "-f", "%{file}\n"], capture_output=True, text=True, timeout=10)
+        if p.returncode == 0:
+            found = sorted({f for f in p.stdout.splitlines() if f and Path(f).is_file()})
     except (OSError, subprocess.SubprocessError):
         pass
-    for c in ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-              "/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc"):
-        if Path(c).is_file():
-            return c
-    return None
+    found += [c for c in ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+                          "/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc") if Path(c).is_file()]
+    rank = sorted(found, key=lambda f: ("Sans" not in f, "Regular" not in f, f))
+    return rank[0] if rank else None
 
 
 def _report_pdf(case, request, items, custody, akid, created, path: Path) -> Path | None:
