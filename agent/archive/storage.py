@@ -262,11 +262,12 @@ class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, MerkleLog, Upkeep):
                 safe_file(name)
             self._write_annotations(key, fin.annotations, start=0)
             self.storage.complete(key, files)  # every file at its size, everything durable
-            # what is in storage, read back and checked against the signed manifest: every
-            # block's hash, the chain, sizes, signature (chunks were checked on the way in)
+            # what is in storage, read back and checked against the signed manifest: every file's
+            # hash, the chain, sizes, signature; each block was checked against its signed hash on
+            # the way in (ChunkIntake), so the read-back hashes each byte once (the file hash)
             with self.storage.local(key) as tdir:
                 try:
-                    rep = verify_item(tdir, self.registry.ring(dev), expected_device=dev)
+                    rep = verify_item(tdir, self.registry.ring(dev), expected_device=dev, blocks_checked=True)
                 except (VerifyError, EdgeError) as exc:
                     return self._did_not_verify(dev, item, key, tdir, tr, exc)
                 anns = mf.read_annotations(tdir)

@@ -54,6 +54,19 @@ def test_one_bit_flipped_names_the_segment(store, tmp_path):
         verify_item(item, store.keyring())
 
 
+def test_the_archives_read_back_hashing_each_byte_once_still_catches_a_flipped_bit(store, tmp_path):
+    """blocks_checked (the archive's read-back after checking every block on the way in) reads
+    each file once and checks the signed file hash: any byte on disk that differs is caught."""
+    item, _ = _item(store, tmp_path)
+    assert verify_item(item, store.keyring(), blocks_checked=True).bytes == 10_000
+    f = item / "files" / "clip.mp4"
+    data = bytearray(f.read_bytes())
+    data[9_999] ^= 0x80  # the last byte of the last block
+    f.write_bytes(bytes(data))
+    with pytest.raises(VerifyError, match="file hash mismatch"):
+        verify_item(item, store.keyring(), blocks_checked=True)
+
+
 def test_truncation_is_reported_with_sizes(store, tmp_path):
     item, _ = _item(store, tmp_path)
     f = item / "files" / "clip.mp4"
