@@ -23,7 +23,8 @@ objects, ``write_at`` one object per sealed block (``KEY/files/NAME/OFFSET``: a 
 once and never changes, so no object is ever rewritten), ``complete`` composes them (S3
 multipart copy), ``move`` is copy-then-delete (the index's commit, not the move, makes an item
 stored, and a move repeated after a crash finds the copy in place), ``local`` stages the item for
-verification. No such backend is built yet; :func:`open_storage` refuses the URL with that reason.
+verification, ``names`` lists a prefix, ``keep_only`` deletes every object of a key but the named
+ones (retention leaves the tombstone). No such backend is built yet; :func:`open_storage` refuses the URL with that reason.
 """
 
 from __future__ import annotations
@@ -68,6 +69,16 @@ class EvidenceStorage(abc.ABC):
     @abc.abstractmethod
     def delete(self, key: str, names: list[str]) -> None:
         """Remove these names under ``key`` (durably)."""
+
+    @abc.abstractmethod
+    def names(self, key: str, folder: str) -> list[str]:
+        """The names directly in ``folder`` under ``key`` (``annotations`` → ``annotations/0001.json``, …),
+        sorted; empty when there are none."""
+
+    @abc.abstractmethod
+    def keep_only(self, key: str, names: list[str]) -> None:
+        """Remove everything under ``key`` except these names, durably: what a retention deletion
+        leaves of a stored item (its tombstone)."""
 
     # partial transfers
     @abc.abstractmethod
@@ -164,6 +175,25 @@ class PosixStorage(EvidenceStorage):
             dirs.add(p.parent)
         for d in dirs:
             fsync_dir(d)
+
+    def names(self, key: str, folder: str) -> list[str]:
+        try:
+            with os.scandir(self.path(key, folder)) as it:
+                return sorted(f"{folder}/{e.name}" for e in it if e.is_file(follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def keep_only(self, key: str, names: list[str]) -> None:
+        d = self.path(key)
+        for e in os.scandir(d):
+            if e.name in names:
+                continue
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
+        self._files.pop(key, None)
+        fsync_dir(d)
 
     def create(self, key: str) -> None:
         ensure_dirs(self.root, [*key.split("/"), mf.FILES_DIR])  # no level may be a symlink

@@ -21,6 +21,9 @@ retention, and not held — each checked again inside the transaction that recor
 a hold placed or a class raised while a run is under way is honoured. It leaves a tombstone signed
 by the archive's key (:mod:`agent.evidence.tombstone`) in the item's directory, so the device
 chain still verifies with an "expired" link, and writes the deletion to the archive's audit chain.
+Every read and removal of evidence goes through the archive's evidence storage
+(:class:`agent.archive.backend.EvidenceStorage`, by the item's key), so an object-store backend
+serves retention unchanged.
 """
 
 from __future__ import annotations
@@ -32,12 +35,11 @@ import json
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Callable
 
 from agent.common.errors import EdgeError, NotFoundError
-from agent.common.fs import atomic_write, fsync_dir
+from agent.common.fs import atomic_write
 from agent.common.timeutil import iso
 from agent.evidence import keys, manifest as mf, rules, strict, timing, tombstone as tb
 from agent.wire import policy as wp
@@ -152,9 +154,11 @@ class Retention:
 
     # --- classes ----------------------------------------------------------------------------
     def _manifest(self, row: dict) -> tuple[dict, list]:
-        d = self.store.inside(self.root / row["path"])
-        m = json.loads((d / mf.MANIFEST).read_bytes())
-        return m, mf.read_annotations(d)
+        """The stored item's manifest and annotations, read through the evidence storage."""
+        key, storage = row["path"], self.store.storage
+        m = json.loads(storage.get(key, mf.MANIFEST))
+        return m, mf.parse_annotations((f"{key}/{n}", storage.get(key, n))
+                                       for n in storage.names(key, mf.ANNOTATIONS_DIR) if n.endswith(".json"))
 
     def own_class(self, row: dict, db=None) -> tuple[str, str, dict]:
         """(class, why, effective metadata): the item's own class — from its signed metadata and the
@@ -425,7 +429,6 @@ class Retention:
                 why = (f"held ({', '.join(map(str, st.holds))})" if st.holds else
                        f"class now {st.retention_class}, kept until {iso(st.keep_until) if st.keep_until else 'ever'}")
                 return {"device": dev, "item": item, "deleted": False, "why": why}
-            d = self.store.inside(self.root / row["path"])
             m, anns = self._manifest(row)
             key = self.store.signing_key
             kid = keys.key_id(key.public_key())
@@ -441,23 +444,19 @@ class Retention:
             self.store.audit.append("expire", item, actor=actor, device=dev, seq=row["seq"], path=row["path"],
                                     manifest_hash=row["manifest_hash"], retention_class=st.retention_class,
                                     keep_until=t["keep_until"], bytes=row["size"])
-        self._bury(d, t)
+        self._bury(row["path"], t)
         log.info("expired %s/%s (%s, kept until %s)", dev, item, st.retention_class, t["keep_until"])
         return {"device": dev, "item": item, "deleted": True, "class": st.retention_class,
                 "keep_until": t["keep_until"], "path": row["path"]}
 
-    def _bury(self, d: Path, t: dict) -> None:
-        """The tombstone in, then everything else out (a crash in between is finished by the next run)."""
+    def _bury(self, key: str, t: dict) -> None:
+        """Through the evidence storage, under the item's key: the tombstone in, then everything else
+        out (a crash in between is finished by the next run)."""
         self._pin_archive_key()
-        tb.write(d, t, self.store.signing_key)
-        for p in d.iterdir():
-            if p.name in (tb.TOMBSTONE, tb.SIGNATURE):
-                continue
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-        fsync_dir(d)
+        files = tb.signed(t, self.store.signing_key)
+        for name, data in files.items():
+            self.store.storage.put(key, name, data)
+        self.store.storage.keep_only(key, list(files))
 
     def _pin_archive_key(self) -> None:
         """``ROOT/keys/archive/KEYID.pub``: what ``verify --chain ROOT/UNIT --keys ROOT/keys`` checks
@@ -471,9 +470,8 @@ class Retention:
     def _finish_interrupted(self) -> None:
         """Tombstones recorded whose directory still holds the item (a run stopped mid-way)."""
         for r in self.db.query("SELECT path, record FROM tombstones"):
-            d = self.root / r["path"]
-            if (d / mf.MANIFEST).exists():
-                self._bury(self.store.inside(d), json.loads(r["record"]))
+            if self.store.storage.has(r["path"], mf.MANIFEST):
+                self._bury(r["path"], json.loads(r["record"]))
 
     def tombstones(self) -> list[dict]:
         return self.db.query("SELECT device, item, seq, unit, case_number, class, keep_until, expired_at, expired_by "

@@ -289,16 +289,21 @@ def make_annotation(*, item_id: str, manifest_hash_hex: str, seq: int, prev: str
 
 
 def read_annotations(item_dir: Path) -> list[Annotation]:
-    out = []
     d = item_dir / ANNOTATIONS_DIR
     if not d.is_dir():
-        return out
-    for p in sorted(d.glob("*.json")):
-        data = p.read_bytes()
+        return []
+    return parse_annotations((str(p), p.read_bytes()) for p in sorted(d.glob("*.json")))
+
+
+def parse_annotations(records) -> list[Annotation]:
+    """Annotations from ``(where, bytes)`` of each ``annotations/NNNN.json``, in name order (an item read
+    from a directory or through the archive's evidence storage)."""
+    out = []
+    for where, data in records:
         try:
             rec = json.loads(data)
         except ValueError:
-            raise EdgeError(f"{p}: annotation is not JSON") from None
+            raise EdgeError(f"{where}: annotation is not JSON") from None
         seq = rec.get("seq", -1) if isinstance(rec, dict) else -1
         out.append(Annotation(seq=seq if isinstance(seq, int) else -1, record=rec if isinstance(rec, dict) else {},
                               data=data))

@@ -87,14 +87,20 @@ def encode(t: dict) -> bytes:
     return strict.canonical(t, "tombstone")
 
 
-def write(item_dir: Path, t: dict, private) -> None:
-    """tombstone.json and tombstone.sig into ``item_dir`` (atomically, each)."""
-    from agent.common.fs import atomic_write
+def signed(t: dict, private) -> dict[str, bytes]:
+    """The two files of a tombstone, by name: ``tombstone.json`` and ``tombstone.sig``."""
     from .manifest import signature_record
 
     data = encode(t)
-    atomic_write(item_dir / TOMBSTONE, data)
-    atomic_write(item_dir / SIGNATURE, signature_record(private, data))
+    return {TOMBSTONE: data, SIGNATURE: signature_record(private, data)}
+
+
+def write(item_dir: Path, t: dict, private) -> None:
+    """tombstone.json and tombstone.sig into ``item_dir`` (atomically, each)."""
+    from agent.common.fs import atomic_write
+
+    for name, data in signed(t, private).items():
+        atomic_write(item_dir / name, data)
 
 
 def read(item_dir: Path, ring: keys.KeyRing) -> dict:

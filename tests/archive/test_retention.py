@@ -339,3 +339,39 @@ def test_bad_input_is_refused_with_a_clear_error_and_changes_nothing(tmp_path):
     # nothing changed: the item is still archived, normal, unheld, and no change was recorded
     shown = json.loads(run(["archive", "retention", "show", a, "--json", *r], check=True).stdout)
     assert (shown["class"], shown["holds"], shown["changes"]) == ("normal", [], [])
+
+
+def test_plan_and_run_go_through_the_evidence_storage(tmp_path):
+    """Retention reads manifests and removes an expired item only through the archive's evidence
+    storage (agent/archive/backend.py), by the item's key, as the receivers do: an object-store
+    backend serves it unchanged. The storage here records every call it gets."""
+    from agent.archive.backend import PosixStorage
+
+    calls: list[tuple[str, str, tuple]] = []
+
+    class Recording(PosixStorage):
+        def __getattribute__(self, name):
+            attr = super().__getattribute__(name)
+            if name in ("get", "names", "put", "has", "keep_only", "delete", "remove") and callable(attr):
+                def rec(key, *args, **kw):
+                    calls.append((name, key, args))
+                    return attr(key, *args, **kw)
+                return rec
+            return attr
+
+    c = Centre(tmp_path)
+    a, kept = c.item(T0), c.item(T0, mark=1)
+    c.st.storage = Recording(c.st.storage.root)
+    key = c.st.db.one("SELECT path FROM items WHERE item = ?", [a])["path"]
+    clock = Clock(T0 + dt.timedelta(days=183))
+    assert [d["item"] for d in Retention(c.st, clock=clock).plan()["items"]] == [a]
+    assert ("get", key, ("manifest.json",)) in calls and ("names", key, ("annotations",)) in calls
+    calls.clear()
+    assert [d["item"] for d in Retention(c.st, clock=clock).run(actor="t")["deleted"]] == [a]
+    assert ("put", key, ("tombstone.json", (c.root / key / "tombstone.json").read_bytes())) in calls
+    assert ("keep_only", key, (["tombstone.json", "tombstone.sig"],)) in calls
+    # written or removed: the expired item's key only (the important one is only read)
+    assert {k for n, k, _ in calls if n in ("put", "keep_only", "delete", "remove")} == {key}
+    assert sorted(p.name for p in (c.root / key).iterdir()) == ["tombstone.json", "tombstone.sig"]
+    _verify_both(c.root)
+    c.close()

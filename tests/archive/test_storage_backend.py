@@ -72,12 +72,19 @@ def test_posix_storage_calls(tmp_path):
         assert (d / mf.FILES_DIR / "a.mp4").read_bytes() == b"12345678\0\0"
         assert (d / mf.FILES_DIR / "b.wav").stat().st_size == 3
     st.put(key, f"{mf.ANNOTATIONS_DIR}/0001.json", b"{}")
+    st.put(key, f"{mf.ANNOTATIONS_DIR}/0002.json", b"{}")
+    assert st.names(key, mf.ANNOTATIONS_DIR) == [f"{mf.ANNOTATIONS_DIR}/0001.json", f"{mf.ANNOTATIONS_DIR}/0002.json"]
+    assert st.names(key, "none") == []
     st.delete(key, [f"{mf.ANNOTATIONS_DIR}/0001.json"])
     assert not st.has(key, f"{mf.ANNOTATIONS_DIR}/0001.json")
     assert st.touched(key) > 0 and st.touched("_tmp/none/none") == 0
     assert not st.exists(f"{UNIT}/_pending/item-1")
     st.move(key, f"{UNIT}/_pending/item-1")
     assert st.exists(f"{UNIT}/_pending/item-1") and st.find(UNIT, "item-1") == f"{UNIT}/_pending/item-1"
+    # what a retention deletion leaves: only the named files, every other file and folder gone
+    st.keep_only(f"{UNIT}/_pending/item-1", [mf.MANIFEST])
+    with st.local(f"{UNIT}/_pending/item-1") as d:
+        assert sorted(p.name for p in d.iterdir()) == [mf.MANIFEST]
     # a key that is gone (finished or refused by another receiver meanwhile): writes say so
     assert st.write_at(key, "a.mp4", 0, b"x") is False and st.read_at(key, "a.mp4", 0, 1) is None
     other = partial_key("dock-0001", "item-2")
