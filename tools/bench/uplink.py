@@ -23,7 +23,7 @@
    interleaved with the baselines: the machine is shared and a single 2-second run moves by
    +-15 %; the median round's ratio is the result, and every round is printed.
 
-Prints a table; target ratio >= 0.6. ``--json`` writes a record (to stdout, the table then
+Prints a table; target ratio >= 0.8 (issue 14), and the CPU seconds per GiB of both sides. ``--json`` writes a record (to stdout, the table then
 goes to stderr, or to PATH).
 """
 
