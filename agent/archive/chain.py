@@ -36,6 +36,7 @@ ALARMS = {
     "chain_rollback": ("critical", "链回退 / chain rollback"),
     "chain_gap": ("warning", "逾期未收到 / items announced, not received in time"),
     "chain_silent": ("warning", "链静默 / device silent"),
+    "station_audit": ("critical", "站点审计日志断链 / station audit log broken"),
 }
 DEFAULT_GAP_H = 24
 DEFAULT_SILENT_H = 3

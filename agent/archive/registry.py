@@ -139,6 +139,15 @@ MIGRATIONS: list[tuple[str, str]] = [
             approved_at TEXT, approval TEXT, approval_sig TEXT, used_at TEXT, exported TEXT
         );
     """),
+    # the stations' audit logs, received as items and verified (agent/archive/stationaudit.py)
+    ("0010_station_audit", """
+        CREATE TABLE station_audit (
+            device TEXT NOT NULL, seq INTEGER NOT NULL, ts TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+            item_id TEXT, detail TEXT NOT NULL, prev TEXT, hash TEXT NOT NULL, audit_item TEXT NOT NULL,
+            PRIMARY KEY (device, seq)
+        );
+        CREATE INDEX station_audit_item ON station_audit(device, item_id);
+    """),
 ]
 
 
@@ -259,6 +268,14 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
             record TEXT NOT NULL, sig TEXT NOT NULL, state TEXT NOT NULL, approver TEXT, approver_key_id TEXT,
             approved_at TEXT, approval TEXT, approval_sig TEXT, used_at TEXT, exported TEXT
         )
+    """),
+    ("0010_station_audit", """
+        CREATE TABLE station_audit (
+            device TEXT NOT NULL, seq BIGINT NOT NULL, ts TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+            item_id TEXT, detail TEXT NOT NULL, prev TEXT, hash TEXT NOT NULL, audit_item TEXT NOT NULL,
+            PRIMARY KEY (device, seq)
+        );
+        CREATE INDEX station_audit_item ON station_audit(device, item_id)
     """),
 ]
 

@@ -31,6 +31,7 @@ from .backend import open_storage, partial_key
 from .chain import ChainHistory
 from .chunks import ChunkIntake, block_table
 from .merkle import MerkleLog
+from .stationaudit import AUDIT_DIR, StationAudit, is_station_audit
 from .paths import Root, flock, safe_case, safe_file
 from . import retention
 from .registry import Registry, check_id, open_db
@@ -43,7 +44,7 @@ PENDING = "_pending"
 __all__ = ["ArchiveStore", "PENDING", "safe_case"]
 
 
-class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, MerkleLog, Upkeep):
+class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, MerkleLog, StationAudit, Upkeep):
     #: the archive's clock (epoch seconds): chain gap and silence are measured by it (tests inject one)
     clock = staticmethod(time.time)
 
@@ -300,6 +301,8 @@ class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, MerkleLog, Upkeep):
                 self.audit.append("archive", item, actor=f"archive:{self.receiver}", device=dev, seq=rep.device_seq,
                                   path=rel, bytes=rep.bytes, manifest_hash=rep.manifest_hash)
             log.info("stored %s/%s (%d bytes) at %s", dev, item, rep.bytes, rel)
+            if is_station_audit(rep.manifest):  # the station's audit log: its entries checked and kept
+                self.ingest_station_audit(dev, item, rel, rep.manifest)
             return P.Answer(item=item, kind="finish", status=P.STORED, annotations=rep.annotations,
                             receipt=self._receipt(row, rep.manifest))
 
@@ -360,6 +363,8 @@ class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, MerkleLog, Upkeep):
         meta = mf.effective_metadata(manifest, annotations) if isinstance(manifest.get("metadata"), dict) else {}
         case = meta.get("case_number")
         case_dir = PENDING if case in (None, "") else safe_case(case)
+        if is_station_audit(manifest):  # a station's audit log (agent/archive/stationaudit.py)
+            case_dir = AUDIT_DIR
         unit = check_id("unit", device["unit"])
         return f"{unit}/{case_dir}/{check_id('item', manifest.get('item_id', ''))}"
 

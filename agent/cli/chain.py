@@ -1,5 +1,6 @@
 """`edge-agent archive chain`: a device's chain history and its verdict (docs/custody.md "Chain
-history"); `archive checkpoint`: the archive-wide signed checkpoint now."""
+history"); `archive checkpoint`: the archive-wide signed checkpoint now; `archive audit-log`: a
+station's audit log at the centre, each erase with its receipt."""
 
 from __future__ import annotations
 
@@ -76,3 +77,46 @@ def archive_checkpoint(c: Ctx, root, as_json):
         emit_json(cp)
     else:
         click.echo(json.dumps(cp, ensure_ascii=False, sort_keys=True))
+
+
+@archive.command("audit-log")
+@db_option
+@click.argument("device_id")
+@root_option
+@click.option("--erasures", is_flag=True, help="Only the erases of recorder files, each with the receipt that allowed it.")
+@json_option
+@pass_ctx
+def archive_audit_log(c: Ctx, device_id, root, erasures, as_json):
+    """The station's own audit log as received by the archive (sealed and uploaded like evidence,
+    its hash chain checked here), and every erase of a recorder file matched to the archive's
+    signed receipt that allowed it. Exit status 1 when an erase has no valid receipt or the log is
+    broken. Audited.
+
+    \b
+    Example:
+      edge-agent archive audit-log dock-01 --root /srv/archive --erasures
+    """
+    store = _open(c, root)
+    rep = store.station_audit_report(device_id)
+    if as_json:
+        emit_json(rep)
+    else:
+        click.echo(f"station {rep['device']} unit {rep['unit']}: {rep['received']} audit entries received, "
+                   f"missing {_seqs(rep['missing'])}; {rep['erased']} erase(s), {rep['unmatched']} without a valid receipt")
+        if rep["broken"]:
+            click.echo(f"ALARM station_audit since {rep['broken']['since']}: {rep['broken']['detail']}")
+        if not erasures:
+            for e in rep["entries"]:
+                click.echo(f"  {e['seq']:>6} {e['ts']} {e['actor']:<14} {e['action']:<9} {e['item_id'] or '-'}")
+        for e in rep["erasures"]:
+            rc = e["receipt"]
+            click.echo(f"erase #{e['seq']} {e['ts']} {e['item']} file {e['file']} recorder {e['serial']}: {e['result']}")
+            if rc:
+                click.echo(f"    receipt: archive {rc['archive']} key {rc['key_id']} stored {rc['stored_at']} manifest "
+                           f"{(rc['manifest_hash'] or '')[:16]}… (station entry #{rc['logged_at_seq']}) "
+                           f"{'signature ok' if rc['verified'] else 'SIGNATURE NOT VALID'}")
+            for p in e["problems"]:
+                click.echo(f"    无有效回执 / PROBLEM: {p}")
+        click.echo("verdict: ok / 审计日志完整，每次删除均有回执" if rep["verdict"] == "ok" else "verdict: ALARM / 审计未通过")
+    if rep["verdict"] != "ok":
+        raise SystemExit(1)

@@ -36,6 +36,12 @@ def _entry_hash(alg: str, entry: dict) -> str:
     return hashing.hexdigest(alg, hashing.canonical(body))
 
 
+def entry_hash(alg: str, entry: dict) -> str:
+    """The hash an entry must carry: over the RFC 8785 JSON of seq, ts, actor, action, item_id,
+    detail (a JSON text) and prev (the archive checks the stations' logs with it)."""
+    return _entry_hash(alg, entry)
+
+
 class AuditLog:
     def __init__(self, ledger: Database, alg: str = "sha256", signer=None):
         self.ledger = ledger

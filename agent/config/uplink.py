@@ -20,6 +20,9 @@ class UplinkConfig(ConfigModel):
     checkpoint_every_s: int = Field(3600, ge=60, le=86400,
                                     description="The signed chain checkpoint is published at start, after every sealed item, and "
                                                 "at least this often (the archive alarms a device silent for archive.chain_silent_h).")
+    audit_every_s: int = Field(3600, ge=0, le=86400,
+                               description="The station's audit log (every technician action, every erase) is sealed as a signed "
+                                           "item and uploaded like evidence this often when it has new entries (0 = never).")
     archive_keys: list[str] = Field([], description="Pinned archive public keys besides data_dir/keys/archive/*.pub (where "
                                                     "`edge-agent uplink trust-archive FILE` puts them): files or directories of "
                                                     "*.pub. Nothing is marked archived, freed or erased without a receipt signed "

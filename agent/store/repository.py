@@ -167,12 +167,12 @@ class Repository:
 
     def pending_annotation_count(self) -> int:
         """Items (receiving ones included) still missing mandatory metadata."""
-        return self.ledger.one("SELECT count(*) n FROM items WHERE pending != '' "
+        return self.ledger.one("SELECT count(*) n FROM items WHERE pending != '' AND kind != 'audit' "
                                "AND state NOT IN ('discarded','purged')")["n"]
 
     def oldest_pending_annotation_ts(self) -> float | None:
         """Creation time of the oldest sealed item still missing mandatory metadata."""
-        return self.ledger.one(f"SELECT min(created_ts) t FROM items WHERE pending != '' "
+        return self.ledger.one(f"SELECT min(created_ts) t FROM items WHERE pending != '' AND kind != 'audit' "
                                f"AND state NOT IN ({_in(_NOT_PENDING)})", list(_NOT_PENDING))["t"]
 
     def pending_by_collector(self) -> list[PendingByCollector]:

@@ -239,8 +239,21 @@ class Store(Repository, Recovery, Retrieval):
         return row
 
     def mark_archived(self, item_id: str, receipt: dict | None = None) -> None:
-        self.set_state(item_id, "archived", "archive", actor="agent:uplink", archived_at=now_iso(),
-                       receipt=json.dumps(receipt or {}, ensure_ascii=False))
+        """Archived, on the strength of the archive's signed ``receipt``: kept in the ledger and in
+        the audit entry, which travels to the centre with the station's audit log (an erase there
+        is matched to the receipt that allowed it: agent/archive/stationaudit.py)."""
+        at = now_iso()
+        with self.ledger.atomic():
+            self._update_item(item_id, state="archived", archived_at=at,
+                              receipt=json.dumps(receipt or {}, ensure_ascii=False))
+            self.audit.append("archive", item_id, actor="agent:uplink", state="archived", archived_at=at,
+                              receipt=receipt or {})
+
+    def seal_audit_log(self, actor: str = "agent:audit") -> str | None:
+        """The audit entries not yet sealed, as a signed item of the chain (agent/store/auditlog.py)."""
+        from .auditlog import seal_audit_log
+
+        return seal_audit_log(self, actor)
 
 
     # --- annotations ------------------------------------------------------------------------

@@ -272,7 +272,15 @@ class Uplink:
         """Publish the signed chain checkpoint at start and whenever the chain head moves; write
         the live figures for `edge-agent uplink status` every few seconds."""
         n = 0
+        audit_at = time.monotonic()
         while not self.stop_event.wait(1.0):
+            every = self.cfg.uplink.audit_every_s
+            if every and time.monotonic() - audit_at >= every:  # the station's audit log, as an item
+                audit_at = time.monotonic()
+                try:
+                    self.store.seal_audit_log()
+                except Exception as exc:
+                    self.note_error(f"cannot seal the audit log: {exc}")
             try:
                 self._publish_checkpoint()
                 n += 1
