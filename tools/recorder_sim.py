@@ -374,6 +374,10 @@ class RecorderSim:
         """The device clock."""
         return _dt.datetime.fromtimestamp(int(time.time() + self._clock_offset), self.tz)
 
+    def clock_seconds(self) -> float:
+        """The device clock as a POSIX timestamp with its fraction (what ``now`` truncates)."""
+        return time.time() + self._clock_offset
+
     def storage(self) -> tuple[int, int]:
         used = sum(f.size for f in self.files)
         if self.storage_full:

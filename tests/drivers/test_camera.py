@@ -80,7 +80,7 @@ def test_unanswering_and_refusing_urls_do_not_block(tmp_path):
         cams = [Camera(u, name=f"dead{i}", open_timeout=1.5, backoff_base=0.2,
                        backoff_max=0.5).start() for i, u in enumerate(urls)]
         assert [c.latest() for c in cams] == [(None, 0.0, 0)] * 3
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 1.0      # well under open_timeout: start() does not wait for the open
         assert wait_for(lambda: all(c.status().last_error for c in cams), 5)
         for c in cams:
             st = c.status()
@@ -107,7 +107,7 @@ def test_rtsp_drop_reconnect_and_resolution_change(clips):
             events.append(ev)
 
     srv = RtspServer(clips["small"]).start()
-    cam = Camera(srv.url, name="rtsp", open_timeout=3, read_timeout=1.5,
+    cam = Camera(srv.url, name="rtsp", open_timeout=3, read_timeout=3,
                  backoff_base=0.2, backoff_max=1.0, on_event=on_event).start()
     try:
         assert wait_for(lambda: cam.status().frames > 10, 10), cam.status()
@@ -116,7 +116,7 @@ def test_rtsp_drop_reconnect_and_resolution_change(clips):
         assert st.online and st.resolution == (320, 240) and 18 <= st.fps <= 32, st
 
         srv.kill()                                               # camera drops
-        assert wait_for(lambda: not cam.status().online, 6), cam.status()
+        assert wait_for(lambda: not cam.status().online, 10), cam.status()
         frames_off = cam.status().frames
         assert cam.status().last_error
         # it tried to reopen the dead stream (and failed), and got no frame meanwhile

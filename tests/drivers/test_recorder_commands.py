@@ -19,6 +19,8 @@ from tests.dock.test_dock import media, media_master  # noqa: F401  (fixtures)
 from tools.recorder_sim import RecorderSim
 
 UTC8 = _dt.timezone(_dt.timedelta(hours=8))
+# no test here expects a serial timeout: a generous one keeps a loaded machine from failing them
+SERIAL_TIMEOUT = 5.0
 
 
 @pytest.fixture
@@ -30,7 +32,7 @@ def sim_factory(media, tmp_path):
         sim = RecorderSim(media, tmp_path / f"ttyREC{len(sims)}", probe=False, **kw).start()
         sims.append(sim)
         if transport == "serial":
-            rec: Recorder = RecorderClient(sim.port_path, timeout=0.3, retries=1)
+            rec: Recorder = RecorderClient(sim.port_path, timeout=SERIAL_TIMEOUT, retries=1)
         else:
             profile = VendorProfile(**{**_fields(JIELI_DV16), "retries": retries})
             rec = Recorder(ScsiTransport(sim.sg_device(), profile))
@@ -107,7 +109,7 @@ def test_write_zfy_info_and_read_back(sim_factory, transport, media, tmp_path):
     if transport == "serial":
         other = Recorder(ScsiTransport(sim.sg_device(), JIELI_DV16, "000000"))
     else:
-        other = RecorderClient(sim.port_path, timeout=0.3, retries=1)
+        other = RecorderClient(sim.port_path, timeout=SERIAL_TIMEOUT, retries=1)
     with other:
         assert other.identify() == after
     # a field that does not fit is refused before anything is written

@@ -14,6 +14,8 @@ from drivers.sensor import Reading, Sensor
 from tools.sensor_sim import SensorSim
 
 ROOT = Path(__file__).resolve().parents[2]
+# where the simulator answers and no timeout is expected: generous, so a loaded machine cannot fail it
+ANSWER_TIMEOUT = 5.0
 
 
 def wait_for(pred, timeout: float, step: float = 0.05) -> bool:
@@ -32,7 +34,7 @@ def link(tmp_path):
 
 def test_reads_fixed_and_drifting_values(link):
     with SensorSim(link, temp_c_x10=-53, humidity_x10=815) as sim:
-        sensor = Sensor(str(link), interval=0.1, timeout=0.3).start()
+        sensor = Sensor(str(link), interval=0.1, timeout=ANSWER_TIMEOUT).start()
         try:
             assert wait_for(lambda: sensor.reading() is not None, 3), sensor.status()
             r = sensor.reading()
@@ -52,7 +54,7 @@ def test_reads_fixed_and_drifting_values(link):
 
 def test_input_registers_and_slave_id(link):
     with SensorSim(link, slave=7, temp_c_x10=301, humidity_x10=402):
-        good = Sensor(str(link), slave=7, function=4, timeout=0.3)
+        good = Sensor(str(link), slave=7, function=4, timeout=ANSWER_TIMEOUT)
         assert (good.poll_once().temp_c_x10, good.reading().humidity_x10) == (301, 402)
         good.close()
         other = Sensor(str(link), slave=2, timeout=0.2)              # nobody answers id 2
@@ -111,7 +113,7 @@ def test_cli(link):
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout.readline().startswith(f"ready {link}")
-        sensor = Sensor(str(link), timeout=0.5)
+        sensor = Sensor(str(link), timeout=ANSWER_TIMEOUT)
         r = sensor.poll_once()
         assert r is not None and (r.temp_c_x10, r.humidity_x10) == (199, 601)
         sensor.close()
