@@ -8,7 +8,7 @@
 #   - /etc/edge-agent (0750 root:edge-agent), /var/lib/edge-agent, /var/lib/edge-archive,
 #     /var/lib/edge-monitor (0750 edge-agent:edge-agent)
 #   - a venv at $EDGE_PREFIX/venv with this repository installed (pip, not editable)
-#   - systemd units copied to /etc/systemd/system (ExecStart rewritten if EDGE_PREFIX differs)
+#   - systemd units (services and the retention timer) copied to /etc/systemd/system (ExecStart rewritten if EDGE_PREFIX differs)
 #   - `edge-agent --config /etc/edge-agent/agent.toml init` only if there is no config yet
 #   - `systemctl daemon-reload` only if systemd is running (units are not enabled/started)
 #
@@ -119,7 +119,7 @@ fi
 
 # --- systemd units ---------------------------------------------------------------------
 run install -d -m 0755 "$UNIT_DIR"
-for unit in "$REPO"/systemd/*.service; do
+for unit in "$REPO"/systemd/*.service "$REPO"/systemd/*.timer; do
     name=$(basename "$unit")
     if [ "$DRY_RUN" = 1 ]; then
         printf '+ install -m 0644 %s %s\n' "$unit" "$UNIT_DIR/$name"
@@ -162,7 +162,8 @@ fi
 # --- systemd ---------------------------------------------------------------------------
 if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
     run systemctl daemon-reload
-    say "done. Start with: systemctl enable --now edge-agent   (or edge-archive / edge-monitor)"
+    say "done. Start with: systemctl enable --now edge-agent   (or edge-archive / edge-monitor;"
+    say "      at the archive also the daily retention run: systemctl enable --now edge-archive-retention.timer)"
 else
     say "done (systemd not running here or fake root: no daemon-reload)"
 fi

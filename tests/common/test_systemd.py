@@ -18,7 +18,11 @@ from tests.support.spine import EDGE
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = sorted((ROOT / "systemd").glob("*.service"))
-UNIT_NAMES = {"edge-agent.service", "edge-archive.service", "edge-monitor.service"}
+TIMERS = sorted((ROOT / "systemd").glob("*.timer"))
+UNIT_NAMES = {"edge-agent.service", "edge-archive.service", "edge-monitor.service", "edge-archive-retention.service"}
+TIMER_NAMES = {"edge-archive-retention.timer"}
+#: services that run to completion (started by a timer): Type=oneshot, so no READY=1 and no watchdog
+ONESHOT = {"edge-archive-retention.service"}
 MAX_EXPOSURE = 2.5  # systemd-analyze scale 0 (safe) .. 10 (unsafe); these units score 1.2-1.6
 
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
@@ -38,6 +42,7 @@ def directives(unit: Path) -> dict[str, list[str]]:
 
 def test_units_present():
     assert {u.name for u in UNITS} == UNIT_NAMES
+    assert {t.name for t in TIMERS} == TIMER_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +54,7 @@ def verifiable_units(tmp_path_factory) -> dict[str, Path]:
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
     out = {}
-    for unit in UNITS:
+    for unit in [*UNITS, *TIMERS]:
         text = unit.read_text().replace("/opt/edge-agent/venv/bin/edge-agent", str(stub))
         (d / unit.name).write_text(text)
         out[unit.name] = d / unit.name
@@ -57,7 +62,7 @@ def verifiable_units(tmp_path_factory) -> dict[str, Path]:
 
 
 @needs_analyze
-@pytest.mark.parametrize("name", sorted(UNIT_NAMES))
+@pytest.mark.parametrize("name", sorted(UNIT_NAMES | TIMER_NAMES))
 def test_systemd_analyze_verify(verifiable_units, name):
     path = verifiable_units[name]
     r = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True,
@@ -87,10 +92,16 @@ def test_systemd_analyze_security(name):
 def test_unit_policy(unit):
     d = directives(unit)
     one = {k: v[-1] for k, v in d.items()}
-    assert one["Type"] == "notify"
-    assert one["NotifyAccess"] == "main"
-    assert one["WatchdogSec"]
-    assert one["Restart"] == "on-failure"
+    if unit.name in ONESHOT:
+        # a run that exits when done: no READY=1 to wait for, no watchdog, no restart (the next run
+        # is the timer's); a failed run leaves the unit "failed", which systemctl shows
+        assert one["Type"] == "oneshot"
+        assert "WatchdogSec" not in d and "Restart" not in d and "[Install]" not in unit.read_text()
+    else:
+        assert one["Type"] == "notify"
+        assert one["NotifyAccess"] == "main"
+        assert one["WatchdogSec"]
+        assert one["Restart"] == "on-failure"
     assert one["User"] == "edge-agent"
     assert one["ProtectSystem"] == "strict"
     assert one["CapabilityBoundingSet"] == ""
@@ -118,6 +129,56 @@ def test_unit_policy(unit):
         assert "/var/lib/edge-archive" in d["ReadWritePaths"]
     if unit.name == "edge-monitor.service":
         assert one["ExecStart"].endswith(" monitor --web 8080")
+    if unit.name == "edge-archive-retention.service":
+        assert one["ExecStart"].endswith(" archive retention run --root /var/lib/edge-archive --as edge-archive-retention")
+        assert "/var/lib/edge-archive" in d["ReadWritePaths"]
+
+
+def test_retention_timer():
+    """Daily, made up after downtime (Persistent), spread (RandomizedDelaySec), enabled by timers.target."""
+    d = directives(ROOT / "systemd" / "edge-archive-retention.timer")
+    one = {k: v[-1] for k, v in d.items()}
+    assert one["Unit"] == "edge-archive-retention.service"
+    assert one["Persistent"] == "true"
+    assert one["RandomizedDelaySec"] == "1h"
+    assert one["WantedBy"] == "timers.target"
+
+
+@needs_analyze
+def test_retention_timer_is_daily():
+    r = subprocess.run(["systemd-analyze", "calendar", "--iterations=2",
+                        directives(ROOT / "systemd" / "edge-archive-retention.timer")["OnCalendar"][-1]],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    nxt = re.findall(r"Next elapse: \w+ (\S+ \S+)", r.stdout) + re.findall(r"Iter\. #2: \w+ (\S+ \S+)", r.stdout)
+    assert len(nxt) == 2, r.stdout
+    a, b = (time.mktime(time.strptime(t, "%Y-%m-%d %H:%M:%S")) for t in nxt)
+    assert abs((b - a) - 86400) <= 3600, r.stdout  # one day apart (a DST change shifts it by an hour)
+
+
+def test_retention_service_command_runs(tmp_path):
+    """The unit's ExecStart, run with this venv's edge-agent on an archive root holding one item past
+    its retention and one that is not: the expired one goes (its tombstone named after the unit), the
+    other stays, exit 0 — what the timer does daily."""
+    import datetime as dt
+    import shlex
+
+    from tests.support.custody import Centre
+
+    c = Centre(tmp_path)
+    now = dt.datetime.now().astimezone().replace(microsecond=0)
+    old, young = c.item(now - dt.timedelta(days=200)), c.item(now - dt.timedelta(days=10))
+    path = c.st.db.one("SELECT path FROM items WHERE item = ?", [old])["path"]
+    c.close()
+    argv = shlex.split(directives(ROOT / "systemd" / "edge-archive-retention.service")["ExecStart"][-1])
+    argv = [EDGE, *[str(c.root) if a == "/var/lib/edge-archive" else a for a in argv[1:]]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_ARCHIVE_")}
+    env["EDGE_AGENT_CONFIG"] = str(tmp_path / "none.toml")  # no config: the unit's --root is all it needs
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"deleted dock-0001/{old}" in r.stdout and young not in r.stdout, r.stdout
+    t = (c.root / path / "tombstone.json").read_text()
+    assert '"by":"edge-archive-retention"' in t
 
 
 # --- tools/install.sh ---------------------------------------------------------------------
@@ -160,7 +221,7 @@ def test_install_twice_into_fake_root(tmp_path):
     _fake_venv(root)
     r1 = _install(root, EDGE_INIT_ARGS="--kind dock --device-id dock-0001")
     assert r1.returncode == 0, r1.stdout + r1.stderr
-    for name in UNIT_NAMES:
+    for name in UNIT_NAMES | TIMER_NAMES:
         assert (root / "etc/systemd/system" / name).read_text() == (ROOT / "systemd" / name).read_text()
     for d in ("etc/edge-agent", "var/lib/edge-agent", "var/lib/edge-archive", "var/lib/edge-monitor"):
         assert stat.S_IMODE((root / d).stat().st_mode) == 0o750, d
@@ -219,6 +280,9 @@ def test_install_prefix_rewrites_units(tmp_path):
     assert r.returncode == 0, r.stderr
     unit = (root / "etc/systemd/system/edge-agent.service").read_text()
     assert "ExecStart=/srv/edge/venv/bin/edge-agent run" in unit
+    retention = (root / "etc/systemd/system/edge-archive-retention.service").read_text()
+    assert "ExecStart=/srv/edge/venv/bin/edge-agent archive retention run" in retention
+    assert (root / "etc/systemd/system/edge-archive-retention.timer").is_file()
     assert not (root / "etc/edge-agent/agent.toml").exists()
 
 
