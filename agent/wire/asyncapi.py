@@ -112,6 +112,14 @@ def document() -> dict:
             ["prefix", "receiver"], {"name": "archive_status", "payload": {"type": "object",
                                                                            "required": ["state", "receiver", "time", "key_id", "sig"]}},
             True, 1, op="publish", owner="archive (agent/archive/receiver.py)")
+    doc["channels"]["{prefix}/archive/checkpoint"] = ch(
+            "Retained signed checkpoint over the archive's whole store (edge-archive-checkpoint/1: size and RFC 6962 "
+            "Merkle root of every stored item and tombstone), republished every archive.checkpoint_every_h. "
+            "See docs/evidence-format.md 'The archive's checkpoint'.",
+            ["prefix"], {"name": "archive_checkpoint", "payload": {"type": "object",
+                                                                 "required": ["format", "archive", "size", "root", "time",
+                                                                              "key_id", "sig"]}},
+            True, 1, op="publish", owner="archive (agent/archive/merkle.py)")
 
     return doc
 

@@ -131,7 +131,7 @@ def fallback_addresses(values: list[str], *, tls: bool) -> tuple[tuple[str, int]
     for v in values:
         addr = parse_broker(v)
         if addr.tls is not None and addr.tls != tls:
-            raise BrokerAddressError(f"代理地址无效 / mqtt.fallback {v!r}: {'TLS' if addr.tls else 'plain MQTT'}, but the "
+            raise BrokerAddressError(f"代理地址无效 / invalid broker address in mqtt.fallback {v!r}: {'TLS' if addr.tls else 'plain MQTT'}, but the "
                                      f"primary broker is {'TLS' if tls else 'plain MQTT'} (the same TLS settings serve every broker)")
         out.append((addr.host, addr.port))
     return tuple(out)
