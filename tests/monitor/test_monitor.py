@@ -158,10 +158,13 @@ def test_bad_input_counted_never_applied(tmp_path, broker):
         assert ing["rejected.invalid"] == 1
         assert ing["rejected.oversized"] == 1 and ing["rejected.bad_topic"] >= 1
         assert ing["rejected.device_mismatch"] == 1
-        assert ing["rejected.replayed"] == 1, "the stale death: older than the birth it would undo"
-        assert 90 <= ing["accepted"] <= 200, ing  # the flood was cut at the burst (100)
-        assert f["rejected"]["total"] == sum(v for k, v in ing.items() if k.startswith("rejected."))
         by = {(r["device"], r["reason"]): r["count"] for r in f["rejected"]["by_device"]}
+        # the stale death: older than the birth it would undo. (Messages of the flood that arrive
+        # backed up are taken in random order, so some of flood-1's count as replayed too.)
+        assert by[("bad-1", "replayed")] == 1, by
+        assert ing["rejected.replayed"] == 1 + by.get(("flood-1", "replayed"), 0)
+        assert 90 <= ing["accepted"] + by.get(("flood-1", "replayed"), 0) <= 200, ing  # the flood was cut at the burst (100)
+        assert f["rejected"]["total"] == sum(v for k, v in ing.items() if k.startswith("rejected."))
         assert by[("bad-1", "unsigned")] == 8 and by[("flood-1", "flood")] == ing["rejected.flood"]
         d = _dev(f, "bad-1")
         assert d["unit_code"] == "U1" and d["state"] == "online" and d["bdseq"] == 4
