@@ -11,7 +11,8 @@ what it shows is alarmed (``chain_alarms``; docs/custody.md "Chain history"):
 ``chain_silent``    no new checkpoint from the device for ``archive.chain_silent_h`` hours (devices
                     sign one at start, after every sealed item, and every ``uplink.checkpoint_every_s``).
 
-Fork and rollback stay raised (the history that shows them is kept); gap and silence are evaluated
+Fork and rollback stay raised until a custodian acknowledges them with a reason
+(``archive chain DEVICE --acknowledge CODE --reason``; the history that shows them is kept); gap and silence are evaluated
 against the archive's clock (:attr:`ArchiveStore.clock`, injectable in tests) whenever a checkpoint
 arrives, every minute in ``archive serve``, and by ``archive chain DEVICE``. The monitor shows the
 raised ones per device and unit (:func:`read_chain_alarms`).
@@ -38,7 +39,11 @@ ALARMS = {
     "chain_silent": ("warning", "链静默 / device silent"),
     "station_audit": ("critical", "站点审计日志断链 / station audit log broken"),
 }
+#: alarms a custodian clears by hand (the others clear when their cause is gone)
+ACKNOWLEDGED = ("chain_fork", "chain_rollback", "station_audit")
 DEFAULT_GAP_H = 24
+#: missing chain positions looked at (and named) at most
+MISSING_SHOWN = 1000
 DEFAULT_SILENT_H = 3
 
 
@@ -120,6 +125,27 @@ class ChainHistory:
         db.execute("UPDATE chain_alarms SET active = 0, cleared_at = ? WHERE device = ? AND code = ? AND active = 1",
                    [_at(now), dev, code])
 
+    def acknowledge_chain_alarm(self, device: str, code: str, reason: str, actor: str | None = None) -> dict:
+        """A custodian who has looked into a fork, a rollback or a broken station log clears it,
+        with the reason, in the archive's audit log; the history that showed it stays. The same
+        finding again raises it again."""
+        self.registry.device(device)
+        if code not in ACKNOWLEDGED:
+            raise EdgeError(f"告警 {code} 不能手工解除 / {code} cannot be acknowledged: give one of "
+                            f"{', '.join(ACKNOWLEDGED)} (gap and silence clear themselves)")
+        if not (reason or "").strip():
+            raise EdgeError("需要理由 / --reason is required: what was found and done")
+        now = self.clock()
+        with self.db.atomic() as db:
+            row = db.execute("SELECT detail FROM chain_alarms WHERE device = ? AND code = ? AND active = 1",
+                             [device, code]).fetchone()
+            if not row:
+                raise EdgeError(f"device {device} has no raised {code} alarm")
+            self._clear(db, device, code, now)
+            self.audit.append("chain_ack", None, actor=actor, device=device, code=code, reason=reason.strip(),
+                              detail=row[0])
+        return self.chain_verdict(device)
+
     # --- evaluation --------------------------------------------------------------------------
     def held_seqs(self, device: str) -> set[int]:
         """Chain positions the archive accounts for: stored items, and items deleted when their
@@ -129,21 +155,37 @@ class ChainHistory:
 
     def evaluate_chain(self, device: str, now: float | None = None) -> dict:
         """Gap and silence of ``device`` at ``now`` (default the store's clock), raised or cleared;
-        returns the verdict (every raised alarm of the device)."""
+        returns the verdict (every raised alarm of the device). Cheap when nothing is missing (two
+        aggregate queries); the history is read only from the first missing chain position on."""
         now = self.clock() if now is None else now
-        hist = self.db.query("SELECT count, received_ts FROM chain_history WHERE device = ? ORDER BY received_ts, id",
-                             [device])
-        held = self.held_seqs(device)
-        # the first time each chain position was announced
+        agg = self.db.one("SELECT max(count) AS top, max(received_ts) AS last FROM chain_history WHERE device = ?",
+                          [device]) or {}
+        top, last = agg.get("top") or 0, agg.get("last")
+        late: list[int] = []
         first: dict[int, float] = {}
-        top = 0
-        for h in hist:
-            for s in range(top + 1, h["count"] + 1):
-                first[s] = h["received_ts"]
-            top = max(top, h["count"])
-        late = [s for s in sorted(first) if s not in held and now - first[s] > self.chain_gap_s]
+        missing_n = 0
+        if top:
+            n = self.db.one("SELECT count(*) AS n FROM (SELECT seq FROM items WHERE device = ? AND seq <= ? UNION "
+                            "SELECT seq FROM tombstones WHERE device = ? AND seq <= ?) h", [device, top, device, top])["n"]
+            missing_n = top - n
+        if missing_n > 0:
+            held = self.held_seqs(device)
+            missing = []
+            for s in range(1, top + 1):  # the first MISSING_SHOWN missing positions are named
+                if s not in held:
+                    missing.append(s)
+                    if len(missing) >= MISSING_SHOWN:
+                        break
+            # the first time each of them was announced: the history in order of arrival, running top
+            hist = self.db.query("SELECT count, received_ts FROM chain_history WHERE device = ? AND count >= ? "
+                                 "ORDER BY received_ts, id", [device, missing[0]])
+            k = 0
+            for h in hist:
+                while k < len(missing) and missing[k] <= h["count"]:
+                    first[missing[k]] = h["received_ts"]
+                    k += 1
+            late = [s for s in missing if s in first and now - first[s] > self.chain_gap_s]
         dev = self.registry.device(device, missing_ok=True)
-        last = max((h["received_ts"] for h in hist), default=None)
         if last is None and dev:
             try:
                 from agent.common.timeutil import parse_iso
@@ -152,11 +194,15 @@ class ChainHistory:
             except EdgeError:
                 last = None
         silent = last is not None and now - last > self.chain_silent_s
+        active = {r["code"] for r in self.db.query("SELECT code FROM chain_alarms WHERE device = ? AND active = 1",
+                                                   [device])}
+        if not late and not silent and not active & {"chain_gap", "chain_silent"}:
+            return self.chain_verdict(device)  # nothing to raise or clear: no write
         with self.db.atomic() as db:
             self.db.serialize("chain")
             if late:
                 oldest = min(first[s] for s in late)
-                shown = ", ".join(map(str, late[:20])) + (f" … ({len(late)} in all)" if len(late) > 20 else "")
+                shown = ", ".join(map(str, late[:20])) + (f" … ({missing_n} missing in all)" if len(late) > 20 else "")
                 self._raise(db, device, "chain_gap",
                             f"chain position(s) {shown} announced since {_at(oldest)}, not received within "
                             f"{self.chain_gap_s / 3600:g} h", now)
@@ -188,9 +234,15 @@ class ChainHistory:
                              "FROM chain_history WHERE device = ? ORDER BY received_ts, id", [device])
         held = self.held_seqs(device)
         top = max((h["count"] for h in hist), default=0)
+        missing = []
+        for s in range(1, top + 1):
+            if s not in held:
+                missing.append(s)
+                if len(missing) >= MISSING_SHOWN:
+                    break
         self.audit.append("retrieve", None, actor=actor, what="chain", device=device)
         return {"device": device, "unit": dev["unit"], "key_id": dev["key_id"], "checkpoints": hist,
-                "announced": top, "held": len(held), "missing": [s for s in range(1, top + 1) if s not in held],
+                "announced": top, "held": len(held), "missing": missing,
                 "gap_deadline_h": self.chain_gap_s / 3600, "silent_after_h": self.chain_silent_s / 3600,
                 "verdict": "ok" if verdict["ok"] else "alarm", "alarms": verdict["alarms"],
                 "cleared": verdict["cleared"]}

@@ -14,9 +14,12 @@ from .base import Ctx, emit_json, json_option, pass_ctx
 @db_option
 @click.argument("device_id")
 @root_option
+@click.option("--acknowledge", "ack", type=click.Choice(["chain_fork", "chain_rollback", "station_audit"]),
+              help="Clear this raised alarm after looking into it (needs --reason; audited; the history stays).")
+@click.option("--reason", help="With --acknowledge: what was found and done.")
 @json_option
 @pass_ctx
-def archive_chain(c: Ctx, device_id, root, as_json):
+def archive_chain(c: Ctx, device_id, root, ack, reason, as_json):
     """Every signed chain checkpoint DEVICE_ID published, what the archive holds, and the verdict:
     fork (two heads for one chain length), rollback (a checkpoint going back), gap (items announced
     and not received within archive.chain_gap_h), silent (no new checkpoint for
@@ -26,8 +29,11 @@ def archive_chain(c: Ctx, device_id, root, as_json):
     Example:
       edge-agent archive chain dock-01 --root /srv/archive
       edge-agent archive chain dock-01 --root /srv/archive --json
+      edge-agent archive chain dock-01 --root /srv/archive --acknowledge chain_fork --reason "…"
     """
     store = _open(c, root)
+    if ack:
+        store.acknowledge_chain_alarm(device_id, ack, reason or "")
     rep = store.chain_report(device_id)
     if as_json:
         emit_json(rep)
@@ -41,6 +47,8 @@ def archive_chain(c: Ctx, device_id, root, as_json):
             flag = f"  ! {h['finding']}" if h["finding"] else ""
             click.echo(f"  {h['received_at']}  signed {h['time']}  count {h['count']:>5}  head {head}  "
                        f"annotations {h['annotations'] if h['annotations'] is not None else '-'}{again}{flag}")
+        for a in rep["cleared"]:
+            click.echo(f"cleared {a['code']} {a['title']} (raised {a['since']}, cleared {a['cleared_at']})")
         if rep["verdict"] == "ok":
             click.echo("verdict: ok / 链完整")
         for a in rep["alarms"]:

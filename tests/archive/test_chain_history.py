@@ -120,6 +120,24 @@ def test_fork_and_rollback_from_the_device_key_are_alarmed(broker, tmp_path):
     assert {(DEV, "chain_fork", "critical"), (DEV, "chain_rollback", "critical")} <= shown
     assert any("链分叉" in a["message_zh"] and "two heads for chain length 3" in a["message_en"] for a in view["alarms"])
     assert next(u for u in view["units"] if u["code"] == UNIT)["alarms"] == 2
+
+    # a custodian who looked into them clears them with a reason; the history stays
+    p = run(["archive", "chain", DEV, "--root", str(t.root), "--acknowledge", "chain_fork"])
+    assert p.returncode == 1 and "--reason is required" in p.stderr, p.stderr
+    p = run(["archive", "chain", DEV, "--root", str(t.root), "--acknowledge", "chain_rollback", "--reason",
+             "重放的旧检查点，已查明 / replayed by the test"])
+    assert p.returncode == 1 and "ALARM chain_rollback" not in p.stdout and "ALARM chain_fork" in p.stdout, p.stdout
+    st2 = ArchiveStore(t.root)
+    try:
+        st2.acknowledge_chain_alarm(DEV, "chain_fork", "second head signed by the test")
+        assert st2.chain_report(DEV)["verdict"] == "ok" and len(st2.chain_report(DEV)["checkpoints"]) == 4
+        acks = [json.loads(e["detail"]) for e in st2.audit.entries(action="chain_ack")]
+        assert [a["code"] for a in acks] == ["chain_rollback", "chain_fork"] and acks[0]["reason"].startswith("重放")
+    finally:
+        st2.close()
+    ing.reload_archive_alarms()
+    ing.flush()
+    assert not [a for a in fleet(db.conn, 300)["alarms"] if a["device"] == DEV]
     db.close()
 
 
