@@ -89,8 +89,8 @@ def read_deadlines(store, start: dt.date, end: dt.date, unit: str | None = None)
         except (OSError, ValueError, KeyError, TypeError, EdgeError) as exc:
             skipped.append({"device": r["device"], "item": r["item"], "why": str(exc)[:200]})
             continue
-        if not start <= ended.astimezone().date() <= end:
-            continue
+        if not start <= ended.astimezone().date() <= end or meta.get("kind") == "station-audit":
+            continue  # (a station's audit log is no recording: agent/archive/stationaudit.py)
         if r["unit"] not in deadlines:
             deadlines[r["unit"]] = unit_deadline(store.root, r["unit"])
         hours, _ = deadlines[r["unit"]]

@@ -78,8 +78,8 @@ def read_usage(root: Path, start: dt.date, end: dt.date, unit: str | None = None
         except (OSError, ValueError, KeyError, TypeError, EdgeError) as exc:
             skipped.append({"device": r["device"], "item": r["item"], "why": str(exc)[:200]})
             continue
-        if not start <= _local_day(begin) <= end:
-            continue
+        if not start <= _local_day(begin) <= end or meta.get("kind") == "station-audit":
+            continue  # (a station's audit log is no recording: agent/archive/stationaudit.py)
         seconds = max(0.0, (finish - begin).total_seconds())
         late = stored - finish > late_after
         add(units, r["unit"], {"unit_code": r["unit"]}, seconds, late)

@@ -54,6 +54,22 @@ def test_audit_log_travels_as_items_and_erases_meet_their_receipts(broker, tmp_p
     rep = json.loads(run(["archive", "audit-log", DEV, "--root", str(t.root), "--json"]).stdout)
     good = next(e for e in rep["erasures"] if e["item"] == ids[0])
     assert good["ok"] and good["receipt"]["verified"] and good["receipt"]["manifest_hash"]
+    # a station's audit log is no recording: not counted in usage or upload deadlines
+    import datetime as dt
+
+    from agent.archive.deadlines import read_deadlines
+    from agent.archive.storage import ArchiveStore
+    from agent.archive.usage import read_usage
+
+    day = dt.date.today()
+    usage = read_usage(t.root, day - dt.timedelta(days=400), day + dt.timedelta(days=1))
+    assert DEV not in {o["officer_id"] for o in usage["officers"]} and usage["units"][0]["items"] == 2, usage
+    st2 = ArchiveStore(t.root)
+    try:
+        dl = read_deadlines(st2, day - dt.timedelta(days=400), day + dt.timedelta(days=1))
+        assert audit_item not in json.dumps(dl, ensure_ascii=False)
+    finally:
+        st2.close()
 
 
 def test_an_altered_station_log_is_alarmed(broker, tmp_path):
