@@ -53,7 +53,7 @@ class Approvals:
         rules.check("annotator", name)
         bad = [r for r in roles if r not in ROLES]
         if not roles or bad:
-            raise EdgeError(f"--role: one or more of {', '.join(ROLES)} (got {', '.join(bad) or 'none'})")
+            raise EdgeError(f"角色无效 / --role: one or more of {', '.join(ROLES)} (got {', '.join(bad) or 'none'})")
         public = keys.parse_public(pubkey_pem, "public key")
         kid = keys.key_id(public)
         for u in self.db.query("SELECT name, key_id FROM retrieval_users"):
@@ -62,7 +62,7 @@ class Approvals:
                                 "of their own (an approval is a second person's)")
         old = self.db.one("SELECT key_id FROM retrieval_users WHERE name = ?", [name])
         if old and old["key_id"] != kid:
-            raise EdgeError(f"user {name} is enrolled with another key ({old['key_id']})")
+            raise EdgeError(f"用户已用另一密钥登记 / user {name} is enrolled with another key ({old['key_id']})")
         path = users_dir(self.root) / f"{name}.pub"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, keys.public_pem(public))
@@ -94,9 +94,9 @@ class Approvals:
     # --- request and approval ------------------------------------------------------------------
     def request(self, *, purpose: str, case: str | None, item: str | None, reason: str, actor: str, private) -> dict:
         if purpose not in PURPOSES:
-            raise EdgeError(f"--purpose {purpose!r}: one of {', '.join(PURPOSES)}")
+            raise EdgeError(f"用途无效 / --purpose {purpose!r}: one of {', '.join(PURPOSES)}")
         if bool(case) == bool(item):
-            raise EdgeError("give one of --case NO and --item ITEM_ID / 请指定案件编号或条目之一")
+            raise EdgeError("请指定案件编号或资料之一 / give one of --case NO and --item ITEM_ID")
         reason = mf.check_reason(reason)
         if not reason:
             raise EdgeError("须说明理由 / a reason is required (--reason \"…\")")
@@ -123,7 +123,7 @@ class Approvals:
         kid = self._user(actor, private, role="approver")
         req = self.get(request)
         if req["state"] != "pending":
-            raise ApprovalError(f"request {request}: already {req['state']}")
+            raise ApprovalError(f"该申请已处理 / request {request}: already {req['state']}")
         if actor == req["requester"] or kid == req["requester_key_id"]:
             raise ApprovalError(f"不得自我审批 / request {request} was made by {req['requester']}: it cannot be "
                                 "approved by the same person or key; a second user with the approver role approves")
@@ -137,7 +137,7 @@ class Approvals:
                            "approved_at = ?, approval = ?, approval_sig = ? WHERE id = ? AND state = 'pending'",
                            [actor, kid, record["time"], data.decode(), sig, request]).rowcount
         if n != 1:
-            raise ApprovalError(f"request {request}: changed meanwhile")
+            raise ApprovalError(f"申请已被他人改动，请重试 / request {request}: changed meanwhile")
         self.store.audit.append("retrieval-approved", req["item"], actor=actor, request=request,
                                 requester=req["requester"], case=req["case_number"], reason=req["reason"], key_id=kid)
         return {"request": request, "state": "approved", "requester": req["requester"], "approver": actor}
@@ -145,7 +145,7 @@ class Approvals:
     def get(self, request: int) -> dict:
         req = self.db.one("SELECT * FROM retrieval_requests WHERE id = ?", [request])
         if req is None:
-            raise NotFoundError(f"request {request}: no such retrieval request (`edge-agent archive requests`)")
+            raise NotFoundError(f"没有该调阅申请 / request {request}: no such retrieval request (`edge-agent archive requests`)")
         return req
 
     def requests(self, state: str | None = None) -> list[dict]:
@@ -159,7 +159,7 @@ class Approvals:
             return [self.store.find(item)]
         rows = self.db.query("SELECT * FROM items WHERE case_number = ? ORDER BY device, seq", [case])
         if not rows:
-            raise NotFoundError(f"case {case!r}: no item of this case in the archive")
+            raise NotFoundError(f"存档中没有该案件的资料 / case {case!r}: no item of this case in the archive")
         return rows
 
     def approval_needed(self, unit: str | None) -> bool:
@@ -185,11 +185,11 @@ class Approvals:
                                 "`edge-agent archive approve REQUEST --as APPROVER --key KEY`")
         req = self.get(request)
         if req["purpose"] != purpose:
-            raise ApprovalError(f"request {request} is for {req['purpose']}, not {purpose}")
+            raise ApprovalError(f"申请用途不符 / request {request} is for {req['purpose']}, not {purpose}")
         if case is not None and req["case_number"] != case:
-            raise ApprovalError(f"request {request} covers case {req['case_number'] or req['item']!r}, not {case!r}")
+            raise ApprovalError(f"申请范围不符 / request {request} covers case {req['case_number'] or req['item']!r}, not {case!r}")
         if item is not None and not (req["item"] == item or item in json.loads(req["record"])["items"]):
-            raise ApprovalError(f"request {request} does not cover item {item}")
+            raise ApprovalError(f"申请范围不含该资料 / request {request} does not cover item {item}")
         if req["state"] == "used":
             raise ApprovalError(f"申请已使用 / request {request} was used at {req['used_at']}: ask again")
         if req["state"] == "pending" and self.approval_needed(req["unit"]):
@@ -200,7 +200,7 @@ class Approvals:
             n = db.execute("UPDATE retrieval_requests SET state = 'used', used_at = ? WHERE id = ? AND state = ?",
                            [now_iso(), request, req["state"]]).rowcount
         if n != 1:
-            raise ApprovalError(f"request {request} was used meanwhile: ask again")
+            raise ApprovalError(f"申请已使用 / request {request} was used meanwhile: ask again")
         return req
 
     def release(self, req: dict) -> None:

@@ -191,7 +191,7 @@ def _report_lines(case, request, items, custody, akid, created) -> list[str]:
            f"申请 / request {request['id']} ({request['purpose']}) by {request['requester']} at {request['requested_at']}",
            f"理由 / reason: {request['reason']}",
            f"审批 / approved by: {request['approver'] or '(policy: no approval needed)'} at {request['approved_at'] or '-'}",
-           f"归档签名公钥 / archive key: {akid}", "", f"条目 / items: {len(items)}"]
+           f"归档签名公钥 / archive key: {akid}", "", f"资料 / items: {len(items)}"]
     for i in items:
         md = i["metadata"]
         col = md.get("collector") or {}
@@ -240,10 +240,10 @@ td,th{{border:1px solid #999;padding:4px 6px;vertical-align:top;font-size:13px}}
 <tr><th>理由 Reason</th><td>{e(request['reason'])}</td></tr>
 <tr><th>审批 Approved by</th><td>{e(str(request['approver'] or '— (单位策略不要求 / not required by the unit policy)'))}, {e(str(request['approved_at'] or ''))}</td></tr>
 <tr><th>归档签名公钥 Archive key</th><td><code>{e(akid)}</code> (keys/archive.pub; 请与归档中心公布的编号核对 / compare with the key id the centre publishes)</td></tr>
-<tr><th>核验 Verification</th><td class=ok>每个条目导出前已核验通过；复核：<code>python3 verify.py</code> / every item verified before export; check again with <code>python3 verify.py</code></td></tr>
+<tr><th>核验 Verification</th><td class=ok>每份资料导出前已核验通过；复核：<code>python3 verify.py</code> / every item verified before export; check again with <code>python3 verify.py</code></td></tr>
 </table>
-<h2>条目 / Items ({len(items)})</h2>
-<table><tr><th>条目 Item</th><th>采集时间 Capture</th><th>采集地点 Place</th><th>采集人 Collector</th><th>证明对象 Proof</th>
+<h2>资料 / Items ({len(items)})</h2>
+<table><tr><th>资料 Item</th><th>采集时间 Capture</th><th>采集地点 Place</th><th>采集人 Collector</th><th>证明对象 Proof</th>
 <th>文件与哈希 Files and hashes</th><th>核验 Verified</th></tr>
 {''.join(rows)}</table>
 <h2>保管链 / Chain of custody (capture → export)</h2>

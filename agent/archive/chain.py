@@ -276,5 +276,5 @@ def read_chain_alarms(root: Path | str) -> list[dict]:
     except (sqlite3.Error, EdgeError) as exc:  # an index from before the chain history: none yet
         if "no such table" in str(exc) or "does not exist" in str(exc):
             return []
-        raise EdgeError(f"{root}: cannot read the chain alarms ({exc})") from None
+        raise EdgeError(f"{root}: 无法读取证据链告警 / cannot read the chain alarms ({exc})") from None
     return [dict(r, **dict(zip(("severity", "title"), ALARMS.get(r["code"], ("warning", r["code"]))))) for r in rows]

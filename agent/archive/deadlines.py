@@ -45,10 +45,10 @@ def parse_period(period: str) -> tuple[dt.date, dt.date]:
         else:
             start = end = dt.date.fromisoformat(p)
     except ValueError:
-        raise EdgeError(f"--period {period!r}: 2026-11 (a month), 2026 (a year), 2026-11-05 (a day) or "
+        raise EdgeError(f"期间无效 / --period {period!r}: 2026-11 (a month), 2026 (a year), 2026-11-05 (a day) or "
                         "2026-11-01..2026-11-30") from None
     if end < start:
-        raise EdgeError(f"--period {period!r}: ends before it starts")
+        raise EdgeError(f"期间无效 / --period {period!r}: ends before it starts")
     return start, end
 
 
@@ -76,7 +76,7 @@ def read_deadlines(store, start: dt.date, end: dt.date, unit: str | None = None)
         rules.check_unit_code(unit)
         known = {r["unit"] for r in store.db.query("SELECT DISTINCT unit FROM devices")}
         if unit not in known:
-            raise EdgeError(f"--unit {unit}: no such unit at this archive (known: {', '.join(sorted(known)) or 'none'})")
+            raise EdgeError(f"存档中没有该单位 / --unit {unit}: no such unit at this archive (known: {', '.join(sorted(known)) or 'none'})")
         sql, args = sql + " WHERE unit = ?", [unit]
     deadlines: dict[str, tuple[int, str]] = {}
     items, skipped = [], []

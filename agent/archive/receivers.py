@@ -38,7 +38,7 @@ REVOKED = "revoked"
 def _dirs(root: str | os.PathLike) -> tuple[Path, Path, Path]:
     base = Path(root).resolve() / "_archive"
     if not base.is_dir():
-        raise EdgeError(f"{base}: not an archive root (`archive serve` or `archive enroll` creates it)")
+        raise EdgeError(f"{base}: 不是存档根目录 / not an archive root (`archive serve` or `archive enroll` creates it)")
     return base, base / RECEIVERS, base / REVOKED
 
 
@@ -145,7 +145,7 @@ def signing_key(root: str | os.PathLike, rid: str, key_path: Path | None = None)
                         "give --receiver-key PATH on this host")
     key = keys.load_private(path)
     if keys.key_id(key.public_key()) != keys.key_id(pubs[rid]):
-        raise EdgeError(f"{path} is not the key enrolled for receiver {rid} ({keys.key_id(pubs[rid])})")
+        raise EdgeError(f"密钥与登记的不符 / {path} is not the key enrolled for receiver {rid} ({keys.key_id(pubs[rid])})")
     return key
 
 

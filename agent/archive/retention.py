@@ -201,7 +201,7 @@ class Retention:
             gone = self.db.one("SELECT expired_at FROM tombstones WHERE item = ?", [item])
             if gone:
                 raise NotFoundError(f"{item}: 已按保存期限删除 / deleted by its retention rule at {gone['expired_at']}")
-            raise NotFoundError(f"{item}: 存档中没有此证据 / no such item in the archive")
+            raise NotFoundError(f"{item}: 存档中没有此资料 / no such item in the archive")
         return row
 
     def show(self, item: str) -> dict:
@@ -225,7 +225,7 @@ class Retention:
                                 "each custodian has a key of their own (two people approve a lowering)")
         path = self.custodian_dir() / f"{name}.pub"
         if path.exists() and keys.key_id(keys.load_public(path)) != kid:
-            raise EdgeError(f"custodian {name} is enrolled with another key")
+            raise EdgeError(f"保管人已用另一密钥登记 / custodian {name} is enrolled with another key")
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, keys.public_pem(public))
         self.store.audit.append("enroll_custodian", None, actor=actor, custodian=name, key_id=kid)
@@ -257,7 +257,7 @@ class Retention:
 
     def _change(self, action: str, item: str, to: str, *, actor: str, private, reason: str) -> dict:
         if to not in CLASSES:
-            raise EdgeError(f"--class {to!r}: one of {', '.join(CLASSES)}")
+            raise EdgeError(f"类别无效 / --class {to!r}: one of {', '.join(CLASSES)}")
         reason = mf.check_reason(reason)
         if not reason:
             raise EdgeError("须说明理由 / a reason is required (--reason \"…\")")
@@ -271,7 +271,7 @@ class Retention:
                 raise EdgeError(f"{item}: 类别已是 {LABELS[cur]} / class is {cur}: raising goes to a higher class "
                                 f"(lowering needs a second person: `archive retention lower`)")
             if action == "lower" and RANK[to] >= RANK[cur]:
-                raise EdgeError(f"{item}: class is {cur}: lowering goes to a lower class")
+                raise EdgeError(f"{item}: 类别已是 {LABELS[cur]} / class is {cur}: lowering goes to a lower class")
             sealed = self.own_class(row, db)[0]
             record = {"format": RECORD_FORMAT, "action": action, "item_id": item, "device": row["device"],
                       "manifest_hash": row["manifest_hash"], "class": to, "from_class": cur, "actor": actor,
@@ -295,20 +295,20 @@ class Retention:
             req = db.execute("SELECT device, item, class, from_class, actor, key_id, record, state FROM "
                              "retention_changes WHERE id = ? AND action = 'lower'", [change]).fetchone()
             if req is None:
-                raise NotFoundError(f"change {change}: no such lowering request (`archive retention show ITEM`)")
+                raise NotFoundError(f"没有该降级申请 / change {change}: no such lowering request (`archive retention show ITEM`)")
             device, item, to, frm, requester, rkid, rec, state = req
             if state != "pending":
-                raise EdgeError(f"change {change}: already {state}")
+                raise EdgeError(f"该申请已处理 / change {change}: already {state}")
             if actor == requester or kid == rkid:
                 raise EdgeError(f"须另一人批准 / change {change} was requested by {requester}: a second custodian, "
                                 "with their own key, approves a lowering")
             row = db.execute("SELECT * FROM items WHERE device = ? AND item = ?", [device, item]).fetchone()
             if row is None:
-                raise NotFoundError(f"{item}: no longer in the archive")
+                raise NotFoundError(f"{item}: 存档中已没有此资料 / no longer in the archive")
             cols = [c[0] for c in db.execute("SELECT * FROM items WHERE 0 = 1").description]
             st = self.status(dict(zip(cols, row)), db)
             if st.retention_class != frm:
-                raise EdgeError(f"change {change}: the class is now {st.retention_class}, not {frm} as requested: "
+                raise EdgeError(f"类别已改变，请重新申请 / change {change}: the class is now {st.retention_class}, not {frm} as requested: "
                                 "ask again")
             record = {"format": RECORD_FORMAT, "action": "approve", "item_id": item, "device": device,
                       "manifest_hash": st.manifest_hash, "class": to, "from_class": frm, "actor": actor,
@@ -326,7 +326,7 @@ class Retention:
     def place_hold(self, *, reason: str, actor: str, item: str | None = None, case: str | None = None,
                    unit: str | None = None) -> dict:
         if bool(item) == bool(case):
-            raise EdgeError("give --item ITEM_ID or --case CASE_NUMBER (one of them)")
+            raise EdgeError("请指定资料或案件编号之一 / give --item ITEM_ID or --case CASE_NUMBER (one of them)")
         reason = mf.check_reason(reason)
         if not reason:
             raise EdgeError("须说明理由 / a reason is required (--reason \"…\")")
@@ -341,7 +341,7 @@ class Retention:
                 if r is None:
                     gone = db.execute("SELECT expired_at FROM tombstones WHERE item = ?", [item]).fetchone()
                     raise NotFoundError(f"{item}: " + (f"已按保存期限删除 / deleted by its retention rule at {gone[0]}"
-                                                       if gone else "存档中没有此证据 / no such item in the archive"))
+                                                       if gone else "存档中没有此资料 / no such item in the archive"))
                 device, unit = r[0], r[1]
             else:
                 case = mf.check_case_number(case)
@@ -359,9 +359,9 @@ class Retention:
             self.db.serialize("retention")
             r = db.execute("SELECT item, case_number, released_at FROM holds WHERE id = ?", [hold]).fetchone()
             if r is None:
-                raise NotFoundError(f"hold {hold}: no such hold (`archive hold list`)")
+                raise NotFoundError(f"没有该保全 / hold {hold}: no such hold (`archive hold list`)")
             if r[2] is not None:
-                raise EdgeError(f"hold {hold}: released already at {r[2]}")
+                raise EdgeError(f"保全已解除 / hold {hold}: released already at {r[2]}")
             db.execute("UPDATE holds SET released_by = ?, released_at = ?, release_reason = ? WHERE id = ?",
                        [actor, iso(self.clock()), reason, hold])
             self.store.audit.append("hold-released", r[0], actor=actor, hold=hold, case=r[1], reason=reason)

@@ -42,7 +42,7 @@ def report_deadlines(archive_root, unit, period, as_json, as_csv, late_only):
       edge-agent report deadlines --archive /srv/archive --period 2026-11-01..2026-11-30 --csv > late.csv
     """
     if as_json and as_csv:
-        raise click.UsageError("choose one of --json or --csv")
+        raise click.UsageError("--json 与 --csv 只能选一个 / choose one of --json or --csv")
     from ..archive.deadlines import parse_period, read_deadlines
     from ..archive.storage import ArchiveStore
 
@@ -51,7 +51,7 @@ def report_deadlines(archive_root, unit, period, as_json, as_csv, late_only):
         period = f"{today.year}-{today.month:02d}"
     start, end = parse_period(period)
     if not (Path(archive_root) / "_archive").is_dir():
-        raise EdgeError(f"{archive_root}: not an archive root (no _archive/ here)")
+        raise EdgeError(f"{archive_root}: 不是存档根目录 / not an archive root (no _archive/ here)")
     ctx = click.get_current_context()
     import os
 
@@ -88,7 +88,7 @@ def _table(rep: dict) -> None:
         click.echo("")
         click.echo("超时资料 / late items")
         click.echo(f"  {'警号 OFFICER':<22} {'记录仪 RECORDER':<16} {'采集结束 CAPTURE END':<26} {'接收 RECEIVED':<26} "
-                   f"{'超时 LATE BY':>12}  证据 ITEM")
+                   f"{'超时 LATE BY':>12}  资料 ITEM")
         for r in rep["late"]:
             who = f"{r['officer_id'] or '-'} {r['officer_name'] or ''}".strip()
             click.echo(f"  {who:<22} {r['recorder']:<16} {r['capture_end']:<26} {r['received']:<26} "

@@ -198,7 +198,7 @@ def report_ratio(c: Ctx, as_json, as_csv):
       edge-agent dock report ratio --csv > ratio.csv
     """
     if as_json and as_csv:
-        raise EdgeError("choose one of --json or --csv")
+        raise EdgeError("--json 与 --csv 只能选一个 / choose one of --json or --csv")
     from ..dock.registry import ratio_csv
     from ..policy import station_thresholds
 
@@ -240,7 +240,7 @@ def report_pending(c: Ctx, as_json, as_csv):
       edge-agent dock report pending --csv
     """
     if as_json and as_csv:
-        raise EdgeError("choose one of --json or --csv")
+        raise EdgeError("--json 与 --csv 只能选一个 / choose one of --json or --csv")
     from ..dock.station import pending_by_officer
 
     rows = pending_by_officer(c.store, _registry(c))

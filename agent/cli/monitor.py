@@ -386,7 +386,7 @@ def _output_format(as_json: bool, as_csv: bool, fmt: str | None) -> str:
     chosen |= {"csv"} if as_csv else set()
     chosen |= {fmt} if fmt else set()
     if len(chosen) > 1:
-        raise click.UsageError("choose one of --json or --csv")
+        raise click.UsageError("--json 与 --csv 只能选一个 / choose one of --json or --csv")
     return chosen.pop() if chosen else "csv"
 
 

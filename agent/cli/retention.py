@@ -39,7 +39,7 @@ def _until(value: str | None) -> dt.datetime | None:
     try:
         t = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise EdgeError(f"--until {value!r}: a date (2027-06-30) or an ISO 8601 time") from None
+        raise EdgeError(f"日期无效 / --until {value!r}: a date (2027-06-30) or an ISO 8601 time") from None
     if t.tzinfo is None:
         t = t.astimezone()
     if len(value) == 10:  # a date: to the end of that day
@@ -74,7 +74,7 @@ def retention_plan(c: Ctx, root, unit, until, as_json):
         emit_json(plan)
         return
     click.echo(f"现在 / now: {plan['now']}" + (f"   截至 / until: {plan['until']}" if plan["until"] else ""))
-    click.echo(f"{'到期 KEEP UNTIL':<26} {'状态 STATE':<10} {'类别 CLASS':<10} {'设备 DEVICE':<14} 证据 ITEM  案件 CASE")
+    click.echo(f"{'到期 KEEP UNTIL':<26} {'状态 STATE':<10} {'类别 CLASS':<10} {'设备 DEVICE':<14} 资料 ITEM  案件 CASE")
     for d in plan["items"]:
         held = f" (保全 hold {','.join(map(str, d['holds']))})" if d["holds"] else ""
         click.echo(f"{d['keep_until']:<26} {d['state']:<10} {d['class']:<10} {d['device']:<14} {d['item']}  "
@@ -131,7 +131,7 @@ def retention_expired(c: Ctx, root, as_json):
     for r in rows:
         click.echo(f"{r['expired_at']}  {r['device']}#{r['seq']}  {r['item']}  {r['class']}  kept until "
                    f"{r['keep_until']}  by {r['expired_by']}  case {r['case_number'] or '-'}")
-    click.echo(f"已删除 / expired: {len(rows)}")
+    click.echo(f"已到期删除 / expired: {len(rows)}")
 
 
 @retention.command("show")
@@ -208,7 +208,7 @@ def retention_raise(c: Ctx, root, item_id, to, actor, key_path, reason, as_json)
       edge-agent archive retention raise ITEM_ID --class evidence --as zhao --key zhao.key --reason "复议证据"
     """
     out = _retention(c, root).raise_class(item_id, to, actor=actor, private=_private(key_path), reason=reason)
-    emit_json(out) if as_json else click.echo(f"change {out['change']}: {item_id} {out['from_class']} → {out['class']}")
+    emit_json(out) if as_json else click.echo(f"变更 / change {out['change']}: {item_id} {out['from_class']} → {out['class']}")
 
 
 @retention.command("lower")
@@ -230,7 +230,7 @@ def retention_lower(c: Ctx, root, item_id, to, actor, key_path, reason, as_json)
     if as_json:
         emit_json(out)
         return
-    click.echo(f"change {out['change']}: {item_id} {out['from_class']} → {out['class']} 待批准 / pending: "
+    click.echo(f"变更 / change {out['change']}: {item_id} {out['from_class']} → {out['class']} 待批准 / pending: "
                f"another custodian runs `edge-agent archive retention approve {out['change']} --as NAME --key KEY`")
 
 
@@ -254,7 +254,7 @@ def retention_approve(c: Ctx, root, change, actor, key_path, as_json):
     if as_json:
         emit_json(out)
         return
-    click.echo(f"change {change}: {out['item']} {out['from_class']} → {out['class']} applied "
+    click.echo(f"变更已生效 / change {change}: {out['item']} {out['from_class']} → {out['class']} applied "
                f"(requested by {out['requester']}, approved by {out['approver']})")
 
 
