@@ -190,7 +190,7 @@ def main() -> int:
             raise SystemExit("demo: ingest failed")
         print(f"  item {p.stdout.strip()}")
 
-        step(6, total, "模拟执法记录仪插入采集位", "docking a simulated body-worn recorder (serial protocol on a pty)")
+        step(6, total, "模拟执法记录仪插入仓位", "docking a simulated body-worn recorder (serial protocol on a pty)")
         sim = RecorderSim(rec_media, bay, serial="ZFY0001", officer_number="330101", officer_name="李四",
                           unit_number="330106000000", unit_name="西湖区综合行政执法局")
         sim.start()

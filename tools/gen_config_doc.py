@@ -51,7 +51,7 @@ error: room.cameras: 应为 TOML 列表 / expected a list in TOML syntax, e.g. '
 $ edge-agent --config agent.toml config set room.cameras '["/dev/video0", "rtsp://10.0.0.2/main"]'
 room.cameras = ["/dev/video0", "rtsp://10.0.0.2/main"]
 $ edge-agent --config agent.toml config set dock.bays '["/dev/ttyACM*", {{name = "front", port = "/dev/ttyACM*"}}]'
-error: agent.toml: dock.bays: 第 2 项 / entry 2: 有名称的工位只能用固定路径 / a named bay takes one fixed path, not the glob '/dev/ttyACM*' (第 94 行 / line 94)
+error: agent.toml: dock.bays: 第 2 项 / entry 2: 有名称的仓位只能用固定路径 / a named bay takes one fixed path, not the glob '/dev/ttyACM*' (第 94 行 / line 94)
 $ edge-agent --config agent.toml config set dock.bays '["/dev/ttyACM*", {{name = "front", port = "/dev/ttyUSB0"}}]'
 dock.bays = ["/dev/ttyACM*", {{name = "front", port = "/dev/ttyUSB0"}}]
 $ edge-agent --config bad.toml config validate

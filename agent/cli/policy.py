@@ -218,6 +218,7 @@ def archive_policy_show(c: Ctx, unit, root, as_json):
     if as_json:
         emit_json(json.loads(payload))
         return
-    click.echo(f"unit {doc.unit} version {doc.version} key {doc.key_id} issued {doc.issued} expires {doc.expires}: "
-               f"{len(doc.officers)} officer(s), {len(doc.assignments)} assignment(s), "
-               f"erase policy {doc.rules.erase_policy or '(station setting)'}")
+    click.echo(f"单位 / unit {doc.unit}  策略版本 / policy version {doc.version}  签发密钥 / issuer key id {doc.key_id}")
+    click.echo(f"签发时间 / issued: {doc.issued}   有效至 / expires: {doc.expires}")
+    click.echo(f"名册 / roster: {len(doc.officers)} officer(s), {len(doc.assignments)} recorder assignment(s)   "
+               f"删除策略 / erase policy: {doc.rules.erase_policy or '(本站设置 / station setting)'}")

@@ -60,7 +60,7 @@ class BaySpec(ConfigModel):
         if self.transport == "scsi":
             return self._scsi()
         if self.sg is not None or self.usb_port is not None or self.vendor is not None:
-            raise ValueError("sg、usb_port、vendor 只用于 SCSI 工位 / sg, usb_port and vendor belong to a SCSI bay "
+            raise ValueError("sg、usb_port、vendor 只用于 SCSI 仓位 / sg, usb_port and vendor belong to a SCSI bay "
                              '(transport = "scsi")')
         if (self.port is None) == (self.mount is None):
             raise ValueError("port 与 mount 须且只能给一个 / give exactly one of port (serial command channel) "
@@ -72,14 +72,14 @@ class BaySpec(ConfigModel):
             if not _BAY_NAME.match(self.name):
                 raise ValueError(f"名称无效 / name {self.name!r}: letters, digits, '_', '.', '-' only, at most 32")
             if glob.has_magic(path):
-                raise ValueError(f"有名称的工位只能用固定路径 / a named bay takes one fixed path, not the glob {path!r}")
+                raise ValueError(f"有名称的仓位只能用固定路径 / a named bay takes one fixed path, not the glob {path!r}")
         return self
 
     def _scsi(self) -> "BaySpec":
         if self.port is not None:
-            raise ValueError("SCSI 工位没有串口 / a SCSI bay has no serial port: give sg or usb_port")
+            raise ValueError("SCSI 仓位没有串口 / a SCSI bay has no serial port: give sg or usb_port")
         if self.name is None:
-            raise ValueError("SCSI 工位须有名称 / a SCSI bay needs a name (its sg node number changes with each plug)")
+            raise ValueError("SCSI 仓位须有名称 / a SCSI bay needs a name (its sg node number changes with each plug)")
         if (self.sg is None) == (self.usb_port is None):
             raise ValueError("sg 与 usb_port 须且只能给一个 / give exactly one of sg (the SCSI generic node) or "
                              "usb_port (the bay's USB port, matched with udev)")
@@ -200,7 +200,7 @@ class DockConfig(ConfigModel):
 
 
 def _unique_bay_names(value: list[BaySpec]) -> list[BaySpec]:
-    return unique_by(value, lambda bay: bay.name, "工位名称重复 / bay name {!r} used twice")
+    return unique_by(value, lambda bay: bay.name, "仓位名称重复 / bay name {!r} used twice")
 
 
 def _unique_labels(value: list[MassStorageRecorder]) -> list[MassStorageRecorder]:

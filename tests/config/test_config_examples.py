@@ -115,4 +115,4 @@ def test_a_technicians_slip_in_the_station_example_names_the_key_and_line(tmp_pa
     line = next(i for i, x in enumerate(text.splitlines(), 1) if x.startswith("bays = ["))
     msg = str(err.value)
     assert msg.startswith(f"{bad}: dock.bays: ") and msg.endswith(f"(第 {line} 行 / line {line})")
-    assert "第 2 项 / entry 2: 工位名称重复 / bay name 'bay-1' used twice" in msg
+    assert "第 2 项 / entry 2: 仓位名称重复 / bay name 'bay-1' used twice" in msg

@@ -70,7 +70,7 @@ def refusal(text: str) -> str:
      "agent.toml: dock.mass_storage_map: 第 1 项 / entry 1: 缺少 serial / serial is required (第 1 行 / line 1)"),
     ('[room]\ncameras = [1]\n', "agent.toml: room.cameras: 第 1 项 / entry 1: 应为字符串 / expected a string, got 1 (第 2 行 / line 2)"),
     ('[dock]\nbays = [{name = "b1", port = "/dev/a"}, {name = "b1", port = "/dev/b"}]\n',
-     "agent.toml: dock.bays: 第 2 项 / entry 2: 工位名称重复 / bay name 'b1' used twice (第 2 行 / line 2)"),
+     "agent.toml: dock.bays: 第 2 项 / entry 2: 仓位名称重复 / bay name 'b1' used twice (第 2 行 / line 2)"),
     # dotted keys at the top of the file
     ('dock.poll_ms = 5000\n', "agent.toml: dock.poll_ms: 5000 大于最大值 2000 / 5000 is above the maximum 2000 (第 1 行 / line 1)"),
     # malformed TOML: the line and column
