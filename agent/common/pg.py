@@ -23,6 +23,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool
 
 from agent.common.errors import EdgeError
+from agent.common.sqlbase import SqlDatabase
 
 SCHEMES = ("postgresql://", "postgres://")
 
@@ -147,13 +148,13 @@ class Tx:
         return _Table(self, table)
 
 
-class PgDatabase:
+class PgDatabase(SqlDatabase):
     """Subclasses set ``migrations``: named migrations in PostgreSQL's dialect, each applied
     once (in one transaction, under an advisory lock so two receivers starting together do not
-    both apply it) and recorded in the ``migrations`` table."""
+    both apply it) and recorded in the ``migrations`` table (:class:`agent.common.sqlbase.SqlDatabase`)."""
 
-    migrations: list[tuple[str, str]] = []
     dialect = "postgresql"
+    _MIGRATED_AT = "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, migrate: bool = True,
                  upto: str | None = None):
@@ -177,28 +178,8 @@ class PgDatabase:
             self.upgrade(upto)
 
     # --- migrations -----------------------------------------------------------------------
-    def applied(self) -> list[str]:
-        with self.atomic() as tx:
-            tx.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-            return [r[0] for r in tx.execute("SELECT name FROM migrations ORDER BY name").fetchall()]
-
-    def upgrade(self, upto: str | None = None) -> list[str]:
-        """Apply the migrations not yet applied (up to and including ``upto``); returns their names."""
-        done: list[str] = []
-        with self.atomic() as tx:
-            tx.execute("SELECT pg_advisory_xact_lock(hashtextextended('edge-agent:migrations', 0))")
-            tx.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-            have = {r[0] for r in tx.execute("SELECT name FROM migrations").fetchall()}
-            for name, sql in self.migrations:
-                if name not in have:
-                    for stmt in filter(str.strip, sql.split(";")):
-                        tx.execute(stmt)
-                    tx.execute("INSERT INTO migrations VALUES (?, to_char(now() AT TIME ZONE 'UTC', "
-                               "'YYYY-MM-DD HH24:MI:SS'))", [name])
-                    done.append(name)
-                if name == upto:
-                    break
-        return done
+    def _migration_lock(self, tx: "Tx") -> None:
+        tx.execute("SELECT pg_advisory_xact_lock(hashtextextended('edge-agent:migrations', 0))")
 
     def primary_key(self, table: str) -> list[str]:
         if table not in self._pk:
@@ -249,27 +230,6 @@ class PgDatabase:
         with self._conn() as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(translate(sql), list(params))
             return cur.fetchall()
-
-    def one(self, sql: str, params: Any = ()) -> dict | None:
-        rows = self.query(sql, params)
-        return rows[0] if rows else None
-
-    def select(self, table: str, order_by: str, limit: int | None = None, **equal: Any) -> list[dict]:
-        conds = {k: v for k, v in equal.items() if v is not None and v != ""}
-        where = " AND ".join(f'"{k}" = ?' for k in conds)
-        sql = f"SELECT * FROM {table}" + (f" WHERE {where}" if where else "") + f" ORDER BY {order_by}"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return self.query(sql, list(conds.values()))
-
-    def get_meta(self, key: str, default: str | None = None) -> str | None:
-        row = self.one("SELECT value FROM meta WHERE key = ?", [key])
-        return row["value"] if row else default
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self.atomic() as db:
-            db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                       [key, value])
 
     def close(self) -> None:
         self.pool.close()

@@ -22,9 +22,9 @@ from agent.store.ledger import MIGRATIONS
 ROOT = Path(__file__).resolve().parents[2]
 CREATE = re.compile(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)")
 SQL_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+(?:IF NOT EXISTS\s+)?[\"`]?(\w+)")
-#: the Database base classes (SQLite, PostgreSQL: migrations, meta get/set) and the hash-chained audit log are the generic
+#: the Database base class (SQLite and PostgreSQL: migrations, meta get/set) and the hash-chained audit log are the generic
 #: helpers every SQLite database of the project uses over its own meta and audit tables
-GENERIC = {"agent/common/sqlite.py": {"meta"}, "agent/common/pg.py": {"meta"},  # pg.py: the same on PostgreSQL
+GENERIC = {"agent/common/sqlbase.py": {"meta"},  # the base of both (agent/common/sqlite.py, agent/common/pg.py)
            "agent/common/audit.py": {"audit", "meta"}}
 
 LEDGER_TABLES = {t for _, sql in MIGRATIONS for t in CREATE.findall(sql)}
