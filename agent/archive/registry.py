@@ -17,142 +17,14 @@ from ..evidence import keys, rules
 from agent.common.audit import AuditLog
 from agent.common.fs import atomic_write
 from agent.common.pg import PgDatabase, is_url, read_once
+from agent.common.sqlbase import sqlite_dialect
 from agent.common.sqlite import Database
 from agent.common.timeutil import now_iso
 
-MIGRATIONS: list[tuple[str, str]] = [
-    ("0001_archive", """
-        CREATE TABLE devices (
-            id TEXT PRIMARY KEY, unit TEXT NOT NULL, key_id TEXT NOT NULL, pubkey TEXT NOT NULL,
-            enrolled_at TEXT NOT NULL, enrolled_by TEXT
-        );
-        CREATE TABLE transfers (
-            device TEXT NOT NULL, item TEXT NOT NULL, manifest_hash TEXT NOT NULL, size INTEGER NOT NULL,
-            files TEXT NOT NULL, state TEXT NOT NULL, started_at TEXT NOT NULL, reason TEXT,
-            PRIMARY KEY (device, item)
-        );
-        CREATE TABLE ranges (
-            device TEXT NOT NULL, item TEXT NOT NULL, file TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
-            PRIMARY KEY (device, item, file, start, end)
-        );
-        CREATE TABLE items (
-            device TEXT NOT NULL, item TEXT NOT NULL, seq INTEGER NOT NULL, unit TEXT NOT NULL, case_number TEXT,
-            path TEXT NOT NULL, manifest_hash TEXT NOT NULL, item_hash TEXT NOT NULL, size INTEGER NOT NULL,
-            annotations INTEGER NOT NULL DEFAULT 0, stored_at TEXT NOT NULL, receiver TEXT,
-            PRIMARY KEY (device, item)
-        );
-        CREATE UNIQUE INDEX items_seq ON items(device, seq);
-        CREATE INDEX items_case ON items(unit, case_number);
-        CREATE TABLE quarantine (
-            id INTEGER PRIMARY KEY, device TEXT, item TEXT, reason TEXT NOT NULL, at TEXT NOT NULL, path TEXT
-        );
-        CREATE TABLE checkpoints (
-            device TEXT PRIMARY KEY, count INTEGER NOT NULL, head TEXT, time TEXT NOT NULL, sig TEXT NOT NULL,
-            received_at TEXT NOT NULL
-        );
-        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
-        CREATE TABLE audit (
-            seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
-            item_id TEXT, detail TEXT NOT NULL, prev TEXT, hash TEXT NOT NULL
-        );
-    """),
-    ("0002_pieces", """
-        CREATE TABLE pieces (
-            device TEXT NOT NULL, item TEXT NOT NULL, file TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
-            PRIMARY KEY (device, item, file, start, end)
-        );
-    """),
-    # the chain checkpoint's annotation count (docs/evidence-format.md, "Removal of a device's last item ...")
-    ("0003_checkpoint_annotations", "ALTER TABLE checkpoints ADD COLUMN annotations INTEGER"),
-    ("0004_quarantine_repeats", """
-        ALTER TABLE quarantine ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
-        ALTER TABLE quarantine ADD COLUMN last_at TEXT;
-    """),
-    # retention by rule (agent/archive/retention.py): custodians' signed class changes, legal holds,
-    # tombstones of the items deleted when their retention ended
-    ("0005_retention", """
-        CREATE TABLE retention_changes (
-            id INTEGER PRIMARY KEY, device TEXT NOT NULL, item TEXT NOT NULL, action TEXT NOT NULL,
-            class TEXT NOT NULL, from_class TEXT NOT NULL, sealed_class TEXT NOT NULL, actor TEXT NOT NULL,
-            key_id TEXT NOT NULL, time TEXT NOT NULL, reason TEXT NOT NULL, record TEXT NOT NULL, sig TEXT NOT NULL,
-            state TEXT NOT NULL, approver TEXT, approver_key_id TEXT, approved_at TEXT, approval TEXT, approval_sig TEXT
-        );
-        CREATE INDEX retention_changes_item ON retention_changes(device, item);
-        CREATE TABLE holds (
-            id INTEGER PRIMARY KEY, device TEXT, item TEXT, unit TEXT, case_number TEXT, reason TEXT NOT NULL,
-            placed_by TEXT NOT NULL, placed_at TEXT NOT NULL, released_by TEXT, released_at TEXT, release_reason TEXT
-        );
-        CREATE TABLE tombstones (
-            device TEXT NOT NULL, item TEXT NOT NULL, seq INTEGER NOT NULL, unit TEXT NOT NULL, case_number TEXT,
-            path TEXT NOT NULL, manifest_hash TEXT NOT NULL, item_hash TEXT NOT NULL, class TEXT NOT NULL,
-            keep_until TEXT NOT NULL, expired_at TEXT NOT NULL, expired_by TEXT NOT NULL, record TEXT NOT NULL,
-            PRIMARY KEY (device, item)
-        );
-        CREATE INDEX tombstones_item ON tombstones(item);
-    """),
-    # every signed chain checkpoint a device published, and the chain alarms found in them
-    # (agent/archive/chain.py; docs/custody.md "Chain history")
-    ("0006_chain_history", """
-        CREATE TABLE chain_history (
-            id INTEGER PRIMARY KEY, device TEXT NOT NULL, count INTEGER NOT NULL, head TEXT, annotations INTEGER,
-            time TEXT NOT NULL, key_id TEXT NOT NULL, sig TEXT NOT NULL, payload TEXT NOT NULL,
-            received_at TEXT NOT NULL, received_ts REAL NOT NULL, repeats INTEGER NOT NULL DEFAULT 0,
-            last_ts REAL, finding TEXT
-        );
-        CREATE UNIQUE INDEX chain_history_sig ON chain_history(device, sig);
-        CREATE INDEX chain_history_count ON chain_history(device, count);
-        CREATE TABLE chain_alarms (
-            device TEXT NOT NULL, code TEXT NOT NULL, active INTEGER NOT NULL, since TEXT NOT NULL,
-            detail TEXT NOT NULL, cleared_at TEXT, PRIMARY KEY (device, code)
-        );
-    """),
-    # the archive-wide Merkle log and its signed checkpoints (agent/archive/merkle.py)
-    ("0007_merkle", """
-        CREATE TABLE merkle_leaves (
-            idx INTEGER PRIMARY KEY, kind TEXT NOT NULL, device TEXT NOT NULL, item TEXT NOT NULL, leaf TEXT NOT NULL,
-            hash TEXT NOT NULL, added_at TEXT NOT NULL
-        );
-        CREATE UNIQUE INDEX merkle_leaves_item ON merkle_leaves(kind, device, item);
-        CREATE TABLE merkle_checkpoints (
-            id INTEGER PRIMARY KEY, size INTEGER NOT NULL, root TEXT NOT NULL, time TEXT NOT NULL, key_id TEXT NOT NULL,
-            payload TEXT NOT NULL
-        );
-    """),
-    # the highest retention class an item was given when it arrived or was annotated (agent/archive/retention.py):
-    # a later policy never lowers it; only two custodians do
-    ("0008_retention_floor", """
-        CREATE TABLE retention_floor (
-            device TEXT NOT NULL, item TEXT NOT NULL, class TEXT NOT NULL, why TEXT NOT NULL, at TEXT NOT NULL,
-            PRIMARY KEY (device, item)
-        );
-    """),
-    # approved retrieval (agent/archive/approval.py; docs/custody.md "Approved retrieval and court
-    # export"): the users who request and approve, their signed requests and approvals
-    ("0009_retrieval_approval", """
-        CREATE TABLE retrieval_users (
-            name TEXT PRIMARY KEY, key_id TEXT NOT NULL, roles TEXT NOT NULL, enrolled_at TEXT NOT NULL
-        );
-        CREATE TABLE retrieval_requests (
-            id INTEGER PRIMARY KEY, purpose TEXT NOT NULL, unit TEXT, case_number TEXT, item TEXT,
-            reason TEXT NOT NULL, requester TEXT NOT NULL, requester_key_id TEXT NOT NULL, requested_at TEXT NOT NULL,
-            record TEXT NOT NULL, sig TEXT NOT NULL, state TEXT NOT NULL, approver TEXT, approver_key_id TEXT,
-            approved_at TEXT, approval TEXT, approval_sig TEXT, used_at TEXT, exported TEXT
-        );
-    """),
-    # the stations' audit logs, received as items and verified (agent/archive/stationaudit.py)
-    ("0010_station_audit", """
-        CREATE TABLE station_audit (
-            device TEXT NOT NULL, seq INTEGER NOT NULL, ts TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
-            item_id TEXT, detail TEXT NOT NULL, prev TEXT, hash TEXT NOT NULL, audit_item TEXT NOT NULL,
-            PRIMARY KEY (device, seq)
-        );
-        CREATE INDEX station_audit_item ON station_audit(device, item_id);
-    """),
-]
-
-
-# The same migrations, by the same names, in PostgreSQL's dialect ("end" is a reserved word there;
-# sizes and offsets are BIGINT; the quarantine's id is an identity column).
+# The archive's tables as named migrations, written once in PostgreSQL's dialect ("end" is a reserved
+# word there; sizes and offsets are BIGINT; row ids are identity columns); SQLite runs the same
+# (agent.common.sqlbase.sqlite_dialect). A migration is never edited once released; a new one goes at
+# the end.
 PG_MIGRATIONS: list[tuple[str, str]] = [
     ("0001_archive", """
         CREATE TABLE devices (
@@ -196,6 +68,7 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
             PRIMARY KEY (device, item, file, start, "end")
         )
     """),
+    # the chain checkpoint's annotation count (docs/evidence-format.md, "Removal of a device's last item ...")
     ("0003_checkpoint_annotations", "ALTER TABLE checkpoints ADD COLUMN annotations INTEGER"),
     ("0004_quarantine_repeats", """
         ALTER TABLE quarantine ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
@@ -223,6 +96,8 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX tombstones_item ON tombstones(item)
     """),
+    # every signed chain checkpoint a device published, and the chain alarms found in them
+    # (agent/archive/chain.py; docs/custody.md "Chain history")
     ("0006_chain_history", """
         CREATE TABLE chain_history (
             id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, device TEXT NOT NULL, count BIGINT NOT NULL,
@@ -237,6 +112,7 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
             detail TEXT NOT NULL, cleared_at TEXT, PRIMARY KEY (device, code)
         )
     """),
+    # the archive-wide Merkle log and its signed checkpoints (agent/archive/merkle.py)
     ("0007_merkle", """
         CREATE TABLE merkle_leaves (
             idx BIGINT PRIMARY KEY, kind TEXT NOT NULL, device TEXT NOT NULL, item TEXT NOT NULL, leaf TEXT NOT NULL,
@@ -269,6 +145,7 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
             approved_at TEXT, approval TEXT, approval_sig TEXT, used_at TEXT, exported TEXT
         )
     """),
+    # the stations' audit logs, received as items and verified (agent/archive/stationaudit.py)
     ("0010_station_audit", """
         CREATE TABLE station_audit (
             device TEXT NOT NULL, seq BIGINT NOT NULL, ts TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
@@ -278,6 +155,8 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX station_audit_item ON station_audit(device, item_id)
     """),
 ]
+
+MIGRATIONS = sqlite_dialect(PG_MIGRATIONS)  # the same, as SQLite runs them
 
 
 class ArchiveDB(Database):

@@ -13,7 +13,7 @@ import click
 
 from agent.common.errors import ConfigError, EdgeError
 from . import main
-from .base import Ctx, emit_json, emit_json_line, json_lines_option, json_option, pass_ctx
+from .base import Ctx, echo_audit, emit_json, emit_json_line, json_lines_option, json_option, pass_ctx
 
 
 def _cfg_or_none(c: Ctx):
@@ -444,11 +444,7 @@ def archive_audit(c: Ctx, old_checkpoint, root, limit, do_verify, as_json):
             click.echo(f"ok: {n} audit entries, chain and signed head intact")
         return
     rows = store.audit.entries(limit=limit)
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        click.echo(f"{r['seq']:>6} {r['ts']} {r['actor']:<24} {r['action']:<9} {r['item_id'] or '-'} {r['detail']}")
+    echo_audit(rows, as_json)
 
 
 

@@ -11,7 +11,7 @@ from agent.common.errors import ConfigError, EdgeError, NotFoundError, VerifyErr
 from ..evidence import keys
 from ..evidence.verify import verify_chain, verify_item
 from . import main
-from .base import Ctx, emit_json, json_option, pass_ctx, role
+from .base import Ctx, echo_audit, emit_json, json_option, pass_ctx, role
 
 
 # --- verify -----------------------------------------------------------------------------------
@@ -119,11 +119,7 @@ def audit_list(c: Ctx, item_id, action, limit, as_json):
       edge-agent audit list --item ITEM --json
     """
     rows = c.store.audit.entries(item_id=item_id, action=action, limit=limit)
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        click.echo(f"{r['seq']:>6} {r['ts']} {r['actor']:<24} {r['action']:<9} {r['item_id'] or '-'} {r['detail']}")
+    echo_audit(rows, as_json)
 
 
 @audit.command("verify")

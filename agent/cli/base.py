@@ -55,6 +55,16 @@ def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True, default=str))
 
 
+def echo_audit(rows: list[dict], as_json: bool) -> None:
+    """Audit entries as JSON, or one line each: ``audit list`` (the station's) and ``archive audit``
+    print them alike."""
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['seq']:>6} {r['ts']} {r['actor']:<24} {r['action']:<9} {r['item_id'] or '-'} {r['detail']}")
+
+
 def emit_json_line(event: str, **fields: Any) -> None:
     """One event of a long-running command (archive serve, run, monitor, dock watch) as one JSON
     line on stdout (JSON lines: ``{"event": ..., "time": ..., ...}``), flushed at once."""

@@ -16,6 +16,7 @@ import click
 
 from .. import config as config_mod
 from agent.common.errors import ConfigError, EdgeError
+from agent.common.fs import read_csv_text
 from . import main
 from .base import Ctx, emit_json, emit_json_line, json_lines_option, json_option, pass_ctx
 
@@ -270,19 +271,7 @@ def roster():
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
-    raw = path.read_bytes()
-    if len(raw) > 50 * 2**20:
-        raise EdgeError(f"{path}: larger than 50 MiB; not a roster")
-    for enc in ("utf-8-sig", "gb18030"):
-        try:
-            text = raw.decode(enc)
-            break
-        except UnicodeDecodeError:
-            continue
-    else:  # pragma: no cover - gb18030 decodes any byte string
-        raise EdgeError(f"{path}: neither UTF-8 nor GB18030 text")
-    if "\x00" in text:
-        raise EdgeError(f"{path}: binary data (NUL bytes); expected CSV text")
+    text = read_csv_text(path)
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip() for h in (reader.fieldnames or [])]
     reader.fieldnames = header

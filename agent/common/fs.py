@@ -60,3 +60,32 @@ def drop_cache(fd: int, offset: int = 0, length: int = 0) -> None:
 def free_bytes(path: Path | str) -> int:
     st = os.statvfs(str(path))
     return st.f_bavail * st.f_frsize
+
+
+def read_csv_text(path: Path, max_bytes: int = 50 * 2**20) -> str:
+    """A CSV file as text, as Excel writes it in China: UTF-8 (with or without BOM) or GB18030
+    (which contains GBK). EdgeError (bilingual, naming the file) when it is missing, a directory,
+    unreadable, larger than ``max_bytes`` or binary (NUL bytes)."""
+    from .errors import EdgeError
+
+    try:
+        if path.stat().st_size > max_bytes:
+            raise EdgeError(f"{path}: 文件过大 / larger than {max_bytes >> 20} MiB; not a CSV text file")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise EdgeError(f"{path}: 文件不存在 / no such file") from None
+    except IsADirectoryError:
+        raise EdgeError(f"{path}: 是目录 / is a directory; give the CSV file") from None
+    except OSError as exc:
+        raise EdgeError(f"{path}: 无法读取 / cannot read: {exc.strerror}") from None
+    for enc in ("utf-8-sig", "gb18030"):
+        try:
+            text = raw.decode(enc)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        raise EdgeError(f"{path}: 编码无法识别 / neither UTF-8 nor GB18030 (GBK) text")
+    if "\x00" in text:
+        raise EdgeError(f"{path}: 二进制数据 / binary data (NUL bytes); expected CSV text")
+    return text

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from agent.common import ratio as rule
 from agent.common.errors import EdgeError
+from agent.common.fs import read_csv_text
 from agent.common.sqlite import Database
 from agent.common.timeutil import now_iso
 
@@ -334,24 +335,7 @@ class Registry(Database):
 
 def parse_roster(path: Path) -> list[Officer]:
     """Read and check officers.csv; EdgeError names the line and the problem."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise EdgeError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise EdgeError(f"{path}: is a directory; give the roster CSV file") from None
-    except OSError as exc:
-        raise EdgeError(f"{path}: cannot read: {exc.strerror}") from None
-    for enc in ("utf-8-sig", "gbk"):
-        try:
-            text = raw.decode(enc)
-            break
-        except UnicodeDecodeError:
-            continue
-    else:
-        raise EdgeError(f"{path}: 编码无法识别 / not UTF-8 or GBK text")
-    if "\x00" in text:
-        raise EdgeError(f"{path}: contains NUL bytes; not a CSV text file")
+    text = read_csv_text(path)
     reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader)

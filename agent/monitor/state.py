@@ -24,6 +24,7 @@ from typing import Iterator
 from agent.common import ratio as rule
 from agent.common.errors import EdgeError
 from agent.common.pg import PgDatabase, Reader, is_url, redact
+from agent.common.sqlbase import SqlDatabase
 from .schema import MIGRATIONS, PG_MIGRATIONS
 
 
@@ -96,10 +97,12 @@ class _Roster:
 
 
 
-class MonitorDB(_Roster):
+class MonitorDB(_Roster, SqlDatabase):
     """SQLite: one writable connection with named migrations and one transaction helper."""
 
+    migrations = MIGRATIONS
     dialect = "sqlite"
+    _MIGRATED_AT = "datetime('now')"
 
     def __init__(self, path: Path | str, upto: str | None = None):
         self.path = Path(path)
@@ -109,27 +112,6 @@ class MonitorDB(_Roster):
             self.upgrade(upto)
         except sqlite3.DatabaseError as exc:
             raise EdgeError(f"{self.path}: not a monitor database ({exc})") from None
-
-    def applied(self) -> list[str]:
-        with self.lock:
-            self.conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-            return [r[0] for r in self.conn.execute("SELECT name FROM migrations ORDER BY name")]
-
-    def upgrade(self, upto: str | None = None) -> list[str]:
-        """Apply the migrations not yet applied (up to and including ``upto``); returns their names."""
-        done: list[str] = []
-        with self.atomic() as c:
-            c.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-            have = {r[0] for r in c.execute("SELECT name FROM migrations").fetchall()}
-            for name, sql in MIGRATIONS:
-                if name not in have:
-                    for stmt in filter(str.strip, sql.split(";")):
-                        c.execute(stmt)
-                    c.execute("INSERT INTO migrations VALUES (?, datetime('now'))", [name])
-                    done.append(name)
-                if name == upto:
-                    break
-        return done
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[sqlite3.Connection]:

@@ -25,6 +25,7 @@ from typing import Any, Callable
 from agent.common.errors import EdgeError
 from agent.evidence import hashing, keys
 from agent.common.timeutil import now, now_iso, parse_iso
+from .protocol import bounded_json
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,7 @@ def sign_command(private, cmd: str, args: dict, device: str, ts: str | None = No
 
 
 def parse_command(payload: bytes) -> dict:
-    if len(payload) > MAX_COMMAND_BYTES:
-        raise CommandRefused(f"command too large ({len(payload)} bytes > {MAX_COMMAND_BYTES})")
-    try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise CommandRefused("command is not JSON") from None
+    obj = bounded_json(payload, MAX_COMMAND_BYTES, "command", CommandRefused)
     if not isinstance(obj, dict):
         raise CommandRefused("command must be a JSON object")
     for field, typ in (("cmd", str), ("args", dict), ("device", str), ("ts", str), ("nonce", str)):

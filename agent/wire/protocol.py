@@ -245,13 +245,19 @@ def finish_payload(files: list[dict], annotations: list[tuple[bytes, bytes]]) ->
     }, ensure_ascii=False).encode()
 
 
-def parse_finish(payload: bytes) -> FinishMsg:
-    if len(payload) > MAX_FINISH:
-        raise ProtocolError(f"finish message of {len(payload)} bytes exceeds {MAX_FINISH}")
+def bounded_json(payload: bytes, limit: int, what: str, error: type[EdgeError] = ProtocolError) -> Any:
+    """``payload`` parsed as JSON once its size is checked: ``error`` naming ``what`` when it is
+    larger than ``limit`` bytes or not JSON (every message read off the wire goes through here)."""
+    if len(payload) > limit:
+        raise error(f"{what} too large: {len(payload)} bytes exceeds {limit}")
     try:
-        doc = json.loads(payload)
+        return json.loads(payload)
     except (ValueError, UnicodeDecodeError):
-        raise ProtocolError("finish is not valid JSON") from None
+        raise error(f"{what} is not valid JSON") from None
+
+
+def parse_finish(payload: bytes) -> FinishMsg:
+    doc = bounded_json(payload, MAX_FINISH, "finish")
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), list) or not isinstance(doc.get("size"), int):
         raise ProtocolError("finish lacks files[] and size")
     if not isinstance(doc.get("annotations") or [], list):
@@ -293,12 +299,7 @@ class Answer:
 
 
 def parse_answer(payload: bytes) -> Answer:
-    if len(payload) > MAX_ACK:
-        raise ProtocolError(f"answer of {len(payload)} bytes exceeds {MAX_ACK}")
-    try:
-        d = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise ProtocolError("answer is not valid JSON") from None
+    d = bounded_json(payload, MAX_ACK, "answer")
     if not isinstance(d, dict) or d.get("status") not in STATUSES or not isinstance(d.get("item"), str):
         raise ProtocolError("answer lacks item or a known status")
     fields = {f.name for f in dataclasses.fields(Answer)} - {"corr", "raw"}

@@ -37,13 +37,15 @@ def _strings(tree: ast.AST):
 
 
 def declared_tables(sources: dict[str, str]) -> set[str]:
-    """Tables a package declares in its own database's ``MIGRATIONS`` (a module-level list);
+    """Tables a package declares in its own database's ``MIGRATIONS`` or ``PG_MIGRATIONS`` (a
+    module-level list; the SQLite list may be derived from the PostgreSQL one);
     a table made on the fly (``CREATE TABLE IF NOT EXISTS`` in a call) does not count."""
     out = set()
     for text in sources.values():
         for node in pysource.parse(text).body:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-            if any(isinstance(t, ast.Name) and t.id == "MIGRATIONS" for t in targets) and node.value is not None:
+            if any(isinstance(t, ast.Name) and t.id in ("MIGRATIONS", "PG_MIGRATIONS") for t in targets) \
+                    and node.value is not None:
                 out |= {t for _, s in _strings(node.value) for t in CREATE.findall(s)}
     return out
 

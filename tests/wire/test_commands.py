@@ -42,7 +42,7 @@ def test_accepted_command_runs_and_is_audited(setup):
     ("otherdevice", "for device 'dock-99'"),
     ("expired", "expired"),
     ("future", "expired"),
-    ("notjson", "not JSON"),
+    ("notjson", "not valid JSON"),
     ("toolarge", "too large"),
     ("unknown", "unknown command"),
 ])
