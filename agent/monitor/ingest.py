@@ -25,10 +25,9 @@ this set of connections to every broker; a device is heard through whichever bro
 the order rules (epoch, bdseq) make a message seen through two brokers count once.
 
 Threads: paho's network threads only file each message into a queue per device of the topic
-(two lanes, :mod:`agent.monitor.lanes`: messages continuing the sequence the device signed go
-first; the rest are bounded, the oldest dropped beyond it as ``overload``, and taken at random
-when backed up, so forgeries in a device's name faster than the checks do not push out all of
-its genuine messages), one worker takes one message per device in turn (a flood
+(:mod:`agent.monitor.lanes`: in arrival order, bounded; when full, the oldest message that does
+not continue the sequence the device signed is dropped as ``overload``, so forgeries in a known
+device's name faster than the checks do not push out its genuine messages), one worker takes one message per device in turn (a flood
 in one device's name waits behind itself, never in front of another device's messages),
 verifies and applies it; a flusher writes the state in one database transaction every
 ``flush_s`` and re-reads the enrolment every ``reload_s``. A worker that dies sets ``failed``
@@ -128,7 +127,7 @@ class Ingest(DeviceState):
         # the queues between paho's thread and the worker
         self._cv = threading.Condition(threading.Lock())
         self._queues: dict[str, Lanes] = {}
-        self.expect = Expect()  # where each device's signed sequence stands (the expected lane)
+        self.expect = Expect()  # where each device's signed sequence stands (what a full queue keeps)
         self._ready: collections.deque[str] = collections.deque()
         self._qcount = {"queued": 0, "rejected.overload": 0, "rejected.error": 0}
         self.failed: str | None = None
@@ -197,9 +196,10 @@ class Ingest(DeviceState):
                 if q is None:
                     q = self._queues[key] = Lanes()
                 expected = key != JUNK and self.expect.expected(key, payload)
-                if not q.put((topic, payload, retained, time.time()), expected, self.s.queue_per_device):
-                    self._qcount["rejected.overload"] += 1  # this one (expected lane) or the oldest other
-                    if expected:
+                lost = q.put((topic, payload, retained, time.time()), expected, self.s.queue_per_device)
+                if lost:
+                    self._qcount["rejected.overload"] += 1  # the oldest unexpected one, or this one
+                    if lost == "refused":
                         return
                 self._qcount["queued"] += 1
                 if len(q) == 1:
@@ -294,7 +294,7 @@ class Ingest(DeviceState):
             return self.reject("replayed", topic, f"({env.epoch}, {env.seq}) after {last[1]}", dev, now)
         if not sealed.verify(env, enr.public):
             return self.reject("bad_signature", topic, f"not signed by the key enrolled for {dev}", dev, now)
-        self.expect.note(dev, env.epoch, env.seq)  # its next messages take the expected lane
+        self.expect.note(dev, env.epoch, env.seq)  # its next messages are expected (kept when the queue is full)
         if not self._allow(dev, now):
             return self.reject("flood", topic, f"more than {self.s.rate:g} msg/s from {dev}", dev, now)
         body = env.body

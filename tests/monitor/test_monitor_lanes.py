@@ -12,7 +12,7 @@ import os
 
 from agent.monitor.enrolment import Enrolment
 from agent.monitor.ingest import Ingest, IngestSettings
-from agent.monitor.lanes import SAMPLE_FROM, Lanes
+from agent.monitor.lanes import Lanes
 from agent.monitor.state import MonitorDB
 from tools.fleet_sim import SimDevice
 
@@ -59,17 +59,16 @@ def test_a_forgery_flood_in_a_known_devices_name_does_not_push_out_its_genuine_m
     assert ing.devices[a.id]["health"]["uptime_s"] == ing.devices[b.id]["health"]["uptime_s"] == 11  # the last ones
 
 
-def test_the_other_lane_keeps_the_newest_and_is_taken_in_order_while_short():
+def test_a_full_queue_drops_the_oldest_unexpected_message_and_keeps_arrival_order():
     q = Lanes()
     for i in range(5):
-        assert q.put(i, False, 5)
-    assert not q.put(5, False, 5)              # full: the oldest (0) is dropped, 5 kept
-    assert [q.take() for _ in range(5)] == [1, 2, 3, 4, 5]
-    for i in range(SAMPLE_FROM + 2):
-        q.put(i, False, 100)
-    q.put("exp", True, 100)
-    assert q.take() == "exp"                   # the expected lane first
-    assert sorted(q.take() for _ in range(SAMPLE_FROM + 2)) == list(range(SAMPLE_FROM + 2))
+        assert q.put(i, i in (0, 2), 5) is None
+    assert q.put(5, False, 5) == "dropped"     # full: the oldest unexpected one (1) is dropped
+    assert [q.take() for _ in range(5)] == [0, 2, 3, 4, 5]
+    for i in range(50):
+        q.put(i, i % 2 == 0, 100)
+    assert [q.take() for _ in range(50)] == list(range(50))  # a genuine burst keeps its order
     for i in range(3):
-        assert q.put(i, True, 3)
-    assert not q.put(3, True, 3)               # the expected lane refuses beyond its bound
+        assert q.put(i, True, 3) is None
+    assert q.put(3, False, 3) == q.put(4, True, 3) == "refused"  # only expected ones: a new one is refused
+    assert [q.take() for _ in range(3)] == [0, 1, 2]
