@@ -154,6 +154,16 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX station_audit_item ON station_audit(device, item_id)
     """),
+    # what retention needs of each stored item (agent/archive/retention.py), noted at arrival and
+    # annotation: `retention plan` reads no manifest. Rows stored before it are filled in from their
+    # manifests by the first plan or run (Retention.backfill).
+    ("0011_retention_facts", """
+        CREATE TABLE retention_facts (
+            device TEXT NOT NULL, item TEXT NOT NULL, capture_end TEXT NOT NULL, mark INTEGER NOT NULL,
+            evidence_mark INTEGER NOT NULL, proof TEXT,
+            PRIMARY KEY (device, item)
+        )
+    """),
 ]
 
 MIGRATIONS = sqlite_dialect(PG_MIGRATIONS)  # the same, as SQLite runs them

@@ -365,9 +365,10 @@ def test_plan_and_run_go_through_the_evidence_storage(tmp_path):
     key = c.st.db.one("SELECT path FROM items WHERE item = ?", [a])["path"]
     clock = Clock(T0 + dt.timedelta(days=183))
     assert [d["item"] for d in Retention(c.st, clock=clock).plan()["items"]] == [a]
-    assert ("get", key, ("manifest.json",)) in calls and ("names", key, ("annotations",)) in calls
-    calls.clear()
+    assert calls == []  # the plan is decided from the index
     assert [d["item"] for d in Retention(c.st, clock=clock).run(actor="t")["deleted"]] == [a]
+    # the deletion is decided again from the signed manifest, read through the storage
+    assert ("get", key, ("manifest.json",)) in calls and ("names", key, ("annotations",)) in calls
     assert ("put", key, ("tombstone.json", (c.root / key / "tombstone.json").read_bytes())) in calls
     assert ("keep_only", key, (["tombstone.json", "tombstone.sig"],)) in calls
     # written or removed: the expired item's key only (the important one is only read)
@@ -375,3 +376,56 @@ def test_plan_and_run_go_through_the_evidence_storage(tmp_path):
     assert sorted(p.name for p in (c.root / key).iterdir()) == ["tombstone.json", "tombstone.sig"]
     _verify_both(c.root)
     c.close()
+
+
+def test_the_plan_is_decided_from_the_index_and_old_rows_are_filled_in(centre):
+    """`retention plan` reads no manifest: what it needs of each item (the drift-corrected end of
+    capture, the mark, the evidence mark, the proof object) is noted in the index when the item or
+    an annotation arrives. Its answer is the one decided from the signed manifests, item by item,
+    for every way a class is set (mark, evidence annotation arriving later, the policy's proof
+    rule, a custodian's raise, drift, a hold). Rows stored before the facts were kept (migration
+    0011) are read from their manifests once, by the first plan, and noted."""
+    from agent.wire import protocol as P
+
+    apol.new_key(centre.root)
+    apol.sign_next(centre.root, UNIT, wp.content_from({"rules": {"retention": {
+        "normal_days": 200, "important_days": 400, "evidence_proof_pattern": "妨碍执法"}}}))
+    normal, important, raised, held = (centre.item(T0), centre.item(T0, mark=1), centre.item(T0),
+                                       centre.item(T0 - dt.timedelta(days=1)))
+    obstructed = centre.item(T0, proof="当事人妨碍执法过程")
+    drift = centre.item(T0 + dt.timedelta(hours=2), clock_offset_ms=7_200_000,
+                        clock_offset_measured_at="2026-03-01T12:00:00+08:00", clock_offset_source="measured")
+    annotated = centre.item(T0)
+    centre.store.annotate(annotated, {"evidence_mark": True}, reason="证据 / evidence")  # sent after it was stored
+    d = centre.store.item_dir(annotated)
+    anns = [(p.read_bytes(), p.with_suffix(".sig").read_bytes()) for p in sorted((d / "annotations").glob("*.json"))]
+    fin = centre.st.on_finish(centre.st.registry.device("dock-0001"), annotated, P.finish_payload(
+        json.loads((d / "manifest.json").read_bytes())["files"], anns))
+    assert fin.status == "stored" and fin.annotations == 1, fin
+    zhao = centre.custodian("zhao")
+    clock = Clock(T0 + dt.timedelta(days=200))
+    ret = Retention(centre.st, clock=clock)
+    ret.raise_class(raised, "important", actor="zhao", private=zhao, reason="重点 / important")
+    ret.place_hold(item=held, reason="复议中 / under review", actor="legal-1")
+
+    now = clock()
+    decided = [ret.status(r).as_dict(now) for r in centre.st.db.query("SELECT * FROM items")]  # from the manifests
+    plan = ret.plan()
+    assert plan["items"] == sorted([s for s in decided if s["keep_until"]],
+                                   key=lambda s: (s["keep_until"], s["device"], s["item"]))
+    assert plan["permanent"] == 2 and plan["unreadable"] == []  # the evidence annotation, the proof object
+    by = {s["item"]: s for s in plan["items"]}
+    assert set(by) == {normal, important, raised, held, drift}
+    assert by[normal]["state"] == by[drift]["state"] == "due" and by[held]["state"] == "held"
+    assert (by[raised]["class"], by[raised]["class_source"]) == ("important", "change 1")
+    assert by[important]["keep_until"] == (T0 + dt.timedelta(days=400)).isoformat()
+
+    # an index from before migration 0011: the first plan fills the facts in from the manifests
+    with centre.st.db.atomic() as db:
+        db.execute("DELETE FROM retention_facts")
+    assert ret.plan() == plan
+    assert centre.st.db.one("SELECT count(*) AS n FROM retention_facts")["n"] == 7
+    assert ret.plan() == plan
+    out = ret.run(actor="t")
+    assert sorted(x["item"] for x in out["deleted"]) == sorted([normal, drift])
+    assert centre.st.db.one("SELECT count(*) AS n FROM retention_facts")["n"] == 5  # gone with their items

@@ -244,6 +244,8 @@ SPECS: list[Spec] = [
                                                       "--warmup", "2", "--rounds", "4"], rows=rows_monitor_load),
     Spec("scale_sim", "tools.scale_sim", ["--devices", "100", "--items", "3", "--item-kib", "256", "--receivers", "1,2",
                                           "--repeat", "2", "--probe-mib", "16"], full=["--repeat", "3"], rows=rows_scale),
+    Spec("retention_plan", "tools.bench.retention_plan", ["--items", "20000"], full=["--items", "100000"],
+         rows=rows_generic),
 ]
 
 
