@@ -73,7 +73,7 @@ def check_config(path) -> tuple[Check, config_mod.Config | None]:
     except EdgeError as exc:
         return _fail("config", f"{exc} — 修改配置文件或运行初始化 / fix the file or run init",
                      fix=f"edge-agent --config {config_mod.config_path(path)} init"), None
-    return _ok("config", f"{cfg.path} is valid (device {cfg.device.id}, kind {cfg.device.kind})"), cfg
+    return _ok("config", f"配置有效 / {cfg.path} is valid (device {cfg.device.id}, kind {cfg.device.kind})"), cfg
 
 
 def check_keys(cfg) -> Check:
@@ -85,7 +85,7 @@ def check_keys(cfg) -> Check:
     if mode & 0o077:
         return _fail("device key", f"设备私钥可被他人读取 / {key} has mode {mode:o}", key="storage.data_dir",
                      fix=f"chmod 600 {key}")
-    return _ok("device key", f"{key} mode 600")
+    return _ok("device key", f"设备私钥仅本用户可读 / {key} mode 600")
 
 
 def check_disk(cfg) -> Check:
@@ -152,15 +152,15 @@ def check_tls(cfg) -> list[Check]:
         try:
             cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
         except (OSError, ValueError) as exc:
-            out.append(_fail("tls", f"{label} {path}: {exc}"))
+            out.append(_fail("tls", f"证书无法读取 / {label} {path}: {exc}"))
             continue
         left = cert.not_valid_after_utc - _dt.datetime.now(_dt.timezone.utc)
         if left.total_seconds() < 0:
-            out.append(_fail("tls", f"{label} {path} expired on {cert.not_valid_after_utc:%Y-%m-%d} — renew it"))
+            out.append(_fail("tls", f"证书已过期 / {label} {path} expired on {cert.not_valid_after_utc:%Y-%m-%d} — renew it"))
         elif left.days < 30:
-            out.append(_warn("tls", f"{label} {path} expires in {left.days} days — renew it"))
+            out.append(_warn("tls", f"证书即将过期 / {label} {path} expires in {left.days} days — renew it"))
         else:
-            out.append(_ok("tls", f"{label} {path} valid until {cert.not_valid_after_utc:%Y-%m-%d}"))
+            out.append(_ok("tls", f"证书有效 / {label} {path} valid until {cert.not_valid_after_utc:%Y-%m-%d}"))
     return out
 
 
@@ -203,19 +203,19 @@ def check_broker(cfg, timeout: float = 5.0) -> list[Check]:
     except EdgeError as exc:
         return [_fail("broker", str(exc))]
     if not ex.connected:
-        return [_fail("broker", f"MQTT v5 session to {cfg.mqtt.host}:{cfg.mqtt.port} failed: {ex.error} — "
+        return [_fail("broker", f"无法登录代理 / MQTT v5 session to the broker at {cfg.mqtt.host}:{cfg.mqtt.port} failed: {ex.error} — "
                                 "check credentials / client certificate / TLS")]
-    out = [_ok("broker", f"MQTT v5 session to {cfg.mqtt.host}:{cfg.mqtt.port}" + (" (TLS)" if settings.tls else ""))]
+    out = [_ok("broker", f"已登录代理 / MQTT v5 session to the broker at {cfg.mqtt.host}:{cfg.mqtt.port}" + (" (TLS)" if settings.tls else ""))]
     judge(ex.messages)
     online = sorted(r for r, v in verdicts.items() if v == "online")
     if online:
-        out.append(_ok("archive", f"archive receiver(s) {', '.join(online)} online (status signed by a pinned key)"))
+        out.append(_ok("archive", f"归档服务器在线 / archive receiver(s) {', '.join(online)} online (status signed by a pinned key)"))
     elif verdicts:
-        out.append(_fail("archive", "no verified online archive receiver: " + "; ".join(
+        out.append(_fail("archive", "没有通过验证的在线归档服务器 / no verified online archive receiver: " + "; ".join(
             f"{r}: {v}" for r, v in sorted(verdicts.items())) + " — pin the archive's key (`edge-agent uplink "
             "trust-archive archive.pub`, the archive's ROOT/_archive/archive.pub) and start `edge-agent archive serve`"))
     else:
-        out.append(_fail("archive", f"no archive receiver status on {topics.all_archive_receivers()} — "
+        out.append(_fail("archive", f"没有归档服务器状态 / no archive receiver status on {topics.all_archive_receivers()} — "
                                     "is `edge-agent archive serve` running?"))
     return out
 
@@ -225,7 +225,7 @@ def check_archive_keys(cfg) -> Check:
     from agent.uplink.trust import NO_KEY, archive_trust
 
     if not cfg.uplink.enabled:
-        return _ok("archive key", "uplink disabled")
+        return _ok("archive key", "未启用上传 / uplink disabled")
     try:
         trust = archive_trust(cfg)
     except EdgeError as exc:
@@ -233,7 +233,7 @@ def check_archive_keys(cfg) -> Check:
     if not trust:
         return _fail("archive key", NO_KEY, key="uplink.archive_keys",
                      fix="edge-agent uplink trust-archive archive.pub")
-    return _ok("archive key", f"pinned: {', '.join(trust.key_ids)} ({', '.join(trust.sources)})")
+    return _ok("archive key", f"已固定归档公钥 / pinned: {', '.join(trust.key_ids)} ({', '.join(trust.sources)})")
 
 
 def camera_problem(source: str) -> str | None:
