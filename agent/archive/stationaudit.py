@@ -44,8 +44,8 @@ class StationAudit:
         try:
             entries = self._read_segment(rel, manifest)
             problems = self._check_segment(dev, entries, manifest.get("metadata") or {})
-        except (EdgeError, OSError, ValueError, strict.FormatError) as exc:
-            entries, problems = [], [f"audit item {item}: unreadable: {exc}"]
+        except Exception as exc:  # noqa: BLE001 - whatever the file holds, the item stays stored and it is alarmed
+            entries, problems = [], [f"unreadable: {str(exc)[:300]}"]
         now = self.clock()
         with self.db.atomic() as db:
             if problems:
@@ -73,6 +73,10 @@ class StationAudit:
             e = strict.loads(line.encode(), f"audit entry line {n}")
             if not isinstance(e, dict) or set(e) != set(COLUMNS):
                 raise EdgeError(f"audit entry line {n}: the fields must be {', '.join(COLUMNS)}")
+            if not (isinstance(e["seq"], int) and not isinstance(e["seq"], bool) and e["seq"] > 0
+                    and all(isinstance(e[k], str) for k in ("ts", "actor", "action", "detail", "hash"))
+                    and all(e[k] is None or isinstance(e[k], str) for k in ("item_id", "prev"))):
+                raise EdgeError(f"audit entry line {n}: a field of the wrong type")
             out.append(e)
         return out
 

@@ -119,6 +119,18 @@ def test_station_audit_on_both_backends(backend, tmp_path):  # noqa: F811
         assert _archive(st, store, first).status == "stored"
         rep = st.station_audit_report(DEV)
         assert rep["verdict"] == "ok" and rep["missing"] == [] and rep["received"] == int(store.get_meta("audit_sealed_to"))
+        # an audit item whose file is not entries (signed by the station all the same): stored, alarmed
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"seq": "one"}\nnot json\n')
+        meta = {"case_number": None, "pending": ["case_number"], "kind": "station-audit", "place": "x",
+                "capture_start": "2026-12-04T10:00:00+08:00", "capture_end": "2026-12-04T10:00:00+08:00",
+                "collector": {"name": "station", "id": DEV}, "proof": "audit", "audit_from": 99, "audit_to": 99}
+        w = store.new_item(meta, {"type": "audit"}, kind="audit")
+        w.add_path("audit-00000099-00000099.jsonl", bad, move=True)
+        w.seal()
+        assert _archive(st, store, w.id).status == "stored"
+        alarm = st.chain_verdict(DEV)["alarms"]
+        assert [a["code"] for a in alarm] == ["station_audit"] and "unreadable" in alarm[0]["detail"], alarm
     finally:
         st.close()
         store.close()
