@@ -5,7 +5,8 @@ it only when the signature verifies with a pinned policy key, the unit is this s
 version is above the one in force and it has not expired. The applied document is kept in the
 ledger's meta (through the store: ``policy.in_force``; ``policy.version`` for the health report),
 so a restart keeps it; it is handed to the appliers (the dock's roster and erase policy). A
-refused one is audited, kept as ``policy.last_refused`` and raises alarm ``policy_refused``; a
+refused one is audited, kept as ``policy.last_refused`` and raises alarm ``policy_refused`` (or,
+genuinely signed by newer software with rules this one does not know, ``policy_upgrade_needed``); a
 policy in force past its expiry raises ``policy_expired`` (someone may be holding newer ones back).
 
 Time comes from ``clock`` (tests move it; nothing here sleeps).
@@ -143,6 +144,7 @@ class PolicyKeeper:
             log.info("policy: version %s of unit %s applied (key %s, from %s)", doc.version, doc.unit, doc.key_id,
                      source)
             self._alarm_clear("policy_refused")
+            self._alarm_clear("policy_upgrade_needed")
             self._alarm_clear("policy_expired")
             self._apply(doc)
             return "applied"
@@ -156,6 +158,9 @@ class PolicyKeeper:
                                 source=source, sha256=detail["sha256"])
         log.warning("policy refused (%s) from %s: %s", exc.reason, source, exc)
         zh, _, en = str(exc).partition(" / ")
+        if exc.reason == "upgrade_needed":  # genuine, but from newer software: not an attack, not to be ignored
+            self._alarm_raise("policy_upgrade_needed", zh[:240], (en or zh)[:400])
+            return
         self._alarm_raise("policy_refused", f"已拒绝下发的策略：{zh}"[:240], f"policy refused: {en or zh}"[:400])
 
     # --- applying -------------------------------------------------------------------------------

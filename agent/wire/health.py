@@ -380,6 +380,9 @@ CODES: dict[str, AlarmDef] = {
     "policy_refused": AlarmDef("critical", "下发策略被拒绝（伪造、回退、他单位或过期）",
                                "unit policy refused (forged, rolled back, other unit or expired)"),
     "policy_expired": AlarmDef("warning", "执行中的策略已过期", "policy in force has expired"),
+    # a genuinely signed policy of newer software, with rules this station does not know: refused whole
+    "policy_upgrade_needed": AlarmDef("critical", "策略含本站不认识的规则，须升级本站软件",
+                                      "policy has rules this station does not know: upgrade the station"),
     # the unit policy's rules enforced at the station (agent/store/policy_rules.py): one alarm per
     # officer and recorder with items past the upload deadline; the unarchived backlog above the quota
     "upload_overdue": AlarmDef("warning", "资料超过上传时限未归档", "items past the upload deadline"),

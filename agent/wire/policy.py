@@ -48,11 +48,21 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 class PolicyError(EdgeError):
     """A policy document refused; ``reason`` is one word (malformed, unsigned, unknown_key,
-    bad_signature, other_unit, expired, rollback, conflict)."""
+    bad_signature, other_unit, expired, rollback, conflict, upgrade_needed)."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
+
+
+class NotUnderstood(PolicyError):
+    """JSON that is not a document this software reads (``fields``: the fields it does not know);
+    ``raw`` kept so that :func:`verify` can still tell a genuinely signed document of newer
+    software (``upgrade_needed``) from a forgery."""
+
+    def __init__(self, raw: dict, fields: list[str], message: str):
+        super().__init__("malformed", message)
+        self.raw, self.fields = raw, fields
 
 
 def _code(v: str) -> str:
@@ -286,7 +296,8 @@ def parse(payload: bytes) -> tuple[Document, dict]:
     try:
         return Document.model_validate(raw), raw
     except ValidationError as exc:
-        raise PolicyError("malformed", _explain(exc)) from None
+        unknown = sorted(".".join(str(p) for p in e["loc"]) for e in exc.errors() if e["type"] == "extra_forbidden")
+        raise NotUnderstood(raw, unknown, _explain(exc)) from None
 
 
 def digest(payload: bytes) -> str:
@@ -297,19 +308,19 @@ def verify(payload: bytes, ring: keys.KeyRing, *, unit: str, now: float,
            in_force: tuple[int, str] | None = None) -> Document | None:
     """The document in ``payload`` if a station of ``unit`` must apply it now; None when it is the
     version in force again (``in_force`` = (version, sha256 of its payload): a retained message
-    delivered again on reconnect). Raises :class:`PolicyError` otherwise."""
-    doc, raw = parse(payload)
-    pub = ring.get(doc.key_id)
-    if pub is None and not ring.by_id:
-        raise PolicyError("unknown_key", "本站未固定策略公钥 / no policy key is pinned on this station "
-                                         "(edge-agent policy trust policy.pub)")
-    if pub is None:
-        raise PolicyError("unknown_key", f"策略签名密钥未被信任 / policy signed by key {doc.key_id}, "
-                                         "which is not a pinned policy key")
-    body = {k: v for k, v in raw.items() if k != "sig"}
-    if not keys.verify_sig(pub, canonical(body), doc.sig):
-        raise PolicyError("bad_signature", "策略签名无效（伪造或被篡改）/ policy signature does not verify "
-                                           "(forged or altered)")
+    delivered again on reconnect). Raises :class:`PolicyError` otherwise.
+
+    A document genuinely signed with a pinned key that this software cannot read — a rule field of
+    a newer release (``rules.equipment`` reaching a station that predates it), or a value of a kind
+    it does not know — is refused with ``upgrade_needed``, naming the fields: the station never
+    applies part of a policy while ignoring a rule, and says to upgrade it (docs/custody.md,
+    "Upgrading: stations first")."""
+    try:
+        doc, raw = parse(payload)
+    except NotUnderstood as exc:
+        _newer_software(exc, ring, unit=unit, in_force=in_force)
+        raise  # not reached: _newer_software always raises
+    _check_signature(raw, ring, doc.key_id, doc.sig)
     if doc.unit != unit:
         raise PolicyError("other_unit", f"策略属于其他单位 / policy is for unit {doc.unit}, this station is "
                                         f"of unit {unit}")
@@ -326,6 +337,52 @@ def verify(payload: bytes, ring: keys.KeyRing, *, unit: str, now: float,
     if doc.expires_ts() <= now:
         raise PolicyError("expired", f"策略已过期 / policy version {doc.version} expired at {doc.expires}")
     return doc
+
+
+def _check_signature(raw: dict, ring: keys.KeyRing, key_id: str, sig: str) -> None:
+    pub = ring.get(key_id)
+    if pub is None and not ring.by_id:
+        raise PolicyError("unknown_key", "本站未固定策略公钥 / no policy key is pinned on this station "
+                                         "(edge-agent policy trust policy.pub)")
+    if pub is None:
+        raise PolicyError("unknown_key", f"策略签名密钥未被信任 / policy signed by key {key_id}, "
+                                         "which is not a pinned policy key")
+    body = {k: v for k, v in raw.items() if k != "sig"}
+    try:
+        data = canonical(body)
+    except Exception:  # a value RFC 8785 cannot write (an integer beyond 2**53): nobody signed this
+        data = None
+    if data is None or not keys.verify_sig(pub, data, sig):
+        raise PolicyError("bad_signature", "策略签名无效（伪造或被篡改）/ policy signature does not verify "
+                                           "(forged or altered)")
+
+
+def _newer_software(exc: NotUnderstood, ring: keys.KeyRing, *, unit: str, in_force: tuple[int, str] | None) -> None:
+    """A document this software cannot read: a forgery or junk stays ``malformed`` (or
+    ``unknown_key``/``bad_signature``); one genuinely signed for this unit, newer than the one in
+    force, is ``upgrade_needed`` naming what this station does not know."""
+    raw = exc.raw
+    key_id, sig = raw.get("key_id"), raw.get("sig")
+    if not isinstance(key_id, str) or not isinstance(sig, str):
+        raise PolicyError("malformed", str(exc))
+    _check_signature(raw, ring, key_id, sig)
+    if raw.get("unit") != unit:
+        raise PolicyError("other_unit", f"策略属于其他单位 / policy is for unit {raw.get('unit')}, this station is "
+                                        f"of unit {unit}")
+    version = raw.get("version")
+    if in_force is not None and isinstance(version, int) and version <= in_force[0]:
+        raise PolicyError("rollback", f"策略版本回退 / policy version {version} is not above version {in_force[0]} "
+                                      "in force (refused)")
+    if exc.fields:
+        what_zh = f"本站软件不认识的字段 {', '.join(exc.fields)}"
+        what_en = f"field(s) this station's software does not know: {', '.join(exc.fields)}"
+    else:
+        what_zh = "本站软件无法识别的内容"
+        what_en = f"content this station's software cannot read ({str(exc).partition(' / ')[2] or exc})"
+    raise PolicyError("upgrade_needed", f"策略版本 {version}（已验证签名，密钥 {key_id}）含{what_zh}；请升级本站软件，"
+                                        f"升级前仍执行现行策略，新规则未生效 / policy version {version} (signature "
+                                        f"verified, key {key_id}) has {what_en}; upgrade the station: until then the "
+                                        "policy in force stays and the new rules are not applied")
 
 
 def thresholds(doc: Document, applied_at: str | None = None):

@@ -248,6 +248,97 @@ def test_forged_altered_rollback_expired_and_other_unit_are_refused_and_alarmed(
     assert st.version() == 5 and "policy_refused" not in st.alarms()
 
 
+def newer_signed(c, version: int, rules: dict, *, key=None) -> bytes:
+    """A document as the centre's newer software signs it: rule fields this release does not know."""
+    from agent.common.canon import canonical
+
+    body = json.loads(signed(c, version))
+    del body["sig"]
+    for name, value in rules.items():
+        if isinstance(value, dict) and isinstance(body["rules"].get(name), dict):
+            body["rules"][name].update(value)
+        else:
+            body["rules"][name] = value
+    key = key or ap.signing_key(c.root)
+    body["key_id"] = keys.key_id(key.public_key())
+    body["sig"] = keys.sign(key, canonical(body))
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+def test_a_genuine_policy_with_rules_this_station_does_not_know_is_refused_whole_and_says_upgrade(
+        centre, station_factory):
+    """Forward compatibility, the security view: a station of an older release never applies a
+    newer policy while silently ignoring a rule it does not know. It refuses the whole document,
+    keeps the policy in force and raises `policy_upgrade_needed` naming the unknown fields and
+    "upgrade the station" — only for a document genuinely signed with the pinned key; the same
+    fields in a forged or altered one are refused as forged or altered (an attacker cannot make
+    the station ask for an upgrade)."""
+    st = station_factory()
+    assert st.agent.uplink.conn.wait_connected(DEADLINE)
+    publish_raw(centre, signed(centre, 1))
+    st.wait(1)
+    assert st.version() == 1
+    newer = {"retention": {"evidence_hash_days": 400}, "night_patrol": {"min_officers": 2}}
+    publish_raw(centre, newer_signed(centre, 2, newer))
+    st.wait(2)
+    assert st.keeper.outcomes[-1] == "refused" and st.version() == 1
+    refused = json.loads(st.agent.store.get_meta("policy.last_refused"))
+    assert refused["reason"] == "upgrade_needed"
+    assert "rules.night_patrol, rules.retention.evidence_hash_days" in refused["message"]
+    assert st.alarms() >= {"policy_upgrade_needed"} and "policy_refused" not in st.alarms()
+    alarm = next(a for a in st.agent.health.alarms.active() if a.key == "policy_upgrade_needed")
+    assert alarm.severity == "critical"
+    assert "upgrade the station" in alarm.message_en and "rules.night_patrol" in alarm.message_en
+    assert "请升级本站软件" in alarm.message_zh and "rules.retention.evidence_hash_days" in alarm.message_zh
+    assert st.agent.health.tick()["policy_version"] == 1  # the monitor sees the station behind its unit
+    text = run(["policy", "show"], config=centre.config, check=True).stdout
+    assert "upgrade_needed" in text and "upgrade the station" in text
+
+    # the same fields, forged (another key) or added after signing: refused as such, no upgrade alarm
+    forger = keys.generate(centre.tmp / "forger.key", centre.tmp / "forger.pub")
+    altered = json.loads(signed(centre, 3))
+    altered["rules"]["night_patrol"] = {"min_officers": 2}
+    for n, (reason, payload) in enumerate([("unknown_key", newer_signed(centre, 3, newer, key=forger)),
+                                           ("bad_signature", json.dumps(altered).encode())], 3):
+        publish_raw(centre, payload)
+        st.wait(n)
+        refused = json.loads(st.agent.store.get_meta("policy.last_refused"))
+        assert refused["reason"] == reason and "policy_refused" in st.alarms() and st.version() == 1
+    audit = [e for e in st.agent.store.audit.entries() if e["action"] == "policy-refused"]
+    assert [json.loads(e["detail"])["reason"] for e in audit] == ["upgrade_needed", "unknown_key", "bad_signature"]
+
+    # the centre publishes what this release knows (or the station is upgraded): applied, alarms end
+    publish_raw(centre, signed(centre, 4))
+    st.wait(5)
+    assert st.version() == 4 and not st.alarms() & {"policy_upgrade_needed", "policy_refused"}
+
+
+def test_a_genuine_policy_with_a_value_this_release_cannot_read_needs_an_upgrade(tmp_path):
+    """A known field with a value of a kind this release does not know (an erase policy added
+    later) is the same case: refused whole, `upgrade_needed`, the field named."""
+    from agent.common.canon import canonical
+
+    k = keys.generate(tmp_path / "p.key", tmp_path / "p.pub")
+    ring = keys.KeyRing.from_paths(key=tmp_path / "p.pub")
+    import time
+
+    body = json.loads(wp.sign(k, UNIT, 5, wp.Content(), now=time.time()))
+    del body["sig"]
+    body["rules"]["erase_policy"] = "after-court-release"
+    body["sig"] = keys.sign(k, canonical(body))
+    with pytest.raises(wp.PolicyError) as exc:
+        wp.verify(json.dumps(body).encode(), ring, unit=UNIT, now=time.time(), in_force=(4, "x"))
+    assert exc.value.reason == "upgrade_needed"
+    assert "rules.erase_policy" in str(exc.value) and "upgrade the station" in str(exc.value)
+    # an older version of it is a rollback, another unit's is another unit's, whatever this release can read
+    with pytest.raises(wp.PolicyError, match="not above version 5") as exc:
+        wp.verify(json.dumps(body).encode(), ring, unit=UNIT, now=time.time(), in_force=(5, "x"))
+    assert exc.value.reason == "rollback"
+    with pytest.raises(wp.PolicyError) as exc:
+        wp.verify(json.dumps(body).encode(), ring, unit=OTHER_UNIT, now=time.time())
+    assert exc.value.reason == "other_unit"
+
+
 def test_the_policy_in_force_expiring_raises_an_alarm_until_a_newer_one_comes(centre, station_factory):
     import time
 
