@@ -430,8 +430,8 @@ def archive_audit(c: Ctx, old_checkpoint, root, limit, do_verify, as_json):
                            "hashes, verified")
             for p in rep["problems"]:
                 click.echo(f"缺失或被改 / PROBLEM: {p}")
-            click.echo("verdict: ok, the store extends the checkpoint / 存储完整" if rep["ok"] else
-                       f"verdict: FAILED, {len(rep['problems'])} problem(s) / 审计未通过")
+            click.echo("存储完整 / verdict: ok, the store extends the checkpoint" if rep["ok"] else
+                       f"审计未通过 / verdict: FAILED, {len(rep['problems'])} problem(s)")
         if not rep["ok"]:
             raise SystemExit(1)
         return

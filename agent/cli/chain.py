@@ -38,7 +38,7 @@ def archive_chain(c: Ctx, device_id, root, ack, reason, as_json):
     if as_json:
         emit_json(rep)
     else:
-        click.echo(f"device {rep['device']} unit {rep['unit']} key {rep['key_id']}: {len(rep['checkpoints'])} "
+        click.echo(f"设备 / device {rep['device']} unit {rep['unit']} key {rep['key_id']}: {len(rep['checkpoints'])} "
                    f"checkpoint(s); announced {rep['announced']} item(s), held {rep['held']}, missing "
                    f"{_seqs(rep['missing'])}")
         for h in rep["checkpoints"]:
@@ -48,11 +48,11 @@ def archive_chain(c: Ctx, device_id, root, ack, reason, as_json):
             click.echo(f"  {h['received_at']}  signed {h['time']}  count {h['count']:>5}  head {head}  "
                        f"annotations {h['annotations'] if h['annotations'] is not None else '-'}{again}{flag}")
         for a in rep["cleared"]:
-            click.echo(f"cleared {a['code']} {a['title']} (raised {a['since']}, cleared {a['cleared_at']})")
+            click.echo(f"已清除 / cleared {a['code']} {a['title']} (raised {a['since']}, cleared {a['cleared_at']})")
         if rep["verdict"] == "ok":
-            click.echo("verdict: ok / 链完整")
+            click.echo("链完整 / verdict: ok")
         for a in rep["alarms"]:
-            click.echo(f"ALARM {a['code']} {a['title']} since {a['since']}: {a['detail']}")
+            click.echo(f"告警 / ALARM {a['code']} {a['title']} since {a['since']}: {a['detail']}")
     if rep["verdict"] != "ok":
         raise SystemExit(1)
 
@@ -109,22 +109,22 @@ def archive_audit_log(c: Ctx, device_id, root, erasures, as_json):
     if as_json:
         emit_json(rep)
     else:
-        click.echo(f"station {rep['device']} unit {rep['unit']}: {rep['received']} audit entries received, "
+        click.echo(f"站点 / station {rep['device']} unit {rep['unit']}: {rep['received']} audit entries received, "
                    f"missing {_seqs(rep['missing'])}; {rep['erased']} erase(s), {rep['unmatched']} without a valid receipt")
         if rep["broken"]:
-            click.echo(f"ALARM station_audit since {rep['broken']['since']}: {rep['broken']['detail']}")
+            click.echo(f"告警 / ALARM station_audit since {rep['broken']['since']}: {rep['broken']['detail']}")
         if not erasures:
             for e in rep["entries"]:
                 click.echo(f"  {e['seq']:>6} {e['ts']} {e['actor']:<14} {e['action']:<9} {e['item_id'] or '-'}")
         for e in rep["erasures"]:
             rc = e["receipt"]
-            click.echo(f"erase #{e['seq']} {e['ts']} {e['item']} file {e['file']} recorder {e['serial']}: {e['result']}")
+            click.echo(f"删除 / erase #{e['seq']} {e['ts']} {e['item']} file {e['file']} recorder {e['serial']}: {e['result']}")
             if rc:
-                click.echo(f"    receipt: archive {rc['archive']} key {rc['key_id']} stored {rc['stored_at']} manifest "
+                click.echo(f"    回执 / receipt: archive {rc['archive']} key {rc['key_id']} stored {rc['stored_at']} manifest "
                            f"{(rc['manifest_hash'] or '')[:16]}… (station entry #{rc['logged_at_seq']}) "
-                           f"{'signature ok' if rc['verified'] else 'SIGNATURE NOT VALID'}")
+                           f"{'签名有效 / signature ok' if rc['verified'] else '签名无效 / SIGNATURE NOT VALID'}")
             for p in e["problems"]:
                 click.echo(f"    无有效回执 / PROBLEM: {p}")
-        click.echo("verdict: ok / 审计日志完整，每次删除均有回执" if rep["verdict"] == "ok" else "verdict: ALARM / 审计未通过")
+        click.echo("审计日志完整，每次删除均有回执 / verdict: ok" if rep["verdict"] == "ok" else "审计未通过 / verdict: ALARM")
     if rep["verdict"] != "ok":
         raise SystemExit(1)
