@@ -29,13 +29,13 @@ from agent.common import canon
 from agent.common.errors import EdgeError, VerifyError
 from agent.common.fs import atomic_write
 from agent.common.timeutil import now_iso
-from ..evidence import hashing, keys, manifest as mf, strict
+from ..evidence import hashing, keys, manifest as mf
+from ..wire.archive_checkpoint import FORMAT, PUBLISHED_FORMAT, parse_checkpoint, unwrap  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-FORMAT = "edge-archive-checkpoint/1"
 MERKLE_DIR = "_merkle"
-FIELDS = ("format", "archive", "size", "root", "time", "key_id")
+PUBLISHED = "published.json"  # under MERKLE_DIR: the last checkpoint published on the broker
 
 
 def leaf_bytes(kind: str, row: dict) -> bytes:
@@ -138,6 +138,32 @@ class MerkleLog:
         atomic_write(d / "latest.json", payload.encode())
         return cp
 
+    def published_record(self, cp: dict) -> dict:
+        """What ``archive serve`` publishes with checkpoint ``cp`` (``edge-archive-consistency/1``):
+        ``cp``, the checkpoint published before it (``ROOT/_merkle/published.json``; null for the
+        first) and the consistency proof from that one to ``cp`` (``pymerkle``, serialised as
+        ``archive audit --json`` prints it; null when there is no earlier one, or when this store
+        no longer extends it, which a witness then reports)."""
+        prev = None
+        f = self.root / MERKLE_DIR / PUBLISHED
+        if f.is_file():
+            try:
+                prev = parse_checkpoint(f.read_bytes(), self.archive_keys())
+            except (OSError, VerifyError) as exc:
+                log.warning("%s unreadable, publishing without a proof: %s", f, exc)
+        proof = None
+        if prev is not None and 0 < prev["size"] <= cp["size"]:
+            hashes = [bytes.fromhex(r["hash"]) for r in self.leaves()][:cp["size"]]
+            if len(hashes) == cp["size"] and root_of(hashes, prev["size"]).hex() == prev["root"]:
+                proof = Snapshot(hashes).prove_consistency(prev["size"], cp["size"]).serialize()
+        return {"format": PUBLISHED_FORMAT, "checkpoint": cp, "previous": prev, "proof": proof}
+
+    def note_published(self, cp: dict) -> None:
+        """``cp`` reached the broker: the next one is published with a proof from it."""
+        d = self.root / MERKLE_DIR
+        d.mkdir(exist_ok=True)
+        atomic_write(d / PUBLISHED, json.dumps(cp, ensure_ascii=False, sort_keys=True).encode())
+
     def latest_checkpoint(self) -> dict | None:
         row = self.db.one("SELECT payload FROM merkle_checkpoints ORDER BY size DESC, time DESC LIMIT 1")
         return json.loads(row["payload"]) if row else None
@@ -153,7 +179,7 @@ class MerkleLog:
     def audit_against(self, old_payload: bytes, actor: str | None = None) -> dict:
         """``archive audit OLD_CHECKPOINT``: does the current store extend ``old``? Returns the
         report; ``ok`` is False with each problem named."""
-        old = parse_checkpoint(old_payload, self.archive_keys())
+        old = parse_checkpoint(unwrap(old_payload), self.archive_keys())
         self.merkle_catch_up()
         rows = self.leaves()
         problems: list[str] = []
@@ -225,29 +251,3 @@ class MerkleLog:
             if got != leaf["manifest_hash"]:
                 problems.append(f"{where}: the manifest on disk at {row['path']} is not the one archived")
         return problems
-
-
-def parse_checkpoint(payload: bytes, pubs: list) -> dict:
-    """A checkpoint read strictly and verified with one of the archive's keys."""
-    try:
-        cp = strict.loads(payload, "archive checkpoint")
-    except strict.FormatError as exc:
-        raise VerifyError(f"archive checkpoint: not JSON as specified: {exc}") from None
-    if not isinstance(cp, dict) or cp.get("format") != FORMAT:
-        raise VerifyError(f"not an {FORMAT} record")
-    unknown = sorted(set(cp) - set(FIELDS) - {"sig"})
-    if unknown:
-        raise VerifyError(f"archive checkpoint: unknown field(s) {', '.join(unknown)}")
-    size = cp.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise VerifyError(f"archive checkpoint: size {size!r} is not a non-negative integer")
-    for k in ("archive", "root", "time", "key_id", "sig"):
-        if not isinstance(cp.get(k), str):
-            raise VerifyError(f"archive checkpoint: field {k} missing")
-    body = canon.canonical({k: cp[k] for k in FIELDS})
-    pub = next((p for p in pubs if keys.key_id(p) == cp["key_id"]), None)
-    if pub is None:
-        raise VerifyError(f"archive checkpoint signed by key {cp['key_id']}, not a key of this archive")
-    if not keys.verify_sig(pub, body, cp["sig"]):
-        raise VerifyError("archive checkpoint: bad signature (altered, or not this archive's)")
-    return cp

@@ -40,6 +40,8 @@ SWEEP_S = 3600
 CHAIN_S = 60
 #: the archive signs a checkpoint over its whole store this often (archive.checkpoint_every_h)
 CHECKPOINT_S = 3600
+#: ... and the first one this soon after start
+FIRST_CHECKPOINT_S = 30.0
 
 
 class Receiver:
@@ -73,7 +75,9 @@ class Receiver:
         self._failure: str | None = None
         self._next_sweep = 0.0
         self._next_chain = time.monotonic() + CHAIN_S
-        self._next_merkle = time.monotonic() + 30  # soon after start, then every checkpoint_every_s
+        #: the first archive-wide checkpoint this many seconds after start(), then every checkpoint_every_s
+        self.first_checkpoint_s = FIRST_CHECKPOINT_S
+        self._next_merkle = time.monotonic() + self.first_checkpoint_s
         self.checkpoint_every_s = CHECKPOINT_S
         self.notes = Coalescer()
         self.busy: collections.Counter = collections.Counter()  # seconds spent per message kind
@@ -94,6 +98,7 @@ class Receiver:
         return self.topics.archive_receiver(self.rid), self._status("offline")
 
     def start(self) -> None:
+        self._next_merkle = time.monotonic() + self.first_checkpoint_s
         self.conn.subscribe(self.topics.all_xfer(self.share), 1)
         self.conn.subscribe(self.topics.all_chains(), 1)
         self._worker = threading.Thread(target=self._work, name="archive-worker", daemon=True)
@@ -189,6 +194,8 @@ class Receiver:
                 else:
                     while not q and not self.stop_event.is_set():
                         cv.wait(0.5)
+                        if q is self._q and time.monotonic() >= min(self._next_merkle, self._next_chain):
+                            break  # an idle archive still signs its checkpoint and evaluates chains
                 nxt = q.popleft() if q else None
                 more_waiting = bool(q)
             if q is self._q and time.monotonic() >= self._next_sweep:  # at start, then hourly
@@ -252,11 +259,14 @@ class Receiver:
                         self.seen += 1
 
     def publish_store_checkpoint(self) -> dict:
-        """Sign a checkpoint over the whole store (agent/archive/merkle.py) and publish it retained."""
+        """Sign a checkpoint over the whole store (agent/archive/merkle.py) and publish it retained,
+        with the consistency proof from the checkpoint published before (``edge-archive-consistency/1``)."""
         cp = self.store.make_checkpoint()
+        rec = self.store.published_record(cp)  # with the proof from the one published before
         try:
-            self.conn.publish(self.topics.archive_checkpoint(), json.dumps(cp, ensure_ascii=False, sort_keys=True).encode(),
+            self.conn.publish(self.topics.archive_checkpoint(), json.dumps(rec, ensure_ascii=False, sort_keys=True).encode(),
                               retain=True, timeout=30)
+            self.store.note_published(cp)
         except PublishError as exc:
             log.warning("cannot publish the archive's checkpoint: %s (kept under %s)", exc, self.store.root / "_merkle")
         log.info("archive checkpoint: %d leaves, root %s", cp["size"], cp["root"])

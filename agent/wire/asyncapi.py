@@ -113,13 +113,34 @@ def document() -> dict:
                                                                            "required": ["state", "receiver", "time", "key_id", "sig"]}},
             True, 1, op="publish", owner="archive (agent/archive/receiver.py)")
     doc["channels"]["{prefix}/archive/checkpoint"] = ch(
-            "Retained signed checkpoint over the archive's whole store (edge-archive-checkpoint/1: size and RFC 6962 "
-            "Merkle root of every stored item and tombstone), republished every archive.checkpoint_every_h. "
-            "See docs/evidence-format.md 'The archive's checkpoint'.",
-            ["prefix"], {"name": "archive_checkpoint", "payload": {"type": "object",
-                                                                 "required": ["format", "archive", "size", "root", "time",
-                                                                              "key_id", "sig"]}},
-            True, 1, op="publish", owner="archive (agent/archive/merkle.py)")
+            "Retained edge-archive-consistency/1 record, republished every archive.checkpoint_every_h: the archive's "
+            "signed checkpoint over its whole store (edge-archive-checkpoint/1: size and RFC 6962 Merkle root of every "
+            "stored item and tombstone), the checkpoint it published before (null for the first) and the RFC 6962 "
+            "consistency proof from that one to this one (pymerkle's serialised form; null when there is no earlier "
+            "one). The monitor keeps every checkpoint and checks each proof. See docs/evidence-format.md "
+            "'The archive's checkpoint'.",
+            ["prefix"], {"name": "archive_checkpoint", "payload": {
+                "type": "object", "required": ["format", "checkpoint", "previous", "proof"],
+                "properties": {
+                    "format": {"const": "edge-archive-consistency/1"},
+                    "checkpoint": {"$ref": "#/components/schemas/archive_checkpoint"},
+                    "previous": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/archive_checkpoint"}]},
+                    "proof": {"oneOf": [{"type": "null"}, {
+                        "type": "object", "required": ["type", "metadata", "rule", "subset", "path"],
+                        "properties": {"type": {"const": "consistency"},
+                                       "metadata": {"type": "object",
+                                                    "required": ["algorithm", "security", "prior_size", "size"]},
+                                       "rule": {"type": "array", "items": {"enum": [0, 1]}},
+                                       "subset": {"type": "array", "items": {"enum": [0, 1]}},
+                                       "path": {"type": "array", "items": {"type": "string"}}}}]}},
+                "additionalProperties": False}},
+            True, 1, op="publish", owner="archive (agent/archive/receiver.py, agent/archive/merkle.py)")
+    doc.setdefault("components", {}).setdefault("schemas", {})["archive_checkpoint"] = {
+        "type": "object", "required": ["format", "archive", "size", "root", "time", "key_id", "sig"],
+        "properties": {"format": {"const": "edge-archive-checkpoint/1"}, "archive": {"type": "string"},
+                       "size": {"type": "integer", "minimum": 0}, "root": {"type": "string"},
+                       "time": {"type": "string"}, "key_id": {"type": "string"}, "sig": {"type": "string"}},
+        "additionalProperties": False}
 
     return doc
 

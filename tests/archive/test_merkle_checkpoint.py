@@ -215,3 +215,41 @@ def test_an_independent_verifier_from_the_format_document(tmp_path):
     finally:
         st.close()
         store.close()
+
+
+def test_published_record_carries_a_proof_from_the_checkpoint_published_before(tmp_path):
+    """What `archive serve` publishes on P/archive/checkpoint (edge-archive-consistency/1): the new
+    checkpoint, the one published before it and the RFC 6962 proof between them, which a witness
+    checks with the two signed roots only (agent/wire/archive_checkpoint.py)."""
+    from agent.wire.archive_checkpoint import check_checkpoint, check_consistency, parse_published
+
+    store = _edge(tmp_path)
+    ids = add_items(store, tmp_path, [1_000] * 5)
+    st = ArchiveStore(tmp_path / "archive")
+    try:
+        st.registry.enroll(DEV, store.pub_path.read_bytes(), store.cfg.device.unit_code)
+        pubs = st.archive_keys()
+        for i in ids[:2]:
+            assert _archive(st, store, i).status == "stored"
+        first = st.published_record(st.make_checkpoint())
+        assert first["previous"] is None and first["proof"] is None
+        st.note_published(first["checkpoint"])
+        for i in ids[2:]:
+            assert _archive(st, store, i).status == "stored"
+        rec = parse_published(json.dumps(st.published_record(st.make_checkpoint())).encode())
+        old, new = (check_checkpoint(rec[k], pubs) for k in ("previous", "checkpoint"))
+        assert (old["size"], new["size"]) == (2, 5) and rec["proof"]["metadata"]["prior_size"] == 2
+        check_consistency(old, new, rec["proof"])
+        assert check_proof(rec["proof"], bytes.fromhex(old["root"]), bytes.fromhex(new["root"]))
+        # a proof does not fit another pair of roots, nor a log that shrank
+        with pytest.raises(VerifyError, match="consistency proof from 2 to 5 leaves fails"):
+            check_consistency(dict(old, root=new["root"]), new, rec["proof"])
+        with pytest.raises(VerifyError, match="the log shrank"):
+            check_consistency(new, old, None)
+        # `archive audit` takes the published record as it came off the broker
+        f = tmp_path / "published.json"
+        f.write_text(json.dumps(rec))
+        assert st.audit_against(f.read_bytes())["ok"]
+    finally:
+        st.close()
+        store.close()
