@@ -221,7 +221,7 @@ def approved_export(store, request: int | None, *, case: str | None = None, bund
     from .bundle import build
 
     if (case is None) == (item is None) or (case is not None and bundle is None) or (item is not None and dest is None):
-        raise EdgeError("give ITEM_ID DEST, or --case NO --bundle DEST / 请指定 ITEM_ID DEST 或 --case NO --bundle DEST")
+        raise EdgeError("请指定 ITEM_ID DEST 或 --case NO --bundle DEST / give ITEM_ID DEST, or --case NO --bundle DEST")
     ap = Approvals(store)
     req = ap.claim(request, purpose="export", case=case, item=item)
     actor = req["requester"] + (f" (approved by {req['approver']})" if req["approver"] else "")

@@ -75,7 +75,7 @@ def build(store, req: dict, case: str, dest: Path) -> dict:
                       "manifest_hash": row["manifest_hash"], "item_hash": row["item_hash"], "hash_alg": m["hash_alg"],
                       "files": [{k: f[k] for k in ("name", "size", "hash")} for f in m["files"]],
                       "metadata": {k: meta.get(k) for k in FIELDS},
-                      "verified": "ok: signature, files, segments, annotations / 签名、文件、分段、批注均无误"})
+                      "verified": "签名、文件、分段、批注均无误 / ok: signature, files, segments, annotations"})
         custody.append(_custody(store, row, m, anns))
     atomic_write(kd / "archive.pub", keys.public_pem(store.signing_key.public_key()))
     akid = keys.key_id(store.signing_key.public_key())
@@ -159,10 +159,10 @@ def _keys(store, device: str, unit: str, kd: Path, dest: Path, enrol: dict) -> N
 def _custody(store, row: dict, m: dict, anns) -> dict:
     """Capture, sealing, arrival, annotations and every retrieval the audit chain recorded."""
     meta = m["metadata"]
-    events = [{"time": meta.get("capture_start"), "event": "capture start / 开始采集",
+    events = [{"time": meta.get("capture_start"), "event": "开始采集 / capture start",
                "by": f"{m['device']['id']} {json.dumps(m.get('source', {}), ensure_ascii=False)[:200]}"},
-              {"time": meta.get("capture_end"), "event": "capture end / 结束采集", "by": m["device"]["id"]},
-              {"time": m.get("sealed_at"), "event": "sealed and signed / 封存签名",
+              {"time": meta.get("capture_end"), "event": "结束采集 / capture end", "by": m["device"]["id"]},
+              {"time": m.get("sealed_at"), "event": "封存签名 / sealed and signed",
                "by": f"{m['device']['id']} key {m['device'].get('key_id')}"}]
     for a in anns:
         r = a.record

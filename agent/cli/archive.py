@@ -185,7 +185,7 @@ def archive_enroll(c: Ctx, device_id, pubkey, unit, force, broker_dir, pin_to, r
     rec = store.registry.enroll(device_id, pubkey.read_bytes(), unit, force=force)
     out = {"device": rec["device"], "unit": rec["unit"], "key_id": rec["key_id"]}
     say = (lambda _text: None) if as_json else click.echo
-    say(f"enrolled {rec['device']} for unit {rec['unit']}, key id {rec['key_id']} / 设备已登记")
+    say(f"设备已登记 / enrolled {rec['device']} for unit {rec['unit']}, key id {rec['key_id']}")
     pub = store.signing_key.public_key()
     kid = out["archive_key_id"] = keys.key_id(pub)
     if pin_to is not None:
@@ -193,22 +193,22 @@ def archive_enroll(c: Ctx, device_id, pubkey, unit, force, broker_dir, pin_to, r
         dest.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(dest, keys.public_pem(pub), mode=0o644)
         out["pinned"] = {"archive": str(dest)}
-        say(f"archive key {kid} pinned on the device at {dest} / 已在设备上信任归档公钥")
+        say(f"已在设备上信任归档公钥 / archive key {kid} pinned on the device at {dest}")
         from ..archive import receivers
 
         for rkid, rdest in receivers.pin_all(store.root, pin_to):  # each enrolled, unrevoked receiver's key
             out["pinned"].setdefault("receivers", []).append(str(rdest))
-            say(f"receiver key {rkid} pinned on the device at {rdest} / 已在设备上信任接收端公钥")
+            say(f"已在设备上信任接收端公钥 / receiver key {rkid} pinned on the device at {rdest}")
         from ..archive.policy import key_paths
         from ..policy.keeper import pin_key
 
         if key_paths(store.root)[1].exists():  # the policy key, a role of its own (docs/custody.md)
             pkid, pdest = pin_key(pin_to, key_paths(store.root)[1])
             out["pinned"]["policy"] = str(pdest)
-            say(f"policy key {pkid} pinned on the device at {pdest} / 已在设备上信任策略公钥")
+            say(f"已在设备上信任策略公钥 / policy key {pkid} pinned on the device at {pdest}")
     else:
         out["pin_on_device"] = f"edge-agent uplink trust-archive {store.root / '_archive' / 'archive.pub'}"
-        say(f"on the device, pin this archive's key {kid} / 请在设备上信任归档公钥: {out['pin_on_device']}")
+        say(f"请在设备上信任归档公钥 / on the device, pin this archive's key {kid}: {out['pin_on_device']}")
     if broker_dir:
         from .broker import write_broker_config
 
@@ -239,7 +239,7 @@ def archive_enroll_annotator(c: Ctx, name, pubkey, unit, force, root, as_json):
     if as_json:
         emit_json({"annotator": rec["annotator"], "unit": rec["unit"], "key_id": rec["key_id"]})
         return
-    click.echo(f"annotator {rec['annotator']} enrolled for unit {rec['unit']}, key id {rec['key_id']} / 注释人已登记")
+    click.echo(f"注释人已登记 / annotator {rec['annotator']} enrolled for unit {rec['unit']}, key id {rec['key_id']}")
 
 
 @archive.command("key")
@@ -272,12 +272,12 @@ def archive_key(c: Ctx, new_next, rotate, root, as_json):
     if as_json:
         emit_json(info)
         return
-    click.echo(f"archive key / 归档签名公钥: {info['key_id']} ({info['public']})")
+    click.echo(f"归档签名公钥 / archive key: {info['key_id']} ({info['public']})")
     if info.get("next_key_id"):
-        click.echo(f"next key / 下一把公钥: {info['next_key_id']} ({info['next_public']}) — pin it on every device, "
+        click.echo(f"下一把公钥 / next key: {info['next_key_id']} ({info['next_public']}) — pin it on every device, "
                    "then `edge-agent archive key --rotate`")
     for old in info["retired"]:
-        click.echo(f"retired / 已停用: {old}")
+        click.echo(f"已停用 / retired: {old}")
 
 
 @archive.command("list")

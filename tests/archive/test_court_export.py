@@ -170,7 +170,7 @@ def test_the_bundle_checked_by_its_verifier_in_a_fresh_venv_catches_one_flipped_
     page = (dest / "report.html").read_text(encoding="utf-8")
     assert CASE in page and all(i in page for i in ids) and "保管链 / Chain of custody" in page
     assert "法院调取证据 / court order" in page and "wang" in page and "li" in page
-    assert "sealed and signed / 封存签名" in page and "annotation 1" in page and "archive: archive" in page
+    assert "封存签名 / sealed and signed" in page and "annotation 1" in page and "archive: archive" in page
     from agent.archive.bundle import _font
 
     if _font() is not None:  # a font with Chinese glyphs on this host: the report as PDF too
