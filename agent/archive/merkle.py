@@ -251,3 +251,13 @@ class MerkleLog:
             if got != leaf["manifest_hash"]:
                 problems.append(f"{where}: the manifest on disk at {row['path']} is not the one archived")
         return problems
+
+
+def archive_public_keys(root) -> list:
+    """The archive's public keys at ``root``, read-only: ``_archive/archive.pub`` and the keys a
+    rotation retired (what a checkpoint may be signed with; the monitor's witness reads them)."""
+    from pathlib import Path
+
+    d = Path(root) / "_archive"
+    paths = [d / "archive.pub", *sorted((d / "retired").glob("*.pub"))] if d.is_dir() else []
+    return [keys.load_public(p) for p in paths if p.is_file()]

@@ -66,11 +66,15 @@ def _optional_cfg(c: Ctx):
 @click.option("--connections", type=click.IntRange(1, 64), default=8, show_default=True,
               help="MQTT connections: one for P/dev/# (devices not enrolled) and the rest sharing the enrolled "
                    "devices, so a flood fills only its own share's queue at the broker.")
+@click.option("--archive-key", "archive_key_files", multiple=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="A public key of the archive (PEM) its checkpoints may be signed with; repeat it for each. Default: "
+                   "ROOT/_archive/archive.pub and its retired keys of the --enrolment root (needed when the enrolment "
+                   "is a postgresql:// URL).")
 @json_lines_option
 @pass_ctx
 @click.pass_context
 def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, brokers, prefix, lost_after, tui, duration, enrolment,
-            connections, as_json):
+            connections, archive_key_files, as_json):
     """Watch the fleet: subscribe to every device topic, keep state and history in SQLite or
     PostgreSQL (--db postgresql://...), show a
     live terminal view and (with --web) a web page with units, devices, alarms and compliance.
@@ -138,7 +142,17 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, brokers, prefix,
     db_ = open_monitor_db(path)
     from ..archive.chain import read_chain_alarms
 
-    ing = Ingest(db_, s, enrolled, archive_alarms=lambda: read_chain_alarms(where))
+    from ..archive.merkle import archive_public_keys
+    from agent.evidence import keys as keys_mod
+
+    def archive_keys() -> list:
+        pinned = [keys_mod.load_public(p) for p in archive_key_files]
+        return pinned + (archive_public_keys(where) if not is_url(str(where)) else [])
+
+    if not archive_keys():
+        click.echo("monitor: no archive key known (--archive-key): every archive checkpoint will raise "
+                   "archive_log_inconsistent", err=True)
+    ing = Ingest(db_, s, enrolled, archive_alarms=lambda: read_chain_alarms(where), archive_keys=archive_keys)
     web = None
     if web_port is not None:
         from ..monitor.web import WebServer
@@ -263,6 +277,53 @@ def monitor_history(db, device, unit, since, until, limit, as_json):
         click.echo(f"注意 / note: more than {limit} events; the newest {limit} shown (--limit, --since)", err=True)
     if not h["events"]:
         click.echo("没有记录 / no events in this range", err=True)
+
+
+@monitor.command("checkpoints")
+@db_option
+@click.option("--show", "show_id", type=int, help="Print checkpoint ID exactly as the archive signed it (for `archive audit`).")
+@click.option("--limit", type=click.IntRange(1, 100000), default=1000, show_default=True, help="At most the newest this many.")
+@json_option
+def monitor_checkpoints(db, show_id, limit, as_json):
+    """The archive's checkpoints this monitor kept (every one the archive published on
+    P/archive/checkpoint, oldest first) with its verdict: first, same, consistent (the proof from
+    the one before verifies), gap (published while the monitor was away: unproven), inconsistent
+    (raised archive_log_inconsistent). An auditor takes one kept here to `archive audit` to prove
+    the archive's store still extends it.
+
+    \b
+    Example:
+      edge-agent monitor checkpoints --db ./monitor.db
+      edge-agent monitor checkpoints --db ./monitor.db --show 3 > kept.json
+      edge-agent archive audit kept.json --root /srv/archive
+    """
+    import json
+
+    from ..monitor.state import check_db_arg, connect
+    from ..monitor.witness import checkpoint, checkpoints
+
+    conn = connect(check_db_arg(db), readonly=True)
+    try:
+        if show_id is not None:
+            cp = checkpoint(conn, show_id)
+            if cp is None:
+                raise EdgeError(f"没有该检查点 / no archive checkpoint {show_id} kept here (see `monitor checkpoints`)")
+            click.echo(json.dumps(cp, ensure_ascii=False, sort_keys=True))
+            return
+        rows = checkpoints(conn, limit)
+    finally:
+        conn.close()
+    if as_json:
+        emit_json({"checkpoints": rows})
+        return
+    if not rows:
+        click.echo("没有存档检查点 / no archive checkpoint received yet", err=True)
+        return
+    click.echo(f"{'ID':>5}  {'RECEIVED':25}  {'LEAVES':>8}  {'ROOT':16}  {'KEY':16}  VERDICT")
+    for r in rows:
+        click.echo(f"{r['id']:>5}  {r['received']:25}  {r['size'] if r['size'] is not None else '-':>8}  "
+                   f"{(r['root'] or '-')[:16]:16}  {r['key_id'] or '-':16}  {r['verdict']}"
+                   + (f": {r['detail']}" if r["detail"] else ""))
 
 
 @monitor.group("roster")

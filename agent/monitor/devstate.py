@@ -64,6 +64,7 @@ class DeviceState:
             self._seen_dirty = {}
             rej = [(dev, reason, *self.rejections[(dev, reason)]) for dev, reason in self._rej_dirty]
             self._rej_dirty = set()
+            cps, self.cp_rows = self.cp_rows, []
         with self._cv:
             for k, v in self._qcount.items():
                 if v:
@@ -115,6 +116,7 @@ class DeviceState:
                           [(t, dev, kid, json.dumps(list(order))) for t, dev, kid, order in seen])
             c.executemany("INSERT INTO rejections VALUES (?, ?, ?, ?, ?) ON CONFLICT(device, reason) DO UPDATE SET "
                           "count=excluded.count, last_at=excluded.last_at, last_detail=excluded.last_detail", rej)
+            self._flush_witness(c, cps)
             c.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
                           list(counters.items()))
 

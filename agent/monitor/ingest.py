@@ -50,6 +50,7 @@ from .devstate import DeviceState, signed_at
 from .enrolment import Enrolment
 from .lanes import Expect, Lanes
 from .state import MonitorDB, PgMonitorDB
+from .witness import Witness
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,14 @@ class IngestSettings:
     more_brokers: tuple[tuple[str, int], ...] = ()
 
 
-class Ingest(DeviceState):
+class Ingest(DeviceState, Witness):
     """Admission (topic, size, enrolment, signature, rate, order), the queues and the MQTT client."""
 
     def __init__(self, db: MonitorDB | PgMonitorDB, settings: IngestSettings, enrolment: Enrolment,
-                 archive_alarms: Callable[[], list[dict]] | None = None):
+                 archive_alarms: Callable[[], list[dict]] | None = None, archive_keys: Callable[[], list] | None = None):
         self.db = db
+        #: loader of the archive's public keys (its checkpoints are checked with them: agent/monitor/witness.py)
+        self.archive_keys = archive_keys
         #: loader of the archive's raised chain alarms (agent/archive/chain.py read_chain_alarms)
         self.archive_alarms = archive_alarms
         self.s = settings
@@ -140,6 +143,7 @@ class Ingest(DeviceState):
         self.connected = False
         self.subscribed = threading.Event()  # set once the first subscription is acknowledged
         self._load()
+        self._load_witness()
         self.reload_archive_alarms()
 
     # --- accounting -------------------------------------------------------------------------------
@@ -271,6 +275,8 @@ class Ingest(DeviceState):
         return parts[2] if len(parts) >= 3 else None
 
     def _handle(self, topic: str, payload: bytes, retained: bool, now: float) -> str:
+        if topic == self.topics.archive_checkpoint():  # the archive's log (agent/monitor/witness.py)
+            return self._archive_checkpoint(payload, now)
         parsed = self.topics.parse_dev(topic)
         if parsed is None:
             return self.reject("bad_topic", topic, "not a device topic")
@@ -428,7 +434,7 @@ class Ingest(DeviceState):
             self._subscribe_shares(only=userdata)
             return
         self.connected = True
-        client.subscribe(self.topics.all_dev(), qos=1)
+        client.subscribe([(self.topics.all_dev(), 1), (self.topics.archive_checkpoint(), 1)])
         log.info("monitor: connected to %s:%s, subscribed %s", *self._brokers[userdata // self._n], self.topics.all_dev())
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
