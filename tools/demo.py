@@ -22,7 +22,7 @@ from pathlib import Path
 
 from agent import config as config_mod
 from agent.wire.client import ConnSettings
-from agent.wire.mqtt import exchange
+from agent.wire.session import exchange
 
 EDGE = str(Path(sys.executable).with_name("edge-agent"))
 ROOT = Path(__file__).resolve().parent.parent

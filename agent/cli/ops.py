@@ -101,7 +101,7 @@ def command_send(c: Ctx, cmd, device, args_json, key_path, broker, prefix, cafil
     """
     from agent.wire.commands import sign_command
     from agent.wire.client import settings_from_config
-    from agent.wire.mqtt import exchange
+    from agent.wire.session import exchange
     from agent.wire.topics import Topics
 
     from .monitor import _optional_cfg

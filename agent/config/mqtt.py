@@ -30,6 +30,12 @@ class MqttConfig(ConfigModel):
                                             "the next one is tried, then the primary again. Same user name, "
                                             "password and TLS settings. A transfer goes on through whichever "
                                             "broker is up, from the byte ranges the archive holds.")
+    failback_s: int = Field(300, ge=0, le=86400,
+                            description="While on a fallback broker, try the primary every this many seconds "
+                                        "and move back to it once it accepts the device and an archive receiver "
+                                        "is online there (at a pause between items, or within 30 s at most: a "
+                                        "transfer goes on through the primary from the byte ranges the archive "
+                                        "holds). 0: stay on the fallback until it fails.")
 
     @field_validator("fallback")
     @classmethod

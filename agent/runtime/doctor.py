@@ -173,7 +173,7 @@ def check_broker(cfg, timeout: float = 5.0) -> list[Check]:
                                 "mqtt.port", key="mqtt.host", fix="edge-agent config set mqtt.host BROKER_HOST")]
     from agent.uplink.trust import archive_trust
     from agent.wire.client import settings_from_config
-    from agent.wire.mqtt import exchange
+    from agent.wire.session import exchange
     from agent.wire.receipts import ReceiptError
     from agent.wire.topics import Topics
 

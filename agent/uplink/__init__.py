@@ -23,7 +23,7 @@ from agent.wire import checkpoint
 from agent.wire.envelope import Sealer
 from agent.wire.receipts import STATUS_FRESH_S, ReceiptError
 from agent.wire.client import ConnSettings, settings_from_config as _settings, topic_matches
-from agent.wire.mqtt import STOPPED, Connection, PublishError
+from agent.wire.mqtt import FAILBACK, STOPPED, Connection, PublishError
 from agent.wire.topics import Topics
 from .status import STATUS_FILE
 from .transfer import Transfer
@@ -51,7 +51,8 @@ class Uplink:
         self.session = secrets.token_hex(4)  # makes correlation data unique across restarts
         self.conn = Connection(settings_from_config(self.cfg, self.device), stop_event=self.stop_event,
                                will=self._will, on_connect=self._on_connect, on_disconnect=self._on_disconnect,
-                               on_message=self._on_message, name="uplink")
+                               on_message=self._on_message, name="uplink", probe=self._failback_probe,
+                               safe_point=lambda: self.transfer.idle)
         self.transfer = Transfer(self)
         self._queue: collections.deque[tuple] = collections.deque()
         self._qlock = threading.Condition()
@@ -114,7 +115,8 @@ class Uplink:
         reachable = bool(t.last_answer_at and now - t.last_answer_at < 3 * t.ack_timeout) \
             or any(st == "online" and now - at < STATUS_FRESH_S for st, at in self.archive_receivers.values())
         return {
-            "connected": c.connected, "broker": c.broker, "failovers": c.failovers, "reconnects": c.reconnects, "errors": c.errors + self.errors_local,
+            "connected": c.connected, "broker": c.broker, "primary": c.primary, "failovers": c.failovers,
+            "failbacks": c.failbacks, "failback_probe": c.last_probe, "reconnects": c.reconnects, "errors": c.errors + self.errors_local,
             "bytes_sent": c.bytes_sent, "bytes_per_s": round(t.bytes_per_s()),
             "items_archived": t.items_archived, "items_rejected": t.items_rejected,
             "retransmits": t.retransmits, "current_item": t.current, "current_items": t.current_items,
@@ -189,7 +191,23 @@ class Uplink:
         self.rebirth()
         self.transfer.wake.set()
 
+    def _failback_probe(self):
+        """What the primary must show before the device moves back to it: one of its archive
+        receivers online (signed by a pinned key, fresh), so that the outbox does not move to a
+        broker nobody archives from. Without a pinned key (nothing is sent anyway) a CONNACK does."""
+        if not self.transfer.trust:
+            return None
+
+        def receiver_online(topic: str, payload: bytes) -> bool:
+            rid = self.topics.is_archive_receiver(topic)
+            return rid is not None and self.transfer.trust.check_status(json.loads(payload), receiver=rid) == "online"
+
+        return (self.topics.all_archive_receivers(),), receiver_online
+
     def _on_disconnect(self, conn: Connection, reason: str) -> None:
+        if reason == FAILBACK:
+            log.info("uplink: left %s for the primary %s; items stay in the outbox", conn.broker, conn.primary)
+            return
         if reason == STOPPED:  # our own clean stop, not a loss
             log.info("uplink: %s", reason)
             return

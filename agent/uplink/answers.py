@@ -27,7 +27,7 @@ class _Waiter:
     signed by a pinned archive key, about ``item``, carrying this nonce settles it. Without
     (chunks): an unsigned ``ok``/``error`` about ``item`` does, which only paces the window."""
 
-    __slots__ = ("event", "answer", "sent", "meta", "item", "nonce", "kind")
+    __slots__ = ("event", "answer", "sent", "meta", "item", "nonce", "kind", "epoch")
 
     def __init__(self, meta: Any = None, item: str | None = None, nonce: str | None = None, kind: str = "chunk"):
         self.event = threading.Event()
@@ -37,6 +37,7 @@ class _Waiter:
         self.item = item
         self.nonce = nonce
         self.kind = kind
+        self.epoch: int | None = None  # the connection's ``connects`` when it went out (finishes)
 
 
 class Answers:
@@ -126,11 +127,17 @@ class Answers:
         return P.REJECTED
 
     # --- request / answer -------------------------------------------------------------------
-    def _check(self) -> None:
+    def _check(self, epoch: int | None = None) -> None:
+        """Raise :class:`Interrupted` when stopping, offline, or (``epoch``: the connection's
+        ``connects`` when the work began) on another connection since: the archive's answers to
+        what went out on the old one do not come on the new one (another broker after a fail-over
+        or fail-back); the item is taken up again with a query."""
         if self.stop_event.is_set():
             raise Interrupted("stopping")
         if not self.up.conn.connected:
             raise Interrupted("connection lost")
+        if epoch is not None and self.up.conn.connects != epoch:
+            raise Interrupted(f"now on another connection (broker {self.up.conn.broker})")
 
     def _next_corr(self) -> bytes:
         return f"{self.up.session}-{next(self._corr)}".encode()
@@ -167,13 +174,14 @@ class Answers:
         attempt = 0
         while True:
             self._check()
+            epoch = self.up.conn.connects
             corr, w = self._new_waiter(item=item, nonce=new_nonce(), kind=kind)
             props_n = props + [("nonce", w.nonce)]
             try:
                 h = self._publish(topic, payload, props_n, corr)
                 deadline = time.monotonic() + self.ack_timeout
                 while not w.event.wait(0.2):
-                    self._check()
+                    self._check(epoch)
                     if h.event.is_set() and (h.reason or 0) >= 0x80:
                         # the broker refused it (e.g. ACL): the archive will never see it
                         raise RuntimeError(f"broker refused the {kind} of {item}: {h.error}")

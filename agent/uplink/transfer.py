@@ -184,7 +184,15 @@ class Transfer(Answers):
                 with self._answers:  # a lane held back by this item's priority looks again
                     self._answers.notify_all()
 
+    @property
+    def idle(self) -> bool:
+        """No item being sent or waiting for its finish: the connection's safe point to move."""
+        with self._claim:
+            return not self._active and not self._finishing
+
     def _next_item(self, below: int | None = None) -> dict | None:
+        if self.up.conn.failback_pending:  # moving back to the primary: no new item until then
+            return None
         with self._claim:
             busy = list(self._finishing) + list(self._active)
         return self.store.next_to_send(below=below, exclude=busy)
@@ -196,8 +204,11 @@ class Transfer(Answers):
         now = time.monotonic()
         with self._claim:
             done = [(item, v) for item, v in self._finishing.items() if v[1].event.is_set()]
-            late = [(item, v) for item, v in self._finishing.items()
-                    if not v[1].event.is_set() and now - v[1].sent > self.ack_timeout]
+            # a finish unanswered past the timeout, or sent on an earlier connection (its answer
+            # went to the broker the device left): asked again
+            epoch = self.up.conn.connects
+            late = [(item, v) for item, v in self._finishing.items() if not v[1].event.is_set()
+                    and (now - v[1].sent > self.ack_timeout or v[1].epoch != epoch)]
             for item, _ in done + late:
                 del self._finishing[item]
             self._active.update((item, 0) for item, _ in done)  # no other lane takes it up meanwhile
@@ -220,7 +231,8 @@ class Transfer(Answers):
         for item, (corr, w, started, *_rest) in late:
             self._drop_waiter(corr)
             self.retransmits += 1
-            log.warning("no archive answer to the finish of %s within %.0f s: asking again", item, self.ack_timeout)
+            log.warning("no archive answer to the finish of %s within %.0f s or on this connection: asking again",
+                        item, self.ack_timeout)
         if failed is not None:
             raise failed
 
@@ -279,6 +291,7 @@ class Transfer(Answers):
             if pipelined:
                 corr, w = self._new_waiter(item=item, nonce=new_nonce(), kind="finish")
                 w.sent = time.monotonic()
+                w.epoch = self.up.conn.connects
                 self._publish(self.up.topics.xfer(self.up.device, item, "finish"), payload,
                               [("proto", P.PROTO), ("nonce", w.nonce)], corr)
                 with self._claim:
@@ -308,9 +321,10 @@ class Transfer(Answers):
         handles: dict[str, Any] = {}
         last_preempt = time.monotonic()
         errors = 0
+        epoch = self.up.conn.connects
         try:
             while todo or pf.more() or inflight:
-                self._check()
+                self._check(epoch)
                 if time.monotonic() - last_preempt > PREEMPT_CHECK_S:
                     last_preempt = time.monotonic()
                     if self._next_item(below=priority) is not None:
@@ -332,6 +346,7 @@ class Transfer(Answers):
                     corr, w = self._new_waiter((name, off, n), corr, item=item)
                     inflight[corr] = w  # holds the slot just taken
                     self.bucket.take(got)
+                    self._check(epoch)  # (the bucket may have waited through a change of broker)
                     # offset, hash and correlation in a header line, no MQTT properties (protocol.py)
                     self._publish(topic, payload)
                     self._rate.append((time.monotonic(), got))
@@ -368,7 +383,9 @@ class Transfer(Answers):
                         self.retransmits += 1
                         todo.appendleft(w.meta)
                 self._reap_finishes()
-                if inflight and now - oldest > self.ack_timeout:
+                # the oldest chunk still unanswered (``oldest`` above may be one answered since: a
+                # burst at the bandwidth cap can take longer than the timeout to go out)
+                if inflight and now - min(w.sent for w in inflight.values()) > self.ack_timeout:
                     # chunks lost somewhere (e.g. the broker's queue limit, a receiver that died):
                     # ask the archive what it has and resend only the rest
                     log.warning("no archive answer for %d chunk(s) of %s within %.0f s: querying",

@@ -2,7 +2,8 @@
 
 :func:`parse_broker` reads ``HOST:PORT`` / ``mqtt://`` / ``mqtts://``; :func:`settings_from_config`
 turns the config's ``[mqtt]`` section plus command-line overrides into :class:`ConnSettings`;
-:func:`new_client` builds the paho client (MQTT v5, credentials, TLS) from them. The connection
+:func:`new_client` builds the paho client (MQTT v5, credentials, TLS) from them; :func:`probe` asks
+a broker whether it takes us now (the fail-back's test of the primary). The connection
 that keeps itself up is :class:`agent.wire.mqtt.Connection`.
 """
 
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import ssl
-from typing import Any
+import threading
+import time
+from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -120,6 +123,7 @@ def settings_from_config(mqtt_cfg: Any | None, client_id: str, *, broker: str | 
               "password": mqtt_cfg.password or None}
         if not broker:  # a --broker given on the command line is the one broker to use
             kw["fallback"] = fallback_addresses(getattr(mqtt_cfg, "fallback", None) or [], tls=bool(tls))
+            kw["failback_s"] = float(getattr(mqtt_cfg, "failback_s", 0) or 0)
     kw.update(extra)
     return ConnSettings(host=host, port=port, client_id=client_id, tls=tls, **kw)
 
@@ -161,6 +165,66 @@ def new_client(s: "ConnSettings", *, reconnect: bool = True) -> mqtt.Client:
     return c
 
 
+def probe(settings: ConnSettings, host: str, port: int, *, timeout: float, stop: threading.Event | None = None,
+          subscribe: tuple[str, ...] = (), accept: Callable[[str, bytes], bool] | None = None) -> str | None:
+    """Does the broker at host:port take us now? A connection of its own (same identity, no will,
+    clean start), CONNACK success, and when ``accept`` is given one message of the ``subscribe``
+    filters (retained ones arrive at once) for which it returns True. None when all holds, else why
+    not. Ends with a clean DISCONNECT."""
+    done = threading.Event()
+    seen: dict[str, Any] = {}
+
+    def on_connect(client, userdata, flags, reason_code, properties) -> None:
+        seen["rc"] = reason_code
+        if reason_code.is_failure:
+            done.set()
+            return
+        for t in subscribe:
+            client.subscribe(t, qos=1)
+        if accept is None:
+            done.set()
+
+    def on_message(client, userdata, msg) -> None:
+        try:
+            if accept is not None and accept(msg.topic, bytes(msg.payload)):
+                seen["accepted"] = msg.topic
+                done.set()
+        except Exception as exc:  # the owner's check refused it
+            seen["why"] = f"{msg.topic}: {exc}"
+
+    def on_disconnect(client, userdata, flags, reason_code, properties) -> None:
+        seen.setdefault("closed", str(reason_code))
+        done.set()
+
+    c = new_client(dataclasses.replace(settings, host=host, port=port, fallback=()), reconnect=False)
+    c.on_connect, c.on_message, c.on_disconnect = on_connect, on_message, on_disconnect
+    try:
+        c.connect(host, port, keepalive=max(5, int(timeout) + 5), clean_start=True)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return f"cannot connect to {host}:{port}: {exc}"
+    c.loop_start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not done.wait(0.1):
+            if (stop is not None and stop.is_set()) or time.monotonic() > deadline:
+                break
+        rc = seen.get("rc")
+        if rc is None:
+            return f"no CONNACK from {host}:{port} within {timeout:g} s" if "closed" not in seen else \
+                f"connection to {host}:{port} closed before CONNACK: {seen['closed']}"
+        if rc.is_failure:
+            return f"connection refused by {host}:{port}: {rc} ({rc.value:#04x})"
+        if accept is not None and "accepted" not in seen:
+            return seen.get("why") or f"nothing on {', '.join(subscribe)} passed within {timeout:g} s"
+        return None
+    finally:
+        try:
+            c.disconnect()
+        except Exception:
+            pass
+        c.loop_stop()
+
+
 @dataclasses.dataclass
 class ConnSettings:
     host: str
@@ -178,6 +242,8 @@ class ConnSettings:
     receive_maximum: int | None = None
     #: brokers tried in turn after host:port when it cannot be reached or the connection is lost
     fallback: tuple[tuple[str, int], ...] = ()
+    #: on a fallback broker: probe the primary every this many seconds and move back to it (0: never)
+    failback_s: float = 0.0
 
     @property
     def brokers(self) -> list[tuple[str, int]]:

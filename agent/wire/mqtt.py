@@ -16,12 +16,16 @@ What paho does not do and this module does:
 - fail-over between brokers (``mqtt.fallback``): when the broker cannot be reached or the
   connection is lost, the next broker of the list is tried at once, then the primary again; only
   a whole round without a connection backs off. Brokers share nothing: whatever must survive the
-  switch lives with its owner (the device's outbox, the archive's index and storage).
+  switch lives with its owner (the device's outbox, the archive's index and storage);
+- fail-back (``mqtt.failback_s``): on a fallback, the primary is probed every ``failback_s``
+  (a CONNECT of its own, and the owner's check of what the primary shows, e.g. an archive receiver
+  online there); once it passes, the connection moves back at the owner's safe point (or after
+  :data:`FAILBACK_SETTLE_S` at most): new publishes are refused as offline (their owners keep
+  them), the PUBACKs in flight are awaited, then a clean DISCONNECT (the broker drops the will).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import socket
@@ -36,7 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.common.errors import EdgeError
-from .client import ConnSettings, new_client
+from .client import ConnSettings, new_client, probe
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,12 @@ PACKET_OVERHEAD = 64
 STOPPED = "stopped (clean DISCONNECT)"
 #: CONNACK reason codes after which retrying at once is pointless
 _AUTH_REFUSED = {0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
+#: the reason given to on_disconnect when the connection left a fallback for the primary
+FAILBACK = "moved back to the primary broker"
+#: once the primary passed its probe, the longest wait for the owner's safe point
+FAILBACK_SETTLE_S = 30.0
+#: how long a fail-back waits for the PUBACKs in flight before its DISCONNECT
+FAILBACK_DRAIN_S = 5.0
 
 
 class PublishError(EdgeError):
@@ -87,12 +97,25 @@ class Connection:
                  on_connect: Callable[["Connection"], None] | None = None,
                  on_disconnect: Callable[["Connection", str], None] | None = None,
                  on_message: Callable[[str, bytes, Any], None] | None = None,
-                 name: str = "mqtt", manual_ack: bool = False, raw_payloads: bool = False):
+                 name: str = "mqtt", manual_ack: bool = False, raw_payloads: bool = False,
+                 probe: Callable[[], tuple[tuple[str, ...], Callable[[str, bytes], bool]] | None] | None = None,
+                 safe_point: Callable[[], bool] | None = None):
         self.s = settings
         self._brokers = settings.brokers
         self._at = 0  # index into _brokers of the broker used now
         self.host, self.port = self._brokers[0]
         self.failovers = 0
+        self.failbacks = 0
+        #: what the fail-back probe needs of the primary beyond a CONNACK: ``probe()`` gives
+        #: (subscriptions, a test one of their messages must pass) or None; the owner's moment to
+        #: move: ``safe_point()`` is True
+        self._probe = probe
+        self._safe_point = safe_point
+        self._probe_at: float | None = None
+        self._primary_ok_at: float | None = None
+        self._leaving = False
+        #: the latest fail-back probe: "ok", or why the primary was not taken back
+        self.last_probe: str | None = None
         self.raw_payloads = raw_payloads  # pass paho's payload as it is (a bytearray with the lean decoder)
         self.stop_event = stop_event or threading.Event()
         self._will = will
@@ -134,6 +157,16 @@ class Connection:
     def broker(self) -> str:
         """HOST:PORT of the broker in use (or being tried)."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def primary(self) -> str:
+        return "%s:%s" % self._brokers[0]
+
+    @property
+    def failback_pending(self) -> bool:
+        """The primary passed its probe: the connection moves back to it at the next safe point
+        (owners start no new work meanwhile)."""
+        return self._primary_ok_at is not None
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -319,10 +352,23 @@ class Connection:
                 if self.connected:
                     delay = self.s.min_backoff
                     was_up = True
+                    self._probe_at = time.monotonic() + self.s.failback_s
+                moving = False
                 while not self._lost.wait(0.5):
                     if self.stop_event.is_set():
                         break
-                self._teardown(client)
+                    if self._failback_due():
+                        moving = self._leave(client)
+                        break
+                self._teardown(client, FAILBACK if moving else None)
+                self._primary_ok_at = None
+                self._leaving = False
+                if moving and not self.stop_event.is_set():
+                    self._at = 0
+                    self.failbacks += 1
+                    log.warning("%s: broker %s:%s left; back to the primary %s", self.name, self.host, self.port,
+                                self.primary)
+                    continue
             if self.stop_event.is_set():
                 break
             wait = self.s.max_backoff if self._auth_refused else delay
@@ -339,7 +385,56 @@ class Connection:
             log.info("%s: reconnecting in %.1f s", self.name, wait)
             self.stop_event.wait(wait)
 
-    def _teardown(self, client: mqtt.Client) -> None:
+    def _failback_due(self) -> bool:
+        """On a fallback: probe the primary every failback_s; once it passed, True at the owner's
+        safe point or after FAILBACK_SETTLE_S (or failback_s, when shorter)."""
+        if self._at == 0 or not self.s.failback_s or not self.connected or self._probe_at is None:
+            return False
+        now = time.monotonic()
+        if self._primary_ok_at is None:
+            if now < self._probe_at:
+                return False
+            host, port = self._brokers[0]
+            try:
+                need = self._probe() if self._probe else None
+            except Exception:
+                log.exception("fail-back probe set-up failed")
+                need = None
+            why = probe(self.s, host, port, timeout=min(self.s.connect_timeout, 5.0), stop=self.stop_event,
+                        subscribe=need[0] if need else (), accept=need[1] if need else None)
+            self._probe_at = time.monotonic() + self.s.failback_s
+            self.last_probe = why or "ok"
+            if why:
+                log.info("%s: primary %s not taken back: %s", self.name, self.primary, why)
+                return False
+            log.info("%s: primary %s is back: moving to it at the next safe point", self.name, self.primary)
+            self._primary_ok_at = now
+        if now - self._primary_ok_at >= min(FAILBACK_SETTLE_S, self.s.failback_s):
+            return True
+        try:
+            return self._safe_point is None or bool(self._safe_point())
+        except Exception:
+            log.exception("safe_point check failed")
+            return True
+
+    def _leave(self, client: mqtt.Client) -> bool:
+        """Leave this broker cleanly for the primary: refuse new publishes (their owners keep them:
+        the uplink queues, the transfer asks the archive what it holds), wait for the PUBACKs in
+        flight, DISCONNECT (no will)."""
+        self._leaving = True
+        self._connected.clear()
+        deadline = time.monotonic() + FAILBACK_DRAIN_S
+        with self._slots:
+            while self._pending and time.monotonic() < deadline and not self._lost.is_set():
+                self._slots.wait(0.1)
+        try:
+            client.disconnect()
+        except Exception:
+            pass
+        self._lost.wait(2.0)
+        return True
+
+    def _teardown(self, client: mqtt.Client, reason: str | None = None) -> None:
         # connected_since, not _connected: paho's on_disconnect may already have cleared that
         # (a race that made a clean stop look like a loss in some runs and not in others)
         was = self.connected_since is not None
@@ -360,7 +455,7 @@ class Connection:
         if was:
             self.connected_since = None
             # a stop we asked for is not a loss: the reason says so (the uplink logs it as info)
-            reason = STOPPED if self.stop_event.is_set() else (self.last_error or "disconnected")
+            reason = STOPPED if self.stop_event.is_set() else (reason or self.last_error or "disconnected")
             if self._on_disconnect_cb:
                 try:
                     self._on_disconnect_cb(self, reason)
@@ -406,7 +501,7 @@ class Connection:
         if not self._got_connack:
             self._note_error(f"connection to {self.host}:{self.port} closed before CONNACK "
                              f"(TLS client certificate refused or broker unreachable): {reason_code}")
-        elif not self.stop_event.is_set() and not self._connack_failed:  # keep the refusal as the error
+        elif not self.stop_event.is_set() and not self._connack_failed and not self._leaving:  # keep the refusal
             self._note_error(f"connection lost: {reason_code}")
         self._connected.clear()
         self._lost.set()
@@ -458,49 +553,3 @@ def _ack(client: mqtt.Client, mid: int, qos: int) -> None:
             client.ack(mid, qos)
         except Exception:  # the connection this message came on is gone: the broker resends it
             pass
-
-
-@dataclasses.dataclass
-class Exchange:
-    """What :func:`exchange` saw: whether the broker accepted us, why not, and the messages."""
-
-    connected: bool
-    error: str | None
-    messages: list[tuple[str, bytes, Any]]
-
-
-def exchange(settings: ConnSettings, *, subscribe: tuple[str, ...] = (),
-             publish: tuple[str, bytes] | None = None, response_topic: str | None = None,
-             correlation: bytes | None = None,
-             until: Callable[[list[tuple[str, bytes, Any]]], bool] | None = None,
-             timeout: float = 10.0) -> Exchange:
-    """One short session for the command line and the doctor: connect (TLS and credentials as
-    set), subscribe, publish one message (QoS 1, with response topic and correlation data when
-    given; the broker handles the subscription first), collect messages until ``until(messages)``
-    holds or ``timeout`` passes, disconnect."""
-    got: list[tuple[str, bytes, Any]] = []
-    done = threading.Event()
-
-    def on_message(topic: str, payload: bytes, props: Any) -> None:
-        got.append((topic, payload, props))
-        if until is not None and until(got):
-            done.set()
-
-    conn = Connection(dataclasses.replace(settings, max_backoff=1.0), on_message=on_message, name="mqtt-exchange")
-    for t in subscribe:
-        conn.subscribe(t, 1)
-    deadline = time.monotonic() + timeout
-    conn.start()
-    try:
-        if not conn.wait_connected(timeout):
-            return Exchange(False, conn.last_error or f"no connection within {timeout:g} s", got)
-        if publish is not None:
-            h = conn.publish(publish[0], publish[1], qos=1, response_topic=response_topic, correlation=correlation,
-                             timeout=max(0.1, deadline - time.monotonic()))
-            if h.wait(max(0.1, deadline - time.monotonic())) and not h.ok:
-                return Exchange(True, h.error, got)
-        if until is not None:
-            done.wait(max(0.0, deadline - time.monotonic()))
-        return Exchange(True, None, got)
-    finally:
-        conn.stop(timeout=2.0)

@@ -64,3 +64,38 @@ def test_device_fails_over_to_its_fallback_broker_mid_transfer(tmp_path):
         # heard through the fallback: the device's birth on its new connection (next bdseq)
         wait_for(lambda: mon.devices()["dock-0001"]["bdseq"] > bdseq, 30, "the monitor hears the fallback's birth")
         assert mon.states()["dock-0001"] == "online"
+
+
+def test_device_returns_to_its_primary_and_the_item_crosses_both_moves(tmp_path):
+    """Fail-back (``mqtt.failback_s``): the primary dies mid-transfer, the device goes on through
+    its fallback, the primary comes back; the device probes it (an archive receiver online there,
+    signed) and returns while the same item is still being sent: the item is archived once,
+    through the primary's receiver, and verifies; what the centre held was not sent again."""
+    size = 6_000_000
+    with Centre(tmp_path, devices=["dock-0001"], brokers=2, receivers=1) as c:
+        c.start()
+        node = c.add_node("dock-0001", primary=0, mqtt__failback_s=1, uplink__bandwidth_limit=600_000)
+        primary, fallback = (f"127.0.0.1:{mq.port}" for mq in c.brokers)
+        node.start()
+        (item,) = node.ingest(1, size)
+        wait_for(lambda: c.partial_bytes() >= 1_000_000, 60, "1 MB of the item held through the primary", c.logs(),
+                 step=0.05)
+        held = c.partial_bytes()
+        c.brokers[0].kill()  # the device's broker dies mid-transfer
+        wait_for(lambda: f"connected to {fallback}" in node.run_proc.text(), 30, "the device on its fallback", c.logs())
+        c.brokers[0].restart()  # back on its port; its receiver reconnects by itself
+        wait_for(lambda: "back to the primary" in node.run_proc.text(), 30, "the device back on its primary", c.logs(),
+                 step=0.05)
+        # the same item crossed both moves: not finished yet, and more of it held than at the kill
+        # (sent through the fallback's receiver meanwhile)
+        assert c.archive_rows() == [], "the item was finished before the device moved back"
+        assert c.partial_bytes() > held
+        c.wait_archived(120)
+        out = c.check().assert_ok()  # once, verifies (chain too), the edge keeps its copy
+        assert out.archived == 1
+        (row,) = c.archive_rows()
+        assert row["item"] == item and row["receiver"] == "rx-1-1", row  # finished through the primary
+        st = wait_for(lambda: (lambda s: s if s.get("items_archived") else None)(node.live_status()), 30,
+                      "the device's status after the item")
+        assert st["broker"] == primary == st["primary"] and st["failovers"] >= 1 and st["failbacks"] == 1, st
+        assert st["failback_probe"] == "ok" and st["bytes_sent"] < size + held, (st, held)

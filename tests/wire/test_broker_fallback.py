@@ -1,6 +1,7 @@
 """A device's fallback brokers (``mqtt.fallback``): read from the config, refused with the key when
 malformed, and used by the connection: a primary that cannot be reached or that dies sends the
-connection to the next broker at once (real Mosquittos).
+connection to the next broker at once; on a fallback the primary is probed every
+``mqtt.failback_s`` and the connection moves back to it once it takes the device (real Mosquittos).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import pytest
 from agent import config as config_mod
 from agent.common.errors import ConfigError, EdgeError
 from agent.wire.client import settings_from_config
-from agent.wire.mqtt import Connection
+from agent.wire.client import probe
+from agent.wire.mqtt import FAILBACK, Connection
+from tests.faults.harness import wait_for
 from tests.support.broker import Mosquitto, free_port
 
 
@@ -33,6 +36,11 @@ def test_fallback_read_and_refused_with_the_key():
         _cfg(fallback=["a:1", "a:1"])
     with pytest.raises(EdgeError, match="same TLS settings serve every broker"):
         settings_from_config(_cfg(fallback=["mqtts://b.example"]).mqtt, "dock-0001")
+    # fail-back: every 300 s by default, as configured, 0 = never; refused with the key
+    assert s.failback_s == 300
+    assert settings_from_config(_cfg(fallback=["a:1"], failback_s=0).mqtt, "d").failback_s == 0
+    with pytest.raises(ConfigError, match="mqtt.failback_s"):
+        _cfg(failback_s=-1)
 
 
 def test_connection_goes_to_the_next_broker(tmp_path):
@@ -57,3 +65,56 @@ def test_connection_goes_to_the_next_broker(tmp_path):
     finally:
         a.kill()
         b.kill()
+
+
+def test_connection_moves_back_to_its_primary_when_it_returns(tmp_path):
+    """The primary is down at start: the connection works on the fallback; the primary comes back
+    (same port): the connection probes it every failback_s and moves back, cleanly (the will stays
+    unpublished on the fallback, no error noted); the primary's probe asks the owner's check."""
+    primary = Mosquitto(tmp_path / "p")
+    primary.port = free_port()
+    fb = Mosquitto(tmp_path / "fb").start()
+    try:
+        s = settings_from_config(_cfg(port=primary.port, fallback=[f"127.0.0.1:{fb.port}"], failback_s=1).mqtt, "d1")
+        ups, downs, checked = [], [], []
+        up = threading.Event()
+        safe = threading.Event()
+        conn = Connection(s, on_connect=lambda c: (ups.append(c.broker), up.set()),
+                          on_disconnect=lambda c, why: downs.append(why), name="t",
+                          will=lambda: ("t/will", b"gone"),
+                          probe=lambda: (("t/ready",), lambda t, p: checked.append(p) or p == b"yes"),
+                          safe_point=safe.is_set)
+        wills = []
+        watcher = Connection(settings_from_config(_cfg(port=fb.port).mqtt, "watcher"), name="w",
+                             on_message=lambda t, p, props: wills.append(p))
+        watcher.subscribe("t/will")
+        watcher.start()
+        conn.start()
+        try:
+            assert up.wait(10) and conn.broker == f"127.0.0.1:{fb.port}", conn.last_error
+            assert watcher.wait_connected(10)
+            up.clear()
+            primary.start()  # back on its port
+            assert probe(s, "127.0.0.1", primary.port, timeout=5) is None  # it takes us (a CONNACK)
+            ready = Connection(settings_from_config(_cfg(port=primary.port).mqtt, "ready"), name="r")
+            ready.start()
+            assert ready.wait_connected(10)
+            assert ready.publish("t/ready", b"no", retain=True).wait(5)
+            # the owner's check refuses what the primary shows: the connection stays on the fallback
+            wait_for(lambda: b"no" in checked, 20, "the probe asks the owner's check")
+            assert conn.broker == f"127.0.0.1:{fb.port}" and not conn.failback_pending and conn.failbacks == 0
+            assert ready.publish("t/ready", b"yes", retain=True).wait(5)
+            ready.stop()
+            # passed, but the owner is busy (no safe point): it still moves within failback_s
+            assert up.wait(20) and conn.broker == f"127.0.0.1:{primary.port}", (conn.last_probe, conn.last_error)
+            assert conn.failbacks == 1 and ups[-1] == f"127.0.0.1:{primary.port}"
+            assert downs == [FAILBACK] and conn.last_probe == "ok", (downs, conn.last_probe)
+            assert not conn.failback_pending
+            assert conn.connected and conn.publish("t/x", b"1").wait(5)
+            assert wills == []  # left the fallback with DISCONNECT: no will published there
+        finally:
+            conn.stop()
+            watcher.stop()
+    finally:
+        primary.kill()
+        fb.kill()

@@ -15,7 +15,7 @@ import pytest
 
 from agent.common.errors import EdgeError
 from agent.wire.client import BrokerAddress, BrokerAddressError, parse_broker, settings_from_config
-from agent.wire.mqtt import exchange
+from agent.wire.session import exchange
 from agent.wire.topics import Topics
 
 from tests.support.uplink import agent_config, open_store, run, start_agent, wait_for

@@ -55,7 +55,7 @@ EDGE = str(Path(sys.executable).with_name("edge-agent"))
 
 def _wait_online(broker, rid: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     """Until archive receiver ``rid`` has published its online status (it subscribes first)."""
-    from agent.wire.mqtt import exchange
+    from agent.wire.session import exchange
     from agent.wire.topics import Topics
 
     topic = Topics("edge").archive_receiver(rid)
