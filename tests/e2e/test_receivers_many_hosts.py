@@ -2,9 +2,14 @@
 namespaces can be made (a veth pair each), sharing the broker ($share/archive/...), one
 PostgreSQL index and one storage, killed with SIGKILL at random and restarted while devices send.
 
+Each receiver runs as production enrols it: `archive receiver add RID` (its own signing key),
+`archive broker-config` (its own broker user), `archive enroll --pin-to --broker-dir` (every device
+pins every receiver's key); the broker logs each receiver in under its own name, never the shared
+`archive` identity.
+
 Every item is archived exactly once, byte-identical, verifies (chain included); every receipt a
-device holds verifies against the archive's key and names the sealed manifest; the edge still
-holds every item (tests/faults/harness.py's invariants, read from PostgreSQL).
+device holds verifies against the key of an enrolled receiver and names the sealed manifest; the
+edge still holds every item (tests/faults/harness.py's invariants, read from PostgreSQL).
 
 Default: 20 items from 4 devices, 3 kills. Marked slow: 200 items from 10 devices, 20 kills.
 """
@@ -13,12 +18,13 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from pathlib import Path
 
 import pytest
 
-from agent.evidence import manifest as mf
+from agent.evidence import keys, manifest as mf
 from agent.wire.receipts import ArchiveTrust
 from tests.faults.harness import NetLink
 from tests.support.centre import Centre
@@ -28,6 +34,13 @@ def _storm(c: Centre, devices: int, per_device: int, kills: int, seed: int, time
     rng = random.Random(seed)
     names = [f"dock-{n + 1:04d}" for n in range(devices)]
     nodes = [c.add_node(d) for d in names]
+    # every device pinned every receiver's key (and only those beside the root's)
+    rx_keys = {r.name: keys.key_id(keys.load_public(c.root / "_archive" / "receivers" / f"{r.name}.pub"))
+               for r in c.receivers}
+    assert len(set(rx_keys.values())) == len(c.receivers)
+    for node in nodes:
+        pinned = {p.name for p in (node.data_dir / "keys" / "archive").glob("receiver-*.pub")}
+        assert pinned == {f"receiver-{rid}-{kid}.pub" for rid, kid in rx_keys.items()}, (node.device, pinned)
     for node in nodes:
         node.ingest(per_device, lambda: rng.randrange(150_000, 700_000))
     for node in nodes:
@@ -54,21 +67,29 @@ def _storm(c: Centre, devices: int, per_device: int, kills: int, seed: int, time
             for f in man["files"]:
                 got = (c.root / rows[r["id"]]["path"] / mf.FILES_DIR / f["name"]).read_bytes()
                 assert got == (Path(r["path"]) / mf.FILES_DIR / f["name"]).read_bytes(), (r["id"], f["name"])
-    # every receipt valid: the archive's key, this device and item, the sealed manifest and files
-    trust = ArchiveTrust.load([c.root / "_archive" / "archive.pub"])
+    # every receipt valid: an enrolled receiver's key (not the root's: no receiver signs with it),
+    # this device and item, the sealed manifest and files
+    trust = ArchiveTrust.load(sorted((c.root / "_archive" / "receivers").glob("*.pub")))
     receipts = c.receipts()
     assert len(receipts) == out.produced
+    signed_by = set()
     for node, r, rc in receipts:
+        signed_by.add(rc["key_id"])
         man = json.loads((Path(r["path"]) / mf.MANIFEST).read_bytes())
         trust.check_receipt(rc, device=node.device, item=r["id"], nonce=rc.get("nonce"),
                             manifest_hash=r["manifest_hash"],
                             files=[{"name": f["name"], "size": f["size"], "hash": f["hash"]} for f in man["files"]])
     stored_by = {r["receiver"] for r in rows.values()}
+    assert signed_by <= set(rx_keys.values()) and {rx_keys[rid] for rid in stored_by} <= signed_by, \
+        (signed_by, stored_by)
+    # the broker saw each receiver log in under its own name, never the shared archive identity
+    users = set(re.findall(r"as (rx-[\w-]+) \(p\d, c\d, k\d+, u'([^']*)'\)", c.broker.log_path.read_text()))
+    assert {u for _rid, u in users} == set(rx_keys) and all(rid == u for rid, u in users), users
     return {"mid": mid, "stored_by": stored_by, "starts": sum(r.starts for r in c.receivers)}
 
 
 def test_three_receivers_killed_at_random(tmp_path):
-    with Centre(tmp_path, devices=[f"dock-{n + 1:04d}" for n in range(4)], receivers=3) as c:
+    with Centre(tmp_path, devices=[f"dock-{n + 1:04d}" for n in range(4)], receivers=3, own_identities=True) as c:
         # each receiver its own host on the network where namespaces can be made (root, iproute2)
         assert c.namespaces == (NetLink.unavailable() is None)
         if c.namespaces:
@@ -81,7 +102,7 @@ def test_three_receivers_killed_at_random(tmp_path):
 
 @pytest.mark.slow
 def test_three_receivers_killed_twenty_times(tmp_path):
-    with Centre(tmp_path, devices=[f"dock-{n + 1:04d}" for n in range(10)], receivers=3) as c:
+    with Centre(tmp_path, devices=[f"dock-{n + 1:04d}" for n in range(10)], receivers=3, own_identities=True) as c:
         c.start()
         got = _storm(c, devices=10, per_device=20, kills=20, seed=1717, timeout=900)
         assert got["starts"] == 3 + 20 and got["mid"] >= 10, got

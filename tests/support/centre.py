@@ -7,7 +7,12 @@
 
 Each receiver is `edge-agent archive serve --db postgresql://... --share archive` as its own
 process with its own client id, logged in as the archive's broker identity (password file and
-ACL from ``agent.wire.broker_auth.generate``: anonymous off). Where network namespaces can be
+ACL from ``agent.wire.broker_auth.generate``: anonymous off). With ``own_identities`` each
+receiver is enrolled as production does it: `archive receiver add RID` (its own signing key),
+`archive broker-config` (its own broker user, the ACL of the archive), `archive enroll --pin-to
+--broker-dir` for each device (the device pins every receiver's key; the broker files refreshed
+and the brokers reloaded), and `archive serve --client-id RID --receiver-key RID.key` logged in
+with ``credentials/RID.toml``. Where network namespaces can be
 made (root, iproute2) each receiver runs in its own namespace behind a veth pair: its own host
 on the network, reaching its broker on the veth address and PostgreSQL through a TCP relay on
 that address (PostgreSQL here listens on 127.0.0.1 only). The storage (the archive root) is one
@@ -108,9 +113,13 @@ class Receiver:
     def _spawn(self) -> Proc:
         self.starts += 1
         c = self.centre
-        p = Proc([EDGE, "--config", str(c.archive_cfg), "archive", "serve", "--root", str(c.root), "--db",
+        cfg, key = c.archive_cfg, []
+        if c.own_identities:  # its own broker user and its own signing key
+            cfg = c.auth.out / "credentials" / f"{self.name}.toml"
+            key = ["--receiver-key", str(c.root / "_archive" / "receivers" / f"{self.name}.key")]
+        p = Proc([EDGE, "--config", str(cfg), "archive", "serve", "--root", str(c.root), "--db",
                   self.db_url(), "--broker", self.broker_addr(), "--prefix", PREFIX, "--share", "archive",
-                  "--client-id", self.name], c.tmp / f"{self.name}.log",
+                  "--client-id", self.name, *key], c.tmp / f"{self.name}.log",
                  prefix=self.netlink.prefix if self.netlink else ())
         c.procs.append(p)
         self.proc = p
@@ -148,7 +157,7 @@ class Centre(Cluster):
     """Brokers x receivers against one PostgreSQL and one storage; nodes as in the fault harness."""
 
     def __init__(self, tmp: Path, *, devices: list[str], brokers: int = 1, receivers: int = 3,
-                 namespaces: bool = True):
+                 namespaces: bool = True, own_identities: bool = False):
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.root = self.tmp / "archive"
@@ -162,6 +171,7 @@ class Centre(Cluster):
         self.corrupt_refused = 0
         self.extra: list = []
         self.devices = devices
+        self.own_identities = own_identities
         self.namespaces = namespaces and NetLink.unavailable() is None
         self.dbname = "edge_centre_" + uuid.uuid4().hex[:10]
         self.db = f"postgresql://postgres@127.0.0.1:5432/{self.dbname}"
@@ -186,6 +196,8 @@ class Centre(Cluster):
             admin.execute(f"CREATE DATABASE {self.dbname}")
         edge_cli(["archive", "db", "upgrade", "--db", self.db])
         self.root.mkdir(exist_ok=True)
+        if self.own_identities:
+            self._enrol_receivers()
         for mq in self.brokers:
             mq.start()
         for r in self.receivers:
@@ -193,6 +205,30 @@ class Centre(Cluster):
         for r in self.receivers:
             r.wait_connected()
         return self
+
+    def _enrol_receivers(self) -> None:
+        """`archive receiver add` for each receiver (a process each, side by side), then `archive
+        broker-config`: the services' and the receivers' identities (the devices come back with
+        their kept passwords when each is enrolled with --broker-dir)."""
+        env = {"EDGE_ARCHIVE_DB": self.db}  # the commands without --db read the index from here
+        edge_cli(["archive", "receiver", "add", self.receivers[0].name, "--root", str(self.root)], env=env)
+        errors: list[Exception] = []
+
+        def add(r: Receiver) -> None:
+            try:
+                edge_cli(["archive", "receiver", "add", r.name, "--root", str(self.root)], env=env)
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=add, args=(r,)) for r in self.receivers[1:]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        edge_cli(["archive", "broker-config", "--root", str(self.root), "--out", str(self.auth.out), "--prefix", PREFIX],
+                 env=env)
 
     def add_node(self, device: str = "dock-0001", *, primary: int = 0, **kw) -> Node:
         order = [primary] + [b for b in range(len(self.brokers)) if b != primary]
@@ -204,7 +240,11 @@ class Centre(Cluster):
             values["mqtt__fallback"] = [f"127.0.0.1:{mq.port}" for mq in rest]
         node = Node(self, device, **values, **kw)
         edge_cli(["archive", "enroll", device, str(node.data_dir / "keys" / "device.pub"), "--unit", UNIT,
-                  "--root", str(self.root), "--db", self.db, "--pin-to", str(node.data_dir)])
+                  "--root", str(self.root), "--db", self.db, "--pin-to", str(node.data_dir),
+                  *(["--broker-dir", str(self.auth.out)] if self.own_identities else [])])
+        if self.own_identities:
+            for mq in self.brokers:  # the refreshed password file and ACL (SIGHUP)
+                mq.reload()
         self.nodes.append(node)
         return node
 
