@@ -70,8 +70,10 @@ def test_monitor_keeps_the_archives_checkpoints_and_alarms_on_a_rewritten_log(br
         con = sqlite3.connect(str(t.root / "archive.db"))
         with con:
             con.execute("DELETE FROM items WHERE item = ?", [ids[1]])
+            gone = con.execute("SELECT idx FROM merkle_leaves WHERE item = ?", [ids[1]]).fetchone()[0]
             con.execute("DELETE FROM merkle_leaves WHERE item = ?", [ids[1]])
-            con.execute("UPDATE merkle_leaves SET idx = idx - 1 WHERE idx > 2")
+            con.execute("UPDATE merkle_leaves SET idx = 1 - idx WHERE idx > ?", [gone])  # renumbered (via negatives:
+            con.execute("UPDATE merkle_leaves SET idx = -idx WHERE idx < 0")              # idx is unique row by row)
         con.close()
         rx.publish_store_checkpoint()
         wait_for(lambda: len(_kept(mdb)) == 4, 20, "the rewritten log's checkpoint kept")
@@ -106,3 +108,121 @@ def test_monitor_keeps_the_archives_checkpoints_and_alarms_on_a_rewritten_log(br
     old.write_text(shown.stdout)
     audit = run(["archive", "audit", str(old), "--root", str(t.root)])
     assert audit.returncode == 1 and "the first 4 leaves no longer give the root signed" in audit.stdout, audit.stdout
+
+
+# --- every verdict, on both backends (no broker: the monitor's ingest fed directly) ----------------
+import pytest  # noqa: E402
+
+from agent.archive.storage import ArchiveStore  # noqa: E402
+from agent.monitor.state import connect, open_monitor_db  # noqa: E402
+from agent.monitor.witness import checkpoints  # noqa: E402
+from tests.support.pg import fresh_database  # noqa: E402
+
+TOPIC = "edge/archive/checkpoint"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield str(tmp_path / "monitor.db")
+    else:
+        with fresh_database() as url:
+            yield url
+
+
+def _leaves(st: ArchiveStore, n: int) -> None:
+    with st.db.atomic() as db:
+        for _ in range(n):
+            k = (db.execute("SELECT count(*) FROM merkle_leaves").fetchone()[0] or 0) + 1
+            st.add_leaf(db, "item", {"device": "dock-0001", "item": f"item-{k}", "seq": k, "manifest_hash": f"{k:064x}"})
+
+
+_tick = iter(range(10**6))
+
+
+def _publish(st: ArchiveStore, noted: bool = True) -> bytes:
+    """What Receiver.publish_store_checkpoint sends (the broker taking it when ``noted``), each
+    signed a second after the one before (make_checkpoint signs the current second)."""
+    cp = st.make_checkpoint()
+    body = {k: cp[k] for k in ("format", "archive", "size", "root", "key_id")}
+    n = next(_tick)
+    body["time"] = f"2026-12-04T{10 + n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}+00:00"
+    cp = {**body, "sig": keys.sign(st.signing_key, canon.canonical(body))}
+    rec = st.published_record(cp)
+    if noted:
+        st.note_published(cp)
+    return json.dumps(rec, sort_keys=True).encode()
+
+
+def test_every_verdict_kept_on_both_backends(db_url, tmp_path):
+    st = ArchiveStore(tmp_path / "archive")
+    db = open_monitor_db(db_url)
+
+    def monitor():
+        return Ingest(db, IngestSettings(), Enrolment.of([]), archive_keys=lambda: archive_public_keys(st.root))
+
+    def alarm(code):
+        r = db.one("SELECT active, severity FROM alarms WHERE device = 'archive' AND key = ?", [code])
+        return (r["active"], r["severity"]) if r else None
+
+    try:
+        ing = monitor()
+        _leaves(st, 1)
+        first = _publish(st)
+        assert ing.handle(TOPIC, first) == "accepted"
+        assert ing.handle(TOPIC, first, retained=True) == "duplicate"   # a retained re-delivery
+        assert ing.handle(TOPIC, _publish(st)) == "accepted"           # an hour without new items: same
+        _leaves(st, 2)
+        assert ing.handle(TOPIC, _publish(st)) == "accepted"           # consistent
+        _leaves(st, 1)
+        _publish(st)                                                    # published while the monitor was away
+        _leaves(st, 3)
+        assert ing.handle(TOPIC, _publish(st)) == "accepted"           # gap: proven from the one missed only
+        ing.flush()
+        assert alarm("archive_log_unverified") == (1, "warning") and alarm("archive_log_inconsistent") is None
+        _leaves(st, 1)
+        assert ing.handle(TOPIC, _publish(st)) == "accepted"           # consistent again: the warning clears
+        ing.flush()
+        assert alarm("archive_log_unverified")[0] == 0 and alarm("archive_log_inconsistent") is None
+        # a proof that does not verify (one hash changed), and one that is missing
+        _leaves(st, 2)
+        rec = json.loads(_publish(st, noted=False))
+        rec["proof"]["path"][0] = "00" * 32
+        assert ing.handle(TOPIC, json.dumps(rec).encode()) == "archive_log_inconsistent"
+        rec = json.loads(_publish(st, noted=False))  # (the same checkpoint again would be a duplicate)
+        assert ing.handle(TOPIC, json.dumps(dict(rec, proof=None)).encode()) == "archive_log_inconsistent"
+        # not a record at all
+        assert ing.handle(TOPIC, b'{"format": "something else"}') == "archive_log_inconsistent"
+        ing.flush()
+        assert alarm("archive_log_inconsistent") == (1, "critical")
+        # a restarted monitor knows what it kept: the last good one is the base, duplicates stay duplicates
+        ing2 = monitor()
+        assert ing2.handle(TOPIC, first, retained=True) == "duplicate"
+        _leaves(st, 1)
+        rec = json.loads(_publish(st, noted=False))
+        assert rec["previous"]["size"] == 8  # what the archive published last, and the monitor kept last
+        rec["previous"] = None  # published without the one before
+        assert ing2.handle(TOPIC, json.dumps(rec).encode()) == "archive_log_inconsistent"
+        old = dict(json.loads(first)["checkpoint"])
+        body = {k: old[k] for k in ("format", "archive", "size", "root", "key_id")}
+        body["time"] = "2020-01-01T00:00:00+00:00"
+        older = {**body, "sig": keys.sign(st.signing_key, canon.canonical(body))}
+        assert ing2.handle(TOPIC, json.dumps({"format": "edge-archive-consistency/1", "checkpoint": older,
+                                              "previous": None, "proof": None}).encode()) == "archive_log_inconsistent"
+        ing2.flush()
+        conn = connect(db_url, readonly=True)
+        try:
+            kept = checkpoints(conn)
+        finally:
+            conn.close()
+        assert [k["verdict"] for k in kept] == ["first", "same", "consistent", "gap", "consistent"] + \
+            ["inconsistent"] * 5, kept
+        assert [k["size"] for k in kept[:5]] == [1, 1, 3, 7, 8]
+        assert "fails" in kept[5]["detail"] and "no consistency proof" in kept[6]["detail"]
+        assert "not an edge-archive-consistency/1 record" in kept[7]["detail"]
+        assert "no consistency proof from the last one kept (8 leaves" in kept[8]["detail"], kept[8]
+        assert "older than the last one kept" in kept[9]["detail"]
+        assert kept[3]["detail"].startswith("checkpoints between 3 and 4 leaves were not received here")
+    finally:
+        db.close()
+        st.close()
