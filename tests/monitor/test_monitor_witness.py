@@ -114,7 +114,7 @@ def test_monitor_keeps_the_archives_checkpoints_and_alarms_on_a_rewritten_log(br
 import pytest  # noqa: E402
 
 from agent.archive.storage import ArchiveStore  # noqa: E402
-from agent.monitor.state import connect, open_monitor_db  # noqa: E402
+from agent.monitor.state import connect, fleet, open_monitor_db  # noqa: E402
 from agent.monitor.witness import checkpoints  # noqa: E402
 from tests.support.pg import fresh_database  # noqa: E402
 
@@ -213,6 +213,7 @@ def test_every_verdict_kept_on_both_backends(db_url, tmp_path):
         conn = connect(db_url, readonly=True)
         try:
             kept = checkpoints(conn)
+            shown = fleet(conn, 120)["alarms"]  # what the page and /api/alarms show
         finally:
             conn.close()
         assert [k["verdict"] for k in kept] == ["first", "same", "consistent", "gap", "consistent"] + \
@@ -223,6 +224,9 @@ def test_every_verdict_kept_on_both_backends(db_url, tmp_path):
         assert "no consistency proof from the last one kept (8 leaves" in kept[8]["detail"], kept[8]
         assert "older than the last one kept" in kept[9]["detail"]
         assert kept[3]["detail"].startswith("checkpoints between 3 and 4 leaves were not received here")
+        a = next(a for a in shown if a["device"] == "archive")
+        assert (a["code"], a["severity"]) == ("archive_log_inconsistent", "critical") and len(shown) == 1, shown
+        assert a["message_zh"].startswith("存档日志不一致：") and "older than the last one kept" in a["message_en"], a
     finally:
         db.close()
         st.close()
