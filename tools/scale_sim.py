@@ -41,7 +41,6 @@ import resource
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -221,20 +220,26 @@ def restore(base: Path, roots: list[Path] | None = None) -> Path:
 
 
 # --- the check: exactly once, verified -----------------------------------------------------------
-def check_archive(root: Path, fleet: dict, verify: bool = True) -> dict:
-    """Every expected item stored exactly once (database rows and directories) and verifying;
+def open_index(root: Path, db: str | None = None):
+    """The archive's index through its interface (agent/archive/registry.py ``open_db``): ROOT/archive.db
+    (SQLite) or the postgresql:// URL ``db``; read here, never migrated."""
+    from agent.archive.registry import open_db
+
+    return open_db(db, root, migrate=False)
+
+
+def check_archive(root: Path, fleet: dict, verify: bool = True, db: str | None = None) -> dict:
+    """Every expected item stored exactly once (index rows and directories) and verifying;
     every unit's chain verifying. Returns {"ok", "problems": [...], "stored", "verified"}."""
     from agent.evidence import keys
     from agent.evidence.verify import verify_chain, verify_item
 
     problems: list[str] = []
-    con = sqlite3.connect(f"file:{root / 'archive.db'}?mode=ro", uri=True, timeout=30)
+    idx = open_index(root, db)
     try:
-        rows = {}
-        for item, n in con.execute("SELECT item, count(*) FROM items GROUP BY item"):
-            rows[item] = n
+        rows = {r["item"]: r["n"] for r in idx.query("SELECT item, count(*) AS n FROM items GROUP BY item")}
     finally:
-        con.close()
+        idx.close()
     dirs: dict[str, list[Path]] = {}
     for m in root.rglob("manifest.json"):
         rel = m.relative_to(root).parts
@@ -244,7 +249,7 @@ def check_archive(root: Path, fleet: dict, verify: bool = True) -> dict:
     expected = {i for d in fleet.values() for i in d["items"]}
     for item in sorted(expected):
         if rows.get(item) != 1:
-            problems.append(f"{item}: {rows.get(item, 0)} rows in archive.db")
+            problems.append(f"{item}: {rows.get(item, 0)} rows in the archive's index")
         if len(dirs.get(item, [])) != 1:
             problems.append(f"{item}: {len(dirs.get(item, []))} directories in the archive")
     for item in sorted(set(rows) - expected):
@@ -392,9 +397,13 @@ def _publisher(spec_path: Path, report_path: Path) -> int:
 # --- one run -------------------------------------------------------------------------------------
 def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: float, verify: bool = True,
              receive_maximum: int | None = None, label: str | None = None, dev_opts: dict | None = None,
-             shards: bool = False) -> dict:
+             shards: bool = False, db: str | None = None) -> dict:
     """Restore the fleet, start a broker and ``receivers`` archive processes, let every device
     upload, measure, check. Returns the figures of the run.
+
+    ``db``: None, the archive's index is ROOT/archive.db (SQLite); a postgresql:// URL, each root
+    gets a fresh database named after it and the run (``NAME_LABEL[_sK]``, the enrolment copied
+    from the template, dropped after the run) that its receivers share (``archive serve --db``).
 
     ``shards``: instead of K receivers on one root behind one shared subscription, each receiver
     gets its own root and topic prefix (``edge-s1`` …) and the devices are split among them (the
@@ -402,6 +411,9 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
     roots = [base / f"archive-s{k + 1}" for k in range(receivers)] if shards else [base / "archive"]
     prefixes = [f"{PREFIX}-s{k + 1}" for k in range(receivers)] if shards else [PREFIX]
     restore(base, roots)
+    urls = [_fresh_index(db, base, root, f"{label or receivers}" + (f"_s{k + 1}" if shards else ""))
+            for k, root in enumerate(roots)] if db else [None] * len(roots)
+    idx = [open_index(root, u) for root, u in zip(roots, urls)]
     rdir = base / f"run-{label or receivers}"
     shutil.rmtree(rdir, ignore_errors=True)
     rdir.mkdir()
@@ -419,6 +431,8 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
             args = [EDGE, "archive", "serve", "--root", str(roots[k % len(roots)]), "--broker",
                     f"127.0.0.1:{broker.port}", "--share", SHARE, "--client-id", f"rx-{k + 1}",
                     "--prefix", prefixes[k % len(prefixes)], "--log-level", "warning"]
+            if urls[k % len(roots)]:
+                args += ["--db", urls[k % len(roots)]]
             if receive_maximum:
                 args += ["--receive-maximum", str(receive_maximum)]
             rx.append(subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True))
@@ -443,8 +457,8 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
         timed_out = False
         while True:
             n = b = 0
-            for root in roots:
-                nr, br = _stored(root / "archive.db")
+            for ix in idx:
+                nr, br = _stored(ix)
                 n, b = n + nr, b + br
             now = time.monotonic()
             timeline.append((now - t0, n, b))
@@ -479,9 +493,11 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
             except (OSError, ValueError):
                 pub_reports.append({"devices": [], "cpu_s": None, "error": f"no report from {rp.name}"})
         per_rx: dict[str, int] = {}
-        for root in roots:
-            per_rx.update(_per_receiver(root / "archive.db"))
+        for ix in idx:
+            per_rx.update(_per_receiver(ix))
     finally:
+        for ix in idx:
+            ix.close()
         for p in pubs:
             if p.poll() is None:
                 p.kill()
@@ -493,13 +509,18 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
             fh.close()
     if shards:
         parts = [check_archive(root, {d: v for i, (d, v) in enumerate(fleet.items()) if i % len(roots) == k},
-                               verify=verify) for k, root in enumerate(roots)]
+                               verify=verify, db=urls[k]) for k, root in enumerate(roots)]
         problems = [p for c in parts for p in c["problems"]]
         check = {"ok": all(c["ok"] for c in parts), "problems": problems[:50],
                  "problem_count": sum(c["problem_count"] for c in parts), "stored": sum(c["stored"] for c in parts),
                  "verified": sum(c["verified"] for c in parts)}
     else:
-        check = check_archive(roots[0], fleet, verify=verify)
+        check = check_archive(roots[0], fleet, verify=verify, db=urls[0])
+    if db:
+        from agent.common.pg import drop_database
+
+        for u in urls:
+            drop_database(u)
     return _figures(receivers, fleet, total_items, total_bytes, wall, timeline, cpu0, cpu1, pub_reports, per_rx,
                     check, timed_out, rdir)
 
@@ -539,24 +560,38 @@ def _wait_receivers(port: int, rids: list[str], procs: list[subprocess.Popen], r
         c.disconnect()
 
 
-def _stored(db: Path) -> tuple[int, int]:
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            n, b = con.execute("SELECT count(*), coalesce(sum(size), 0) FROM items").fetchone()
-            return n, b
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0, 0
+def _fresh_index(db: str, base: Path, root: Path, label: str) -> str:
+    """A new PostgreSQL database for ``root`` in this run, migrated, with the template's enrolment."""
+    from agent.archive.registry import open_db
+    from agent.common.pg import create_database, drop_database
 
-
-def _per_receiver(db: Path) -> dict[str, int]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    head, _, name = db.rpartition("/")
+    url = f"{head}/{name}_{label}".replace("-", "_")
+    drop_database(url)
+    create_database(url)
+    tmpl = open_db(None, base / "archive-template", migrate=False)
     try:
-        return {r: n for r, n in con.execute("SELECT receiver, count(*) FROM items GROUP BY receiver")}
+        rows = tmpl.query("SELECT id, unit, key_id, pubkey, enrolled_at, enrolled_by FROM devices")
     finally:
-        con.close()
+        tmpl.close()
+    pg = open_db(url, root)  # migrates
+    try:
+        with pg.atomic() as tx:
+            tx.executemany("INSERT INTO devices(id, unit, key_id, pubkey, enrolled_at, enrolled_by) "
+                           "VALUES (:id, :unit, :key_id, :pubkey, :enrolled_at, :enrolled_by)", rows)
+    finally:
+        pg.close()
+    return url
+
+
+def _stored(idx) -> tuple[int, int]:
+    """(items, bytes) in the index (either backend, through its interface)."""
+    r = idx.one("SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM items")
+    return int(r["n"]), int(r["b"])
+
+
+def _per_receiver(idx) -> dict[str, int]:
+    return {r["receiver"]: r["n"] for r in idx.query("SELECT receiver, count(*) AS n FROM items GROUP BY receiver")}
 
 
 def _steady(timeline: list[tuple[float, int, int]], total: int) -> tuple[float | None, float | None]:
@@ -618,8 +653,13 @@ def simulate(devices: int = 100, items: int = 3, item_kib: int = 1024, receivers
              workers: int | None = None, probe_mib: int = 32, timeout: float = 600, workdir: str | None = None,
              keep: bool = False, verify: bool = True, receive_maximum: int | None = None,
              progress=None, full_uplink: bool = False, ramp_s: float | None = None, device_kbps: int = 0,
-             shards: bool = False, repeat: int = 1) -> dict:
+             shards: bool = False, repeat: int = 1, db: str | None = None) -> dict:
     receivers = receivers or [1, 2, 3]
+    if db is not None:
+        from agent.common.pg import is_url
+
+        if not is_url(db):
+            raise SimError(f"--db {db}: give a postgresql://USER@HOST:PORT/NAME URL (default: SQLite ROOT/archive.db)")
     if not 1 <= repeat <= 10:
         raise SimError(f"--repeat {repeat}: must be 1..10")
     if workers is None:
@@ -644,7 +684,7 @@ def simulate(devices: int = 100, items: int = 3, item_kib: int = 1024, receivers
     result = {"benchmark": "scale_sim", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "nproc": os.cpu_count(),
               "devices": devices, "items_per_device": items, "item_kib": item_kib, "workers": workers,
               "share": f"$share/{SHARE}/{PREFIX}/xfer/+/+/+", "device_mode": "uplink" if full_uplink else "lite",
-              "layout": "shards" if shards else "shared",
+              "layout": "shards" if shards else "shared", "index": "postgresql" if db else "sqlite",
               "ramp_s": ramp_s, "device_kbps": device_kbps, "runs": [], "probe": None, "workdir": str(base)}
     try:
         t = time.monotonic()
@@ -655,7 +695,7 @@ def simulate(devices: int = 100, items: int = 3, item_kib: int = 1024, receivers
             for k in receivers:
                 r = run_once(base / "fleet", fleet, k, workers, timeout, verify=verify,
                              receive_maximum=receive_maximum, dev_opts=dev_opts, shards=shards,
-                             label=f"{k}-{rep + 1}")
+                             label=f"{k}-{rep + 1}", db=db)
                 r["repeat"] = rep + 1
                 result["runs"].append(r)
                 say(f"K={k}{f' (run {rep + 1})' if repeat > 1 else ''}: {r['stored']}/{r['items']} items in "
@@ -664,7 +704,7 @@ def simulate(devices: int = 100, items: int = 3, item_kib: int = 1024, receivers
         if probe_mib:
             pf = make_fleet(base / "probe", 1, 1, probe_mib << 20, seed=7)
             r = run_once(base / "probe", pf, 1, 1, timeout, verify=verify, receive_maximum=receive_maximum, label="probe",
-                         dev_opts=dict(dev_opts, ramp_s=0))
+                         dev_opts=dict(dev_opts, ramp_s=0), db=db)
             result["probe"] = r
             say(f"probe: one device, one {probe_mib} MiB item: {r['mb_s']} MB/s, {'OK' if r['ok'] else 'FAILED'}")
         result["summary"] = summarize(result["runs"])
@@ -801,6 +841,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ramp", type=float, help="seconds over which the devices come up (default devices/100, at most 10)")
     ap.add_argument("--device-kbps", type=int, default=0,
                     help="per-device upload cap in kB/s (uplink.bandwidth_limit; default 0 = none), e.g. a WAN link")
+    ap.add_argument("--db", help="the archive's index on PostgreSQL: postgresql://USER@HOST:PORT/NAME (a fresh "
+                                 "database NAME_RUN per run, dropped after it; default: SQLite ROOT/archive.db)")
     ap.add_argument("--no-verify", action="store_true", help="skip verifying every stored item after each run")
     ap.add_argument("--dir", help="work directory (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, archive) for inspection")
@@ -812,7 +854,7 @@ def main(argv: list[str] | None = None) -> int:
         res = simulate(a.devices, a.items, a.item_kib, parse_receivers(a.receivers), a.workers, a.probe_mib,
                        a.timeout, a.dir, a.keep, not a.no_verify, a.receive_maximum,
                        progress=lambda m: print(m, file=out, flush=True), full_uplink=a.full_uplink, shards=a.shards,
-                       repeat=a.repeat,
+                       repeat=a.repeat, db=a.db,
                        ramp_s=a.ramp, device_kbps=a.device_kbps)
     except SimError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -233,3 +233,32 @@ class PgDatabase(SqlDatabase):
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _admin_and_name(url: str) -> tuple[str, str]:
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    name = info.get("dbname") or ""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+        raise EdgeError(f"数据库名无效 / database name {name!r}: lower-case letters, digits and '_' only")
+    return psycopg.conninfo.make_conninfo(url, dbname="postgres"), name
+
+
+def create_database(url: str) -> None:
+    """CREATE DATABASE named by ``url`` (on the same server, through its ``postgres`` database):
+    benchmarks and tests that start from an empty index."""
+    admin, name = _admin_and_name(url)
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        raise EdgeError(f"数据库无法创建 / cannot create the database {redact(url)}: {str(exc).strip()}") from None
+
+
+def drop_database(url: str) -> None:
+    """DROP DATABASE named by ``url`` (WITH FORCE: its connections are closed), if it exists."""
+    admin, name = _admin_and_name(url)
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except psycopg.Error as exc:
+        raise EdgeError(f"数据库无法删除 / cannot drop the database {redact(url)}: {str(exc).strip()}") from None

@@ -91,6 +91,7 @@ def test_checker_catches_duplicates_missing_and_corruption(sim, tmp_path):
     (["--ramp", "-1"], "--ramp -1.0: must be 0..600 s"),
     (["--device-kbps", "-5"], "--device-kbps -5: must be 0"),
     (["--dir", "/nonexistent/scale"], "--dir /nonexistent/scale: no such directory"),
+    (["--db", "mysql://u@h/db"], "--db mysql://u@h/db: give a postgresql://"),
 ])
 def test_bad_arguments_are_refused_with_one_line(args, message, capsys):
     assert scale_sim.main(args) == 2
@@ -106,6 +107,22 @@ def test_lightweight_devices_one_receiver_and_probe(tmp_path):
     assert res["device_mode"] == "lite" and res["runs"][0]["stored"] == 3
     assert res["probe"]["ok"] and res["probe"]["stored"] == 1 and res["probe"]["device_mb_s"]["median"] > 0
     assert res["workdir"] is None and not list(tmp_path.iterdir())  # cleaned up
+
+
+def test_two_receivers_with_the_index_on_postgresql(tmp_path):
+    """`--db postgresql://…`: a fresh database per run with the enrolment, shared by both receivers
+    (`archive serve --db`), read and checked through the index interface, dropped after the run."""
+    from agent.common.pg import read_once
+
+    res = scale_sim.simulate(devices=3, items=1, item_kib=32, receivers=[2], probe_mib=0, timeout=120,
+                             workdir=str(tmp_path), db="postgresql://postgres@127.0.0.1:5432/edge_scale_test")
+    run = res["runs"][0]
+    assert res["ok"] and res["index"] == "postgresql", run["check"]
+    assert run["check"]["stored"] == run["check"]["verified"] == 3
+    assert sum(run["items_per_receiver"].values()) == 3
+    left = read_once("postgresql://postgres@127.0.0.1:5432/postgres",
+                     "SELECT datname FROM pg_database WHERE datname LIKE 'edge_scale_test%'")
+    assert left == [], "the run's database is dropped"
 
 
 def test_shards_each_receiver_its_own_root_and_prefix(tmp_path):
