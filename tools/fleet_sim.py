@@ -186,7 +186,7 @@ def make_fleet(n: int, units: int, prefix_id: str = "sim", unit_prefix: str = "3
 class FleetSim:
     def __init__(self, host: str, port: int, devices: list[SimDevice], *, prefix: str = "edge", rate: float = 1.0,
                  per_device: bool = False, connections: int = 4, alarm_every: float = 0.0, officers: int = 40,
-                 credentials=None):
+                 credentials=None, flap_every: float = 0.0):
         # credentials: a function device id -> {"username", "password"} (a broker with identities and ACL, where
         # each device may publish only in its own subtree): one connection per device, logged in as it
         self.credentials = credentials
@@ -201,8 +201,10 @@ class FleetSim:
         self.rate = rate
         self.per_device = per_device
         self.alarm_every = alarm_every
+        self.flap_every = flap_every
         self.officers = officers
         self.published = {"status": 0, "health": 0, "component": 0, "alarm": 0, "ratio": 0}
+        self.flaps = 0
         self.clients: dict[str, mqtt.Client] = {}
         self._shared: list[mqtt.Client] = []
         self._stop = threading.Event()
@@ -258,6 +260,7 @@ class FleetSim:
         period = 1.0 / self.rate
         n = 0
         next_alarm = t0 + self.alarm_every if self.alarm_every else None
+        next_flap = t0 + self.flap_every if self.flap_every else None
         while not self._stop.is_set():
             tick = t0 + n * period
             now = time.monotonic()
@@ -271,9 +274,21 @@ class FleetSim:
             if next_alarm and time.monotonic() >= next_alarm:
                 next_alarm += self.alarm_every
                 self.toggle_alarm(random.choice(self.devices))
+            if next_flap and time.monotonic() >= next_flap:
+                next_flap += self.flap_every
+                self.flap(random.choice(self.devices))
         elapsed = time.monotonic() - t0
         return {"devices": len(self.devices), "rate_hz": self.rate, "rounds": n, "elapsed_s": round(elapsed, 2),
+                "status_changes": self.flaps,
                 "published": dict(self.published), "health_msg_per_s": round(self.published["health"] / elapsed, 1)}
+
+    def flap(self, d: SimDevice) -> None:
+        """A status change: the device goes offline (its signed death) and is born again (bdseq + 1),
+        as an agent that restarts does."""
+        self.pub(d, "status", None, d.status("offline"), 1, True)
+        d.bdseq += 1
+        self.pub(d, "status", None, d.status("online"), 1, True)
+        self.flaps += 1
 
     def toggle_alarm(self, d: SimDevice) -> None:
         if d.alarm:
@@ -325,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-device", action="store_true", help="one connection (and last will) per device")
     ap.add_argument("--connections", type=int, default=4, help="shared mode: number of connections")
     ap.add_argument("--alarm-every", type=float, default=0.0, help="toggle a random alarm every S seconds")
+    ap.add_argument("--flap-every", type=float, default=0.0,
+                    help="every S seconds a random device goes offline and is born again (a status change)")
     ap.add_argument("--officers", type=int, default=40, help="officers per unit in the docks' ratio reports")
     ap.add_argument("--kill-after", action="store_true", help="end without DISCONNECT (the wills fire)")
     ap.add_argument("--enrol", metavar="ROOT", help="enrol the simulated devices in this archive root first "
@@ -338,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sim = FleetSim(host, int(port), make_fleet(a.devices, a.units), prefix=a.prefix, rate=a.rate,
                        per_device=a.per_device, connections=a.connections, alarm_every=a.alarm_every,
-                       officers=a.officers)
+                       officers=a.officers, flap_every=a.flap_every)
     except ValueError as exc:
         ap.error(str(exc))
     if a.enrol:

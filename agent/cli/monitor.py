@@ -70,11 +70,14 @@ def _optional_cfg(c: Ctx):
               help="A public key of the archive (PEM) its checkpoints may be signed with; repeat it for each. Default: "
                    "ROOT/_archive/archive.pub and its retired keys of the --enrolment root (needed when the enrolment "
                    "is a postgresql:// URL).")
+@click.option("--flush-s", type=click.FloatRange(0.05, 10), default=1.0, show_default=True,
+              help="Seconds between two writes of the state (one transaction each): what the page lags behind at "
+                   "most, and what a crash loses.")
 @json_lines_option
 @pass_ctx
 @click.pass_context
 def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, brokers, prefix, lost_after, tui, duration, enrolment,
-            connections, archive_key_files, as_json):
+            connections, archive_key_files, flush_s, as_json):
     """Watch the fleet: subscribe to every device topic, keep state and history in SQLite or
     PostgreSQL (--db postgresql://...), show a
     live terminal view and (with --web) a web page with units, devices, alarms and compliance.
@@ -119,7 +122,7 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, brokers, prefix,
         more = list(fallback_addresses(cfg.mqtt.fallback, tls=bool(cfg.mqtt.tls))) if cfg else []
     path = check_db_arg(db)
     s = IngestSettings(host=host, port=port, prefix=prefix or (cfg.mqtt.topic_prefix if cfg else "edge"),
-                       connections=connections, more_brokers=tuple(more))
+                       connections=connections, more_brokers=tuple(more), flush_s=flush_s)
     if cfg is not None:
         m = cfg.mqtt
         s.username, s.password, s.tls = m.username, m.password, m.tls

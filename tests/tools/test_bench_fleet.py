@@ -1,0 +1,49 @@
+"""The fleet benchmark (tools/bench/fleet.py), tiny: a few simulated devices through the shipped
+broker (identities and ACL) to `edge-agent monitor` on SQLite and on PostgreSQL, status changes
+timed to the monitor's API, and a couple of small items archived by one receiver on each index.
+The real figures come from running it at 1,000 devices (docs/scaling.md). The run takes about 30 s
+on these machines: slow; its parts run by default in tests/monitor/test_monitor_db_contract.py (the
+monitor on PostgreSQL through a broker) and tests/tools/test_scale_sim.py (receivers on PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.common.pg import read_once
+from tools.bench import fleet
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backends", "mysql"], "--backends: sqlite, postgresql or both"),
+    (["--seconds", "0"], "--seconds: 0 < s <= 600"),
+    (["--receivers", "1,x"], "--receivers: numbers separated by commas"),
+])
+def test_bad_arguments_are_refused(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        fleet.main(args)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tiny_fleet_on_both_backends(tmp_path):
+    out = tmp_path / "fleet.json"
+    rc = fleet.main(["--devices", "6", "--units", "2", "--warmup", "1", "--seconds", "3", "--probes", "2",
+                     "--archive-devices", "2", "--items", "1", "--item-kib", "16", "--receivers", "1",
+                     "--pg", "postgresql://postgres@127.0.0.1:5432/edge_fleet_test", "--dir", str(tmp_path),
+                     "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert rc == 0, res
+    assert [m["db"] for m in res["monitor"]] == ["sqlite", "postgresql"]
+    for m in res["monitor"]:
+        assert m["devices"] == 6 and m["rooms"] == 1 and m["stations"] == 5
+        assert m["lost"] == 0 and m["received_total"] >= m["published_total"] > 0, m
+        assert m["accepted_msg_s"] > 0 and m["rejected"] == {}, m
+        assert m["latency_s"]["samples"] >= 2 and m["latency_s"]["missed"] == 0, m
+        assert m["api_fleet_devices"] == 8  # the fleet and the probes, all enrolled and heard
+    assert [(a["index"], a["ok"], [r["stored"] for r in a["runs"]]) for a in res["archive"]] == \
+        [("sqlite", True, [2]), ("postgresql", True, [2])]
+    assert read_once("postgresql://postgres@127.0.0.1:5432/postgres",
+                     "SELECT datname FROM pg_database WHERE datname LIKE 'edge_fleet_test%'") == []
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("edge-fleet-bench-")], "work directory removed"
