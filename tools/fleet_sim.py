@@ -36,6 +36,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -53,6 +54,7 @@ except ImportError:  # pragma: no cover
 
 MAX_DEVICES = 5000
 MAX_PER_DEVICE = 200
+MAX_PER_PROCESS = 300  # MQTT clients with their own connection in one process (paho's select() loop)
 MAX_DURATION = 3600.0
 ALARMS = [("camera_offline", "camera-main", "主摄像头离线", "main camera offline", "critical"),
           ("recorder_battery_low", "bay-2", "2号仓记录仪电量低", "recorder in bay 2: battery low", "warning"),
@@ -192,6 +194,10 @@ class FleetSim:
         self.credentials = credentials
         if credentials is not None:
             per_device = True
+            if len(devices) > MAX_PER_PROCESS:  # 3 descriptors a client; select() stops at descriptor 1,024
+                raise ValueError(f"{len(devices)} devices each logged in as itself: at most {MAX_PER_PROCESS} in one "
+                                 "process (paho's select() loop); split them with --slice I/N over processes "
+                                 "(tools/bench/fleet.py does)")
         elif per_device and len(devices) > MAX_PER_DEVICE:
             raise ValueError(f"--per-device: at most {MAX_PER_DEVICE} devices")
         if not 0 < rate <= 50:
@@ -344,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="every S seconds a random device goes offline and is born again (a status change)")
     ap.add_argument("--officers", type=int, default=40, help="officers per unit in the docks' ratio reports")
     ap.add_argument("--kill-after", action="store_true", help="end without DISCONNECT (the wills fire)")
+    ap.add_argument("--slice", metavar="I/N", help="simulate only devices I, I+N, I+2N ... of the fleet (one of N "
+                                                   "processes: paho's select() loop handles at most ~1,000 sockets a process)")
+    ap.add_argument("--credentials-dir", metavar="DIR",
+                    help="log each device in as itself with DIR/DEVICE.toml ([mqtt] username, password), as "
+                         "`archive broker-config` writes them; implies one connection per device")
     ap.add_argument("--enrol", metavar="ROOT", help="enrol the simulated devices in this archive root first "
                                                     "(the monitor's --enrolment)")
     a = ap.parse_args(argv)
@@ -352,10 +363,25 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--broker {a.broker!r}: expected HOST:PORT")
     if not 0 < a.duration <= MAX_DURATION:
         ap.error(f"--duration: 0 < seconds <= {MAX_DURATION:g}")
+    devices = make_fleet(a.devices, a.units) if 1 <= a.devices <= MAX_DEVICES else []
+    if a.slice:
+        i, _, n = a.slice.partition("/")
+        if not (i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+            ap.error(f"--slice {a.slice!r}: expected I/N with 0 <= I < N")
+        devices = devices[int(i)::int(n)]
+    creds = None
+    if a.credentials_dir:
+        from agent import config as config_mod
+
+        def creds(dev: str) -> dict:
+            m = config_mod.load(Path(a.credentials_dir) / f"{dev}.toml").mqtt
+            return {"username": m.username, "password": m.password}
     try:
-        sim = FleetSim(host, int(port), make_fleet(a.devices, a.units), prefix=a.prefix, rate=a.rate,
+        if not devices:
+            raise ValueError(f"--devices {a.devices}: 1..{MAX_DEVICES}" if not a.slice else "--slice: no device")
+        sim = FleetSim(host, int(port), devices, prefix=a.prefix, rate=a.rate,
                        per_device=a.per_device, connections=a.connections, alarm_every=a.alarm_every,
-                       officers=a.officers, flap_every=a.flap_every)
+                       officers=a.officers, flap_every=a.flap_every, credentials=creds)
     except ValueError as exc:
         ap.error(str(exc))
     if a.enrol:

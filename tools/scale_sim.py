@@ -516,13 +516,41 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
                  "verified": sum(c["verified"] for c in parts)}
     else:
         check = check_archive(roots[0], fleet, verify=verify, db=urls[0])
+    pg_stats = None
     if db:
         from agent.common.pg import drop_database
 
+        pg_stats = _pg_stats(urls, total_items, total_bytes)
         for u in urls:
             drop_database(u)
-    return _figures(receivers, fleet, total_items, total_bytes, wall, timeline, cpu0, cpu1, pub_reports, per_rx,
-                    check, timed_out, rdir)
+    fig = _figures(receivers, fleet, total_items, total_bytes, wall, timeline, cpu0, cpu1, pub_reports, per_rx,
+                   check, timed_out, rdir)
+    fig["pg"] = pg_stats
+    return fig
+
+
+def _pg_stats(urls: list[str], items: int, nbytes: int) -> dict | None:
+    """What the run cost PostgreSQL (its own statistics of the run's databases): transactions,
+    rows written and database size, per item and per GB archived (sizing figures)."""
+    from agent.common.errors import EdgeError
+    from agent.common.pg import read_once
+
+    time.sleep(1.0)  # a backend's statistics reach the shared counters within a second of its last commit
+    tot = {"xact_commit": 0, "rows_written": 0, "db_bytes": 0}
+    try:
+        for u in urls:
+            r = read_once(u, "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted AS w, "
+                             "pg_database_size(current_database()) AS size FROM pg_stat_database "
+                             "WHERE datname = current_database()")[0]
+            tot["xact_commit"] += int(r["xact_commit"])
+            tot["rows_written"] += int(r["w"])
+            tot["db_bytes"] += int(r["size"])
+    except (EdgeError, IndexError):
+        return None
+    gb = nbytes / 1e9
+    return {**tot, "commits_per_item": round(tot["xact_commit"] / items, 1) if items else None,
+            "rows_per_item": round(tot["rows_written"] / items, 1) if items else None,
+            "rows_per_gb": round(tot["rows_written"] / gb) if gb else None}
 
 
 def _wait_receivers(port: int, rids: list[str], procs: list[subprocess.Popen], rdir: Path, timeout: float = 30) -> None:

@@ -26,6 +26,18 @@ def test_bad_arguments_are_refused(args, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--devices", "400", "--credentials-dir", "/nonexistent"], "at most 300 in one process"),
+    (["--devices", "10", "--slice", "3/2"], "--slice '3/2': expected I/N with 0 <= I < N"),
+])
+def test_fleet_sim_refuses_what_one_process_cannot_simulate(args, message, capsys):
+    from tools import fleet_sim
+
+    with pytest.raises(SystemExit) as e:
+        fleet_sim.main(args)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_tiny_fleet_on_both_backends(tmp_path):
     out = tmp_path / "fleet.json"

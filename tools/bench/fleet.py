@@ -42,7 +42,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -55,6 +54,8 @@ from tools.bench.shipped_broker import ShippedBroker  # noqa: E402
 from tools.fleet_sim import FleetSim, enrol, make_fleet  # noqa: E402
 
 EDGE = str(Path(sys.executable).with_name("edge-agent"))
+ROOT_DIR = Path(__file__).resolve().parents[2]
+PER_WORKER = 200
 PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/edge_bench"
 
 
@@ -122,14 +123,21 @@ class Probe:
         self.online[d.id] = state == "online"
 
 
-def monitor_run(label: str, db: str, fleet, probes, root: Path, work: Path, *, rate: float, warmup: float,
+def monitor_run(label: str, db: str, fleet, probes, root: Path, work: Path, *, units: int, rate: float, warmup: float,
                 seconds: float, alarm_every: float, flap_every: float, probe_every: float, flush_s: float = 1.0,
                 say=lambda m: None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
-    broker = ShippedBroker(work, root).start()
+    for attempt in range(3):  # the free port it picked may be taken by another process before mosquitto binds it
+        try:
+            broker = ShippedBroker(work, root).start()
+            break
+        except SystemExit:
+            if attempt == 2:
+                raise
     log_path = work / "monitor.log"
     log = open(log_path, "wb")
-    mon = sim = psim = None
+    mon = psim = None
+    workers: list[subprocess.Popen] = []
     try:
         mon = subprocess.Popen([EDGE, "--config", str(broker.credential_file("monitor")), "monitor", "--db", db,
                                 "--broker", f"127.0.0.1:{broker.port}", "--no-tui", "--lost-after", "120",
@@ -141,36 +149,46 @@ def monitor_run(label: str, db: str, fleet, probes, root: Path, work: Path, *, r
             time.sleep(0.1)
         web = text.split("monitor: ready", 1)[1].split(" web ", 1)[1].split()[0]
         t = time.monotonic()
-        sim = FleetSim("127.0.0.1", broker.port, fleet, rate=rate, credentials=broker.credentials,
-                       alarm_every=alarm_every, flap_every=flap_every)
-        sim.connect()
         psim = FleetSim("127.0.0.1", broker.port, probes, rate=1, credentials=broker.credentials)
         psim.connect()
-        connect_s = time.monotonic() - t
-        say(f"{label}: {len(fleet)} devices + {len(probes)} probes connected in {connect_s:.1f} s")
-        holder: dict = {}
-        th = threading.Thread(target=lambda: holder.update(sim.run(warmup + seconds)), name="fleet-sim", daemon=True)
-        th.start()
+        # the devices in worker processes of at most PER_WORKER each (paho's select() loop: ~1,000 sockets)
+        nw = -(-len(fleet) // PER_WORKER)
+        workers = [subprocess.Popen(
+            [sys.executable, "-m", "tools.fleet_sim", "--broker", f"127.0.0.1:{broker.port}", "--devices",
+             str(len(fleet)), "--units", str(units), "--slice", f"{w}/{nw}", "--credentials-dir",
+             str(broker.dir / "credentials"), "--rate", str(rate), "--duration", str(warmup + seconds),
+             "--alarm-every", str(alarm_every * nw), "--flap-every", str(flap_every * nw), "--kill-after"],
+            stdout=subprocess.PIPE, stderr=open(work / f"sim-{w}.log", "wb"), cwd=ROOT_DIR, text=True)
+            for w in range(nw)]
+        say(f"{label}: {len(fleet)} devices in {nw} processes + {len(probes)} probes started")
         time.sleep(warmup)
         mp, bp = psutil.Process(mon.pid), psutil.Process(broker.pid)
-        c0, p0, t0 = counters(db), sum(sim.published.values()), time.monotonic()
-        m0, b0, s0 = _cpu(mp), _cpu(bp), psutil.cpu_times()
+        wp = [psutil.Process(w.pid) for w in workers]
+        c0, t0 = counters(db), time.monotonic()
+        m0, b0, w0, s0 = _cpu(mp), _cpu(bp), sum(_cpu(p) for p in wp), psutil.cpu_times()
         probe = Probe(psim, web)
         i = 0
-        while time.monotonic() - t0 < seconds and th.is_alive():
+        while time.monotonic() - t0 < seconds and all(w.poll() is None for w in workers):
             probe.once(i)
             i += 1
             time.sleep(probe_every)
-        c1, p1, t1 = counters(db), sum(sim.published.values()), time.monotonic()
-        m1, b1, s1 = _cpu(mp), _cpu(bp), psutil.cpu_times()
+        c1, t1 = counters(db), time.monotonic()
+        m1, b1, w1, s1 = _cpu(mp), _cpu(bp), sum(_cpu(p) for p in wp if p.is_running()), psutil.cpu_times()
         page = []
         for _ in range(3):
             t = time.monotonic()
             f = _get(web + "api/fleet", timeout=120)
             page.append(time.monotonic() - t)
-        th.join(warmup + seconds + 60)
-        run = holder
-        published = sum(sim.published.values()) + sum(psim.published.values())
+        runs = []
+        for w in workers:
+            out, _ = w.communicate(timeout=warmup + seconds + 120)
+            try:
+                runs.append(json.loads(out.strip().splitlines()[-1]))
+            except (ValueError, IndexError):
+                raise RuntimeError(f"a simulator process failed (rc {w.returncode}): see {work}/sim-*.log") from None
+        run = {"rounds": min(r["rounds"] for r in runs), "status_changes": sum(r["status_changes"] for r in runs),
+               "elapsed_s": max(r["elapsed_s"] for r in runs)}
+        published = sum(sum(r["published"].values()) for r in runs) + sum(psim.published.values())
         d0, last, still = time.monotonic(), -1, 0
         while time.monotonic() - d0 < 180:  # drain: until the monitor has counted everything or stops moving
             now = counters(db).get("received", 0)
@@ -192,8 +210,9 @@ def monitor_run(label: str, db: str, fleet, probes, root: Path, work: Path, *, r
             "backend": label, "db": "postgresql" if db.startswith("postgresql://") else "sqlite",
             "flush_s": flush_s, "devices": len(fleet), "rooms": sum(1 for d in fleet if d.kind == "room"),
             "stations": sum(1 for d in fleet if d.kind == "dock"), "probes": len(probes), "rate_hz": rate,
-            "connect_s": round(connect_s, 1), "window_s": round(window, 1),
-            "scheduled_health_msg_s": scheduled, "published_msg_s": round((p1 - p0) / window, 1),
+            "window_s": round(window, 1),
+            "scheduled_health_msg_s": scheduled,
+            "published_health_msg_s": round(sum(r["published"]["health"] for r in runs) / run["elapsed_s"], 1),
             "accepted_msg_s": round(accepted, 1), "accepted_vs_scheduled": round(accepted / scheduled, 3),
             "sim_rounds": run.get("rounds"), "status_changes": run.get("status_changes"),
             "published_total": published, "received_total": c2.get("received", 0),
@@ -202,6 +221,7 @@ def monitor_run(label: str, db: str, fleet, probes, root: Path, work: Path, *, r
             "monitor_cpu_pct_of_one_core": round((m1 - m0) / window * 100, 1),
             "accepted_per_monitor_cpu_s": round(accepted * window / (m1 - m0), 1) if m1 > m0 else None,
             "broker_cpu_pct_of_one_core": round((b1 - b0) / window * 100, 1),
+            "simulator_cpu_pct_of_one_core": round((w1 - w0) / window * 100, 1), "simulator_processes": nw,
             "machine_cpu_busy_pct": round((1 - (s1.idle - s0.idle) / busy) * 100, 1) if busy else None,
             "latency_s": {"samples": len(probe.lat), "missed": probe.missed,
                           "p50": _round(_pct(probe.lat, 0.5)), "p90": _round(_pct(probe.lat, 0.9)),
@@ -212,12 +232,15 @@ def monitor_run(label: str, db: str, fleet, probes, root: Path, work: Path, *, r
             "load_average": [round(x, 1) for x in os.getloadavg()],
         }
     finally:
-        for s in (sim, psim):
-            if s is not None:
-                try:
-                    s.stop(clean=False)
-                except Exception:  # noqa: BLE001
-                    pass
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait(10)
+        if psim is not None:
+            try:
+                psim.stop(clean=False)
+            except Exception:  # noqa: BLE001
+                pass
         if mon is not None and mon.poll() is None:
             mon.terminate()
             try:
@@ -288,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--item-kib", type=int, default=256)
     ap.add_argument("--receivers", default="1,3")
     ap.add_argument("--dir", help="work directory (default: the system temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout)")
     a = ap.parse_args(argv)
     backends = [b.strip() for b in a.backends.split(",") if b.strip()]
@@ -321,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                 db = f"{head}/{name}_mon_{uuid.uuid4().hex[:8]}"
                 create_database(db)
             try:
-                r = monitor_run(b, db, fleet, probes, work / "archive", work / f"mon-{b}", rate=a.rate, warmup=a.warmup,
+                r = monitor_run(b, db, fleet, probes, work / "archive", work / f"mon-{b}", units=a.units, rate=a.rate, warmup=a.warmup,
                                 seconds=a.seconds, alarm_every=a.alarm_every, flap_every=a.flap_every,
                                 probe_every=a.probe_every, flush_s=a.flush_s, say=say)
             finally:
@@ -338,7 +362,10 @@ def main(argv: list[str] | None = None) -> int:
                 res["archive"].append(archive_runs(pg, a.archive_devices, a.items, a.item_kib, receivers,
                                                    work / f"arc-{b}", say=say))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if a.keep:
+            say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     res["load_average_end"] = [round(x, 1) for x in os.getloadavg()]
     print(table(res), file=out)
     if a.json:
