@@ -179,8 +179,30 @@ def fleet(conn: sqlite3.Connection, lost_after: float, now: float | None = None)
             "rejected": {"total": sum(rejected.values()), "by_reason": rejected, "by_device": by_device}}
 
 
+class _Now:
+    """The rows the unit view reads per unit (units, the stations' latest ratio reports, rooms), read
+    once for all units: the page of a fleet with hundreds of units is three queries, not four per
+    unit (on PostgreSQL each query is a round trip: 5.3 s for /api/fleet with 400 units, measured).
+    ``execute`` goes to the connection."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.units = {r["code"]: _row(r) for r in conn.execute("SELECT * FROM units")}
+        self.reports: dict[str, list[dict]] = {}
+        for r in conn.execute("SELECT * FROM ratio_reports"):
+            self.reports.setdefault(r["unit_code"], []).append(_row(r))
+        self.rooms: dict[str, list[dict]] = {}
+        for r in conn.execute("SELECT * FROM devices WHERE kind = 'room' ORDER BY id"):
+            self.rooms.setdefault(r["unit_code"], []).append(_row(r))
+
+    def execute(self, sql: str, params=()):
+        return self.conn.execute(sql, params)
+
+
 def _reports(conn: sqlite3.Connection, unit: str, until: float | None) -> list[dict]:
     """The docking stations' latest ratio report rows of a unit (as of ``until``; None = now)."""
+    if until is None and isinstance(conn, _Now):
+        return [dict(r) for r in conn.reports.get(unit, [])]
     if until is None:
         return [_row(r) for r in conn.execute("SELECT * FROM ratio_reports WHERE unit_code = ?", [unit])]
     return [_row(r) for r in conn.execute(
@@ -241,7 +263,9 @@ def rooms_of(conn: sqlite3.Connection, unit: str, until: float | None = None,
         return conn.execute("SELECT count(*) FROM devices WHERE unit_code = ? AND kind = 'room' AND first_seen <= ?",
                             [unit, until]).fetchone()[0], []
     ok, out = 0, []
-    for r in conn.execute("SELECT * FROM devices WHERE unit_code = ? AND kind = 'room' ORDER BY id", [unit]):
+    rows = conn.rooms.get(unit, []) if isinstance(conn, _Now) else \
+        conn.execute("SELECT * FROM devices WHERE unit_code = ? AND kind = 'room' ORDER BY id", [unit])
+    for r in rows:
         d = _row(r)
         d["display_state"] = display_state(d, now, lost_after)
         if d["display_state"] == "online":
@@ -258,7 +282,8 @@ def unit_compliance(conn: sqlite3.Connection, unit: str, until: float | None = N
     stations' reports), recorders that count from the stations' reports, rooms known, judged by
     the thresholds the unit's stations report: the newest unit policy one of them has in force,
     else their configuration (agent/common/ratio.py ``thresholds_of``); ``thresholds`` says which."""
-    u = conn.execute("SELECT * FROM units WHERE code = ?", [unit]).fetchone()
+    u = conn.units.get(unit) if isinstance(conn, _Now) else \
+        conn.execute("SELECT * FROM units WHERE code = ?", [unit]).fetchone()
     rep_rec, rep_off = recorders_of(conn, unit, until)
     recorders = u["recorders"] if u is not None and u["recorders"] is not None else rep_rec
     officers = u["officers"] if u is not None and u["officers"] is not None else rep_off
@@ -276,7 +301,10 @@ def compliance(recorders: int, officers: int | None, rooms: int,
 
 def unit_rows(conn: sqlite3.Connection, devices: list[dict], alarms: list[dict], until: float | None = None,
               lost_after: float = DEFAULT_LOST_AFTER, now: float | None = None) -> list[dict]:
-    units = {r["code"]: _row(r) for r in conn.execute("SELECT * FROM units")}
+    if until is None and not isinstance(conn, _Now):
+        conn = _Now(conn)
+    units = {k: dict(v) for k, v in conn.units.items()} if isinstance(conn, _Now) else \
+        {r["code"]: _row(r) for r in conn.execute("SELECT * FROM units")}
     for d in devices:
         if d["unit_code"] and d["unit_code"] not in units:
             units[d["unit_code"]] = {"code": d["unit_code"], "name": d["unit_name"], "officers": None,
