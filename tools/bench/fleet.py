@@ -264,7 +264,7 @@ def archive_runs(db: str | None, devices: int, items: int, item_kib: int, receiv
     return {"index": res["index"], "devices": devices, "items_per_device": items, "item_kib": item_kib,
             "ok": res["ok"], "summary": res["summary"],
             "runs": [{k: r.get(k) for k in ("receivers", "items", "stored", "wall_s", "items_s", "mb_s", "steady_items_s",
-                                             "steady_mb_s", "receiver_cpu_s_total", "items_per_receiver", "ok")}
+                                             "steady_mb_s", "receiver_cpu_s_total", "items_per_receiver", "pg", "ok")}
                      for r in res["runs"]]}
 
 
@@ -281,13 +281,17 @@ def table(res: dict) -> str:
                      f"{lat['p50']} / {lat['p99']} / {lat['max']} ({lat['samples']} samples, {lat['missed']} missed) | "
                      f"{r['api_fleet_s']} |")
     if res["archive"]:
-        lines += ["", "| archive index | receivers | items | items/s | MB/s | receiver CPU s | ok |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "| archive index | receivers | items | items/s | MB/s | receiver CPU s | PostgreSQL commits, rows "
+                      "written per item | ok |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for a in res["archive"]:
             for r in a["runs"]:
+                pg = r.get("pg")
+                cost = f"{pg['commits_per_item']}, {pg['rows_per_item']}" if pg else "-"
                 lines.append(f"| {a['index']} | {r['receivers']} | {r['stored']}/{r['items']} × {a['item_kib']} KiB | "
                              f"{r['steady_items_s'] or r['items_s']} | {r['steady_mb_s'] or r['mb_s']} | "
-                             f"{r['receiver_cpu_s_total']} | {'yes' if r['ok'] else 'NO'} |")
+                             f"{r['receiver_cpu_s_total']} | "
+                             f"{cost} | "
+                             f"{'yes' if r['ok'] else 'NO'} |")
     return "\n".join(lines)
 
 
