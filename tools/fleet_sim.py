@@ -31,6 +31,7 @@ import datetime as dt
 import hashlib
 import json
 import random
+import selectors
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -215,6 +216,13 @@ class FleetSim:
         self._shared: list[mqtt.Client] = []
         self._stop = threading.Event()
         self.connections = max(1, min(connections, len(devices)))
+        # one connection per device: one network thread for all of them (paho's own loop thread
+        # uses select(), which cannot watch file descriptors above 1023: about 300 clients)
+        self._sel = selectors.DefaultSelector()
+        self._net_clients: list[mqtt.Client] = []
+        self._net_lock = threading.Lock()
+        self._net_stop = threading.Event()
+        self._net: threading.Thread | None = None
 
     def _client(self, cid: str, will: tuple[str, bytes] | None) -> mqtt.Client:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
@@ -222,11 +230,51 @@ class FleetSim:
         if self.credentials is not None:
             cred = self.credentials(cid)
             c.username_pw_set(cred["username"], cred["password"])
+        up = threading.Event()
+        c.on_connect = lambda *_a: up.set()
         if will:
             c.will_set(will[0], will[1], qos=1, retain=True)
         c.connect(self.host, self.port, keepalive=30)
-        c.loop_start()
+        if not self.per_device:
+            c.loop_start()
+            return c
+        # publishes only queue (paho writes at once from the caller's thread otherwise): the
+        # network thread is the one writer of every socket
+        c.on_socket_register_write = lambda *_a: None
+        with self._net_lock:
+            self._sel.register(c.socket(), selectors.EVENT_READ, c)
+            self._net_clients.append(c)
+            if self._net is None:
+                self._net = threading.Thread(target=self._net_run, name="fleet-sim-net", daemon=True)
+                self._net.start()
+        if not up.wait(60):  # a QoS 0 publish before CONNACK would be dropped
+            raise RuntimeError(f"{cid}: no CONNACK within 60 s")
         return c
+
+    def _net_run(self) -> None:
+        """Reads every per-device connection (CONNACK, PUBACK, PINGRESP), writes what a publish
+        could not send at once, keeps the connections alive."""
+        last_misc = time.monotonic()
+        while not self._net_stop.is_set():
+            with self._net_lock:
+                ready = self._sel.select(0.01) if self._net_clients else []
+                clients = list(self._net_clients)
+            for key, _ev in ready:
+                if key.data.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                    with self._net_lock:
+                        try:
+                            self._sel.unregister(key.fileobj)
+                        except (KeyError, ValueError):
+                            pass
+            for c in clients:
+                if c.want_write():
+                    c.loop_write()
+            if time.monotonic() - last_misc >= 1.0:
+                last_misc = time.monotonic()
+                for c in clients:
+                    c.loop_misc()
+            if not ready:
+                time.sleep(0.005)
 
     def client_of(self, d: SimDevice) -> mqtt.Client:
         if self.per_device:
@@ -240,11 +288,14 @@ class FleetSim:
 
     def connect(self) -> None:
         if self.per_device:
-            for d in self.devices:
+            def one(d: SimDevice) -> None:
                 d.bdseq += 1
                 st = f"{self.p}/dev/{d.id}/status"
                 will = (st, d.seal(st, d.status("offline")))  # sealed at connect, like an agent's
                 self.clients[d.id] = self._client(f"{d.id}", will)
+
+            with ThreadPoolExecutor(max_workers=32) as ex:  # connects side by side, each until its CONNACK
+                list(ex.map(one, self.devices))
         else:
             self._shared = [self._client(f"fleet-sim-{i}-{random.getrandbits(24):06x}", None)
                             for i in range(self.connections)]
@@ -317,17 +368,26 @@ class FleetSim:
                               retain=True).wait_for_publish(5)
                     c.disconnect()
                     c.loop_stop()
-                else:  # no DISCONNECT: stop the network thread, then drop the socket
-                    c.loop_stop()
+                else:  # no DISCONNECT: drop the socket (the broker sends the will)
                     sock = c.socket()
                     if sock is not None:
+                        with self._net_lock:
+                            try:
+                                self._sel.unregister(sock)
+                            except (KeyError, ValueError):
+                                pass
                         sock.close()
 
-            # loop_stop() waits up to a second per client: stop them side by side
             with ThreadPoolExecutor(max_workers=32) as ex:
                 list(ex.map(one, self.devices))
             if clean:
                 self.published["status"] += len(self.devices)  # each device's retained offline
+                deadline = time.monotonic() + 10
+                while any(c.want_write() for c in self._net_clients) and time.monotonic() < deadline:
+                    time.sleep(0.02)  # the DISCONNECTs go out
+            self._net_stop.set()
+            if self._net is not None:
+                self._net.join(5)
         else:
             for c in self._shared:
                 if clean:
