@@ -286,8 +286,14 @@ def monitor_history(db, device, unit, since, until, limit, as_json):
 @db_option
 @click.option("--show", "show_id", type=int, help="Print checkpoint ID exactly as the archive signed it (for `archive audit`).")
 @click.option("--limit", type=click.IntRange(1, 100000), default=1000, show_default=True, help="At most the newest this many.")
+@click.option("--acknowledge", "ack_id", type=int,
+              help="Acknowledge inconsistent checkpoint ID after looking into it (with --reason): the running monitor "
+                   "clears archive_log_inconsistent when none is left, and checks the next checkpoints against this "
+                   "one when the archive's key signed it.")
+@click.option("--reason", help="With --acknowledge: what was found and done (kept with the checkpoint).")
+@click.option("--as", "who", help="With --acknowledge: who acknowledges (default: the login name).")
 @json_option
-def monitor_checkpoints(db, show_id, limit, as_json):
+def monitor_checkpoints(db, show_id, limit, ack_id, reason, who, as_json):
     """The archive's checkpoints this monitor kept (every one the archive published on
     P/archive/checkpoint, oldest first) with its verdict: first, same, consistent (the proof from
     the one before verifies), gap (published while the monitor was away: unproven), inconsistent
@@ -299,12 +305,31 @@ def monitor_checkpoints(db, show_id, limit, as_json):
       edge-agent monitor checkpoints --db ./monitor.db
       edge-agent monitor checkpoints --db ./monitor.db --show 3 > kept.json
       edge-agent archive audit kept.json --root /srv/archive
+      edge-agent monitor checkpoints --db ./monitor.db --acknowledge 4 --reason "key rotation test, ticket 812"
     """
     import json
 
     from ..monitor.state import check_db_arg, connect
-    from ..monitor.witness import checkpoint, checkpoints
+    from ..monitor.witness import acknowledge, checkpoint, checkpoints
 
+    if ack_id is not None:
+        import getpass
+
+        from ..monitor.state import open_monitor_db
+
+        d = open_monitor_db(check_db_arg(db))
+        try:
+            out = acknowledge(d, ack_id, who or getpass.getuser(), reason or "")
+        finally:
+            d.close()
+        if as_json:
+            emit_json(out)
+        else:
+            click.echo(f"已确认 / acknowledged checkpoint {ack_id} by {out['by']}: {out['reason']} "
+                       "(the running monitor clears the alarm within its reload interval when none is left)")
+        return
+    elif reason or who:
+        raise click.UsageError("--reason 与 --as 只用于 --acknowledge / --reason and --as go with --acknowledge")
     conn = connect(check_db_arg(db), readonly=True)
     try:
         if show_id is not None:
@@ -326,7 +351,9 @@ def monitor_checkpoints(db, show_id, limit, as_json):
     for r in rows:
         click.echo(f"{r['id']:>5}  {r['received']:25}  {r['size'] if r['size'] is not None else '-':>8}  "
                    f"{(r['root'] or '-')[:16]:16}  {r['key_id'] or '-':16}  {r['verdict']}"
-                   + (f": {r['detail']}" if r["detail"] else ""))
+                   + (f": {r['detail']}" if r["detail"] else "")
+                   + (f" [已确认 / acknowledged by {r['acknowledged']['by']}: {r['acknowledged']['reason']}]"
+                      if r["acknowledged"] else ""))
 
 
 @monitor.group("roster")

@@ -342,6 +342,7 @@ class Ingest(DeviceState, Witness):
                 next_reload = time.monotonic() + self.s.reload_s
                 self.enrolment.reload()
                 self.reload_archive_alarms()
+                self.reload_witness_acks()
                 try:
                     self._subscribe_shares()  # devices enrolled since
                 except Exception:

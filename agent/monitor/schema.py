@@ -173,6 +173,11 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX archive_checkpoints_sig ON archive_checkpoints(sig)
     """),
+    ("0007_archive_checkpoint_acks", """
+        ALTER TABLE archive_checkpoints ADD COLUMN ack_by TEXT;
+        ALTER TABLE archive_checkpoints ADD COLUMN ack_reason TEXT;
+        ALTER TABLE archive_checkpoints ADD COLUMN ack_at DOUBLE PRECISION
+    """),
 ]
 
 MIGRATIONS = sqlite_dialect(PG_MIGRATIONS)  # the same, as SQLite runs them

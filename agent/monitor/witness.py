@@ -30,7 +30,7 @@ import json
 import logging
 import time
 
-from agent.common.errors import VerifyError
+from agent.common.errors import EdgeError, VerifyError
 from agent.wire.archive_checkpoint import check_checkpoint, check_consistency, parse_published
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,51 @@ class Witness:
         self._alarm_since: dict = {}
         self._cp_sigs: set[str] = {r["sig"] for r in self.db.query("SELECT sig FROM archive_checkpoints "
                                                                    "WHERE sig IS NOT NULL")}
-        rows = self.db.query("SELECT checkpoint FROM archive_checkpoints WHERE verdict IN ('first', 'same', "
-                             "'consistent', 'gap') ORDER BY id DESC LIMIT 1")
-        self._cp_last: dict | None = json.loads(rows[0]["checkpoint"]) if rows else None
+        self._cp_last: dict | None = None
+        self._acks_seen: set[int] = set()
+        self._base_from_db()
+
+    def _base_from_db(self) -> None:
+        """The base the next checkpoint must extend: the newest kept checkpoint that was good, or
+        that a person acknowledged and the archive's key signed (``monitor checkpoints --acknowledge``)."""
+        rows = self.db.query("SELECT id, verdict, checkpoint, ack_at FROM archive_checkpoints WHERE verdict IN "
+                             "('first', 'same', 'consistent', 'gap') OR ack_at IS NOT NULL ORDER BY id DESC LIMIT 50")
+        pubs = None
+        self._acks_seen |= {r["id"] for r in rows if r["ack_at"] is not None}
+        for r in rows:
+            cp = json.loads(r["checkpoint"]) if r["checkpoint"] else None
+            if r["verdict"] in GOOD:
+                self._cp_last = cp
+                return
+            pubs = self._archive_pubs() if pubs is None else pubs
+            try:
+                self._cp_last = check_checkpoint(cp, pubs)
+                return
+            except VerifyError:
+                continue  # acknowledged but not the archive's (a stranger's): never a base
+
+    def reload_witness_acks(self, now: float | None = None) -> None:
+        """Acknowledgements written by ``monitor checkpoints --acknowledge`` (read every reload_s):
+        an acknowledged checkpoint of the archive's becomes the base; when no inconsistent checkpoint
+        is left unacknowledged, ``archive_log_inconsistent`` is cleared (the history keeps both)."""
+        now = now or time.time()
+        try:
+            acked = {r["id"] for r in self.db.query("SELECT id FROM archive_checkpoints WHERE ack_at IS NOT NULL")}
+        except Exception as exc:  # noqa: BLE001 - the monitor goes on; tried again at the next reload
+            log.warning("archive checkpoint acknowledgements unreadable: %s", exc)
+            return
+        if acked <= self._acks_seen:
+            return
+        self.flush()  # what is pending is in the table before the base is chosen again
+        with self.lock:
+            if self.cp_rows:
+                return  # a checkpoint arrived meanwhile: next time
+            self._base_from_db()
+            self._acks_seen |= acked
+            left = self.db.one("SELECT count(*) AS n FROM archive_checkpoints WHERE verdict = 'inconsistent' "
+                               "AND ack_at IS NULL")["n"]
+            if not left:
+                self._witness_alarm(INCONSISTENT, False, "", now)
 
     def _archive_pubs(self) -> list:
         if self.archive_keys is None:
@@ -164,13 +206,16 @@ class Witness:
 
 def checkpoints(conn, limit: int = 1000) -> list[dict]:
     """What the monitor kept, oldest first (``monitor checkpoints``)."""
-    rows = conn.execute("SELECT id, received, verdict, detail, size, root, signed, key_id, checkpoint FROM "
-                        "archive_checkpoints ORDER BY id DESC LIMIT ?", [limit]).fetchall()
+    rows = conn.execute("SELECT id, received, verdict, detail, size, root, signed, key_id, checkpoint, ack_by, "
+                        "ack_reason, ack_at FROM archive_checkpoints ORDER BY id DESC LIMIT ?", [limit]).fetchall()
     out = []
     for r in reversed(rows):
         d = {k: r[k] for k in ("id", "received", "verdict", "detail", "size", "root", "signed", "key_id")}
         d["received"] = dt.datetime.fromtimestamp(d["received"]).astimezone().isoformat(timespec="seconds")
         d["checkpoint"] = json.loads(r["checkpoint"]) if r["checkpoint"] else None
+        d["acknowledged"] = None if r["ack_at"] is None else {
+            "by": r["ack_by"], "reason": r["ack_reason"],
+            "at": dt.datetime.fromtimestamp(r["ack_at"]).astimezone().isoformat(timespec="seconds")}
         out.append(d)
     return out
 
@@ -178,3 +223,22 @@ def checkpoints(conn, limit: int = 1000) -> list[dict]:
 def checkpoint(conn, cid: int) -> dict | None:
     r = conn.execute("SELECT checkpoint FROM archive_checkpoints WHERE id = ?", [cid]).fetchone()
     return json.loads(r["checkpoint"]) if r and r["checkpoint"] else None
+
+
+def acknowledge(db, cid: int, who: str, reason: str) -> dict:
+    """A person who looked into inconsistent checkpoint ``cid`` acknowledges it with a reason
+    (``monitor checkpoints --acknowledge``); the running monitor clears the alarm when none is left
+    and, when the archive's key signed it, checks the next checkpoints against it."""
+    if not reason or not reason.strip():
+        raise EdgeError("需要理由 / --reason is required: say what was found (it is kept with the checkpoint)")
+    r = db.one("SELECT id, verdict, ack_at, size, detail FROM archive_checkpoints WHERE id = ?", [cid])
+    if r is None:
+        raise EdgeError(f"没有该检查点 / no archive checkpoint {cid} kept here (see `monitor checkpoints`)")
+    if r["verdict"] != "inconsistent":
+        raise EdgeError(f"检查点 {cid} 无需确认 / checkpoint {cid} is {r['verdict']}: only an inconsistent one is acknowledged")
+    if r["ack_at"] is not None:
+        raise EdgeError(f"检查点 {cid} 已确认 / checkpoint {cid} is acknowledged already")
+    with db.atomic() as c:
+        c.execute("UPDATE archive_checkpoints SET ack_by = ?, ack_reason = ?, ack_at = ? WHERE id = ? "
+                  "AND ack_at IS NULL", [who, reason.strip()[:1000], time.time(), cid])
+    return {"id": cid, "size": r["size"], "detail": r["detail"], "by": who, "reason": reason.strip()}

@@ -115,7 +115,9 @@ import pytest  # noqa: E402
 
 from agent.archive.storage import ArchiveStore  # noqa: E402
 from agent.monitor.state import connect, fleet, open_monitor_db  # noqa: E402
-from agent.monitor.witness import checkpoints  # noqa: E402
+from agent.common.errors import EdgeError  # noqa: E402
+from agent.monitor.history import history  # noqa: E402
+from agent.monitor.witness import acknowledge, checkpoints  # noqa: E402
 from tests.support.pg import fresh_database  # noqa: E402
 
 TOPIC = "edge/archive/checkpoint"
@@ -227,6 +229,37 @@ def test_every_verdict_kept_on_both_backends(db_url, tmp_path):
         a = next(a for a in shown if a["device"] == "archive")
         assert (a["code"], a["severity"]) == ("archive_log_inconsistent", "critical") and len(shown) == 1, shown
         assert a["message_zh"].startswith("存档日志不一致：") and "older than the last one kept" in a["message_en"], a
+
+        # a custodian looks into each and acknowledges it with a reason: cleared when none is left, and
+        # the newest acknowledged checkpoint the archive signed is what the next one must extend
+        for k in kept[5:9]:
+            acknowledge(db, k["id"], "inspector-7", "test publications, ticket 812")
+        with pytest.raises(EdgeError, match="only an inconsistent one"):
+            acknowledge(db, kept[0]["id"], "inspector-7", "x")
+        with pytest.raises(EdgeError, match="--reason is required"):
+            acknowledge(db, kept[9]["id"], "inspector-7", " ")
+        ing2.reload_witness_acks()
+        ing2.flush()
+        assert alarm("archive_log_inconsistent") == (1, "critical")  # one is left
+        p = run(["monitor", "checkpoints", "--db", db_url, "--acknowledge", str(kept[9]["id"]), "--reason",
+                 "clock test at the archive", "--as", "inspector-7"])
+        assert p.returncode == 0 and "acknowledged checkpoint" in p.stdout, p.stdout + p.stderr
+        ing2.reload_witness_acks()
+        ing2.flush()
+        assert alarm("archive_log_inconsistent")[0] == 0
+        st.note_published(older)  # the archive's next record names the acknowledged one as its previous
+        _leaves(st, 1)
+        assert ing2.handle(TOPIC, _publish(st)) == "accepted"
+        ing2.flush()
+        conn = connect(db_url, readonly=True)
+        try:
+            kept = checkpoints(conn)
+            events = [(e["code"], e["event"]) for e in history(conn, device="archive")["events"]]
+        finally:
+            conn.close()
+        assert kept[-1]["verdict"] == "consistent" and kept[9]["acknowledged"]["by"] == "inspector-7", kept[-1]
+        assert events == [("archive_log_unverified", "raised"), ("archive_log_unverified", "cleared"),
+                          ("archive_log_inconsistent", "raised"), ("archive_log_inconsistent", "cleared")], events
     finally:
         db.close()
         st.close()
