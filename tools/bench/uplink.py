@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -312,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="log level of archive serve (its log is kept with --keep; info logs busy seconds)")
     args = ap.parse_args(argv)
     out = sys.stderr if args.json == "-" else sys.stdout
+    # SIGTERM (e.g. `timeout`) unwinds through the finally below: the broker is stopped, the work dir removed
+    signal.signal(signal.SIGTERM, lambda *_a: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="bench-uplink-"))
     port = free_port()
     broker = None
