@@ -40,16 +40,18 @@ def test_monitor_keeps_the_archives_checkpoints_and_alarms_on_a_rewritten_log(br
     try:
         ing.start()
         assert ing.subscribed.wait(10)
-        rx = t.start_archive()
+        rx = t.start_archive(first_checkpoint_s=0.0)  # its first checkpoint at once, as 30 s after a start
+        wait_for(lambda: len(_kept(mdb)) == 1, 20, "the archive's first checkpoint kept")
         t.start_agent()
         t.wait_archived(ids)
-        rx.publish_store_checkpoint()
-        wait_for(lambda: len(_kept(mdb)) == 1, 20, "the first checkpoint kept")
+        rx.publish_store_checkpoint()  # what the schedule does every archive.checkpoint_every_h
+        wait_for(lambda: len(_kept(mdb)) == 2, 20, "the second checkpoint kept")
         ids += add_items(t.store, tmp_path, [5_000, 6_000], seed=1)
         t.wait_archived(ids)
         rx.publish_store_checkpoint()
-        wait_for(lambda: len(_kept(mdb)) == 2, 20, "the second checkpoint kept")
-        assert [(r["verdict"], r["size"]) for r in _kept(mdb)] == [("first", 2), ("consistent", 4)], _kept(mdb)
+        wait_for(lambda: len(_kept(mdb)) == 3, 20, "the third checkpoint kept")
+        assert [(r["verdict"], r["size"]) for r in _kept(mdb)] == [("first", 0), ("consistent", 2), ("consistent", 4)], \
+            _kept(mdb)
         assert _alarm(mdb) is None
 
         # a checkpoint signed by a key that is not the archive's (published where the archive publishes)
@@ -60,8 +62,8 @@ def test_monitor_keeps_the_archives_checkpoints_and_alarms_on_a_rewritten_log(br
         forged = {"format": "edge-archive-consistency/1", "checkpoint": {**body, "sig": keys.sign(stranger, canon.canonical(body))},
                   "previous": None, "proof": None}
         rx.conn.publish(rx.topics.archive_checkpoint(), json.dumps(forged).encode(), retain=True, timeout=10)
-        wait_for(lambda: len(_kept(mdb)) == 3, 20, "the forged checkpoint kept")
-        assert _kept(mdb)[2]["verdict"] == "inconsistent" and f"key {kid}, not a key of this archive" in _kept(mdb)[2]["detail"]
+        wait_for(lambda: len(_kept(mdb)) == 4, 20, "the forged checkpoint kept")
+        assert _kept(mdb)[3]["verdict"] == "inconsistent" and f"key {kid}, not a key of this archive" in _kept(mdb)[3]["detail"]
         a = _alarm(mdb)
         assert a and a["severity"] == "critical" and a["message_zh"].startswith("存档日志不一致") \
             and a["message_en"].startswith("archive log inconsistent"), a
@@ -76,16 +78,16 @@ def test_monitor_keeps_the_archives_checkpoints_and_alarms_on_a_rewritten_log(br
             con.execute("UPDATE merkle_leaves SET idx = -idx WHERE idx < 0")              # idx is unique row by row)
         con.close()
         rx.publish_store_checkpoint()
-        wait_for(lambda: len(_kept(mdb)) == 4, 20, "the rewritten log's checkpoint kept")
-        last = _kept(mdb)[3]
+        wait_for(lambda: len(_kept(mdb)) == 5, 20, "the rewritten log's checkpoint kept")
+        last = _kept(mdb)[4]
         assert (last["verdict"], last["size"]) == ("inconsistent", 3), last
         assert "the log shrank: 3 leaves" in last["detail"], last
         # ... and one more archived item brings the size back: another root for 4 leaves
         ids += add_items(t.store, tmp_path, [7_000], seed=2)
         t.wait_archived(ids)
         rx.publish_store_checkpoint()
-        wait_for(lambda: len(_kept(mdb)) == 5, 20, "the next checkpoint kept")
-        assert _kept(mdb)[4]["verdict"] == "inconsistent" and "two roots for 4 leaves" in _kept(mdb)[4]["detail"]
+        wait_for(lambda: len(_kept(mdb)) == 6, 20, "the next checkpoint kept")
+        assert _kept(mdb)[5]["verdict"] == "inconsistent" and "two roots for 4 leaves" in _kept(mdb)[5]["detail"]
         assert _alarm(mdb) is not None  # a rewritten log is never cleared by a later checkpoint
     finally:
         ing.stop()
@@ -98,12 +100,12 @@ def test_monitor_keeps_the_archives_checkpoints_and_alarms_on_a_rewritten_log(br
     ls = run(["monitor", "checkpoints", "--json", *db])
     assert ls.returncode == 0, ls.stderr
     kept = json.loads(ls.stdout)["checkpoints"]
-    assert [k["verdict"] for k in kept] == ["first", "consistent", "inconsistent", "inconsistent", "inconsistent"]
+    assert [k["verdict"] for k in kept] == ["first", "consistent", "consistent", "inconsistent", "inconsistent", "inconsistent"]
     table = run(["monitor", "checkpoints", *db])
     assert "consistent" in table.stdout and "the log shrank" in table.stdout, table.stdout
-    # the auditor takes the monitor's copy of checkpoint 2 to the archive: the deletion is named
-    shown = run(["monitor", "checkpoints", "--show", str(kept[1]["id"]), *db])
-    assert shown.returncode == 0 and json.loads(shown.stdout) == kept[1]["checkpoint"]
+    # the auditor takes the monitor's copy of checkpoint 3 to the archive: the deletion is named
+    shown = run(["monitor", "checkpoints", "--show", str(kept[2]["id"]), *db])
+    assert shown.returncode == 0 and json.loads(shown.stdout) == kept[2]["checkpoint"]
     old = tmp_path / "kept-by-monitor.json"
     old.write_text(shown.stdout)
     audit = run(["archive", "audit", str(old), "--root", str(t.root)])

@@ -235,7 +235,8 @@ class InProc:
         pin.parent.mkdir(parents=True, exist_ok=True)
         pin.write_bytes(keys.public_pem(self.archive.signing_key.public_key()))
 
-    def start_archive(self, name: str = "archive-t", share: str | None = None, **kw):
+    def start_archive(self, name: str = "archive-t", share: str | None = None, first_checkpoint_s: float | None = None,
+                      **kw):
         from agent.archive.receiver import Receiver
         from agent.archive.storage import ArchiveStore
         from agent.wire.client import ConnSettings, TlsConfig
@@ -244,6 +245,8 @@ class InProc:
         st = ArchiveStore(self.root, receiver=name, **kw)
         rx = Receiver(st, ConnSettings("127.0.0.1", self.archive_port, name, tls=tls, keepalive=10),
                       share=share, receiver_id=name)
+        if first_checkpoint_s is not None:  # the archive-wide checkpoint (30 s after start by default)
+            rx.first_checkpoint_s = first_checkpoint_s
         rx.start()
         assert rx.conn.wait_connected(10), rx.conn.last_error
         self.receivers.append(rx)
