@@ -51,7 +51,9 @@ def test_tiny_fleet_on_both_backends(tmp_path):
     for m in res["monitor"]:
         assert m["devices"] == 6 and m["rooms"] == 1 and m["stations"] == 5
         assert m["lost"] == 0 and m["received_total"] >= m["published_total"] > 0, m
-        assert m["accepted_msg_s"] > 0 and m["rejected"] == {}, m
+        # only the devices' last wills, fired when the simulators are killed at the end: sealed at connect,
+        # before the re-births of the run, they are older than what the monitor shows
+        assert m["accepted_msg_s"] > 0 and set(m["rejected"]) <= {"rejected.replayed"}, m
         assert m["latency_s"]["samples"] >= 2 and m["latency_s"]["missed"] == 0, m
         assert m["api_fleet_devices"] == 8  # the fleet and the probes, all enrolled and heard
     assert [(a["index"], a["ok"], [r["stored"] for r in a["runs"]]) for a in res["archive"]] == \
