@@ -95,6 +95,38 @@ class Reader:
         self.conn.close()
 
 
+class ReaderPool:
+    """Read-only connections kept open for a server that reads often (the monitor's web page: a
+    request every 2 s per viewer, a history query per click): ``with pool.reader() as r:`` yields
+    a :class:`Reader` on a pooled connection, instead of a new connection (a new server process)
+    per request."""
+
+    def __init__(self, url: str, max_size: int = 4):
+        self.path = redact(url)
+
+        def configure(conn: psycopg.Connection) -> None:
+            conn.read_only = True
+
+        try:
+            self.pool = ConnectionPool(url, min_size=1, max_size=max_size, open=False, configure=configure,
+                                       kwargs={"autocommit": True, "row_factory": row_factory}, name="edge-agent-read")
+            self.pool.open(wait=True, timeout=15)
+        except Exception as exc:  # PoolTimeout ...
+            with contextlib.suppress(Exception):
+                self.pool.close()
+            raise EdgeError(f"数据库无法连接 / cannot connect to the database {self.path}: {exc}") from None
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator["Reader"]:
+        with self.pool.connection() as conn:
+            r = Reader.__new__(Reader)
+            r.path, r.conn = self.path, conn
+            yield r
+
+    def close(self) -> None:
+        self.pool.close()
+
+
 def redact(url: str) -> str:
     """The URL without its password (for messages and logs)."""
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)

@@ -15,6 +15,7 @@ PostgreSQL); nothing on the page changes state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -24,6 +25,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from agent.common.errors import EdgeError
+from agent.common.pg import ReaderPool, is_url
 from .history import history, parse_time
 from .state import connect, fleet
 
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 class WebServer:
     def __init__(self, db_path: Path | str, port: int, lost_after: float, host: str = "127.0.0.1"):
         self.db_path = db_path  # a SQLite path or a postgresql:// URL (state.connect reads either)
+        # PostgreSQL: a few read-only connections kept open (a connection per request would start a
+        # server process per request); SQLite: the file opened read-only per request
+        self._pool = ReaderPool(str(db_path)) if is_url(str(db_path)) else None
         self.lost_after = lost_after
         outer = self
 
@@ -82,23 +87,18 @@ class WebServer:
                 except (EdgeError, ValueError) as exc:
                     self._send(h, 400, json.dumps({"error": str(exc)}, ensure_ascii=False).encode(), "application/json")
                     return
-                conn = connect(self.db_path, readonly=True)
                 try:
-                    data = history(conn, q.get("device") or None, q.get("unit") or None, since, until, limit)
+                    with self._reader() as conn:
+                        data = history(conn, q.get("device") or None, q.get("unit") or None, since, until, limit)
                 except EdgeError as exc:
                     self._send(h, 400, json.dumps({"error": str(exc)}, ensure_ascii=False).encode(), "application/json")
                     return
-                finally:
-                    conn.close()
                 self._send(h, 200, json.dumps(data, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
                 return
             if url.path in ("/api/fleet", "/api/units", "/api/alarms", "/api/devices", "/api/rejected"):
                 q = parse_qs(url.query)
-                conn = connect(self.db_path, readonly=True)
-                try:
+                with self._reader() as conn:
                     data = fleet(conn, self.lost_after)
-                finally:
-                    conn.close()
                 part = url.path.rsplit("/", 1)[1]
                 if part != "fleet":
                     data = data[part]
@@ -125,9 +125,23 @@ class WebServer:
         log.info("monitor web page on http://%s:%s/", *self.httpd.server_address[:2])
         return self
 
+    @contextlib.contextmanager
+    def _reader(self):
+        if self._pool is not None:
+            with self._pool.reader() as r:
+                yield r
+            return
+        conn = connect(self.db_path, readonly=True)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        if self._pool is not None:
+            self._pool.close()
 
 
 PAGE = r"""<!doctype html>

@@ -221,6 +221,12 @@ def test_monitor_on_postgresql_end_to_end(broker, tmp_path):
             _wait(lambda: _get(web + "api/fleet")["totals"]["offline"] == 3)
             h = _get(web + f"api/history?device={devs[0].id}&since=10m")
             assert [e["state"] for e in h["events"]] == ["online", "offline"]
+            # the page reads through a few pooled connections, not a new server process per request
+            before = _sessions(url)
+            for _ in range(20):
+                _get(web + "api/fleet")
+                _get(web + f"api/history?device={devs[1].id}")
+            assert _sessions(url) - before <= 4
             with pytest.raises(urllib.error.HTTPError) as bad:
                 _get(web + "api/history?since=yesterday")
             assert bad.value.code == 400
@@ -235,6 +241,13 @@ def test_monitor_on_postgresql_end_to_end(broker, tmp_path):
         p = subprocess.run([EDGE, "monitor", "history", "--db", url, "--unit", devs[0].unit_code, "--json"],
                            capture_output=True, text=True, timeout=60)
         assert [e["state"] for e in json.loads(p.stdout)["events"]].count("offline") == 3
+
+
+def _sessions(url: str) -> int:
+    """Sessions PostgreSQL has started on the database so far (its own statistics)."""
+    from agent.common.pg import read_once
+
+    return int(read_once(url, "SELECT sessions FROM pg_stat_database WHERE datname = current_database()")[0]["sessions"])
 
 
 def _get(url: str) -> dict:
