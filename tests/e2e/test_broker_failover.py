@@ -70,27 +70,48 @@ def test_device_returns_to_its_primary_and_the_item_crosses_both_moves(tmp_path)
     """Fail-back (``mqtt.failback_s``): the primary dies mid-transfer, the device goes on through
     its fallback, the primary comes back; the device probes it (an archive receiver online there,
     signed) and returns while the same item is still being sent: the item is archived once,
-    through the primary's receiver, and verifies; what the centre held was not sent again."""
+    through the primary's receiver, and verifies; what the centre held was not sent again. The
+    monitor shows the device online throughout (it left the fallback with DISCONNECT: no will)."""
     size = 6_000_000
     with Centre(tmp_path, devices=["dock-0001"], brokers=2, receivers=1) as c:
         c.start()
         node = c.add_node("dock-0001", primary=0, mqtt__failback_s=1, uplink__bandwidth_limit=600_000)
+        mon = c.start_monitor(lost_after=10)
         primary, fallback = (f"127.0.0.1:{mq.port}" for mq in c.brokers)
         node.start()
+        wait_for(lambda: mon.states().get("dock-0001") == "online", 60, "the monitor shows the device", c.logs())
         (item,) = node.ingest(1, size)
-        wait_for(lambda: c.partial_bytes() >= 1_000_000, 60, "1 MB of the item held through the primary", c.logs(),
-                 step=0.05)
-        held = c.partial_bytes()
-        c.brokers[0].kill()  # the device's broker dies mid-transfer
-        wait_for(lambda: f"connected to {fallback}" in node.run_proc.text(), 30, "the device on its fallback", c.logs())
-        c.brokers[0].restart()  # back on its port; its receiver reconnects by itself
-        wait_for(lambda: "back to the primary" in node.run_proc.text(), 30, "the device back on its primary", c.logs(),
-                 step=0.05)
-        # the same item crossed both moves: not finished yet, and more of it held than at the kill
-        # (sent through the fallback's receiver meanwhile)
-        assert c.archive_rows() == [], "the item was finished before the device moved back"
-        assert c.partial_bytes() > held
-        c.wait_archived(120)
+        seen: list[str] = []
+        stop = threading.Event()
+
+        def watch() -> None:  # what the monitor shows, 4 times a second, until the item is archived
+            while not stop.wait(0.25):
+                try:
+                    seen.append(mon.states().get("dock-0001", "absent"))
+                except OSError as exc:
+                    seen.append(f"monitor unreachable: {exc}")
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            wait_for(lambda: c.partial_bytes() >= 1_000_000, 60, "1 MB of the item held through the primary",
+                     c.logs(), step=0.05)
+            held = c.partial_bytes()
+            c.brokers[0].kill()  # the device's broker dies mid-transfer
+            wait_for(lambda: f"connected to {fallback}" in node.run_proc.text(), 30, "the device on its fallback",
+                     c.logs())
+            bdseq = mon.devices()["dock-0001"]["bdseq"]
+            c.brokers[0].restart()  # back on its port; its receiver reconnects by itself
+            wait_for(lambda: "back to the primary" in node.run_proc.text(), 30, "the device back on its primary",
+                     c.logs(), step=0.05)
+            # the same item crossed both moves: not finished yet, and more of it held than at the
+            # kill (sent through the fallback's receiver meanwhile)
+            assert c.archive_rows() == [], "the item was finished before the device moved back"
+            assert c.partial_bytes() > held
+            c.wait_archived(120)
+        finally:
+            stop.set()
+            watcher.join(5)
         out = c.check().assert_ok()  # once, verifies (chain too), the edge keeps its copy
         assert out.archived == 1
         (row,) = c.archive_rows()
@@ -99,3 +120,8 @@ def test_device_returns_to_its_primary_and_the_item_crosses_both_moves(tmp_path)
                       "the device's status after the item")
         assert st["broker"] == primary == st["primary"] and st["failovers"] >= 1 and st["failbacks"] == 1, st
         assert st["failback_probe"] == "ok" and st["bytes_sent"] < size + held, (st, held)
+        assert seen and set(seen) == {"online"}, seen
+        # heard through the primary again: the device's birth on its new connection (a later bdseq)
+        assert st["bdseq"] > bdseq, (st, bdseq)
+        wait_for(lambda: mon.devices()["dock-0001"]["bdseq"] == st["bdseq"], 30, "the monitor hears the primary's birth")
+        assert mon.states()["dock-0001"] == "online"
