@@ -33,7 +33,7 @@ from .chunks import ChunkIntake, block_table
 from .merkle import MerkleLog
 from .stationaudit import AUDIT_DIR, StationAudit, is_station_audit
 from .paths import Root, flock, safe_case, safe_file
-from . import retention
+from . import retention_class
 from .registry import Registry, check_id, open_db
 from .retrieval import CHECKPOINTS, Retrieval
 from .upkeep import MAX_REASON, Coalescer, DiskLow, Upkeep, printable
@@ -297,7 +297,7 @@ class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, MerkleLog, StationAudit
                 db.execute("UPDATE transfers SET state = 'stored' WHERE device = ? AND item = ?", [dev, item])
                 db.execute("DELETE FROM ranges WHERE device = ? AND item = ?", [dev, item])
                 db.execute("DELETE FROM pieces WHERE device = ? AND item = ?", [dev, item])
-                retention.note_class(db, self.root, dev, item, device["unit"], meta, row["stored_at"])
+                retention_class.note_class(db, self.root, dev, item, device["unit"], meta, row["stored_at"])
                 self.audit.append("archive", item, actor=f"archive:{self.receiver}", device=dev, seq=rep.device_seq,
                                   path=rel, bytes=rep.bytes, manifest_hash=rep.manifest_hash)
             log.info("stored %s/%s (%d bytes) at %s", dev, item, rep.bytes, rel)
@@ -352,7 +352,7 @@ class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, MerkleLog, StationAudit
         with self.db.atomic() as db:
             db.execute("UPDATE items SET annotations = ?, case_number = ?, path = ? WHERE device = ? AND item = ?",
                        [rep.annotations, meta.get("case_number"), rel, dev, item])
-            retention.note_class(db, self.root, dev, item, device["unit"], meta, now_iso())
+            retention_class.note_class(db, self.root, dev, item, device["unit"], meta, now_iso())
             self.audit.append("annotate", item, actor=f"archive:{self.receiver}", device=dev,
                               annotations=rep.annotations, path=rel)
         row = dict(stored, annotations=rep.annotations, path=rel, case_number=meta.get("case_number"))
