@@ -51,7 +51,7 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 from . import audit, core, items  # noqa: E402,F401  (each registers its commands on main)
 
-from . import archive, dock, monitor, ops, room, uplink  # noqa: E402,F401  (each registers its group)
+from . import archive, dock, monitor, ops, report, room, uplink  # noqa: E402,F401  (each registers its group)
 from . import broker  # noqa: E402,F401  (archive broker-config)
 from . import receivers  # noqa: E402,F401  (archive receiver add|list|revoke)
 from . import policy  # noqa: E402,F401  (policy show|trust, archive policy key|publish|show)

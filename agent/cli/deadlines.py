@@ -13,7 +13,7 @@ import click
 from agent.common.errors import EdgeError
 from .archive import db_option
 from .base import emit_json
-from .monitor import report
+from .report import report
 
 ITEM_COLUMNS = ["unit_code", "officer_id", "officer_name", "recorder", "device", "item", "capture_end", "deadline",
                 "received", "took_h", "late", "late_by_h"]
