@@ -14,8 +14,6 @@ file never starves the others, and a failing bay only fails itself.
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import glob
 import json
 import logging
@@ -24,7 +22,6 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from drivers.recorder.sgio import SgDevice
 from drivers.recorder.udev import NodeTable, detection_mode, list_nodes, mount_point, start_monitor
@@ -33,6 +30,7 @@ from agent.common import ratio as rule
 from agent.common.ports import AlarmPort, ReportPort
 from agent.common.timeutil import now_iso
 from .bay import Bay
+from .pool import FairPool
 from .registry import Registry
 from agent.config.dock import BaySpec, bay_name_for, parse_bays, parse_mass_storage_map
 
@@ -52,61 +50,6 @@ ALARMS = {
 }
 RATIO_INTERVAL_S = 3600
 HEARTBEAT_S = 5.0
-
-
-class FairPool:
-    """At most ``slots`` holders at once, served first come first served."""
-
-    def __init__(self, slots: int, stop: threading.Event | None = None):
-        self.slots = slots
-        self.busy = 0
-        self.queue: collections.deque = collections.deque()
-        self.cv = threading.Condition()
-        self.stop = stop or threading.Event()
-        self.peak = 0
-
-    def acquire(self) -> None:
-        ticket = object()
-        with self.cv:
-            self.queue.append(ticket)
-            try:
-                while not (self.queue[0] is ticket and self.busy < self.slots):
-                    if self.stop.is_set():
-                        raise InterruptedError("station stopping")
-                    self.cv.wait(0.5)
-            except BaseException:
-                self.queue.remove(ticket)
-                self.cv.notify_all()
-                raise
-            self.queue.popleft()
-            self.busy += 1
-            self.peak = max(self.peak, self.busy)
-            self.cv.notify_all()
-
-    def release(self) -> None:
-        with self.cv:
-            self.busy -= 1
-            self.cv.notify_all()
-
-    @contextlib.contextmanager
-    def slot(self, who: Any = None):
-        self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
-
-    def yield_slot(self, who: Any = None) -> None:
-        """Let a waiting holder go first (called between chunks by a long copy)."""
-        with self.cv:
-            if not self.queue:
-                return
-        self.release()
-        self.acquire()
-
-    def status(self) -> dict:
-        with self.cv:
-            return {"slots": self.slots, "busy": self.busy, "waiting": len(self.queue), "peak": self.peak}
 
 
 class DockStation:

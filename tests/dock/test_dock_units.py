@@ -14,7 +14,7 @@ from agent.dock.copying import source_key
 from agent.dock.erasing import erase_decision
 from agent.dock.registry import Registry
 from agent.config.dock import BaySpec, bay_name_for, parse_bays
-from agent.dock.station import FairPool
+from agent.dock.pool import FairPool
 from agent.common.errors import ConfigError
 from drivers.recorder import FileRecord, FileType, Mark
 
