@@ -22,7 +22,8 @@ from typing import Any, Callable
 from agent.wire import protocol as P
 from agent.wire.client import ConnSettings
 from agent.wire.lean import install_lean_decoder
-from agent.wire.mqtt import Connection, PublishError
+from agent.wire.mqtt import Connection
+from agent.wire.publish import PublishError
 from agent.wire.receipts import STATUS_INTERVAL_S, ArchiveSigner, valid_nonce
 from agent.wire.topics import Topics
 from agent.common.faults import faultpoint

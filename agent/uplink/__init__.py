@@ -23,7 +23,8 @@ from agent.wire import checkpoint
 from agent.wire.envelope import Sealer
 from agent.wire.receipts import STATUS_FRESH_S, ReceiptError
 from agent.wire.client import ConnSettings, settings_from_config as _settings, topic_matches
-from agent.wire.mqtt import FAILBACK, STOPPED, Connection, PublishError
+from agent.wire.mqtt import FAILBACK, STOPPED, Connection
+from agent.wire.publish import PublishError
 from agent.wire.topics import Topics
 from .status import STATUS_FILE
 from .transfer import Transfer

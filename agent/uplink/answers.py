@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from agent.wire import protocol as P
-from agent.wire.mqtt import PublishError
+from agent.wire.publish import PublishError
 from agent.wire.receipts import ReceiptError, new_nonce
 from .chunks import Interrupted
 from .trust import NO_KEY, archive_trust

@@ -20,8 +20,11 @@ What paho does not do and this module does:
 - fail-back (``mqtt.failback_s``): on a fallback, the primary is probed every ``failback_s``
   (a CONNECT of its own, and the owner's check of what the primary shows, e.g. an archive receiver
   online there); once it passes, the connection moves back at the owner's safe point (or after
-  :data:`FAILBACK_SETTLE_S` at most): new publishes are refused as offline (their owners keep
-  them), the PUBACKs in flight are awaited, then a clean DISCONNECT (the broker drops the will).
+  :data:`agent.wire.failback.FAILBACK_SETTLE_S` at most; agent/wire/failback.py decides when): new
+  publishes are refused as offline (their owners keep them), the PUBACKs in flight are awaited,
+  then a clean DISCONNECT (the broker drops the will).
+
+What one PUBLISH is (its handle, its refusal, its size on the wire) is agent/wire/publish.py.
 """
 
 from __future__ import annotations
@@ -40,53 +43,20 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.common.errors import EdgeError
-from .client import ConnSettings, new_client, probe
+from .client import ConnSettings, new_client
+from .failback import Failback
+from .publish import PubHandle, PublishError, packet_size, properties
 
 log = logging.getLogger(__name__)
 
-#: fixed header + topic length + packet id + property length bytes, rounded up
-PACKET_OVERHEAD = 64
 #: the reason given to on_disconnect when the connection ended because stop() was called
 STOPPED = "stopped (clean DISCONNECT)"
 #: CONNACK reason codes after which retrying at once is pointless
 _AUTH_REFUSED = {0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
 #: the reason given to on_disconnect when the connection left a fallback for the primary
 FAILBACK = "moved back to the primary broker"
-#: once the primary passed its probe, the longest wait for the owner's safe point
-FAILBACK_SETTLE_S = 30.0
 #: how long a fail-back waits for the PUBACKs in flight before its DISCONNECT
 FAILBACK_DRAIN_S = 5.0
-
-
-class PublishError(EdgeError):
-    """A publish was refused before it left (too large, not connected, no slot in time)."""
-
-
-class PubHandle:
-    """A QoS 1 publish in flight: ``wait(timeout)`` returns True once the broker answered."""
-
-    __slots__ = ("topic", "size", "event", "reason", "error", "sent_at", "acked_at", "mid")
-
-    def __init__(self, topic: str, size: int):
-        self.topic, self.size = topic, size
-        self.event = threading.Event()
-        self.reason: int | None = None
-        self.error: str | None = None
-        self.sent_at = time.monotonic()
-        self.acked_at: float | None = None
-        self.mid: int | None = None
-
-    def complete(self, reason: int | None, error: str | None = None) -> None:
-        self.reason, self.error = reason, error
-        self.acked_at = time.monotonic()
-        self.event.set()
-
-    @property
-    def ok(self) -> bool:
-        return self.event.is_set() and self.error is None and (self.reason or 0) < 0x80
-
-    def wait(self, timeout: float) -> bool:
-        return self.event.wait(timeout)
 
 
 class Connection:
@@ -106,18 +76,12 @@ class Connection:
         self.host, self.port = self._brokers[0]
         self.failovers = 0
         self.failbacks = 0
-        #: what the fail-back probe needs of the primary beyond a CONNACK: ``probe()`` gives
-        #: (subscriptions, a test one of their messages must pass) or None; the owner's moment to
-        #: move: ``safe_point()`` is True
-        self._probe = probe
-        self._safe_point = safe_point
-        self._probe_at: float | None = None
-        self._primary_ok_at: float | None = None
-        self._leaving = False
-        #: the latest fail-back probe: "ok", or why the primary was not taken back
-        self.last_probe: str | None = None
         self.raw_payloads = raw_payloads  # pass paho's payload as it is (a bytearray with the lean decoder)
         self.stop_event = stop_event or threading.Event()
+        #: when to move back to the primary (``probe``, ``safe_point``: see :class:`Failback`)
+        self._failback = Failback(settings, name=name, stop_event=self.stop_event, probe=probe,
+                                  safe_point=safe_point)
+        self._leaving = False
         self._will = will
         self._on_connect_cb = on_connect
         self._on_disconnect_cb = on_disconnect
@@ -166,7 +130,12 @@ class Connection:
     def failback_pending(self) -> bool:
         """The primary passed its probe: the connection moves back to it at the next safe point
         (owners start no new work meanwhile)."""
-        return self._primary_ok_at is not None
+        return self._failback.pending
+
+    @property
+    def last_probe(self) -> str | None:
+        """The latest fail-back probe: "ok", or why the primary was not taken back."""
+        return self._failback.last_probe
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -212,7 +181,7 @@ class Connection:
             client.subscribe(topic_filter, qos=qos)
 
     def max_payload(self, topic: str, props_len: int = 0) -> int:
-        return self.maximum_packet_size - len(topic.encode()) - props_len - PACKET_OVERHEAD
+        return self.maximum_packet_size - packet_size(topic, 0, props_len)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                 user_properties: list[tuple[str, str]] | None = None, response_topic: str | None = None,
@@ -224,20 +193,8 @@ class Connection:
         the PUBACK reason code (>= 0x80 is a refusal and ``ok`` is False) or an error when the
         connection drops first.
         """
-        props = None
-        plen = 0
-        if user_properties or response_topic or correlation is not None:
-            props = Properties(PacketTypes.PUBLISH)
-            if user_properties:
-                props.UserProperty = list(user_properties)
-                plen += sum(len(k.encode()) + len(v.encode()) + 5 for k, v in user_properties)
-            if response_topic:
-                props.ResponseTopic = response_topic
-                plen += len(response_topic.encode()) + 3
-            if correlation is not None:
-                props.CorrelationData = correlation
-                plen += len(correlation) + 3
-        size = len(payload) + len(topic.encode()) + plen + PACKET_OVERHEAD
+        props, plen = properties(user_properties, response_topic, correlation)
+        size = packet_size(topic, len(payload), plen)
         if size > self.maximum_packet_size:
             raise PublishError(f"{topic}: packet of {size} bytes exceeds the broker's maximum packet size "
                                f"{self.maximum_packet_size}")
@@ -352,16 +309,16 @@ class Connection:
                 if self.connected:
                     delay = self.s.min_backoff
                     was_up = True
-                    self._probe_at = time.monotonic() + self.s.failback_s
+                    self._failback.connected()
                 moving = False
                 while not self._lost.wait(0.5):
                     if self.stop_event.is_set():
                         break
-                    if self._failback_due():
+                    if self._failback.due(self._at != 0 and self.connected):
                         moving = self._leave(client)
                         break
                 self._teardown(client, FAILBACK if moving else None)
-                self._primary_ok_at = None
+                self._failback.reset()
                 self._leaving = False
                 if moving and not self.stop_event.is_set():
                     self._at = 0
@@ -384,38 +341,6 @@ class Connection:
             wait = wait * (0.5 + random.random() / 2)  # jitter: spread a fleet's reconnects
             log.info("%s: reconnecting in %.1f s", self.name, wait)
             self.stop_event.wait(wait)
-
-    def _failback_due(self) -> bool:
-        """On a fallback: probe the primary every failback_s; once it passed, True at the owner's
-        safe point or after FAILBACK_SETTLE_S (or failback_s, when shorter)."""
-        if self._at == 0 or not self.s.failback_s or not self.connected or self._probe_at is None:
-            return False
-        now = time.monotonic()
-        if self._primary_ok_at is None:
-            if now < self._probe_at:
-                return False
-            host, port = self._brokers[0]
-            try:
-                need = self._probe() if self._probe else None
-            except Exception:
-                log.exception("fail-back probe set-up failed")
-                need = None
-            why = probe(self.s, host, port, timeout=min(self.s.connect_timeout, 5.0), stop=self.stop_event,
-                        subscribe=need[0] if need else (), accept=need[1] if need else None)
-            self._probe_at = time.monotonic() + self.s.failback_s
-            self.last_probe = why or "ok"
-            if why:
-                log.info("%s: primary %s not taken back: %s", self.name, self.primary, why)
-                return False
-            log.info("%s: primary %s is back: moving to it at the next safe point", self.name, self.primary)
-            self._primary_ok_at = now
-        if now - self._primary_ok_at >= min(FAILBACK_SETTLE_S, self.s.failback_s):
-            return True
-        try:
-            return self._safe_point is None or bool(self._safe_point())
-        except Exception:
-            log.exception("safe_point check failed")
-            return True
 
     def _leave(self, client: mqtt.Client) -> bool:
         """Leave this broker cleanly for the primary: refuse new publishes (their owners keep them:

@@ -13,7 +13,8 @@ import pytest
 from agent.evidence import keys
 from agent.wire import checkpoint, protocol as P
 from agent.wire.client import ConnSettings, TlsConfig
-from agent.wire.mqtt import Connection, PublishError
+from agent.wire.mqtt import Connection
+from agent.wire.publish import PublishError
 from tests.support.retained import retained as broker_retained
 from tests.support.uplink import (UNIT, InProc, add_items, agent_config, all_archived, check_archive, enroll,
                                   live_status, open_store, run, start_agent, start_archive, states, wait_for)
