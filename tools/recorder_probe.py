@@ -6,7 +6,7 @@ fails. Never writes (no WriteZFYInfo, no SyncDevTime); SetMSDC only with ``--msd
 
     python -m tools.recorder_probe /dev/sg2 [--config /etc/edge-agent/agent.toml] [--password 000000] [--json]
         [--msdc] [--udev]
-    python -m tools.recorder_probe --simulate MEDIA_DIR [...]    # the same, on tools/recorder_sim.py's SCSI device
+    python -m tools.recorder_probe --simulate MEDIA_DIR [...]    # the same, on tools/recorder_sim's SCSI device
 
 ``--udev`` adds what udev pairs with the node (pyudev, where udev runs): the recorder's USB serial,
 its command channel and volumes with their mount points, or why a node is refused.
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--usb", metavar="VID:PID", default=":", help="USB ids, for tables matched by USB ids")
     ap.add_argument("--msdc", action="store_true", help="also SetMSDC (switches the recorder to mass storage)")
     ap.add_argument("--udev", action="store_true", help="also show what udev pairs with the node (USB serial, volumes)")
-    ap.add_argument("--simulate", metavar="MEDIA", help="probe tools/recorder_sim.py's SCSI device serving MEDIA "
+    ap.add_argument("--simulate", metavar="MEDIA", help="probe tools/recorder_sim's SCSI device serving MEDIA "
                                                         "instead of a node (the simulator's password is 000000)")
     ap.add_argument("--json", action="store_true", help="print JSON")
     a = ap.parse_args(argv)

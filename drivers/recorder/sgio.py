@@ -2,7 +2,7 @@
 
 Everything above this (command blocks, payload layouts, result codes, retries) lives in
 ``drivers.recorder.scsi`` and is tested against the simulator's device object
-(``tools.recorder_sim.SimSgDevice``), which answers at :meth:`SgDevice.execute` with the same
+(``tools.recorder_sim.scsi.SimSgDevice``), which answers at :meth:`SgDevice.execute` with the same
 signature. This module only builds the ``sg_io_hdr`` (``<scsi/sg.h>``), calls
 ``ioctl(fd, SG_IO, hdr)`` and hands back what the kernel filled in.
 """

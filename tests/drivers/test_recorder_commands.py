@@ -1,5 +1,5 @@
 """The recorder command set through both transports: the serial framing over a real pty and SCSI
-pass-through answered at the SG_IO seam, both by the same simulated recorder (tools/recorder_sim.py)."""
+pass-through answered at the SG_IO seam, both by the same simulated recorder (tools/recorder_sim/)."""
 
 from __future__ import annotations
 
