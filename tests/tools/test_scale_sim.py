@@ -1,4 +1,4 @@
-"""The scale simulation (tools/scale_sim.py): a small fleet through a real Mosquitto to two real
+"""The scale simulation (tools/scale_sim/): a small fleet through a real Mosquitto to two real
 `edge-agent archive serve --share` processes on one root; every item archived exactly once and
 verified; the checker itself catches duplicates, holes and corruption; bad arguments are refused."""
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tools import scale_sim
+from tools.scale_sim.check import check_archive
 
 pytestmark = pytest.mark.skipif(not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()),
                                 reason="mosquitto not installed")
@@ -60,7 +61,7 @@ def test_checker_catches_duplicates_missing_and_corruption(sim, tmp_path):
             fleet.setdefault(dev, {"unit": unit, "items": []})["items"].append(item)
     finally:
         con.close()
-    assert scale_sim.check_archive(root, fleet)["ok"]
+    assert check_archive(root, fleet)["ok"]
 
     items = sorted(m.parent for m in root.rglob("manifest.json") if not m.relative_to(root).parts[0].startswith("_"))
     dup, corrupt = items[0], items[1]
@@ -70,7 +71,7 @@ def test_checker_catches_duplicates_missing_and_corruption(sim, tmp_path):
     data[100] ^= 0xFF
     f.write_bytes(bytes(data))                                                   # one flipped byte
     fleet[next(iter(fleet))]["items"].append("sim-9999-never-stored")           # a hole
-    rep = scale_sim.check_archive(root, fleet)
+    rep = check_archive(root, fleet)
     text = "\n".join(rep["problems"])
     assert not rep["ok"]
     assert f"{dup.name}: 2 directories" in text

@@ -24,7 +24,7 @@ accepted (signatures checked; from its counters, between two of its flushes), ev
 received after the devices stop (lost = published - received), the monitor's CPU, the broker's
 CPU, the latency, and how long one ``/api/fleet`` (the whole page) takes at this fleet size.
 
-Archive part (``--archive-devices`` > 0), once per backend: tools/scale_sim.py (the devices'
+Archive part (``--archive-devices`` > 0), once per backend: tools/scale_sim/ (the devices'
 real transfer to ``edge-agent archive serve --share`` receivers, every item checked stored
 once and verified) with K receivers for each K in ``--receivers``: items/s and MB/s. Its broker
 is scale_sim's own (anonymous, on loopback).
