@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from tests.support.broker import Mosquitto
 from tests.support.health import ARTIFACTS, MonitorProc, publish
 from tools.fleet_sim import FleetSim, enrol, make_fleet
 
@@ -23,11 +24,20 @@ def _get(url: str):
         return r.status, r.headers.get("Content-Type"), r.read()
 
 
-@pytest.fixture
-def monitor_with_fleet(tmp_path, broker):
+@pytest.fixture(scope="module")
+def monitor_with_fleet(tmp_path_factory):
     """11 devices in 3 units: 6 whose connections died (wills: offline), 3 still reporting
     (online), 2 that went silent without a will (lost after 5 s); one active alarm; one device
-    claiming another unit."""
+    claiming another unit. Built once for the module: the tests only read it."""
+    tmp_path = tmp_path_factory.mktemp("web")
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
+    try:
+        yield from _fleet(tmp_path, broker)
+    finally:
+        broker.kill()
+
+
+def _fleet(tmp_path, broker):
     db = tmp_path / "m.db"
     root = tmp_path / "archive"
     for f in (make_fleet(6, 3, "web"), make_fleet(2, 2, "gone"), make_fleet(3, 3, "live")):

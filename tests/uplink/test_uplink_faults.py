@@ -1,6 +1,9 @@
 """Faults mid-transfer with real processes: broker restart, agent SIGKILL, archive SIGKILL, two
 receivers on a shared subscription with one killed, broker queue overflow. After each, every item
-is in the archive exactly once and verifies, and the agent still holds every item."""
+is in the archive exactly once and verifies, and the agent still holds every item.
+
+Slow (``-m slow``), because tests/faults/test_faults.py covers the same fault by default: the
+broker restarted and the archive killed mid-transfer; the long run of repeated faults."""
 
 from __future__ import annotations
 
@@ -61,6 +64,7 @@ def _after(cfg, ids, root):
         store.close()
 
 
+@pytest.mark.slow  # by default: tests/faults/test_faults.py::test_broker_killed_mid_transfer
 def test_broker_restarted_mid_transfer(broker, tmp_path):
     cfg, ids, root = _setup(tmp_path, broker.port)
     ar = start_archive(root, broker.port, tmp_path)
@@ -99,6 +103,7 @@ def test_agent_sigkilled_mid_transfer_resumes(broker, tmp_path):
         ar.stop()
 
 
+@pytest.mark.slow  # by default: tests/faults/test_faults.py::test_archive_killed_mid_transfer_two_agents
 def test_archive_killed_mid_transfer(broker, tmp_path):
     cfg, ids, root = _setup(tmp_path, broker.port)
     ar = start_archive(root, broker.port, tmp_path)
@@ -141,7 +146,7 @@ def test_broker_queue_overflow_detected_by_archive_ack_timeout(make_broker, tmp_
     """Mosquitto drops messages past max_queued_messages yet answers PUBACK 0x00: only the
     archive's answer (with timeout, query and retransmission) catches it."""
     mq = make_broker(extra_config=["max_queued_messages 2"])
-    cfg, ids, root = _setup(tmp_path, mq.port, sizes=[1_000_000], uplink__bandwidth_limit=0,
+    cfg, ids, root = _setup(tmp_path, mq.port, sizes=[400_000], uplink__bandwidth_limit=0,
                             uplink__chunk_size=64 * 1024, uplink__ack_timeout_s=1, uplink__max_inflight=16)
     ar = start_archive(root, mq.port, tmp_path, extra=["--receive-maximum", "1"])
     ag = start_agent(cfg, tmp_path)
