@@ -146,7 +146,7 @@ def test_broker_queue_overflow_detected_by_archive_ack_timeout(make_broker, tmp_
     """Mosquitto drops messages past max_queued_messages yet answers PUBACK 0x00: only the
     archive's answer (with timeout, query and retransmission) catches it."""
     mq = make_broker(extra_config=["max_queued_messages 2"])
-    cfg, ids, root = _setup(tmp_path, mq.port, sizes=[400_000], uplink__bandwidth_limit=0,
+    cfg, ids, root = _setup(tmp_path, mq.port, sizes=[1_000_000], uplink__bandwidth_limit=0,
                             uplink__chunk_size=64 * 1024, uplink__ack_timeout_s=1, uplink__max_inflight=16)
     ar = start_archive(root, mq.port, tmp_path, extra=["--receive-maximum", "1"])
     ag = start_agent(cfg, tmp_path)
