@@ -95,6 +95,8 @@ class Connection:
         self._early: dict[int, tuple[int, Any]] = {}
         self._qos0: set[int] = set()
         self._subs: dict[str, int] = {}
+        self._subs_lock = threading.Lock()  # subscribe() from any thread vs. the resubscribe in on_connect
+        self._subs_live: object = None      # the client whose on_connect has (re)subscribed everything
         self._connected = threading.Event()
         self._lost = threading.Event()
         self._thread: threading.Thread | None = None
@@ -175,10 +177,11 @@ class Connection:
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe now (if connected) and again after every reconnect."""
-        self._subs[topic_filter] = qos
-        client = self._client
-        if client is not None and self.connected:
-            client.subscribe(topic_filter, qos=qos)
+        with self._subs_lock:
+            self._subs[topic_filter] = qos
+            client = self._client
+            if client is not None and self._subs_live is client:
+                client.subscribe(topic_filter, qos=qos)
 
     def max_payload(self, topic: str, props_len: int = 0) -> int:
         return self.maximum_packet_size - packet_size(topic, 0, props_len)
@@ -408,8 +411,10 @@ class Connection:
             self.reconnects += 1
         self.connects += 1
         self.connected_since = time.time()
-        for topic_filter, qos in self._subs.items():
-            client.subscribe(topic_filter, qos=qos)
+        with self._subs_lock:
+            for topic_filter, qos in self._subs.items():
+                client.subscribe(topic_filter, qos=qos)
+            self._subs_live = client
         log.info("%s: connected to %s:%s (receive maximum %d, maximum packet size %d)", self.name,
                  self.host, self.port, self.receive_maximum, self.maximum_packet_size)
         self._connected.set()
