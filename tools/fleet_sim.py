@@ -31,6 +31,7 @@ import datetime as dt
 import hashlib
 import json
 import random
+import resource
 import selectors
 import sys
 import threading
@@ -55,7 +56,23 @@ except ImportError:  # pragma: no cover
 
 MAX_DEVICES = 5000
 MAX_PER_DEVICE = 200
-MAX_PER_PROCESS = 300  # MQTT clients with their own connection in one process (paho's select() loop)
+DESCRIPTORS_PER_CLIENT = 3  # a connection per device: its socket and paho's wake-up socket pair
+
+
+def max_per_process() -> int:
+    """Devices each logged in as itself that one process can simulate. Their connections are all
+    served by one epoll selector thread (no select() and its 1,024-descriptor limit), so the bound
+    is the process's open-file limit (raised to its hard limit here), 3 descriptors a client."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return MAX_DEVICES
+    return max(1, (soft - 200) // DESCRIPTORS_PER_CLIENT)  # 200 for everything else the process opens
 MAX_DURATION = 3600.0
 ALARMS = [("camera_offline", "camera-main", "主摄像头离线", "main camera offline", "critical"),
           ("recorder_battery_low", "bay-2", "2号仓记录仪电量低", "recorder in bay 2: battery low", "warning"),
@@ -195,9 +212,11 @@ class FleetSim:
         self.credentials = credentials
         if credentials is not None:
             per_device = True
-            if len(devices) > MAX_PER_PROCESS:  # 3 descriptors a client; select() stops at descriptor 1,024
-                raise ValueError(f"{len(devices)} devices each logged in as itself: at most {MAX_PER_PROCESS} in one "
-                                 "process (paho's select() loop); split them with --slice I/N over processes "
+            limit = max_per_process()
+            if len(devices) > limit:
+                raise ValueError(f"{len(devices)} devices each logged in as itself: at most {limit} in one "
+                                 "process (its open-file limit, 3 descriptors a device); split them with --slice "
+                                 "I/N over processes "
                                  "(tools/bench/fleet.py does)")
         elif per_device and len(devices) > MAX_PER_DEVICE:
             raise ValueError(f"--per-device: at most {MAX_PER_DEVICE} devices")

@@ -435,7 +435,11 @@ class Ingest(DeviceState, Witness):
             self._subscribe_shares(only=userdata)
             return
         self.connected = True
-        client.subscribe([(self.topics.all_dev(), 1), (self.topics.archive_checkpoint(), 1)])
+        # with shares, the catch-all only counts and refuses what no share carries (devices not
+        # enrolled, bad topics) and drops the copies of enrolled devices' messages: QoS 0 spares a
+        # PUBACK per copy (the broker still bounds what it holds for us: max_queued_messages)
+        qos = 0 if self._n > 1 else 1
+        client.subscribe([(self.topics.all_dev(), qos), (self.topics.archive_checkpoint(), 1)])
         log.info("monitor: connected to %s:%s, subscribed %s", *self._brokers[userdata // self._n], self.topics.all_dev())
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:

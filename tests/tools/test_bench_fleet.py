@@ -30,9 +30,11 @@ def test_bad_arguments_are_refused(args, message, capsys):
     (["--devices", "400", "--credentials-dir", "/nonexistent"], "at most 300 in one process"),
     (["--devices", "10", "--slice", "3/2"], "--slice '3/2': expected I/N with 0 <= I < N"),
 ])
-def test_fleet_sim_refuses_what_one_process_cannot_simulate(args, message, capsys):
+def test_fleet_sim_refuses_what_one_process_cannot_simulate(args, message, capsys, monkeypatch):
     from tools import fleet_sim
 
+    # a process whose open-file limit holds 300 connections (3 descriptors each, 200 spare)
+    monkeypatch.setattr(fleet_sim.resource, "getrlimit", lambda _r: (1100, 1100))
     with pytest.raises(SystemExit) as e:
         fleet_sim.main(args)
     assert e.value.code == 2 and message in capsys.readouterr().err

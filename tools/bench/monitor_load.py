@@ -80,10 +80,11 @@ def _broker(work: Path) -> ShippedBroker:
     return ShippedBroker(work, work / "archive").start()
 
 
-def _monitor(work: Path, broker: ShippedBroker, root: Path, log) -> subprocess.Popen:
+def _monitor(work: Path, broker: ShippedBroker, root: Path, log, connections: int = 8) -> subprocess.Popen:
     mon = subprocess.Popen([EDGE, "--config", str(broker.credential_file("monitor")), "monitor",
                             "--db", str(work / "monitor.db"), "--broker", f"127.0.0.1:{broker.port}",
-                            "--no-tui", "--lost-after", "60", "--enrolment", str(root)], stdout=log, stderr=log)
+                            "--no-tui", "--lost-after", "60", "--enrolment", str(root),
+                            "--connections", str(connections)], stdout=log, stderr=log)
     deadline = time.monotonic() + 30
     while "monitor: ready" not in (work / "monitor.log").read_text(errors="replace"):
         if time.monotonic() > deadline or mon.poll() is not None:
@@ -92,7 +93,7 @@ def _monitor(work: Path, broker: ShippedBroker, root: Path, log) -> subprocess.P
     return mon
 
 
-def run_load(devices: int, load: float, seconds: float, warmup: float, work: Path) -> dict:
+def run_load(devices: int, load: float, seconds: float, warmup: float, work: Path, connections: int = 8) -> dict:
     fleet = make_fleet(devices, max(1, devices // 20), "bench")
     enrol(work / "archive", fleet)
     broker = _broker(work)
@@ -100,7 +101,7 @@ def run_load(devices: int, load: float, seconds: float, warmup: float, work: Pat
     mon_log = open(work / "monitor.log", "wb")
     mon = None
     try:
-        mon = _monitor(work, broker, work / "archive", mon_log)
+        mon = _monitor(work, broker, work / "archive", mon_log, connections)
         proc = psutil.Process(mon.pid)
         total = warmup + seconds
         # the simulator runs in this process (its own threads); the monitor is a separate process
@@ -152,7 +153,10 @@ def run_load(devices: int, load: float, seconds: float, warmup: float, work: Pat
                 "published_total": published, "received_total": received,
                 "delivered_share": round(received / published, 4) if published else None,
                 "drain_s": round(drain, 1), "monitor_cpu_pct_of_one_core": round(cpu, 1),
-                "monitor_rss_mib": round(rss / 2**20, 1), "window_s": round(window, 1),
+                "monitor_rss_mib": round(rss / 2**20, 1), "monitor_connections": connections,
+                "monitor_cpu_s_per_1000_msg": round((cpu1.user - cpu0.user + cpu1.system - cpu0.system)
+                                                    / max(1, c1 - c0) * 1000, 3),
+                "window_s": round(window, 1),
                 "rejected": {k: v for k, v in _counters(db).items() if k.startswith("rejected")},
                 "load_average": [round(x, 1) for x in os.getloadavg()], "cpu_steal_pct": round(steal, 1)}
     finally:
@@ -283,7 +287,7 @@ def flood_isolation(work: Path, interval: float = 2.0, rounds: int = 8, flood_ra
     counters_ = {k: ctx.Value("q", 0) for k in ("forged", "stolen")}
     procs = []
     try:
-        mon = _monitor(work, broker, work / "archive", mon_log)
+        mon = _monitor(work, broker, work / "archive", mon_log, connections)
         proc = psutil.Process(mon.pid)
         goods = {}
         for d in (a, b):  # each genuine device on its own connection, logged in as itself
@@ -392,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=8, help="flood: genuine health rounds measured")
     ap.add_argument("--flood-rate", type=float, default=0.0,
                     help="flood: messages/s per flooding connection (0: as fast as it can)")
+    ap.add_argument("--connections", type=int, default=8,
+                    help="load: the monitor's MQTT connections (edge-agent monitor --connections)")
     a = ap.parse_args(argv)
     if not 1 <= a.devices <= 5000:
         ap.error("--devices: 1..5000")
@@ -414,17 +420,18 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for load in loads:
         with tempfile.TemporaryDirectory(prefix="monitor-bench-") as tmp:
-            results.append(run_load(a.devices, load, a.seconds, a.warmup, Path(tmp)))
+            results.append(run_load(a.devices, load, a.seconds, a.warmup, Path(tmp), a.connections))
     record = {"bench": "monitor_load", "target_ratio": TARGET, "cpus": os.cpu_count(),
               "machine": platform.machine(), "python": platform.python_version(), "results": results,
               "verify": verify, "flood": flood,
               "ok": all(r["ratio"] >= TARGET and r["delivered_share"] >= TARGET and r["sim_kept_up"] for r in results)
               and (verify is None or verify["ok"]) and (flood is None or flood["ok"])}
     print(f"{'load':>5} {'publish/s':>10} {'ingest/s':>9} {'ratio':>6} {'delivered':>9} {'drain s':>7} "
-          f"{'CPU %':>6} {'RSS MiB':>8}  load avg  steal %", file=table)
+          f"{'CPU %':>6} {'CPU-s/1000':>10} {'RSS MiB':>8}  load avg  steal %", file=table)
     for r in results:
         print(f"{r['load']:>4g}x {r['publish_msg_per_s']:>10} {r['ingest_msg_per_s']:>9} {r['ratio']:>6} "
               f"{r['delivered_share']:>9} {r['drain_s']:>7} {r['monitor_cpu_pct_of_one_core']:>6} "
+              f"{r['monitor_cpu_s_per_1000_msg']:>10} "
               f"{r['monitor_rss_mib']:>8}  {r['load_average'][0]:>8}  {r['cpu_steal_pct']:>7}", file=table)
     if a.json:
         text = json.dumps(record, indent=2)
