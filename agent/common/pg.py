@@ -275,22 +275,22 @@ def _admin_and_name(url: str) -> tuple[str, str]:
     return psycopg.conninfo.make_conninfo(url, dbname="postgres"), name
 
 
-def create_database(url: str) -> None:
-    """CREATE DATABASE named by ``url`` (on the same server, through its ``postgres`` database):
-    benchmarks and tests that start from an empty index."""
+def _on_server(url: str, sql: str, zh: str, en: str) -> None:
+    """Run ``sql`` (``{name}`` = the database ``url`` names) on the same server, through its
+    ``postgres`` database."""
     admin, name = _admin_and_name(url)
     try:
         with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(sql.format(name=name))
     except psycopg.Error as exc:
-        raise EdgeError(f"数据库无法创建 / cannot create the database {redact(url)}: {str(exc).strip()}") from None
+        raise EdgeError(f"数据库无法{zh} / cannot {en} the database {redact(url)}: {str(exc).strip()}") from None
+
+
+def create_database(url: str) -> None:
+    """CREATE DATABASE named by ``url``: benchmarks and tests that start from an empty index."""
+    _on_server(url, 'CREATE DATABASE "{name}"', "创建", "create")
 
 
 def drop_database(url: str) -> None:
     """DROP DATABASE named by ``url`` (WITH FORCE: its connections are closed), if it exists."""
-    admin, name = _admin_and_name(url)
-    try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    except psycopg.Error as exc:
-        raise EdgeError(f"数据库无法删除 / cannot drop the database {redact(url)}: {str(exc).strip()}") from None
+    _on_server(url, 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', "删除", "drop")

@@ -97,6 +97,25 @@ def loads(data: bytes, where: str) -> Any:
         raise FormatError(f"{where}: not valid JSON ({exc})") from None
 
 
+def record(data: bytes, where: str, fmt: str, fields, error: type[EdgeError] = FormatError,
+           max_size: int | None = None) -> dict:
+    """A signed record as it travels, read strictly: at most ``max_size`` bytes, strict JSON
+    (:func:`loads`), an object whose ``format`` is ``fmt`` and with no field outside ``fields``;
+    anything else raises ``error`` naming ``where``. The fields' values are the caller's to check."""
+    if max_size is not None and len(data) > max_size:
+        raise error(f"{where} of {len(data)} bytes exceeds {max_size}")
+    try:
+        rec = loads(data, where)
+    except FormatError as exc:
+        raise error(f"{where}: not JSON as specified: {exc}") from None
+    if not isinstance(rec, dict) or rec.get("format") != fmt:
+        raise error(f"{where}: not an {fmt} record")
+    unknown = sorted(set(rec) - set(fields))
+    if unknown:
+        raise error(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}")
+    return rec
+
+
 def canonical(obj: Any, where: str = "record") -> bytes:
     """The RFC 8785 bytes of ``obj``; :class:`FormatError` if it has none (lone surrogates, huge ints)."""
     try:

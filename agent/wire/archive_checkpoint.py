@@ -59,17 +59,7 @@ def parse_checkpoint(payload: bytes, pubs: list) -> dict:
 
 def parse_published(payload: bytes) -> dict:
     """An ``edge-archive-consistency/1`` record, its shape only (signatures: :func:`check_checkpoint`)."""
-    if len(payload) > MAX_SIZE:
-        raise VerifyError(f"published checkpoint of {len(payload)} bytes exceeds {MAX_SIZE}")
-    try:
-        rec = strict.loads(payload, "published checkpoint")
-    except strict.FormatError as exc:
-        raise VerifyError(f"published checkpoint: not JSON as specified: {exc}") from None
-    if not isinstance(rec, dict) or rec.get("format") != PUBLISHED_FORMAT:
-        raise VerifyError(f"not an {PUBLISHED_FORMAT} record")
-    unknown = sorted(set(rec) - set(PUBLISHED_FIELDS))
-    if unknown:
-        raise VerifyError(f"published checkpoint: unknown field(s) {', '.join(unknown)}")
+    rec = strict.record(payload, "published checkpoint", PUBLISHED_FORMAT, PUBLISHED_FIELDS, VerifyError, MAX_SIZE)
     if not isinstance(rec.get("checkpoint"), dict):
         raise VerifyError("published checkpoint: field checkpoint missing")
     for k in ("previous", "proof"):

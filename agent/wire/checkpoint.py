@@ -59,17 +59,9 @@ def make(store) -> bytes:
 
 def parse(payload: bytes, public=None, device: str | None = None) -> Checkpoint:
     """Parse and (with ``public``) verify a checkpoint; raises :class:`CheckpointError`."""
-    if len(payload) > MAX_SIZE:
-        raise CheckpointError(f"checkpoint of {len(payload)} bytes exceeds {MAX_SIZE}")
-    try:
-        d = strict.loads(payload, "checkpoint")
-    except strict.FormatError as exc:
-        raise CheckpointError(f"checkpoint is not JSON as specified: {exc}") from None
-    if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise CheckpointError(f"not an {FORMAT} record")
-    unknown = sorted(set(d) - {"format", "device", "count", "head", "annotations", "time", "key_id", "sig"})
-    if unknown:
-        raise CheckpointError(f"checkpoint: unknown field(s) {', '.join(map(repr, unknown))}")
+    d = strict.record(payload, "checkpoint", FORMAT,
+                      ("format", "device", "count", "head", "annotations", "time", "key_id", "sig"),
+                      CheckpointError, MAX_SIZE)
     ann = d.get("annotations")
     if ann is not None and (not isinstance(ann, int) or isinstance(ann, bool) or ann < 0):
         raise CheckpointError(f"checkpoint annotations {ann!r} is not a non-negative integer")
