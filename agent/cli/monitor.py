@@ -40,7 +40,7 @@ def _optional_cfg(c: Ctx):
     path = config_mod.config_path(c.config_path)
     if not path.exists():
         if c.config_path:
-            raise ConfigError(f"{path}: config file not found")
+            raise ConfigError(f"{path}: 配置文件不存在 / config file not found")
         return None
     return c.cfg
 
@@ -369,7 +369,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     try:
         return header, [(i + 2, r) for i, r in enumerate(reader)]
     except csv.Error as exc:
-        raise EdgeError(f"{path}: not valid CSV: {exc}") from None
+        raise EdgeError(f"{path}: 不是有效的 CSV / not valid CSV: {exc}") from None
 
 
 def parse_roster(path: Path) -> list[dict]:
@@ -377,32 +377,32 @@ def parse_roster(path: Path) -> list[dict]:
 
     header, rows = _read_csv(path)
     if "unit_code" not in header or not ({"officers", "officer_id"} & set(header)):
-        raise EdgeError(f"{path}: header must have unit_code and officers (a count per unit) or officer_id "
+        raise EdgeError(f"{path}: 表头缺少列 / header must have unit_code and officers (a count per unit) or officer_id "
                         f"(one row per officer); found: {', '.join(header) or 'nothing'}")
     out = []
     for line, r in rows:
         if None in r:
-            raise EdgeError(f"{path}:{line}: more fields than the header")
+            raise EdgeError(f"{path}:{line}: 列数多于表头 / more fields than the header")
         unit = (r.get("unit_code") or "").strip()
         if not safe_key(unit):
-            raise EdgeError(f"{path}:{line}: unit_code {unit!r}: letters, digits, '_', '.', '-' only")
+            raise EdgeError(f"{path}:{line}: 单位编号无效 / unit_code {unit!r}: letters, digits, '_', '.', '-' only")
         rec = {"unit_code": unit, "unit_name": (r.get("unit_name") or "").strip() or None}
         if (r.get("officers") or "").strip():
             v = r["officers"].strip()
             if not v.isdigit() or int(v) > 1_000_000:
-                raise EdgeError(f"{path}:{line}: officers {v!r}: expected a whole number 0..1000000")
+                raise EdgeError(f"{path}:{line}: 人数无效 / officers {v!r}: expected a whole number 0..1000000")
             rec["officers"] = int(v)
         elif (r.get("officer_id") or "").strip():
             oid = r["officer_id"].strip()
             if len(oid) > 64 or any(ch in oid for ch in "\r\n\t"):
-                raise EdgeError(f"{path}:{line}: officer_id {oid[:20]!r}: at most 64 characters, one line")
+                raise EdgeError(f"{path}:{line}: 警号无效 / officer_id {oid[:20]!r}: at most 64 characters, one line")
             rec["officer_id"] = oid
             rec["name"] = (r.get("name") or "").strip()[:64]
         else:
-            raise EdgeError(f"{path}:{line}: neither officers nor officer_id given")
+            raise EdgeError(f"{path}:{line}: 缺少人数或警号 / neither officers nor officer_id given")
         out.append(rec)
     if not out:
-        raise EdgeError(f"{path}: no rows under the header")
+        raise EdgeError(f"{path}: 表头下没有数据 / no rows under the header")
     return out
 
 
@@ -423,7 +423,7 @@ def roster_import(csv_path: Path, db, as_json):
     from ..monitor.state import check_db_arg, open_monitor_db
 
     if not csv_path.exists():
-        raise EdgeError(f"{csv_path}: no such file")
+        raise EdgeError(f"{csv_path}: 文件不存在 / no such file")
     rows = parse_roster(csv_path)
     d = open_monitor_db(check_db_arg(db))
     try:

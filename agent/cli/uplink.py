@@ -78,7 +78,7 @@ def uplink_status(c: Ctx, as_json):
                    f"重连 reconnects {live.get('reconnects')}  已发送 sent {live.get('bytes_sent')} bytes  "
                    f"{live.get('bytes_per_s')} B/s  (as of {live.get('time')})")
         if live.get("last_error"):
-            click.echo(f"last error: {live['last_error']}")
+            click.echo(f"最近错误 / last error: {live['last_error']}")
     else:
         click.echo("edge-agent 服务未运行 / the edge-agent service is not running (no live status)")
     from ..uplink.trust import NO_KEY
@@ -107,7 +107,7 @@ def uplink_retry(c: Ctx, item_ids, all_rejected, as_json):
     if all_rejected:
         item_ids = [r["id"] for r in store.items(state="rejected")]
     if not item_ids:
-        raise EdgeError("name ITEM ids or give --all-rejected")
+        raise EdgeError("请指定资料编号或 --all-rejected / name ITEM ids or give --all-rejected")
     for item_id in item_ids:
         store.requeue_rejected(item_id)
         if not as_json:

@@ -342,7 +342,7 @@ def parse_roster(path: Path) -> list[Officer]:
     except StopIteration:
         raise EdgeError(f"{path}: 文件为空 / empty file; expected a header officer_number,name,unit") from None
     except csv.Error as exc:
-        raise EdgeError(f"{path}: line 1: {exc}") from None
+        raise EdgeError(f"{path}: line 1: 表头无效 / {exc}") from None
     norm = [h.strip().lower() for h in header]
     index: dict[str, int] = {}
     for field, aliases in _COLUMNS.items():
@@ -362,7 +362,7 @@ def parse_roster(path: Path) -> list[Officer]:
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) < len(header):
-                raise EdgeError(f"{path}: line {line}: {len(row)} column(s), the header has {len(header)}")
+                raise EdgeError(f"{path}: line {line}: 列数与表头不符 / {len(row)} column(s), the header has {len(header)}")
 
             def col(field: str) -> str:
                 return row[index[field]].strip() if field in index else ""
@@ -379,9 +379,9 @@ def parse_roster(path: Path) -> list[Officer]:
             seen[number] = line
             officers.append(Officer(number, name, unit_code, col("unit_name")[:64]))
     except csv.Error as exc:
-        raise EdgeError(f"{path}: line {reader.line_num}: {exc}") from None
+        raise EdgeError(f"{path}: line {reader.line_num}: 不是有效的 CSV / not valid CSV: {exc}") from None
     if not officers:
-        raise EdgeError(f"{path}: no officers after the header")
+        raise EdgeError(f"{path}: 表头下没有警员 / no officers after the header")
     return officers
 
 

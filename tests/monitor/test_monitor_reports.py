@@ -154,11 +154,11 @@ def test_report_bad_db(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     (b"name,count\nx,1\n", "header must have unit_code and officers"),
-    (b"unit_code,officers\nU-A,many\n", ":2: officers 'many': expected a whole number"),
-    (b"unit_code,officers\nU A/1,3\n", ":2: unit_code 'U A/1'"),
+    (b"unit_code,officers\nU-A,many\n", ":2: 人数无效 / officers 'many': expected a whole number"),
+    (b"unit_code,officers\nU A/1,3\n", ":2: 单位编号无效 / unit_code 'U A/1'"),
     (b"unit_code,officers\n", "no rows under the header"),
-    (b"unit_code,officers\nU-A,3,extra\n", ":2: more fields than the header"),
-    (b"unit_code,officers,officer_id\nU-A,,\n", ":2: neither officers nor officer_id"),
+    (b"unit_code,officers\nU-A,3,extra\n", ":2: 列数多于表头 / more fields than the header"),
+    (b"unit_code,officers,officer_id\nU-A,,\n", ":2: 缺少人数或警号 / neither officers nor officer_id"),
     (b"\x00\x01\x02\x03", "binary data"),
 ])
 def test_roster_bad_csv(tmp_path, content, message):
