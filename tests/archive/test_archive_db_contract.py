@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from pathlib import Path
 
 import psycopg
@@ -23,22 +22,16 @@ from agent.common.errors import EdgeError, VerifyError
 from agent.evidence import keys, manifest as mf
 from agent.evidence.verify import verify_item
 from agent.wire import checkpoint, protocol as P
+from tests.support.custody import pg_database
 from tests.support.uplink import (UNIT, META, add_items, agent_config, all_archived, archived_items, open_store, run,
                                   start_agent, start_archive, wait_for)
-
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture
 def pg_url():
-    name = "edge_test_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    """A fresh database on the local PostgreSQL, dropped afterwards."""
+    with pg_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -10,11 +10,35 @@ online throughout.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tests.faults.harness import wait_for
 from tests.support.centre import Centre
 
 SIZE = 6_000_000
+
+
+@contextmanager
+def watching(mon, device: str) -> Iterator[list[str]]:
+    """What the monitor shows for the device, 4 times a second, while the block runs."""
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.25):
+            try:
+                seen.append(mon.states().get(device, "absent"))
+            except OSError as exc:
+                seen.append(f"monitor unreachable: {exc}")
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        watcher.join(5)
 
 
 def test_device_fails_over_to_its_fallback_broker_mid_transfer(tmp_path):
@@ -26,19 +50,7 @@ def test_device_fails_over_to_its_fallback_broker_mid_transfer(tmp_path):
         node.start()
         wait_for(lambda: mon.states().get("dock-0001") == "online", 60, "the monitor shows the device", c.logs())
         (item,) = node.ingest(1, SIZE)
-        seen: list[str] = []
-        stop = threading.Event()
-
-        def watch() -> None:  # what the monitor shows, 4 times a second, until the item is archived
-            while not stop.wait(0.25):
-                try:
-                    seen.append(mon.states().get("dock-0001", "absent"))
-                except OSError as exc:
-                    seen.append(f"monitor unreachable: {exc}")
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
-        try:
+        with watching(mon, "dock-0001") as seen:
             wait_for(lambda: node.live_status().get("broker") == primary, 30, "the device on its primary")
             wait_for(lambda: c.partial_bytes() >= 2_000_000, 60, "2 MB of the item held through the primary", c.logs(),
                      step=0.05)
@@ -46,9 +58,6 @@ def test_device_fails_over_to_its_fallback_broker_mid_transfer(tmp_path):
             bdseq = mon.devices()["dock-0001"]["bdseq"]  # the birth the monitor heard through the primary
             c.brokers[0].kill()  # the device's broker dies mid-transfer
             c.wait_archived(120)
-        finally:
-            stop.set()
-            watcher.join(5)
         out = c.check().assert_ok()  # once, verifies (chain too), the edge keeps its copy
         assert out.archived == 1
         (row,) = c.archive_rows()
@@ -81,19 +90,7 @@ def test_device_returns_to_its_primary_and_the_item_crosses_both_moves(tmp_path)
         node.start()
         wait_for(lambda: mon.states().get("dock-0001") == "online", 60, "the monitor shows the device", c.logs())
         (item,) = node.ingest(1, size)
-        seen: list[str] = []
-        stop = threading.Event()
-
-        def watch() -> None:  # what the monitor shows, 4 times a second, until the item is archived
-            while not stop.wait(0.25):
-                try:
-                    seen.append(mon.states().get("dock-0001", "absent"))
-                except OSError as exc:
-                    seen.append(f"monitor unreachable: {exc}")
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
-        try:
+        with watching(mon, "dock-0001") as seen:
             wait_for(lambda: c.partial_bytes() >= 1_000_000, 60, "1 MB of the item held through the primary",
                      c.logs(), step=0.05)
             held = c.partial_bytes()
@@ -109,9 +106,6 @@ def test_device_returns_to_its_primary_and_the_item_crosses_both_moves(tmp_path)
             assert c.archive_rows() == [], "the item was finished before the device moved back"
             assert c.partial_bytes() > held
             c.wait_archived(120)
-        finally:
-            stop.set()
-            watcher.join(5)
         out = c.check().assert_ok()  # once, verifies (chain too), the edge keeps its copy
         assert out.archived == 1
         (row,) = c.archive_rows()
