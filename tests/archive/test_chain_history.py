@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-import uuid
 
-import psycopg
 import pytest
 
 from agent.archive.chain import read_chain_alarms
@@ -19,10 +17,10 @@ from agent.evidence import hashing, keys
 from agent.wire import checkpoint
 from agent.wire.client import ConnSettings
 from agent.wire.mqtt import Connection
+from tests.support.custody import pg_database
 from tests.support.uplink import UNIT, InProc, add_items, agent_config, open_store, run, wait_for
 
 DEV = "dock-0001"
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 class Publisher:
@@ -184,14 +182,8 @@ def db_url(request):
     if request.param == "sqlite":
         yield None
         return
-    name = "edge_test_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    with pg_database() as url:
+        yield url
 
 
 def test_chain_history_on_both_backends(tmp_path, db_url):
