@@ -236,10 +236,11 @@ class Registry:
         pem = keys.public_pem(public)
         old = self.device(device, missing_ok=True)
         if old and old["key_id"] != kid and not force:
-            raise EdgeError(f"device {device} is enrolled with key {old['key_id']}; use --force to replace it "
-                            "(the old key is kept for verifying its items)")
+            raise EdgeError(f"设备已用另一密钥登记 / device {device} is enrolled with key {old['key_id']}; use --force "
+                            "to replace it (the old key is kept for verifying its items)")
         if old and old["unit"] != unit and not force:
-            raise EdgeError(f"device {device} is enrolled for unit {old['unit']}; use --force to move it to {unit}")
+            raise EdgeError(f"设备已登记在另一单位 / device {device} is enrolled for unit {old['unit']}; use --force to "
+                            f"move it to {unit}")
         self.keys_dir.mkdir(parents=True, exist_ok=True)
         if old and old["key_id"] != kid:
             atomic_write(self.keys_dir / f"{device}.{old['key_id']}.pub.old", old["pubkey"].encode())
@@ -267,7 +268,8 @@ class Registry:
                             "a device signs its own items and annotations, an annotator has a key of its own")
         path = self.keys_dir / "annotators" / unit / f"{name}.pub"
         if path.exists() and keys.key_id(keys.load_public(path)) != kid and not force:
-            raise EdgeError(f"annotator {name} of unit {unit} is enrolled with another key; use --force to replace it")
+            raise EdgeError(f"注释人已用另一密钥登记 / annotator {name} of unit {unit} is enrolled with another key; "
+                            "use --force to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, keys.public_pem(public))
         self.audit.append("enroll_annotator", None, actor=actor, annotator=name, unit=unit, key_id=kid)

@@ -194,9 +194,16 @@ def test_enroll_refuses_bad_input(tmp_path):
     other = tmp_path / "o.pub"
     keys.generate(tmp_path / "o.key", other)
     p = run(["archive", "enroll", "dock-0001", str(other), "--unit", UNIT, "--root", str(root)])
-    assert p.returncode != 0 and "--force" in p.stderr
+    assert p.returncode != 0 and "设备已用另一密钥登记 / device dock-0001 is enrolled with key" in p.stderr
+    assert "--force" in p.stderr
     p = run(["archive", "enroll", "dock-0001", str(other), "--unit", UNIT, "--root", str(root), "--force"])
     assert p.returncode == 0 and list((root / "keys").glob("dock-0001.*.pub.old"))
+    # moving a device to another unit: refused in both languages without --force, then moved
+    p = run(["archive", "enroll", "dock-0001", str(other), "--unit", "330108000000", "--root", str(root)])
+    assert p.returncode == 1 and (f"设备已登记在另一单位 / device dock-0001 is enrolled for unit {UNIT}; "
+                                  "use --force to move it to 330108000000") in p.stderr, p.stderr
+    p = run(["archive", "enroll", "dock-0001", str(other), "--unit", "330108000000", "--root", str(root), "--force"])
+    assert p.returncode == 0 and "设备已登记 / enrolled dock-0001 for unit 330108000000" in p.stdout
     p = run(["archive", "list", "--root", str(tmp_path / "nowhere")])
     assert p.returncode != 0 and "not found" in p.stderr
 
