@@ -11,7 +11,8 @@ Every item is archived exactly once, byte-identical, verifies (chain included); 
 device holds verifies against the key of an enrolled receiver and names the sealed manifest; the
 edge still holds every item (tests/faults/harness.py's invariants, read from PostgreSQL).
 
-Both slow (``-m slow``): 20 items from 4 devices, 3 kills; 200 items from 10 devices, 20 kills.
+By default: 6 items from 2 devices, 2 receivers, 2 kills each followed by a restart. Slow
+(``-m slow``): 20 items from 4 devices, 3 kills; 200 items from 10 devices, 20 kills.
 """
 
 from __future__ import annotations
@@ -88,9 +89,17 @@ def _storm(c: Centre, devices: int, per_device: int, kills: int, seed: int, time
     return {"mid": mid, "stored_by": stored_by, "starts": sum(r.starts for r in c.receivers)}
 
 
-@pytest.mark.slow  # by default: a shared receiver killed mid-transfer (tests/uplink/test_uplink_faults.py::
-# test_two_receivers_shared_subscription_one_killed), receivers on one PostgreSQL index (tests/e2e/
-# test_broker_failover.py, tests/archive/test_archive_db_contract.py)
+def test_receivers_killed_and_restarted_on_one_postgresql(tmp_path):
+    """The storm in small: two receivers, each with its own identity and key and (where namespaces
+    can be made) its own host, one PostgreSQL index; two SIGKILLs, each restarted at once."""
+    with Centre(tmp_path, devices=["dock-0001", "dock-0002"], receivers=2, own_identities=True) as c:
+        assert c.namespaces == (NetLink.unavailable() is None)
+        c.start()
+        got = _storm(c, devices=2, per_device=3, kills=2, seed=1703, timeout=120)
+        assert got["starts"] == 2 + 2 and got["mid"] >= 1, got
+
+
+@pytest.mark.slow
 def test_three_receivers_killed_at_random(tmp_path):
     with Centre(tmp_path, devices=[f"dock-{n + 1:04d}" for n in range(4)], receivers=3, own_identities=True) as c:
         # each receiver its own host on the network where namespaces can be made (root, iproute2)
