@@ -25,14 +25,18 @@ from __future__ import annotations
 
 import hashlib
 import html
+import io
 import json
 import os
 import shutil
+import stat
+import time
+import zipfile
 from pathlib import Path
 
 from agent.common.canon import canonical
 from agent.common.errors import EdgeError
-from agent.common.fs import atomic_write
+from agent.common.fs import atomic_write_at, create_temp_at
 from agent.common.timeutil import now_iso
 from ..evidence import keys, manifest as mf
 from ..evidence.verify import verify_item
@@ -44,76 +48,213 @@ FIELDS = ("case_number", "capture_start", "capture_end", "place", "collector", "
 
 
 def build(store, req: dict, case: str, dest: Path) -> dict:
-    """Write the bundle for the items of CASE to DEST (new or empty) and DEST.zip; returns the summary."""
+    """Write the bundle for the items of CASE to DEST (new or empty) and DEST.zip; returns the summary.
+
+    Nothing is written through a symlink: DEST is opened with O_NOFOLLOW, every file in it is
+    created new (O_CREAT|O_EXCL|O_NOFOLLOW through directory descriptors, then linked into place,
+    never replacing what is there), and the zip is built in a temporary file created the same way
+    beside DEST and linked to DEST.zip only if that name is still free."""
     dest = Path(dest)
     zpath = dest.with_name(dest.name + ".zip")
-    if zpath.exists():
-        raise EdgeError(f"{zpath}: exists already; the bundle's zip is written beside the folder")
+    _refuse_taken(zpath)
     rows = store.db.query("SELECT * FROM items WHERE case_number = ? ORDER BY device, seq", [case])
     if not rows:
         raise EdgeError(f"case {case!r}: no item of this case in the archive")
     export_tree_empty(dest)
-    (dest / "items").mkdir()
-    kd = dest / "keys"
-    (kd / "devices").mkdir(parents=True)
+    try:
+        dfd = os.open(str(dest), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise EdgeError(f"{_UNSAFE} {dest} ({exc.strerror})") from None
+    try:
+        return _build(store, req, case, dest, dfd, zpath, rows)
+    finally:
+        os.close(dfd)
+
+
+_UNSAFE = "路径不安全，拒绝写入 / refusing to write through"
+
+
+def _refuse_taken(path: Path) -> None:
+    if path.is_symlink():
+        raise EdgeError(f"{_UNSAFE} {path}: it is a symlink (planted?); the bundle's zip is written beside the "
+                        "folder as a new file")
+    if path.exists():
+        raise EdgeError(f"{path}: 已存在 / exists already; the bundle's zip is written beside the folder as a new file")
+
+
+def _subdir(dfd: int, parts: list[str], dest: Path) -> int:
+    """A descriptor of DEST/parts..., each level created as needed and opened with O_NOFOLLOW."""
+    fd = os.dup(dfd)
+    try:
+        for i, part in enumerate(parts):
+            try:
+                os.mkdir(part, 0o750, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:  # ELOOP: a symlink; ENOTDIR: a file
+                raise EdgeError(f"{_UNSAFE} {dest.joinpath(*parts[:i + 1])}: it is a symlink or not a directory "
+                                f"({exc.strerror})") from None
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _put(dfd: int, dest: Path, rel: str, data: bytes) -> None:
+    """DEST/rel created new with ``data``; anything already there (a planted symlink) is refused."""
+    *parts, name = rel.split("/")
+    fd = _subdir(dfd, parts, dest)
+    try:
+        atomic_write_at(fd, name, data, 0o640, replace=False)
+    except FileExistsError:
+        raise EdgeError(f"{_UNSAFE} {dest / rel}: something is already there (a planted symlink?)") from None
+    finally:
+        os.close(fd)
+
+
+def _tree(fd: int, prefix: str, dest: Path) -> list[tuple[str, int, str]]:
+    """Every regular file under the folder ``fd`` (relative path, size, SHA-256), sorted; a
+    symlink or any other kind of entry is refused, never followed."""
+    out = []
+    for entry in sorted(os.listdir(fd)):
+        rel = f"{prefix}{entry}"
+        st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            sub = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            try:
+                out += _tree(sub, rel + "/", dest)
+            finally:
+                os.close(sub)
+        elif stat.S_ISREG(st.st_mode):
+            h, size = hashlib.sha256(), 0
+            with _open_at(fd, entry) as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+                    size += len(block)
+            out.append((rel, size, h.hexdigest()))
+        else:
+            raise EdgeError(f"{_UNSAFE} {dest / rel}: not a regular file or folder (a symlink?)")
+    return out
+
+
+def _open_at(dfd: int, rel: str):
+    *parts, name = rel.split("/")
+    fd = os.dup(dfd)
+    try:
+        for part in parts:
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return os.fdopen(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd), "rb")
+    finally:
+        os.close(fd)
+
+
+def _zip(dfd: int, dest: Path, zpath: Path, files: list[tuple[str, int, str]]) -> str:
+    """DEST.zip (DEST/... inside, as ``shutil.make_archive`` lays it out), built in a new temporary
+    file beside DEST and linked to DEST.zip only if the name is free; returns its SHA-256."""
+    pfd = os.open(str(zpath.parent), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        tmp, fd = create_temp_at(pfd, zpath.name, 0o640)
+        try:
+            with os.fdopen(fd, "w+b") as f:
+                with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+                    dirs = {dest.name}
+                    for rel, _, _ in files:
+                        parts = rel.split("/")[:-1]
+                        dirs |= {"/".join([dest.name, *parts[:k]]) for k in range(1, len(parts) + 1)}
+                    for d in sorted(dirs):
+                        z.mkdir(d)
+                    for rel, _, _ in files:
+                        info = zipfile.ZipInfo(f"{dest.name}/{rel}", date_time=time.localtime()[:6])
+                        info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o640 << 16
+                        with _open_at(dfd, rel) as src, z.open(info, "w", force_zip64=True) as out:
+                            shutil.copyfileobj(src, out, 1 << 20)
+                f.flush()
+                os.fsync(f.fileno())
+                f.seek(0)
+                h = hashlib.sha256()
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            try:
+                os.link(tmp, zpath.name, src_dir_fd=pfd, dst_dir_fd=pfd, follow_symlinks=False)
+            except FileExistsError:
+                _refuse_taken(zpath)
+                raise
+        finally:
+            os.unlink(tmp, dir_fd=pfd)
+        os.fsync(pfd)
+    finally:
+        os.close(pfd)
+    return h.hexdigest()
+
+
+def _build(store, req: dict, case: str, dest: Path, dfd: int, zpath: Path, rows) -> dict:
+    os.mkdir("items", 0o750, dir_fd=dfd)
     enrol: dict = {"devices": {}, "annotators": {}}
     items, custody = [], []
     for row in rows:
         ring = store.registry.ring(row["device"])
         with store.storage.local(row["path"]) as src:
             verify_item(src, ring, expected_device=row["device"])
-            stage = dest / f".stage-{row['item']}"
-            export_tree(src, stage, row["item"], {})
-            os.rename(stage / row["item"], dest / "items" / row["item"])
-            stage.rmdir()
+            stage = f".stage-{row['item']}"
+            export_tree(src, dest / stage, row["item"], {})
+            sfd, ifd = _subdir(dfd, [stage], dest), _subdir(dfd, ["items"], dest)
+            try:
+                os.rename(row["item"], row["item"], src_dir_fd=sfd, dst_dir_fd=ifd)
+            finally:
+                os.close(sfd)
+                os.close(ifd)
+            os.rmdir(stage, dir_fd=dfd)
         d = dest / "items" / row["item"]
         m = json.loads((d / mf.MANIFEST).read_bytes())
         anns = mf.read_annotations(d)
         meta = mf.effective_metadata(m, anns)
-        _keys(store, row["device"], m["device"]["unit_code"], kd, dest, enrol)
+        _keys(store, row["device"], m["device"]["unit_code"], dfd, dest, enrol)
         items.append({"item": row["item"], "device": row["device"], "seq": row["seq"], "unit": row["unit"],
                       "manifest_hash": row["manifest_hash"], "item_hash": row["item_hash"], "hash_alg": m["hash_alg"],
                       "files": [{k: f[k] for k in ("name", "size", "hash")} for f in m["files"]],
                       "metadata": {k: meta.get(k) for k in FIELDS},
                       "verified": "签名、文件、分段、批注均无误 / ok: signature, files, segments, annotations"})
         custody.append(_custody(store, row, m, anns))
-    atomic_write(kd / "archive.pub", keys.public_pem(store.signing_key.public_key()))
+    _put(dfd, dest, "keys/archive.pub", keys.public_pem(store.signing_key.public_key()))
     akid = keys.key_id(store.signing_key.public_key())
     created = now_iso()
     request = {"id": req["id"], "purpose": req["purpose"], "reason": req["reason"], "requester": req["requester"],
                "requested_at": req["requested_at"], "approver": req["approver"], "approved_at": req["approved_at"],
                "record": req["record"], "sig": req["sig"], "approval": req["approval"], "approval_sig": req["approval_sig"]}
-    atomic_write(dest / "enrolment.json", json.dumps(enrol, ensure_ascii=False, indent=2, sort_keys=True).encode())
-    atomic_write(dest / "custody.json", json.dumps({"case_number": case, "request": request, "items": custody},
-                                                   ensure_ascii=False, indent=2, sort_keys=True).encode())
-    atomic_write(dest / "verify.py", Path(bundle_verify.__file__).read_bytes())
-    atomic_write(dest / "README.txt", _readme(case, akid).encode())
+    _put(dfd, dest, "enrolment.json", json.dumps(enrol, ensure_ascii=False, indent=2, sort_keys=True).encode())
+    _put(dfd, dest, "custody.json", json.dumps({"case_number": case, "request": request, "items": custody},
+                                               ensure_ascii=False, indent=2, sort_keys=True).encode())
+    _put(dfd, dest, "verify.py", Path(bundle_verify.__file__).read_bytes())
+    _put(dfd, dest, "README.txt", _readme(case, akid).encode())
     page = _report_html(case, request, items, custody, akid, created)
-    atomic_write(dest / "report.html", page.encode())
-    pdf = _report_pdf(case, request, items, custody, akid, created, dest / "report.pdf")
-    files = []
-    for p in sorted(dest.rglob("*")):
-        if p.is_file():
-            raw = p.read_bytes()
-            files.append({"path": p.relative_to(dest).as_posix(), "size": len(raw),
-                          "sha256": hashlib.sha256(raw).hexdigest()})
+    _put(dfd, dest, "report.html", page.encode())
+    pdf = _report_pdf(case, request, items, custody, akid, created)
+    if pdf is not None:
+        _put(dfd, dest, "report.pdf", pdf)
+    files = [{"path": rel, "size": size, "sha256": sha} for rel, size, sha in _tree(dfd, "", dest)]
     index = {"format": FORMAT, "case_number": case, "created": created, "archive_key_id": akid,
              "items": [i["item"] for i in items], "request": {k: request[k] for k in ("id", "purpose", "reason",
                                                                                      "requester", "approver")},
              "files": files}
     data = canonical(index)
-    atomic_write(dest / "bundle.json", data)
-    atomic_write(dest / "bundle.sig", json.dumps({"alg": "ed25519", "key_id": akid,
-                                                  "sig": keys.sign(store.signing_key, data)}).encode())
+    _put(dfd, dest, "bundle.json", data)
+    _put(dfd, dest, "bundle.sig", json.dumps({"alg": "ed25519", "key_id": akid,
+                                              "sig": keys.sign(store.signing_key, data)}).encode())
     # the clerk's check, run here before anything is said to have left
     found: list[str] = []
     bundle_verify.verify_index(dest, found)
     if found:
         raise EdgeError(f"the bundle at {dest} does not verify: {'; '.join(found)}")
-    shutil.make_archive(str(dest), "zip", root_dir=dest.parent, base_dir=dest.name)
+    zsha = _zip(dfd, dest, zpath, _tree(dfd, "", dest))
     return {"case_number": case, "bundle": str(dest), "zip": str(zpath), "items": items, "files": len(files),
-            "bundle_sha256": hashlib.sha256(data).hexdigest(), "zip_sha256": _sha256(zpath),
-            "archive_key_id": akid, "report": str(dest / "report.html"), "pdf": str(pdf) if pdf else None}
+            "bundle_sha256": hashlib.sha256(data).hexdigest(), "zip_sha256": zsha,
+            "archive_key_id": akid, "report": str(dest / "report.html"), "pdf": str(dest / "report.pdf") if pdf else None}
 
 
 def export_tree_empty(dest: Path) -> None:
@@ -126,15 +267,7 @@ def export_tree_empty(dest: Path) -> None:
                             f"{dest}") from None
 
 
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _keys(store, device: str, unit: str, kd: Path, dest: Path, enrol: dict) -> None:
+def _keys(store, device: str, unit: str, dfd: int, dest: Path, enrol: dict) -> None:
     if device in enrol["devices"]:
         return
     row = store.registry.device(device)
@@ -142,18 +275,17 @@ def _keys(store, device: str, unit: str, kd: Path, dest: Path, enrol: dict) -> N
     entry = {"unit": row["unit"], "enrolled_at": row["enrolled_at"], "key_id": row["key_id"], "keys": []}
     for pem in pems:
         kid = keys.key_id(keys.parse_public(pem))
-        path = kd / "devices" / f"{device}-{kid}.pub"
-        atomic_write(path, pem)
-        entry["keys"].append({"key_id": kid, "file": path.relative_to(dest).as_posix()})
+        rel = f"keys/devices/{device}-{kid}.pub"
+        _put(dfd, dest, rel, pem)
+        entry["keys"].append({"key_id": kid, "file": rel})
     enrol["devices"][device] = entry
     adir = store.registry.keys_dir / "annotators" / unit
     if unit not in enrol["annotators"] and adir.is_dir():
         enrol["annotators"][unit] = {}
         for p in sorted(adir.glob("*.pub")):
-            path = kd / "annotators" / unit / p.name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, p.read_bytes())
-            enrol["annotators"][unit][p.stem] = [keys.key_id(keys.load_public(p)), path.relative_to(dest).as_posix()]
+            rel = f"keys/annotators/{unit}/{p.name}"
+            _put(dfd, dest, rel, p.read_bytes())
+            enrol["annotators"][unit][p.stem] = [keys.key_id(keys.load_public(p)), rel]
 
 
 def _custody(store, row: dict, m: dict, anns) -> dict:
@@ -270,9 +402,9 @@ def _font() -> str | None:
     return rank[0] if rank else None
 
 
-def _report_pdf(case, request, items, custody, akid, created, path: Path) -> Path | None:
-    """report.pdf: the report's text on A4 pages, drawn with Pillow (already a dependency) in a
-    font with Chinese glyphs; None (no PDF, the HTML is the report) when no such font is found."""
+def _report_pdf(case, request, items, custody, akid, created) -> bytes | None:
+    """report.pdf's bytes: the report's text on A4 pages, drawn with Pillow (already a dependency)
+    in a font with Chinese glyphs; None (no PDF, the HTML is the report) when no such font is found."""
     font_path = _font()
     if font_path is None:
         return None
@@ -297,5 +429,6 @@ def _report_pdf(case, request, items, custody, akid, created, path: Path) -> Pat
             draw.text((margin, margin + k * step), line, font=font, fill=0)
         draw.text((width - margin - 200, height - margin // 2), f"{start // per_page + 1}", font=font, fill=0)
         pages.append(img)
-    pages[0].save(path, "PDF", resolution=200.0, save_all=True, append_images=pages[1:])
-    return path
+    out = io.BytesIO()
+    pages[0].save(out, "PDF", resolution=200.0, save_all=True, append_images=pages[1:])
+    return out.getvalue()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 
@@ -20,21 +21,60 @@ def fsync_dir(path: Path | str) -> None:
 
 
 def atomic_write(path: Path | str, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
+    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file.
+
+    The temporary file is created beside it with O_CREAT|O_EXCL|O_NOFOLLOW through the folder's
+    descriptor, then renamed over the name: a symlink planted at the temporary name (or at the
+    name itself) is never written through; the rename replaces the link, never its target."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    dfd = os.open(str(path.parent), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
+        atomic_write_at(dfd, path.name, data, mode)
     finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+        os.close(dfd)
+
+
+def create_temp_at(dir_fd: int, name: str, mode: int = 0o600) -> tuple[str, int]:
+    """A new temporary file ``.NAME.tmp-PID`` in the folder ``dir_fd`` (a random suffix is added
+    when that name is taken, by a crash or a planted link): (its name, a descriptor open for
+    reading and writing). Created with O_CREAT|O_EXCL|O_NOFOLLOW, so it is always a fresh regular file."""
+    base = f".{name}.tmp-{os.getpid()}"
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for attempt in range(64):
+        tmp = base if attempt == 0 else f"{base}-{secrets.token_hex(6)}"
+        try:
+            return tmp, os.open(tmp, flags, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{base}: no free temporary name")
+
+
+def atomic_write_at(dir_fd: int, name: str, data: bytes, mode: int = 0o644, replace: bool = True) -> None:
+    """:func:`atomic_write` into the folder ``dir_fd``. With ``replace=False`` the file must be
+    new: anything already at ``name`` (a file, a planted symlink) raises FileExistsError and is
+    left as it is (the temporary file is hard-linked to ``name``, which never replaces)."""
+    tmp, fd = create_temp_at(dir_fd, name, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        else:
+            os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            os.unlink(tmp, dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+    os.fsync(dir_fd)
 
 
 def rename_durable(src: Path | str, dst: Path | str) -> None:

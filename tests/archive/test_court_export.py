@@ -256,3 +256,42 @@ def test_the_same_workflow_on_postgresql(pg_url, tmp_path):
     finally:
         st.close()
     assert bundle_verify.main(["verify.py", str(tmp_path / "b")]) == 0
+
+
+def test_bundle_refuses_planted_symlinks(archive):
+    """A symlink planted where the bundle's zip goes (dangling, so `exists()` is False) is refused
+    with the reason and nothing is written through it; one planted at the zip's temporary name
+    is stepped around: the zip is made, the link's target is never created or written."""
+    tmp, root, ids, _ = archive
+    usb = tmp / "usb"
+    usb.mkdir()
+    dest = usb / "case-0125"
+    outside = tmp / "outside"
+    outside.mkdir()
+    (usb / "case-0125.zip").symlink_to(outside / "stolen.zip")
+    rid = str(request(tmp, root, "wang", "--case", CASE)["request"])
+    assert cli(tmp, root, "archive", "approve", rid, "--as", "li", "--key", str(tmp / "li.key")).returncode == 0
+    p = cli(tmp, root, "archive", "export", "--case", CASE, "--bundle", str(dest), "--request", rid)
+    assert p.returncode != 0 and "路径不安全，拒绝写入 / refusing to write through" in p.stderr, p.stderr
+    assert "case-0125.zip: it is a symlink" in p.stderr
+    assert list(outside.iterdir()) == [] and not dest.exists()
+    (usb / "case-0125.zip").unlink()
+    # the zip's temporary name planted (this process makes the bundle, so its pid is known)
+    import os
+
+    from agent.archive.approval import approved_export
+
+    planted = usb / f".case-0125.zip.tmp-{os.getpid()}"
+    planted.symlink_to(outside / "stolen.zip")
+    st = ArchiveStore(root)
+    try:
+        out = approved_export(st, int(rid), case=CASE, bundle=dest)
+    finally:
+        st.close()
+    assert list(outside.iterdir()) == [] and planted.is_symlink()
+    zpath = Path(out["zip"])
+    assert not zpath.is_symlink() and zipfile.ZipFile(zpath).testzip() is None
+    with zipfile.ZipFile(zpath) as z:
+        names = set(z.namelist())
+    assert {f"case-0125/{f['path']}" for f in json.loads((dest / "bundle.json").read_bytes())["files"]} <= names
+    assert sorted(os.listdir(usb)) == sorted(["case-0125", "case-0125.zip", planted.name])  # no temporary left
