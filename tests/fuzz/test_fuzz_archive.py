@@ -26,7 +26,7 @@ from agent.wire import protocol as P
 from tests.support.uplink import InProc, add_items, check_archive, wait_for
 
 DEV = "dock-0001"
-KINDS = ("manifest", "chunk", "finish", "query", "chain")
+KINDS = ("manifest", "chunk", "finish", "query", "annotation", "chain")
 
 # --- hostile values ---------------------------------------------------------------------------
 lone = st.sampled_from(["\ud800", "\udfff", "\udc80x", "a\ud83d", "\ud83d\ude00"])
@@ -176,6 +176,7 @@ def fuzz_archive(broker, tmp_path, per_topic: int) -> dict:
         "chunk": st.tuples(devices, items, chunk_msgs(names)),
         "finish": st.tuples(devices, items, st.tuples(finish_msgs(), user_props)),
         "query": st.tuples(devices, items, st.tuples(raw, user_props)),
+        "annotation": st.tuples(devices, items, st.tuples(st.one_of(raw, finish_msgs()), user_props)),
         "chain": st.tuples(devices, st.just(""), st.tuples(raw, st.just([]))),
     }
     try:
@@ -193,7 +194,7 @@ def fuzz_archive(broker, tmp_path, per_topic: int) -> dict:
             one()
         # oversized, once per topic: beyond the manifest limit (64 KiB here) and the finish limit
         for kind, n in (("manifest", 70 * 1024), ("finish", P.MAX_FINISH + 1), ("chunk", 3 << 20),
-                        ("query", 1 << 20)):
+                        ("query", 1 << 20), ("annotation", 1 << 20)):
             pub.send(f"edge/xfer/{DEV}/{DEV}-big/{kind}", b"{" + b" " * n)
         pub.send(f"edge/dev/{DEV}/chain", b" " * (1 << 20))
         wait_for(lambda: rx.seen + offset >= pub.sent, 300, f"archive handled all {pub.sent} messages ({rx.seen})")

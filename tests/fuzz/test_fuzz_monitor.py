@@ -1,7 +1,9 @@
 """Fuzzing the monitor through a real broker (issue 14, section 3): hostile messages on every
-device-state topic it subscribes to (lone surrogates, invalid UTF-8, wrong types, huge numbers,
-NaN, deep nesting, empty and oversized payloads, mutated envelopes, and bodies genuinely signed by
-the device but hostile), then a genuine health message still shows. No message may reach the
+topic it subscribes to: each device-state kind, a device's chain checkpoint, and the archive's
+published checkpoint (lone surrogates, invalid UTF-8, wrong types, huge numbers, NaN, deep
+nesting, empty and oversized payloads, mutated envelopes, bodies genuinely signed by the device
+but hostile, checkpoints genuinely signed by the archive's key but hostile), then a genuine
+health message still shows. No message may reach the
 per-message guard (``rejected.error`` stays 0) and the ingest worker stays alive.
 
 The default run sends 150 messages per topic; ``pytest -m slow tests/fuzz/test_fuzz_monitor.py``
@@ -17,9 +19,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.common import canon
+from agent.evidence import keys
 from agent.monitor.enrolment import Enrolment
 from agent.monitor.ingest import Ingest, IngestSettings
 from agent.monitor.state import MonitorDB
+from agent.wire import archive_checkpoint as ac
 from tools.fleet_sim import SimDevice
 
 A = SimDevice("fz-a", "33010600", "单位", "dock")
@@ -31,7 +38,10 @@ TOPICS = {
     "alarm": f"{P}/dev/fz-a/alarm/camera_offline",
     "component": f"{P}/dev/fz-a/component/bay-1",
     "ratio": f"{P}/dev/fz-a/ratio",
+    "chain": f"{P}/dev/fz-a/chain",
+    "checkpoint": f"{P}/archive/checkpoint",
 }
+ARCHIVE = Ed25519PrivateKey.generate()  # the archive's key: the monitor verifies checkpoints with it
 BODIES = {
     "status": A.status("online"),
     "health": A.health(),
@@ -41,6 +51,7 @@ BODIES = {
     "component": {"name": "bay-1", "state": "idle", "label": "空闲 / Idle", "docked": False},
     "ratio": A.ratio(40, 8),
 }
+AKID = keys.key_id(ARCHIVE.public_key())
 
 _text = st.text(alphabet=st.characters(blacklist_categories=()), max_size=30)  # surrogates included
 _leaf = (st.none() | st.booleans() | st.integers(min_value=-2**80, max_value=2**80)
@@ -60,10 +71,41 @@ def _mutate(d: dict, key: str, value):
     return out
 
 
-def payloads(kind: str):
-    topic = TOPICS[kind]
-    genuine_env = json.loads(A.seal(topic, BODIES[kind]))
-    body = BODIES[kind]
+def _signed_cp(body: dict) -> dict:
+    """A checkpoint signed by the archive's key over whatever ``body`` holds (as a compromised or
+    buggy archive could sign it)."""
+    fields = {k: body.get(k) for k in ac.FIELDS}
+    try:
+        data = canon.canonical(fields)
+    except Exception:  # noqa: BLE001 - what canonical JSON cannot hold (a lone surrogate): a bad signature
+        data = b""
+    return {**body, "sig": keys.sign(ARCHIVE, data)}
+
+
+_cp_body = st.fixed_dictionaries({
+    "format": st.sampled_from([ac.FORMAT, "x"]), "archive": st.just(AKID) | _text,
+    "size": st.integers(0, 2**70) | st.sampled_from([-1, 0, 1, 2, 7]), "root": st.just("ab" * 32) | _text,
+    "time": st.sampled_from(["2026-12-04T10:00:00+00:00", "2099-01-01T00:00:00+00:00", "", "not a time"]) | _text,
+    "key_id": st.just(AKID)}, optional={"extra": json_values})
+_proof = json_values | st.fixed_dictionaries({"metadata": json_values, "rule": json_values, "subset": json_values,
+                                              "path": st.lists(_text | json_values, max_size=4)})
+
+
+def checkpoint_payloads():
+    """What P/archive/checkpoint may carry: junk, and edge-archive-consistency/1 records whose
+    checkpoints are genuinely signed by the archive's key but hostile (sizes, roots, times, proofs)."""
+    signed = _cp_body.map(_signed_cp)
+    rec = st.fixed_dictionaries({"format": st.just(ac.PUBLISHED_FORMAT) | _text, "checkpoint": signed | json_values,
+                                 "previous": st.none() | signed | json_values, "proof": st.none() | _proof})
+    return st.one_of(
+        _junk(),
+        rec.map(_dumps),
+        st.tuples(rec, st.sampled_from(["format", "checkpoint", "previous", "proof", "x"]), json_values).map(
+            lambda t: _dumps(_mutate(*t))),
+    )
+
+
+def _junk():
     return st.one_of(
         st.binary(max_size=400),                                          # garbage, invalid UTF-8
         st.just(b""),                                                     # deletes a retained topic
@@ -71,6 +113,19 @@ def payloads(kind: str):
         json_values.map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass")),
         st.integers(1, 5000).map(lambda n: b"[" * n + b"]" * n),          # deep nesting
         st.integers(60_000, 70_000).map(lambda n: b'{"a":"' + b"x" * n + b'"}'),  # around the 64 KiB limit
+    )
+
+
+def payloads(kind: str):
+    if kind == "checkpoint":
+        return checkpoint_payloads()
+    if kind == "chain":  # the device's signed chain checkpoint is the archive's to check; the monitor ignores it
+        return st.one_of(_junk(), json_values.map(lambda v: A.seal(TOPICS["health"], _dumps(v))))
+    topic = TOPICS[kind]
+    genuine_env = json.loads(A.seal(topic, BODIES[kind]))
+    body = BODIES[kind]
+    return st.one_of(
+        _junk(),
         st.tuples(st.sampled_from(sorted(genuine_env)), json_values).map(   # a mutated envelope
             lambda kv: _dumps(_mutate(genuine_env, *kv))),
         st.tuples(st.sampled_from(sorted(body) or ["x"]), json_values).map(  # genuinely signed, hostile body
@@ -85,7 +140,8 @@ def monitor(tmp_path_factory, broker_session):
     tmp = tmp_path_factory.mktemp("fuzz-monitor")
     ing = Ingest(MonitorDB(tmp / "m.db"), IngestSettings(port=broker_session.port, prefix=P, rate=1e6, burst=1e6,
                                                         queue_per_device=100_000),
-                 Enrolment.of([(d.id, d.unit_code, d.key.public_key()) for d in (A, B)]))
+                 Enrolment.of([(d.id, d.unit_code, d.key.public_key()) for d in (A, B)]),
+                 archive_keys=lambda: [ARCHIVE.public_key()])
     ing.start()
     assert ing.subscribed.wait(10)
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fuzz-publisher", protocol=mqtt.MQTTv5)
@@ -150,6 +206,10 @@ def _run(kind: str, examples: int, monitor) -> None:
     pub.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)  # leave no hostile retained message behind
     sent["n"] += 1
     _drain_then_genuine(ing, pub, sent, 900_000 + sent["n"])
+    if kind == "checkpoint":  # the fuzzing got past the signature: some accepted, most refused and alarmed
+        st_ = ing.stats()
+        print("checkpoint verdicts:", st_.get("archive_checkpoints"), st_.get("rejected.archive_checkpoint"))
+        assert st_.get("archive_checkpoints", 0) >= 1 and st_.get("rejected.archive_checkpoint", 0) >= examples // 10
 
 
 @pytest.mark.parametrize("kind", sorted(TOPICS))
