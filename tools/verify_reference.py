@@ -29,6 +29,7 @@ IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 MAX = 2 ** 53 - 1
+CTRL = re.compile(r"[\x00-\x1f\x7f]")
 MANIFEST = ("format item_id hash_alg device metadata source ingest_time clock_offset_ms software device_seq "
             "prev_manifest_hash block_size files session gaps sealed_at encryption segments item_hash").split()
 ANNOTATION = "format item_id manifest_hash hash_alg seq prev time actor set reason".split()
@@ -90,6 +91,15 @@ def ident(v, limit):
     return isinstance(v, str) and 0 < len(v) <= limit and v.isascii() and bool(IDENT.match(v))
 
 
+def text_ok(v, limit):
+    """place, proof, the collector's name and id: not blank, no control character, at most LIMIT characters."""
+    return isinstance(v, str) and v.strip() != "" and not CTRL.search(v) and len(v) <= limit
+
+
+def when(t):
+    return datetime.datetime.fromisoformat(t.replace("Z", "+00:00"))
+
+
 def case_ok(v):
     return (isinstance(v, str) and 0 < len(v) <= 64 and v == v.strip() and len(v.encode("utf-8", "surrogatepass")) <= 255
             and not any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp") for c in v)
@@ -117,14 +127,18 @@ def check_manifest(m):
         if f in pend:
             need(meta[f] is None, f"metadata: {f} pending but set")
         else:
-            need(case_ok(meta[f]) if f == "case_number" else (isinstance(meta[f], str) and meta[f] != ""),
-                 f"metadata: {f}")
+            need(case_ok(meta[f]) if f == "case_number" else text_ok(meta[f], 200), f"metadata: {f}")
     fields(meta["collector"], ["name", "id"], "metadata.collector")
-    need(all(isinstance(v, str) and v for v in meta["collector"].values()), "metadata.collector: types")
+    need(text_ok(meta["collector"]["name"], 64) and text_ok(meta["collector"]["id"], 32), "metadata.collector")
     for t in (meta["capture_start"], meta["capture_end"], m["ingest_time"], m["sealed_at"]):
         need(isinstance(t, str) and ISO.match(t), f"time {t!r}")
-    need(datetime.datetime.fromisoformat(meta["capture_end"].replace("Z", "+00:00"))
-         >= datetime.datetime.fromisoformat(meta["capture_start"].replace("Z", "+00:00")), "metadata: capture_end before start")
+    need(when(meta["capture_end"]) >= when(meta["capture_start"]), "metadata: capture_end before start")
+    if "clock_offset_source" in meta or "clock_offset_measured_at" in meta:  # a recorder's capture-time correction
+        off, src, at = meta.get("clock_offset_ms"), meta.get("clock_offset_source"), meta.get("clock_offset_measured_at")
+        need(src in ("measured", "kept", "unknown") and (src == "unknown") == (off is None)
+             and (at is None if src == "unknown" else isinstance(at, str) and when(at).tzinfo is not None),
+             "metadata: clock_offset_source / clock_offset_measured_at")
+    need(meta.get("clock_offset_ms") is None or type(meta["clock_offset_ms"]) is int, "metadata: clock_offset_ms")
     need(isinstance(m["source"], dict) and isinstance(m["software"], str) and m["software"], "manifest: source/software")
     need(m["clock_offset_ms"] is None or (type(m["clock_offset_ms"]) is int and abs(m["clock_offset_ms"]) <= MAX),
          "manifest: clock_offset_ms")
@@ -144,7 +158,8 @@ def check_manifest(m):
     for f in files:
         fields(f, ["name", "size", "hash"] + (["plain_size", "plain_hash"] if enc else []), "files[]")
         n = f["name"]
-        need(isinstance(n, str) and n and "/" not in n and "\\" not in n and "\x00" not in n and not n.startswith("."),
+        need(isinstance(n, str) and n and len(n.encode("utf-8", "surrogatepass")) <= 255
+             and "/" not in n and "\\" not in n and "\x00" not in n and not n.startswith("."),
              f"files: name {n!r}")
         need(is_int(f["size"]) and is_hex(f["hash"]) and (not enc or (is_int(f["plain_size"]) and is_hex(f["plain_hash"]))),
              "files: types")
@@ -232,7 +247,9 @@ class Keys:
 def check_sig(data, sig_bytes, pub, what):
     rec = read_json(sig_bytes, f"{what} signature", canonical=False)
     fields(rec, ["alg", "key_id", "sig"], f"{what} signature")
-    need(rec["alg"] == "ed25519" and isinstance(rec["sig"], str), f"{what} signature: alg")
+    need(rec["alg"] == "ed25519" and isinstance(rec["key_id"], str) and bool(KID.match(rec["key_id"]))
+         and isinstance(rec["sig"], str) and len(rec["sig"]) == 88 and bool(B64.match(rec["sig"])),
+         f"{what} signature: alg, key_id or sig")
     try:
         pub.verify(base64.b64decode(rec["sig"], validate=True), data)
     except (InvalidSignature, ValueError):
@@ -280,6 +297,7 @@ def verify_item(item, keys):
     names = sorted(p.name for p in adir.glob("*.json")) if adir.is_dir() else []
     need(names == [f"{n:04d}.json" for n in range(1, len(names) + 1)], "annotations not numbered 0001, 0002, ...")
     prev = None
+    effective = dict(m["metadata"])
     for n in range(1, len(names) + 1):
         a_data, a_sig = (adir / f"{n:04d}.json").read_bytes(), (adir / f"{n:04d}.sig").read_bytes()
         akid = sig_kid(a_sig, f"annotation {n}")
@@ -295,6 +313,11 @@ def verify_item(item, keys):
         check_annotation(a, n)
         need(a["seq"] == n and a["prev"] == prev, f"annotation {n}: chain")
         need(a["item_id"] == m["item_id"] and a["manifest_hash"] == mhash, f"annotation {n}: another item")
+        changed = [f for f in ("case_number", "place", "proof") if f in a["set"] and effective.get(f) is not None
+                   and f not in effective["pending"] and a["set"][f] != effective[f]]
+        need(not changed or a["reason"].strip() != "", f"annotation {n} changes {', '.join(changed)} without a reason")
+        effective.update(a["set"])
+        effective["pending"] = [f for f in effective["pending"] if f not in a["set"]]
         prev = hashlib.new(alg, a_data).hexdigest()
     return m, mhash, len(names)
 

@@ -166,3 +166,36 @@ def test_replaced_device_key_still_maps_to_its_device(tmp_path):
         verify_item(item, keys.KeyRing.from_paths(keys_dir=kdir))
     assert _ref(item, kdir).stdout.startswith("FAIL manifest signed by unknown key")
     store.close()
+
+
+def test_a_change_without_a_reason_is_refused_by_both_verifiers(tmp_path):
+    """An annotation that changes a mandatory field already set needs a reason (docs/evidence-format.md,
+    "Annotations"); completing a pending one does not. Both verifiers read the same rule."""
+    from agent.common import canon
+    from tests.evidence.test_evidence_strict import _item
+
+    store = make_store(tmp_path, evidence__block_size=4096)
+    item, raw = _item(store, tmp_path)
+    m = json.loads(raw)
+
+    def annotate(seq, changes, reason, prev=None):
+        rec = mf.make_annotation(item_id=m["item_id"], manifest_hash_hex=mf.manifest_hash("sha256", raw), seq=seq,
+                                 prev=prev, time="2026-11-27T10:00:00+08:00", actor="officer:33010001",
+                                 changes=changes, reason=reason, hash_alg="sha256")
+        data = canon.canonical(rec)
+        (item / mf.ANNOTATIONS_DIR).mkdir(exist_ok=True)
+        (item / mf.ANNOTATIONS_DIR / f"{seq:04d}.json").write_bytes(data)
+        (item / mf.ANNOTATIONS_DIR / f"{seq:04d}.sig").write_bytes(mf.signature_record(store.private_key, data))
+        return mf.manifest_hash("sha256", data)
+
+    first = annotate(1, {"note": "补充说明"}, "")  # a note changes no mandatory field
+    assert _ref(item, store.pub_path).returncode == 0
+    verify_item(item, store.keyring())
+    annotate(2, {"proof": "改写的证明对象"}, "  ", prev=first)
+    out = _ref(item, store.pub_path)
+    assert out.stdout.strip() == "FAIL annotation 2 changes proof without a reason", out.stdout
+    with pytest.raises(VerifyError, match="changes proof without a reason"):
+        verify_item(item, store.keyring())
+    annotate(2, {"proof": "改写的证明对象"}, "原证明对象录错", prev=first)
+    assert _ref(item, store.pub_path).returncode == 0
+    verify_item(item, store.keyring())

@@ -81,6 +81,17 @@ def variants(raw: bytes) -> list[tuple[str, bytes, str]]:
         ("bad case number", canon(lambda d: d["metadata"].update(case_number="_pending")),
          "case number '_pending' refused"),
         ("encryption not an object", canon(lambda d: d.update(encryption="none")), "encryption: must be an object"),
+        # the mandatory metadata's content (docs/evidence-format.md, "Strict reading" 7)
+        ("blank proof", canon(lambda d: d["metadata"].update(proof="   ")), "证明对象 proof object: missing"),
+        ("proof too long", canon(lambda d: d["metadata"].update(proof="现" * 201)), "longer than 200 characters"),
+        ("control character in place", canon(lambda d: d["metadata"].update(place="文三路\u0007")),
+         "control characters are not allowed"),
+        ("collector id too long", canon(lambda d: d["metadata"]["collector"].update(id="3" * 33)),
+         "longer than 32 characters"),
+        ("capture end before start", canon(lambda d: d["metadata"].update(capture_end="2026-11-27T00:59:59Z")),
+         "is before the start"),
+        ("unknown offset source", canon(lambda d: d["metadata"].update(clock_offset_ms=5, clock_offset_source="guess")),
+         "clock_offset_source: one of"),
     ]
 
 
