@@ -19,6 +19,7 @@ from tools.bench import fleet
     (["--backends", "mysql"], "--backends: sqlite, postgresql or both"),
     (["--seconds", "0"], "--seconds: 0 < s <= 600"),
     (["--receivers", "1,x"], "--receivers: numbers separated by commas"),
+    (["--devices", "0", "--archive-devices", "0"], "--devices: 1 or more (0: the archive part alone"),
 ])
 def test_bad_arguments_are_refused(args, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -63,3 +64,20 @@ def test_tiny_fleet_on_both_backends(tmp_path):
     assert read_once("postgresql://postgres@127.0.0.1:5432/postgres",
                      "SELECT datname FROM pg_database WHERE datname LIKE 'edge_fleet_test%'") == []
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("edge-fleet-bench-")], "work directory removed"
+
+
+@pytest.mark.slow
+def test_archive_part_alone_through_the_shipped_broker(tmp_path, capsys):
+    """`--devices 0`: only the archive part, SQLite and PostgreSQL, K = 1 and 3 receivers, each
+    receipt checked on its device against the key of the receiver that stored the item."""
+    out = tmp_path / "arc.json"
+    rc = fleet.main(["--devices", "0", "--archive-devices", "3", "--items", "1", "--item-kib", "16",
+                     "--receivers", "1,3", "--pg", "postgresql://postgres@127.0.0.1:5432/edge_fleet_test",
+                     "--dir", str(tmp_path), "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert rc == 0 and res["monitor"] == [], res
+    assert [(a["index"], [(r["receivers"], r["stored"], r["receipts"], r["ok"]) for r in a["runs"]]) for a in res["archive"]] \
+        == [("sqlite", [(1, 3, 3, True), (3, 3, 3, True)]), ("postgresql", [(1, 3, 3, True), (3, 3, 3, True)])]
+    assert all("anonymous off" in a["broker"] for a in res["archive"])
+    text = capsys.readouterr().out
+    assert "| monitor |" not in text and "| postgresql | 3 | 3/3 × 16 KiB |" in text

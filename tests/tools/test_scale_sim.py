@@ -1,9 +1,14 @@
-"""The scale simulation (tools/scale_sim/): a small fleet through a real Mosquitto to two real
-`edge-agent archive serve --share` processes on one root; every item archived exactly once and
-verified; the checker itself catches duplicates, holes and corruption; bad arguments are refused."""
+"""The scale simulation (tools/scale_sim/): a small fleet through Mosquitto as shipped (identities
+and ACL of `archive broker-config`, anonymous off) to two real `edge-agent archive serve --share`
+processes on one root, each enrolled with a key and broker identity of its own; every item
+archived exactly once and verified, every receipt signed by the receiver that stored the item;
+the checker itself catches duplicates, holes, corruption and a receipt from the wrong key; bad
+arguments are refused."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -11,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tools import scale_sim
-from tools.scale_sim.check import check_archive
+from tools.scale_sim.check import check_archive, check_receipts
 
 pytestmark = pytest.mark.skipif(not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()),
                                 reason="mosquitto not installed")
@@ -32,10 +37,21 @@ def test_two_receivers_archive_every_item_exactly_once(sim):
     run = sim["runs"][0]
     assert run["receivers"] == 2 and run["devices"] == 6
     assert run["stored"] == run["items"] == 12
-    assert run["check"] == {"ok": True, "problems": [], "problem_count": 0, "stored": 12, "verified": 12}
-    # both receivers of the shared subscription did work (finish messages are spread round robin)
+    assert run["check"] == {"ok": True, "problems": [], "problem_count": 0, "stored": 12, "verified": 12,
+                            "receipts": 12, "receipt_keys": run["items_per_receiver"]}
+    # both receivers of the shared subscription did work (finish messages are spread round robin),
+    # and each signed the receipts of the items it stored with its own key
     assert set(run["items_per_receiver"]) == {"rx-1", "rx-2"}, run["items_per_receiver"]
     assert sum(run["items_per_receiver"].values()) == 12
+    # the broker as shipped: anonymous off, each device logged in as itself, each receiver as itself
+    rdir = Path(run["logs"])
+    conf = (rdir / "broker" / "broker" / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "acl_file" in conf and "password_file" in conf
+    logins = re.findall(r"New client connected from \S+ as (\S+) \(.*?u'([^']*)'\)",
+                        (rdir / "broker" / "mosquitto.log").read_text())
+    users = {cid: user for cid, user in logins}
+    assert {u for u in users.values()} == {f"sim-{i:04d}" for i in range(6)} | {"rx-1", "rx-2", "monitor"}, users
+    assert all(cid == user for cid, user in users.items() if user != "monitor"), users
     assert run["devices_done"] == 6 and not run["timed_out"]
     assert run["receiver_cpu_s_total"] > 0 and run["mb_s"] > 0
 
@@ -77,6 +93,61 @@ def test_checker_catches_duplicates_missing_and_corruption(sim, tmp_path):
     assert f"{dup.name}: 2 directories" in text
     assert f"{corrupt.name}: does not verify" in text
     assert "sim-9999-never-stored: 0 rows" in text
+
+
+def test_receipt_check_catches_a_receipt_from_another_key(sim):
+    """A device's receipt re-signed by the archive root's key (pinned by no device here), or by
+    the other receiver's key (enrolled, but not the receiver that stored the item), fails the
+    receipt check; the untouched receipts pass."""
+    from agent.archive.storage import ArchiveStore
+    from agent.evidence import keys
+    from agent.wire.receipts import ArchiveSigner
+
+    base = Path(sim["workdir"]) / "fleet"
+    root = base / "archive"
+    fleet = {}
+    for dev in sorted(p.name for p in (base / "devices").iterdir()):
+        con = sqlite3.connect(str(base / "devices" / dev / "ledger.db"))
+        try:
+            ids = [r[0] for r in con.execute("SELECT id FROM items ORDER BY device_seq")]
+        finally:
+            con.close()
+        fleet[dev] = {"items": ids, "data_dir": str(base / "devices" / dev)}
+    good = check_receipts([root], fleet, [None])
+    assert good["ok"] and good["checked"] == 12 and set(good["signed_by"]) == {"rx-1", "rx-2"}, good
+
+    con = sqlite3.connect(str(root / "archive.db"))
+    try:
+        dev, item, rid = con.execute("SELECT device, item, receiver FROM items ORDER BY item LIMIT 1").fetchone()
+    finally:
+        con.close()
+    other = {"rx-1": "rx-2", "rx-2": "rx-1"}[rid]
+    store = ArchiveStore(root, receiver="test")
+    try:
+        root_key = store.signing_key
+    finally:
+        store.close()
+    ledger = Path(fleet[dev]["data_dir"]) / "ledger.db"
+    saved = ledger.read_bytes()
+    for key, problem in ((root_key, f"{item}: receipt on {dev} does not verify against an enrolled receiver's key"),
+                         (keys.load_private(root / "_archive" / "receivers" / f"{other}.key"),
+                          f"{item}: receipt signed by key ")):
+        con = sqlite3.connect(str(ledger))
+        try:
+            rc = json.loads(con.execute("SELECT receipt FROM items WHERE id = ?", (item,)).fetchone()[0])
+            body = {k: v for k, v in rc.items() if k not in ("sig", "key_id", "format", "archive", "nonce")}
+            forged = ArchiveSigner(key, rc["archive"]).receipt(body, nonce=rc["nonce"])
+            with con:
+                con.execute("UPDATE items SET receipt = ? WHERE id = ?", (json.dumps(forged), item))
+        finally:
+            con.close()
+        try:
+            bad = check_receipts([root], fleet, [None])
+        finally:
+            ledger.write_bytes(saved)
+        assert not bad["ok"] and bad["checked"] == 11 and len(bad["problems"]) == 1, bad
+        assert bad["problems"][0].startswith(problem), bad["problems"]
+    assert f"stored by receiver {rid}" in bad["problems"][0]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -121,19 +192,22 @@ def test_two_receivers_with_the_index_on_postgresql(tmp_path):
     assert res["ok"] and res["index"] == "postgresql", run["check"]
     assert run["check"]["stored"] == run["check"]["verified"] == 3
     assert sum(run["items_per_receiver"].values()) == 3
+    assert run["check"]["receipts"] == 3 and run["check"]["receipt_keys"] == run["items_per_receiver"]
     left = read_once("postgresql://postgres@127.0.0.1:5432/postgres",
                      "SELECT datname FROM pg_database WHERE datname LIKE 'edge_scale_test%'")
     assert left == [], "the run's database is dropped"
 
 
 def test_shards_each_receiver_its_own_root_and_prefix(tmp_path):
-    """The sharded layout: K = 2 receivers, each with its own root and topic prefix; each device's
-    items land in its shard's root only."""
+    """The sharded layout: K = 2 receivers, each with its own root, topic prefix and broker as
+    shipped (identities and ACL per prefix); each device's items land in its shard's root only,
+    with a receipt from its shard's receiver."""
     res = scale_sim.simulate(devices=4, items=1, item_kib=32, receivers=[2], probe_mib=0, timeout=120,
                              workdir=str(tmp_path), keep=True, shards=True)
     run = res["runs"][0]
     assert res["ok"] and res["layout"] == "shards", run["check"]
     assert run["stored"] == 4 and set(run["items_per_receiver"]) == {"rx-1", "rx-2"}
+    assert run["check"]["receipt_keys"] == {"rx-1": 2, "rx-2": 2}
     base = Path(res["workdir"]) / "fleet"
     for k, devs in ((1, {"sim-0000", "sim-0002"}), (2, {"sim-0001", "sim-0003"})):
         con = sqlite3.connect(str(base / f"archive-s{k}" / "archive.db"))

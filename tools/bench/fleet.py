@@ -26,8 +26,11 @@ CPU, the latency, and how long one ``/api/fleet`` (the whole page) takes at this
 
 Archive part (``--archive-devices`` > 0), once per backend: tools/scale_sim/ (the devices'
 real transfer to ``edge-agent archive serve --share`` receivers, every item checked stored
-once and verified) with K receivers for each K in ``--receivers``: items/s and MB/s. Its broker
-is scale_sim's own (anonymous, on loopback).
+once and verified) with K receivers for each K in ``--receivers`` (each K ``--repeat`` times,
+interleaved): items/s and MB/s. Through the same shipped broker: each device logged in as
+itself, receiver k enrolled as ``rx-k`` (`archive receiver add`) and logged in as itself, every
+receipt signed by the receiver that stored the item and checked on the device.
+``--devices 0`` runs the archive part alone.
 
 Bounds: at most 5,000 devices (fleet_sim), 600 s per window.
 """
@@ -256,23 +259,28 @@ def _round(x, n: int = 3):
 
 
 def archive_runs(db: str | None, devices: int, items: int, item_kib: int, receivers: list[int], work: Path,
-                 say=lambda m: None) -> dict:
+                 say=lambda m: None, repeat: int = 1) -> dict:
     from tools import scale_sim
 
     res = scale_sim.simulate(devices=devices, items=items, item_kib=item_kib, receivers=receivers, probe_mib=0,
-                             timeout=900, workdir=str(work), db=db, progress=say)
+                             timeout=900, workdir=str(work), db=db, progress=say, repeat=repeat)
     return {"index": res["index"], "devices": devices, "items_per_device": items, "item_kib": item_kib,
             "ok": res["ok"], "summary": res["summary"],
-            "runs": [{k: r.get(k) for k in ("receivers", "items", "stored", "wall_s", "items_s", "mb_s", "steady_items_s",
-                                             "steady_mb_s", "receiver_cpu_s_total", "items_per_receiver", "pg", "ok")}
+            "broker": res["broker"],
+            "runs": [{**{k: r.get(k) for k in ("receivers", "repeat", "items", "stored", "wall_s", "items_s", "mb_s",
+                                                "steady_items_s", "steady_mb_s", "receiver_cpu_s_total",
+                                                "mb_per_receiver_cpu_s", "broker_cpu_s", "retransmits",
+                                                "items_per_receiver", "pg", "ok", "at_utc", "load_average")},
+                      "receipts": r["check"].get("receipts")}
                      for r in res["runs"]]}
 
 
 def table(res: dict) -> str:
-    lines = [f"fleet benchmark {res['time']} ({res['nproc']} CPUs, load {res['load_average_start']})", "",
-             "| monitor | devices | health/s scheduled | accepted/s | lost | monitor CPU % | accepted per CPU-s "
-             "| status-to-view p50 / p99 / max (s) | /api/fleet (s) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [f"fleet benchmark {res['time']} ({res['nproc']} CPUs, load {res['load_average_start']})"]
+    if res["monitor"]:
+        lines += ["", "| monitor | devices | health/s scheduled | accepted/s | lost | monitor CPU % | accepted per CPU-s "
+                      "| status-to-view p50 / p99 / max (s) | /api/fleet (s) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in res["monitor"]:
         lat = r["latency_s"]
         lines.append(f"| {r['db']} (flush {r['flush_s']:g} s) | {r['devices']} ({r['stations']} stations, {r['rooms']} rooms) | "
@@ -281,16 +289,19 @@ def table(res: dict) -> str:
                      f"{lat['p50']} / {lat['p99']} / {lat['max']} ({lat['samples']} samples, {lat['missed']} missed) | "
                      f"{r['api_fleet_s']} |")
     if res["archive"]:
-        lines += ["", "| archive index | receivers | items | items/s | MB/s | receiver CPU s | PostgreSQL commits, rows "
-                      "written per item | ok |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "| archive index | receivers | items | items/s | MB/s | receiver CPU s | MB per receiver CPU s "
+                      "| PostgreSQL commits, rows written per item | retransmits | receipts checked | at (UTC), load | ok |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for a in res["archive"]:
             for r in a["runs"]:
                 pg = r.get("pg")
                 cost = f"{pg['commits_per_item']}, {pg['rows_per_item']}" if pg else "-"
+                la = r.get("load_average") or []
                 lines.append(f"| {a['index']} | {r['receivers']} | {r['stored']}/{r['items']} × {a['item_kib']} KiB | "
                              f"{r['steady_items_s'] or r['items_s']} | {r['steady_mb_s'] or r['mb_s']} | "
-                             f"{r['receiver_cpu_s_total']} | "
-                             f"{cost} | "
+                             f"{r['receiver_cpu_s_total']} | {r.get('mb_per_receiver_cpu_s')} | "
+                             f"{cost} | {r.get('retransmits')} | {r.get('receipts')} | "
+                             f"{r.get('at_utc', '-')}, {' '.join(map(str, la))} | "
                              f"{'yes' if r['ok'] else 'NO'} |")
     return "\n".join(lines)
 
@@ -314,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--items", type=int, default=3)
     ap.add_argument("--item-kib", type=int, default=256)
     ap.add_argument("--receivers", default="1,3")
+    ap.add_argument("--repeat", type=int, default=1, help="archive part: each K this many times, interleaved (1..10)")
     ap.add_argument("--dir", help="work directory (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout)")
@@ -323,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--backends: sqlite, postgresql or both")
     if not 0 < a.seconds <= 600:
         ap.error("--seconds: 0 < s <= 600")
+    if a.devices < 0 or (a.devices == 0 and not a.archive_devices):
+        ap.error("--devices: 1 or more (0: the archive part alone, with --archive-devices)")
     try:
         receivers = [int(x) for x in a.receivers.split(",") if x]
     except ValueError:
@@ -337,12 +351,13 @@ def main(argv: list[str] | None = None) -> int:
            "argv": ["python", "-m", "tools.bench.fleet", *(sys.argv[1:] if argv is None else argv)],
            "monitor": [], "archive": []}
     try:
-        fleet = make_fleet(a.devices, a.units)
-        probes = make_fleet(max(1, a.probes), 1, "probe", "3302")
-        t = time.monotonic()
-        enrol(work / "archive", fleet + probes)
-        say(f"enrolled {len(fleet) + len(probes)} devices in {time.monotonic() - t:.1f} s")
-        for b in backends:
+        if a.devices:
+            fleet = make_fleet(a.devices, a.units)
+            probes = make_fleet(max(1, a.probes), 1, "probe", "3302")
+            t = time.monotonic()
+            enrol(work / "archive", fleet + probes)
+            say(f"enrolled {len(fleet) + len(probes)} devices in {time.monotonic() - t:.1f} s")
+        for b in backends if a.devices else []:
             db = str(work / "monitor.db")
             if b == "postgresql":
                 head, _, name = a.pg.rpartition("/")
@@ -364,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                 pg = f"{a.pg}_arc" if b == "postgresql" else None
                 (work / f"arc-{b}").mkdir()
                 res["archive"].append(archive_runs(pg, a.archive_devices, a.items, a.item_kib, receivers,
-                                                   work / f"arc-{b}", say=say))
+                                                   work / f"arc-{b}", say=say, repeat=a.repeat))
     finally:
         if a.keep:
             say(f"kept {work}")

@@ -28,6 +28,21 @@ from pathlib import Path
 EDGE = str(Path(sys.executable).with_name("edge-agent"))
 
 
+def edge_agent(args: list[str], in_process: bool = False) -> tuple[int, str]:
+    """Run ``edge-agent ARGS``: (exit status, what it printed). ``in_process``: the same click
+    command called in this process (no interpreter start-up; for the default tests that start
+    brokers many times), else the installed ``edge-agent`` program."""
+    if in_process:
+        from click.testing import CliRunner
+
+        from agent.cli import main
+
+        r = CliRunner().invoke(main, args, catch_exceptions=False)
+        return r.exit_code, r.output
+    p = subprocess.run([EDGE, *args], capture_output=True, text=True)
+    return p.returncode, p.stderr + p.stdout
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -35,7 +50,9 @@ def free_port() -> int:
 
 
 class ShippedBroker:
-    def __init__(self, work: Path, root: Path, port: int | None = None, prefix: str = "edge") -> None:
+    def __init__(self, work: Path, root: Path, port: int | None = None, prefix: str = "edge",
+                 in_process: bool = False) -> None:
+        self.in_process = in_process               # broker-config called in this process (edge_agent)
         self.work = Path(work)
         self.root = Path(root)
         self.port = port or free_port()
@@ -53,10 +70,10 @@ class ShippedBroker:
     def generate(self) -> None:
         """`edge-agent archive broker-config` for every device enrolled in ``root`` (again after
         a new enrolment: passwords are kept; then :meth:`reload`)."""
-        p = subprocess.run([EDGE, "archive", "broker-config", "--root", str(self.root), "--out", str(self.dir),
-                            "--port", str(self.port), "--prefix", self.prefix], capture_output=True, text=True)
-        if p.returncode != 0:
-            raise SystemExit(f"archive broker-config failed: {p.stderr.strip()}")
+        rc, out = edge_agent(["archive", "broker-config", "--root", str(self.root), "--out", str(self.dir),
+                              "--port", str(self.port), "--prefix", self.prefix, "--json"], self.in_process)
+        if rc != 0:
+            raise SystemExit(f"archive broker-config failed: {out.strip()[-500:]}")
         confd = self.dir / "conf.d"
         confd.mkdir(exist_ok=True)
         shutil.copy(self.dir / "mosquitto.conf", confd / "edge-agent.conf")  # the shipped snippet, unchanged

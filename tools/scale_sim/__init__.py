@@ -14,15 +14,24 @@ What runs (loopback only, everything real, nothing mocked):
   ``--workers`` publisher processes (default: one per 50 devices, at least 2; hundreds of devices in
   one Python process starve each other of the interpreter lock, which measures the simulator, not
   the archive);
-- the broker: one ``mosquitto`` started for each run on a free port of 127.0.0.1;
-- receivers: K real ``edge-agent archive serve --share GROUP`` processes on the same root.
+- the broker: Mosquitto as the project ships it, started for each run on a free port of
+  127.0.0.1 (tools/bench/shipped_broker.py: the password file, ACL and ``mosquitto.conf`` snippet
+  `edge-agent archive broker-config` writes from the enrolment; anonymous access off). Each
+  device logs in as itself and may publish only in its own subtree;
+- receivers: K real ``edge-agent archive serve --share GROUP`` processes on the same root, receiver
+  k enrolled as ``rx-k`` (`edge-agent archive receiver add`: a signing key and a broker identity
+  of its own) and logged in as ``rx-k``; every receipt it sends is signed with its key, and the
+  devices pin only the receivers' keys (not the root's), so a device counts an item archived only
+  on a receipt from the receiver that stored it.
 
 Each run starts from the same sealed fleet (restored from a pristine copy) and an archive root
 where every device is already enrolled. Measured per run: wall time, items/s and MB/s (overall and
 in the steady middle 10-90 % of the run), per-device upload rate, and the CPU seconds of the
 receivers, the broker and the publishers (``/proc/PID/stat``), from which MB/s per receiver core.
 After every run the archive is checked: every item stored exactly once (database and disk), every
-item verifies, every unit's chain verifies; a run that fails the check is reported as failed.
+item verifies, every unit's chain verifies, and every device holds every item as archived with a
+receipt that verifies against the key of the receiver that stored it; a run that fails the check
+is reported as failed.
 
 ``--probe-mib M`` adds one run of a single device with one item of M MiB to one receiver: the upload
 rate one device reaches when nothing else competes (the per-device ceiling of this code path).
@@ -95,10 +104,11 @@ def simulate(devices: int = 100, items: int = 3, item_kib: int = 1024, receivers
               "devices": devices, "items_per_device": items, "item_kib": item_kib, "workers": workers,
               "share": f"$share/{SHARE}/{PREFIX}/xfer/+/+/+", "device_mode": "uplink" if full_uplink else "lite",
               "layout": "shards" if shards else "shared", "index": "postgresql" if db else "sqlite",
+              "broker": "shipped (archive broker-config: an identity per device and receiver, ACL, anonymous off)",
               "ramp_s": ramp_s, "device_kbps": device_kbps, "runs": [], "probe": None, "workdir": str(base)}
     try:
         t = time.monotonic()
-        fleet = make_fleet(base / "fleet", devices, items, item_kib * 1024)
+        fleet = make_fleet(base / "fleet", devices, items, item_kib * 1024, receivers=max(receivers))
         result["fleet_setup_s"] = round(time.monotonic() - t, 1)
         say(f"fleet: {devices} devices x {items} items x {item_kib} KiB sealed in {result['fleet_setup_s']} s")
         for rep in range(repeat):  # interleaved (K=1, 2, 3, 1, 2, 3 …): load from elsewhere hits every K alike
@@ -112,7 +122,7 @@ def simulate(devices: int = 100, items: int = 3, item_kib: int = 1024, receivers
                     f"{r['wall_s']} s, {r['mb_s']} MB/s (steady {r['steady_mb_s'] or '-'}), receivers "
                     f"{r['receiver_cpu_s_total']} CPU s, {'OK' if r['ok'] else 'FAILED'}")
         if probe_mib:
-            pf = make_fleet(base / "probe", 1, 1, probe_mib << 20, seed=7)
+            pf = make_fleet(base / "probe", 1, 1, probe_mib << 20, seed=7, receivers=1)
             r = run_once(base / "probe", pf, 1, 1, timeout, verify=verify, receive_maximum=receive_maximum, label="probe",
                          dev_opts=dict(dev_opts, ramp_s=0), db=db)
             result["probe"] = r

@@ -58,3 +58,61 @@ def check_archive(root: Path, fleet: dict, verify: bool = True, db: str | None =
                     problems.append(f"chain of unit {unit}: {exc}")
     return {"ok": not problems, "problems": problems[:50], "problem_count": len(problems),
             "stored": sum(1 for i in expected if rows.get(i) == 1), "verified": verified}
+
+
+def check_receipts(roots: list[Path], fleet: dict, urls: list[str | None], shards: bool = False) -> dict:
+    """Every item the fleet produced is archived on its device with a receipt that verifies against
+    the key of the enrolled receiver that stored it (ROOT/_archive/receivers/RID.pub; not the
+    root's key: no receiver here signs with it) and names this device, the item, the sealed
+    manifest and its files. Returns {"ok", "problems", "checked", "signed_by": {receiver: n}}."""
+    import json
+    import sqlite3
+
+    from agent.evidence import keys
+    from agent.evidence import manifest as mf
+    from agent.wire.receipts import ArchiveTrust, ReceiptError
+
+    problems: list[str] = []
+    signed_by: dict[str, int] = {}
+    checked = 0
+    devs = list(fleet.items())
+    for k, root in enumerate(roots):
+        mine = dict(d for i, d in enumerate(devs) if not shards or i % len(roots) == k)
+        pubs = sorted((root / "_archive" / "receivers").glob("*.pub"))
+        trust = ArchiveTrust.load(pubs)
+        kid_of = {p.stem: keys.key_id(keys.load_public(p)) for p in pubs}
+        idx = open_index(root, urls[k])
+        try:
+            stored_by = {r["item"]: r["receiver"] for r in idx.query("SELECT item, receiver FROM items")}
+        finally:
+            idx.close()
+        for dev, d in mine.items():
+            con = sqlite3.connect(f"file:{Path(d['data_dir']) / 'ledger.db'}?mode=ro", uri=True)
+            con.row_factory = sqlite3.Row
+            try:
+                rows = {r["id"]: r for r in con.execute("SELECT id, state, path, manifest_hash, receipt FROM items")}
+            finally:
+                con.close()
+            for item in d["items"]:
+                r = rows.get(item)
+                if r is None or r["state"] != "archived":
+                    problems.append(f"{item}: on {dev} in state {r['state'] if r else 'missing'}, not archived")
+                    continue
+                rc = json.loads(r["receipt"] or "{}")
+                man = json.loads((Path(r["path"]) / mf.MANIFEST).read_bytes())
+                try:
+                    trust.check_receipt(rc, device=dev, item=item, nonce=rc.get("nonce"),
+                                        manifest_hash=r["manifest_hash"],
+                                        files=[{"name": f["name"], "size": f["size"], "hash": f["hash"]}
+                                               for f in man["files"]])
+                except ReceiptError as exc:
+                    problems.append(f"{item}: receipt on {dev} does not verify against an enrolled receiver's key: {exc}")
+                    continue
+                rid = stored_by.get(item)
+                if rc.get("key_id") != kid_of.get(rid):
+                    problems.append(f"{item}: receipt signed by key {rc.get('key_id')}, stored by receiver {rid} "
+                                    f"(key {kid_of.get(rid)})")
+                    continue
+                checked += 1
+                signed_by[rid] = signed_by.get(rid, 0) + 1
+    return {"ok": not problems, "problems": problems[:50], "checked": checked, "signed_by": signed_by}

@@ -1,6 +1,8 @@
 """The simulated fleet: sealed items made with the library for every device (its own data
-directory, ledger and key), an archive template with every device enrolled, and the restore to
-that state before each run."""
+directory, ledger and key), an archive template with every device enrolled and the receivers
+``rx-1`` … enrolled with keys of their own (`edge-agent archive receiver add`), every device
+pinning those receivers' keys (and not the root's: every receipt must be signed by the receiver
+that stored the item), and the restore to that state before each run."""
 
 from __future__ import annotations
 
@@ -28,18 +30,41 @@ def device_id(i: int) -> str:
     return f"sim-{i:04d}"
 
 
-def device_config(data_dir: Path, dev: str, unit: str, port: int = 1883, bandwidth: int = 0, prefix: str = PREFIX):
+def receiver_id(k: int) -> str:
+    """The receiver id (MQTT user name, client id, key name) of receiver k (1, 2, …)."""
+    return f"rx-{k}"
+
+
+def device_config(data_dir: Path, dev: str, unit: str, port: int = 1883, bandwidth: int = 0, prefix: str = PREFIX,
+                  username: str = "", password: str = ""):
     from agent.config import Config
 
-    return Config.defaults(**{"uplink.bandwidth_limit": bandwidth,
+    return Config.defaults(**{"uplink.bandwidth_limit": bandwidth, "mqtt.username": username, "mqtt.password": password,
         "storage.data_dir": str(data_dir), "storage.reserve_mb": 1, "storage.retention_days": 7,
         "device.id": dev, "device.unit_code": unit, "mqtt.host": "127.0.0.1", "mqtt.port": port,
         "mqtt.keepalive": 30, "mqtt.topic_prefix": prefix, "log.level": "warning"})
 
 
-def make_fleet(base: Path, devices: int, items: int, item_bytes: int, seed: int = 0) -> dict:
+def add_receivers(root: Path, receivers: int) -> None:
+    """`edge-agent archive receiver add rx-K --root ROOT` for K = 1..``receivers`` (the click
+    command, called in this process), as an operator enrols each receiver host: a key pair of its
+    own in ROOT/_archive/receivers/, from which `archive broker-config` gives each a broker
+    identity; audited."""
+    from tools.bench.shipped_broker import edge_agent
+
+    from .procs import SimError
+
+    for k in range(1, receivers + 1):
+        rc, out = edge_agent(["archive", "receiver", "add", receiver_id(k), "--root", str(root), "--json"], True)
+        if rc != 0:
+            raise SimError(f"archive receiver add {receiver_id(k)} failed: {out.strip()[-300:]}")
+
+
+def make_fleet(base: Path, devices: int, items: int, item_bytes: int, seed: int = 0, receivers: int = 1) -> dict:
     """Sealed items for ``devices`` devices under base/devices (+ a pristine copy) and an archive
-    template with every device enrolled. Returns {device: {"unit", "items": [ids], "bytes"}}."""
+    template with ``receivers`` receivers and every device enrolled, each device pinning every
+    receiver's key. Returns {device: {"unit", "items": [ids], "bytes"}}."""
+    from agent.archive import receivers as receivers_mod
     from agent.archive.storage import ArchiveStore
     from agent.evidence import keys
     from agent.store.ingest import ingest
@@ -48,6 +73,7 @@ def make_fleet(base: Path, devices: int, items: int, item_bytes: int, seed: int 
     devdir, src = base / "devices", base / "src"
     src.mkdir(parents=True, exist_ok=True)
     fleet: dict[str, dict] = {}
+    add_receivers(base / "archive-template", receivers)
     archive = ArchiveStore(base / "archive-template", receiver="sim-enroll")
     rnd = os.urandom(item_bytes + 4096)
     try:
@@ -65,9 +91,8 @@ def make_fleet(base: Path, devices: int, items: int, item_bytes: int, seed: int 
                 p.unlink()
             store.close()
             archive.registry.enroll(dev, store.pub_path.read_bytes(), unit, actor="scale_sim")
-            pin = store.data_dir / "keys" / "archive" / "archive.pub"  # the device trusts this archive
-            pin.parent.mkdir(parents=True, exist_ok=True)
-            pin.write_bytes(keys.public_pem(archive.signing_key.public_key()))
+            # the device trusts the enrolled receivers' keys (`archive enroll --pin-to`), not the root's
+            receivers_mod.pin_all(archive.root, store.data_dir)
             fleet[dev] = {"unit": unit, "items": ids, "bytes": items * item_bytes, "data_dir": str(devdir / dev)}
     finally:
         archive.close()

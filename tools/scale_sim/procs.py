@@ -1,5 +1,5 @@
-"""The processes of a scale-simulation run: a private Mosquitto on a free port of 127.0.0.1, waiting
-for a port, stopping a process, reading its CPU seconds from ``/proc``; :class:`SimError` is the
+"""The processes of a scale-simulation run: Mosquitto as shipped on a free port of 127.0.0.1,
+stopping a process, reading its CPU seconds from ``/proc``; :class:`SimError` is the
 one-line error every part of the simulation raises for a bad argument or a missing tool."""
 
 from __future__ import annotations
@@ -7,33 +7,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 
 class SimError(Exception):
     """A bad argument or an environment problem: one line for the user."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.02)
-    return False
 
 
 def cpu_seconds(pid: int) -> float:
@@ -56,33 +35,20 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
             proc.wait(5)
 
 
-class Broker:
-    """One private mosquitto on 127.0.0.1 (persistence off)."""
+def start_broker(work: Path, root: Path, prefix: str, attempts: int = 3, in_process: bool = True):
+    """Mosquitto as the project ships it (tools/bench/shipped_broker.py): `edge-agent archive
+    broker-config` from the enrolment of ``root`` (a password-file identity for every device and
+    every enrolled receiver, the ACL, anonymous access off), on a free port of 127.0.0.1; its log
+    (connections with the user each client logged in as) in work/mosquitto.log. broker-config is
+    the click command called in this process (the same code without an interpreter start-up)."""
+    from tools.bench.shipped_broker import ShippedBroker
 
-    def __init__(self, workdir: Path, extra: list[str] | None = None):
-        self.dir = workdir
-        self.port = free_port()
-        self.extra = extra or []
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Broker":
-        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-        if not exe:
-            raise SimError("mosquitto not found (apt-get install mosquitto) / 未找到 mosquitto")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        conf = self.dir / "mosquitto.conf"
-        conf.write_text("\n".join([
-            "persistence false", "log_dest stderr", "log_type error",
-            "log_type warning", "log_type notice", "set_tcp_nodelay true", "max_queued_messages 10000", *self.extra,
-            f"listener {self.port} 127.0.0.1", "allow_anonymous true", ""]))
-        with open(self.dir / "mosquitto.log", "ab") as log_fh:  # mosquitto drops root: its own file would fail
-            self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log_fh)
-        if not wait_port(self.port, self.proc):
-            tail = (self.dir / "mosquitto.log").read_text(errors="replace")[-500:] if (self.dir / "mosquitto.log").exists() else ""
-            stop_process(self.proc)
-            raise SimError(f"mosquitto did not start on port {self.port}: {tail}")
-        return self
-
-    def stop(self) -> None:
-        if self.proc:
-            stop_process(self.proc)
+    if not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")):
+        raise SimError("mosquitto not found (apt-get install mosquitto) / 未找到 mosquitto")
+    for attempt in range(attempts):  # the free port picked may be taken by another process before mosquitto binds it
+        try:
+            return ShippedBroker(work, root, prefix=prefix, in_process=in_process).start()
+        except SystemExit as exc:
+            if attempt == attempts - 1:
+                raise SimError(str(exc)) from None
+    raise AssertionError("unreachable")

@@ -88,8 +88,8 @@ def run_publisher(spec_path: Path, report_path: Path) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     devs = []
     for d in spec["devices"]:
-        cfg = device_config(Path(d["data_dir"]), d["device"], d["unit"], spec["port"], spec.get("bandwidth", 0),
-                      d.get("prefix", PREFIX))
+        cfg = device_config(Path(d["data_dir"]), d["device"], d["unit"], d["port"], spec.get("bandwidth", 0),
+                            d.get("prefix", PREFIX), d["username"], d["password"])  # logged in as itself
         store = Store(cfg)
         if spec.get("full_uplink"):
             up = make_component(Agent(cfg, store=store))

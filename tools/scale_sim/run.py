@@ -1,6 +1,8 @@
-"""One run of the scale simulation: the fleet restored, a broker, K archive receivers and the
-publisher processes started, the archive's index watched until every item is stored, the figures
-measured (rates, steady window, CPU seconds per process) and the archive checked."""
+"""One run of the scale simulation: the fleet restored, the broker as shipped (one per root and
+prefix), K archive receivers each logged in as itself and the publisher processes (each device
+logged in as itself) started, the archive's index watched until every item is stored, the figures
+measured (rates, steady window, CPU seconds per process) and the archive checked (the receipts the
+devices hold included)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from .check import check_archive, open_index
-from .fleet import PREFIX, restore
-from .procs import Broker, SimError, cpu_seconds, stop_process
+from .check import check_archive, check_receipts, open_index
+from .fleet import PREFIX, receiver_id, restore
+from .procs import SimError, cpu_seconds, start_broker, stop_process
 
 EDGE = str(Path(sys.executable).with_name("edge-agent"))
 ROOT_DIR = Path(__file__).resolve().parents[2]  # the checkout: publishers run `python -m tools.scale_sim` there
@@ -25,8 +27,12 @@ SHARE = "archive"
 def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: float, verify: bool = True,
              receive_maximum: int | None = None, label: str | None = None, dev_opts: dict | None = None,
              shards: bool = False, db: str | None = None) -> dict:
-    """Restore the fleet, start a broker and ``receivers`` archive processes, let every device
-    upload, measure, check. Returns the figures of the run.
+    """Restore the fleet, start the broker as shipped and ``receivers`` archive processes, let
+    every device upload, measure, check. Returns the figures of the run.
+
+    Broker: `archive broker-config` from the root's enrolment (identities + ACL, anonymous off);
+    each device logs in as itself, receiver k as ``rx-k`` (enrolled with `archive receiver add`,
+    signing with its own key), the readiness watch as ``monitor``.
 
     ``db``: None, the archive's index is ROOT/archive.db (SQLite); a postgresql:// URL, each root
     gets a fresh database named after it and the run (``NAME_LABEL[_sK]``, the enrolment copied
@@ -34,7 +40,8 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
 
     ``shards``: instead of K receivers on one root behind one shared subscription, each receiver
     gets its own root and topic prefix (``edge-s1`` …) and the devices are split among them (the
-    sharded layout of docs/scaling.md)."""
+    sharded layout of docs/scaling.md), each shard with its own broker (identities and ACL are
+    per prefix: one broker per region in docs/scaling.md)."""
     roots = [base / f"archive-s{k + 1}" for k in range(receivers)] if shards else [base / "archive"]
     prefixes = [f"{PREFIX}-s{k + 1}" for k in range(receivers)] if shards else [PREFIX]
     restore(base, roots)
@@ -44,36 +51,45 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
     rdir = base / f"run-{label or receivers}"
     shutil.rmtree(rdir, ignore_errors=True)
     rdir.mkdir()
-    broker = Broker(rdir / "broker").start()
+    brokers = []
     rx: list[subprocess.Popen] = []
     pubs: list[subprocess.Popen] = []
     logs = []
     total_items = sum(len(d["items"]) for d in fleet.values())
     total_bytes = sum(d["bytes"] for d in fleet.values())
     try:
+        for r, (root, prefix) in enumerate(zip(roots, prefixes)):
+            brokers.append(start_broker(rdir / (f"broker-s{r + 1}" if shards else "broker"), root, prefix))
         for k in range(receivers):
-            lp = rdir / f"rx-{k + 1}.log"
+            rid, broker = receiver_id(k + 1), brokers[k % len(brokers)]
+            lp = rdir / f"{rid}.log"
             fh = open(lp, "wb")
             logs.append(fh)
-            args = [EDGE, "archive", "serve", "--root", str(roots[k % len(roots)]), "--broker",
-                    f"127.0.0.1:{broker.port}", "--share", SHARE, "--client-id", f"rx-{k + 1}",
-                    "--prefix", prefixes[k % len(prefixes)], "--log-level", "warning"]
+            args = [EDGE, "--config", str(broker.credential_file(rid)), "archive", "serve",
+                    "--root", str(roots[k % len(roots)]), "--broker", f"127.0.0.1:{broker.port}", "--share", SHARE,
+                    "--client-id", rid, "--prefix", prefixes[k % len(prefixes)], "--log-level", "warning"]
             if urls[k % len(roots)]:
                 args += ["--db", urls[k % len(roots)]]
             if receive_maximum:
                 args += ["--receive-maximum", str(receive_maximum)]
             rx.append(subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True))
-        _wait_receivers(broker.port, [f"rx-{k + 1}" for k in range(receivers)], rx, rdir)
-        cpu0 = {"rx": [cpu_seconds(p.pid) for p in rx], "broker": cpu_seconds(broker.proc.pid)}
-        # devices, spread over the publisher processes
-        devs = [dict(device=d, unit=v["unit"], data_dir=v["data_dir"], items=len(v["items"]), bytes=v["bytes"],
-                     prefix=prefixes[i % len(prefixes)]) for i, (d, v) in enumerate(fleet.items())]
+        for b, broker in enumerate(brokers):
+            mine = [k for k in range(receivers) if k % len(brokers) == b]
+            _wait_receivers(broker, [receiver_id(k + 1) for k in mine], [rx[k] for k in mine], rdir)
+        cpu0 = {"rx": [cpu_seconds(p.pid) for p in rx], "broker": sum(cpu_seconds(b.pid) for b in brokers)}
+        # devices, spread over the publisher processes, each logged in as itself
+        devs = []
+        for i, (d, v) in enumerate(fleet.items()):
+            broker = brokers[i % len(brokers)]
+            devs.append(dict(device=d, unit=v["unit"], data_dir=v["data_dir"], items=len(v["items"]), bytes=v["bytes"],
+                             prefix=prefixes[i % len(prefixes)], port=broker.port, **_credentials(broker, d)))
         nw = max(1, min(workers, len(devs)))
         reports = []
         t0 = time.monotonic()
         for w in range(nw):
             sp, rp = rdir / f"pub-{w}.json", rdir / f"pub-{w}.report.json"
-            sp.write_text(json.dumps({"port": broker.port, "devices": devs[w::nw], **(dev_opts or {})}))
+            sp.write_text(json.dumps({"devices": devs[w::nw], **(dev_opts or {})}))
+            sp.chmod(0o600)  # it holds the devices' broker passwords
             fh = open(rdir / f"pub-{w}.log", "wb")
             logs.append(fh)
             pubs.append(subprocess.Popen([sys.executable, "-m", "tools.scale_sim", "_publish", str(sp), str(rp)],
@@ -98,7 +114,7 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
                 break
             time.sleep(0.1)
         wall = time.monotonic() - t0
-        cpu1 = {"rx": [cpu_seconds(p.pid) for p in rx], "broker": cpu_seconds(broker.proc.pid)}
+        cpu1 = {"rx": [cpu_seconds(p.pid) for p in rx], "broker": sum(cpu_seconds(b.pid) for b in brokers)}
         # publishers leave once every device has its stored answers (a moment after the archive)
         for p in pubs:
             try:
@@ -131,7 +147,8 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
                 p.wait(5)
         for p in rx:
             stop_process(p)
-        broker.stop()
+        for b in brokers:
+            b.stop()
         for fh in logs:
             fh.close()
     if shards:
@@ -143,6 +160,12 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
                  "verified": sum(c["verified"] for c in parts)}
     else:
         check = check_archive(roots[0], fleet, verify=verify, db=urls[0])
+    receipts = check_receipts(roots, fleet, urls, shards)
+    if not receipts["ok"]:
+        check = dict(check, ok=False, problems=(check["problems"] + receipts["problems"])[:50],
+                     problem_count=check["problem_count"] + len(receipts["problems"]))
+    check["receipts"] = receipts["checked"]
+    check["receipt_keys"] = receipts["signed_by"]
     pg_stats = None
     if db:
         from agent.common.pg import drop_database
@@ -180,14 +203,23 @@ def _pg_stats(urls: list[str], items: int, nbytes: int) -> dict | None:
             "rows_per_gb": round(tot["rows_written"] / gb) if gb else None}
 
 
-def _wait_receivers(port: int, rids: list[str], procs: list[subprocess.Popen], rdir: Path, timeout: float = 30) -> None:
-    """Until every receiver's retained status says online (it has subscribed and is serving)."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+def _credentials(broker, name: str) -> dict:
+    """username/password of identity ``name`` from the [mqtt] fragment broker-config wrote for it
+    (read as TOML: a thousand devices, no full configuration each)."""
+    import tomllib
+
+    m = tomllib.loads(broker.credential_file(name).read_text())["mqtt"]
+    return {"username": m["username"], "password": m["password"]}
+
+
+def _wait_receivers(broker, rids: list[str], procs: list[subprocess.Popen], rdir: Path, timeout: float = 30) -> None:
+    """Until every receiver's retained status on ``broker`` says online (it has subscribed and is
+    serving); watched under the broker's read-only ``monitor`` identity."""
+    from agent.wire.topics import Topics
 
     online: set[str] = set()
-    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"sim-watch-{os.getpid()}",
-                    protocol=mqtt.MQTTv5)
+    c = broker.paho("monitor", f"sim-watch-{os.getpid()}")
+    topic = Topics(broker.prefix).all_archive_receivers()
 
     def on_message(_c, _u, msg):
         try:
@@ -197,8 +229,8 @@ def _wait_receivers(port: int, rids: list[str], procs: list[subprocess.Popen], r
             pass
 
     c.on_message = on_message
-    c.on_connect = lambda cl, *_: cl.subscribe("+/archive/status/+", qos=1)
-    c.connect("127.0.0.1", port)
+    c.on_connect = lambda cl, *_: cl.subscribe(topic, qos=1)
+    c.connect("127.0.0.1", broker.port)
     c.loop_start()
     try:
         deadline = time.monotonic() + timeout
@@ -207,12 +239,12 @@ def _wait_receivers(port: int, rids: list[str], procs: list[subprocess.Popen], r
             if dead or time.monotonic() > deadline:
                 tail = "".join((rdir / f"{r}.log").read_text(errors="replace")[-400:] for r in (dead or rids))
                 raise SimError(f"archive receiver(s) {', '.join(dead or sorted(set(rids) - online))} "
-                               f"did not come online: {tail.strip()}")
+                               f"did not come online: {tail.strip()} (broker log: {broker.log_tail(5)})")
             time.sleep(0.05)
         time.sleep(0.3)  # the shared subscription is made before the status is published; margin
     finally:
+        c.disconnect()  # before loop_stop: the loop thread leaves at once instead of at its next select timeout
         c.loop_stop()
-        c.disconnect()
 
 
 def _fresh_index(db: str, base: Path, root: Path, label: str) -> str:
@@ -291,6 +323,7 @@ def _figures(k, fleet, total_items, total_bytes, wall, timeline, cpu0, cpu1, pub
         "devices_done": sum(1 for d in devs if d.get("archived", 0) >= d.get("wanted", 1)),
         "check": check, "ok": bool(check["ok"] and not timed_out and stored == total_items),
         "load_average": [round(x, 1) for x in os.getloadavg()],
+        "at_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "logs": str(rdir),
     }
 
