@@ -164,6 +164,9 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
             PRIMARY KEY (device, item)
         )
     """),
+    # the bytes each quarantined item holds: one device's quarantine is capped in items and bytes
+    # (archive.quarantine_max_items / quarantine_max_mb; agent/archive/upkeep.py)
+    ("0012_quarantine_bytes", "ALTER TABLE quarantine ADD COLUMN bytes BIGINT"),
 ]
 
 MIGRATIONS = sqlite_dialect(PG_MIGRATIONS)  # the same, as SQLite runs them

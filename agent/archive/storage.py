@@ -369,16 +369,33 @@ class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, MerkleLog, StationAudit
         return f"{unit}/{case_dir}/{check_id('item', manifest.get('item_id', ''))}"
 
     def _reject(self, dev: str, item: str, key: str, reason: str) -> P.Answer:
+        """Refuse the item for good. Its bytes go to ``_quarantine/DEV/`` unless that device's
+        quarantine is full (:meth:`quarantine_room`): then they are removed and only the refusal
+        note is kept, so one device (a stolen one with its key) cannot fill the disk for all."""
         reason = printable(reason)[:MAX_REASON]
-        q = self.storage.quarantine(key, dev, f"{item}-{time.strftime('%Y%m%d%H%M%S')}", reason)
         with self.db.atomic() as db:
+            self.db.serialize(f"quarantine:{dev}")  # receivers on several hosts: one decision at a time
+            size = db.execute('SELECT COALESCE(SUM("end" - start), 0) FROM ranges WHERE device = ? AND item = ?',
+                              [dev, item]).fetchone()[0]
+            full = self.quarantine_room(db, dev, size)
+            q = None
+            if full is None:
+                q = self.storage.quarantine(key, dev, f"{item}-{time.strftime('%Y%m%d%H%M%S')}", reason)
+            else:
+                self.storage.remove(key)
             db.execute("UPDATE transfers SET state = 'rejected', reason = ? WHERE device = ? AND item = ?", [reason, dev, item])
             db.execute("DELETE FROM ranges WHERE device = ? AND item = ?", [dev, item])
             db.execute("DELETE FROM pieces WHERE device = ? AND item = ?", [dev, item])
-            db.execute("INSERT INTO quarantine(device, item, reason, at, path) VALUES (?,?,?,?,?)",
-                       [dev, item, reason, now_iso(), q])
-            self.audit.append("reject", item, actor=f"archive:{self.receiver}", device=dev, reason=reason)
-        log.warning("quarantined %s/%s: %s", dev, item, reason)
+            if q is not None:
+                db.execute("INSERT INTO quarantine(device, item, reason, at, path, bytes) VALUES (?,?,?,?,?,?)",
+                           [dev, item, reason, now_iso(), q, size])
+            self.audit.append("reject", item, actor=f"archive:{self.receiver}", device=dev, reason=reason,
+                              **({} if full is None else {"bytes_not_kept": size, "why": full}))
+        if full is None:
+            log.warning("quarantined %s/%s: %s", dev, item, reason)
+        else:  # the refusal note only, coalesced and capped like every other
+            self.note_refusal(dev, item, f"{full}: {reason}")
+            self.notes.log(log, "quarantine full", "refused %s/%s, bytes not kept (%s): %s", dev, item, full, reason)
         return P.Answer(item=item, kind="finish", status=P.REJECTED, reason=reason)
 
     def _receipt(self, row: dict, manifest: dict | None = None) -> dict:

@@ -94,6 +94,28 @@ class Upkeep:
     min_free = 2048 << 20
     #: a partial transfer untouched this long is removed
     abandon_after_s = 72 * 3600
+    #: one device's quarantine: items with their bytes kept at most, and their bytes at most
+    #: (archive.quarantine_max_items, archive.quarantine_max_mb); beyond, only the refusal note
+    quarantine_max_items = 20
+    quarantine_max_bytes = 4096 << 20
+
+    # --- quarantine ---------------------------------------------------------------------------
+    def quarantine_room(self, db, dev: str, size: int) -> str | None:
+        """None when device ``dev``'s quarantine can take an item of ``size`` bytes more; else why
+        not (bilingual, naming the limit). Inside the transaction that quarantines."""
+        n, held = db.execute("SELECT count(*), COALESCE(SUM(bytes), 0) FROM quarantine WHERE device = ? "
+                             "AND path IS NOT NULL", [dev]).fetchone()
+        if n >= self.quarantine_max_items or held + size > self.quarantine_max_bytes:
+            return (f"该设备隔离区已满，未保留数据 / bytes not kept: device {dev}'s quarantine holds {n} item(s), "
+                    f"{held} bytes (limits archive.quarantine_max_items = {self.quarantine_max_items}, "
+                    f"archive.quarantine_max_mb = {self.quarantine_max_bytes >> 20}); this item has {size} bytes")
+        return None
+
+    def quarantined_bytes(self, dev: str) -> tuple[int, int]:
+        """(items, bytes) held in device ``dev``'s quarantine."""
+        row = self.db.one("SELECT count(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM quarantine WHERE device = ? "
+                          "AND path IS NOT NULL", [dev])
+        return row["n"], row["b"]
 
     # --- refusal notes --------------------------------------------------------------------------
     def note_refusal(self, dev: str | None, item: str | None, reason: str) -> None:

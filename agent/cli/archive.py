@@ -123,6 +123,7 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
                          abandon_after_s=(a.abandon_after_h if a else 72) * 3600, db=_db(c))
     if a:
         store.chain_gap_s, store.chain_silent_s = a.chain_gap_h * 3600, a.chain_silent_h * 3600
+        store.quarantine_max_items, store.quarantine_max_bytes = a.quarantine_max_items, a.quarantine_max_mb << 20
     rx_prefix = prefix or (cfg.mqtt.topic_prefix if cfg else "edge")
     try:
         rx = Receiver(store, settings, prefix=rx_prefix, share=share, receiver_id=rid, receiver_key=receiver_key)

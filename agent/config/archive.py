@@ -14,6 +14,11 @@ class ArchiveConfig(ConfigModel):
     max_manifest_kb: int = Field(4096, ge=4, le=1024 * 1024, description="Largest manifest (KiB) the archive accepts.")
     min_free_mb: int = Field(2048, ge=0, description="Disk watermark: below this much free space (MiB) on the archive root new transfers are refused with the reason (those under way may finish); 0 = off.")
     abandon_after_h: int = Field(72, ge=1, description="A partial transfer with no new chunk for this many hours is removed (at start and hourly); the agent starts it again by query.")
+    quarantine_max_items: int = Field(20, ge=0, description="Items refused for good (failed verification) whose bytes one device may "
+                                                             "have kept in ROOT/_quarantine/DEVICE; beyond it only the refusal note is "
+                                                             "kept and the bytes are removed, so one device cannot fill the disk for all.")
+    quarantine_max_mb: int = Field(4096, ge=0, description="Bytes (MiB) of refused items one device may have kept in ROOT/_quarantine/DEVICE; "
+                                                           "an item that would cross it keeps only its refusal note (see quarantine_max_items).")
     db: str = Field("", description="The archive's index: empty = ROOT/archive.db (SQLite, one machine); "
                                      "postgresql://USER@HOST:PORT/NAME = PostgreSQL, for receivers on several hosts sharing "
                                      "the storage (`edge-agent archive db upgrade` migrates it); or a SQLite file path.")

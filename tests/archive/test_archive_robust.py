@@ -281,3 +281,46 @@ def test_what_the_fuzzing_found_is_refused_with_a_reason(tmp_path):
         assert ar.on_checkpoint(DEV, b"[" * 50_000 + b"]" * 50_000) is None
     finally:
         ar.close()
+
+
+def test_one_devices_quarantine_is_capped_in_items_and_bytes(broker, tmp_path):
+    """A stolen device (holding its own key) sends signed items that fail the finish check, one
+    after another. Up to the device's caps (here 3 items, 25,000 bytes) they are quarantined with
+    their bytes; an item beyond either cap keeps only its refusal note and its bytes are removed,
+    so one device cannot fill the archive's disk to the watermark for every device."""
+    from tests.archive.test_archive import WireClient
+
+    t = InProc(tmp_path, broker.port)
+    ids = add_items(t.store, tmp_path, [10_000, 10_000, 10_000, 1_000, 1_000])
+    t.enroll()
+    rx = t.start_archive()
+    rx.store.quarantine_max_items, rx.store.quarantine_max_bytes = 3, 25_000
+    w = WireClient(broker.port, DEV)
+    try:
+        for item in ids:
+            d = t.store.item_dir(item)
+            mbytes, sig = (d / mf.MANIFEST).read_bytes(), (d / mf.SIGNATURE).read_bytes()
+            assert w.send(item, "manifest", mbytes, P.manifest_props(sig))["status"] == "receiving"
+            files = json.loads(mbytes)["files"]
+            for f in files:
+                data = (d / mf.FILES_DIR / f["name"]).read_bytes()
+                assert w.send(item, "chunk", data, P.chunk_props(f["name"], 0, data))["status"] == "ok"
+            # an annotation whose signature is not over it (the manifest's): the item fails verification
+            t.store.annotate(item, {"place": "别处"}, reason="改")
+            ann = (d / mf.ANNOTATIONS_DIR / "0001.json").read_bytes()
+            ans = w.send(item, "finish", P.finish_payload(files, [(ann, sig)]))
+            assert ans["status"] == "rejected" and "verification failed" in ans["reason"], ans
+        kept = sorted(p.name[:-15] for p in (t.root / "_quarantine" / DEV).iterdir())
+        assert kept == sorted([ids[0], ids[1], ids[3]])  # the third crossed the bytes, the fifth the count
+        assert not any((t.root / "_tmp" / DEV).glob(f"{ids[2]}*")) and not any((t.root / "_tmp" / DEV).glob(f"{ids[4]}*"))
+        assert rx.store.quarantined_bytes(DEV) == (3, 21_000)
+        notes = [r for r in rx.store.quarantined() if r["path"] is None and "bytes not kept" in r["reason"]]
+        assert [(n["item"], n["repeats"]) for n in notes] == [(ids[2], 1)], notes  # the second coalesced with it
+        assert notes[0]["reason"].startswith("该设备隔离区已满，未保留数据 / bytes not kept: device dock-0001's "
+                                             "quarantine holds 2 item(s), 20000 bytes"), notes
+        rejects = [json.loads(e["detail"]) for e in rx.store.audit.entries() if e["action"] == "reject"]
+        assert [r.get("bytes_not_kept") for r in rejects] == [None, None, 10_000, None, 1_000]
+        assert "holds 3 item(s), 21000 bytes (limits archive.quarantine_max_items = 3" in rejects[4]["why"]
+    finally:
+        w.close()
+        t.close()
