@@ -375,8 +375,8 @@ class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, MerkleLog, StationAudit
         reason = printable(reason)[:MAX_REASON]
         with self.db.atomic() as db:
             self.db.serialize(f"quarantine:{dev}")  # receivers on several hosts: one decision at a time
-            size = db.execute('SELECT COALESCE(SUM("end" - start), 0) FROM ranges WHERE device = ? AND item = ?',
-                              [dev, item]).fetchone()[0]
+            size = int(db.execute('SELECT COALESCE(SUM("end" - start), 0) FROM ranges WHERE device = ? AND item = ?',
+                                  [dev, item]).fetchone()[0])  # PostgreSQL's SUM is numeric
             full = self.quarantine_room(db, dev, size)
             q = None
             if full is None:

@@ -103,8 +103,8 @@ class Upkeep:
     def quarantine_room(self, db, dev: str, size: int) -> str | None:
         """None when device ``dev``'s quarantine can take an item of ``size`` bytes more; else why
         not (bilingual, naming the limit). Inside the transaction that quarantines."""
-        n, held = db.execute("SELECT count(*), COALESCE(SUM(bytes), 0) FROM quarantine WHERE device = ? "
-                             "AND path IS NOT NULL", [dev]).fetchone()
+        n, held = map(int, db.execute("SELECT count(*), COALESCE(SUM(bytes), 0) FROM quarantine WHERE device = ? "
+                                      "AND path IS NOT NULL", [dev]).fetchone())
         if n >= self.quarantine_max_items or held + size > self.quarantine_max_bytes:
             return (f"该设备隔离区已满，未保留数据 / bytes not kept: device {dev}'s quarantine holds {n} item(s), "
                     f"{held} bytes (limits archive.quarantine_max_items = {self.quarantine_max_items}, "
@@ -115,7 +115,7 @@ class Upkeep:
         """(items, bytes) held in device ``dev``'s quarantine."""
         row = self.db.one("SELECT count(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM quarantine WHERE device = ? "
                           "AND path IS NOT NULL", [dev])
-        return row["n"], row["b"]
+        return int(row["n"]), int(row["b"])
 
     # --- refusal notes --------------------------------------------------------------------------
     def note_refusal(self, dev: str | None, item: str | None, reason: str) -> None:
