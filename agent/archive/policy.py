@@ -5,6 +5,11 @@ policies; the archive's receipt key (``_archive/archive.key``) never signs a pol
 policy key never signs a receipt. Its public half, ``ROOT/_policy/policy.pub``, is pinned on each
 station (``archive enroll --pin-to`` or ``edge-agent policy trust``).
 
+Every document carries the archive trust list of the root (:func:`trust_list`): the receiver keys
+revoked with ``archive receiver revoke`` (so the next publish takes a revocation to every station
+of the unit) and, endorsed by the archive root key, the enrolled receivers' keys and the next root
+key of a rotation (agent/wire/trust_list.py).
+
 The last document signed for each unit is kept as ``ROOT/_policy/published/UNIT.json`` (the
 exact payload), written *before* it is sent: the next version is always above every version
 that may have reached a broker, so a version number is never used for two contents.
@@ -21,6 +26,7 @@ from agent.common.errors import EdgeError, NotFoundError
 from agent.common.fs import atomic_write
 from agent.evidence import keys
 from agent.wire import policy as wp
+from agent.wire import trust_list as tl
 from agent.wire.client import ConnSettings
 from agent.wire.mqtt import Connection
 
@@ -65,6 +71,12 @@ def _published_path(root: str | os.PathLike, unit: str) -> Path:
     return policy_dir(root) / "published" / f"{wp._code(unit)}.json"
 
 
+def published_units(root: str | os.PathLike) -> list[str]:
+    """The units a policy was published for (ROOT/_policy/published/UNIT.json)."""
+    d = policy_dir(root) / "published"
+    return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
+
+
 def last_published(root: str | os.PathLike, unit: str) -> tuple[wp.Document, bytes] | None:
     """The last document signed for ``unit`` and its payload, or None."""
     p = _published_path(root, unit)
@@ -74,6 +86,32 @@ def last_published(root: str | os.PathLike, unit: str) -> tuple[wp.Document, byt
         return None
     doc, _ = wp.parse(payload)
     return doc, payload
+
+
+def trust_list(root: str | os.PathLike) -> tl.ArchiveKeys | None:
+    """The archive trust list of ``root``: every revoked receiver key to revoke, every enrolled
+    receiver key (and ``next.pub`` during a root key rotation) to pin, endorsed by the root key
+    ``_archive/archive.key``; None when there is nothing to say. Without the root's private key
+    here, only revocations (which need no endorsement)."""
+    from . import receivers
+
+    base = Path(root).resolve() / "_archive"
+    revoke = []
+    for p in sorted((base / receivers.REVOKED).glob("*.pub")) if (base / receivers.REVOKED).is_dir() else []:
+        revoke.append(tl.entry(p.stem.rpartition("-")[0] or "archive", keys.load_public(p)))
+    pins = [("archive", keys.load_public(base / "next.pub"))] if (base / "next.pub").is_file() else []
+    pins += sorted(receivers.enrolled(root).items())
+    endorser = keys.load_private(base / "archive.key") if (base / "archive.key").is_file() else None
+    pin = [tl.entry(rid, pub, endorser=endorser) for rid, pub in pins] if endorser is not None else []
+    if not revoke and not pin:
+        return None
+    return tl.ArchiveKeys(revoke=revoke, pin=pin)
+
+
+def content_of(doc: wp.Document) -> wp.Content:
+    """The content (rules, roster, assignments) of a published document, without its trust list:
+    what ``archive policy publish`` without ``--file`` signs again."""
+    return wp.Content.model_validate({k: getattr(doc, k) for k in ("rules", "units", "officers", "assignments")})
 
 
 def read_content(path: Path) -> wp.Content:
@@ -95,14 +133,19 @@ def read_content(path: Path) -> wp.Content:
         raw = config_mod.parse_toml(text, path)
     else:
         raise EdgeError(f"{path}: 需要 .toml 或 .json 文件 / give a .toml or .json file")
+    if isinstance(raw, dict) and "archive_keys" in raw:
+        raise EdgeError(f"{path}: archive_keys 由存档根目录的接收端生成，不写在文件里 / archive_keys comes from the "
+                        "archive root's receivers (`archive receiver add|revoke`), not from the policy file")
     return wp.content_from(raw, str(path))
 
 
 def sign_next(root: str | os.PathLike, unit: str, content: wp.Content, *, version: int | None = None,
               expires_days: int = wp.DEFAULT_EXPIRES_DAYS, now: float | None = None) -> tuple[wp.Document, bytes]:
     """Sign ``content`` for ``unit`` as the next version (or ``version``, which must be above the
-    last) and keep it as the unit's last published document."""
+    last), with the root's archive trust list (:func:`trust_list`), and keep it as the unit's last
+    published document."""
     key = signing_key(root)
+    content = content.model_copy(update={"archive_keys": trust_list(root)})
     last = last_published(root, unit)
     floor = last[0].version if last else 0
     if version is None:

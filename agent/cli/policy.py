@@ -49,6 +49,9 @@ def policy_show(c: Ctx, as_json):
         rec["rules"] = doc["rules"]
         rec["counts"] = {"units": len(doc["units"]), "officers": len(doc["officers"]),
                          "assignments": len(doc["assignments"])}
+        ak = doc.get("archive_keys") or {}
+        rec["archive_keys_revoked"] = [k["key_id"] for k in ak.get("revoke", [])]
+        rec["archive_keys_pinned"] = [k["key_id"] for k in ak.get("pin", [])]
     out = {"unit": c.cfg.device.unit_code, "in_force": rec, "last_refused": refused, "pinned_keys": pinned,
            "keys_dir": str(keys_dir(c.cfg.data_dir))}
     if as_json:
@@ -76,6 +79,7 @@ def policy_show(c: Ctx, as_json):
         n = rec["counts"]
         click.echo(f"名册 / roster: {n['units']} unit(s), {n['officers']} officer(s), "
                    f"{n['assignments']} recorder assignment(s)")
+        _echo_key_lists(rec)
     click.echo(f"已固定的策略公钥 / pinned policy keys: {', '.join(pinned) or '无 / none'}")
     if refused:
         click.echo(f"最近拒绝 / last refused: {refused['at']} ({refused['reason']}) {refused['message']} "
@@ -144,8 +148,9 @@ def archive_policy_key(c: Ctx, new, root, as_json):
 
 @archive_policy.command("publish")
 @click.option("--unit", required=True, help="Unit code (执法单位代码) the policy is for.")
-@click.option("--file", "path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="policy.toml or policy.json: [rules], [[units]], [[officers]], [[assignments]].")
+@click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path),
+              help="policy.toml or policy.json: [rules], [[units]], [[officers]], [[assignments]] "
+                   "(default: the content last published for the unit, signed again as the next version).")
 @click.option("--version", "version", type=click.IntRange(1), help="Version number (default: the last one + 1).")
 @click.option("--expires-days", type=click.IntRange(1, 3660), default=30, show_default=True,
               help="Stations refuse it after this many days; publish again before.")
@@ -161,12 +166,17 @@ def archive_policy_key(c: Ctx, new, root, as_json):
 def archive_policy_publish(c: Ctx, unit, path, version, expires_days, broker, prefix, cafile, certfile, keyfile,
                            timeout, root, as_json):
     """Sign the unit's policy with the policy key as the next version and publish it retained on
-    P/unit/UNIT/policy (MQTT credentials from the config's [mqtt]: the archive identity).
+    P/unit/UNIT/policy (MQTT credentials from the config's [mqtt]: the archive identity). The
+    document carries the root's archive trust list: every receiver key revoked with `archive
+    receiver revoke` (each station revokes it within seconds) and every enrolled receiver key,
+    endorsed by the archive key. Without --file, the content last published is signed again
+    (after a receiver revocation).
 
     \b
     Example:
       edge-agent --config archive.toml archive policy publish --unit 330100000000 \\
           --file policy.toml --root /srv/archive --broker 127.0.0.1:1883
+      edge-agent --config archive.toml archive policy publish --unit 330100000000 --root /srv/archive
     """
     from ..archive import policy as ap
     from agent.wire.client import settings_from_config
@@ -174,7 +184,14 @@ def archive_policy_publish(c: Ctx, unit, path, version, expires_days, broker, pr
 
     cfg = _cfg_or_none(c)
     store = _open(c, root)
-    content = ap.read_content(path)
+    if path is not None:
+        content = ap.read_content(path)
+    else:
+        last = ap.last_published(store.root, unit)
+        if last is None:
+            raise EdgeError(f"单位 {unit} 尚未发布策略，请用 --file 指定 / no policy published for unit {unit} yet: "
+                            "give --file")
+        content = ap.content_of(last[0])
     try:
         topic = Topics(prefix or (cfg.mqtt.topic_prefix if cfg else "edge")).unit_policy(unit)
     except ValueError as exc:
@@ -187,14 +204,26 @@ def archive_policy_publish(c: Ctx, unit, path, version, expires_days, broker, pr
 
     store.audit.append("policy-publish", None, actor="cli", unit=unit, version=doc.version, key_id=doc.key_id,
                        sha256=digest(payload), topic=topic, expires=doc.expires, officers=len(doc.officers),
-                       assignments=len(doc.assignments))
+                       assignments=len(doc.assignments), **_key_lists(doc))
     out = {"unit": unit, "version": doc.version, "key_id": doc.key_id, "issued": doc.issued, "expires": doc.expires,
-           "topic": topic, "sha256": digest(payload), "bytes": len(payload)}
+           "topic": topic, "sha256": digest(payload), "bytes": len(payload), **_key_lists(doc)}
     if as_json:
         emit_json(out)
         return
     click.echo(f"策略已发布 / policy published: unit {unit} version {doc.version} on {topic} (retained), "
                f"key {doc.key_id}, expires {doc.expires}")
+    _echo_key_lists(out)
+
+
+def _key_lists(doc) -> dict:
+    ak = doc.archive_keys
+    return {"archive_keys_revoked": [k.key_id for k in ak.revoke] if ak else [],
+            "archive_keys_pinned": [k.key_id for k in ak.pin] if ak else []}
+
+
+def _echo_key_lists(d: dict) -> None:
+    click.echo(f"归档公钥 / archive keys: 吊销 / revoke {', '.join(d['archive_keys_revoked']) or '-'}; "
+               f"固定 / pin {', '.join(d['archive_keys_pinned']) or '-'}")
 
 
 @archive_policy.command("show")
@@ -222,3 +251,4 @@ def archive_policy_show(c: Ctx, unit, root, as_json):
     click.echo(f"签发时间 / issued: {doc.issued}   有效至 / expires: {doc.expires}")
     click.echo(f"名册 / roster: {len(doc.officers)} officer(s), {len(doc.assignments)} recorder assignment(s)   "
                f"删除策略 / erase policy: {doc.rules.erase_policy or '(本站设置 / station setting)'}")
+    _echo_key_lists(_key_lists(doc))

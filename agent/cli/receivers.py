@@ -107,24 +107,30 @@ def receiver_list(c: Ctx, root, as_json):
 def receiver_revoke(c: Ctx, receiver_id, broker_dir, root, as_json):
     """Revoke RECEIVER_ID: its key signs nothing any more (a receiver started with it refuses
     to run), no later enrolment pins it, and with --broker-dir its broker identity is dropped.
-    On each device: `edge-agent uplink revoke-archive KEY_ID`. Audited.
+    The next `archive policy publish` of each unit carries the revocation to every station of the
+    unit (applied within seconds, no visit); the command prints it for each unit published so
+    far. A station without the unit policy: `edge-agent uplink revoke-archive KEY_ID`. Audited.
 
     \b
     Example:
       edge-agent archive receiver revoke archive-2 --root /srv/archive --broker-dir /root/broker
     """
-    from ..archive import receivers
+    from ..archive import policy as ap, receivers
 
     store = _open(c, root)
     try:
         out = receivers.revoke(store.root, receiver_id)
         store.audit.append("receiver-revoke", None, receiver=receiver_id, key_id=out["key_id"])
+        units = ap.published_units(store.root)
     finally:
         store.close()
     _refresh_broker(c, root, broker_dir, as_json)
+    out["publish"] = [f"edge-agent archive policy publish --unit {u} --root {store.root}" for u in units]
     out["on_each_device"] = f"edge-agent uplink revoke-archive {out['key_id']}"
     if as_json:
         emit_json(out)
         return
     click.echo(f"接收端已吊销 / receiver revoked: {receiver_id}, key id {out['key_id']}")
-    click.echo(f"  在每台设备上 / on each device: {out['on_each_device']}")
+    for cmd in out["publish"]:
+        click.echo(f"  发布策略，各站数秒内吊销 / publish the policy, its stations revoke within seconds: {cmd}")
+    click.echo(f"  未接收单位策略的设备 / a device without the unit policy: {out['on_each_device']}")

@@ -7,7 +7,8 @@ it accepts: on a docking station the roster and recorder assignments go to the d
 (agent/dock/registry.py ``apply_central``), the erase policy to the station (its
 ``dock.erase_policy`` command) and the equipment thresholds (``rules.equipment``) to the
 station's ratio report (``DockStation.apply_policy_thresholds``; the config's dock.min_ratio_pct
-and dock.min_rooms count only while no policy has been applied). Alarms go through the port it
+and dock.min_rooms count only while no policy has been applied). On every station, first, the
+archive trust list (``archive_keys``) revokes and pins receiver keys (agent/policy/archive_keys.py). Alarms go through the port it
 is handed (the health component).
 
 A station that was offline gets the newest document when it connects again: the broker keeps it
@@ -23,6 +24,7 @@ from typing import Callable
 
 from agent.wire import policy as wp
 from agent.wire.topics import Topics
+from .archive_keys import ArchiveKeysApplier
 from .keeper import PolicyKeeper, pinned_ring
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,9 @@ class PolicyComponent:
         cfg = agent.cfg
         self.topic = Topics(cfg.mqtt.topic_prefix).unit_policy(cfg.device.unit_code)
         self.source = f"{self.topic} @ {cfg.mqtt.host}:{cfg.mqtt.port}"
-        appliers = [self._apply_roster, self._apply_erase_policy, self._apply_thresholds] \
-            if cfg.device.kind == "dock" else []
+        appliers = [ArchiveKeysApplier(agent, alarms)]  # every station: whose receipts count
+        if cfg.device.kind == "dock":
+            appliers += [self._apply_roster, self._apply_erase_policy, self._apply_thresholds]
         self.keeper = PolicyKeeper(agent.store, cfg.device.unit_code, lambda: pinned_ring(cfg.data_dir, cfg.policy.keys),
                                    alarms=alarms, appliers=appliers, clock=clock)
         if cfg.device.kind == "dock":  # before the station's first ratio report: the thresholds in force

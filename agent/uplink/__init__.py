@@ -101,6 +101,11 @@ class Uplink:
         self._subs.setdefault(topic_filter, []).append(callback)
         self.conn.subscribe(topic_filter, 1)
 
+    def reload_trust(self) -> list[str]:
+        """Read the pinned and revoked archive keys again now (the unit policy changed them:
+        agent/policy/archive_keys.py); returns the key ids trusted from now on."""
+        return self.transfer.reload_trust()
+
     def rebirth(self) -> None:
         """Publish the online status, every retained value and the chain checkpoint again."""
         self.publish(self.topics.status(self.device), self._status_payload("online"), retain=True)

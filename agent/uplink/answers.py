@@ -84,6 +84,12 @@ class Answers:
         if self.answers_ignored <= 20 or self.answers_ignored % 1000 == 0:
             log.warning("ignored (%d so far): %s", self.answers_ignored, why)
 
+    def reload_trust(self) -> list[str]:
+        """The pinned and revoked keys read again at once (a revocation by the unit policy)."""
+        trust = archive_trust(self.up.cfg)
+        self.trust, self._trust_checked = trust, time.monotonic()
+        return trust.key_ids
+
     def _trusted(self) -> bool:
         """Whether an archive key is pinned. The pinned and revoked keys are re-read every 10 s:
         `uplink trust-archive` and `uplink revoke-archive` take effect without a restart."""

@@ -11,15 +11,15 @@ from pathlib import Path
 
 from agent.common.errors import EdgeError
 from agent.evidence import keys
-from agent.common.fs import atomic_write, fsync_dir
-from agent.wire.receipts import REVOKED_DIR, ArchiveTrust
+from agent.wire import trust_list
+from agent.wire.receipts import ArchiveTrust
 
 NO_KEY = ("未固定归档服务器公钥：不上传、不释放任何资料 / no archive key pinned: nothing is uploaded or freed — "
           "copy the archive's ROOT/_archive/archive.pub here and run `edge-agent uplink trust-archive archive.pub`")
 
 
 def archive_keys_dir(cfg) -> Path:
-    return Path(cfg.storage.data_dir) / "keys" / "archive"
+    return trust_list.archive_keys_dir(cfg.storage.data_dir)
 
 
 def archive_trust(cfg) -> ArchiveTrust:
@@ -51,13 +51,7 @@ def revoke_archive_key(cfg, key_id: str) -> dict:
     if not found and kid not in trust.key_ids:
         raise EdgeError(f"没有固定该归档公钥 / no pinned archive key {key_id!r} here; pinned: "
                         f"{', '.join(trust.key_ids) or 'none'}")
-    rdir = d / REVOKED_DIR
-    rdir.mkdir(parents=True, exist_ok=True)
     pub = keys.load_public(found[0]) if found else trust.ring.get(kid)
-    dest = rdir / f"archive-{kid}.pub"
-    atomic_write(dest, keys.public_pem(pub), mode=0o644)
-    fsync_dir(rdir)
-    for f in found:
-        f.unlink()
-    fsync_dir(d)
+    trust_list.revoke_key(d, pub)
+    dest = d / trust_list.REVOKED_DIR / f"archive-{kid}.pub"
     return {"revoked": kid, "path": str(dest), "pinned": archive_trust(cfg).key_ids}

@@ -383,6 +383,9 @@ CODES: dict[str, AlarmDef] = {
     # a genuinely signed policy of newer software, with rules this station does not know: refused whole
     "policy_upgrade_needed": AlarmDef("critical", "策略含本站不认识的规则，须升级本站软件",
                                       "policy has rules this station does not know: upgrade the station"),
+    # the policy's archive trust list named a key to pin without a valid endorsement (agent/policy/archive_keys.py)
+    "archive_key_refused": AlarmDef("critical", "策略中的归档公钥未经背书，未固定",
+                                    "archive key in the policy not endorsed: not pinned"),
     # the unit policy's rules enforced at the station (agent/store/policy_rules.py): one alarm per
     # officer and recorder with items past the upload deadline; the unarchived backlog above the quota
     "upload_overdue": AlarmDef("warning", "资料超过上传时限未归档", "items past the upload deadline"),

@@ -34,6 +34,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from agent.common.canon import canonical
 from agent.common.errors import EdgeError
 from agent.evidence import keys
+from agent.wire.trust_list import ArchiveKeys
 
 FORMAT = "edge-policy/1"
 #: the largest policy document a station accepts (a roster of ~20 000 officers)
@@ -191,6 +192,10 @@ class Content(_Model):
     units: list[Unit] = Field(default_factory=list, max_length=1000)
     officers: list[Officer] = Field(default_factory=list, max_length=50_000)
     assignments: list[Assignment] = Field(default_factory=list, max_length=50_000)
+    archive_keys: ArchiveKeys | None = Field(
+        None, description="The archive trust list (agent/wire/trust_list.py): receiver keys the stations revoke, "
+                          "and endorsed ones they pin. Filled by `archive policy publish` from the archive root's "
+                          "receivers; absent when there is nothing to say (older stations read such a document).")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Content":
@@ -262,6 +267,11 @@ def sign(key, unit: str, version: int, content: Content, *, now: float,
     body = {"format": FORMAT, "unit": _code(unit), "version": version, "issued": _iso_at(now),
             "expires": _iso_at(now + expires_days * 86400), **content.model_dump(mode="json"),
             "key_id": keys.key_id(key.public_key())}
+    if body["archive_keys"] is None:  # nothing to say: a document older stations still read
+        del body["archive_keys"]
+    else:
+        for e in body["archive_keys"]["revoke"]:  # a revocation names the key; endorsements are for pins
+            del e["endorsed_by"], e["endorsement"]
     body["sig"] = keys.sign(key, canonical(body))
     Document.model_validate(body)  # what we send is what a station accepts
     return json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()

@@ -33,14 +33,13 @@ from typing import Any, Iterable
 from agent.common.canon import canonical
 from agent.common.errors import EdgeError
 from agent.evidence import keys
+from agent.wire.trust_list import REVOKED_DIR  # noqa: F401  (re-exported: agent.uplink.trust)
 
 RECEIPT_FORMAT = "edge-receipt/1"
 #: a receiver republishes its signed status this often
 STATUS_INTERVAL_S = 30
 #: an agent counts a receiver online only while its last signed "online" is younger than this
 STATUS_FRESH_S = 120
-#: under a directory of pinned archive keys: the keys revoked on this device
-REVOKED_DIR = "revoked"
 _NONCE = re.compile(r"^[0-9a-f]{32,64}$")
 
 
