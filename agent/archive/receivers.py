@@ -11,8 +11,9 @@ every answer, receipt and status with RID's key.
 Revocation (``archive receiver revoke RID``): the public key moves to
 ``ROOT/_archive/revoked/RID-KEYID.pub``, its private key (if here) is deleted, the next
 broker-config drops the identity, a receiver started with it refuses to run, and no later
-enrolment pins it. Devices that pinned it drop it with ``edge-agent uplink trust-archive --revoke
-KEYID`` (docs/security.md, "Receiver keys"). Rotation is enrolment of a new receiver id, pinning
+enrolment pins it. The next ``archive policy publish`` of each unit carries the revocation to its
+stations (agent/archive/policy.py ``trust_list``); a device without the unit policy drops it with
+``edge-agent uplink revoke-archive KEYID`` (docs/security.md, "Receiver keys"). Rotation is enrolment of a new receiver id, pinning
 it, then revoking the old one.
 
 The root key (``ROOT/_archive/archive.key``) still signs for a receiver that is not enrolled
