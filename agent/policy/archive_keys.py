@@ -44,15 +44,24 @@ class ArchiveKeysApplier:
         return ArchiveTrust.load([self.dir, *self.extra])
 
     def __call__(self, doc: wp.Document, actor: str) -> None:
-        ak = doc.archive_keys
-        if ak is None:
+        if doc.archive_keys is None:
+            self._alarm(doc, [])
             return
+        changed: list[bool] = []
+        try:
+            refused = self._revoke_and_pin(doc, actor, changed)
+        finally:  # whatever failed after a revocation, the uplink takes up what was written
+            if changed:
+                self._reload()
+        self._alarm(doc, refused)
+
+    def _revoke_and_pin(self, doc: wp.Document, actor: str, changed: list[bool]) -> list:
+        ak = doc.archive_keys
         audit = self.agent.store.audit
         why = {"policy_version": doc.version, "policy_key": doc.key_id}
-        changed = False
         for k in ak.revoke:
             if tl.revoke_key(self.dir, k.key()):
-                changed = True
+                changed.append(True)
                 audit.append("archive-key-revoked", None, actor=actor, receiver=k.receiver, key_id=k.key_id,
                              public=k.public, **why)
                 log.warning("policy v%s: archive key %s (%s) revoked on this station", doc.version, k.key_id,
@@ -71,14 +80,12 @@ class ArchiveKeysApplier:
                 continue
             dest = tl.pin_key(self.dir, k.key(), f"policy-{k.receiver}")
             if dest is not None:
-                changed = True
+                changed.append(True)
                 audit.append("archive-key-pinned", None, actor=actor, receiver=k.receiver, key_id=k.key_id,
                              endorsed_by=k.endorsed_by, path=str(dest), **why)
                 log.info("policy v%s: archive key %s (%s) pinned, endorsed by %s", doc.version, k.key_id, k.receiver,
                          k.endorsed_by)
-        if changed:
-            self._reload()
-        self._alarm(doc, refused)
+        return refused
 
     def _reload(self) -> None:
         up = getattr(self.agent, "uplink", None)

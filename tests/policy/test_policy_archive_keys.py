@@ -199,6 +199,12 @@ def test_a_policy_revokes_a_receiver_on_a_running_station_and_forged_or_old_poli
         assert [r["key_id"] for r in refused] == [keys.key_id(attacker.public_key())]
         assert "does not trust" in refused[0]["reason"]
 
+        # the centre's next genuine version (above the thief's) ends the alarm; the keys stay as they are
+        assert publish("--version", "4")["archive_keys_revoked"] == [b["key_id"]]
+        handled(7)
+        assert keeper.outcomes[-1] == "applied" and not alarms() & {"archive_key_refused", "policy_refused"}
+        assert set(up.stats()["archive_keys"]) == trusted
+
         # a trusted receiver (rx-a) archives the item the revoked key could not
         serve("rx-a")
         wait_for(lambda: states(config)[i2] == "archived", 60, "i2 archived by rx-a")
