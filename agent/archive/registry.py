@@ -319,7 +319,7 @@ def read_enrolment(root: Path) -> list[dict]:
 
     path = Path(root) / "archive.db"
     if not path.is_file():
-        raise EdgeError(f"{root}: no archive enrolment here ({path.name} missing; the archive root "
+        raise EdgeError(f"此处没有设备登记 / {root}: no archive enrolment here ({path.name} missing; the archive root "
                         "is where `edge-agent archive enroll DEVICE_ID PUBKEY --unit UNIT_CODE --root ROOT` writes)")
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)

@@ -57,7 +57,7 @@ class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, MerkleLog, StationAudit
         self._root = Root(self.root)
         if not self.root.is_dir():
             if not create:
-                raise NotFoundError(f"{self.root}: archive root not found")
+                raise NotFoundError(f"归档根目录不存在 / {self.root}: archive root not found")
             self.root.mkdir(parents=True)
         #: the evidence bytes (partial transfers, stored items, quarantine): shared by every receiver
         self.storage = open_storage(self.root)

@@ -37,7 +37,8 @@ def read_usage(root: Path, start: dt.date, end: dt.date, unit: str | None = None
     """{units, officers, devices, skipped}: counts of the archived items captured in [start, end]."""
     path = Path(root) / "archive.db"
     if not path.is_file():
-        raise EdgeError(f"{root}: no archive here ({path.name} missing); give the archive root (--archive ROOT)")
+        raise EdgeError(f"此处没有归档 / {root}: no archive here ({path.name} missing); give the archive root "
+                        "(--archive ROOT)")
     if deadline_h < 1:
         raise EdgeError(f"--deadline-h {deadline_h}: at least 1 hour")
     try:

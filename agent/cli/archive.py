@@ -479,7 +479,7 @@ def archive_db_upgrade(c: Ctx, root, as_json):
     else:
         base = Path(_root(c, root))
         if not base.is_dir():
-            raise EdgeError(f"{base}: archive root not found")
+            raise EdgeError(f"归档根目录不存在 / {base}: archive root not found")
     store = open_db(db, base.resolve(), migrate=False)
     try:
         before = store.applied()

@@ -35,7 +35,7 @@ def parse_day(value: str, opt: str) -> dt.date:
     try:
         return dt.date.fromisoformat(value)
     except (TypeError, ValueError):
-        raise EdgeError(f"{opt} {value!r}: expected a date YYYY-MM-DD") from None
+        raise EdgeError(f"日期无效 / {opt} {value!r}: expected a date YYYY-MM-DD") from None
 
 
 def period(frm: str | None, to: str | None, year: int | None = None) -> tuple[dt.date, dt.date]:

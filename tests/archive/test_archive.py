@@ -205,7 +205,7 @@ def test_enroll_refuses_bad_input(tmp_path):
     p = run(["archive", "enroll", "dock-0001", str(other), "--unit", "330108000000", "--root", str(root), "--force"])
     assert p.returncode == 0 and "设备已登记 / enrolled dock-0001 for unit 330108000000" in p.stdout
     p = run(["archive", "list", "--root", str(tmp_path / "nowhere")])
-    assert p.returncode != 0 and "not found" in p.stderr
+    assert p.returncode != 0 and "归档根目录不存在 / " in p.stderr and "archive root not found" in p.stderr
 
 
 def test_safe_case_and_root_confinement(tmp_path):

@@ -91,7 +91,7 @@ def test_usage_from_the_archive_per_unit_officer_and_device(tmp_path):
 
 def test_usage_archive_bad_input(tmp_path):
     p = run(["report", "usage", "--archive", str(tmp_path / "nowhere")])
-    assert p.returncode == 1 and "no archive here" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 1 and "此处没有归档 / " in p.stderr and "no archive here" in p.stderr and "Traceback" not in p.stderr
     store = open_store(agent_config(tmp_path, 1))
     root = tmp_path / "archive"
     enroll(root, store)

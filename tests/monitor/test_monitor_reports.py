@@ -123,7 +123,7 @@ def test_usage_and_annual_reports(db):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["report", "usage", "--from", "2026-13-01"], "--from '2026-13-01': expected a date YYYY-MM-DD"),
+    (["report", "usage", "--from", "2026-13-01"], "日期无效 / --from '2026-13-01': expected a date YYYY-MM-DD"),
     (["report", "usage", "--from", "2026-02-01", "--to", "2026-01-01"], "is before --from"),
     (["report", "ratio", "--unit", "NOPE"], "--unit NOPE: unknown unit"),
     (["report", "annual", "--year", "1999"], "--year 1999: out of range"),

@@ -357,4 +357,4 @@ def test_monitor_needs_an_enrolment(tmp_path, broker):
     p = subprocess.run([EDGE, "monitor", "--db", str(tmp_path / "m.db"), "--broker", f"127.0.0.1:{broker.port}",
                         "--no-tui", "--duration", "1", "--enrolment", str(tmp_path / "nothing")],
                        capture_output=True, text=True, timeout=60)
-    assert p.returncode != 0 and "no archive enrolment here" in p.stderr
+    assert p.returncode != 0 and "此处没有设备登记 / " in p.stderr and "no archive enrolment here" in p.stderr
