@@ -13,7 +13,7 @@ import click
 
 from agent.common.errors import ConfigError, EdgeError
 from . import main
-from .base import Ctx, echo_audit, emit_json, emit_json_line, json_lines_option, json_option, pass_ctx
+from .base import Ctx, db_upgrade, echo_audit, emit_json, emit_json_line, json_lines_option, json_option, pass_ctx
 
 
 def _cfg_or_none(c: Ctx):
@@ -481,17 +481,4 @@ def archive_db_upgrade(c: Ctx, root, as_json):
         if not base.is_dir():
             raise EdgeError(f"归档根目录不存在 / {base}: archive root not found")
     store = open_db(db, base.resolve(), migrate=False)
-    try:
-        before = store.applied()
-        done = store.upgrade()
-        after = store.applied()
-    finally:
-        store.close()
-    names = [n for n, _ in (PG_MIGRATIONS if store.dialect == "postgresql" else MIGRATIONS)]
-    rec = {"db": str(store.path), "dialect": store.dialect, "applied_now": done, "applied": after,
-           "known": names, "was": before}
-    if as_json:
-        emit_json(rec)
-        return
-    click.echo(f"{store.dialect} {store.path}: " + (f"applied {', '.join(done)}" if done else "up to date")
-               + f" ({len(after)} migrations, newest {after[-1] if after else '-'})")
+    db_upgrade(store, [n for n, _ in (PG_MIGRATIONS if store.dialect == "postgresql" else MIGRATIONS)], as_json)

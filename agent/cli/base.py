@@ -55,6 +55,24 @@ def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True, default=str))
 
 
+def db_upgrade(db, known: list[str], as_json: bool) -> None:
+    """`archive db upgrade` and `monitor db upgrade`: apply the migrations ``db`` (opened without
+    migrating, an :class:`agent.common.sqlbase.SqlDatabase`) lacks, close it, and say what was
+    applied now and in all."""
+    try:
+        before = db.applied()
+        done = db.upgrade()
+        after = db.applied()
+    finally:
+        db.close()
+    if as_json:
+        emit_json({"db": str(db.path), "dialect": db.dialect, "applied_now": done, "applied": after,
+                   "known": known, "was": before})
+        return
+    click.echo(f"{db.dialect} {db.path}: " + (f"已升级 / applied {', '.join(done)}" if done else "已是最新 / up to date")
+               + f" ({len(after)} 个迁移 / migrations, 最新 / newest {after[-1] if after else '-'})")
+
+
 def echo_audit(rows: list[dict], as_json: bool) -> None:
     """Audit entries as JSON, or one line each: ``audit list`` (the station's) and ``archive audit``
     print them alike."""

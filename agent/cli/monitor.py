@@ -1,5 +1,6 @@
 """Central monitoring: `edge-agent monitor` (live view, web page), `monitor roster import`,
-`monitor fleet`, `monitor history`, `monitor checkpoints`; the `report` group is in report.py."""
+`monitor fleet`, `monitor history`, `monitor checkpoints`, `monitor db upgrade`; the `report` group
+is in report.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from .. import config as config_mod
 from agent.common.errors import ConfigError, EdgeError
 from agent.common.fs import read_csv_text
 from . import main
-from .base import Ctx, emit_json, emit_json_line, json_lines_option, json_option, pass_ctx
+from .base import Ctx, db_upgrade, emit_json, emit_json_line, json_lines_option, json_option, pass_ctx
 
 DEFAULT_DB = "/var/lib/edge-agent/monitor.db"
 db_option = click.option("--db", "db", envvar="EDGE_MONITOR_DB", default=DEFAULT_DB, show_default=True,
@@ -280,6 +281,30 @@ def monitor_history(db, device, unit, since, until, limit, as_json):
         click.echo(f"注意 / note: more than {limit} events; the newest {limit} shown (--limit, --since)", err=True)
     if not h["events"]:
         click.echo("没有记录 / no events in this range", err=True)
+
+
+@monitor.group("db")
+def monitor_db():
+    """The monitor's database: versioned schema migrations (SQLite or PostgreSQL)."""
+
+
+@monitor_db.command("upgrade")
+@db_option
+@json_option
+def monitor_db_upgrade(db, as_json):
+    """Apply the schema migrations the monitor's database lacks (`edge-agent monitor` does this at
+    start too) and list the migrations applied. A SQLite file that does not exist yet is created.
+
+    \b
+    Example:
+      edge-agent monitor db upgrade --db postgresql://monitor@db.centre:5432/monitor
+      edge-agent monitor db upgrade --db /var/lib/edge-agent/monitor.db --json
+    """
+    from ..monitor.schema import MIGRATIONS, PG_MIGRATIONS
+    from ..monitor.state import check_db_arg, open_monitor_db
+
+    store = open_monitor_db(check_db_arg(db), migrate=False)
+    db_upgrade(store, [n for n, _ in (PG_MIGRATIONS if store.dialect == "postgresql" else MIGRATIONS)], as_json)
 
 
 @monitor.command("checkpoints")

@@ -13,6 +13,8 @@ import contextlib
 import re
 from typing import Any, Iterator
 
+from .errors import EdgeError
+
 _MIGRATIONS_TABLE = "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)"
 
 
@@ -51,10 +53,18 @@ class SqlDatabase:
             self._migration_lock(tx)
             tx.execute(_MIGRATIONS_TABLE)
             have = {r[0] for r in tx.execute("SELECT name FROM migrations").fetchall()}
+            ours = [n for n, _ in self.migrations]
+            if have and not have & set(ours):  # e.g. the archive's index given as the monitor's database
+                raise EdgeError(f"数据库不匹配 / {self.path}: its migrations ({', '.join(sorted(have)[:3])}, ...) are "
+                                f"another program's, not these ({ours[0]}, ...): wrong database?")
             for name, sql in self.migrations:
                 if name not in have:
                     for stmt in filter(str.strip, sql.split(";")):
-                        tx.execute(stmt)
+                        try:
+                            tx.execute(stmt)
+                        except Exception as exc:  # sqlite3.Error, psycopg.Error: the transaction is undone
+                            raise EdgeError(f"数据库迁移失败 / {self.path}: migration {name} failed and was undone: "
+                                            f"{str(exc).strip()}") from None
                     tx.execute(f"INSERT INTO migrations VALUES (?, {self._MIGRATED_AT})", [name])
                     done.append(name)
                 if name == upto:

@@ -104,14 +104,15 @@ class MonitorDB(_Roster, SqlDatabase):
     dialect = "sqlite"
     _MIGRATED_AT = "datetime('now')"
 
-    def __init__(self, path: Path | str, upto: str | None = None):
+    def __init__(self, path: Path | str, upto: str | None = None, migrate: bool = True):
         self.path = Path(path)
         try:
             self.conn = connect(self.path)
             self.lock = threading.RLock()
-            self.upgrade(upto)
+            if migrate:
+                self.upgrade(upto)
         except sqlite3.DatabaseError as exc:
-            raise EdgeError(f"{self.path}: not a monitor database ({exc})") from None
+            raise EdgeError(f"{self.path}: 不是监控数据库 / not a monitor database ({exc})") from None
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[sqlite3.Connection]:

@@ -2,9 +2,10 @@
 the real PostgreSQL on 127.0.0.1:5432 (each test creates its own database and drops it).
 
 Enrolment, items (insert, find, list by unit and case), byte ranges held, receipts, quarantine,
-the audit chain, checkpoints; schema migrations from empty and from the previous release's
-schema; two receivers finishing the same item store it once; and one item archived end to end
-over a real broker by `archive serve --db postgresql://...`.
+the audit chain, checkpoints; schema migrations from empty, from the schema before the newest
+migration and from the previous release's index as its own code made it (tests/fixtures); two
+receivers finishing the same item store it once; and one item archived end to end over a real
+broker by `archive serve --db postgresql://...`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import pytest
 
 from agent.archive.registry import MIGRATIONS, PG_MIGRATIONS, open_db, read_enrolment
 from agent.archive.storage import ArchiveStore
+from agent.common.pg import is_url
 from agent.common.errors import EdgeError, VerifyError
 from agent.evidence import keys, manifest as mf
 from agent.evidence.verify import verify_item
 from agent.wire import checkpoint, protocol as P
 from tests.support.custody import pg_database
+from tests.support.previous_release import check_upgrade
 from tests.support.uplink import (UNIT, META, add_items, agent_config, all_archived, archived_items, open_store, run,
                                   start_agent, start_archive, wait_for)
 
@@ -157,12 +160,13 @@ def test_contract(backend, tmp_path):
             verify_item(m.parent, ring)
 
 
-def test_migrations_from_empty_and_from_the_previous_release(backend, tmp_path):
+def test_migrations_from_empty_and_from_the_one_before_the_newest(backend, tmp_path):
     root = tmp_path / "archive"
     root.mkdir()
     names = [n for n, _ in (PG_MIGRATIONS if backend else MIGRATIONS)]
     assert names == [n for n, _ in MIGRATIONS]  # the same versions on both backends
-    # the previous release: every migration but the newest, with rows in it
+    # every migration but the newest, with rows in it (the newest applied onto rows; the release
+    # as it really was: test_db_upgrade_from_the_previous_release)
     old = open_db(backend, root, upto=names[-2])
     assert old.applied() == names[:-1]
     with old.atomic() as db:
@@ -196,6 +200,24 @@ def test_migrations_from_empty_and_from_the_previous_release(backend, tmp_path):
     if backend is None:
         out = json.loads(run(["archive", "db", "upgrade", "--json", "--root", str(empty)], check=True).stdout)
         assert out["applied_now"] == names and out["dialect"] == "sqlite"
+
+
+def test_db_upgrade_from_the_previous_release(backend, tmp_path):
+    """`archive db upgrade` from the index as the last landed release made and filled it (its own
+    code; tests/support/previous_release.py): migrations kept and only newer ones applied, every
+    row kept, the schema as from empty; the items of that release are listed."""
+    root = tmp_path / "archive"
+    root.mkdir()
+
+    def upgrade(target) -> dict:
+        where = ["--db", str(target)] if is_url(str(target)) else ["--root", str(Path(target).parent)]
+        return json.loads(run(["archive", "db", "upgrade", "--json", *where], check=True).stdout)
+
+    check_upgrade("archive", backend or root / "archive.db", upgrade, names_of(PG_MIGRATIONS),
+                  lambda empty: open_db(str(empty), root).close())
+    listed = json.loads(run(["archive", "list", "--json", "--root", str(root), *(["--db", backend] if backend else [])],
+                            check=True).stdout)
+    assert [(r["device"], r["seq"]) for r in listed] == [("dock-0001", 1), ("dock-0001", 2)], listed
 
 
 def test_migrations_from_an_empty_postgresql(pg_url, tmp_path):

@@ -3,9 +3,10 @@ real PostgreSQL on 127.0.0.1:5432 (each test creates its own database and drops 
 
 The monitor's real ingest (signed envelopes verified against the enrolment) applies messages and
 flushes them in one transaction; the fleet view, the status and alarm history by device, unit and
-time range, the roster and the reports read the same on both; migrations run from empty and from
-the previous release's schema; and `edge-agent monitor --db postgresql://...` runs end to end over
-a real broker with its web page and `monitor history`.
+time range, the roster and the reports read the same on both; migrations run from empty, from an
+older schema and from the previous release's database as its own code made it (tests/fixtures);
+and `edge-agent monitor --db postgresql://...` runs end to end over a real broker with its web
+page and `monitor history`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import datetime as dt
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -29,6 +31,7 @@ from agent.monitor.schema import MIGRATIONS, PG_MIGRATIONS
 from agent.monitor.state import connect, fleet, open_monitor_db
 from tests.support.health import EDGE
 from tests.support.pg import fresh_database
+from tests.support.previous_release import check_upgrade
 from tools.fleet_sim import ALARMS, FleetSim, SimDevice, enrol, make_fleet
 
 UNIT_A, UNIT_B = "33010011", "33010012"
@@ -148,9 +151,54 @@ def test_a_restart_adds_no_history_and_many_messages_are_one_flush(db_url):
     assert _read(db_url, history)["count"] == 40
 
 
-def test_migrations_from_empty_and_from_the_previous_release(db_url):
+def test_db_upgrade_from_the_previous_release(db_url):
+    """`monitor db upgrade` from the database as the last landed release made and filled it (its
+    own code; tests/support/previous_release.py): migrations kept and only newer ones applied,
+    every row kept, the schema as from empty; the history that release kept reads the same."""
+
+    def upgrade(target) -> dict:
+        p = subprocess.run([EDGE, "monitor", "db", "upgrade", "--json", "--db", str(target)], capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    check_upgrade("monitor", db_url, upgrade, [n for n, _ in PG_MIGRATIONS],
+                  lambda empty: open_monitor_db(empty).close())
+    events = _read(db_url, history, device="dock-m1")["events"]
+    assert [(e["type"], e.get("state") or e["event"]) for e in events] == \
+        [("status", "online"), ("alarm", "raised"), ("alarm", "cleared"), ("status", "offline")], events
+    assert [d["id"] for d in _read(db_url, fleet, 120)["devices"]] == ["dock-m1", "room-m1", "dock-m2"]
+
+
+def test_db_upgrade_refuses_the_wrong_database(tmp_path):
+    """The archive's index given as the monitor's database, and the other way round, or a file
+    with a table in the way: said in both languages, nothing changed."""
+    from agent.archive.registry import MIGRATIONS as ARCHIVE, open_db
+
+    archive, other = tmp_path / "archive.db", tmp_path / "other.db"
+    open_db(str(archive), tmp_path).close()
+    p = subprocess.run([EDGE, "monitor", "db", "upgrade", "--db", str(archive)], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 1 and p.stderr.startswith(f"error: 数据库不匹配 / {archive}: its migrations (0001_archive"), \
+        p.stderr
+    assert "wrong database?" in p.stderr and "Traceback" not in p.stderr
+    assert _read(archive, lambda c: [r[0] for r in c.execute("SELECT name FROM migrations ORDER BY name")]) == \
+        [n for n, _ in ARCHIVE]
+    open_monitor_db(other).close()
+    with pytest.raises(EdgeError, match="数据库不匹配 / .*its migrations \\(0001_initial"):
+        open_db(str(other), tmp_path)
+    con = sqlite3.connect(tmp_path / "odd.db")
+    con.execute("CREATE TABLE devices (serial TEXT)")
+    con.close()
+    with pytest.raises(EdgeError, match="数据库迁移失败 / .*migration 0001_initial failed and was undone: .*devices"):
+        open_monitor_db(tmp_path / "odd.db")
+    assert _read(tmp_path / "odd.db", lambda c: [r[0] for r in c.execute("SELECT name FROM sqlite_master")]) == \
+        ["devices"]
+
+
+def test_migrations_from_empty_and_from_an_older_schema(db_url):
     assert [n for n, _ in MIGRATIONS] == [n for n, _ in PG_MIGRATIONS]
-    db = open_monitor_db(db_url, upto="0004_ratio_threshold_source")  # the previous release's schema
+    db = open_monitor_db(db_url, upto="0004_ratio_threshold_source")  # an older schema, rows added, upgraded
     assert db.applied() == ["0001_initial", "0002_signed", "0003_ratio_thresholds", "0004_ratio_threshold_source"]
     with db.atomic() as c:
         c.execute("INSERT INTO devices(id, unit_code, kind, state, first_seen, last_seen) VALUES (?,?,?,?,?,?)",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
-HELPERS = {"support", "faults", "fuzz"}          # helpers and long runs, not a package's own tests
+HELPERS = {"support", "faults", "fuzz", "fixtures"}  # helpers, long runs, frozen data; not a package's tests
 EXTRA = {"drivers", "e2e", "tools"}              # below agent/, across packages, repository tools
 
 
