@@ -34,6 +34,7 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
     summary = {"out": str(out), "prefix": files.prefix, "conf": str(files.conf), "acl": str(files.acl),
                "passwd": str(files.passwd), "devices": devices, "receivers": receivers,
                "services": [i.name for i in files.identities if i.role != "device"],
+               "monitor_logins": [i.name for i in files.identities if i.role == "monitor"] + files.instances,
                "created": list(files.created), "rotated": list(files.rotated), "kept": list(files.kept),
                "stale": list(files.stale), "credentials": str(out / broker_auth.CREDENTIALS)}
     if quiet:
@@ -41,6 +42,9 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
     click.echo(f"消息代理身份与访问控制已生成 / broker identities and ACL written: {out}")
     click.echo(f"  {files.conf.name}, {files.acl.name}, {files.passwd.name}: {len(devices)} device(s) + "
                + ", ".join(summary["services"]))
+    if files.instances:
+        click.echo(f"  监控的其他连接登录名（同一密码）/ the monitor's other connection logins (its password): "
+                   f"{files.instances[0]} … {files.instances[-1]}")
     for label, names in (("新建 / new", files.created), ("更换 / rotated", files.rotated), ("保留 / kept", files.kept)):
         if names:
             click.echo(f"  {label}: {', '.join(names)}")
@@ -68,16 +72,20 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
 @click.option("--archive-user", default="archive", show_default=True, help="User name of the archive receivers.")
 @click.option("--monitor-user", default="monitor", show_default=True, help="User name of the monitor (read only).")
 @click.option("--ops-user", default="ops", show_default=True, help="User name for `edge-agent command send`.")
+@click.option("--monitor-connections", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Logins for the monitor's connections (MONITOR-USER, MONITOR-USER.1 ...): at least the "
+                   "monitor's --connections. The broker binds each login to one session.")
 @click.option("--rotate", multiple=True, help="Give this identity a new password (repeatable).")
 @click.option("--rotate-all", is_flag=True, help="New passwords for every identity.")
 @json_option
 @pass_ctx
 def archive_broker_config(c: Ctx, root, out, prefix, conf_dir, port, tls_port, cafile, certfile, keyfile,
-                          archive_user, monitor_user, ops_user, rotate, rotate_all, as_json):
+                          archive_user, monitor_user, ops_user, monitor_connections, rotate, rotate_all, as_json):
     """Write the Mosquitto 2.0 password file, ACL and config for every enrolled device (user
     name = device id) and the archive, monitor and ops identities. Anonymous access is off;
     each device may publish only in its own subtree and read only its own answers and
-    commands. Running it again keeps existing passwords. Audited.
+    commands; the client id is the user name (one login, one session: no login can disconnect
+    another by taking its client id). Running it again keeps existing passwords. Audited.
 
     \b
     Example:
@@ -89,7 +97,7 @@ def archive_broker_config(c: Ctx, root, out, prefix, conf_dir, port, tls_port, c
     try:
         summary = write_broker_config(c, store, out, prefix=prefix, conf_dir=conf_dir, port=port, tls_port=tls_port,
                                       cafile=cafile, certfile=certfile, keyfile=keyfile, rotate=rotate,
-                                      rotate_all=rotate_all, quiet=as_json,
+                                      rotate_all=rotate_all, quiet=as_json, monitor_connections=monitor_connections,
                                       services={"archive": archive_user, "monitor": monitor_user, "ops": ops_user})
     finally:
         store.close()

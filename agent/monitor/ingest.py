@@ -361,7 +361,7 @@ class Ingest(DeviceState, Witness):
         self.apply_archive_alarms(rows, time.time())
 
     def start(self) -> None:
-        from agent.wire.client import ConnSettings, TlsConfig, new_client
+        from agent.wire.client import ConnSettings, TlsConfig, instance_user, new_client
 
         cid = self.s.client_id or f"edge-monitor-{int(time.time())}"
         tls = TlsConfig(self.s.cafile, self.s.certfile or None, self.s.keyfile or None) if self.s.tls else None
@@ -373,8 +373,10 @@ class Ingest(DeviceState, Witness):
         for k in range(n * len(brokers)):  # connection k: broker k // n, share k % n (0: the catch-all)
             (host, port), i = brokers[k // n], k % n
             name = (cid if k < n else f"{cid}-b{k // n}") + (f"-{i}" if i else "")
+            # one login per connection: the broker binds a login to one session (share i: "monitor.i")
+            user = instance_user(self.s.username, i) if self.s.username else None
             c = new_client(ConnSettings(host=host, port=port, client_id=name,
-                                        keepalive=self.s.keepalive, username=self.s.username or None,
+                                        keepalive=self.s.keepalive, username=user,
                                         password=self.s.password or None, tls=tls))
             c.suppress_exceptions = True  # belt and braces: _on_message never raises
             c.reconnect_delay_set(1, 30)
@@ -429,7 +431,11 @@ class Ingest(DeviceState, Witness):
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("monitor: broker refused the connection: %s", reason_code)
+            user = client.username or "(none)"
+            log.error("monitor: broker refused the connection of login %s: %s%s", user, reason_code,
+                      " — 监控的每个连接需要自己的登录名 / each monitor connection needs its own login: "
+                      "`archive broker-config --monitor-connections N` (N >= --connections) creates them"
+                      if userdata % self._n else "")
             return
         if userdata % self._n:  # a share: its devices again (a fresh session has no subscriptions)
             self._subscribe_shares(only=userdata)

@@ -10,11 +10,20 @@ with ``%u`` confine each device to its own topics), plus three service identitie
   receiver status and the units' signed policies (``P/unit/U/policy``, `archive policy publish`).
 - ``monitor``: reads device state (status, health, alarms, components, chain, ratio), the
   archive status and the units' policies (to show stations running an old one); writes nothing.
+  It opens several connections at once (its shares), so it gets one login per connection:
+  ``monitor``, ``monitor.1`` … ``monitor.N-1`` (``monitor_connections``), one password, the same rights.
 
 A device reads the policy of its own unit only: the unit comes from the enrolment, so each
 enrolled device gets a ``user`` block of its own granting ``P/unit/ITS-UNIT/policy``.
 - ``ops``: ``edge-agent command send``: writes ``P/dev/D/cmd``, reads ``P/dev/D/cmd/resp`` and
   device status.
+
+One login, one session: the broker replaces every client id by the login's user name
+(``use_username_as_clientid true`` on every listener), so nobody can take over another login's
+session (MQTT client-id takeover: a device's password used with another device's client id would
+disconnect that device, and with a persistent session inherit its queued messages). A process
+may therefore hold one connection per login; a second connection with the same login ends the
+first.
 
 Every topic in the ACL is built by :class:`agent.wire.topics.Topics`; nothing is spelled twice.
 Passwords are random (192 bits) and stored at the broker as PBKDF2-SHA512 hashes in
@@ -42,6 +51,7 @@ from agent import config as config_mod
 from agent.common.errors import ConfigError, EdgeError
 from agent.common.fs import atomic_write
 
+from .client import instance_user
 from .topics import XFER_KINDS, Topics, safe_segment
 
 # mosquitto_passwd (Mosquitto 2.0): PBKDF2-HMAC-SHA512, 12-byte salt, 64-byte hash, 101 iterations.
@@ -54,6 +64,7 @@ HASH_LEN = 64
 
 ROLES = ("device", "archive", "monitor", "ops")
 DEFAULT_SERVICES = {"archive": "archive", "monitor": "monitor", "ops": "ops"}
+MONITOR_CONNECTIONS = 8   # the monitor's default --connections: one login each
 
 PASSWD = "passwd"
 ACL = "acl"
@@ -107,6 +118,8 @@ class BrokerFiles:
     rotated: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)   # credential files of names no longer enrolled
+    #: the monitor's logins for its connections 1..N-1 (its password, its rights; no file of their own)
+    instances: list[str] = field(default_factory=list)
 
 
 # -- the ACL ----------------------------------------------------------------------------------
@@ -130,8 +143,14 @@ def _state_topics(t: Topics, d: str) -> list[str]:
     return [t.status(d), t.health(d), t.alarm(d, "+"), t.component(d, "+"), t.chain(d), t.ratio(d)]
 
 
+def monitor_logins(monitor: str, connections: int) -> list[str]:
+    """Every login of the monitor: ``monitor`` for its first connection, ``monitor.K`` for the others."""
+    return [instance_user(monitor, k) for k in range(connections)]
+
+
 def acl_text(prefix: str = "edge", services: dict[str, str] | None = None,
-             units: dict[str, str] | None = None, receivers: Iterable[str] = ()) -> str:
+             units: dict[str, str] | None = None, receivers: Iterable[str] = (),
+             monitor_connections: int = MONITOR_CONNECTIONS) -> str:
     """The Mosquitto ACL file. Devices get ``pattern`` lines (``%u`` = their user name = device
     id); each service identity gets a ``user`` block. Mosquitto also applies the patterns to the
     service identities, so each block first denies the device subtrees under its own name.
@@ -165,11 +184,14 @@ def acl_text(prefix: str = "edge", services: dict[str, str] | None = None,
     for rid in sorted(set(receivers)):  # enrolled receivers: each its own identity, the same rights
         lines += block(rid, f"Archive receiver {rid} (enrolled with a key of its own: `archive receiver add`).",
                        archive_rules)
+    monitor_rules = [("read", topic) for topic in _state_topics(t, "+")] \
+        + [("read", t.archive_status()), ("read", t.all_archive_receivers()), ("read", t.all_unit_policies()),
+           ("read", t.archive_checkpoint())]
     lines += block(s["monitor"], "Monitor: reads device state, the archive's status and the units' policies, writes "
-                   "nothing.",
-                   [("read", topic) for topic in _state_topics(t, "+")]
-                   + [("read", t.archive_status()), ("read", t.all_archive_receivers()),
-                      ("read", t.all_unit_policies()), ("read", t.archive_checkpoint())])
+                   "nothing.", monitor_rules)
+    for login in monitor_logins(s["monitor"], monitor_connections)[1:]:
+        lines += block(login, f"Monitor, its connection {login.rsplit('.', 1)[1]} (one login per connection: "
+                       "use_username_as_clientid).", monitor_rules)
     lines += block(s["ops"], "Operators (edge-agent command send): signed commands out, answers and status in.",
                    [("write", t.cmd("+")), ("read", t.cmd_resp("+")), ("read", t.status("+"))])
     if units:
@@ -193,7 +215,9 @@ def _check_conf_path(what: str, value) -> None:
 def conf_text(conf_dir: Path | str, *, port: int = 1883, tls_port: int | None = None, cafile: str | None = None,
               certfile: str | None = None, keyfile: str | None = None) -> str:
     """A mosquitto.conf snippet (for /etc/mosquitto/conf.d/): identities and ACL on, anonymous
-    off; the plain listener on the loopback only, TLS on any other address."""
+    off; the plain listener on the loopback only, TLS on any other address; on every listener the
+    client id is the login's user name (a per-listener option in Mosquitto 2.0: after each
+    ``listener`` line)."""
     for what, value in (("--conf-dir", conf_dir), ("--cafile", cafile), ("--certfile", certfile),
                         ("--keyfile", keyfile)):
         _check_conf_path(what, value)
@@ -210,16 +234,19 @@ def conf_text(conf_dir: Path | str, *, port: int = 1883, tls_port: int | None = 
         "",
         "# plain MQTT only on the loopback (an agent or archive on the broker host)",
         f"listener {port} 127.0.0.1",
+        "# one login, one session: the client id is the user name, so no login can take over",
+        "# (and disconnect) another's session; a second connection with the same login ends the first",
+        "use_username_as_clientid true",
     ]
     if tls_port:
         if not (cafile and certfile and keyfile):
             raise EdgeError("TLS 监听需要 CA、证书和私钥 / a TLS listener needs --cafile, --certfile and --keyfile")
         lines += ["", "# every other address: TLS (the broker's certificate; identities by password)",
-                  f"listener {tls_port}", f"cafile {cafile}", f"certfile {certfile}", f"keyfile {keyfile}",
-                  "tls_version tlsv1.2"]
+                  f"listener {tls_port}", "use_username_as_clientid true", f"cafile {cafile}", f"certfile {certfile}",
+                  f"keyfile {keyfile}", "tls_version tlsv1.2"]
     else:
         lines += ["", "# for stations on the network add a TLS listener (broker-config --tls-port 8883 --cafile ...):",
-                  "# listener 8883", "# cafile /etc/mosquitto/certs/ca.crt", "# certfile /etc/mosquitto/certs/broker.crt",
+                  "# listener 8883", "# use_username_as_clientid true", "# cafile /etc/mosquitto/certs/ca.crt", "# certfile /etc/mosquitto/certs/broker.crt",
                   "# keyfile /etc/mosquitto/certs/broker.key"]
     return "\n".join(lines) + "\n"
 
@@ -274,19 +301,24 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
              rotate: Iterable[str] = (), rotate_all: bool = False, conf_dir: Path | str | None = None,
              port: int = 1883, tls_port: int | None = None, cafile: str | None = None, certfile: str | None = None,
              keyfile: str | None = None, units: dict[str, str] | None = None,
-             receivers: Iterable[str] = ()) -> BrokerFiles:
+             receivers: Iterable[str] = (), monitor_connections: int = MONITOR_CONNECTIONS) -> BrokerFiles:
     """Write ``OUT/mosquitto.conf``, ``OUT/acl``, ``OUT/passwd`` and ``OUT/credentials/NAME.toml``
     (0600, directory 0700). Existing passwords are kept unless the name is in ``rotate``.
-    ``units`` (device id -> unit code) lets each device read its own unit's policy."""
+    ``units`` (device id -> unit code) lets each device read its own unit's policy.
+    ``monitor_connections``: the monitor's logins (``monitor``, ``monitor.1`` …), one per connection."""
     out = Path(out)
     s = _services(services)
+    if not isinstance(monitor_connections, int) or not 1 <= monitor_connections <= 64:
+        raise EdgeError(f"监控连接数不合法 / --monitor-connections {monitor_connections!r}: 1 to 64 (the monitor's "
+                        "--connections)")
+    instances = monitor_logins(s["monitor"], monitor_connections)[1:]
     if not safe_segment(prefix):
         raise EdgeError(f"主题前缀不合法 / unsafe topic prefix {prefix!r}: letters, digits, '_', '.', '-' only")
     devices = sorted(set(devices))
     for d in devices:
         if not safe_segment(d):
             raise EdgeError(f"设备编号不能作为用户名 / device id {d!r} cannot be an MQTT user name")
-    clash = sorted(set(devices) & set(s.values()))
+    clash = sorted(set(devices) & (set(s.values()) | set(instances)))
     if clash:
         raise EdgeError(f"设备编号与服务身份重名 / device id(s) {', '.join(clash)} equal a service user name; "
                         "choose other names with --archive-user/--monitor-user/--ops-user")
@@ -294,7 +326,7 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
     for r in receivers:
         if not safe_segment(r):
             raise EdgeError(f"接收端编号不能作为用户名 / receiver id {r!r} cannot be an MQTT user name")
-    clash = sorted(set(receivers) & (set(devices) | set(s.values())))
+    clash = sorted(set(receivers) & (set(devices) | set(s.values()) | set(instances)))
     if clash:
         raise EdgeError(f"接收端编号与设备或服务身份重名 / receiver id(s) {', '.join(clash)} equal a device id or "
                         "a service user name")
@@ -309,7 +341,7 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
     if unknown:
         raise EdgeError(f"没有该身份 / no such identity to rotate: {', '.join(sorted(unknown))}")
     # everything that can be refused is checked before the first file is written
-    acl = acl_text(prefix, s, units, receivers)
+    acl = acl_text(prefix, s, units, receivers, monitor_connections)
     conf = conf_text(Path(conf_dir) if conf_dir else out.resolve(), port=port, tls_port=tls_port, cafile=cafile,
                      certfile=certfile, keyfile=keyfile)
     cred_dir = out / CREDENTIALS
@@ -333,17 +365,21 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
             atomic_write(path, _credential_text(ident).encode("utf-8"), mode=0o600)
         files.credentials[name] = path
         files.identities.append(ident)
-        hashed = old_hashes.get(name)
-        if hashed is None or not check_password(ident.password, hashed):
-            hashed = hash_password(ident.password)
-        passwd_lines.append(f"{name}:{hashed}")
+        logins = [name] + (instances if name == s["monitor"] else [])
+        for login in logins:  # the monitor's other logins: its password, each its own salt
+            hashed = old_hashes.get(login)
+            if hashed is None or not check_password(ident.password, hashed):
+                hashed = hash_password(ident.password)
+            passwd_lines.append(f"{login}:{hashed}")
+    files.instances = instances
     known = {n for n, _ in names}
     files.stale = sorted(p.stem for p in cred_dir.glob("*.toml") if p.stem not in known)
     atomic_write(files.passwd, ("\n".join(passwd_lines) + "\n").encode(), mode=0o600)
     atomic_write(files.acl, acl.encode(), mode=0o644)
     atomic_write(files.conf, conf.encode(), mode=0o644)
     settings = {"prefix": prefix, "services": s, "conf_dir": str(conf_dir) if conf_dir else None, "port": port,
-                "tls_port": tls_port, "cafile": cafile, "certfile": certfile, "keyfile": keyfile}
+                "tls_port": tls_port, "cafile": cafile, "certfile": certfile, "keyfile": keyfile,
+                "monitor_connections": monitor_connections}
     atomic_write(out / SETTINGS, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode(), mode=0o644)
     return files
 
@@ -361,6 +397,7 @@ def refresh(out: Path | str, devices: Iterable[str], units: dict[str, str] | Non
                         "run `edge-agent archive broker-config --out DIR` first") from None
     except (OSError, ValueError) as exc:
         raise EdgeError(f"{out / SETTINGS} 无法读取 / unreadable: {exc}") from None
-    known = {"prefix", "services", "conf_dir", "port", "tls_port", "cafile", "certfile", "keyfile"}
+    known = {"prefix", "services", "conf_dir", "port", "tls_port", "cafile", "certfile", "keyfile",
+             "monitor_connections"}
     return generate(out, devices, units=units, receivers=receivers,
                     **{k: v for k, v in settings.items() if k in known})
