@@ -164,6 +164,37 @@ def check_tls(cfg) -> list[Check]:
     return out
 
 
+#: the running agent's figures (DATA_DIR/uplink-status.json, written every 3 s) count as "running" this long
+LIVE_FRESH_S = 30.0
+
+
+def _held_by_running_agent(cfg) -> list[Check] | None:
+    """The broker binds one session to each login (``use_username_as_clientid``), so a login of
+    the doctor beside the running agent would end the agent's connection: while the agent's
+    live figures say it is connected, report them instead of logging in. None: log in."""
+    from agent.uplink.status import live_status
+
+    live = live_status(cfg.storage.data_dir) or {}
+    try:
+        age = (_dt.datetime.now(_dt.timezone.utc) - _dt.datetime.fromisoformat(live["time"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (live.get("running") and live.get("connected") and -LIVE_FRESH_S < age < LIVE_FRESH_S):
+        return None
+    where = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
+    out = [_ok("broker", f"运行中的 edge-agent 已登录代理 / the running edge-agent is logged in to the broker at {where} "
+                         f"(as of {live['time']}); doctor does not log in beside it: the broker keeps one session per "
+                         "login, a second one would end the agent's")]
+    if live.get("archive_reachable"):
+        out.append(_ok("archive", "归档服务器在线 / an archive receiver is online (its signed status, verified by the "
+                                  "running agent)"))
+    else:
+        out.append(_fail("archive", "运行中的 edge-agent 看不到在线的归档服务器 / the running edge-agent sees no verified "
+                                    "online archive receiver — is `edge-agent archive serve` running, and its key pinned "
+                                    "(`edge-agent uplink trust-archive archive.pub`)?"))
+    return out
+
+
 def check_broker(cfg, timeout: float = 5.0) -> list[Check]:
     try:
         socket.create_connection((cfg.mqtt.host, cfg.mqtt.port), timeout=timeout).close()
@@ -171,6 +202,9 @@ def check_broker(cfg, timeout: float = 5.0) -> list[Check]:
         return [_fail("broker", f"无法连接代理 / the broker at {cfg.mqtt.host}:{cfg.mqtt.port} is unreachable "
                                 f"({exc.strerror or exc}) — check the network, that the broker runs, and mqtt.host / "
                                 "mqtt.port", key="mqtt.host", fix="edge-agent config set mqtt.host BROKER_HOST")]
+    held = _held_by_running_agent(cfg)
+    if held is not None:
+        return held
     from agent.uplink.trust import archive_trust
     from agent.wire.client import settings_from_config
     from agent.wire.session import exchange

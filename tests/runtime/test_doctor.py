@@ -144,3 +144,39 @@ def test_disk_below_the_watermark(tmp_path):
     assert found[0]["key"] == "storage.reserve_mb" and "低于保留水位" in found[0]["detail"]
     assert "below the reserve" in found[0]["detail"]
     parse(found[0]["fix"])
+
+
+def test_doctor_beside_the_running_agent_does_not_take_its_session(tmp_path):
+    """The generated broker binds one session to each login (use_username_as_clientid): a doctor
+    logging in with the device's credentials would end the running agent's connection (and
+    publish its last will, "offline"). While the agent's live figures say it is connected, the
+    doctor reports them and does not log in: the broker sees the device log in once."""
+    from agent.wire import broker_auth
+    from tests.support.broker import free_port
+    from tests.support.uplink import agent_config, start_agent, wait_for
+    from tests.wire.test_broker_clientid import Broker
+
+    port = free_port()
+    files = broker_auth.generate(tmp_path / "b", ["dock-0001"], port=port)
+    pw = {i.name: i.password for i in files.identities}
+    mq = Broker(tmp_path, files.conf.read_text(), port)
+    cfg = agent_config(tmp_path, port, mqtt__username="dock-0001", mqtt__password=pw["dock-0001"])
+    assert run_cli(cfg, "init").returncode == 0
+    ag = start_agent(cfg, tmp_path)
+    try:
+        status = tmp_path / "dock-0001" / "uplink-status.json"
+        wait_for(lambda: status.exists() and json.loads(status.read_text()).get("connected"), 20,
+                 "the agent's live figures say connected", [ag])
+        p = run_cli(cfg, "doctor", "--json")
+        checks = {c["name"]: c for c in json.loads(p.stdout)["checks"]}
+        assert checks["broker"]["status"] == "OK" and "running edge-agent" in checks["broker"]["detail"], checks
+        assert checks["archive"]["status"] == "FAIL" and "archive serve" in checks["archive"]["detail"]
+        logins = [ln for ln in mq.text().splitlines() if "New client connected" in ln and " u'dock-0001'" in ln]
+        assert len(logins) == 1, logins
+        assert "closing old connection" not in mq.text()
+    finally:
+        ag.stop()
+        mq.stop()
+    # the agent stopped (its figures say so): the doctor logs in itself
+    checks = {c["name"]: c for c in json.loads(run_cli(cfg, "doctor", "--json").stdout)["checks"]}
+    assert checks["broker"]["status"] == "FAIL" and "unreachable" in checks["broker"]["detail"]

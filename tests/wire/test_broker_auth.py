@@ -226,9 +226,20 @@ def test_generate_again_keeps_passwords_rotates_on_request_and_adds_devices(tmp_
     pw3 = {i.name: i.password for i in third.identities}
     assert third.rotated == ["dock-0001"] and pw3["dock-0001"] != pw1["dock-0001"]
     assert pw3["dock-0002"] == pw2["dock-0002"]
-    for line in third.passwd.read_text().splitlines():
+    # the monitor's connection logins (monitor.1 ...) carry the monitor's password
+    assert third.instances and all(n.startswith("monitor.") for n in third.instances)
+    lines = third.passwd.read_text().splitlines()
+    assert sorted(ln.split(":", 1)[0] for ln in lines) == sorted([*pw3, *third.instances])
+    for line in lines:
         name, hashed = line.split(":", 1)
-        assert broker_auth.check_password(pw3[name], hashed)
+        assert broker_auth.check_password(pw3[name.split(".", 1)[0]], hashed)
+    # rotating the monitor rotates its connection logins with it
+    fourth = broker_auth.generate(out, ["dock-0001", "dock-0002"], rotate=["monitor"], monitor_connections=3)
+    new_mon = {i.name: i.password for i in fourth.identities}["monitor"]
+    assert new_mon != pw3["monitor"] and fourth.instances == ["monitor.1", "monitor.2"]
+    hashes = dict(ln.split(":", 1) for ln in fourth.passwd.read_text().splitlines())
+    assert "monitor.3" not in hashes and all(broker_auth.check_password(new_mon, hashes[n])
+                                             for n in ("monitor", "monitor.1", "monitor.2"))
 
 
 @pytest.mark.parametrize("devices, kw, msg", [
@@ -236,6 +247,9 @@ def test_generate_again_keeps_passwords_rotates_on_request_and_adds_devices(tmp_
     (["dock-1"], {"services": {"monitor": "archive"}}, "must differ"),
     (["dock-1"], {"services": {"ops": "a/b"}}, "ops user name"),
     (["dock-1"], {"rotate": ["dock-9"]}, "no such identity"),
+    (["monitor.1"], {}, "equal a service user name"),
+    (["dock-1"], {"monitor_connections": 0}, "--monitor-connections 0"),
+    (["dock-1"], {"monitor_connections": 65}, "1 to 64"),
     (["dock-1"], {"prefix": "ed#ge"}, "unsafe topic prefix"),
     (["bad/id"], {}, "cannot be an MQTT user name"),
     (["dock-1"], {"tls_port": 8883}, "needs --cafile"),

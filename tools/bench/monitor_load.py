@@ -75,9 +75,9 @@ def counter(db: Path, name: str = "received") -> int:
         return 0
 
 
-def _broker(work: Path) -> ShippedBroker:
+def _broker(work: Path, unbound_port: bool = False) -> ShippedBroker:
     """Mosquitto as shipped: identities and ACL of the devices enrolled in ``work/archive``."""
-    return ShippedBroker(work, work / "archive").start()
+    return ShippedBroker(work, work / "archive", unbound_port=unbound_port).start()
 
 
 def _monitor(work: Path, broker: ShippedBroker, root: Path, log, connections: int = 8) -> subprocess.Popen:
@@ -278,7 +278,10 @@ def flood_isolation(work: Path, interval: float = 2.0, rounds: int = 8, flood_ra
 
     a, b, f = (SimDevice(f"flood-{x}", "33019999", "压测单位", "dock") for x in "abf")
     enrol(work / "archive", [a, b, f])
-    broker = _broker(work)
+    # the forger holds A's broker password beside the genuine A: on the shipped listener (one login,
+    # one session) each would end the other's connection, so it floods through a listener without
+    # that binding (same identities and ACL), as on a broker configured before it
+    broker = _broker(work, unbound_port=True)
     port = broker.port
     mon_log = open(work / "monitor.log", "wb")
     mon = None
@@ -302,7 +305,8 @@ def flood_isolation(work: Path, interval: float = 2.0, rounds: int = 8, flood_ra
             if time.monotonic() > deadline:
                 raise RuntimeError("the monitor did not apply the first genuine health of A and B")
             time.sleep(0.1)
-        procs = [ctx.Process(target=_flooder, args=(port, k, stop, counters_[k], flood_rate,
+        procs = [ctx.Process(target=_flooder, args=(broker.unbound_port if k == "forged" else port, k, stop,
+                                                    counters_[k], flood_rate,
                                                     broker.credentials(a.id if k == "forged" else f.id)), daemon=True)
                  for k in counters_]
         for p in procs:

@@ -13,6 +13,12 @@ here, the log file), so what is measured is what is installed:
     broker.stop()
 
 The broker logs connections, disconnections (with the reason) and warnings to ``log_path``.
+
+The shipped listener binds each login to one session (``use_username_as_clientid``): two
+connections with one login end each other. A benchmark that must model a thief holding a
+device's password *beside* that device (the monitor's forged-flood figure) asks for
+``unbound_port=True``: a second loopback listener with the same identities and ACL but
+Mosquitto's default client ids, as a broker without that line would be (``broker.unbound_port``).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ def free_port() -> int:
 
 class ShippedBroker:
     def __init__(self, work: Path, root: Path, port: int | None = None, prefix: str = "edge",
-                 in_process: bool = False) -> None:
+                 in_process: bool = False, unbound_port: bool = False) -> None:
         self.in_process = in_process               # broker-config called in this process (edge_agent)
         self.work = Path(work)
         self.root = Path(root)
@@ -61,6 +67,7 @@ class ShippedBroker:
         self.conf_path = self.work / "mosquitto-main.conf"
         self.log_path = self.work / "mosquitto.log"
         self.proc: subprocess.Popen | None = None
+        self.unbound_port = free_port() if unbound_port else None
 
     @property
     def pid(self) -> int:
@@ -83,7 +90,8 @@ class ShippedBroker:
         self.conf_path.write_text(f"user {getpass.getuser()}\npersistence false\nlog_dest file {self.log_path}\n"
                                   "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
                                   "connection_messages true\nlog_timestamp_format %Y-%m-%dT%H:%M:%S\n"
-                                  f"include_dir {self.dir / 'conf.d'}\n")
+                                  f"include_dir {self.dir / 'conf.d'}\n"
+                                  + (f"listener {self.unbound_port} 127.0.0.1\n" if self.unbound_port else ""))
         self.proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(self.conf_path)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
