@@ -12,7 +12,11 @@ receiver is enrolled as production does it: `archive receiver add RID` (its own 
 `archive broker-config` (its own broker user, the ACL of the archive), `archive enroll --pin-to
 --broker-dir` for each device (the device pins every receiver's key; the broker files refreshed
 and the brokers reloaded), and `archive serve --client-id RID --receiver-key RID.key` logged in
-with ``credentials/RID.toml``. Where network namespaces can be
+with ``credentials/RID.toml``; its brokers then bind each login to one session on every listener
+(``use_username_as_clientid true``, as the generated mosquitto.conf does), so each receiver's and
+the monitor's connections must each hold a login of their own. Without ``own_identities`` the
+receivers share the ``archive`` login, which only a broker without that binding admits side by
+side (the brokers are then started without it). Where network namespaces can be
 made (root, iproute2) each receiver runs in its own namespace behind a veth pair: its own host
 on the network, reaching its broker on the veth address and PostgreSQL through a TCP relay on
 that address (PostgreSQL here listens on 127.0.0.1 only). The storage (the archive root) is one
@@ -183,11 +187,12 @@ class Centre(Cluster):
         self.extra += [nl for row in self.links for nl in row if nl]
         self.ns_ports = [free_port() for _ in range(brokers)]
         self.brokers: list[Mosquitto] = []
+        bind = ["use_username_as_clientid true"] if own_identities else []  # one login, one session
         for b in range(brokers):
             listeners = [line for nl in self.links[b] if nl
-                         for line in ("", f"listener {self.ns_ports[b]} {nl.host_ip}")]
+                         for line in ("", f"listener {self.ns_ports[b]} {nl.host_ip}", *bind)]
             self.brokers.append(Mosquitto(self.tmp / f"mosquitto-{b + 1}", password_file=self.auth.passwd,
-                                          acl_file=self.auth.acl, extra_config=listeners))
+                                          acl_file=self.auth.acl, extra_config=listeners, listener_config=bind))
         self.broker = self.brokers[0]
         self.receivers = [Receiver(self, n, b, self.links[b][n]) for b in range(brokers) for n in range(receivers)]
 

@@ -269,7 +269,8 @@ def _flooder(port: int, kind: str, stop, counter, rate: float = 0.0, cred: dict 
     c.loop_stop()
 
 
-def flood_isolation(work: Path, interval: float = 2.0, rounds: int = 8, flood_rate: float = 0.0) -> dict:
+def flood_isolation(work: Path, interval: float = 2.0, rounds: int = 8, flood_rate: float = 0.0,
+                    connections: int = 8) -> dict:
     """Forgeries in A's name and a stolen device F's genuine flood, each from its own process as
     fast as it can; B and A send genuine health every ``interval``: the monitor's delay for them."""
     import multiprocessing as mp
@@ -417,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
               f"bare Ed25519 {verify['bare_ed25519_verify_per_cpu_s']}/CPU-s; target {VERIFY_TARGET:g})", file=table)
     if "flood" in only:
         with tempfile.TemporaryDirectory(prefix="monitor-flood-") as tmp:
-            flood = flood_isolation(Path(tmp), a.interval, a.rounds, a.flood_rate)
+            flood = flood_isolation(Path(tmp), a.interval, a.rounds, a.flood_rate, a.connections)
         print(f"flood: {flood['flood_published_msg_per_s']} msg/s flooding; genuine B applied after max "
               f"{flood['victim_b_latency_s']['max']} s, A (forged in its name) max {flood['forged_a_latency_s']['max']} s "
               f"(interval {a.interval:g} s); monitor {flood['monitor_cpu_pct_of_one_core']} % of one core", file=table)
