@@ -5,11 +5,14 @@ watched them: items sealed before a station's first report to this monitor are n
 unit whose items are all archived can show 0. The archive's index is the record of what was
 archived; this module counts from it and from each stored manifest, read-only:
 
+* capture times are read as a reviewer reads them: the recorder's clock corrected by the drift
+  sealed with the item (``capture_end`` − ``clock_offset_ms``, :mod:`agent.evidence.timing`), the
+  same rule as ``report deadlines`` (agent/archive/deadlines.py);
 * an item belongs to the period by its capture start (采集时间), read as a time with its zone,
   on the calendar day of the archive's local time;
 * hours recorded = capture end − capture start;
-* late = stored at the archive more than ``deadline_h`` hours after its capture end (the unit
-  policy's ``upload_deadline_h``, 24 by default);
+* late = stored at the archive more than ``deadline_h`` hours after its capture end (``--deadline-h``,
+  24 by default: the unit policy's default ``upload_deadline_h``);
 
 per unit, per officer (the collector sealed into the item) and per device.
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from agent.common.errors import EdgeError
 from agent.common.timeutil import parse_iso
+from agent.evidence import timing
 
 #: hours an item may take from capture end to the archive (the unit policy's default upload_deadline_h)
 DEFAULT_DEADLINE_H = 24
@@ -72,8 +76,7 @@ def read_usage(root: Path, start: dt.date, end: dt.date, unit: str | None = None
     for r in rows:
         try:
             meta = json.loads((Path(root) / r["path"] / "manifest.json").read_text(encoding="utf-8"))["metadata"]
-            begin = parse_iso(meta["capture_start"], "capture_start")
-            finish = parse_iso(meta["capture_end"], "capture_end")
+            begin, finish = timing.capture_start(meta), timing.capture_end(meta)
             stored = parse_iso(r["stored_at"], "stored_at")
             collector = meta.get("collector") or {}
         except (OSError, ValueError, KeyError, TypeError, EdgeError) as exc:

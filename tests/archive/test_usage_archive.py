@@ -101,3 +101,31 @@ def test_usage_archive_bad_input(tmp_path):
     assert p.returncode == 2 and "--deadline-h" in p.stderr
     empty = json.loads(run(["report", "usage", "--archive", str(root), "--unit", UNIT, "--json"], check=True).stdout)
     assert empty["units"] == [{"unit_code": UNIT, "items": 0, "late": 0, "hours_recorded": 0.0}]
+
+
+def test_usage_reads_capture_times_corrected_by_the_sealed_drift(tmp_path):
+    """A recorder whose clock ran 10 h fast: its own capture end reads 20 h ago, it ended 30 h ago:
+    late, as `report deadlines` says; one 10 h slow reads 30 h ago, ended 20 h ago: on time."""
+    store = open_store(agent_config(tmp_path, 1))
+    root = tmp_path / "archive"
+    enroll(root, store)
+    ids = []
+    for officer, reads, offset_h in ((("33010001", "张三"), 20, 10), (("33010002", "李四"), 30, -10)):
+        p = tmp_path / f"f-{os.urandom(4).hex()}.bin"
+        p.write_bytes(os.urandom(5000))
+        end = NOW - dt.timedelta(hours=reads)
+        meta = dict(META, collector={"name": officer[1], "id": officer[0]}, capture_start=iso(end - dt.timedelta(minutes=6)),
+                    capture_end=iso(end), clock_offset_ms=offset_h * 3600 * 1000, clock_offset_measured_at=iso(NOW),
+                    clock_offset_source="measured")
+        ids.append(ingest(store, [p], meta)["item_id"])
+    st = ArchiveStore(root)
+    for i in ids:
+        _store_at_archive(st, store, i)
+    st.close()
+    frm, to = (NOW - dt.timedelta(days=3)).date().isoformat(), NOW.date().isoformat()
+    out = json.loads(run(["report", "usage", "--archive", str(root), "--from", frm, "--to", to, "--json"],
+                         check=True).stdout)
+    assert [(o["officer_name"], o["late"], o["hours_recorded"]) for o in out["officers"]] == [("张三", 1, 0.1), ("李四", 0, 0.1)]
+    dl = json.loads(run(["report", "deadlines", "--archive", str(root), "--period", f"{frm}..{to}", "--json"],
+                        check=True).stdout)
+    assert [i["item"] for i in dl["late"]] == [ids[0]]
