@@ -130,6 +130,10 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, brokers, prefix,
         s.cafile, s.certfile, s.keyfile, s.keepalive = m.cafile, m.certfile, m.keyfile, m.keepalive
     if use_tls is not None:
         s.tls = use_tls
+    s.allow_plaintext = bool(cfg is not None and cfg.mqtt.allow_plaintext)
+    from agent.wire.client import check_plaintext
+
+    check_plaintext([(s.host, s.port), *s.more_brokers], s.tls, s.allow_plaintext)  # before anything starts
     try:
         from agent.wire.topics import Topics
 

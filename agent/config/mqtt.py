@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from agent.common.netaddr import is_loopback, plaintext_refusal
 from .base import ConfigModel, Ident, secret
 
 #: HOST:PORT, [IPv6]:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (agent.wire.client.parse_broker reads it)
@@ -24,6 +25,10 @@ class MqttConfig(ConfigModel):
     certfile: str = Field("", description="Client certificate (mutual TLS, per-device identity).")
     keyfile: str = Field("", description="Client private key.")
     keepalive: int = Field(30, ge=5, le=3600, description="Keepalive seconds.")
+    allow_plaintext: bool = Field(False, description="Allow plain MQTT (mqtt.tls = false) to a broker that is not on "
+                                                     "the loopback: for a lab only, `doctor` warns while it is on. "
+                                                     "Without it such a broker is refused: the password and every "
+                                                     "message would cross the network unencrypted.")
     fallback: list[str] = Field(default_factory=list, max_length=8,
                                 description="Fallback brokers, in order (HOST:PORT or mqtt(s)://HOST[:PORT]): when "
                                             "the broker at host:port cannot be reached or the connection is lost, "
@@ -46,3 +51,20 @@ class MqttConfig(ConfigModel):
         if len(set(value)) != len(value):
             raise ValueError("代理重复 / a broker is listed twice")
         return value
+
+    @model_validator(mode="after")
+    def _plaintext(self) -> "MqttConfig":
+        if self.tls or self.allow_plaintext:
+            return self
+        off = [] if is_loopback(self.host) else [self.host]
+        for v in self.fallback:
+            scheme, sep, rest = v.partition("://")
+            if sep and scheme.lower() in ("mqtts", "ssl"):
+                continue
+            addr = (rest if sep else v).rstrip("/")
+            host = addr[1:].partition("]")[0] if addr.startswith("[") else addr.partition(":")[0]
+            if not is_loopback(host):
+                off.append(host)
+        if off:
+            raise ValueError(plaintext_refusal(off))
+        return self

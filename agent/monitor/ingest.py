@@ -91,6 +91,8 @@ class IngestSettings:
     connections: int = 8
     #: more brokers besides host:port (HOST, PORT): the monitor subscribes to every one
     more_brokers: tuple[tuple[str, int], ...] = ()
+    #: plain MQTT allowed to a broker off the loopback (mqtt.allow_plaintext: a lab only)
+    allow_plaintext: bool = False
 
 
 class Ingest(DeviceState, Witness):
@@ -377,7 +379,8 @@ class Ingest(DeviceState, Witness):
             user = instance_user(self.s.username, i) if self.s.username else None
             c = new_client(ConnSettings(host=host, port=port, client_id=name,
                                         keepalive=self.s.keepalive, username=user,
-                                        password=self.s.password or None, tls=tls))
+                                        password=self.s.password or None, tls=tls,
+                                        allow_plaintext=self.s.allow_plaintext))
             c.suppress_exceptions = True  # belt and braces: _on_message never raises
             c.reconnect_delay_set(1, 30)
             c.max_queued_messages_set(0)

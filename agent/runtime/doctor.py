@@ -139,6 +139,15 @@ def check_clock(cfg, state: dict | None = None) -> Check:
 def check_tls(cfg) -> list[Check]:
     out = []
     if not cfg.mqtt.tls:
+        from agent.common.netaddr import is_loopback
+
+        off = [h for h in [cfg.mqtt.host, *[f.split("://")[-1].rsplit(":", 1)[0].strip("[]/") for f in cfg.mqtt.fallback]]
+               if not is_loopback(h)]
+        if off and cfg.mqtt.allow_plaintext:  # the config refuses it otherwise; a lab said so
+            return [_warn("tls", f"明文连接！/ PLAIN MQTT to {', '.join(off)} (not the loopback): the broker password and "
+                                 "every message cross the network unencrypted; allowed only because "
+                                 "mqtt.allow_plaintext = true — for a lab, never in service", key="mqtt.allow_plaintext",
+                          fix="edge-agent config set mqtt.tls true")]
         return [_warn("tls", "未加密 / mqtt.tls is false: traffic to the broker is not encrypted", key="mqtt.tls",
                       fix="edge-agent config set mqtt.tls true")]
     from cryptography import x509

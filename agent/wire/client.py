@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.common.errors import EdgeError
+from agent.common.netaddr import is_loopback, plaintext_refusal
 
 
 class BrokerAddressError(EdgeError):
@@ -101,7 +102,9 @@ def settings_from_config(mqtt_cfg: Any | None, client_id: str, *, broker: str | 
     with a ``--broker`` address and TLS files given on the command line taking precedence.
 
     TLS is on when the config says so, when the address is ``mqtts://``, or when a CA file is
-    given; ``mqtt://`` turns it off. User name and password always come from the config."""
+    given; ``mqtt://`` turns it off. User name and password always come from the config. Plain
+    MQTT to a broker off the loopback is refused (:class:`PlaintextRefused`) unless the config
+    says ``mqtt.allow_plaintext = true``."""
     host, port = (mqtt_cfg.host, mqtt_cfg.port) if mqtt_cfg is not None else ("127.0.0.1", 1883)
     use_tls = bool(mqtt_cfg.tls) if mqtt_cfg is not None else False
     if broker:
@@ -121,11 +124,14 @@ def settings_from_config(mqtt_cfg: Any | None, client_id: str, *, broker: str | 
     if mqtt_cfg is not None:
         kw = {"keepalive": mqtt_cfg.keepalive, "username": mqtt_cfg.username or None,
               "password": mqtt_cfg.password or None}
+        kw["allow_plaintext"] = bool(getattr(mqtt_cfg, "allow_plaintext", False))
         if not broker:  # a --broker given on the command line is the one broker to use
             kw["fallback"] = fallback_addresses(getattr(mqtt_cfg, "fallback", None) or [], tls=bool(tls))
             kw["failback_s"] = float(getattr(mqtt_cfg, "failback_s", 0) or 0)
     kw.update(extra)
-    return ConnSettings(host=host, port=port, client_id=client_id, tls=tls, **kw)
+    s = ConnSettings(host=host, port=port, client_id=client_id, tls=tls, **kw)
+    check_plaintext(s.brokers, bool(s.tls), s.allow_plaintext)  # at start, not in the connection's thread
+    return s
 
 
 def fallback_addresses(values: list[str], *, tls: bool) -> tuple[tuple[str, int], ...]:
@@ -149,6 +155,20 @@ def instance_user(username: str, k: int) -> str:
     return username if k == 0 else f"{username}.{k}"
 
 
+class PlaintextRefused(EdgeError):
+    """Plain MQTT to a broker off the loopback, without ``mqtt.allow_plaintext``."""
+
+
+def check_plaintext(brokers: list[tuple[str, int]], tls: bool, allow: bool) -> None:
+    """Refuse plain MQTT to any broker that is not on the loopback (the password and every message
+    would cross the network in clear) unless ``mqtt.allow_plaintext`` says this is a lab."""
+    if tls or allow:
+        return
+    off = [f"{h}:{p}" for h, p in brokers if not is_loopback(h)]
+    if off:
+        raise PlaintextRefused(plaintext_refusal(off))
+
+
 def topic_matches(topic_filter: str, topic: str) -> bool:
     """Does ``topic`` match the subscription ``topic_filter`` (``+``/``#`` wildcards)?"""
     return mqtt.topic_matches_sub(topic_filter, topic)
@@ -157,7 +177,9 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
 def new_client(s: "ConnSettings", *, reconnect: bool = True) -> mqtt.Client:
     """The one factory of paho clients: MQTT v5, the settings' user name/password and TLS
     (server verified against ``cafile``, or the system's CAs when it is empty; client certificate
-    when given). Callers set the callbacks and connect with ``client.connect(s.host, s.port)``."""
+    when given). Plain MQTT to a broker off the loopback is refused unless ``s.allow_plaintext``
+    (:func:`check_plaintext`). Callers set the callbacks and connect with ``client.connect(s.host, s.port)``."""
+    check_plaintext(s.brokers, bool(s.tls), s.allow_plaintext)
     c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=s.client_id,
                     protocol=mqtt.MQTTv5, reconnect_on_failure=reconnect)
     if s.username:
@@ -252,6 +274,8 @@ class ConnSettings:
     fallback: tuple[tuple[str, int], ...] = ()
     #: on a fallback broker: probe the primary every this many seconds and move back to it (0: never)
     failback_s: float = 0.0
+    #: plain MQTT allowed to a broker off the loopback (``mqtt.allow_plaintext``: a lab only)
+    allow_plaintext: bool = False
 
     @property
     def brokers(self) -> list[tuple[str, int]]:

@@ -356,7 +356,9 @@ class Node:
         data = {
             "device": {"id": device, "unit_code": UNIT, "kind": kind, "location": "杭州市西湖区文三路 采集站"},
             "storage": {"data_dir": str(self.data_dir), "reserve_mb": reserve_mb, "retention_days": 7},
-            "mqtt": {"host": host, "port": port, "keepalive": keepalive, "topic_prefix": PREFIX},
+            "mqtt": {"host": host, "port": port, "keepalive": keepalive, "topic_prefix": PREFIX,
+                     # the veth address is off the loopback: a lab's plain MQTT, said so explicitly
+                     **({"allow_plaintext": True} if netlink else {})},
             "uplink": {"ack_timeout_s": 3, "chunk_size": 128 * 1024, "bandwidth_limit": 4_000_000},
             "evidence": {"block_size": 1 << 20},
             "log": {"format": "text", "level": "info"},

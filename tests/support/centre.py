@@ -121,6 +121,11 @@ class Receiver:
         if c.own_identities:  # its own broker user and its own signing key
             cfg = c.auth.out / "credentials" / f"{self.name}.toml"
             key = ["--receiver-key", str(c.root / "_archive" / "receivers" / f"{self.name}.key")]
+        if self.netlink:  # its broker on the veth address, off the loopback: a lab's plain MQTT, said so
+            lab = c.tmp / f"{self.name}-lab.toml"
+            lab.write_text(Path(cfg).read_text(encoding="utf-8") + "allow_plaintext = true\n", encoding="utf-8")
+            lab.chmod(0o600)
+            cfg = lab
         p = Proc([EDGE, "--config", str(cfg), "archive", "serve", "--root", str(c.root), "--db",
                   self.db_url(), "--broker", self.broker_addr(), "--prefix", PREFIX, "--share", "archive",
                   "--client-id", self.name, *key], c.tmp / f"{self.name}.log",

@@ -24,11 +24,15 @@ def _cfg(**mqtt):
 
 
 def test_fallback_read_and_refused_with_the_key():
-    s = settings_from_config(_cfg(port=1884, fallback=["10.0.0.2:1883", "mqtt://b.example"]).mqtt, "dock-0001")
+    # plain MQTT off the loopback: a lab's config says so (refused otherwise, test_wire_mqtt.py)
+    s = settings_from_config(_cfg(port=1884, fallback=["10.0.0.2:1883", "mqtt://b.example"],
+                                  allow_plaintext=True).mqtt, "dock-0001")
     assert s.brokers == [("127.0.0.1", 1884), ("10.0.0.2", 1883), ("b.example", 1883)]
     # --broker on the command line: that one broker, no fallback
-    assert settings_from_config(_cfg(fallback=["10.0.0.2:1883"]).mqtt, "x", broker="10.0.0.9:1883").brokers == \
-        [("10.0.0.9", 1883)]
+    assert settings_from_config(_cfg(fallback=["10.0.0.2:1883"], allow_plaintext=True).mqtt, "x",
+                                broker="10.0.0.9:1883").brokers == [("10.0.0.9", 1883)]
+    with pytest.raises(ConfigError, match="mqtt.allow_plaintext = true"):
+        _cfg(fallback=["10.0.0.2:1883"])
     with pytest.raises(ConfigError, match="mqtt.fallback") as exc:
         _cfg(fallback=["no-port-here"])
     assert "HOST:PORT" in str(exc.value)
@@ -38,7 +42,7 @@ def test_fallback_read_and_refused_with_the_key():
         settings_from_config(_cfg(fallback=["mqtts://b.example"]).mqtt, "dock-0001")
     # fail-back: every 300 s by default, as configured, 0 = never; refused with the key
     assert s.failback_s == 300
-    assert settings_from_config(_cfg(fallback=["a:1"], failback_s=0).mqtt, "d").failback_s == 0
+    assert settings_from_config(_cfg(fallback=["127.0.0.5:1"], failback_s=0).mqtt, "d").failback_s == 0
     with pytest.raises(ConfigError, match="mqtt.failback_s"):
         _cfg(failback_s=-1)
 

@@ -57,13 +57,61 @@ def test_settings_take_tls_and_credentials_from_the_config(tmp_path):
     s = settings_from_config(cfg.mqtt, "c1")
     assert (s.host, s.port, s.username, s.password) == ("127.0.0.1", 8883, "dock", "pw")
     assert s.tls is not None and s.tls.cafile == "/etc/ca.pem"
-    assert settings_from_config(cfg.mqtt, "c1", broker="mqtt://10.0.0.9").tls is None  # mqtt:// turns it off
+    assert settings_from_config(cfg.mqtt, "c1", broker="mqtt://127.0.0.1").tls is None  # mqtt:// turns it off
     plain = config_mod.load(agent_config(tmp_path, 1883))
     s = settings_from_config(plain.mqtt, "c1", broker="mqtts://10.0.0.9")
     assert (s.host, s.port, s.tls is not None) == ("10.0.0.9", 8883, True)
     assert settings_from_config(None, "c1").tls is None
     with pytest.raises(EdgeError, match="TLS needs a CA file"):
         settings_from_config(None, "c1", certfile="/x.crt")
+
+
+def test_plain_mqtt_off_the_loopback_is_refused_unless_a_lab_says_so(tmp_path):
+    """mqtt.tls = false with a broker that is not on the loopback would send the broker password and
+    every message in clear: refused when the config is read, when a --broker overrides it (agent,
+    archive, monitor) and by the one client factory whoever built the settings; a lab says
+    mqtt.allow_plaintext = true, and doctor then warns loudly."""
+    from agent import config as config_mod
+    from agent.common.errors import ConfigError
+    from agent.runtime.doctor import check_tls
+    from agent.wire.client import ConnSettings, PlaintextRefused, new_client
+
+    why = "拒绝明文连接 / refusing plain MQTT to"
+    for values in ({"mqtt__host": "10.0.0.5"}, {"mqtt__host": "archive.xh.example"},
+                   {"mqtt__fallback": ["mqtt://10.0.0.6:1883"]}):
+        with pytest.raises(ConfigError) as e:
+            config_mod.load(agent_config(tmp_path, 1883, **values))
+        assert why in str(e.value) and "mqtt.tls = true" in str(e.value) and "mqtt.allow_plaintext = true" in str(e.value)
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1"):  # the loopback: plain MQTT is fine
+        assert config_mod.load(agent_config(tmp_path, 1883, mqtt__host=host)).mqtt.host == host
+    plain = config_mod.load(agent_config(tmp_path, 1883))
+    with pytest.raises(PlaintextRefused, match="refusing plain MQTT to 10.0.0.9:1883"):
+        settings_from_config(plain.mqtt, "c1", broker="10.0.0.9:1883")
+    with pytest.raises(PlaintextRefused, match="refusing plain MQTT to 10.0.0.9:1883"):
+        settings_from_config(None, "c1", broker="mqtt://10.0.0.9")
+    with pytest.raises(PlaintextRefused, match="10.0.0.7:1883"):  # settings built by hand (the monitor's way)
+        new_client(ConnSettings("127.0.0.1", 1883, "c1", fallback=(("10.0.0.7", 1883),)))
+    # the command line says it before anything starts (both commands at once: they never reach a network)
+    import subprocess
+
+    from agent.archive.storage import ArchiveStore
+    from tests.support.uplink import EDGE
+
+    ArchiveStore(tmp_path / "archive").close()
+    procs = [subprocess.Popen([EDGE, *args, "--broker", "10.0.0.9:1883"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for args in (["archive", "serve", "--root", str(tmp_path / "archive")],
+                          ["monitor", "--enrolment", str(tmp_path / "archive"), "--db", str(tmp_path / "m.db"), "--no-tui"])]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode != 0 and why in err and "mqtt.allow_plaintext = true" in err, err
+    # a lab: allowed, and doctor says so loudly
+    lab = config_mod.load(agent_config(tmp_path, 1883, mqtt__host="10.0.0.5", mqtt__allow_plaintext=True))
+    s = settings_from_config(lab.mqtt, "c1")
+    assert (s.host, s.tls, s.allow_plaintext) == ("10.0.0.5", None, True)
+    new_client(s)
+    [w] = check_tls(lab)
+    assert w.status == "WARN" and "明文连接！/ PLAIN MQTT to 10.0.0.5" in w.detail and "mqtt.allow_plaintext = true" in w.detail
 
 
 # --- only agent/wire knows a topic -----------------------------------------------------------------
