@@ -195,8 +195,9 @@ class Receiver:
                 else:
                     while not q and not self.stop_event.is_set():
                         cv.wait(0.5)
-                        if q is self._q and time.monotonic() >= min(self._next_merkle, self._next_chain):
-                            break  # an idle archive still signs its checkpoint and evaluates chains
+                        if q is self._q and time.monotonic() >= min(self._next_merkle, self._next_chain,
+                                                                      self._next_sweep):
+                            break  # an idle archive still sweeps _tmp (at start), signs its checkpoint, evaluates chains
                 nxt = q.popleft() if q else None
                 more_waiting = bool(q)
             if q is self._q and time.monotonic() >= self._next_sweep:  # at start, then hourly

@@ -324,3 +324,25 @@ def test_one_devices_quarantine_is_capped_in_items_and_bytes(broker, tmp_path):
     finally:
         w.close()
         t.close()
+
+
+def test_archive_serve_removes_an_old_orphan_tmp_directory_at_start(broker, tmp_path):
+    """`archive serve` sweeps `_tmp` as it starts, with no message arriving (it once waited for the
+    first message or the first checkpoint, 30 s): a directory no transfer owns, untouched for two
+    hours (a receiver killed before it wrote the row), is removed; one touched just now (a transfer
+    being opened) is left."""
+    root = tmp_path / "archive"
+    old_orphan, fresh = root / "_tmp" / DEV / f"{DEV}-orphan", root / "_tmp" / DEV / f"{DEV}-opening"
+    for d in (old_orphan, fresh):
+        (d / mf.FILES_DIR).mkdir(parents=True)
+        (d / mf.FILES_DIR / "clip.mp4").write_bytes(b"\0" * 4096)
+    old = time.time() - 7200
+    for p in (old_orphan / mf.FILES_DIR / "clip.mp4", old_orphan / mf.FILES_DIR, old_orphan):
+        os.utime(p, (old, old))
+    p = start_archive(root, broker.port, tmp_path)
+    try:
+        wait_for(lambda: not old_orphan.exists(), 10, "the old orphan removed at start (not at the first message)", [p])
+        wait_for(lambda: "1 orphaned _tmp directories" in p.text(), 10, "the sweep logged", [p])
+        assert fresh.is_dir() and (fresh / mf.FILES_DIR / "clip.mp4").is_file() and p.alive()
+    finally:
+        p.stop()
