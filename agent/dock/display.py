@@ -99,11 +99,11 @@ WIDE = 140
 def alarm_line(a: dict) -> str:
     """One alarm, its text said once: the title is left out when the message already says it."""
     title, message = a.get("title") or a.get("code") or "", (a.get("message") or "").strip()
-    zh = title.split(" / ")[0]
+    zh, said = title.split(" / ")[0], message.split(" / ")[0]
     if not message or message == title:
         text = title
-    elif zh and zh in message:
-        text = message
+    elif zh and (zh in message or (" / " in message and said and said in zh)):
+        text = message  # the message says the title (记录仪管理员密码错误 ⊃ 管理员密码错误 / wrong admin password: …)
     else:
         text = f"{title} — {message}"
     return f"⚠ {a.get('bay', '')}: {text}"

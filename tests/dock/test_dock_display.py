@@ -11,8 +11,9 @@ from rich.console import Console
 
 from agent.dock.display import alarm_line, render
 
-LONG = ("记录仪管理员密码错误，已停止下载，请核对 dock.recorder_password 后重新插入 / the recorder refused "
-        "the admin password; nothing was copied or erased — check dock.recorder_password and dock it again")
+#: the station's own message for a refused admin password (agent/dock/bay.py), long enough to wrap
+LONG = ("管理员密码错误 / wrong admin password: the recorder refused dock.admin_password; "
+        "nothing copied or erased")
 
 
 def _state() -> dict:
