@@ -163,13 +163,24 @@ def sign_next(root: str | os.PathLike, unit: str, content: wp.Content, *, versio
 
 def publish(settings: ConnSettings, topic: str, payload: bytes, timeout: float = 10.0) -> None:
     """Publish ``payload`` retained (QoS 1) and wait for the broker's PUBACK; EdgeError if the
-    broker cannot be reached or refuses it."""
+    broker cannot be reached or refuses it. With a user name it logs in as ``NAME.policy``
+    (`archive broker-config` gives every archive login one): the broker keeps one session per
+    login, and ``NAME`` may be the running receiver's, which a login of its own would end."""
+    import dataclasses
+
+    from agent.wire.client import instance_user
+
+    if settings.username:
+        settings = dataclasses.replace(settings, username=instance_user(settings.username, "policy"))
     conn = Connection(settings, name="policy-publish")
     conn.start()
     try:
         if not conn.wait_connected(timeout):
+            hint = (f" — 登录名 {settings.username} 由 `archive broker-config` 生成 / the login {settings.username} "
+                    "is made by `archive broker-config` (run it again and reload the broker)"
+                    if settings.username and "authori" in str(conn.last_error or "").lower() else "")
             raise EdgeError(f"无法连接代理 / cannot reach the broker at {settings.host}:{settings.port}: "
-                            f"{conn.last_error or 'no connection'}")
+                            f"{conn.last_error or 'no connection'}{hint}")
         h = conn.publish(topic, payload, qos=1, retain=True, timeout=timeout)
         if not h.wait(timeout):
             raise EdgeError(f"代理未确认 / the broker did not acknowledge the policy within {timeout:g} s")

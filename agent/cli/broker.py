@@ -35,6 +35,7 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
                "passwd": str(files.passwd), "devices": devices, "receivers": receivers,
                "services": [i.name for i in files.identities if i.role != "device"],
                "monitor_logins": [i.name for i in files.identities if i.role == "monitor"] + files.instances,
+               "policy_logins": list(files.publishers),
                "created": list(files.created), "rotated": list(files.rotated), "kept": list(files.kept),
                "stale": list(files.stale), "credentials": str(out / broker_auth.CREDENTIALS)}
     if quiet:
@@ -45,6 +46,9 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
     if files.instances:
         click.echo(f"  监控的其他连接登录名（同一密码）/ the monitor's other connection logins (its password): "
                    f"{files.instances[0]} … {files.instances[-1]}")
+    if files.publishers:
+        click.echo(f"  发布策略的登录名（同一密码，仅写策略）/ `archive policy publish` logins (same password, policies only): "
+                   f"{', '.join(files.publishers)}")
     for label, names in (("新建 / new", files.created), ("更换 / rotated", files.rotated), ("保留 / kept", files.kept)):
         if names:
             click.echo(f"  {label}: {', '.join(names)}")

@@ -13,6 +13,10 @@ with ``%u`` confine each device to its own topics), plus three service identitie
   It opens several connections at once (its shares), so it gets one login per connection:
   ``monitor``, ``monitor.1`` … ``monitor.N-1`` (``monitor_connections``), one password, the same rights.
 
+Each archive login (``archive`` and every enrolled receiver) comes with ``NAME.policy``, its
+password, allowed only to write the units' policies: `archive policy publish` logs in with it, so
+it never takes the session of the receiver running under ``NAME``.
+
 A device reads the policy of its own unit only: the unit comes from the enrolment, so each
 enrolled device gets a ``user`` block of its own granting ``P/unit/ITS-UNIT/policy``.
 - ``ops``: ``edge-agent command send``: writes ``P/dev/D/cmd``, reads ``P/dev/D/cmd/resp`` and
@@ -120,6 +124,8 @@ class BrokerFiles:
     stale: list[str] = field(default_factory=list)   # credential files of names no longer enrolled
     #: the monitor's logins for its connections 1..N-1 (its password, its rights; no file of their own)
     instances: list[str] = field(default_factory=list)
+    #: NAME.policy of each archive login (`archive policy publish`; its password, policies only)
+    publishers: list[str] = field(default_factory=list)
 
 
 # -- the ACL ----------------------------------------------------------------------------------
@@ -141,6 +147,9 @@ def _device_read(t: Topics, d: str) -> list[str]:
 def _state_topics(t: Topics, d: str) -> list[str]:
     """What the monitor shows: a device's retained state and health."""
     return [t.status(d), t.health(d), t.alarm(d, "+"), t.component(d, "+"), t.chain(d), t.ratio(d)]
+
+
+POLICY = "policy"   # the instance of each archive login that `archive policy publish` uses
 
 
 def monitor_logins(monitor: str, connections: int) -> list[str]:
@@ -184,6 +193,10 @@ def acl_text(prefix: str = "edge", services: dict[str, str] | None = None,
     for rid in sorted(set(receivers)):  # enrolled receivers: each its own identity, the same rights
         lines += block(rid, f"Archive receiver {rid} (enrolled with a key of its own: `archive receiver add`).",
                        archive_rules)
+    for name in [s["archive"], *sorted(set(receivers))]:  # `archive policy publish` beside the receiver
+        lines += block(instance_user(name, POLICY), f"`archive policy publish` with the credentials of {name} (one "
+                       "login, one session: never the receiver's own): the units' signed policies only.",
+                       [("write", t.all_unit_policies())])
     monitor_rules = [("read", topic) for topic in _state_topics(t, "+")] \
         + [("read", t.archive_status()), ("read", t.all_archive_receivers()), ("read", t.all_unit_policies()),
            ("read", t.archive_checkpoint())]
@@ -312,21 +325,22 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
         raise EdgeError(f"监控连接数不合法 / --monitor-connections {monitor_connections!r}: 1 to 64 (the monitor's "
                         "--connections)")
     instances = monitor_logins(s["monitor"], monitor_connections)[1:]
+    receivers = sorted(set(receivers))
+    publishers = {name: instance_user(name, POLICY) for name in [s["archive"], *receivers]}
     if not safe_segment(prefix):
         raise EdgeError(f"主题前缀不合法 / unsafe topic prefix {prefix!r}: letters, digits, '_', '.', '-' only")
     devices = sorted(set(devices))
     for d in devices:
         if not safe_segment(d):
             raise EdgeError(f"设备编号不能作为用户名 / device id {d!r} cannot be an MQTT user name")
-    clash = sorted(set(devices) & (set(s.values()) | set(instances)))
+    clash = sorted(set(devices) & (set(s.values()) | set(instances) | set(publishers.values())))
     if clash:
         raise EdgeError(f"设备编号与服务身份重名 / device id(s) {', '.join(clash)} equal a service user name; "
                         "choose other names with --archive-user/--monitor-user/--ops-user")
-    receivers = sorted(set(receivers))
     for r in receivers:
         if not safe_segment(r):
             raise EdgeError(f"接收端编号不能作为用户名 / receiver id {r!r} cannot be an MQTT user name")
-    clash = sorted(set(receivers) & (set(devices) | set(s.values()) | set(instances)))
+    clash = sorted(set(receivers) & (set(devices) | set(s.values()) | set(instances) | set(publishers.values())))
     if clash:
         raise EdgeError(f"接收端编号与设备或服务身份重名 / receiver id(s) {', '.join(clash)} equal a device id or "
                         "a service user name")
@@ -365,13 +379,14 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
             atomic_write(path, _credential_text(ident).encode("utf-8"), mode=0o600)
         files.credentials[name] = path
         files.identities.append(ident)
-        logins = [name] + (instances if name == s["monitor"] else [])
-        for login in logins:  # the monitor's other logins: its password, each its own salt
+        logins = [name] + (instances if name == s["monitor"] else []) + ([publishers[name]] if name in publishers else [])
+        for login in logins:  # the monitor's other logins, NAME.policy: its password, each its own salt
             hashed = old_hashes.get(login)
             if hashed is None or not check_password(ident.password, hashed):
                 hashed = hash_password(ident.password)
             passwd_lines.append(f"{login}:{hashed}")
     files.instances = instances
+    files.publishers = sorted(publishers.values())
     known = {n for n, _ in names}
     files.stale = sorted(p.stem for p in cred_dir.glob("*.toml") if p.stem not in known)
     atomic_write(files.passwd, ("\n".join(passwd_lines) + "\n").encode(), mode=0o600)

@@ -147,11 +147,13 @@ def fallback_addresses(values: list[str], *, tls: bool) -> tuple[tuple[str, int]
     return tuple(out)
 
 
-def instance_user(username: str, k: int) -> str:
+def instance_user(username: str, k: int | str) -> str:
     """The login of a process's connection ``k`` when it opens several to one broker at once (the
-    monitor's shares). The broker binds each login to one session (``use_username_as_clientid``,
-    agent/wire/broker_auth.py), so connection 0 logs in as ``username`` and connection k as
-    ``username.k``, which `archive broker-config` creates with the same password and rights."""
+    monitor's shares) or beside another process of the same identity (``archive policy publish``
+    beside the receiver: ``k`` = "policy"). The broker binds each login to one session
+    (``use_username_as_clientid``, agent/wire/broker_auth.py), so connection 0 logs in as
+    ``username`` and connection k as ``username.k``, which `archive broker-config` creates with
+    the same password."""
     return username if k == 0 else f"{username}.{k}"
 
 

@@ -229,7 +229,8 @@ def test_generate_again_keeps_passwords_rotates_on_request_and_adds_devices(tmp_
     # the monitor's connection logins (monitor.1 ...) carry the monitor's password
     assert third.instances and all(n.startswith("monitor.") for n in third.instances)
     lines = third.passwd.read_text().splitlines()
-    assert sorted(ln.split(":", 1)[0] for ln in lines) == sorted([*pw3, *third.instances])
+    assert third.publishers == ["archive.policy"]
+    assert sorted(ln.split(":", 1)[0] for ln in lines) == sorted([*pw3, *third.instances, *third.publishers])
     for line in lines:
         name, hashed = line.split(":", 1)
         assert broker_auth.check_password(pw3[name.split(".", 1)[0]], hashed)

@@ -178,3 +178,43 @@ def test_each_login_holds_one_session_and_the_monitor_has_one_login_per_connecti
         for p in peers:
             p.close()
         mq.stop()
+
+
+def test_policy_publish_beside_the_running_receiver_does_not_take_its_session(tmp_path):
+    """`archive policy publish` run with the receiver's own credentials file (archive.toml) logs
+    in as ``archive.policy``: the receiver logged in as ``archive`` stays connected, the device
+    gets the signed policy of its unit. ``archive.policy`` may write policies and nothing else."""
+    from tests.policy.test_policy import POLICY_TOML
+    from tests.support.uplink import UNIT, run
+
+    port = free_port()
+    files = broker_auth.generate(tmp_path / "b", DEVICES, port=port, units={d: UNIT for d in DEVICES})
+    assert files.publishers == ["archive.policy"]
+    pw = {i.name: i.password for i in files.identities}
+    mq = Broker(tmp_path, files.conf.read_text(), port)
+    receiver = Watched(port, "archive", pw["archive"], client_id="rx-1")
+    device = Peer(port, "dock-0001", pw["dock-0001"])
+    publisher = Peer(port, "archive.policy", pw["archive"])
+    try:
+        for p in (receiver, device):
+            assert p.connect().value == 0
+        assert device.subscribe(T.unit_policy(UNIT)) == [1]
+        root = tmp_path / "archive"
+        run(["archive", "policy", "key", "--new", "--root", str(root)], check=True)
+        (tmp_path / "policy.toml").write_text(POLICY_TOML, encoding="utf-8")
+        p = run(["archive", "policy", "publish", "--unit", UNIT, "--file", str(tmp_path / "policy.toml"), "--root",
+                 str(root), "--broker", f"127.0.0.1:{port}", "--json"], config=files.credentials["archive"])
+        assert p.returncode == 0, p.stderr
+        topic, body = device.messages.get(timeout=DEADLINE)
+        assert topic == T.unit_policy(UNIT) and b'"edge-policy/1"' in body
+        assert receiver.publish(T.ack("dock-0001"), b"still-served") in ACCEPTED
+        assert not receiver.dropped.is_set(), "policy publish took the receiver's session"
+        assert "as archive.policy (" in mq.text() and TAKEOVER not in mq.text()
+        # the publishing login writes policies only
+        assert publisher.connect().value == 0
+        for topic in (T.ack("dock-0001"), T.archive_status(), T.archive_checkpoint()):
+            assert publisher.publish(topic, b"forged") == 0x87, topic
+    finally:
+        for p in (receiver, device, publisher):
+            p.close()
+        mq.stop()
