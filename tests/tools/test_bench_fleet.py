@@ -81,3 +81,4 @@ def test_archive_part_alone_through_the_shipped_broker(tmp_path, capsys):
     assert all("anonymous off" in a["broker"] for a in res["archive"])
     text = capsys.readouterr().out
     assert "| monitor |" not in text and "| postgresql | 3 | 3/3 × 16 KiB |" in text
+    assert "| archive index | receivers | items | items/s overall (steady) | MB/s overall (steady) |" in text

@@ -289,7 +289,8 @@ def table(res: dict) -> str:
                      f"{lat['p50']} / {lat['p99']} / {lat['max']} ({lat['samples']} samples, {lat['missed']} missed) | "
                      f"{r['api_fleet_s']} |")
     if res["archive"]:
-        lines += ["", "| archive index | receivers | items | items/s | MB/s | receiver CPU s | MB per receiver CPU s "
+        lines += ["", "| archive index | receivers | items | items/s overall (steady) | MB/s overall (steady) | receiver CPU s "
+                      "| MB per receiver CPU s "
                       "| PostgreSQL commits, rows written per item | retransmits | receipts checked | at (UTC), load | ok |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for a in res["archive"]:
@@ -298,7 +299,7 @@ def table(res: dict) -> str:
                 cost = f"{pg['commits_per_item']}, {pg['rows_per_item']}" if pg else "-"
                 la = r.get("load_average") or []
                 lines.append(f"| {a['index']} | {r['receivers']} | {r['stored']}/{r['items']} × {a['item_kib']} KiB | "
-                             f"{r['steady_items_s'] or r['items_s']} | {r['steady_mb_s'] or r['mb_s']} | "
+                             f"{r['items_s']} ({r['steady_items_s'] or '-'}) | {r['mb_s']} ({r['steady_mb_s'] or '-'}) | "
                              f"{r['receiver_cpu_s_total']} | {r.get('mb_per_receiver_cpu_s')} | "
                              f"{cost} | {r.get('retransmits')} | {r.get('receipts')} | "
                              f"{r.get('at_utc', '-')}, {' '.join(map(str, la))} | "
