@@ -40,3 +40,13 @@ class ReportPort(Protocol):
         """A docking station's equipment ratio report (``agent.wire.health.RATIO_SCHEMA``)."""
         ...
 
+
+
+class ReceiptPort(Protocol):
+    """The archive keys this device pins now (``uplink trust-archive``, revocations included), to
+    check a receipt kept in the ledger once more before a recorder file is erased."""
+
+    def verify_receipt(self, receipt: dict) -> None:
+        """Return when ``receipt`` carries a valid signature by a pinned, unrevoked archive key;
+        otherwise raise ``EdgeError`` saying what failed."""
+        ...

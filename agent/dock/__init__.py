@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 
-def make_component(agent, alarms, report):
-    """The docking-station component of ``agent`` (kind = dock); ``alarms`` and ``report`` are its
-    ports (agent/common/ports.py: ``AlarmPort``, ``ReportPort``), handed in by the runtime."""
+def make_component(agent, alarms, report, receipts=None):
+    """The docking-station component of ``agent`` (kind = dock); ``alarms``, ``report`` and
+    ``receipts`` are its ports (agent/common/ports.py: ``AlarmPort``, ``ReportPort``,
+    ``ReceiptPort``), handed in by the runtime. Without ``receipts`` no after-archive erase happens."""
     from .station import DockStation
 
-    return DockStation(agent, alarms, report)
+    return DockStation(agent, alarms, report, receipts)

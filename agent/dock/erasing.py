@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from drivers.recorder import FileRecord, RecorderError, RecorderGone, RecorderRefused, RecorderTimeout
 from drivers.recorder.protocol import Result
@@ -71,12 +71,15 @@ def resume_proven(copies: Sequence[dict], resumed_at: int, reread_hash: str | No
 
 def erase_decision(policy: str, rec: FileRecord, row: dict | None, *, copies: Sequence[dict] = (),
                    sealed: dict | None = None, reread_hash: str | None = None, conflict: bool = False,
-                   resumed_at: int = 0) -> Decision:
+                   resumed_at: int = 0, verify_receipt: Callable[[dict], None] | None = None) -> Decision:
     """May this file be erased from the recorder now? — the one place the rule lives.
 
     after-archive, every condition on this exact file: the store has the item ``archived`` (or
     ``purged`` after it); the archive's receipt, kept with it in the ledger, names a
-    ``manifest_hash``; the bay's copy record (audit ``copy``: the hash and size computed while
+    ``manifest_hash`` and its signature verifies again, now, against the archive keys this device
+    pins (``verify_receipt``, the station's ``ReceiptPort``: none given, nothing is erased; a
+    receipt altered in the ledger after the uplink accepted it, or signed by a key revoked since,
+    keeps the file); the bay's copy record (audit ``copy``: the hash and size computed while
     the file was copied, and the manifest sealed for it) exists; the sealed manifest's entry for
     the file (as recorded at seal and, while still in the spool, as read back) has that
     same hash and size, which is the recorder's file size; and the receipt's manifest hash is the
@@ -113,11 +116,12 @@ def erase_decision(policy: str, rec: FileRecord, row: dict | None, *, copies: Se
         if not resume_proven(copies, resumed_at, reread_hash):
             return Decision(False, "续传未经复核 / the copy was resumed after an unplug and is not proven identical "
                                    "to the recorder's file (no prefix check, no matching second read)", True)
-        return _archived_and_same(rec, row, copies, sealed)
+        return _archived_and_same(rec, row, copies, sealed, verify_receipt)
     return Decision(False, f"unknown erase policy {policy!r}", True)
 
 
-def _archived_and_same(rec: FileRecord, row: dict, copies: Sequence[dict], sealed: dict | None) -> Decision:
+def _archived_and_same(rec: FileRecord, row: dict, copies: Sequence[dict], sealed: dict | None,
+                       verify_receipt: Callable[[dict], None] | None) -> Decision:
     def refuse(why: str) -> Decision:
         return Decision(False, why, True)
 
@@ -128,6 +132,13 @@ def _archived_and_same(rec: FileRecord, row: dict, copies: Sequence[dict], seale
     named = receipt.get("manifest_hash") if isinstance(receipt, dict) else None
     if not isinstance(named, str) or not named:
         return refuse("归档回执未列出清单哈希 / the archive's receipt names no manifest hash")
+    if verify_receipt is None:
+        return refuse("无法复核归档回执签名 / no archive keys to check the receipt's signature again")
+    try:
+        verify_receipt(receipt)
+    except EdgeError as exc:
+        return refuse(f"归档回执签名无效 / the archive's receipt kept in the ledger does not verify against the "
+                      f"archive keys pinned now: {exc}")
     if not copies:
         return refuse("无复制记录 / no record of this file's copy from the recorder (hash computed while copying)")
     for c in copies:
@@ -253,7 +264,8 @@ class BayErase(BayPart):
                     self._problem(f"复核失败 / {rec.name}: {exc.strerror}")
                 self.set("uploading")
             d = erase_decision(policy, rec, e["row"], copies=copies, sealed=sealed, reread_hash=e["reread"],
-                               conflict=conflict, resumed_at=e.get("resumed_at", 0))
+                               conflict=conflict, resumed_at=e.get("resumed_at", 0),
+                               verify_receipt=s.receipts.verify_receipt if s.receipts is not None else None)
             if d.erase:
                 self._erase(e, serial, policy, d.why)
                 continue

@@ -27,7 +27,7 @@ from drivers.recorder.sgio import SgDevice
 from drivers.recorder.udev import NodeTable, detection_mode, list_nodes, mount_point, start_monitor
 
 from agent.common import ratio as rule
-from agent.common.ports import AlarmPort, ReportPort
+from agent.common.ports import AlarmPort, ReceiptPort, ReportPort
 from agent.common.timeutil import now_iso
 from .bay import Bay
 from .pool import FairPool
@@ -55,10 +55,12 @@ HEARTBEAT_S = 5.0
 class DockStation:
     name = "dock"
 
-    def __init__(self, agent, alarms: AlarmPort, report: ReportPort):
+    def __init__(self, agent, alarms: AlarmPort, report: ReportPort, receipts: ReceiptPort | None = None):
         self.agent = agent
         self.alarm_port = alarms
         self.report = report
+        #: the pinned archive keys: a receipt is checked again before an after-archive erase (none: no erase)
+        self.receipts = receipts
         self.cfg = agent.cfg
         self.store = agent.store
         self.stop_event = threading.Event()

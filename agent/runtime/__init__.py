@@ -171,7 +171,8 @@ def build_agent(cfg: Config) -> Agent:
 
     The producers are handed their ports (agent/common/ports.py): the health component is the
     dock's ``AlarmPort`` and ``ReportPort`` and the room's ``AlarmPort`` (and its ``tick`` the
-    room's ``refresh``), so neither producer reaches MQTT itself."""
+    room's ``refresh``), so neither producer reaches MQTT itself; the pinned archive keys
+    (``agent.uplink.trust.ReceiptCheck``) are the dock's ``ReceiptPort``."""
     from agent import health, uplink
     from agent.common import control
 
@@ -183,7 +184,9 @@ def build_agent(cfg: Config) -> Agent:
     if cfg.device.kind == "dock":
         from agent import dock
 
-        agent.add(dock.make_component(agent, alarms=h, report=h))
+        from agent.uplink.trust import ReceiptCheck
+
+        agent.add(dock.make_component(agent, alarms=h, report=h, receipts=ReceiptCheck(cfg)))
     else:
         from agent import room
 

@@ -29,6 +29,18 @@ def archive_trust(cfg) -> ArchiveTrust:
         raise EdgeError(f"uplink.archive_keys: {exc}") from None
 
 
+class ReceiptCheck:
+    """The dock's ``ReceiptPort`` (agent/common/ports.py): a receipt kept in the ledger, verified
+    again before a recorder file is erased against the archive keys pinned now (read afresh each
+    time: a key revoked since the receipt was accepted no longer frees anything)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def verify_receipt(self, receipt: dict) -> None:
+        archive_trust(self.cfg).verify(receipt, "receipt")
+
+
 def pin_archive_key(cfg, path: Path) -> tuple[str, Path]:
     """Copy the archive public key at ``path`` into DATA_DIR/keys/archive/ (named by key id);
     returns (key id, where it went). Refuses anything that is not an Ed25519 public key, and a

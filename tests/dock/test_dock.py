@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.config import Config
 from agent.evidence import keys
@@ -62,12 +63,18 @@ class Station:
         from agent.dock import make_component
         from agent.health import make_component as make_health
 
+        from agent.uplink.trust import ReceiptCheck
+
         self.cfg = cfg
         self.agent = Agent(cfg, new_store(cfg) if not (cfg.data_dir / "keys" / "device.key").exists() else None)
         self.agent.uplink = uplink
         self.store = self.agent.store
+        pin = cfg.data_dir / "keys" / "archive" / f"archive-{keys.key_id(ARCHIVE.public_key())}.pub"
+        pin.parent.mkdir(parents=True, exist_ok=True)
+        pin.write_bytes(keys.public_pem(ARCHIVE.public_key()))  # what `uplink trust-archive` pins
         self.health = make_health(self.agent)
-        self.dock = self.agent.add(make_component(self.agent, alarms=self.health, report=self.health))
+        self.dock = self.agent.add(make_component(self.agent, alarms=self.health, report=self.health,
+                                                  receipts=ReceiptCheck(cfg)))
         self.agent.start()
 
     def bay(self, name: str) -> dict:
@@ -120,14 +127,20 @@ def sealed_items(store: Store) -> list[dict]:
     return [r for r in store.items() if r["state"] in ("sealed", "uploading", "archived", "purged")]
 
 
+#: the archive's key in these tests: the test Station pins it, receipt_for signs with it
+ARCHIVE = Ed25519PrivateKey.generate()
+
+
 def receipt_for(row: dict, **changes) -> dict:
-    """The fields of the archive's receipt (agent/archive/storage.py ``_receipt``) for the item as
-    sealed: what the uplink stores with ``Store.mark_archived`` when the archive answers stored."""
-    r = {"archive": "archive-test", "device": "dock-0001", "item": row["id"], "seq": row["device_seq"],
-         "path": f"dock-0001/{row['id']}", "manifest_hash": row["manifest_hash"], "item_hash": row["item_hash"],
-         "annotations": 0, "stored_at": "2026-11-27T18:00:00+08:00"}
+    """The archive's receipt (agent/archive/storage.py ``_receipt``, signed by the archive key the
+    station pins) for the item as sealed: what the uplink stores with ``Store.mark_archived`` when
+    the archive answers stored."""
+    from agent.wire.receipts import ArchiveSigner
+
+    r = {"device": "dock-0001", "item": row["id"], "seq": row["device_seq"], "manifest_hash": row["manifest_hash"],
+         "item_hash": row["item_hash"], "annotations": 0, "stored_at": "2026-11-27T18:00:00+08:00"}
     r.update(changes)
-    return r
+    return ArchiveSigner(ARCHIVE, "archive-test").receipt(r, nonce="ab" * 16)
 
 
 def copy_records(store: Store) -> dict[str, dict]:
@@ -221,8 +234,9 @@ def test_dock_copy_seal_metadata_and_erase_after_archive(env, media):
 
 def test_erase_needs_the_receipt_the_sealed_manifest_and_the_copy_to_agree(env, media):
     """Issue 14: the ledger's state alone never frees a recorder. Four files, each archived as far
-    as the ledger knows: only the one whose receipt names the manifest sealed for it, whose entry
-    has the hash and size computed while copying, is erased; each other one stays on the recorder
+    as the ledger knows: only the one whose receipt verifies against the pinned archive key and
+    names the manifest sealed for it, whose entry has the hash and size computed while copying, is
+    erased (a receipt altered in the ledger after acceptance does not verify); each other one stays on the recorder
     with the reason in the bay's problems, the log and the audit chain."""
     data, ports, made = env
     st = start_station(made, make_cfg(data, ports))
@@ -231,8 +245,10 @@ def test_erase_needs_the_receipt_the_sealed_manifest_and_the_copy_to_agree(env, 
     rows = {r["id"]: r for r in sealed_items(st.store)}
     by_file = {c["file"]: rows[item] for item, c in copy_records(st.store).items()}
     good, forged, bare, tampered = sorted(n for n in by_file if "_IMP" not in n)
-    # a receipt about another manifest (a forged acknowledgement, or another item's receipt)
-    st.store.mark_archived(by_file[forged]["id"], receipt_for(by_file[forged], manifest_hash="ab" * 32))
+    # the ledger holds a genuine receipt altered after it was signed, to name another manifest (someone
+    # with the ledger file edited it; written whole here: an edit after the archived state could
+    # race the bay's decision): its signature no longer verifies against the pinned archive key
+    st.store.mark_archived(by_file[forged]["id"], dict(receipt_for(by_file[forged]), manifest_hash="ab" * 32))
     # archived in the ledger with no receipt at all: if the check ever stops applying, this is erased
     st.store.mark_archived(by_file[bare]["id"], {})
     # the manifest in the spool names another hash for the file than the copy computed
@@ -246,7 +262,8 @@ def test_erase_needs_the_receipt_the_sealed_manifest_and_the_copy_to_agree(env, 
     assert sim.erased == [good] and b["erased"] == 1 and b["state"] == "error"
     assert {forged, bare, tampered} <= {f.name for f in sim.files}
     problems = " | ".join(b["problems"])
-    assert f"{forged} kept on the recorder" in problems and "the archive's receipt names manifest abababab" in problems
+    assert f"{forged} kept on the recorder" in problems and "归档回执签名无效 / the archive's receipt kept in the ledger " \
+        "does not verify against the archive keys pinned now: receipt: signature does not verify" in problems
     assert f"{bare} kept on the recorder" in problems and "names no manifest hash" in problems
     assert f"{tampered} kept on the recorder" in problems and "differs from the sealed manifest's entry" in problems
     erases = {json.loads(e["detail"])["file"]: json.loads(e["detail"]) for e in st.store.audit.entries(action="erase")}
@@ -257,7 +274,8 @@ def test_erase_needs_the_receipt_the_sealed_manifest_and_the_copy_to_agree(env, 
 
 def test_erase_at_the_next_docking_after_the_local_copy_was_purged(env, media):
     """Taken away before the archive answered; archived and purged (retention) meanwhile: at the
-    next docking the copy record stands for the sealed manifest no longer in the spool."""
+    next docking the copy record stands for the sealed manifest no longer in the spool. One
+    receipt altered in the ledger after it was accepted keeps its file on the recorder."""
     data, ports, made = env
     st = start_station(made, make_cfg(data, ports))
     sim = start_sim(made, media, ports / "ttyREC1")
@@ -268,9 +286,23 @@ def test_erase_at_the_next_docking_after_the_local_copy_was_purged(env, media):
         st.store.mark_archived(row["id"], receipt_for(row))
     assert len(st.store.purge_expired(at=time.time() + 10**9)) == 5
     assert not any(Path(r["path"]).exists() for r in sealed_items(st.store))
+    # one receipt, accepted and in the ledger, altered there afterwards (someone with the ledger file
+    # points it at another manifest, or puts in another item's): that file stays on the recorder
+    files = {item: c["file"] for item, c in copy_records(st.store).items()}
+    altered = next(r for r in sealed_items(st.store) if "_IMP" not in files[r["id"]])
+    import sqlite3
+
+    con = sqlite3.connect(str(data / "ledger.db"), timeout=30)
+    with con:
+        con.execute("UPDATE items SET receipt = ? WHERE id = ?",
+                    [json.dumps(dict(json.loads(altered["receipt"]), item_hash="cd" * 32)), altered["id"]])
+    con.close()
     sim = start_sim(made, media, ports / "ttyREC1")
-    b = st.wait("bay-1", ("done",))
-    assert b["already"] == 5 and b["erased"] == 4 and len(sim.erased) == 4 and b["problems"] == []
+    b = st.wait("bay-1", ("done", "error"))
+    assert b["already"] == 5 and b["erased"] == 3 and len(sim.erased) == 3, b
+    [problem] = b["problems"]
+    assert "kept on the recorder" in problem and "归档回执签名无效 / the archive's receipt kept in the ledger does not " \
+        "verify against the archive keys pinned now: receipt: signature does not verify" in problem
 
 
 @pytest.mark.parametrize("policy,erased", [("after-local-verify", 4), ("never", 0)])

@@ -20,7 +20,7 @@ from agent.dock.display import bay_rows, render
 from agent.dock.erasing import erase_decision, resume_proven
 from tests.dock.test_dock import (SERIAL, copy_records, env, make_cfg, media, media_master, receipt_for,  # noqa: F401
                              sealed_items, sha, start_sim, start_station)
-from tests.dock.test_dock_units import SEALED, copy, rec, row
+from tests.dock.test_dock_units import SEALED, VERIFY, copy, rec, row
 from tools.media import make_big_file
 
 
@@ -91,24 +91,24 @@ def test_good_resume_carries_its_prefix_check_into_the_copy_record(env, media):
 
 def test_erase_rule_refuses_an_unproven_resumed_copy():
     # resumed (the audit's ingest entries say so) but the copy record has no prefix check: withheld for good
-    d = erase_decision("after-archive", rec(), row(), copies=[copy()], sealed=SEALED, resumed_at=500)
+    d = erase_decision("after-archive", rec(), row(), copies=[copy()], sealed=SEALED, resumed_at=500, verify_receipt=VERIFY)
     assert not d.erase and d.final and "resumed" in d.why
-    d = erase_decision("after-archive", rec(), row(), copies=[copy(resumed_at=500)], sealed=SEALED)
+    d = erase_decision("after-archive", rec(), row(), copies=[copy(resumed_at=500)], sealed=SEALED, verify_receipt=VERIFY)
     assert not d.erase and "resumed" in d.why
     bad = {"bytes": 500, "alg": "sha256", "recorder_hash": "r", "local_hash": "l"}
     assert not erase_decision("after-archive", rec(), row(), copies=[copy(resumed_at=500, prefix_check=bad)],
-                              sealed=SEALED).erase
+                              sealed=SEALED, verify_receipt=VERIFY).erase
     short = {"bytes": 400, "alg": "sha256", "recorder_hash": "r", "local_hash": "r"}  # an earlier resume point
     assert not erase_decision("after-archive", rec(), row(), copies=[copy(resumed_at=400, prefix_check=short)],
-                              sealed=SEALED, resumed_at=500).erase
+                              sealed=SEALED, resumed_at=500, verify_receipt=VERIFY).erase
     good = {"bytes": 500, "alg": "sha256", "recorder_hash": "r", "local_hash": "r"}
     assert erase_decision("after-archive", rec(), row(), copies=[copy(resumed_at=500, prefix_check=good)],
-                          sealed=SEALED, resumed_at=500).erase
+                          sealed=SEALED, resumed_at=500, verify_receipt=VERIFY).erase
     # a whole second read with the copy's hash proves it too; one with another hash does not
     assert erase_decision("after-archive", rec(), row(), copies=[copy()], sealed=SEALED, resumed_at=500,
-                          reread_hash="abc").erase
+                          reread_hash="abc", verify_receipt=VERIFY).erase
     assert not erase_decision("after-archive", rec(), row(), copies=[copy()], sealed=SEALED, resumed_at=500,
-                              reread_hash="zzz").erase
+                              reread_hash="zzz", verify_receipt=VERIFY).erase
     assert resume_proven([copy()], 0) and not resume_proven([], 10)
 
 

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from agent.config import Config, loads, render_default
 from agent.dock.copying import source_key
 from agent.dock.erasing import erase_decision
@@ -16,9 +18,18 @@ from agent.dock.registry import Registry
 from agent.config.dock import BaySpec, bay_name_for, parse_bays
 from agent.dock.pool import FairPool
 from agent.common.errors import ConfigError
+from agent.evidence import keys
+from agent.wire.receipts import ArchiveSigner, ArchiveTrust
 from drivers.recorder import FileRecord, FileType, Mark
 
 TZ = _dt.timezone(_dt.timedelta(hours=8))
+
+
+def _ring(*private) -> keys.KeyRing:
+    ring = keys.KeyRing()
+    for k in private:
+        ring.add(k.public_key())
+    return ring
 
 
 def rec(**kw) -> FileRecord:
@@ -28,11 +39,22 @@ def rec(**kw) -> FileRecord:
     return FileRecord(**base)
 
 
+ARCHIVE = Ed25519PrivateKey.generate()  # the archive's key, pinned by this device (TRUST)
+TRUST = ArchiveTrust(ring=_ring(ARCHIVE))
+VERIFY = lambda r: TRUST.verify(r, "receipt")  # noqa: E731 - what the station's ReceiptPort does
+
+
+def signed(body: dict, key=ARCHIVE) -> dict:
+    return ArchiveSigner(key, "archive-1").receipt(body, nonce="cd" * 16)
+
+
 def row(state="archived", content_hash="abc", size=1000, receipt=None, archived_at="2026-11-27T10:00:00+08:00",
         manifest_hash="m1"):
-    """A ledger row as the store keeps it; the receipt is what the archive's carries (manifest_hash)."""
+    """A ledger row as the store keeps it; the receipt is what the archive's carries (manifest_hash),
+    signed by the pinned archive key (a dict given is signed as it is; text is kept as it is)."""
+    r = {"manifest_hash": "m1", "item_hash": "i1"} if receipt is None else receipt
     return {"state": state, "content_hash": content_hash, "size": size, "manifest_hash": manifest_hash,
-            "receipt": json.dumps({"manifest_hash": "m1", "item_hash": "i1"} if receipt is None else receipt),
+            "receipt": json.dumps(signed(r) if isinstance(r, dict) and r else r),
             "archived_at": archived_at if state in ("archived", "purged") else None}
 
 
@@ -50,14 +72,16 @@ SEALED = {"manifest_hash": "m1", "file": {"hash": "abc", "size": 1000}}
 # --- the erase rule -----------------------------------------------------------------------------
 def test_erase_after_archive_when_receipt_manifest_and_copy_agree():
     for sealed in (SEALED, None):  # the sealed manifest still in the spool, or purged
-        d = erase_decision("after-archive", rec(), row(), copies=[copy()], sealed=sealed)
+        d = erase_decision("after-archive", rec(), row(), copies=[copy()], sealed=sealed, verify_receipt=VERIFY)
         assert d.erase and d.final and "same hash and size" in d.why
-        assert erase_decision("after-archive", rec(), row(state="purged"), copies=[copy()], sealed=sealed).erase
+        assert erase_decision("after-archive", rec(), row(state="purged"), copies=[copy()], sealed=sealed,
+                              verify_receipt=VERIFY).erase
     for state in ("receiving", "sealed", "uploading", "rejected"):
-        d = erase_decision("after-archive", rec(), row(state=state), copies=[copy()], sealed=SEALED)
+        d = erase_decision("after-archive", rec(), row(state=state), copies=[copy()], sealed=SEALED, verify_receipt=VERIFY)
         assert not d.erase and not d.final and "waiting" in d.why
-    assert not erase_decision("after-archive", rec(), None, copies=[copy()]).erase
-    assert not erase_decision("after-archive", rec(), row(state="purged", archived_at=None), copies=[copy()]).erase
+    assert not erase_decision("after-archive", rec(), None, copies=[copy()], verify_receipt=VERIFY).erase
+    assert not erase_decision("after-archive", rec(), row(state="purged", archived_at=None), copies=[copy()],
+                              verify_receipt=VERIFY).erase
 
 
 @pytest.mark.parametrize("case, needle", [
@@ -87,9 +111,35 @@ def test_erase_after_archive_withheld_for_good_when_a_record_disagrees(case, nee
     if case.get("receipt") == "not json":
         r["receipt"] = "{not json"
     d = erase_decision("after-archive", rec(), r, copies=case.get("copies", [copy()]),
-                       sealed=case.get("sealed", SEALED))
+                       sealed=case.get("sealed", SEALED), verify_receipt=VERIFY)
     assert not d.erase and d.final and needle in d.why, d
     assert " / " in d.why  # bilingual: 中文 / English
+
+
+def test_erase_after_archive_needs_the_receipt_to_verify_again_against_the_pinned_keys():
+    """Defence in depth: the receipt kept in the ledger is checked again at the erase, against
+    the archive keys pinned now. Altered after the uplink accepted it, signed by a key this device
+    does not pin or revoked since, or with no keys handed to the dock: the file stays."""
+    def decide(receipt_json: str, verify=VERIFY):
+        r = dict(row(), receipt=receipt_json)
+        return erase_decision("after-archive", rec(), r, copies=[copy()], sealed=SEALED, verify_receipt=verify)
+
+    genuine = signed({"manifest_hash": "m1", "item_hash": "i1", "files": [{"name": "a", "size": 1000, "hash": "abc"}]})
+    assert decide(json.dumps(genuine)).erase
+    other = Ed25519PrivateKey.generate()
+    revoked = ArchiveTrust(ring=_ring(ARCHIVE), revoked={keys.key_id(ARCHIVE.public_key())})
+    for receipt, verify, needle in (
+            (dict(genuine, item_hash="i2"), VERIFY, "signature does not verify"),                # altered
+            (dict(genuine, files=[{"name": "a", "size": 1, "hash": "x"}]), VERIFY, "signature does not verify"),
+            ({k: v for k, v in genuine.items() if k != "sig"}, VERIFY, "unsigned"),
+            (signed({"manifest_hash": "m1", "item_hash": "i1"}, other), VERIFY, "not a pinned archive key"),
+            (genuine, lambda r: revoked.verify(r, "receipt"), "revoked on this device"),
+    ):
+        d = decide(json.dumps(receipt), verify)
+        assert not d.erase and d.final and "归档回执签名无效 / the archive's receipt kept in the ledger does not " \
+            "verify against the archive keys pinned now" in d.why and needle in d.why, d
+    d = decide(json.dumps(genuine), None)
+    assert not d.erase and d.final and "无法复核归档回执签名 / no archive keys" in d.why
 
 
 def test_erase_after_local_verify_needs_an_equal_second_read():
@@ -102,7 +152,8 @@ def test_erase_after_local_verify_needs_an_equal_second_read():
 
 def test_never_erase_protected_conflicted_or_policy_never():
     for policy in ("after-archive", "after-local-verify", "never"):
-        d = erase_decision(policy, rec(mark=Mark.IMPORTANT), row(), copies=[copy()], sealed=SEALED, reread_hash="abc")
+        d = erase_decision(policy, rec(mark=Mark.IMPORTANT), row(), copies=[copy()], sealed=SEALED, reread_hash="abc",
+                           verify_receipt=VERIFY)
         assert not d.erase and d.final and "important" in d.why
         assert not erase_decision(policy, rec(locked=True), row(), copies=[copy()], reread_hash="abc").erase
         assert not erase_decision(policy, rec(), row(), copies=[copy()], reread_hash="abc", conflict=True).erase
