@@ -334,7 +334,12 @@ class DockStation:
             data = json.dumps(self.status(), ensure_ascii=False, indent=1, default=str).encode()
             tmp = self.state_path.with_name(f".{self.state_path.name}.tmp")
             try:
-                with open(tmp, "wb") as f:
+                try:  # a left-over temporary (or a link planted there) goes; the new one is made afresh
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                       0o644), "wb") as f:
                     f.write(data)
                 os.replace(tmp, self.state_path)
                 self._state_error = None

@@ -178,6 +178,8 @@ def start_station(made, cfg, uplink=None) -> Station:
 def test_dock_copy_seal_metadata_and_erase_after_archive(env, media):
     data, ports, made = env
     originals = {p.name: sha(p) for p in media.iterdir()}
+    (data / "dock").mkdir(parents=True)  # a link planted at the bay state's temporary name: never written through
+    (data / "dock" / ".bays.json.tmp").symlink_to(data.parent / "outside.json")
     st = start_station(made, make_cfg(data, ports))
     t0 = time.monotonic()
     sim = start_sim(made, media, ports / "ttyREC3", clock_offset=30)
@@ -219,6 +221,8 @@ def test_dock_copy_seal_metadata_and_erase_after_archive(env, media):
     important = [n for n in originals if "_IMP" in n]
     assert sorted(sim.erased) == sorted(set(originals) - set(important))
     assert b["erased"] == 4 and b["kept_protected"] == 1
+    assert not (data.parent / "outside.json").exists() and not (data / "dock" / "bays.json").is_symlink()
+    assert json.loads((data / "dock" / "bays.json").read_bytes())["bays"]
     erases = st.store.audit.entries(action="erase")
     assert len(erases) == 4 and all(json.loads(e["detail"])["result"] == "erased" for e in erases)
     archived_seq = {e["item_id"]: e["seq"] for e in st.store.audit.entries(action="archive")}
