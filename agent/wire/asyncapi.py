@@ -87,7 +87,7 @@ def document() -> dict:
      "{prefix}/dev/{device}/ratio": ch("Equipment ratio report of a docking station; retained.",
                                         ["prefix", "device"], {"$ref": "#/components/messages/ratio"}, True, 1, owner="docking station (agent/dock)"),
      "{prefix}/dev/{device}/chain": ch("Signed chain checkpoint {count, head, sig}; retained. Format: docs/mqtt.md.",
-                                        ["prefix", "device"], {"name": "chain", "payload": {"type": "object", "required": ["count", "head", "sig"], "additionalProperties": True}}, True, 1, owner="agent/uplink/checkpoint.py"),
+                                        ["prefix", "device"], {"name": "chain", "payload": {"type": "object", "required": ["count", "head", "sig"], "additionalProperties": True}}, True, 1, owner="agent/wire/checkpoint.py"),
      "{prefix}/dev/{device}/cmd": ch("Signed commands to the device (e.g. 'rebirth': republish all retained state). Format: docs/mqtt.md.",
                                         ["prefix", "device"], {"name": "cmd", "payload": {"type": "object"}}, False, 1, op="publish", owner="operators, archive"),
      "{prefix}/dev/{device}/cmd/resp": ch("Command results. Format: docs/mqtt.md.",
