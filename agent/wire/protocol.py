@@ -25,7 +25,7 @@ import re
 from typing import Any
 
 from agent.common.errors import EdgeError
-from agent.evidence import strict
+from agent.evidence import manifest as mf, strict
 from agent.evidence.blocks import merge_ranges  # noqa: F401  (also P.merge_ranges for the archive)
 
 PROTO = "edge-xfer/1"
@@ -100,6 +100,10 @@ def parse_manifest(payload: bytes, props: dict[str, str], *, item: str, device: 
         doc = strict.parse_manifest(payload, "manifest")
     except strict.FormatError as exc:
         raise ProtocolError(str(exc)) from None
+    try:  # the mandatory metadata's content rules, as verify and ingest apply them
+        mf.validate_metadata(doc.get("metadata"))
+    except EdgeError as exc:
+        raise ProtocolError(f"metadata: {exc}") from None
     if doc.get("item_id") != item:
         raise ProtocolError(f"manifest item_id {doc.get('item_id')!r} does not match the topic's item {item!r}")
     dev = doc.get("device")

@@ -66,11 +66,12 @@ def check_receipts(roots: list[Path], fleet: dict, urls: list[str | None], shard
     root's key: no receiver here signs with it) and names this device, the item, the sealed
     manifest and its files. Returns {"ok", "problems", "checked", "signed_by": {receiver: n}}."""
     import json
-    import sqlite3
 
     from agent.evidence import keys
+    from agent.store.store import Store
     from agent.evidence import manifest as mf
     from agent.wire.receipts import ArchiveTrust, ReceiptError
+    from tools.scale_sim.fleet import device_config
 
     problems: list[str] = []
     signed_by: dict[str, int] = {}
@@ -87,12 +88,11 @@ def check_receipts(roots: list[Path], fleet: dict, urls: list[str | None], shard
         finally:
             idx.close()
         for dev, d in mine.items():
-            con = sqlite3.connect(f"file:{Path(d['data_dir']) / 'ledger.db'}?mode=ro", uri=True)
-            con.row_factory = sqlite3.Row
+            store = Store(device_config(Path(d["data_dir"]), dev, d.get("unit", "330100000000")))  # the ledger, through its owner
             try:
-                rows = {r["id"]: r for r in con.execute("SELECT id, state, path, manifest_hash, receipt FROM items")}
+                rows = {r["id"]: r for r in store.items()}
             finally:
-                con.close()
+                store.close()
             for item in d["items"]:
                 r = rows.get(item)
                 if r is None or r["state"] != "archived":
