@@ -27,8 +27,6 @@ summary (published counts, achieved rate) at the end.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
 import json
 import random
 import resource
@@ -37,24 +35,13 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.evidence import keys as keys_mod
-from agent.wire.envelope import Sealer
+from tools.fleet_devices import (ALARMS, MAX_DEVICES, MAX_DURATION, SimDevice, _dumps, enrol, iso,  # noqa: F401
+                                 make_fleet, sim_key)
 
-try:  # the simulator must cost little next to the monitor it loads
-    import orjson
-
-    _dumps = orjson.dumps
-except ImportError:  # pragma: no cover
-    def _dumps(obj) -> bytes:
-        return json.dumps(obj, ensure_ascii=False).encode()
-
-MAX_DEVICES = 5000
 MAX_PER_DEVICE = 200
 DESCRIPTORS_PER_CLIENT = 3  # a connection per device: its socket and paho's wake-up socket pair
 
@@ -73,136 +60,6 @@ def max_per_process() -> int:
     if soft == resource.RLIM_INFINITY:
         return MAX_DEVICES
     return max(1, (soft - 200) // DESCRIPTORS_PER_CLIENT)  # 200 for everything else the process opens
-MAX_DURATION = 3600.0
-ALARMS = [("camera_offline", "camera-main", "主摄像头离线", "main camera offline", "critical"),
-          ("recorder_battery_low", "bay-2", "2号仓记录仪电量低", "recorder in bay 2: battery low", "warning"),
-          ("backlog_old", None, "最早未归档资料已超过 24 小时", "oldest unarchived item older than 24 h", "warning")]
-
-
-def iso(t: float | None = None) -> str:
-    t = time.time() if t is None else t
-    return dt.datetime.fromtimestamp(t).astimezone().replace(microsecond=0).isoformat()
-
-
-@dataclass
-class SimDevice:
-    id: str
-    unit_code: str
-    unit_name: str
-    kind: str
-    bdseq: int = 0
-    seq: int = 0
-    started: float = field(default_factory=time.time)
-    items: int = 0
-    recorded_s: int = 0
-    alarm: tuple | None = None
-    _sealer: Sealer | None = field(default=None, repr=False)
-
-    @property
-    def key(self) -> Ed25519PrivateKey:
-        """The simulated device's key: derived from its id (simulator only)."""
-        return sim_key(self.id)
-
-    def seal(self, topic: str, body: dict | bytes) -> bytes:
-        """``body`` in the signed envelope an agent would publish on ``topic``."""
-        if self._sealer is None:  # epoch in microseconds: a new simulator for the same id starts above
-            self._sealer = Sealer(self.key, self.id, time.time_ns() // 1000)
-        return self._sealer.seal(topic, body)
-
-    def status(self, state: str) -> dict:
-        return {"state": state, "bdseq": self.bdseq, "device": self.id, "kind": self.kind, "unit_code": self.unit_code,
-                "unit_name": self.unit_name, "version": "0.1.0-sim", "ts": iso()}
-
-    def components(self) -> dict[str, str]:
-        if self.kind == "room":
-            return {"room": "ok", "camera-main": "ok", "camera-pano": "ok", "microphone": "ok", "sensor": "ok",
-                    "uplink": "ok"}
-        return {"dock": "ok", "bay-1": "ok", "bay-2": "ok", "bay-3": "ok", "uplink": "ok"}
-
-    def health(self) -> dict:
-        self.seq += 1
-        if random.random() < 0.2:
-            self.items += 1
-            self.recorded_s += 600 if self.kind == "room" else 300
-        pending = self.items - int(self.items * 0.8)
-        comps = {n: {"state": s} for n, s in self.components().items()}
-        if self.alarm and self.alarm[0] == "camera_offline":
-            comps["camera-main"] = {"state": "offline"}
-        return {
-            "v": 1, "device": self.id, "unit_code": self.unit_code, "unit_name": self.unit_name, "kind": self.kind,
-            "version": "0.1.0-sim", "ts": iso(), "seq": self.seq, "uptime_s": int(time.time() - self.started),
-            "cpu_percent": round(random.uniform(1, 30), 1), "load1": 0.3,
-            "memory": {"total_bytes": 4 << 30, "used_percent": 41.5, "rss_bytes": 80 << 20},
-            "disk": {"free_bytes": 800 << 30, "total_bytes": 1 << 40, "reserve_bytes": 1 << 30, "low": False},
-            "buffer": {"items": pending, "bytes": pending * (300 << 20), "oldest_age_s": 120 if pending else None,
-                       "pending_annotation": pending // 2, "oldest_pending_annotation_age_s": 600 if pending // 2 else None},
-            "usage": {"items_total": self.items, "items_archived": self.items - pending, "recorded_s": self.recorded_s},
-            "uplink": {"connected": True, "reconnects": 0, "errors": 0, "bytes_sent": self.items * (300 << 20),
-                       "bytes_per_s": 1200.0, "archive_reachable": True, "last_error": None},
-            "clock": {"synchronized": True, "source": "adjtimex", "offset_ms": 3, "max_error_ms": 12},
-            "components": comps,
-            "alarms": [self.alarm_key()] if self.alarm else [],
-        }
-
-    def alarm_key(self) -> str:
-        code, inst = self.alarm[0], self.alarm[1]
-        return f"{code}.{inst}" if inst else code
-
-    def alarm_payload(self, active: bool, since: str) -> dict:
-        code, inst, zh, en, sev = self.alarm
-        out = {"code": code, "key": self.alarm_key(), "active": active, "severity": sev, "since": since, "ts": iso(),
-               "message": {"zh": zh, "en": en}, "source": "sim", "device": self.id, "unit_code": self.unit_code}
-        if not active:
-            out["cleared"] = iso()
-        return out
-
-    def ratio(self, officers: int, recorders: int) -> dict:
-        """What agent/dock/station.py publishes on P/dev/D/ratio."""
-        pct = recorders * 100 // officers if officers else None
-        return {"device": self.id, "at": iso(), "min_ratio_pct": 20, "usage_days": 30, "pending": [],
-                "units": [{"unit_code": self.unit_code, "unit_name": self.unit_name, "officers": officers,
-                           "recorders_in_service": recorders, "ratio_pct": pct, "min_ratio_pct": 20,
-                           "meets_minimum": officers == 0 or recorders * 100 >= 20 * officers,
-                           "recorders_registered": recorders, "recorders_used": recorders, "usage_pct": 100,
-                           "usage_days": 30, "conflicts": 0}]}
-
-
-def sim_key(device: str) -> Ed25519PrivateKey:
-    """The key of a simulated device (derived from its id: never for a real device)."""
-    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(f"fleet-sim:{device}".encode()).digest())
-
-
-def enrol(root, devices: list[SimDevice]) -> int:
-    """Enrol ``devices`` (their simulator keys and units) in the archive root ``root`` (created if
-    missing), as `edge-agent archive enroll` would, in one transaction. Returns how many."""
-    from agent.archive.storage import ArchiveStore
-
-    store = ArchiveStore(root, create=True)
-    try:
-        with store.db.atomic():
-            for d in devices:
-                store.registry.enroll(d.id, keys_mod.public_pem(d.key.public_key()), d.unit_code, force=True,
-                                      actor="fleet-sim")
-    finally:
-        store.db.close()
-    return len(devices)
-
-
-def make_fleet(n: int, units: int, prefix_id: str = "sim", unit_prefix: str = "3301") -> list[SimDevice]:
-    if not 1 <= n <= MAX_DEVICES:
-        raise ValueError(f"--devices {n}: 1..{MAX_DEVICES}")
-    units = max(1, min(units, n))
-    fleet = []
-    for i in range(n):
-        u = i % units
-        idx = i // units
-        # one room per unit except the last unit (shown non-compliant); the rest are docks
-        kind = "room" if idx == 0 and (u < units - 1 or units == 1) else "dock"
-        fleet.append(SimDevice(id=f"{prefix_id}-{u:03d}-{idx:04d}", unit_code=f"{unit_prefix}{u:04d}",
-                               unit_name=f"模拟执法单位{u + 1}", kind=kind))
-    return fleet
-
-
 class FleetSim:
     def __init__(self, host: str, port: int, devices: list[SimDevice], *, prefix: str = "edge", rate: float = 1.0,
                  per_device: bool = False, connections: int = 4, alarm_every: float = 0.0, officers: int = 40,
@@ -234,6 +91,8 @@ class FleetSim:
         self.clients: dict[str, mqtt.Client] = {}
         self._shared: list[mqtt.Client] = []
         self._stop = threading.Event()
+        self._presigned: list | None = None  # health payloads per round, sealed ahead (presign())
+        self._start_at = 0.0
         self.connections = max(1, min(connections, len(devices)))
         # one connection per device: one network thread for all of them (paho's own loop thread
         # uses select(), which cannot watch file descriptors above 1023: about 300 clients)
@@ -330,10 +189,39 @@ class FleetSim:
             if d.kind == "dock":
                 self.pub(d, "ratio", None, d.ratio(self.officers, 6), 1, True)
 
+    def presign(self, duration: float, start_at: float | None = None) -> float:
+        """Seal now every health message :meth:`run` will publish in ``duration`` seconds, each for
+        the time it is scheduled to go out (round n at ``start_at`` + n / rate): genuine messages
+        (the device's key, its next seq, its scheduled time) whose signing is done before a
+        benchmark's timed window, so that the cores go to the system under test. :meth:`run` then
+        waits until ``start_at`` (Unix time; default: now plus an estimate of the signing) and only
+        publishes. Returns ``start_at``."""
+        rounds = max(1, int(min(duration, MAX_DURATION) * self.rate + 0.999))
+        if start_at is None:
+            start_at = time.time() + 2.0 + rounds * len(self.devices) * 150e-6
+        period = 1.0 / self.rate
+        topics = [f"{self.p}/dev/{d.id}/health" for d in self.devices]
+        out = []
+        for n in range(rounds):
+            at = start_at + n * period
+            ts = iso(at)
+            out.append([d.seal(t, _dumps(d.health(at)), ts) for d, t in zip(self.devices, topics)])
+        self._presigned, self._start_at = out, start_at
+        return start_at
+
     def run(self, duration: float) -> dict:
         duration = min(duration, MAX_DURATION)
-        t0 = time.monotonic()
         period = 1.0 / self.rate
+        pre, late = self._presigned, None
+        if pre is not None:  # sealed ahead: start at the time they were sealed for
+            wait = self._start_at - time.time()
+            if wait > 0:
+                self._stop.wait(wait)
+            late = round(max(0.0, -wait), 2)
+            duration = min(duration, len(pre) * period)
+            topics = [f"{self.p}/dev/{d.id}/health" for d in self.devices]
+            conns = [self.client_of(d) for d in self.devices]
+        t0 = time.monotonic()
         n = 0
         next_alarm = t0 + self.alarm_every if self.alarm_every else None
         next_flap = t0 + self.flap_every if self.flap_every else None
@@ -344,8 +232,16 @@ class FleetSim:
                 break
             if tick > now:
                 time.sleep(tick - now)
-            for d in self.devices:
-                self.pub(d, "health", None, d.health(), 0, False)
+            if pre is not None:
+                if n >= len(pre):
+                    break
+                for c, t, payload in zip(conns, topics, pre[n]):
+                    c.publish(t, payload, qos=0)
+                self.published["health"] += len(pre[n])
+                pre[n] = None  # published: its memory goes
+            else:
+                for d in self.devices:
+                    self.pub(d, "health", None, d.health(), 0, False)
             n += 1
             if next_alarm and time.monotonic() >= next_alarm:
                 next_alarm += self.alarm_every
@@ -355,7 +251,7 @@ class FleetSim:
                 self.flap(random.choice(self.devices))
         elapsed = time.monotonic() - t0
         return {"devices": len(self.devices), "rate_hz": self.rate, "rounds": n, "elapsed_s": round(elapsed, 2),
-                "status_changes": self.flaps,
+                "status_changes": self.flaps, "presigned": pre is not None, "late_start_s": late,
                 "published": dict(self.published), "health_msg_per_s": round(self.published["health"] / elapsed, 1)}
 
     def flap(self, d: SimDevice) -> None:
@@ -434,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--credentials-dir", metavar="DIR",
                     help="log each device in as itself with DIR/DEVICE.toml ([mqtt] username, password), as "
                          "`archive broker-config` writes them; implies one connection per device")
+    ap.add_argument("--presign", action="store_true",
+                    help="seal every health message before publishing starts, each for its scheduled time "
+                         "(benchmarks: the signing is not in the timed window); prints 'presigned' to stderr")
+    ap.add_argument("--start-at", type=float, metavar="UNIX_TIME",
+                    help="with --presign: when the first round goes out (default: once sealed)")
     ap.add_argument("--enrol", metavar="ROOT", help="enrol the simulated devices in this archive root first "
                                                     "(the monitor's --enrolment)")
     a = ap.parse_args(argv)
@@ -466,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.enrol:
         enrol(a.enrol, sim.devices)
     sim.connect()
+    if a.presign:
+        t = time.monotonic()
+        start = sim.presign(a.duration, a.start_at)
+        print(f"presigned {sum(len(r) for r in sim._presigned)} messages in {time.monotonic() - t:.1f} s; "
+              f"first round at {start:.2f} (in {start - time.time():.1f} s)", file=sys.stderr, flush=True)
     try:
         out = sim.run(a.duration)
     except KeyboardInterrupt:

@@ -15,6 +15,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from agent.common.errors import EdgeError, NotFoundError
 from agent.common.fs import atomic_write
 
+try:  # libsodium (PyNaCl): verifies Ed25519 in about half OpenSSL's time here, without the GIL held
+    from nacl.bindings import crypto_sign_open as _sodium_open
+    from nacl.exceptions import BadSignatureError as _SodiumBad
+except ImportError:  # pragma: no cover - PyNaCl is a dependency; OpenSSL (cryptography) otherwise
+    _sodium_open = None
+
 
 def load_pem(path: Path, cls: type, *, private: bool, what: str):
     """The PEM key in ``path``, which must be a ``cls``; errors name the file and ``what`` it
@@ -112,6 +118,40 @@ def verify_sig(public: Ed25519PublicKey, data: bytes, sig_b64: str) -> bool:
         public.verify(base64.b64decode(sig_b64), data)
         return True
     except (InvalidSignature, ValueError):
+        return False
+
+
+#: whether :func:`verify_raw` uses libsodium (which releases the GIL while it verifies)
+SODIUM = _sodium_open is not None
+
+
+def public_raw(public: Ed25519PublicKey) -> bytes:
+    """The 32 bytes of an Ed25519 public key (what :func:`verify_raw` takes)."""
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def verify_raw(public: bytes, data: bytes, sig_b64: str) -> bool:
+    """:func:`verify_sig` for a raw 32-byte public key, through libsodium when PyNaCl is there
+    (the monitor's hot path: ~60 µs against OpenSSL's ~110 µs on these machines, and the GIL is
+    released meanwhile). Same answer for every genuine signature; libsodium is the stricter of
+    the two about crafted ones (small-order points, non-canonical encodings): refused, never
+    accepted (tests/monitor/test_monitor_trust.py compares both)."""
+    try:
+        sig = base64.b64decode(sig_b64)
+    except ValueError:
+        return False
+    if len(sig) != 64 or len(public) != 32:
+        return False
+    if _sodium_open is None:
+        try:
+            Ed25519PublicKey.from_public_bytes(public).verify(sig, data)
+            return True
+        except (InvalidSignature, ValueError):
+            return False
+    try:
+        _sodium_open(sig + data, public)
+        return True
+    except (_SodiumBad, ValueError):
         return False
 
 

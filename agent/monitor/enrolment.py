@@ -26,6 +26,7 @@ class Enrolled:
     unit: str
     key_id: str
     public: object  # Ed25519PublicKey
+    raw: bytes = b""  # its 32 bytes (what the signature check takes: agent/evidence/keys.py verify_raw)
 
 
 class Enrolment:
@@ -44,7 +45,7 @@ class Enrolment:
     def of(cls, entries: Iterable[tuple[str, str, object]]) -> "Enrolment":
         """From (device, unit, public key) triples (tests, benchmarks)."""
         e = cls(source="memory")
-        e.devices = {d: Enrolled(d, u, keys.key_id(p), p) for d, u, p in entries}
+        e.devices = {d: Enrolled(d, u, keys.key_id(p), p, keys.public_raw(p)) for d, u, p in entries}
         return e
 
     def reload(self) -> int:
@@ -73,7 +74,7 @@ class Enrolment:
                 self.last_error = str(exc)
                 log.warning("%s", exc)
                 continue
-            new[dev] = Enrolled(dev, unit, keys.key_id(pub), pub)
+            new[dev] = Enrolled(dev, unit, keys.key_id(pub), pub, keys.public_raw(pub))
         self.devices = new  # one reference swap: readers see the old or the new view
         return len(new)
 

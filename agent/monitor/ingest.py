@@ -44,6 +44,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from agent.evidence.keys import SODIUM
 from agent.wire import envelope as sealed, health as pl, health_parse as hp
 from agent.wire.topics import Topics
 from .devstate import DeviceState, signed_at
@@ -243,10 +244,12 @@ class Ingest(DeviceState, Witness):
                     return
                 topic, payload, retained, _t = item
                 self.handle(topic, payload, retained)
-                # hand the GIL to paho's network thread now (it reads one packet per turn): the
-                # socket is drained into the per-device queues faster than messages are verified,
-                # so a flood overflows its own queue, not the broker's queue for the monitor
-                time.sleep(0)
+                # paho's network threads must drain the sockets into the per-device queues faster
+                # than messages are verified, so that a flood overflows its own queue, not the
+                # broker's queue for the monitor: libsodium releases the GIL while it verifies (they
+                # run then); without it, hand the GIL over after each message
+                if not SODIUM:
+                    time.sleep(0)
         except BaseException as exc:  # a bug outside the per-message guard: the process must not stay "online"
             self.failed = f"ingest worker died: {exc!r}"
             log.critical("%s", self.failed, exc_info=True)
@@ -300,7 +303,7 @@ class Ingest(DeviceState, Witness):
         if kind != "status" and last is not None and last[0] == env.key_id and (env.epoch, env.seq) < last[1]:
             # cheap before the signature: older than what this topic showed (a replay or a forgery)
             return self.reject("replayed", topic, f"({env.epoch}, {env.seq}) after {last[1]}", dev, now)
-        if not sealed.verify(env, enr.public):
+        if not sealed.verify(env, enr.raw or enr.public):
             return self.reject("bad_signature", topic, f"not signed by the key enrolled for {dev}", dev, now)
         self.expect.note(dev, env.epoch, env.seq)  # its next messages are expected (kept when the queue is full)
         if not self._allow(dev, now):
@@ -380,7 +383,7 @@ class Ingest(DeviceState, Witness):
             c = new_client(ConnSettings(host=host, port=port, client_id=name,
                                         keepalive=self.s.keepalive, username=user,
                                         password=self.s.password or None, tls=tls,
-                                        allow_plaintext=self.s.allow_plaintext))
+                                        allow_plaintext=self.s.allow_plaintext), buffered=True)
             c.suppress_exceptions = True  # belt and braces: _on_message never raises
             c.reconnect_delay_set(1, 30)
             c.max_queued_messages_set(0)
@@ -390,6 +393,7 @@ class Ingest(DeviceState, Witness):
                 c.on_subscribe = lambda *_a: self.subscribed.set()
             c.on_disconnect = self._on_disconnect
             c.on_message = self._on_message
+            c.on_raw_message = self._raw_handler(k)  # QoS 0/1 without paho's message object (agent/wire/fastread.py)
             self.clients.append(c)
             c.connect_async(host, port, keepalive=self.s.keepalive)
             c.loop_start()
@@ -461,6 +465,18 @@ class Ingest(DeviceState, Witness):
             log.info("monitor: disconnected (stopping)")
         else:
             log.warning("monitor: disconnected (%s); reconnecting", reason_code)
+
+    def _raw_handler(self, k: int):
+        catch_all = k % self._n == 0 and self._n > 1
+        submit = self.submit
+
+        def on_raw(topic: bytes, payload: bytes, retain: bool) -> None:
+            try:
+                t = topic.decode()
+            except UnicodeDecodeError:  # a topic that is not UTF-8
+                t = "\ufffd"
+            submit(t, payload, retain, catch_all=catch_all)
+        return on_raw
 
     def _on_message(self, client, userdata, msg) -> None:
         try:

@@ -176,14 +176,19 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
     return mqtt.topic_matches_sub(topic_filter, topic)
 
 
-def new_client(s: "ConnSettings", *, reconnect: bool = True) -> mqtt.Client:
+def new_client(s: "ConnSettings", *, reconnect: bool = True, buffered: bool = False) -> mqtt.Client:
     """The one factory of paho clients: MQTT v5, the settings' user name/password and TLS
     (server verified against ``cafile``, or the system's CAs when it is empty; client certificate
     when given). Plain MQTT to a broker off the loopback is refused unless ``s.allow_plaintext``
-    (:func:`check_plaintext`). Callers set the callbacks and connect with ``client.connect(s.host, s.port)``."""
+    (:func:`check_plaintext`). Callers set the callbacks and connect with ``client.connect(s.host, s.port)``.
+    ``buffered``: read the socket 64 KiB at a time (agent/wire/fastread.py; for subscribers of
+    many small messages, the monitor)."""
+    from .fastread import AVAILABLE, BufferedClient
+
     check_plaintext(s.brokers, bool(s.tls), s.allow_plaintext)
-    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=s.client_id,
-                    protocol=mqtt.MQTTv5, reconnect_on_failure=reconnect)
+    cls = BufferedClient if buffered and AVAILABLE else mqtt.Client
+    c = cls(callback_api_version=CallbackAPIVersion.VERSION2, client_id=s.client_id,
+            protocol=mqtt.MQTTv5, reconnect_on_failure=reconnect)
     if s.username:
         c.username_pw_set(s.username, s.password or None)
     if s.tls:

@@ -78,8 +78,10 @@ class Sealer:
         store.set_meta(EPOCH_META, str(epoch))
         return cls(store.private_key, store.cfg.device.id, epoch)
 
-    def seal(self, topic: str, body: dict | bytes | str) -> bytes:
-        """The envelope to publish on ``topic`` (P/dev/DEVICE/KIND[/NAME]) carrying ``body``."""
+    def seal(self, topic: str, body: dict | bytes | str, ts: str | None = None) -> bytes:
+        """The envelope to publish on ``topic`` (P/dev/DEVICE/KIND[/NAME]) carrying ``body``,
+        signed now (``ts``: the time to sign it for instead, ISO 8601 with its zone; the fleet
+        simulator seals ahead of publication for the time it is scheduled to go out)."""
         parts = topic.split("/")
         if len(parts) < 4 or parts[1] != "dev" or parts[2] != self.device or parts[3] not in SIGNED_KINDS:
             raise ValueError(f"{topic}: not a device-state topic of {self.device}")
@@ -88,7 +90,7 @@ class Sealer:
             self._n += 1
             n = self._n
         header = {"v": ENVELOPE, "device": self.device, "kind": parts[3], "topic": topic, "epoch": self.epoch,
-                  "seq": n, "ts": now_iso(), "key_id": self.key_id,
+                  "seq": n, "ts": ts or now_iso(), "key_id": self.key_id,
                   "body_sha256": hashlib.sha256(data).hexdigest()}
         sig = keys.sign(self.key, canonical(header))
         return json.dumps({**header, "body": data.decode(), "sig": sig}, ensure_ascii=False,
@@ -175,5 +177,8 @@ def open_envelope(payload: bytes) -> Envelope:
 
 
 def verify(env: Envelope, public) -> bool:
-    """Whether ``env`` is signed by ``public`` (an Ed25519 public key)."""
+    """Whether ``env`` is signed by ``public`` (an Ed25519 public key, or its 32 raw bytes:
+    then through libsodium, agent/evidence/keys.py ``verify_raw``)."""
+    if isinstance(public, bytes):
+        return keys.verify_raw(public, env.signed_bytes(), env.sig)
     return keys.verify_sig(public, env.signed_bytes(), env.sig)

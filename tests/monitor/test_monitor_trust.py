@@ -77,6 +77,29 @@ def _forged(d: SimDevice, topic: str, body: dict, how: str) -> bytes:
 
 
 # --- the envelope ---------------------------------------------------------------------------------
+def test_libsodium_and_openssl_agree_on_every_signature():
+    """The monitor checks signatures with libsodium (keys.verify_raw), everything else with OpenSSL
+    (keys.verify_sig): a genuine signature passes both; another key, another byte, another
+    signature, a short or an unreadable one, or a key of the wrong length passes neither."""
+    assert keys.SODIUM, "PyNaCl (a dependency) is installed: the monitor's fast path is on"
+    k, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    pub, raw = k.public_key(), keys.public_raw(k.public_key())
+    data = b'{"body_sha256":"00","device":"dock-7"}'
+    sig = keys.sign(k, data)
+    flipped = bytearray(base64.b64decode(sig))
+    flipped[10] ^= 1
+    cases = [(pub, data, sig, True), (other.public_key(), data, sig, False), (pub, data + b" ", sig, False),
+             (pub, data, keys.sign(other, data), False), (pub, data, base64.b64encode(bytes(flipped)).decode(), False),
+             (pub, data, base64.b64encode(base64.b64decode(sig)[:63]).decode(), False), (pub, data, "%%%", False),
+             (pub, data, "", False)]
+    for public, msg, s, want in cases:
+        assert keys.verify_sig(public, msg, s) is want
+        assert keys.verify_raw(keys.public_raw(public), msg, s) is want
+    assert keys.verify_raw(raw[:31], data, sig) is False and keys.verify_raw(raw + b"\0", data, sig) is False
+    # the short signature with the message's first byte moved into it is no way around the check
+    assert keys.verify_raw(raw, data[1:], base64.b64encode(base64.b64decode(sig) + data[:1])[:88].decode()) is False
+
+
 def test_envelope_signed_bytes_are_rfc8785_and_bound_to_topic():
     d = SimDevice("dock-7", UNIT, "单位", "dock")
     topic = "edge/dev/dock-7/health"
