@@ -67,6 +67,10 @@ def _optional_cfg(c: Ctx):
 @click.option("--connections", type=click.IntRange(1, 64), default=8, show_default=True,
               help="MQTT connections: one for P/dev/# (devices not enrolled) and the rest sharing the enrolled "
                    "devices, so a flood fills only its own share's queue at the broker.")
+@click.option("--catch-all/--no-catch-all", "catch_all", default=None,
+              help="Also subscribe P/dev/# on the first connection, to count messages of devices that are not "
+                   "enrolled (default: only when connecting anonymously; through the shipped broker configuration "
+                   "only enrolled devices can publish, each in its own subtree, which the shares already carry).")
 @click.option("--archive-key", "archive_key_files", multiple=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="A public key of the archive (PEM) its checkpoints may be signed with; repeat it for each. Default: "
                    "ROOT/_archive/archive.pub and its retired keys of the --enrolment root (needed when the enrolment "
@@ -78,7 +82,7 @@ def _optional_cfg(c: Ctx):
 @pass_ctx
 @click.pass_context
 def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, brokers, prefix, lost_after, tui, duration, enrolment,
-            connections, archive_key_files, flush_s, as_json):
+            connections, catch_all, archive_key_files, flush_s, as_json):
     """Watch the fleet: subscribe to every device topic, keep state and history in SQLite or
     PostgreSQL (--db postgresql://...), show a
     live terminal view and (with --web) a web page with units, devices, alarms and compliance.
@@ -123,7 +127,7 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, brokers, prefix,
         more = list(fallback_addresses(cfg.mqtt.fallback, tls=bool(cfg.mqtt.tls))) if cfg else []
     path = check_db_arg(db)
     s = IngestSettings(host=host, port=port, prefix=prefix or (cfg.mqtt.topic_prefix if cfg else "edge"),
-                       connections=connections, more_brokers=tuple(more), flush_s=flush_s)
+                       connections=connections, more_brokers=tuple(more), flush_s=flush_s, catch_all=catch_all)
     if cfg is not None:
         m = cfg.mqtt
         s.username, s.password, s.tls = m.username, m.password, m.tls

@@ -17,7 +17,9 @@ or its body names another device or unit (``device_mismatch``, ``unit_mismatch``
 message seen again (a retained re-delivery) is counted as ``duplicate`` and changes nothing.
 
 Connections: one subscribes ``P/dev/#`` (it sees devices that are not enrolled, to count and
-refuse them); ``connections - 1`` more share the enrolled devices (``P/dev/D/#`` each, by CRC-32
+refuse them; only when the monitor connects anonymously, or with ``catch_all``: through the
+shipped broker configuration nobody can publish there but an enrolled device, in its own subtree,
+which its share carries, and the copy would double the receive work); ``connections - 1`` more share the enrolled devices (``P/dev/D/#`` each, by CRC-32
 of the id), so the broker keeps a queue per share: a flood too fast for the monitor to read
 fills its own share's queue, not the one other devices' messages wait in. With several brokers
 (independent ones, each device on its primary or its fallback: docs/scaling.md) the monitor keeps
@@ -40,13 +42,13 @@ import collections
 import logging
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from agent.evidence.keys import SODIUM
 from agent.wire import envelope as sealed, health as pl, health_parse as hp
 from agent.wire.topics import Topics
+from .connections import Connections
 from .devstate import DeviceState, signed_at
 from .enrolment import Enrolment
 from .lanes import Expect, Lanes
@@ -90,13 +92,20 @@ class IngestSettings:
     #: connections - 1 sharing the enrolled devices (P/dev/D/# each), so that the broker keeps a
     #: separate queue per share: a flood too fast to read fills its own share's queue only
     connections: int = 8
+    #: connection 0 also subscribes P/dev/# to count and refuse what no share carries (devices not
+    #: enrolled, topics of no device); the broker then sends it a second copy of every enrolled
+    #: device's message (one per matching subscription), which it drops. None (auto): only when the
+    #: monitor connects anonymously; logged in, the broker is the shipped one (`archive
+    #: broker-config`: a device may publish only in its own subtree, and only enrolled devices have
+    #: an identity), so everything anyone can publish under P/dev/ is on a share: counted there
+    catch_all: bool | None = None
     #: more brokers besides host:port (HOST, PORT): the monitor subscribes to every one
     more_brokers: tuple[tuple[str, int], ...] = ()
     #: plain MQTT allowed to a broker off the loopback (mqtt.allow_plaintext: a lab only)
     allow_plaintext: bool = False
 
 
-class Ingest(DeviceState, Witness):
+class Ingest(DeviceState, Witness, Connections):
     """Admission (topic, size, enrolment, signature, rate, order), the queues and the MQTT client."""
 
     def __init__(self, db: MonitorDB | PgMonitorDB, settings: IngestSettings, enrolment: Enrolment,
@@ -135,7 +144,7 @@ class Ingest(DeviceState, Witness):
         self._queues: dict[str, Lanes] = {}
         self.expect = Expect()  # where each device's signed sequence stands (what a full queue keeps)
         self._ready: collections.deque[str] = collections.deque()
-        self._qcount = {"queued": 0, "rejected.overload": 0, "rejected.error": 0}
+        self._qcount = {"queued": 0, "copies": 0, "rejected.overload": 0, "rejected.error": 0}
         self.failed: str | None = None
         self.client = None
         self.clients: list = []
@@ -196,6 +205,8 @@ class Ingest(DeviceState, Witness):
             parts = topic.split("/", 3)
             dev = parts[2] if len(parts) >= 3 and parts[1] == "dev" else JUNK
             if catch_all and dev in self._via_share:
+                with self._cv:
+                    self._qcount["copies"] += 1  # the broker's second copy (catch-all and share): dropped
                 return
             key = dev if dev in self.enrolment.devices else JUNK
             with self._cv:
@@ -365,66 +376,6 @@ class Ingest(DeviceState, Witness):
             return
         self.apply_archive_alarms(rows, time.time())
 
-    def start(self) -> None:
-        from agent.wire.client import ConnSettings, TlsConfig, instance_user, new_client
-
-        cid = self.s.client_id or f"edge-monitor-{int(time.time())}"
-        tls = TlsConfig(self.s.cafile, self.s.certfile or None, self.s.keyfile or None) if self.s.tls else None
-        self.start_workers()
-        n = self._n = max(1, self.s.connections)
-        brokers = [(self.s.host, self.s.port), *[b for b in self.s.more_brokers if b != (self.s.host, self.s.port)]]
-        self._brokers = brokers
-        self._shares = [set() for _ in range(n * len(brokers))]
-        for k in range(n * len(brokers)):  # connection k: broker k // n, share k % n (0: the catch-all)
-            (host, port), i = brokers[k // n], k % n
-            name = (cid if k < n else f"{cid}-b{k // n}") + (f"-{i}" if i else "")
-            # one login per connection: the broker binds a login to one session (share i: "monitor.i")
-            user = instance_user(self.s.username, i) if self.s.username else None
-            c = new_client(ConnSettings(host=host, port=port, client_id=name,
-                                        keepalive=self.s.keepalive, username=user,
-                                        password=self.s.password or None, tls=tls,
-                                        allow_plaintext=self.s.allow_plaintext), buffered=True)
-            c.suppress_exceptions = True  # belt and braces: _on_message never raises
-            c.reconnect_delay_set(1, 30)
-            c.max_queued_messages_set(0)
-            c.user_data_set(k)
-            c.on_connect = self._on_connect
-            if k == 0:
-                c.on_subscribe = lambda *_a: self.subscribed.set()
-            c.on_disconnect = self._on_disconnect
-            c.on_message = self._on_message
-            c.on_raw_message = self._raw_handler(k)  # QoS 0/1 without paho's message object (agent/wire/fastread.py)
-            self.clients.append(c)
-            c.connect_async(host, port, keepalive=self.s.keepalive)
-            c.loop_start()
-        self.client = self.clients[0]
-
-    def _share_of(self, dev: str) -> int:
-        n = self._n
-        return 0 if n <= 1 else 1 + zlib.crc32(dev.encode()) % (n - 1)
-
-    def _subscribe_shares(self, only: int | None = None) -> None:
-        """Subscribe each enrolled device on its share's connection (all shares, or ``only``);
-        called on every connect and after the enrolment is re-read."""
-        if self._n <= 1:
-            return
-        by_share: dict[int, list[str]] = {}
-        for dev in list(self.enrolment.devices):
-            by_share.setdefault(self._share_of(dev), []).append(dev)
-        for k in range(len(self._shares)):  # connection k: share k % n of broker k // n
-            i = k % self._n
-            if i == 0 or (only is not None and k != only) or k >= len(self.clients):
-                continue  # the catch-all, another connection, or not created yet (subscribes when it connects)
-            c = self.clients[k]
-            if not c.is_connected():
-                continue
-            devs = [d for d in by_share.get(i, []) if only is not None or d not in self._shares[k]]
-            for j in range(0, len(devs), 500):
-                chunk = devs[j:j + 500]
-                c.subscribe([(self.topics.all_of_dev(d), 1) for d in chunk])
-                self._shares[k].update(chunk)
-                self._via_share.update(chunk)  # the catch-all skips them from now on (a duplicate meanwhile is harmless)
-
     def start_workers(self) -> None:
         """The worker and the flusher (start() calls this; tests feed submit() directly)."""
         self._worker = threading.Thread(target=self._work, name="monitor-ingest", daemon=True)
@@ -435,55 +386,6 @@ class Ingest(DeviceState, Witness):
     def alive(self) -> bool:
         """False once the worker died (``failed`` says why)."""
         return self.failed is None and (self._worker is None or self._worker.is_alive() or self._stop.is_set())
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            user = client.username or "(none)"
-            log.error("monitor: broker refused the connection of login %s: %s%s", user, reason_code,
-                      " — 监控的每个连接需要自己的登录名 / each monitor connection needs its own login: "
-                      "`archive broker-config --monitor-connections N` (N >= --connections) creates them"
-                      if userdata % self._n else "")
-            return
-        if userdata % self._n:  # a share: its devices again (a fresh session has no subscriptions)
-            self._subscribe_shares(only=userdata)
-            return
-        self.connected = True
-        # with shares, the catch-all only counts and refuses what no share carries (devices not
-        # enrolled, bad topics) and drops the copies of enrolled devices' messages: QoS 0 spares a
-        # PUBACK per copy (the broker still bounds what it holds for us: max_queued_messages)
-        qos = 0 if self._n > 1 else 1
-        client.subscribe([(self.topics.all_dev(), qos), (self.topics.archive_checkpoint(), 1)])
-        log.info("monitor: connected to %s:%s, subscribed %s", *self._brokers[userdata // self._n], self.topics.all_dev())
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if userdata % self._n:
-            return
-        # connected while the catch-all of any broker is
-        self.connected = any(c.is_connected() for k, c in enumerate(self.clients)
-                             if k % self._n == 0 and c is not client)
-        if self._stop.is_set():
-            log.info("monitor: disconnected (stopping)")
-        else:
-            log.warning("monitor: disconnected (%s); reconnecting", reason_code)
-
-    def _raw_handler(self, k: int):
-        catch_all = k % self._n == 0 and self._n > 1
-        submit = self.submit
-
-        def on_raw(topic: bytes, payload: bytes, retain: bool) -> None:
-            try:
-                t = topic.decode()
-            except UnicodeDecodeError:  # a topic that is not UTF-8
-                t = "\ufffd"
-            submit(t, payload, retain, catch_all=catch_all)
-        return on_raw
-
-    def _on_message(self, client, userdata, msg) -> None:
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:  # a topic that is not UTF-8 (paho decodes on access)
-            topic = "\ufffd"
-        self.submit(topic, msg.payload, bool(msg.retain), catch_all=userdata % self._n == 0 and self._n > 1)
 
     def stop(self) -> None:
         self._stop.set()

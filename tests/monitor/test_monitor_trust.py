@@ -381,3 +381,42 @@ def test_monitor_needs_an_enrolment(tmp_path, broker):
                         "--no-tui", "--duration", "1", "--enrolment", str(tmp_path / "nothing")],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "此处没有设备登记 / " in p.stderr and "no archive enrolment here" in p.stderr
+
+
+def test_through_the_shipped_broker_each_message_arrives_once_and_junk_is_counted(tmp_path):
+    """Logged in through the shipped broker configuration (`archive broker-config`: a device may
+    publish only in its own subtree) the monitor has no P/dev/# catch-all, so the broker sends each
+    enrolled device's message once (no copy to drop), and what a device's identity can send that
+    is not its signed state still reaches its share and is counted; other topics, and the other
+    device's subtree, are closed to it at the broker."""
+    from tools.bench.shipped_broker import ShippedBroker
+
+    a, b = SimDevice("ship-a", UNIT, "单位", "dock"), SimDevice("ship-b", UNIT, "单位", "dock")
+    root = tmp_path / "archive"
+    enrol(root, [a, b])
+    broker = ShippedBroker(tmp_path / "broker", root).start()
+    db = tmp_path / "m.db"
+    mon = MonitorProc(db, broker.port, enrolment=root, env={"EDGE_AGENT_CONFIG": str(broker.credential_file("monitor"))})
+    c = broker.paho(a.id, "ship-a")
+    try:
+        assert "edge/dev/#" not in mon.text() and "on 7 shares" in mon.text()
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+        t = "edge/dev/ship-a/health"
+        for _ in range(30):
+            c.publish(t, a.seal(t, a.health()), qos=1)
+        c.publish(t, b"not signed", qos=1)
+        c.publish("edge/dev/ship-a/bogus", b"{}", qos=1)  # not a topic a device may write: the broker drops it
+        tb = "edge/dev/ship-b/health"
+        c.publish(tb, b.seal(tb, b.health()), qos=1).wait_for_publish(10)  # A's login in B's subtree
+        _wait(lambda: _fleet(db)["ingest"].get("received", 0) >= 31)
+        time.sleep(1.5)  # anything more (a copy, the bogus topic, B's message) would be counted by now
+        ing = _fleet(db)["ingest"]
+        assert ing["received"] == 31 and ing["accepted"] == 30 and ing.get("copies", 0) == 0, ing
+        assert ing["rejected.unsigned"] == 1 and ing.get("rejected.bad_topic", 0) == 0
+        assert _dev(_fleet(db), "ship-b") is None, "the broker refused A's login in B's subtree"
+    finally:
+        c.disconnect()
+        c.loop_stop()
+        assert mon.stop() == 0
+        broker.stop()
