@@ -29,9 +29,11 @@ the order rules (epoch, bdseq) make a message seen through two brokers count onc
 Threads: paho's network threads only file each message into a queue per device of the topic
 (:mod:`agent.monitor.lanes`: in arrival order, bounded; when full, the oldest message that does
 not continue the sequence the device signed is dropped as ``overload``, so forgeries in a known
-device's name faster than the checks do not push out its genuine messages), one worker takes one message per device in turn (a flood
-in one device's name waits behind itself, never in front of another device's messages),
-verifies and applies it; a flusher writes the state in one database transaction every
+device's name faster than the checks do not push out its genuine messages); the workers (two
+by default) take one message per device in turn (a flood in one device's name waits behind
+itself, never in front of another device's messages; a device's messages one at a time, in
+arrival order), verify it (with the state lock released: libsodium runs without the GIL, so two
+workers use two cores) and apply it; a flusher writes the state in one database transaction every
 ``flush_s`` and re-reads the enrolment every ``reload_s``. A worker that dies sets ``failed``
 (the CLI then exits non-zero so systemd restarts the monitor).
 """
@@ -88,6 +90,9 @@ class IngestSettings:
     burst: float = BURST_PER_DEVICE
     queue_per_device: int = QUEUE_PER_DEVICE
     reload_s: float = 10.0
+    #: worker threads that check and apply (each device's messages one at a time, in order): the
+    #: signature check runs without the GIL (libsodium), so a second worker uses a second core
+    workers: int = 2
     #: MQTT connections: one subscribed to P/dev/# (devices not enrolled, counted and refused) and
     #: connections - 1 sharing the enrolled devices (P/dev/D/# each), so that the broker keeps a
     #: separate queue per share: a flood too fast to read fills its own share's queue only
@@ -138,12 +143,13 @@ class Ingest(DeviceState, Witness, Connections):
         self._day_cache: tuple[int, str] = (0, "")
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
-        self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
         # the queues between paho's thread and the worker
         self._cv = threading.Condition(threading.Lock())
         self._queues: dict[str, Lanes] = {}
         self.expect = Expect()  # where each device's signed sequence stands (what a full queue keeps)
         self._ready: collections.deque[str] = collections.deque()
+        self._busy: set[str] = set()  # devices whose message a worker is handling (agent/monitor/ingest.py _next)
         self._qcount = {"queued": 0, "copies": 0, "rejected.overload": 0, "rejected.error": 0}
         self.failed: str | None = None
         self.client = None
@@ -220,7 +226,7 @@ class Ingest(DeviceState, Witness, Connections):
                     if lost == "refused":
                         return
                 self._qcount["queued"] += 1
-                if len(q) == 1:
+                if len(q) == 1 and key not in self._busy:  # a busy device is queued again by _done
                     self._ready.append(key)
                     self._cv.notify()
         except Exception:  # noqa: BLE001 - paho's thread must survive every input
@@ -228,7 +234,9 @@ class Ingest(DeviceState, Witness, Connections):
                 self._qcount["rejected.error"] += 1
 
     def _next(self):
-        """The next message, one device at a time in turn; None when stopping."""
+        """The next message and its queue's key, one device at a time in turn; None when stopping.
+        The device is *busy* until :meth:`_done`: no other worker takes its next message meanwhile,
+        so each device's messages are checked and applied one at a time, in arrival order."""
         with self._cv:
             while not self._ready or self._stop.is_set():
                 if self._stop.is_set():
@@ -237,11 +245,18 @@ class Ingest(DeviceState, Witness, Connections):
             key = self._ready.popleft()
             q = self._queues[key]
             item = q.take()
-            if q:
-                self._ready.append(key)
-            else:
+            if not q:
                 del self._queues[key]
-            return item
+            self._busy.add(key)
+            return key, item
+
+    def _done(self, key: str) -> None:
+        """The worker is done with ``key``'s message: its next one may be taken (at the back of the turn)."""
+        with self._cv:
+            self._busy.discard(key)
+            if self._queues.get(key):
+                self._ready.append(key)
+                self._cv.notify()
 
     def pending(self) -> int:
         with self._cv:
@@ -250,11 +265,14 @@ class Ingest(DeviceState, Witness, Connections):
     def _work(self) -> None:
         try:
             while True:
-                item = self._next()
-                if item is None:
+                nxt = self._next()
+                if nxt is None:
                     return
-                topic, payload, retained, _t = item
-                self.handle(topic, payload, retained)
+                key, (topic, payload, retained, _t) = nxt
+                try:
+                    self.handle(topic, payload, retained)
+                finally:
+                    self._done(key)
                 # paho's network threads must drain the sockets into the per-device queues faster
                 # than messages are verified, so that a flood overflows its own queue, not the
                 # broker's queue for the monitor: libsodium releases the GIL while it verifies (they
@@ -314,7 +332,7 @@ class Ingest(DeviceState, Witness, Connections):
         if kind != "status" and last is not None and last[0] == env.key_id and (env.epoch, env.seq) < last[1]:
             # cheap before the signature: older than what this topic showed (a replay or a forgery)
             return self.reject("replayed", topic, f"({env.epoch}, {env.seq}) after {last[1]}", dev, now)
-        if not sealed.verify(env, enr.raw or enr.public):
+        if not self._verify_unlocked(env, enr):
             return self.reject("bad_signature", topic, f"not signed by the key enrolled for {dev}", dev, now)
         self.expect.note(dev, env.epoch, env.seq)  # its next messages are expected (kept when the queue is full)
         if not self._allow(dev, now):
@@ -345,6 +363,18 @@ class Ingest(DeviceState, Witness, Connections):
         self.seen[topic] = (env.key_id, order)  # verified and in order: later copies are duplicates
         self._seen_dirty[topic] = dev
         return result
+
+    def _verify_unlocked(self, env, enr) -> bool:
+        """The signature check, with the state lock released meanwhile (libsodium releases the GIL
+        too), so that other workers check and apply other devices' messages on the other core.
+        Called by :meth:`_handle` with the lock held; safe because a device's messages are handled
+        by one worker at a time (:meth:`_next`), and what ``_handle`` read before (``seen``, the
+        enrolment entry) belongs to this device."""
+        self.lock.release()
+        try:
+            return sealed.verify(env, enr.raw or enr.public)
+        finally:
+            self.lock.acquire()
 
     # --- running ----------------------------------------------------------------------------------
     def _flush_loop(self) -> None:
@@ -378,14 +408,16 @@ class Ingest(DeviceState, Witness, Connections):
 
     def start_workers(self) -> None:
         """The worker and the flusher (start() calls this; tests feed submit() directly)."""
-        self._worker = threading.Thread(target=self._work, name="monitor-ingest", daemon=True)
-        self._worker.start()
+        for i in range(max(1, self.s.workers)):
+            th = threading.Thread(target=self._work, name=f"monitor-ingest-{i}", daemon=True)
+            th.start()
+            self._workers.append(th)
         self._flusher = threading.Thread(target=self._flush_loop, name="monitor-flush", daemon=True)
         self._flusher.start()
 
     def alive(self) -> bool:
         """False once the worker died (``failed`` says why)."""
-        return self.failed is None and (self._worker is None or self._worker.is_alive() or self._stop.is_set())
+        return self.failed is None and (all(th.is_alive() for th in self._workers) or self._stop.is_set())
 
     def stop(self) -> None:
         self._stop.set()
@@ -394,7 +426,7 @@ class Ingest(DeviceState, Witness, Connections):
         for c in self.clients:
             c.disconnect()
             c.loop_stop()
-        for th in (self._worker, self._flusher):
+        for th in (*self._workers, self._flusher):
             if th is not None:
                 th.join(timeout=10)
         self.flush()

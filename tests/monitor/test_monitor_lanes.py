@@ -22,8 +22,9 @@ UNIT = "33010600"
 def _drain(ing: Ingest) -> dict[str, int]:
     results: dict[str, int] = {}
     while ing.pending():
-        topic, payload, retained, _t = ing._next()
+        key, (topic, payload, retained, _t) = ing._next()
         r = ing.handle(topic, payload, retained)
+        ing._done(key)  # as a worker does: the device's next message may be taken
         results[r] = results.get(r, 0) + 1
     return results
 
@@ -72,3 +73,25 @@ def test_a_full_queue_drops_the_oldest_unexpected_message_and_keeps_arrival_orde
         assert q.put(i, True, 3) is None
     assert q.put(3, False, 3) == q.put(4, True, 3) == "refused"  # only expected ones: a new one is refused
     assert [q.take() for _ in range(3)] == [0, 1, 2]
+
+
+def test_a_device_is_handled_by_one_worker_at_a_time(tmp_path):
+    """Two workers: while one handles A's message, A's next one is not handed to the other (its
+    order check would see them out of order); B's is. A's turn comes back when the first is done."""
+    a, b = SimDevice("one-a", UNIT, "单位", "dock"), SimDevice("one-b", UNIT, "单位", "dock")
+    ing = Ingest(MonitorDB(tmp_path / "m.db"), IngestSettings(),
+                 Enrolment.of((d.id, d.unit_code, d.key.public_key()) for d in (a, b)))
+    ta, tb = f"edge/dev/{a.id}/health", f"edge/dev/{b.id}/health"
+    for _ in range(3):
+        ing.submit(ta, a.seal(ta, a.health()))
+    ing.submit(tb, b.seal(tb, b.health()))
+    first, second = ing._next(), ing._next()
+    assert (first[0], second[0]) == (a.id, b.id)
+    assert list(ing._ready) == [] and ing.pending() == 2  # A's two others wait for A's first
+    ing.submit(ta, a.seal(ta, a.health()))
+    assert list(ing._ready) == []                         # not even a new one
+    ing._done(b.id)
+    assert list(ing._ready) == []
+    ing._done(a.id)
+    assert list(ing._ready) == [a.id]
+    assert [ing.handle(*ing._next()[1][:3]) for _ in range(1)] == ["accepted"]
