@@ -65,8 +65,8 @@ def _optional_cfg(c: Ctx):
                    "EDGE_MONITOR_ENROLMENT; default archive.db of the config when it is a postgresql:// URL, else "
                    "archive.root). Only what an enrolled device signed is shown.")
 @click.option("--connections", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="MQTT connections: one for P/dev/# (devices not enrolled) and the rest sharing the enrolled "
-                   "devices, so a flood fills only its own share's queue at the broker.")
+              help="MQTT connections: one for the archive's checkpoints (and P/dev/# with the catch-all) and the "
+                   "rest sharing the enrolled devices, so a flood fills only its own share's queue at the broker.")
 @click.option("--catch-all/--no-catch-all", "catch_all", default=None,
               help="Also subscribe P/dev/# on the first connection, to count messages of devices that are not "
                    "enrolled (default: only when connecting anonymously; through the shipped broker configuration "
