@@ -60,7 +60,8 @@ def read_usage(root: Path, start: dt.date, end: dt.date, unit: str | None = None
     except sqlite3.Error as exc:
         raise EdgeError(f"{path}: cannot read the archive index ({exc})") from None
     if unit is not None and unit not in units_known:
-        raise EdgeError(f"--unit {unit}: no such unit at this archive (known: {', '.join(sorted(units_known)[:10]) or 'none'})")
+        raise EdgeError(f"存档中没有该单位 / --unit {unit}: no such unit at this archive "
+                        f"(known: {', '.join(sorted(units_known)[:10]) or 'none'})")
     late_after = dt.timedelta(hours=deadline_h)
     units: dict[str, dict] = {}
     officers: dict[tuple, dict] = {}

@@ -43,14 +43,14 @@ def period(frm: str | None, to: str | None, year: int | None = None) -> tuple[dt
     today = dt.date.today()
     if year is not None:
         if not 2000 <= year <= 2100:
-            raise EdgeError(f"--year {year}: out of range 2000..2100")
+            raise EdgeError(f"年份无效 / --year {year}: out of range 2000..2100")
         if frm or to:
-            raise EdgeError("--year and --from/--to exclude each other")
+            raise EdgeError("--year 与 --from/--to 只能选一种 / --year and --from/--to exclude each other")
         return dt.date(year, 1, 1), dt.date(year, 12, 31)
     start = parse_day(frm, "--from") if frm else dt.date(today.year, 1, 1)
     end = parse_day(to, "--to") if to else today
     if end < start:
-        raise EdgeError(f"--to {end} is before --from {start}")
+        raise EdgeError(f"日期范围无效 / --to {end} is before --from {start}")
     return start, end
 
 
@@ -70,7 +70,7 @@ def _units(conn: sqlite3.Connection, unit: str | None) -> dict[str, str]:
     if unit is not None:
         if unit not in units:
             known = ", ".join(sorted(units)[:10]) or "none yet"
-            raise EdgeError(f"--unit {unit}: unknown unit (known: {known})")
+            raise EdgeError(f"未知单位 / --unit {unit}: unknown unit (known: {known})")
         return {unit: units[unit]}
     return dict(sorted(units.items()))
 

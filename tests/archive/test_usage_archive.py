@@ -96,7 +96,7 @@ def test_usage_archive_bad_input(tmp_path):
     root = tmp_path / "archive"
     enroll(root, store)
     p = run(["report", "usage", "--archive", str(root), "--unit", "NOPE"])
-    assert p.returncode == 1 and "--unit NOPE: no such unit" in p.stderr
+    assert p.returncode == 1 and "存档中没有该单位 / --unit NOPE: no such unit" in p.stderr
     p = run(["report", "usage", "--archive", str(root), "--deadline-h", "0"])
     assert p.returncode == 2 and "--deadline-h" in p.stderr
     empty = json.loads(run(["report", "usage", "--archive", str(root), "--unit", UNIT, "--json"], check=True).stdout)

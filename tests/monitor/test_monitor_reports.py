@@ -124,10 +124,10 @@ def test_usage_and_annual_reports(db):
 
 @pytest.mark.parametrize("args, message", [
     (["report", "usage", "--from", "2026-13-01"], "日期无效 / --from '2026-13-01': expected a date YYYY-MM-DD"),
-    (["report", "usage", "--from", "2026-02-01", "--to", "2026-01-01"], "is before --from"),
-    (["report", "ratio", "--unit", "NOPE"], "--unit NOPE: unknown unit"),
-    (["report", "annual", "--year", "1999"], "--year 1999: out of range"),
-    (["report", "annual", "--year", "2025", "--from", "2025-01-01"], "exclude each other"),
+    (["report", "usage", "--from", "2026-02-01", "--to", "2026-01-01"], "日期范围无效 / --to 2026-01-01 is before --from 2026-02-01"),
+    (["report", "ratio", "--unit", "NOPE"], "未知单位 / --unit NOPE: unknown unit"),
+    (["report", "annual", "--year", "1999"], "年份无效 / --year 1999: out of range"),
+    (["report", "annual", "--year", "2025", "--from", "2025-01-01"], "只能选一种 / --year and --from/--to exclude each other"),
     (["report", "ratio", "--format", "xml"], "Invalid value for '--format'"),
     (["report", "ratio", "--json", "--csv"], "choose one of --json or --csv"),
     (["report", "ratio", "--json", "--format", "csv"], "choose one of --json or --csv"),
