@@ -177,14 +177,14 @@ def status(c: Ctx, as_json):
         return
     d = st["device"]
     click.echo(f"设备 device: {d['id']} ({d['kind']}) 单位 unit: {d['unit_name']} [{d['unit_code']}] @ {d['location']}")
-    click.echo("items: " + (", ".join(f"{k} {v}" for k, v in sorted(st["items_by_state"].items())) or "none"))
+    click.echo("资料 items: " + (", ".join(f"{k} {v}" for k, v in sorted(st["items_by_state"].items())) or "无 none"))
     age = st["oldest_unarchived_age_s"]
-    click.echo(f"unarchived: {st['unarchived_items']} items, {st['bytes_buffered']} bytes, "
+    click.echo(f"未归档 unarchived: {st['unarchived_items']} items, {st['bytes_buffered']} bytes, "
                f"oldest {age if age is not None else '-'} s")
-    click.echo(f"pending annotation 待补录: {st['pending_annotation']}")
-    click.echo(f"chain: seq {st['chain']['seq']} head {st['chain']['head']}")
+    click.echo(f"待补录 pending annotation: {st['pending_annotation']}")
+    click.echo(f"证据链 chain: seq {st['chain']['seq']} head {st['chain']['head']}")
     disk = st["disk"]
-    click.echo(f"disk: {disk['free_bytes'] // 2**20} MiB free, reserve {disk['reserve_bytes'] // 2**20} MiB"
+    click.echo(f"磁盘 disk: {disk['free_bytes'] // 2**20} MiB free, reserve {disk['reserve_bytes'] // 2**20} MiB"
                + ("  磁盘空间不足 / LOW" if disk["low"] else ""))
 
 
@@ -208,4 +208,4 @@ def recover(c: Ctx, as_json):
         return
     for a in actions:
         click.echo(a)
-    click.echo(f"{len(actions)} recovery action(s)")
+    click.echo(f"恢复操作 {len(actions)} 项 / {len(actions)} recovery action(s)")

@@ -68,7 +68,7 @@ def uplink_status(c: Ctx, as_json):
     if as_json:
         emit_json(out)
         return
-    click.echo("items: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+    click.echo("资料 items: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "无 none"))
     if live and live.get("running") is False:
         click.echo(f"edge-agent 服务已停止 / the edge-agent service stopped at {live.get('time')}; "
                    f"上次运行归档 items archived in its last run: {live.get('items_archived')}")

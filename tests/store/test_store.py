@@ -228,6 +228,12 @@ def test_status_and_items_json(cfg, tmp_path):
     st = json.loads(run_cli(cfg, "status", "--json", check=True).stdout)
     assert st["items_by_state"] == {"sealed": 1} and st["bytes_buffered"] == 2 << 20
     assert st["oldest_unarchived_age_s"] is not None and st["disk"]["free_bytes"] > 0
+    # what a technician reads: every line in both languages
+    text = run_cli(cfg, "status", check=True).stdout.splitlines()
+    assert [line.split(":")[0] for line in text] == ["设备 device", "资料 items", "未归档 unarchived",
+                                                     "待补录 pending annotation", "证据链 chain", "磁盘 disk"], text
+    assert text[1] == "资料 items: sealed 1" and text[2].startswith("未归档 unarchived: 1 items, 2097152 bytes")
+    assert run_cli(cfg, "recover", check=True).stdout.strip() == "恢复操作 0 项 / 0 recovery action(s)"
     items = json.loads(run_cli(cfg, "items", "list", "--json", check=True).stdout)
     show = json.loads(run_cli(cfg, "items", "show", items[0]["id"], "--json", check=True).stdout)
     assert show["effective_metadata"]["collector"] == {"name": "张三", "id": "33010001"}
