@@ -128,7 +128,9 @@ class Probe:
 
 def monitor_run(label: str, db: str, fleet, probes, root: Path, work: Path, *, units: int, rate: float, warmup: float,
                 seconds: float, alarm_every: float, flap_every: float, probe_every: float, flush_s: float = 1.0,
-                presign: bool = True, say=lambda m: None) -> dict:
+                presign: bool = True, say=lambda m: None, during=None) -> dict:
+    """``during``: uploads to run in the measured window through this run's broker
+    (tools/bench/fleet_items.py: ``start(broker)`` at its start, ``join(end)`` after it)."""
     work.mkdir(parents=True, exist_ok=True)
     for attempt in range(3):  # the free port it picked may be taken by another process before mosquitto binds it
         try:
@@ -184,6 +186,8 @@ def monitor_run(label: str, db: str, fleet, probes, root: Path, work: Path, *, u
         c0, t0 = counters(db), time.monotonic()
         m0, b0, w0, s0 = _cpu(mp), _cpu(bp), sum(_cpu(p) for p in wp), psutil.cpu_times()
         probe = Probe(psim, web)
+        if during is not None:
+            during.start(broker)
         i = 0
         while time.monotonic() - t0 < seconds and all(w.poll() is None for w in workers):
             probe.once(i)
@@ -196,6 +200,7 @@ def monitor_run(label: str, db: str, fleet, probes, root: Path, work: Path, *, u
             t = time.monotonic()
             f = _get(web + "api/fleet", timeout=120)
             page.append(time.monotonic() - t)
+        items = during.join(t1) if during is not None else None
         runs = []
         for w in workers:
             out, _ = w.communicate(timeout=warmup + seconds + 120)
@@ -249,6 +254,7 @@ def monitor_run(label: str, db: str, fleet, probes, root: Path, work: Path, *, u
             "api_fleet_s": _round(statistics.median(page)), "api_fleet_devices": f["totals"]["devices"],
             "monitor_rss_mib": round(mp.memory_info().rss / 2**20, 1),
             "load_average": [round(x, 1) for x in os.getloadavg()],
+            **({"archive": items} if items is not None else {}),
         }
     finally:
         for w in workers:
@@ -346,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--item-kib", type=int, default=256)
     ap.add_argument("--receivers", default="1,3")
     ap.add_argument("--repeat", type=int, default=1, help="archive part: each K this many times, interleaved (1..10)")
+    ap.add_argument("--concurrent", action="store_true",
+                    help="the archive part inside the monitor window: for each backend and K, one monitor run during "
+                         "which the --archive-devices upload their items (tools/bench/fleet_items.py)")
     ap.add_argument("--dir", help="work directory (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout)")
@@ -377,7 +386,14 @@ def main(argv: list[str] | None = None) -> int:
             t = time.monotonic()
             enrol(work / "archive", fleet + probes)
             say(f"enrolled {len(fleet) + len(probes)} devices in {time.monotonic() - t:.1f} s")
-        for b in backends if a.devices else []:
+        if a.concurrent:
+            if not (a.devices and a.archive_devices):
+                ap.error("--concurrent: --devices and --archive-devices both 1 or more")
+            from tools.bench import fleet_items
+
+            res["concurrent"] = True
+            res["monitor"] = fleet_items.runs(sys.modules[__name__], a, fleet, probes, work, receivers, backends, say)
+        for b in backends if a.devices and not a.concurrent else []:
             db = str(work / "monitor.db")
             if b == "postgresql":
                 head, _, name = a.pg.rpartition("/")
@@ -394,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{b}: accepted {r['accepted_msg_s']} msg/s of {r['scheduled_health_msg_s']:g} scheduled, lost "
                 f"{r['lost']}, latency p50 {r['latency_s']['p50']} p99 {r['latency_s']['p99']} s, monitor CPU "
                 f"{r['monitor_cpu_pct_of_one_core']} %")
-        if a.archive_devices:
+        if a.archive_devices and not a.concurrent:
             for b in backends:
                 pg = f"{a.pg}_arc" if b == "postgresql" else None
                 (work / f"arc-{b}").mkdir()
@@ -407,13 +423,18 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     res["load_average_end"] = [round(x, 1) for x in os.getloadavg()]
     print(table(res), file=out)
+    if res.get("concurrent"):
+        from tools.bench import fleet_items
+
+        print("\nThe same windows: monitor and archive at once\n\n" + fleet_items.table(res["monitor"]), file=out)
     if a.json:
         text = json.dumps(res, ensure_ascii=False, indent=1)
         if a.json == "-":
             print(text)
         else:
             Path(a.json).write_text(text + "\n")
-    ok = all(r["lost"] == 0 for r in res["monitor"]) and all(x["ok"] for x in res["archive"])
+    ok = all(r["lost"] == 0 and r.get("archive", {"ok": True})["ok"] for r in res["monitor"]) \
+        and all(x["ok"] for x in res["archive"])
     return 0 if ok else 1
 
 

@@ -26,7 +26,7 @@ SHARE = "archive"
 
 def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: float, verify: bool = True,
              receive_maximum: int | None = None, label: str | None = None, dev_opts: dict | None = None,
-             shards: bool = False, db: str | None = None) -> dict:
+             shards: bool = False, db: str | None = None, broker=None) -> dict:
     """Restore the fleet, start the broker as shipped and ``receivers`` archive processes, let
     every device upload, measure, check. Returns the figures of the run.
 
@@ -41,10 +41,19 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
     ``shards``: instead of K receivers on one root behind one shared subscription, each receiver
     gets its own root and topic prefix (``edge-s1`` …) and the devices are split among them (the
     sharded layout of docs/scaling.md), each shard with its own broker (identities and ACL are
-    per prefix: one broker per region in docs/scaling.md)."""
+    per prefix: one broker per region in docs/scaling.md).
+
+    ``broker``: a running broker as shipped for base/archive, started by the caller after its own
+    :func:`restore` (tools/bench/fleet_items.py: the monitor and a 1,000-device fleet on it at the
+    same time); not restored, not stopped here, and the receivers are awaited as the ``archive``
+    identity (the monitor's logins are the monitor's: one login, one session)."""
     roots = [base / f"archive-s{k + 1}" for k in range(receivers)] if shards else [base / "archive"]
     prefixes = [f"{PREFIX}-s{k + 1}" for k in range(receivers)] if shards else [PREFIX]
-    restore(base, roots)
+    given = broker  # (the loops below name each broker ``broker``)
+    if given is not None and shards:
+        raise SimError("a caller's broker serves one root: no shards")
+    if given is None:
+        restore(base, roots)
     urls = [_fresh_index(db, base, root, f"{label or receivers}" + (f"_s{k + 1}" if shards else ""))
             for k, root in enumerate(roots)] if db else [None] * len(roots)
     idx = [open_index(root, u) for root, u in zip(roots, urls)]
@@ -59,7 +68,7 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
     total_bytes = sum(d["bytes"] for d in fleet.values())
     try:
         for r, (root, prefix) in enumerate(zip(roots, prefixes)):
-            brokers.append(start_broker(rdir / (f"broker-s{r + 1}" if shards else "broker"), root, prefix))
+            brokers.append(given or start_broker(rdir / (f"broker-s{r + 1}" if shards else "broker"), root, prefix))
         for k in range(receivers):
             rid, broker = receiver_id(k + 1), brokers[k % len(brokers)]
             lp = rdir / f"{rid}.log"
@@ -75,7 +84,8 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
             rx.append(subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True))
         for b, broker in enumerate(brokers):
             mine = [k for k in range(receivers) if k % len(brokers) == b]
-            _wait_receivers(broker, [receiver_id(k + 1) for k in mine], [rx[k] for k in mine], rdir)
+            _wait_receivers(broker, [receiver_id(k + 1) for k in mine], [rx[k] for k in mine], rdir,
+                            watcher="archive" if given is not None else "monitor")
         cpu0 = {"rx": [cpu_seconds(p.pid) for p in rx], "broker": sum(cpu_seconds(b.pid) for b in brokers)}
         # devices, spread over the publisher processes, each logged in as itself
         devs = []
@@ -148,7 +158,8 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
         for p in rx:
             stop_process(p)
         for b in brokers:
-            b.stop()
+            if b is not given:
+                b.stop()
         for fh in logs:
             fh.close()
     if shards:
@@ -176,6 +187,7 @@ def run_once(base: Path, fleet: dict, receivers: int, workers: int, timeout: flo
     fig = _figures(receivers, fleet, total_items, total_bytes, wall, timeline, cpu0, cpu1, pub_reports, per_rx,
                    check, timed_out, rdir)
     fig["pg"] = pg_stats
+    fig["upload_monotonic"] = [t0, t0 + wall]  # when the publishers started and the last item was stored
     return fig
 
 
@@ -212,13 +224,14 @@ def _credentials(broker, name: str) -> dict:
     return {"username": m["username"], "password": m["password"]}
 
 
-def _wait_receivers(broker, rids: list[str], procs: list[subprocess.Popen], rdir: Path, timeout: float = 30) -> None:
+def _wait_receivers(broker, rids: list[str], procs: list[subprocess.Popen], rdir: Path, timeout: float = 30,
+                    watcher: str = "monitor") -> None:
     """Until every receiver's retained status on ``broker`` says online (it has subscribed and is
-    serving); watched under the broker's read-only ``monitor`` identity."""
+    serving); watched under the broker's read-only ``monitor`` identity (or ``watcher``)."""
     from agent.wire.topics import Topics
 
     online: set[str] = set()
-    c = broker.paho("monitor", f"sim-watch-{os.getpid()}")
+    c = broker.paho(watcher, f"sim-watch-{os.getpid()}")
     topic = Topics(broker.prefix).all_archive_receivers()
 
     def on_message(_c, _u, msg):
