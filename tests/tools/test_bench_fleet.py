@@ -20,6 +20,7 @@ from tools.bench import fleet
     (["--seconds", "0"], "--seconds: 0 < s <= 600"),
     (["--receivers", "1,x"], "--receivers: numbers separated by commas"),
     (["--devices", "0", "--archive-devices", "0"], "--devices: 1 or more (0: the archive part alone"),
+    (["--concurrent", "--archive-devices", "0"], "--concurrent: --devices and --archive-devices both 1 or more"),
 ])
 def test_bad_arguments_are_refused(args, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -82,3 +83,32 @@ def test_archive_part_alone_through_the_shipped_broker(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| monitor |" not in text and "| postgresql | 3 | 3/3 × 16 KiB |" in text
     assert "| archive index | receivers | items | items/s overall (steady) | MB/s overall (steady) |" in text
+
+
+@pytest.mark.slow
+def test_items_archived_inside_the_monitor_window(tmp_path, capsys):
+    """`--concurrent`: the item devices upload to 1 and 3 receivers (own keys, the shipped broker)
+    while the fleet loads the monitor, on each backend; every item stored once with its receipt
+    checked, every monitor message received, both sets of figures from the same window."""
+    out = tmp_path / "fleet.json"
+    rc = fleet.main(["--devices", "6", "--units", "2", "--warmup", "1", "--seconds", "4", "--probes", "2",
+                     "--archive-devices", "2", "--items", "2", "--item-kib", "16", "--receivers", "1,3", "--concurrent",
+                     "--pg", "postgresql://postgres@127.0.0.1:5432/edge_fleet_test", "--dir", str(tmp_path),
+                     "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert rc == 0 and res["concurrent"] and res["archive"] == [], res
+    got = [(m["db"], m["archive"]["index"], m["archive"]["receivers"], m["archive"]["stored"], m["archive"]["receipts"],
+            m["archive"]["ok"]) for m in res["monitor"]]
+    assert got == [("sqlite", "sqlite", 1, 4, 4, True), ("sqlite", "sqlite", 3, 4, 4, True),
+                   ("postgresql", "postgresql", 1, 4, 4, True), ("postgresql", "postgresql", 3, 4, 4, True)]
+    for m in res["monitor"]:
+        a = m["archive"]
+        assert m["lost"] == 0 and m["accepted_msg_s"] > 0 and m["latency_s"]["missed"] == 0, m
+        assert a["items_s"] > 0 and a["mb_s"] is not None and a["problems"] == [], a
+        # every receipt signed by one of the run's receivers, each enrolled with its own key
+        assert sum(a["receipt_keys"].values()) == 4 and set(a["receipt_keys"]) <= {"rx-1", "rx-2", "rx-3"}, a
+        assert a["window_overlap"] is not None and 0 < a["window_overlap"] <= 1, a
+    assert read_once("postgresql://postgres@127.0.0.1:5432/postgres",
+                     "SELECT datname FROM pg_database WHERE datname LIKE 'edge_fleet_test%'") == []
+    text = capsys.readouterr().out
+    assert "| sqlite | 3 | 6 (+2) |" in text and "| postgresql | 1 | 6 (+2) |" in text

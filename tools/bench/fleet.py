@@ -370,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         receivers = [int(x) for x in a.receivers.split(",") if x]
     except ValueError:
         ap.error("--receivers: numbers separated by commas")
+    if a.concurrent and not (a.devices and a.archive_devices):
+        ap.error("--concurrent: --devices and --archive-devices both 1 or more")
     from agent.common.pg import create_database, drop_database
 
     out = sys.stderr if a.json == "-" else sys.stdout
@@ -387,8 +389,6 @@ def main(argv: list[str] | None = None) -> int:
             enrol(work / "archive", fleet + probes)
             say(f"enrolled {len(fleet) + len(probes)} devices in {time.monotonic() - t:.1f} s")
         if a.concurrent:
-            if not (a.devices and a.archive_devices):
-                ap.error("--concurrent: --devices and --archive-devices both 1 or more")
             from tools.bench import fleet_items
 
             res["concurrent"] = True
