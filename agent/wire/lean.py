@@ -1,14 +1,31 @@
-"""A leaner PUBLISH decoder for paho (the archive receiver: every chunk arrives through it).
+"""Leaner paths through paho for the bulk of the transfer (docs/mqtt.md, "Where the CPU goes").
 
-paho copies each received payload several times while decoding; :func:`install_lean_decoder`
-swaps in :func:`_lean_decode_publish`, which hands paho's receive buffer over as the payload.
+- :func:`install_lean_decoder` (the archive receiver's process: every chunk arrives through it):
+  paho copies each received payload several times while decoding; :func:`_lean_decode_publish`
+  hands paho's receive buffer over as the payload.
+- :func:`lean_client` (each of our connections, never process-wide: the benchmark's bare paho
+  baseline runs in the agent's process and must stay paho as it is): a large packet is queued as
+  a memoryview, so paho's writer sends it in place instead of copying it at every ``send`` (it
+  slices ``packet[pos:]``: a full copy of each 256 KiB chunk even when one ``send`` takes it all);
+  a PUBACK with no reason code and no properties (every successful one) is settled without the
+  ``ReasonCode`` and ``Properties`` objects paho builds for it (two of each, about 20 us a chunk).
 """
 
 from __future__ import annotations
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+#: shared stand-ins for the empty objects paho would build for every chunk and every PUBACK;
+#: nothing of ours (nor paho) writes to a received packet's reason code or properties
+_NO_PUBLISH_PROPS = Properties(PacketTypes.PUBLISH)
+_PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)
+_NO_PUBACK_PROPS = Properties(PacketTypes.PUBACK)
+#: packets at least this large are queued as memoryviews (slicing a small one costs nothing)
+LEAN_SEND_MIN = 4096
 
 
 def _lean_decode_publish(header: int, packet, protocol):
@@ -42,7 +59,10 @@ def _lean_decode_publish(header: int, packet, protocol):
         mid = (mv[pos] << 8) | mv[pos + 1]
         pos += 2
     properties = None
-    if protocol == mqtt.MQTTv5:
+    if protocol == mqtt.MQTTv5 and pos < n and mv[pos] == 0:  # no properties (a chunk): no object built
+        properties = _NO_PUBLISH_PROPS
+        pos += 1
+    elif protocol == mqtt.MQTTv5:
         plen, shift, k = 0, 0, pos
         while True:  # property length: variable byte integer, at most 4 bytes
             if k >= n or k - pos >= 4:
@@ -86,4 +106,40 @@ def install_lean_decoder() -> bool:
     lean._edge_lean = True
     lean._edge_original = cur
     _packet.decode_publish = lean
+    return True
+
+
+def lean_client(c: mqtt.Client) -> bool:
+    """Make this one paho client send large packets in place and settle plain PUBACKs without
+    building objects (module docstring). Only for the paho versions whose internals it matches
+    (paho-mqtt 2.1 and later); otherwise the client stays as it is. Returns whether it is on."""
+    queue = getattr(c, "_packet_queue", None)
+    handle = getattr(c, "_handle_pubackcomp", None)
+    if (queue is None or handle is None or not hasattr(c, "_out_message_mutex") or not hasattr(c, "_out_messages")
+            or not hasattr(c, "_do_on_publish") or not isinstance(getattr(c, "_in_packet", None), dict)):
+        return False
+    if getattr(queue, "_edge_lean", False):
+        return True
+
+    def packet_queue(command, packet, mid, qos, info=None):
+        if len(packet) >= LEAN_SEND_MIN and not isinstance(packet, memoryview):
+            packet = memoryview(packet)  # paho's writer slices it at every send: no copy of a view
+        return queue(command, packet, mid, qos, info)
+
+    def handle_pubackcomp(cmd):
+        pkt = c._in_packet["packet"]
+        n = len(pkt)
+        # success, no properties: mid only (MQTT 3.1.1 and 5), or reason 0 and an empty property length (5)
+        if cmd == "PUBACK" and (n == 2 or (c._protocol == mqtt.MQTTv5 and 3 <= n <= 4 and pkt[2] == 0
+                                           and (n == 3 or pkt[3] == 0))):
+            mid = (pkt[0] << 8) | pkt[1]
+            with c._out_message_mutex:
+                if mid in c._out_messages:
+                    return c._do_on_publish(mid, _PUBACK_SUCCESS, _NO_PUBACK_PROPS)
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return handle(cmd)  # anything else (a refusal, properties, malformed): paho's own decoding
+
+    packet_queue._edge_lean = True  # type: ignore[attr-defined]
+    c._packet_queue = packet_queue  # type: ignore[method-assign]
+    c._handle_pubackcomp = handle_pubackcomp  # type: ignore[method-assign]
     return True

@@ -44,6 +44,7 @@ from paho.mqtt.properties import Properties
 
 from agent.common.errors import EdgeError
 from .client import ConnSettings, new_client
+from .lean import lean_client
 from .failback import Failback
 from .publish import PubHandle, PublishError, packet_size, properties
 
@@ -260,6 +261,7 @@ class Connection:
 
     def _make_client(self) -> mqtt.Client:
         c = new_client(self.s, reconnect=False)
+        lean_client(c)  # chunks sent in place, PUBACKs settled without objects (agent/wire/lean.py)
         c.max_inflight_messages_set(65535)  # our own window (Receive Maximum) governs
         c.max_queued_messages_set(0)
         if self.manual_ack:
