@@ -623,3 +623,34 @@ def test_rotating_a_stolen_device_password_and_reloading_shuts_the_thief_out(mq,
     finally:
         again.close()
         owner.close()
+
+
+def test_our_connection_sends_chunks_in_place_and_still_reports_a_refused_publish(mq, auth, peers):
+    """agent.wire.lean.lean_client (on for every Connection): a chunk-sized packet queued as a
+    memoryview arrives byte for byte, its plain PUBACK settles the publish without paho's objects,
+    and a refusal (PUBACK 0x87, a reason code paho decodes itself) still fails the publish."""
+    import os
+
+    from agent.wire.client import ConnSettings
+    from agent.wire.mqtt import Connection
+
+    pw = {i.name: i.password for i in auth.identities}
+    archive = peers("archive")
+    assert archive.subscribe(T.xfer("dock-0001", "item-1", "chunk")) == [1]
+    conn = Connection(ConnSettings("127.0.0.1", mq.port, "lean-dock-0001", username="dock-0001",
+                                   password=pw["dock-0001"]), stop_event=threading.Event(), name="lean")
+    conn.start()
+    try:
+        assert conn.wait_connected(DEADLINE)
+        assert getattr(conn._client._packet_queue, "_edge_lean", False)
+        chunk = bytearray(os.urandom(300_000))
+        h = conn.publish(T.xfer("dock-0001", "item-1", "chunk"), chunk)
+        assert h.wait(DEADLINE) and h.ok and h.reason == 0
+        assert archive.messages.get(timeout=DEADLINE) == (T.xfer("dock-0001", "item-1", "chunk"), bytes(chunk))
+        forged = conn.publish(T.xfer("dock-0002", "item-2", "chunk"), chunk)  # another device's transfer
+        assert forged.wait(DEADLINE) and not forged.ok and forged.reason == 0x87
+        again = conn.publish(T.xfer("dock-0001", "item-1", "chunk"), chunk[:5000])  # the connection goes on
+        assert again.wait(DEADLINE) and again.ok
+        assert archive.messages.get(timeout=DEADLINE) == (T.xfer("dock-0001", "item-1", "chunk"), bytes(chunk[:5000]))
+    finally:
+        conn.stop()
