@@ -106,10 +106,12 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
     from ..archive.receiver import Receiver, new_receiver_id
     from ..archive.storage import ArchiveStore
     from agent.common.logsetup import setup_logging
+    from agent.common.memory import keep_freed_memory
     from agent.wire.client import settings_from_config
 
     cfg = _cfg_or_none(c)
     setup_logging(log_level, "plain")
+    keep_freed_memory()  # chunk-sized buffers reused, not faulted in again for every chunk
     rid = client_id or new_receiver_id()
     settings = settings_from_config(cfg.mqtt if cfg is not None else None, rid, broker=broker, cafile=cafile,
                                     certfile=certfile, keyfile=keyfile, receive_maximum=receive_maximum)

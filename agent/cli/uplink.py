@@ -27,11 +27,13 @@ def run(c: Ctx, log_level, as_json, status_every):
       edge-agent --config /etc/edge-agent/agent.toml run
     """
     from agent.common.logsetup import setup_logging
+    from agent.common.memory import keep_freed_memory
     from ..runtime import build_agent
 
     cfg = c.cfg
     fmt = {"text": "plain"}.get(cfg.log.format, cfg.log.format)
     setup_logging(log_level or cfg.log.level, fmt)
+    keep_freed_memory()  # chunk-sized buffers reused, not faulted in again for every chunk
     store = c.store
     store.private_key  # fail now, with a clear message, when the device key is missing
     agent = build_agent(cfg)

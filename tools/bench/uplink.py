@@ -12,7 +12,8 @@
    process logged in as ``archive``; MB/s from the first publish to the last message received. Run before and after each round of ours; for each round the better of the two
    baselines either side counts (conservative).
 3. Ours: an agent data dir with ``--mib`` MiB of sealed items (``--item-mib`` each; ingest is
-   set-up, not timed), the uplink running in this process (as in `edge-agent run`) and
+   set-up, not timed), the uplink running in this process (as in `edge-agent run`, with its
+   memory settings, agent/common/memory.py, which the baseline's publisher then shares) and
    `edge-agent archive serve` as its own process on a fresh root. MB/s = item bytes / time from
    the first manifest to the last ``stored`` answer; every item is then verified at the archive.
    Also the archive's acknowledgement latency per chunk and per item (p50, p99), and the CPU
@@ -313,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="log level of archive serve (its log is kept with --keep; info logs busy seconds)")
     args = ap.parse_args(argv)
     out = sys.stderr if args.json == "-" else sys.stdout
+    # the agent runs in this process: with the memory settings `edge-agent run` makes at start
+    # (agent/common/memory.py); the baseline's publisher shares them (its subscriber is bare paho)
+    from agent.common.memory import keep_freed_memory
+    keep_freed_memory()
     # SIGTERM (e.g. `timeout`) unwinds through the finally below: the broker is stopped, the work dir removed
     signal.signal(signal.SIGTERM, lambda *_a: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="bench-uplink-"))
