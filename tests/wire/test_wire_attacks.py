@@ -319,6 +319,25 @@ def test_archive_key_rotation_in_two_steps(tmp_path):
 
 
 # --- the genuine flow: nothing of the archive's own is ignored ---------------------------------------------
+def test_chunk_answers_come_a_few_at_a_time_and_answer_every_chunk(setup, tmp_path):
+    """The receiver answers a stream of chunks a few at a time (agent/archive/receiver.py,
+    ANSWER_BATCH, ANSWER_WAIT_S): one answer message names the other chunks' correlation data in
+    ``more``, their ranges committed to the index before it is sent. Far fewer answer messages
+    than chunks, yet every chunk answered once: nothing retransmitted, the item archived."""
+    t, spy = setup
+    (item,) = add_items(t.store, tmp_path, [16 << 20])
+    t.enroll()
+    t.start_archive()
+    t.start_agent()
+    t.wait_archived([item], timeout=60)
+    chunks = sum(1 for tp, _b, _p in list(spy.msgs) if tp == T.xfer(DEV, item, "chunk"))
+    answers = [json.loads(b) for tp, b, _p in list(spy.msgs) if tp == T.ack(DEV)]
+    chunk_answers = [a for a in answers if a.get("kind") == "chunk"]
+    assert chunks >= 16 and sum(1 + len(a.get("more") or []) for a in chunk_answers) == chunks
+    assert len(chunk_answers) <= chunks // 2, [len(a.get("more") or []) for a in chunk_answers]
+    assert t.uplink.stats()["retransmits"] == 0
+
+
 def test_genuine_parallel_transfers_ignore_no_answer(setup, tmp_path):
     """Two lanes send two items at once; the receiver answers the chunks of both in one batch
     (``more``). Every genuine answer is taken: nothing ignored, nothing retransmitted, each item
