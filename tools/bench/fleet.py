@@ -32,6 +32,10 @@ itself, receiver k enrolled as ``rx-k`` (`archive receiver add`) and logged in a
 receipt signed by the receiver that stored the item and checked on the device.
 ``--devices 0`` runs the archive part alone.
 
+``--concurrent``: both at once. For each backend and each K, one monitor run during whose measured
+window the ``--archive-devices`` upload their items to K receivers through that run's broker
+(tools/bench/fleet_items.py); each monitor row then carries its window's archive figures.
+
 Bounds: at most 5,000 devices (fleet_sim), 600 s per window.
 """
 
