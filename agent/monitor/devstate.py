@@ -191,6 +191,7 @@ class DeviceState:
         # since when online/offline: live, its arrival; retained (a monitor started later), when it was signed
         at = now if not retained else min(now, self._signed_at or now)
         if (d["state"], d["bdseq"]) != (st["state"], st["bdseq"]):  # a new state or a new birth: history
+            self._prompt.set()  # shown within prompt_s, not at the next flush
             self.status_events.append((dev, d["unit_code"], st["kind"] or d["kind"], st["state"], st["bdseq"],
                                        "status", _iso(self._signed_at), at, now))
         d.update(state=st["state"], bdseq=st["bdseq"], status_ts=at)
@@ -207,6 +208,7 @@ class DeviceState:
         if not self._unit_ok(d, h["unit_code"], h["unit_name"], topic):
             return "unit_mismatch"
         if d["state"] != "online":  # alive without a birth seen (e.g. the monitor missed it): online from now
+            self._prompt.set()  # shown within prompt_s, not at the next flush
             self.status_events.append((dev, d["unit_code"], h["kind"], "online", d["bdseq"], "health", h["ts"],
                                        now if not retained else min(now, self._signed_at or now), now))
             d["state"] = "online"
@@ -239,6 +241,7 @@ class DeviceState:
         prev = self.alarms.get(k)
         was_active = bool(prev and prev["active"])
         if a["active"] != was_active:
+            self._prompt.set()
             self.events.append((dev, d["unit_code"], a["key"], a["code"], a["severity"],
                                 "raised" if a["active"] else "cleared", a["ts"], now))
         self.alarms[k] = {"active": a["active"]}

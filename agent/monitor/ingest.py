@@ -86,6 +86,10 @@ class IngestSettings:
     keyfile: str = ""
     keepalive: int = 30
     flush_s: float = 1.0
+    #: a change of a device's state or an alarm raised or cleared is written within this long
+    #: (the flusher is woken early, at most once per ``prompt_s``): what an operator watches
+    #: shows without waiting for the next ``flush_s`` (health alone waits for it)
+    prompt_s: float = 0.2
     rate: float = RATE_PER_DEVICE
     burst: float = BURST_PER_DEVICE
     queue_per_device: int = QUEUE_PER_DEVICE
@@ -142,6 +146,7 @@ class Ingest(DeviceState, Witness, Connections):
         self._last_ratio: dict[str, tuple] = {}
         self._day_cache: tuple[int, str] = (0, "")
         self._stop = threading.Event()
+        self._prompt = threading.Event()  # a state change or alarm to show: flush early
         self._flusher: threading.Thread | None = None
         self._workers: list[threading.Thread] = []
         # the queues between paho's thread and the worker
@@ -379,7 +384,13 @@ class Ingest(DeviceState, Witness, Connections):
     # --- running ----------------------------------------------------------------------------------
     def _flush_loop(self) -> None:
         next_reload = time.monotonic() + self.s.reload_s
-        while not self._stop.wait(self.s.flush_s):
+        gap = min(self.s.prompt_s, self.s.flush_s)
+        while not self._stop.is_set():
+            # every flush_s, or sooner when a state change or an alarm waits (at most once per gap)
+            self._prompt.wait(max(0.0, self.s.flush_s - gap))
+            if self._stop.wait(gap if self._prompt.is_set() else 0) or self._stop.is_set():
+                break
+            self._prompt.clear()
             try:
                 self.flush()
             except Exception:
@@ -421,6 +432,7 @@ class Ingest(DeviceState, Witness, Connections):
 
     def stop(self) -> None:
         self._stop.set()
+        self._prompt.set()
         with self._cv:
             self._cv.notify_all()
         for c in self.clients:

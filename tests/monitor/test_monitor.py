@@ -365,3 +365,40 @@ def test_monitor_starts_before_the_broker(tmp_path, broker):
         _wait(lambda: _fleet(db)["totals"]["devices"] == 1)
     finally:
         mon.stop()
+
+
+def test_a_state_change_or_alarm_is_written_at_once_health_waits_for_the_flush(tmp_path):
+    """What an operator watches (a device going offline, an alarm raised) reaches the monitor's
+    database within ``prompt_s`` of being applied, not at the next ``flush_s`` (here 60 s); a
+    health message alone waits for the flush. The worker and flusher run as in `edge-agent monitor`."""
+    db = MonitorDB(tmp_path / "m.db")
+    r1 = SimDevice("r1", "U9", "单位", "room")
+    ing = Ingest(db, IngestSettings(flush_s=60.0, prompt_s=0.2), _in_memory(r1))
+    ing.start_workers()
+    look = connect(tmp_path / "m.db")
+
+    def shown(sql: str, timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if look.execute(sql).fetchone()[0]:
+                return True
+            time.sleep(0.05)
+        return False
+
+    try:
+        ing.submit(*_signed(r1, "status", {"state": "online", "bdseq": 1, "unit_code": "U9", "kind": "room"}))
+        assert shown("SELECT count(*) FROM status_events WHERE device='r1' AND state='online'")
+        ing.submit(*_signed(r1, "health", r1.health()))
+        assert not shown("SELECT count(*) FROM devices WHERE id='r1' AND health IS NOT NULL", timeout=1.0), \
+            "health alone is written at the flush"
+        alarm = {"code": "microphone_silent", "key": "microphone_silent", "active": True, "severity": "critical",
+                 "since": "2026-11-27T09:00:00+08:00", "ts": "2026-11-27T09:00:00+08:00",
+                 "message": {"zh": "麦克风无声", "en": "microphone silent"}, "source": "room"}
+        ing.submit(*_signed(r1, "alarm", alarm, "microphone_silent"))
+        assert shown("SELECT count(*) FROM alarm_events WHERE device='r1' AND event='raised'")
+        ing.submit(*_signed(r1, "status", {"state": "offline", "bdseq": 1, "unit_code": "U9", "kind": "room"}))
+        assert shown("SELECT count(*) FROM status_events WHERE device='r1' AND state='offline'")
+    finally:
+        look.close()
+        ing.stop()
+        db.close()
