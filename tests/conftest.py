@@ -31,10 +31,15 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def make_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Mosquitto]]:
     """Factory: ``make_broker(extra_config=[...], tls=pki, persistence_dir=...)`` -> started broker.
 
+    Without a password file, ACL, TLS or ``allow_anonymous`` of its own the broker runs the shipped
+    configuration (``shipped=True``: anonymous off, generated identities on demand with
+    ``mq.identity(name, role)``); ``make_broker(shipped=False)`` is an open broker.
     Every broker made is stopped at teardown."""
     made: list[Mosquitto] = []
 
     def factory(**kwargs) -> Mosquitto:
+        own = {"password_file", "acl_file", "tls", "allow_anonymous"} & kwargs.keys()
+        kwargs.setdefault("shipped", not own)
         mq = Mosquitto(tmp_path_factory.mktemp("mosquitto"), **kwargs)
         made.append(mq)
         return mq.start()
@@ -46,14 +51,25 @@ def make_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
 
 @pytest.fixture
 def broker(make_broker) -> Mosquitto:
-    """A private plain broker for one test (free port on 127.0.0.1; ``.port``)."""
+    """A private broker for one test (free port on 127.0.0.1; ``.port``) in the shipped
+    configuration: anonymous off, the generated ACL, one login = one session; logins made with
+    ``broker.identity(name, role)`` (the harnesses do it for their agents, archives, monitors)."""
     return make_broker()
+
+
+@pytest.fixture
+def open_broker(make_broker) -> Mosquitto:
+    """A misconfigured broker on purpose: anonymous clients, no ACL, any client id. Only for the
+    tests that show what the agent, archive and monitor still refuse when the broker lets anyone
+    publish anything (docs/security.md)."""
+    return make_broker(shipped=False)
 
 
 @pytest.fixture(scope="session")
 def broker_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    """One plain broker shared by the whole session: use unique topics, don't restart it."""
-    mq = Mosquitto(tmp_path_factory.mktemp("mosquitto-session")).start()
+    """One shipped-configuration broker shared by the whole session (of one worker): use unique
+    device ids and logins, don't restart it."""
+    mq = Mosquitto(tmp_path_factory.mktemp("mosquitto-session"), shipped=True).start()
     yield mq
     mq.stop()
 

@@ -8,11 +8,24 @@
 
 The broker logs to ``mq.log_path`` (all log types, connection messages); on a failed start the
 log tail is put into the exception. Persistence is off unless ``persistence_dir`` is given.
+
+The shipped configuration (``shipped=True``; the default ``broker`` fixture): anonymous off, the
+ACL and password file of ``agent.wire.broker_auth`` (topic prefix ``edge``), and one login = one
+session (``use_username_as_clientid true`` on every listener, as the generated mosquitto.conf).
+Identities are added on demand, each with a password of its own:
+
+    user, password = mq.identity("dock-0001")             # a device (the ACL's %u patterns)
+    mq.identity("rx-2", "archive"); mq.identity("monitor.3", "monitor"); mq.identity("ops", "ops")
+    login(port, "dock-0001")  # {"username":..., "password":...} if the broker on port is shipped, else {}
+
+A new identity is written to the password file (and ACL), the broker is sent SIGHUP, and the call
+returns once a CONNECT with the new login is accepted (a deadline, not a sleep).
 """
 from __future__ import annotations
 
 import getpass
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -23,6 +36,133 @@ from pathlib import Path
 from typing import Any
 
 HOST = "127.0.0.1"
+
+#: the running brokers of this process by plain port: harnesses given only a port find the
+#: broker there and, if it runs the shipped configuration, log in with an identity of their own
+BY_PORT: dict[int, "Mosquitto"] = {}
+
+
+def login(port: int | None, name: str, role: str = "device", unit: str | None = None) -> dict[str, str]:
+    """``{"username", "password"}`` of ``name`` on the shipped broker listening on ``port`` (the
+    identity is created if new); ``{}`` if that broker admits anonymous clients."""
+    mq = BY_PORT.get(port) if port is not None else None
+    if mq is None or mq.identities is None:
+        return {}
+    user, password = mq.identity(name, role, unit=unit)
+    return {"username": user, "password": password}
+
+
+def login_for_topic(port: int | None, topic: str) -> dict[str, str]:
+    """The login that may publish ``topic`` on the shipped broker at ``port``: a device's topic
+    (``edge/dev/D/...``, ``edge/xfer/D/...``) with device D's own identity, an archive topic with
+    an archive identity of its own (``archive-pub``); ``{}`` on an open broker. Note: one login =
+    one session, so this ends a live connection of device D (use it where D is simulated)."""
+    mq = BY_PORT.get(port) if port is not None else None
+    if mq is None or mq.identities is None:
+        return {}
+    parts = topic.split("/")
+    if len(parts) >= 3 and parts[1] in ("dev", "xfer"):
+        return login(port, parts[2])
+    if len(parts) >= 2 and parts[1] in ("archive", "ack", "unit"):
+        return login(port, "archive-pub", "archive")
+    raise BrokerError(f"no identity may publish {topic!r} under the shipped ACL")
+
+
+class Identities:
+    """The password file and ACL of a shipped test broker: ``agent.wire.broker_auth``'s ACL text
+    and password hashes, the identities made as tests ask for them."""
+
+    def __init__(self, out: Path, prefix: str = "edge"):
+        from agent.wire import broker_auth
+
+        self.ba = broker_auth
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
+        self.passwd = self.out / "passwd"
+        self.acl = self.out / "acl"
+        self.passwords: dict[str, str] = {}
+        self.roles: dict[str, str] = {}
+        self.units: dict[str, str] = {}
+        self.monitor_connections = broker_auth.MONITOR_CONNECTIONS
+        self.write()
+
+    def _role_of(self, name: str) -> str:
+        s = self.ba.DEFAULT_SERVICES
+        if name == s["monitor"] or name.startswith(s["monitor"] + "."):
+            return "monitor"
+        if name == s["ops"]:
+            return "ops"
+        if name == s["archive"] or name.endswith("." + self.ba.POLICY):
+            return "archive"
+        return "device"
+
+    def add(self, name: str, role: str = "device", unit: str | None = None) -> bool:
+        """Add ``name`` (True) or find it there (False)."""
+        if role not in self.ba.ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        if name in self.passwords:
+            if self.roles[name] != role:
+                raise ValueError(f"{name} is already a {self.roles[name]} identity, not {role}")
+            if unit and self.units.get(name) != unit:
+                self.units[name] = unit
+                self.write()
+                return True
+            return False
+        fixed = self._role_of(name)
+        if role in ("monitor", "ops") and fixed != role:
+            raise ValueError(f"{role} logins are {self.ba.DEFAULT_SERVICES[role]}[.K] (the shipped ACL), not {name!r}")
+        if role == "device" and fixed != "device":
+            raise ValueError(f"{name!r} is a service login, not a device id")
+        if role == "monitor" and name != "monitor":
+            k = int(name.rsplit(".", 1)[1])
+            self.monitor_connections = max(self.monitor_connections, k + 1)
+        self.passwords[name] = secrets.token_urlsafe(18)
+        self.roles[name] = role
+        if unit:
+            self.units[name] = unit
+        self.write()
+        return True
+
+    def write(self) -> None:
+        receivers = sorted(n for n, r in self.roles.items() if r == "archive"
+                           and n != self.ba.DEFAULT_SERVICES["archive"] and not n.endswith("." + self.ba.POLICY))
+        acl = self.ba.acl_text(self.prefix, units=self.units, receivers=receivers,
+                               monitor_connections=self.monitor_connections)
+        lines = [f"{n}:{self.ba.hash_password(pw)}" for n, pw in sorted(self.passwords.items())]
+        self.acl.write_text(acl, encoding="utf-8")
+        tmp = self.passwd.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.passwd)
+
+
+def mqtt_connect_rc(port: int, username: str, password: str, host: str = HOST, timeout: float = 5.0) -> int | None:
+    """The CONNACK return code of an MQTT 3.1.1 CONNECT with this login (0: accepted; None: no answer)."""
+    def utf(b: bytes) -> bytes:
+        return len(b).to_bytes(2, "big") + b
+    body = utf(b"MQTT") + bytes([4, 0xC2]) + (10).to_bytes(2, "big") + utf(b"") + utf(username.encode()) \
+        + utf(password.encode())
+    n, rem = len(body), b""
+    while True:
+        byte, n = n % 128, n // 128
+        rem += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            break
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"\x10" + rem + body)
+            ack = b""
+            while len(ack) < 4:
+                chunk = s.recv(4 - len(ack))
+                if not chunk:
+                    return None
+                ack += chunk
+            if ack[3] == 0:
+                s.sendall(b"\xe0\x00")
+            return ack[3]
+    except OSError:
+        return None
 
 
 class BrokerError(RuntimeError):
@@ -78,6 +218,8 @@ class Mosquitto:
     - password_file / acl_file: identities and ACL (e.g. from agent.wire.broker_auth.generate);
       with a password file anonymous access is off unless allow_anonymous=True is given.
     - port / tls_port: fixed ports (default: free ones chosen at first start, then kept).
+    - shipped: the shipped configuration (module docstring): anonymous off, the generated ACL and
+      password file, ``use_username_as_clientid true``; ``identity()`` adds logins.
     """
 
     def __init__(
@@ -97,9 +239,17 @@ class Mosquitto:
         acl_file: str | Path | None = None,
         binary: str | None = None,
         start_timeout: float = 10.0,
+        shipped: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.identities: Identities | None = None
+        if shipped:
+            if password_file is not None or acl_file is not None or allow_anonymous:
+                raise ValueError("shipped=True brings its own password file and ACL, anonymous off")
+            self.identities = Identities(self.workdir / "auth")
+            password_file, acl_file = self.identities.passwd, self.identities.acl
+            listener_config = ["use_username_as_clientid true", *listener_config]
         self.host = HOST
         self.tls = tls
         self.plain = plain
@@ -185,6 +335,8 @@ class Mosquitto:
                 self.tls_port = free_port()
             if self._spawn():
                 self.starts += 1
+                if self.port is not None:
+                    BY_PORT[self.port] = self
                 return self
         raise BrokerError(f"mosquitto did not start; log {self.log_path}:\n{self.log_tail()}")
 
@@ -253,6 +405,22 @@ class Mosquitto:
         """SIGHUP: Mosquitto rereads its password and ACL files (and drops clients they no longer admit)."""
         if self.proc is not None:
             self.proc.send_signal(signal.SIGHUP)
+
+    def identity(self, name: str, role: str = "device", *, unit: str | None = None,
+                 timeout: float = 10.0) -> tuple[str, str]:
+        """(user name, password) of ``name`` on this shipped broker, made if new: written to the
+        password file and ACL, then SIGHUP, returning once the broker accepts the new login."""
+        if self.identities is None:
+            raise BrokerError("this broker admits anonymous clients (shipped=False): no identities")
+        if self.identities.add(name, role, unit) and self.running:
+            password = self.identities.passwords[name]
+            self.reload()
+            deadline = time.monotonic() + timeout
+            while mqtt_connect_rc(self.port or 0, name, password) != 0:
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"{name} not admitted {timeout:.0f} s after SIGHUP; log:\n{self.log_tail()}")
+                time.sleep(0.02)
+        return name, self.identities.passwords[name]
 
     def pause(self) -> None:
         """SIGSTOP: the broker hangs (TCP stays open, nothing is answered)."""

@@ -128,8 +128,15 @@ class Capture:
 
 
 def publish(port: int, topic: str, payload, *, retain: bool = False, qos: int = 1) -> None:
+    """One message; on a shipped broker as the identity that owns ``topic`` (the device of
+    ``edge/dev/D/...``): a sender with that device's broker password, the signature is the test's."""
+    from tests.support.broker import login_for_topic
+
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{os.getpid()}-{time.monotonic_ns()}",
                     protocol=mqtt.MQTTv5)
+    creds = login_for_topic(port, topic)
+    if creds:
+        c.username_pw_set(creds["username"], creds["password"])
     c.connect("127.0.0.1", port)
     c.loop_start()
     data = payload if isinstance(payload, (bytes, str)) else json.dumps(payload, ensure_ascii=False)

@@ -17,6 +17,7 @@ from agent.evidence.verify import verify_chain, verify_item
 from agent.store.ingest import ingest
 from agent.store.store import Store
 
+from tests.support.broker import login
 from tests.support.spine import EDGE, META as _SPINE_META
 
 UNIT = "330100000000"
@@ -24,7 +25,11 @@ META = {**_SPINE_META, "capture_start": "2026-11-27T09:00:00+08:00", "capture_en
 
 
 def agent_config(tmp: Path, port: int, device: str = "dock-0001", **values) -> Path:
-    """An agent config (data dir tmp/DEVICE) pointing at 127.0.0.1:port; values as section__key."""
+    """An agent config (data dir tmp/DEVICE) pointing at 127.0.0.1:port; values as section__key.
+    On a shipped broker (tests.support.broker) the device logs in with its own identity."""
+    if "mqtt__username" not in values:
+        values.update({f"mqtt__{k}": v for k, v in
+                       login(port, device, unit=values.get("device__unit_code", UNIT)).items()})
     data = {"storage": {"data_dir": str(tmp / device), "reserve_mb": 1, "retention_days": 7},
             "device": {"id": device, "unit_code": UNIT},
             "mqtt": {"host": "127.0.0.1", "port": port, "keepalive": 10},
@@ -68,6 +73,18 @@ def add_items(store: Store, tmp: Path, sizes: list[int], case: str | None = META
 def enroll(root: Path, store: Store, device: str = "dock-0001", unit: str = UNIT) -> None:
     run(["archive", "enroll", device, str(store.pub_path), "--unit", unit, "--root", str(root),
          "--pin-to", str(store.data_dir)], check=True)
+
+
+def credentials(tmp: Path, port: int, name: str, role: str = "archive") -> list[str]:
+    """``["--config", FILE]`` with the ``[mqtt]`` login of ``name`` on the shipped broker at
+    ``port`` (what `archive broker-config` writes to credentials/NAME.toml); [] on an open broker."""
+    creds = login(port, name, role)
+    if not creds:
+        return []
+    path = tmp / f"{name}-credentials.toml"
+    path.write_text(f'[mqtt]\nusername = "{creds["username"]}"\npassword = "{creds["password"]}"\n', encoding="utf-8")
+    path.chmod(0o600)
+    return ["--config", str(path)]
 
 
 def run(args: list[str], config: Path | None = None, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -122,8 +139,10 @@ def start_agent(config: Path, tmp: Path, name: str = "agent") -> Proc:
 
 def start_archive(root: Path, port: int, tmp: Path, name: str = "archive", extra: list[str] | None = None,
                   env: dict | None = None, wait: bool = True) -> Proc:
-    p = Proc(["archive", "serve", "--root", str(root), "--broker", f"127.0.0.1:{port}",
-              "--client-id", name, *(extra or [])], tmp / f"{name}.log", env=env)
+    extra = list(extra or [])
+    auth = [] if "--config" in extra else credentials(tmp, port, name)
+    p = Proc([*auth, "archive", "serve", "--root", str(root), "--broker", f"127.0.0.1:{port}",
+              "--client-id", name, *extra], tmp / f"{name}.log", env=env)
     if wait:
         wait_for(lambda: "archive: connected to" in p.text() or not p.alive(), 20, f"{name} connected", [p])
         assert p.alive(), p.text()
@@ -243,7 +262,8 @@ class InProc:
 
         tls = TlsConfig(*map(str, self.archive_tls)) if self.archive_tls else None
         st = ArchiveStore(self.root, receiver=name, **kw)
-        rx = Receiver(st, ConnSettings("127.0.0.1", self.archive_port, name, tls=tls, keepalive=10),
+        creds = {} if tls else login(self.archive_port, name, "archive")
+        rx = Receiver(st, ConnSettings("127.0.0.1", self.archive_port, name, tls=tls, keepalive=10, **creds),
                       share=share, receiver_id=name)
         if first_checkpoint_s is not None:  # the archive-wide checkpoint (30 s after start by default)
             rx.first_checkpoint_s = first_checkpoint_s

@@ -53,8 +53,10 @@ class Probe:
         self.client.tls_set(ca_certs=str(ca), certfile=cert and str(cert), keyfile=key and str(key))
         return self
 
-    def connect(self, port: int, timeout: float = 5.0) -> bool:
-        """True if the broker accepted the session within ``timeout``."""
+    def connect(self, port: int, timeout: float = 5.0, login: tuple[str, str] | None = None) -> bool:
+        """True if the broker accepted the session within ``timeout`` (``login``: user, password)."""
+        if login:
+            self.client.username_pw_set(*login)
         try:
             self.client.connect("127.0.0.1", port, keepalive=10)
         except (OSError, ssl.SSLError):
@@ -76,22 +78,53 @@ class Probe:
 
 
 def test_broker_pub_sub(broker: Mosquitto):
+    """The default broker is the shipped one: a device publishes in its own subtree, the monitor reads it."""
     assert broker.running and broker.port
     sub, pub = Probe(), Probe()
     try:
-        assert sub.connect(broker.port)
-        sub.client.subscribe("edge/test/#", qos=1)
+        assert sub.connect(broker.port, login=broker.identity("monitor", "monitor"))
+        sub.client.subscribe("edge/dev/+/status", qos=1)
         assert sub.subscribed.wait(5)
-        assert pub.connect(broker.port)
-        info = pub.client.publish("edge/test/a", "证据 / evidence".encode(), qos=1)
+        assert pub.connect(broker.port, login=broker.identity("dock-0001"))
+        info = pub.client.publish("edge/dev/dock-0001/status", "证据 / evidence".encode(), qos=1)
         info.wait_for_publish(5)
         assert sub.got.wait(5)
-        assert sub.messages[0].topic == "edge/test/a"
+        assert sub.messages[0].topic == "edge/dev/dock-0001/status"
         assert sub.messages[0].payload.decode() == "证据 / evidence"
     finally:
         sub.stop()
         pub.stop()
     assert broker.log_path.exists()
+
+
+def test_default_broker_is_the_shipped_configuration(broker: Mosquitto, open_broker: Mosquitto):
+    """Anonymous off, a wrong password refused, one login = one session, the ACL applied; a new
+    identity is admitted once the broker has reread its files. The open broker admits anyone."""
+    conf = broker.conf_path.read_text()
+    assert "allow_anonymous false" in conf and "use_username_as_clientid true" in conf
+    assert f"acl_file {broker.identities.acl}" in conf
+    assert not Probe().connect(broker.port)
+    user, password = broker.identity("room-0042")
+    assert not Probe().connect(broker.port, login=(user, password + "x"))
+    first, second = Probe("one"), Probe("two")
+    assert first.connect(broker.port, login=(user, password))
+    assert second.connect(broker.port, login=(user, password))  # the same login: the first is ended
+    assert first.disconnected.wait(5)
+    # the ACL: a device cannot publish in another device's subtree (PUBACK refused, nothing delivered)
+    mon = Probe()
+    assert mon.connect(broker.port, login=broker.identity("monitor", "monitor"))
+    mon.client.subscribe("edge/dev/+/status", qos=1)
+    assert mon.subscribed.wait(5)
+    second.client.publish("edge/dev/dock-0001/status", b"forged", qos=1).wait_for_publish(5)
+    second.client.publish("edge/dev/room-0042/status", b"own", qos=1).wait_for_publish(5)
+    assert mon.got.wait(5)
+    time.sleep(0.2)  # a wrongly delivered message would have come before the later own one anyway
+    assert [m.payload for m in mon.messages] == [b"own"]
+    for p in (second, mon):
+        p.stop()
+    anon = Probe()
+    assert anon.connect(open_broker.port)
+    anon.stop()
 
 
 def test_restart_keeps_port(broker: Mosquitto):
@@ -104,7 +137,7 @@ def test_restart_keeps_port(broker: Mosquitto):
     broker.restart()
     assert broker.port == port
     p = Probe()
-    assert p.connect(port)
+    assert p.connect(port, login=broker.identity("dock-0001"))
     p.stop()
 
 
@@ -113,21 +146,22 @@ def test_extra_config_and_persistence(make_broker, tmp_path):
     assert "max_packet_size 1000" in mq.conf_path.read_text()
     # a retained message survives a clean restart when persistence is on
     p = Probe()
-    assert p.connect(mq.port)
-    p.client.publish("edge/retained", b"x", qos=1, retain=True).wait_for_publish(5)
+    assert p.connect(mq.port, login=mq.identity("dock-0001"))
+    p.client.publish("edge/dev/dock-0001/status", b"x", qos=1, retain=True).wait_for_publish(5)
     p.stop()
     mq.restart()
     assert (tmp_path / "db" / "mosquitto.db").exists()
     s = Probe()
-    assert s.connect(mq.port)
-    s.client.subscribe("edge/retained", qos=1)
+    assert s.connect(mq.port, login=mq.identity("monitor", "monitor"))
+    s.client.subscribe("edge/dev/dock-0001/status", qos=1)
     assert s.got.wait(5) and s.messages[0].payload == b"x"
     s.stop()
 
 
 def test_session_broker(broker_session: Mosquitto):
+    assert not Probe().connect(broker_session.port)
     p = Probe()
-    assert p.connect(broker_session.port)
+    assert p.connect(broker_session.port, login=broker_session.identity("dock-session"))
     p.stop()
 
 
@@ -185,12 +219,12 @@ def test_retained_reads_exactly_what_the_broker_keeps(broker):
     for i in range(50):
         publish(broker.port, f"edge/dev/d{i}/status", {"n": i}, retain=True)
     publish(broker.port, "edge/dev/d0/health", {"live": True})            # not retained
-    publish(broker.port, "other/x", b"kept", retain=True)
-    got = retained(broker.port, "edge/dev/#")
+    publish(broker.port, "edge/dev/d1/ratio", b"kept", retain=True)
+    got = retained(broker.port, "edge/dev/+/status")
     assert sorted(got) == sorted(f"edge/dev/d{i}/status" for i in range(50))
     assert got["edge/dev/d7/status"] == b'{"n": 7}'
-    everything = retained(broker.port)                                       # "#" covers the marker too
-    assert set(everything) == set(got) | {"other/x"}
-    publish(broker.port, "other/x", b"", retain=True)                      # cleared: gone
-    assert "other/x" not in retained(broker.port, "other/#")
-    assert retained(broker.port, "nothing/here/#") == {}
+    everything = retained(broker.port, "edge/dev/#")                        # covers the marker too
+    assert set(everything) == set(got) | {"edge/dev/d1/ratio"}
+    publish(broker.port, "edge/dev/d1/ratio", b"", retain=True)            # cleared: gone
+    assert "edge/dev/d1/ratio" not in retained(broker.port, "edge/dev/+/ratio")
+    assert retained(broker.port, "edge/dev/nobody/#") == {}

@@ -15,9 +15,10 @@ from agent.wire import checkpoint, protocol as P
 from agent.wire.client import ConnSettings, TlsConfig
 from agent.wire.mqtt import Connection
 from agent.wire.publish import PublishError
+from tests.support.broker import login
 from tests.support.retained import retained as broker_retained
-from tests.support.uplink import (UNIT, InProc, add_items, agent_config, all_archived, check_archive, enroll,
-                                  live_status, open_store, run, start_agent, start_archive, states, wait_for)
+from tests.support.uplink import (UNIT, InProc, add_items, agent_config, all_archived, check_archive, credentials,
+                                  enroll, live_status, open_store, run, start_agent, start_archive, states, wait_for)
 
 
 # --- protocol -----------------------------------------------------------------------------------
@@ -136,27 +137,28 @@ def test_checkpoint_signed_and_checked(tmp_path):
 # --- connection traps ----------------------------------------------------------------------------
 def test_connack_limits_read_and_enforced(make_broker):
     mq = make_broker(extra_config=["max_packet_size 100000", "max_inflight_messages 5"])
-    c = Connection(ConnSettings("127.0.0.1", mq.port, "limits"))
+    c = Connection(ConnSettings("127.0.0.1", mq.port, "limits", **login(mq.port, "limits")))
     c.start()
     try:
         assert c.wait_connected(10), c.last_error
         assert c.receive_maximum == 5 and c.maximum_packet_size == 100000
         with pytest.raises(PublishError, match="maximum packet size"):
-            c.publish("edge/t/x", b"x" * 200_000)
+            c.publish("edge/dev/limits/health", b"x" * 200_000)
         # never more than Receive Maximum unacknowledged, however many are published at once
-        hs = [c.publish("edge/t/x", b"y" * 1000, timeout=10) for _ in range(50)]
+        hs = [c.publish("edge/dev/limits/health", b"y" * 1000, timeout=10) for _ in range(50)]
         assert all(h.wait(10) and h.ok for h in hs)
     finally:
         c.stop()
 
 
-def test_puback_refusal_is_an_error_not_a_success(make_broker, tmp_path):
-    """Broker ACL denies transfer topics: PUBACK 0x87; the item is not archived, the error is reported."""
-    acl = tmp_path / "acl"
-    acl.write_text("topic readwrite edge/dev/#\ntopic readwrite edge/ack/#\ntopic readwrite edge/archive/#\n"
-                   "topic read edge/xfer/#\n")
-    mq = make_broker(extra_config=[f"acl_file {acl}"])
-    t = InProc(tmp_path, mq.port, uplink__ack_timeout_s=2)
+def test_puback_refusal_is_an_error_not_a_success(broker, tmp_path):
+    """A station logged in with another device's identity (its credentials copied wrongly): the
+    shipped ACL refuses its transfer topics with PUBACK 0x87; the item is not archived, the error
+    is reported."""
+    mq = broker
+    other = login(mq.port, "dock-0002")
+    t = InProc(tmp_path, mq.port, uplink__ack_timeout_s=2, mqtt__username=other["username"],
+               mqtt__password=other["password"])
     ids = add_items(t.store, tmp_path, [10_000])
     t.enroll()
     t.start_archive()
@@ -370,7 +372,8 @@ def test_signed_command_over_mqtt_reaches_the_agent_and_answers(broker, tmp_path
     ag = start_agent(cfg, tmp_path)
     try:
         wait_for(lambda: "uplink: connected" in ag.text(), 20, "agent connected", [ag])
-        p = run(["command", "send", "status", "--device", "dock-0001", "--key", str(tmp_path / "op" / "ops.key"),
+        ops = credentials(tmp_path, broker.port, "ops", "ops")
+        p = run([*ops, "command", "send", "status", "--device", "dock-0001", "--key", str(tmp_path / "op" / "ops.key"),
                  "--broker", f"127.0.0.1:{broker.port}", "--json", "--timeout", "60"])
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["ok"] is True
