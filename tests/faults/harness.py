@@ -353,6 +353,8 @@ class Node:
         self.clock = clock
         self.netlink = netlink
         host, port = (netlink.host_ip, cluster.netns_port) if netlink else ("127.0.0.1", cluster.broker.port)
+        if "mqtt__username" not in values and cluster.broker.identities is not None:  # the shipped broker
+            values["mqtt__username"], values["mqtt__password"] = cluster.broker.identity(device, unit=UNIT)
         data = {
             "device": {"id": device, "unit_code": UNIT, "kind": kind, "location": "杭州市西湖区文三路 采集站"},
             "storage": {"data_dir": str(self.data_dir), "reserve_mb": reserve_mb, "retention_days": 7},
@@ -566,7 +568,8 @@ class Rogue:
     transfer topics and collects the archive's answers. One per injection (``with Rogue(...)``):
     connected and subscribed (CONNACK and SUBACK awaited) before it publishes."""
 
-    def __init__(self, port: int, dev: str, host: str = "127.0.0.1", timeout: float = 20):
+    def __init__(self, port: int, dev: str, host: str = "127.0.0.1", timeout: float = 20,
+                 login: tuple[str, str] | None = None):
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -582,6 +585,8 @@ class Rogue:
         self.c.on_message = self._on_message
         self.c.on_connect = lambda *a: self._connected.set()
         self.c.on_subscribe = lambda *a: self._subscribed.set()
+        if login:  # on the shipped broker: the device's own password (a thief's, with the key)
+            self.c.username_pw_set(*login)
         self.c.connect(host, port, keepalive=30)
         self.c.loop_start()
         if not self._connected.wait(timeout):
@@ -639,7 +644,11 @@ class Rogue:
 class Cluster:
     """A private Mosquitto, one archive receiver (``edge-agent archive serve``) and edge nodes."""
 
-    def __init__(self, tmp: Path, *, netlink: NetLink | None = None, broker_extra: Iterable[str] = ()):
+    def __init__(self, tmp: Path, *, netlink: NetLink | None = None, broker_extra: Iterable[str] = (),
+                 shipped: bool = True):
+        """``shipped``: the broker as shipped (anonymous off, the generated ACL, one login = one
+        session; each agent and the archive log in with an identity of their own); False: an
+        open broker (anyone publishes anything), for trials that inject as a stranger."""
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.root = self.tmp / "archive"
@@ -647,8 +656,9 @@ class Cluster:
         self.netns_port = free_port() if netlink else None
         extra = list(broker_extra)
         if netlink:  # a second listener on the veth address, for the agent in its namespace
-            extra += ["", f"listener {self.netns_port} {netlink.host_ip}"]
-        self.broker = Mosquitto(self.tmp / "mosquitto", extra_config=extra)
+            extra += ["", f"listener {self.netns_port} {netlink.host_ip}",
+                      *(["use_username_as_clientid true"] if shipped else [])]
+        self.broker = Mosquitto(self.tmp / "mosquitto", extra_config=extra, shipped=shipped)
         self.archive: Proc | None = None
         self.archives = 0
         self.nodes: list[Node] = []
@@ -674,8 +684,16 @@ class Cluster:
     def start_archive(self, env: dict | None = None) -> Proc:
         self.archives += 1
         name = f"archive{self.archives}"
-        p = Proc([EDGE, "archive", "serve", "--root", str(self.root), "--broker", f"127.0.0.1:{self.broker.port}",
-                  "--prefix", PREFIX, "--client-id", "archive-main"], self.tmp / f"{name}.log", env=env)
+        auth = []
+        if self.broker.identities is not None:  # its own archive identity on the shipped broker
+            user, password = self.broker.identity("archive-main", "archive")
+            cred = self.tmp / "archive-main.toml"
+            cred.write_text(f'[mqtt]\nusername = "{user}"\npassword = "{password}"\n', encoding="utf-8")
+            cred.chmod(0o600)
+            auth = ["--config", str(cred)]
+        p = Proc([EDGE, *auth, "archive", "serve", "--root", str(self.root), "--broker",
+                  f"127.0.0.1:{self.broker.port}", "--prefix", PREFIX, "--client-id", "archive-main"],
+                 self.tmp / f"{name}.log", env=env)
         self.procs.append(p)
         self.archive = p
         wait_for(lambda: "connected to" in p.text() or not p.alive(), 20, "archive connected", [p])
@@ -910,7 +928,8 @@ class Cluster:
 
     # corrupt input
     def rogue(self, node: Node) -> Rogue:
-        return Rogue(self.broker.port, node.device)
+        login = self.broker.identity(node.device, unit=UNIT) if self.broker.identities is not None else None
+        return Rogue(self.broker.port, node.device, login=login)
 
     def _genuine_item(self, node: Node, size: int) -> tuple[Path, dict, bytes, bytes]:
         """A genuinely signed item of ``node`` (its real key) at a chain position far beyond its

@@ -44,7 +44,10 @@ class Trials:
         self.skipped: dict[str, str] = {}
         why_net, why_clock, why_disk = NetLink.unavailable(), Clock.unavailable(), Tmpfs.unavailable()
         self.link = None if why_net else NetLink()
-        self.cl = Cluster(tmp, netlink=self.link)
+        # an open broker on purpose: the trials inject corrupt chunks as a stranger on a device's
+        # transfer topics while its agent runs (the shipped ACL would refuse the stranger, and a
+        # rogue with the device's own login would end the agent's session: one login, one session)
+        self.cl = Cluster(tmp, netlink=self.link, shipped=False)
         if self.link:
             self.cl.extra.append(self.link)
         self.clock = None if why_clock else Clock(tmp / "clock")
