@@ -19,6 +19,7 @@ from agent.archive.storage import ArchiveStore, safe_case
 from agent.evidence import hashing, keys, manifest as mf
 from agent.wire import checkpoint, protocol as P
 from tests.support.archived import approved_request
+from tests.support.broker import login
 from tests.support.uplink import (UNIT, InProc, add_items, agent_config, check_archive, enroll, open_store, run,
                                   start_archive)
 
@@ -35,6 +36,9 @@ class WireClient:
         self.c.on_message = self._on_message
         subscribed = threading.Event()
         self.c.on_subscribe = lambda *_a: subscribed.set()
+        creds = login(port, device)  # the shipped broker: the device's own login (no agent of it runs)
+        if creds:
+            self.c.username_pw_set(creds["username"], creds["password"])
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
         self.c.subscribe(f"edge/ack/{device}", qos=1)

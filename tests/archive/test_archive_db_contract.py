@@ -26,8 +26,8 @@ from agent.evidence.verify import verify_item
 from agent.wire import checkpoint, protocol as P
 from tests.support.custody import pg_database
 from tests.support.previous_release import check_upgrade
-from tests.support.uplink import (UNIT, META, add_items, agent_config, all_archived, archived_items, open_store, run,
-                                  start_agent, start_archive, wait_for)
+from tests.support.uplink import (UNIT, META, add_items, agent_config, all_archived, archived_items, credentials,
+                                  open_store, run, start_agent, start_archive, wait_for)
 
 
 @pytest.fixture
@@ -331,8 +331,9 @@ def test_monitor_reads_the_enrolment_from_postgresql(broker, pg_url, tmp_path):
     with pytest.raises(EdgeError, match="cannot read the database postgresql://postgres:\\*\\*\\*@"):
         read_enrolment("postgresql://postgres:pw@127.0.0.1:1/none")
     # the monitor starts on it (and stops after --duration), and refuses an unreachable one clearly
-    p = run(["monitor", "--broker", f"127.0.0.1:{broker.port}", "--db", str(tmp_path / "m.db"),
-             "--enrolment", pg_url, "--duration", "1"], timeout=60)
+    p = run([*credentials(tmp_path, broker.port, "monitor", "monitor"), "monitor", "--broker",
+             f"127.0.0.1:{broker.port}", "--db", str(tmp_path / "m.db"), "--enrolment", pg_url, "--duration", "1"],
+            timeout=60)
     assert p.returncode == 0 and "lists no device" not in p.stderr, p.stderr
     p = run(["monitor", "--broker", f"127.0.0.1:{broker.port}", "--db", str(tmp_path / "m.db"),
              "--enrolment", "postgresql://postgres:pw@127.0.0.1:1/none", "--duration", "1"], timeout=60)

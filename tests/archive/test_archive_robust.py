@@ -21,6 +21,7 @@ from agent.archive.upkeep import MAX_NOTES, Coalescer
 from agent.common.fs import free_bytes
 from agent.evidence import hashing, manifest as mf
 from agent.wire import protocol as P
+from tests.support.broker import login
 from tests.support.uplink import (InProc, add_items, agent_config, check_archive, enroll, open_store, start_archive,
                                   wait_for)
 
@@ -28,11 +29,15 @@ DEV = "dock-0001"
 
 
 class Flooder:
-    """An anonymous client publishing at QoS 1 (waits for the broker's PUBACK of the last)."""
+    """A client publishing at QoS 1 (waits for the broker's PUBACK of the last): anonymous on the
+    open broker; on the shipped one with the device's own login (a stolen device, no agent of it runs)."""
 
     def __init__(self, port: int):
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"flood-{uuid.uuid4().hex[:6]}",
                              protocol=mqtt.MQTTv5)
+        creds = login(port, DEV)
+        if creds:
+            self.c.username_pw_set(creds["username"], creds["password"])
         self.c.max_inflight_messages_set(200)
         connected = threading.Event()
         self.c.on_connect = lambda *a: connected.set()
@@ -77,10 +82,12 @@ def _json(obj) -> bytes:
     return json.dumps(obj).encode()
 
 
-def test_lone_surrogate_file_names_do_not_stop_archiving(broker, tmp_path):
+def test_lone_surrogate_file_names_do_not_stop_archiving(open_broker, tmp_path):
     """The attack that stopped the archive: a lone surrogate in a file name, unsigned (anyone) and
     signed by the device itself (a stolen device), in a manifest, a chunk header and a finish.
-    Each is refused with a reason; the receiver goes on and archives a real item."""
+    Each is refused with a reason; the receiver goes on and archives a real item. An open broker on
+    purpose: anyone publishes on the device's topics while its agent runs."""
+    broker = open_broker
     t = InProc(tmp_path, broker.port)
     ids = add_items(t.store, tmp_path, [120_000])
     t.enroll()
@@ -138,10 +145,12 @@ def test_a_dead_worker_makes_archive_serve_exit_non_zero(broker, tmp_path):
         p.stop()
 
 
-def test_junk_floods_stay_bounded(broker, tmp_path, caplog):
+def test_junk_floods_stay_bounded(open_broker, tmp_path, caplog):
     """3,000 junk messages of a few kinds: refusal records are coalesced (a handful of rows with
     their counts), log lines are capped per kind and summarised, lock files stay a fixed set; then
-    a real item archives."""
+    a real item archives. An open broker on purpose: the junk comes from a stranger, in the device's
+    and in unknown devices' names, while the agent runs."""
+    broker = open_broker
     t = InProc(tmp_path, broker.port)
     ids = add_items(t.store, tmp_path, [80_000])
     t.enroll()

@@ -18,7 +18,7 @@ import pytest
 from agent.evidence import crypt, keys
 from agent.store.ingest import ingest
 from tests.support.spine import EDGE, META, make_config, make_store, run_cli
-from tests.support.uplink import UNIT, add_items, agent_config, open_store
+from tests.support.uplink import UNIT, add_items, agent_config, credentials, open_store
 
 
 def _json(p: subprocess.CompletedProcess):
@@ -145,13 +145,13 @@ def test_long_running_commands_print_json_lines(broker, tmp_path):
     root = tmp_path / "archive"
     cfg = agent_config(tmp_path, broker.port)
     open_store(cfg).close()
-    rx = Lines(["archive", "serve", "--root", str(root), "--broker", f"127.0.0.1:{broker.port}", "--client-id",
+    rx = Lines([*credentials(tmp_path, broker.port, "rx-json"), "archive", "serve", "--root", str(root), "--broker", f"127.0.0.1:{broker.port}", "--client-id",
                 "rx-json", "--json"], tmp_path)
     mon = agent = None
     try:
         ready = rx.until("ready")
         assert ready["receiver"] == "rx-json" and ready["broker"] == f"127.0.0.1:{broker.port}"
-        mon = Lines(["monitor", "--broker", f"127.0.0.1:{broker.port}", "--db", str(tmp_path / "m.db"),
+        mon = Lines([*credentials(tmp_path, broker.port, "monitor", "monitor"), "monitor", "--broker", f"127.0.0.1:{broker.port}", "--db", str(tmp_path / "m.db"),
                      "--enrolment", str(root), "--json"], tmp_path)
         assert mon.until("ready")["prefix"] == "edge"
         agent = Lines(["--config", str(cfg), "run", "--json", "--status-every", "0.5"], tmp_path)

@@ -7,11 +7,13 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
 from agent import config as config_mod
 from tests.support.spine import EDGE, make_config, run_cli
+from tests.support.uplink import credentials
 
 
 def test_operator_commands_over_mqtt(tmp_path, broker):
@@ -22,11 +24,13 @@ def test_operator_commands_over_mqtt(tmp_path, broker):
     assert p.returncode == 0, p.stderr
     ops.mkdir(parents=True, exist_ok=True)
     (tmp_path / "op" / "ops-center.pub").rename(ops / "ops-center.pub")
+    # the operator logs in as ops (shipped broker: the device's login would end the agent's session)
+    ops_cfg = Path(credentials(tmp_path, broker.port, "ops", "ops")[1])
     agent = subprocess.Popen([EDGE, "--config", str(cfg), "run"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         send = None
         for _ in range(20):  # the agent subscribes a moment after it starts
-            send = run_cli(cfg, "command", "send", "status", "--device", "dock-01", "--key", str(tmp_path / "op" / "ops-center.key"),
+            send = run_cli(ops_cfg, "command", "send", "status", "--device", "dock-01", "--key", str(tmp_path / "op" / "ops-center.key"),
                            "--broker", f"127.0.0.1:{broker.port}", "--timeout", "3", "--json")
             if send.returncode == 0:
                 break
@@ -34,12 +38,13 @@ def test_operator_commands_over_mqtt(tmp_path, broker):
         assert send.returncode == 0, send.stderr
         answer = json.loads(send.stdout)
         assert answer["ok"] and answer["result"]["store"]["device"]["id"] == "dock-01"
-        setr = run_cli(cfg, "command", "send", "config.set", "--device", "dock-01", "--args",
+        setr = run_cli(ops_cfg, "command", "send", "config.set", "--device", "dock-01", "--args",
                        '{"key": "storage.retention_days", "value": 30}', "--key", str(tmp_path / "op" / "ops-center.key"),
                        "--broker", f"127.0.0.1:{broker.port}", "--json")
         assert setr.returncode == 0, setr.stderr
         assert config_mod.load(cfg).storage.retention_days == 30
         raw = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        raw.username_pw_set(*broker.identity("ops", "ops"))  # an operator's password without the key
         raw.connect("127.0.0.1", broker.port)
         raw.loop_start()
         raw.publish("edge/dev/dock-01/cmd", json.dumps({

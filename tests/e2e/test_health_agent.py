@@ -16,7 +16,9 @@ import pytest
 
 from agent import config as config_mod
 from agent.evidence import keys
+from tests.support.broker import login
 from tests.support.spine import ingest_args
+from tests.support.uplink import credentials
 from agent.evidence.keys import load_public
 from tests.support.health import (EDGE, Capture, MonitorProc, asyncapi_schemas, body_of, envelope_of, retained,
                                   schema_for, verify_signed)
@@ -43,7 +45,7 @@ def device(tmp_path, broker):
     cfg.write_text(config_mod.render_default({
         "device": {"id": DEV, "kind": "dock", "unit_code": "330106", "unit_name": "西湖区执法大队"},
         "storage": {"data_dir": str(tmp_path / "data"), "reserve_mb": 1},
-        "mqtt": {"port": broker.port}, "health": {"interval_s": 1}, "uplink": {"ack_timeout_s": 2}}), encoding="utf-8")
+        "mqtt": {"port": broker.port, **login(broker.port, DEV, unit="330106")}, "health": {"interval_s": 1}, "uplink": {"ack_timeout_s": 2}}), encoding="utf-8")
     edge(cfg, "init")
     ops = (tmp_path / "data" / "keys" / "operators")
     ops.mkdir(parents=True, exist_ok=True)
@@ -72,7 +74,8 @@ def test_agent_health_end_to_end(tmp_path, broker, device):
         cap.wait_for(lambda t, p: t == f"edge/dev/{DEV}/alarm/archive_unreachable" and p["active"])
         # the signed rebirth command through the broker: everything retained comes again
         n = len(cap.msgs)
-        p = edge(cfg, "command", "send", "rebirth", "--device", DEV, "--key", str(tmp_path / "op" / "ops.key"),
+        ops = Path(credentials(tmp_path, broker.port, "ops", "ops")[1])  # the operator's login
+        p = edge(ops, "command", "send", "rebirth", "--device", DEV, "--key", str(tmp_path / "op" / "ops.key"),
                  "--broker", f"127.0.0.1:{broker.port}", "--json", "--timeout", "60")
         ans = json.loads(p.stdout)
         assert ans["ok"] and ans["result"]["ok"] and "archive_unreachable" in ans["result"]["alarms"]

@@ -27,6 +27,7 @@ from agent.monitor.enrolment import Enrolment
 from agent.monitor.ingest import Ingest, IngestSettings
 from agent.monitor.state import MonitorDB
 from agent.wire import archive_checkpoint as ac
+from tests.support.broker import Mosquitto
 from tools.fleet_sim import SimDevice
 
 A = SimDevice("fz-a", "33010600", "单位", "dock")
@@ -135,10 +136,20 @@ def payloads(kind: str):
 
 
 @pytest.fixture(scope="module")
-def monitor(tmp_path_factory, broker_session):
+def open_broker_module(tmp_path_factory):
+    """An open broker on purpose (anonymous, no ACL): the fuzzer publishes as a stranger on the
+    topics of every device and of the archive, the worst case of a misconfigured broker."""
+    mq = Mosquitto(tmp_path_factory.mktemp("mosquitto-fuzzmon")).start()
+    yield mq
+    mq.stop()
+
+
+@pytest.fixture(scope="module")
+def monitor(tmp_path_factory, open_broker_module):
     """The monitor's ingest with its real paho client against a real broker, and a publisher."""
+    broker = open_broker_module
     tmp = tmp_path_factory.mktemp("fuzz-monitor")
-    ing = Ingest(MonitorDB(tmp / "m.db"), IngestSettings(port=broker_session.port, prefix=P, rate=1e6, burst=1e6,
+    ing = Ingest(MonitorDB(tmp / "m.db"), IngestSettings(port=broker.port, prefix=P, rate=1e6, burst=1e6,
                                                         queue_per_device=100_000),
                  Enrolment.of([(d.id, d.unit_code, d.key.public_key()) for d in (A, B)]),
                  archive_keys=lambda: [ARCHIVE.public_key()])
@@ -146,7 +157,7 @@ def monitor(tmp_path_factory, broker_session):
     assert ing.subscribed.wait(10)
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fuzz-publisher", protocol=mqtt.MQTTv5)
     pub.max_queued_messages_set(0)
-    pub.connect("127.0.0.1", broker_session.port)
+    pub.connect("127.0.0.1", broker.port)
     pub.loop_start()
     sent = {"n": 0, "genuine": 0}
     yield ing, pub, sent

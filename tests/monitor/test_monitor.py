@@ -17,8 +17,14 @@ from agent.monitor.enrolment import Enrolment
 from agent.monitor.ingest import Ingest, IngestSettings
 from agent.monitor.state import MonitorDB, connect, fleet
 from agent.monitor.tui import render
+from tests.support.broker import fleet_credentials
 from tests.support.health import EDGE, MonitorProc, publish
 from tools.fleet_sim import FleetSim, SimDevice, enrol, make_fleet
+
+
+def _sim(port, devices, **kw) -> FleetSim:
+    """The simulated fleet, each device logged in as itself on the shipped broker."""
+    return FleetSim("127.0.0.1", port, devices, credentials=fleet_credentials(port, [d.id for d in devices]), **kw)
 
 
 def _enrolled(tmp_path, *fleets):
@@ -61,11 +67,11 @@ def test_fleet_states_wills_and_lost(tmp_path, broker):
     mon = MonitorProc(db, broker.port, lost_after=5, enrolment=_enrolled(tmp_path, loud, silent))
     try:
         # 6 devices with their own connection and last will; 3 units (the last without a room)
-        sim = FleetSim("127.0.0.1", broker.port, loud, per_device=True, rate=2, alarm_every=0.5, officers=20)
+        sim = _sim(broker.port, loud, per_device=True, rate=2, alarm_every=0.5, officers=20)
         sim.connect()
         sim.run(2.0)
         # 3 devices over a shared connection: they just go silent (no will) -> lost
-        quiet = FleetSim("127.0.0.1", broker.port, silent, rate=2)
+        quiet = _sim(broker.port, silent, rate=2)
         quiet.connect()
         quiet.run(1.0)
         quiet.stop(clean=False)
@@ -120,7 +126,11 @@ def _signed(d: SimDevice, kind: str, body, sub: str | None = None) -> tuple[str,
     return topic, d.seal(topic, body)
 
 
-def test_bad_input_counted_never_applied(tmp_path, broker):
+def test_bad_input_counted_never_applied(tmp_path, open_broker):
+    """An open broker on purpose: topics outside a device's own (``edge/dev/bad-1/unknown``,
+    ``edge/dev/../health``) and a stranger's messages, which the shipped ACL stops at the broker,
+    reach the monitor here, which must refuse and count them itself."""
+    broker = open_broker
     db = tmp_path / "m.db"
     bad, flood = SimDevice("bad-1", "U1", "单位", "dock"), SimDevice("flood-1", "U1", "单位", "dock")
     mon = MonitorProc(db, broker.port, enrolment=_enrolled(tmp_path, [bad, flood]))
@@ -186,7 +196,7 @@ def test_restart_persistence_after_kill9(tmp_path, broker):
     fl = make_fleet(4, 2, "p")
     root = _enrolled(tmp_path, fl)
     mon = MonitorProc(db, broker.port, enrolment=root)
-    sim = FleetSim("127.0.0.1", broker.port, fl, rate=2)
+    sim = _sim(broker.port, fl, rate=2)
     sim.connect()
     sim.run(1.5)
     d0 = sim.devices[0]
@@ -257,13 +267,13 @@ def test_broker_killed_and_restarted(tmp_path, broker):
     db = tmp_path / "m.db"
     mon = MonitorProc(db, broker.port, enrolment=_enrolled(tmp_path, make_fleet(4, 1, "b")))
     try:
-        sim = FleetSim("127.0.0.1", broker.port, make_fleet(3, 1, "b"), rate=2)
+        sim = _sim(broker.port, make_fleet(3, 1, "b"), rate=2)
         sim.connect()
         sim.run(1.0)
         sim.stop()
         _wait(lambda: _fleet(db)["totals"]["devices"] == 3)
         broker.restart(kill=True, downtime=1.0)
-        sim2 = FleetSim("127.0.0.1", broker.port, make_fleet(4, 1, "b"), rate=2)
+        sim2 = _sim(broker.port, make_fleet(4, 1, "b"), rate=2)
         sim2.connect()
         sim2.run(1.5)
         sim2.stop()

@@ -20,13 +20,15 @@ def _ready(args: list[str]) -> dict:
 
 
 def test_monitor_subscribes_to_every_broker(tmp_path):
-    a = Mosquitto(tmp_path / "a").start()
-    b = Mosquitto(tmp_path / "b").start()
+    a = Mosquitto(tmp_path / "a", shipped=True).start()
+    b = Mosquitto(tmp_path / "b", shipped=a.identities).start()  # the same identities on both
     try:
         enrol = empty_enrolment(tmp_path / "archive")
         common = ["--no-tui", "--duration", "2", "--json", "--enrolment", str(enrol)]
         cfg = tmp_path / "monitor.toml"
-        cfg.write_text(config_mod.render_default({"mqtt": {"port": a.port, "fallback": [f"127.0.0.1:{b.port}"]}}))
+        user, password = a.identity("monitor", "monitor")
+        cfg.write_text(config_mod.render_default({"mqtt": {"port": a.port, "fallback": [f"127.0.0.1:{b.port}"],
+                                                           "username": user, "password": password}}))
         got = _ready([EDGE, "--config", str(cfg), "monitor", "--db", str(tmp_path / "m.db"), *common])
         assert got["brokers"] == [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"] and got["subscribed"], got
         for mq in (a, b):  # each broker saw the monitor subscribe to the device topics

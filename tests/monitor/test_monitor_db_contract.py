@@ -29,9 +29,11 @@ from agent.monitor.history import history, parse_time
 from agent.monitor.ingest import Ingest, IngestSettings
 from agent.monitor.schema import MIGRATIONS, PG_MIGRATIONS
 from agent.monitor.state import connect, fleet, open_monitor_db
+from tests.support.broker import fleet_credentials
 from tests.support.health import EDGE
 from tests.support.pg import fresh_database
 from tests.support.previous_release import check_upgrade
+from tests.support.uplink import credentials
 from tools.fleet_sim import ALARMS, FleetSim, SimDevice, enrol, make_fleet
 
 UNIT_A, UNIT_B = "33010011", "33010012"
@@ -45,6 +47,11 @@ def db_url(request, tmp_path):
     else:
         with fresh_database() as url:
             yield url
+
+
+def _sim(port, devices, **kw) -> FleetSim:
+    """The simulated fleet, each device logged in as itself on the shipped broker."""
+    return FleetSim("127.0.0.1", port, devices, credentials=fleet_credentials(port, [d.id for d in devices]), **kw)
 
 
 def _ingest(db, devs):
@@ -252,7 +259,8 @@ def test_monitor_on_postgresql_end_to_end(broker, tmp_path):
     enrol(root, devs)
     with fresh_database() as url:
         log = open(tmp_path / "monitor.log", "wb")
-        mon = subprocess.Popen([EDGE, "monitor", "--db", url, "--broker", f"127.0.0.1:{broker.port}", "--no-tui",
+        auth = credentials(tmp_path, broker.port, "monitor", "monitor")
+        mon = subprocess.Popen([EDGE, *auth, "monitor", "--db", url, "--broker", f"127.0.0.1:{broker.port}", "--no-tui",
                                 "--enrolment", str(root), "--web", "0"], stdout=log, stderr=log,
                                env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
         try:
@@ -260,7 +268,7 @@ def test_monitor_on_postgresql_end_to_end(broker, tmp_path):
                                  and t.split("monitor: ready", 1)[1].split(" web ", 1)[1].split()[0])
                         or (mon.poll() is not None and t))
             assert web.startswith("http://"), web
-            sim = FleetSim("127.0.0.1", broker.port, devs, rate=2, per_device=True)
+            sim = _sim(broker.port, devs, rate=2, per_device=True)
             sim.connect()
             sim.run(1.0)
             f = _wait(lambda: (f := _get(web + "api/fleet")) and f["totals"]["online"] == 3 and f)

@@ -22,7 +22,9 @@ from agent.monitor.ingest import Ingest, IngestSettings
 from agent.monitor.state import MonitorDB
 from agent.evidence import keys
 from agent.wire import envelope as pl, health
+from tests.support.broker import login_for_topic
 from tests.support.health import EDGE, MonitorProc, publish
+from tests.support.uplink import credentials
 from tools.fleet_sim import SimDevice, enrol
 
 UNIT = "33010600"
@@ -182,8 +184,10 @@ def test_a_new_agent_epoch_survives_a_monitor_restart(tmp_path):
 
 # --- attacks through a real broker -----------------------------------------------------------------
 @pytest.fixture
-def watched(tmp_path, broker):
-    """A monitor watching two enrolled devices (room a-1 and dock b-1) that have reported."""
+def watched(request, tmp_path):
+    """A monitor watching two enrolled devices (room a-1 and dock b-1) that have reported; on the
+    shipped broker, or on the open one where the test asks for ``open_broker``."""
+    broker = request.getfixturevalue("open_broker" if "open_broker" in request.fixturenames else "broker")
     a, b = SimDevice("a-1", UNIT, "甲单位", "room"), SimDevice("b-1", UNIT, "甲单位", "dock")
     enrol(tmp_path / "archive", [a, b])
     db = tmp_path / "m.db"
@@ -197,10 +201,12 @@ def watched(tmp_path, broker):
     assert mon.stop() == 0
 
 
-def test_forged_status_health_alarm_not_shown(watched, broker):
+def test_forged_status_health_alarm_not_shown(watched, open_broker):
     """An anonymous client forges status (offline), health (full disk) and an alarm for a real
     device, plain, signed by another key, and with a genuine envelope's body swapped: nothing is
-    shown, every one is counted as rejected (stats, page data, per device)."""
+    shown, every one is counted as rejected (stats, page data, per device). An open broker on
+    purpose (the shipped ACL refuses the anonymous client): the monitor's own refusal."""
+    broker = open_broker
     mon, db, a, _ = watched
     forged = []
     for how in ("plain", "stranger", "swapped"):
@@ -246,6 +252,9 @@ def _flood(port: int, topic: str, payloads, stop: threading.Event, sent: list) -
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"flood-{os.getpid()}-{topic[-8:]}-{time.monotonic_ns()}",
                     protocol=mqtt.MQTTv5)
     c.max_queued_messages_set(0)
+    creds = login_for_topic(port, topic)  # on the shipped broker: the device's own login (stolen with it)
+    if creds:
+        c.username_pw_set(creds["username"], creds["password"])
     c.connect("127.0.0.1", port)
     c.loop_start()
     i = 0
@@ -259,11 +268,13 @@ def _flood(port: int, topic: str, payloads, stop: threading.Event, sent: list) -
     c.loop_stop()
 
 
-def test_flood_of_forgeries_does_not_block_genuine_health(watched, broker):
+def test_flood_of_forgeries_does_not_block_genuine_health(watched, open_broker):
     """Forgeries in a-1's name (well-formed, wrong signature, ever-new sequence numbers: each costs
     a full verify) flood while a-1 and b-1 keep reporting every second: both devices' genuine
     health is applied within one interval, and the forgeries never use up a-1's rate allowance
-    (counted as bad_signature, never as flood)."""
+    (counted as bad_signature, never as flood). An open broker on purpose: a stranger floods in
+    a-1's name while a-1 reports, which the shipped ACL (and one login, one session) prevents."""
+    broker = open_broker
     mon, db, a, b = watched
     stop = threading.Event()
     sent = [0]
@@ -364,7 +375,8 @@ def test_dead_worker_exits_nonzero(tmp_path, broker):
         "ingest.Ingest._next = broken\n"
         "from agent.cli import main\n"
         "sys.exit(main())\n")
-    p = subprocess.run([sys.executable, "-c", script, "monitor", "--db", str(tmp_path / "m.db"), "--broker",
+    auth = credentials(tmp_path, broker.port, "monitor", "monitor")
+    p = subprocess.run([sys.executable, "-c", script, *auth, "monitor", "--db", str(tmp_path / "m.db"), "--broker",
                         f"127.0.0.1:{broker.port}", "--no-tui", "--enrolment", str(root), "--duration", "30"],
                        capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
     assert p.returncode != 0, p.stderr

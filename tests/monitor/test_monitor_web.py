@@ -14,11 +14,16 @@ import urllib.request
 
 import pytest
 
-from tests.support.broker import Mosquitto
+from tests.support.broker import Mosquitto, fleet_credentials
 from tests.support.health import ARTIFACTS, MonitorProc, publish
 from tools.fleet_sim import FleetSim, enrol, make_fleet
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def _sim(port, devices, **kw) -> FleetSim:
+    """The simulated fleet, each device logged in as itself on the shipped broker."""
+    return FleetSim("127.0.0.1", port, devices, credentials=fleet_credentials(port, [d.id for d in devices]), **kw)
 
 
 def _get(url: str):
@@ -32,7 +37,7 @@ def monitor_with_fleet(tmp_path_factory):
     (online), 2 that went silent without a will (lost after 5 s); one active alarm; one device
     claiming another unit. Built once for the module: the tests only read it."""
     tmp_path = tmp_path_factory.mktemp("web")
-    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"), shipped=True).start()
     try:
         yield from _fleet(tmp_path, broker)
     finally:
@@ -45,19 +50,19 @@ def _fleet(tmp_path, broker):
     for f in (make_fleet(6, 3, "web"), make_fleet(2, 2, "gone"), make_fleet(3, 3, "live")):
         enrol(root, f)
     mon = MonitorProc(db, broker.port, web=0, lost_after=5, enrolment=root)
-    dead = FleetSim("127.0.0.1", broker.port, make_fleet(6, 3, "web"), per_device=True, rate=2, officers=20)
+    dead = _sim(broker.port, make_fleet(6, 3, "web"), per_device=True, rate=2, officers=20)
     dead.connect()
     d = dead.devices[1]
     d.alarm = ("camera_offline", "camera-main", "主摄像头离线", "main camera offline", "critical")
     d._since = "2026-11-27T09:00:00+08:00"
     dead.pub(d, "alarm", d.alarm_key(), d.alarm_payload(True, d._since), 1, True)
-    gone = FleetSim("127.0.0.1", broker.port, make_fleet(2, 2, "gone"), rate=2, officers=20)
+    gone = _sim(broker.port, make_fleet(2, 2, "gone"), rate=2, officers=20)
     gone.connect()
     gone.run(0.6)
     gone.stop(clean=False)
     dead.run(1.0)
     dead.stop(clean=False)
-    live = FleetSim("127.0.0.1", broker.port, make_fleet(3, 3, "live"), rate=1, officers=20)
+    live = _sim(broker.port, make_fleet(3, 3, "live"), rate=1, officers=20)
     live.connect()
     feeder = threading.Thread(target=live.run, args=(120,), daemon=True)
     feeder.start()

@@ -17,6 +17,7 @@ from agent.evidence import keys
 from agent.monitor.enrolment import Enrolment
 from agent.monitor.ingest import Ingest, IngestSettings
 from agent.monitor.state import MonitorDB
+from tests.support.broker import login
 from tests.support.uplink import InProc, add_items, run, wait_for
 
 
@@ -34,7 +35,8 @@ def test_monitor_keeps_the_archives_checkpoints_and_alarms_on_a_rewritten_log(br
     t.enroll()
     mdb_path = tmp_path / "monitor.db"
     mdb = MonitorDB(mdb_path)
-    ing = Ingest(mdb, IngestSettings(port=broker.port, connections=1, flush_s=0.2),
+    ing = Ingest(mdb, IngestSettings(port=broker.port, connections=1, flush_s=0.2,
+                                     **login(broker.port, "monitor", "monitor")),
                  Enrolment(lambda: read_enrolment(t.root)), archive_keys=lambda: archive_public_keys(t.root))
     rx = None
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.rtsp import make_clip
+from tests.support.uplink import credentials
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGE = str(ROOT / ".venv" / "bin" / "edge-agent")
@@ -176,14 +177,17 @@ def test_room_segments_reach_the_archive_first_and_verify_there(tmp_path, broker
 
     clip = make_clip(tmp_path / "cam.mp4", (320, 240), seconds=30)
     b = Box(tmp_path, clip)
-    text = b.cfg.read_text().replace("[uplink]\nenabled = false", f"[mqtt]\nport = {broker.port}")
+    user, password = broker.identity("room-0001", unit="330100000000")  # the shipped broker: its own login
+    text = b.cfg.read_text().replace("[uplink]\nenabled = false", f"[mqtt]\nport = {broker.port}\n"
+                                     f'username = "{user}"\npassword = "{password}"')
     b.cfg.write_text(text.replace("segment_seconds = 4", "segment_seconds = 2"), encoding="utf-8")
     archive = tmp_path / "archive"
     archive.mkdir()
     r = b.cli("archive", "enroll", "room-0001", str(b.data / "keys" / "device.pub"), "--unit", "330100000000",
               "--root", str(archive), "--pin-to", str(b.data))
     assert r.returncode == 0, r.stderr
-    arch = subprocess.Popen([EDGE, "archive", "serve", "--root", str(archive), "--broker", f"127.0.0.1:{broker.port}"],
+    auth = credentials(tmp_path, broker.port, "archive-room")
+    arch = subprocess.Popen([EDGE, *auth, "archive", "serve", "--root", str(archive), "--broker", f"127.0.0.1:{broker.port}"],
                             stdout=open(tmp_path / "archive.log", "wb"), stderr=subprocess.STDOUT, env=b.env)
     try:
         b.start()
@@ -198,7 +202,8 @@ def test_room_segments_reach_the_archive_first_and_verify_there(tmp_path, broker
         assert r.returncode == 0, r.stderr
         (b.data / "keys" / "operators").mkdir(parents=True, exist_ok=True)
         shutil.copy(tmp_path / "op" / "ops.pub", b.data / "keys" / "operators" / "ops.pub")
-        send = lambda cmd, args: b.cli("command", "send", cmd, "--device", "room-0001", "--key",  # noqa: E731
+        ops = credentials(tmp_path, broker.port, "ops", "ops")  # the operator's login, not the station's
+        send = lambda cmd, args: b.cli(*ops, "command", "send", cmd, "--device", "room-0001", "--key",  # noqa: E731
                                        str(tmp_path / "op" / "ops.key"), "--broker", f"127.0.0.1:{broker.port}",
                                        "--args", json.dumps(args, ensure_ascii=False), "--json", "--timeout", "60")
         r = send("room.start", {"collector": "王五", "collector_id": "33010099999", "proof": "询问"})

@@ -33,6 +33,7 @@ def test_doctor_reports_missing_archive_then_ok(tmp_path, broker):
 
     def publish(rid: str, payload: dict) -> None:
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        pub.username_pw_set(*broker.identity("archive-pub", "archive"))  # only an archive login writes there
         pub.connect("127.0.0.1", broker.port)
         pub.loop_start()
         pub.publish(f"edge/archive/status/{rid}", json.dumps(payload), qos=1, retain=True).wait_for_publish(5)

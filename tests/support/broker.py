@@ -31,7 +31,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,16 @@ def login_for_topic(port: int | None, topic: str) -> dict[str, str]:
     raise BrokerError(f"no identity may publish {topic!r} under the shipped ACL")
 
 
+def fleet_credentials(port: int, device_ids) -> "Callable[[str], dict[str, str]] | None":
+    """For ``tools.fleet_sim.FleetSim(credentials=...)``: each simulated device logs in as itself on
+    the shipped broker at ``port`` (identities made in one reload); None on an open broker."""
+    mq = BY_PORT.get(port)
+    if mq is None or mq.identities is None:
+        return None
+    made = mq.identities_for(device_ids)
+    return lambda dev: {"username": made[dev][0], "password": made[dev][1]} if dev in made else login(port, dev)
+
+
 class Identities:
     """The password file and ACL of a shipped test broker: ``agent.wire.broker_auth``'s ACL text
     and password hashes, the identities made as tests ask for them."""
@@ -85,6 +95,7 @@ class Identities:
         self.roles: dict[str, str] = {}
         self.units: dict[str, str] = {}
         self.monitor_connections = broker_auth.MONITOR_CONNECTIONS
+        self.brokers: list[Mosquitto] = []   # every broker reading these files
         self.write()
 
     def _role_of(self, name: str) -> str:
@@ -117,8 +128,15 @@ class Identities:
         if role == "monitor" and name != "monitor":
             k = int(name.rsplit(".", 1)[1])
             self.monitor_connections = max(self.monitor_connections, k + 1)
-        self.passwords[name] = secrets.token_urlsafe(18)
+        # the monitor's logins (one per connection) share its password, as broker-config makes them
+        mon = self.ba.DEFAULT_SERVICES["monitor"]
+        self.passwords[name] = self.passwords.get(mon) if role == "monitor" and mon in self.passwords \
+            else secrets.token_urlsafe(18)
         self.roles[name] = role
+        if name == mon:
+            for k in range(1, self.monitor_connections):
+                self.passwords.setdefault(f"{mon}.{k}", self.passwords[name])
+                self.roles.setdefault(f"{mon}.{k}", "monitor")
         if unit:
             self.units[name] = unit
         self.write()
@@ -239,7 +257,7 @@ class Mosquitto:
         acl_file: str | Path | None = None,
         binary: str | None = None,
         start_timeout: float = 10.0,
-        shipped: bool = False,
+        shipped: "bool | Identities" = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -247,7 +265,9 @@ class Mosquitto:
         if shipped:
             if password_file is not None or acl_file is not None or allow_anonymous:
                 raise ValueError("shipped=True brings its own password file and ACL, anonymous off")
-            self.identities = Identities(self.workdir / "auth")
+            # another broker's Identities: the same logins and passwords on both (a fleet's brokers)
+            self.identities = shipped if isinstance(shipped, Identities) else Identities(self.workdir / "auth")
+            self.identities.brokers.append(self)
             password_file, acl_file = self.identities.passwd, self.identities.acl
             listener_config = ["use_username_as_clientid true", *listener_config]
         self.host = HOST
@@ -410,17 +430,26 @@ class Mosquitto:
                  timeout: float = 10.0) -> tuple[str, str]:
         """(user name, password) of ``name`` on this shipped broker, made if new: written to the
         password file and ACL, then SIGHUP, returning once the broker accepts the new login."""
+        return self.identities_for([name], role, unit=unit, timeout=timeout)[name]
+
+    def identities_for(self, names, role: str = "device", *, unit: str | None = None,
+                       timeout: float = 10.0) -> dict[str, tuple[str, str]]:
+        """``identity()`` for several names at once (one reload): name -> (user name, password)."""
         if self.identities is None:
             raise BrokerError("this broker admits anonymous clients (shipped=False): no identities")
-        if self.identities.add(name, role, unit) and self.running:
-            password = self.identities.passwords[name]
-            self.reload()
-            deadline = time.monotonic() + timeout
-            while mqtt_connect_rc(self.port or 0, name, password) != 0:
+        names = list(names)
+        added = [n for n in names if self.identities.add(n, role, unit)]
+        live = [mq for mq in self.identities.brokers if mq.running] if added else []
+        for mq in live:
+            mq.reload()
+        deadline = time.monotonic() + timeout
+        probe = added[-1] if added else ""
+        for mq in live:
+            while mqtt_connect_rc(mq.port or 0, probe, self.identities.passwords[probe]) != 0:
                 if time.monotonic() > deadline:
-                    raise BrokerError(f"{name} not admitted {timeout:.0f} s after SIGHUP; log:\n{self.log_tail()}")
+                    raise BrokerError(f"{probe} not admitted {timeout:.0f} s after SIGHUP; log:\n{mq.log_tail()}")
                 time.sleep(0.02)
-        return name, self.identities.passwords[name]
+        return {n: (n, self.identities.passwords[n]) for n in names}
 
     def pause(self) -> None:
         """SIGSTOP: the broker hangs (TCP stays open, nothing is answered)."""

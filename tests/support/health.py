@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import json
 import os
 import signal
@@ -83,6 +84,9 @@ def schema_for(topic: str) -> str | None:
     return None
 
 
+_CAPTURES = itertools.count()
+
+
 class Capture:
     """Subscribes to a filter and keeps every message (topic, payload bytes, retain flag)."""
 
@@ -95,6 +99,12 @@ class Capture:
         self._sub = threading.Event()
         self.c.on_subscribe = lambda *a: self._sub.set()
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        from tests.support.broker import login
+
+        # on a shipped broker: a monitor login of its own (it reads what the monitor may read)
+        creds = login(port, f"monitor.{20 + next(_CAPTURES) % 40}", "monitor")
+        if creds:
+            self.c.username_pw_set(creds["username"], creds["password"])
         self.c.connect(host, port)
         self.c.loop_start()
         assert self._sub.wait(10), "capture could not subscribe"
@@ -157,7 +167,12 @@ class ContractUplink:
         self.sealer = sealer
         self.sent = 0
         self.rebirths = 0
+        from tests.support.broker import login
+
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
+        creds = login(port, device)  # on a shipped broker: the device's own identity
+        if creds:
+            self.c.username_pw_set(creds["username"], creds["password"])
         self.status_topic = f"{prefix}/dev/{device}/status"
         self.c.will_set(self.status_topic, self._seal(self.status_topic, {"state": "offline", "bdseq": 1}),
                         qos=1, retain=True)
@@ -211,7 +226,10 @@ class MonitorProc:
         if enrolment is None:
             enrolment = empty_enrolment(Path(str(db) + "-archive"))
         self.enrolment = enrolment
-        args = [EDGE, "monitor", "--db", str(db), "--broker", f"127.0.0.1:{port}", "--no-tui",
+        from tests.support.uplink import credentials
+
+        auth = credentials(db.parent, port, "monitor", "monitor")  # the shipped broker: the monitor's logins
+        args = [EDGE, *auth, "monitor", "--db", str(db), "--broker", f"127.0.0.1:{port}", "--no-tui",
                 "--lost-after", str(lost_after), "--enrolment", str(enrolment), *extra]
         if web is not None:
             args += ["--web", str(web)]

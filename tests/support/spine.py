@@ -22,6 +22,13 @@ META = {
 
 
 def make_config(tmp: Path, **values) -> Path:
+    """An agent config in tmp; values as section__key. With ``mqtt__port`` of a shipped test
+    broker (tests.support.broker) the device logs in with its own identity."""
+    if "mqtt__port" in values and "mqtt__username" not in values:
+        from tests.support.broker import login
+
+        creds = login(values["mqtt__port"], values.get("device__id", "dock-01"), unit=values.get("device__unit_code"))
+        values.update({f"mqtt__{k}": v for k, v in creds.items()})
     data = {"storage": {"data_dir": str(tmp / "data"), "reserve_mb": 1}, "device": {"id": "dock-01"}}
     for dotted, v in values.items():
         s, k = dotted.split("__")

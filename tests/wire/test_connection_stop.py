@@ -9,6 +9,7 @@ import threading
 
 from agent.wire.client import ConnSettings
 from agent.wire.mqtt import STOPPED, Connection
+from tests.support.broker import login
 
 
 def _conn(port: int, name: str, reasons: list[str], event: threading.Event) -> Connection:
@@ -16,7 +17,7 @@ def _conn(port: int, name: str, reasons: list[str], event: threading.Event) -> C
         reasons.append(reason)
         event.set()
 
-    return Connection(ConnSettings("127.0.0.1", port, name, min_backoff=0.2, max_backoff=0.5),
+    return Connection(ConnSettings("127.0.0.1", port, name, min_backoff=0.2, max_backoff=0.5, **login(port, name)),
                       on_disconnect=on_disconnect, name=name)
 
 

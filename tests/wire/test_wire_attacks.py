@@ -64,7 +64,9 @@ class Attacker:
 
 
 @pytest.fixture
-def setup(broker, tmp_path):
+def setup(open_broker, tmp_path):
+    """The misconfigured broker of actor 1 on purpose (``open_broker``: anonymous, no ACL)."""
+    broker = open_broker
     t = InProc(tmp_path, broker.port, uplink__ack_timeout_s=8)
     spy = Attacker(broker.port)
     yield t, spy
