@@ -199,9 +199,10 @@ def base64_corr(head: dict) -> bytes:
     return base64.b64decode(head.get("corr", ""))
 
 
-def test_stranger_injecting_chunks_cannot_change_or_stop_an_item(broker, tmp_path):
+def test_stranger_injecting_chunks_cannot_change_or_stop_an_item(open_broker, tmp_path):
     """Every block of the manifest and every chunk the device sends is shadowed by a junk chunk
     at the same offset: each junk chunk is refused, the item archives byte-identical."""
+    broker = open_broker  # on purpose: an anonymous stranger on the device's transfer topics
     t = InProc(tmp_path, broker.port, evidence__block_size=256 * 1024)  # one block per chunk
     ids = add_items(t.store, tmp_path, [900_000, 300_000])
     t.enroll()

@@ -55,7 +55,8 @@ def codes(st: ArchiveStore) -> set[str]:
     return {a["code"] for a in st.chain_verdict(DEV)["alarms"]}
 
 
-def test_fork_and_rollback_from_the_device_key_are_alarmed(broker, tmp_path):
+def test_fork_and_rollback_from_the_device_key_are_alarmed(open_broker, tmp_path):
+    broker = open_broker  # on purpose: the forger (the device's key) publishes while its agent runs
     t = InProc(tmp_path, broker.port)
     ids = add_items(t.store, tmp_path, [5_000, 6_000])
     t.enroll()
@@ -139,7 +140,8 @@ def test_fork_and_rollback_from_the_device_key_are_alarmed(broker, tmp_path):
     db.close()
 
 
-def test_gap_and_silence_by_the_archive_clock(broker, tmp_path):
+def test_gap_and_silence_by_the_archive_clock(open_broker, tmp_path):
+    broker = open_broker  # on purpose: the forger (the device's key) publishes while its agent runs
     t = InProc(tmp_path, broker.port)
     ids = add_items(t.store, tmp_path, [4_000, 4_000])
     t.enroll()

@@ -20,6 +20,7 @@ from agent.wire import broker_auth
 from agent.wire import policy as wp
 from agent.wire.client import ConnSettings
 from agent.wire.topics import Topics
+from tests.support.broker import login
 from tests.support.uplink import UNIT, agent_config, open_store, run
 
 DEV = "dock-0001"
@@ -470,7 +471,8 @@ def test_the_monitor_shows_a_station_running_an_old_policy(tmp_path, make_broker
         store.close()
         configs.append(cfg)
     (tmp_path / "policy.toml").write_text(POLICY_TOML, encoding="utf-8")
-    settings = ConnSettings("127.0.0.1", mq.port, "test-archive", keepalive=10)
+    settings = ConnSettings("127.0.0.1", mq.port, "test-archive", keepalive=10,
+                             **login(mq.port, "archive", "archive"))
 
     def publish_version(v: int) -> None:
         content = ap.read_content(tmp_path / "policy.toml")
@@ -526,7 +528,8 @@ def test_a_policy_key_pinned_in_the_config_counts_and_a_broken_one_is_a_clear_re
     run(["archive", "policy", "key", "--new", "--root", str(root)], check=True)
     pub = root / "_policy" / "policy.pub"
     (tmp_path / "policy.toml").write_text(POLICY_TOML, encoding="utf-8")
-    settings = ConnSettings("127.0.0.1", mq.port, "test-archive", keepalive=10)
+    settings = ConnSettings("127.0.0.1", mq.port, "test-archive", keepalive=10,
+                             **login(mq.port, "archive", "archive"))
     content = ap.read_content(tmp_path / "policy.toml")
     cfg = agent_config(tmp_path, mq.port, DEV, dock__bays=[str(tmp_path / "no-bays" / "*")], policy__keys=[str(pub)])
     open_store(cfg).close()

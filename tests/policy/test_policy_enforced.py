@@ -24,6 +24,7 @@ from agent.policy.keeper import PolicyKeeper
 from agent.runtime import Agent
 from agent.store.ingest import ingest
 from agent.wire import policy as wp
+from tests.support.broker import login
 from tests.support.health import Capture, ContractUplink
 from tests.support.spine import META, make_config, make_store, run_cli
 
@@ -188,7 +189,8 @@ def test_the_monitor_shows_the_deadline_alarm_per_officer_and_recorder(tmp_path,
         st = Station(cfg, Clock(time.time()))
         payload = wp.sign(ap.signing_key(root), UNIT, 1, wp.content_from({"rules": {"upload_deadline_h": 24}}),
                           now=time.time())
-        ap.publish(ConnSettings("127.0.0.1", mq.port, "test-archive", keepalive=10), Topics("edge").unit_policy(UNIT),
+        ap.publish(ConnSettings("127.0.0.1", mq.port, "test-archive", keepalive=10,
+                             **login(mq.port, "archive", "archive")), Topics("edge").unit_policy(UNIT),
                    payload)
         st.wait(1)
         late = _item(st.agent.store, tmp_path, NOW - dt.timedelta(hours=30), officer=("33010002", "李四"))

@@ -20,6 +20,7 @@ from agent.wire import policy as wp
 from agent.wire.client import ConnSettings
 from agent.wire.topics import Topics
 from tests.policy.test_policy import DEADLINE, Clock, Station
+from tests.support.broker import login
 from tests.support.health import MonitorProc
 from tests.support.uplink import UNIT, agent_config, open_store, run
 
@@ -81,7 +82,8 @@ def test_a_signed_policy_sets_the_thresholds_of_station_and_monitor_and_a_forged
     roster.write_text("officer_number,name,unit\n" + "".join(f"3301000{i},警员{i},{UNIT}\n" for i in range(1, 5)),
                       encoding="utf-8")
     run(["roster", "import", str(roster)], config=cfg, check=True)
-    settings = ConnSettings("127.0.0.1", mq.port, "test-archive", keepalive=10)
+    settings = ConnSettings("127.0.0.1", mq.port, "test-archive", keepalive=10,
+                             **login(mq.port, "archive", "archive"))
 
     def publish(version: int, toml: str, key=None) -> None:
         f = tmp_path / f"policy-{version}.toml"

@@ -133,6 +133,10 @@ class Identities:
         self.passwords[name] = self.passwords.get(mon) if role == "monitor" and mon in self.passwords \
             else secrets.token_urlsafe(18)
         self.roles[name] = role
+        if role == "archive" and not name.endswith("." + self.ba.POLICY):
+            # `archive policy publish` logs in as NAME.policy with NAME's password (broker-config)
+            self.passwords.setdefault(f"{name}.{self.ba.POLICY}", self.passwords[name])
+            self.roles.setdefault(f"{name}.{self.ba.POLICY}", "archive")
         if name == mon:
             for k in range(1, self.monitor_connections):
                 self.passwords.setdefault(f"{mon}.{k}", self.passwords[name])
