@@ -70,11 +70,10 @@ def test_fleet_states_wills_and_lost(tmp_path, broker):
         sim = _sim(broker.port, loud, per_device=True, rate=2, alarm_every=0.5, officers=20)
         sim.connect()
         sim.run(2.0)
-        # 3 devices over a shared connection: they just go silent (no will) -> lost
+        # 3 devices that hang: still connected (no will fires), they just go silent -> lost
         quiet = _sim(broker.port, silent, rate=2)
         quiet.connect()
         quiet.run(1.0)
-        quiet.stop(clean=False)
         f = _wait(lambda: (f := _fleet(db, 5)) and f["totals"]["devices"] == 9 and f)
         units = {u["code"]: u for u in f["units"]}
         assert units["33010000"]["recorders"] == 6 and units["33010000"]["officers"] == 20
@@ -91,6 +90,7 @@ def test_fleet_states_wills_and_lost(tmp_path, broker):
         conn = connect(db, readonly=True)
         assert conn.execute("SELECT count(*) FROM alarm_events WHERE event='raised'").fetchone()[0] >= 1
         conn.close()
+        quiet.stop(clean=False)
     finally:
         assert mon.stop() == 0
     assert "monitor: stopped" in mon.text()
@@ -276,9 +276,9 @@ def test_broker_killed_and_restarted(tmp_path, broker):
         sim2 = _sim(broker.port, make_fleet(4, 1, "b"), rate=2)
         sim2.connect()
         sim2.run(1.5)
-        sim2.stop()
         f = _wait(lambda: (f := _fleet(db)) and f["totals"]["devices"] == 4 and f)
         assert _dev(f, "b-000-0003")["display_state"] == "online"
+        sim2.stop()
         assert mon.p.poll() is None
     finally:
         mon.stop()

@@ -58,8 +58,7 @@ def _fleet(tmp_path, broker):
     dead.pub(d, "alarm", d.alarm_key(), d.alarm_payload(True, d._since), 1, True)
     gone = _sim(broker.port, make_fleet(2, 2, "gone"), rate=2, officers=20)
     gone.connect()
-    gone.run(0.6)
-    gone.stop(clean=False)
+    gone.run(0.6)  # then they hang: still connected (no will fires), silent -> lost
     dead.run(1.0)
     dead.stop(clean=False)
     live = _sim(broker.port, make_fleet(3, 3, "live"), rate=1, officers=20)
@@ -80,6 +79,7 @@ def _fleet(tmp_path, broker):
         assert time.monotonic() < deadline, t
         time.sleep(0.3)
     yield mon, dead
+    gone.stop(clean=False)
     live.stop()
     feeder.join(10)
     mon.stop()
