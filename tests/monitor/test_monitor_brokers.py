@@ -31,8 +31,9 @@ def test_monitor_subscribes_to_every_broker(tmp_path):
                                                            "username": user, "password": password}}))
         got = _ready([EDGE, "--config", str(cfg), "monitor", "--db", str(tmp_path / "m.db"), *common])
         assert got["brokers"] == [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"] and got["subscribed"], got
-        for mq in (a, b):  # each broker saw the monitor subscribe to the device topics
-            assert "edge/dev/#" in mq.log_path.read_text(), mq.log_tail()
+        for mq in (a, b):  # each broker saw the monitor log in as itself and subscribe
+            log = mq.log_path.read_text()
+            assert "u'monitor'" in log and "edge/archive/checkpoint" in log, mq.log_tail()
     finally:
         a.kill()
         b.kill()

@@ -337,13 +337,14 @@ def test_stolen_device_flood_is_cut_per_verified_sender(watched, broker):
 
 
 def test_device_enrolled_later_is_heard_without_restart(tmp_path, broker):
-    """Before its enrolment a device's messages are refused (unknown_device); enrolled at the
-    archive while the monitor runs, it is subscribed on its share and shown after the re-read."""
+    """Before its enrolment a device's messages are refused (unknown_device, counted with the
+    catch-all: a broker login exists for it, its enrolment at the archive does not yet); enrolled at
+    the archive while the monitor runs, it is subscribed on its share and shown after the re-read."""
     a, late = SimDevice("a-1", UNIT, "单位", "dock"), SimDevice("late-7", UNIT, "单位", "room")
     root = tmp_path / "archive"
     enrol(root, [a])
     db = tmp_path / "m.db"
-    mon = MonitorProc(db, broker.port, enrolment=root)
+    mon = MonitorProc(db, broker.port, enrolment=root, extra=["--catch-all"])
     try:
         t = "edge/dev/late-7/health"
         publish(broker.port, t, late.seal(t, late.health()))
