@@ -6,6 +6,7 @@ Each command opens the library, calls one function, and turns library errors int
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
@@ -28,7 +29,11 @@ class _Group(click.Group):
             sys.exit(1)
         except OSError as exc:
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-            click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+            if exc.errno == errno.ENOSPC:  # wherever it struck (a copy reports it itself, with the byte)
+                click.echo(f"error: 磁盘已满 / disk full: {where}{exc.strerror or exc} — free space on the "
+                           "data disk (edge-agent status shows it)", err=True)
+            else:
+                click.echo(f"error: {where}{exc.strerror or exc}", err=True)
             sys.exit(1)
 
 
