@@ -31,7 +31,7 @@ class _Group(click.Group):
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             if exc.errno == errno.ENOSPC:  # wherever it struck (a copy reports it itself, with the byte)
                 click.echo(f"error: 磁盘已满 / disk full: {where}{exc.strerror or exc} — free space on the "
-                           "data disk (edge-agent status shows it)", err=True)
+                           "data disk (see `edge-agent status`)", err=True)
             else:
                 click.echo(f"error: {where}{exc.strerror or exc}", err=True)
             sys.exit(1)
