@@ -269,6 +269,10 @@ class InProc:
             rx.first_checkpoint_s = first_checkpoint_s
         rx.start()
         assert rx.conn.wait_connected(10), rx.conn.last_error
+        # its subscriptions went out before it counted as connected: the broker's PUBACK of a later
+        # publish on the same connection says they are in place (a device's first message is heard)
+        h = rx.conn.publish(rx.topics.archive_receiver(rx.rid), rx._status("online"), retain=True, timeout=10)
+        assert h.wait(10) and h.ok, "the receiver's status was not acknowledged"
         self.receivers.append(rx)
         return rx
 
