@@ -76,6 +76,10 @@ def broker_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquit
 
 @pytest.fixture
 def tls_broker(make_broker, pki: Pki) -> Mosquitto:
-    """A broker with a mutual-TLS listener (``.tls_port``, client cert required, CN = username)
-    and a plain listener (``.port``)."""
-    return make_broker(tls=pki, identity_as_username=True)
+    """A shipped-configuration broker with certificate identities (``archive broker-config
+    --tls-identity certificate``): the mutual-TLS listener (``.tls_port``) requires a client
+    certificate from the test CA and takes its CN as the user name, the generated ACL applied to
+    it (CN ``dock-0001`` is that device, ``archive``, ``monitor`` the services; no password), one
+    certificate = one session; and the loopback listener (``.port``) with passwords
+    (``tls_broker.identity(name, role)``)."""
+    return make_broker(tls=pki, identity_as_username=True, shipped=True)

@@ -73,6 +73,9 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
 @click.option("--cafile", help="TLS: CA file on the broker host.")
 @click.option("--certfile", help="TLS: the broker's certificate on the broker host.")
 @click.option("--keyfile", help="TLS: the broker's private key on the broker host.")
+@click.option("--tls-identity", type=click.Choice(["password", "certificate"]), default="password", show_default=True,
+              help="How clients on the TLS listener prove who they are: their password, or their client "
+                   "certificate (issued by --cafile; its CN is the user name and the ACL applies to it).")
 @click.option("--archive-user", default="archive", show_default=True, help="User name of the archive receivers.")
 @click.option("--monitor-user", default="monitor", show_default=True, help="User name of the monitor (read only).")
 @click.option("--ops-user", default="ops", show_default=True, help="User name for `edge-agent command send`.")
@@ -84,12 +87,15 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
 @json_option
 @pass_ctx
 def archive_broker_config(c: Ctx, root, out, prefix, conf_dir, port, tls_port, cafile, certfile, keyfile,
-                          archive_user, monitor_user, ops_user, monitor_connections, rotate, rotate_all, as_json):
+                          tls_identity, archive_user, monitor_user, ops_user, monitor_connections, rotate, rotate_all,
+                          as_json):
     """Write the Mosquitto 2.0 password file, ACL and config for every enrolled device (user
     name = device id) and the archive, monitor and ops identities. Anonymous access is off;
     each device may publish only in its own subtree and read only its own answers and
     commands; the client id is the user name (one login, one session: no login can disconnect
     another by taking its client id). Running it again keeps existing passwords. Audited.
+    With --tls-identity certificate the TLS listener requires a client certificate and takes its
+    CN as the user name (name each device's certificate after its device id).
 
     \b
     Example:
@@ -100,8 +106,8 @@ def archive_broker_config(c: Ctx, root, out, prefix, conf_dir, port, tls_port, c
     store = _open(c, root)
     try:
         summary = write_broker_config(c, store, out, prefix=prefix, conf_dir=conf_dir, port=port, tls_port=tls_port,
-                                      cafile=cafile, certfile=certfile, keyfile=keyfile, rotate=rotate,
-                                      rotate_all=rotate_all, quiet=as_json, monitor_connections=monitor_connections,
+                                      cafile=cafile, certfile=certfile, keyfile=keyfile, tls_identity=tls_identity,
+                                      rotate=rotate, rotate_all=rotate_all, quiet=as_json, monitor_connections=monitor_connections,
                                       services={"archive": archive_user, "monitor": monitor_user, "ops": ops_user})
     finally:
         store.close()

@@ -338,7 +338,10 @@ def test_load_benchmark_1000_devices(tmp_path):
 
 def test_monitor_over_mutual_tls(tmp_path, tls_broker, pki):
     """Central deployment: the monitor takes TLS and its client certificate from the [mqtt]
-    section of a config file (EDGE_AGENT_CONFIG) and subscribes over mutual TLS."""
+    section of a config file (EDGE_AGENT_CONFIG) and subscribes over mutual TLS. The broker has
+    certificate identities under the shipped ACL: the CN ``monitor`` gets the monitor's rights
+    (it reads the device's health) and is one session, so the monitor runs one connection
+    (docs/mqtt.md, "One login, one session") and keeps it."""
     from agent import config as config_mod
 
     cert = pki.client("monitor")
@@ -348,7 +351,8 @@ def test_monitor_over_mutual_tls(tmp_path, tls_broker, pki):
         "certfile": str(cert.cert), "keyfile": str(cert.key)}}), encoding="utf-8")
     db = tmp_path / "m.db"
     dev = SimDevice("tls-1", "U5", "单位", "dock")
-    mon = MonitorProc(db, tls_broker.tls_port, env={"EDGE_AGENT_CONFIG": str(cfg)}, enrolment=_enrolled(tmp_path, [dev]))
+    mon = MonitorProc(db, tls_broker.tls_port, env={"EDGE_AGENT_CONFIG": str(cfg)}, enrolment=_enrolled(tmp_path, [dev]),
+                      extra=("--connections", "1"))
     try:
         # a device on the plain port; again until seen: under load the monitor's TLS subscription may
         # be acknowledged after its ready line, and a health message before it is not kept
@@ -358,6 +362,10 @@ def test_monitor_over_mutual_tls(tmp_path, tls_broker, pki):
     finally:
         mon.stop()
     assert "connected to 127.0.0.1" in mon.text()
+    # one session under the certificate's CN, never taken over (with 8 connections they would end each other)
+    assert mon.text().count("connected to 127.0.0.1") == 1 and "reconnecting" not in mon.text(), mon.text()[-2000:]
+    log = tls_broker.log_path.read_text()
+    assert " as monitor " in log and "Client monitor already connected" not in log
 
 
 def test_monitor_starts_before_the_broker(tmp_path, broker):

@@ -241,7 +241,11 @@ class Mosquitto:
       with a password file anonymous access is off unless allow_anonymous=True is given.
     - port / tls_port: fixed ports (default: free ones chosen at first start, then kept).
     - shipped: the shipped configuration (module docstring): anonymous off, the generated ACL and
-      password file, ``use_username_as_clientid true``; ``identity()`` adds logins.
+      password file, the listeners of the generated mosquitto.conf (``use_username_as_clientid
+      true``); ``identity()`` adds logins. With ``tls``, the generated TLS listener: identities by
+      password, or with ``identity_as_username`` by certificate (``archive broker-config
+      --tls-identity certificate``: a client certificate required, its CN the user name, the ACL
+      applied to it). Pass another broker's ``Identities`` for the same files on several brokers.
     """
 
     def __init__(
@@ -273,7 +277,6 @@ class Mosquitto:
             self.identities = shipped if isinstance(shipped, Identities) else Identities(self.workdir / "auth")
             self.identities.brokers.append(self)
             password_file, acl_file = self.identities.passwd, self.identities.acl
-            listener_config = ["use_username_as_clientid true", *listener_config]
         self.host = HOST
         self.tls = tls
         self.plain = plain
@@ -322,6 +325,18 @@ class Mosquitto:
         if self.acl_file is not None:
             lines.append(f"acl_file {self.acl_file}")
         lines += self.extra_config
+        if self.identities is not None:
+            # the listeners of the generated mosquitto.conf (on 127.0.0.1 and these ports)
+            from agent.wire import broker_auth
+
+            if self.plain:
+                lines += ["", *broker_auth.plain_listener(self.port, self.host), *self.listener_config]
+            if self.tls is not None:
+                cafile, certfile, keyfile = _tls_paths(self.tls)
+                lines += ["", *broker_auth.tls_listener(
+                    self.tls_port, str(cafile), str(certfile), str(keyfile), address=self.host,
+                    tls_identity="certificate" if self.identity_as_username else "password"), *self.listener_config]
+            return "\n".join(lines) + "\n"
         if self.plain:
             lines += ["", f"listener {self.port} {self.host}", *self.listener_config]
         if self.tls is not None:

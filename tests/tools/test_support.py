@@ -181,18 +181,39 @@ def test_pki_files(pki):
 
 
 def test_tls_accepts_valid_client(tls_broker: Mosquitto, pki):
-    dev = pki.client("dock-0001")
-    sub = Probe().tls(pki.ca.cert, dev.cert, dev.key)
+    """Certificate identities under the shipped ACL: the CN is the user name (and the session),
+    no password; a device reads its own answers only and publishes in its own subtree only."""
+    dev, arch, mon = (pki.client(cn) for cn in ("dock-0001", "archive", "monitor"))
+    sub, archive, monitor = (Probe().tls(pki.ca.cert, c.cert, c.key) for c in (dev, arch, mon))
     try:
         assert sub.connect(tls_broker.tls_port), tls_broker.log_tail()
-        sub.client.subscribe("edge/tls", qos=1)
+        assert archive.connect(tls_broker.tls_port) and monitor.connect(tls_broker.tls_port)
+        sub.client.subscribe([("edge/ack/dock-0001", 1), ("edge/ack/room-0001", 1), ("edge/dev/room-0001/cmd", 1)])
         assert sub.subscribed.wait(5)
-        sub.client.publish("edge/tls", b"ok", qos=1)
+        monitor.client.subscribe("edge/dev/+/health", qos=1)
+        assert monitor.subscribed.wait(5)
+        # another device's answer first, then its own: only its own arrives (in order on one connection)
+        archive.client.publish("edge/ack/room-0001", b"not yours", qos=1).wait_for_publish(5)
+        archive.client.publish("edge/ack/dock-0001", b"ok", qos=1)
         assert sub.got.wait(5)
+        assert [(m.topic, m.payload) for m in sub.messages] == [("edge/ack/dock-0001", b"ok")]
+        # dock-0001's certificate cannot publish as room-0001
+        sub.client.publish("edge/dev/room-0001/health", b"forged", qos=1).wait_for_publish(5)
+        sub.client.publish("edge/dev/dock-0001/health", b"own", qos=1)
+        assert monitor.got.wait(5)
+        assert [(m.topic, m.payload) for m in monitor.messages] == [("edge/dev/dock-0001/health", b"own")]
+        # one certificate, one session: a second connection with the same CN ends the first
+        again = Probe().tls(pki.ca.cert, dev.cert, dev.key)
+        assert again.connect(tls_broker.tls_port)
+        assert sub.disconnected.wait(5)
+        again.stop()
     finally:
-        sub.stop()
-    # identity as username: the broker logged the CN for this connection
-    assert "dock-0001" in tls_broker.log_path.read_text()
+        for p in (sub, archive, monitor):
+            p.stop()
+    # identity as username: the broker logged the CN for this connection, as its client id
+    log = tls_broker.log_path.read_text()
+    assert "dock-0001" in log and " as dock-0001 " in log, log[-2000:]
+    assert "Denied PUBLISH" in log and "edge/dev/room-0001/health" in log
 
 
 def test_tls_refuses_rogue_cert(tls_broker: Mosquitto, pki):

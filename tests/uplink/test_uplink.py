@@ -265,6 +265,8 @@ def test_bandwidth_cap(broker, tmp_path):
 
 # --- TLS -----------------------------------------------------------------------------------------
 def test_tls_valid_client_certificate_archives(tls_broker, pki, tmp_path):
+    """Certificate identities under the shipped ACL (CN = user name): the agent (CN dock-0001) and
+    the receiver (CN archive) do their work without a single refusal."""
     dev = pki.client("dock-0001")
     arch = pki.client("archive")
     t = InProc(tmp_path, tls_broker.tls_port, agent_tls=(pki.ca.cert, dev.cert, dev.key),
@@ -278,6 +280,9 @@ def test_tls_valid_client_certificate_archives(tls_broker, pki, tmp_path):
         check_archive(t.root, ids)
     finally:
         t.close()
+    log = tls_broker.log_path.read_text(errors="replace")
+    assert " as dock-0001 " in log and " as archive " in log  # the CNs are the sessions
+    assert not [ln for ln in log.splitlines() if "Denied" in ln], "the agent or the archive was refused something"
 
 
 @pytest.mark.parametrize("which", ["rogue", "missing"])
