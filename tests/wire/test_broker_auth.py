@@ -257,6 +257,9 @@ def test_generate_again_keeps_passwords_rotates_on_request_and_adds_devices(tmp_
     (["dock-1"], {"conf_dir": "etc/mosquitto"}, "--conf-dir 'etc/mosquitto': an absolute path"),
     (["dock-1"], {"conf_dir": "/etc/x\nallow_anonymous true"}, "--conf-dir"),
     (["dock-1"], {"tls_port": 8883, "cafile": "/c a", "certfile": "/c", "keyfile": "/k"}, "--cafile"),
+    (["dock-1"], {"tls_identity": "certificate"}, "needs the TLS listener"),
+    (["dock-1"], {"tls_port": 8883, "cafile": "/c", "certfile": "/c", "keyfile": "/k", "tls_identity": "cn"},
+     "--tls-identity 'cn'"),
 ])
 def test_bad_input_is_refused_and_writes_nothing(tmp_path, devices, kw, msg):
     out = tmp_path / "b"
@@ -574,11 +577,10 @@ def test_the_generated_mosquitto_conf_runs_as_is_with_a_tls_listener(tmp_path, p
 
 
 def test_certificate_identities_get_the_same_acl(make_broker, pki, tmp_path):
-    """Mutual TLS with use_identity_as_username (CN = device id / service name): the generated
-    ACL confines a device by its certificate exactly as by its password."""
-    acl = tmp_path / "acl"
-    acl.write_text(broker_auth.acl_text("edge"))
-    mq = make_broker(tls=pki, plain=False, identity_as_username=True, acl_file=acl, allow_anonymous=False)
+    """Mutual TLS with use_identity_as_username (CN = device id / service name; the generated TLS
+    listener of `--tls-identity certificate`): the generated ACL confines a device by its
+    certificate exactly as by its password."""
+    mq = make_broker(tls=pki, plain=False, identity_as_username=True, shipped=True)
 
     def peer(cn: str) -> Peer:
         p = Peer(mq.tls_port)
@@ -597,6 +599,83 @@ def test_certificate_identities_get_the_same_acl(make_broker, pki, tmp_path):
     finally:
         dock.close()
         monitor.close()
+
+
+def test_certificate_identities_from_broker_config_run_as_is(tmp_path, pki):
+    """`archive broker-config --tls-identity certificate` (kept by `archive enroll --broker-dir`),
+    mosquitto -c on the generated conf as is: the TLS listener requires a client certificate from
+    the CA and takes its CN as the user name, so the generated ACL applies to it (a device
+    publishes and reads as itself only, the monitor reads); a password without a certificate and
+    a certificate of another CA are refused; one CN is one session; the loopback listener still
+    takes passwords."""
+    import getpass
+
+    from agent.evidence import keys
+    from tests.support.broker import free_port, wait_port
+
+    root, out = tmp_path / "archive", tmp_path / "broker"
+    for dev in ("dock-0001", "dock-0002"):
+        keys.generate(tmp_path / f"{dev}.key", tmp_path / f"{dev}.pub")
+    run(["archive", "enroll", "dock-0001", str(tmp_path / "dock-0001.pub"), "--unit", UNIT, "--root", str(root)],
+        check=True)
+    port, tls_port = free_port(), free_port()
+    run(["archive", "broker-config", "--root", str(root), "--out", str(out), "--port", str(port),
+         "--tls-port", str(tls_port), "--cafile", str(pki.ca.cert), "--certfile", str(pki.server.cert),
+         "--keyfile", str(pki.server.key), "--tls-identity", "certificate"], check=True)
+    run(["archive", "enroll", "dock-0002", str(tmp_path / "dock-0002.pub"), "--unit", UNIT, "--root", str(root),
+         "--broker-dir", str(out)], check=True)  # the refresh keeps the option
+    text = (out / "mosquitto.conf").read_text()
+    tls_block = text[text.index(f"listener {tls_port}"):]
+    assert "require_certificate true" in tls_block and "use_identity_as_username true" in tls_block
+    assert "use_username_as_clientid true" in tls_block and "allow_anonymous false" in text
+    conf = tmp_path / "run.conf"
+    conf.write_text(f"user {getpass.getuser()}\nlog_dest file {tmp_path / 'mq.log'}\nlog_type all\n" + text)
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    made: list[Peer] = []
+
+    def peer(cn: str | None, *, rogue: bool = False, login: tuple[str, str] | None = None) -> Peer:
+        p = Peer(tls_port, *(login or (None, None)))
+        files = (pki.issue_client(cn, name=f"rogue-{cn}", rogue=True) if rogue else pki.client(cn)) if cn else None
+        p.c.tls_set(ca_certs=str(pki.ca.cert), certfile=files and str(files.cert), keyfile=files and str(files.key))
+        made.append(p)
+        return p
+
+    try:
+        assert wait_port(port, proc=proc) and wait_port(tls_port, proc=proc), (tmp_path / "mq.log").read_text()
+        dock, archive, monitor = peer("dock-0002"), peer("archive"), peer("monitor")
+        for p in (dock, archive, monitor):
+            assert p.connect().value == 0  # the certificate alone: no password
+        assert monitor.subscribe(T.all_dev()) == [1]
+        assert dock.subscribe(T.ack("dock-0001")) == [1] and dock.subscribe(T.ack("dock-0002")) == [1]
+        assert dock.publish(T.health("dock-0001"), b"forged") == 0x87
+        assert dock.publish(T.ack("dock-0002"), b"forged") == 0x87
+        assert nothing_between(monitor, dock, T.health("dock-0002")) == []
+        assert nothing_between(dock, archive, T.ack("dock-0002")) == []  # dock-0001's answer never reaches it
+        # without a certificate (even with a good password), or with one of another CA: no session
+        pw = tomllib.loads((out / "credentials" / "dock-0002.toml").read_text())["mqtt"]["password"]
+        for bad in (peer(None, login=("dock-0002", pw)), peer("dock-0002", rogue=True)):
+            bad.c.on_disconnect = lambda *_a, bad=bad: bad.connack.put(None)  # closed without a CONNACK
+            try:
+                assert bad.connect() is None
+            except OSError:  # or the TLS handshake itself failed
+                pass
+        # one CN, one session: the same certificate again ends the first connection
+        again = peer("dock-0002")
+        assert again.connect().value == 0
+        wait_for(lambda: not dock.c.is_connected(), DEADLINE, "the first dock-0002 session ended")
+        # the loopback listener: passwords, as before
+        plain = Peer(port, "dock-0002", pw)
+        made.append(plain)
+        assert plain.connect().value == 0 and plain.publish(T.health("dock-0002"), b"h") in ACCEPTED
+    finally:
+        for p in made:
+            try:
+                p.close()
+            except Exception:
+                pass
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_rotating_a_stolen_device_password_and_reloading_shuts_the_thief_out(mq, auth):
