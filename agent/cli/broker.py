@@ -76,6 +76,8 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
 @click.option("--tls-identity", type=click.Choice(["password", "certificate"]), default="password", show_default=True,
               help="How clients on the TLS listener prove who they are: their password, or their client "
                    "certificate (issued by --cafile; its CN is the user name and the ACL applies to it).")
+@click.option("--crlfile", help="TLS with --tls-identity certificate: the CA's certificate revocation list (PEM) on "
+                                "the broker host; a revoked certificate is refused (a stolen station's).")
 @click.option("--archive-user", default="archive", show_default=True, help="User name of the archive receivers.")
 @click.option("--monitor-user", default="monitor", show_default=True, help="User name of the monitor (read only).")
 @click.option("--ops-user", default="ops", show_default=True, help="User name for `edge-agent command send`.")
@@ -87,8 +89,8 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
 @json_option
 @pass_ctx
 def archive_broker_config(c: Ctx, root, out, prefix, conf_dir, port, tls_port, cafile, certfile, keyfile,
-                          tls_identity, archive_user, monitor_user, ops_user, monitor_connections, rotate, rotate_all,
-                          as_json):
+                          tls_identity, crlfile, archive_user, monitor_user, ops_user, monitor_connections, rotate,
+                          rotate_all, as_json):
     """Write the Mosquitto 2.0 password file, ACL and config for every enrolled device (user
     name = device id) and the archive, monitor and ops identities. Anonymous access is off;
     each device may publish only in its own subtree and read only its own answers and
@@ -107,7 +109,8 @@ def archive_broker_config(c: Ctx, root, out, prefix, conf_dir, port, tls_port, c
     try:
         summary = write_broker_config(c, store, out, prefix=prefix, conf_dir=conf_dir, port=port, tls_port=tls_port,
                                       cafile=cafile, certfile=certfile, keyfile=keyfile, tls_identity=tls_identity,
-                                      rotate=rotate, rotate_all=rotate_all, quiet=as_json, monitor_connections=monitor_connections,
+                                      crlfile=crlfile, rotate=rotate, rotate_all=rotate_all, quiet=as_json,
+                                      monitor_connections=monitor_connections,
                                       services={"archive": archive_user, "monitor": monitor_user, "ops": ops_user})
     finally:
         store.close()

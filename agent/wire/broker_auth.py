@@ -244,28 +244,36 @@ def plain_listener(port: int = 1883, address: str = "127.0.0.1") -> list[str]:
 
 
 def tls_listener(port: int, cafile: str, certfile: str, keyfile: str, *, tls_identity: str = "password",
-                 address: str | None = None) -> list[str]:
+                 crlfile: str | None = None, address: str | None = None) -> list[str]:
     """The TLS listener of the generated mosquitto.conf (every address unless ``address``).
     ``tls_identity``: ``password`` (the password file, as on the loopback) or ``certificate``
     (mutual TLS: a client certificate from ``cafile`` is required and its CN is the user name,
-    so the ACL applies to the CN and no password is asked; the CN is also the session)."""
+    so the ACL applies to the CN and no password is asked; the CN is also the session).
+    ``crlfile``: with certificates, the CA's revocation list (a revoked certificate is refused)."""
     _check_tls_identity(tls_identity)
+    if crlfile and tls_identity != "certificate":
+        raise EdgeError("吊销列表只用于证书身份 / --crlfile revokes client certificates: it needs "
+                        "--tls-identity certificate")
     lines = [f"listener {port}" + (f" {address}" if address else ""), "use_username_as_clientid true",
              f"cafile {cafile}", f"certfile {certfile}", f"keyfile {keyfile}", "tls_version tlsv1.2"]
     if tls_identity == "certificate":
         lines += ["require_certificate true", "use_identity_as_username true"]
+        if crlfile:
+            lines.append(f"crlfile {crlfile}")
     return lines
 
 
 def conf_text(conf_dir: Path | str, *, port: int = 1883, tls_port: int | None = None, cafile: str | None = None,
-              certfile: str | None = None, keyfile: str | None = None, tls_identity: str = "password") -> str:
+              certfile: str | None = None, keyfile: str | None = None, tls_identity: str = "password",
+              crlfile: str | None = None) -> str:
     """A mosquitto.conf snippet (for /etc/mosquitto/conf.d/): identities and ACL on, anonymous
     off; the plain listener on the loopback only, TLS on any other address; on every listener the
     client id is the login's user name (a per-listener option in Mosquitto 2.0: after each
     ``listener`` line). ``tls_identity="certificate"``: on the TLS listener the client
-    certificate's CN is the identity (the ACL applies to it unchanged), not a password."""
+    certificate's CN is the identity (the ACL applies to it unchanged), not a password;
+    ``crlfile`` then refuses the certificates it revokes."""
     for what, value in (("--conf-dir", conf_dir), ("--cafile", cafile), ("--certfile", certfile),
-                        ("--keyfile", keyfile)):
+                        ("--keyfile", keyfile), ("--crlfile", crlfile)):
         _check_conf_path(what, value)
     _check_tls_identity(tls_identity)
     if tls_identity != "password" and not tls_port:
@@ -293,7 +301,7 @@ def conf_text(conf_dir: Path | str, *, port: int = 1883, tls_port: int | None = 
                          ["# every other address: mutual TLS; a client certificate issued by the CA is required and",
                           "# its CN is the user name (device id, archive, monitor, ops): the ACL applies to the CN,",
                           "# no password is asked; the CN is the session (one connection per certificate)"])
-        lines += tls_listener(tls_port, cafile, certfile, keyfile, tls_identity=tls_identity)
+        lines += tls_listener(tls_port, cafile, certfile, keyfile, tls_identity=tls_identity, crlfile=crlfile)
     else:
         lines += ["", "# for stations on the network add a TLS listener (broker-config --tls-port 8883 --cafile ...):",
                   "# listener 8883", "# use_username_as_clientid true", "# cafile /etc/mosquitto/certs/ca.crt", "# certfile /etc/mosquitto/certs/broker.crt",
@@ -350,14 +358,15 @@ def _read_passwd(path: Path) -> dict[str, str]:
 def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", services: dict[str, str] | None = None,
              rotate: Iterable[str] = (), rotate_all: bool = False, conf_dir: Path | str | None = None,
              port: int = 1883, tls_port: int | None = None, cafile: str | None = None, certfile: str | None = None,
-             keyfile: str | None = None, tls_identity: str = "password", units: dict[str, str] | None = None,
+             keyfile: str | None = None, tls_identity: str = "password", crlfile: str | None = None,
+             units: dict[str, str] | None = None,
              receivers: Iterable[str] = (), monitor_connections: int = MONITOR_CONNECTIONS) -> BrokerFiles:
     """Write ``OUT/mosquitto.conf``, ``OUT/acl``, ``OUT/passwd`` and ``OUT/credentials/NAME.toml``
     (0600, directory 0700). Existing passwords are kept unless the name is in ``rotate``.
     ``units`` (device id -> unit code) lets each device read its own unit's policy.
     ``monitor_connections``: the monitor's logins (``monitor``, ``monitor.1`` …), one per connection.
     ``tls_identity``: ``password`` or ``certificate`` (the TLS listener takes the client
-    certificate's CN as the user name; see :func:`tls_listener`)."""
+    certificate's CN as the user name; see :func:`tls_listener`), ``crlfile`` its revocation list."""
     out = Path(out)
     s = _services(services)
     if not isinstance(monitor_connections, int) or not 1 <= monitor_connections <= 64:
@@ -396,7 +405,7 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
     # everything that can be refused is checked before the first file is written
     acl = acl_text(prefix, s, units, receivers, monitor_connections)
     conf = conf_text(Path(conf_dir) if conf_dir else out.resolve(), port=port, tls_port=tls_port, cafile=cafile,
-                     certfile=certfile, keyfile=keyfile, tls_identity=tls_identity)
+                     certfile=certfile, keyfile=keyfile, tls_identity=tls_identity, crlfile=crlfile)
     cred_dir = out / CREDENTIALS
     olds = {name: _read_credential(cred_dir / f"{name}.toml") if (cred_dir / f"{name}.toml").exists() else None
             for name, _ in names}
@@ -433,7 +442,7 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
     atomic_write(files.conf, conf.encode(), mode=0o644)
     settings = {"prefix": prefix, "services": s, "conf_dir": str(conf_dir) if conf_dir else None, "port": port,
                 "tls_port": tls_port, "cafile": cafile, "certfile": certfile, "keyfile": keyfile,
-                "tls_identity": tls_identity, "monitor_connections": monitor_connections}
+                "tls_identity": tls_identity, "crlfile": crlfile, "monitor_connections": monitor_connections}
     atomic_write(out / SETTINGS, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode(), mode=0o644)
     return files
 
@@ -452,6 +461,6 @@ def refresh(out: Path | str, devices: Iterable[str], units: dict[str, str] | Non
     except (OSError, ValueError) as exc:
         raise EdgeError(f"{out / SETTINGS} 无法读取 / unreadable: {exc}") from None
     known = {"prefix", "services", "conf_dir", "port", "tls_port", "cafile", "certfile", "keyfile",
-             "tls_identity", "monitor_connections"}
+             "tls_identity", "crlfile", "monitor_connections"}
     return generate(out, devices, units=units, receivers=receivers,
                     **{k: v for k, v in settings.items() if k in known})

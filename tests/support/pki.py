@@ -172,6 +172,20 @@ class Pki:
             self.clients[cn] = self.issue_client(cn)
         return self.clients[cn]
 
+    def crl(self, path: Path, revoked: "list[CertFiles]" = ()) -> Path:
+        """Write to ``path`` a certificate revocation list of the good CA (PEM; Mosquitto's
+        ``crlfile``) revoking ``revoked``; an empty list is a valid CRL revoking nothing."""
+        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(self._ca.cert.subject)
+                   .last_update(now - dt.timedelta(minutes=5)).next_update(_far_future()))
+        for files in revoked:
+            serial = x509.load_pem_x509_certificate(Path(files.cert).read_bytes()).serial_number
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now - dt.timedelta(minutes=1))
+                .build())
+        Path(path).write_bytes(builder.sign(self._ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+        return Path(path)
+
     def issue_client(
         self,
         cn: str,
