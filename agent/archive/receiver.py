@@ -25,7 +25,7 @@ from agent.wire.lean import install_lean_decoder
 from agent.wire.mqtt import Connection
 from agent.wire.publish import PublishError
 from agent.wire.receipts import STATUS_INTERVAL_S, ArchiveSigner, valid_nonce
-from agent.wire.topics import Topics
+from agent.wire.topics import Topics, safe_segment
 from agent.common.faults import faultpoint
 from . import receivers
 from .storage import ArchiveStore
@@ -68,8 +68,12 @@ class Receiver:
         self.signer = ArchiveSigner(key if key is not None else store.signing_key, self.rid)
         self.stop_event = threading.Event()
         self.lean_decoder = install_lean_decoder()  # every chunk arrives through it: one copy, not four
+        # one login, one session: a second receiver logging in with this login is detected, not fought
+        claim = self.topics.session(settings.username) if settings.username and safe_segment(settings.username) \
+            else None
         self.conn = Connection(settings, stop_event=self.stop_event, will=self._will, on_connect=self._on_connect,
-                               on_message=self._on_message, name="archive", manual_ack=True, raw_payloads=True)
+                               on_message=self._on_message, name="archive", manual_ack=True, raw_payloads=True,
+                               claim=claim)
         self._q: collections.deque = collections.deque()
         self._cv = threading.Condition()
         self._worker: threading.Thread | None = None
@@ -157,11 +161,20 @@ class Receiver:
     def failure(self) -> str | None:
         """Why this receiver can no longer work (a worker or the connection thread died), or None.
         `archive serve` exits non-zero on it, so systemd restarts the process."""
+        if self._failure is None and self.conn.taken_over:
+            self._failure = self.taken_over_message()
         if self._failure is None and not self.stop_event.is_set():
             th = getattr(self.conn, "_thread", None)
             if th is not None and not th.is_alive():
                 self._failure = f"{th.name}: the MQTT connection thread ended"
         return self._failure
+
+    def taken_over_message(self) -> str:
+        login = self.conn.s.username or "archive"
+        return (f"另一个接收端以同一登录名登录 / another receiver logged in as {login!r} and took this one's session "
+                f"({self.conn.taken_by or 'the broker closed this connection'}); give each receiver its own login (`edge-agent archive receiver add NAME`); "
+                "this receiver stops rather than take it back (every item stays with its device until a receiver "
+                "answers stored)")
 
     def _fail(self, exc: BaseException) -> None:
         name = threading.current_thread().name

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from agent.common.errors import ConfigError, EdgeError
+from agent.common.errors import ConfigError, EdgeError, SessionTakenOver
 from . import main
 from .base import Ctx, db_upgrade, echo_audit, emit_json, emit_json_line, json_lines_option, json_option, pass_ctx
 
@@ -154,6 +154,8 @@ def archive_serve(c: Ctx, root, broker, prefix, share, cafile, certfile, keyfile
     store.close()
     if as_json:
         emit_json_line("stopped", receiver=rid, ok=failure is None, failure=str(failure) if failure else None)
+    if failure and rx.conn.taken_over:  # exit status 6: systemd does not restart us into a fight
+        raise SessionTakenOver(failure)
     if failure:  # never stay up with nobody handling messages: exit non-zero, systemd restarts us
         raise EdgeError(f"接收进程内部故障，已停止 / the archive receiver stopped on an internal fault: {failure}")
 

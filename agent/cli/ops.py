@@ -101,8 +101,9 @@ def command_send(c: Ctx, cmd, device, args_json, key_path, broker, prefix, cafil
     """
     from agent.wire.commands import sign_command
     from agent.wire.client import settings_from_config
-    from agent.wire.session import exchange
-    from agent.wire.topics import Topics
+    from agent.common.errors import SessionTakenOver
+    from agent.wire.session import exchange, login_lock
+    from agent.wire.topics import Topics, safe_segment
 
     from .monitor import _optional_cfg
 
@@ -117,15 +118,35 @@ def command_send(c: Ctx, cmd, device, args_json, key_path, broker, prefix, cafil
     # the device answers in its own subtree: the broker's ACL (archive broker-config) lets it write nowhere else
     resp_topic = t.cmd_resp(device)
     corr = uuid.uuid4().bytes
-    ex = exchange(settings, subscribe=(resp_topic,), publish=(t.cmd(device), payload), response_topic=resp_topic,
-                  correlation=corr, timeout=timeout,
-                  until=lambda msgs: any(getattr(p, "CorrelationData", None) == corr for _t, _b, p in msgs))
+    login = settings.username
+    claim = t.session(login) if login and safe_segment(login) else None
+
+    def send():
+        return exchange(settings, subscribe=(resp_topic,), publish=(t.cmd(device), payload), response_topic=resp_topic,
+                        correlation=corr, timeout=timeout, claim=claim,
+                        until=lambda msgs: any(getattr(p, "CorrelationData", None) == corr for _t, _b, p in msgs))
+
+    # one login, one session: sends of this host with the same login take turns (the second waits)
+    with login_lock(settings, timeout=timeout + 60, waiting=lambda: click.echo(
+            f"等待本机另一个会话结束 / waiting: another edge-agent on this host is logged in as {login!r} "
+            "(one login, one session)", err=True)):
+        ex = send()
+        if ex.taken_over and not ex.sent:  # nothing went out: once more (the same signed command)
+            click.echo(f"会话被接管，重试一次 / session taken over before the command went out: {ex.taken_over}; "
+                       "trying once more", err=True)
+            ex = send()
     where = f"{settings.host}:{settings.port}" + (" (TLS)" if settings.tls else "")
-    if not ex.connected:
-        raise EdgeError(f"无法连接代理 / cannot reach the broker at {where}: {ex.error}")
-    if ex.error:
-        raise EdgeError(f"代理拒绝了命令 / the broker refused the command: {ex.error}")
     answers = [b for _t, b, p in ex.messages if getattr(p, "CorrelationData", None) == corr]
+    if ex.taken_over and not answers:
+        raise SessionTakenOver(
+            f"会话被接管 / another process (another host) logged in as {login!r} and took this session: "
+            + ("the command went out and may have reached the device, but its answer is lost; check the device "
+               "before sending it again" if ex.sent else "the command was not sent")
+            + "; give each operator host its own login (docs/security.md)")
+    if not ex.connected and not answers:
+        raise EdgeError(f"无法连接代理 / cannot reach the broker at {where}: {ex.error}")
+    if ex.error and not answers:
+        raise EdgeError(f"代理拒绝了命令 / the broker refused the command: {ex.error}")
     if not answers:
         raise EdgeError(f"设备无应答 / no answer from device {device} within {timeout:g} s")
     try:

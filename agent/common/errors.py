@@ -15,6 +15,14 @@ class ConfigError(EdgeError):
     exit_code = 2
 
 
+class SessionTakenOver(EdgeError):
+    """Another process logged in with this process's broker login and took its session (one login,
+    one session). Exit status 6 (LSB "not configured"): the service units do not restart on it
+    (``RestartPreventExitStatus=6``), so two processes never take one login back and forth."""
+
+    exit_code = 6
+
+
 class MetadataError(EdgeError):
     """Mandatory evidence metadata missing or malformed."""
 

@@ -177,6 +177,9 @@ def acl_text(prefix: str = "edge", services: dict[str, str] | None = None,
     ]
     lines += [f"pattern write {topic}" for topic in _device_write(t, "%u")]
     lines += [f"pattern read {topic}" for topic in _device_read(t, "%u")]
+    lines += ["", "# Every login: its own session claim (which process holds the login now; one login, one session:",
+              "# a process whose session another took over reads it there and stops instead of taking it back)",
+              f"pattern readwrite {t.session('%u')}"]
 
     def block(name: str, comment: str, rules: list[tuple[str, str]]) -> list[str]:
         out = ["", f"# {comment}", f"user {name}"]

@@ -36,6 +36,11 @@ Units (retained)::
 Operators::
 
     P/operator/TOKEN             answers to one `edge-agent command send` (TOKEN random per call)
+
+Sessions (retained)::
+
+    P/session/LOGIN              which process holds login LOGIN now (claimed on every connect;
+                                 one login, one session: agent/wire/mqtt.py, "taken over")
 """
 
 from __future__ import annotations
@@ -133,6 +138,13 @@ class Topics:
         if not safe_segment(token):
             raise ValueError(f"unsafe reply token {token!r}")
         return f"{self.p}/operator/{token}"
+
+    def session(self, login: str) -> str:
+        """The retained claim of login ``login``: the process holding it now (agent/wire/mqtt.py);
+        ``%u`` in the ACL's pattern."""
+        if not (safe_segment(login) or login == "%u"):
+            raise ValueError(f"unsafe login {login!r}")
+        return f"{self.p}/session/{login}"
 
     def all_chains(self) -> str:
         return f"{self.p}/dev/+/chain"

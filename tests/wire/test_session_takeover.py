@@ -1,0 +1,195 @@
+"""One login, one session (issue 14, the rest): what a process does when another logs in with its
+login, on the shipped broker (``broker`` fixture: the generated ACL, ``use_username_as_clientid``).
+
+Mosquitto 2.0.11 ends the older connection without a DISCONNECT (no reason code 0x8E), so a
+connection that reconnects cannot tell a takeover from a lost link by itself: the connections of
+``archive serve`` and ``command send`` claim their login on ``P/session/LOGIN`` and read that
+claim when they reconnect (agent/wire/mqtt.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.common.errors import SessionTakenOver
+from agent.wire.client import ConnSettings
+from agent.wire.mqtt import Connection
+from agent.wire.topics import Topics
+from tests.support.uplink import (EDGE, add_items, agent_config, all_archived, check_archive, credentials, enroll,
+                                  open_store, Proc, run, start_agent, wait_for)
+
+T = Topics("edge")
+DEADLINE = 30.0
+
+
+def _held(root) -> int:
+    import sqlite3
+    try:
+        con = sqlite3.connect(str(root / "archive.db"), timeout=10)
+        try:
+            return con.execute("SELECT coalesce(sum(end - start), 0) FROM ranges").fetchone()[0] \
+                + con.execute("SELECT coalesce(sum(size), 0) FROM items").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+def test_a_connection_whose_login_another_process_takes_stops_and_says_so(broker):
+    """Two Connections with one login and a claim: the second takes the session; the first, on
+    reconnecting, finds the other's claim, leaves (one bounce of the second at most) and reports
+    ``taken_over``; the second stays connected. A reconnect after a plain loss (a broker restart)
+    finds its own claim and carries on."""
+    user, pw = broker.identity("archive", "archive")
+    s = ConnSettings(host="127.0.0.1", port=broker.port, client_id="x", username=user, password=pw,
+                     min_backoff=0.2, max_backoff=1.0)
+    first = Connection(s, claim=T.session(user), name="first")
+    second = Connection(s, claim=T.session(user), name="second")
+    first.start()
+    try:
+        assert first.wait_connected(DEADLINE)
+        broker.restart()  # a plain loss: its own claim is what it finds
+        deadline = time.monotonic() + DEADLINE
+        while first.connects < 2 and time.monotonic() < deadline:
+            first.wait_connected(0.1)
+        assert first.connects == 2 and first.taken_over is None
+        second.start()
+        assert second.wait_connected(DEADLINE)
+        first._thread.join(DEADLINE)
+        assert not first._thread.is_alive(), "the first connection went on taking the session back"
+        assert first.taken_over and "另一个进程以同一登录名登录" in first.taken_over and "'archive'" in first.taken_over
+        assert second.wait_connected(DEADLINE) and second.taken_over is None
+        assert second.connects <= 2  # taken back once (the first's reconnect that found the claim), no more
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # and it stays so
+            assert second._thread.is_alive() and second.taken_over is None
+            time.sleep(0.2)
+        assert second.connects <= 2
+    finally:
+        first.stop(timeout=2)
+        second.stop(timeout=2)
+
+
+def test_two_receivers_on_one_shared_login_the_one_taken_over_stops_nothing_lost(broker, tmp_path):
+    """Two `archive serve` not enrolled (the shared ``archive`` login) on one broker: the second
+    takes the session; the first says why and exits with status 6 (the unit does not restart on
+    it), the second receives everything; every item once, verifying."""
+    cfg = agent_config(tmp_path, broker.port, uplink__bandwidth_limit=3_000_000, uplink__chunk_size=128 * 1024,
+                       uplink__ack_timeout_s=3)
+    store = open_store(cfg)
+    ids = add_items(store, tmp_path, [2_000_000, 2_000_000, 2_000_000])
+    root = tmp_path / "archive"
+    enroll(root, store)
+    store.close()
+    shared = credentials(tmp_path, broker.port, "archive", "archive")
+
+    def serve(name: str) -> Proc:  # not enrolled: the shared login `archive`, client id NAME
+        p = Proc([*shared, "archive", "serve", "--root", str(root), "--broker", f"127.0.0.1:{broker.port}",
+                  "--client-id", name, "--share", "archive"], tmp_path / f"{name}.log")
+        wait_for(lambda: "archive: connected to" in p.text() or not p.alive(), 20, f"{name} connected", [p])
+        return p
+
+    a1 = serve("rx1")
+    ag = start_agent(cfg, tmp_path)
+    a2 = None
+    try:
+        wait_for(lambda: _held(root) > 300_000, 30, "transfer under way", [a1, ag], step=0.05)
+        a2 = serve("rx2")
+        wait_for(lambda: not a1.alive(), 30, "the receiver taken over to stop", [a1, a2])
+        assert a1.p.returncode == SessionTakenOver.exit_code == 6, a1.text()
+        text = a1.text()
+        assert "另一个接收端以同一登录名登录 / another receiver logged in as 'archive'" in text, text
+        assert "`edge-agent archive receiver add NAME`" in text and "Traceback" not in text
+        wait_for(all_archived(cfg, ids), 90, "all archived by the second receiver", [a2, ag])
+        check_archive(root, ids)
+        assert a2.alive(), a2.text()
+        assert a2.text().count("archive: connected to") <= 2, a2.text()  # no ping-pong
+    finally:
+        ag.stop()
+        if a2 is not None:
+            a2.stop()
+        a1.stop()
+
+
+class SlowDevice:
+    """dock-0001 on the broker with its own login: answers each command on its response topic,
+    the first one only once ``release`` is set (so the first `command send` is mid-session when
+    the second starts)."""
+
+    def __init__(self, port: int, login: tuple[str, str]):
+        self.release = threading.Event()
+        self.got: list[bytes] = []
+        self.seen = threading.Condition()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dock-0001", protocol=mqtt.MQTTv5)
+        self.c.username_pw_set(*login)
+        self.c.on_message = self._on_message
+        subscribed = threading.Event()
+        self.c.on_subscribe = lambda *_a: subscribed.set()
+        self.c.on_connect = lambda c, *_a: c.subscribe(T.cmd("dock-0001"), qos=1)
+        self.c.connect("127.0.0.1", port, keepalive=10)
+        self.c.loop_start()
+        assert subscribed.wait(DEADLINE)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self.seen:
+            self.got.append(bytes(msg.payload))
+            n = len(self.got)
+            self.seen.notify_all()
+        threading.Thread(target=self._answer, args=(msg, n), daemon=True).start()
+
+    def _answer(self, msg, n: int) -> None:
+        if n == 1:
+            self.release.wait(DEADLINE)
+        cmd = json.loads(bytes(msg.payload))
+        props = Properties(PacketTypes.PUBLISH)
+        props.CorrelationData = msg.properties.CorrelationData
+        body = json.dumps({"ok": True, "cmd": cmd["cmd"], "result": {"n": n}, "nonce": cmd["nonce"]}).encode()
+        self.c.publish(msg.properties.ResponseTopic, body, qos=1, properties=props)
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def test_two_command_sends_at_once_with_one_ops_login_both_get_their_answer(broker, tmp_path):
+    """Two `command send` with the one ``ops`` login at the same moment on one host: the second
+    waits for the first (and says so) instead of ending its session; both get the device's answer."""
+    run(["command", "keygen", "ops", "--out", str(tmp_path / "op")], check=True)
+    ops = credentials(tmp_path, broker.port, "ops", "ops")
+    device = SlowDevice(broker.port, broker.identity("dock-0001"))
+    send = [EDGE, *ops, "command", "send", "status", "--device", "dock-0001", "--key", str(tmp_path / "op" / "ops.key"),
+            "--broker", f"127.0.0.1:{broker.port}", "--json", "--timeout", "20"]
+    logs = [tmp_path / f"send{k}.err" for k in (1, 2)]
+    procs = []
+    try:
+        procs.append(subprocess.Popen(send, stdout=subprocess.PIPE, stderr=logs[0].open("wb"), text=True))
+        with device.seen:  # the first command reached the device: its sender waits for the answer
+            assert device.seen.wait_for(lambda: len(device.got) >= 1, DEADLINE)
+        procs.append(subprocess.Popen(send, stdout=subprocess.PIPE, stderr=logs[1].open("wb"), text=True))
+        # the second either waits for the first (the fix) or logs in and takes its session (before the fix:
+        # its command then reaches the device)
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline and "waiting" not in logs[1].read_text() and len(device.got) < 2 \
+                and procs[1].poll() is None:
+            time.sleep(0.05)
+        device.release.set()
+        outs = [p.communicate(timeout=60)[0] for p in procs]
+        errs = [log.read_text() for log in logs]
+        for p, out, err in zip(procs, outs, errs):
+            assert p.returncode == 0, err
+            assert json.loads(out)["ok"] is True
+        assert "等待本机另一个会话结束 / waiting" in errs[1] and "'ops'" in errs[1]
+        assert len(device.got) == 2 and device.got[0] != device.got[1]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        device.close()
