@@ -200,6 +200,7 @@ TOPIC_PLACES = {
     "unit_policy": "archive writes; each device reads its own unit's (a user block per enrolled device); monitor reads",
     "all_unit_policies": "filter of unit_policy", "parse_unit_policy": "parser",
     "operator_reply": "granted to nobody: command send takes its answer on cmd_resp",
+    "session": "every login reads and writes its own only (pattern %u): which process holds the login",
     "is_archive_receiver": "parser", "kind_of": "parser", "parse_dev": "parser", "parse_xfer": "parser",
 }
 

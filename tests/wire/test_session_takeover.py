@@ -119,6 +119,32 @@ def test_two_receivers_on_one_shared_login_the_one_taken_over_stops_nothing_lost
         a1.stop()
 
 
+def test_a_login_claims_only_its_own_session_topic(broker):
+    """Nobody can make a receiver believe its session was taken (and stop) by writing its claim:
+    each login reads and writes ``P/session/ITS-LOGIN`` only."""
+    from tests.wire.test_broker_auth import ACCEPTED, Peer, nothing_between
+
+    dev = Peer(broker.port, *broker.identity("dock-0001"))
+    ops = Peer(broker.port, *broker.identity("ops", "ops"))
+    rx = Peer(broker.port, *broker.identity("archive", "archive"))
+    try:
+        for p in (dev, ops, rx):
+            assert p.connect().value == 0
+        assert rx.publish(T.session("archive"), b'{"holder": "rx"}', retain=True) in ACCEPTED
+        assert dev.publish(T.session("dock-0001"), b"{}", retain=True) in ACCEPTED
+        assert ops.publish(T.session("ops"), b"{}", retain=True) in ACCEPTED
+        for p in (dev, ops):
+            assert p.publish(T.session("archive"), b'{"holder": "forged"}', retain=True) == 0x87
+        assert dev.publish(T.session("ops"), b"{}") == 0x87
+        ops.subscribe(T.session("archive"))  # granted by Mosquitto 2.0.11, but nothing is delivered
+        assert ops.subscribe(T.session("ops")) == [1]
+        got = nothing_between(ops, ops, T.session("ops"))  # its own retained claim, the archive's never
+        assert [t for t, _b in got if t != T.session("ops")] == []
+    finally:
+        for p in (dev, ops, rx):
+            p.close()
+
+
 class SlowDevice:
     """dock-0001 on the broker with its own login: answers each command on its response topic,
     the first one only once ``release`` is set (so the first `command send` is mid-session when
