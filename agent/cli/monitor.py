@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from .. import config as config_mod
-from agent.common.errors import ConfigError, EdgeError
+from agent.common.errors import ConfigError, EdgeError, SessionTakenOver
 from agent.common.fs import read_csv_text
 from . import main
 from .base import Ctx, db_upgrade, emit_json, emit_json_line, json_lines_option, json_option, pass_ctx
@@ -219,6 +219,8 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, brokers, prefix,
             emit_json_line("stopped", ok=not ing.failed, stats=st)
         else:
             click.echo("monitor: stopped; " + " ".join(f"{k}={v}" for k, v in sorted(st.items())), err=True)
+    if getattr(ing, "taken_over", None):  # exit status 6: systemd does not restart us into a fight
+        raise SessionTakenOver(ing.taken_over)
     if ing.failed:
         raise EdgeError(f"监控接收线程已停止 / {ing.failed}; exiting so that the service manager restarts the monitor")
 

@@ -6,6 +6,10 @@ Connection 0 of each broker subscribes the archive's checkpoint and, when the ca
 reads its socket 64 KiB at a time and hands each QoS 0/1 message to :meth:`Ingest.submit` without
 paho's message object (agent/wire/fastread.py); the topic is decoded here (not UTF-8: ``\ufffd``,
 refused as a bad topic by the worker).
+
+Each connection claims its login (agent/wire/claim.py): when another monitor logs in with the same
+logins, the one taken over stops (``failed``, ``taken_over``; the CLI exits with status 6, which
+the unit does not restart on) instead of taking its sessions back, and so on for ever.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ log = logging.getLogger("agent.monitor.ingest")
 
 class Connections:
     def start(self) -> None:
+        from agent.wire.claim import SessionClaim
         from agent.wire.client import ConnSettings, TlsConfig, instance_user, new_client
+        from agent.wire.topics import safe_segment
 
         cid = self.s.client_id or f"edge-monitor-{int(time.time())}"
         tls = TlsConfig(self.s.cafile, self.s.certfile or None, self.s.keyfile or None) if self.s.tls else None
@@ -28,6 +34,8 @@ class Connections:
         brokers = [(self.s.host, self.s.port), *[b for b in self.s.more_brokers if b != (self.s.host, self.s.port)]]
         self._brokers = brokers
         self._shares = [set() for _ in range(n * len(brokers))]
+        self.claims: list = []
+        self.taken_over: str | None = None
         for k in range(n * len(brokers)):  # connection k: broker k // n, share k % n (0: the catch-all)
             (host, port), i = brokers[k // n], k % n
             name = (cid if k < n else f"{cid}-b{k // n}") + (f"-{i}" if i else "")
@@ -37,6 +45,7 @@ class Connections:
                                         keepalive=self.s.keepalive, username=user,
                                         password=self.s.password or None, tls=tls,
                                         allow_plaintext=self.s.allow_plaintext), buffered=True)
+            self.claims.append(SessionClaim(self.topics.session(user), user) if user and safe_segment(user) else None)
             c.suppress_exceptions = True  # belt and braces: _on_message never raises
             c.reconnect_delay_set(1, 30)
             c.max_queued_messages_set(0)
@@ -45,6 +54,7 @@ class Connections:
             if k == 0:
                 c.on_subscribe = lambda *_a: self.subscribed.set()
             c.on_disconnect = self._on_disconnect
+            c.on_publish = self._on_publish
             c.on_message = self._on_message
             c.on_raw_message = self._raw_handler(k)  # QoS 0/1 without paho's message object (agent/wire/fastread.py)
             self.clients.append(c)
@@ -86,6 +96,9 @@ class Connections:
                       "`archive broker-config --monitor-connections N` (N >= --connections) creates them"
                       if userdata % self._n else "")
             return
+        claim = self.claims[userdata]
+        if claim is not None:  # read (and make) the login's claim; reading goes on meanwhile
+            claim.begin(client)
         if userdata % self._n:  # a share: its devices again (a fresh session has no subscriptions)
             self._subscribe_shares(only=userdata)
             return
@@ -107,7 +120,31 @@ class Connections:
             return True  # the one connection carries everything
         return self.s.catch_all if self.s.catch_all is not None else not self.s.username
 
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        claim = self.claims[userdata]
+        if claim is not None:
+            claim.on_publish(mid, getattr(reason_code, "value", reason_code) or 0)
+
+    def _on_claim(self, k: int, retain: bool, payload) -> None:
+        from agent.wire.claim import TAKEN
+
+        if self.claims[k].on_message(self.clients[k], retain, payload) == TAKEN:
+            self._taken(k)
+
+    def _taken(self, k: int) -> None:
+        """Another monitor logged in with this connection's login: stop, do not take it back."""
+        claim, client = self.claims[k], self.clients[k]
+        self.taken_over = (f"另一个监控以同一登录名登录 / another monitor logged in as {claim.login!r} "
+                           f"({claim.taken_by}): the broker keeps one session per login, so this one stops instead of "
+                           "taking it back; run one monitor per broker, or stop the other")
+        self.failed = self.taken_over
+        log.critical("monitor: %s", self.taken_over)
+        client.disconnect()  # clean, and paho does not reconnect after it
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        claim = self.claims[userdata] if userdata < len(self.claims) else None
+        if claim is not None and not self._stop.is_set() and claim.on_disconnect(reason_code):
+            self._taken(userdata)
         if userdata % self._n:
             return
         # connected while the catch-all of any broker is
@@ -121,8 +158,12 @@ class Connections:
     def _raw_handler(self, k: int):
         catch_all = k % self._n == 0 and self._n > 1
         submit = self.submit
+        claim = self.claims[k].topic.encode() if self.claims[k] is not None else None
 
         def on_raw(topic: bytes, payload: bytes, retain: bool) -> None:
+            if topic == claim:
+                self._on_claim(k, retain, payload)
+                return
             try:
                 t = topic.decode()
             except UnicodeDecodeError:  # a topic that is not UTF-8
@@ -135,4 +176,7 @@ class Connections:
             topic = msg.topic
         except UnicodeDecodeError:  # a topic that is not UTF-8 (paho decodes on access)
             topic = "\ufffd"
+        if self.claims[userdata] is not None and topic == self.claims[userdata].topic:
+            self._on_claim(userdata, bool(msg.retain), msg.payload)
+            return
         self.submit(topic, msg.payload, bool(msg.retain), catch_all=userdata % self._n == 0 and self._n > 1)

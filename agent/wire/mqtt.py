@@ -24,24 +24,18 @@ What paho does not do and this module does:
   publishes are refused as offline (their owners keep them), the PUBACKs in flight are awaited,
   then a clean DISCONNECT (the broker drops the will);
 - a session taken over (one login, one session: the broker ends a connection when another logs in
-  with the same login, agent/wire/broker_auth.py) is told apart from a lost connection and ends the
-  connection for good (:attr:`Connection.taken_over`; its owner reports it and stops) instead of
-  taking the session back, which would end the other's, and so on for ever. A broker that says so
-  sends DISCONNECT 0x8E "Session taken over"; Mosquitto 2.0.11 only closes the socket, so a
-  connection given ``claim`` (the login's ``P/session/LOGIN`` topic) claims the login on every
-  connect with a retained message naming this process, and on reconnecting after a loss it reads
-  that claim first: another holder's claim means another process now holds the login.
+  with the same login) is told apart from a lost connection and ends the connection for good
+  (:attr:`Connection.taken_over`; its owner reports it and stops) instead of taking the session
+  back, which would end the other's, and so on: DISCONNECT 0x8E from brokers that send it, and
+  with ``claim`` the login's claim read on every connect (agent/wire/claim.py).
 
 What one PUBLISH is (its handle, its refusal, its size on the wire) is agent/wire/publish.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
-import secrets
 import socket
 import ssl
 import threading
@@ -54,6 +48,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.common.errors import EdgeError
+from .claim import READY, TAKEN, UNCHECKED, SessionClaim, taken_over_message
 from .client import ConnSettings, new_client
 from .lean import lean_client
 from .failback import Failback
@@ -69,17 +64,6 @@ _AUTH_REFUSED = {0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
 FAILBACK = "moved back to the primary broker"
 #: how long a fail-back waits for the PUBACKs in flight before its DISCONNECT
 FAILBACK_DRAIN_S = 5.0
-#: DISCONNECT reason code "Session taken over" (MQTT v5)
-SESSION_TAKEN_OVER = 0x8E
-
-
-def taken_over_message(login: str | None, who: str = "") -> str:
-    """What a process whose login was taken by another says (logged, and shown by its owner)."""
-    by = f" ({who})" if who else ""
-    return (f"另一个进程以同一登录名登录 / another process logged in as {login or '(this login)'!r}{by}: the broker "
-            "keeps one session per login, so this one stops instead of taking it back")
-
-
 class Connection:
     """Keeps one broker connection up; callbacks run on paho's network thread (keep them short)."""
 
@@ -92,13 +76,8 @@ class Connection:
                  probe: Callable[[], tuple[tuple[str, ...], Callable[[str, bytes], bool]] | None] | None = None,
                  safe_point: Callable[[], bool] | None = None, claim: str | None = None):
         self.s = settings
-        #: the login's session topic (``Topics.session``): claimed on every connect (see the module)
-        self._claim = claim
-        self.instance = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._claimed = False     # a claim of ours stood on an earlier connection of this object
-        self._claim_mid: int | None = None
-        self._own_mids: dict[int, str] = {}   # our own publishes on the session topic: mid -> "fence" / "claim"
-        self._other_claim = ""                 # the holder named by the retained claim found on this connection
+        #: the login's claim on its session topic (``Topics.session``; agent/wire/claim.py)
+        self.claim = SessionClaim(claim, settings.username) if claim else None
         self._connack_props: Any = None
         #: why the session was taken over by another process with the same login (then the connection ends)
         self.taken_over: str | None = None
@@ -438,13 +417,9 @@ class Connection:
             self._auth_refused = reason_code.value in _AUTH_REFUSED
             self._note_error(f"connection refused by broker: {reason_code} ({reason_code.value:#04x})")
             return
-        if self._claim:  # read the login's claim (the fence's echo comes after it), then claim it
+        if self.claim is not None:  # read the login's claim first (agent/wire/claim.py); ready after
             self._connack_props = properties
-            self._other_claim = ""
-            self._own_mids.clear()
-            _rc, self._claim_mid = client.subscribe(self._claim, qos=1)
-            fence = json.dumps({"holder": self.instance, "fence": True}).encode()
-            self._own_mids[client.publish(self._claim, fence, qos=1).mid] = "fence"  # not retained
+            self.claim.begin(client)
             return
         self._ready(client, properties)
 
@@ -468,44 +443,15 @@ class Connection:
             threading.Thread(target=self._safe_cb, name=f"{self.name}-onconnect", daemon=True).start()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        if mid != self._claim_mid or client is not self._client:
-            return
-        self._claim_mid = None
-        if any(getattr(rc, "value", rc) >= 0x80 for rc in reason_codes):
-            self._no_claim(client, "refuses the subscription")
+        if self.claim is not None and client is self._client \
+                and self.claim.on_subscribe(mid, reason_codes) == UNCHECKED:
+            self._unchecked(client, "refuses the subscription")
 
-    def _no_claim(self, client, why: str) -> None:
+    def _unchecked(self, client, why: str) -> None:
         """A broker configuration older than the session topics: no check, as before."""
-        if self._connected.is_set() or self.taken_over:
-            return
         log.warning("%s: the broker %s to the session topic %s (regenerate its files with `edge-agent archive "
                     "broker-config`): a login taken over by another process is not detected", self.name, why,
-                    self._claim)
-        self._ready(client, self._connack_props)
-
-    def _on_claim(self, client, msg) -> None:
-        """A message on the login's session topic. The broker handles our SUBSCRIBE (and sends the
-        retained claim: the latest holder of the login) before our fence, so the fence's echo
-        comes after the claim, if there is one."""
-        try:
-            body = json.loads(bytes(msg.payload))
-            holder = str(body.get("holder", ""))
-        except (ValueError, AttributeError):
-            body, holder = {}, ""
-        if self._connected.is_set() or self.taken_over:
-            return
-        if msg.retain:
-            self._other_claim = "" if holder == self.instance else (holder or "?")
-            return
-        if holder != self.instance or not body.get("fence"):
-            return
-        if self._other_claim and self._claimed:
-            # we held the login, lost the connection, and another claimed it since: it took our session
-            self._take_over(client, f"now held by {self._other_claim}")
-            return
-        claim = json.dumps({"holder": self.instance, "since": time.time()}).encode()
-        self._own_mids[client.publish(self._claim, claim, qos=1, retain=True).mid] = "claim"
-        self._claimed = True
+                    self.claim.topic if self.claim else "")
         self._ready(client, self._connack_props)
 
     def _take_over(self, client, who: str = "") -> None:
@@ -527,9 +473,9 @@ class Connection:
             log.exception("on_connect callback failed")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER and self.taken_over is None \
-                and not self.stop_event.is_set():
-            self.taken_by = "DISCONNECT 0x8E Session taken over"
+        claim = self.claim if self.claim is not None else SessionClaim("", self.s.username)
+        if self.taken_over is None and not self.stop_event.is_set() and claim.on_disconnect(reason_code):
+            self.taken_by = claim.taken_by or ""
             self.taken_over = taken_over_message(self.s.username, self.taken_by)
             self.errors += 1
             self.last_error = self.taken_over
@@ -547,10 +493,12 @@ class Connection:
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         rc = getattr(reason_code, "value", reason_code) or 0
         name = str(reason_code)
-        if self._own_mids and client is self._client and mid in self._own_mids:
-            if self._own_mids.pop(mid) == "fence" and rc >= 0x80:  # refused: no echo will come
-                self._no_claim(client, f"refuses our publish (PUBACK {rc:#04x})")
-            return
+        if self.claim is not None and client is self._client:
+            ours, outcome = self.claim.on_publish(mid, rc)
+            if outcome == UNCHECKED:
+                self._unchecked(client, f"refuses our publish (PUBACK {rc:#04x})")
+            if ours:
+                return
         with self._slots:
             if mid in self._qos0:
                 self._qos0.discard(mid)
@@ -563,10 +511,14 @@ class Connection:
         self._complete(handle, rc, name)
 
     def _on_message(self, client, userdata, msg) -> None:
-        if self._claim and msg.topic == self._claim:
-            self._on_claim(client, msg)
+        if self.claim is not None and msg.topic == self.claim.topic:
+            outcome = self.claim.on_message(client, msg.retain, msg.payload) if client is self._client else None
             if self.manual_ack:
                 _ack(client, msg.mid, msg.qos)
+            if outcome == READY:
+                self._ready(client, self._connack_props)
+            elif outcome == TAKEN:
+                self._take_over(client, self.claim.taken_by or "")
             return
         if self._on_message_cb:
             payload = msg.payload

@@ -219,3 +219,31 @@ def test_two_command_sends_at_once_with_one_ops_login_both_get_their_answer(brok
             if p.poll() is None:
                 p.kill()
         device.close()
+
+
+def test_a_second_monitor_with_the_same_logins_the_first_stops_and_says_why(broker, tmp_path):
+    """Two `edge-agent monitor` with the one set of monitor logins (``monitor``, ``monitor.1`` …):
+    the second takes the sessions; the first says why and exits with status 6 (the unit does not
+    restart on it) instead of taking them back; the second stays up."""
+    from tests.support.health import MonitorProc
+
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "m2").mkdir()
+    first = MonitorProc(tmp_path / "m1" / "monitor.db", broker.port, extra=["--connections", "2"])
+    second = None
+    try:
+        second = MonitorProc(tmp_path / "m2" / "monitor.db", broker.port, extra=["--connections", "2"])
+        deadline = time.monotonic() + DEADLINE
+        while first.p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert first.p.poll() == SessionTakenOver.exit_code, first.log.read_text()[-3000:]
+        text = first.log.read_text()
+        assert "另一个监控以同一登录名登录 / another monitor logged in as 'monitor" in text and "Traceback" not in text
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # the second stays up
+            assert second.p.poll() is None, second.log.read_text()[-3000:]
+            time.sleep(0.2)
+    finally:
+        first.stop()
+        if second is not None:
+            assert second.stop() == 0

@@ -1,0 +1,123 @@
+"""Who holds a login now: the session claim (one login, one session; agent/wire/broker_auth.py).
+
+The broker ends a connection when another logs in with the same login. A broker that says so sends
+DISCONNECT 0x8E "Session taken over"; Mosquitto 2.0.11 only closes the socket, which looks like any
+lost connection, and reconnecting would take the session back from the other process, which then
+does the same, for ever. So each connection claims its login on ``P/session/LOGIN`` (retained, the
+ACL lets every login read and write its own only) and, on every connect, reads that claim first:
+
+1. SUBSCRIBE ``P/session/LOGIN`` and, right behind it, PUBLISH a *fence* there (QoS 1, not retained).
+   The broker handles the SUBSCRIBE (sending the retained claim, if any) before the PUBLISH, so the
+   fence's echo comes after the claim.
+2. On the echo: if this connection held the login before (its claim stood on an earlier connect)
+   and the claim now names another holder, another process logged in since: *taken over*, leave
+   (a clean DISCONNECT) and stay away. Otherwise claim the login (retained) and go on.
+
+A newcomer always claims; the one it displaced finds the newcomer's claim on its reconnect and
+leaves (the newcomer is taken back once, by that reconnect, and comes back to its own claim). A
+loss without a takeover (a network cut, a broker restart) finds its own claim or none.
+
+    claim = SessionClaim(topics.session(login), login)
+    claim.begin(client)                       # on CONNACK
+    claim.on_message(retain, payload)         # a message on claim.topic: "ready", "taken" or None
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from typing import Any
+
+#: DISCONNECT reason code "Session taken over" (MQTT v5)
+SESSION_TAKEN_OVER = 0x8E
+
+READY = "ready"          # this connection holds the login: go on
+TAKEN = "taken"          # another process took the login: leave, do not come back
+UNCHECKED = "unchecked"  # the broker refuses the session topic (an older ACL): go on without the check
+
+
+def taken_over_message(login: str | None, who: str = "") -> str:
+    """What a process whose login another took says (logged, and shown by its owner)."""
+    by = f" ({who})" if who else ""
+    return (f"另一个进程以同一登录名登录 / another process logged in as {login or '(this login)'!r}{by}: the broker "
+            "keeps one session per login, so this one stops instead of taking it back")
+
+
+class SessionClaim:
+    """The claim of one connection (kept across its reconnects) on its login's session topic."""
+
+    def __init__(self, topic: str, login: str | None):
+        self.topic = topic
+        self.login = login
+        #: this process and connection, as named in its claim
+        self.instance = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.claimed = False       # a claim of ours stood on an earlier connect
+        self.deciding = False      # between begin() and the fence's echo
+        #: by whom the login was taken ("now held by HOST:PID:…", or the broker's DISCONNECT); None: not taken
+        self.taken_by: str | None = None
+        self._other = ""           # the other holder named by the retained claim found on this connect
+        self._mids: dict[int, str] = {}
+        self._sub_mid: int | None = None
+
+    @property
+    def taken_over(self) -> str | None:
+        return taken_over_message(self.login, self.taken_by) if self.taken_by is not None else None
+
+    def begin(self, client: Any) -> None:
+        """On every CONNACK (success): read the claim, behind it the fence."""
+        self._other = ""
+        self._mids.clear()
+        self.deciding = True
+        _rc, self._sub_mid = client.subscribe(self.topic, qos=1)
+        fence = json.dumps({"holder": self.instance, "fence": True}).encode()
+        self._mids[client.publish(self.topic, fence, qos=1).mid] = "fence"
+
+    def on_subscribe(self, mid: int, reason_codes) -> str | None:
+        if mid != self._sub_mid:
+            return None
+        self._sub_mid = None
+        if self.deciding and any(getattr(rc, "value", rc) >= 0x80 for rc in reason_codes):
+            self.deciding = False
+            return UNCHECKED
+        return None
+
+    def on_publish(self, mid: int, reason: int) -> tuple[bool, str | None]:
+        """(whether the PUBACK was for one of ours, UNCHECKED if the fence was refused)."""
+        kind = self._mids.pop(mid, None)
+        if kind is None:
+            return False, None
+        if kind == "fence" and reason >= 0x80 and self.deciding:  # no echo will come
+            self.deciding = False
+            return True, UNCHECKED
+        return True, None
+
+    def on_message(self, client: Any, retain: bool, payload: bytes | bytearray) -> str | None:
+        try:
+            body = json.loads(bytes(payload))
+            holder = str(body.get("holder", ""))
+        except (ValueError, AttributeError):
+            body, holder = {}, ""
+        if not self.deciding:
+            return None
+        if retain:
+            self._other = "" if holder == self.instance else (holder or "?")
+            return None
+        if holder != self.instance or not body.get("fence"):
+            return None
+        self.deciding = False
+        if self._other and self.claimed:  # held it, lost the connection, another claimed it since
+            self.taken_by = f"now held by {self._other}"
+            return TAKEN
+        claim = json.dumps({"holder": self.instance, "since": time.time()}).encode()
+        self._mids[client.publish(self.topic, claim, qos=1, retain=True).mid] = "claim"
+        self.claimed = True
+        return READY
+
+    def on_disconnect(self, reason_code: Any) -> bool:
+        """True if the broker said DISCONNECT 0x8E "Session taken over" (then taken)."""
+        if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER and self.taken_by is None:
+            self.taken_by = "DISCONNECT 0x8E Session taken over"
+            return True
+        return False
