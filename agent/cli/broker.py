@@ -36,6 +36,7 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
                "services": [i.name for i in files.identities if i.role != "device"],
                "monitor_logins": [i.name for i in files.identities if i.role == "monitor"] + files.instances,
                "policy_logins": list(files.publishers),
+               "ops_logins": [i.name for i in files.identities if i.role == "ops"] + files.ops_instances,
                "created": list(files.created), "rotated": list(files.rotated), "kept": list(files.kept),
                "stale": list(files.stale), "credentials": str(out / broker_auth.CREDENTIALS)}
     if quiet:
@@ -46,6 +47,9 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
     if files.instances:
         click.echo(f"  监控的其他连接登录名（同一密码）/ the monitor's other connection logins (its password): "
                    f"{files.instances[0]} … {files.instances[-1]}")
+    if files.ops_instances:
+        click.echo(f"  操作员其他主机的登录名（同一密码）/ the operators' logins for other hosts (the ops password): "
+                   f"{', '.join(files.ops_instances)} (username in that host's [mqtt])")
     if files.publishers:
         click.echo(f"  发布策略的登录名（同一密码，仅写策略）/ `archive policy publish` logins (same password, policies only): "
                    f"{', '.join(files.publishers)}")
@@ -84,13 +88,16 @@ def write_broker_config(c: Ctx, store, out: Path, *, refresh: bool = False, pref
 @click.option("--monitor-connections", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Logins for the monitor's connections (MONITOR-USER, MONITOR-USER.1 ...): at least the "
                    "monitor's --connections. The broker binds each login to one session.")
+@click.option("--ops-logins", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Logins for operator hosts that send commands at the same time (OPS-USER, OPS-USER.1 ...; one "
+                   "password): one per host. Sends of one host with one login take turns.")
 @click.option("--rotate", multiple=True, help="Give this identity a new password (repeatable).")
 @click.option("--rotate-all", is_flag=True, help="New passwords for every identity.")
 @json_option
 @pass_ctx
 def archive_broker_config(c: Ctx, root, out, prefix, conf_dir, port, tls_port, cafile, certfile, keyfile,
-                          tls_identity, crlfile, archive_user, monitor_user, ops_user, monitor_connections, rotate,
-                          rotate_all, as_json):
+                          tls_identity, crlfile, archive_user, monitor_user, ops_user, monitor_connections, ops_logins,
+                          rotate, rotate_all, as_json):
     """Write the Mosquitto 2.0 password file, ACL and config for every enrolled device (user
     name = device id) and the archive, monitor and ops identities. Anonymous access is off;
     each device may publish only in its own subtree and read only its own answers and
@@ -111,6 +118,7 @@ def archive_broker_config(c: Ctx, root, out, prefix, conf_dir, port, tls_port, c
                                       cafile=cafile, certfile=certfile, keyfile=keyfile, tls_identity=tls_identity,
                                       crlfile=crlfile, rotate=rotate, rotate_all=rotate_all, quiet=as_json,
                                       monitor_connections=monitor_connections,
+                                      ops_logins=ops_logins,
                                       services={"archive": archive_user, "monitor": monitor_user, "ops": ops_user})
     finally:
         store.close()

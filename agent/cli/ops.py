@@ -95,6 +95,11 @@ def command_send(c: Ctx, cmd, device, args_json, key_path, broker, prefix, cafil
     TLS, user name and password come from the config's [mqtt] section when there is one;
     mqtts:// or --cafile turn TLS on.
 
+    The broker keeps one session per login: sends of one host with the same login take turns
+    (the second says it is waiting). A send whose session another host takes with the same login
+    exits with status 6 and says whether the command went out (give each operator host its own
+    login: docs/security.md).
+
     \b
     Example:
       edge-agent command send room.stop --device room-01 --key operator/ops-center.key --broker mqtts://10.0.0.5:8883

@@ -54,6 +54,7 @@ def document() -> dict:
         "name": {"description": "component name: bay-N, camera-main, camera-pano, microphone, sensor, uplink, dock, room", "schema": {"type": "string"}},
         "item": {"description": "item id", "schema": {"type": "string"}},
         "receiver": {"description": "archive receiver id (archive serve --client-id)", "schema": {"type": "string"}},
+        "login": {"description": "broker login (MQTT user name)", "schema": {"type": "string"}},
      }},
     }
     P = lambda *names: {n: {"$ref": f"#/components/parameters/{n}"} for n in names}
@@ -135,6 +136,16 @@ def document() -> dict:
                                        "path": {"type": "array", "items": {"type": "string"}}}}]}},
                 "additionalProperties": False}},
             True, 1, op="publish", owner="archive (agent/archive/receiver.py, agent/archive/merkle.py)")
+    doc["channels"]["{prefix}/session/{login}"] = ch(
+            "Retained claim of one broker login: which process holds it now (one login, one session). Written by the "
+            "archive receivers, the monitor's connections and `command send` on every connect, after they read it "
+            "behind a fence (a non-retained message with fence true); a process that held the login and finds another "
+            "holder stops instead of taking the session back. Each login reads and writes its own only "
+            "(agent/wire/claim.py).",
+            ["prefix", "login"], {"name": "session_claim", "payload": {
+                "type": "object", "required": ["holder"],
+                "properties": {"holder": {"type": "string"}, "since": {"type": "number"}, "fence": {"type": "boolean"}}}},
+            True, 1, op="publish", owner="agent/wire/claim.py")
     doc.setdefault("components", {}).setdefault("schemas", {})["archive_checkpoint"] = {
         "type": "object", "required": ["format", "archive", "size", "root", "time", "key_id", "sig"],
         "properties": {"format": {"const": "edge-archive-checkpoint/1"}, "archive": {"type": "string"},

@@ -20,14 +20,18 @@ it never takes the session of the receiver running under ``NAME``.
 A device reads the policy of its own unit only: the unit comes from the enrolment, so each
 enrolled device gets a ``user`` block of its own granting ``P/unit/ITS-UNIT/policy``.
 - ``ops``: ``edge-agent command send``: writes ``P/dev/D/cmd``, reads ``P/dev/D/cmd/resp`` and
-  device status.
+  device status. Several operator hosts sending at once get one login each: ``ops``, ``ops.1`` …
+  ``ops.N-1`` (``ops_logins``, one password, the same rights); on one host the sends of one login
+  take turns (agent/wire/session.py).
 
 One login, one session: the broker replaces every client id by the login's user name
 (``use_username_as_clientid true`` on every listener), so nobody can take over another login's
 session (MQTT client-id takeover: a device's password used with another device's client id would
 disconnect that device, and with a persistent session inherit its queued messages). A process
 may therefore hold one connection per login; a second connection with the same login ends the
-first.
+first. Every login may read and write its own ``P/session/LOGIN`` (``pattern`` with ``%u``): the
+receivers, the monitor and ``command send`` claim their login there, so that the one whose session
+another took stops instead of taking it back (agent/wire/claim.py).
 
 Every topic in the ACL is built by :class:`agent.wire.topics.Topics`; nothing is spelled twice.
 Passwords are random (192 bits) and stored at the broker as PBKDF2-SHA512 hashes in
@@ -69,6 +73,7 @@ HASH_LEN = 64
 ROLES = ("device", "archive", "monitor", "ops")
 DEFAULT_SERVICES = {"archive": "archive", "monitor": "monitor", "ops": "ops"}
 MONITOR_CONNECTIONS = 8   # the monitor's default --connections: one login each
+OPS_LOGINS = 1            # operator hosts sending at once: one login each (ops, ops.1 …)
 
 PASSWD = "passwd"
 ACL = "acl"
@@ -126,6 +131,8 @@ class BrokerFiles:
     instances: list[str] = field(default_factory=list)
     #: NAME.policy of each archive login (`archive policy publish`; its password, policies only)
     publishers: list[str] = field(default_factory=list)
+    #: the operators' other logins ops.1 … (one per operator host; the ops password, its rights)
+    ops_instances: list[str] = field(default_factory=list)
 
 
 # -- the ACL ----------------------------------------------------------------------------------
@@ -159,7 +166,7 @@ def monitor_logins(monitor: str, connections: int) -> list[str]:
 
 def acl_text(prefix: str = "edge", services: dict[str, str] | None = None,
              units: dict[str, str] | None = None, receivers: Iterable[str] = (),
-             monitor_connections: int = MONITOR_CONNECTIONS) -> str:
+             monitor_connections: int = MONITOR_CONNECTIONS, ops_logins: int = OPS_LOGINS) -> str:
     """The Mosquitto ACL file. Devices get ``pattern`` lines (``%u`` = their user name = device
     id); each service identity gets a ``user`` block. Mosquitto also applies the patterns to the
     service identities, so each block first denies the device subtrees under its own name.
@@ -208,8 +215,12 @@ def acl_text(prefix: str = "edge", services: dict[str, str] | None = None,
     for login in monitor_logins(s["monitor"], monitor_connections)[1:]:
         lines += block(login, f"Monitor, its connection {login.rsplit('.', 1)[1]} (one login per connection: "
                        "use_username_as_clientid).", monitor_rules)
+    ops_rules = [("write", t.cmd("+")), ("read", t.cmd_resp("+")), ("read", t.status("+"))]
     lines += block(s["ops"], "Operators (edge-agent command send): signed commands out, answers and status in.",
-                   [("write", t.cmd("+")), ("read", t.cmd_resp("+")), ("read", t.status("+"))])
+                   ops_rules)
+    for login in monitor_logins(s["ops"], ops_logins)[1:]:
+        lines += block(login, f"Operators, their host {login.rsplit('.', 1)[1]} (one login per operator host: "
+                       "use_username_as_clientid).", ops_rules)
     if units:
         lines += ["", "# Each device reads the signed policy of its own unit (the unit it is enrolled for)."]
         for dev in sorted(units):
@@ -363,11 +374,13 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
              port: int = 1883, tls_port: int | None = None, cafile: str | None = None, certfile: str | None = None,
              keyfile: str | None = None, tls_identity: str = "password", crlfile: str | None = None,
              units: dict[str, str] | None = None,
-             receivers: Iterable[str] = (), monitor_connections: int = MONITOR_CONNECTIONS) -> BrokerFiles:
+             receivers: Iterable[str] = (), monitor_connections: int = MONITOR_CONNECTIONS,
+             ops_logins: int = OPS_LOGINS) -> BrokerFiles:
     """Write ``OUT/mosquitto.conf``, ``OUT/acl``, ``OUT/passwd`` and ``OUT/credentials/NAME.toml``
     (0600, directory 0700). Existing passwords are kept unless the name is in ``rotate``.
     ``units`` (device id -> unit code) lets each device read its own unit's policy.
     ``monitor_connections``: the monitor's logins (``monitor``, ``monitor.1`` …), one per connection.
+    ``ops_logins``: the operators' logins (``ops``, ``ops.1`` …), one per operator host.
     ``tls_identity``: ``password`` or ``certificate`` (the TLS listener takes the client
     certificate's CN as the user name; see :func:`tls_listener`), ``crlfile`` its revocation list."""
     out = Path(out)
@@ -375,7 +388,10 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
     if not isinstance(monitor_connections, int) or not 1 <= monitor_connections <= 64:
         raise EdgeError(f"监控连接数不合法 / --monitor-connections {monitor_connections!r}: 1 to 64 (the monitor's "
                         "--connections)")
+    if not isinstance(ops_logins, int) or not 1 <= ops_logins <= 64:
+        raise EdgeError(f"操作员登录名数量不合法 / --ops-logins {ops_logins!r}: 1 to 64 (one per operator host)")
     instances = monitor_logins(s["monitor"], monitor_connections)[1:]
+    ops_instances = monitor_logins(s["ops"], ops_logins)[1:]
     receivers = sorted(set(receivers))
     publishers = {name: instance_user(name, POLICY) for name in [s["archive"], *receivers]}
     if not safe_segment(prefix):
@@ -384,14 +400,15 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
     for d in devices:
         if not safe_segment(d):
             raise EdgeError(f"设备编号不能作为用户名 / device id {d!r} cannot be an MQTT user name")
-    clash = sorted(set(devices) & (set(s.values()) | set(instances) | set(publishers.values())))
+    clash = sorted(set(devices) & (set(s.values()) | set(instances) | set(ops_instances) | set(publishers.values())))
     if clash:
         raise EdgeError(f"设备编号与服务身份重名 / device id(s) {', '.join(clash)} equal a service user name; "
                         "choose other names with --archive-user/--monitor-user/--ops-user")
     for r in receivers:
         if not safe_segment(r):
             raise EdgeError(f"接收端编号不能作为用户名 / receiver id {r!r} cannot be an MQTT user name")
-    clash = sorted(set(receivers) & (set(devices) | set(s.values()) | set(instances) | set(publishers.values())))
+    clash = sorted(set(receivers) & (set(devices) | set(s.values()) | set(instances) | set(ops_instances)
+                                     | set(publishers.values())))
     if clash:
         raise EdgeError(f"接收端编号与设备或服务身份重名 / receiver id(s) {', '.join(clash)} equal a device id or "
                         "a service user name")
@@ -406,7 +423,7 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
     if unknown:
         raise EdgeError(f"没有该身份 / no such identity to rotate: {', '.join(sorted(unknown))}")
     # everything that can be refused is checked before the first file is written
-    acl = acl_text(prefix, s, units, receivers, monitor_connections)
+    acl = acl_text(prefix, s, units, receivers, monitor_connections, ops_logins)
     conf = conf_text(Path(conf_dir) if conf_dir else out.resolve(), port=port, tls_port=tls_port, cafile=cafile,
                      certfile=certfile, keyfile=keyfile, tls_identity=tls_identity, crlfile=crlfile)
     cred_dir = out / CREDENTIALS
@@ -430,13 +447,15 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
             atomic_write(path, _credential_text(ident).encode("utf-8"), mode=0o600)
         files.credentials[name] = path
         files.identities.append(ident)
-        logins = [name] + (instances if name == s["monitor"] else []) + ([publishers[name]] if name in publishers else [])
-        for login in logins:  # the monitor's other logins, NAME.policy: its password, each its own salt
+        logins = [name] + (instances if name == s["monitor"] else []) + (ops_instances if name == s["ops"] else []) \
+            + ([publishers[name]] if name in publishers else [])
+        for login in logins:  # the monitor's and the operators' other logins, NAME.policy: its password, own salts
             hashed = old_hashes.get(login)
             if hashed is None or not check_password(ident.password, hashed):
                 hashed = hash_password(ident.password)
             passwd_lines.append(f"{login}:{hashed}")
     files.instances = instances
+    files.ops_instances = ops_instances
     files.publishers = sorted(publishers.values())
     known = {n for n, _ in names}
     files.stale = sorted(p.stem for p in cred_dir.glob("*.toml") if p.stem not in known)
@@ -445,7 +464,8 @@ def generate(out: Path | str, devices: Iterable[str], *, prefix: str = "edge", s
     atomic_write(files.conf, conf.encode(), mode=0o644)
     settings = {"prefix": prefix, "services": s, "conf_dir": str(conf_dir) if conf_dir else None, "port": port,
                 "tls_port": tls_port, "cafile": cafile, "certfile": certfile, "keyfile": keyfile,
-                "tls_identity": tls_identity, "crlfile": crlfile, "monitor_connections": monitor_connections}
+                "tls_identity": tls_identity, "crlfile": crlfile, "monitor_connections": monitor_connections,
+                "ops_logins": ops_logins}
     atomic_write(out / SETTINGS, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode(), mode=0o644)
     return files
 
@@ -464,6 +484,6 @@ def refresh(out: Path | str, devices: Iterable[str], units: dict[str, str] | Non
     except (OSError, ValueError) as exc:
         raise EdgeError(f"{out / SETTINGS} 无法读取 / unreadable: {exc}") from None
     known = {"prefix", "services", "conf_dir", "port", "tls_port", "cafile", "certfile", "keyfile",
-             "tls_identity", "crlfile", "monitor_connections"}
+             "tls_identity", "crlfile", "monitor_connections", "ops_logins"}
     return generate(out, devices, units=units, receivers=receivers,
                     **{k: v for k, v in settings.items() if k in known})

@@ -95,6 +95,7 @@ class Identities:
         self.roles: dict[str, str] = {}
         self.units: dict[str, str] = {}
         self.monitor_connections = broker_auth.MONITOR_CONNECTIONS
+        self.ops_logins = broker_auth.OPS_LOGINS
         self.brokers: list[Mosquitto] = []   # every broker reading these files
         self.write()
 
@@ -102,7 +103,7 @@ class Identities:
         s = self.ba.DEFAULT_SERVICES
         if name == s["monitor"] or name.startswith(s["monitor"] + "."):
             return "monitor"
-        if name == s["ops"]:
+        if name == s["ops"] or name.startswith(s["ops"] + "."):
             return "ops"
         if name == s["archive"] or name.endswith("." + self.ba.POLICY):
             return "archive"
@@ -128,9 +129,13 @@ class Identities:
         if role == "monitor" and name != "monitor":
             k = int(name.rsplit(".", 1)[1])
             self.monitor_connections = max(self.monitor_connections, k + 1)
-        # the monitor's logins (one per connection) share its password, as broker-config makes them
-        mon = self.ba.DEFAULT_SERVICES["monitor"]
-        self.passwords[name] = self.passwords.get(mon) if role == "monitor" and mon in self.passwords \
+        if role == "ops" and name != "ops":
+            self.ops_logins = max(self.ops_logins, int(name.rsplit(".", 1)[1]) + 1)
+        # the monitor's logins (one per connection) and the operators' (one per host) share one password each,
+        # as broker-config makes them
+        mon, ops = self.ba.DEFAULT_SERVICES["monitor"], self.ba.DEFAULT_SERVICES["ops"]
+        first = mon if role == "monitor" else ops if role == "ops" else None
+        self.passwords[name] = self.passwords[first] if first in self.passwords \
             else secrets.token_urlsafe(18)
         self.roles[name] = role
         if role == "archive" and not name.endswith("." + self.ba.POLICY):
@@ -150,7 +155,7 @@ class Identities:
         receivers = sorted(n for n, r in self.roles.items() if r == "archive"
                            and n != self.ba.DEFAULT_SERVICES["archive"] and not n.endswith("." + self.ba.POLICY))
         acl = self.ba.acl_text(self.prefix, units=self.units, receivers=receivers,
-                               monitor_connections=self.monitor_connections)
+                               monitor_connections=self.monitor_connections, ops_logins=self.ops_logins)
         lines = [f"{n}:{self.ba.hash_password(pw)}" for n, pw in sorted(self.passwords.items())]
         self.acl.write_text(acl, encoding="utf-8")
         tmp = self.passwd.with_suffix(".tmp")

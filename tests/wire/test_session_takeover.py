@@ -247,3 +247,39 @@ def test_a_second_monitor_with_the_same_logins_the_first_stops_and_says_why(brok
         first.stop()
         if second is not None:
             assert second.stop() == 0
+
+
+def test_operator_hosts_with_their_own_logins_send_at_once(broker, tmp_path):
+    """`archive broker-config --ops-logins N` gives each operator host a login (ops, ops.1 …, one
+    password): two hosts' sends at the same moment both get their answer, neither waits."""
+    from agent.wire import broker_auth
+
+    files = broker_auth.generate(tmp_path / "b", ["dock-0001"], ops_logins=3)
+    assert files.ops_instances == ["ops.1", "ops.2"]
+    pw = {i.name: i.password for i in files.identities}
+    hashes = dict(ln.split(":", 1) for ln in files.passwd.read_text().splitlines())
+    assert all(broker_auth.check_password(pw["ops"], hashes[n]) for n in ("ops", "ops.1", "ops.2"))
+    assert "user ops.2\n" in files.acl.read_text() and "user ops.3\n" not in files.acl.read_text()
+
+    run(["command", "keygen", "ops", "--out", str(tmp_path / "op")], check=True)
+    hosts = [credentials(tmp_path, broker.port, login, "ops") for login in ("ops", "ops.1")]
+    device = SlowDevice(broker.port, broker.identity("dock-0001"))
+    procs, logs = [], [tmp_path / f"host{k}.err" for k in (1, 2)]
+    try:
+        for auth, log in zip(hosts, logs):
+            procs.append(subprocess.Popen(
+                [EDGE, *auth, "command", "send", "status", "--device", "dock-0001", "--key",
+                 str(tmp_path / "op" / "ops.key"), "--broker", f"127.0.0.1:{broker.port}", "--json", "--timeout", "20"],
+                stdout=subprocess.PIPE, stderr=log.open("wb"), text=True))
+        with device.seen:  # both commands reach the device while the first waits for its answer
+            assert device.seen.wait_for(lambda: len(device.got) >= 2, DEADLINE), [log.read_text() for log in logs]
+        device.release.set()
+        for p, log in zip(procs, logs):
+            out = p.communicate(timeout=60)[0]
+            assert p.returncode == 0, log.read_text()
+            assert json.loads(out)["ok"] is True and "waiting" not in log.read_text()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        device.close()
