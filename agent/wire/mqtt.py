@@ -450,7 +450,7 @@ class Connection:
     def _unchecked(self, client, why: str) -> None:
         """A broker configuration older than the session topics: no check, as before."""
         log.warning("%s: the broker %s to the session topic %s (regenerate its files with `edge-agent archive "
-                    "broker-config`): a login taken over by another process is not detected", self.name, why,
+                    "broker-config --out DIR`): a login taken over by another process is not detected", self.name, why,
                     self.claim.topic if self.claim else "")
         self._ready(client, self._connack_props)
 
