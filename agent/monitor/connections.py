@@ -98,7 +98,7 @@ class Connections:
             return
         claim = self.claims[userdata]
         if claim is not None:  # read (and make) the login's claim; reading goes on meanwhile
-            claim.begin(client)
+            claim.begin(client, "%s:%s" % self._brokers[userdata // self._n])
         if userdata % self._n:  # a share: its devices again (a fresh session has no subscriptions)
             self._subscribe_shares(only=userdata)
             return

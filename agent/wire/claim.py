@@ -18,7 +18,7 @@ leaves (the newcomer is taken back once, by that reconnect, and comes back to it
 loss without a takeover (a network cut, a broker restart) finds its own claim or none.
 
     claim = SessionClaim(topics.session(login), login)
-    claim.begin(client)                       # on CONNACK
+    claim.begin(client, "HOST:PORT")          # on CONNACK
     claim.on_message(retain, payload)         # a message on claim.topic: "ready", "taken" or None
 """
 
@@ -53,7 +53,8 @@ class SessionClaim:
         self.login = login
         #: this process and connection, as named in its claim
         self.instance = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.claimed = False       # a claim of ours stood on an earlier connect
+        self.claimed: set[str] = set()   # the brokers on which a claim of ours stood (on an earlier connect)
+        self._where = ""
         self.deciding = False      # between begin() and the fence's echo
         #: by whom the login was taken ("now held by HOST:PID:…", or the broker's DISCONNECT); None: not taken
         self.taken_by: str | None = None
@@ -65,8 +66,10 @@ class SessionClaim:
     def taken_over(self) -> str | None:
         return taken_over_message(self.login, self.taken_by) if self.taken_by is not None else None
 
-    def begin(self, client: Any) -> None:
-        """On every CONNACK (success): read the claim, behind it the fence."""
+    def begin(self, client: Any, where: str = "") -> None:
+        """On every CONNACK (success) from broker ``where`` (HOST:PORT; brokers share no claims):
+        read the claim, behind it the fence."""
+        self._where = where
         self._other = ""
         self._mids.clear()
         self.deciding = True
@@ -107,12 +110,12 @@ class SessionClaim:
         if holder != self.instance or not body.get("fence"):
             return None
         self.deciding = False
-        if self._other and self.claimed:  # held it, lost the connection, another claimed it since
+        if self._other and self._where in self.claimed:  # held it, lost the connection, another claimed it since
             self.taken_by = f"now held by {self._other}"
             return TAKEN
         claim = json.dumps({"holder": self.instance, "since": time.time()}).encode()
         self._mids[client.publish(self.topic, claim, qos=1, retain=True).mid] = "claim"
-        self.claimed = True
+        self.claimed.add(self._where)
         return READY
 
     def on_disconnect(self, reason_code: Any) -> bool:

@@ -419,7 +419,7 @@ class Connection:
             return
         if self.claim is not None:  # read the login's claim first (agent/wire/claim.py); ready after
             self._connack_props = properties
-            self.claim.begin(client)
+            self.claim.begin(client, self.broker)
             return
         self._ready(client, properties)
 
