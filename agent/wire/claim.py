@@ -32,10 +32,16 @@ from typing import Any
 
 #: DISCONNECT reason code "Session taken over" (MQTT v5)
 SESSION_TAKEN_OVER = 0x8E
+TAKEN_BY_BROKER = "DISCONNECT 0x8E Session taken over"
 
 READY = "ready"          # this connection holds the login: go on
 TAKEN = "taken"          # another process took the login: leave, do not come back
 UNCHECKED = "unchecked"  # the broker refuses the session topic (an older ACL): go on without the check
+
+
+def says_taken_over(reason_code: Any) -> bool:
+    """Did the broker end the connection with DISCONNECT 0x8E "Session taken over"?"""
+    return getattr(reason_code, "value", reason_code) == SESSION_TAKEN_OVER
 
 
 def taken_over_message(login: str | None, who: str = "") -> str:
@@ -120,7 +126,7 @@ class SessionClaim:
 
     def on_disconnect(self, reason_code: Any) -> bool:
         """True if the broker said DISCONNECT 0x8E "Session taken over" (then taken)."""
-        if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER and self.taken_by is None:
-            self.taken_by = "DISCONNECT 0x8E Session taken over"
+        if says_taken_over(reason_code) and self.taken_by is None:
+            self.taken_by = TAKEN_BY_BROKER
             return True
         return False

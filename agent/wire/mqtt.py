@@ -48,7 +48,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.common.errors import EdgeError
-from .claim import READY, TAKEN, UNCHECKED, SessionClaim, taken_over_message
+from .claim import READY, TAKEN, TAKEN_BY_BROKER, UNCHECKED, SessionClaim, says_taken_over, taken_over_message
 from .client import ConnSettings, new_client
 from .lean import lean_client
 from .failback import Failback
@@ -64,6 +64,8 @@ _AUTH_REFUSED = {0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
 FAILBACK = "moved back to the primary broker"
 #: how long a fail-back waits for the PUBACKs in flight before its DISCONNECT
 FAILBACK_DRAIN_S = 5.0
+
+
 class Connection:
     """Keeps one broker connection up; callbacks run on paho's network thread (keep them short)."""
 
@@ -473,9 +475,10 @@ class Connection:
             log.exception("on_connect callback failed")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        claim = self.claim if self.claim is not None else SessionClaim("", self.s.username)
-        if self.taken_over is None and not self.stop_event.is_set() and claim.on_disconnect(reason_code):
-            self.taken_by = claim.taken_by or ""
+        if self.taken_over is None and not self.stop_event.is_set() and says_taken_over(reason_code):
+            self.taken_by = TAKEN_BY_BROKER
+            if self.claim is not None:
+                self.claim.taken_by = TAKEN_BY_BROKER
             self.taken_over = taken_over_message(self.s.username, self.taken_by)
             self.errors += 1
             self.last_error = self.taken_over

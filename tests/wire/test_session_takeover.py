@@ -283,3 +283,38 @@ def test_operator_hosts_with_their_own_logins_send_at_once(broker, tmp_path):
             if p.poll() is None:
                 p.kill()
         device.close()
+
+
+def test_disconnect_0x8e_from_the_broker_is_a_takeover_at_once(tmp_path):
+    """A broker that says so (DISCONNECT 0x8E "Session taken over"; Mosquitto 2.0.11 does not, so
+    a socket stands in for the broker here): the connection stops at once, without coming back."""
+    import socket
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            conn.recv(1024)                                   # CONNECT
+            conn.sendall(b"\x20\x03\x00\x00\x00")             # CONNACK v5: success, no properties
+            conn.sendall(b"\xe0\x02\x8e\x00")                 # DISCONNECT 0x8E, no properties
+
+    threading.Thread(target=serve, daemon=True).start()
+    c = Connection(ConnSettings(host="127.0.0.1", port=port, client_id="x", username="archive", password="p",
+                                min_backoff=0.1, max_backoff=0.2), name="t")
+    c.start()
+    try:
+        c._thread.join(DEADLINE)
+        assert not c._thread.is_alive() and c.taken_over and "0x8E" in c.taken_over
+        assert len(accepted) == 1, "it came back after the takeover"
+    finally:
+        c.stop(timeout=1)
+        srv.close()
+        for s in accepted:
+            s.close()
