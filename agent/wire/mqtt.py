@@ -24,10 +24,14 @@ What paho does not do and this module does:
   publishes are refused as offline (their owners keep them), the PUBACKs in flight are awaited,
   then a clean DISCONNECT (the broker drops the will);
 - a session taken over (one login, one session: the broker ends a connection when another logs in
-  with the same login) is told apart from a lost connection and ends the connection for good
-  (:attr:`Connection.taken_over`; its owner reports it and stops) instead of taking the session
-  back, which would end the other's, and so on: DISCONNECT 0x8E from brokers that send it, and
-  with ``claim`` the login's claim read on every connect (agent/wire/claim.py).
+  with the same login) is told apart from a lost connection. A connection with ``claim`` (archive
+  receivers, the monitor, operators' commands) ends for good (:attr:`Connection.taken_over`; its
+  owner reports it and stops) instead of taking the session back, which would end the other's,
+  and so on: DISCONNECT 0x8E from brokers that send it, and the login's claim read on every
+  connect (agent/wire/claim.py). A device's own connection (no claim) never gives up its uplink:
+  on 0x8E it notes the takeover (:attr:`Connection.last_error`, shown by ``status`` and in its
+  health) and comes back only after ``max_backoff``, so two holders of one device login do not
+  knock each other off in a tight loop.
 
 What one PUBLISH is (its handle, its refusal, its size on the wire) is agent/wire/publish.py.
 """
@@ -475,7 +479,12 @@ class Connection:
             log.exception("on_connect callback failed")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self.taken_over is None and not self.stop_event.is_set() and says_taken_over(reason_code):
+        if self.claim is None and not self.stop_event.is_set() and says_taken_over(reason_code):
+            # a device's uplink never stops for good: note it, come back after max_backoff (_run)
+            self._auth_refused = True
+            self._note_error(f"{TAKEN_BY_BROKER}: another connection logged in as {self.s.username!r}; "
+                             f"reconnecting in {self.s.max_backoff:.0f} s")
+        elif self.taken_over is None and not self.stop_event.is_set() and says_taken_over(reason_code):
             self.taken_by = TAKEN_BY_BROKER
             if self.claim is not None:
                 self.claim.taken_by = TAKEN_BY_BROKER

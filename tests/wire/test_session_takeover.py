@@ -307,7 +307,7 @@ def test_disconnect_0x8e_from_the_broker_is_a_takeover_at_once(tmp_path):
 
     threading.Thread(target=serve, daemon=True).start()
     c = Connection(ConnSettings(host="127.0.0.1", port=port, client_id="x", username="archive", password="p",
-                                min_backoff=0.1, max_backoff=0.2), name="t")
+                                min_backoff=0.1, max_backoff=0.2), name="t", claim="edge/session/archive")
     c.start()
     try:
         c._thread.join(DEADLINE)
@@ -315,6 +315,24 @@ def test_disconnect_0x8e_from_the_broker_is_a_takeover_at_once(tmp_path):
         assert len(accepted) == 1, "it came back after the takeover"
     finally:
         c.stop(timeout=1)
+    # a device's own connection (no claim) never gives its uplink up: it notes the takeover and comes
+    # back, after max_backoff, not in a tight loop
+    d = Connection(ConnSettings(host="127.0.0.1", port=port, client_id="dock-1", username="dock-1", password="p",
+                                min_backoff=0.05, max_backoff=0.6), name="dev")
+    n0 = len(accepted)
+    t0 = time.monotonic()
+    d.start()
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while len(accepted) < n0 + 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        took = time.monotonic() - t0
+        assert len(accepted) >= n0 + 2, "the device's connection gave up after a takeover"
+        assert d.taken_over is None and d._thread.is_alive()
+        assert "0x8E" in (d.last_error or "") and "dock-1" in d.last_error
+        assert took >= 0.6 * 0.5, f"came back {took:.2f} s after the takeover: not after max_backoff"
+    finally:
+        d.stop(timeout=1)
         srv.close()
         for s in accepted:
             s.close()
