@@ -66,7 +66,9 @@ def _optional_cfg(c: Ctx):
                    "archive.root). Only what an enrolled device signed is shown.")
 @click.option("--connections", type=click.IntRange(1, 64), default=8, show_default=True,
               help="MQTT connections: one for the archive's checkpoints (and P/dev/# with the catch-all) and the "
-                   "rest sharing the enrolled devices, so a flood fills only its own share's queue at the broker.")
+                   "rest sharing the enrolled devices, so a flood fills only its own share's queue at the broker. With "
+                   "a client certificate and no user name (certificate identities: every connection would be the "
+                   "certificate's one session) the default is 1 and more is refused.")
 @click.option("--catch-all/--no-catch-all", "catch_all", default=None,
               help="Also subscribe P/dev/# on the first connection, to count messages of devices that are not "
                    "enrolled (default: only when connecting anonymously; through the shipped broker configuration "
@@ -135,6 +137,20 @@ def monitor(ctx: click.Context, c: Ctx, web_port, web_host, db, brokers, prefix,
     if use_tls is not None:
         s.tls = use_tls
     s.allow_plaintext = bool(cfg is not None and cfg.mqtt.allow_plaintext)
+    from ..monitor.connections import certificate_login, one_connection_note
+
+    cert_login = certificate_login(s)  # every connection would be the certificate's one session
+    if cert_login is not None and connections > 1:
+        if ctx.get_parameter_source("connections") not in (click.core.ParameterSource.DEFAULT,
+                                                           click.core.ParameterSource.DEFAULT_MAP):
+            raise ConfigError(
+                f"--connections {connections}: 证书身份下监控只能用一个连接 / with a client certificate and no [mqtt] "
+                f"username every connection logs in as the certificate's CN {cert_login!r}, and the broker keeps one "
+                f"session per login: {connections} connections would end each other. Use --connections 1 (or leave it "
+                "out), or give the monitor password logins (monitor, monitor.1 …: [mqtt] username and password, "
+                "archive broker-config --monitor-connections N)")
+        s.connections = 1
+        click.echo(f"monitor: {one_connection_note(cert_login)}", err=True)
     from agent.wire.client import check_plaintext
 
     check_plaintext([(s.host, s.port), *s.more_brokers], s.tls, s.allow_plaintext)  # before anything starts

@@ -7,8 +7,14 @@ reads its socket 64 KiB at a time and hands each QoS 0/1 message to :meth:`Inges
 paho's message object (agent/wire/fastread.py); the topic is decoded here (not UTF-8: ``\ufffd``,
 refused as a bad topic by the worker).
 
-Each connection claims its login (agent/wire/claim.py): when another monitor logs in with the same
-logins, the one taken over stops (``failed``, ``taken_over``; the CLI exits with status 6, which
+With a client certificate and no user name (``[mqtt] certfile``, no ``username``: certificate
+identities, `archive broker-config --tls-identity certificate`) every connection's login is the
+certificate's CN, and the broker keeps one session per login, so the connections would end each
+other in turn: :func:`certificate_login` tells, and the monitor then runs one connection (the CLI
+says why; asked for more, it refuses before connecting).
+
+Each connection claims its login (agent/wire/claim.py; with a certificate, its CN): when another
+monitor logs in with the same logins, the one taken over stops (``failed``, ``taken_over``; the CLI exits with status 6, which
 the unit does not restart on) instead of taking its sessions back, and so on for ever.
 """
 
@@ -21,6 +27,28 @@ import zlib
 log = logging.getLogger("agent.monitor.ingest")
 
 
+def certificate_login(s) -> str | None:
+    """The one login all the monitor's connections would share, or None when each gets its own:
+    with TLS, a client certificate and no user name the broker knows the monitor by the
+    certificate's CN only (``use_identity_as_username``), the same for every connection. A user
+    name is taken to be used (``monitor``, ``monitor.1`` …): on a listener with certificate
+    identities the broker ignores it, so leave ``[mqtt] username`` empty there. "?" when the CN
+    cannot be read (still one login)."""
+    if not (s.tls and s.certfile) or s.username:
+        return None
+    from agent.wire.claim import certificate_login as cn
+
+    return cn(s.certfile) or "?"
+
+
+def one_connection_note(login: str) -> str:
+    """What the monitor says when it runs one connection because of :func:`certificate_login`."""
+    return (f"证书身份：所有连接共用一个登录名（证书的 CN {login!r}），监控只用一个连接 / certificate identity: every "
+            f"connection would log in as the client certificate's CN {login!r}, and the broker keeps one session per "
+            "login, so the monitor uses one connection (--connections 1); for more, give it password logins "
+            "(monitor, monitor.1 …) in [mqtt] username/password")
+
+
 class Connections:
     def start(self) -> None:
         from agent.wire.claim import SessionClaim
@@ -30,7 +58,10 @@ class Connections:
         cid = self.s.client_id or f"edge-monitor-{int(time.time())}"
         tls = TlsConfig(self.s.cafile, self.s.certfile or None, self.s.keyfile or None) if self.s.tls else None
         self.start_workers()
-        n = self._n = max(1, self.s.connections)
+        cert_login = certificate_login(self.s)
+        if cert_login is not None and self.s.connections > 1:  # the CLI decided already; a caller of the library
+            log.warning("monitor: %s", one_connection_note(cert_login))
+        n = self._n = 1 if cert_login is not None else max(1, self.s.connections)
         brokers = [(self.s.host, self.s.port), *[b for b in self.s.more_brokers if b != (self.s.host, self.s.port)]]
         self._brokers = brokers
         self._shares = [set() for _ in range(n * len(brokers))]
@@ -45,7 +76,8 @@ class Connections:
                                         keepalive=self.s.keepalive, username=user,
                                         password=self.s.password or None, tls=tls,
                                         allow_plaintext=self.s.allow_plaintext), buffered=True)
-            self.claims.append(SessionClaim(self.topics.session(user), user) if user and safe_segment(user) else None)
+            login = user or (cert_login if cert_login != "?" else None)  # with a certificate: its CN
+            self.claims.append(SessionClaim(self.topics.session(login), login) if login and safe_segment(login) else None)
             c.suppress_exceptions = True  # belt and braces: _on_message never raises
             c.reconnect_delay_set(1, 30)
             c.max_queued_messages_set(0)

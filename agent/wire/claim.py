@@ -44,6 +44,25 @@ def says_taken_over(reason_code: Any) -> bool:
     return getattr(reason_code, "value", reason_code) == SESSION_TAKEN_OVER
 
 
+def certificate_login(certfile: str | None) -> str | None:
+    """The login a broker with certificate identities (``use_identity_as_username``,
+    `archive broker-config --tls-identity certificate`) gives the holder of ``certfile``: its
+    subject's CN (the first certificate of a PEM file). None when there is no file, it cannot be
+    read, or it names no CN (the connection then fails, or goes on unclaimed, on its own terms)."""
+    if not certfile:
+        return None
+    try:
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        with open(certfile, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except (OSError, ValueError):
+        return None
+    return str(names[0].value) if names else None
+
+
 def taken_over_message(login: str | None, who: str = "") -> str:
     """What a process whose login another took says (logged, and shown by its owner)."""
     by = f" ({who})" if who else ""

@@ -5,6 +5,7 @@ kill -9, the terminal view."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -336,36 +337,83 @@ def test_load_benchmark_1000_devices(tmp_path):
         assert r["delivered_share"] == 1.0 and r["rejected"] == {}, r
 
 
+def _tls_config(tmp_path, tls_broker, pki, cn="monitor", name="monitor.toml"):
+    """A config file whose [mqtt] section has TLS and the client certificate of ``cn``, no user name."""
+    from agent import config as config_mod
+
+    cert = pki.client(cn)
+    cfg = tmp_path / name
+    cfg.write_text(config_mod.render_default({"mqtt": {
+        "host": "127.0.0.1", "port": tls_broker.tls_port, "tls": True, "cafile": str(pki.ca.cert),
+        "certfile": str(cert.cert), "keyfile": str(cert.key)}}), encoding="utf-8")
+    return cfg
+
+
 def test_monitor_over_mutual_tls(tmp_path, tls_broker, pki):
     """Central deployment: the monitor takes TLS and its client certificate from the [mqtt]
     section of a config file (EDGE_AGENT_CONFIG) and subscribes over mutual TLS. The broker has
     certificate identities under the shipped ACL: the CN ``monitor`` gets the monitor's rights
-    (it reads the device's health) and is one session, so the monitor runs one connection
-    (docs/mqtt.md, "One login, one session") and keeps it."""
-    from agent import config as config_mod
-
-    cert = pki.client("monitor")
-    cfg = tmp_path / "monitor.toml"
-    cfg.write_text(config_mod.render_default({"mqtt": {
-        "host": "127.0.0.1", "port": tls_broker.tls_port, "tls": True, "cafile": str(pki.ca.cert),
-        "certfile": str(cert.cert), "keyfile": str(cert.key)}}), encoding="utf-8")
+    (it reads the device's health) and is one session for every connection, so the monitor, left
+    at its default ``--connections``, says so and runs one connection (docs/mqtt.md, "One login,
+    one session"), and keeps it: with eight its connections ended each other in turn."""
+    cfg = _tls_config(tmp_path, tls_broker, pki)
     db = tmp_path / "m.db"
     dev = SimDevice("tls-1", "U5", "单位", "dock")
-    mon = MonitorProc(db, tls_broker.tls_port, env={"EDGE_AGENT_CONFIG": str(cfg)}, enrolment=_enrolled(tmp_path, [dev]),
-                      extra=("--connections", "1"))
+    mon = MonitorProc(db, tls_broker.tls_port, env={"EDGE_AGENT_CONFIG": str(cfg)}, enrolment=_enrolled(tmp_path, [dev]))
     try:
         # a device on the plain port; again until seen: under load the monitor's TLS subscription may
         # be acknowledged after its ready line, and a health message before it is not kept
         f = _wait(lambda: publish(tls_broker.port, *_signed(dev, "health", _health("tls-1", "U5")))
                   or ((f := _fleet(db)) and f["totals"]["devices"] == 1 and f), step=1.0)
         assert _dev(f, "tls-1")["unit_code"] == "U5"
+        # a few keepalive-free seconds more: eight connections on one CN would have ended each other by now
+        time.sleep(3)
+        assert mon.p.poll() is None, mon.text()[-2000:]
     finally:
         mon.stop()
-    assert "connected to 127.0.0.1" in mon.text()
-    # one session under the certificate's CN, never taken over (with 8 connections they would end each other)
-    assert mon.text().count("connected to 127.0.0.1") == 1 and "reconnecting" not in mon.text(), mon.text()[-2000:]
+    text = mon.text()
+    assert "证书身份" in text and "one connection" in text and "'monitor'" in text, text[-2000:]
+    # one session under the certificate's CN, never taken over
+    assert text.count("connected to 127.0.0.1") == 1 and "reconnecting" not in text, text[-2000:]
     log = tls_broker.log_path.read_text()
-    assert " as monitor " in log and "Client monitor already connected" not in log
+    assert log.count(" as monitor ") == 1 and "already connected" not in log, log[-3000:]
+
+
+def test_monitor_with_a_certificate_refuses_several_connections(tmp_path, tls_broker, pki):
+    """Asked for ``--connections 4`` with a client certificate and no user name (all four would
+    be the certificate's one session and end each other), the monitor refuses before it connects:
+    a one-line error naming the CN and what to do, exit status 2 (a configuration error)."""
+    cfg = _tls_config(tmp_path, tls_broker, pki)
+    p = subprocess.run([EDGE, "monitor", "--db", str(tmp_path / "m.db"), "--no-tui", "--broker",
+                        f"127.0.0.1:{tls_broker.tls_port}", "--enrolment",
+                        str(_enrolled(tmp_path, [SimDevice("tls-1", "U5", "单位", "dock")])), "--connections", "4",
+                        "--duration", "5"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "EDGE_AGENT_CONFIG": str(cfg)})
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    assert "--connections 4" in p.stderr and "'monitor'" in p.stderr and "证书" in p.stderr, p.stderr
+    assert " as monitor " not in tls_broker.log_path.read_text()  # refused before connecting
+
+
+def test_two_monitors_with_one_certificate_the_first_stops(tmp_path, tls_broker, pki):
+    """Two monitors with the same client certificate (one CN, one session): the monitor claims the
+    CN's session (agent/wire/claim.py) as it does a user name's, so the one taken over exits with
+    status 6 instead of taking the session back for ever."""
+    cfg = _tls_config(tmp_path, tls_broker, pki)
+    env = {"EDGE_AGENT_CONFIG": str(cfg)}
+    root = _enrolled(tmp_path, [SimDevice("tls-1", "U5", "单位", "dock")])
+    first = MonitorProc(tmp_path / "a.db", tls_broker.tls_port, env=env, enrolment=root)
+    second = None
+    try:
+        _wait(lambda: "connected to 127.0.0.1" in first.text())
+        second = MonitorProc(tmp_path / "b.db", tls_broker.tls_port, env=env, enrolment=root)
+        assert first.p.wait(30) == 6, first.text()[-2000:]
+        assert "另一个监控以同一登录名登录" in first.text() and "'monitor'" in first.text()
+        time.sleep(2)
+        assert second.p.poll() is None, second.text()[-2000:]
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
 
 
 def test_monitor_starts_before_the_broker(tmp_path, broker):
