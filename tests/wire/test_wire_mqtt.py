@@ -196,14 +196,28 @@ def _pwfile(tmp: Path) -> Path:
     return p
 
 
-def test_command_send_uses_tls_and_credentials_from_the_config(make_broker, pki, tmp_path):
+def test_command_send_uses_tls_and_credentials_from_the_config(pki, tmp_path):
     """`command send` with a config whose [mqtt] says TLS + user/password reaches a broker that
-    only has a TLS listener and refuses anonymous clients; the same without the config fails."""
-    mq = make_broker(tls=pki, plain=False, allow_anonymous=False, extra_config=[f"password_file {_pwfile(tmp_path)}"])
-    dev = pki.client("dock-0001")
-    cfg = agent_config(tmp_path, mq.tls_port, mqtt__tls=True, mqtt__cafile=str(pki.ca.cert),
-                       mqtt__certfile=str(dev.cert), mqtt__keyfile=str(dev.key), mqtt__username="operator",
-                       mqtt__password="secret")
+    only has a TLS listener and refuses anonymous clients: the generated configuration's TLS
+    listener (``broker_auth.tls_listener``, identities by password, one login = one session) with
+    its ACL and password file, the device as itself, the operator as ``ops``; a plain connection to
+    the TLS port never leaves."""
+    from tests.support.broker import Mosquitto
+    from tests.support.uplink import UNIT
+
+    mq = Mosquitto(tmp_path / "mosquitto", tls=pki, plain=False, shipped=True)
+    dev_user, dev_pw = mq.identity("dock-0001", unit=UNIT)  # made before the start: no listener to probe yet
+    ops_user, ops_pw = mq.identity("ops", "ops")
+    with mq:  # started here, stopped after
+        _command_send_over_tls(mq, pki, tmp_path, dev_user, dev_pw, ops_user, ops_pw)
+    log = mq.log_path.read_text()
+    assert " as dock-0001 " in log and " as ops " in log and "already connected" not in log, log[-3000:]
+
+
+def _command_send_over_tls(mq, pki, tmp_path, dev_user, dev_pw, ops_user, ops_pw) -> None:
+    tls = {"mqtt__tls": True, "mqtt__cafile": str(pki.ca.cert)}
+    cfg = agent_config(tmp_path, mq.tls_port, mqtt__username=dev_user, mqtt__password=dev_pw, **tls)
+    ops_cfg = agent_config(tmp_path, mq.tls_port, "ops-host", mqtt__username=ops_user, mqtt__password=ops_pw, **tls)
     store = open_store(cfg)
     run(["command", "keygen", "ops", "--out", str(tmp_path / "op")], check=True)
     (store.data_dir / "keys" / "operators").mkdir(parents=True, exist_ok=True)
@@ -213,12 +227,12 @@ def test_command_send_uses_tls_and_credentials_from_the_config(make_broker, pki,
     try:
         wait_for(lambda: "uplink: connected" in ag.text(), 20, "agent connected over TLS", [ag])
         p = run(["command", "send", "status", "--device", "dock-0001", "--key", str(tmp_path / "op" / "ops.key"),
-                 "--json", "--timeout", "60"], config=cfg)
+                 "--json", "--timeout", "60"], config=ops_cfg)
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["ok"] is True
         # a plain connection to the TLS port is refused: the command never leaves
         p = run(["command", "send", "status", "--device", "dock-0001", "--key", str(tmp_path / "op" / "ops.key"),
-                 "--broker", f"mqtt://127.0.0.1:{mq.tls_port}", "--timeout", "3"], config=cfg)
+                 "--broker", f"mqtt://127.0.0.1:{mq.tls_port}", "--timeout", "3"], config=ops_cfg)
         assert p.returncode != 0 and "cannot reach the broker" in p.stderr, p.stderr
     finally:
         ag.stop()
