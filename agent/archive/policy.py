@@ -161,17 +161,30 @@ def sign_next(root: str | os.PathLike, unit: str, content: wp.Content, *, versio
     return wp.parse(payload)[0], payload
 
 
+def publish_settings(settings: ConnSettings) -> ConnSettings:
+    """The settings :func:`publish` logs in with: ``NAME.policy`` for the user name ``NAME``."""
+    import dataclasses
+
+    from agent.wire.broker_auth import POLICY
+    from agent.wire.client import instance_user
+
+    return dataclasses.replace(settings, username=instance_user(settings.username, POLICY)) if settings.username \
+        else settings
+
+
+def publish_lock_path(root: str | os.PathLike) -> Path:
+    """The lock file that makes the publishes from one root take turns (sign, publish, record)."""
+    d = policy_dir(root)
+    d.mkdir(parents=True, exist_ok=True)
+    return d / "publish.lock"
+
+
 def publish(settings: ConnSettings, topic: str, payload: bytes, timeout: float = 10.0) -> None:
     """Publish ``payload`` retained (QoS 1) and wait for the broker's PUBACK; EdgeError if the
     broker cannot be reached or refuses it. With a user name it logs in as ``NAME.policy``
     (`archive broker-config` gives every archive login one): the broker keeps one session per
     login, and ``NAME`` may be the running receiver's, which a login of its own would end."""
-    import dataclasses
-
-    from agent.wire.client import instance_user
-
-    if settings.username:
-        settings = dataclasses.replace(settings, username=instance_user(settings.username, "policy"))
+    settings = publish_settings(settings)
     conn = Connection(settings, name="policy-publish")
     conn.start()
     try:

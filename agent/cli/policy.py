@@ -170,7 +170,8 @@ def archive_policy_publish(c: Ctx, unit, path, version, expires_days, broker, pr
     document carries the root's archive trust list: every receiver key revoked with `archive
     receiver revoke` (each station revokes it within seconds) and every enrolled receiver key,
     endorsed by the archive key. Without --file, the content last published is signed again
-    (after a receiver revocation).
+    (after a receiver revocation). Publishes from one root, and on one host with one login, take
+    turns (the second says it is waiting): each signs its own next version.
 
     \b
     Example:
@@ -198,13 +199,27 @@ def archive_policy_publish(c: Ctx, unit, path, version, expires_days, broker, pr
         raise EdgeError(f"--unit/--prefix: {exc}") from None
     settings = settings_from_config(cfg.mqtt if cfg else None, f"policy-{uuid.uuid4().hex[:12]}", broker=broker,
                                     cafile=cafile, certfile=certfile, keyfile=keyfile)
-    doc, payload = ap.sign_next(store.root, unit, content, version=version, expires_days=expires_days)
-    ap.publish(settings, topic, payload, timeout=timeout)
     from agent.wire.policy import digest
+    from agent.wire.session import file_lock, login_lock
 
-    store.audit.append("policy-publish", None, actor="cli", unit=unit, version=doc.version, key_id=doc.key_id,
-                       sha256=digest(payload), topic=topic, expires=doc.expires, officers=len(doc.officers),
-                       assignments=len(doc.assignments), **_key_lists(doc))
+    def waiting(what: str):
+        return lambda: click.echo(f"等待另一个策略发布结束 / waiting: another `archive policy publish` {what}", err=True)
+
+    # publishes take turns: from one root (else two sign the same next version, and the broker may keep
+    # the older), and on this host with one login (one login, one session: the second would end the first)
+    with file_lock(ap.publish_lock_path(store.root), timeout=timeout + 60,
+                   waiting=waiting(f"is signing from {store.root}")) as held:
+        if not held:
+            raise EdgeError(f"策略发布锁不可用 / cannot lock {ap.publish_lock_path(store.root)}: another publish from "
+                            "this root is still running (or the file is not ours); nothing was signed")
+        pub = ap.publish_settings(settings)
+        with login_lock(pub, timeout=timeout + 60,
+                        waiting=waiting(f"on this host is logged in as {pub.username or '(no user name)'!r}")):
+            doc, payload = ap.sign_next(store.root, unit, content, version=version, expires_days=expires_days)
+            ap.publish(settings, topic, payload, timeout=timeout)
+        store.audit.append("policy-publish", None, actor="cli", unit=unit, version=doc.version, key_id=doc.key_id,
+                           sha256=digest(payload), topic=topic, expires=doc.expires, officers=len(doc.officers),
+                           assignments=len(doc.assignments), **_key_lists(doc))
     out = {"unit": unit, "version": doc.version, "key_id": doc.key_id, "issued": doc.issued, "expires": doc.expires,
            "topic": topic, "sha256": digest(payload), "bytes": len(payload), **_key_lists(doc)}
     if as_json:

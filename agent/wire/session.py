@@ -33,7 +33,14 @@ def login_lock(settings: ConnSettings, *, timeout: float, waiting: Callable[[], 
     session per login, so two short sessions with one login at the same moment would end one
     another; here the second waits (at most ``timeout``; ``waiting()`` is called once when it has
     to) and yields False if the lock never came (the block then runs without it)."""
-    path = lock_path(settings)
+    with file_lock(lock_path(settings), timeout=timeout, waiting=waiting) as held:
+        yield held
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, timeout: float, waiting: Callable[[], None] | None = None) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` of ``path`` (made if missing) while the block runs, waiting at
+    most ``timeout`` for it; yields False if it never came, or the file cannot be opened."""
     fd = None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)

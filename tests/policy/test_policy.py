@@ -555,3 +555,33 @@ def test_a_policy_key_pinned_in_the_config_counts_and_a_broken_one_is_a_clear_re
         assert p.returncode != 0 and "policy.keys" in p.stderr, p.stderr
     finally:
         st.stop()
+
+
+def test_concurrent_publishes_on_one_login_take_turns_and_none_is_lost(centre):
+    """Four `archive policy publish` started at once on this host with one credentials file (one
+    login, ``archive.policy``; one session at the broker): they take turns (the per-host lock of
+    `command send`), so each signs its own version (1 … 4, none signed twice with another's
+    content), each is acknowledged, none takes another's session, and what the broker retains is
+    the last one signed."""
+    import subprocess
+
+    from agent.wire.client import settings_from_config
+    from agent.wire.session import exchange
+    from tests.support.health import EDGE
+
+    procs = [subprocess.Popen([EDGE, "--config", str(centre.archive_cfg), "archive", "policy", "publish", "--unit", UNIT,
+                               "--file", str(centre.file), "--root", str(centre.root), "--broker",
+                               f"127.0.0.1:{centre.mq.port}", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [e[-800:] for _o, e in outs]
+    versions = sorted(json.loads(o)["version"] for o, _e in outs)
+    assert versions == [1, 2, 3, 4], versions
+    last = ap.last_published(centre.root, UNIT)
+    assert last[0].version == 4
+    # the station's view: its login reads its unit's policy, retained
+    station = settings_from_config(config_mod.load(centre.config).mqtt, "policy-reader",
+                                   broker=f"127.0.0.1:{centre.mq.port}")
+    ex = exchange(station, subscribe=(T.unit_policy(UNIT),), until=bool, timeout=10)
+    assert [b for _t, b, _p in ex.messages] == [last[1]], ex.error
+    assert "already connected" not in centre.mq.log_path.read_text()
