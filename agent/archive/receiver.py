@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent.wire import protocol as P
+from agent.wire.claim import session_login
 from agent.wire.client import ConnSettings
 from agent.wire.lean import install_lean_decoder
 from agent.wire.mqtt import Connection
@@ -69,8 +70,9 @@ class Receiver:
         self.stop_event = threading.Event()
         self.lean_decoder = install_lean_decoder()  # every chunk arrives through it: one copy, not four
         # one login, one session: a second receiver logging in with this login is detected, not fought
-        claim = self.topics.session(settings.username) if settings.username and safe_segment(settings.username) \
-            else None
+        # (with a client certificate and no user name, the certificate's CN: certificate identities)
+        login = session_login(settings)
+        claim = self.topics.session(login) if login and safe_segment(login) else None
         self.conn = Connection(settings, stop_event=self.stop_event, will=self._will, on_connect=self._on_connect,
                                on_message=self._on_message, name="archive", manual_ack=True, raw_payloads=True,
                                claim=claim)
@@ -170,7 +172,7 @@ class Receiver:
         return self._failure
 
     def taken_over_message(self) -> str:
-        login = self.conn.s.username or "archive"
+        login = (self.conn.claim.login if self.conn.claim else None) or self.conn.s.username or "archive"
         return (f"另一个接收端以同一登录名登录 / another receiver logged in as {login!r} and took this one's session "
                 f"({self.conn.taken_by or 'the broker closed this connection'}); give each receiver its own login (`edge-agent archive receiver add NAME`); "
                 "this receiver stops rather than take it back (every item stays with its device until a receiver "

@@ -107,6 +107,7 @@ def command_send(c: Ctx, cmd, device, args_json, key_path, broker, prefix, cafil
     from agent.wire.commands import sign_command
     from agent.wire.client import settings_from_config
     from agent.common.errors import SessionTakenOver
+    from agent.wire.claim import session_login
     from agent.wire.session import exchange, login_lock
     from agent.wire.topics import Topics, safe_segment
 
@@ -123,7 +124,7 @@ def command_send(c: Ctx, cmd, device, args_json, key_path, broker, prefix, cafil
     # the device answers in its own subtree: the broker's ACL (archive broker-config) lets it write nowhere else
     resp_topic = t.cmd_resp(device)
     corr = uuid.uuid4().bytes
-    login = settings.username
+    login = session_login(settings)  # with a client certificate and no user name: its CN (certificate identities)
     claim = t.session(login) if login and safe_segment(login) else None
 
     def send():

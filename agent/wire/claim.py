@@ -63,6 +63,16 @@ def certificate_login(certfile: str | None) -> str | None:
     return str(names[0].value) if names else None
 
 
+def session_login(settings: Any) -> str | None:
+    """The login the broker knows a connection with ``settings`` (a ConnSettings) by: its user name,
+    or, with TLS, a client certificate and no user name, the certificate's CN (certificate
+    identities: :func:`certificate_login`). None when neither (nothing to claim)."""
+    if settings.username:
+        return settings.username
+    tls = settings.tls
+    return certificate_login(tls.certfile) if tls is not None and tls.certfile else None
+
+
 def taken_over_message(login: str | None, who: str = "") -> str:
     """What a process whose login another took says (logged, and shown by its owner)."""
     by = f" ({who})" if who else ""

@@ -52,7 +52,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.common.errors import EdgeError
-from .claim import READY, TAKEN, TAKEN_BY_BROKER, UNCHECKED, SessionClaim, says_taken_over, taken_over_message
+from .claim import (READY, TAKEN, TAKEN_BY_BROKER, UNCHECKED, SessionClaim, says_taken_over, session_login,
+                    taken_over_message)
 from .client import ConnSettings, new_client
 from .lean import lean_client
 from .failback import Failback
@@ -83,7 +84,7 @@ class Connection:
                  safe_point: Callable[[], bool] | None = None, claim: str | None = None):
         self.s = settings
         #: the login's claim on its session topic (``Topics.session``; agent/wire/claim.py)
-        self.claim = SessionClaim(claim, settings.username) if claim else None
+        self.claim = SessionClaim(claim, session_login(settings)) if claim else None
         self._connack_props: Any = None
         #: why the session was taken over by another process with the same login (then the connection ends)
         self.taken_over: str | None = None
@@ -462,7 +463,7 @@ class Connection:
 
     def _take_over(self, client, who: str = "") -> None:
         self.taken_by = who
-        self.taken_over = taken_over_message(self.s.username, who)
+        self.taken_over = taken_over_message(self.claim.login if self.claim else self.s.username, who)
         self.errors += 1
         self.last_error = self.taken_over
         log.error("%s: %s", self.name, self.taken_over)
@@ -488,7 +489,7 @@ class Connection:
             self.taken_by = TAKEN_BY_BROKER
             if self.claim is not None:
                 self.claim.taken_by = TAKEN_BY_BROKER
-            self.taken_over = taken_over_message(self.s.username, self.taken_by)
+            self.taken_over = taken_over_message(self.claim.login if self.claim else self.s.username, self.taken_by)
             self.errors += 1
             self.last_error = self.taken_over
             log.error("%s: %s", self.name, self.taken_over)

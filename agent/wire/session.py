@@ -17,13 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
+from .claim import session_login
 from .client import ConnSettings
 from .mqtt import Connection
 
 
 def lock_path(settings: ConnSettings) -> Path:
-    """The lock file of one login on one broker, shared by every user of this host."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{settings.username or 'anonymous'}@{settings.host}_{settings.port}")
+    """The lock file of one login on one broker, shared by every user of this host (with a client
+    certificate and no user name the login is the certificate's CN)."""
+    login = session_login(settings) or "anonymous"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{login}@{settings.host}_{settings.port}")
     return Path(tempfile.gettempdir()) / f"edge-agent-login-{name}.lock"
 
 

@@ -119,6 +119,61 @@ def test_two_receivers_on_one_shared_login_the_one_taken_over_stops_nothing_lost
         a1.stop()
 
 
+def _tls_credentials(tmp_path, tls_broker, pki, cn: str, name: str) -> list[str]:
+    """``["--config", FILE]``: TLS with the client certificate of ``cn`` and no user name (certificate
+    identities: the broker knows the holder by the CN)."""
+    from agent import config as config_mod
+
+    cert = pki.client(cn)
+    path = tmp_path / name
+    path.write_text(config_mod.render_default({"mqtt": {
+        "host": "127.0.0.1", "port": tls_broker.tls_port, "tls": True, "cafile": str(pki.ca.cert),
+        "certfile": str(cert.cert), "keyfile": str(cert.key)}}), encoding="utf-8")
+    return ["--config", str(path)]
+
+
+def test_two_receivers_with_one_certificate_the_one_taken_over_stops(tls_broker, pki, tmp_path):
+    """Certificate identities (`archive broker-config --tls-identity certificate`): two `archive
+    serve` with the one client certificate (CN ``archive``, no user name) share one session. Each
+    claims the CN's session as it would a user name's: the first, taken over, says why and exits
+    with status 6; the second stays and archives what the device sends (verifying)."""
+    cfg = agent_config(tmp_path, tls_broker.port)  # the device logs in by password on the loopback listener
+    store = open_store(cfg)
+    ids = add_items(store, tmp_path, [300_000])
+    root = tmp_path / "archive"
+    enroll(root, store)
+    store.close()
+    cert = _tls_credentials(tmp_path, tls_broker, pki, "archive", "archive-cert.toml")
+
+    def serve(name: str) -> Proc:
+        p = Proc([*cert, "archive", "serve", "--root", str(root), "--broker", f"127.0.0.1:{tls_broker.tls_port}",
+                  "--client-id", name, "--share", "archive"], tmp_path / f"{name}.log")
+        wait_for(lambda: "archive: connected to" in p.text() or not p.alive(), 20, f"{name} connected", [p])
+        return p
+
+    a1 = serve("rx1")
+    a2 = ag = None
+    try:
+        assert a1.alive(), a1.text()
+        a2 = serve("rx2")
+        wait_for(lambda: not a1.alive(), 30, "the receiver taken over to stop", [a1, a2])
+        assert a1.p.returncode == SessionTakenOver.exit_code == 6, a1.text()
+        text = a1.text()
+        assert "另一个接收端以同一登录名登录 / another receiver logged in as 'archive'" in text, text
+        assert "Traceback" not in text
+        ag = start_agent(cfg, tmp_path)
+        wait_for(all_archived(cfg, ids), 60, "archived by the second receiver", [a2, ag])
+        check_archive(root, ids)
+        assert a2.alive(), a2.text()
+        assert a2.text().count("archive: connected to") <= 2, a2.text()  # no ping-pong
+    finally:
+        if ag is not None:
+            ag.stop()
+        if a2 is not None:
+            a2.stop()
+        a1.stop()
+
+
 def test_a_login_claims_only_its_own_session_topic(broker):
     """Nobody can make a receiver believe its session was taken (and stop) by writing its claim:
     each login reads and writes ``P/session/ITS-LOGIN`` only."""
@@ -215,6 +270,47 @@ def test_two_command_sends_at_once_with_one_ops_login_both_get_their_answer(brok
         assert "等待本机另一个会话结束 / waiting" in errs[1] and "'ops'" in errs[1]
         assert len(device.got) == 2 and device.got[0] != device.got[1]
     finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        device.close()
+
+
+def test_two_command_sends_with_one_ops_login_from_two_hosts(broker, tmp_path):
+    """Two operator hosts with the one ``ops`` login (the per-host lock is a file in the temporary
+    directory: each "host" has its own, so they do not take turns). The first's command reaches the
+    device, which holds its answer; the second logs in and takes the session, sends and gets its
+    answer. The first, whose command went out, does not send it again: it exits with status 6 and
+    says the command may have reached the device (docs/mqtt.md, "A session taken over")."""
+    import os
+
+    run(["command", "keygen", "ops", "--out", str(tmp_path / "op")], check=True)
+    ops = credentials(tmp_path, broker.port, "ops", "ops")
+    device = SlowDevice(broker.port, broker.identity("dock-0001"))
+    send = [EDGE, *ops, "command", "send", "status", "--device", "dock-0001", "--key", str(tmp_path / "op" / "ops.key"),
+            "--broker", f"127.0.0.1:{broker.port}", "--json", "--timeout", "20"]
+    logs = [tmp_path / f"host{k}.err" for k in (1, 2)]
+    procs = []
+    try:
+        for k, log in enumerate(logs):
+            host_tmp = tmp_path / f"host{k + 1}-tmp"
+            host_tmp.mkdir()
+            procs.append(subprocess.Popen(send, stdout=subprocess.PIPE, stderr=log.open("wb"), text=True,
+                                          env={**os.environ, "TMPDIR": str(host_tmp)}))
+            with device.seen:  # this host's command reached the device (the first's answer is held)
+                assert device.seen.wait_for(lambda: len(device.got) >= k + 1, DEADLINE), log.read_text()
+        out2 = procs[1].communicate(timeout=60)[0]
+        assert procs[1].returncode == 0, logs[1].read_text()
+        assert json.loads(out2)["ok"] is True and json.loads(out2)["result"] == {"n": 2}
+        assert procs[0].wait(DEADLINE) == SessionTakenOver.exit_code, logs[0].read_text()
+        err1 = logs[0].read_text()
+        assert "会话被接管 / another process (another host) logged in as 'ops'" in err1, err1
+        assert "the command went out and may have reached the device" in err1 and "Traceback" not in err1
+        assert "trying once more" not in err1  # it went out: not sent again
+        assert all("waiting" not in log.read_text() for log in logs)  # two hosts: no turns
+        assert len(device.got) == 2 and device.got[0] != device.got[1]
+    finally:
+        device.release.set()
         for p in procs:
             if p.poll() is None:
                 p.kill()
