@@ -16,6 +16,7 @@ import time
 import uuid
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -276,19 +277,27 @@ def test_two_command_sends_at_once_with_one_ops_login_both_get_their_answer(brok
         device.close()
 
 
-def test_two_command_sends_with_one_ops_login_from_two_hosts(broker, tmp_path):
+@pytest.mark.parametrize("identity", ["password", "certificate"])
+def test_two_command_sends_with_one_ops_login_from_two_hosts(identity, request, tmp_path):
     """Two operator hosts with the one ``ops`` login (the per-host lock is a file in the temporary
     directory: each "host" has its own, so they do not take turns). The first's command reaches the
     device, which holds its answer; the second logs in and takes the session, sends and gets its
     answer. The first, whose command went out, does not send it again: it exits with status 6 and
-    says the command may have reached the device (docs/mqtt.md, "A session taken over")."""
+    says the command may have reached the device (docs/mqtt.md, "A session taken over"). The same
+    with certificate identities: both hosts hold the certificate of CN ``ops`` and no user name."""
     import os
 
     run(["command", "keygen", "ops", "--out", str(tmp_path / "op")], check=True)
-    ops = credentials(tmp_path, broker.port, "ops", "ops")
+    if identity == "password":
+        broker = request.getfixturevalue("broker")
+        ops, port = credentials(tmp_path, broker.port, "ops", "ops"), broker.port
+    else:
+        broker = request.getfixturevalue("tls_broker")
+        ops = _tls_credentials(tmp_path, broker, request.getfixturevalue("pki"), "ops", "ops-cert.toml")
+        port = broker.tls_port
     device = SlowDevice(broker.port, broker.identity("dock-0001"))
     send = [EDGE, *ops, "command", "send", "status", "--device", "dock-0001", "--key", str(tmp_path / "op" / "ops.key"),
-            "--broker", f"127.0.0.1:{broker.port}", "--json", "--timeout", "20"]
+            "--broker", f"127.0.0.1:{port}", "--json", "--timeout", "20"]
     logs = [tmp_path / f"host{k}.err" for k in (1, 2)]
     procs = []
     try:
