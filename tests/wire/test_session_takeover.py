@@ -241,14 +241,19 @@ class SlowDevice:
         self.c.loop_stop()
 
 
+def _send(tmp_path, auth: list[str], port: int) -> list[str]:
+    """`command send status` to dock-0001 signed with the key of `command keygen ops --out TMP/op`."""
+    return [EDGE, *auth, "command", "send", "status", "--device", "dock-0001", "--key", str(tmp_path / "op" / "ops.key"),
+            "--broker", f"127.0.0.1:{port}", "--json", "--timeout", "20"]
+
+
 def test_two_command_sends_at_once_with_one_ops_login_both_get_their_answer(broker, tmp_path):
     """Two `command send` with the one ``ops`` login at the same moment on one host: the second
     waits for the first (and says so) instead of ending its session; both get the device's answer."""
     run(["command", "keygen", "ops", "--out", str(tmp_path / "op")], check=True)
     ops = credentials(tmp_path, broker.port, "ops", "ops")
     device = SlowDevice(broker.port, broker.identity("dock-0001"))
-    send = [EDGE, *ops, "command", "send", "status", "--device", "dock-0001", "--key", str(tmp_path / "op" / "ops.key"),
-            "--broker", f"127.0.0.1:{broker.port}", "--json", "--timeout", "20"]
+    send = _send(tmp_path, ops, broker.port)
     logs = [tmp_path / f"send{k}.err" for k in (1, 2)]
     procs = []
     try:
@@ -296,8 +301,7 @@ def test_two_command_sends_with_one_ops_login_from_two_hosts(identity, request, 
         ops = _tls_credentials(tmp_path, broker, request.getfixturevalue("pki"), "ops", "ops-cert.toml")
         port = broker.tls_port
     device = SlowDevice(broker.port, broker.identity("dock-0001"))
-    send = [EDGE, *ops, "command", "send", "status", "--device", "dock-0001", "--key", str(tmp_path / "op" / "ops.key"),
-            "--broker", f"127.0.0.1:{port}", "--json", "--timeout", "20"]
+    send = _send(tmp_path, ops, port)
     logs = [tmp_path / f"host{k}.err" for k in (1, 2)]
     procs = []
     try:
@@ -372,10 +376,8 @@ def test_operator_hosts_with_their_own_logins_send_at_once(broker, tmp_path):
     procs, logs = [], [tmp_path / f"host{k}.err" for k in (1, 2)]
     try:
         for auth, log in zip(hosts, logs):
-            procs.append(subprocess.Popen(
-                [EDGE, *auth, "command", "send", "status", "--device", "dock-0001", "--key",
-                 str(tmp_path / "op" / "ops.key"), "--broker", f"127.0.0.1:{broker.port}", "--json", "--timeout", "20"],
-                stdout=subprocess.PIPE, stderr=log.open("wb"), text=True))
+            procs.append(subprocess.Popen(_send(tmp_path, auth, broker.port), stdout=subprocess.PIPE,
+                                          stderr=log.open("wb"), text=True))
         with device.seen:  # both commands reach the device while the first waits for its answer
             assert device.seen.wait_for(lambda: len(device.got) >= 2, DEADLINE), [log.read_text() for log in logs]
         device.release.set()
