@@ -16,7 +16,7 @@ from pymerkle import InvalidProof, verify_consistency
 from pymerkle.proof import ConsistencyProof
 
 from agent.common import canon
-from agent.common.errors import VerifyError
+from agent.common.errors import EdgeError, VerifyError
 from agent.evidence import keys, strict
 
 FORMAT = "edge-archive-checkpoint/1"
@@ -39,7 +39,10 @@ def check_checkpoint(cp, pubs: list, where: str = "archive checkpoint") -> dict:
     for k in ("archive", "root", "time", "key_id", "sig"):
         if not isinstance(cp.get(k), str):
             raise VerifyError(f"{where}: field {k} missing")
-    body = canon.canonical({k: cp[k] for k in FIELDS})
+    try:  # text no canonical JSON can hold (a lone surrogate): nothing the archive could have signed
+        body = canon.canonical({k: cp[k] for k in FIELDS})
+    except EdgeError as exc:
+        raise VerifyError(f"{where}: {exc}") from None
     pub = next((p for p in pubs if keys.key_id(p) == cp["key_id"]), None)
     if pub is None:
         raise VerifyError(f"{where} signed by key {cp['key_id']}, not a key of this archive")

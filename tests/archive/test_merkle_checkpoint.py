@@ -249,6 +249,10 @@ def test_published_record_carries_a_proof_from_the_checkpoint_published_before(t
             check_consistency(dict(old, root=new["root"]), new, rec["proof"])
         with pytest.raises(VerifyError, match="the log shrank"):
             check_consistency(new, old, None)
+        # text no canonical JSON can hold (a lone surrogate, as the fuzzer sends): refused as not
+        # verifiable, VerifyError like any forgery, never an error that reaches the monitor's bug guard
+        with pytest.raises(VerifyError, match="cannot canonicalise"):
+            check_checkpoint(dict(new, archive="rx\udc80"), pubs)
         # `archive audit` takes the published record as it came off the broker
         f = tmp_path / "published.json"
         f.write_text(json.dumps(rec))
