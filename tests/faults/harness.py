@@ -583,8 +583,10 @@ class Rogue:
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"rogue-{secrets.token_hex(3)}",
                              protocol=mqtt.MQTTv5)
         self.c.on_message = self._on_message
-        self.c.on_connect = lambda *a: self._connected.set()
+        self.c.on_connect = self._on_connect
         self.c.on_subscribe = lambda *a: self._subscribed.set()
+        self.c.on_disconnect = lambda *a: self._subscribed.clear()
+        self.reconnects = 0
         if login:  # on the shipped broker: the device's own password (a thief's, with the key)
             self.c.username_pw_set(*login)
         self.c.connect(host, port, keepalive=30)
@@ -592,10 +594,19 @@ class Rogue:
         if not self._connected.wait(timeout):
             self.close()
             raise HarnessError(f"rogue client: no CONNACK from the broker within {timeout:.0f} s")
-        self.c.subscribe(self.ack, qos=1)
         if not self._subscribed.wait(timeout):
             self.close()
             raise HarnessError(f"rogue client: no SUBACK for {self.ack} within {timeout:.0f} s")
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        """(Re)subscribe on every CONNACK: holding the device's own login, the rogue and the running
+        agent end each other's session (one login, one session) and paho reconnects it clean."""
+        if getattr(reason_code, "is_failure", False):
+            return
+        if self._connected.is_set():
+            self.reconnects += 1
+        self._connected.set()
+        client.subscribe(self.ack, qos=1)
 
     def _on_message(self, client, userdata, msg) -> None:
         corr = getattr(msg.properties, "CorrelationData", None)
@@ -614,18 +625,33 @@ class Rogue:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        corr = b"rogue-" + secrets.token_hex(6).encode()
-        props = Properties(PacketTypes.PUBLISH)
-        props.UserProperty = user_props
-        props.ResponseTopic = self.ack
-        props.CorrelationData = corr
-        self.c.publish(self.topics.xfer(self.dev, item, kind), payload, qos=1, properties=props).wait_for_publish(10)
-        with self.cv:
-            self.cv.wait_for(lambda: corr in self.answers, timeout)
-            ans = self.answers.get(corr)
-        if ans is None:
-            raise HarnessError(f"no answer from the archive to the rogue {kind} of {item} within {timeout:.0f} s")
-        return ans
+        # with the device's own login beside its running agent the session may be taken between the
+        # request and its answer (the answer then goes nowhere): sent again, a few times, each on
+        # the session then held (the archive answers a repeated request the same way)
+        deadline = time.monotonic() + timeout
+        while True:
+            corr = b"rogue-" + secrets.token_hex(6).encode()
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = user_props
+            props.ResponseTopic = self.ack
+            props.CorrelationData = corr
+            self._subscribed.wait(max(0.0, deadline - time.monotonic()))
+            try:
+                self.c.publish(self.topics.xfer(self.dev, item, kind), payload, qos=1,
+                               properties=props).wait_for_publish(10)
+            except (RuntimeError, ValueError):  # not connected at that moment: once the session is back
+                if time.monotonic() >= deadline:
+                    raise HarnessError(f"rogue {kind} of {item}: not connected within {timeout:.0f} s") from None
+                time.sleep(0.1)
+                continue
+            with self.cv:
+                self.cv.wait_for(lambda: corr in self.answers, min(8.0, max(0.0, deadline - time.monotonic())))
+                ans = self.answers.get(corr)
+            if ans is not None:
+                return ans
+            if time.monotonic() >= deadline:
+                raise HarnessError(f"no answer from the archive to the rogue {kind} of {item} within {timeout:.0f} s "
+                                   f"({self.reconnects} reconnects of the rogue)")
 
     def close(self) -> None:
         self.c.loop_stop()
