@@ -174,7 +174,9 @@ class Receiver:
     def taken_over_message(self) -> str:
         login = (self.conn.claim.login if self.conn.claim else None) or self.conn.s.username or "archive"
         return (f"另一个接收端以同一登录名登录 / another receiver logged in as {login!r} and took this one's session "
-                f"({self.conn.taken_by or 'the broker closed this connection'}); give each receiver its own login (`edge-agent archive receiver add NAME`); "
+                f"({self.conn.taken_by or 'the broker closed this connection'}); give each receiver its own login (`edge-agent archive receiver add NAME`"
+                + (", and with certificate identities a client certificate of its own whose CN is that NAME" if not self.conn.s.username else "")
+                + "); "
                 "this receiver stops rather than take it back (every item stays with its device until a receiver "
                 "answers stored)")
 

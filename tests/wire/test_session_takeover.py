@@ -161,6 +161,7 @@ def test_two_receivers_with_one_certificate_the_one_taken_over_stops(tls_broker,
         assert a1.p.returncode == SessionTakenOver.exit_code == 6, a1.text()
         text = a1.text()
         assert "另一个接收端以同一登录名登录 / another receiver logged in as 'archive'" in text, text
+        assert "a client certificate of its own whose CN is that NAME" in text, text  # the remedy here
         assert "Traceback" not in text
         ag = start_agent(cfg, tmp_path)
         wait_for(all_archived(cfg, ids), 60, "archived by the second receiver", [a2, ag])
