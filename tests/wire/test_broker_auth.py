@@ -606,6 +606,17 @@ def test_certificate_identities_get_the_same_acl(make_broker, pki, tmp_path):
         monitor.close()
 
 
+def _close_all(peers, proc) -> None:
+    """Teardown of the tests that run mosquitto on a generated conf themselves."""
+    for p in peers:
+        try:
+            p.close()
+        except Exception:
+            pass
+    proc.terminate()
+    proc.wait(10)
+
+
 def test_certificate_identities_from_broker_config_run_as_is(tmp_path, pki):
     """`archive broker-config --tls-identity certificate` (kept by `archive enroll --broker-dir`),
     mosquitto -c on the generated conf as is: the TLS listener requires a client certificate from
@@ -674,13 +685,7 @@ def test_certificate_identities_from_broker_config_run_as_is(tmp_path, pki):
         made.append(plain)
         assert plain.connect().value == 0 and plain.publish(T.health("dock-0002"), b"h") in ACCEPTED
     finally:
-        for p in made:
-            try:
-                p.close()
-            except Exception:
-                pass
-        proc.terminate()
-        proc.wait(10)
+        _close_all(made, proc)
 
 
 def test_a_revoked_certificate_is_refused_by_the_generated_crlfile(tmp_path, pki):
@@ -732,13 +737,7 @@ def test_a_revoked_certificate_is_refused_by_the_generated_crlfile(tmp_path, pki
         # the session opened before the reload goes on: the revocation takes it at the next restart
         assert live.c.is_connected() and live.publish(T.health("dock-0002"), b"h") in ACCEPTED
     finally:
-        for p in made:
-            try:
-                p.close()
-            except Exception:
-                pass
-        proc.terminate()
-        proc.wait(10)
+        _close_all(made, proc)
 
 
 def test_rotating_a_stolen_device_password_and_reloading_shuts_the_thief_out(mq, auth):
