@@ -96,6 +96,12 @@ class SessionClaim:
         self._other = ""           # the other holder named by the retained claim found on this connect
         self._mids: dict[int, str] = {}
         self._sub_mid: int | None = None
+        #: the broker keeps other logins off this claim (its ACL refused our write to a session topic
+        #: not ours, on this connect): only then can a claim by another holder, or a DISCONNECT 0x8E,
+        #: be trusted as a takeover. On a broker without that ACL anyone may write the claim, and a
+        #: stranger must not be able to stop a receiver or a monitor with it ("the centre never stops")
+        self.guarded = False
+        self.unguarded_seen = False  # told once: the broker lets anyone write this claim
 
     @property
     def taken_over(self) -> str | None:
@@ -109,6 +115,11 @@ class SessionClaim:
         self._mids.clear()
         self.deciding = True
         _rc, self._sub_mid = client.subscribe(self.topic, qos=1)
+        # a write where the ACL lets no login write (below its own claim): refused (0x87) by a broker
+        # with the shipped ACL, taken by one without. The broker answers it before it reads the fence,
+        # so the answer is known when the fence's echo comes
+        self.guarded = False
+        self._mids[client.publish(self.topic + "/probe", b"", qos=1).mid] = "probe"
         fence = json.dumps({"holder": self.instance, "fence": True}).encode()
         self._mids[client.publish(self.topic, fence, qos=1).mid] = "fence"
 
@@ -126,6 +137,9 @@ class SessionClaim:
         kind = self._mids.pop(mid, None)
         if kind is None:
             return False, None
+        if kind == "probe":
+            self.guarded = reason >= 0x80
+            return True, None
         if kind == "fence" and reason >= 0x80 and self.deciding:  # no echo will come
             self.deciding = False
             return True, UNCHECKED
@@ -146,8 +160,10 @@ class SessionClaim:
             return None
         self.deciding = False
         if self._other and self._where in self.claimed:  # held it, lost the connection, another claimed it since
-            self.taken_by = f"now held by {self._other}"
-            return TAKEN
+            if self.guarded:
+                self.taken_by = f"now held by {self._other}"
+                return TAKEN
+            self.unguarded_seen = True  # anyone could have written that claim: not a reason to stop
         claim = json.dumps({"holder": self.instance, "since": time.time()}).encode()
         self._mids[client.publish(self.topic, claim, qos=1, retain=True).mid] = "claim"
         self.claimed.add(self._where)
@@ -155,7 +171,7 @@ class SessionClaim:
 
     def on_disconnect(self, reason_code: Any) -> bool:
         """True if the broker said DISCONNECT 0x8E "Session taken over" (then taken)."""
-        if says_taken_over(reason_code) and self.taken_by is None:
+        if says_taken_over(reason_code) and self.taken_by is None and self.guarded:
             self.taken_by = TAKEN_BY_BROKER
             return True
         return False

@@ -480,7 +480,10 @@ class Connection:
             log.exception("on_connect callback failed")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self.claim is None and not self.stop_event.is_set() and says_taken_over(reason_code):
+        if (self.claim is None or not self.claim.guarded) and not self.stop_event.is_set() \
+                and says_taken_over(reason_code):
+            # also a connection with a claim on a broker whose ACL lets anyone write it: a stranger
+            # with our client id could cause this DISCONNECT, and must not stop us
             # a device's uplink never stops for good: note it, come back after max_backoff (_run)
             self._auth_refused = True
             self._note_error(f"{TAKEN_BY_BROKER}: another connection logged in as {self.s.username!r}; "
@@ -529,6 +532,12 @@ class Connection:
             if self.manual_ack:
                 _ack(client, msg.mid, msg.qos)
             if outcome == READY:
+                if self.claim.unguarded_seen:
+                    self.claim.unguarded_seen = False
+                    self._note_error(
+                        f"another holder's claim on {self.claim.topic}, but this broker lets any client write it (no "
+                        "per-login ACL: regenerate it with `edge-agent archive broker-config --out DIR`): not taken "
+                        "as a takeover, going on")
                 self._ready(client, self._connack_props)
             elif outcome == TAKEN:
                 self._take_over(client, self.claim.taken_by or "")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -194,6 +195,16 @@ def mqtt_connect_rc(port: int, username: str, password: str, host: str = HOST, t
 
 class BrokerError(RuntimeError):
     pass
+
+
+def denied(log_text: str) -> list[str]:
+    """The broker log's "Denied" lines, less the session claim's deliberate probe: each connection
+    with a claim writes once to ``P/session/LOGIN/probe``, where the shipped ACL lets no login
+    write, to learn that the broker guards the claims (agent/wire/claim.py)."""
+    return [ln for ln in log_text.splitlines() if "Denied" in ln and not _PROBE.search(ln)]
+
+
+_PROBE = re.compile(r"'[^']*/session/[^/']+/probe'")
 
 
 def free_port(host: str = HOST) -> int:

@@ -15,7 +15,7 @@ from agent.wire import checkpoint, protocol as P
 from agent.wire.client import ConnSettings, TlsConfig
 from agent.wire.mqtt import Connection
 from agent.wire.publish import PublishError
-from tests.support.broker import login
+from tests.support.broker import denied, login
 from tests.support.retained import retained as broker_retained
 from tests.support.uplink import (UNIT, InProc, add_items, agent_config, all_archived, check_archive, credentials,
                                   enroll, live_status, open_store, run, start_agent, start_archive, states, wait_for)
@@ -282,7 +282,7 @@ def test_tls_valid_client_certificate_archives(tls_broker, pki, tmp_path):
         t.close()
     log = tls_broker.log_path.read_text(errors="replace")
     assert " as dock-0001 " in log and " as archive " in log  # the CNs are the sessions
-    assert not [ln for ln in log.splitlines() if "Denied" in ln], "the agent or the archive was refused something"
+    assert not denied(log), "the agent or the archive was refused something"
 
 
 @pytest.mark.parametrize("which", ["rogue", "missing"])

@@ -393,14 +393,41 @@ def test_operator_hosts_with_their_own_logins_send_at_once(broker, tmp_path):
         device.close()
 
 
-def test_disconnect_0x8e_from_the_broker_is_a_takeover_at_once(tmp_path):
-    """A broker that says so (DISCONNECT 0x8E "Session taken over"; Mosquitto 2.0.11 does not, so
-    a socket stands in for the broker here): the connection stops at once, without coming back."""
+def _fake_broker(refuse_probe: bool):
+    """A socket standing in for a broker that sends DISCONNECT 0x8E "Session taken over" (Mosquitto
+    2.0.11 does not): CONNACK, then, if the client probes the session topic's ACL (a QoS 1 PUBLISH
+    on .../probe), PUBACK 0x87 (the shipped ACL) or 0x00 (a broker without it), then the DISCONNECT.
+    Returns (port, accepted sockets, stop)."""
     import socket
 
     srv = socket.create_server(("127.0.0.1", 0))
-    port = srv.getsockname()[1]
     accepted: list[socket.socket] = []
+
+    def packets(conn, deadline):
+        buf = b""
+        while time.monotonic() < deadline:
+            conn.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                more = conn.recv(65536)
+            except (socket.timeout, OSError):
+                return
+            if not more:
+                return
+            buf += more
+            while len(buf) >= 2:
+                n, mult, k = 0, 1, 1
+                while k < len(buf):
+                    n += (buf[k] & 0x7F) * mult
+                    mult <<= 7
+                    k += 1
+                    if not buf[k - 1] & 0x80:
+                        break
+                else:
+                    break
+                if len(buf) < k + n:
+                    break
+                yield buf[0], buf[k:k + n]
+                buf = buf[k + n:]
 
     def serve() -> None:
         while True:
@@ -409,11 +436,53 @@ def test_disconnect_0x8e_from_the_broker_is_a_takeover_at_once(tmp_path):
             except OSError:
                 return
             accepted.append(conn)
-            conn.recv(1024)                                   # CONNECT
-            conn.sendall(b"\x20\x03\x00\x00\x00")             # CONNACK v5: success, no properties
-            conn.sendall(b"\xe0\x02\x8e\x00")                 # DISCONNECT 0x8E, no properties
+            first = True
+            for head, body in packets(conn, time.monotonic() + 1.0):
+                if first:  # CONNECT
+                    conn.sendall(b"\x20\x03\x00\x00\x00")  # CONNACK v5: success, no properties
+                    first = False
+                    continue
+                if head >> 4 == 3 and (head >> 1) & 3:  # PUBLISH QoS 1: topic, packet id
+                    tlen = (body[0] << 8) | body[1]
+                    topic, mid = body[2:2 + tlen], body[2 + tlen:4 + tlen]
+                    if topic.endswith(b"/probe"):
+                        conn.sendall(b"\x40\x03" + mid + (b"\x87" if refuse_probe else b"\x00"))
+                        break
+            if first:
+                continue
+            conn.sendall(b"\xe0\x02\x8e\x00")  # DISCONNECT 0x8E, no properties
 
     threading.Thread(target=serve, daemon=True).start()
+
+    def stop() -> None:
+        srv.close()
+        for x in accepted:
+            x.close()
+
+    return srv.getsockname()[1], accepted, stop
+
+
+def _comes_back(c: Connection, accepted: list, max_backoff: float) -> None:
+    """``c`` notes the 0x8E, does not stop, and reconnects only after its longest back-off."""
+    n0 = len(accepted)
+    t0 = time.monotonic()
+    c.start()
+    deadline = time.monotonic() + DEADLINE
+    while len(accepted) < n0 + 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    took = time.monotonic() - t0
+    assert len(accepted) >= n0 + 2, f"{c.name} gave up after a DISCONNECT 0x8E"
+    assert c.taken_over is None and c._thread.is_alive()
+    assert "0x8E" in (c.last_error or "")
+    assert took >= max_backoff * 0.5, f"came back {took:.2f} s after the takeover: not after max_backoff"
+
+
+def test_disconnect_0x8e_from_the_broker_is_a_takeover_at_once(tmp_path):
+    """A broker that says so, and whose ACL keeps other logins off the claim (the probe refused):
+    a connection with a claim (a receiver, the monitor) stops at once, without coming back. A
+    device's own connection never gives its uplink up: it notes the takeover and comes back after
+    its longest back-off, not in a tight loop."""
+    port, accepted, stop = _fake_broker(refuse_probe=True)
     c = Connection(ConnSettings(host="127.0.0.1", port=port, client_id="x", username="archive", password="p",
                                 min_backoff=0.1, max_backoff=0.2), name="t", claim="edge/session/archive")
     c.start()
@@ -423,24 +492,55 @@ def test_disconnect_0x8e_from_the_broker_is_a_takeover_at_once(tmp_path):
         assert len(accepted) == 1, "it came back after the takeover"
     finally:
         c.stop(timeout=1)
-    # a device's own connection (no claim) never gives its uplink up: it notes the takeover and comes
-    # back, after max_backoff, not in a tight loop
     d = Connection(ConnSettings(host="127.0.0.1", port=port, client_id="dock-1", username="dock-1", password="p",
                                 min_backoff=0.05, max_backoff=0.6), name="dev")
-    n0 = len(accepted)
-    t0 = time.monotonic()
-    d.start()
     try:
-        deadline = time.monotonic() + DEADLINE
-        while len(accepted) < n0 + 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        took = time.monotonic() - t0
-        assert len(accepted) >= n0 + 2, "the device's connection gave up after a takeover"
-        assert d.taken_over is None and d._thread.is_alive()
-        assert "0x8E" in (d.last_error or "") and "dock-1" in d.last_error
-        assert took >= 0.6 * 0.5, f"came back {took:.2f} s after the takeover: not after max_backoff"
+        _comes_back(d, accepted, 0.6)
+        assert "dock-1" in d.last_error
     finally:
         d.stop(timeout=1)
-        srv.close()
-        for s in accepted:
-            s.close()
+        stop()
+
+
+def test_on_a_broker_that_lets_anyone_write_the_claim_a_stranger_cannot_stop_a_receiver(open_broker):
+    """"Nothing a stranger sends stops the centre": on a broker without the per-login ACL (here an
+    open one) anyone can write a login's claim and, with its client id, end its session. A
+    receiver's connection (with a claim) finds its probe accepted, so it takes neither a forged
+    claim nor a DISCONNECT 0x8E as a takeover: it notes it and goes on."""
+    s = ConnSettings(host="127.0.0.1", port=open_broker.port, client_id="rx-1", username="archive", password="p",
+                     min_backoff=0.2, max_backoff=1.0)
+    c = Connection(s, claim=T.session("archive"), name="rx")
+    c.start()
+    stranger = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="rx-1", protocol=mqtt.MQTTv5)
+    try:
+        assert c.wait_connected(DEADLINE)
+        # the stranger: a retained claim for 'archive', then a connection with the receiver's client id
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"forger-{uuid.uuid4().hex[:6]}",
+                          protocol=mqtt.MQTTv5)
+        pub.connect("127.0.0.1", open_broker.port)
+        pub.loop_start()
+        pub.publish(T.session("archive"), json.dumps({"holder": "evil:1:x"}).encode(), qos=1,
+                    retain=True).wait_for_publish(10)
+        pub.loop_stop()
+        pub.disconnect()
+        connects = c.connects
+        stranger.connect("127.0.0.1", open_broker.port)  # same client id: the broker ends the receiver's session
+        stranger.loop_start()
+        wait_for(lambda: c.connects > connects, DEADLINE, "the receiver's reconnect")
+        stranger.loop_stop()
+        stranger.disconnect()
+        assert c.wait_connected(DEADLINE)
+        assert c.taken_over is None and c._thread.is_alive(), c.taken_over
+        assert "lets any client write it" in (c.last_error or ""), c.last_error
+        assert c.claim is not None and not c.claim.guarded  # its probe was accepted: no per-login ACL
+    finally:
+        c.stop(timeout=2)
+    # the same with a DISCONNECT 0x8E from a broker that sends it: noted, not a reason to stop
+    port, accepted, stop = _fake_broker(refuse_probe=False)
+    r = Connection(ConnSettings(host="127.0.0.1", port=port, client_id="x", username="archive", password="p",
+                                min_backoff=0.05, max_backoff=0.6), name="rx0x8e", claim="edge/session/archive")
+    try:
+        _comes_back(r, accepted, 0.6)
+    finally:
+        r.stop(timeout=1)
+        stop()
