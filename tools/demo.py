@@ -278,7 +278,10 @@ def main() -> int:
         fleet = edge(None, "monitor", "fleet", "--db", str(out / "monitor.db"), check=False)
         print("  监控 / monitor (user monitor, read only):\n    "
               + (fleet.stdout or fleet.stderr).strip().replace("\n", "\n    "))
-        denied = [ln for ln in (out / "mosquitto.log").read_text(errors="replace").splitlines() if "Denied" in ln]
+        from agent.wire.claim import is_probe_refusal  # one expected refusal per claiming connect, not work refused
+
+        denied = [ln for ln in (out / "mosquitto.log").read_text(errors="replace").splitlines()
+                  if "Denied" in ln and not is_probe_refusal(ln)]
         print(f"  代理拒绝的发布 / publishes the broker refused: {len(denied)}")
         stored = sorted(p.parent for p in archive.rglob("manifest.json") if p.parent.parent.name != "annotations")
         print("\n封存并校验通过的证据 / sealed, archived and verified evidence:")

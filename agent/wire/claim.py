@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import time
 from typing import Any
@@ -80,6 +81,17 @@ def taken_over_message(login: str | None, who: str = "") -> str:
             "keeps one session per login, so this one stops instead of taking it back")
 
 
+#: the claim's probe: a write below the login's claim, which the shipped ACL refuses (SessionClaim.begin)
+PROBE = "probe"
+_PROBE_LOG = re.compile(r"'[^']*/session/[^/']+/" + PROBE + "'")
+
+
+def is_probe_refusal(log_line: str) -> bool:
+    """A broker log line about the claim's deliberate probe (expected: one ``Denied PUBLISH`` per
+    connect of a connection with a claim), not a refusal of real work."""
+    return bool(_PROBE_LOG.search(log_line))
+
+
 class SessionClaim:
     """The claim of one connection (kept across its reconnects) on its login's session topic."""
 
@@ -119,7 +131,7 @@ class SessionClaim:
         # with the shipped ACL, taken by one without. The broker answers it before it reads the fence,
         # so the answer is known when the fence's echo comes
         self.guarded = False
-        self._mids[client.publish(self.topic + "/probe", b"", qos=1).mid] = "probe"
+        self._mids[client.publish(f"{self.topic}/{PROBE}", b"", qos=1).mid] = "probe"
         fence = json.dumps({"holder": self.instance, "fence": True}).encode()
         self._mids[client.publish(self.topic, fence, qos=1).mid] = "fence"
 

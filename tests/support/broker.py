@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -201,10 +200,9 @@ def denied(log_text: str) -> list[str]:
     """The broker log's "Denied" lines, less the session claim's deliberate probe: each connection
     with a claim writes once to ``P/session/LOGIN/probe``, where the shipped ACL lets no login
     write, to learn that the broker guards the claims (agent/wire/claim.py)."""
-    return [ln for ln in log_text.splitlines() if "Denied" in ln and not _PROBE.search(ln)]
+    from agent.wire.claim import is_probe_refusal
 
-
-_PROBE = re.compile(r"'[^']*/session/[^/']+/probe'")
+    return [ln for ln in log_text.splitlines() if "Denied" in ln and not is_probe_refusal(ln)]
 
 
 def free_port(host: str = HOST) -> int:
