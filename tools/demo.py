@@ -23,6 +23,7 @@ from pathlib import Path
 from agent import config as config_mod
 from agent.wire.client import ConnSettings
 from agent.wire.session import exchange
+from tools.procwait import wait_handles
 
 EDGE = str(Path(sys.executable).with_name("edge-agent"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,8 +77,8 @@ def start_broker(out: Path, archive: Path, broker_dir: Path, attempts: int = 5) 
         shutil.copy(broker_dir / "mosquitto.conf", broker_dir / "conf.d" / "edge-agent.conf")
         broker = subprocess.Popen(["mosquitto", "-c", str(out / "mosquitto.conf")],
                                   stdout=open(log, "w"), stderr=subprocess.STDOUT)
-        if wait_broker(port, broker, log):
-            return broker, port, made.stdout
+        if wait_broker(port, broker, log) and wait_handles(broker.pid, signal.SIGHUP, 10):
+            return broker, port, made.stdout  # SIGHUP handled: the reload after enrolment is safe
         broker.wait()
         if "Address already in use" not in log.read_text(errors="replace"):
             raise SystemExit(f"demo: the broker exited on start ({log}):\n{log.read_text(errors='replace')}")

@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from tools.procwait import wait_handles
+
 HOST = "127.0.0.1"
 
 #: the running brokers of this process by plain port: harnesses given only a port find the
@@ -410,6 +412,11 @@ class Mosquitto:
             if not wait_port(p, self.host, max(0.1, deadline - time.monotonic()), self.proc):
                 self._terminate(signal.SIGKILL)
                 return False
+        # the port answers a moment before Mosquitto installs its SIGHUP handler; a reload in
+        # that moment would kill the broker (seen once in CI: "not admitted 10 s after SIGHUP")
+        if not wait_handles(self.proc.pid, signal.SIGHUP, max(0.1, deadline - time.monotonic())):
+            self._terminate(signal.SIGKILL)
+            return False
         return True
 
     def ports(self) -> list[int]:

@@ -1,6 +1,7 @@
 """The shared fixtures themselves: private Mosquitto, restart, mutual TLS with the test PKI."""
 from __future__ import annotations
 
+import signal
 import ssl
 import threading
 import time
@@ -12,6 +13,7 @@ from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.support.broker import Mosquitto, wait_port
+from tools.procwait import handles
 
 
 class Probe:
@@ -125,6 +127,21 @@ def test_default_broker_is_the_shipped_configuration(broker: Mosquitto, open_bro
     anon = Probe()
     assert anon.connect(open_broker.port)
     anon.stop()
+
+
+def test_a_broker_reloaded_the_moment_it_started_keeps_running(tmp_path):
+    """Mosquitto answers on its port a moment before it handles SIGHUP; a reload in that moment
+    killed the broker (CI: "dock-01 not admitted 10 s after SIGHUP"). start() returns only once
+    SIGHUP is handled, so a new identity is admitted right after start, every time."""
+    for i in range(15):
+        mq = Mosquitto(tmp_path / f"b{i}", shipped=True).start()
+        try:
+            assert handles(mq.proc.pid, signal.SIGHUP)
+            user, password = mq.identity(f"dock-{i:02d}", timeout=5)  # writes passwd, SIGHUP at once
+            assert mq.running, mq.log_tail()
+            assert user == f"dock-{i:02d}"
+        finally:
+            mq.stop()
 
 
 def test_restart_keeps_port(broker: Mosquitto):

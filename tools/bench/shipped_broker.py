@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import getpass
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tools.procwait import wait_handles
 
 EDGE = str(Path(sys.executable).with_name("edge-agent"))
 
@@ -98,16 +101,19 @@ class ShippedBroker:
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 socket.create_connection(("127.0.0.1", self.port), 0.5).close()
-                return self
             except OSError:
                 time.sleep(0.05)
+                continue
+            if wait_handles(self.proc.pid, signal.SIGHUP, max(0.1, deadline - time.monotonic())):
+                return self  # a reload (SIGHUP) from now on rereads the files instead of killing it
+            break
         self.stop()
         raise SystemExit(f"mosquitto did not start on {self.port}: {self.log_tail()}")
 
     def reload(self) -> None:
         """After :meth:`generate` with more devices: SIGHUP rereads passwd and ACL."""
         if self.proc is not None:
-            self.proc.send_signal(1)
+            self.proc.send_signal(signal.SIGHUP)
 
     def credential_file(self, name: str) -> Path:
         """The ``[mqtt]`` fragment (username, password) broker-config wrote for identity ``name``."""
