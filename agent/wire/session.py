@@ -17,9 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
+from agent.common.faults import pausepoint
+
 from .claim import session_login
 from .client import ConnSettings
 from .mqtt import Connection
+from .publish import PublishError
 
 
 def lock_path(settings: ConnSettings) -> Path:
@@ -128,8 +131,20 @@ def exchange(settings: ConnSettings, *, subscribe: tuple[str, ...] = (),
             return Exchange(False, conn.taken_over or conn.last_error or f"no connection within {timeout:g} s", got,
                             conn.taken_over)
         if publish is not None:
-            h = conn.publish(publish[0], publish[1], qos=1, response_topic=response_topic, correlation=correlation,
-                             timeout=max(0.1, deadline - time.monotonic()))
+            pausepoint("exchange:before-publish")  # tests: another process takes the session here
+            while True:
+                try:
+                    h = conn.publish(publish[0], publish[1], qos=1, response_topic=response_topic,
+                                     correlation=correlation, timeout=max(0.1, deadline - time.monotonic()))
+                    break
+                except PublishError:
+                    # the connection went between its CONNACK and here (lost, or taken over by another
+                    # process with this login): nothing went out. Wait for the reconnect, or the takeover
+                    if conn.connected and not conn.taken_over:
+                        raise  # refused for another reason (too large): as it says
+                    if not wait(conn.wait_connected):
+                        return Exchange(False, conn.taken_over or conn.last_error
+                                        or f"connection lost, not back within {timeout:g} s", got, conn.taken_over)
             sent = True
             if wait(h.wait) and not h.ok:
                 return Exchange(True, conn.taken_over or h.error, got, conn.taken_over, sent)

@@ -331,6 +331,77 @@ def test_two_command_sends_with_one_ops_login_from_two_hosts(identity, request, 
         device.close()
 
 
+def test_a_command_send_taken_over_before_its_command_went_out_sends_it_once_more(broker, tmp_path):
+    """Two operator hosts with the one ``ops`` login, each held by the pause point
+    ``exchange:before-publish`` (``EDGE_AGENT_PAUSE_AT``, agent/common/faults.py) once connected
+    with its claim on the login, before its command goes out. The second's login takes the first's
+    session; the first's connection, reconnecting, finds the second's claim and leaves (and bounces
+    the second once, which reconnects to its own claim). Nothing has reached the device. Let go, the
+    second sends and gets its answer; then the first, whose command never went out, says
+    "会话被接管，重试一次 / session taken over before the command went out", sends the same signed
+    command once more on a new session, gets the device's answer and exits 0: the device got each
+    host's command once."""
+    import os
+
+    from agent.common.faults import pause_files
+
+    point = "exchange:before-publish"
+    run(["command", "keygen", "ops", "--out", str(tmp_path / "op")], check=True)
+    ops = credentials(tmp_path, broker.port, "ops", "ops")
+    device = SlowDevice(broker.port, broker.identity("dock-0001"))
+    device.release.set()  # answers every command at once
+    send = _send(tmp_path, ops, broker.port)
+    logs = [tmp_path / f"host{k}.err" for k in (1, 2)]
+    pauses = [pause_files(point, tmp_path / f"host{k}-tmp") for k in (1, 2)]  # (NAME.paused, NAME.resume)
+    procs: list[subprocess.Popen] = []
+
+    def until(pred, what: str) -> None:
+        deadline = time.monotonic() + DEADLINE
+        while not pred():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {DEADLINE:g} s waiting for {what}\n"
+                                     + "\n".join(f"--- {log.name} ---\n{log.read_text()}" for log in logs))
+            time.sleep(0.02)
+
+    try:
+        for k, log in enumerate(logs):  # each "host" its own temporary directory: its own login lock
+            host_tmp = tmp_path / f"host{k + 1}-tmp"
+            host_tmp.mkdir()
+            procs.append(subprocess.Popen(send, stdout=subprocess.PIPE, stderr=log.open("wb"), text=True, env={
+                **os.environ, "TMPDIR": str(host_tmp), "EDGE_AGENT_PAUSE_AT": point,
+                "EDGE_AGENT_PAUSE_DIR": str(host_tmp)}))
+            until(lambda: pauses[k][0].exists() or procs[k].poll() is not None,
+                  f"host {k + 1} connected, its command not yet sent")
+            assert procs[k].poll() is None, log.read_text()
+        # the second's login ended the first's session; the first, reconnecting, finds the second's claim
+        until(lambda: "另一个进程以同一登录名登录 / another process logged in as 'ops'" in logs[0].read_text(),
+              "host 1 to find its session taken over")
+        # that reconnect ended the second's session once: it reconnects to its own claim (let go before that,
+        # it waits for the reconnect: nothing had gone out)
+        until(lambda: "connection lost" in logs[1].read_text(), "host 2 bounced once by host 1's reconnect")
+        assert device.got == []  # neither command went out yet
+        pauses[1][1].touch()  # the second sends
+        out2 = procs[1].communicate(timeout=60)[0]
+        assert procs[1].returncode == 0, logs[1].read_text()
+        assert json.loads(out2)["ok"] is True and json.loads(out2)["result"] == {"n": 1}
+        pauses[0][1].touch()  # the first goes on: its session was taken before its command went out
+        out1 = procs[0].communicate(timeout=60)[0]
+        err1 = logs[0].read_text()
+        assert procs[0].returncode == 0, err1
+        assert json.loads(out1)["ok"] is True and json.loads(out1)["result"] == {"n": 2}, out1
+        assert err1.count("会话被接管，重试一次 / session taken over before the command went out: "
+                          "另一个进程以同一登录名登录 / another process logged in as 'ops'") == 1, err1
+        assert err1.count("trying once more") == 1, err1
+        assert "may have reached the device" not in err1 and "error:" not in err1 and "Traceback" not in err1
+        assert all("waiting" not in log.read_text() for log in logs)  # two hosts: no turns
+        assert len(device.got) == 2 and device.got[0] != device.got[1]  # each host's command once
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        device.close()
+
+
 def test_a_second_monitor_with_the_same_logins_the_first_stops_and_says_why(broker, tmp_path):
     """Two `edge-agent monitor` with the one set of monitor logins (``monitor``, ``monitor.1`` …):
     the second takes the sessions; the first says why and exits with status 6 (the unit does not
