@@ -18,7 +18,9 @@
    the first manifest to the last ``stored`` answer; every item is then verified at the archive.
    Also the archive's acknowledgement latency per chunk and per item (p50, p99), and the CPU
    seconds each process (agent, archive, broker) spent meanwhile: on a 2-core machine the three
-   share the cores, so CPU per MB is what bounds the ratio.
+   share the cores, so CPU per MB is what bounds the ratio. And the machine's CPU per GiB (from
+   /proc/stat, both runs): the kernel's threads that write dirty pages to the disk and complete
+   its I/O work for the archive's fsynced files and are charged to no process of either side.
 
 4. ``--rounds`` rounds (default 3), each with its own freshly sealed items and archive root,
    interleaved with the baselines: the machine is shared and a single 2-second run moves by
@@ -86,6 +88,18 @@ def proc_stat(pid: int) -> tuple[float, int]:
 
 def cpu_s(pid: int) -> float:
     return proc_stat(pid)[0]
+
+
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has been busy (user, nice, system, irq, softirq; all CPUs):
+    with it the kernel's own threads count too (writing dirty pages back to the disk, block I/O
+    completions, loopback network), which neither side's processes are charged for."""
+    try:
+        f = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return float("nan")
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in f[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def self_cpu() -> float:
@@ -173,7 +187,7 @@ def baseline(broker: ShippedBroker, total: int, chunk: int, device: str = "bench
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    cpu0 = (self_cpu(), cpu_s(broker.pid))
+    cpu0 = (self_cpu(), cpu_s(broker.pid), machine_cpu())
     t0 = time.time()
     infos = []
     for k in range(n):
@@ -184,13 +198,14 @@ def baseline(broker: ShippedBroker, total: int, chunk: int, device: str = "bench
     for i in infos:
         i.wait_for_publish(120)
     reader.join(600)
-    cpu1 = (self_cpu(), cpu_s(broker.pid))
+    cpu1 = (self_cpu(), cpu_s(broker.pid), machine_cpu())
     line = last
     sub.wait(30)
     c.loop_stop()
     c.disconnect()
     t1 = float(line[1])
-    cpu = {"publisher": round(cpu1[0] - cpu0[0], 2), "subscriber": float(line[3]), "broker": round(cpu1[1] - cpu0[1], 2)}
+    cpu = {"publisher": round(cpu1[0] - cpu0[0], 2), "subscriber": float(line[3]), "broker": round(cpu1[1] - cpu0[1], 2),
+           "machine": round(cpu1[2] - cpu0[2], 2)}
     return n * chunk / (t1 - t0) / 1e6, cpu
 
 
@@ -258,7 +273,7 @@ def ours(work: Path, broker: ShippedBroker, cfg, store, ids: list[str], archive_
         agent = Agent(cfg, store=store)
         up = make_component(agent)
         t0 = time.monotonic()
-        cpu0 = (self_cpu(), cpu_s(ar.pid), cpu_s(broker_pid))
+        cpu0 = (self_cpu(), cpu_s(ar.pid), cpu_s(broker_pid), machine_cpu())
         flt0 = proc_stat(ar.pid)[1]
         up.start()
         total = sum(store.item(i)["size"] for i in ids)
@@ -273,7 +288,7 @@ def ours(work: Path, broker: ShippedBroker, cfg, store, ids: list[str], archive_
             time.sleep(0.02)
         t1 = time.monotonic()
         assert store.counts_by_state().get("archived", 0) == len(ids), store.counts_by_state()
-        cpu = [round(b - a, 2) for a, b in zip(cpu0, (self_cpu(), cpu_s(ar.pid), cpu_s(broker_pid)))]
+        cpu = [round(b - a, 2) for a, b in zip(cpu0, (self_cpu(), cpu_s(ar.pid), cpu_s(broker_pid), machine_cpu()))]
         faults = proc_stat(ar.pid)[1] - flt0
         stats = up.stats()
         chunk_lat = list(up.transfer.chunk_latency)
@@ -287,7 +302,7 @@ def ours(work: Path, broker: ShippedBroker, cfg, store, ids: list[str], archive_
                 "item_ack_ms_p50": round(pct(item_lat, 50) * 1000, 1), "item_ack_ms_p99": round(pct(item_lat, 99) * 1000, 1),
                 "chunks": len(chunk_lat), "items": len(ids), "retransmits": stats["retransmits"],
                 "reconnects": stats["reconnects"],  # a disconnect mid-transfer (0 in a healthy run)
-                "window": up.transfer.window, "cpu_s": {"agent": cpu[0], "archive": cpu[1], "broker": cpu[2]},
+                "window": up.transfer.window, "cpu_s": {"agent": cpu[0], "archive": cpu[1], "broker": cpu[2], "machine": cpu[3]},
                 "archive_minor_faults": faults, "verified_items": rep.devices["bench-01"]["items"]}
     finally:
         ar.terminate()
@@ -373,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{cpu_ours['broker']} = {sum(cpu_ours.values()):.2f}; bare paho publisher {cpu_base['publisher']} / "
               f"subscriber {cpu_base['subscriber']} / broker {cpu_base['broker']} = {sum(cpu_base.values()):.2f}; "
               f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}", file=out)
+        mach_ours = med([g["machine"] for g in ours_gib])
+        mach_base = med([g["machine"] for g in base_gib])
+        print(f"machine CPU-s per GiB (median; every process and kernel thread, of {os.cpu_count()} CPUs): ours "
+              f"{mach_ours} (kernel threads and others {mach_ours - sum(cpu_ours.values()):.2f}), bare paho {mach_base} "
+              f"(others {mach_base - sum(cpu_base.values()):.2f}); ratio of the two {mach_base / mach_ours:.2f}", file=out)
         res = mid["ours"]
         print(f"each round: {res['items']} items, {res['chunks']} chunks of {args.chunk} B, window {res['window']}, "
               f"retransmits {sum(x['ours']['retransmits'] for x in rounds)} in all, reconnects "
@@ -385,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {"mib": args.mib, "item_mib": args.item_mib, "chunk": args.chunk, "uplink": args.uplink,
                          "rounds": args.rounds},
             "baseline_mb_s": [round(b, 2) for b in bases],
-            "cpu_s_per_gib": {"ours": cpu_ours, "baseline": cpu_base, "ours_rounds": ours_gib, "baseline_runs": base_gib},
+            "cpu_s_per_gib": {"ours": cpu_ours, "baseline": cpu_base, "ours_rounds": ours_gib, "baseline_runs": base_gib,
+                              "machine": {"ours": mach_ours, "baseline": mach_base}},
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "baseline_used_mb_s": mid["baseline_mb_s"],
             "archived_mb_s": mid["archived_mb_s"],
