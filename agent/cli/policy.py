@@ -202,6 +202,8 @@ def archive_policy_publish(c: Ctx, unit, path, version, expires_days, broker, pr
     from agent.wire.policy import digest
     from agent.wire.session import file_lock, login_lock
 
+    _refuse_a_receivers_certificate(settings, store.root)
+
     def waiting(what: str):
         return lambda: click.echo(f"等待另一个策略发布结束 / waiting: another `archive policy publish` {what}", err=True)
 
@@ -228,6 +230,29 @@ def archive_policy_publish(c: Ctx, unit, path, version, expires_days, broker, pr
     click.echo(f"策略已发布 / policy published: unit {unit} version {doc.version} on {topic} (retained), "
                f"key {doc.key_id}, expires {doc.expires}")
     _echo_key_lists(out)
+
+
+def _refuse_a_receivers_certificate(settings, root) -> None:
+    """With a client certificate and no user name the broker knows a connection by the certificate's
+    CN (certificate identities): the CN of a receiver (``archive`` or one enrolled at ``root``) would
+    log in as that receiver and end its session (one login, one session). Refused before anything
+    is signed; a certificate of its own (CN ``NAME.policy``) writes the units' policies only."""
+    from ..archive import receivers as ar
+    from agent.wire.broker_auth import DEFAULT_SERVICES, POLICY
+    from agent.wire.claim import certificate_login
+    from agent.wire.client import instance_user
+
+    tls = settings.tls
+    if settings.username or tls is None or not tls.certfile:
+        return
+    cn = certificate_login(tls.certfile)
+    if cn and cn in {DEFAULT_SERVICES["archive"], *ar.enrolled(root)}:
+        raise EdgeError(
+            f"证书 {tls.certfile} 是接收端 {cn!r} 的登录，用它发布会挤掉该接收端的会话；请用专用证书（CN "
+            f"{instance_user(cn, POLICY)!r}）/ the certificate {tls.certfile} (CN {cn!r}) is the login of archive "
+            f"receiver {cn!r}: the broker keeps one session per login, so publishing with it would end that "
+            f"receiver's session. Use a certificate of its own, CN {instance_user(cn, POLICY)!r} (allowed to write "
+            "the units' policies only); nothing was signed")
 
 
 def _key_lists(doc) -> dict:
