@@ -157,7 +157,37 @@ class ChainHistory:
         """Gap and silence of ``device`` at ``now`` (default the store's clock), raised or cleared;
         returns the verdict (every raised alarm of the device). Cheap when nothing is missing (two
         aggregate queries); the history is read only from the first missing chain position on."""
+        fixed = now is not None
         now = self.clock() if now is None else now
+        late, first, missing_n, silent, last, active = self._chain_state(device, now)
+        if not late and not silent and not active & {"chain_gap", "chain_silent"}:
+            return self.chain_verdict(device)  # nothing to raise or clear: no write
+        with self.db.atomic() as db:
+            self.db.serialize("chain")
+            if not fixed:
+                # evaluations take turns here (the minute's, one after each checkpoint, `archive chain`),
+                # each on the clock and the history as they are now: one that looked earlier must not
+                # undo what another raised or cleared meanwhile
+                now = self.clock()
+                late, first, missing_n, silent, last, active = self._chain_state(device, now)
+            if late:
+                oldest = min(first[s] for s in late)
+                shown = ", ".join(map(str, late[:20])) + (f" … ({missing_n} missing in all)" if len(late) > 20 else "")
+                self._raise(db, device, "chain_gap",
+                            f"chain position(s) {shown} announced since {_at(oldest)}, not received within "
+                            f"{self.chain_gap_s / 3600:g} h", now)
+            else:
+                self._clear(db, device, "chain_gap", now)
+            if silent:
+                self._raise(db, device, "chain_silent",
+                            f"no new checkpoint since {_at(last)} (expected within {self.chain_silent_s / 3600:g} h)", now)
+            else:
+                self._clear(db, device, "chain_silent", now)
+        return self.chain_verdict(device)
+
+    def _chain_state(self, device: str, now: float):
+        """(late positions, first announced of each, missing count, silent, last checkpoint time,
+        active alarm codes) of ``device`` at ``now``."""
         agg = self.db.one("SELECT max(count) AS top, max(received_ts) AS last FROM chain_history WHERE device = ?",
                           [device]) or {}
         top, last = agg.get("top") or 0, agg.get("last")
@@ -196,24 +226,7 @@ class ChainHistory:
         silent = last is not None and now - last > self.chain_silent_s
         active = {r["code"] for r in self.db.query("SELECT code FROM chain_alarms WHERE device = ? AND active = 1",
                                                    [device])}
-        if not late and not silent and not active & {"chain_gap", "chain_silent"}:
-            return self.chain_verdict(device)  # nothing to raise or clear: no write
-        with self.db.atomic() as db:
-            self.db.serialize("chain")
-            if late:
-                oldest = min(first[s] for s in late)
-                shown = ", ".join(map(str, late[:20])) + (f" … ({missing_n} missing in all)" if len(late) > 20 else "")
-                self._raise(db, device, "chain_gap",
-                            f"chain position(s) {shown} announced since {_at(oldest)}, not received within "
-                            f"{self.chain_gap_s / 3600:g} h", now)
-            else:
-                self._clear(db, device, "chain_gap", now)
-            if silent:
-                self._raise(db, device, "chain_silent",
-                            f"no new checkpoint since {_at(last)} (expected within {self.chain_silent_s / 3600:g} h)", now)
-            else:
-                self._clear(db, device, "chain_silent", now)
-        return self.chain_verdict(device)
+        return late, first, missing_n, silent, last, active
 
     def evaluate_chains(self, now: float | None = None) -> None:
         """Every enrolled device (``archive serve`` calls this every minute)."""

@@ -140,6 +140,30 @@ def test_fork_and_rollback_from_the_device_key_are_alarmed(open_broker, tmp_path
     db.close()
 
 
+def test_an_evaluation_that_waited_for_its_turn_does_not_undo_a_later_one(open_broker, tmp_path):
+    """Gap and silence are evaluated every minute, after each checkpoint and by `archive chain`,
+    on several threads. One that read the clock and the history, then waited while another raised
+    the alarms for a later moment, must not clear them with what it saw before: each evaluation
+    reads both again once it is its turn to write (a flake of the test below, under load)."""
+    t = InProc(tmp_path, open_broker.port)
+    t.enroll()
+    st = t.archive
+    t0 = time.time()
+    st.clock = lambda: t0
+    cp = signed(t.store, 2, secrets.token_hex(32), time_="2026-12-03T09:00:00+08:00")
+    assert st.on_checkpoint(DEV, cp) is not None
+    assert codes(st) == set()
+    st.clock = lambda: t0 + 25 * 3600
+    assert {a["code"] for a in st.evaluate_chain(DEV)["alarms"]} == {"chain_gap", "chain_silent"}
+    # an evaluation that looked at the clock an hour after the checkpoint (nothing due yet), then
+    # got its turn to write a minute after the alarms were raised
+    moments = iter([t0 + 3600])
+    st.clock = lambda: next(moments, t0 + 25 * 3600 + 60)
+    v = st.evaluate_chain(DEV)
+    assert {a["code"] for a in v["alarms"]} == {"chain_gap", "chain_silent"}, v
+    assert {r["code"] for r in read_chain_alarms(t.root)} == {"chain_gap", "chain_silent"}
+
+
 def test_gap_and_silence_by_the_archive_clock(open_broker, tmp_path):
     broker = open_broker  # on purpose: the forger (the device's key) publishes while its agent runs
     t = InProc(tmp_path, broker.port)
