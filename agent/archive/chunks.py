@@ -110,8 +110,9 @@ class ChunkIntake:
         return self.db.one("SELECT 1 FROM ranges WHERE device = ? AND item = ? AND file = ? AND start <= ? "
                            "AND \"end\" >= ? LIMIT 1", [dev, item, b.file, b.offset, b.end]) is not None
 
-    def on_chunk(self, device: dict, item: str, payload: bytes, props: dict[str, str]) -> P.Answer:
-        c = P.parse_chunk(payload, props)
+    def on_chunk(self, device: dict, item: str, payload: bytes, props: dict[str, str],
+                 hashed: str | None = None) -> P.Answer:
+        c = P.parse_chunk(payload, props, hashed)
         try:
             ans = self._on_chunk(device, item, c)
         except ChunkRefused as exc:

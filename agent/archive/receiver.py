@@ -150,10 +150,15 @@ class Receiver:
 
     def _on_message(self, topic: str, payload: bytes, props: Any, ack: Callable[[], None]) -> None:
         try:
-            if not isinstance(payload, bytes) and self.topics.kind_of(topic) != "chunk":
+            hashed = None
+            if self.topics.kind_of(topic) == "chunk":
+                # hashed here, on the network thread (the hash lets go of Python's lock), while the
+                # worker writes the chunk before: the two overlap (parse_chunk checks it)
+                hashed = P.chunk_digest(payload)
+            elif not isinstance(payload, bytes):
                 payload = bytes(payload)  # a chunk's bytes are only parsed, written and hashed: no copy
             with self._cv:
-                self._q.append((topic, payload, props, ack))
+                self._q.append((topic, payload, props, ack, hashed))
                 self._cv.notify()
         except Exception as exc:  # never lose the broker's window: acknowledge what cannot be queued
             self._fault(topic, exc)
@@ -243,20 +248,20 @@ class Receiver:
                 if self.stop_event.is_set():
                     return
                 continue
-            topic, payload, props, ack = nxt
+            topic, payload, props, ack, hashed = nxt
             faultpoint("archive:worker")  # fault-injection tests kill this thread here
             acked = routed = False
             try:
                 kind = self.topics.kind_of(topic)
                 if q is self._q and kind == "finish":
                     with self._fcv:
-                        self._fq.append((topic, payload, props, ack))
+                        self._fq.append((topic, payload, props, ack, None))
                         self._fcv.notify()
                     acked = routed = True  # the finisher handles and acknowledges it
                     continue
                 t0 = time.perf_counter()
                 try:
-                    res = self.handle(topic, payload, props)
+                    res = self.handle(topic, payload, props, hashed)
                 except Exception as exc:
                     self._fault(topic, exc)
                     res = None
@@ -324,7 +329,7 @@ class Receiver:
         batch.clear()
         self._answer(dev, props, answer)
 
-    def handle(self, topic: str, payload: bytes, props: Any) -> tuple[str, P.Answer] | None:
+    def handle(self, topic: str, payload: bytes, props: Any, hashed: str | None = None) -> tuple[str, P.Answer] | None:
         """Handle one message; returns (device, answer) to send, or None."""
         parsed = self.topics.parse_xfer(topic)
         if parsed is None:
@@ -336,7 +341,7 @@ class Receiver:
             return None
         dev, item, kind = parsed
         try:
-            answer = self.store.handle(dev, item, kind, payload, P.user_props(props))
+            answer = self.store.handle(dev, item, kind, payload, P.user_props(props), hashed)
         except Exception as exc:  # a fault of ours (disk, database) or input nobody foresaw: the agent retries later
             self._fault(topic, exc)
             answer = P.Answer(item=item, kind=kind, status=P.ERROR, reason=f"archive error: {exc!r}"[:500])

@@ -128,14 +128,15 @@ class ArchiveStore(ChunkIntake, Retrieval, ChainHistory, MerkleLog, StationAudit
         self._dev_cache[dev] = (time.monotonic(), row)
         return row
 
-    def handle(self, dev: str, item: str, kind: str, payload: bytes, props: dict[str, str]) -> P.Answer:
+    def handle(self, dev: str, item: str, kind: str, payload: bytes, props: dict[str, str],
+               hashed: str | None = None) -> P.Answer:
         try:
             try:
                 device = self._device(dev)
                 if kind == "manifest":
                     return self.on_manifest(device, item, payload, props)
                 if kind == "chunk":
-                    return self.on_chunk(device, item, payload, props)
+                    return self.on_chunk(device, item, payload, props, hashed)
                 if kind == "finish":
                     return self.on_finish(device, item, payload)
                 if kind == "query":

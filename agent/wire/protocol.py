@@ -193,8 +193,21 @@ def chunk_corr(payload: bytes) -> bytes | None:
         return None
 
 
-def parse_chunk(payload: bytes, props: dict[str, str]) -> ChunkMsg:
-    """A chunk in either form: header line + bytes, or bytes with user properties."""
+def chunk_digest(payload) -> str | None:
+    """The SHA-256 (hex) of the bytes after a chunk's header line, as :func:`parse_chunk` checks
+    it, or None without a header line. The archive computes it on the thread the chunk arrives on
+    (hashlib lets go of Python's lock meanwhile), while its worker writes the chunk before."""
+    if not isinstance(payload, (bytes, bytearray)):
+        return None  # parse_chunk hashes it then
+    nl = payload.find(b"\n", 0, MAX_CHUNK_HEADER)
+    if nl < 0:
+        return None
+    return hashlib.sha256(memoryview(payload)[nl + 1:]).hexdigest()
+
+
+def parse_chunk(payload: bytes, props: dict[str, str], hashed: str | None = None) -> ChunkMsg:
+    """A chunk in either form: header line + bytes, or bytes with user properties. ``hashed``:
+    the SHA-256 of the header form's bytes, already computed (:func:`chunk_digest`)."""
     corr = None
     if "file" in props or "sha256" in props:  # the user-property form
         name, raw, digest, data = props.get("file"), props.get("offset", ""), props.get("sha256", ""), payload
@@ -220,7 +233,9 @@ def parse_chunk(payload: bytes, props: dict[str, str]) -> ChunkMsg:
         raise ProtocolError(f"chunk: offset {raw!r} is not a non-negative integer")
     if not isinstance(digest, str) or not _HEX64.match(digest):
         raise ProtocolError(f"chunk: sha256 {where} missing or not 64 hex digits")
-    if hashlib.sha256(data).hexdigest() != digest:
+    if hashed is None or where != "header field":
+        hashed = hashlib.sha256(data).hexdigest()
+    if hashed != digest:
         raise ProtocolError(f"chunk {name}@{raw}: sha256 mismatch (corrupted in transit); resend")
     return ChunkMsg(file=name, offset=int(raw), sha256=digest, data=data, corr=corr)
 

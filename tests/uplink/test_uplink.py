@@ -43,6 +43,25 @@ def test_chunk_parse_refuses_bad_input():
         P.parse_chunk(data, dict(props, sha256="zz"))
 
 
+def test_a_chunk_hashed_where_it_arrives_is_checked_the_same():
+    """The archive hashes a chunk's bytes on the thread it arrives on (chunk_digest) and its
+    worker checks that hash against the header's, as if it had hashed them itself: bytes that
+    differ from the header's hash are refused either way; the other form hashes its own bytes."""
+    data = bytes(range(256)) * 1024
+    payload = bytearray(P.chunk_payload("a.mp4", 0, data, b"c-1"))
+    hashed = P.chunk_digest(payload)
+    assert hashed == hashlib.sha256(data).hexdigest()
+    assert bytes(P.parse_chunk(payload, {}, hashed).data) == data
+    tampered = bytearray(payload)
+    tampered[-1] ^= 1  # one bit of the bytes changed after the header was written
+    with pytest.raises(P.ProtocolError, match="sha256 mismatch"):
+        P.parse_chunk(tampered, {}, P.chunk_digest(tampered))
+    assert P.chunk_digest(b"no header line") is None and P.chunk_digest(memoryview(payload)) is None
+    props = dict(P.chunk_props("a.mp4", 0, data))  # the user-property form: its own bytes, hashed there
+    with pytest.raises(P.ProtocolError, match="sha256 mismatch"):
+        P.parse_chunk(b"y" * len(data), props, hashed)
+
+
 def test_chunk_header_form_and_its_bad_input():
     """Chunks as sent by the agent: a JSON header line (offset, SHA-256, correlation) then the bytes,
     no MQTT properties. Each malformed header is refused with a reason; the correlation data is
