@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from agent.common.errors import DiskReserveError, EdgeError
-from agent.common.faults import crashpoint
+from agent.common.faults import crashpoint, pausepoint
 from agent.common.fs import atomic_write, drop_cache, fsync_dir, rename_durable
 from agent.common.timeutil import now_iso
 from ..evidence import hashing, manifest as mf
@@ -197,6 +197,7 @@ class ItemWriter:
                 since_check += n
                 if offset >= (8 << 20):
                     crashpoint("copy:8mib")
+                    pausepoint("copy:8mib")  # tests: the disk fills while this copy waits
                 if since_check >= (64 << 20):
                     since_check = 0
                     left = (expected_size - offset) if expected_size else 0

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from agent.common.faults import pause_files
 from agent.evidence import manifest as mf
 from agent.wire import protocol as P
 from tests.faults.harness import (CAPTURED_AT, Clock, Cluster, HarnessError, NetLink, Tmpfs, wait_for)
@@ -228,11 +229,16 @@ def test_disk_full_on_the_edge(cluster, tmp_path):
     full.unlink()
     cluster.wait_archived(60)  # the worker survived the failed ledger writes and carries on
     assert "Exception in thread" not in node.run_proc.text(), node.run_proc.tail(30)
-    # 3. full mid-copy: ENOSPC while copying (the ballast grows while the ingest copies)
-    proc = node.ingest_cli(20 * MB, wait=False)
+    # 3. full mid-copy: ENOSPC while copying (the ingest holds after its first 8 MiB while the disk
+    # fills up: on a loaded machine a 20 MB copy to tmpfs could finish before the ballast did)
+    paused, resume = pause_files("copy:8mib", tmp_path)
+    proc = node.ingest_cli(20 * MB, wait=False, env={"EDGE_AGENT_PAUSE_AT": "copy:8mib",
+                                                     "EDGE_AGENT_PAUSE_DIR": str(tmp_path)})
     incoming = node.data_dir / "spool" / "incoming"
-    wait_for(lambda: any(incoming.glob("*/files/*")) or not proc.alive(), 20, "copy started", [proc], step=0.005)
+    wait_for(lambda: paused.exists() or not proc.alive(), 30, "the copy holding after 8 MiB", [proc])
+    assert any(incoming.glob("*/files/*")), "no copy under way"
     fs.fill(leave_bytes=0, name="ballast3")
+    resume.touch()
     rc = proc.wait(60)
     text = proc.text()
     assert rc != 0, text
