@@ -156,7 +156,7 @@ class Receiver:
                 # worker writes the chunk before: the two overlap (parse_chunk checks it)
                 hashed = P.chunk_digest(payload)
             elif not isinstance(payload, bytes):
-                payload = bytes(payload)  # a chunk's bytes are only parsed, written and hashed: no copy
+                payload = bytes(payload)  # the others as bytes (a chunk's are only hashed, parsed and written: no copy)
             with self._cv:
                 self._q.append((topic, payload, props, ack, hashed))
                 self._cv.notify()
